@@ -1,0 +1,13 @@
+//! The admin service: the only crate that speaks HTTP to users.
+//!
+//! Handlers are thin: extract (authentication included), call the queue or
+//! the object store, map to a DTO. Every error leaves as problem+json.
+
+pub mod auth;
+pub mod health;
+pub mod openapi;
+pub mod problem;
+pub mod runs;
+pub mod startup;
+
+pub use startup::{AppState, Application};

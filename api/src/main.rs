@@ -1,0 +1,25 @@
+//! `api [--config FILE]` serves the admin API; `api openapi` prints the spec.
+
+use std::path::PathBuf;
+
+use common::config::Config;
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config_path = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["openapi"] => {
+            print!("{}", api::openapi::document_json());
+            return Ok(());
+        }
+        [] => std::env::var_os("PADDOCK_CONFIG").map(PathBuf::from),
+        ["--config", path] => Some(PathBuf::from(path)),
+        _ => anyhow::bail!("usage: api [--config FILE] | api openapi"),
+    };
+    common::telemetry::init();
+    let config = Config::load(config_path.as_deref(), std::env::vars())?;
+    let app = api::Application::build(config).await?;
+    tracing::info!(port = app.port(), "api listening");
+    app.run_until_stopped().await?;
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! The route table and the OpenAPI document, built from the same
+//! registration so the spec cannot miss a route.
+
+use actix_web::App;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{InfoBuilder, OpenApi};
+use utoipa_actix_web::AppExt;
+
+use crate::{health, problem, runs, startup};
+
+/// Registers every route on `app`; returns the app and its OpenAPI document.
+pub fn routes<T>(app: App<T>) -> (App<T>, OpenApi)
+where
+    T: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse,
+            Error = actix_web::Error,
+            InitError = (),
+        >,
+{
+    let (app, mut doc) = app
+        .configure(startup::extractor_config)
+        .into_utoipa_app()
+        .service(health::healthz)
+        .service(health::readyz)
+        .service(runs::handlers::create_run)
+        .service(runs::handlers::list_runs)
+        .service(runs::handlers::get_run)
+        .service(runs::handlers::run_logs)
+        .default_service(actix_web::web::to(problem::not_found))
+        .split_for_parts();
+    doc.info = InfoBuilder::new()
+        .title("Paddock API")
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(
+            "Runs coding agents on your issues inside your infrastructure and hands back draft pull requests.",
+        ))
+        .build();
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    (app, doc)
+}
+
+/// The OpenAPI document as committed in `openapi/openapi.json`.
+pub fn document() -> OpenApi {
+    routes(App::new()).1
+}
+
+/// The document rendered exactly as it is committed.
+pub fn document_json() -> String {
+    let mut json = document().to_pretty_json().unwrap_or_default();
+    json.push('\n');
+    json
+}

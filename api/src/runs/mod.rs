@@ -1,0 +1,4 @@
+//! `/v1/runs`: request a run, follow it, read its logs.
+
+pub mod dto;
+pub mod handlers;

@@ -1,0 +1,69 @@
+//! Builds the HTTP server: `Application::build(config)` binds (port 0 in
+//! tests), `run_until_stopped()` serves.
+
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use common::config::Config;
+use secrecy::ExposeSecret;
+use worker::artifacts::S3Store;
+use worker::queue::RunQueue;
+
+use crate::auth::token_digest;
+use crate::openapi;
+use crate::problem;
+
+/// Shared by every request.
+pub struct AppState {
+    pub config: Config,
+    pub queue: RunQueue,
+    pub store: S3Store,
+    pub admin_token_digest: [u8; 32],
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+/// Request bodies larger than this are refused with 413.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let token = config.api.bootstrap_admin_token.expose_secret();
+        if token.len() < 16 {
+            anyhow::bail!(
+                "invalid configuration: `api.bootstrap_admin_token` must be set to at least 16 characters (the API never runs open)"
+            );
+        }
+        let admin_token_digest = token_digest(token);
+        let queue = RunQueue::connect(&config.redis).await?;
+        let store = S3Store::new(&config.s3);
+        let listener = TcpListener::bind(&config.api.listen)
+            .map_err(|e| anyhow::anyhow!("cannot listen on `api.listen` = {}: {e}", config.api.listen))?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState { config, queue, store, admin_token_digest });
+        let server = HttpServer::new(move || openapi::routes(App::new().app_data(state.clone())).0)
+            .listen(listener)?
+            .shutdown_timeout(30)
+            .run();
+        Ok(Self { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// Extractor configuration that turns every extractor failure into problem+json.
+pub fn extractor_config(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::JsonConfig::default().limit(MAX_BODY_BYTES).error_handler(problem::json_error))
+        .app_data(web::QueryConfig::default().error_handler(problem::query_error))
+        .app_data(web::PathConfig::default().error_handler(problem::path_error));
+}

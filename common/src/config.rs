@@ -1,0 +1,340 @@
+//! Typed configuration shared by the api and worker binaries.
+//!
+//! Layers, later wins: built-in defaults < TOML file < `PADDOCK_*` environment
+//! variables (`__` separates sections, e.g. `PADDOCK_REDIS__URL`). Unknown keys
+//! are refused, and every error names the key it is about.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub redis: RedisConfig,
+    pub s3: S3Config,
+    pub api: ApiConfig,
+    pub worker: WorkerConfig,
+    pub sandbox: SandboxConfig,
+    pub git: GitConfig,
+    /// Agent profiles by name; a run names one (or gets `default`).
+    pub agents: BTreeMap<String, AgentConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Every key Paddock writes starts with `<namespace>:{q}:`, so several
+    /// deployments (or tests) can share one Redis without touching each other.
+    pub namespace: String,
+    /// How long a finished run's record stays in Redis; S3 keeps the evidence.
+    pub finished_run_ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Endpoint of an S3-compatible store; empty means AWS's regional endpoint.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    #[serde(serialize_with = "serialize_secret")]
+    pub secret_access_key: SecretString,
+    pub force_path_style: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub listen: String,
+    /// Until identity lands this token is the only way in; the API refuses to
+    /// start without one.
+    #[serde(serialize_with = "serialize_secret")]
+    pub bootstrap_admin_token: SecretString,
+    pub default_tenant: String,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Prefix of the worker's name; a unique suffix is added per process.
+    pub name: String,
+    /// Runs this process executes at once.
+    pub concurrency: usize,
+    pub lease_seconds: u64,
+    pub heartbeat_seconds: u64,
+    /// How often an idle worker asks for work.
+    pub poll_interval_ms: u64,
+    /// After SIGTERM, how long running runs may continue before they are
+    /// stopped and handed back to the queue.
+    pub shutdown_grace_seconds: u64,
+    /// Host directory for per-run clones.
+    pub work_dir: PathBuf,
+    /// Retry backoff base for infrastructure failures.
+    pub retry_base_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    pub image: String,
+    pub docker_host: String,
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids_limit: i64,
+    pub workspace_bytes: u64,
+    pub tmp_bytes: u64,
+    pub timeout_seconds: u64,
+    /// Numeric uid:gid the agent runs as.
+    pub uid: u32,
+    pub gid: u32,
+    /// Bytes of agent output kept; the rest is dropped with a marker.
+    pub max_log_bytes: usize,
+    pub max_diff_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitConfig {
+    /// Base URL the worker clones from: `<base_url>/<owner>/<name>.git`.
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Shell command run in the workspace; the task is in `PADDOCK_TASK_TITLE`
+    /// and `PADDOCK_TASK_BODY`.
+    pub command: String,
+}
+
+pub const SANDBOX_IMAGE_VERSION: &str = "0.1.0";
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            redis: RedisConfig::default(),
+            s3: S3Config::default(),
+            api: ApiConfig::default(),
+            worker: WorkerConfig::default(),
+            sandbox: SandboxConfig::default(),
+            git: GitConfig::default(),
+            agents: BTreeMap::from([("default".to_owned(), AgentConfig { command: "git status --short".to_owned() })]),
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6390/".to_owned(),
+            namespace: "paddock".to_owned(),
+            finished_run_ttl_seconds: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: "http://127.0.0.1:3900".to_owned(),
+            region: "garage".to_owned(),
+            bucket: "paddock".to_owned(),
+            access_key_id: String::new(),
+            secret_access_key: SecretString::from(String::new()),
+            force_path_style: true,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+            bootstrap_admin_token: SecretString::from(String::new()),
+            default_tenant: "default".to_owned(),
+            max_attempts: 3,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            name: "worker".to_owned(),
+            concurrency: 2,
+            lease_seconds: 60,
+            heartbeat_seconds: 10,
+            poll_interval_ms: 500,
+            shutdown_grace_seconds: 300,
+            work_dir: std::env::temp_dir().join("paddock-worker"),
+            retry_base_seconds: 5,
+        }
+    }
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            image: format!("paddock/sandbox:{SANDBOX_IMAGE_VERSION}"),
+            docker_host: "unix:///var/run/docker.sock".to_owned(),
+            memory_bytes: 2 << 30,
+            nano_cpus: 1_000_000_000,
+            pids_limit: 512,
+            workspace_bytes: 1 << 30,
+            tmp_bytes: 256 << 20,
+            timeout_seconds: 3600,
+            uid: 1000,
+            gid: 1000,
+            max_log_bytes: 8 << 20,
+            max_diff_bytes: 32 << 20,
+        }
+    }
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        Self { base_url: "http://127.0.0.1:8081/git".to_owned() }
+    }
+}
+
+/// A configuration value that cannot work, naming its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("invalid configuration: `{key}` {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then the `PADDOCK_*` variables
+    /// from `env`.
+    pub fn load<I>(file: Option<&Path>, env: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "config file",
+                    message: format!("{} does not exist", path.display()),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("PADDOCK_")
+                    .filter(|rest| *rest != "CONFIG")
+                    .map(|rest| (rest.to_lowercase().replace("__", "."), v))
+            })
+            .collect();
+        for (key, value) in vars {
+            figment = figment.merge(Serialized::global(&key, parse_env_value(&value)));
+        }
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_owned() });
+        if self.worker.concurrency == 0 {
+            return invalid("worker.concurrency", "must be at least 1");
+        }
+        if self.worker.heartbeat_seconds == 0 || self.worker.heartbeat_seconds * 2 > self.worker.lease_seconds {
+            return invalid("worker.heartbeat_seconds", "must be at least 1 and at most half of worker.lease_seconds");
+        }
+        if self.sandbox.memory_bytes < 16 << 20 {
+            return invalid("sandbox.memory_bytes", "must be at least 16 MiB");
+        }
+        if self.sandbox.timeout_seconds == 0 {
+            return invalid("sandbox.timeout_seconds", "must be at least 1");
+        }
+        if self.sandbox.uid == 0 {
+            return invalid("sandbox.uid", "must not be 0: the agent never runs as root");
+        }
+        if self.api.max_attempts == 0 {
+            return invalid("api.max_attempts", "must be at least 1");
+        }
+        if !self.agents.contains_key("default") {
+            return invalid("agents.default", "must be configured: runs without a profile use it");
+        }
+        let key_chars =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+        if !key_chars(&self.redis.namespace) {
+            return invalid("redis.namespace", "must be letters, digits, `-` or `_`");
+        }
+        Ok(())
+    }
+}
+
+/// Environment values are strings; numbers and booleans are recognised so
+/// `PADDOCK_WORKER__CONCURRENCY=4` sets an integer.
+fn parse_env_value(value: &str) -> figment::value::Value {
+    if let Ok(n) = value.parse::<i64>() {
+        return n.into();
+    }
+    match value {
+        "true" => true.into(),
+        "false" => false.into(),
+        _ => value.to_owned().into(),
+    }
+}
+
+fn serialize_secret<S: serde::Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    use secrecy::ExposeSecret;
+    s.serialize_str(secret.expose_secret())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let config =
+            Config::load(None, env(&[("PADDOCK_WORKER__CONCURRENCY", "7"), ("PADDOCK_REDIS__NAMESPACE", "t1")]))
+                .expect("config loads");
+        assert_eq!(config.worker.concurrency, 7);
+        assert_eq!(config.redis.namespace, "t1");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::load(None, env(&[("PADDOCK_WORKER__CONCURRENCY", "0")])).unwrap_err();
+        assert!(err.to_string().contains("worker.concurrency"), "{err}");
+        let err = Config::load(None, env(&[("PADDOCK_WORKER__CONCURENCY", "2")])).unwrap_err();
+        assert!(err.to_string().contains("concurency"), "{err}");
+        let err = Config::load(None, env(&[("PADDOCK_WORKER__CONCURRENCY", "many")])).unwrap_err();
+        assert!(err.to_string().contains("concurrency"), "{err}");
+    }
+
+    #[test]
+    fn a_file_is_layered_between_defaults_and_environment() {
+        let dir = std::env::temp_dir().join(format!("paddock-config-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("paddock.toml");
+        std::fs::write(&path, "[worker]\nconcurrency = 3\nname = \"from-file\"\n[agents.fix]\ncommand = \"true\"\n")
+            .expect("write config");
+        let config = Config::load(Some(&path), env(&[("PADDOCK_WORKER__CONCURRENCY", "5")])).expect("config loads");
+        assert_eq!(config.worker.concurrency, 5);
+        assert_eq!(config.worker.name, "from-file");
+        assert!(config.agents.contains_key("fix") && config.agents.contains_key("default"));
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -1,0 +1,10 @@
+//! Domain types shared by the api and the worker: the run record and its
+//! state machine, stop reasons, artifact keys and configuration.
+//!
+//! This crate depends on no HTTP server, Docker, Redis, GitHub or S3 client.
+
+pub mod config;
+pub mod run;
+pub mod telemetry;
+
+pub use run::{AgentProfile, ArtifactKind, RepoName, RunId, RunRecord, RunSpec, RunState, StopReason, ValidationError};

@@ -1,0 +1,385 @@
+//! The run: what was asked for ([`RunSpec`]), where it is ([`RunState`]) and
+//! why it stopped ([`StopReason`]).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A run's identifier: a ULID, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(ulid::Ulid);
+
+impl RunId {
+    pub fn new() -> Self {
+        Self(ulid::Ulid::new())
+    }
+
+    /// The S3 key prefix under which every artifact of this run lives.
+    pub fn artifact_prefix(&self) -> String {
+        format!("runs/{self}/")
+    }
+
+    pub fn artifact_key(&self, kind: ArtifactKind) -> String {
+        format!("runs/{self}/{}", kind.file_name())
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Lowercase: run ids appear in container, network and branch names.
+        write!(f, "{}", self.0.to_string().to_lowercase())
+    }
+}
+
+impl FromStr for RunId {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ulid::Ulid::from_string(&s.to_uppercase())
+            .map(Self)
+            .map_err(|_| ValidationError::new("id", "is not a run id (26 characters, ULID)"))
+    }
+}
+
+/// Where a run is in its life.
+///
+/// ```text
+/// queued ──claim──► running ──finish──► succeeded | failed
+///   ▲                  │
+///   └── reap/retry ◄───┘  (delayed first when a retry backs off)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Queued,
+    Delayed,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 5] =
+        [RunState::Queued, RunState::Delayed, RunState::Running, RunState::Succeeded, RunState::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Delayed => "delayed",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunState::Succeeded | RunState::Failed)
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunState {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| ValidationError::new("state", "must be one of queued, delayed, running, succeeded, failed"))
+    }
+}
+
+/// Why a run stopped. Stored on the run record and in its summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StopReason {
+    /// The agent command exited 0.
+    Completed,
+    /// The agent command exited with a non-zero code.
+    AgentFailed { exit_code: i64 },
+    /// The run hit its wall-clock cap and its sandbox was killed.
+    Timeout { limit_seconds: u64 },
+    /// The kernel killed the agent for exceeding the sandbox memory cap.
+    OutOfMemory { limit_bytes: i64 },
+    /// The repository or base ref could not be checked out (it does not
+    /// exist, or the worker may not read it); retrying cannot help.
+    CheckoutFailed { message: String },
+    /// Paddock's own infrastructure failed (Docker, git, S3, lost lease) and
+    /// the attempts were used up.
+    InfrastructureError { message: String },
+}
+
+impl StopReason {
+    pub fn final_state(&self) -> RunState {
+        match self {
+            StopReason::Completed => RunState::Succeeded,
+            _ => RunState::Failed,
+        }
+    }
+}
+
+/// The artifacts every finished run leaves in object storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactKind {
+    Logs,
+    Diff,
+    Summary,
+}
+
+impl ArtifactKind {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            ArtifactKind::Logs => "logs.txt",
+            ArtifactKind::Diff => "diff.patch",
+            ArtifactKind::Summary => "summary.json",
+        }
+    }
+}
+
+/// A repository as `owner/name`, the form forges use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RepoName {
+    owner: String,
+    name: String,
+}
+
+impl RepoName {
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl FromStr for RepoName {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || ValidationError::new("repository", "must be `owner/name` (letters, digits, `-`, `_`, `.`)");
+        let (owner, name) = s.split_once('/').ok_or_else(invalid)?;
+        let part_ok = |p: &str| {
+            !p.is_empty()
+                && p.len() <= 100
+                && !p.starts_with('.')
+                && !p.starts_with('-')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !part_ok(owner) || !part_ok(name) || name.ends_with(".git") {
+            return Err(invalid());
+        }
+        Ok(Self { owner: owner.to_owned(), name: name.to_owned() })
+    }
+}
+
+impl TryFrom<String> for RepoName {
+    type Error = ValidationError;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl From<RepoName> for String {
+    fn from(value: RepoName) -> Self {
+        value.to_string()
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.owner, self.name)
+    }
+}
+
+/// The name of an agent profile from the worker's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AgentProfile(String);
+
+impl AgentProfile {
+    pub const DEFAULT: &'static str = "default";
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for AgentProfile {
+    fn default() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+}
+
+impl FromStr for AgentProfile {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(ValidationError::new("agent_profile", "must be 1-64 characters of a-z, 0-9, `-`, `_`"))
+        }
+    }
+}
+
+impl TryFrom<String> for AgentProfile {
+    type Error = ValidationError;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl From<AgentProfile> for String {
+    fn from(value: AgentProfile) -> Self {
+        value.0
+    }
+}
+
+/// What a requester asked for. Validated on construction, so a `RunSpec`
+/// in hand is always well-formed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub tenant: String,
+    pub repository: RepoName,
+    pub base_ref: String,
+    pub task_title: String,
+    pub task_body: String,
+    pub agent_profile: AgentProfile,
+    pub requested_by: String,
+}
+
+impl RunSpec {
+    pub const MAX_TITLE: usize = 256;
+    pub const MAX_BODY: usize = 64 * 1024;
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_ref(&self.base_ref)?;
+        if self.task_title.trim().is_empty() {
+            return Err(ValidationError::new("task.title", "must not be empty"));
+        }
+        if self.task_title.len() > Self::MAX_TITLE {
+            return Err(ValidationError::new("task.title", "must be at most 256 bytes"));
+        }
+        if self.task_body.len() > Self::MAX_BODY {
+            return Err(ValidationError::new("task.body", "must be at most 65536 bytes"));
+        }
+        let tenant_ok = !self.tenant.is_empty()
+            && self.tenant.len() <= 64
+            && self.tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+        if !tenant_ok {
+            return Err(ValidationError::new("tenant", "must be 1-64 characters of letters, digits, `-`, `_`"));
+        }
+        Ok(())
+    }
+}
+
+/// A git ref name as `git check-ref-format` would accept it, minus anything
+/// that could be read as a command-line option.
+fn validate_ref(r: &str) -> Result<(), ValidationError> {
+    let bad = r.is_empty()
+        || r.len() > 200
+        || r.starts_with('-')
+        || r.starts_with('/')
+        || r.ends_with('/')
+        || r.ends_with(".lock")
+        || r.ends_with('.')
+        || r.contains("..")
+        || r.contains("@{")
+        || r.contains("//")
+        || r.chars().any(|c| c.is_ascii_control() || " ~^:?*[\\".contains(c));
+    if bad { Err(ValidationError::new("base_ref", "is not a valid git branch or tag name")) } else { Ok(()) }
+}
+
+/// The run as stored in Redis and shown by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub spec: RunSpec,
+    pub state: RunState,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// Milliseconds since the Unix epoch, from Redis `TIME`.
+    pub created_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+    pub worker: Option<String>,
+    pub stop_reason: Option<StopReason>,
+    pub artifacts: Vec<String>,
+    /// The last infrastructure error that sent the run back to the queue.
+    pub last_error: Option<String>,
+}
+
+/// A value a caller supplied that Paddock refuses, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` {message}")]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_round_trip_in_lowercase() {
+        let id = RunId::new();
+        let text = id.to_string();
+        assert_eq!(text, text.to_lowercase());
+        assert_eq!(text.parse::<RunId>(), Ok(id));
+        assert!("not-a-run".parse::<RunId>().is_err());
+    }
+
+    #[test]
+    fn repository_names_are_owner_slash_name() {
+        assert!("acme/widgets".parse::<RepoName>().is_ok());
+        for bad in ["acme", "/x", "acme/", "a/b/c", "acme/../x", "-x/y", "acme/w.git", "a b/c"] {
+            assert!(bad.parse::<RepoName>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn refs_that_could_be_options_or_ranges_are_refused() {
+        for bad in ["", "-b", "a..b", "main.lock", "a b", "x~1", "@{u}", "/main"] {
+            assert!(validate_ref(bad).is_err(), "{bad} accepted");
+        }
+        for good in ["main", "release/1.2", "v1.0.0"] {
+            assert!(validate_ref(good).is_ok(), "{good} refused");
+        }
+    }
+
+    #[test]
+    fn stop_reasons_serialize_with_a_kind_tag() {
+        let json = serde_json::to_value(StopReason::AgentFailed { exit_code: 3 }).unwrap_or_default();
+        assert_eq!(json, serde_json::json!({"kind": "agent_failed", "exit_code": 3}));
+        assert_eq!(StopReason::Completed.final_state(), RunState::Succeeded);
+        assert_eq!(StopReason::Timeout { limit_seconds: 1 }.final_state(), RunState::Failed);
+    }
+}

@@ -1,0 +1,119 @@
+//! The worker process: apalis `Monitor` + `WorkerBuilder` over [`RunBackend`],
+//! plus the heartbeat and reaper loops.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::layers::WorkerBuilderExt;
+use apalis_core::monitor::Monitor;
+use apalis_core::worker::builder::WorkerBuilder;
+use common::config::Config;
+use tokio_util::sync::CancellationToken;
+
+use crate::artifacts::S3Store;
+use crate::queue::{Leases, RunBackend, RunQueue, leases};
+use crate::runner::{self, Runtime};
+use crate::sandbox::SandboxDriver;
+
+pub struct Application {
+    runtime: Arc<Runtime>,
+}
+
+impl Application {
+    /// Connects to Redis, S3 and Docker, checks the sandbox image, and sweeps
+    /// sandboxes that crashed workers left behind.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let worker = format!("{}-{}", config.worker.name, ulid::Ulid::new().to_string().to_lowercase());
+        let queue = RunQueue::connect(&config.redis).await?;
+        queue.ping().await?;
+        let store = S3Store::new(&config.s3);
+        let sandboxes = SandboxDriver::connect(&config.sandbox, &config.redis.namespace, &worker).await?;
+        sandboxes.check_image().await?;
+        tokio::fs::create_dir_all(&config.worker.work_dir).await?;
+
+        let lease = Duration::from_secs(config.worker.lease_seconds);
+        let alive = queue.live_workers(lease).await?;
+        let swept = sandboxes.sweep(|w| alive.contains(w)).await?;
+        if !swept.is_empty() {
+            tracing::info!(count = swept.len(), "removed sandboxes left by crashed workers");
+        }
+        let runtime = Runtime {
+            config,
+            worker,
+            queue,
+            store,
+            sandboxes,
+            leases: Leases::default(),
+            grace_over: CancellationToken::new(),
+        };
+        Ok(Self { runtime: Arc::new(runtime) })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.runtime.worker
+    }
+
+    /// Claims and executes runs until `shutdown` resolves; then claims no
+    /// more, lets running runs finish within the grace period, and hands
+    /// back (without counting the attempt) whatever is still running.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let runtime = self.runtime;
+        let cfg = &runtime.config.worker;
+        let lease = Duration::from_secs(cfg.lease_seconds);
+        let grace = Duration::from_secs(cfg.shutdown_grace_seconds);
+        let background = CancellationToken::new();
+        let heartbeats = tokio::spawn(runtime.leases.clone().keep_alive(
+            runtime.queue.clone(),
+            runtime.worker.clone(),
+            lease,
+            Duration::from_secs(cfg.heartbeat_seconds),
+            background.clone(),
+        ));
+        let reaper = tokio::spawn(leases::reap_expired(
+            runtime.queue.clone(),
+            Duration::from_secs(cfg.heartbeat_seconds),
+            background.clone(),
+        ));
+
+        let grace_over = runtime.grace_over.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!(?grace, "shutting down: no new claims; running runs may finish");
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                grace_over.cancel();
+            });
+            Ok(())
+        };
+        let factory_runtime = runtime.clone();
+        let poll = Duration::from_millis(cfg.poll_interval_ms);
+        let concurrency = cfg.concurrency;
+        tracing::info!(worker = %runtime.worker, concurrency, "worker started");
+        Monitor::new()
+            .register(move |_restarts| {
+                let rt = factory_runtime.clone();
+                let backend = RunBackend::new(rt.queue.clone(), rt.worker.clone(), lease, poll);
+                WorkerBuilder::new(rt.worker.clone())
+                    .backend(backend)
+                    .data(rt)
+                    .catch_panic()
+                    .concurrency(concurrency)
+                    .build(runner::execute)
+            })
+            .should_restart(|_ctx, error| {
+                tracing::error!(%error, "worker stopped with an error; restarting");
+                true
+            })
+            // Past the grace period runs are interrupted and released, which
+            // takes seconds; the monitor waits for that too.
+            .shutdown_timeout(grace + Duration::from_secs(60))
+            .run_with_signal(signal)
+            .await?;
+
+        background.cancel();
+        let _ = tokio::join!(heartbeats, reaper);
+        tracing::info!(worker = %runtime.worker, "worker stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+//! Object storage for run evidence (logs, diff, summary), behind one trait so
+//! the api and worker share it. The only implementation is S3 via aws-sdk-s3,
+//! tested against a real S3-compatible server (Garage).
+
+use std::future::Future;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+use common::config::S3Config;
+use secrecy::ExposeSecret;
+
+#[derive(Debug, thiserror::Error)]
+#[error("object storage: {0}")]
+pub struct StoreError(String);
+
+impl StoreError {
+    fn from_sdk<E: std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> Self {
+        Self(DisplayErrorContext(e).to_string())
+    }
+}
+
+/// Where run artifacts are kept.
+pub trait ObjectStore: Send + Sync {
+    fn put(&self, key: &str, body: Bytes, content_type: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// `None` when the key does not exist.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>, StoreError>> + Send;
+    /// Succeeds when the bucket is reachable with our credentials.
+    fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+#[derive(Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl S3Store {
+    pub fn new(config: &S3Config) -> Self {
+        let credentials = Credentials::new(
+            &config.access_key_id,
+            config.secret_access_key.expose_secret(),
+            None,
+            None,
+            "paddock-config",
+        );
+        let mut builder = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(config.force_path_style);
+        if !config.endpoint.is_empty() {
+            builder = builder.endpoint_url(&config.endpoint);
+        }
+        Self { client: aws_sdk_s3::Client::from_conf(builder.build()), bucket: config.bucket.clone() }
+    }
+}
+
+impl ObjectStore for S3Store {
+    async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(StoreError::from_sdk)?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let output = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+            Ok(output) => output,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(StoreError::from_sdk(e)),
+        };
+        let data = output.body.collect().await.map_err(|e| StoreError(e.to_string()))?;
+        Ok(Some(data.into_bytes()))
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.client.head_bucket().bucket(&self.bucket).send().await.map_err(StoreError::from_sdk)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+//! Everything that executes a run: the queue backend, the sandbox driver,
+//! git, artifact storage and the run itself.
+
+pub mod app;
+pub mod artifacts;
+pub mod git;
+pub mod queue;
+pub mod runner;
+pub mod sandbox;
+
+pub use app::Application;

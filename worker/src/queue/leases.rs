@@ -1,0 +1,114 @@
+//! The leases this worker holds, kept alive by one heartbeat per interval for
+//! all of them, and the reaper that reclaims leases other workers lost.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use common::RunId;
+use tokio_util::sync::CancellationToken;
+
+use super::{ClaimedRun, RunQueue};
+
+/// The runs this worker process holds, with the epoch each was claimed under.
+#[derive(Clone, Default)]
+pub struct Leases {
+    held: Arc<Mutex<HashMap<RunId, Held>>>,
+}
+
+struct Held {
+    epoch: u64,
+    lost: CancellationToken,
+}
+
+/// Held while a run executes; dropping it stops heartbeating for the run.
+pub struct LeaseGuard {
+    id: RunId,
+    lost: CancellationToken,
+    leases: Leases,
+}
+
+impl LeaseGuard {
+    /// Cancelled when a heartbeat finds the lease gone (expired and reaped,
+    /// or the epoch moved on). The run must then stop its sandbox.
+    pub fn lost(&self) -> &CancellationToken {
+        &self.lost
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.leases.lock().remove(&self.id);
+    }
+}
+
+impl Leases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Held>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn hold(&self, run: &ClaimedRun) -> LeaseGuard {
+        let lost = CancellationToken::new();
+        self.lock().insert(run.id, Held { epoch: run.epoch, lost: lost.clone() });
+        LeaseGuard { id: run.id, lost, leases: self.clone() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Renews every held lease each `interval` until `stop` fires. A failed
+    /// heartbeat is logged and retried on the next tick, never fatal.
+    pub async fn keep_alive(
+        self,
+        queue: RunQueue,
+        worker: String,
+        lease: Duration,
+        interval: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let held: Vec<(RunId, u64)> = self.lock().iter().map(|(id, h)| (*id, h.epoch)).collect();
+            match queue.heartbeat(&worker, lease, &held).await {
+                Ok(statuses) => {
+                    let map = self.lock();
+                    for ((id, _), still_held) in held.iter().zip(statuses) {
+                        if !still_held && let Some(h) = map.get(id) {
+                            tracing::warn!(run_id = %id, "lease lost; stopping the run");
+                            h.lost.cancel();
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "heartbeat failed; retrying next interval"),
+            }
+        }
+    }
+}
+
+/// Reclaims expired leases every `interval` (with jitter, so a fleet does not
+/// reap in lockstep) until `stop` fires. The reap script is idempotent, so
+/// every worker may run this.
+pub async fn reap_expired(queue: RunQueue, interval: Duration, stop: CancellationToken) {
+    loop {
+        let jitter = Duration::from_millis(fastrand::u64(0..=interval.as_millis() as u64 / 2));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval + jitter) => {}
+        }
+        match queue.reap(100).await {
+            Ok(ids) if !ids.is_empty() => tracing::info!(count = ids.len(), ?ids, "reclaimed runs with expired leases"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "reaping expired leases failed; retrying"),
+        }
+    }
+}

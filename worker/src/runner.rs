@@ -1,0 +1,478 @@
+//! Executes one claimed run: checkout, sandbox, agent, diff, artifacts.
+//! Every path out of a run removes its sandbox and its host checkout.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::config::{AgentConfig, Config};
+use common::{ArtifactKind, RunId, StopReason};
+use futures::StreamExt;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::artifacts::{ObjectStore, S3Store};
+use crate::git::{self, GitError};
+use crate::queue::{ClaimedRun, LeaseGuard, Leases, Outcome, RunQueue};
+use crate::sandbox::{Exec, Sandbox, SandboxDriver, SandboxError, tar_tree};
+
+/// Everything a run needs, shared by all runs of a worker process.
+pub struct Runtime {
+    pub config: Config,
+    pub worker: String,
+    pub queue: RunQueue,
+    pub store: S3Store,
+    pub sandboxes: SandboxDriver,
+    pub leases: Leases,
+    /// Fires when the shutdown grace period is over: runs still going are
+    /// stopped and handed back to the queue.
+    pub grace_over: CancellationToken,
+}
+
+/// Why a run stopped before it could report an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interrupt {
+    LeaseLost,
+    Shutdown,
+}
+
+enum Ending {
+    Outcome(Outcome),
+    Interrupted(Interrupt),
+}
+
+/// The apalis task function.
+pub async fn execute(
+    run: ClaimedRun,
+    runtime: apalis_core::task::data::Data<Arc<Runtime>>,
+) -> Result<(), apalis_core::error::BoxDynError> {
+    let runtime: Arc<Runtime> = (*runtime).clone();
+    let span = tracing::info_span!("run", run_id = %run.id, attempt = run.attempt, epoch = run.epoch);
+    let lease = runtime.leases.hold(&run);
+    tracing::info!(parent: &span, repository = %run.spec.repository, "run claimed");
+    let ending = runtime.run(&run, &lease).instrument(span.clone()).await;
+    let outcome = match ending {
+        Ending::Outcome(outcome) => outcome,
+        Ending::Interrupted(Interrupt::LeaseLost) => {
+            tracing::warn!(run_id = %run.id, "lease lost: result discarded, another worker owns the run");
+            return Ok(());
+        }
+        Ending::Interrupted(Interrupt::Shutdown) => Outcome::Release,
+    };
+    runtime.report(&run, &outcome).await;
+    drop(lease);
+    Ok(())
+}
+
+impl Runtime {
+    /// Tells the queue how the run ended, retrying briefly through a Redis
+    /// blip; if Redis stays away the lease expires and the reaper takes over.
+    async fn report(&self, run: &ClaimedRun, outcome: &Outcome) {
+        for attempt in 0..5u32 {
+            match self.queue.finish(run, outcome).await {
+                Ok(Some(state)) => {
+                    tracing::info!(run_id = %run.id, %state, ?outcome, "run finished");
+                    return;
+                }
+                Ok(None) => {
+                    tracing::warn!(run_id = %run.id, "lease lost before finishing; result discarded");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(run_id = %run.id, %error, "finishing the run failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+    }
+
+    fn retry(&self, run: &ClaimedRun, message: String) -> Ending {
+        let base = self.config.worker.retry_base_seconds.max(1) * 1000;
+        let exp = base.saturating_mul(1 << run.attempt.saturating_sub(1).min(10));
+        let delay = Duration::from_millis(exp / 2 + fastrand::u64(0..=exp / 2));
+        tracing::warn!(run_id = %run.id, %message, ?delay, "infrastructure error");
+        Ending::Outcome(Outcome::Retry { reason: StopReason::InfrastructureError { message }, delay })
+    }
+
+    async fn run(&self, run: &ClaimedRun, lease: &LeaseGuard) -> Ending {
+        let Some(agent) = self.config.agents.get(run.spec.agent_profile.as_str()).cloned() else {
+            let message =
+                format!("agent profile `{}` is not configured on this worker", run.spec.agent_profile.as_str());
+            return self.done(run, StopReason::CheckoutFailed { message }, RunLog::default(), Vec::new(), None).await;
+        };
+        let checkout_dir = self.config.worker.work_dir.join(format!("{}-{}", run.id, run.epoch));
+        let _ = tokio::fs::remove_dir_all(&checkout_dir).await;
+        let url = git::clone_url(&self.config.git.base_url, &run.spec.repository);
+        let checkout = git::checkout(&url, &run.spec.base_ref, &checkout_dir).await;
+        let tree = match checkout {
+            Ok(checkout) => {
+                let (dir, uid, gid) = (checkout_dir.clone(), self.config.sandbox.uid, self.config.sandbox.gid);
+                let tar = tokio::task::spawn_blocking(move || tar_tree(&dir, uid, gid)).await;
+                match tar {
+                    Ok(Ok(bytes)) => Ok((checkout, bytes)),
+                    Ok(Err(e)) => Err(self.retry(run, format!("packing the checkout failed: {e}"))),
+                    Err(e) => Err(self.retry(run, format!("packing the checkout panicked: {e}"))),
+                }
+            }
+            Err(GitError::NotFound(message)) => {
+                let log = RunLog::with_line(&format!("paddock: checkout failed: {message}"));
+                Err(self.done(run, StopReason::CheckoutFailed { message }, log, Vec::new(), None).await)
+            }
+            Err(GitError::Unavailable(message)) => Err(self.retry(run, format!("checkout failed: {message}"))),
+        };
+        let _ = tokio::fs::remove_dir_all(&checkout_dir).await;
+        let (checkout, tar) = match tree {
+            Ok(ok) => ok,
+            Err(ending) => return ending,
+        };
+
+        let sandbox = match self.sandboxes.create(run.id, run.attempt).await {
+            Ok(sandbox) => sandbox,
+            Err(e) => return self.retry(run, format!("creating the sandbox failed: {e}")),
+        };
+        let session = self.in_sandbox(run, &agent, &sandbox, Bytes::from(tar), lease.lost()).await;
+        self.sandboxes.remove(&sandbox).await;
+        match session {
+            Ok(SessionEnd::Stopped(interrupt)) => Ending::Interrupted(interrupt),
+            Ok(SessionEnd::Finished { reason, log, diff, files_changed }) => {
+                let facts = Facts { commit: checkout.commit, command: agent.command, files_changed };
+                self.done(run, reason, log, diff, Some(facts)).await
+            }
+            Err(e) => self.retry(run, format!("sandbox: {e}")),
+        }
+    }
+
+    async fn in_sandbox(
+        &self,
+        run: &ClaimedRun,
+        agent: &AgentConfig,
+        sandbox: &Sandbox,
+        tar: Bytes,
+        lost: &CancellationToken,
+    ) -> Result<SessionEnd, SandboxError> {
+        let limits = self.sandboxes.config().clone();
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(limits.timeout_seconds);
+        self.sandboxes.upload(sandbox, tar).await?;
+
+        let mut log = RunLog::new(limits.max_log_bytes);
+        log.line(&format!(
+            "paddock: run {} attempt {} on {} (image {}, memory {} B, cpus {:.2}, pids {}, timeout {} s)",
+            run.id,
+            run.attempt,
+            self.worker,
+            limits.image,
+            limits.memory_bytes,
+            limits.nano_cpus as f64 / 1e9,
+            limits.pids_limit,
+            limits.timeout_seconds
+        ));
+        log.line(&format!("$ {}", agent.command));
+        let env = vec![
+            format!("PADDOCK_TASK_TITLE={}", run.spec.task_title),
+            format!("PADDOCK_TASK_BODY={}", run.spec.task_body),
+            format!("PADDOCK_RUN_ID={}", run.id),
+            "HOME=/tmp".to_owned(),
+        ];
+        let cmd = vec!["bash".to_owned(), "-c".to_owned(), agent.command.clone()];
+        let mut exec = self.sandboxes.exec(sandbox, cmd, env).await?;
+        let streamed = self.stream_output(run.id, &mut exec, &mut log, deadline, lost).await;
+        let reason = match streamed {
+            StreamEnd::Exited => {
+                let code = self.sandboxes.exit_code(&exec.id).await?;
+                if code == 0 {
+                    StopReason::Completed
+                } else if self.sandboxes.oom_killed(sandbox).await? {
+                    StopReason::OutOfMemory { limit_bytes: limits.memory_bytes }
+                } else {
+                    StopReason::AgentFailed { exit_code: code }
+                }
+            }
+            StreamEnd::TimedOut => {
+                self.sandboxes.kill(sandbox).await;
+                log.line(&format!("paddock: wall-clock cap of {} s reached; sandbox killed", limits.timeout_seconds));
+                self.flush_tail(run.id, &mut log).await;
+                return Ok(SessionEnd::Finished {
+                    reason: StopReason::Timeout { limit_seconds: limits.timeout_seconds },
+                    log,
+                    diff: Vec::new(),
+                    files_changed: Vec::new(),
+                });
+            }
+            StreamEnd::Stopped(interrupt) => {
+                self.sandboxes.kill(sandbox).await;
+                return Ok(SessionEnd::Stopped(interrupt));
+            }
+        };
+        log.line(&format!("paddock: agent finished: {reason:?}"));
+        self.flush_tail(run.id, &mut log).await;
+        let (diff, files_changed) = self.collect_diff(sandbox, deadline, limits.max_diff_bytes).await?;
+        Ok(SessionEnd::Finished { reason, log, diff, files_changed })
+    }
+
+    /// Copies the agent's output into the log until the command exits, the
+    /// wall clock runs out, the lease is lost or the grace period ends.
+    async fn stream_output(
+        &self,
+        run: RunId,
+        exec: &mut Exec,
+        log: &mut RunLog,
+        deadline: Instant,
+        lost: &CancellationToken,
+    ) -> StreamEnd {
+        let mut flush = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                chunk = exec.output.next() => match chunk {
+                    Some(Ok(bytes)) => log.push(&bytes),
+                    Some(Err(error)) => {
+                        log.line(&format!("paddock: output stream broke: {error}"));
+                        return StreamEnd::Exited;
+                    }
+                    None => return StreamEnd::Exited,
+                },
+                _ = flush.tick() => self.flush_tail(run, log).await,
+                _ = tokio::time::sleep_until(deadline.into()) => return StreamEnd::TimedOut,
+                _ = lost.cancelled() => return StreamEnd::Stopped(Interrupt::LeaseLost),
+                _ = self.grace_over.cancelled() => return StreamEnd::Stopped(Interrupt::Shutdown),
+            }
+        }
+    }
+
+    async fn flush_tail(&self, run: RunId, log: &mut RunLog) {
+        let pending = log.take_pending();
+        if pending.is_empty() {
+            return;
+        }
+        if let Err(error) = self.queue.append_log(run, &pending).await {
+            tracing::debug!(%error, "log tail not updated");
+        }
+    }
+
+    /// Stages everything the agent changed and takes the binary diff out,
+    /// inside the sandbox: host git never touches the agent's tree.
+    async fn collect_diff(
+        &self,
+        sandbox: &Sandbox,
+        deadline: Instant,
+        max_bytes: usize,
+    ) -> Result<(Vec<u8>, Vec<String>), SandboxError> {
+        const GIT: &str = "git -c core.hooksPath=/dev/null -c core.fsmonitor= -c safe.directory='*'";
+        let script =
+            format!("{GIT} add -A >/dev/null && {GIT} diff --cached --binary --no-ext-diff --no-textconv HEAD");
+        let diff = self.capture(sandbox, script, deadline, max_bytes).await?;
+        let names = format!("{GIT} diff --cached --name-only -z HEAD");
+        let names = self.capture(sandbox, names, deadline, 1 << 20).await?;
+        let files = names
+            .split(|b| *b == 0)
+            .filter(|n| !n.is_empty())
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        Ok((diff, files))
+    }
+
+    async fn capture(
+        &self,
+        sandbox: &Sandbox,
+        script: String,
+        deadline: Instant,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, SandboxError> {
+        let cmd = vec!["bash".to_owned(), "-c".to_owned(), script];
+        let mut exec = self.sandboxes.exec(sandbox, cmd, vec!["HOME=/tmp".to_owned()]).await?;
+        let mut out = Vec::new();
+        let limit = deadline.max(Instant::now() + Duration::from_secs(60));
+        loop {
+            match tokio::time::timeout_at(limit.into(), exec.output.next()).await {
+                Ok(Some(chunk)) => {
+                    let chunk = chunk?;
+                    if out.len() + chunk.len() > max_bytes {
+                        return Err(SandboxError::Other(format!("diff is larger than {max_bytes} bytes")));
+                    }
+                    out.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(_) => return Err(SandboxError::Other("taking the diff out timed out".to_owned())),
+            }
+        }
+        match self.sandboxes.exit_code(&exec.id).await? {
+            0 => Ok(out),
+            code => Err(SandboxError::Other(format!(
+                "git in the sandbox exited {code}: {}",
+                String::from_utf8_lossy(&out).chars().take(300).collect::<String>()
+            ))),
+        }
+    }
+
+    /// Uploads the evidence and reports the run done. If storage fails the
+    /// run is retried: a run without its evidence is not finished.
+    async fn done(
+        &self,
+        run: &ClaimedRun,
+        reason: StopReason,
+        log: RunLog,
+        diff: Vec<u8>,
+        facts: Option<Facts>,
+    ) -> Ending {
+        let keys: Vec<String> = [ArtifactKind::Logs, ArtifactKind::Diff, ArtifactKind::Summary]
+            .iter()
+            .map(|k| run.id.artifact_key(*k))
+            .collect();
+        let summary = Summary {
+            run_id: run.id,
+            attempt: run.attempt,
+            worker: &self.worker,
+            tenant: &run.spec.tenant,
+            repository: run.spec.repository.to_string(),
+            base_ref: &run.spec.base_ref,
+            base_commit: facts.as_ref().map(|f| f.commit.as_str()),
+            agent_profile: run.spec.agent_profile.as_str(),
+            command: facts.as_ref().map(|f| f.command.as_str()),
+            requested_by: &run.spec.requested_by,
+            image: &self.config.sandbox.image,
+            limits: Limits {
+                memory_bytes: self.config.sandbox.memory_bytes,
+                nano_cpus: self.config.sandbox.nano_cpus,
+                pids: self.config.sandbox.pids_limit,
+                workspace_bytes: self.config.sandbox.workspace_bytes,
+                timeout_seconds: self.config.sandbox.timeout_seconds,
+            },
+            stop_reason: &reason,
+            files_changed: facts.as_ref().map(|f| f.files_changed.as_slice()).unwrap_or_default(),
+            diff_bytes: diff.len(),
+            log_bytes: log.data.len(),
+            log_truncated: log.truncated,
+            artifacts: &keys,
+        };
+        let summary = match serde_json::to_vec_pretty(&summary) {
+            Ok(json) => json,
+            Err(e) => return self.retry(run, format!("encoding the summary failed: {e}")),
+        };
+        let uploads = [
+            (&keys[0], Bytes::from(log.data), "text/plain; charset=utf-8"),
+            (&keys[1], Bytes::from(diff), "text/x-diff"),
+            (&keys[2], Bytes::from(summary), "application/json"),
+        ];
+        for (key, body, content_type) in uploads {
+            if let Err(e) = self.store.put(key, body, content_type).await {
+                return self.retry(run, format!("uploading {key} failed: {e}"));
+            }
+        }
+        Ending::Outcome(Outcome::Done { reason, artifacts: keys })
+    }
+}
+
+enum StreamEnd {
+    Exited,
+    TimedOut,
+    Stopped(Interrupt),
+}
+
+enum SessionEnd {
+    Finished { reason: StopReason, log: RunLog, diff: Vec<u8>, files_changed: Vec<String> },
+    Stopped(Interrupt),
+}
+
+struct Facts {
+    commit: String,
+    command: String,
+    files_changed: Vec<String>,
+}
+
+/// The run summary stored as `summary.json`.
+#[derive(Serialize)]
+struct Summary<'a> {
+    run_id: RunId,
+    attempt: u32,
+    worker: &'a str,
+    tenant: &'a str,
+    repository: String,
+    base_ref: &'a str,
+    base_commit: Option<&'a str>,
+    agent_profile: &'a str,
+    command: Option<&'a str>,
+    requested_by: &'a str,
+    image: &'a str,
+    limits: Limits,
+    stop_reason: &'a StopReason,
+    files_changed: &'a [String],
+    diff_bytes: usize,
+    log_bytes: usize,
+    log_truncated: bool,
+    artifacts: &'a [String],
+}
+
+#[derive(Serialize)]
+struct Limits {
+    memory_bytes: i64,
+    nano_cpus: i64,
+    pids: i64,
+    workspace_bytes: u64,
+    timeout_seconds: u64,
+}
+
+/// A run's output, capped; `pending` is what the Redis tail has not seen.
+#[derive(Default)]
+struct RunLog {
+    data: Vec<u8>,
+    pending: Vec<u8>,
+    cap: usize,
+    truncated: bool,
+}
+
+impl RunLog {
+    fn new(cap: usize) -> Self {
+        Self { cap, ..Self::default() }
+    }
+
+    fn with_line(line: &str) -> Self {
+        let mut log = Self::new(line.len() + 1);
+        log.line(line);
+        log
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.truncated {
+            return;
+        }
+        let room = self.cap.saturating_sub(self.data.len());
+        let kept = &bytes[..bytes.len().min(room)];
+        self.data.extend_from_slice(kept);
+        self.pending.extend_from_slice(kept);
+        if kept.len() < bytes.len() {
+            self.truncated = true;
+            let marker = b"\n[paddock: log truncated at the configured cap]\n";
+            self.data.extend_from_slice(marker);
+            self.pending.extend_from_slice(marker);
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        // Paddock's own lines are never dropped by the cap.
+        let text = format!("{line}\n");
+        self.data.extend_from_slice(text.as_bytes());
+        self.pending.extend_from_slice(text.as_bytes());
+    }
+
+    fn take_pending(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunLog;
+
+    #[test]
+    fn the_log_stops_at_its_cap_and_says_so() {
+        let mut log = RunLog::new(10);
+        log.push(b"0123456789abcdef");
+        log.push(b"more");
+        assert!(log.truncated);
+        assert!(log.data.starts_with(b"0123456789\n[paddock: log truncated"));
+        assert!(!log.data.windows(4).any(|w| w == b"more"));
+        assert_eq!(log.take_pending(), log.data);
+        assert!(log.take_pending().is_empty());
+    }
+}

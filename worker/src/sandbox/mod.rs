@@ -1,0 +1,303 @@
+//! The Docker sandbox a run executes in, driven through bollard.
+//!
+//! One container and one size-capped workspace volume per run. The container
+//! idles under an init process; the agent and the diff are `exec`s into it,
+//! so the worker controls timing and can kill it at any point.
+
+mod tree;
+
+use std::collections::HashMap;
+
+use bollard::Docker;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, ResourcesUlimits, VolumeCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListVolumesOptions,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use common::RunId;
+use common::config::SandboxConfig;
+use futures::{Stream, StreamExt};
+
+pub use tree::tar_tree;
+
+pub const LABEL_MANAGED_BY: &str = "paddock.managed-by";
+pub const LABEL_NAMESPACE: &str = "paddock.namespace";
+pub const LABEL_RUN_ID: &str = "paddock.run-id";
+pub const LABEL_WORKER: &str = "paddock.worker";
+pub const LABEL_VOLUME: &str = "paddock.volume";
+const MANAGED_BY: &str = "paddock";
+
+/// The workspace mount point inside every sandbox.
+pub const WORKSPACE: &str = "/workspace";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("sandbox image {image} is missing: run `cargo xtask setup` to build it")]
+    ImageMissing { image: String },
+    #[error("sandbox: {0}")]
+    Other(String),
+}
+
+/// Creates, drives and removes sandboxes for one worker process.
+#[derive(Clone)]
+pub struct SandboxDriver {
+    docker: Docker,
+    config: SandboxConfig,
+    namespace: String,
+    worker: String,
+}
+
+/// A started sandbox. Remove it with [`SandboxDriver::remove`].
+#[derive(Debug)]
+pub struct Sandbox {
+    pub container: String,
+    pub volume: String,
+}
+
+/// A running command's output; read it to the end, then ask for the code.
+pub struct Exec {
+    pub id: String,
+    pub output: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, SandboxError>> + Send>>,
+}
+
+impl SandboxDriver {
+    pub async fn connect(config: &SandboxConfig, namespace: &str, worker: &str) -> Result<Self, SandboxError> {
+        let docker = if let Some(path) = config.docker_host.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, 600, bollard::API_DEFAULT_VERSION)?
+        } else {
+            Docker::connect_with_http(&config.docker_host, 600, bollard::API_DEFAULT_VERSION)?
+        };
+        docker.ping().await?;
+        Ok(Self { docker, config: config.clone(), namespace: namespace.to_owned(), worker: worker.to_owned() })
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Fails with a clear message when the sandbox image was never built.
+    pub async fn check_image(&self) -> Result<(), SandboxError> {
+        match self.docker.inspect_image(&self.config.image).await {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Err(SandboxError::ImageMissing { image: self.config.image.clone() })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn labels(&self, run: RunId, volume: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+            (LABEL_NAMESPACE.to_owned(), self.namespace.clone()),
+            (LABEL_RUN_ID.to_owned(), run.to_string()),
+            (LABEL_WORKER.to_owned(), self.worker.clone()),
+            (LABEL_VOLUME.to_owned(), volume.to_owned()),
+        ])
+    }
+
+    /// Creates the workspace volume and the container, and starts it idle.
+    pub async fn create(&self, run: RunId, attempt: u32) -> Result<Sandbox, SandboxError> {
+        let c = &self.config;
+        let name = format!("paddock-{}-{run}-{attempt}", self.namespace);
+        let volume = format!("{name}-ws");
+        let labels = self.labels(run, &volume);
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume.clone()),
+                driver: Some("local".to_owned()),
+                // tmpfs with a size: the workspace can never fill the host disk.
+                driver_opts: Some(HashMap::from([
+                    ("type".to_owned(), "tmpfs".to_owned()),
+                    ("device".to_owned(), "tmpfs".to_owned()),
+                    ("o".to_owned(), format!("size={},uid={},gid={},mode=0755", c.workspace_bytes, c.uid, c.gid)),
+                ])),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            })
+            .await?;
+        let host_config = HostConfig {
+            memory: Some(c.memory_bytes),
+            memory_swap: Some(c.memory_bytes),
+            nano_cpus: Some(c.nano_cpus),
+            pids_limit: Some(c.pids_limit),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges=true".to_owned()]),
+            readonly_rootfs: Some(true),
+            network_mode: Some("none".to_owned()),
+            init: Some(true),
+            privileged: Some(false),
+            oom_score_adj: Some(500),
+            tmpfs: Some(HashMap::from([(
+                "/tmp".to_owned(),
+                format!("rw,nosuid,nodev,size={},uid={},gid={},mode=1777", c.tmp_bytes, c.uid, c.gid),
+            )])),
+            mounts: Some(vec![Mount {
+                target: Some(WORKSPACE.to_owned()),
+                source: Some(volume.clone()),
+                typ: Some(MountType::VOLUME),
+                ..Default::default()
+            }]),
+            ulimits: Some(vec![
+                ResourcesUlimits { name: Some("nofile".to_owned()), soft: Some(4096), hard: Some(4096) },
+                ResourcesUlimits { name: Some("core".to_owned()), soft: Some(0), hard: Some(0) },
+            ]),
+            log_config: Some(bollard::models::HostConfigLogConfig {
+                typ: Some("json-file".to_owned()),
+                config: Some(HashMap::from([
+                    ("max-size".to_owned(), "1m".to_owned()),
+                    ("max-file".to_owned(), "1".to_owned()),
+                ])),
+            }),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(c.image.clone()),
+            user: Some(format!("{}:{}", c.uid, c.gid)),
+            cmd: Some(vec!["sleep".to_owned(), "infinity".to_owned()]),
+            working_dir: Some(WORKSPACE.to_owned()),
+            env: Some(vec!["HOME=/tmp".to_owned(), format!("PADDOCK_RUN_ID={run}")]),
+            labels: Some(labels),
+            network_disabled: Some(true),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = match self.docker.create_container(Some(options), body).await {
+            Ok(created) => created,
+            Err(e) => {
+                self.remove_volume(&volume).await;
+                return Err(e.into());
+            }
+        };
+        let sandbox = Sandbox { container: created.id, volume };
+        if let Err(e) = self.docker.start_container(&sandbox.container, None).await {
+            self.remove(&sandbox).await;
+            return Err(e.into());
+        }
+        Ok(sandbox)
+    }
+
+    /// Unpacks a tar archive into the workspace.
+    pub async fn upload(&self, sandbox: &Sandbox, tar: Bytes) -> Result<(), SandboxError> {
+        let options = UploadToContainerOptionsBuilder::new().path(WORKSPACE).build();
+        self.docker.upload_to_container(&sandbox.container, Some(options), bollard::body_full(tar)).await?;
+        Ok(())
+    }
+
+    /// Starts `cmd` as the sandbox user in the workspace; stdout and stderr
+    /// come back interleaved, as raw bytes.
+    pub async fn exec(&self, sandbox: &Sandbox, cmd: Vec<String>, env: Vec<String>) -> Result<Exec, SandboxError> {
+        let user = format!("{}:{}", self.config.uid, self.config.gid);
+        let created = self
+            .docker
+            .create_exec(
+                &sandbox.container,
+                CreateExecOptions {
+                    cmd: Some(cmd),
+                    env: Some(env),
+                    user: Some(user),
+                    working_dir: Some(WORKSPACE.to_owned()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        match self.docker.start_exec(&created.id, None).await? {
+            StartExecResults::Attached { output, .. } => Ok(Exec {
+                id: created.id,
+                output: Box::pin(output.map(|item| item.map(|o| o.into_bytes()).map_err(SandboxError::from))),
+            }),
+            StartExecResults::Detached => Err(SandboxError::Other("exec started detached".to_owned())),
+        }
+    }
+
+    /// The exit code of a finished exec.
+    pub async fn exit_code(&self, exec_id: &str) -> Result<i64, SandboxError> {
+        let inspected = self.docker.inspect_exec(exec_id).await?;
+        inspected.exit_code.ok_or_else(|| SandboxError::Other("exec has no exit code".to_owned()))
+    }
+
+    /// Whether the kernel's OOM killer fired in this sandbox.
+    pub async fn oom_killed(&self, sandbox: &Sandbox) -> Result<bool, SandboxError> {
+        let inspected = self.docker.inspect_container(&sandbox.container, None).await?;
+        Ok(inspected.state.and_then(|s| s.oom_killed).unwrap_or(false))
+    }
+
+    /// Kills the container at once (timeouts, lost leases, shutdown).
+    pub async fn kill(&self, sandbox: &Sandbox) {
+        let options = KillContainerOptionsBuilder::new().signal("KILL").build();
+        if let Err(error) = self.docker.kill_container(&sandbox.container, Some(options)).await {
+            tracing::debug!(%error, container = %sandbox.container, "kill failed (probably already stopped)");
+        }
+    }
+
+    /// Removes the container and its workspace volume. Never fails: what it
+    /// cannot remove now, the janitor removes later.
+    pub async fn remove(&self, sandbox: &Sandbox) {
+        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        if let Err(error) = self.docker.remove_container(&sandbox.container, Some(options)).await {
+            tracing::warn!(%error, container = %sandbox.container, "removing sandbox failed");
+        }
+        self.remove_volume(&sandbox.volume).await;
+    }
+
+    async fn remove_volume(&self, volume: &str) {
+        let options = RemoveVolumeOptionsBuilder::new().force(true).build();
+        if let Err(error) = self.docker.remove_volume(volume, Some(options)).await {
+            tracing::warn!(%error, %volume, "removing workspace volume failed");
+        }
+    }
+
+    /// Removes this namespace's sandboxes whose worker `is_alive` says is
+    /// gone, and workspace volumes no container uses. Run on worker start so
+    /// a crash leaves nothing behind for long. Returns the containers removed.
+    pub async fn sweep(&self, is_alive: impl Fn(&str) -> bool) -> Result<Vec<String>, SandboxError> {
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{LABEL_MANAGED_BY}={MANAGED_BY}"), format!("{LABEL_NAMESPACE}={}", self.namespace)],
+        )]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let mut removed = Vec::new();
+        for container in self.docker.list_containers(Some(options)).await? {
+            let labels = container.labels.unwrap_or_default();
+            let worker = labels.get(LABEL_WORKER).map(String::as_str).unwrap_or_default();
+            if is_alive(worker) {
+                continue;
+            }
+            let Some(id) = container.id else { continue };
+            let volume = labels.get(LABEL_VOLUME).cloned().unwrap_or_default();
+            tracing::info!(container = %id, %worker, run_id = ?labels.get(LABEL_RUN_ID), "removing sandbox left by a dead worker");
+            self.remove(&Sandbox { container: id.clone(), volume }).await;
+            removed.push(id);
+        }
+        let volumes = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(filters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
+            }))
+            .await?;
+        for volume in volumes.volumes.unwrap_or_default() {
+            let worker = volume.labels.get(LABEL_WORKER).map(String::as_str).unwrap_or_default();
+            if !is_alive(worker) {
+                self.remove_volume(&volume.name).await;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Containers of this namespace still present (for tests and operators).
+    pub async fn list_run_containers(&self, run: RunId) -> Result<Vec<String>, SandboxError> {
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{LABEL_NAMESPACE}={}", self.namespace), format!("{LABEL_RUN_ID}={run}")],
+        )]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        Ok(self.docker.list_containers(Some(options)).await?.into_iter().filter_map(|c| c.id).collect())
+    }
+}
