@@ -115,7 +115,8 @@ pub struct AgentConfig {
     pub command: String,
 }
 
-pub const SANDBOX_IMAGE_VERSION: &str = "0.1.0";
+/// Version of the sandbox base image recipe in `infra/sandbox/`.
+pub const SANDBOX_IMAGE_VERSION: &str = include_str!("../../infra/sandbox/VERSION").trim_ascii();
 
 impl Default for Config {
     fn default() -> Self {

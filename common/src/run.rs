@@ -6,10 +6,25 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// A run's identifier: a ULID, so ids sort by creation time.
+/// A run's identifier: a ULID, so ids sort by creation time. Written in
+/// lowercase everywhere (JSON, Redis, S3 keys, container names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(into = "String", try_from = "String")]
 pub struct RunId(ulid::Ulid);
+
+impl From<RunId> for String {
+    fn from(id: RunId) -> Self {
+        id.to_string()
+    }
+}
+
+impl TryFrom<String> for RunId {
+    type Error = ValidationError;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
 
 impl RunId {
     pub fn new() -> Self {

@@ -1,1 +1,15 @@
+//! Test harness shared by the integration tests (`tests/it`) and the demo.
+//!
+//! Everything runs against the real services that `cargo xtask setup`
+//! started (Redis, Docker, Garage); each test isolates itself with a unique
+//! Redis namespace, repository and worker, never by flushing shared state.
+//! A missing service fails loudly.
 
+#![allow(clippy::unwrap_used)]
+
+pub mod apps;
+pub mod git_server;
+pub mod services;
+
+pub use apps::{TestApp, WorkerHandle, WorkerProcess, spawn_app};
+pub use git_server::GitServer;

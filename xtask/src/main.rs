@@ -1,1 +1,100 @@
-fn main() {}
+//! Project automation: `cargo xtask <command>`.
+//!
+//! - `setup`: install and start what Paddock needs on a Debian 12 machine
+//!   (packages, dockerd, Redis, Garage, the sandbox image); idempotent
+//! - `test`: setup, then the whole test suite
+//! - `demo`: setup, then one issue-to-diff run end to end on local defaults
+//! - `openapi`: regenerate `openapi/openapi.json`
+//!
+//! Everything it installs or keeps lives under `$PADDOCK_HOME` (default
+//! `~/.cache/paddock`), outside the clone, so a fresh clone reuses it.
+
+mod services;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("test") => test(&args[1..]),
+        Some("demo") => demo(),
+        Some("openapi") => openapi(),
+        _ => Err("usage: cargo xtask <setup|test|demo|openapi>".to_owned()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, String>;
+
+/// Where installs, builds and service state live, outside the clone.
+pub fn home() -> PathBuf {
+    std::env::var_os("PADDOCK_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".to_owned())).join(".cache/paddock")
+    })
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| home().join("target"))
+}
+
+/// Runs a command inheriting stdio; fails with its status.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed with {status}")) }
+}
+
+fn cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    cmd.args(args).current_dir(workspace_root()).env("CARGO_TARGET_DIR", target_dir()).env("PADDOCK_HOME", home());
+    cmd
+}
+
+fn setup() -> Result<()> {
+    let started = Instant::now();
+    services::ensure_all(&home())?;
+    eprintln!("xtask: services ready in {:.1} s (state in {})", started.elapsed().as_secs_f64(), home().display());
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let started = Instant::now();
+    setup()?;
+    run(&mut cargo(&["build", "--workspace", "--bins"]))?;
+    let mut cmd = cargo(&["test", "--workspace", "--no-fail-fast"]);
+    cmd.args(extra);
+    run(&mut cmd)?;
+    eprintln!("xtask: test suite passed in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    setup()?;
+    run(&mut cargo(&["build", "--workspace", "--bins"]))?;
+    run(Command::new(target_dir().join("debug/demo")).env("PADDOCK_BIN_DIR", target_dir().join("debug")))
+}
+
+fn openapi() -> Result<()> {
+    let output = cargo(&["run", "--quiet", "--package", "api", "--", "openapi"])
+        .output()
+        .map_err(|e| format!("cannot run the api binary: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("`api openapi` failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let path = workspace_root().join("openapi/openapi.json");
+    std::fs::write(&path, output.stdout).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}

@@ -7,7 +7,8 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `job:<id>` | hash | the run record; expires after a terminal state |
-//! | `q:<tenant>:<repo>` | zset | a repository's ready runs, FIFO by enqueue ms |
+//! | `q:<tenant>:<repo>` | zset | a repository's ready runs, FIFO by enqueue sequence |
+//! | `seq` | string | the enqueue sequence |
 //! | `t:<tenant>:repos` | zset | a tenant's repositories with ready runs, by head score |
 //! | `ready` | zset | tenants with ready runs, by virtual time (fair share) |
 //! | `vtime` | hash | each tenant's virtual time |
@@ -281,6 +282,10 @@ impl RunQueue {
             .arg(limit.clamp(1, 100))
             .invoke_async(&mut conn)
             .await?;
+        let next_cursor = if next.is_empty() { None } else { Some(next.parse().map_err(|e| corrupt(&next, e))?) };
+        if ids.is_empty() {
+            return Ok(RunPage { runs: Vec::new(), next_cursor });
+        }
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.hmget(self.key(&format!("job:{id}")), &RECORD_FIELDS[..]);

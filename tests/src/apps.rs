@@ -1,0 +1,211 @@
+//! `spawn_app()`: the API in-process on port 0, plus workers in-process or
+//! as real child processes (for crash tests), all on one unique namespace.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::config::Config;
+use serde_json::Value;
+use worker::artifacts::S3Store;
+use worker::queue::RunQueue;
+
+use crate::git_server::GitServer;
+use crate::services;
+
+/// One isolated Paddock: its own Redis namespace, git server and API.
+pub struct TestApp {
+    pub address: String,
+    pub token: String,
+    /// The configuration every worker of this app gets, as `PADDOCK_*` vars.
+    pub vars: Vec<(String, String)>,
+    pub config: Config,
+    pub queue: RunQueue,
+    pub store: S3Store,
+    pub git: GitServer,
+    pub client: reqwest::Client,
+    pub scratch: PathBuf,
+}
+
+/// Starts the API with test defaults; `overrides` are extra `PADDOCK_*`
+/// variables (for example an agent command or a short timeout).
+pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
+    common::telemetry::init();
+    let git = GitServer::start().await;
+    let id = ulid::Ulid::new().to_string().to_lowercase();
+    let scratch = std::env::temp_dir().join(format!("paddock-test-{id}"));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let token = format!("test-admin-token-{id}");
+    let mut vars = services::endpoint_vars();
+    let defaults = [
+        ("PADDOCK_REDIS__NAMESPACE", format!("t-{id}")),
+        ("PADDOCK_API__LISTEN", "127.0.0.1:0".to_owned()),
+        ("PADDOCK_API__BOOTSTRAP_ADMIN_TOKEN", token.clone()),
+        ("PADDOCK_GIT__BASE_URL", git.base_url.clone()),
+        ("PADDOCK_WORKER__NAME", "test-worker".to_owned()),
+        ("PADDOCK_WORKER__WORK_DIR", scratch.join("work").display().to_string()),
+        ("PADDOCK_WORKER__LEASE_SECONDS", "4".to_owned()),
+        ("PADDOCK_WORKER__HEARTBEAT_SECONDS", "1".to_owned()),
+        ("PADDOCK_WORKER__POLL_INTERVAL_MS", "100".to_owned()),
+        ("PADDOCK_WORKER__SHUTDOWN_GRACE_SECONDS", "10".to_owned()),
+        ("PADDOCK_WORKER__RETRY_BASE_SECONDS", "1".to_owned()),
+        ("PADDOCK_SANDBOX__MEMORY_BYTES", (256u64 << 20).to_string()),
+        ("PADDOCK_SANDBOX__WORKSPACE_BYTES", (64u64 << 20).to_string()),
+        ("PADDOCK_SANDBOX__TIMEOUT_SECONDS", "120".to_owned()),
+    ];
+    vars.extend(defaults.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    vars.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let config = Config::load(None, vars.clone()).expect("test config is valid");
+    let queue = RunQueue::connect(&config.redis).await.expect("redis is up (run `cargo xtask setup`)");
+    let store = S3Store::new(&config.s3);
+    let app = api::Application::build(config.clone()).await.expect("api builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    TestApp { address, token, vars, config, queue, store, git, client: reqwest::Client::new(), scratch }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// A repository with one commit on `main`, unique to this test.
+    pub fn repo(&self, files: &[(&str, &[u8])]) -> String {
+        let name = format!("repo-{}", ulid::Ulid::new().to_string().to_lowercase());
+        self.git.create_repo("acme", &name, files);
+        format!("acme/{name}")
+    }
+
+    pub async fn post_run(&self, body: &Value) -> reqwest::Response {
+        self.client.post(self.url("/v1/runs")).bearer_auth(&self.token).json(body).send().await.expect("POST /v1/runs")
+    }
+
+    /// Requests a run and returns its id, asserting the 202 contract.
+    pub async fn create_run(&self, repository: &str, title: &str) -> String {
+        let body = serde_json::json!({
+            "repository": repository,
+            "base_ref": "main",
+            "task": {"title": title, "body": "Details of the task."},
+        });
+        let response = self.post_run(&body).await;
+        assert_eq!(response.status().as_u16(), 202, "{:?}", response.text().await);
+        let location = response.headers().get("location").expect("Location header").to_str().unwrap().to_owned();
+        let accepted: Value = response.json().await.unwrap();
+        let id = accepted["id"].as_str().expect("id").to_owned();
+        assert_eq!(location, format!("/v1/runs/{id}"));
+        assert_eq!(accepted["state"], "queued");
+        id
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(&self.token).send().await.expect("GET")
+    }
+
+    pub async fn run(&self, id: &str) -> Value {
+        let response = self.get(&format!("/v1/runs/{id}")).await;
+        assert_eq!(response.status().as_u16(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Polls until `done` holds for the run; panics after `limit`.
+    pub async fn wait_for(&self, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let run = self.run(id).await;
+            if done(&run) {
+                return run;
+            }
+            assert!(started.elapsed() < limit, "run {id} did not get there in {limit:?}: {run:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn wait_until_finished(&self, id: &str) -> Value {
+        self.wait_for(id, Duration::from_secs(180), |r| r["state"] == "succeeded" || r["state"] == "failed").await
+    }
+
+    /// An artifact's bytes from object storage.
+    pub async fn artifact(&self, key: &str) -> bytes::Bytes {
+        use worker::artifacts::ObjectStore;
+        self.store.get(key).await.expect("s3 get").unwrap_or_else(|| panic!("artifact {key} missing"))
+    }
+
+    /// Starts a worker inside this process.
+    pub async fn spawn_worker(&self) -> WorkerHandle {
+        let app = worker::Application::build(self.config.clone()).await.expect("worker builds");
+        let name = app.name().to_owned();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        WorkerHandle { name, stop: Some(stop), task }
+    }
+
+    /// Starts the real `worker` binary as a child process.
+    pub fn spawn_worker_process(&self) -> WorkerProcess {
+        let bin = services::bin_dir().join("worker");
+        assert!(bin.exists(), "{} is missing: build with `cargo build --bins`", bin.display());
+        let log = self.scratch.join(format!("worker-{}.log", ulid::Ulid::new()));
+        let file = std::fs::File::create(&log).expect("worker log");
+        let child = std::process::Command::new(bin)
+            .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log fd"))
+            .stderr(file)
+            .spawn()
+            .expect("start worker process");
+        WorkerProcess { child, log }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.scratch).ok();
+    }
+}
+
+pub struct WorkerHandle {
+    pub name: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl WorkerHandle {
+    /// Like SIGTERM: stop claiming, let running runs finish, return.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("worker task").expect("worker stops cleanly");
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub struct WorkerProcess {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl WorkerProcess {
+    pub fn kill_hard(&mut self) {
+        self.child.kill().expect("SIGKILL the worker");
+        self.child.wait().expect("reap the worker");
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

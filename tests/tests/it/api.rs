@@ -1,0 +1,146 @@
+//! The HTTP contract: authentication, validation, problem+json, pagination.
+
+use serde_json::{Value, json};
+use tests::spawn_app;
+
+async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    let content_type = response.headers().get("content-type").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(body["type"].as_str().unwrap().starts_with("https://"), "{body}");
+    assert!(body["title"].is_string(), "{body}");
+    body
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_refused() {
+    let app = spawn_app(&[]).await;
+    let anonymous = app.client.get(app.url("/v1/runs")).send().await.unwrap();
+    assert_eq!(anonymous.headers().get("www-authenticate").unwrap(), "Bearer realm=\"paddock\"");
+    assert_problem(anonymous, 401).await;
+    let wrong = app.client.get(app.url("/v1/runs")).bearer_auth("not-the-token").send().await.unwrap();
+    assert_problem(wrong, 401).await;
+    let basic = app.client.get(app.url("/v1/runs")).basic_auth("admin", Some("x")).send().await.unwrap();
+    assert_problem(basic, 401).await;
+    let body = json!({"repository": "acme/x", "base_ref": "main", "task": {"title": "t"}});
+    let post = app.client.post(app.url("/v1/runs")).json(&body).send().await.unwrap();
+    assert_problem(post, 401).await;
+    let listed = app.queue.list(None, None, 10).await.unwrap();
+    assert!(listed.runs.is_empty(), "an unauthenticated request created a run");
+}
+
+#[tokio::test]
+async fn malformed_run_requests_get_problem_details() {
+    let app = spawn_app(&[]).await;
+    let post_raw = |body: &'static str, content_type: &'static str| {
+        app.client
+            .post(app.url("/v1/runs"))
+            .bearer_auth(&app.token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let not_json = assert_problem(post_raw("{not json", "application/json").await.unwrap(), 400).await;
+    assert!(not_json["detail"].as_str().unwrap().contains("JSON"), "{not_json}");
+    assert_problem(post_raw("{}", "text/plain").await.unwrap(), 415).await;
+    let missing = assert_problem(post_raw("{}", "application/json").await.unwrap(), 400).await;
+    assert!(missing["detail"].as_str().unwrap().contains("repository"), "{missing}");
+
+    let valid = json!({"repository": "acme/widgets", "base_ref": "main", "task": {"title": "Fix it", "body": ""}});
+    let with = |key: &str, value: Value| {
+        let mut body = valid.clone();
+        body[key] = value;
+        body
+    };
+    let cases = [
+        (with("repository", json!("not a repo")), "repository"),
+        (with("repository", json!("acme/../etc")), "repository"),
+        (with("base_ref", json!("--upload-pack=evil")), "base_ref"),
+        (with("base_ref", json!("")), "base_ref"),
+        (with("task", json!({"title": "  "})), "task.title"),
+        (with("agent_profile", json!("Bad Profile")), "agent_profile"),
+        (with("tenant", json!("a tenant with spaces")), "tenant"),
+    ];
+    for (body, field) in cases {
+        let problem = assert_problem(app.post_run(&body).await, 400).await;
+        assert_eq!(problem["field"], field, "{body} -> {problem}");
+    }
+    let unknown = assert_problem(app.post_run(&with("colour", json!("blue"))).await, 400).await;
+    assert!(unknown["detail"].as_str().unwrap().contains("colour"), "{unknown}");
+    let huge_title = "x".repeat(300);
+    assert_problem(app.post_run(&with("task", json!({"title": huge_title}))).await, 400).await;
+    let huge = "y".repeat(300 * 1024);
+    assert_problem(app.post_run(&with("task", json!({"title": "t", "body": huge}))).await, 413).await;
+
+    assert!(app.queue.list(None, None, 10).await.unwrap().runs.is_empty(), "a refused request created a run");
+}
+
+#[tokio::test]
+async fn lookups_of_unknown_things_are_problems() {
+    let app = spawn_app(&[]).await;
+    assert_problem(app.get("/v1/runs/not-a-run-id").await, 400).await;
+    let missing = ulid::Ulid::new().to_string().to_lowercase();
+    assert_problem(app.get(&format!("/v1/runs/{missing}")).await, 404).await;
+    assert_problem(app.get(&format!("/v1/runs/{missing}/logs")).await, 404).await;
+    assert_problem(app.get("/v2/nothing-here").await, 404).await;
+    assert_problem(app.get("/v1/runs?state=sleeping").await, 400).await;
+    assert_problem(app.get("/v1/runs?limit=0").await, 400).await;
+    assert_problem(app.get("/v1/runs?limit=lots").await, 400).await;
+    assert_problem(app.get("/v1/runs?cursor=zzz").await, 400).await;
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = spawn_app(&[]).await;
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200, "{:?}", ready.text().await);
+}
+
+#[tokio::test]
+async fn readiness_fails_when_object_storage_is_unreachable() {
+    let app = spawn_app(&[("PADDOCK_S3__ENDPOINT", "http://127.0.0.1:9")]).await;
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let problem = assert_problem(ready, 503).await;
+    assert!(problem["detail"].as_str().unwrap().contains("object storage"), "{problem}");
+}
+
+#[tokio::test]
+async fn runs_are_listed_newest_first_with_cursor_pages_and_a_state_filter() {
+    let app = spawn_app(&[]).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(app.create_run("acme/widgets", &format!("task {i}")).await);
+    }
+    ids.reverse();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/runs?limit=2&cursor={c}"),
+            None => "/v1/runs?limit=2".to_owned(),
+        };
+        let page: Value = app.get(&path).await.json().await.unwrap();
+        let runs = page["runs"].as_array().unwrap();
+        assert!(runs.len() <= 2);
+        seen.extend(runs.iter().map(|r| r["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    let queued: Value = app.get("/v1/runs?state=queued&limit=100").await.json().await.unwrap();
+    assert_eq!(queued["runs"].as_array().unwrap().len(), 5);
+    let running: Value = app.get("/v1/runs?state=running").await.json().await.unwrap();
+    assert!(running["runs"].as_array().unwrap().is_empty());
+    let one = app.run(&ids[0]).await;
+    assert_eq!(one["state"], "queued");
+    assert_eq!(one["attempt"], 0);
+    assert_eq!(one["requested_by"], "bootstrap-admin");
+    assert_eq!(one["tenant"], "default");
+    assert!(one["created_at"].as_str().unwrap().ends_with('Z'));
+}

@@ -1,0 +1,10 @@
+//! Integration tests against real Redis, Docker and Garage (S3), started by
+//! `cargo xtask setup`. One binary; each test isolates itself by namespace,
+//! repository and worker.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod openapi;
+mod queue;
+mod runs;

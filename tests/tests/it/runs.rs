@@ -1,0 +1,163 @@
+//! Runs end to end: API → Redis → worker → Docker sandbox → S3.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tests::git_server::git;
+use tests::spawn_app;
+
+const README: &[u8] = b"# Widgets\n\nTeh quick brown fox.\n";
+
+/// An agent that fixes a typo, adds a file, writes a binary file and deletes one.
+const FIXER: &str = "sed -i 's/Teh/The/' README.md && printf 'title: %s\\n' \"$PADDOCK_TASK_TITLE\" > NOTES.md \
+    && printf '\\000\\001\\002\\377binary' > blob.bin && git rm -q old.txt && echo \"agent says: fixed $PADDOCK_TASK_TITLE\"";
+
+fn assert_artifact_keys(run: &Value) -> [String; 3] {
+    let id = run["id"].as_str().unwrap();
+    let keys: Vec<String> =
+        run["artifacts"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_owned()).collect();
+    let expected = [format!("runs/{id}/logs.txt"), format!("runs/{id}/diff.patch"), format!("runs/{id}/summary.json")];
+    assert_eq!(keys, expected);
+    expected
+}
+
+#[tokio::test]
+async fn a_run_goes_from_the_api_through_a_sandbox_to_s3() {
+    let app = spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", FIXER)]).await;
+    let repo = app.repo(&[("README.md", README), ("old.txt", b"remove me\n")]);
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "Fix the typo").await;
+    let run = app.wait_until_finished(&id).await;
+
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["stop_reason"]["kind"], "completed");
+    assert_eq!(run["attempt"], 1);
+    assert_eq!(run["worker"], worker.name.as_str());
+    assert!(run["started_at"].is_string() && run["finished_at"].is_string());
+    let [logs_key, diff_key, summary_key] = assert_artifact_keys(&run);
+
+    let diff = app.artifact(&diff_key).await;
+    let diff_text = String::from_utf8_lossy(&diff);
+    assert!(diff_text.contains("-Teh quick brown fox.\n+The quick brown fox."), "{diff_text}");
+    assert!(diff_text.contains("+title: Fix the typo"), "{diff_text}");
+    assert!(diff_text.contains("GIT binary patch"), "binary file not in the diff: {diff_text}");
+    assert!(diff_text.contains("deleted file mode"), "{diff_text}");
+
+    // The diff is binary-safe: it applies to a clean checkout and reproduces the bytes.
+    let check = app.scratch.join("apply");
+    let url = format!("{}/{repo}.git", app.git.base_url);
+    git(&app.scratch, &["clone", "-q", &url, check.to_str().unwrap()]);
+    std::fs::write(app.scratch.join("run.patch"), &diff).unwrap();
+    git(&check, &["apply", "--index", app.scratch.join("run.patch").to_str().unwrap()]);
+    assert_eq!(std::fs::read(check.join("blob.bin")).unwrap(), b"\x00\x01\x02\xffbinary");
+    assert!(!check.join("old.txt").exists());
+
+    let logs = String::from_utf8(app.artifact(&logs_key).await.to_vec()).unwrap();
+    assert!(logs.contains("agent says: fixed Fix the typo"), "{logs}");
+    let api_logs = app.get(&format!("/v1/runs/{id}/logs")).await.text().await.unwrap();
+    assert_eq!(api_logs, logs);
+
+    let summary: Value = serde_json::from_slice(&app.artifact(&summary_key).await).unwrap();
+    assert_eq!(summary["run_id"], id.as_str());
+    assert_eq!(summary["repository"], repo.as_str());
+    assert_eq!(summary["stop_reason"]["kind"], "completed");
+    assert_eq!(summary["files_changed"], serde_json::json!(["NOTES.md", "README.md", "blob.bin", "old.txt"]));
+    assert_eq!(summary["base_commit"].as_str().unwrap().len(), 40);
+
+    let succeeded: Value = app.get("/v1/runs?state=succeeded").await.json().await.unwrap();
+    assert_eq!(succeeded["runs"][0]["id"], id.as_str());
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_agent_ends_failed_with_its_exit_code() {
+    let app = spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", "echo 'something broke' >&2; exit 3")]).await;
+    let repo = app.repo(&[("README.md", README)]);
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "Break it").await;
+    let run = app.wait_until_finished(&id).await;
+    assert_eq!(run["state"], "failed", "{run:#}");
+    assert_eq!(run["stop_reason"], serde_json::json!({"kind": "agent_failed", "exit_code": 3}));
+    assert_eq!(run["attempt"], 1, "an agent failure must not be retried");
+    let [logs_key, diff_key, _] = assert_artifact_keys(&run);
+    let logs = String::from_utf8(app.artifact(&logs_key).await.to_vec()).unwrap();
+    assert!(logs.contains("something broke"), "{logs}");
+    assert!(app.artifact(&diff_key).await.is_empty());
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_wall_clock_cap_ends_the_run_and_removes_the_sandbox() {
+    let app = spawn_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", "echo started; sleep 600"),
+        ("PADDOCK_SANDBOX__TIMEOUT_SECONDS", "3"),
+    ])
+    .await;
+    let repo = app.repo(&[("README.md", README)]);
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "Take forever").await;
+    let run = app.wait_until_finished(&id).await;
+    assert_eq!(run["state"], "failed", "{run:#}");
+    assert_eq!(run["stop_reason"], serde_json::json!({"kind": "timeout", "limit_seconds": 3}));
+    let [logs_key, _, _] = assert_artifact_keys(&run);
+    let logs = String::from_utf8(app.artifact(&logs_key).await.to_vec()).unwrap();
+    assert!(logs.contains("started") && logs.contains("wall-clock cap"), "{logs}");
+    assert_eq!(sandboxes_of(&app, &id).await, Vec::<String>::new(), "the timed-out sandbox was left behind");
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_branch_fails_the_run_without_retrying() {
+    let app = spawn_app(&[]).await;
+    let repo = app.repo(&[("README.md", README)]);
+    let worker = app.spawn_worker().await;
+    let body = serde_json::json!({"repository": repo, "base_ref": "no-such-branch", "task": {"title": "t"}});
+    let accepted: Value = app.post_run(&body).await.json().await.unwrap();
+    let id = accepted["id"].as_str().unwrap();
+    let run = app.wait_until_finished(id).await;
+    assert_eq!(run["state"], "failed", "{run:#}");
+    assert_eq!(run["stop_reason"]["kind"], "checkout_failed");
+    assert!(run["stop_reason"]["message"].as_str().unwrap().contains("no-such-branch"), "{run:#}");
+    assert_eq!(run["attempt"], 1);
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_killed_worker_loses_its_run_to_another_after_the_lease_expires() {
+    let app = spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", "sleep 5; echo finished > DONE.txt")]).await;
+    let repo = app.repo(&[("README.md", README)]);
+    let mut first = app.spawn_worker_process();
+    let id = app.create_run(&repo, "Survive a crash").await;
+    let running = app.wait_for(&id, Duration::from_secs(60), |r| r["state"] == "running").await;
+    let first_name = running["worker"].as_str().unwrap().to_owned();
+    // Let the sandbox start, then kill the worker without a chance to clean up.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    first.kill_hard();
+    let orphans = sandboxes_of(&app, &id).await;
+
+    // Start the second worker once the first one's lease is surely over, so
+    // its start-up sweep sees the first as dead.
+    tokio::time::sleep(Duration::from_secs(app.config.worker.lease_seconds + 1)).await;
+    let second = app.spawn_worker().await;
+    let run = app.wait_until_finished(&id).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}\nfirst worker log:\n{}", first.log_text());
+    assert_eq!(run["attempt"], 2, "the crashed attempt must count");
+    assert_eq!(run["worker"], second.name.as_str());
+    assert_ne!(first_name, second.name);
+    assert!(run["last_error"].as_str().unwrap().contains(&first_name), "{run:#}");
+    let [_, diff_key, _] = assert_artifact_keys(&run);
+    assert!(String::from_utf8_lossy(&app.artifact(&diff_key).await).contains("+finished"));
+    let remaining = sandboxes_of(&app, &id).await;
+    for orphan in orphans {
+        assert!(!remaining.contains(&orphan), "the crashed worker's sandbox {orphan} was not swept");
+    }
+    second.shutdown().await;
+}
+
+/// Containers of this run that still exist.
+async fn sandboxes_of(app: &tests::TestApp, id: &str) -> Vec<String> {
+    let driver = worker::sandbox::SandboxDriver::connect(&app.config.sandbox, &app.config.redis.namespace, "observer")
+        .await
+        .unwrap();
+    driver.list_run_containers(id.parse().unwrap()).await.unwrap()
+}

@@ -1,0 +1,299 @@
+//! Installs and starts the real services Paddock uses, each only when it is
+//! missing or stopped, and records how to reach them in
+//! `$PADDOCK_HOME/state/services.env` for the tests and the demo.
+
+use std::fs;
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Result, run};
+
+const PACKAGES: &[&str] =
+    &["redis-server", "redis-tools", "docker.io", "git", "debootstrap", "iptables", "ca-certificates", "curl"];
+const GARAGE_VERSION: &str = "2.5.0";
+const REDIS_PORT: u16 = 6390;
+const S3_PORT: u16 = 3900;
+const BUCKET: &str = "paddock";
+const SANDBOX_REPO: &str = "paddock/sandbox";
+
+pub fn ensure_all(home: &Path) -> Result<()> {
+    for dir in ["logs", "state", "redis", "garage"] {
+        fs::create_dir_all(home.join(dir)).map_err(|e| format!("cannot create {}: {e}", home.join(dir).display()))?;
+    }
+    step("packages", packages)?;
+    step("docker", || docker(home))?;
+    step("redis", || redis(home))?;
+    let key = step("garage", || garage(home))?;
+    step("sandbox image", || sandbox_image(home))?;
+    let vars = [
+        ("PADDOCK_REDIS__URL".to_owned(), format!("redis://127.0.0.1:{REDIS_PORT}/")),
+        ("PADDOCK_S3__ENDPOINT".to_owned(), format!("http://127.0.0.1:{S3_PORT}")),
+        ("PADDOCK_S3__REGION".to_owned(), "garage".to_owned()),
+        ("PADDOCK_S3__BUCKET".to_owned(), BUCKET.to_owned()),
+        ("PADDOCK_S3__ACCESS_KEY_ID".to_owned(), key.0),
+        ("PADDOCK_S3__SECRET_ACCESS_KEY".to_owned(), key.1),
+    ];
+    let env_file: String = vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    let path = home.join("state/services.env");
+    fs::write(&path, env_file).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let started = Instant::now();
+    let value = f().map_err(|e| format!("{name}: {e}"))?;
+    eprintln!("xtask: {name}: ok ({:.1} s)", started.elapsed().as_secs_f64());
+    Ok(value)
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!("{what} did not become ready within {} s", limit.as_secs()))
+}
+
+/// Starts `cmd` in its own session so it outlives this process.
+fn spawn_daemon(mut cmd: Command, log: &Path) -> Result<()> {
+    let log_file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+    let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
+    let mut setsid = Command::new("setsid");
+    setsid.arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            setsid.env(k, v);
+        }
+    }
+    setsid.stdin(Stdio::null()).stdout(log_file).stderr(err_file);
+    cmd = setsid;
+    cmd.spawn().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    Ok(())
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).is_ok()
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).map_err(|e| e.to_string())?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Reads `name` from a small state file, creating it with `make` once.
+fn persistent(path: &Path, make: impl FnOnce() -> Result<String>) -> Result<String> {
+    if let Ok(value) = fs::read_to_string(path) {
+        return Ok(value.trim().to_owned());
+    }
+    let value = make()?;
+    fs::write(path, &value).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(value)
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing))
+}
+
+fn docker_up() -> bool {
+    succeeds(Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]))
+}
+
+fn docker(home: &Path) -> Result<()> {
+    if docker_up() {
+        return Ok(());
+    }
+    spawn_daemon(Command::new("dockerd"), &home.join("logs/dockerd.log"))?;
+    wait_until("dockerd", Duration::from_secs(60), docker_up)
+        .map_err(|e| format!("{e}; see {}", home.join("logs/dockerd.log").display()))
+}
+
+fn redis_up() -> bool {
+    Command::new("redis-cli")
+        .args(["-p", &REDIS_PORT.to_string(), "ping"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+}
+
+fn redis(home: &Path) -> Result<()> {
+    if redis_up() {
+        return Ok(());
+    }
+    if port_open(REDIS_PORT) {
+        return Err(format!("port {REDIS_PORT} is taken by something that is not Redis"));
+    }
+    let dir = home.join("redis");
+    run(Command::new("redis-server")
+        .args(["--port", &REDIS_PORT.to_string(), "--bind", "127.0.0.1", "--daemonize", "yes", "--appendonly", "yes"])
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--logfile")
+        .arg(home.join("logs/redis.log"))
+        .arg("--pidfile")
+        .arg(dir.join("redis.pid")))?;
+    wait_until("redis", Duration::from_secs(20), redis_up)
+}
+
+fn garage_bin(home: &Path) -> PathBuf {
+    home.join(format!("garage-{GARAGE_VERSION}/bin/garage"))
+}
+
+fn install_garage(home: &Path) -> Result<()> {
+    let bin = garage_bin(home);
+    if bin.exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: building garage {GARAGE_VERSION} from crates.io (about 10 minutes, once per machine)");
+    let build_dir = home.join("garage-build");
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+        .args(["install", "--locked", "garage", "--version", GARAGE_VERSION, "--root"])
+        .arg(home.join(format!("garage-{GARAGE_VERSION}")))
+        .env("CARGO_TARGET_DIR", &build_dir))?;
+    fs::remove_dir_all(&build_dir).ok();
+    Ok(())
+}
+
+fn garage(home: &Path) -> Result<(String, String)> {
+    install_garage(home)?;
+    let dir = home.join("garage");
+    let config = dir.join("garage.toml");
+    let rpc_secret = persistent(&dir.join("rpc_secret"), || random_hex(32))?;
+    let admin_token = persistent(&dir.join("admin_token"), || random_hex(24))?;
+    let toml = format!(
+        r#"metadata_dir = "{dir}/meta"
+data_dir = "{dir}/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:3901"
+rpc_public_addr = "127.0.0.1:3901"
+rpc_secret = "{rpc_secret}"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:{S3_PORT}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:3903"
+admin_token = "{admin_token}"
+"#,
+        dir = dir.display()
+    );
+    fs::write(&config, toml).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let bin = garage_bin(home);
+    let cli = || {
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-c").arg(&config);
+        cmd
+    };
+    if !succeeds(cli().arg("status")) {
+        if port_open(S3_PORT) {
+            return Err(format!("port {S3_PORT} is taken by something that is not this Garage"));
+        }
+        let mut server = cli();
+        server.arg("server");
+        spawn_daemon(server, &home.join("logs/garage.log"))?;
+        wait_until("garage", Duration::from_secs(30), || succeeds(cli().arg("status")))?;
+    }
+    let layout = output(cli().args(["layout", "show"]))?;
+    if !layout.contains("dc1") {
+        let node = output(cli().args(["node", "id", "-q"]))?;
+        let node = node.trim().split('@').next().unwrap_or_default().to_owned();
+        run(cli().args(["layout", "assign", "-z", "dc1", "-c", "1G", &node]).stdout(Stdio::null()))?;
+        run(cli().args(["layout", "apply", "--version", "1"]).stdout(Stdio::null()))?;
+    }
+    let key_id = persistent(&dir.join("key_id"), || Ok(format!("GK{}", random_hex(12)?)))?;
+    let secret = persistent(&dir.join("key_secret"), || random_hex(32))?;
+    if !succeeds(cli().args(["key", "info", &key_id])) {
+        run(cli().args(["key", "import", "--yes", "-n", "paddock", &key_id, &secret]).stdout(Stdio::null()))?;
+    }
+    if !succeeds(cli().args(["bucket", "info", BUCKET])) {
+        run(cli().args(["bucket", "create", BUCKET]).stdout(Stdio::null()))?;
+    }
+    run(cli()
+        .args(["bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", &key_id])
+        .stdout(Stdio::null()))?;
+    wait_until("garage s3 api", Duration::from_secs(10), || port_open(S3_PORT))?;
+    Ok((key_id, secret))
+}
+
+fn sandbox_image(home: &Path) -> Result<()> {
+    let root = crate::workspace_root().join("infra/sandbox");
+    let version = fs::read_to_string(root.join("VERSION")).map_err(|e| e.to_string())?;
+    let image = format!("{SANDBOX_REPO}:{}", version.trim());
+    if succeeds(Command::new("docker").args(["image", "inspect", &image])) {
+        return Ok(());
+    }
+    let packages = fs::read_to_string(root.join("packages")).map_err(|e| e.to_string())?;
+    let include: Vec<&str> = packages.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let rootfs = home.join("sandbox-rootfs");
+    fs::remove_dir_all(&rootfs).ok();
+    eprintln!("xtask: building {image} with debootstrap (about a minute)");
+    run(Command::new("debootstrap")
+        .args(["--variant=minbase", &format!("--include={}", include.join(",")), "bookworm"])
+        .arg(&rootfs)
+        .arg("http://deb.debian.org/debian")
+        .stdout(Stdio::null()))?;
+    // The agent's user: numeric ids match the sandbox config, so tools that
+    // look up the current user (git, python) find it.
+    append(&rootfs.join("etc/passwd"), "paddock:x:1000:1000:paddock agent:/tmp:/bin/bash\n")?;
+    append(&rootfs.join("etc/group"), "paddock:x:1000:\n")?;
+    for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+        let path = rootfs.join(dir);
+        fs::remove_dir_all(&path).ok();
+        fs::create_dir_all(&path).ok();
+    }
+    let script = format!(
+        "tar -C {} -c . | docker import --change 'USER 1000:1000' --change 'WORKDIR /workspace' --change 'ENV HOME=/tmp' - {image}",
+        rootfs.display()
+    );
+    run(Command::new("bash").args(["-o", "pipefail", "-c", &script]).stdout(Stdio::null()))?;
+    fs::remove_dir_all(&rootfs).ok();
+    Ok(())
+}
+
+fn append(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("cannot append to {}: {e}", path.display()))
+}
