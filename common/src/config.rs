@@ -215,6 +215,9 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+/// `PADDOCK_*` variables that are not configuration keys.
+const NOT_CONFIG: &[&str] = &["CONFIG", "HOME", "BIN_DIR", "LOG_FORMAT"];
+
 impl Config {
     /// Loads defaults, then `file` if given, then the `PADDOCK_*` variables
     /// from `env`.
@@ -236,7 +239,7 @@ impl Config {
             .into_iter()
             .filter_map(|(k, v)| {
                 k.strip_prefix("PADDOCK_")
-                    .filter(|rest| *rest != "CONFIG")
+                    .filter(|rest| !NOT_CONFIG.contains(rest))
                     .map(|rest| (rest.to_lowercase().replace("__", "."), v))
             })
             .collect();

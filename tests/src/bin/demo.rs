@@ -18,7 +18,7 @@ for f in $(grep -rlE 'teh|recieve' --include='*.md' --include='*.py' .); do
   echo "fixed spelling in $f"
 done
 printf -- '- %s\n' "$PADDOCK_TASK_TITLE" >> CHANGELOG.md
-python3 -m py_compile widgets.py && echo "widgets.py still compiles""#;
+python3 -c 'import ast; ast.parse(open("widgets.py").read())' && echo "widgets.py still parses""#;
 
 struct Children(Vec<Child>);
 
@@ -89,29 +89,27 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "the run did not finish in 5 minutes: {run}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    println!("final state:  {} ({})", run["state"], run["stop_reason"]);
-    println!("attempt:      {} on {}", run["attempt"], run["worker"].as_str().unwrap_or_default());
-    println!("took:         {:.1} s from request to finished", started.elapsed().as_secs_f64());
-    println!("artifacts in s3://{}/:", s3_bucket(&vars));
-    for key in run["artifacts"].as_array().into_iter().flatten() {
-        println!("  {}", key.as_str().unwrap_or_default());
-    }
+    let elapsed = started.elapsed();
     let config = common::config::Config::load(None, vars.clone())?;
     let store = S3Store::new(&config.s3);
-    for key in run["artifacts"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-        if key.ends_with("diff.patch") || key.ends_with("summary.json") {
-            let body = store.get(key).await?.unwrap_or_default();
-            println!("\n--- {key} ---\n{}", String::from_utf8_lossy(&body));
-        }
+    let keys: Vec<&str> = run["artifacts"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    for key in keys.iter().filter(|k| k.ends_with("diff.patch") || k.ends_with("summary.json")) {
+        let body = store.get(key).await?.unwrap_or_default();
+        println!("\n--- {key} ---\n{}", String::from_utf8_lossy(&body));
     }
     let logs = client.get(format!("{base}/v1/runs/{id}/logs")).bearer_auth(&token).send().await?.text().await?;
     println!("--- logs (GET /v1/runs/{id}/logs) ---\n{logs}");
+    println!("=== run {id} ===");
+    println!("final state:  {} ({})", run["state"], run["stop_reason"]);
+    println!("requested by: {} for {} @ {}", run["requested_by"], run["repository"], run["base_ref"]);
+    println!("attempt:      {} on {}", run["attempt"], run["worker"].as_str().unwrap_or_default());
+    println!("took:         {:.1} s from request to finished", elapsed.as_secs_f64());
+    println!("artifacts in s3://{}/:", config.s3.bucket);
+    for key in &keys {
+        println!("  {key}");
+    }
     anyhow::ensure!(run["state"] == "succeeded", "the demo run did not succeed");
     Ok(())
-}
-
-fn s3_bucket(vars: &[(String, String)]) -> String {
-    vars.iter().find(|(k, _)| k == "PADDOCK_S3__BUCKET").map(|(_, v)| v.clone()).unwrap_or_default()
 }
 
 fn free_port() -> u16 {

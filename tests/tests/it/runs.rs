@@ -161,3 +161,46 @@ async fn sandboxes_of(app: &tests::TestApp, id: &str) -> Vec<String> {
         .unwrap();
     driver.list_run_containers(id.parse().unwrap()).await.unwrap()
 }
+
+#[tokio::test]
+async fn sigterm_stops_claiming_and_lets_the_running_run_finish() {
+    let app = spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", "sleep 3; echo done > DONE.txt")]).await;
+    let repo = app.repo(&[("README.md", README)]);
+    let mut worker = app.spawn_worker_process();
+    let first = app.create_run(&repo, "Finish me").await;
+    app.wait_for(&first, Duration::from_secs(60), |r| r["state"] == "running").await;
+    let pid = worker.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let second = app.create_run(&repo, "Nobody should claim me").await;
+
+    let run = app.wait_until_finished(&first).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}\nworker log:\n{}", worker.log_text());
+    let status = tokio::task::spawn_blocking(move || {
+        let status = worker.child.wait().unwrap();
+        (status, worker)
+    });
+    let (status, worker) = tokio::time::timeout(Duration::from_secs(60), status).await.expect("worker exits").unwrap();
+    assert!(status.success(), "worker exited with {status}\n{}", worker.log_text());
+    let waiting = app.run(&second).await;
+    assert_eq!(waiting["state"], "queued", "a stopping worker claimed new work: {waiting:#}");
+    assert_eq!(waiting["attempt"], 0);
+}
+
+#[tokio::test]
+async fn runs_still_going_when_the_grace_period_ends_go_back_to_the_queue() {
+    let app = spawn_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", "sleep 600"),
+        ("PADDOCK_WORKER__SHUTDOWN_GRACE_SECONDS", "1"),
+    ])
+    .await;
+    let repo = app.repo(&[("README.md", README)]);
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "Too slow to finish").await;
+    app.wait_for(&id, Duration::from_secs(60), |r| r["state"] == "running").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.shutdown().await;
+    let run = app.run(&id).await;
+    assert_eq!(run["state"], "queued", "{run:#}");
+    assert_eq!(run["attempt"], 0, "a released run must not use up an attempt");
+    assert_eq!(sandboxes_of(&app, &id).await, Vec::<String>::new(), "the released run's sandbox was left behind");
+}
