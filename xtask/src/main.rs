@@ -75,9 +75,51 @@ fn test(extra: &[String]) -> Result<()> {
     run(&mut cargo(&["build", "--workspace", "--bins"]))?;
     let mut cmd = cargo(&["test", "--workspace", "--no-fail-fast"]);
     cmd.args(extra);
-    run(&mut cmd)?;
+    let (passed, failed, result) = run_counting_tests(&mut cmd);
+    println!("xtask: {passed} passed, {failed} failed");
+    result?;
+    if passed == 0 {
+        return Err("the test suite ran no test".to_owned());
+    }
     eprintln!("xtask: test suite passed in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and adds up the per-binary
+/// `test result:` lines so the run ends on one total.
+fn run_counting_tests(cmd: &mut Command) -> (u64, u64, Result<()>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = match cmd.stdout(std::process::Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(e) => return (0, 0, Err(format!("cannot run {cmd:?}: {e}"))),
+    };
+    let (mut passed, mut failed) = (0, 0);
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                passed += count(rest, " passed");
+                failed += count(rest, " failed");
+            }
+        }
+    }
+    let result = match child.wait() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("{cmd:?} failed with {status}")),
+        Err(e) => Err(format!("cannot wait for {cmd:?}: {e}")),
+    };
+    (passed, failed, result)
+}
+
+/// The number before `label` in `ok. 7 passed; 0 failed; ...`.
+fn count(summary: &str, label: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| {
+            part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(label.trim_start())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn demo() -> Result<()> {
