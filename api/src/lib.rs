@@ -5,8 +5,10 @@
 
 pub mod auth;
 pub mod health;
+pub mod limits;
 pub mod openapi;
 pub mod problem;
+pub mod queue;
 pub mod runs;
 pub mod startup;
 

@@ -7,7 +7,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{InfoBuilder, OpenApi};
 use utoipa_actix_web::AppExt;
 
-use crate::{health, problem, runs, startup};
+use crate::{health, limits, problem, queue, runs, startup};
 
 /// Registers every route on `app`; returns the app and its OpenAPI document.
 pub fn routes<T>(app: App<T>) -> (App<T>, OpenApi)
@@ -29,6 +29,11 @@ where
         .service(runs::handlers::list_runs)
         .service(runs::handlers::get_run)
         .service(runs::handlers::run_logs)
+        .service(runs::handlers::cancel_run)
+        .service(limits::handlers::get_limits)
+        .service(limits::handlers::put_tenant_limits)
+        .service(limits::handlers::put_repo_limit)
+        .service(queue::handlers::get_queue)
         .default_service(actix_web::web::to(problem::not_found))
         .split_for_parts();
     doc.info = InfoBuilder::new()

@@ -34,6 +34,11 @@ pub struct RedisConfig {
     pub namespace: String,
     /// How long a finished run's record stays in Redis; S3 keeps the evidence.
     pub finished_run_ttl_seconds: u64,
+    /// How long runs that failed for infrastructure reasons stay in the
+    /// dead-letter set.
+    pub dead_letter_keep_seconds: u64,
+    /// Connect to a Redis Cluster (`url` is any node) instead of one server.
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +64,8 @@ pub struct ApiConfig {
     pub bootstrap_admin_token: SecretString,
     pub default_tenant: String,
     pub max_attempts: u32,
+    /// How long an `Idempotency-Key` returns the run it first created.
+    pub idempotency_ttl_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,6 +145,8 @@ impl Default for RedisConfig {
             url: "redis://127.0.0.1:6390/".to_owned(),
             namespace: "paddock".to_owned(),
             finished_run_ttl_seconds: 7 * 24 * 3600,
+            dead_letter_keep_seconds: 14 * 24 * 3600,
+            cluster: false,
         }
     }
 }
@@ -162,6 +171,7 @@ impl Default for ApiConfig {
             bootstrap_admin_token: SecretString::from(String::new()),
             default_tenant: "default".to_owned(),
             max_attempts: 3,
+            idempotency_ttl_seconds: 24 * 3600,
         }
     }
 }

@@ -7,4 +7,7 @@ pub mod config;
 pub mod run;
 pub mod telemetry;
 
-pub use run::{AgentProfile, ArtifactKind, RepoName, RunId, RunRecord, RunSpec, RunState, StopReason, ValidationError};
+pub use run::{
+    AgentProfile, ArtifactKind, Priority, RepoName, RunId, RunRecord, RunSpec, RunState, StopReason, ValidationError,
+    validate_tenant,
+};

@@ -68,8 +68,9 @@ impl FromStr for RunId {
 ///
 /// ```text
 /// queued ──claim──► running ──finish──► succeeded | failed
-///   ▲                  │
-///   └── reap/retry ◄───┘  (delayed first when a retry backs off)
+///   │  ▲               │  ╲
+///   │  └─ reap/retry ◄─┘   ╲─ cancel ─► cancelling ─ finish/reap ─► cancelled
+///   └─ cancel ─► cancelled      (delayed first when a retry backs off)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -77,26 +78,37 @@ pub enum RunState {
     Queued,
     Delayed,
     Running,
+    Cancelling,
     Succeeded,
     Failed,
+    Cancelled,
 }
 
 impl RunState {
-    pub const ALL: [RunState; 5] =
-        [RunState::Queued, RunState::Delayed, RunState::Running, RunState::Succeeded, RunState::Failed];
+    pub const ALL: [RunState; 7] = [
+        RunState::Queued,
+        RunState::Delayed,
+        RunState::Running,
+        RunState::Cancelling,
+        RunState::Succeeded,
+        RunState::Failed,
+        RunState::Cancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             RunState::Queued => "queued",
             RunState::Delayed => "delayed",
             RunState::Running => "running",
+            RunState::Cancelling => "cancelling",
             RunState::Succeeded => "succeeded",
             RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
         }
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunState::Succeeded | RunState::Failed)
+        matches!(self, RunState::Succeeded | RunState::Failed | RunState::Cancelled)
     }
 }
 
@@ -110,10 +122,12 @@ impl FromStr for RunState {
     type Err = ValidationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        RunState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| ValidationError::new("state", "must be one of queued, delayed, running, succeeded, failed"))
+        RunState::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| {
+            ValidationError::new(
+                "state",
+                "must be one of queued, delayed, running, cancelling, succeeded, failed, cancelled",
+            )
+        })
     }
 }
 
@@ -132,6 +146,8 @@ pub enum StopReason {
     /// The repository or base ref could not be checked out (it does not
     /// exist, or the worker may not read it); retrying cannot help.
     CheckoutFailed { message: String },
+    /// Someone cancelled the run.
+    Cancelled { by: String },
     /// Paddock's own infrastructure failed (Docker, git, S3, lost lease) and
     /// the attempts were used up.
     InfrastructureError { message: String },
@@ -141,7 +157,29 @@ impl StopReason {
     pub fn final_state(&self) -> RunState {
         match self {
             StopReason::Completed => RunState::Succeeded,
+            StopReason::Cancelled { .. } => RunState::Cancelled,
             _ => RunState::Failed,
+        }
+    }
+}
+
+/// Priority band. Higher bands are always served first; within a band,
+/// tenants share by weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
         }
     }
 }
@@ -276,6 +314,8 @@ impl From<AgentProfile> for String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSpec {
     pub tenant: String,
+    #[serde(default)]
+    pub priority: Priority,
     pub repository: RepoName,
     pub base_ref: String,
     pub task_title: String,
@@ -290,6 +330,7 @@ impl RunSpec {
 
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_ref(&self.base_ref)?;
+        validate_tenant(&self.tenant)?;
         if self.task_title.trim().is_empty() {
             return Err(ValidationError::new("task.title", "must not be empty"));
         }
@@ -299,13 +340,19 @@ impl RunSpec {
         if self.task_body.len() > Self::MAX_BODY {
             return Err(ValidationError::new("task.body", "must be at most 65536 bytes"));
         }
-        let tenant_ok = !self.tenant.is_empty()
-            && self.tenant.len() <= 64
-            && self.tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
-        if !tenant_ok {
-            return Err(ValidationError::new("tenant", "must be 1-64 characters of letters, digits, `-`, `_`"));
-        }
         Ok(())
+    }
+}
+
+/// A tenant name: 1-64 characters of letters, digits, `-`, `_`.
+pub fn validate_tenant(tenant: &str) -> Result<(), ValidationError> {
+    let ok = !tenant.is_empty()
+        && tenant.len() <= 64
+        && tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new("tenant", "must be 1-64 characters of letters, digits, `-`, `_`"))
     }
 }
 
@@ -343,6 +390,8 @@ pub struct RunRecord {
     pub artifacts: Vec<String>,
     /// The last infrastructure error that sent the run back to the queue.
     pub last_error: Option<String>,
+    /// Who asked to cancel the run, if anyone did.
+    pub cancelled_by: Option<String>,
 }
 
 /// A value a caller supplied that Paddock refuses, naming the field.

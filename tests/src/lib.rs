@@ -8,7 +8,9 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod apps;
+pub mod fixtures;
 pub mod git_server;
+pub mod redis_server;
 pub mod services;
 
 pub use apps::{TestApp, WorkerHandle, WorkerProcess, spawn_app};

@@ -32,12 +32,7 @@ impl Application {
         sandboxes.check_image().await?;
         tokio::fs::create_dir_all(&config.worker.work_dir).await?;
 
-        let lease = Duration::from_secs(config.worker.lease_seconds);
-        let alive = queue.live_workers(lease).await?;
-        let swept = sandboxes.sweep(|w| alive.contains(w)).await?;
-        if !swept.is_empty() {
-            tracing::info!(count = swept.len(), "removed sandboxes left by crashed workers");
-        }
+        sweep_dead_workers(&queue, &sandboxes, Duration::from_secs(config.worker.lease_seconds)).await?;
         let runtime = Runtime {
             config,
             worker,
@@ -70,12 +65,19 @@ impl Application {
             Duration::from_secs(cfg.heartbeat_seconds),
             background.clone(),
         ));
+        let nudges = tokio::spawn(leases::listen_for_nudges(
+            runtime.leases.clone(),
+            runtime.queue.clone(),
+            runtime.worker.clone(),
+            background.clone(),
+        ));
         let reaper = tokio::spawn(leases::reap_expired(
             runtime.queue.clone(),
             Duration::from_secs(cfg.heartbeat_seconds),
             background.clone(),
         ));
 
+        let janitor = tokio::spawn(janitor(runtime.clone(), background.clone()));
         let grace_over = runtime.grace_over.clone();
         let signal = async move {
             shutdown.await;
@@ -112,8 +114,34 @@ impl Application {
             .await?;
 
         background.cancel();
-        let _ = tokio::join!(heartbeats, reaper);
+        let _ = tokio::join!(heartbeats, nudges, reaper, janitor);
         tracing::info!(worker = %runtime.worker, "worker stopped");
         Ok(())
+    }
+}
+
+/// Removes sandboxes whose worker has not been seen for a lease period (it
+/// crashed or lost its host), and their workspace volumes.
+async fn sweep_dead_workers(queue: &RunQueue, sandboxes: &SandboxDriver, lease: Duration) -> anyhow::Result<()> {
+    let alive = queue.live_workers(lease).await?;
+    let swept = sandboxes.sweep(|w| alive.contains(w)).await?;
+    if !swept.is_empty() {
+        tracing::info!(count = swept.len(), "removed sandboxes left by crashed workers");
+    }
+    Ok(())
+}
+
+/// Sweeps on start (in `build`) and then once per lease period, so a worker
+/// that dies while others keep running does not leave its sandboxes behind.
+async fn janitor(runtime: Arc<Runtime>, stop: CancellationToken) {
+    let lease = Duration::from_secs(runtime.config.worker.lease_seconds);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(lease) => {}
+        }
+        if let Err(error) = sweep_dead_workers(&runtime.queue, &runtime.sandboxes, lease).await {
+            tracing::warn!(%error, "sandbox sweep failed; retrying next period");
+        }
     }
 }

@@ -131,7 +131,7 @@ impl Runtime {
             Ok(sandbox) => sandbox,
             Err(e) => return self.retry(run, format!("creating the sandbox failed: {e}")),
         };
-        let session = self.in_sandbox(run, &agent, &sandbox, Bytes::from(tar), lease.lost()).await;
+        let session = self.in_sandbox(run, &agent, &sandbox, Bytes::from(tar), lease).await;
         self.sandboxes.remove(&sandbox).await;
         match session {
             Ok(SessionEnd::Stopped(interrupt)) => Ending::Interrupted(interrupt),
@@ -149,7 +149,7 @@ impl Runtime {
         agent: &AgentConfig,
         sandbox: &Sandbox,
         tar: Bytes,
-        lost: &CancellationToken,
+        lease: &LeaseGuard,
     ) -> Result<SessionEnd, SandboxError> {
         let limits = self.sandboxes.config().clone();
         let started = Instant::now();
@@ -177,7 +177,7 @@ impl Runtime {
         ];
         let cmd = vec!["bash".to_owned(), "-c".to_owned(), agent.command.clone()];
         let mut exec = self.sandboxes.exec(sandbox, cmd, env).await?;
-        let streamed = self.stream_output(run.id, &mut exec, &mut log, deadline, lost).await;
+        let streamed = self.stream_output(run.id, &mut exec, &mut log, deadline, lease).await;
         let reason = match streamed {
             StreamEnd::Exited => {
                 let code = self.sandboxes.exit_code(&exec.id).await?;
@@ -204,6 +204,21 @@ impl Runtime {
                 self.sandboxes.kill(sandbox).await;
                 return Ok(SessionEnd::Stopped(interrupt));
             }
+            StreamEnd::Cancelled => {
+                self.sandboxes.kill(sandbox).await;
+                let by = match self.queue.get(run.id).await {
+                    Ok(Some(record)) => record.cancelled_by.unwrap_or_default(),
+                    _ => String::new(),
+                };
+                log.line(&format!("paddock: cancelled by {by}; sandbox killed"));
+                self.flush_tail(run.id, &mut log).await;
+                return Ok(SessionEnd::Finished {
+                    reason: StopReason::Cancelled { by },
+                    log,
+                    diff: Vec::new(),
+                    files_changed: Vec::new(),
+                });
+            }
         };
         log.line(&format!("paddock: agent finished: {reason:?}"));
         self.flush_tail(run.id, &mut log).await;
@@ -212,14 +227,15 @@ impl Runtime {
     }
 
     /// Copies the agent's output into the log until the command exits, the
-    /// wall clock runs out, the lease is lost or the grace period ends.
+    /// wall clock runs out, someone cancels, the lease is lost or the
+    /// shutdown grace period ends.
     async fn stream_output(
         &self,
         run: RunId,
         exec: &mut Exec,
         log: &mut RunLog,
         deadline: Instant,
-        lost: &CancellationToken,
+        lease: &LeaseGuard,
     ) -> StreamEnd {
         let mut flush = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -234,7 +250,8 @@ impl Runtime {
                 },
                 _ = flush.tick() => self.flush_tail(run, log).await,
                 _ = tokio::time::sleep_until(deadline.into()) => return StreamEnd::TimedOut,
-                _ = lost.cancelled() => return StreamEnd::Stopped(Interrupt::LeaseLost),
+                _ = lease.lost().cancelled() => return StreamEnd::Stopped(Interrupt::LeaseLost),
+                _ = lease.cancel_requested().cancelled() => return StreamEnd::Cancelled,
                 _ = self.grace_over.cancelled() => return StreamEnd::Stopped(Interrupt::Shutdown),
             }
         }
@@ -366,6 +383,7 @@ impl Runtime {
 enum StreamEnd {
     Exited,
     TimedOut,
+    Cancelled,
     Stopped(Interrupt),
 }
 

@@ -42,8 +42,13 @@ pub fn home() -> PathBuf {
     })
 }
 
+/// The checkout this command was run in: the nearest directory upwards that
+/// holds `xtask/Cargo.toml`. Found at run time, not baked in at build time,
+/// because one xtask binary may serve several clones through a shared target
+/// directory.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    let start = std::env::current_dir().unwrap_or_default();
+    start.ancestors().find(|dir| dir.join("xtask/Cargo.toml").is_file()).map(Path::to_path_buf).unwrap_or(start)
 }
 
 fn target_dir() -> PathBuf {

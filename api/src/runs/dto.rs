@@ -1,7 +1,7 @@
 //! Wire format of `/v1/runs`. Domain types stay in `common`; these are what
 //! clients see and what the OpenAPI document describes.
 
-use common::{RunRecord, RunState, StopReason};
+use common::{Priority, RunRecord, RunState, StopReason};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -35,11 +35,16 @@ pub struct CreateRun {
     pub agent_profile: Option<String>,
     /// Team or organisation that owns the run; the configured default when omitted.
     #[serde(default)]
+    #[schema(example = "payments")]
     pub tenant: Option<String>,
+    /// Priority band; `normal` when omitted. Higher bands are always served first.
+    #[serde(default)]
+    pub priority: Option<Priority>,
 }
 
-/// The answer to an accepted run request.
+/// The answer to an accepted run request (and to a cancel).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"id": "01m8fd2cj1x31jpkk0spht2y3j", "state": "queued", "url": "/v1/runs/01m8fd2cj1x31jpkk0spht2y3j"}))]
 pub struct RunAccepted {
     pub id: String,
     pub state: RunState,
@@ -53,6 +58,7 @@ pub struct RunView {
     pub id: String,
     pub state: RunState,
     pub tenant: String,
+    pub priority: Priority,
     pub repository: String,
     pub base_ref: String,
     pub task: TaskView,
@@ -71,6 +77,8 @@ pub struct RunView {
     pub last_error: Option<String>,
     /// S3 keys of the run's artifacts (logs, diff, summary), once finished.
     pub artifacts: Vec<String>,
+    /// Who cancelled the run, if anyone did.
+    pub cancelled_by: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -112,6 +120,7 @@ impl From<RunRecord> for RunView {
             id: r.id.to_string(),
             state: r.state,
             tenant: r.spec.tenant,
+            priority: r.spec.priority,
             repository: r.spec.repository.to_string(),
             base_ref: r.spec.base_ref,
             task: TaskView { title: r.spec.task_title, body: r.spec.task_body },
@@ -126,6 +135,7 @@ impl From<RunRecord> for RunView {
             stop_reason: r.stop_reason,
             last_error: r.last_error,
             artifacts: r.artifacts,
+            cancelled_by: r.cancelled_by,
         }
     }
 }

@@ -1,9 +1,13 @@
 //! Handlers for `/v1/runs`.
 
-use actix_web::http::header;
-use actix_web::{HttpResponse, get, post, web};
+use std::time::Duration;
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use common::{AgentProfile, ArtifactKind, RepoName, RunId, RunSpec, RunState};
+use sha2::{Digest, Sha256};
 use worker::artifacts::ObjectStore;
+use worker::queue::{Enqueued, Idempotency};
 
 use super::dto::{CreateRun, ListQuery, RunAccepted, RunList, RunView};
 use crate::auth::Admin;
@@ -11,15 +15,21 @@ use crate::problem::Problem;
 use crate::startup::AppState;
 
 /// Request an agent run. The run is stored in Redis before the answer, so an
-/// accepted run is never lost.
+/// accepted run is never lost. With an `Idempotency-Key`, a repeated request
+/// from the same caller within the retention window returns the run the key
+/// first created, with the same status and body.
 #[utoipa::path(
     tag = "runs",
     request_body = CreateRun,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Up to 255 printable characters; scoped to the caller", example = "portal-request-7f3a9c"),
+    ),
     responses(
-        (status = 202, body = RunAccepted, headers(("Location" = String, description = "URL of the new run"))),
+        (status = 202, body = RunAccepted, headers(("Location" = String, description = "URL of the run"))),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "The Idempotency-Key was used for a different request"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -28,9 +38,11 @@ use crate::startup::AppState;
 pub async fn create_run(
     caller: Admin,
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<CreateRun>,
 ) -> Result<HttpResponse, Problem> {
     let body = body.into_inner();
+    let idempotency = idempotency(&req, &caller, &body, &state)?;
     let repository: RepoName = body.repository.parse()?;
     let agent_profile = match body.agent_profile {
         Some(name) => name.parse()?,
@@ -38,6 +50,7 @@ pub async fn create_run(
     };
     let spec = RunSpec {
         tenant: body.tenant.unwrap_or_else(|| state.config.api.default_tenant.clone()),
+        priority: body.priority.unwrap_or_default(),
         repository,
         base_ref: body.base_ref,
         task_title: body.task.title,
@@ -47,14 +60,97 @@ pub async fn create_run(
     };
     spec.validate()?;
     let id = RunId::new();
-    state.queue.enqueue(id, &spec, state.config.api.max_attempts).await?;
-    tracing::info!(run_id = %id, repository = %spec.repository, tenant = %spec.tenant, requested_by = %spec.requested_by, "run accepted");
+    let id = match state.queue.enqueue(id, &spec, state.config.api.max_attempts, idempotency.as_ref()).await? {
+        Enqueued::Created { .. } => {
+            tracing::info!(run_id = %id, repository = %spec.repository, tenant = %spec.tenant, requested_by = %spec.requested_by, "run accepted");
+            id
+        }
+        Enqueued::Existing { id, same_request: true } => id,
+        Enqueued::Existing { id, same_request: false } => {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused for a different request",
+            )
+            .detail(format!("this key already created run {id} from a different request body"))
+            .field("Idempotency-Key"));
+        }
+    };
     let url = format!("/v1/runs/{id}");
     Ok(HttpResponse::Accepted().insert_header((header::LOCATION, url.clone())).json(RunAccepted {
         id: id.to_string(),
         state: RunState::Queued,
         url,
     }))
+}
+
+fn idempotency(
+    req: &HttpRequest,
+    caller: &Admin,
+    body: &CreateRun,
+    state: &AppState,
+) -> Result<Option<Idempotency>, Problem> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()))
+        .ok_or_else(|| {
+            Problem::bad_request("`Idempotency-Key` must be 1-255 printable characters without spaces")
+                .field("Idempotency-Key")
+        })?;
+    let canonical = serde_json::to_vec(body).map_err(|_| Problem::internal())?;
+    let fingerprint: String = Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Some(Idempotency {
+        key: format!("{}:{key}", caller.principal),
+        fingerprint,
+        ttl: Duration::from_secs(state.config.api.idempotency_ttl_seconds),
+    }))
+}
+
+/// Cancel a run. A queued or delayed run is cancelled at once (200); a
+/// running one is stopped by its worker within seconds (202, `cancelling`).
+#[utoipa::path(
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id", example = "01m8fd2cj1x31jpkk0spht2y3j")),
+    responses(
+        (status = 200, body = RunAccepted, description = "Cancelled", example = json!({"id": "01m8fd2cj1x31jpkk0spht2y3j", "state": "cancelled", "url": "/v1/runs/01m8fd2cj1x31jpkk0spht2y3j"})),
+        (status = 202, body = RunAccepted, description = "The worker is stopping the run", example = json!({"id": "01m8fd2cj1x31jpkk0spht2y3j", "state": "cancelling", "url": "/v1/runs/01m8fd2cj1x31jpkk0spht2y3j"})),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "The run already finished"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/runs/{id}/cancel")]
+pub async fn cancel_run(
+    caller: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let id: RunId = id.parse()?;
+    let (after, before) = state
+        .queue
+        .cancel(id, &caller.principal)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("run {id} does not exist")))?;
+    let url = format!("/v1/runs/{id}");
+    let body = RunAccepted { id: id.to_string(), state: after, url };
+    match after {
+        RunState::Cancelled if before != RunState::Cancelled => {
+            tracing::info!(run_id = %id, by = %caller.principal, "run cancelled");
+            Ok(HttpResponse::Ok().json(body))
+        }
+        RunState::Cancelling => {
+            tracing::info!(run_id = %id, by = %caller.principal, "run cancelling");
+            Ok(HttpResponse::Accepted().json(body))
+        }
+        finished => Err(Problem::new(StatusCode::CONFLICT, "run-finished", "The run already finished")
+            .detail(format!("run {id} is {finished}; there is nothing to cancel"))),
+    }
 }
 
 /// One run: state, timestamps, attempt, stop reason and artifact keys.

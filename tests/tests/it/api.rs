@@ -144,3 +144,64 @@ async fn runs_are_listed_newest_first_with_cursor_pages_and_a_state_filter() {
     assert_eq!(one["tenant"], "default");
     assert!(one["created_at"].as_str().unwrap().ends_with('Z'));
 }
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_returns_the_original_run() {
+    let app = spawn_app(&[]).await;
+    let body = json!({"repository": "acme/widgets", "base_ref": "main", "task": {"title": "Once only"}});
+    let send = |body: Value, key: &'static str| {
+        app.client.post(app.url("/v1/runs")).bearer_auth(&app.token).header("Idempotency-Key", key).json(&body).send()
+    };
+    let first = send(body.clone(), "portal-42").await.unwrap();
+    assert_eq!(first.status().as_u16(), 202);
+    let first_location = first.headers().get("location").unwrap().clone();
+    let first_body: Value = first.json().await.unwrap();
+    let second = send(body.clone(), "portal-42").await.unwrap();
+    assert_eq!(second.status().as_u16(), 202);
+    assert_eq!(second.headers().get("location").unwrap(), &first_location);
+    assert_eq!(second.json::<Value>().await.unwrap(), first_body);
+    let listed = app.queue.list(None, None, 10).await.unwrap();
+    assert_eq!(listed.runs.len(), 1, "the repeated request created a second run");
+
+    let mut other = body.clone();
+    other["task"]["title"] = json!("Something else");
+    let reused = assert_problem(send(other, "portal-42").await.unwrap(), 422).await;
+    assert_eq!(reused["field"], "Idempotency-Key");
+    assert_problem(send(body, "has spaces in it").await.unwrap(), 400).await;
+}
+
+#[tokio::test]
+async fn cancel_limits_and_queue_endpoints() {
+    let app = spawn_app(&[]).await;
+    let id = app.create_run("acme/widgets", "Cancel me").await;
+    let queue: Value = app.get("/v1/queue").await.json().await.unwrap();
+    assert_eq!(queue["totals"]["queued"], 1);
+    assert_eq!(queue["totals"]["dispatchable"], 1);
+    assert_eq!(queue["tenants"][0]["tenant"], "default");
+    assert_eq!(queue["repositories"][0]["repository"], "acme/widgets");
+
+    let cancel = |id: String| app.client.post(app.url(&format!("/v1/runs/{id}/cancel"))).bearer_auth(&app.token).send();
+    let cancelled = cancel(id.clone()).await.unwrap();
+    assert_eq!(cancelled.status().as_u16(), 200);
+    assert_eq!(cancelled.json::<Value>().await.unwrap()["state"], "cancelled");
+    let run = app.run(&id).await;
+    assert_eq!(run["state"], "cancelled");
+    assert_eq!(run["stop_reason"], json!({"kind": "cancelled", "by": "bootstrap-admin"}));
+    assert_eq!(run["cancelled_by"], "bootstrap-admin");
+    assert_problem(cancel(id).await.unwrap(), 409).await;
+    assert_problem(cancel(ulid::Ulid::new().to_string()).await.unwrap(), 404).await;
+
+    let put = |path: &str, body: Value| app.client.put(app.url(path)).bearer_auth(&app.token).json(&body).send();
+    let tenant = put("/v1/limits/tenants/payments", json!({"max_running": 4, "weight": 2.5})).await.unwrap();
+    assert_eq!(tenant.status().as_u16(), 200);
+    assert_eq!(tenant.json::<Value>().await.unwrap(), json!({"tenant": "payments", "max_running": 4, "weight": 2.5}));
+    let repo = put("/v1/limits/tenants/payments/repositories/acme/ledger", json!({"max_running": 2})).await.unwrap();
+    assert_eq!(repo.status().as_u16(), 200);
+    let limits: Value = app.get("/v1/limits").await.json().await.unwrap();
+    assert_eq!(limits["tenants"], json!([{"tenant": "payments", "max_running": 4, "weight": 2.5}]));
+    assert_eq!(limits["repositories"], json!([{"tenant": "payments", "repository": "acme/ledger", "max_running": 2}]));
+    assert_problem(put("/v1/limits/tenants/payments", json!({"weight": 0})).await.unwrap(), 400).await;
+    assert_problem(put("/v1/limits/tenants/bad%20name", json!({})).await.unwrap(), 400).await;
+    assert_problem(put("/v1/limits/tenants/payments/repositories/acme/-bad", json!({})).await.unwrap(), 400).await;
+    assert_problem(put("/v1/limits/tenants/payments", json!({"max_running": -1})).await.unwrap(), 400).await;
+}

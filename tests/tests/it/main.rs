@@ -8,3 +8,4 @@ mod api;
 mod openapi;
 mod queue;
 mod runs;
+mod scheduling;

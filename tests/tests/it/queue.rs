@@ -2,26 +2,16 @@
 
 use std::time::Duration;
 
-use common::{AgentProfile, RunId, RunSpec, RunState, StopReason};
-use worker::queue::{Outcome, RunQueue};
+use common::{Priority, RunId, RunSpec, RunState, StopReason};
+use tests::fixtures::{fresh_queue, run_spec};
+use worker::queue::{LeaseStatus, Outcome, RunQueue};
 
 async fn queue() -> RunQueue {
-    let mut vars = tests::services::endpoint_vars();
-    vars.push(("PADDOCK_REDIS__NAMESPACE".to_owned(), format!("q-{}", ulid::Ulid::new())));
-    let config = common::config::Config::load(None, vars).unwrap();
-    RunQueue::connect(&config.redis).await.unwrap()
+    fresh_queue(None, false).await
 }
 
 fn spec(tenant: &str, repo: &str) -> RunSpec {
-    RunSpec {
-        tenant: tenant.to_owned(),
-        repository: repo.parse().unwrap(),
-        base_ref: "main".to_owned(),
-        task_title: "t".to_owned(),
-        task_body: String::new(),
-        agent_profile: AgentProfile::default(),
-        requested_by: "tester".to_owned(),
-    }
+    run_spec(tenant, repo, Priority::Normal)
 }
 
 fn done() -> Outcome {
@@ -32,11 +22,11 @@ fn done() -> Outcome {
 async fn an_expired_lease_is_reaped_and_the_old_holder_is_fenced_off() {
     let q = queue().await;
     let id = RunId::new();
-    q.enqueue(id, &spec("t", "a/b"), 3).await.unwrap();
+    q.enqueue(id, &spec("t", "a/b"), 3, None).await.unwrap();
     let first = q.claim("w1", Duration::from_millis(300)).await.unwrap().unwrap();
     assert_eq!((first.id, first.attempt, first.epoch), (id, 1, 1));
     assert!(q.claim("w2", Duration::from_secs(30)).await.unwrap().is_none(), "a leased run was handed out twice");
-    assert_eq!(q.heartbeat("w1", Duration::from_millis(300), &[(id, 1)]).await.unwrap(), vec![true]);
+    assert_eq!(q.heartbeat("w1", Duration::from_millis(300), &[(id, 1)]).await.unwrap(), vec![LeaseStatus::Held]);
 
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(q.reap(100).await.unwrap(), vec![id]);
@@ -45,7 +35,7 @@ async fn an_expired_lease_is_reaped_and_the_old_holder_is_fenced_off() {
 
     let second = q.claim("w2", Duration::from_secs(30)).await.unwrap().unwrap();
     assert_eq!((second.attempt, second.epoch), (2, 3), "the crash counts as an attempt; the epoch fences");
-    assert_eq!(q.heartbeat("w1", Duration::from_secs(30), &[(id, 1)]).await.unwrap(), vec![false]);
+    assert_eq!(q.heartbeat("w1", Duration::from_secs(30), &[(id, 1)]).await.unwrap(), vec![LeaseStatus::Lost]);
     assert_eq!(q.finish(&first, &done()).await.unwrap(), None, "a fenced-off worker finished the run");
     assert_eq!(q.finish(&second, &done()).await.unwrap(), Some(RunState::Succeeded));
     let record = q.get(id).await.unwrap().unwrap();
@@ -57,7 +47,7 @@ async fn an_expired_lease_is_reaped_and_the_old_holder_is_fenced_off() {
 async fn infrastructure_retries_back_off_and_stop_at_the_attempt_limit() {
     let q = queue().await;
     let id = RunId::new();
-    q.enqueue(id, &spec("t", "a/b"), 2).await.unwrap();
+    q.enqueue(id, &spec("t", "a/b"), 2, None).await.unwrap();
     let reason = StopReason::InfrastructureError { message: "docker went away".to_owned() };
     let retry = Outcome::Retry { reason: reason.clone(), delay: Duration::from_millis(300) };
     let run = q.claim("w", Duration::from_secs(30)).await.unwrap().unwrap();
@@ -75,8 +65,8 @@ async fn infrastructure_retries_back_off_and_stop_at_the_attempt_limit() {
 async fn a_released_run_keeps_its_place_and_its_attempt_count() {
     let q = queue().await;
     let (a, b) = (RunId::new(), RunId::new());
-    q.enqueue(a, &spec("t", "a/b"), 3).await.unwrap();
-    q.enqueue(b, &spec("t", "a/b"), 3).await.unwrap();
+    q.enqueue(a, &spec("t", "a/b"), 3, None).await.unwrap();
+    q.enqueue(b, &spec("t", "a/b"), 3, None).await.unwrap();
     let run = q.claim("w", Duration::from_secs(30)).await.unwrap().unwrap();
     assert_eq!(run.id, a);
     assert_eq!(q.finish(&run, &Outcome::Release).await.unwrap(), Some(RunState::Queued));
@@ -90,10 +80,10 @@ async fn tenants_take_turns_and_each_repository_is_fifo() {
     let mut expected = Vec::new();
     let big: Vec<RunId> = (0..4).map(|_| RunId::new()).collect();
     for id in &big {
-        q.enqueue(*id, &spec("big", "big/repo"), 3).await.unwrap();
+        q.enqueue(*id, &spec("big", "big/repo"), 3, None).await.unwrap();
     }
     let small = RunId::new();
-    q.enqueue(small, &spec("small", "small/repo"), 3).await.unwrap();
+    q.enqueue(small, &spec("small", "small/repo"), 3, None).await.unwrap();
     expected.push(big[0]);
     expected.push(small);
     expected.extend(&big[1..]);
@@ -102,8 +92,8 @@ async fn tenants_take_turns_and_each_repository_is_fifo() {
         order.push(run.id);
     }
     assert_eq!(order, expected, "a burst from one tenant starved another");
-    let depth: std::collections::HashMap<String, i64> = q.depth().await.unwrap().into_iter().collect();
-    assert_eq!(depth["running"], 5);
-    assert_eq!(depth["queued"], 0);
-    assert_eq!(depth["running:t:big"], 4);
+    let depth = q.depth().await.unwrap();
+    assert_eq!(depth.totals["running"], 5);
+    assert_eq!(depth.totals["queued"], 0);
+    assert_eq!(depth.tenants["big"]["running"], 4);
 }

@@ -154,6 +154,15 @@ async fn a_killed_worker_loses_its_run_to_another_after_the_lease_expires() {
     second.shutdown().await;
 }
 
+/// Waits (up to a minute) until the run has a sandbox, or has none.
+async fn wait_for_sandboxes(app: &tests::TestApp, id: &str, present: bool) {
+    let started = std::time::Instant::now();
+    while sandboxes_of(app, id).await.is_empty() == present {
+        assert!(started.elapsed() < Duration::from_secs(60), "run {id}: sandbox present should be {present}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Containers of this run that still exist.
 async fn sandboxes_of(app: &tests::TestApp, id: &str) -> Vec<String> {
     let driver = worker::sandbox::SandboxDriver::connect(&app.config.sandbox, &app.config.redis.namespace, "observer")
@@ -203,4 +212,88 @@ async fn runs_still_going_when_the_grace_period_ends_go_back_to_the_queue() {
     assert_eq!(run["state"], "queued", "{run:#}");
     assert_eq!(run["attempt"], 0, "a released run must not use up an attempt");
     assert_eq!(sandboxes_of(&app, &id).await, Vec::<String>::new(), "the released run's sandbox was left behind");
+}
+
+#[tokio::test]
+async fn cancelling_a_running_run_kills_its_sandbox_within_seconds() {
+    let app = spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", "echo working; sleep 600")]).await;
+    let repo = app.repo(&[("README.md", README)]);
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "Stop me").await;
+    app.wait_for(&id, Duration::from_secs(60), |r| r["state"] == "running").await;
+    // Wait for the sandbox to exist, so the cancel has something to kill.
+    wait_for_sandboxes(&app, &id, true).await;
+    let response =
+        app.client.post(app.url(&format!("/v1/runs/{id}/cancel"))).bearer_auth(&app.token).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let run = app.wait_for(&id, Duration::from_secs(5), |r| r["state"] == "cancelled").await;
+    assert!(sandboxes_of(&app, &id).await.is_empty(), "the sandbox outlived the cancel");
+    assert_eq!(run["stop_reason"], serde_json::json!({"kind": "cancelled", "by": "bootstrap-admin"}));
+    let [logs_key, _, _] = assert_artifact_keys(&run);
+    let logs = String::from_utf8(app.artifact(&logs_key).await.to_vec()).unwrap();
+    assert!(logs.contains("working") && logs.contains("cancelled by bootstrap-admin"), "{logs}");
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_repository_cap_holds_under_four_workers_while_other_repositories_flow() {
+    let app = spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", "sleep 1"), ("PADDOCK_WORKER__CONCURRENCY", "1")]).await;
+    let capped = app.repo(&[("README.md", README)]);
+    let other = app.repo(&[("README.md", README)]);
+    app.queue.set_repo_limit("default", &capped, Some(2)).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(app.create_run(&capped, &format!("capped {i}")).await);
+        ids.push(app.create_run(&other, &format!("other {i}")).await);
+    }
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        workers.push(app.spawn_worker().await);
+    }
+    let mut max_capped = 0;
+    let mut max_other = 0;
+    let started = std::time::Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(180), "the runs did not finish");
+        let depth = app.queue.depth().await.unwrap();
+        let running = |repo: &str| {
+            depth.repositories.get(&("default".to_owned(), repo.to_owned())).and_then(|s| s.get("running")).copied()
+        };
+        max_capped = max_capped.max(running(&capped).unwrap_or(0));
+        max_other = max_other.max(running(&other).unwrap_or(0));
+        assert!(max_capped <= 2, "the capped repository ran {max_capped} at once");
+        let finished = depth.totals.get("succeeded").copied().unwrap_or(0);
+        if finished == 12 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(max_capped, 2, "the cap was never reached, so it was not tested");
+    assert!(max_other >= 2, "the other repository did not get the free workers (max {max_other})");
+    for worker in workers {
+        worker.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_run_whose_worker_was_killed_ends_it_cancelled_not_retried() {
+    let app = spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", "sleep 600")]).await;
+    let repo = app.repo(&[("README.md", README)]);
+    let mut first = app.spawn_worker_process();
+    let id = app.create_run(&repo, "Orphaned").await;
+    app.wait_for(&id, Duration::from_secs(60), |r| r["state"] == "running").await;
+    first.kill_hard();
+    let response =
+        app.client.post(app.url(&format!("/v1/runs/{id}/cancel"))).bearer_auth(&app.token).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    assert_eq!(app.run(&id).await["state"], "cancelling");
+
+    // Another worker's reaper finds the expired lease and finalises the cancel.
+    let second = app.spawn_worker().await;
+    let run = app.wait_for(&id, Duration::from_secs(60), |r| r["state"] == "cancelled").await;
+    assert_eq!(run["attempt"], 1, "a cancelled run must not be retried");
+    assert_eq!(run["stop_reason"], serde_json::json!({"kind": "cancelled", "by": "bootstrap-admin"}));
+    // The surviving worker's janitor removes the dead worker's sandbox.
+    wait_for_sandboxes(&app, &id, false).await;
+    second.shutdown().await;
 }

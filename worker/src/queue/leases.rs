@@ -6,25 +6,31 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use common::RunId;
+use futures::StreamExt;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClaimedRun, RunQueue};
+use super::{ClaimedRun, LeaseStatus, RunQueue};
 
 /// The runs this worker process holds, with the epoch each was claimed under.
 #[derive(Clone, Default)]
 pub struct Leases {
     held: Arc<Mutex<HashMap<RunId, Held>>>,
+    /// Wakes the heartbeat loop early (a cancel nudge arrived).
+    beat_now: Arc<Notify>,
 }
 
 struct Held {
     epoch: u64,
     lost: CancellationToken,
+    cancel: CancellationToken,
 }
 
 /// Held while a run executes; dropping it stops heartbeating for the run.
 pub struct LeaseGuard {
     id: RunId,
     lost: CancellationToken,
+    cancel: CancellationToken,
     leases: Leases,
 }
 
@@ -33,6 +39,11 @@ impl LeaseGuard {
     /// or the epoch moved on). The run must then stop its sandbox.
     pub fn lost(&self) -> &CancellationToken {
         &self.lost
+    }
+
+    /// Cancelled when someone cancelled the run through the API.
+    pub fn cancel_requested(&self) -> &CancellationToken {
+        &self.cancel
     }
 }
 
@@ -48,9 +59,9 @@ impl Leases {
     }
 
     pub fn hold(&self, run: &ClaimedRun) -> LeaseGuard {
-        let lost = CancellationToken::new();
-        self.lock().insert(run.id, Held { epoch: run.epoch, lost: lost.clone() });
-        LeaseGuard { id: run.id, lost, leases: self.clone() }
+        let (lost, cancel) = (CancellationToken::new(), CancellationToken::new());
+        self.lock().insert(run.id, Held { epoch: run.epoch, lost: lost.clone(), cancel: cancel.clone() });
+        LeaseGuard { id: run.id, lost, cancel, leases: self.clone() }
     }
 
     pub fn len(&self) -> usize {
@@ -77,21 +88,65 @@ impl Leases {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
+                _ = self.beat_now.notified() => {}
             }
             let held: Vec<(RunId, u64)> = self.lock().iter().map(|(id, h)| (*id, h.epoch)).collect();
             match queue.heartbeat(&worker, lease, &held).await {
                 Ok(statuses) => {
                     let map = self.lock();
-                    for ((id, _), still_held) in held.iter().zip(statuses) {
-                        if !still_held && let Some(h) = map.get(id) {
-                            tracing::warn!(run_id = %id, "lease lost; stopping the run");
-                            h.lost.cancel();
+                    for ((id, _), status) in held.iter().zip(statuses) {
+                        let Some(h) = map.get(id) else { continue };
+                        match status {
+                            LeaseStatus::Held => {}
+                            LeaseStatus::CancelRequested if !h.cancel.is_cancelled() => {
+                                tracing::info!(run_id = %id, "run cancelled; stopping it");
+                                h.cancel.cancel();
+                            }
+                            LeaseStatus::CancelRequested => {}
+                            LeaseStatus::Lost => {
+                                tracing::warn!(run_id = %id, "lease lost; stopping the run");
+                                h.lost.cancel();
+                            }
                         }
                     }
                 }
                 Err(error) => tracing::warn!(%error, "heartbeat failed; retrying next interval"),
             }
         }
+    }
+}
+
+/// Listens on the worker's control channel and triggers a heartbeat at once
+/// for every nudge, so a cancel reaches the run in well under one heartbeat
+/// interval. Pub/Sub is best effort: the heartbeat reply carries the cancel
+/// anyway, so a lost subscription only delays it.
+pub async fn listen_for_nudges(leases: Leases, queue: RunQueue, worker: String, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match queue.control_messages(&worker).await {
+            Ok(messages) => {
+                backoff = Duration::from_millis(500);
+                let mut messages = std::pin::pin!(messages);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        message = messages.next() => match message {
+                            Some(run) => {
+                                tracing::debug!(run_id = %run, "cancel nudge");
+                                leases.beat_now.notify_one();
+                            }
+                            None => break,
+                        },
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "control channel unavailable; cancels arrive with heartbeats"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -2,34 +2,23 @@
 //! epochs, and the reaper. Every state change is one Lua script, one round
 //! trip, with timestamps from Redis `TIME`.
 //!
-//! Keys (all under the prefix `{<namespace>}:`, one hash slot):
-//!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `job:<id>` | hash | the run record; expires after a terminal state |
-//! | `q:<tenant>:<repo>` | zset | a repository's ready runs, FIFO by enqueue sequence |
-//! | `seq` | string | the enqueue sequence |
-//! | `t:<tenant>:repos` | zset | a tenant's repositories with ready runs, by head score |
-//! | `ready` | zset | tenants with ready runs, by virtual time (fair share) |
-//! | `vtime` | hash | each tenant's virtual time |
-//! | `delayed` | zset | runs waiting out a retry backoff, by due ms |
-//! | `leases` | zset | running runs, by lease deadline ms |
-//! | `workers` | zset | worker names, by last claim or heartbeat ms |
-//! | `depth` | hash | exact counters per state and per `state:t:<tenant>` |
-//! | `idx:all`, `idx:state:<s>` | zset (lex) | run ids for listing, newest first |
-//! | `events` | stream | state changes, capped |
-//! | `log:<id>` | list | the tail of a running run's output |
+//! The key layout and each script's contract are in ARCHITECTURE.md; the
+//! scripts are in `lua/`, with `lib.lua` prepended to each.
 
 mod backend;
+mod conn;
 pub mod leases;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::config::RedisConfig;
 use common::{RunId, RunRecord, RunSpec, RunState, StopReason};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use futures::StreamExt;
 use redis::{AsyncCommands, Script};
+
+use conn::Conn;
 
 pub use backend::RunBackend;
 pub use leases::{LeaseGuard, Leases};
@@ -75,12 +64,78 @@ pub struct RunPage {
     pub next_cursor: Option<RunId>,
 }
 
+/// What a heartbeat learned about one held run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseStatus {
+    Held,
+    /// Still held, but someone cancelled the run: kill the sandbox and finish.
+    CancelRequested,
+    /// Gone: the run is someone else's now; kill the sandbox, drop the result.
+    Lost,
+}
+
+/// An `Idempotency-Key` as the queue stores it.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    /// Already scoped to the caller: `<principal>:<key>`.
+    pub key: String,
+    /// Digest of the request, to tell a retry from a different request.
+    pub fingerprint: String,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    Created {
+        created_ms: u64,
+    },
+    /// The key was used before for `id`; `same_request` tells whether the
+    /// request was the same.
+    Existing {
+        id: RunId,
+        same_request: bool,
+    },
+}
+
+/// Caps and weights, as set through the API.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    pub tenants: BTreeMap<String, TenantLimits>,
+    /// `(tenant, repository)` → max running.
+    pub repositories: BTreeMap<(String, String), u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantLimits {
+    pub max_running: Option<u32>,
+    pub weight: Option<f64>,
+}
+
+/// Exact queue depth: totals, per tenant and per repository, by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Depth {
+    pub totals: BTreeMap<String, i64>,
+    pub tenants: BTreeMap<String, BTreeMap<String, i64>>,
+    pub repositories: BTreeMap<(String, String), BTreeMap<String, i64>>,
+    pub dead_letters: u64,
+}
+
+/// A run that failed for infrastructure reasons after its last attempt.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: RunId,
+    pub failed_at_ms: u64,
+    pub reason: Option<StopReason>,
+}
+
 struct Scripts {
     enqueue: Script,
     claim: Script,
     heartbeat: Script,
     finish: Script,
     reap: Script,
+    cancel: Script,
+    limits: Script,
     list: Script,
 }
 
@@ -94,6 +149,8 @@ impl Scripts {
             heartbeat: with_lib(include_str!("lua/heartbeat.lua")),
             finish: with_lib(include_str!("lua/finish.lua")),
             reap: with_lib(include_str!("lua/reap.lua")),
+            cancel: with_lib(include_str!("lua/cancel.lua")),
+            limits: with_lib(include_str!("lua/limits.lua")),
             list: with_lib(include_str!("lua/list.lua")),
         }
     }
@@ -103,13 +160,13 @@ impl Scripts {
 /// connection that reconnects by itself.
 #[derive(Clone)]
 pub struct RunQueue {
-    conn: ConnectionManager,
+    conn: Conn,
+    config: Arc<RedisConfig>,
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
-    finished_ttl_seconds: u64,
 }
 
-const RECORD_FIELDS: [&str; 13] = [
+const RECORD_FIELDS: [&str; 14] = [
     "id",
     "spec",
     "state",
@@ -123,24 +180,30 @@ const RECORD_FIELDS: [&str; 13] = [
     "artifacts",
     "last_error",
     "epoch",
+    "cancel_by",
 ];
 
 impl RunQueue {
     pub async fn connect(config: &RedisConfig) -> Result<Self, QueueError> {
-        let client = redis::Client::open(config.url.as_str())?;
-        // A long response timeout: a slow Redis must delay a worker, never
-        // kill it (apalis-redis#76 died on the 500 ms default).
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(3);
-        let conn = ConnectionManager::new_with_config(client, manager_config).await?;
         Ok(Self {
-            conn,
+            conn: Conn::open(config).await?,
+            config: Arc::new(config.clone()),
             prefix: format!("{{{}}}:", config.namespace).into(),
             scripts: Arc::new(Scripts::load()),
-            finished_ttl_seconds: config.finished_run_ttl_seconds,
         })
+    }
+
+    fn ttl_seconds(&self) -> u64 {
+        self.config.finished_run_ttl_seconds
+    }
+
+    fn dead_keep_ms(&self) -> u64 {
+        self.config.dead_letter_keep_seconds * 1000
+    }
+
+    /// The Pub/Sub channel on which `worker` is nudged about cancels.
+    pub fn control_channel(&self, worker: &str) -> String {
+        self.key(&format!("ctl:{worker}"))
     }
 
     fn key(&self, suffix: &str) -> String {
@@ -153,22 +216,36 @@ impl RunQueue {
         Ok(())
     }
 
-    /// Stores a new run and makes it claimable. Returns its creation time.
-    pub async fn enqueue(&self, id: RunId, spec: &RunSpec, max_attempts: u32) -> Result<u64, QueueError> {
+    /// Stores a new run and makes it claimable, unless `idempotency` names
+    /// a key used before, in which case the earlier run is returned.
+    pub async fn enqueue(
+        &self,
+        id: RunId,
+        spec: &RunSpec,
+        max_attempts: u32,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Enqueued, QueueError> {
         let spec_json = serde_json::to_string(spec).map_err(|e| corrupt(id, e))?;
         let mut conn = self.conn.clone();
-        let created: u64 = self
+        let (kind, run, detail): (String, String, u64) = self
             .scripts
             .enqueue
             .key(&*self.prefix)
             .arg(id.to_string())
             .arg(&spec.tenant)
             .arg(spec.repository.to_string())
+            .arg(spec.priority.as_str())
             .arg(spec_json)
             .arg(max_attempts)
+            .arg(idempotency.map_or("", |i| i.key.as_str()))
+            .arg(idempotency.map_or("", |i| i.fingerprint.as_str()))
+            .arg(idempotency.map_or(0, |i| i.ttl.as_millis() as u64))
             .invoke_async(&mut conn)
             .await?;
-        Ok(created)
+        match kind.as_str() {
+            "created" => Ok(Enqueued::Created { created_ms: detail }),
+            _ => Ok(Enqueued::Existing { id: run.parse().map_err(|e| corrupt(&run, e))?, same_request: detail == 1 }),
+        }
     }
 
     /// Takes the next run, if any, and leases it to `worker` for `lease`.
@@ -190,14 +267,15 @@ impl RunQueue {
         Ok(Some(ClaimedRun { id, epoch, attempt, max_attempts, spec }))
     }
 
-    /// Extends the leases `worker` still holds. Returns, per run, whether the
-    /// lease is still held; a worker must stop any run whose lease is lost.
+    /// Extends the leases `worker` still holds. Returns, per run, what the
+    /// worker must do: carry on, stop because of a cancel, or stop because
+    /// the lease is lost.
     pub async fn heartbeat(
         &self,
         worker: &str,
         lease: Duration,
         held: &[(RunId, u64)],
-    ) -> Result<Vec<bool>, QueueError> {
+    ) -> Result<Vec<LeaseStatus>, QueueError> {
         let mut conn = self.conn.clone();
         let mut invocation = self.scripts.heartbeat.key(&*self.prefix);
         invocation.arg(worker).arg(lease.as_millis() as u64);
@@ -205,7 +283,14 @@ impl RunQueue {
             invocation.arg(id.to_string()).arg(*epoch);
         }
         let statuses: Vec<u8> = invocation.invoke_async(&mut conn).await?;
-        Ok(statuses.into_iter().map(|s| s == 1).collect())
+        Ok(statuses
+            .into_iter()
+            .map(|s| match s {
+                1 => LeaseStatus::Held,
+                2 => LeaseStatus::CancelRequested,
+                _ => LeaseStatus::Lost,
+            })
+            .collect())
     }
 
     /// Hands a run back. Returns its new state, or `None` when the lease was
@@ -230,8 +315,9 @@ impl RunQueue {
             .arg(reason_json.unwrap_or_default())
             .arg(final_state.as_str())
             .arg(artifacts_json)
-            .arg(self.finished_ttl_seconds)
+            .arg(self.ttl_seconds())
             .arg(delay.as_millis() as u64)
+            .arg(self.dead_keep_ms())
             .invoke_async(&mut conn)
             .await?;
         state.map(|s| s.parse().map_err(|e| corrupt(run.id, e))).transpose()
@@ -249,8 +335,9 @@ impl RunQueue {
             .reap
             .key(&*self.prefix)
             .arg(limit)
-            .arg(self.finished_ttl_seconds)
+            .arg(self.ttl_seconds())
             .arg(reason)
+            .arg(self.dead_keep_ms())
             .invoke_async(&mut conn)
             .await?;
         ids.iter().map(|id| id.parse().map_err(|e| corrupt(id, e))).collect()
@@ -306,7 +393,7 @@ impl RunQueue {
             .ignore()
             .ltrim(&key, -LOG_TAIL_CHUNKS, -1)
             .ignore()
-            .expire(&key, self.finished_ttl_seconds as i64)
+            .expire(&key, self.ttl_seconds() as i64)
             .ignore()
             .query_async::<()>(&mut conn)
             .await?;
@@ -320,10 +407,144 @@ impl RunQueue {
         Ok(chunks.concat())
     }
 
-    /// The exact depth counters, e.g. `queued`, `running`, `queued:t:<tenant>`.
-    pub async fn depth(&self) -> Result<Vec<(String, i64)>, QueueError> {
+    /// Cancels a run on behalf of `by`. Returns the states after and before,
+    /// or `None` when the run does not exist.
+    pub async fn cancel(&self, id: RunId, by: &str) -> Result<Option<(RunState, RunState)>, QueueError> {
         let mut conn = self.conn.clone();
-        Ok(conn.hgetall(self.key("depth")).await?)
+        let reply: Option<(String, String)> = self
+            .scripts
+            .cancel
+            .key(&*self.prefix)
+            .arg(id.to_string())
+            .arg(by)
+            .arg(self.ttl_seconds())
+            .invoke_async(&mut conn)
+            .await?;
+        reply
+            .map(|(after, before)| {
+                Ok((after.parse().map_err(|e| corrupt(id, e))?, before.parse().map_err(|e| corrupt(id, e))?))
+            })
+            .transpose()
+    }
+
+    /// Sets a tenant's cap on running runs (`None` removes it) and, when
+    /// given, its fair-share weight.
+    pub async fn set_tenant_limits(
+        &self,
+        tenant: &str,
+        max_running: Option<u32>,
+        weight: Option<f64>,
+    ) -> Result<(), QueueError> {
+        self.set_limits("tenant", tenant, "", max_running, weight).await
+    }
+
+    /// Sets a repository's cap on running runs (`None` removes it).
+    pub async fn set_repo_limit(&self, tenant: &str, repo: &str, max_running: Option<u32>) -> Result<(), QueueError> {
+        self.set_limits("repo", tenant, repo, max_running, None).await
+    }
+
+    async fn set_limits(
+        &self,
+        kind: &str,
+        tenant: &str,
+        repo: &str,
+        max_running: Option<u32>,
+        weight: Option<f64>,
+    ) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .limits
+            .key(&*self.prefix)
+            .arg(kind)
+            .arg(tenant)
+            .arg(repo)
+            .arg(max_running.map(|m| m.to_string()).unwrap_or_default())
+            .arg(weight.map(|w| w.to_string()).unwrap_or_default())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn limits(&self) -> Result<Limits, QueueError> {
+        let mut limits = Limits::default();
+        for (field, value) in self.scan_hash("limits").await? {
+            if let Some(tenant) = field.strip_prefix("tenant:") {
+                limits.tenants.entry(tenant.to_owned()).or_default().max_running = value.parse().ok();
+            } else if let Some(tenant) = field.strip_prefix("weight:") {
+                limits.tenants.entry(tenant.to_owned()).or_default().weight = value.parse().ok();
+            } else if let Some((tenant, repo)) = field.strip_prefix("repo:").and_then(|r| r.split_once(':'))
+                && let Ok(cap) = value.parse()
+            {
+                limits.repositories.insert((tenant.to_owned(), repo.to_owned()), cap);
+            }
+        }
+        Ok(limits)
+    }
+
+    /// Exact depth counters, maintained by every transition script.
+    pub async fn depth(&self) -> Result<Depth, QueueError> {
+        let mut depth = Depth::default();
+        for (field, value) in self.scan_hash("depth").await? {
+            let Ok(n) = value.parse::<i64>() else { continue };
+            match field.split_once(":t:") {
+                Some((state, tenant)) => {
+                    depth.tenants.entry(tenant.to_owned()).or_default().insert(state.to_owned(), n);
+                }
+                None => {
+                    depth.totals.insert(field, n);
+                }
+            }
+        }
+        for (field, value) in self.scan_hash("depth:r").await? {
+            let Ok(n) = value.parse::<i64>() else { continue };
+            let mut parts = field.splitn(3, ':');
+            if let (Some(state), Some(tenant), Some(repo)) = (parts.next(), parts.next(), parts.next()) {
+                depth.repositories.entry((tenant.to_owned(), repo.to_owned())).or_default().insert(state.to_owned(), n);
+            }
+        }
+        let mut conn = self.conn.clone();
+        depth.dead_letters = conn.zcard(self.key("dead")).await?;
+        Ok(depth)
+    }
+
+    /// The newest dead letters, up to `limit`.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut conn = self.conn.clone();
+        let entries: Vec<(String, f64)> = conn.zrevrange_withscores(self.key("dead"), 0, limit as isize - 1).await?;
+        let mut letters = Vec::with_capacity(entries.len());
+        for (id, score) in entries {
+            let reason: Option<String> = conn.hget(self.key("dead:reason"), &id).await?;
+            letters.push(DeadLetter {
+                id: id.parse().map_err(|e| corrupt(&id, e))?,
+                failed_at_ms: score as u64,
+                reason: reason.and_then(|r| serde_json::from_str(&r).ok()),
+            });
+        }
+        Ok(letters)
+    }
+
+    /// Reads a hash incrementally (HSCAN), never in one blocking call.
+    async fn scan_hash(&self, suffix: &str) -> Result<Vec<(String, String)>, QueueError> {
+        let mut conn = self.conn.clone();
+        let mut iter: redis::AsyncIter<(String, String)> = conn.hscan(self.key(suffix)).await?;
+        let mut out = Vec::new();
+        while let Some(item) = iter.next().await {
+            out.push(item?);
+        }
+        Ok(out)
+    }
+
+    /// Subscribes to `worker`'s control channel; each message is the id of a
+    /// run someone cancelled.
+    pub async fn control_messages(
+        &self,
+        worker: &str,
+    ) -> Result<impl futures::Stream<Item = String> + Send + use<>, QueueError> {
+        let client = redis::Client::open(self.config.url.as_str())?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(self.control_channel(worker)).await?;
+        Ok(pubsub.into_on_message().map(|msg| msg.get_payload::<String>().unwrap_or_default()))
     }
 }
 
@@ -346,7 +567,8 @@ fn record_from_fields(values: Vec<Option<String>>) -> Result<RunRecord, QueueErr
         artifacts,
         last_error,
         _epoch,
-    ]: [Option<String>; 13] = values.try_into().map_err(|_| corrupt("?", "wrong field count"))?;
+        cancelled_by,
+    ]: [Option<String>; 14] = values.try_into().map_err(|_| corrupt("?", "wrong field count"))?;
     let id = id.unwrap_or_default();
     let bad = |detail: &str| corrupt(&id, detail);
     let number = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
@@ -377,6 +599,7 @@ fn record_from_fields(values: Vec<Option<String>>) -> Result<RunRecord, QueueErr
         stop_reason,
         artifacts,
         last_error,
+        cancelled_by,
     })
 }
 

@@ -1,6 +1,23 @@
--- ARGV: id, tenant, repo, spec_json, max_attempts
--- Returns the creation time in ms, or an error if the id exists.
-local id, tenant, repo, spec, max_attempts = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+-- ARGV: id, tenant, repo, band, spec_json, max_attempts,
+--       idem_key (`<caller>:<key>` or empty), fingerprint, idem_ttl_ms
+-- Returns {'created', id, created_ms}, or {'existing', id, same_request}
+-- when the idempotency key was used before (same_request is 1 when the
+-- fingerprints match).
+local id, tenant, repo, band, spec, max_attempts = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local idem, fingerprint, idem_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9])
+if idem ~= '' then
+  local key = p .. 'idem:' .. idem
+  local seen = redis.call('HMGET', key, 'id', 'fingerprint')
+  if seen[1] then
+    local same = 0
+    if seen[2] == fingerprint then
+      same = 1
+    end
+    return {'existing', seen[1], same}
+  end
+  redis.call('HSET', key, 'id', id, 'fingerprint', fingerprint)
+  redis.call('PEXPIRE', key, idem_ttl)
+end
 local job = p .. 'job:' .. id
 if redis.call('EXISTS', job) == 1 then
   return redis.error_reply('EXISTS run ' .. id .. ' already exists')
@@ -9,13 +26,13 @@ local now = now_ms()
 -- A sequence, not the clock, orders a repository's queue: runs enqueued in
 -- the same millisecond keep their order.
 local seq = redis.call('INCR', p .. 'seq')
-redis.call('HSET', job, 'id', id, 'tenant', tenant, 'repo', repo, 'spec', spec,
+redis.call('HSET', job, 'id', id, 'tenant', tenant, 'repo', repo, 'band', band, 'spec', spec,
   'state', 'queued', 'attempt', 0, 'max_attempts', max_attempts, 'epoch', 0,
   'created_ms', now, 'enq_score', seq)
-make_ready(id, tenant, repo, seq)
 redis.call('ZADD', p .. 'idx:all', 0, id)
 redis.call('ZADD', p .. 'idx:state:queued', 0, id)
-depth('queued', tenant, 1)
+count('queued', tenant, repo, 1)
+make_ready(id, band, tenant, repo, seq)
 event(id, 'queued')
 prune_index(p .. 'idx:all', 5)
-return now
+return {'created', id, now}

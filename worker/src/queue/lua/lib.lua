@@ -1,9 +1,10 @@
 -- Shared by every queue script (prepended at load time).
 -- KEYS[1] is the key prefix `{<namespace>}:`; every key a script touches
 -- starts with it, so all of them share one hash slot (Redis Cluster safe).
--- Work per call is bounded: ranges carry LIMIT, loops run over ARGV or a
--- bounded range, and nothing unpacks a whole collection.
+-- Work per call is bounded: ranges carry LIMIT, loops run over ARGV, the
+-- three priority bands or a bounded range, and nothing unpacks a collection.
 local p = KEYS[1]
+local BANDS = {'high', 'normal', 'low'}
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -14,37 +15,160 @@ local function event(id, state)
   redis.call('XADD', p .. 'events', 'MAXLEN', '~', 10000, '*', 'run', id, 'state', state)
 end
 
-local function depth(state, tenant, delta)
+local function is_parked(member)
+  return redis.call('SISMEMBER', p .. 'parked', member) == 1
+end
+
+-- Counters: totals and per tenant in `depth`, per repository in `depth:r`.
+-- `dispatchable` counts queued runs a claim could take now: their repository
+-- and tenant are below their caps. `dispatchable:t:<t>` counts a tenant's
+-- queued runs in repositories below their cap, whatever the tenant's own cap.
+local function count(state, tenant, repo, delta)
   redis.call('HINCRBY', p .. 'depth', state, delta)
   redis.call('HINCRBY', p .. 'depth', state .. ':t:' .. tenant, delta)
+  redis.call('HINCRBY', p .. 'depth:r', state .. ':' .. tenant .. ':' .. repo, delta)
+  if state == 'queued' and not is_parked('r:' .. tenant .. ':' .. repo) then
+    redis.call('HINCRBY', p .. 'depth', 'dispatchable:t:' .. tenant, delta)
+    if not is_parked('t:' .. tenant) then
+      redis.call('HINCRBY', p .. 'depth', 'dispatchable', delta)
+    end
+  end
 end
 
 -- Moves a run between states: record, state index, counters, event log.
-local function transition(id, tenant, from, to)
+local function transition(id, tenant, repo, from, to)
   redis.call('HSET', p .. 'job:' .. id, 'state', to)
   redis.call('ZREM', p .. 'idx:state:' .. from, id)
   redis.call('ZADD', p .. 'idx:state:' .. to, 0, id)
-  depth(from, tenant, -1)
-  depth(to, tenant, 1)
+  count(from, tenant, repo, -1)
+  count(to, tenant, repo, 1)
   event(id, to)
 end
 
--- Puts a run into its repository's FIFO queue and makes the repository and
--- tenant dispatchable. A tenant that was idle re-enters at the current
--- minimum virtual time, so it neither starves others nor is starved.
-local function make_ready(id, tenant, repo, score)
-  local q = p .. 'q:' .. tenant .. ':' .. repo
-  redis.call('ZADD', q, score, id)
-  local head = redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')
-  redis.call('ZADD', p .. 't:' .. tenant .. ':repos', head[2], repo)
-  if redis.call('ZSCORE', p .. 'ready', tenant) == false then
-    local vt = tonumber(redis.call('HGET', p .. 'vtime', tenant) or '0')
-    local lowest = redis.call('ZRANGE', p .. 'ready', 0, 0, 'WITHSCORES')
-    if lowest[2] ~= nil and tonumber(lowest[2]) > vt then
-      vt = tonumber(lowest[2])
-    end
-    redis.call('ZADD', p .. 'ready', vt, tenant)
+local function repo_queue(band, tenant, repo)
+  return p .. 'q:' .. band .. ':' .. tenant .. ':' .. repo
+end
+
+-- Indexes a repository under its head score in `repos:<band>:<tenant>`, or
+-- drops it when its queue in that band is empty or it is at its cap.
+local function index_repo(band, tenant, repo)
+  local repos = p .. 'repos:' .. band .. ':' .. tenant
+  local head = redis.call('ZRANGE', repo_queue(band, tenant, repo), 0, 0, 'WITHSCORES')
+  if #head == 0 or is_parked('r:' .. tenant .. ':' .. repo) then
+    redis.call('ZREM', repos, repo)
+  else
+    redis.call('ZADD', repos, head[2], repo)
   end
+end
+
+-- Puts a tenant in `ready:<band>` when it has dispatchable repositories and
+-- is below its cap, or takes it out. A tenant that was away re-enters at the
+-- band's lowest virtual time: it neither starves others nor is starved.
+local function index_tenant(band, tenant)
+  local ready = p .. 'ready:' .. band
+  if is_parked('t:' .. tenant) or redis.call('ZCARD', p .. 'repos:' .. band .. ':' .. tenant) == 0 then
+    redis.call('ZREM', ready, tenant)
+    return
+  end
+  if redis.call('ZSCORE', ready, tenant) then
+    return
+  end
+  local vt = tonumber(redis.call('HGET', p .. 'vtime', band .. ':' .. tenant) or '0')
+  local lowest = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
+  if lowest[2] ~= nil and tonumber(lowest[2]) > vt then
+    vt = tonumber(lowest[2])
+  end
+  redis.call('ZADD', ready, vt, tenant)
+end
+
+local function make_ready(id, band, tenant, repo, score)
+  redis.call('ZADD', repo_queue(band, tenant, repo), score, id)
+  index_repo(band, tenant, repo)
+  index_tenant(band, tenant)
+end
+
+local function unqueue(id, band, tenant, repo)
+  redis.call('ZREM', repo_queue(band, tenant, repo), id)
+  index_repo(band, tenant, repo)
+  index_tenant(band, tenant)
+end
+
+local function limit(field)
+  local v = redis.call('HGET', p .. 'limits', field)
+  if v then
+    return tonumber(v)
+  end
+  return nil
+end
+
+-- Caps: a repository or tenant at its cap leaves the ready indexes (is
+-- parked) and comes back when a slot frees, so claims never scan blocked work.
+local function park_repo(tenant, repo, parked)
+  local member = 'r:' .. tenant .. ':' .. repo
+  local changed
+  if parked then
+    changed = redis.call('SADD', p .. 'parked', member)
+  else
+    changed = redis.call('SREM', p .. 'parked', member)
+  end
+  if changed == 0 then
+    return
+  end
+  for _, band in ipairs(BANDS) do
+    index_repo(band, tenant, repo)
+    index_tenant(band, tenant)
+  end
+  local n = tonumber(redis.call('HGET', p .. 'depth:r', 'queued:' .. tenant .. ':' .. repo) or '0')
+  if parked then
+    n = 0 - n  -- not -n: Redis refuses "-0" as an integer
+  end
+  redis.call('HINCRBY', p .. 'depth', 'dispatchable:t:' .. tenant, n)
+  if not is_parked('t:' .. tenant) then
+    redis.call('HINCRBY', p .. 'depth', 'dispatchable', n)
+  end
+end
+
+local function park_tenant(tenant, parked)
+  local changed
+  if parked then
+    changed = redis.call('SADD', p .. 'parked', 't:' .. tenant)
+  else
+    changed = redis.call('SREM', p .. 'parked', 't:' .. tenant)
+  end
+  if changed == 0 then
+    return
+  end
+  for _, band in ipairs(BANDS) do
+    index_tenant(band, tenant)
+  end
+  local n = tonumber(redis.call('HGET', p .. 'depth', 'dispatchable:t:' .. tenant) or '0')
+  if parked then
+    n = 0 - n  -- not -n: Redis refuses "-0" as an integer
+  end
+  redis.call('HINCRBY', p .. 'depth', 'dispatchable', n)
+end
+
+-- Parks or un-parks a repository and its tenant to match their caps and
+-- the runs they hold now (sets of run ids, so a reaper can heal them).
+local function enforce_caps(tenant, repo)
+  local rcap = limit('repo:' .. tenant .. ':' .. repo)
+  local held = redis.call('SCARD', p .. 'running:repo:' .. tenant .. ':' .. repo)
+  park_repo(tenant, repo, rcap ~= nil and held >= rcap)
+  local tcap = limit('tenant:' .. tenant)
+  held = redis.call('SCARD', p .. 'running:tenant:' .. tenant)
+  park_tenant(tenant, tcap ~= nil and held >= tcap)
+end
+
+local function hold_slot(id, tenant, repo)
+  redis.call('SADD', p .. 'running:repo:' .. tenant .. ':' .. repo, id)
+  redis.call('SADD', p .. 'running:tenant:' .. tenant, id)
+  enforce_caps(tenant, repo)
+end
+
+local function free_slot(id, tenant, repo)
+  redis.call('SREM', p .. 'running:repo:' .. tenant .. ':' .. repo, id)
+  redis.call('SREM', p .. 'running:tenant:' .. tenant, id)
+  enforce_caps(tenant, repo)
 end
 
 -- Drops up to `n` index entries whose run record has expired.
@@ -58,10 +182,27 @@ local function prune_index(key, n)
 end
 
 -- Ends a run for good: terminal state, reason, expiry of the live record.
-local function finalize(id, tenant, from, to, now, reason, artifacts, ttl_s)
+local function finalize(id, tenant, repo, from, to, now, reason, artifacts, ttl_s)
   local job = p .. 'job:' .. id
   redis.call('HSET', job, 'finished_ms', now, 'stop_reason', reason, 'artifacts', artifacts)
-  transition(id, tenant, from, to)
+  transition(id, tenant, repo, from, to)
   redis.call('EXPIRE', job, ttl_s)
   prune_index(p .. 'idx:state:' .. to, 5)
+end
+
+-- Records a run that failed for infrastructure reasons after its last
+-- attempt in the dead-letter set (with its reason), and trims entries older
+-- than `keep_ms`, a bounded number per call.
+local function dead_letter(id, now, reason, keep_ms)
+  redis.call('ZADD', p .. 'dead', now, id)
+  redis.call('HSET', p .. 'dead:reason', id, reason)
+  local old = redis.call('ZRANGEBYSCORE', p .. 'dead', '-inf', now - keep_ms, 'LIMIT', 0, 20)
+  for _, old_id in ipairs(old) do
+    redis.call('ZREM', p .. 'dead', old_id)
+    redis.call('HDEL', p .. 'dead:reason', old_id)
+  end
+end
+
+local function cancelled_reason(by)
+  return cjson.encode({kind = 'cancelled', by = by})
 end

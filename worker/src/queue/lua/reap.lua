@@ -1,23 +1,31 @@
--- ARGV: limit, ttl_s, stop_reason_json for runs whose attempts are used up
+-- ARGV: limit, ttl_s, stop_reason_json for runs whose attempts are used up,
+--       dead_keep_ms
 -- Reclaims up to `limit` runs whose lease expired: bumps the epoch so the
--- old holder is fenced off, counts the lost attempt, and queues the run again
--- at its original position (or fails it when no attempt is left).
+-- old holder is fenced off, frees its cap slots, counts the lost attempt and
+-- queues the run again at its original position, fails it (dead letter) when
+-- no attempt is left, or ends it cancelled when someone had cancelled it.
 -- Returns the reclaimed ids.
-local limit, ttl_s, reason = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local limit, ttl_s, reason, dead_keep_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', now, 'LIMIT', 0, limit)
 for _, id in ipairs(expired) do
   redis.call('ZREM', p .. 'leases', id)
   local job = p .. 'job:' .. id
-  local j = redis.call('HMGET', job, 'state', 'tenant', 'repo', 'attempt', 'max_attempts', 'enq_score', 'worker')
-  if j[1] == 'running' then
+  local j = redis.call('HMGET', job, 'state', 'tenant', 'repo', 'attempt', 'max_attempts', 'enq_score', 'worker',
+    'band', 'cancel_by')
+  local state, tenant, repo = j[1], j[2], j[3]
+  if state == 'running' or state == 'cancelling' then
     redis.call('HINCRBY', job, 'epoch', 1)
     redis.call('HSET', job, 'last_error', 'lease expired: worker ' .. tostring(j[7]) .. ' stopped heartbeating')
-    if tonumber(j[4]) >= tonumber(j[5]) then
-      finalize(id, j[2], 'running', 'failed', now, reason, '[]', ttl_s)
+    free_slot(id, tenant, repo)
+    if state == 'cancelling' then
+      finalize(id, tenant, repo, state, 'cancelled', now, cancelled_reason(j[9] or ''), '[]', ttl_s)
+    elseif tonumber(j[4]) >= tonumber(j[5]) then
+      finalize(id, tenant, repo, state, 'failed', now, reason, '[]', ttl_s)
+      dead_letter(id, now, reason, dead_keep_ms)
     else
-      make_ready(id, j[2], j[3], tonumber(j[6]))
-      transition(id, j[2], 'running', 'queued')
+      transition(id, tenant, repo, state, 'queued')
+      make_ready(id, j[8], tenant, repo, tonumber(j[6]))
     end
   end
 end

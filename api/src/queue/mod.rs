@@ -1,0 +1,3 @@
+//! `/v1/queue`: exact depth counters.
+
+pub mod handlers;

@@ -1,0 +1,33 @@
+//! Small builders shared by the queue-level tests.
+
+use common::config::Config;
+use common::{AgentProfile, Priority, RunSpec};
+use worker::queue::RunQueue;
+
+use crate::services;
+
+/// A queue client on a fresh namespace of the Redis at `url` (the shared
+/// server when `None`).
+pub async fn fresh_queue(url: Option<&str>, cluster: bool) -> RunQueue {
+    let mut vars = services::endpoint_vars();
+    if let Some(url) = url {
+        vars.push(("PADDOCK_REDIS__URL".to_owned(), url.to_owned()));
+    }
+    vars.push(("PADDOCK_REDIS__CLUSTER".to_owned(), cluster.to_string()));
+    vars.push(("PADDOCK_REDIS__NAMESPACE".to_owned(), format!("q-{}", ulid::Ulid::new())));
+    let config = Config::load(None, vars).expect("test config");
+    RunQueue::connect(&config.redis).await.expect("redis is up (run `cargo xtask setup`)")
+}
+
+pub fn run_spec(tenant: &str, repo: &str, priority: Priority) -> RunSpec {
+    RunSpec {
+        tenant: tenant.to_owned(),
+        priority,
+        repository: repo.parse().expect("repository name"),
+        base_ref: "main".to_owned(),
+        task_title: "t".to_owned(),
+        task_body: String::new(),
+        agent_profile: AgentProfile::default(),
+        requested_by: "tester".to_owned(),
+    }
+}
