@@ -107,6 +107,26 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// Requests a run with a named agent profile and returns its id.
+    pub async fn create_run_as(&self, repository: &str, title: &str, profile: &str) -> String {
+        let body = serde_json::json!({
+            "repository": repository,
+            "base_ref": "main",
+            "task": {"title": title},
+            "agent_profile": profile,
+        });
+        let response = self.post_run(&body).await;
+        assert_eq!(response.status().as_u16(), 202, "{:?}", response.text().await);
+        let accepted: Value = response.json().await.unwrap();
+        accepted["id"].as_str().expect("id").to_owned()
+    }
+
+    /// The stored log of a finished run.
+    pub async fn logs_of(&self, run: &Value) -> String {
+        let key = format!("runs/{}/logs.txt", run["id"].as_str().expect("id"));
+        String::from_utf8_lossy(&self.artifact(&key).await).into_owned()
+    }
+
     /// Polls until `done` holds for the run; panics after `limit`.
     pub async fn wait_for(&self, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
         let started = Instant::now();
@@ -143,6 +163,12 @@ impl TestApp {
 
     /// Starts the real `worker` binary as a child process.
     pub fn spawn_worker_process(&self) -> WorkerProcess {
+        self.spawn_worker_process_with_env(&[])
+    }
+
+    /// Like [`Self::spawn_worker_process`], with extra environment variables
+    /// (for example canary secrets that must never reach a sandbox).
+    pub fn spawn_worker_process_with_env(&self, extra: &[(&str, &str)]) -> WorkerProcess {
         let bin = services::bin_dir().join("worker");
         assert!(bin.exists(), "{} is missing: build with `cargo build --bins`", bin.display());
         let log = self.scratch.join(format!("worker-{}.log", ulid::Ulid::new()));
@@ -150,6 +176,7 @@ impl TestApp {
         let child = std::process::Command::new(bin)
             .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log fd"))
             .stderr(file)

@@ -4,6 +4,7 @@
 //! idles under an init process; the agent and the diff are `exec`s into it,
 //! so the worker controls timing and can kill it at any point.
 
+mod hardening;
 mod tree;
 
 use std::collections::HashMap;
@@ -38,6 +39,10 @@ pub enum SandboxError {
     Docker(#[from] bollard::errors::Error),
     #[error("sandbox image {image} is missing: run `cargo xtask setup` to build it")]
     ImageMissing { image: String },
+    /// The engine did not apply a hardening setting (an older engine drops
+    /// fields it does not know, silently); the container was not started.
+    #[error("the docker engine did not apply `{field}`: expected {expected}, found {found}")]
+    NotHardened { field: &'static str, expected: String, found: String },
     #[error("sandbox: {0}")]
     Other(String),
 }
@@ -175,9 +180,15 @@ impl SandboxDriver {
             }
         };
         let sandbox = Sandbox { container: created.id, volume };
-        if let Err(e) = self.docker.start_container(&sandbox.container, None).await {
+        let started = async {
+            let inspected = self.docker.inspect_container(&sandbox.container, None).await?;
+            hardening::verify(&inspected, &self.config, &sandbox.volume)?;
+            self.docker.start_container(&sandbox.container, None).await?;
+            Ok::<(), SandboxError>(())
+        };
+        if let Err(e) = started.await {
             self.remove(&sandbox).await;
-            return Err(e.into());
+            return Err(e);
         }
         Ok(sandbox)
     }
@@ -223,10 +234,30 @@ impl SandboxDriver {
         inspected.exit_code.ok_or_else(|| SandboxError::Other("exec has no exit code".to_owned()))
     }
 
-    /// Whether the kernel's OOM killer fired in this sandbox.
+    /// Whether the kernel's OOM killer fired in this sandbox. Docker's
+    /// `State.OOMKilled` only covers the container's main process, not an
+    /// `exec`, so the sandbox's own memory cgroup is read too (read-only to
+    /// the agent: `oom_kill` in memory.events on cgroup v2,
+    /// memory.oom_control on v1).
     pub async fn oom_killed(&self, sandbox: &Sandbox) -> Result<bool, SandboxError> {
         let inspected = self.docker.inspect_container(&sandbox.container, None).await?;
-        Ok(inspected.state.and_then(|s| s.oom_killed).unwrap_or(false))
+        if inspected.state.and_then(|s| s.oom_killed).unwrap_or(false) {
+            return Ok(true);
+        }
+        let cmd = vec![
+            "cat".to_owned(),
+            "/sys/fs/cgroup/memory.events".to_owned(),
+            "/sys/fs/cgroup/memory/memory.oom_control".to_owned(),
+        ];
+        let mut exec = self.exec(sandbox, cmd, Vec::new()).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = exec.output.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(String::from_utf8_lossy(&out)
+            .lines()
+            .filter_map(|l| l.strip_prefix("oom_kill "))
+            .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0)))
     }
 
     /// Kills the container at once (timeouts, lost leases, shutdown).

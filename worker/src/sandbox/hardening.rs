@@ -1,0 +1,126 @@
+//! Reads a created container back and refuses it unless every hardening
+//! setting is in force. bollard sends unversioned requests, so an engine
+//! older than the request schema silently drops fields it does not know.
+
+use bollard::models::ContainerInspectResponse;
+use common::config::SandboxConfig;
+
+use super::{SandboxError, WORKSPACE};
+
+fn check<T: PartialEq + std::fmt::Debug>(field: &'static str, expected: T, found: T) -> Result<(), SandboxError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(SandboxError::NotHardened { field, expected: format!("{expected:?}"), found: format!("{found:?}") })
+    }
+}
+
+pub fn verify(inspected: &ContainerInspectResponse, config: &SandboxConfig, volume: &str) -> Result<(), SandboxError> {
+    let host = inspected.host_config.clone().unwrap_or_default();
+    let user = inspected.config.as_ref().and_then(|c| c.user.clone());
+    check("User", Some(format!("{}:{}", config.uid, config.gid)), user)?;
+    check("CapDrop", Some(vec!["ALL".to_owned()]), host.cap_drop)?;
+    check("CapAdd", true, host.cap_add.unwrap_or_default().is_empty())?;
+    check("SecurityOpt", Some(vec!["no-new-privileges=true".to_owned()]), host.security_opt)?;
+    check("Privileged", Some(false), host.privileged)?;
+    check("ReadonlyRootfs", Some(true), host.readonly_rootfs)?;
+    check("NetworkMode", Some("none".to_owned()), host.network_mode)?;
+    check("Memory", Some(config.memory_bytes), host.memory)?;
+    check("MemorySwap", Some(config.memory_bytes), host.memory_swap)?;
+    check("NanoCpus", Some(config.nano_cpus), host.nano_cpus)?;
+    check("PidsLimit", Some(config.pids_limit), host.pids_limit)?;
+    check("Init", Some(true), host.init)?;
+    check("OomScoreAdj", Some(500), host.oom_score_adj)?;
+    check("Binds", true, host.binds.unwrap_or_default().is_empty())?;
+    check("Devices", true, host.devices.unwrap_or_default().is_empty())?;
+    let tmpfs = host.tmpfs.unwrap_or_default();
+    check("Tmpfs /tmp", true, tmpfs.get("/tmp").is_some_and(|o| o.contains("size=")))?;
+    let mounts: Vec<(Option<String>, Option<String>)> =
+        host.mounts.unwrap_or_default().into_iter().map(|m| (m.source, m.target)).collect();
+    check("Mounts", vec![(Some(volume.to_owned()), Some(WORKSPACE.to_owned()))], mounts)?;
+    let nofile = host.ulimits.unwrap_or_default().into_iter().find(|u| u.name.as_deref() == Some("nofile"));
+    check("Ulimits nofile", Some((Some(4096), Some(4096))), nofile.map(|u| (u.soft, u.hard)))?;
+    let log_type = host.log_config.and_then(|l| l.typ);
+    check("LogConfig", Some("json-file".to_owned()), log_type)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use bollard::models::{ContainerConfig, HostConfig, Mount, ResourcesUlimits};
+
+    use super::*;
+
+    fn hardened(config: &SandboxConfig) -> ContainerInspectResponse {
+        ContainerInspectResponse {
+            config: Some(ContainerConfig {
+                user: Some(format!("{}:{}", config.uid, config.gid)),
+                ..Default::default()
+            }),
+            host_config: Some(HostConfig {
+                cap_drop: Some(vec!["ALL".to_owned()]),
+                security_opt: Some(vec!["no-new-privileges=true".to_owned()]),
+                privileged: Some(false),
+                readonly_rootfs: Some(true),
+                network_mode: Some("none".to_owned()),
+                memory: Some(config.memory_bytes),
+                memory_swap: Some(config.memory_bytes),
+                nano_cpus: Some(config.nano_cpus),
+                pids_limit: Some(config.pids_limit),
+                init: Some(true),
+                oom_score_adj: Some(500),
+                tmpfs: Some(HashMap::from([("/tmp".to_owned(), "rw,size=1m".to_owned())])),
+                mounts: Some(vec![Mount {
+                    source: Some("vol".to_owned()),
+                    target: Some(WORKSPACE.to_owned()),
+                    ..Default::default()
+                }]),
+                ulimits: Some(vec![ResourcesUlimits {
+                    name: Some("nofile".to_owned()),
+                    soft: Some(4096),
+                    hard: Some(4096),
+                }]),
+                log_config: Some(bollard::models::HostConfigLogConfig {
+                    typ: Some("json-file".to_owned()),
+                    config: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_fully_hardened_container_passes() {
+        let config = SandboxConfig::default();
+        assert!(verify(&hardened(&config), &config, "vol").is_ok());
+    }
+
+    #[test]
+    fn a_setting_the_engine_dropped_is_refused_by_name() {
+        let config = SandboxConfig::default();
+        type Breakage = Box<dyn Fn(&mut HostConfig)>;
+        let cases: Vec<(&str, Breakage)> = vec![
+            ("PidsLimit", Box::new(|h| h.pids_limit = None)),
+            ("MemorySwap", Box::new(|h| h.memory_swap = Some(0))),
+            ("CapDrop", Box::new(|h| h.cap_drop = None)),
+            ("SecurityOpt", Box::new(|h| h.security_opt = Some(vec![]))),
+            ("ReadonlyRootfs", Box::new(|h| h.readonly_rootfs = Some(false))),
+            ("NetworkMode", Box::new(|h| h.network_mode = Some("host".to_owned()))),
+            ("Binds", Box::new(|h| h.binds = Some(vec!["/var/run/docker.sock:/var/run/docker.sock".to_owned()]))),
+            ("Privileged", Box::new(|h| h.privileged = Some(true))),
+        ];
+        for (field, break_it) in cases {
+            let mut inspected = hardened(&config);
+            if let Some(host) = inspected.host_config.as_mut() {
+                break_it(host);
+            }
+            match verify(&inspected, &config, "vol") {
+                Err(SandboxError::NotHardened { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: expected a refusal, got {other:?}"),
+            }
+        }
+    }
+}
