@@ -21,6 +21,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub sandbox: SandboxConfig,
     pub git: GitConfig,
+    pub egress: EgressConfig,
     /// Agent profiles by name; a run names one (or gets `default`).
     pub agents: BTreeMap<String, AgentConfig>,
 }
@@ -99,6 +100,8 @@ pub struct SandboxConfig {
     pub workspace_bytes: u64,
     pub tmp_bytes: u64,
     pub timeout_seconds: u64,
+    /// Pool the per-run sandbox networks (/28 each) are carved from.
+    pub subnet_pool: String,
     /// Numeric uid:gid the agent runs as.
     pub uid: u32,
     pub gid: u32,
@@ -112,6 +115,37 @@ pub struct SandboxConfig {
 pub struct GitConfig {
     /// Base URL the worker clones from: `<base_url>/<owner>/<name>.git`.
     pub base_url: String,
+}
+
+/// What a sandbox may reach through the worker's egress proxy. Nothing else
+/// is reachable at all: the sandbox network is internal and has no DNS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// `none` (default: nothing), `registries` (package registries) or
+    /// `custom` (the registries preset is not included; only `allow`).
+    pub preset: EgressPreset,
+    /// Hostnames allowed in addition to the preset: `example.com` exactly,
+    /// `*.example.com` for its subdomains.
+    pub allow: Vec<String>,
+    /// The hostnames of the `registries` preset.
+    pub registries: Vec<String>,
+    /// Private networks (CIDR) the proxy may connect to, e.g. an internal
+    /// package mirror; every other private, loopback or link-local address
+    /// is refused.
+    pub trusted_networks: Vec<String>,
+    /// Names the proxy resolves to fixed addresses instead of asking DNS.
+    pub static_hosts: BTreeMap<String, String>,
+    /// Port of the proxy on each sandbox network's gateway address.
+    pub proxy_port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressPreset {
+    None,
+    Registries,
+    Custom,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,6 +168,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             sandbox: SandboxConfig::default(),
             git: GitConfig::default(),
+            egress: EgressConfig::default(),
             agents: BTreeMap::from([("default".to_owned(), AgentConfig { command: "git status --short".to_owned() })]),
         }
     }
@@ -202,10 +237,38 @@ impl Default for SandboxConfig {
             workspace_bytes: 1 << 30,
             tmp_bytes: 256 << 20,
             timeout_seconds: 3600,
+            subnet_pool: "10.213.0.0/16".to_owned(),
             uid: 1000,
             gid: 1000,
             max_log_bytes: 8 << 20,
             max_diff_bytes: 32 << 20,
+        }
+    }
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        let registries = [
+            "pypi.org",
+            "files.pythonhosted.org",
+            "registry.npmjs.org",
+            "crates.io",
+            "index.crates.io",
+            "static.crates.io",
+            "proxy.golang.org",
+            "sum.golang.org",
+            "repo.maven.apache.org",
+            "repo1.maven.org",
+            "rubygems.org",
+            "deb.debian.org",
+        ];
+        Self {
+            preset: EgressPreset::None,
+            allow: Vec::new(),
+            registries: registries.iter().map(|s| (*s).to_owned()).collect(),
+            trusted_networks: Vec::new(),
+            static_hosts: BTreeMap::new(),
+            proxy_port: 3128,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod artifacts;
+pub mod egress;
 pub mod git;
 pub mod queue;
 pub mod runner;
