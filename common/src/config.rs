@@ -357,10 +357,16 @@ impl Config {
 }
 
 /// Environment values are strings; numbers and booleans are recognised so
-/// `PADDOCK_WORKER__CONCURRENCY=4` sets an integer.
+/// `PADDOCK_WORKER__CONCURRENCY=4` sets an integer, and a JSON array or
+/// object sets a list or map (`PADDOCK_EGRESS__ALLOW='["pypi.org"]'`).
 fn parse_env_value(value: &str) -> figment::value::Value {
     if let Ok(n) = value.parse::<i64>() {
         return n.into();
+    }
+    if (value.starts_with('[') || value.starts_with('{'))
+        && let Ok(parsed) = serde_json::from_str::<figment::value::Value>(value)
+    {
+        return parsed;
     }
     match value {
         "true" => true.into(),
@@ -389,6 +395,20 @@ mod tests {
                 .expect("config loads");
         assert_eq!(config.worker.concurrency, 7);
         assert_eq!(config.redis.namespace, "t1");
+    }
+
+    #[test]
+    fn lists_and_maps_come_from_json_in_the_environment() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("PADDOCK_EGRESS__ALLOW", r#"["pypi.org", "*.corp.example"]"#),
+                ("PADDOCK_EGRESS__STATIC_HOSTS", r#"{"mirror.corp.example": "10.1.2.3"}"#),
+            ]),
+        )
+        .expect("config loads");
+        assert_eq!(config.egress.allow, vec!["pypi.org", "*.corp.example"]);
+        assert_eq!(config.egress.static_hosts["mirror.corp.example"], "10.1.2.3");
     }
 
     #[test]

@@ -150,6 +150,58 @@ impl TestApp {
         self.store.get(key).await.expect("s3 get").unwrap_or_else(|| panic!("artifact {key} missing"))
     }
 
+    /// Containers of this run that still exist.
+    pub async fn sandboxes_of(&self, id: &str) -> Vec<String> {
+        let driver = worker::sandbox::SandboxDriver::connect(
+            &self.config.sandbox,
+            &[],
+            &self.config.redis.namespace,
+            "observer",
+        )
+        .await
+        .unwrap();
+        driver.list_run_containers(id.parse().unwrap()).await.unwrap()
+    }
+
+    /// Everything of the run's sandbox still on the host: containers,
+    /// networks, volumes (by label) and firewall rules (by tag).
+    pub async fn leftovers_of(&self, id: &str) -> Vec<String> {
+        let mut left: Vec<String> = self.sandboxes_of(id).await.into_iter().map(|c| format!("container {c}")).collect();
+        let label = format!("label=paddock.run-id={id}");
+        for kind in ["network", "volume"] {
+            let out =
+                std::process::Command::new("docker").args([kind, "ls", "-q", "--filter", &label]).output().unwrap();
+            left.extend(String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("{kind} {l}")));
+        }
+        let rules = std::process::Command::new("iptables").args(["-w", "-S", "PADDOCK-INPUT"]).output().unwrap();
+        left.extend(
+            String::from_utf8_lossy(&rules.stdout).lines().filter(|l| l.contains(id)).map(|l| format!("rule {l}")),
+        );
+        left
+    }
+
+    /// Waits (up to a minute) until nothing of the run's sandbox is left.
+    pub async fn assert_cleaned_up(&self, id: &str) {
+        let started = Instant::now();
+        loop {
+            let left = self.leftovers_of(id).await;
+            if left.is_empty() {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "run {id} left behind: {left:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits (up to a minute) until the run has a sandbox, or has none.
+    pub async fn wait_for_sandboxes(&self, id: &str, present: bool) {
+        let started = Instant::now();
+        while self.sandboxes_of(id).await.is_empty() == present {
+            assert!(started.elapsed() < Duration::from_secs(60), "run {id}: sandbox present should be {present}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Starts a worker inside this process.
     pub async fn spawn_worker(&self) -> WorkerHandle {
         let app = worker::Application::build(self.config.clone()).await.expect("worker builds");

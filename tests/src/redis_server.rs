@@ -6,23 +6,26 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-fn wait_for_ping(port: u16) {
-    let started = Instant::now();
+/// A port that is free now, and (for Cluster nodes) whose bus port, 10000
+/// higher, is free and valid too.
+fn free_port(cluster: bool) -> u16 {
     loop {
-        let pong = Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "ping"])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG");
-        if pong {
-            return;
+        let port = 20000 + (ulid::Ulid::new().random() % 25000) as u16;
+        if port_free(port) && (!cluster || port_free(port + 10000)) {
+            return port;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "redis on port {port} did not start");
-        std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn ping(port: u16) -> bool {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "ping"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
 }
 
 /// One `redis-server` with AOF (`appendfsync always`) in its own directory.
@@ -37,18 +40,27 @@ impl PrivateRedis {
     pub fn start(extra: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("paddock-redis-{}", ulid::Ulid::new()));
         std::fs::create_dir_all(&dir).expect("redis dir");
-        let mut redis =
-            Self { port: free_port(), dir, child: None, extra: extra.iter().map(|s| (*s).to_owned()).collect() };
-        redis.spawn();
-        redis
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let cluster = extra.iter().any(|e| e == "--cluster-enabled");
+        let mut redis = Self { port: free_port(cluster), dir, child: None, extra };
+        // Another process may take the port between the check and the bind:
+        // then pick another one.
+        for _ in 0..5 {
+            if redis.spawn() {
+                return redis;
+            }
+            redis.port = free_port(cluster);
+        }
+        panic!("redis-server did not start (tried five ports)");
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+    /// Starts the server; false when it exited (port taken) instead.
+    fn spawn(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
@@ -58,8 +70,20 @@ impl PrivateRedis {
             .stderr(Stdio::null())
             .spawn()
             .expect("start redis-server");
-        self.child = Some(child);
-        wait_for_ping(self.port);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if ping(self.port) {
+                self.child = Some(child);
+                return true;
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
     }
 
     /// SIGKILL: no shutdown save, only what the AOF already holds survives.
@@ -70,9 +94,10 @@ impl PrivateRedis {
         }
     }
 
+    /// Restarts on the same port (the AOF in the same directory).
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        assert!(self.spawn(), "redis-server did not restart on port {}", self.port);
     }
 }
 

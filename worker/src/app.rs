@@ -12,6 +12,7 @@ use common::config::Config;
 use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::S3Store;
+use crate::egress::EgressPolicy;
 use crate::queue::{Leases, RunBackend, RunQueue, leases};
 use crate::runner::{self, Runtime};
 use crate::sandbox::SandboxDriver;
@@ -28,8 +29,12 @@ impl Application {
         let queue = RunQueue::connect(&config.redis).await?;
         queue.ping().await?;
         let store = S3Store::new(&config.s3);
-        let sandboxes = SandboxDriver::connect(&config.sandbox, &config.redis.namespace, &worker).await?;
+        let egress = Arc::new(EgressPolicy::from_config(&config.egress)?);
+        let sandboxes =
+            SandboxDriver::connect(&config.sandbox, &[config.egress.proxy_port], &config.redis.namespace, &worker)
+                .await?;
         sandboxes.check_image().await?;
+        sandboxes.prepare_firewall().await?;
         tokio::fs::create_dir_all(&config.worker.work_dir).await?;
 
         sweep_dead_workers(&queue, &sandboxes, Duration::from_secs(config.worker.lease_seconds)).await?;
@@ -40,6 +45,7 @@ impl Application {
             store,
             sandboxes,
             leases: Leases::default(),
+            egress,
             grace_over: CancellationToken::new(),
         };
         Ok(Self { runtime: Arc::new(runtime) })

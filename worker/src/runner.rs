@@ -12,7 +12,10 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use std::net::{IpAddr, SocketAddr};
+
 use crate::artifacts::{ObjectStore, S3Store};
+use crate::egress::{EgressPolicy, EgressProxy, EgressRecord};
 use crate::git::{self, GitError};
 use crate::queue::{ClaimedRun, LeaseGuard, Leases, Outcome, RunQueue};
 use crate::sandbox::{Exec, Sandbox, SandboxDriver, SandboxError, tar_tree};
@@ -25,6 +28,8 @@ pub struct Runtime {
     pub store: S3Store,
     pub sandboxes: SandboxDriver,
     pub leases: Leases,
+    /// What sandboxes may reach through their egress proxy.
+    pub egress: Arc<EgressPolicy>,
     /// Fires when the shutdown grace period is over: runs still going are
     /// stopped and handed back to the queue.
     pub grace_over: CancellationToken,
@@ -131,12 +136,30 @@ impl Runtime {
             Ok(sandbox) => sandbox,
             Err(e) => return self.retry(run, format!("creating the sandbox failed: {e}")),
         };
-        let session = self.in_sandbox(run, &agent, &sandbox, Bytes::from(tar), lease).await;
+        let proxy_at = SocketAddr::new(IpAddr::V4(sandbox.network.gateway), self.config.egress.proxy_port);
+        let proxy = match EgressProxy::start(proxy_at, self.egress.clone(), run.id).await {
+            Ok(proxy) => proxy,
+            Err(e) => {
+                self.sandboxes.remove(&sandbox).await;
+                return self.retry(run, format!("starting the egress proxy on {proxy_at} failed: {e}"));
+            }
+        };
+        let session = self.in_sandbox(run, &agent, &sandbox, &proxy, Bytes::from(tar), lease).await;
         self.sandboxes.remove(&sandbox).await;
+        let egress = proxy.log.records();
+        drop(proxy);
         match session {
             Ok(SessionEnd::Stopped(interrupt)) => Ending::Interrupted(interrupt),
-            Ok(SessionEnd::Finished { reason, log, diff, files_changed }) => {
-                let facts = Facts { commit: checkout.commit, command: agent.command, files_changed };
+            Ok(SessionEnd::Finished { reason, mut log, diff, files_changed }) => {
+                for record in &egress {
+                    let verdict = if record.allowed { "allowed" } else { "denied" };
+                    let why = record.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+                    log.line(&format!(
+                        "paddock: egress {verdict} {} {}:{}{why}",
+                        record.method, record.host, record.port
+                    ));
+                }
+                let facts = Facts { commit: checkout.commit, command: agent.command, files_changed, egress };
                 self.done(run, reason, log, diff, Some(facts)).await
             }
             Err(e) => self.retry(run, format!("sandbox: {e}")),
@@ -148,6 +171,7 @@ impl Runtime {
         run: &ClaimedRun,
         agent: &AgentConfig,
         sandbox: &Sandbox,
+        proxy: &EgressProxy,
         tar: Bytes,
         lease: &LeaseGuard,
     ) -> Result<SessionEnd, SandboxError> {
@@ -169,12 +193,22 @@ impl Runtime {
             limits.timeout_seconds
         ));
         log.line(&format!("$ {}", agent.command));
-        let env = vec![
+        let proxy_url = format!("http://{}", proxy.address);
+        let mut env = vec![
             format!("PADDOCK_TASK_TITLE={}", run.spec.task_title),
             format!("PADDOCK_TASK_BODY={}", run.spec.task_body),
             format!("PADDOCK_RUN_ID={}", run.id),
             "HOME=/tmp".to_owned(),
+            "NO_PROXY=".to_owned(),
+            "no_proxy=".to_owned(),
         ];
+        for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            env.push(format!("{name}={proxy_url}"));
+        }
+        log.line(&format!(
+            "paddock: network {} (internal, no DNS); egress preset {:?} through {proxy_url}",
+            sandbox.network.subnet, self.egress.preset
+        ));
         let cmd = vec!["bash".to_owned(), "-c".to_owned(), agent.command.clone()];
         let mut exec = self.sandboxes.exec(sandbox, cmd, env).await?;
         let streamed = self.stream_output(run.id, &mut exec, &mut log, deadline, lease).await;
@@ -357,6 +391,8 @@ impl Runtime {
             },
             stop_reason: &reason,
             files_changed: facts.as_ref().map(|f| f.files_changed.as_slice()).unwrap_or_default(),
+            egress_preset: format!("{:?}", self.egress.preset).to_lowercase(),
+            egress: facts.as_ref().map(|f| f.egress.as_slice()).unwrap_or_default(),
             diff_bytes: diff.len(),
             log_bytes: log.data.len(),
             log_truncated: log.truncated,
@@ -396,6 +432,7 @@ struct Facts {
     commit: String,
     command: String,
     files_changed: Vec<String>,
+    egress: Vec<EgressRecord>,
 }
 
 /// The run summary stored as `summary.json`.
@@ -415,6 +452,9 @@ struct Summary<'a> {
     limits: Limits,
     stop_reason: &'a StopReason,
     files_changed: &'a [String],
+    egress_preset: String,
+    /// Every request the sandbox made through the egress proxy.
+    egress: &'a [EgressRecord],
     diff_bytes: usize,
     log_bytes: usize,
     log_truncated: bool,

@@ -32,9 +32,11 @@ const DISK_FILL: &str = "dd if=/dev/zero of=/workspace/fill bs=1M count=100 2>&1
 const WRITE_OUTSIDE: &str = "for p in /evil /etc/evil /usr/bin/evil /root/evil /var/lib/evil; do \
     touch \"$p\" 2>&1 || echo \"refused: $p\"; done";
 
-const NETWORK: &str = "curl -sS -m 3 http://192.0.2.1/ 2>&1 || echo 'refused: ip'; \
-    curl -sS -m 3 http://169.254.169.254/latest/meta-data/ 2>&1 || echo 'refused: metadata'; \
-    getent hosts example.com || echo 'refused: dns'; ip -o addr 2>/dev/null; cat /proc/net/route";
+const NETWORK: &str = "curl -sS -m 3 --noproxy '*' http://192.0.2.1/ 2>&1 || echo 'refused: direct ip'; \
+    curl -sS -m 3 --noproxy '*' http://169.254.169.254/latest/meta-data/ 2>&1 || echo 'refused: direct metadata'; \
+    curl -sS -m 5 -o /dev/null -w 'proxied ip literal: %{http_code}\\n' http://192.0.2.1/; \
+    curl -sS -m 5 -o /dev/null -w 'proxied metadata: %{http_code}\\n' http://169.254.169.254/latest/meta-data/; \
+    timeout 5 getent hosts example.com || echo 'refused: dns'";
 
 const DOCKER_SOCKET: &str = "for s in /var/run/docker.sock /run/docker.sock /run/containerd/containerd.sock; do \
     test -e \"$s\" && echo \"FOUND $s\" || echo \"absent: $s\"; done";
@@ -108,17 +110,30 @@ async fn writes_outside_the_workspace_are_refused() {
 }
 
 #[tokio::test]
-async fn the_sandbox_has_no_network_no_dns_and_no_metadata_endpoint() {
+async fn the_sandbox_has_no_route_out_no_dns_and_the_proxy_refuses_ip_literals() {
     let (run, logs) = attack(NETWORK).await;
     assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
-    // Each probe's own failure line (the command text holds them quoted).
-    for what in ["\nrefused: ip", "\nrefused: metadata", "\nrefused: dns"] {
+    // Each probe's own result line (the command text holds them quoted).
+    for what in [
+        "\nrefused: direct ip",
+        "\nrefused: direct metadata",
+        "\nproxied ip literal: 403",
+        "\nproxied metadata: 403",
+        "\nrefused: dns",
+    ] {
         assert!(logs.contains(what), "{what} missing:\n{logs}");
     }
-    // No route at all: the routing table has its header line only.
-    let routes: Vec<&str> =
-        logs.lines().skip_while(|l| !l.starts_with("Iface")).filter(|l| !l.starts_with("paddock:")).collect();
-    assert_eq!(routes.len(), 1, "the sandbox has routes: {routes:?}");
+    assert!(logs.contains("paddock: egress denied GET 192.0.2.1:80"), "{logs}");
+    let summary = summary_of(&run).await;
+    let egress = summary["egress"].as_array().unwrap();
+    assert_eq!(egress.len(), 2, "{summary:#}");
+    assert!(egress.iter().all(|e| e["allowed"] == false));
+}
+
+async fn summary_of(run: &Value) -> Value {
+    let app = spawn_app(&[]).await;
+    let key = format!("runs/{}/summary.json", run["id"].as_str().unwrap());
+    serde_json::from_slice(&app.artifact(&key).await).unwrap()
 }
 
 #[tokio::test]
@@ -173,5 +188,118 @@ async fn a_ten_minute_sleep_stops_at_a_five_second_cap() {
     let id = app.create_run(&repo, "sleep").await;
     let run = app.wait_until_finished(&id).await;
     assert_eq!(run["stop_reason"], json!({"kind": "timeout", "limit_seconds": 5}));
+    worker.shutdown().await;
+}
+
+/// A stand-in for an allowed upstream: plain HTTP on ports 80 and 443 of a
+/// loopback address of its own, answering with its port.
+async fn upstream() -> std::net::Ipv4Addr {
+    loop {
+        let ip = std::net::Ipv4Addr::new(127, fastrand_byte(), fastrand_byte(), fastrand_byte().max(2));
+        let (Ok(http), Ok(https)) =
+            (tokio::net::TcpListener::bind((ip, 80)).await, tokio::net::TcpListener::bind((ip, 443)).await)
+        else {
+            continue;
+        };
+        for (listener, port) in [(http, 80), (https, 443)] {
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 4096];
+                        let _ = stream.read(&mut buf).await;
+                        let body = format!("hello from upstream {port}\n");
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = stream.write_all(reply.as_bytes()).await;
+                    });
+                }
+            });
+        }
+        return ip;
+    }
+}
+
+fn fastrand_byte() -> u8 {
+    (ulid::Ulid::new().random() % 250) as u8 + 1
+}
+
+const EGRESS: &str = r#"set -- $PADDOCK_TASK_BODY
+curl -sS -m 5 http://allowed.paddock.test/hello
+curl -sS -m 5 -p http://allowed.paddock.test:443/tunnel
+curl -sS -m 5 -o /dev/null -w 'denied host: %{http_code}\n' http://denied.paddock.test/
+curl -sS -m 5 https://denied.paddock.test/ 2>&1 | head -1
+curl -sS -m 5 -o /dev/null -w 'rebinding: %{http_code}\n' http://sneaky.paddock.test/
+curl -sS -m 5 -o /dev/null -w 'other port: %{http_code}\n' http://allowed.paddock.test:8080/
+GW=$(echo "$HTTP_PROXY" | sed 's#http://##; s#:.*##')
+for p in 22 80 443 2375 2376 3900 3903 6390 8080 10250 $1 3128; do
+  if timeout 3 bash -c "echo > /dev/tcp/$GW/$p" 2>/dev/null; then echo "gateway port $p: open"; else echo "gateway port $p: closed"; fi
+done
+timeout 3 bash -c "echo > /dev/tcp/$2/80" 2>/dev/null && echo "other sandbox: reached" || echo "other sandbox: unreachable"
+timeout 3 bash -c "echo > /dev/tcp/$3/3128" 2>/dev/null && echo "other proxy: reached" || echo "other proxy: unreachable""#;
+
+#[tokio::test]
+async fn egress_goes_through_the_proxy_to_allowed_hosts_only() {
+    let upstream = upstream().await;
+    let static_hosts = format!(r#"{{"allowed.paddock.test": "{upstream}", "sneaky.paddock.test": "169.254.169.254"}}"#);
+    let trusted = format!(r#"["{upstream}/32"]"#);
+    let (app, repo) = attack_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", EGRESS),
+        ("PADDOCK_AGENTS__VICTIM__COMMAND", "sleep 60"),
+        ("PADDOCK_WORKER__CONCURRENCY", "2"),
+        ("PADDOCK_EGRESS__PRESET", "custom"),
+        ("PADDOCK_EGRESS__ALLOW", r#"["allowed.paddock.test", "sneaky.paddock.test"]"#),
+        ("PADDOCK_EGRESS__STATIC_HOSTS", static_hosts.as_str()),
+        ("PADDOCK_EGRESS__TRUSTED_NETWORKS", trusted.as_str()),
+    ])
+    .await;
+    let worker = app.spawn_worker().await;
+    // A second sandbox to attack, and a host port that is open to the world.
+    let victim = app.create_run_as(&repo, "victim", "victim").await;
+    app.wait_for_sandboxes(&victim, true).await;
+    let container = app.sandboxes_of(&victim).await.remove(0);
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{.Gateway}}{{end}}", &container])
+        .output()
+        .unwrap();
+    let victim_addr = String::from_utf8(inspect.stdout).unwrap().trim().to_owned();
+    let open_to_all = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let open_port = open_to_all.local_addr().unwrap().port();
+
+    let body = json!({"repository": repo, "base_ref": "main", "task": {"title": "egress", "body": format!("{open_port} {victim_addr}")}});
+    let accepted: Value = app.post_run(&body).await.json().await.unwrap();
+    let run = app.wait_until_finished(accepted["id"].as_str().unwrap()).await;
+    let logs = app.logs_of(&run).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    for expected in [
+        "\nhello from upstream 80",
+        "\nhello from upstream 443",
+        "\ndenied host: 403",
+        "CONNECT tunnel failed, response 403",
+        "\nrebinding: 403",
+        "\nother port: 403",
+        "\ngateway port 3128: open",
+        "\nother sandbox: unreachable",
+        "\nother proxy: unreachable",
+    ] {
+        assert!(logs.contains(expected), "{expected:?} missing:\n{logs}");
+    }
+    for port in ["22", "80", "443", "2375", "2376", "3900", "3903", "6390", "8080", "10250", &open_port.to_string()] {
+        assert!(logs.contains(&format!("\ngateway port {port}: closed")), "host port {port} reachable:\n{logs}");
+    }
+    assert!(logs.contains("paddock: egress allowed GET allowed.paddock.test:80"), "{logs}");
+    assert!(logs.contains("paddock: egress allowed CONNECT allowed.paddock.test:443"), "{logs}");
+    assert!(logs.contains("paddock: egress denied CONNECT denied.paddock.test:443"), "{logs}");
+    assert!(
+        logs.contains(
+            "paddock: egress denied GET sneaky.paddock.test:80: sneaky.paddock.test resolves to 169.254.169.254"
+        ),
+        "{logs}"
+    );
+    drop(open_to_all);
+    app.client.post(app.url(&format!("/v1/runs/{victim}/cancel"))).bearer_auth(&app.token).send().await.unwrap();
+    app.wait_for(&victim, std::time::Duration::from_secs(30), |r| r["state"] == "cancelled").await;
     worker.shutdown().await;
 }

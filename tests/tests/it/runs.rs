@@ -66,6 +66,7 @@ async fn a_run_goes_from_the_api_through_a_sandbox_to_s3() {
 
     let succeeded: Value = app.get("/v1/runs?state=succeeded").await.json().await.unwrap();
     assert_eq!(succeeded["runs"][0]["id"], id.as_str());
+    app.assert_cleaned_up(&id).await;
     worker.shutdown().await;
 }
 
@@ -83,6 +84,7 @@ async fn a_failing_agent_ends_failed_with_its_exit_code() {
     let logs = String::from_utf8(app.artifact(&logs_key).await.to_vec()).unwrap();
     assert!(logs.contains("something broke"), "{logs}");
     assert!(app.artifact(&diff_key).await.is_empty());
+    app.assert_cleaned_up(&id).await;
     worker.shutdown().await;
 }
 
@@ -102,7 +104,7 @@ async fn the_wall_clock_cap_ends_the_run_and_removes_the_sandbox() {
     let [logs_key, _, _] = assert_artifact_keys(&run);
     let logs = String::from_utf8(app.artifact(&logs_key).await.to_vec()).unwrap();
     assert!(logs.contains("started") && logs.contains("wall-clock cap"), "{logs}");
-    assert_eq!(sandboxes_of(&app, &id).await, Vec::<String>::new(), "the timed-out sandbox was left behind");
+    assert_eq!(app.leftovers_of(&id).await, Vec::<String>::new(), "the timed-out sandbox was left behind");
     worker.shutdown().await;
 }
 
@@ -133,7 +135,7 @@ async fn a_killed_worker_loses_its_run_to_another_after_the_lease_expires() {
     // Let the sandbox start, then kill the worker without a chance to clean up.
     tokio::time::sleep(Duration::from_secs(1)).await;
     first.kill_hard();
-    let orphans = sandboxes_of(&app, &id).await;
+    let orphans = app.sandboxes_of(&id).await;
 
     // Start the second worker once the first one's lease is surely over, so
     // its start-up sweep sees the first as dead.
@@ -147,28 +149,12 @@ async fn a_killed_worker_loses_its_run_to_another_after_the_lease_expires() {
     assert!(run["last_error"].as_str().unwrap().contains(&first_name), "{run:#}");
     let [_, diff_key, _] = assert_artifact_keys(&run);
     assert!(String::from_utf8_lossy(&app.artifact(&diff_key).await).contains("+finished"));
-    let remaining = sandboxes_of(&app, &id).await;
+    let remaining = app.sandboxes_of(&id).await;
     for orphan in orphans {
         assert!(!remaining.contains(&orphan), "the crashed worker's sandbox {orphan} was not swept");
     }
+    app.assert_cleaned_up(&id).await;
     second.shutdown().await;
-}
-
-/// Waits (up to a minute) until the run has a sandbox, or has none.
-async fn wait_for_sandboxes(app: &tests::TestApp, id: &str, present: bool) {
-    let started = std::time::Instant::now();
-    while sandboxes_of(app, id).await.is_empty() == present {
-        assert!(started.elapsed() < Duration::from_secs(60), "run {id}: sandbox present should be {present}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Containers of this run that still exist.
-async fn sandboxes_of(app: &tests::TestApp, id: &str) -> Vec<String> {
-    let driver = worker::sandbox::SandboxDriver::connect(&app.config.sandbox, &app.config.redis.namespace, "observer")
-        .await
-        .unwrap();
-    driver.list_run_containers(id.parse().unwrap()).await.unwrap()
 }
 
 #[tokio::test]
@@ -211,7 +197,7 @@ async fn runs_still_going_when_the_grace_period_ends_go_back_to_the_queue() {
     let run = app.run(&id).await;
     assert_eq!(run["state"], "queued", "{run:#}");
     assert_eq!(run["attempt"], 0, "a released run must not use up an attempt");
-    assert_eq!(sandboxes_of(&app, &id).await, Vec::<String>::new(), "the released run's sandbox was left behind");
+    assert_eq!(app.leftovers_of(&id).await, Vec::<String>::new(), "the released run's sandbox was left behind");
 }
 
 #[tokio::test]
@@ -222,12 +208,13 @@ async fn cancelling_a_running_run_kills_its_sandbox_within_seconds() {
     let id = app.create_run(&repo, "Stop me").await;
     app.wait_for(&id, Duration::from_secs(60), |r| r["state"] == "running").await;
     // Wait for the sandbox to exist, so the cancel has something to kill.
-    wait_for_sandboxes(&app, &id, true).await;
+    app.wait_for_sandboxes(&id, true).await;
     let response =
         app.client.post(app.url(&format!("/v1/runs/{id}/cancel"))).bearer_auth(&app.token).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 202);
     let run = app.wait_for(&id, Duration::from_secs(5), |r| r["state"] == "cancelled").await;
-    assert!(sandboxes_of(&app, &id).await.is_empty(), "the sandbox outlived the cancel");
+    assert!(app.sandboxes_of(&id).await.is_empty(), "the sandbox outlived the cancel");
+    app.assert_cleaned_up(&id).await;
     assert_eq!(run["stop_reason"], serde_json::json!({"kind": "cancelled", "by": "bootstrap-admin"}));
     let [logs_key, _, _] = assert_artifact_keys(&run);
     let logs = String::from_utf8(app.artifact(&logs_key).await.to_vec()).unwrap();
@@ -293,7 +280,8 @@ async fn cancelling_a_run_whose_worker_was_killed_ends_it_cancelled_not_retried(
     let run = app.wait_for(&id, Duration::from_secs(60), |r| r["state"] == "cancelled").await;
     assert_eq!(run["attempt"], 1, "a cancelled run must not be retried");
     assert_eq!(run["stop_reason"], serde_json::json!({"kind": "cancelled", "by": "bootstrap-admin"}));
-    // The surviving worker's janitor removes the dead worker's sandbox.
-    wait_for_sandboxes(&app, &id, false).await;
+    // The surviving worker's janitor removes the dead worker's sandbox,
+    // network, volume and firewall rules.
+    app.assert_cleaned_up(&id).await;
     second.shutdown().await;
 }

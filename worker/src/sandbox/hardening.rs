@@ -15,7 +15,12 @@ fn check<T: PartialEq + std::fmt::Debug>(field: &'static str, expected: T, found
     }
 }
 
-pub fn verify(inspected: &ContainerInspectResponse, config: &SandboxConfig, volume: &str) -> Result<(), SandboxError> {
+pub fn verify(
+    inspected: &ContainerInspectResponse,
+    config: &SandboxConfig,
+    volume: &str,
+    network: &str,
+) -> Result<(), SandboxError> {
     let host = inspected.host_config.clone().unwrap_or_default();
     let user = inspected.config.as_ref().and_then(|c| c.user.clone());
     check("User", Some(format!("{}:{}", config.uid, config.gid)), user)?;
@@ -24,7 +29,8 @@ pub fn verify(inspected: &ContainerInspectResponse, config: &SandboxConfig, volu
     check("SecurityOpt", Some(vec!["no-new-privileges=true".to_owned()]), host.security_opt)?;
     check("Privileged", Some(false), host.privileged)?;
     check("ReadonlyRootfs", Some(true), host.readonly_rootfs)?;
-    check("NetworkMode", Some("none".to_owned()), host.network_mode)?;
+    check("NetworkMode", Some(network.to_owned()), host.network_mode)?;
+    check("Dns", Some(vec!["127.0.0.1".to_owned()]), host.dns)?;
     check("Memory", Some(config.memory_bytes), host.memory)?;
     check("MemorySwap", Some(config.memory_bytes), host.memory_swap)?;
     check("NanoCpus", Some(config.nano_cpus), host.nano_cpus)?;
@@ -64,7 +70,8 @@ mod tests {
                 security_opt: Some(vec!["no-new-privileges=true".to_owned()]),
                 privileged: Some(false),
                 readonly_rootfs: Some(true),
-                network_mode: Some("none".to_owned()),
+                network_mode: Some("net".to_owned()),
+                dns: Some(vec!["127.0.0.1".to_owned()]),
                 memory: Some(config.memory_bytes),
                 memory_swap: Some(config.memory_bytes),
                 nano_cpus: Some(config.nano_cpus),
@@ -95,7 +102,7 @@ mod tests {
     #[test]
     fn a_fully_hardened_container_passes() {
         let config = SandboxConfig::default();
-        assert!(verify(&hardened(&config), &config, "vol").is_ok());
+        assert!(verify(&hardened(&config), &config, "vol", "net").is_ok());
     }
 
     #[test]
@@ -117,7 +124,7 @@ mod tests {
             if let Some(host) = inspected.host_config.as_mut() {
                 break_it(host);
             }
-            match verify(&inspected, &config, "vol") {
+            match verify(&inspected, &config, "vol", "net") {
                 Err(SandboxError::NotHardened { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{field}: expected a refusal, got {other:?}"),
             }

@@ -1,20 +1,26 @@
 //! The Docker sandbox a run executes in, driven through bollard.
 //!
-//! One container and one size-capped workspace volume per run. The container
-//! idles under an init process; the agent and the diff are `exec`s into it,
-//! so the worker controls timing and can kill it at any point.
+//! One container, one internal network (with host firewall rules) and one
+//! size-capped workspace volume per run. The container idles under an init
+//! process; the agent and the diff are `exec`s into it, so the worker
+//! controls timing and can kill it at any point.
 
+pub mod firewall;
 mod hardening;
 mod tree;
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, ResourcesUlimits, VolumeCreateRequest};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Ipam, IpamConfig, Mount, MountType, NetworkCreateRequest, ResourcesUlimits,
+    VolumeCreateRequest,
+};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListVolumesOptions,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptions,
+    ListVolumesOptions, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use common::RunId;
@@ -28,6 +34,7 @@ pub const LABEL_NAMESPACE: &str = "paddock.namespace";
 pub const LABEL_RUN_ID: &str = "paddock.run-id";
 pub const LABEL_WORKER: &str = "paddock.worker";
 pub const LABEL_VOLUME: &str = "paddock.volume";
+pub const LABEL_NETWORK: &str = "paddock.network";
 const MANAGED_BY: &str = "paddock";
 
 /// The workspace mount point inside every sandbox.
@@ -52,6 +59,9 @@ pub enum SandboxError {
 pub struct SandboxDriver {
     docker: Docker,
     config: SandboxConfig,
+    /// Host ports a sandbox may reach on its gateway address.
+    open_ports: Vec<u16>,
+    pool: (Ipv4Addr, u8),
     namespace: String,
     worker: String,
 }
@@ -61,6 +71,17 @@ pub struct SandboxDriver {
 pub struct Sandbox {
     pub container: String,
     pub volume: String,
+    pub network: SandboxNetwork,
+}
+
+/// The run's own internal network: no route out, no DNS; the host answers
+/// only on `gateway` at the allowed ports.
+#[derive(Debug, Clone)]
+pub struct SandboxNetwork {
+    pub name: String,
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+    rules: firewall::RunRules,
 }
 
 /// A running command's output; read it to the end, then ask for the code.
@@ -70,14 +91,105 @@ pub struct Exec {
 }
 
 impl SandboxDriver {
-    pub async fn connect(config: &SandboxConfig, namespace: &str, worker: &str) -> Result<Self, SandboxError> {
+    /// Connects to the engine. `open_ports` are the host ports a sandbox
+    /// may reach on its gateway (the egress proxy, later the model gateway).
+    pub async fn connect(
+        config: &SandboxConfig,
+        open_ports: &[u16],
+        namespace: &str,
+        worker: &str,
+    ) -> Result<Self, SandboxError> {
+        let pool = parse_pool(&config.subnet_pool).ok_or_else(|| {
+            SandboxError::Other(format!(
+                "invalid configuration: `sandbox.subnet_pool` = {} must be an IPv4 CIDR of /8 to /26",
+                config.subnet_pool
+            ))
+        })?;
         let docker = if let Some(path) = config.docker_host.strip_prefix("unix://") {
             Docker::connect_with_unix(path, 600, bollard::API_DEFAULT_VERSION)?
         } else {
             Docker::connect_with_http(&config.docker_host, 600, bollard::API_DEFAULT_VERSION)?
         };
         docker.ping().await?;
-        Ok(Self { docker, config: config.clone(), namespace: namespace.to_owned(), worker: worker.to_owned() })
+        Ok(Self {
+            docker,
+            config: config.clone(),
+            open_ports: open_ports.to_vec(),
+            pool,
+            namespace: namespace.to_owned(),
+            worker: worker.to_owned(),
+        })
+    }
+
+    /// Makes sure the host firewall chain exists; a worker that cannot
+    /// install firewall rules must not run sandboxes.
+    pub async fn prepare_firewall(&self) -> Result<(), SandboxError> {
+        firewall::ensure_chain().await
+    }
+
+    fn firewall_tag(&self, run: RunId) -> String {
+        format!("pd:{}:{}:{run}", self.namespace, self.worker)
+    }
+
+    /// Creates the run's internal network on a free /28 of the pool and
+    /// installs its firewall rules.
+    async fn create_network(
+        &self,
+        name: &str,
+        run: RunId,
+        labels: &HashMap<String, String>,
+    ) -> Result<SandboxNetwork, SandboxError> {
+        let (base, bits) = self.pool;
+        let blocks = 1u32 << (28 - u32::from(bits));
+        let mut last_error = None;
+        for _ in 0..20 {
+            let block = u32::from(base) + fastrand::u32(0..blocks) * 16;
+            let (subnet, gateway) = (format!("{}/28", Ipv4Addr::from(block)), Ipv4Addr::from(block + 1));
+            let request = NetworkCreateRequest {
+                name: name.to_owned(),
+                driver: Some("bridge".to_owned()),
+                internal: Some(true),
+                ipam: Some(Ipam {
+                    driver: Some("default".to_owned()),
+                    config: Some(vec![IpamConfig {
+                        subnet: Some(subnet.clone()),
+                        gateway: Some(gateway.to_string()),
+                        ..Default::default()
+                    }]),
+                    options: None,
+                }),
+                labels: Some(labels.clone()),
+                options: Some(HashMap::from([("com.docker.network.bridge.enable_icc".to_owned(), "false".to_owned())])),
+                ..Default::default()
+            };
+            match self.docker.create_network(request).await {
+                Ok(_) => {
+                    let rules = firewall::RunRules {
+                        subnet: subnet.clone(),
+                        gateway: gateway.to_string(),
+                        ports: self.open_ports.clone(),
+                        tag: self.firewall_tag(run),
+                    };
+                    if let Err(e) = firewall::install(&rules).await {
+                        firewall::remove(&rules).await;
+                        let _ = self.docker.remove_network(name).await;
+                        return Err(e);
+                    }
+                    return Ok(SandboxNetwork { name: name.to_owned(), subnet, gateway, rules });
+                }
+                // Another run (on this or another worker) holds that block.
+                Err(e) if e.to_string().contains("overlap") => last_error = Some(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last_error.map_or_else(|| SandboxError::Other("no free sandbox subnet".to_owned()), SandboxError::from))
+    }
+
+    async fn remove_network(&self, network: &SandboxNetwork) {
+        firewall::remove(&network.rules).await;
+        if let Err(error) = self.docker.remove_network(&network.name).await {
+            tracing::warn!(%error, network = %network.name, "removing sandbox network failed");
+        }
     }
 
     pub fn config(&self) -> &SandboxConfig {
@@ -110,7 +222,8 @@ impl SandboxDriver {
         let c = &self.config;
         let name = format!("paddock-{}-{run}-{attempt}", self.namespace);
         let volume = format!("{name}-ws");
-        let labels = self.labels(run, &volume);
+        let mut labels = self.labels(run, &volume);
+        labels.insert(LABEL_NETWORK.to_owned(), name.clone());
         self.docker
             .create_volume(VolumeCreateRequest {
                 name: Some(volume.clone()),
@@ -125,6 +238,13 @@ impl SandboxDriver {
                 ..Default::default()
             })
             .await?;
+        let network = match self.create_network(&name, run, &labels).await {
+            Ok(network) => network,
+            Err(e) => {
+                self.remove_volume(&volume).await;
+                return Err(e);
+            }
+        };
         let host_config = HostConfig {
             memory: Some(c.memory_bytes),
             memory_swap: Some(c.memory_bytes),
@@ -133,7 +253,9 @@ impl SandboxDriver {
             cap_drop: Some(vec!["ALL".to_owned()]),
             security_opt: Some(vec!["no-new-privileges=true".to_owned()]),
             readonly_rootfs: Some(true),
-            network_mode: Some("none".to_owned()),
+            network_mode: Some(network.name.clone()),
+            // No resolver: names are resolved by the egress proxy only.
+            dns: Some(vec!["127.0.0.1".to_owned()]),
             init: Some(true),
             privileged: Some(false),
             oom_score_adj: Some(500),
@@ -167,7 +289,6 @@ impl SandboxDriver {
             working_dir: Some(WORKSPACE.to_owned()),
             env: Some(vec!["HOME=/tmp".to_owned(), format!("PADDOCK_RUN_ID={run}")]),
             labels: Some(labels),
-            network_disabled: Some(true),
             host_config: Some(host_config),
             ..Default::default()
         };
@@ -175,14 +296,15 @@ impl SandboxDriver {
         let created = match self.docker.create_container(Some(options), body).await {
             Ok(created) => created,
             Err(e) => {
+                self.remove_network(&network).await;
                 self.remove_volume(&volume).await;
                 return Err(e.into());
             }
         };
-        let sandbox = Sandbox { container: created.id, volume };
+        let sandbox = Sandbox { container: created.id, volume, network };
         let started = async {
             let inspected = self.docker.inspect_container(&sandbox.container, None).await?;
-            hardening::verify(&inspected, &self.config, &sandbox.volume)?;
+            hardening::verify(&inspected, &self.config, &sandbox.volume, &sandbox.network.name)?;
             self.docker.start_container(&sandbox.container, None).await?;
             Ok::<(), SandboxError>(())
         };
@@ -268,14 +390,20 @@ impl SandboxDriver {
         }
     }
 
-    /// Removes the container and its workspace volume. Never fails: what it
-    /// cannot remove now, the janitor removes later.
+    /// Removes the container, its network and firewall rules, and its
+    /// workspace volume. Never fails: what it cannot remove now, the janitor
+    /// removes later.
     pub async fn remove(&self, sandbox: &Sandbox) {
-        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
-        if let Err(error) = self.docker.remove_container(&sandbox.container, Some(options)).await {
-            tracing::warn!(%error, container = %sandbox.container, "removing sandbox failed");
-        }
+        self.remove_container(&sandbox.container).await;
+        self.remove_network(&sandbox.network).await;
         self.remove_volume(&sandbox.volume).await;
+    }
+
+    async fn remove_container(&self, container: &str) {
+        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        if let Err(error) = self.docker.remove_container(container, Some(options)).await {
+            tracing::warn!(%error, %container, "removing sandbox failed");
+        }
     }
 
     async fn remove_volume(&self, volume: &str) {
@@ -302,10 +430,31 @@ impl SandboxDriver {
                 continue;
             }
             let Some(id) = container.id else { continue };
-            let volume = labels.get(LABEL_VOLUME).cloned().unwrap_or_default();
             tracing::info!(container = %id, %worker, run_id = ?labels.get(LABEL_RUN_ID), "removing sandbox left by a dead worker");
-            self.remove(&Sandbox { container: id.clone(), volume }).await;
+            self.remove_container(&id).await;
             removed.push(id);
+        }
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()),
+            }))
+            .await?;
+        for network in networks {
+            let worker =
+                network.labels.as_ref().and_then(|l| l.get(LABEL_WORKER)).map(String::as_str).unwrap_or_default();
+            if !is_alive(worker)
+                && let Some(name) = &network.name
+                && let Err(error) = self.docker.remove_network(name).await
+            {
+                tracing::warn!(%error, network = %name, "removing a dead worker's sandbox network failed");
+            }
+        }
+        for (tag, rule) in firewall::tagged(&format!("pd:{}:", self.namespace)).await? {
+            let worker = tag.split(':').nth(2).unwrap_or_default();
+            if !is_alive(worker) {
+                firewall::delete(&rule).await;
+            }
         }
         let volumes = self
             .docker
@@ -331,4 +480,16 @@ impl SandboxDriver {
         let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
         Ok(self.docker.list_containers(Some(options)).await?.into_iter().filter_map(|c| c.id).collect())
     }
+}
+
+/// `a.b.c.d/n` with room for at least four /28 blocks.
+fn parse_pool(cidr: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, bits) = cidr.split_once('/')?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let bits: u8 = bits.parse().ok()?;
+    if !(8..=26).contains(&bits) {
+        return None;
+    }
+    let mask = u32::MAX << (32 - u32::from(bits));
+    Some((Ipv4Addr::from(u32::from(ip) & mask), bits))
 }
