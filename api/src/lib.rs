@@ -7,6 +7,7 @@ pub mod auth;
 pub mod health;
 pub mod limits;
 pub mod openapi;
+pub mod policies;
 pub mod problem;
 pub mod queue;
 pub mod runs;

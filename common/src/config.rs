@@ -140,7 +140,7 @@ pub struct EgressConfig {
     pub proxy_port: u16,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EgressPreset {
     None,
@@ -292,6 +292,11 @@ pub enum ConfigError {
 const NOT_CONFIG: &[&str] = &["CONFIG", "HOME", "BIN_DIR", "LOG_FORMAT"];
 
 impl Config {
+    /// The sandbox policy runs get when no tenant or repository overrides it.
+    pub fn default_policy(&self) -> crate::policy::SandboxPolicy {
+        crate::policy::SandboxPolicy::defaults(&self.sandbox, self.egress.preset, &self.egress.allow)
+    }
+
     /// Loads defaults, then `file` if given, then the `PADDOCK_*` variables
     /// from `env`.
     pub fn load<I>(file: Option<&Path>, env: I) -> Result<Self, ConfigError>

@@ -142,7 +142,7 @@ pub enum StopReason {
     /// The run hit its wall-clock cap and its sandbox was killed.
     Timeout { limit_seconds: u64 },
     /// The kernel killed the agent for exceeding the sandbox memory cap.
-    OutOfMemory { limit_bytes: i64 },
+    OomKilled { limit_bytes: i64 },
     /// The repository or base ref could not be checked out (it does not
     /// exist, or the worker may not read it); retrying cannot help.
     CheckoutFailed { message: String },
@@ -322,6 +322,10 @@ pub struct RunSpec {
     pub task_body: String,
     pub agent_profile: AgentProfile,
     pub requested_by: String,
+    /// The sandbox policy resolved when the run was accepted; runs from
+    /// before policies existed get the worker's defaults.
+    #[serde(default)]
+    pub policy: Option<crate::policy::SandboxPolicy>,
 }
 
 impl RunSpec {

@@ -29,7 +29,8 @@ impl Application {
         let queue = RunQueue::connect(&config.redis).await?;
         queue.ping().await?;
         let store = S3Store::new(&config.s3);
-        let egress = Arc::new(EgressPolicy::from_config(&config.egress)?);
+        // Refuse a contradictory egress configuration at start, naming the key.
+        EgressPolicy::from_config(&config.egress)?;
         let sandboxes =
             SandboxDriver::connect(&config.sandbox, &[config.egress.proxy_port], &config.redis.namespace, &worker)
                 .await?;
@@ -45,7 +46,6 @@ impl Application {
             store,
             sandboxes,
             leases: Leases::default(),
-            egress,
             grace_over: CancellationToken::new(),
         };
         Ok(Self { runtime: Arc::new(runtime) })

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::config::{AgentConfig, Config};
+use common::policy::SandboxPolicy;
 use common::{ArtifactKind, RunId, StopReason};
 use futures::StreamExt;
 use serde::Serialize;
@@ -28,8 +29,6 @@ pub struct Runtime {
     pub store: S3Store,
     pub sandboxes: SandboxDriver,
     pub leases: Leases,
-    /// What sandboxes may reach through their egress proxy.
-    pub egress: Arc<EgressPolicy>,
     /// Fires when the shutdown grace period is over: runs still going are
     /// stopped and handed back to the queue.
     pub grace_over: CancellationToken,
@@ -92,6 +91,12 @@ impl Runtime {
         }
     }
 
+    /// The policy recorded on the run, or the configured default for runs
+    /// accepted before policies were recorded.
+    fn policy_of(&self, run: &ClaimedRun) -> SandboxPolicy {
+        run.spec.policy.clone().unwrap_or_else(|| self.config.default_policy())
+    }
+
     fn retry(&self, run: &ClaimedRun, message: String) -> Ending {
         let base = self.config.worker.retry_base_seconds.max(1) * 1000;
         let exp = base.saturating_mul(1 << run.attempt.saturating_sub(1).min(10));
@@ -132,19 +137,25 @@ impl Runtime {
             Err(ending) => return ending,
         };
 
-        let sandbox = match self.sandboxes.create(run.id, run.attempt).await {
+        let policy = self.policy_of(run);
+        let egress = match EgressPolicy::for_run(&self.config.egress, policy.egress, &policy.egress_allow) {
+            Ok(egress) => Arc::new(egress),
+            Err(e) => return self.retry(run, format!("the run's egress policy is invalid: {e}")),
+        };
+        let sandbox = match self.sandboxes.create(run.id, run.attempt, &policy).await {
             Ok(sandbox) => sandbox,
             Err(e) => return self.retry(run, format!("creating the sandbox failed: {e}")),
         };
         let proxy_at = SocketAddr::new(IpAddr::V4(sandbox.network.gateway), self.config.egress.proxy_port);
-        let proxy = match EgressProxy::start(proxy_at, self.egress.clone(), run.id).await {
+        let proxy = match EgressProxy::start(proxy_at, egress, run.id).await {
             Ok(proxy) => proxy,
             Err(e) => {
                 self.sandboxes.remove(&sandbox).await;
                 return self.retry(run, format!("starting the egress proxy on {proxy_at} failed: {e}"));
             }
         };
-        let session = self.in_sandbox(run, &agent, &sandbox, &proxy, Bytes::from(tar), lease).await;
+        let place = Place { policy: &policy, sandbox: &sandbox, proxy: &proxy };
+        let session = self.in_sandbox(run, &agent, place, Bytes::from(tar), lease).await;
         self.sandboxes.remove(&sandbox).await;
         let egress = proxy.log.records();
         drop(proxy);
@@ -170,14 +181,14 @@ impl Runtime {
         &self,
         run: &ClaimedRun,
         agent: &AgentConfig,
-        sandbox: &Sandbox,
-        proxy: &EgressProxy,
+        place: Place<'_>,
         tar: Bytes,
         lease: &LeaseGuard,
     ) -> Result<SessionEnd, SandboxError> {
+        let Place { policy, sandbox, proxy } = place;
         let limits = self.sandboxes.config().clone();
         let started = Instant::now();
-        let deadline = started + Duration::from_secs(limits.timeout_seconds);
+        let deadline = started + Duration::from_secs(policy.timeout_seconds);
         self.sandboxes.upload(sandbox, tar).await?;
 
         let mut log = RunLog::new(limits.max_log_bytes);
@@ -187,10 +198,10 @@ impl Runtime {
             run.attempt,
             self.worker,
             limits.image,
-            limits.memory_bytes,
-            limits.nano_cpus as f64 / 1e9,
-            limits.pids_limit,
-            limits.timeout_seconds
+            policy.memory_bytes,
+            policy.nano_cpus as f64 / 1e9,
+            policy.pids_limit,
+            policy.timeout_seconds
         ));
         log.line(&format!("$ {}", agent.command));
         let proxy_url = format!("http://{}", proxy.address);
@@ -207,7 +218,7 @@ impl Runtime {
         }
         log.line(&format!(
             "paddock: network {} (internal, no DNS); egress preset {:?} through {proxy_url}",
-            sandbox.network.subnet, self.egress.preset
+            sandbox.network.subnet, policy.egress
         ));
         let cmd = vec!["bash".to_owned(), "-c".to_owned(), agent.command.clone()];
         let mut exec = self.sandboxes.exec(sandbox, cmd, env).await?;
@@ -218,17 +229,17 @@ impl Runtime {
                 if code == 0 {
                     StopReason::Completed
                 } else if self.sandboxes.oom_killed(sandbox).await? {
-                    StopReason::OutOfMemory { limit_bytes: limits.memory_bytes }
+                    StopReason::OomKilled { limit_bytes: policy.memory_bytes }
                 } else {
                     StopReason::AgentFailed { exit_code: code }
                 }
             }
             StreamEnd::TimedOut => {
                 self.sandboxes.kill(sandbox).await;
-                log.line(&format!("paddock: wall-clock cap of {} s reached; sandbox killed", limits.timeout_seconds));
+                log.line(&format!("paddock: wall-clock cap of {} s reached; sandbox killed", policy.timeout_seconds));
                 self.flush_tail(run.id, &mut log).await;
                 return Ok(SessionEnd::Finished {
-                    reason: StopReason::Timeout { limit_seconds: limits.timeout_seconds },
+                    reason: StopReason::Timeout { limit_seconds: policy.timeout_seconds },
                     log,
                     diff: Vec::new(),
                     files_changed: Vec::new(),
@@ -382,16 +393,9 @@ impl Runtime {
             command: facts.as_ref().map(|f| f.command.as_str()),
             requested_by: &run.spec.requested_by,
             image: &self.config.sandbox.image,
-            limits: Limits {
-                memory_bytes: self.config.sandbox.memory_bytes,
-                nano_cpus: self.config.sandbox.nano_cpus,
-                pids: self.config.sandbox.pids_limit,
-                workspace_bytes: self.config.sandbox.workspace_bytes,
-                timeout_seconds: self.config.sandbox.timeout_seconds,
-            },
+            policy: &self.policy_of(run),
             stop_reason: &reason,
             files_changed: facts.as_ref().map(|f| f.files_changed.as_slice()).unwrap_or_default(),
-            egress_preset: format!("{:?}", self.egress.preset).to_lowercase(),
             egress: facts.as_ref().map(|f| f.egress.as_slice()).unwrap_or_default(),
             diff_bytes: diff.len(),
             log_bytes: log.data.len(),
@@ -414,6 +418,15 @@ impl Runtime {
         }
         Ending::Outcome(Outcome::Done { reason, artifacts: keys })
     }
+}
+
+/// Where a run executes: its sandbox, its egress proxy and the policy both
+/// were set up under.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    policy: &'a SandboxPolicy,
+    sandbox: &'a Sandbox,
+    proxy: &'a EgressProxy,
 }
 
 enum StreamEnd {
@@ -449,25 +462,16 @@ struct Summary<'a> {
     command: Option<&'a str>,
     requested_by: &'a str,
     image: &'a str,
-    limits: Limits,
+    /// The sandbox policy the run executed under.
+    policy: &'a SandboxPolicy,
     stop_reason: &'a StopReason,
     files_changed: &'a [String],
-    egress_preset: String,
     /// Every request the sandbox made through the egress proxy.
     egress: &'a [EgressRecord],
     diff_bytes: usize,
     log_bytes: usize,
     log_truncated: bool,
     artifacts: &'a [String],
-}
-
-#[derive(Serialize)]
-struct Limits {
-    memory_bytes: i64,
-    nano_cpus: i64,
-    pids: i64,
-    workspace_bytes: u64,
-    timeout_seconds: u64,
 }
 
 /// A run's output, capped; `pending` is what the Redis tail has not seen.

@@ -79,6 +79,8 @@ pub struct RunView {
     pub artifacts: Vec<String>,
     /// Who cancelled the run, if anyone did.
     pub cancelled_by: Option<String>,
+    /// The sandbox policy the run executes under, resolved when it was accepted.
+    pub policy: Option<common::policy::SandboxPolicy>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -136,6 +138,7 @@ impl From<RunRecord> for RunView {
             last_error: r.last_error,
             artifacts: r.artifacts,
             cancelled_by: r.cancelled_by,
+            policy: r.spec.policy,
         }
     }
 }

@@ -57,8 +57,12 @@ pub async fn create_run(
         task_body: body.task.body,
         agent_profile,
         requested_by: caller.principal,
+        policy: None,
     };
     spec.validate()?;
+    let policy =
+        state.queue.effective_policy(state.config.default_policy(), &spec.tenant, &spec.repository.to_string()).await?;
+    let spec = RunSpec { policy: Some(policy), ..spec };
     let id = RunId::new();
     let id = match state.queue.enqueue(id, &spec, state.config.api.max_attempts, idempotency.as_ref()).await? {
         Enqueued::Created { .. } => {

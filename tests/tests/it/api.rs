@@ -205,3 +205,50 @@ async fn cancel_limits_and_queue_endpoints() {
     assert_problem(put("/v1/limits/tenants/payments/repositories/acme/-bad", json!({})).await.unwrap(), 400).await;
     assert_problem(put("/v1/limits/tenants/payments", json!({"max_running": -1})).await.unwrap(), 400).await;
 }
+
+#[tokio::test]
+async fn sandbox_policies_are_layered_and_recorded_on_the_run() {
+    let app = spawn_app(&[]).await;
+    let put = |path: &str, body: Value| app.client.put(app.url(path)).bearer_auth(&app.token).json(&body).send();
+    let tenant = put("/v1/policies/tenants/payments", json!({"memory_bytes": 1073741824, "egress": "registries"}))
+        .await
+        .unwrap();
+    assert_eq!(tenant.status().as_u16(), 200);
+    let repo = put(
+        "/v1/policies/tenants/payments/repositories/acme/ledger",
+        json!({"memory_bytes": 536870912, "timeout_seconds": 60, "egress_allow": ["pypi.org"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(repo.status().as_u16(), 200);
+    let policies: Value = app.get("/v1/policies").await.json().await.unwrap();
+    assert_eq!(policies["overrides"].as_array().unwrap().len(), 2);
+    assert_eq!(policies["defaults"]["egress"], "none");
+
+    let body = json!({"repository": "acme/ledger", "base_ref": "main", "tenant": "payments", "task": {"title": "t"}});
+    let accepted: Value = app.post_run(&body).await.json().await.unwrap();
+    let run = app.run(accepted["id"].as_str().unwrap()).await;
+    let policy = &run["policy"];
+    assert_eq!(policy["memory_bytes"], 536870912, "the repository override wins: {policy}");
+    assert_eq!(policy["timeout_seconds"], 60);
+    assert_eq!(policy["egress"], "registries", "the tenant override applies where the repository is silent");
+    assert_eq!(policy["egress_allow"], json!(["pypi.org"]));
+    assert_eq!(policy["pids_limit"], app.config.sandbox.pids_limit);
+
+    // Another tenant's run gets the defaults.
+    let other = json!({"repository": "acme/ledger", "base_ref": "main", "task": {"title": "t"}});
+    let accepted: Value = app.post_run(&other).await.json().await.unwrap();
+    let run = app.run(accepted["id"].as_str().unwrap()).await;
+    assert_eq!(run["policy"]["memory_bytes"], app.config.sandbox.memory_bytes);
+
+    assert_problem(put("/v1/policies/tenants/payments", json!({"memory_bytes": 1})).await.unwrap(), 400).await;
+    assert_problem(put("/v1/policies/tenants/payments", json!({"egress": "everything"})).await.unwrap(), 400).await;
+    assert_problem(put("/v1/policies/tenants/payments", json!({"cpus": 2})).await.unwrap(), 400).await;
+    let contradiction = json!({"egress": "none", "egress_allow": ["pypi.org"]});
+    let problem = assert_problem(put("/v1/policies/tenants/payments", contradiction).await.unwrap(), 400).await;
+    assert_eq!(problem["field"], "egress_allow");
+    let cleared = put("/v1/policies/tenants/payments", json!({})).await.unwrap();
+    assert_eq!(cleared.status().as_u16(), 200);
+    let policies: Value = app.get("/v1/policies").await.json().await.unwrap();
+    assert_eq!(policies["overrides"].as_array().unwrap().len(), 1);
+}

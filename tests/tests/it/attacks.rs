@@ -83,10 +83,10 @@ async fn a_fork_bomb_hits_the_pids_cap() {
 }
 
 #[tokio::test]
-async fn a_memory_bomb_ends_the_run_out_of_memory() {
+async fn a_memory_bomb_ends_the_run_oom_killed() {
     let (run, logs) = attack(MEMORY_BOMB).await;
     assert_eq!(run["state"], "failed", "{run:#}\n{logs}");
-    assert_eq!(run["stop_reason"], json!({"kind": "out_of_memory", "limit_bytes": 134217728}));
+    assert_eq!(run["stop_reason"], json!({"kind": "oom_killed", "limit_bytes": 134217728}));
     assert!(!logs.contains("allocated 1073741824"), "{logs}");
 }
 

@@ -285,3 +285,31 @@ async fn cancelling_a_run_whose_worker_was_killed_ends_it_cancelled_not_retried(
     app.assert_cleaned_up(&id).await;
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_worker_enforces_the_policy_recorded_on_the_run() {
+    let app = spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", "echo started; sleep 600")]).await;
+    let repo = app.repo(&[("README.md", README)]);
+    let (owner, name) = repo.split_once('/').unwrap();
+    let response = app
+        .client
+        .put(app.url(&format!("/v1/policies/tenants/default/repositories/{owner}/{name}")))
+        .bearer_auth(&app.token)
+        .json(&serde_json::json!({"timeout_seconds": 2, "memory_bytes": 100663296, "pids_limit": 40}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "Short leash").await;
+    let run = app.wait_until_finished(&id).await;
+    assert_eq!(run["stop_reason"], serde_json::json!({"kind": "timeout", "limit_seconds": 2}));
+    let [logs_key, _, summary_key] = assert_artifact_keys(&run);
+    let logs = String::from_utf8(app.artifact(&logs_key).await.to_vec()).unwrap();
+    assert!(logs.contains("memory 100663296 B") && logs.contains("pids 40"), "{logs}");
+    let summary: Value = serde_json::from_slice(&app.artifact(&summary_key).await).unwrap();
+    assert_eq!(summary["policy"]["memory_bytes"], 100663296);
+    assert_eq!(summary["policy"]["timeout_seconds"], 2);
+    app.assert_cleaned_up(&id).await;
+    worker.shutdown().await;
+}

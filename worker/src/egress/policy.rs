@@ -36,16 +36,27 @@ fn deny(reason: impl Into<String>) -> Decision {
 }
 
 impl EgressPolicy {
+    /// The configured default policy; refuses contradictions at start.
     pub fn from_config(config: &EgressConfig) -> Result<Self, PolicyError> {
-        let mut names: Vec<String> = config.allow.clone();
-        if config.preset == EgressPreset::Registries {
-            names.extend(config.registries.iter().cloned());
-        }
         if config.preset == EgressPreset::None && !config.allow.is_empty() {
             return Err(PolicyError {
                 key: "egress.allow",
                 message: "is set but egress.preset is `none`; use `custom` (or `registries`)".to_owned(),
             });
+        }
+        Self::for_run(config, config.preset, &config.allow)
+    }
+
+    /// A run's policy: its preset and allowlist (from its sandbox policy),
+    /// with the operator's registries, trusted networks and static hosts.
+    /// `none` allows nothing, whatever the allowlist says.
+    pub fn for_run(config: &EgressConfig, preset: EgressPreset, allow: &[String]) -> Result<Self, PolicyError> {
+        let mut names: Vec<String> = match preset {
+            EgressPreset::None => Vec::new(),
+            EgressPreset::Custom | EgressPreset::Registries => allow.to_vec(),
+        };
+        if preset == EgressPreset::Registries {
+            names.extend(config.registries.iter().cloned());
         }
         let (mut exact, mut suffixes) = (Vec::new(), Vec::new());
         for name in names {
@@ -78,7 +89,7 @@ impl EgressPolicy {
                 })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { preset: config.preset, exact, suffixes, trusted, static_hosts })
+        Ok(Self { preset, exact, suffixes, trusted, static_hosts })
     }
 
     fn host_allowed(&self, host: &str) -> bool {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::config::RedisConfig;
+use common::policy::{PolicyOverride, SandboxPolicy};
 use common::{RunId, RunRecord, RunSpec, RunState, StopReason};
 use futures::StreamExt;
 use redis::{AsyncCommands, Script};
@@ -482,6 +483,53 @@ impl RunQueue {
         Ok(limits)
     }
 
+    /// Replaces the policy override of a tenant (`repo` empty) or of one
+    /// tenant's repository; an empty override removes it.
+    pub async fn set_policy(&self, tenant: &str, repo: Option<&str>, over: &PolicyOverride) -> Result<(), QueueError> {
+        let field = policy_field(tenant, repo);
+        let mut conn = self.conn.clone();
+        if *over == PolicyOverride::default() {
+            let _: i64 = conn.hdel(self.key("policy"), field).await?;
+        } else {
+            let json = serde_json::to_string(over).map_err(|e| corrupt(&field, e))?;
+            let _: i64 = conn.hset(self.key("policy"), field, json).await?;
+        }
+        Ok(())
+    }
+
+    /// Every policy override, as `(tenant, repository or None, override)`.
+    pub async fn policies(&self) -> Result<Vec<(String, Option<String>, PolicyOverride)>, QueueError> {
+        let mut out = Vec::new();
+        for (field, json) in self.scan_hash("policy").await? {
+            let over: PolicyOverride = serde_json::from_str(&json).map_err(|e| corrupt(&field, e))?;
+            if let Some(tenant) = field.strip_prefix("tenant:") {
+                out.push((tenant.to_owned(), None, over));
+            } else if let Some((tenant, repo)) = field.strip_prefix("repo:").and_then(|r| r.split_once(':')) {
+                out.push((tenant.to_owned(), Some(repo.to_owned()), over));
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        Ok(out)
+    }
+
+    /// `defaults`, then the tenant's override, then the repository's.
+    pub async fn effective_policy(
+        &self,
+        defaults: SandboxPolicy,
+        tenant: &str,
+        repo: &str,
+    ) -> Result<SandboxPolicy, QueueError> {
+        let mut conn = self.conn.clone();
+        let fields = [policy_field(tenant, None), policy_field(tenant, Some(repo))];
+        let found: Vec<Option<String>> = conn.hmget(self.key("policy"), &fields[..]).await?;
+        let mut policy = defaults;
+        for json in found.into_iter().flatten() {
+            let over: PolicyOverride = serde_json::from_str(&json).map_err(|e| corrupt(tenant, e))?;
+            policy = policy.with(&over);
+        }
+        Ok(policy)
+    }
+
     /// Exact depth counters, maintained by every transition script.
     pub async fn depth(&self) -> Result<Depth, QueueError> {
         let mut depth = Depth::default();
@@ -545,6 +593,13 @@ impl RunQueue {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(self.control_channel(worker)).await?;
         Ok(pubsub.into_on_message().map(|msg| msg.get_payload::<String>().unwrap_or_default()))
+    }
+}
+
+fn policy_field(tenant: &str, repo: Option<&str>) -> String {
+    match repo {
+        Some(repo) => format!("repo:{tenant}:{repo}"),
+        None => format!("tenant:{tenant}"),
     }
 }
 

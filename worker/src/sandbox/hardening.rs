@@ -4,6 +4,7 @@
 
 use bollard::models::ContainerInspectResponse;
 use common::config::SandboxConfig;
+use common::policy::SandboxPolicy;
 
 use super::{SandboxError, WORKSPACE};
 
@@ -18,6 +19,7 @@ fn check<T: PartialEq + std::fmt::Debug>(field: &'static str, expected: T, found
 pub fn verify(
     inspected: &ContainerInspectResponse,
     config: &SandboxConfig,
+    policy: &SandboxPolicy,
     volume: &str,
     network: &str,
 ) -> Result<(), SandboxError> {
@@ -31,10 +33,10 @@ pub fn verify(
     check("ReadonlyRootfs", Some(true), host.readonly_rootfs)?;
     check("NetworkMode", Some(network.to_owned()), host.network_mode)?;
     check("Dns", Some(vec!["127.0.0.1".to_owned()]), host.dns)?;
-    check("Memory", Some(config.memory_bytes), host.memory)?;
-    check("MemorySwap", Some(config.memory_bytes), host.memory_swap)?;
-    check("NanoCpus", Some(config.nano_cpus), host.nano_cpus)?;
-    check("PidsLimit", Some(config.pids_limit), host.pids_limit)?;
+    check("Memory", Some(policy.memory_bytes), host.memory)?;
+    check("MemorySwap", Some(policy.memory_bytes), host.memory_swap)?;
+    check("NanoCpus", Some(policy.nano_cpus), host.nano_cpus)?;
+    check("PidsLimit", Some(policy.pids_limit), host.pids_limit)?;
     check("Init", Some(true), host.init)?;
     check("OomScoreAdj", Some(500), host.oom_score_adj)?;
     check("Binds", true, host.binds.unwrap_or_default().is_empty())?;
@@ -56,8 +58,13 @@ mod tests {
     use std::collections::HashMap;
 
     use bollard::models::{ContainerConfig, HostConfig, Mount, ResourcesUlimits};
+    use common::config::EgressPreset;
 
     use super::*;
+
+    fn policy(config: &SandboxConfig) -> SandboxPolicy {
+        SandboxPolicy::defaults(config, EgressPreset::None, &[])
+    }
 
     fn hardened(config: &SandboxConfig) -> ContainerInspectResponse {
         ContainerInspectResponse {
@@ -102,7 +109,7 @@ mod tests {
     #[test]
     fn a_fully_hardened_container_passes() {
         let config = SandboxConfig::default();
-        assert!(verify(&hardened(&config), &config, "vol", "net").is_ok());
+        assert!(verify(&hardened(&config), &config, &policy(&config), "vol", "net").is_ok());
     }
 
     #[test]
@@ -124,7 +131,7 @@ mod tests {
             if let Some(host) = inspected.host_config.as_mut() {
                 break_it(host);
             }
-            match verify(&inspected, &config, "vol", "net") {
+            match verify(&inspected, &config, &policy(&config), "vol", "net") {
                 Err(SandboxError::NotHardened { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{field}: expected a refusal, got {other:?}"),
             }

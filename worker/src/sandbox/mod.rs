@@ -25,6 +25,7 @@ use bollard::query_parameters::{
 use bytes::Bytes;
 use common::RunId;
 use common::config::SandboxConfig;
+use common::policy::SandboxPolicy;
 use futures::{Stream, StreamExt};
 
 pub use tree::tar_tree;
@@ -218,7 +219,8 @@ impl SandboxDriver {
     }
 
     /// Creates the workspace volume and the container, and starts it idle.
-    pub async fn create(&self, run: RunId, attempt: u32) -> Result<Sandbox, SandboxError> {
+    /// Creates the run's sandbox under `policy`'s caps and starts it idle.
+    pub async fn create(&self, run: RunId, attempt: u32, policy: &SandboxPolicy) -> Result<Sandbox, SandboxError> {
         let c = &self.config;
         let name = format!("paddock-{}-{run}-{attempt}", self.namespace);
         let volume = format!("{name}-ws");
@@ -232,7 +234,7 @@ impl SandboxDriver {
                 driver_opts: Some(HashMap::from([
                     ("type".to_owned(), "tmpfs".to_owned()),
                     ("device".to_owned(), "tmpfs".to_owned()),
-                    ("o".to_owned(), format!("size={},uid={},gid={},mode=0755", c.workspace_bytes, c.uid, c.gid)),
+                    ("o".to_owned(), format!("size={},uid={},gid={},mode=0755", policy.workspace_bytes, c.uid, c.gid)),
                 ])),
                 labels: Some(labels.clone()),
                 ..Default::default()
@@ -246,10 +248,10 @@ impl SandboxDriver {
             }
         };
         let host_config = HostConfig {
-            memory: Some(c.memory_bytes),
-            memory_swap: Some(c.memory_bytes),
-            nano_cpus: Some(c.nano_cpus),
-            pids_limit: Some(c.pids_limit),
+            memory: Some(policy.memory_bytes),
+            memory_swap: Some(policy.memory_bytes),
+            nano_cpus: Some(policy.nano_cpus),
+            pids_limit: Some(policy.pids_limit),
             cap_drop: Some(vec!["ALL".to_owned()]),
             security_opt: Some(vec!["no-new-privileges=true".to_owned()]),
             readonly_rootfs: Some(true),
@@ -261,7 +263,7 @@ impl SandboxDriver {
             oom_score_adj: Some(500),
             tmpfs: Some(HashMap::from([(
                 "/tmp".to_owned(),
-                format!("rw,nosuid,nodev,size={},uid={},gid={},mode=1777", c.tmp_bytes, c.uid, c.gid),
+                format!("rw,nosuid,nodev,size={},uid={},gid={},mode=1777", policy.tmp_bytes, c.uid, c.gid),
             )])),
             mounts: Some(vec![Mount {
                 target: Some(WORKSPACE.to_owned()),
@@ -304,7 +306,7 @@ impl SandboxDriver {
         let sandbox = Sandbox { container: created.id, volume, network };
         let started = async {
             let inspected = self.docker.inspect_container(&sandbox.container, None).await?;
-            hardening::verify(&inspected, &self.config, &sandbox.volume, &sandbox.network.name)?;
+            hardening::verify(&inspected, &self.config, policy, &sandbox.volume, &sandbox.network.name)?;
             self.docker.start_container(&sandbox.container, None).await?;
             Ok::<(), SandboxError>(())
         };

@@ -1,0 +1,137 @@
+//! The sandbox policy of a run: its resource caps and what it may reach.
+//! Defaults come from configuration; a tenant and then a repository may
+//! override any part. The resolved policy is recorded on the run when it is
+//! accepted, so a run always executes under the policy it was accepted with.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ValidationError;
+use crate::config::{EgressPreset, SandboxConfig};
+
+/// A fully resolved policy, as recorded on a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SandboxPolicy {
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids_limit: i64,
+    pub workspace_bytes: u64,
+    pub tmp_bytes: u64,
+    pub timeout_seconds: u64,
+    pub egress: EgressPreset,
+    /// Hostnames allowed besides the preset (`*.example.com` for subdomains).
+    pub egress_allow: Vec<String>,
+}
+
+/// Any part of a policy, as a tenant or repository overrides it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyOverride {
+    pub memory_bytes: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    pub pids_limit: Option<i64>,
+    pub workspace_bytes: Option<u64>,
+    pub tmp_bytes: Option<u64>,
+    pub timeout_seconds: Option<u64>,
+    pub egress: Option<EgressPreset>,
+    pub egress_allow: Option<Vec<String>>,
+}
+
+impl SandboxPolicy {
+    pub fn defaults(sandbox: &SandboxConfig, egress: EgressPreset, allow: &[String]) -> Self {
+        Self {
+            memory_bytes: sandbox.memory_bytes,
+            nano_cpus: sandbox.nano_cpus,
+            pids_limit: sandbox.pids_limit,
+            workspace_bytes: sandbox.workspace_bytes,
+            tmp_bytes: sandbox.tmp_bytes,
+            timeout_seconds: sandbox.timeout_seconds,
+            egress,
+            egress_allow: allow.to_vec(),
+        }
+    }
+
+    /// This policy with `over`'s parts replacing its own.
+    pub fn with(mut self, over: &PolicyOverride) -> Self {
+        if let Some(v) = over.memory_bytes {
+            self.memory_bytes = v;
+        }
+        if let Some(v) = over.nano_cpus {
+            self.nano_cpus = v;
+        }
+        if let Some(v) = over.pids_limit {
+            self.pids_limit = v;
+        }
+        if let Some(v) = over.workspace_bytes {
+            self.workspace_bytes = v;
+        }
+        if let Some(v) = over.tmp_bytes {
+            self.tmp_bytes = v;
+        }
+        if let Some(v) = over.timeout_seconds {
+            self.timeout_seconds = v;
+        }
+        if let Some(v) = over.egress {
+            self.egress = v;
+        }
+        if let Some(v) = &over.egress_allow {
+            self.egress_allow = v.clone();
+        }
+        self
+    }
+}
+
+impl PolicyOverride {
+    /// Refuses values no sandbox can run with, naming the field.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let range = |field: &str, value: Option<i128>, min: i128, max: i128, what: &str| match value {
+            Some(v) if v < min || v > max => Err(ValidationError::new(field, what)),
+            _ => Ok(()),
+        };
+        range("memory_bytes", self.memory_bytes.map(i128::from), 16 << 20, 1 << 40, "must be 16 MiB to 1 TiB")?;
+        range("nano_cpus", self.nano_cpus.map(i128::from), 10_000_000, 256_000_000_000, "must be 0.01 to 256 CPUs")?;
+        range("pids_limit", self.pids_limit.map(i128::from), 16, 1 << 20, "must be 16 to 1048576")?;
+        range("workspace_bytes", self.workspace_bytes.map(i128::from), 1 << 20, 1 << 40, "must be 1 MiB to 1 TiB")?;
+        range("tmp_bytes", self.tmp_bytes.map(i128::from), 1 << 20, 1 << 40, "must be 1 MiB to 1 TiB")?;
+        range("timeout_seconds", self.timeout_seconds.map(i128::from), 1, 7 * 24 * 3600, "must be 1 s to 7 days")?;
+        for host in self.egress_allow.iter().flatten() {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            let ok = bare.contains('.')
+                && bare.len() <= 253
+                && bare.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+            if !ok {
+                return Err(ValidationError::new("egress_allow", format!("`{host}` is not a hostname")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_overrides_win_over_tenant_overrides_over_defaults() {
+        let defaults = SandboxPolicy::defaults(&SandboxConfig::default(), EgressPreset::None, &[]);
+        let tenant = PolicyOverride {
+            memory_bytes: Some(1 << 30),
+            egress: Some(EgressPreset::Registries),
+            ..Default::default()
+        };
+        let repo = PolicyOverride { memory_bytes: Some(512 << 20), timeout_seconds: Some(60), ..Default::default() };
+        let effective = defaults.clone().with(&tenant).with(&repo);
+        assert_eq!(effective.memory_bytes, 512 << 20);
+        assert_eq!(effective.timeout_seconds, 60);
+        assert_eq!(effective.egress, EgressPreset::Registries);
+        assert_eq!(effective.pids_limit, defaults.pids_limit);
+    }
+
+    #[test]
+    fn impossible_values_are_refused_by_field() {
+        let bad = PolicyOverride { memory_bytes: Some(1), ..Default::default() };
+        assert_eq!(bad.validate().unwrap_err().field, "memory_bytes");
+        let bad = PolicyOverride { egress_allow: Some(vec!["not a host".to_owned()]), ..Default::default() };
+        assert_eq!(bad.validate().unwrap_err().field, "egress_allow");
+        assert!(PolicyOverride::default().validate().is_ok());
+    }
+}
