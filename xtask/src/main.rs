@@ -4,6 +4,7 @@
 //!   (packages, dockerd, Redis, Garage, the sandbox image); idempotent
 //! - `test`: setup, then the whole test suite
 //! - `demo`: setup, then one issue-to-diff run end to end on local defaults
+//! - `bench`: the benchmarks in `loadtests/`, each against a baseline
 //! - `openapi`: regenerate `openapi/openapi.json`
 //!
 //! Everything it installs or keeps lives under `$PADDOCK_HOME` (default
@@ -22,7 +23,8 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("demo") => demo(),
         Some("openapi") => openapi(),
-        _ => Err("usage: cargo xtask <setup|test|demo|openapi>".to_owned()),
+        Some("bench") => bench(&args[1..]),
+        _ => Err("usage: cargo xtask <setup|test|demo|bench|openapi>".to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,6 +133,14 @@ fn demo() -> Result<()> {
     setup()?;
     run(&mut cargo(&["build", "--workspace", "--bins"]))?;
     run(Command::new(target_dir().join("debug/demo")).env("PADDOCK_BIN_DIR", target_dir().join("debug")))
+}
+
+fn bench(which: &[String]) -> Result<()> {
+    setup()?;
+    run(&mut cargo(&["build", "--workspace", "--bins"]))?;
+    let mut cmd = Command::new(target_dir().join("debug/loadtests"));
+    cmd.args(which).env("PADDOCK_BIN_DIR", target_dir().join("debug")).env("PADDOCK_HOME", home());
+    run(&mut cmd)
 }
 
 fn openapi() -> Result<()> {
