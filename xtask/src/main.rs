@@ -79,6 +79,7 @@ fn setup() -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     let started = Instant::now();
     setup()?;
+    services::remove_test_leftovers();
     run(&mut cargo(&["build", "--workspace", "--bins"]))?;
     let mut cmd = cargo(&["test", "--workspace", "--no-fail-fast"]);
     cmd.args(extra);

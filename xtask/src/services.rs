@@ -297,3 +297,56 @@ fn append(path: &Path, text: &str) -> Result<()> {
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .map_err(|e| format!("cannot append to {}: {e}", path.display()))
 }
+
+/// Test namespaces start with these; only `cargo xtask test` creates them.
+const TEST_NAMESPACES: &[&str] = &["t-", "q-", "s-"];
+
+/// Removes what earlier, interrupted test runs left behind (sandboxes,
+/// networks, volumes, firewall rules, Redis keys of test namespaces), so
+/// they do not pile up across CI runs. Best effort: nothing here can fail
+/// the suite.
+pub fn remove_test_leftovers() {
+    let is_test = |ns: &str| TEST_NAMESPACES.iter().any(|p| ns.starts_with(p));
+    for (kind, list_args) in [
+        ("container", vec!["ps", "-a", "--format", "{{.ID}} {{.Label \"paddock.namespace\"}}"]),
+        ("network", vec!["network", "ls", "--format", "{{.ID}} {{.Label \"paddock.namespace\"}}"]),
+        ("volume", vec!["volume", "ls", "--format", "{{.Name}} {{.Label \"paddock.namespace\"}}"]),
+    ] {
+        let Ok(out) =
+            Command::new("docker").args(&list_args).args(["--filter", "label=paddock.managed-by=paddock"]).output()
+        else {
+            continue;
+        };
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, ns)| is_test(ns))
+            .map(|(id, _)| id.to_owned())
+            .collect();
+        if !ids.is_empty() {
+            let remove: &[&str] = match kind {
+                "container" => &["rm", "-f", "-v"],
+                "network" => &["network", "rm"],
+                _ => &["volume", "rm", "-f"],
+            };
+            let _ = Command::new("docker").args(remove).args(&ids).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+    }
+    if let Ok(out) = Command::new("iptables").args(["-w", "-S", "PADDOCK-INPUT"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.starts_with("-A ") && TEST_NAMESPACES.iter().any(|p| line.contains(&format!("pd:{p}"))) {
+                let args: Vec<String> = std::iter::once("-w".to_owned())
+                    .chain(std::iter::once("-D".to_owned()))
+                    .chain(line.split_whitespace().skip(1).map(|w| w.trim_matches('"').to_owned()))
+                    .collect();
+                let _ = Command::new("iptables").args(&args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            }
+        }
+    }
+    for prefix in TEST_NAMESPACES {
+        let script = format!(
+            "redis-cli -p {REDIS_PORT} --scan --pattern '{{{prefix}*' | xargs -r -n 500 redis-cli -p {REDIS_PORT} unlink > /dev/null"
+        );
+        let _ = Command::new("bash").args(["-c", &script]).status();
+    }
+}
