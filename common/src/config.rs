@@ -22,6 +22,7 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     pub git: GitConfig,
     pub egress: EgressConfig,
+    pub gateway: GatewayConfig,
     /// Agent profiles by name; a run names one (or gets `default`).
     pub agents: BTreeMap<String, AgentConfig>,
 }
@@ -140,6 +141,58 @@ pub struct EgressConfig {
     pub proxy_port: u16,
 }
 
+/// The LLM gateway a sandbox calls models through: served on each run's
+/// gateway address, authenticated by a per-run token, forwarding only to
+/// the providers policy allows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Port on each sandbox network's gateway address.
+    pub port: u16,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub allowed_providers: Vec<String>,
+    /// Further secrets to redact wherever they appear (exact match).
+    #[serde(serialize_with = "serialize_secrets")]
+    pub redact: Vec<SecretString>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    /// e.g. `https://api.openai.com/v1` or `https://api.anthropic.com/v1`.
+    pub base_url: String,
+    #[serde(serialize_with = "serialize_secret")]
+    pub api_key: SecretString,
+    /// Models this provider may be asked for.
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI Chat Completions and Responses, and compatible servers.
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self { port: 8088, providers: BTreeMap::new(), allowed_providers: Vec::new(), redact: Vec::new() }
+    }
+}
+
+fn serialize_secrets<S: serde::Serializer>(secrets: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+    use secrecy::ExposeSecret;
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(secrets.len()))?;
+    for secret in secrets {
+        seq.serialize_element(secret.expose_secret())?;
+    }
+    seq.end()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EgressPreset {
@@ -169,6 +222,7 @@ impl Default for Config {
             sandbox: SandboxConfig::default(),
             git: GitConfig::default(),
             egress: EgressConfig::default(),
+            gateway: GatewayConfig::default(),
             agents: BTreeMap::from([("default".to_owned(), AgentConfig { command: "git status --short".to_owned() })]),
         }
     }
@@ -348,6 +402,14 @@ impl Config {
         }
         if self.api.max_attempts == 0 {
             return invalid("api.max_attempts", "must be at least 1");
+        }
+        for name in &self.gateway.allowed_providers {
+            if !self.gateway.providers.contains_key(name) {
+                return Err(ConfigError::Invalid {
+                    key: "gateway.allowed_providers",
+                    message: format!("names `{name}`, which is not in gateway.providers"),
+                });
+            }
         }
         if !self.agents.contains_key("default") {
             return invalid("agents.default", "must be configured: runs without a profile use it");

@@ -10,6 +10,7 @@
 pub mod apps;
 pub mod fixtures;
 pub mod git_server;
+pub mod providers;
 pub mod redis_server;
 pub mod services;
 

@@ -31,9 +31,13 @@ impl Application {
         let store = S3Store::new(&config.s3);
         // Refuse a contradictory egress configuration at start, naming the key.
         EgressPolicy::from_config(&config.egress)?;
-        let sandboxes =
-            SandboxDriver::connect(&config.sandbox, &[config.egress.proxy_port], &config.redis.namespace, &worker)
-                .await?;
+        let sandboxes = SandboxDriver::connect(
+            &config.sandbox,
+            &[config.egress.proxy_port, config.gateway.port],
+            &config.redis.namespace,
+            &worker,
+        )
+        .await?;
         sandboxes.check_image().await?;
         sandboxes.prepare_firewall().await?;
         tokio::fs::create_dir_all(&config.worker.work_dir).await?;
@@ -46,6 +50,7 @@ impl Application {
             store,
             sandboxes,
             leases: Leases::default(),
+            redaction_key: crate::gateway::mint_token()?.into_bytes(),
             grace_over: CancellationToken::new(),
         };
         Ok(Self { runtime: Arc::new(runtime) })

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod artifacts;
 pub mod egress;
+pub mod gateway;
 pub mod git;
 pub mod queue;
 pub mod runner;

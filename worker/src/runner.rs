@@ -9,6 +9,7 @@ use common::config::{AgentConfig, Config};
 use common::policy::SandboxPolicy;
 use common::{ArtifactKind, RunId, StopReason};
 use futures::StreamExt;
+use secrecy::ExposeSecret;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -17,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::artifacts::{ObjectStore, S3Store};
 use crate::egress::{EgressPolicy, EgressProxy, EgressRecord};
+use crate::gateway::{CallRecord, GatewayServer, Redactor, RunGateway, mint_token, token_hash};
 use crate::git::{self, GitError};
 use crate::queue::{ClaimedRun, LeaseGuard, Leases, Outcome, RunQueue};
 use crate::sandbox::{Exec, Sandbox, SandboxDriver, SandboxError, tar_tree};
@@ -29,6 +31,8 @@ pub struct Runtime {
     pub store: S3Store,
     pub sandboxes: SandboxDriver,
     pub leases: Leases,
+    /// Key of the short HMACs in redaction markers.
+    pub redaction_key: Vec<u8>,
     /// Fires when the shutdown grace period is over: runs still going are
     /// stopped and handed back to the queue.
     pub grace_over: CancellationToken,
@@ -154,14 +158,42 @@ impl Runtime {
                 return self.retry(run, format!("starting the egress proxy on {proxy_at} failed: {e}"));
             }
         };
-        let place = Place { policy: &policy, sandbox: &sandbox, proxy: &proxy };
+        let models = match self.start_gateway(run, &sandbox, &policy).await {
+            Ok(models) => models,
+            Err(message) => {
+                self.sandboxes.remove(&sandbox).await;
+                return self.retry(run, message);
+            }
+        };
+        let place = Place { policy: &policy, sandbox: &sandbox, proxy: &proxy, models: models.as_ref() };
         let session = self.in_sandbox(run, &agent, place, Bytes::from(tar), lease).await;
         self.sandboxes.remove(&sandbox).await;
         let egress = proxy.log.records();
         drop(proxy);
+        let calls = match models {
+            Some(models) => {
+                let calls = models.gateway.calls();
+                if let Err(error) = self.queue.revoke_gateway_token(&models.gateway.token_hash).await {
+                    tracing::warn!(run_id = %run.id, %error, "revoking the run token failed; it expires with its TTL");
+                }
+                calls
+            }
+            None => Vec::new(),
+        };
         match session {
             Ok(SessionEnd::Stopped(interrupt)) => Ending::Interrupted(interrupt),
             Ok(SessionEnd::Finished { reason, mut log, diff, files_changed }) => {
+                for call in &calls {
+                    log.line(&format!(
+                        "paddock: model call {} {} {} -> {} in {} ms, {} redaction(s)",
+                        call.wire,
+                        call.provider.as_deref().unwrap_or("-"),
+                        call.model.as_deref().unwrap_or("-"),
+                        call.status,
+                        call.latency_ms,
+                        call.redactions.values().sum::<u32>()
+                    ));
+                }
                 for record in &egress {
                     let verdict = if record.allowed { "allowed" } else { "denied" };
                     let why = record.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
@@ -170,11 +202,52 @@ impl Runtime {
                         record.method, record.host, record.port
                     ));
                 }
-                let facts = Facts { commit: checkout.commit, command: agent.command, files_changed, egress };
+                let facts = Facts { commit: checkout.commit, command: agent.command, files_changed, egress, calls };
                 self.done(run, reason, log, diff, Some(facts)).await
             }
             Err(e) => self.retry(run, format!("sandbox: {e}")),
         }
+    }
+
+    /// Mints the run's gateway token and serves the gateway on the sandbox
+    /// network, when any provider is allowed.
+    async fn start_gateway(
+        &self,
+        run: &ClaimedRun,
+        sandbox: &Sandbox,
+        policy: &SandboxPolicy,
+    ) -> Result<Option<RunModels>, String> {
+        let config = &self.config.gateway;
+        if config.allowed_providers.is_empty() {
+            return Ok(None);
+        }
+        let token = mint_token().map_err(|e| format!("minting the run token failed: {e}"))?;
+        let hash = token_hash(&token);
+        let ttl = Duration::from_secs(policy.timeout_seconds + 300);
+        self.queue
+            .put_gateway_token(&hash, run.id, ttl)
+            .await
+            .map_err(|e| format!("storing the run token failed: {e}"))?;
+        let redactor = self.redactor(Some(&token));
+        let gateway = Arc::new(RunGateway::new(run.id, hash, config.clone(), self.queue.clone(), redactor));
+        let at = SocketAddr::new(IpAddr::V4(sandbox.network.gateway), config.port);
+        match GatewayServer::start(at, gateway.clone()).await {
+            Ok(server) => Ok(Some(RunModels { token, gateway, server })),
+            Err(e) => {
+                let _ = self.queue.revoke_gateway_token(&gateway.token_hash).await;
+                Err(format!("starting the model gateway on {at} failed: {e}"))
+            }
+        }
+    }
+
+    /// A redactor for every secret this worker knows, and the run token.
+    fn redactor(&self, run_token: Option<&str>) -> Redactor {
+        let mut known: Vec<String> =
+            self.config.gateway.providers.values().map(|p| p.api_key.expose_secret().to_owned()).collect();
+        known.extend(self.config.gateway.redact.iter().map(|s| s.expose_secret().to_owned()));
+        known.push(self.config.s3.secret_access_key.expose_secret().to_owned());
+        known.extend(run_token.map(str::to_owned));
+        Redactor::new(&known, &self.redaction_key)
     }
 
     async fn in_sandbox(
@@ -185,7 +258,7 @@ impl Runtime {
         tar: Bytes,
         lease: &LeaseGuard,
     ) -> Result<SessionEnd, SandboxError> {
-        let Place { policy, sandbox, proxy } = place;
+        let Place { policy, sandbox, proxy, models } = place;
         let limits = self.sandboxes.config().clone();
         let started = Instant::now();
         let deadline = started + Duration::from_secs(policy.timeout_seconds);
@@ -210,11 +283,24 @@ impl Runtime {
             format!("PADDOCK_TASK_BODY={}", run.spec.task_body),
             format!("PADDOCK_RUN_ID={}", run.id),
             "HOME=/tmp".to_owned(),
-            "NO_PROXY=".to_owned(),
-            "no_proxy=".to_owned(),
+            // The model gateway is on the sandbox's own gateway address.
+            format!("NO_PROXY={}", sandbox.network.gateway),
+            format!("no_proxy={}", sandbox.network.gateway),
         ];
         for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
             env.push(format!("{name}={proxy_url}"));
+        }
+        if let Some(models) = models {
+            // The only secret a sandbox ever holds: revoked when the run ends.
+            let base = format!("http://{}", models.server.address);
+            env.push(format!("OPENAI_BASE_URL={base}/v1"));
+            env.push(format!("OPENAI_API_KEY={}", models.token));
+            env.push(format!("ANTHROPIC_BASE_URL={base}"));
+            env.push(format!("ANTHROPIC_API_KEY={}", models.token));
+            log.line(&format!(
+                "paddock: model gateway at {base} (providers {:?})",
+                self.config.gateway.allowed_providers
+            ));
         }
         log.line(&format!(
             "paddock: network {} (internal, no DNS); egress preset {:?} through {proxy_url}",
@@ -397,6 +483,7 @@ impl Runtime {
             stop_reason: &reason,
             files_changed: facts.as_ref().map(|f| f.files_changed.as_slice()).unwrap_or_default(),
             egress: facts.as_ref().map(|f| f.egress.as_slice()).unwrap_or_default(),
+            model_calls: facts.as_ref().map(|f| f.calls.as_slice()).unwrap_or_default(),
             diff_bytes: diff.len(),
             log_bytes: log.data.len(),
             log_truncated: log.truncated,
@@ -406,8 +493,10 @@ impl Runtime {
             Ok(json) => json,
             Err(e) => return self.retry(run, format!("encoding the summary failed: {e}")),
         };
+        // Logs pass redaction before they reach storage.
+        let (log_text, _) = self.redactor(None).redact(&String::from_utf8_lossy(&log.data));
         let uploads = [
-            (&keys[0], Bytes::from(log.data), "text/plain; charset=utf-8"),
+            (&keys[0], Bytes::from(log_text), "text/plain; charset=utf-8"),
             (&keys[1], Bytes::from(diff), "text/x-diff"),
             (&keys[2], Bytes::from(summary), "application/json"),
         ];
@@ -420,13 +509,21 @@ impl Runtime {
     }
 }
 
-/// Where a run executes: its sandbox, its egress proxy and the policy both
-/// were set up under.
+/// Where a run executes: its sandbox, its egress proxy, its model gateway
+/// and the policy they were set up under.
 #[derive(Clone, Copy)]
 struct Place<'a> {
     policy: &'a SandboxPolicy,
     sandbox: &'a Sandbox,
     proxy: &'a EgressProxy,
+    models: Option<&'a RunModels>,
+}
+
+/// The run's model gateway and the token that opens it.
+struct RunModels {
+    token: String,
+    gateway: Arc<RunGateway>,
+    server: GatewayServer,
 }
 
 enum StreamEnd {
@@ -446,6 +543,7 @@ struct Facts {
     command: String,
     files_changed: Vec<String>,
     egress: Vec<EgressRecord>,
+    calls: Vec<CallRecord>,
 }
 
 /// The run summary stored as `summary.json`.
@@ -468,6 +566,8 @@ struct Summary<'a> {
     files_changed: &'a [String],
     /// Every request the sandbox made through the egress proxy.
     egress: &'a [EgressRecord],
+    /// Metadata of every model call through the gateway.
+    model_calls: &'a [CallRecord],
     diff_bytes: usize,
     log_bytes: usize,
     log_truncated: bool,

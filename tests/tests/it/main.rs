@@ -6,6 +6,7 @@
 
 mod api;
 mod attacks;
+mod gateway;
 mod openapi;
 mod queue;
 mod runs;

@@ -530,6 +530,27 @@ impl RunQueue {
         Ok(policy)
     }
 
+    /// Stores a run's gateway token (its hash) until `ttl` passes or it is
+    /// revoked.
+    pub async fn put_gateway_token(&self, hash: &str, run: RunId, ttl: Duration) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn.pset_ex(self.key(&format!("gwtok:{hash}")), run.to_string(), ttl.as_millis() as u64).await?;
+        Ok(())
+    }
+
+    /// The run a live gateway token belongs to.
+    pub async fn gateway_token(&self, hash: &str) -> Result<Option<RunId>, QueueError> {
+        let mut conn = self.conn.clone();
+        let run: Option<String> = conn.get(self.key(&format!("gwtok:{hash}"))).await?;
+        run.map(|r| r.parse().map_err(|e| corrupt(&r, e))).transpose()
+    }
+
+    pub async fn revoke_gateway_token(&self, hash: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.del(self.key(&format!("gwtok:{hash}"))).await?;
+        Ok(())
+    }
+
     /// Exact depth counters, maintained by every transition script.
     pub async fn depth(&self) -> Result<Depth, QueueError> {
         let mut depth = Depth::default();

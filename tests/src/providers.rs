@@ -1,0 +1,117 @@
+//! Emulated model providers for tests: an OpenAI-compatible and an
+//! Anthropic-compatible server with the real paths, auth headers, error
+//! shapes and SSE streams, recording every request body they receive.
+
+use std::sync::{Arc, Mutex};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use serde_json::{Value, json};
+
+#[derive(Clone)]
+struct State {
+    key: String,
+    received: Arc<Mutex<Vec<String>>>,
+}
+
+pub struct EmulatedProviders {
+    /// Base URL for both kinds: `<base>/chat/completions`, `<base>/messages`.
+    pub base_url: String,
+    pub key: String,
+    received: Arc<Mutex<Vec<String>>>,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl EmulatedProviders {
+    pub async fn start() -> Self {
+        let key = format!("provider-key-{}", ulid::Ulid::new());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let state = web::Data::new(State { key: key.clone(), received: received.clone() });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .route("/v1/chat/completions", web::post().to(openai))
+                .route("/v1/messages", web::post().to(anthropic))
+        })
+        .workers(1)
+        .bind(("127.0.0.1", 0))
+        .expect("bind emulated provider");
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self { base_url: format!("http://127.0.0.1:{port}/v1"), key, received, server: handle }
+    }
+
+    /// Every request body received so far.
+    pub fn received(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub async fn stop(&self) {
+        self.server.stop(false).await;
+    }
+}
+
+fn sse(events: Vec<String>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/event-stream").body(events.concat())
+}
+
+async fn openai(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if auth != format!("Bearer {}", state.key) {
+        return HttpResponse::Unauthorized().json(json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}));
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    state.received.lock().unwrap().push(text.clone());
+    let request: Value = serde_json::from_str(&text).unwrap_or_default();
+    let model = request["model"].as_str().unwrap_or_default().to_owned();
+    if request["stream"] == true {
+        let chunks = ["Hel", "lo from ", "the emulated provider"]
+            .iter()
+            .map(|piece| {
+                let chunk = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
+                format!("data: {chunk}\n\n")
+            })
+            .chain(std::iter::once("data: [DONE]\n\n".to_owned()))
+            .collect();
+        return sse(chunks);
+    }
+    HttpResponse::Ok().json(json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the emulated provider"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+    }))
+}
+
+async fn anthropic(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    let key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if key != state.key {
+        return HttpResponse::Unauthorized()
+            .json(json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}));
+    }
+    if req.headers().get("anthropic-version").is_none() {
+        return HttpResponse::BadRequest().json(json!({"type": "error", "error": {"type": "invalid_request_error", "message": "anthropic-version header is required"}}));
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    state.received.lock().unwrap().push(text.clone());
+    let request: Value = serde_json::from_str(&text).unwrap_or_default();
+    if request["stream"] == true {
+        let events = [
+            (
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": []}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello from the emulated provider"}}),
+            ),
+            ("message_stop", json!({"type": "message_stop"})),
+        ];
+        return sse(events.iter().map(|(name, data)| format!("event: {name}\ndata: {data}\n\n")).collect());
+    }
+    HttpResponse::Ok().json(json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": request["model"],
+        "content": [{"type": "text", "text": "Hello from the emulated provider"}],
+        "stop_reason": "end_turn", "usage": {"input_tokens": 12, "output_tokens": 5}
+    }))
+}

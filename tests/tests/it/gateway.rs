@@ -1,0 +1,90 @@
+//! The model gateway end to end: a sandboxed agent calls emulated providers
+//! through it with nothing but a base URL and its run token.
+
+use serde_json::{Value, json};
+use tests::providers::EmulatedProviders;
+use tests::spawn_app;
+
+/// Canaries are assembled inside the sandbox so the command text holds none.
+const AGENT: &str = r#"set -- $PADDOCK_TASK_BODY
+AWS="AKIA$(printf 'Q%.0s' $(seq 16))"
+REGISTERED="$1"
+ask() { printf '{"model":"%s","stream":%s,"messages":[{"role":"user","content":"key %s and %s"}]}' "$1" "$2" "$AWS" "$REGISTERED"; }
+curl -sS "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" -H 'content-type: application/json' -d "$(ask gpt-test false)"; echo
+curl -sSN "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" -H 'content-type: application/json' -d "$(ask gpt-test true)"
+ANTH=$(printf '{"model":"claude-test","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"key %s"}]}' "$AWS")
+curl -sSN "$ANTHROPIC_BASE_URL/v1/messages" -H "x-api-key: $ANTHROPIC_API_KEY" -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' -d "$ANTH"
+curl -sS "$OPENAI_BASE_URL/models" -H "Authorization: Bearer $OPENAI_API_KEY"; echo
+curl -sS -o /dev/null -w 'disallowed model: %{http_code}\n' "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" -d "$(ask gpt-forbidden false)"
+curl -sS -o /dev/null -w 'wrong token: %{http_code}\n' "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer pdk_run_not-the-token" -d "$(ask gpt-test false)"
+curl -sS -o /dev/null -w 'anthropic wrong token: %{http_code}\n' "$ANTHROPIC_BASE_URL/v1/messages" -H "x-api-key: nope" -d "$ANTH"
+env | grep -c provider-key || echo "no provider key in the sandbox""#;
+
+#[tokio::test]
+async fn agents_reach_allowed_models_through_the_gateway_with_secrets_redacted() {
+    let providers = EmulatedProviders::start().await;
+    let registered = format!("registered-secret-{}", ulid::Ulid::new());
+    let providers_json = json!({
+        "emulated-openai": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-test"]},
+        "emulated-anthropic": {"kind": "anthropic", "base_url": providers.base_url, "api_key": providers.key, "models": ["claude-test"]},
+        "unused": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-forbidden"]},
+    })
+    .to_string();
+    let redact = json!([registered]).to_string();
+    let app = spawn_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", AGENT),
+        ("PADDOCK_GATEWAY__PROVIDERS", providers_json.as_str()),
+        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["emulated-openai", "emulated-anthropic"]"#),
+        ("PADDOCK_GATEWAY__REDACT", redact.as_str()),
+    ])
+    .await;
+    let repo = app.repo(&[("README.md", b"# x\n")]);
+    let worker = app.spawn_worker().await;
+    let body = json!({"repository": repo, "base_ref": "main", "task": {"title": "call models", "body": registered}});
+    let accepted: Value = app.post_run(&body).await.json().await.unwrap();
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let run = app.wait_until_finished(&id).await;
+    let logs = app.logs_of(&run).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+
+    for expected in [
+        "\"content\":\"Hello from the emulated provider\"",
+        "data: [DONE]",
+        "\"content\":\"lo from \"",
+        "event: message_stop",
+        "\"id\":\"gpt-test\"",
+        "\ndisallowed model: 403",
+        "\nwrong token: 401",
+        "\nanthropic wrong token: 401",
+        "\nno provider key in the sandbox",
+    ] {
+        assert!(logs.contains(expected), "{expected:?} missing:\n{logs}");
+    }
+    assert!(!logs.contains("gpt-forbidden\",\"object"), "a disallowed model was listed:\n{logs}");
+
+    let received = providers.received();
+    assert_eq!(received.len(), 3, "{received:?}");
+    let aws = format!("AKIA{}", "Q".repeat(16));
+    for body in &received {
+        assert!(!body.contains(&aws), "an AWS key reached the provider: {body}");
+        assert!(!body.contains(&registered), "a registered secret reached the provider: {body}");
+        assert!(body.contains("[REDACTED:aws-access-key-id:"), "{body}");
+    }
+    assert!(received[0].contains("[REDACTED:known-secret:"), "{}", received[0]);
+
+    let summary_key = format!("runs/{id}/summary.json");
+    let summary: Value = serde_json::from_slice(&app.artifact(&summary_key).await).unwrap();
+    let calls = summary["model_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 4, "three allowed calls and one refused: {summary:#}");
+    assert_eq!(calls[0]["redactions"], json!({"aws-access-key-id": 1, "known-secret": 1}));
+    assert!(calls.iter().any(|c| c["status"] == 403));
+    assert!(!logs.contains(&registered) && !logs.contains(&aws), "a secret reached the stored log");
+
+    // The run token is revoked when the run ends.
+    let pattern = format!("{{{}}}:gwtok:*", app.config.redis.namespace);
+    let left =
+        std::process::Command::new("redis-cli").args(["-p", "6390", "--scan", "--pattern", &pattern]).output().unwrap();
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "a run token outlived its run");
+    worker.shutdown().await;
+    providers.stop().await;
+}

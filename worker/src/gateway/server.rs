@@ -1,0 +1,286 @@
+//! The per-run gateway listener (hyper, HTTP/1.1).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::RunId;
+use common::config::{GatewayConfig, ProviderConfig, ProviderKind};
+use futures::TryStreamExt;
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::redact::Redactor;
+use super::token_hash;
+use crate::queue::RunQueue;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+const MAX_REQUEST_BYTES: usize = 32 << 20;
+
+/// Metadata of one model call, as kept in the run's record.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    pub at_ms: u64,
+    pub wire: &'static str,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub status: u16,
+    pub latency_ms: u64,
+    pub redactions: std::collections::BTreeMap<&'static str, u32>,
+}
+
+/// Everything the gateway of one run needs.
+pub struct RunGateway {
+    pub run: RunId,
+    pub token_hash: String,
+    pub config: GatewayConfig,
+    pub queue: RunQueue,
+    pub redactor: Redactor,
+    pub http: reqwest::Client,
+    calls: Mutex<Vec<CallRecord>>,
+}
+
+/// The wire API a request speaks, which decides its error shape.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    OpenAi,
+    Anthropic,
+}
+
+impl RunGateway {
+    pub fn new(run: RunId, token_hash: String, config: GatewayConfig, queue: RunQueue, redactor: Redactor) -> Self {
+        Self { run, token_hash, config, queue, redactor, http: reqwest::Client::new(), calls: Mutex::new(Vec::new()) }
+    }
+
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn record(&self, record: CallRecord) {
+        tracing::info!(run_id = %self.run, wire = record.wire, provider = ?record.provider, model = ?record.model, status = record.status, latency_ms = record.latency_ms, redactions = ?record.redactions, "model call");
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner).push(record);
+    }
+
+    fn allowed(&self) -> impl Iterator<Item = (&String, &ProviderConfig)> {
+        self.config.providers.iter().filter(|(name, _)| self.config.allowed_providers.contains(name))
+    }
+
+    async fn authenticated(&self, req: &Request<Incoming>) -> bool {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let presented = header("authorization").and_then(|v| v.strip_prefix("Bearer ")).or_else(|| header("x-api-key"));
+        let Some(token) = presented else { return false };
+        let hash = token_hash(token);
+        let same = hash.len() == self.token_hash.len()
+            && hash.bytes().zip(self.token_hash.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        // Redis is the authority on revocation and expiry.
+        same && matches!(self.queue.gateway_token(&hash).await, Ok(Some(run)) if run == self.run)
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let (wire, suffix) = match (req.method(), req.uri().path()) {
+            (&Method::GET, "/v1/models") => (Wire::OpenAi, None),
+            (&Method::POST, "/v1/chat/completions") => (Wire::OpenAi, Some("chat/completions")),
+            (&Method::POST, "/v1/responses") => (Wire::OpenAi, Some("responses")),
+            (&Method::POST, "/v1/messages") => (Wire::Anthropic, Some("messages")),
+            (&Method::POST, "/v1/messages/count_tokens") => (Wire::Anthropic, Some("messages/count_tokens")),
+            _ => {
+                return error(
+                    Wire::OpenAi,
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such endpoint on the Paddock gateway",
+                );
+            }
+        };
+        if !self.authenticated(&req).await {
+            return error(wire, StatusCode::UNAUTHORIZED, "invalid_api_key", "invalid or revoked run token");
+        }
+        let Some(suffix) = suffix else { return self.models() };
+        let anthropic_version = req.headers().get("anthropic-version").cloned();
+        let anthropic_beta = req.headers().get("anthropic-beta").cloned();
+        let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return error(wire, StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body too large"),
+        };
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let model = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned));
+        let kind = if wire == Wire::Anthropic { ProviderKind::Anthropic } else { ProviderKind::Openai };
+        let provider = model
+            .as_deref()
+            .and_then(|m| self.allowed().find(|(_, p)| p.kind == kind && p.models.iter().any(|x| x == m)));
+        let Some((provider_name, provider)) = provider else {
+            let message =
+                format!("model {:?} is not offered by any provider this run may use", model.unwrap_or_default());
+            self.record(CallRecord {
+                at_ms: now_ms(),
+                wire: wire.name(),
+                provider: None,
+                model: None,
+                status: 403,
+                latency_ms: 0,
+                redactions: Default::default(),
+            });
+            return error(wire, StatusCode::FORBIDDEN, "model_not_allowed", &message);
+        };
+        let (redacted, counts) = self.redactor.redact(&text);
+        let url = format!("{}/{suffix}", provider.base_url.trim_end_matches('/'));
+        let mut upstream = self.http.post(url).header("content-type", "application/json").body(redacted);
+        upstream = match provider.kind {
+            ProviderKind::Openai => upstream.bearer_auth(provider.api_key.expose_secret()),
+            ProviderKind::Anthropic => {
+                let version = anthropic_version.unwrap_or(HeaderValue::from_static("2023-06-01"));
+                let mut u =
+                    upstream.header("x-api-key", provider.api_key.expose_secret()).header("anthropic-version", version);
+                if let Some(beta) = anthropic_beta {
+                    u = u.header("anthropic-beta", beta);
+                }
+                u
+            }
+        };
+        let response = match upstream.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::warn!(run_id = %self.run, error = %e, "provider unreachable");
+                return error(
+                    wire,
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unreachable",
+                    "the model provider is unreachable",
+                );
+            }
+        };
+        let status = response.status().as_u16();
+        self.record(CallRecord {
+            at_ms: now_ms(),
+            wire: wire.name(),
+            provider: Some(provider_name.clone()),
+            model,
+            status,
+            latency_ms: started.elapsed().as_millis() as u64,
+            redactions: counts.0,
+        });
+        // The answer, errors included, goes back as the provider sent it,
+        // streamed as it arrives (SSE included).
+        let mut builder = Response::builder().status(status);
+        if let Some(content_type) = response.headers().get(CONTENT_TYPE) {
+            builder = builder.header(CONTENT_TYPE, content_type.clone());
+        }
+        let stream = response.bytes_stream().map_err(std::io::Error::other).map_ok(Frame::data);
+        builder.body(BodyExt::boxed(StreamBody::new(stream))).unwrap_or_else(|_| internal())
+    }
+
+    fn models(&self) -> Response<Body> {
+        let data: Vec<serde_json::Value> = self
+            .allowed()
+            .flat_map(|(name, p)| {
+                p.models.iter().map(move |m| serde_json::json!({"id": m, "object": "model", "owned_by": name}))
+            })
+            .collect();
+        json_response(StatusCode::OK, &serde_json::json!({"object": "list", "data": data}))
+    }
+}
+
+impl Wire {
+    fn name(self) -> &'static str {
+        match self {
+            Wire::OpenAi => "openai",
+            Wire::Anthropic => "anthropic",
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let body = Full::new(Bytes::from(value.to_string())).map_err(|never| match never {}).boxed();
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .body(body)
+        .unwrap_or_else(|_| internal())
+}
+
+fn internal() -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
+/// An error in the shape the client's SDK expects.
+fn error(wire: Wire, status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = match wire {
+        Wire::OpenAi => {
+            serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "code": code}})
+        }
+        Wire::Anthropic => {
+            let kind = match status {
+                StatusCode::UNAUTHORIZED => "authentication_error",
+                StatusCode::FORBIDDEN => "permission_error",
+                StatusCode::NOT_FOUND => "not_found_error",
+                StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+                _ => "api_error",
+            };
+            serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
+        }
+    };
+    json_response(status, &body)
+}
+
+/// A running gateway listener; dropping it stops it.
+pub struct GatewayServer {
+    pub address: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Drop for GatewayServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl GatewayServer {
+    pub async fn start(bind: SocketAddr, gateway: Arc<RunGateway>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(bind).await?;
+        let address = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let task_stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = task_stop.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                let (gateway, stop) = (gateway.clone(), task_stop.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let gateway = gateway.clone();
+                        async move { Ok::<_, Infallible>(gateway.handle(req).await) }
+                    });
+                    let connection =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = connection => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { address, stop })
+    }
+}
