@@ -8,7 +8,8 @@
 //! secret lets an auditor tell two redactions of the same secret apart
 //! without learning it.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use hmac::{Hmac, Mac};
@@ -63,16 +64,23 @@ impl Redactor {
         Self { known, rules, key: hmac_key.to_vec() }
     }
 
-    fn marker(&self, rule: &str, secret: &str) -> String {
+    /// The marker for one secret; computed once per distinct secret a pass.
+    fn marker(&self, memo: &RefCell<HashMap<String, String>>, rule: &str, secret: &str) -> String {
+        if let Some(marker) = memo.borrow().get(secret) {
+            return marker.clone();
+        }
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length works");
         mac.update(secret.as_bytes());
         let digest = mac.finalize().into_bytes();
         let short: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
-        format!("[REDACTED:{rule}:{short}]")
+        let marker = format!("[REDACTED:{rule}:{short}]");
+        memo.borrow_mut().insert(secret.to_owned(), marker.clone());
+        marker
     }
 
     /// Returns `text` with every secret replaced, and the counts.
     pub fn redact(&self, text: &str) -> (String, Redactions) {
+        let memo = RefCell::new(HashMap::new());
         let mut counts = Redactions::default();
         let mut out = match &self.known {
             Some(ac) => {
@@ -80,7 +88,7 @@ impl Redactor {
                 let mut last = 0;
                 for m in ac.find_iter(text) {
                     result.push_str(&text[last..m.start()]);
-                    result.push_str(&self.marker("known-secret", &text[m.start()..m.end()]));
+                    result.push_str(&self.marker(&memo, "known-secret", &text[m.start()..m.end()]));
                     *counts.0.entry("known-secret").or_default() += 1;
                     last = m.end();
                 }
@@ -90,6 +98,7 @@ impl Redactor {
             None => text.to_owned(),
         };
         for (name, re) in &self.rules {
+            // Each rule starts with a literal, so this check is a fast scan.
             if !re.is_match(&out) {
                 continue;
             }
@@ -97,10 +106,12 @@ impl Redactor {
             out = re
                 .replace_all(&out, |caps: &regex::Captures<'_>| {
                     n += 1;
-                    self.marker(name, &caps[0])
+                    self.marker(&memo, name, &caps[0])
                 })
                 .into_owned();
-            *counts.0.entry(name).or_default() += n;
+            if n > 0 {
+                *counts.0.entry(name).or_default() += n;
+            }
         }
         (out, counts)
     }
