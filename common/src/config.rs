@@ -154,6 +154,12 @@ pub struct GatewayConfig {
     /// Further secrets to redact wherever they appear (exact match).
     #[serde(serialize_with = "serialize_secrets")]
     pub redact: Vec<SecretString>,
+    /// Model calls one run may make per minute (in the worker; 0: no limit).
+    pub run_requests_per_minute: u32,
+    /// Model calls per minute per tenant, across every gateway (0: none).
+    pub tenant_requests_per_minute: u32,
+    /// Model calls per minute per provider, across every gateway (0: none).
+    pub provider_requests_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,7 +185,15 @@ pub enum ProviderKind {
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        Self { port: 8088, providers: BTreeMap::new(), allowed_providers: Vec::new(), redact: Vec::new() }
+        Self {
+            port: 8088,
+            providers: BTreeMap::new(),
+            allowed_providers: Vec::new(),
+            redact: Vec::new(),
+            run_requests_per_minute: 120,
+            tenant_requests_per_minute: 0,
+            provider_requests_per_minute: 0,
+        }
     }
 }
 

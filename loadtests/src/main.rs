@@ -88,7 +88,8 @@ async fn gateway() {
     config.providers.insert("emulated".to_owned(), provider);
     config.allowed_providers = vec!["emulated".to_owned()];
     let redactor = Redactor::new(&[providers.key.clone(), token.clone()], b"bench");
-    let gateway = Arc::new(RunGateway::new(run, token_hash(&token), config, queue, redactor));
+    config.run_requests_per_minute = 0;
+    let gateway = Arc::new(RunGateway::new(run, "bench".to_owned(), token_hash(&token), config, queue, redactor));
     let server = GatewayServer::start("127.0.0.1:0".parse().unwrap(), gateway).await.unwrap();
 
     let transcript = realistic_transcript(2 << 20);

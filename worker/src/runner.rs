@@ -229,7 +229,14 @@ impl Runtime {
             .await
             .map_err(|e| format!("storing the run token failed: {e}"))?;
         let redactor = self.redactor(Some(&token));
-        let gateway = Arc::new(RunGateway::new(run.id, hash, config.clone(), self.queue.clone(), redactor));
+        let gateway = Arc::new(RunGateway::new(
+            run.id,
+            run.spec.tenant.clone(),
+            hash,
+            config.clone(),
+            self.queue.clone(),
+            redactor,
+        ));
         let at = SocketAddr::new(IpAddr::V4(sandbox.network.gateway), config.port);
         match GatewayServer::start(at, gateway.clone()).await {
             Ok(server) => Ok(Some(RunModels { token, gateway, server })),

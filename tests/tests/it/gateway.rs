@@ -88,3 +88,100 @@ async fn agents_reach_allowed_models_through_the_gateway_with_secrets_redacted()
     worker.shutdown().await;
     providers.stop().await;
 }
+
+async fn serve_run(
+    providers: &EmulatedProviders,
+    queue: &worker::queue::RunQueue,
+    tenant: &str,
+    config: &common::config::GatewayConfig,
+    ttl: std::time::Duration,
+) -> (String, worker::gateway::GatewayServer) {
+    use worker::gateway::{GatewayServer, Redactor, RunGateway, mint_token, token_hash};
+    let run = common::RunId::new();
+    let token = mint_token().unwrap();
+    queue.put_gateway_token(&token_hash(&token), run, ttl).await.unwrap();
+    let redactor = Redactor::new(std::slice::from_ref(&providers.key), b"test");
+    let gateway = RunGateway::new(run, tenant.to_owned(), token_hash(&token), config.clone(), queue.clone(), redactor);
+    let server = GatewayServer::start("127.0.0.1:0".parse().unwrap(), std::sync::Arc::new(gateway)).await.unwrap();
+    (token, server)
+}
+
+fn gateway_config(providers: &EmulatedProviders, tenant_per_minute: u32) -> common::config::GatewayConfig {
+    let mut config = common::config::GatewayConfig::default();
+    let provider = serde_json::from_value(json!({
+        "kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-test"]
+    }))
+    .unwrap();
+    config.providers.insert("emulated".to_owned(), provider);
+    config.allowed_providers = vec!["emulated".to_owned()];
+    config.run_requests_per_minute = 0;
+    config.tenant_requests_per_minute = tenant_per_minute;
+    config
+}
+
+async fn chat(client: &reqwest::Client, server: &worker::gateway::GatewayServer, token: &str) -> reqwest::Response {
+    client
+        .post(format!("http://{}/v1/chat/completions", server.address))
+        .bearer_auth(token)
+        .json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_gateways_sharing_redis_enforce_one_tenant_limit() {
+    let providers = EmulatedProviders::start().await;
+    let queue = tests::fixtures::fresh_queue(None, false).await;
+    let config = gateway_config(&providers, 6);
+    let hour = std::time::Duration::from_secs(3600);
+    let (token_a, replica_a) = serve_run(&providers, &queue, "acme", &config, hour).await;
+    let (token_b, replica_b) = serve_run(&providers, &queue, "acme", &config, hour).await;
+    let client = reqwest::Client::new();
+    let (mut ok, mut limited) = (0, 0);
+    for i in 0..12 {
+        let response = if i % 2 == 0 {
+            chat(&client, &replica_a, &token_a).await
+        } else {
+            chat(&client, &replica_b, &token_b).await
+        };
+        match response.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                let retry: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!(retry >= 1);
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((ok, limited), (6, 6), "the tenant got more than its limit across two gateways");
+    assert_eq!(providers.received().len(), 6, "refused calls must not reach the provider");
+    providers.stop().await;
+}
+
+#[tokio::test]
+async fn revoked_expired_and_raw_provider_keys_are_refused() {
+    let providers = EmulatedProviders::start().await;
+    let queue = tests::fixtures::fresh_queue(None, false).await;
+    let config = gateway_config(&providers, 0);
+    let client = reqwest::Client::new();
+
+    let (token, server) = serve_run(&providers, &queue, "acme", &config, std::time::Duration::from_secs(3600)).await;
+    assert_eq!(chat(&client, &server, &token).await.status().as_u16(), 200);
+    assert_eq!(chat(&client, &server, &providers.key).await.status().as_u16(), 401, "a raw provider key was accepted");
+    queue.revoke_gateway_token(&worker::gateway::token_hash(&token)).await.unwrap();
+    let revoked = chat(&client, &server, &token).await;
+    assert_eq!(revoked.status().as_u16(), 401);
+    let body: Value = revoked.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+
+    let (short, server) = serve_run(&providers, &queue, "acme", &config, std::time::Duration::from_millis(300)).await;
+    assert_eq!(chat(&client, &server, &short).await.status().as_u16(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(chat(&client, &server, &short).await.status().as_u16(), 401, "an expired run token was accepted");
+    assert_eq!(providers.received().len(), 2);
+    providers.stop().await;
+}

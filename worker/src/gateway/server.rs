@@ -42,11 +42,13 @@ pub struct CallRecord {
 /// Everything the gateway of one run needs.
 pub struct RunGateway {
     pub run: RunId,
+    pub tenant: String,
     pub token_hash: String,
     pub config: GatewayConfig,
     pub queue: RunQueue,
     pub redactor: Redactor,
     pub http: reqwest::Client,
+    run_limit: Option<governor::DefaultDirectRateLimiter>,
     calls: Mutex<Vec<CallRecord>>,
 }
 
@@ -58,8 +60,67 @@ enum Wire {
 }
 
 impl RunGateway {
-    pub fn new(run: RunId, token_hash: String, config: GatewayConfig, queue: RunQueue, redactor: Redactor) -> Self {
-        Self { run, token_hash, config, queue, redactor, http: reqwest::Client::new(), calls: Mutex::new(Vec::new()) }
+    pub fn new(
+        run: RunId,
+        tenant: String,
+        token_hash: String,
+        config: GatewayConfig,
+        queue: RunQueue,
+        redactor: Redactor,
+    ) -> Self {
+        let run_limit = std::num::NonZeroU32::new(config.run_requests_per_minute)
+            .map(|n| governor::RateLimiter::direct(governor::Quota::per_minute(n)));
+        Self {
+            run,
+            tenant,
+            token_hash,
+            config,
+            queue,
+            redactor,
+            http: reqwest::Client::new(),
+            run_limit,
+            calls: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The run's own limit (in this process), then the tenant's and the
+    /// provider's (shared through Redis by every gateway). Fails closed:
+    /// when Redis cannot answer, the call is refused.
+    async fn admit(&self, provider: &str) -> Result<(), (StatusCode, Option<std::time::Duration>, String)> {
+        if let Some(limit) = &self.run_limit
+            && let Err(not_until) = limit.check()
+        {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            return Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(wait),
+                "the run's request rate limit is reached".to_owned(),
+            ));
+        }
+        let shared = [
+            (format!("tenant:{}", self.tenant), self.config.tenant_requests_per_minute, "tenant"),
+            (format!("provider:{provider}"), self.config.provider_requests_per_minute, "provider"),
+        ];
+        for (name, per_minute, what) in shared {
+            if per_minute == 0 {
+                continue;
+            }
+            match self.queue.rate_limit(&name, per_minute).await {
+                Ok(None) => {}
+                Ok(Some(wait)) => {
+                    return Err((
+                        StatusCode::TOO_MANY_REQUESTS,
+                        Some(wait),
+                        format!("the {what}'s request rate limit is reached"),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(run_id = %self.run, error = %e, "rate limit store unavailable; refusing");
+                    return Err((StatusCode::SERVICE_UNAVAILABLE, None, "rate limits cannot be checked".to_owned()));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn calls(&self) -> Vec<CallRecord> {
@@ -135,6 +196,23 @@ impl RunGateway {
             });
             return error(wire, StatusCode::FORBIDDEN, "model_not_allowed", &message);
         };
+        if let Err((status, wait, message)) = self.admit(provider_name).await {
+            self.record(CallRecord {
+                at_ms: now_ms(),
+                wire: wire.name(),
+                provider: Some(provider_name.clone()),
+                model: model.clone(),
+                status: status.as_u16(),
+                latency_ms: started.elapsed().as_millis() as u64,
+                redactions: Default::default(),
+            });
+            let mut response = error(wire, status, "rate_limit_exceeded", &message);
+            if let Some(wait) = wait {
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                response.headers_mut().insert("retry-after", HeaderValue::from(seconds.max(1)));
+            }
+            return response;
+        }
         let (redacted, counts) = self.redactor.redact(&text);
         let url = format!("{}/{suffix}", provider.base_url.trim_end_matches('/'));
         let mut upstream = self.http.post(url).header("content-type", "application/json").body(redacted);
@@ -233,6 +311,8 @@ fn error(wire: Wire, status: StatusCode, code: &str, message: &str) -> Response<
                 StatusCode::FORBIDDEN => "permission_error",
                 StatusCode::NOT_FOUND => "not_found_error",
                 StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+                StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+                StatusCode::SERVICE_UNAVAILABLE => "overloaded_error",
                 _ => "api_error",
             };
             serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})

@@ -137,6 +137,7 @@ struct Scripts {
     reap: Script,
     cancel: Script,
     limits: Script,
+    gcra: Script,
     list: Script,
 }
 
@@ -152,6 +153,7 @@ impl Scripts {
             reap: with_lib(include_str!("lua/reap.lua")),
             cancel: with_lib(include_str!("lua/cancel.lua")),
             limits: with_lib(include_str!("lua/limits.lua")),
+            gcra: with_lib(include_str!("lua/gcra.lua")),
             list: with_lib(include_str!("lua/list.lua")),
         }
     }
@@ -528,6 +530,23 @@ impl RunQueue {
             policy = policy.with(&over);
         }
         Ok(policy)
+    }
+
+    /// Takes one request from the shared rate `name` (`per_minute`, with a
+    /// burst of as many). `Ok(None)` when allowed, `Ok(Some(wait))` when not.
+    pub async fn rate_limit(&self, name: &str, per_minute: u32) -> Result<Option<Duration>, QueueError> {
+        let interval_ms = 60_000 / u64::from(per_minute.max(1));
+        let mut conn = self.conn.clone();
+        let (allowed, retry_ms): (u8, u64) = self
+            .scripts
+            .gcra
+            .key(&*self.prefix)
+            .arg(name)
+            .arg(interval_ms)
+            .arg(per_minute)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((allowed == 0).then(|| Duration::from_millis(retry_ms)))
     }
 
     /// Stores a run's gateway token (its hash) until `ttl` passes or it is
