@@ -160,6 +160,16 @@ pub struct GatewayConfig {
     pub tenant_requests_per_minute: u32,
     /// Model calls per minute per provider, across every gateway (0: none).
     pub provider_requests_per_minute: u32,
+    /// What the run's transcript keeps of prompts and completions:
+    /// `redacted` (default) or `omitted` (metadata only).
+    pub prompt_content: PromptContent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptContent {
+    Redacted,
+    Omitted,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -193,6 +203,7 @@ impl Default for GatewayConfig {
             run_requests_per_minute: 120,
             tenant_requests_per_minute: 0,
             provider_requests_per_minute: 0,
+            prompt_content: PromptContent::Redacted,
         }
     }
 }

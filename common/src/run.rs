@@ -191,6 +191,9 @@ pub enum ArtifactKind {
     Logs,
     Diff,
     Summary,
+    /// Model calls through the gateway, one JSON object a line; only for
+    /// runs that made any.
+    Transcript,
 }
 
 impl ArtifactKind {
@@ -199,6 +202,7 @@ impl ArtifactKind {
             ArtifactKind::Logs => "logs.txt",
             ArtifactKind::Diff => "diff.patch",
             ArtifactKind::Summary => "summary.json",
+            ArtifactKind::Transcript => "transcript.jsonl",
         }
     }
 }

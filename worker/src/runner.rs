@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::config::{AgentConfig, Config};
+use common::config::{AgentConfig, Config, PromptContent};
 use common::policy::SandboxPolicy;
 use common::{ArtifactKind, RunId, StopReason};
 use futures::StreamExt;
@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::artifacts::{ObjectStore, S3Store};
 use crate::egress::{EgressPolicy, EgressProxy, EgressRecord};
-use crate::gateway::{CallRecord, GatewayServer, Redactor, RunGateway, mint_token, token_hash};
+use crate::gateway::{CallRecord, GatewayServer, Redactor, RunGateway, TranscriptEntry, mint_token, token_hash};
 use crate::git::{self, GitError};
 use crate::queue::{ClaimedRun, LeaseGuard, Leases, Outcome, RunQueue};
 use crate::sandbox::{Exec, Sandbox, SandboxDriver, SandboxError, tar_tree};
@@ -170,15 +170,15 @@ impl Runtime {
         self.sandboxes.remove(&sandbox).await;
         let egress = proxy.log.records();
         drop(proxy);
-        let calls = match models {
+        let (calls, transcript) = match models {
             Some(models) => {
-                let calls = models.gateway.calls();
+                let (calls, transcript) = (models.gateway.calls(), models.gateway.transcript());
                 if let Err(error) = self.queue.revoke_gateway_token(&models.gateway.token_hash).await {
                     tracing::warn!(run_id = %run.id, %error, "revoking the run token failed; it expires with its TTL");
                 }
-                calls
+                (calls, transcript)
             }
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
         match session {
             Ok(SessionEnd::Stopped(interrupt)) => Ending::Interrupted(interrupt),
@@ -202,7 +202,8 @@ impl Runtime {
                         record.method, record.host, record.port
                     ));
                 }
-                let facts = Facts { commit: checkout.commit, command: agent.command, files_changed, egress, calls };
+                let facts =
+                    Facts { commit: checkout.commit, command: agent.command, files_changed, egress, calls, transcript };
                 self.done(run, reason, log, diff, Some(facts)).await
             }
             Err(e) => self.retry(run, format!("sandbox: {e}")),
@@ -245,6 +246,29 @@ impl Runtime {
                 Err(format!("starting the model gateway on {at} failed: {e}"))
             }
         }
+    }
+
+    /// The transcript as JSON Lines: call metadata always, prompt and
+    /// completion redacted (or omitted, by `gateway.prompt_content`).
+    fn transcript_jsonl(&self, entries: &[TranscriptEntry]) -> String {
+        let redactor = self.redactor(None);
+        let keep = self.config.gateway.prompt_content == PromptContent::Redacted;
+        let mut out = String::new();
+        for entry in entries {
+            let content = |text: &str| keep.then(|| redactor.redact(text).0);
+            let line = serde_json::json!({
+                "at_ms": entry.at_ms,
+                "provider": entry.provider,
+                "model": entry.model,
+                "status": entry.status,
+                "request": content(&entry.request),
+                "response": content(&String::from_utf8_lossy(&entry.response)),
+                "response_truncated": entry.response_truncated,
+            });
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+        out
     }
 
     /// A redactor for every secret this worker knows, and the run token.
@@ -470,10 +494,12 @@ impl Runtime {
         diff: Vec<u8>,
         facts: Option<Facts>,
     ) -> Ending {
-        let keys: Vec<String> = [ArtifactKind::Logs, ArtifactKind::Diff, ArtifactKind::Summary]
-            .iter()
-            .map(|k| run.id.artifact_key(*k))
-            .collect();
+        let transcript = facts.as_ref().map(|f| self.transcript_jsonl(&f.transcript)).unwrap_or_default();
+        let mut kinds = vec![ArtifactKind::Logs, ArtifactKind::Diff, ArtifactKind::Summary];
+        if !transcript.is_empty() {
+            kinds.push(ArtifactKind::Transcript);
+        }
+        let keys: Vec<String> = kinds.iter().map(|k| run.id.artifact_key(*k)).collect();
         let summary = Summary {
             run_id: run.id,
             attempt: run.attempt,
@@ -502,11 +528,14 @@ impl Runtime {
         };
         // Logs pass redaction before they reach storage.
         let (log_text, _) = self.redactor(None).redact(&String::from_utf8_lossy(&log.data));
-        let uploads = [
+        let mut uploads = vec![
             (&keys[0], Bytes::from(log_text), "text/plain; charset=utf-8"),
             (&keys[1], Bytes::from(diff), "text/x-diff"),
             (&keys[2], Bytes::from(summary), "application/json"),
         ];
+        if let Some(key) = keys.get(3) {
+            uploads.push((key, Bytes::from(transcript), "application/x-ndjson"));
+        }
         for (key, body, content_type) in uploads {
             if let Err(e) = self.store.put(key, body, content_type).await {
                 return self.retry(run, format!("uploading {key} failed: {e}"));
@@ -551,6 +580,7 @@ struct Facts {
     files_changed: Vec<String>,
     egress: Vec<EgressRecord>,
     calls: Vec<CallRecord>,
+    transcript: Vec<TranscriptEntry>,
 }
 
 /// The run summary stored as `summary.json`.

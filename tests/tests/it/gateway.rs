@@ -80,6 +80,19 @@ async fn agents_reach_allowed_models_through_the_gateway_with_secrets_redacted()
     assert!(calls.iter().any(|c| c["status"] == 403));
     assert!(!logs.contains(&registered) && !logs.contains(&aws), "a secret reached the stored log");
 
+    // The transcript keeps each call, redacted.
+    let transcript_key = format!("runs/{id}/transcript.jsonl");
+    assert!(run["artifacts"].as_array().unwrap().iter().any(|k| k == transcript_key.as_str()), "{run:#}");
+    let transcript = String::from_utf8(app.artifact(&transcript_key).await.to_vec()).unwrap();
+    let lines: Vec<Value> = transcript.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{transcript}");
+    assert_eq!(lines[0]["model"], "gpt-test");
+    assert!(lines[0]["request"].as_str().unwrap().contains("[REDACTED:aws-access-key-id:"), "{transcript}");
+    assert!(lines[0]["response"].as_str().unwrap().contains("Hello from the emulated provider"), "{transcript}");
+    assert!(lines[1]["response"].as_str().unwrap().contains("data: [DONE]"), "the streamed answer is kept too");
+    assert!(lines[2]["response"].as_str().unwrap().contains("message_stop"));
+    assert!(!transcript.contains(&registered) && !transcript.contains(&aws), "a secret reached the transcript");
+
     // The run token is revoked when the run ends.
     let pattern = format!("{{{}}}:gwtok:*", app.config.redis.namespace);
     let left =

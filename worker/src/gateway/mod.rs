@@ -9,7 +9,7 @@ mod redact;
 mod server;
 
 pub use redact::{Redactions, Redactor};
-pub use server::{CallRecord, GatewayServer, RunGateway};
+pub use server::{CallRecord, GatewayServer, RunGateway, TranscriptEntry};
 
 use std::io::Read;
 

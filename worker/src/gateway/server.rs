@@ -39,6 +39,22 @@ pub struct CallRecord {
     pub redactions: std::collections::BTreeMap<&'static str, u32>,
 }
 
+/// One model call as the run's transcript keeps it. Content is redacted
+/// when the transcript is written (or omitted, by policy).
+#[derive(Debug, Clone, Default)]
+pub struct TranscriptEntry {
+    pub at_ms: u64,
+    pub provider: String,
+    pub model: Option<String>,
+    pub status: u16,
+    pub request: String,
+    pub response: Vec<u8>,
+    pub response_truncated: bool,
+}
+
+/// How much of one response the transcript keeps.
+const MAX_TRANSCRIPT_RESPONSE: usize = 1 << 20;
+
 /// Everything the gateway of one run needs.
 pub struct RunGateway {
     pub run: RunId,
@@ -50,6 +66,7 @@ pub struct RunGateway {
     pub http: reqwest::Client,
     run_limit: Option<governor::DefaultDirectRateLimiter>,
     calls: Mutex<Vec<CallRecord>>,
+    transcript: Arc<Mutex<Vec<TranscriptEntry>>>,
 }
 
 /// The wire API a request speaks, which decides its error shape.
@@ -80,7 +97,13 @@ impl RunGateway {
             http: reqwest::Client::new(),
             run_limit,
             calls: Mutex::new(Vec::new()),
+            transcript: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// The calls so far, as the transcript will keep them.
+    pub fn transcript(&self) -> Vec<TranscriptEntry> {
+        self.transcript.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The run's own limit (in this process), then the tenant's and the
@@ -214,6 +237,7 @@ impl RunGateway {
             return response;
         }
         let (redacted, counts) = self.redactor.redact(&text);
+        let redacted_request = redacted.clone();
         let url = format!("{}/{suffix}", provider.base_url.trim_end_matches('/'));
         let mut upstream = self.http.post(url).header("content-type", "application/json").body(redacted);
         upstream = match provider.kind {
@@ -245,18 +269,42 @@ impl RunGateway {
             at_ms: now_ms(),
             wire: wire.name(),
             provider: Some(provider_name.clone()),
-            model,
+            model: model.clone(),
             status,
             latency_ms: started.elapsed().as_millis() as u64,
             redactions: counts.0,
         });
         // The answer, errors included, goes back as the provider sent it,
-        // streamed as it arrives (SSE included).
+        // streamed as it arrives (SSE included); a copy goes to the transcript.
         let mut builder = Response::builder().status(status);
         if let Some(content_type) = response.headers().get(CONTENT_TYPE) {
             builder = builder.header(CONTENT_TYPE, content_type.clone());
         }
-        let stream = response.bytes_stream().map_err(std::io::Error::other).map_ok(Frame::data);
+        let index = {
+            let mut transcript = self.transcript.lock().unwrap_or_else(PoisonError::into_inner);
+            transcript.push(TranscriptEntry {
+                at_ms: now_ms(),
+                provider: provider_name.clone(),
+                model,
+                status,
+                request: redacted_request,
+                ..Default::default()
+            });
+            transcript.len() - 1
+        };
+        let transcript = self.transcript.clone();
+        let stream = response
+            .bytes_stream()
+            .map_err(std::io::Error::other)
+            .inspect_ok(move |chunk| {
+                let mut entries = transcript.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(entry) = entries.get_mut(index) {
+                    let room = MAX_TRANSCRIPT_RESPONSE.saturating_sub(entry.response.len());
+                    entry.response.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    entry.response_truncated |= chunk.len() > room;
+                }
+            })
+            .map_ok(Frame::data);
         builder.body(BodyExt::boxed(StreamBody::new(stream))).unwrap_or_else(|_| internal())
     }
 
