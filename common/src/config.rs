@@ -160,6 +160,10 @@ pub struct GatewayConfig {
     pub tenant_requests_per_minute: u32,
     /// Model calls per minute per provider, across every gateway (0: none).
     pub provider_requests_per_minute: u32,
+    /// Tokens one run may use (0: no budget).
+    pub run_token_budget: u64,
+    /// Tokens one tenant may use per UTC day (0: no budget).
+    pub tenant_daily_token_budget: u64,
     /// What the run's transcript keeps of prompts and completions:
     /// `redacted` (default) or `omitted` (metadata only).
     pub prompt_content: PromptContent,
@@ -204,6 +208,8 @@ impl Default for GatewayConfig {
             tenant_requests_per_minute: 0,
             provider_requests_per_minute: 0,
             prompt_content: PromptContent::Redacted,
+            run_token_budget: 0,
+            tenant_daily_token_budget: 0,
         }
     }
 }

@@ -108,7 +108,7 @@ async fn serve_run(
     tenant: &str,
     config: &common::config::GatewayConfig,
     ttl: std::time::Duration,
-) -> (String, worker::gateway::GatewayServer) {
+) -> (String, worker::gateway::GatewayServer, common::RunId) {
     use worker::gateway::{GatewayServer, Redactor, RunGateway, mint_token, token_hash};
     let run = common::RunId::new();
     let token = mint_token().unwrap();
@@ -116,7 +116,7 @@ async fn serve_run(
     let redactor = Redactor::new(std::slice::from_ref(&providers.key), b"test");
     let gateway = RunGateway::new(run, tenant.to_owned(), token_hash(&token), config.clone(), queue.clone(), redactor);
     let server = GatewayServer::start("127.0.0.1:0".parse().unwrap(), std::sync::Arc::new(gateway)).await.unwrap();
-    (token, server)
+    (token, server, run)
 }
 
 fn gateway_config(providers: &EmulatedProviders, tenant_per_minute: u32) -> common::config::GatewayConfig {
@@ -148,8 +148,8 @@ async fn two_gateways_sharing_redis_enforce_one_tenant_limit() {
     let queue = tests::fixtures::fresh_queue(None, false).await;
     let config = gateway_config(&providers, 6);
     let hour = std::time::Duration::from_secs(3600);
-    let (token_a, replica_a) = serve_run(&providers, &queue, "acme", &config, hour).await;
-    let (token_b, replica_b) = serve_run(&providers, &queue, "acme", &config, hour).await;
+    let (token_a, replica_a, _) = serve_run(&providers, &queue, "acme", &config, hour).await;
+    let (token_b, replica_b, _) = serve_run(&providers, &queue, "acme", &config, hour).await;
     let client = reqwest::Client::new();
     let (mut ok, mut limited) = (0, 0);
     for i in 0..12 {
@@ -182,7 +182,7 @@ async fn revoked_expired_and_raw_provider_keys_are_refused() {
     let config = gateway_config(&providers, 0);
     let client = reqwest::Client::new();
 
-    let (token, server) = serve_run(&providers, &queue, "acme", &config, std::time::Duration::from_secs(3600)).await;
+    let (token, server, _) = serve_run(&providers, &queue, "acme", &config, std::time::Duration::from_secs(3600)).await;
     assert_eq!(chat(&client, &server, &token).await.status().as_u16(), 200);
     assert_eq!(chat(&client, &server, &providers.key).await.status().as_u16(), 401, "a raw provider key was accepted");
     queue.revoke_gateway_token(&worker::gateway::token_hash(&token)).await.unwrap();
@@ -191,10 +191,48 @@ async fn revoked_expired_and_raw_provider_keys_are_refused() {
     let body: Value = revoked.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_api_key");
 
-    let (short, server) = serve_run(&providers, &queue, "acme", &config, std::time::Duration::from_millis(300)).await;
+    let (short, server, _) =
+        serve_run(&providers, &queue, "acme", &config, std::time::Duration::from_millis(300)).await;
     assert_eq!(chat(&client, &server, &short).await.status().as_u16(), 200);
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     assert_eq!(chat(&client, &server, &short).await.status().as_u16(), 401, "an expired run token was accepted");
     assert_eq!(providers.received().len(), 2);
+    providers.stop().await;
+}
+
+#[tokio::test]
+async fn token_budgets_are_reserved_before_a_call_and_settled_after_it() {
+    let providers = EmulatedProviders::start().await;
+    let queue = tests::fixtures::fresh_queue(None, false).await;
+    let mut config = gateway_config(&providers, 0);
+    config.run_token_budget = 5000;
+    let (token, server, run) =
+        serve_run(&providers, &queue, "acme", &config, std::time::Duration::from_secs(3600)).await;
+    let client = reqwest::Client::new();
+    let ask = |max_tokens: u64| {
+        client
+            .post(format!("http://{}/v1/chat/completions", server.address))
+            .bearer_auth(&token)
+            .json(&json!({"model": "gpt-test", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    assert_eq!(ask(3000).await.unwrap().status().as_u16(), 200);
+    assert_eq!(ask(3000).await.unwrap().status().as_u16(), 200, "the first call's unused reservation was not released");
+    let refused = ask(4990).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
+    assert_eq!(providers.received().len(), 2, "a call over budget reached the provider");
+
+    // Each answer reported 17 tokens; nothing stays reserved.
+    let started = std::time::Instant::now();
+    loop {
+        let (used, reserved) = queue.run_tokens(run).await.unwrap();
+        if (used, reserved) == (34, 0) {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "used {used}, reserved {reserved}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     providers.stop().await;
 }

@@ -236,6 +236,10 @@ impl RunGateway {
             }
             return response;
         }
+        let reserved = if suffix.ends_with("count_tokens") { 0 } else { worst_case_tokens(&text) };
+        if let Err(response) = self.reserve(wire, reserved).await {
+            return response;
+        }
         let (redacted, counts) = self.redactor.redact(&text);
         let redacted_request = redacted.clone();
         let url = format!("{}/{suffix}", provider.base_url.trim_end_matches('/'));
@@ -256,6 +260,7 @@ impl RunGateway {
             Ok(response) => response,
             Err(e) => {
                 tracing::warn!(run_id = %self.run, error = %e, "provider unreachable");
+                self.settlement(reserved, None).settle_now(0);
                 return error(
                     wire,
                     StatusCode::BAD_GATEWAY,
@@ -293,10 +298,14 @@ impl RunGateway {
             transcript.len() - 1
         };
         let transcript = self.transcript.clone();
+        // Settled when the stream ends or the client goes away (the guard
+        // lives in the closure, which the stream drops then).
+        let settle = self.settlement(reserved, Some((self.transcript.clone(), index, status)));
         let stream = response
             .bytes_stream()
             .map_err(std::io::Error::other)
             .inspect_ok(move |chunk| {
+                let _keep = &settle;
                 let mut entries = transcript.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(entry) = entries.get_mut(index) {
                     let room = MAX_TRANSCRIPT_RESPONSE.saturating_sub(entry.response.len());
@@ -308,6 +317,46 @@ impl RunGateway {
         builder.body(BodyExt::boxed(StreamBody::new(stream))).unwrap_or_else(|_| internal())
     }
 
+    fn budgets_on(&self) -> bool {
+        self.config.run_token_budget > 0 || self.config.tenant_daily_token_budget > 0
+    }
+
+    /// Reserves the call's worst case against the run's and tenant's token
+    /// budgets, before anything reaches the provider. Fails closed.
+    async fn reserve(&self, wire: Wire, amount: u64) -> Result<(), Response<Body>> {
+        if !self.budgets_on() || amount == 0 {
+            return Ok(());
+        }
+        let (run_limit, tenant_limit) = (self.config.run_token_budget, self.config.tenant_daily_token_budget);
+        match self.queue.reserve_tokens(self.run, &self.tenant, amount, run_limit, tenant_limit).await {
+            Ok(None) => Ok(()),
+            Ok(Some(which)) => {
+                let message = format!("the {which}'s token budget does not cover this call ({amount} tokens at most)");
+                Err(error(wire, StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", &message))
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %self.run, error = %e, "budget store unavailable; refusing");
+                Err(error(
+                    wire,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "budget_unavailable",
+                    "token budgets cannot be checked",
+                ))
+            }
+        }
+    }
+
+    fn settlement(&self, reserved: u64, source: Option<AnswerSource>) -> Settlement {
+        Settlement {
+            queue: self.queue.clone(),
+            run: self.run,
+            tenant: self.tenant.clone(),
+            reserved: if self.budgets_on() { reserved } else { 0 },
+            source,
+            done: false,
+        }
+    }
+
     fn models(&self) -> Response<Body> {
         let data: Vec<serde_json::Value> = self
             .allowed()
@@ -317,6 +366,91 @@ impl RunGateway {
             .collect();
         json_response(StatusCode::OK, &serde_json::json!({"object": "list", "data": data}))
     }
+}
+
+/// Where a call's answer is kept (transcript, entry, status), to read its
+/// reported usage from.
+type AnswerSource = (Arc<Mutex<Vec<TranscriptEntry>>>, usize, u16);
+
+/// Books a call's real token use against its reservation, once.
+struct Settlement {
+    queue: RunQueue,
+    run: RunId,
+    tenant: String,
+    reserved: u64,
+    source: Option<AnswerSource>,
+    done: bool,
+}
+
+impl Settlement {
+    fn settle_now(mut self, actual: u64) {
+        self.book(actual);
+    }
+
+    fn book(&mut self, actual: u64) {
+        if self.done || self.reserved == 0 {
+            self.done = true;
+            return;
+        }
+        self.done = true;
+        let (queue, run, tenant, reserved) = (self.queue.clone(), self.run, self.tenant.clone(), self.reserved);
+        tokio::spawn(async move {
+            if let Err(error) = queue.settle_tokens(run, &tenant, reserved, actual).await {
+                tracing::warn!(run_id = %run, %error, "settling a token reservation failed; it stays reserved");
+            }
+        });
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        let actual = match &self.source {
+            Some((transcript, index, status)) => {
+                let entries = transcript.lock().unwrap_or_else(PoisonError::into_inner);
+                let body = entries.get(*index).map(|e| e.response.clone()).unwrap_or_default();
+                // Without reported usage: nothing for a refusal, the whole
+                // reservation otherwise.
+                usage_tokens(&body).unwrap_or(if *status >= 400 { 0 } else { self.reserved })
+            }
+            None => 0,
+        };
+        self.book(actual);
+    }
+}
+
+/// The most a call can cost: its output cap (or 4096) plus its prompt at
+/// four bytes a token.
+fn worst_case_tokens(request: &str) -> u64 {
+    let json: serde_json::Value = serde_json::from_str(request).unwrap_or_default();
+    let output = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|k| json.get(*k).and_then(serde_json::Value::as_u64))
+        .unwrap_or(4096);
+    output + request.len() as u64 / 4 + 1
+}
+
+/// Tokens a provider reported in a JSON answer or an SSE stream (OpenAI
+/// `usage.total_tokens`; Anthropic `input_tokens` + `output_tokens`).
+fn usage_tokens(body: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(body);
+    let documents: Vec<serde_json::Value> = if text.trim_start().starts_with('{') {
+        serde_json::from_str(&text).ok().into_iter().collect()
+    } else {
+        text.lines().filter_map(|l| l.strip_prefix("data: ")).filter_map(|d| serde_json::from_str(d).ok()).collect()
+    };
+    let mut total = None;
+    for doc in documents {
+        for usage in [doc.get("usage"), doc.get("message").and_then(|m| m.get("usage"))].into_iter().flatten() {
+            let n = usage.get("total_tokens").and_then(serde_json::Value::as_u64).unwrap_or_else(|| {
+                ["input_tokens", "output_tokens"]
+                    .iter()
+                    .filter_map(|k| usage.get(*k).and_then(serde_json::Value::as_u64))
+                    .sum()
+            });
+            total = Some(total.unwrap_or(0) + n);
+        }
+    }
+    total
 }
 
 impl Wire {

@@ -138,6 +138,7 @@ struct Scripts {
     cancel: Script,
     limits: Script,
     gcra: Script,
+    budget: Script,
     list: Script,
 }
 
@@ -154,6 +155,7 @@ impl Scripts {
             cancel: with_lib(include_str!("lua/cancel.lua")),
             limits: with_lib(include_str!("lua/limits.lua")),
             gcra: with_lib(include_str!("lua/gcra.lua")),
+            budget: with_lib(include_str!("lua/budget.lua")),
             list: with_lib(include_str!("lua/list.lua")),
         }
     }
@@ -547,6 +549,61 @@ impl RunQueue {
             .invoke_async(&mut conn)
             .await?;
         Ok((allowed == 0).then(|| Duration::from_millis(retry_ms)))
+    }
+
+    /// Reserves `amount` tokens against the run's and the tenant's budgets
+    /// (0 = no limit). `Ok(None)` when reserved, `Ok(Some("run"|"tenant"))`
+    /// naming the budget that would be exceeded.
+    pub async fn reserve_tokens(
+        &self,
+        run: RunId,
+        tenant: &str,
+        amount: u64,
+        run_limit: u64,
+        tenant_limit: u64,
+    ) -> Result<Option<String>, QueueError> {
+        let (ok, which): (u8, String) = self.budget("reserve", run, tenant, amount, 0, run_limit, tenant_limit).await?;
+        Ok((ok == 0).then_some(which))
+    }
+
+    /// Releases a reservation of `reserved` and books `actual` tokens used.
+    pub async fn settle_tokens(&self, run: RunId, tenant: &str, reserved: u64, actual: u64) -> Result<(), QueueError> {
+        self.budget("settle", run, tenant, reserved, actual, 0, 0).await.map(|_| ())
+    }
+
+    /// Tokens used and reserved by a run: `(used, reserved)`.
+    pub async fn run_tokens(&self, run: RunId) -> Result<(u64, u64), QueueError> {
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<u64>> =
+            conn.hmget(self.key(&format!("budget:run:{run}")), &["used", "reserved"]).await?;
+        Ok((values[0].unwrap_or(0), values[1].unwrap_or(0)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn budget(
+        &self,
+        op: &str,
+        run: RunId,
+        tenant: &str,
+        amount: u64,
+        actual: u64,
+        run_limit: u64,
+        tenant_limit: u64,
+    ) -> Result<(u8, String), QueueError> {
+        let mut conn = self.conn.clone();
+        Ok(self
+            .scripts
+            .budget
+            .key(&*self.prefix)
+            .arg(op)
+            .arg(run.to_string())
+            .arg(tenant)
+            .arg(amount)
+            .arg(actual)
+            .arg(run_limit)
+            .arg(tenant_limit)
+            .invoke_async(&mut conn)
+            .await?)
     }
 
     /// Stores a run's gateway token (its hash) until `ttl` passes or it is
