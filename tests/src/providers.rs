@@ -30,6 +30,7 @@ impl EmulatedProviders {
             App::new()
                 .app_data(state.clone())
                 .route("/v1/chat/completions", web::post().to(openai))
+                .route("/v1/responses", web::post().to(responses))
                 .route("/v1/messages", web::post().to(anthropic))
         })
         .workers(1)
@@ -114,4 +115,42 @@ async fn anthropic(req: HttpRequest, body: web::Bytes, state: web::Data<State>) 
         "content": [{"type": "text", "text": "Hello from the emulated provider"}],
         "stop_reason": "end_turn", "usage": {"input_tokens": 12, "output_tokens": 5}
     }))
+}
+
+async fn responses(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if auth != format!("Bearer {}", state.key) {
+        return HttpResponse::Unauthorized().json(json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}));
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    state.received.lock().unwrap().push(text.clone());
+    let request: Value = serde_json::from_str(&text).unwrap_or_default();
+    let output_text = "Hello from the emulated provider";
+    let response = json!({
+        "id": "resp_1", "object": "response", "created_at": 1, "model": request["model"], "status": "completed",
+        "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": output_text, "annotations": []}]}],
+        "usage": {"input_tokens": 12, "output_tokens": 5, "total_tokens": 17,
+                  "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+        "parallel_tool_calls": true, "tool_choice": "auto", "tools": []
+    });
+    if request["stream"] == true {
+        let mut created = response.clone();
+        created["status"] = json!("in_progress");
+        created["output"] = json!([]);
+        let events = [
+            ("response.created", json!({"type": "response.created", "sequence_number": 0, "response": created})),
+            (
+                "response.output_text.delta",
+                json!({"type": "response.output_text.delta", "sequence_number": 1, "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": "Hello from ", "logprobs": []}),
+            ),
+            (
+                "response.output_text.delta",
+                json!({"type": "response.output_text.delta", "sequence_number": 2, "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": "the emulated provider", "logprobs": []}),
+            ),
+            ("response.completed", json!({"type": "response.completed", "sequence_number": 3, "response": response})),
+        ];
+        return sse(events.iter().map(|(name, data)| format!("event: {name}\ndata: {data}\n\n")).collect());
+    }
+    HttpResponse::Ok().json(response)
 }

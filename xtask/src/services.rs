@@ -271,6 +271,16 @@ fn sandbox_image(home: &Path) -> Result<()> {
         .arg(&rootfs)
         .arg("http://deb.debian.org/debian")
         .stdout(Stdio::null()))?;
+    let python = fs::read_to_string(root.join("python-packages")).unwrap_or_default();
+    let wanted: Vec<&str> = python.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    if !wanted.is_empty() {
+        // Wheels for CPython 3.11 on glibc: the image's python3 is 3.11 too.
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--no-compile", "--disable-pip-version-check", "--target"])
+            .arg(rootfs.join("usr/lib/python3/dist-packages"))
+            .args(&wanted)
+            .stdout(Stdio::null()))?;
+    }
     // The agent's user: numeric ids match the sandbox config, so tools that
     // look up the current user (git, python) find it.
     append(&rootfs.join("etc/passwd"), "paddock:x:1000:1000:paddock agent:/tmp:/bin/bash\n")?;

@@ -236,3 +236,58 @@ async fn token_budgets_are_reserved_before_a_call_and_settled_after_it() {
     }
     providers.stop().await;
 }
+
+const SDKS: &str = r#"python3 - <<'PY'
+import openai, anthropic
+question = [{"role": "user", "content": "hi"}]
+o = openai.OpenAI()
+print("chat:", o.chat.completions.create(model="gpt-test", messages=question).choices[0].message.content)
+chunks = o.chat.completions.create(model="gpt-test", messages=question, stream=True)
+print("chat stream:", "".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+print("responses:", o.responses.create(model="gpt-test", input="hi").output_text)
+events = o.responses.create(model="gpt-test", input="hi", stream=True)
+print("responses stream:", "".join(e.delta for e in events if e.type == "response.output_text.delta"))
+a = anthropic.Anthropic()
+print("messages:", a.messages.create(model="claude-test", max_tokens=16, messages=question).content[0].text)
+events = a.messages.create(model="claude-test", max_tokens=16, messages=question, stream=True)
+print("messages stream:", "".join(e.delta.text for e in events if e.type == "content_block_delta"))
+try:
+    o.chat.completions.create(model="gpt-forbidden", messages=question)
+except openai.PermissionDeniedError as e:
+    print("refused:", e.status_code)
+PY"#;
+
+#[tokio::test]
+async fn the_official_openai_and_anthropic_sdks_work_through_the_gateway() {
+    let providers = EmulatedProviders::start().await;
+    let providers_json = json!({
+        "emulated-openai": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-test"]},
+        "emulated-anthropic": {"kind": "anthropic", "base_url": providers.base_url, "api_key": providers.key, "models": ["claude-test"]},
+    })
+    .to_string();
+    let app = spawn_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", SDKS),
+        ("PADDOCK_GATEWAY__PROVIDERS", providers_json.as_str()),
+        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["emulated-openai", "emulated-anthropic"]"#),
+    ])
+    .await;
+    let repo = app.repo(&[("README.md", b"# x\n")]);
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "use the SDKs").await;
+    let run = app.wait_until_finished(&id).await;
+    let logs = app.logs_of(&run).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    for line in [
+        "\nchat: Hello from the emulated provider",
+        "\nchat stream: Hello from the emulated provider",
+        "\nresponses: Hello from the emulated provider",
+        "\nresponses stream: Hello from the emulated provider",
+        "\nmessages: Hello from the emulated provider",
+        "\nmessages stream: Hello from the emulated provider",
+        "\nrefused: 403",
+    ] {
+        assert!(logs.contains(line), "{line:?} missing:\n{logs}");
+    }
+    worker.shutdown().await;
+    providers.stop().await;
+}
