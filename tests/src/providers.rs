@@ -57,14 +57,22 @@ fn sse(events: Vec<String>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/event-stream").body(events.concat())
 }
 
-async fn openai(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+/// Checks the OpenAI bearer key, records the body and parses it.
+fn openai_request(req: &HttpRequest, body: &[u8], state: &State) -> Result<Value, Box<HttpResponse>> {
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if auth != format!("Bearer {}", state.key) {
-        return HttpResponse::Unauthorized().json(json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}));
+        return Err(Box::new(HttpResponse::Unauthorized().json(json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}))));
     }
-    let text = String::from_utf8_lossy(&body).into_owned();
+    let text = String::from_utf8_lossy(body).into_owned();
     state.received.lock().unwrap().push(text.clone());
-    let request: Value = serde_json::from_str(&text).unwrap_or_default();
+    Ok(serde_json::from_str(&text).unwrap_or_default())
+}
+
+async fn openai(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    let request = match openai_request(&req, &body, &state) {
+        Ok(request) => request,
+        Err(refusal) => return *refusal,
+    };
     let model = request["model"].as_str().unwrap_or_default().to_owned();
     if request["stream"] == true {
         let chunks = ["Hel", "lo from ", "the emulated provider"]
@@ -118,13 +126,10 @@ async fn anthropic(req: HttpRequest, body: web::Bytes, state: web::Data<State>) 
 }
 
 async fn responses(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
-    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if auth != format!("Bearer {}", state.key) {
-        return HttpResponse::Unauthorized().json(json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}));
-    }
-    let text = String::from_utf8_lossy(&body).into_owned();
-    state.received.lock().unwrap().push(text.clone());
-    let request: Value = serde_json::from_str(&text).unwrap_or_default();
+    let request = match openai_request(&req, &body, &state) {
+        Ok(request) => request,
+        Err(refusal) => return *refusal,
+    };
     let output_text = "Hello from the emulated provider";
     let response = json!({
         "id": "resp_1", "object": "response", "created_at": 1, "model": request["model"], "status": "completed",

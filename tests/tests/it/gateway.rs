@@ -20,21 +20,29 @@ curl -sS -o /dev/null -w 'wrong token: %{http_code}\n' "$OPENAI_BASE_URL/chat/co
 curl -sS -o /dev/null -w 'anthropic wrong token: %{http_code}\n' "$ANTHROPIC_BASE_URL/v1/messages" -H "x-api-key: nope" -d "$ANTH"
 env | grep -c provider-key || echo "no provider key in the sandbox""#;
 
+const ALLOWED: &str = r#"["emulated-openai", "emulated-anthropic"]"#;
+
+/// `gateway.providers` for the emulated OpenAI and Anthropic servers, plus a
+/// provider that is configured but not allowed, offering `unused_models`.
+fn providers_with(providers: &EmulatedProviders, unused_models: &[&str]) -> String {
+    json!({
+        "emulated-openai": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-test"]},
+        "emulated-anthropic": {"kind": "anthropic", "base_url": providers.base_url, "api_key": providers.key, "models": ["claude-test"]},
+        "unused": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": unused_models},
+    })
+    .to_string()
+}
+
 #[tokio::test]
 async fn agents_reach_allowed_models_through_the_gateway_with_secrets_redacted() {
     let providers = EmulatedProviders::start().await;
     let registered = format!("registered-secret-{}", ulid::Ulid::new());
-    let providers_json = json!({
-        "emulated-openai": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-test"]},
-        "emulated-anthropic": {"kind": "anthropic", "base_url": providers.base_url, "api_key": providers.key, "models": ["claude-test"]},
-        "unused": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-forbidden"]},
-    })
-    .to_string();
+    let providers_json = providers_with(&providers, &["gpt-forbidden"]);
     let redact = json!([registered]).to_string();
     let app = spawn_app(&[
         ("PADDOCK_AGENTS__DEFAULT__COMMAND", AGENT),
         ("PADDOCK_GATEWAY__PROVIDERS", providers_json.as_str()),
-        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["emulated-openai", "emulated-anthropic"]"#),
+        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", ALLOWED),
         ("PADDOCK_GATEWAY__REDACT", redact.as_str()),
     ])
     .await;
@@ -260,15 +268,11 @@ PY"#;
 #[tokio::test]
 async fn the_official_openai_and_anthropic_sdks_work_through_the_gateway() {
     let providers = EmulatedProviders::start().await;
-    let providers_json = json!({
-        "emulated-openai": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-test"]},
-        "emulated-anthropic": {"kind": "anthropic", "base_url": providers.base_url, "api_key": providers.key, "models": ["claude-test"]},
-    })
-    .to_string();
+    let providers_json = providers_with(&providers, &[]);
     let app = spawn_app(&[
         ("PADDOCK_AGENTS__DEFAULT__COMMAND", SDKS),
         ("PADDOCK_GATEWAY__PROVIDERS", providers_json.as_str()),
-        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["emulated-openai", "emulated-anthropic"]"#),
+        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", ALLOWED),
     ])
     .await;
     let repo = app.repo(&[("README.md", b"# x\n")]);
