@@ -186,6 +186,12 @@ pub struct ProviderConfig {
     pub api_key: SecretString,
     /// Models this provider may be asked for.
     pub models: Vec<String>,
+    /// Azure OpenAI: the `api-version` query parameter.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Azure OpenAI: model name → deployment name (default: the same name).
+    #[serde(default)]
+    pub deployments: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +201,8 @@ pub enum ProviderKind {
     Openai,
     /// Anthropic Messages.
     Anthropic,
+    /// Azure OpenAI: OpenAI's wire API on deployment paths, `api-key` header.
+    AzureOpenai,
 }
 
 impl Default for GatewayConfig {

@@ -31,6 +31,7 @@ impl EmulatedProviders {
                 .app_data(state.clone())
                 .route("/v1/chat/completions", web::post().to(openai))
                 .route("/v1/responses", web::post().to(responses))
+                .route("/openai/deployments/{deployment}/chat/completions", web::post().to(azure))
                 .route("/v1/messages", web::post().to(anthropic))
         })
         .workers(1)
@@ -158,4 +159,22 @@ async fn responses(req: HttpRequest, body: web::Bytes, state: web::Data<State>) 
         return sse(events.iter().map(|(name, data)| format!("event: {name}\ndata: {data}\n\n")).collect());
     }
     HttpResponse::Ok().json(response)
+}
+
+/// Azure OpenAI: deployment path, `api-key` header, `api-version` query.
+async fn azure(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    let key = req.headers().get("api-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if key != state.key {
+        return HttpResponse::Unauthorized().json(json!({"error": {"code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint."}}));
+    }
+    if !req.query_string().starts_with("api-version=") {
+        return HttpResponse::NotFound().json(json!({"error": {"code": "404", "message": "Resource not found"}}));
+    }
+    let deployment = req.match_info().query("deployment").to_owned();
+    state.received.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+    HttpResponse::Ok().json(json!({
+        "id": "chatcmpl-az", "object": "chat.completion", "model": deployment,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("Hello from deployment {deployment}")}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+    }))
 }

@@ -295,3 +295,30 @@ async fn the_official_openai_and_anthropic_sdks_work_through_the_gateway() {
     worker.shutdown().await;
     providers.stop().await;
 }
+
+#[tokio::test]
+async fn azure_openai_deployments_get_their_path_and_api_key_header() {
+    let providers = EmulatedProviders::start().await;
+    let queue = tests::fixtures::fresh_queue(None, false).await;
+    let mut config = gateway_config(&providers, 0);
+    let base = providers.base_url.trim_end_matches("/v1").to_owned();
+    let azure = serde_json::from_value(json!({
+        "kind": "azure_openai", "base_url": base, "api_key": providers.key, "models": ["gpt-4o"],
+        "api_version": "2024-10-21", "deployments": {"gpt-4o": "prod-gpt4o"}
+    }))
+    .unwrap();
+    config.providers.insert("azure-openai-prod".to_owned(), azure);
+    config.allowed_providers.push("azure-openai-prod".to_owned());
+    let (token, server, _) = serve_run(&providers, &queue, "acme", &config, std::time::Duration::from_secs(3600)).await;
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", server.address))
+        .bearer_auth(&token)
+        .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello from deployment prod-gpt4o");
+    providers.stop().await;
+}

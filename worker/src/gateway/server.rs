@@ -201,10 +201,13 @@ impl RunGateway {
         let model = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned));
-        let kind = if wire == Wire::Anthropic { ProviderKind::Anthropic } else { ProviderKind::Openai };
+        let speaks = |kind: ProviderKind| match wire {
+            Wire::Anthropic => kind == ProviderKind::Anthropic,
+            Wire::OpenAi => matches!(kind, ProviderKind::Openai | ProviderKind::AzureOpenai),
+        };
         let provider = model
             .as_deref()
-            .and_then(|m| self.allowed().find(|(_, p)| p.kind == kind && p.models.iter().any(|x| x == m)));
+            .and_then(|m| self.allowed().find(|(_, p)| speaks(p.kind) && p.models.iter().any(|x| x == m)));
         let Some((provider_name, provider)) = provider else {
             let message =
                 format!("model {:?} is not offered by any provider this run may use", model.unwrap_or_default());
@@ -242,10 +245,11 @@ impl RunGateway {
         }
         let (redacted, counts) = self.redactor.redact(&text);
         let redacted_request = redacted.clone();
-        let url = format!("{}/{suffix}", provider.base_url.trim_end_matches('/'));
+        let url = upstream_url(provider, suffix, model.as_deref().unwrap_or_default());
         let mut upstream = self.http.post(url).header("content-type", "application/json").body(redacted);
         upstream = match provider.kind {
             ProviderKind::Openai => upstream.bearer_auth(provider.api_key.expose_secret()),
+            ProviderKind::AzureOpenai => upstream.header("api-key", provider.api_key.expose_secret()),
             ProviderKind::Anthropic => {
                 let version = anthropic_version.unwrap_or(HeaderValue::from_static("2023-06-01"));
                 let mut u =
@@ -415,6 +419,20 @@ impl Drop for Settlement {
             None => 0,
         };
         self.book(actual);
+    }
+}
+
+/// Where a call goes: `<base>/<suffix>`, or for Azure OpenAI the model's
+/// deployment path with its `api-version`.
+fn upstream_url(provider: &ProviderConfig, suffix: &str, model: &str) -> String {
+    let base = provider.base_url.trim_end_matches('/');
+    match provider.kind {
+        ProviderKind::AzureOpenai => {
+            let deployment = provider.deployments.get(model).map_or(model, String::as_str);
+            let version = provider.api_version.as_deref().unwrap_or("2024-10-21");
+            format!("{base}/openai/deployments/{deployment}/{suffix}?api-version={version}")
+        }
+        _ => format!("{base}/{suffix}"),
     }
 }
 
