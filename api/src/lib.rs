@@ -9,6 +9,7 @@ pub mod limits;
 pub mod openapi;
 pub mod policies;
 pub mod problem;
+pub mod providers;
 pub mod queue;
 pub mod runs;
 pub mod startup;

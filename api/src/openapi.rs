@@ -7,7 +7,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{InfoBuilder, OpenApi};
 use utoipa_actix_web::AppExt;
 
-use crate::{health, limits, policies, problem, queue, runs, startup};
+use crate::{health, limits, policies, problem, providers, queue, runs, startup};
 
 /// Registers every route on `app`; returns the app and its OpenAPI document.
 pub fn routes<T>(app: App<T>) -> (App<T>, OpenApi)
@@ -37,6 +37,8 @@ where
         .service(policies::handlers::get_policies)
         .service(policies::handlers::put_tenant_policy)
         .service(policies::handlers::put_repo_policy)
+        .service(providers::handlers::get_llm_policy)
+        .service(providers::handlers::put_llm_policy)
         .default_service(actix_web::web::to(problem::not_found))
         .split_for_parts();
     doc.info = InfoBuilder::new()

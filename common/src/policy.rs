@@ -6,7 +6,87 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ValidationError;
-use crate::config::{EgressPreset, SandboxConfig};
+use crate::config::{EgressPreset, GatewayConfig, PromptContent, SandboxConfig};
+
+/// Which model providers runs may use and what their transcripts keep, in
+/// the shape platform teams already write. Set through the API; without
+/// one, the gateway configuration decides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmPolicy {
+    /// Provider used when a model is offered by several (must be allowed).
+    pub default_provider: Option<String>,
+    /// Providers (from the gateway configuration) runs may use.
+    pub allowed_providers: Vec<String>,
+    /// Names that are never allowed, whatever else says so.
+    #[serde(default)]
+    pub disallowed: Vec<String>,
+    #[serde(default)]
+    pub logging: LlmLogging,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmLogging {
+    #[schema(value_type = String, example = "redacted")]
+    pub prompt_content: PromptContent,
+    /// How long call metadata is kept, e.g. `retained_180_days`.
+    pub metadata: String,
+}
+
+impl Default for LlmLogging {
+    fn default() -> Self {
+        Self { prompt_content: PromptContent::Redacted, metadata: "retained_180_days".to_owned() }
+    }
+}
+
+impl LlmPolicy {
+    /// Refuses names the gateway does not know and contradictions.
+    pub fn validate(&self, gateway: &GatewayConfig) -> Result<(), ValidationError> {
+        for name in &self.allowed_providers {
+            if !gateway.providers.contains_key(name) {
+                return Err(ValidationError::new(
+                    "allowed_providers",
+                    format!("`{name}` is not a configured provider"),
+                ));
+            }
+            if self.disallowed.contains(name) {
+                return Err(ValidationError::new("disallowed", format!("`{name}` is both allowed and disallowed")));
+            }
+        }
+        if let Some(default) = &self.default_provider
+            && !self.allowed_providers.contains(default)
+        {
+            return Err(ValidationError::new(
+                "default_provider",
+                format!("`{default}` is not among allowed_providers"),
+            ));
+        }
+        let retention_ok = self
+            .logging
+            .metadata
+            .strip_prefix("retained_")
+            .and_then(|r| r.strip_suffix("_days"))
+            .is_some_and(|d| d.parse::<u32>().is_ok_and(|d| d > 0));
+        if !retention_ok {
+            return Err(ValidationError::new("logging.metadata", "must look like `retained_180_days`"));
+        }
+        Ok(())
+    }
+
+    /// The gateway configuration with this policy applied.
+    pub fn apply(&self, gateway: &GatewayConfig) -> GatewayConfig {
+        let mut applied = gateway.clone();
+        applied.allowed_providers =
+            self.allowed_providers.iter().filter(|p| !self.disallowed.contains(p)).cloned().collect();
+        if let Some(default) = &self.default_provider {
+            // The default provider is tried first when several offer a model.
+            applied.allowed_providers.sort_by_key(|p| p != default);
+        }
+        applied.prompt_content = self.logging.prompt_content;
+        applied
+    }
+}
 
 /// A fully resolved policy, as recorded on a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -172,13 +172,14 @@ impl Runtime {
         drop(proxy);
         let (calls, transcript) = match models {
             Some(models) => {
-                let (calls, transcript) = (models.gateway.calls(), models.gateway.transcript());
+                let keep = models.gateway.config.prompt_content;
+                let (calls, transcript) = (models.gateway.calls(), (models.gateway.transcript(), keep));
                 if let Err(error) = self.queue.revoke_gateway_token(&models.gateway.token_hash).await {
                     tracing::warn!(run_id = %run.id, %error, "revoking the run token failed; it expires with its TTL");
                 }
                 (calls, transcript)
             }
-            None => (Vec::new(), Vec::new()),
+            None => (Vec::new(), (Vec::new(), PromptContent::Omitted)),
         };
         match session {
             Ok(SessionEnd::Stopped(interrupt)) => Ending::Interrupted(interrupt),
@@ -218,7 +219,13 @@ impl Runtime {
         sandbox: &Sandbox,
         policy: &SandboxPolicy,
     ) -> Result<Option<RunModels>, String> {
-        let config = &self.config.gateway;
+        // The provider policy set through the API wins over the configured
+        // one; if it cannot be read, no model call is allowed (fail closed).
+        let config = match self.queue.llm_policy().await {
+            Ok(Some(policy)) => policy.apply(&self.config.gateway),
+            Ok(None) => self.config.gateway.clone(),
+            Err(e) => return Err(format!("reading the provider policy failed: {e}")),
+        };
         if config.allowed_providers.is_empty() {
             return Ok(None);
         }
@@ -250,9 +257,9 @@ impl Runtime {
 
     /// The transcript as JSON Lines: call metadata always, prompt and
     /// completion redacted (or omitted, by `gateway.prompt_content`).
-    fn transcript_jsonl(&self, entries: &[TranscriptEntry]) -> String {
+    fn transcript_jsonl(&self, entries: &[TranscriptEntry], content: PromptContent) -> String {
         let redactor = self.redactor(None);
-        let keep = self.config.gateway.prompt_content == PromptContent::Redacted;
+        let keep = content == PromptContent::Redacted;
         let mut out = String::new();
         for entry in entries {
             let content = |text: &str| keep.then(|| redactor.redact(text).0);
@@ -494,7 +501,8 @@ impl Runtime {
         diff: Vec<u8>,
         facts: Option<Facts>,
     ) -> Ending {
-        let transcript = facts.as_ref().map(|f| self.transcript_jsonl(&f.transcript)).unwrap_or_default();
+        let transcript =
+            facts.as_ref().map(|f| self.transcript_jsonl(&f.transcript.0, f.transcript.1)).unwrap_or_default();
         let mut kinds = vec![ArtifactKind::Logs, ArtifactKind::Diff, ArtifactKind::Summary];
         if !transcript.is_empty() {
             kinds.push(ArtifactKind::Transcript);
@@ -580,7 +588,7 @@ struct Facts {
     files_changed: Vec<String>,
     egress: Vec<EgressRecord>,
     calls: Vec<CallRecord>,
-    transcript: Vec<TranscriptEntry>,
+    transcript: (Vec<TranscriptEntry>, PromptContent),
 }
 
 /// The run summary stored as `summary.json`.

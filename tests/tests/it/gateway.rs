@@ -322,3 +322,49 @@ async fn azure_openai_deployments_get_their_path_and_api_key_header() {
     assert_eq!(body["choices"][0]["message"]["content"], "Hello from deployment prod-gpt4o");
     providers.stop().await;
 }
+
+#[tokio::test]
+async fn the_provider_policy_set_through_the_api_decides_what_runs_may_call() {
+    let providers = EmulatedProviders::start().await;
+    let providers_json = providers_with(&providers, &["gpt-spare"]);
+    let agent = r#"for m in gpt-test gpt-spare; do
+  curl -sS -o /dev/null -w "$m: %{http_code}\n" "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" -d "{\"model\":\"$m\",\"messages\":[]}"
+done"#;
+    let app = spawn_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", agent),
+        ("PADDOCK_GATEWAY__PROVIDERS", providers_json.as_str()),
+        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", ALLOWED),
+    ])
+    .await;
+    let put = |body: Value| app.client.put(app.url("/v1/llm-policy")).bearer_auth(&app.token).json(&body).send();
+    let current: Value = app.get("/v1/llm-policy").await.json().await.unwrap();
+    assert_eq!(current["allowed_providers"], json!(["emulated-openai", "emulated-anthropic"]));
+    let unknown = put(json!({"allowed_providers": ["personal-key"], "default_provider": null})).await.unwrap();
+    assert_eq!(unknown.status().as_u16(), 400);
+    let policy = json!({
+        "default_provider": "unused",
+        "allowed_providers": ["unused", "emulated-anthropic"],
+        "disallowed": ["emulated-openai", "personal-api-keys"],
+        "logging": {"prompt_content": "omitted", "metadata": "retained_180_days"}
+    });
+    let set = put(policy.clone()).await.unwrap();
+    assert_eq!(set.status().as_u16(), 200);
+    assert_eq!(app.get("/v1/llm-policy").await.json::<Value>().await.unwrap(), policy);
+
+    let repo = app.repo(&[("README.md", b"# x\n")]);
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "under policy").await;
+    let run = app.wait_until_finished(&id).await;
+    let logs = app.logs_of(&run).await;
+    assert!(logs.contains("\ngpt-test: 403"), "a disallowed provider was used:\n{logs}");
+    assert!(logs.contains("\ngpt-spare: 200"), "the newly allowed provider was refused:\n{logs}");
+    let transcript = String::from_utf8(app.artifact(&format!("runs/{id}/transcript.jsonl")).await.to_vec()).unwrap();
+    let line: Value = serde_json::from_str(transcript.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (line["provider"].as_str(), line["request"].is_null()),
+        (Some("unused"), true),
+        "content must be omitted: {line}"
+    );
+    worker.shutdown().await;
+    providers.stop().await;
+}

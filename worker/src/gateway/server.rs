@@ -155,8 +155,9 @@ impl RunGateway {
         self.calls.lock().unwrap_or_else(PoisonError::into_inner).push(record);
     }
 
+    /// Allowed providers in policy order (the default provider first).
     fn allowed(&self) -> impl Iterator<Item = (&String, &ProviderConfig)> {
-        self.config.providers.iter().filter(|(name, _)| self.config.allowed_providers.contains(name))
+        self.config.allowed_providers.iter().filter_map(|name| self.config.providers.get_key_value(name))
     }
 
     async fn authenticated(&self, req: &Request<Incoming>) -> bool {

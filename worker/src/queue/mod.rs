@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::config::RedisConfig;
-use common::policy::{PolicyOverride, SandboxPolicy};
+use common::policy::{LlmPolicy, PolicyOverride, SandboxPolicy};
 use common::{RunId, RunRecord, RunSpec, RunState, StopReason};
 use futures::StreamExt;
 use redis::{AsyncCommands, Script};
@@ -604,6 +604,20 @@ impl RunQueue {
             .arg(tenant_limit)
             .invoke_async(&mut conn)
             .await?)
+    }
+
+    /// The provider policy set through the API, if any.
+    pub async fn llm_policy(&self) -> Result<Option<LlmPolicy>, QueueError> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn.get(self.key("llm_policy")).await?;
+        json.map(|j| serde_json::from_str(&j).map_err(|e| corrupt("llm_policy", e))).transpose()
+    }
+
+    pub async fn set_llm_policy(&self, policy: &LlmPolicy) -> Result<(), QueueError> {
+        let json = serde_json::to_string(policy).map_err(|e| corrupt("llm_policy", e))?;
+        let mut conn = self.conn.clone();
+        let _: () = conn.set(self.key("llm_policy"), json).await?;
+        Ok(())
     }
 
     /// Stores a run's gateway token (its hash) until `ttl` passes or it is
