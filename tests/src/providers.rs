@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 struct State {
     key: String,
     received: Arc<Mutex<Vec<String>>>,
+    /// Streams the client abandoned before their end.
+    abandoned: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub struct EmulatedProviders {
@@ -18,6 +20,7 @@ pub struct EmulatedProviders {
     pub base_url: String,
     pub key: String,
     received: Arc<Mutex<Vec<String>>>,
+    abandoned: Arc<std::sync::atomic::AtomicUsize>,
     server: actix_web::dev::ServerHandle,
 }
 
@@ -25,7 +28,9 @@ impl EmulatedProviders {
     pub async fn start() -> Self {
         let key = format!("provider-key-{}", ulid::Ulid::new());
         let received = Arc::new(Mutex::new(Vec::new()));
-        let state = web::Data::new(State { key: key.clone(), received: received.clone() });
+        let abandoned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let state =
+            web::Data::new(State { key: key.clone(), received: received.clone(), abandoned: abandoned.clone() });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -41,7 +46,12 @@ impl EmulatedProviders {
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);
-        Self { base_url: format!("http://127.0.0.1:{port}/v1"), key, received, server: handle }
+        Self { base_url: format!("http://127.0.0.1:{port}/v1"), key, received, abandoned, server: handle }
+    }
+
+    /// How many slow streams (model `gpt-slow`) the far side abandoned.
+    pub fn abandoned_streams(&self) -> usize {
+        self.abandoned.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Every request body received so far.
@@ -75,6 +85,9 @@ async fn openai(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
         Err(refusal) => return *refusal,
     };
     let model = request["model"].as_str().unwrap_or_default().to_owned();
+    if model == "gpt-slow" {
+        return slow_stream(state.abandoned.clone());
+    }
     if request["stream"] == true {
         let chunks = ["Hel", "lo from ", "the emulated provider"]
             .iter()
@@ -177,4 +190,30 @@ async fn azure(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> H
         "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("Hello from deployment {deployment}")}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
     }))
+}
+
+/// Counts a stream as abandoned unless it reached its end (which takes the
+/// counter out first).
+struct Abandon(Option<Arc<std::sync::atomic::AtomicUsize>>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(counter) = self.0.take() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// Fifty chunks, 100 ms apart: long enough for a client to give up.
+fn slow_stream(abandoned: Arc<std::sync::atomic::AtomicUsize>) -> HttpResponse {
+    let stream = futures::stream::unfold((0u32, Abandon(Some(abandoned))), |(i, mut guard)| async move {
+        if i == 50 {
+            guard.0.take();
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let chunk = json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "x"}}]});
+        Some((Ok::<_, actix_web::Error>(web::Bytes::from(format!("data: {chunk}\n\n"))), (i + 1, guard)))
+    });
+    HttpResponse::Ok().content_type("text/event-stream").streaming(stream)
 }

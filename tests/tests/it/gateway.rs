@@ -368,3 +368,42 @@ done"#;
     worker.shutdown().await;
     providers.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_cancels_the_upstream_call_and_settles_its_budget() {
+    let providers = EmulatedProviders::start().await;
+    let queue = tests::fixtures::fresh_queue(None, false).await;
+    let mut config = gateway_config(&providers, 0);
+    config.providers.get_mut("emulated").unwrap().models.push("gpt-slow".to_owned());
+    config.run_token_budget = 100_000;
+    let (token, server, run) =
+        serve_run(&providers, &queue, "acme", &config, std::time::Duration::from_secs(3600)).await;
+    let mut response = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", server.address))
+        .bearer_auth(&token)
+        .json(&json!({"model": "gpt-slow", "stream": true, "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).starts_with("data: "), "the stream did not start");
+    let (_, reserved) = queue.run_tokens(run).await.unwrap();
+    assert!(reserved >= 500, "nothing was reserved for the call in flight");
+    drop(response);
+
+    let started = std::time::Instant::now();
+    loop {
+        let (used, reserved) = queue.run_tokens(run).await.unwrap();
+        if providers.abandoned_streams() == 1 && reserved == 0 {
+            assert!(used > 0, "the abandoned call was not booked");
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "upstream abandoned: {}, reserved still {reserved}",
+            providers.abandoned_streams()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    providers.stop().await;
+}
