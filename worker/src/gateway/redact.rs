@@ -20,10 +20,12 @@ use sha2::Sha256;
 pub struct Redactor {
     known: Option<AhoCorasick>,
     rules: Vec<(&'static str, Regex)>,
+    /// Too prone to false positives to replace: counted, left in place.
+    flag_only: Vec<(&'static str, Regex)>,
     key: Vec<u8>,
 }
 
-/// What a redaction pass found, by rule.
+/// What a redaction pass found, by rule (flag-only rules as `flagged:<rule>`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Redactions(pub BTreeMap<&'static str, u32>);
 
@@ -50,6 +52,14 @@ const RULES: &[(&str, &str)] = &[
     ("paddock-run-token", r"\bpdk_run_[0-9A-Za-z_-]{20,}"),
 ];
 
+const FLAG_ONLY: &[(&str, &str)] = &[
+    ("flagged:jwt", r"(?-u:\b)ey[0-9A-Za-z]{17}[0-9A-Za-z]*\.ey[0-9A-Za-z/_-]{17}"),
+    (
+        "flagged:generic-api-key",
+        r#"(?i-u)\b(?:api[_-]?key|secret|token|passw(?:or)?d|access[_-]?key|auth[_-]?token|credentials?|authorization)\b\s*[:=]\s*["']?[\w.=-]{10}"#,
+    ),
+];
+
 impl Redactor {
     /// `known` are the exact secrets of this context; empty ones are ignored.
     pub fn new(known: &[String], hmac_key: &[u8]) -> Self {
@@ -61,7 +71,8 @@ impl Redactor {
                 .expect("literal patterns always build")
         });
         let rules = RULES.iter().map(|(name, re)| (*name, Regex::new(re).expect("rules are valid"))).collect();
-        Self { known, rules, key: hmac_key.to_vec() }
+        let flag_only = FLAG_ONLY.iter().map(|(name, re)| (*name, Regex::new(re).expect("rules are valid"))).collect();
+        Self { known, rules, flag_only, key: hmac_key.to_vec() }
     }
 
     /// The marker for one secret; computed once per distinct secret a pass.
@@ -113,6 +124,12 @@ impl Redactor {
                 *counts.0.entry(name).or_default() += n;
             }
         }
+        for (name, re) in &self.flag_only {
+            let n = re.find_iter(&out).count() as u32;
+            if n > 0 {
+                *counts.0.entry(name).or_default() += n;
+            }
+        }
         (out, counts)
     }
 }
@@ -147,6 +164,18 @@ mod tests {
             assert!(out.starts_with("before [REDACTED:") && out.ends_with(" after"), "{out}");
             assert_eq!(counts.0.get(rule), Some(&1), "{rule}: {counts:?}");
         }
+    }
+
+    #[test]
+    fn jwts_and_generic_keys_are_flagged_not_replaced() {
+        let r = Redactor::new(&[], b"k");
+        let jwt = format!("ey{}.ey{}.{}", "J".repeat(20), "p".repeat(20), "s".repeat(12));
+        let text = format!("Authorization: {jwt}\nconfig: api_key = \"{}\"", "v".repeat(16));
+        let (out, counts) = r.redact(&text);
+        assert_eq!(out, text, "flag-only rules must not change the text");
+        assert_eq!(counts.0.get("flagged:jwt"), Some(&1));
+        // Both the `Authorization:` line and the `api_key =` line look like keys.
+        assert_eq!(counts.0.get("flagged:generic-api-key"), Some(&2));
     }
 
     #[test]
