@@ -407,3 +407,38 @@ async fn a_client_that_leaves_mid_stream_cancels_the_upstream_call_and_settles_i
     }
     providers.stop().await;
 }
+
+#[tokio::test]
+async fn canaries_of_every_redaction_class_never_reach_the_provider() {
+    let providers = EmulatedProviders::start().await;
+    let providers_json = providers_with(&providers, &[]);
+    let agent = r#"python3 -c 'import json, os; print(json.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": os.environ["PADDOCK_TASK_BODY"]}]}))' > /tmp/request.json
+curl -sS -o /dev/null -w 'status: %{http_code}\n' "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" -H 'content-type: application/json' -d @/tmp/request.json"#;
+    let app = spawn_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", agent),
+        ("PADDOCK_GATEWAY__PROVIDERS", providers_json.as_str()),
+        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", ALLOWED),
+    ])
+    .await;
+    let canaries = worker::gateway::canaries();
+    let prompt: String = canaries.iter().map(|(_, c)| format!("here: {c}\n")).collect();
+    let repo = app.repo(&[("README.md", b"# x\n")]);
+    let worker = app.spawn_worker().await;
+    let body = json!({"repository": repo, "base_ref": "main", "task": {"title": "leak", "body": prompt}});
+    let accepted: Value = app.post_run(&body).await.json().await.unwrap();
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let run = app.wait_until_finished(&id).await;
+    let logs = app.logs_of(&run).await;
+    assert!(logs.contains("\nstatus: 200"), "{logs}");
+    let received = providers.received();
+    assert_eq!(received.len(), 1);
+    let transcript = String::from_utf8(app.artifact(&format!("runs/{id}/transcript.jsonl")).await.to_vec()).unwrap();
+    for (rule, canary) in &canaries {
+        assert!(!received[0].contains(canary.as_str()), "{rule} reached the provider: {}", received[0]);
+        assert!(received[0].contains(&format!("[REDACTED:{rule}:")), "{rule} not redacted: {}", received[0]);
+        assert!(!transcript.contains(canary.as_str()), "{rule} reached the transcript");
+        assert!(!logs.contains(canary.as_str()), "{rule} reached the stored log");
+    }
+    worker.shutdown().await;
+    providers.stop().await;
+}

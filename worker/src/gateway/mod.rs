@@ -8,7 +8,7 @@
 mod redact;
 mod server;
 
-pub use redact::{Redactions, Redactor};
+pub use redact::{Redactions, Redactor, canaries};
 pub use server::{CallRecord, GatewayServer, RunGateway, TranscriptEntry};
 
 use std::io::Read;
