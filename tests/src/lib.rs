@@ -16,3 +16,11 @@ pub mod services;
 
 pub use apps::{TestApp, WorkerHandle, WorkerProcess, spawn_app};
 pub use git_server::GitServer;
+
+/// Asserts that `text` (usually a run's log) holds every one of `needles`,
+/// naming the first one missing.
+pub fn assert_contains_all(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "{needle:?} missing:\n{text}");
+    }
+}

@@ -114,15 +114,16 @@ async fn the_sandbox_has_no_route_out_no_dns_and_the_proxy_refuses_ip_literals()
     let (run, logs) = attack(NETWORK).await;
     assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
     // Each probe's own result line (the command text holds them quoted).
-    for what in [
-        "\nrefused: direct ip",
-        "\nrefused: direct metadata",
-        "\nproxied ip literal: 403",
-        "\nproxied metadata: 403",
-        "\nrefused: dns",
-    ] {
-        assert!(logs.contains(what), "{what} missing:\n{logs}");
-    }
+    tests::assert_contains_all(
+        &logs,
+        &[
+            "\nrefused: direct ip",
+            "\nrefused: direct metadata",
+            "\nproxied ip literal: 403",
+            "\nproxied metadata: 403",
+            "\nrefused: dns",
+        ],
+    );
     assert!(logs.contains("paddock: egress denied GET 192.0.2.1:80"), "{logs}");
     let summary = summary_of(&run).await;
     let egress = summary["egress"].as_array().unwrap();
@@ -273,19 +274,20 @@ async fn egress_goes_through_the_proxy_to_allowed_hosts_only() {
     let run = app.wait_until_finished(accepted["id"].as_str().unwrap()).await;
     let logs = app.logs_of(&run).await;
     assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
-    for expected in [
-        "\nhello from upstream 80",
-        "\nhello from upstream 443",
-        "\ndenied host: 403",
-        "CONNECT tunnel failed, response 403",
-        "\nrebinding: 403",
-        "\nother port: 403",
-        "\ngateway port 3128: open",
-        "\nother sandbox: unreachable",
-        "\nother proxy: unreachable",
-    ] {
-        assert!(logs.contains(expected), "{expected:?} missing:\n{logs}");
-    }
+    tests::assert_contains_all(
+        &logs,
+        &[
+            "\nhello from upstream 80",
+            "\nhello from upstream 443",
+            "\ndenied host: 403",
+            "CONNECT tunnel failed, response 403",
+            "\nrebinding: 403",
+            "\nother port: 403",
+            "\ngateway port 3128: open",
+            "\nother sandbox: unreachable",
+            "\nother proxy: unreachable",
+        ],
+    );
     for port in ["22", "80", "443", "2375", "2376", "3900", "3903", "6390", "8080", "10250", &open_port.to_string()] {
         assert!(logs.contains(&format!("\ngateway port {port}: closed")), "host port {port} reachable:\n{logs}");
     }

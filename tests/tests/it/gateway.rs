@@ -55,19 +55,20 @@ async fn agents_reach_allowed_models_through_the_gateway_with_secrets_redacted()
     let logs = app.logs_of(&run).await;
     assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
 
-    for expected in [
-        "\"content\":\"Hello from the emulated provider\"",
-        "data: [DONE]",
-        "\"content\":\"lo from \"",
-        "event: message_stop",
-        "\"id\":\"gpt-test\"",
-        "\ndisallowed model: 403",
-        "\nwrong token: 401",
-        "\nanthropic wrong token: 401",
-        "\nno provider key in the sandbox",
-    ] {
-        assert!(logs.contains(expected), "{expected:?} missing:\n{logs}");
-    }
+    tests::assert_contains_all(
+        &logs,
+        &[
+            "\"content\":\"Hello from the emulated provider\"",
+            "data: [DONE]",
+            "\"content\":\"lo from \"",
+            "event: message_stop",
+            "\"id\":\"gpt-test\"",
+            "\ndisallowed model: 403",
+            "\nwrong token: 401",
+            "\nanthropic wrong token: 401",
+            "\nno provider key in the sandbox",
+        ],
+    );
     assert!(!logs.contains("gpt-forbidden\",\"object"), "a disallowed model was listed:\n{logs}");
 
     let received = providers.received();
@@ -281,17 +282,18 @@ async fn the_official_openai_and_anthropic_sdks_work_through_the_gateway() {
     let run = app.wait_until_finished(&id).await;
     let logs = app.logs_of(&run).await;
     assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
-    for line in [
-        "\nchat: Hello from the emulated provider",
-        "\nchat stream: Hello from the emulated provider",
-        "\nresponses: Hello from the emulated provider",
-        "\nresponses stream: Hello from the emulated provider",
-        "\nmessages: Hello from the emulated provider",
-        "\nmessages stream: Hello from the emulated provider",
-        "\nrefused: 403",
-    ] {
-        assert!(logs.contains(line), "{line:?} missing:\n{logs}");
-    }
+    tests::assert_contains_all(
+        &logs,
+        &[
+            "\nchat: Hello from the emulated provider",
+            "\nchat stream: Hello from the emulated provider",
+            "\nresponses: Hello from the emulated provider",
+            "\nresponses stream: Hello from the emulated provider",
+            "\nmessages: Hello from the emulated provider",
+            "\nmessages stream: Hello from the emulated provider",
+            "\nrefused: 403",
+        ],
+    );
     worker.shutdown().await;
     providers.stop().await;
 }
