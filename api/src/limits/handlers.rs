@@ -58,7 +58,7 @@ pub struct LimitsView {
 #[utoipa::path(
     tag = "limits",
     responses(
-        (status = 200, body = LimitsView),
+        (status = 200, body = LimitsView, example = json!({"tenants": [{"tenant": "payments", "max_running": 20, "weight": 3.0}], "repositories": [{"tenant": "payments", "repository": "acme/ledger", "max_running": 2}]})),
         (status = 401, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))

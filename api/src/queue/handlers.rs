@@ -70,7 +70,12 @@ fn busy(c: &Counts) -> bool {
 #[utoipa::path(
     tag = "queue",
     responses(
-        (status = 200, body = QueueView),
+        (status = 200, body = QueueView, example = json!({
+            "totals": {"queued": 120, "delayed": 3, "running": 40, "cancelling": 1, "dispatchable": 95},
+            "tenants": [{"tenant": "payments", "queued": 100, "delayed": 3, "running": 30, "cancelling": 1, "dispatchable": 75}],
+            "repositories": [{"tenant": "payments", "repository": "acme/ledger", "queued": 25, "delayed": 0, "running": 2, "cancelling": 0}],
+            "dead_letters": 4
+        })),
         (status = 401, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))

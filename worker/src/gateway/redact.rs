@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use hmac::{Hmac, Mac};
@@ -19,9 +20,9 @@ use sha2::Sha256;
 /// Compiled once per worker (rules) and per run (known secrets).
 pub struct Redactor {
     known: Option<AhoCorasick>,
-    rules: Vec<(&'static str, Regex)>,
+    rules: &'static [Rule],
     /// Too prone to false positives to replace: counted, left in place.
-    flag_only: Vec<(&'static str, Regex)>,
+    flag_only: &'static [Rule],
     key: Vec<u8>,
 }
 
@@ -60,6 +61,22 @@ const FLAG_ONLY: &[(&str, &str)] = &[
     ),
 ];
 
+/// A named, compiled rule.
+type Rule = (&'static str, Regex);
+
+/// The rules, compiled once per process: a redactor is built per run and
+/// per stored log, and only its known secrets differ.
+fn compiled_rules() -> (&'static [Rule], &'static [Rule]) {
+    static COMPILED: OnceLock<(Vec<Rule>, Vec<Rule>)> = OnceLock::new();
+    let (rules, flag_only) = COMPILED.get_or_init(|| {
+        let compile = |set: &[(&'static str, &str)]| {
+            set.iter().map(|(name, re)| (*name, Regex::new(re).expect("rules are valid"))).collect()
+        };
+        (compile(RULES), compile(FLAG_ONLY))
+    });
+    (rules, flag_only)
+}
+
 impl Redactor {
     /// `known` are the exact secrets of this context; empty ones are ignored.
     pub fn new(known: &[String], hmac_key: &[u8]) -> Self {
@@ -70,8 +87,7 @@ impl Redactor {
                 .build(&known)
                 .expect("literal patterns always build")
         });
-        let rules = RULES.iter().map(|(name, re)| (*name, Regex::new(re).expect("rules are valid"))).collect();
-        let flag_only = FLAG_ONLY.iter().map(|(name, re)| (*name, Regex::new(re).expect("rules are valid"))).collect();
+        let (rules, flag_only) = compiled_rules();
         Self { known, rules, flag_only, key: hmac_key.to_vec() }
     }
 
@@ -108,7 +124,7 @@ impl Redactor {
             }
             None => text.to_owned(),
         };
-        for (name, re) in &self.rules {
+        for (name, re) in self.rules {
             // Each rule starts with a literal, so this check is a fast scan.
             if !re.is_match(&out) {
                 continue;
@@ -124,7 +140,7 @@ impl Redactor {
                 *counts.0.entry(name).or_default() += n;
             }
         }
-        for (name, re) in &self.flag_only {
+        for (name, re) in self.flag_only {
             let n = re.find_iter(&out).count() as u32;
             if n > 0 {
                 *counts.0.entry(name).or_default() += n;
