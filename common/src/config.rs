@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,6 +164,18 @@ pub struct GatewayConfig {
     pub run_token_budget: u64,
     /// Tokens one tenant may use per UTC day (0: no budget).
     pub tenant_daily_token_budget: u64,
+    /// US dollars one run may spend on models, at `providers.*.prices`
+    /// (0: no budget).
+    pub run_cost_budget_usd: f64,
+    /// US dollars one tenant may spend per UTC day (0: no budget).
+    pub tenant_daily_cost_budget_usd: f64,
+    /// Standalone gateway (`worker gateway`): where it listens, e.g.
+    /// `0.0.0.0:8089`.
+    pub listen: String,
+    /// Set on workers when a standalone gateway holds the provider keys:
+    /// its `host:port`. The worker then relays each run's gateway address
+    /// there and needs no provider configuration itself.
+    pub remote: Option<String>,
     /// What the run's transcript keeps of prompts and completions:
     /// `redacted` (default) or `omitted` (metadata only).
     pub prompt_content: PromptContent,
@@ -180,18 +192,51 @@ pub enum PromptContent {
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     pub kind: ProviderKind,
-    /// e.g. `https://api.openai.com/v1` or `https://api.anthropic.com/v1`.
+    /// e.g. `https://api.openai.com/v1`, `https://api.anthropic.com/v1` or
+    /// `https://us-east5-aiplatform.googleapis.com`.
     pub base_url: String,
-    #[serde(serialize_with = "serialize_secret")]
+    /// The provider's key (not used by `vertex`, which signs in with
+    /// `credentials_file`).
+    #[serde(serialize_with = "serialize_secret", default = "no_secret")]
     pub api_key: SecretString,
     /// Models this provider may be asked for.
     pub models: Vec<String>,
     /// Azure OpenAI: the `api-version` query parameter.
     #[serde(default)]
     pub api_version: Option<String>,
-    /// Azure OpenAI: model name → deployment name (default: the same name).
+    /// Model name → the provider's name for it: an Azure deployment, or a
+    /// Vertex model version such as `claude-sonnet-4@20250514` (default:
+    /// the same name).
     #[serde(default)]
     pub deployments: BTreeMap<String, String>,
+    /// Price per model, for cost metadata and cost budgets.
+    #[serde(default)]
+    pub prices: BTreeMap<String, ModelPrice>,
+    /// Vertex AI: the Google Cloud project and region.
+    #[serde(default)]
+    pub project: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Vertex AI: a service-account key file (JSON); the gateway exchanges
+    /// a signed assertion for a short-lived access token.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// `anthropic-beta` flags passed on to Vertex (others are dropped: the
+    /// cloud endpoints refuse flags they do not know).
+    #[serde(default)]
+    pub anthropic_betas: Vec<String>,
+}
+
+/// US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
+}
+
+fn no_secret() -> SecretString {
+    SecretString::from(String::new())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +248,9 @@ pub enum ProviderKind {
     Anthropic,
     /// Azure OpenAI: OpenAI's wire API on deployment paths, `api-key` header.
     AzureOpenai,
+    /// Claude on Google Vertex AI: Anthropic Messages on `rawPredict` /
+    /// `streamRawPredict`, OAuth access token from a service account.
+    Vertex,
 }
 
 impl Default for GatewayConfig {
@@ -218,12 +266,15 @@ impl Default for GatewayConfig {
             prompt_content: PromptContent::Redacted,
             run_token_budget: 0,
             tenant_daily_token_budget: 0,
+            run_cost_budget_usd: 0.0,
+            tenant_daily_cost_budget_usd: 0.0,
+            listen: "127.0.0.1:8089".to_owned(),
+            remote: None,
         }
     }
 }
 
 fn serialize_secrets<S: serde::Serializer>(secrets: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
-    use secrecy::ExposeSecret;
     use serde::ser::SerializeSeq;
     let mut seq = s.serialize_seq(Some(secrets.len()))?;
     for secret in secrets {
@@ -450,6 +501,44 @@ impl Config {
                 });
             }
         }
+        for (name, provider) in &self.gateway.providers {
+            let vertex = provider.kind == ProviderKind::Vertex;
+            if !vertex && provider.api_key.expose_secret().is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "gateway.providers",
+                    message: format!("`{name}` needs an api_key"),
+                });
+            }
+            if vertex
+                && (provider.project.is_none() || provider.region.is_none() || provider.credentials_file.is_none())
+            {
+                return Err(ConfigError::Invalid {
+                    key: "gateway.providers",
+                    message: format!("`{name}` (vertex) needs project, region and credentials_file"),
+                });
+            }
+            for (model, price) in &provider.prices {
+                if !(price.input_usd_per_mtok >= 0.0 && price.output_usd_per_mtok >= 0.0) {
+                    return Err(ConfigError::Invalid {
+                        key: "gateway.providers",
+                        message: format!("`{name}` has a negative or invalid price for `{model}`"),
+                    });
+                }
+            }
+        }
+        for (key, value) in [
+            ("gateway.run_cost_budget_usd", self.gateway.run_cost_budget_usd),
+            ("gateway.tenant_daily_cost_budget_usd", self.gateway.tenant_daily_cost_budget_usd),
+        ] {
+            if !(value >= 0.0 && value.is_finite()) {
+                return invalid(key, "must be a non-negative number of dollars");
+            }
+        }
+        if let Some(remote) = &self.gateway.remote
+            && remote.parse::<std::net::SocketAddr>().is_err()
+        {
+            return invalid("gateway.remote", "must be host:port with an IP address, e.g. 10.0.0.5:8089");
+        }
         if !self.agents.contains_key("default") {
             return invalid("agents.default", "must be configured: runs without a profile use it");
         }
@@ -525,6 +614,32 @@ mod tests {
         assert!(err.to_string().contains("concurency"), "{err}");
         let err = Config::load(None, env(&[("PADDOCK_WORKER__CONCURRENCY", "many")])).unwrap_err();
         assert!(err.to_string().contains("concurrency"), "{err}");
+    }
+
+    #[test]
+    fn gateway_settings_are_checked_with_the_key_named() {
+        let cases = [
+            ("PADDOCK_GATEWAY__RUN_COST_BUDGET_USD", "-1", "gateway.run_cost_budget_usd"),
+            ("PADDOCK_GATEWAY__REMOTE", "gateway.internal", "gateway.remote"),
+            (
+                "PADDOCK_GATEWAY__PROVIDERS",
+                r#"{"v": {"kind": "vertex", "base_url": "https://x", "models": ["m"], "project": "p"}}"#,
+                "gateway.providers",
+            ),
+            (
+                "PADDOCK_GATEWAY__PROVIDERS",
+                r#"{"o": {"kind": "openai", "base_url": "https://x", "models": ["m"]}}"#,
+                "needs an api_key",
+            ),
+        ];
+        for (key, value, named) in cases {
+            let err = Config::load(None, env(&[(key, value)])).unwrap_err();
+            assert!(err.to_string().contains(named), "{key}={value}: {err}");
+        }
+        let vertex = r#"{"v": {"kind": "vertex", "base_url": "https://x", "models": ["m"], "project": "p",
+            "region": "r", "credentials_file": "/etc/sa.json", "prices": {"m": {"input_usd_per_mtok": 3, "output_usd_per_mtok": 15}}}}"#;
+        let config = Config::load(None, env(&[("PADDOCK_GATEWAY__PROVIDERS", vertex)])).unwrap();
+        assert_eq!(config.gateway.providers["v"].prices["m"].output_usd_per_mtok, 15.0);
     }
 
     #[test]

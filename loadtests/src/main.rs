@@ -79,7 +79,8 @@ async fn gateway() {
     let queue = tests::fixtures::fresh_queue(None, false).await;
     let run = common::RunId::new();
     let token = mint_token().unwrap();
-    queue.put_gateway_token(&token_hash(&token), run, Duration::from_secs(600)).await.unwrap();
+    let grant = worker::queue::GatewayGrant { run, tenant: "bench".to_owned() };
+    queue.put_gateway_token(&token_hash(&token), &grant, Duration::from_secs(600)).await.unwrap();
     let mut config = common::config::GatewayConfig::default();
     let provider: common::config::ProviderConfig = serde_json::from_value(json!({
         "kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-test"]

@@ -221,19 +221,45 @@ impl TestApp {
     /// Like [`Self::spawn_worker_process`], with extra environment variables
     /// (for example canary secrets that must never reach a sandbox).
     pub fn spawn_worker_process_with_env(&self, extra: &[(&str, &str)]) -> WorkerProcess {
+        self.spawn_binary("worker", &[], extra)
+    }
+
+    /// Starts the standalone gateway (`worker gateway`) as a child process
+    /// with this app's settings plus `extra`, and waits until it answers.
+    pub async fn spawn_gateway_process(&self, listen: &str, extra: &[(&str, &str)]) -> WorkerProcess {
+        let mut env = vec![("PADDOCK_GATEWAY__LISTEN", listen), ("PADDOCK_GATEWAY__REMOTE", "")];
+        env.extend_from_slice(extra);
+        let process = self.spawn_binary("gateway", &["gateway"], &env);
+        let started = std::time::Instant::now();
+        while self.client.get(format!("http://{listen}/healthz")).send().await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "the gateway did not start:\n{}", process.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        process
+    }
+
+    /// The `worker` binary with `args`, this app's settings and `extra`
+    /// (an empty value removes a setting), logging to the scratch dir.
+    fn spawn_binary(&self, label: &str, args: &[&str], extra: &[(&str, &str)]) -> WorkerProcess {
         let bin = services::bin_dir().join("worker");
         assert!(bin.exists(), "{} is missing: build with `cargo build --bins`", bin.display());
-        let log = self.scratch.join(format!("worker-{}.log", ulid::Ulid::new()));
-        let file = std::fs::File::create(&log).expect("worker log");
-        let child = std::process::Command::new(bin)
-            .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "info")
-            .envs(extra.iter().copied())
+        let log = self.scratch.join(format!("{label}-{}.log", ulid::Ulid::new()));
+        let file = std::fs::File::create(&log).expect("process log");
+        let mut command = std::process::Command::new(bin);
+        command.args(args).envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))).env("RUST_LOG", "info");
+        for (key, value) in extra {
+            if value.is_empty() {
+                command.env_remove(key);
+            } else {
+                command.env(key, value);
+            }
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log fd"))
             .stderr(file)
             .spawn()
-            .expect("start worker process");
+            .expect("start the worker binary");
         WorkerProcess { child, log }
     }
 }

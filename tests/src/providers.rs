@@ -1,10 +1,13 @@
 //! Emulated model providers for tests: an OpenAI-compatible and an
 //! Anthropic-compatible server with the real paths, auth headers, error
-//! shapes and SSE streams, recording every request body they receive.
+//! shapes and SSE streams, recording every request body they receive; and
+//! Claude on Vertex AI behind a Google OAuth token endpoint that accepts
+//! only service-account assertions signed with a registered key.
 
 use std::sync::{Arc, Mutex};
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 #[derive(Clone)]
@@ -13,6 +16,17 @@ struct State {
     received: Arc<Mutex<Vec<String>>>,
     /// Streams the client abandoned before their end.
     abandoned: Arc<std::sync::atomic::AtomicUsize>,
+    google: Arc<Mutex<Google>>,
+}
+
+/// The emulated Google identity side: service accounts (email → public key
+/// PEM) and the access tokens issued (token → expiry).
+#[derive(Default)]
+struct Google {
+    accounts: std::collections::HashMap<String, Vec<u8>>,
+    tokens: std::collections::HashMap<String, std::time::Instant>,
+    /// How long issued tokens live.
+    lifetime_secs: u64,
 }
 
 pub struct EmulatedProviders {
@@ -21,6 +35,9 @@ pub struct EmulatedProviders {
     pub key: String,
     received: Arc<Mutex<Vec<String>>>,
     abandoned: Arc<std::sync::atomic::AtomicUsize>,
+    google: Arc<Mutex<Google>>,
+    /// `http://127.0.0.1:<port>`: the Vertex base URL and the token host.
+    pub root_url: String,
     server: actix_web::dev::ServerHandle,
 }
 
@@ -29,8 +46,13 @@ impl EmulatedProviders {
         let key = format!("provider-key-{}", ulid::Ulid::new());
         let received = Arc::new(Mutex::new(Vec::new()));
         let abandoned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let state =
-            web::Data::new(State { key: key.clone(), received: received.clone(), abandoned: abandoned.clone() });
+        let google = Arc::new(Mutex::new(Google { lifetime_secs: 3599, ..Google::default() }));
+        let state = web::Data::new(State {
+            key: key.clone(),
+            received: received.clone(),
+            abandoned: abandoned.clone(),
+            google: google.clone(),
+        });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -38,6 +60,11 @@ impl EmulatedProviders {
                 .route("/v1/responses", web::post().to(responses))
                 .route("/openai/deployments/{deployment}/chat/completions", web::post().to(azure))
                 .route("/v1/messages", web::post().to(anthropic))
+                .route("/token", web::post().to(google_token))
+                .route(
+                    "/v1/projects/{project}/locations/{location}/publishers/anthropic/models/{call}",
+                    web::post().to(vertex),
+                )
         })
         .workers(1)
         .bind(("127.0.0.1", 0))
@@ -46,7 +73,51 @@ impl EmulatedProviders {
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);
-        Self { base_url: format!("http://127.0.0.1:{port}/v1"), key, received, abandoned, server: handle }
+        Self {
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+            root_url: format!("http://127.0.0.1:{port}"),
+            key,
+            received,
+            abandoned,
+            google,
+            server: handle,
+        }
+    }
+
+    /// A new service account whose key the token endpoint trusts, written
+    /// as a Google key file in `dir`; `registered: false` writes a key the
+    /// endpoint does not know.
+    pub fn vertex_credentials(&self, dir: &std::path::Path, registered: bool) -> std::path::PathBuf {
+        let id = ulid::Ulid::new().to_string().to_lowercase();
+        let private = dir.join(format!("sa-{id}.pem"));
+        let ok = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+            .arg(&private)
+            .status()
+            .expect("openssl runs");
+        assert!(ok.success(), "openssl genpkey failed");
+        let public = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .output()
+            .expect("openssl runs");
+        let email = format!("paddock-{id}@acme-ai.iam.gserviceaccount.com");
+        if registered {
+            self.google.lock().unwrap().accounts.insert(email.clone(), public.stdout);
+        }
+        let key = json!({
+            "type": "service_account", "project_id": "acme-ai", "private_key_id": id,
+            "private_key": std::fs::read_to_string(&private).unwrap(), "client_email": email,
+            "token_uri": format!("{}/token", self.root_url),
+        });
+        let path = dir.join(format!("sa-{id}.json"));
+        std::fs::write(&path, key.to_string()).unwrap();
+        path
+    }
+
+    /// How many access tokens the token endpoint issued.
+    pub fn google_tokens_issued(&self) -> usize {
+        self.google.lock().unwrap().tokens.len()
     }
 
     /// How many slow streams (model `gpt-slow`) the far side abandoned.
@@ -88,6 +159,9 @@ async fn openai(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
     if model == "gpt-slow" {
         return slow_stream(state.abandoned.clone());
     }
+    if model == "gpt-leaky" {
+        return leaky_answer(request["stream"] == true);
+    }
     if request["stream"] == true {
         let chunks = ["Hel", "lo from ", "the emulated provider"]
             .iter()
@@ -118,22 +192,32 @@ async fn anthropic(req: HttpRequest, body: web::Bytes, state: web::Data<State>) 
     let text = String::from_utf8_lossy(&body).into_owned();
     state.received.lock().unwrap().push(text.clone());
     let request: Value = serde_json::from_str(&text).unwrap_or_default();
+    let model = request["model"].clone();
+    messages_answer(&request, model)
+}
+
+/// An Anthropic Messages answer, streamed or whole.
+fn messages_answer(request: &Value, model: Value) -> HttpResponse {
     if request["stream"] == true {
         let events = [
             (
                 "message_start",
-                json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": []}}),
+                json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": model, "content": [], "usage": {"input_tokens": 12, "output_tokens": 1}}}),
             ),
             (
                 "content_block_delta",
                 json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello from the emulated provider"}}),
+            ),
+            (
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 5}}),
             ),
             ("message_stop", json!({"type": "message_stop"})),
         ];
         return sse(events.iter().map(|(name, data)| format!("event: {name}\ndata: {data}\n\n")).collect());
     }
     HttpResponse::Ok().json(json!({
-        "id": "msg_1", "type": "message", "role": "assistant", "model": request["model"],
+        "id": "msg_1", "type": "message", "role": "assistant", "model": model,
         "content": [{"type": "text", "text": "Hello from the emulated provider"}],
         "stop_reason": "end_turn", "usage": {"input_tokens": 12, "output_tokens": 5}
     }))
@@ -216,4 +300,117 @@ fn slow_stream(abandoned: Arc<std::sync::atomic::AtomicUsize>) -> HttpResponse {
         Some((Ok::<_, actix_web::Error>(web::Bytes::from(format!("data: {chunk}\n\n"))), (i + 1, guard)))
     });
     HttpResponse::Ok().content_type("text/event-stream").streaming(stream)
+}
+
+/// An answer that repeats a credential the model should not have known,
+/// streamed with the credential split between two network writes.
+fn leaky_answer(stream: bool) -> HttpResponse {
+    let secret = format!("AKIA{}", "L".repeat(16));
+    if !stream {
+        return HttpResponse::Ok().json(json!({
+            "id": "chatcmpl-2", "object": "chat.completion", "model": "gpt-leaky",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("use {secret} here")}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+        }));
+    }
+    let event = format!(
+        "data: {}\n\n",
+        json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": format!("use {secret} here")}}]})
+    );
+    let (first, second) = event.split_at(event.find(&secret).unwrap() + 9);
+    let pieces = vec![first.to_owned(), second.to_owned(), "data: [DONE]\n\n".to_owned()];
+    let stream = futures::stream::iter(pieces).then(|piece| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        Ok::<_, actix_web::Error>(web::Bytes::from(piece))
+    });
+    HttpResponse::Ok().content_type("text/event-stream").streaming(stream)
+}
+
+/// Google's OAuth token endpoint for the JWT-bearer grant: the assertion
+/// must be RS256-signed by a registered service account, for this endpoint,
+/// with the cloud-platform scope and at most an hour of life.
+async fn google_token(
+    form: web::Form<std::collections::HashMap<String, String>>,
+    state: web::Data<State>,
+) -> HttpResponse {
+    let invalid = |description: &str| {
+        HttpResponse::BadRequest().json(json!({"error": "invalid_grant", "error_description": description}))
+    };
+    if form.get("grant_type").map(String::as_str) != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
+        return HttpResponse::BadRequest()
+            .json(json!({"error": "unsupported_grant_type", "error_description": "Invalid grant_type"}));
+    }
+    let Some(assertion) = form.get("assertion") else { return invalid("Missing assertion") };
+    // Read the issuer first, to know whose key must have signed it.
+    let mut peek = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    peek.insecure_disable_signature_validation();
+    peek.validate_aud = false;
+    let no_key = jsonwebtoken::DecodingKey::from_secret(&[]);
+    let Ok(unverified) = jsonwebtoken::decode::<Value>(assertion, &no_key, &peek) else {
+        return invalid("Invalid JWT: malformed");
+    };
+    let email = unverified.claims["iss"].as_str().unwrap_or_default().to_owned();
+    let Some(public) = state.google.lock().unwrap().accounts.get(&email).cloned() else {
+        return invalid("Invalid JWT Signature.");
+    };
+    let Ok(key) = jsonwebtoken::DecodingKey::from_rsa_pem(&public) else { return invalid("Invalid key") };
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&[unverified.claims["aud"].as_str().unwrap_or_default()]);
+    let Ok(verified) = jsonwebtoken::decode::<Value>(assertion, &key, &validation) else {
+        return invalid("Invalid JWT Signature.");
+    };
+    let claims = verified.claims;
+    let aud_ok = claims["aud"].as_str().is_some_and(|a| a.ends_with("/token"));
+    let life = claims["exp"].as_u64().unwrap_or(0).saturating_sub(claims["iat"].as_u64().unwrap_or(0));
+    if !aud_ok || life > 3600 || claims["scope"] != "https://www.googleapis.com/auth/cloud-platform" {
+        return invalid("Invalid JWT: audience, scope or lifetime");
+    }
+    let token = format!("ya29.{}", ulid::Ulid::new());
+    let mut google = state.google.lock().unwrap();
+    let lifetime = google.lifetime_secs;
+    google.tokens.insert(token.clone(), std::time::Instant::now() + std::time::Duration::from_secs(lifetime));
+    HttpResponse::Ok().json(json!({"access_token": token, "expires_in": lifetime, "token_type": "Bearer"}))
+}
+
+/// Claude on Vertex AI: `<model>@<version>:rawPredict` or
+/// `:streamRawPredict` (and `count-tokens:rawPredict`), an OAuth bearer
+/// token, no `model` in the body and `anthropic_version` in it.
+async fn vertex(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    let google_error = |status: u16, message: &str, kind: &str| {
+        HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+            .json(json!({"error": {"code": status, "message": message, "status": kind}}))
+    };
+    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let live = auth
+        .strip_prefix("Bearer ")
+        .and_then(|t| state.google.lock().unwrap().tokens.get(t).copied())
+        .is_some_and(|until| std::time::Instant::now() < until);
+    if !live {
+        return google_error(
+            401,
+            "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
+            "UNAUTHENTICATED",
+        );
+    }
+    let call = req.match_info().query("call").to_owned();
+    let Some((model, method)) = call.split_once(':') else {
+        return google_error(404, "The requested URL was not found on this server.", "NOT_FOUND");
+    };
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let request: Value = serde_json::from_str(&text).unwrap_or_default();
+    if request["anthropic_version"] != "vertex-2023-10-16" {
+        return google_error(400, "anthropic_version: vertex-2023-10-16 is required", "INVALID_ARGUMENT");
+    }
+    state.received.lock().unwrap().push(text.clone());
+    if model == "count-tokens" {
+        return HttpResponse::Ok().json(json!({"input_tokens": 9}));
+    }
+    if request.get("model").is_some() {
+        return google_error(400, "model: Extra inputs are not permitted", "INVALID_ARGUMENT");
+    }
+    let streaming = request["stream"] == true;
+    if (method == "streamRawPredict") != streaming || !matches!(method, "rawPredict" | "streamRawPredict") {
+        return google_error(400, "stream must match the method", "INVALID_ARGUMENT");
+    }
+    messages_answer(&request, json!(model))
 }

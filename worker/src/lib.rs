@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod egress;
 pub mod gateway;
 pub mod git;
+pub mod listener;
 pub mod queue;
 pub mod runner;
 pub mod sandbox;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::config::{AgentConfig, Config, PromptContent};
+use common::config::{AgentConfig, Config};
 use common::policy::SandboxPolicy;
 use common::{ArtifactKind, RunId, StopReason};
 use futures::StreamExt;
@@ -18,9 +18,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::artifacts::{ObjectStore, S3Store};
 use crate::egress::{EgressPolicy, EgressProxy, EgressRecord};
-use crate::gateway::{CallRecord, GatewayServer, Redactor, RunGateway, TranscriptEntry, mint_token, token_hash};
+use crate::gateway::{CallRecord, GatewayServer, Redactor, Relay, RunGateway, mint_token, token_hash};
 use crate::git::{self, GitError};
-use crate::queue::{ClaimedRun, LeaseGuard, Leases, Outcome, RunQueue};
+use crate::queue::{ClaimedRun, GatewayGrant, LeaseGuard, Leases, Outcome, RunQueue};
 use crate::sandbox::{Exec, Sandbox, SandboxDriver, SandboxError, tar_tree};
 
 /// Everything a run needs, shared by all runs of a worker process.
@@ -171,15 +171,8 @@ impl Runtime {
         let egress = proxy.log.records();
         drop(proxy);
         let (calls, transcript) = match models {
-            Some(models) => {
-                let keep = models.gateway.config.prompt_content;
-                let (calls, transcript) = (models.gateway.calls(), (models.gateway.transcript(), keep));
-                if let Err(error) = self.queue.revoke_gateway_token(&models.gateway.token_hash).await {
-                    tracing::warn!(run_id = %run.id, %error, "revoking the run token failed; it expires with its TTL");
-                }
-                (calls, transcript)
-            }
-            None => (Vec::new(), (Vec::new(), PromptContent::Omitted)),
+            Some(models) => self.close_gateway(run.id, models).await,
+            None => (Vec::new(), Vec::new()),
         };
         match session {
             Ok(SessionEnd::Stopped(interrupt)) => Ending::Interrupted(interrupt),
@@ -212,70 +205,101 @@ impl Runtime {
     }
 
     /// Mints the run's gateway token and serves the gateway on the sandbox
-    /// network, when any provider is allowed.
+    /// network (or relays it to the standalone gateway), when any provider
+    /// is allowed.
     async fn start_gateway(
         &self,
         run: &ClaimedRun,
         sandbox: &Sandbox,
         policy: &SandboxPolicy,
     ) -> Result<Option<RunModels>, String> {
+        let remote = self.config.gateway.remote.as_deref().and_then(|r| r.parse::<SocketAddr>().ok());
         // The provider policy set through the API wins over the configured
         // one; if it cannot be read, no model call is allowed (fail closed).
+        // A standalone gateway applies it itself.
         let config = match self.queue.llm_policy().await {
             Ok(Some(policy)) => policy.apply(&self.config.gateway),
             Ok(None) => self.config.gateway.clone(),
             Err(e) => return Err(format!("reading the provider policy failed: {e}")),
         };
-        if config.allowed_providers.is_empty() {
+        if remote.is_none() && config.allowed_providers.is_empty() {
             return Ok(None);
         }
         let token = mint_token().map_err(|e| format!("minting the run token failed: {e}"))?;
         let hash = token_hash(&token);
         let ttl = Duration::from_secs(policy.timeout_seconds + 300);
+        let grant = GatewayGrant { run: run.id, tenant: run.spec.tenant.clone() };
         self.queue
-            .put_gateway_token(&hash, run.id, ttl)
+            .put_gateway_token(&hash, &grant, ttl)
             .await
             .map_err(|e| format!("storing the run token failed: {e}"))?;
-        let redactor = self.redactor(Some(&token));
-        let gateway = Arc::new(RunGateway::new(
-            run.id,
-            run.spec.tenant.clone(),
-            hash,
-            config.clone(),
-            self.queue.clone(),
-            redactor,
-        ));
         let at = SocketAddr::new(IpAddr::V4(sandbox.network.gateway), config.port);
-        match GatewayServer::start(at, gateway.clone()).await {
-            Ok(server) => Ok(Some(RunModels { token, gateway, server })),
+        let serving = match remote {
+            Some(remote) => Relay::start(at, remote).await.map(Serving::Remote),
+            None => {
+                let redactor = self.redactor(Some(&token));
+                let gateway = RunGateway::new(
+                    run.id,
+                    run.spec.tenant.clone(),
+                    hash.clone(),
+                    config,
+                    self.queue.clone(),
+                    redactor,
+                );
+                let gateway = Arc::new(gateway);
+                GatewayServer::start(at, gateway.clone()).await.map(|server| Serving::Local { gateway, server })
+            }
+        };
+        match serving {
+            Ok(serving) => Ok(Some(RunModels { token, hash, address: at, serving })),
             Err(e) => {
-                let _ = self.queue.revoke_gateway_token(&gateway.token_hash).await;
+                let _ = self.queue.revoke_gateway_token(&hash).await;
                 Err(format!("starting the model gateway on {at} failed: {e}"))
             }
         }
     }
 
-    /// The transcript as JSON Lines: call metadata always, prompt and
-    /// completion redacted (or omitted, by `gateway.prompt_content`).
-    fn transcript_jsonl(&self, entries: &[TranscriptEntry], content: PromptContent) -> String {
-        let redactor = self.redactor(None);
-        let keep = content == PromptContent::Redacted;
-        let mut out = String::new();
-        for entry in entries {
-            let content = |text: &str| keep.then(|| redactor.redact(text).0);
-            let line = serde_json::json!({
-                "at_ms": entry.at_ms,
-                "provider": entry.provider,
-                "model": entry.model,
-                "status": entry.status,
-                "request": content(&entry.request),
-                "response": content(&String::from_utf8_lossy(&entry.response)),
-                "response_truncated": entry.response_truncated,
-            });
-            out.push_str(&line.to_string());
-            out.push('\n');
+    /// Revokes the run token and collects the run's calls and transcript.
+    async fn close_gateway(&self, run: RunId, models: RunModels) -> (Vec<CallRecord>, Vec<serde_json::Value>) {
+        if let Err(error) = self.queue.revoke_gateway_token(&models.hash).await {
+            tracing::warn!(run_id = %run, %error, "revoking the run token failed; it expires with its TTL");
         }
-        out
+        match models.serving {
+            Serving::Local { gateway, server } => {
+                drop(server);
+                (gateway.calls(), gateway.transcript())
+            }
+            Serving::Remote(relay) => {
+                drop(relay);
+                let published = match self.queue.take_gateway_calls(run, Duration::from_secs(10)).await {
+                    Ok(published) => published,
+                    Err(error) => {
+                        tracing::warn!(run_id = %run, %error, "collecting the run's model calls failed");
+                        Vec::new()
+                    }
+                };
+                let (mut calls, mut transcript) = (Vec::new(), Vec::new());
+                for item in published {
+                    let Ok(mut item) = serde_json::from_str::<serde_json::Value>(&item) else { continue };
+                    if let Ok(call) = serde_json::from_value::<CallRecord>(item["call"].take()) {
+                        calls.push(call);
+                    }
+                    if !item["transcript"].is_null() {
+                        transcript.push(item["transcript"].take());
+                    }
+                }
+                calls.sort_by_key(|c| c.at_ms);
+                (calls, transcript)
+            }
+        }
+    }
+
+    /// The transcript as JSON Lines: call metadata always, prompt and
+    /// completion redacted (or omitted, by policy), as the gateway kept
+    /// them; one more redaction pass with every secret this worker knows.
+    fn transcript_jsonl(&self, lines: &[serde_json::Value]) -> String {
+        let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
+        self.redactor(None).redact(&text).0
     }
 
     /// A redactor for every secret this worker knows, and the run token.
@@ -330,15 +354,16 @@ impl Runtime {
         }
         if let Some(models) = models {
             // The only secret a sandbox ever holds: revoked when the run ends.
-            let base = format!("http://{}", models.server.address);
+            let base = format!("http://{}", models.address);
             env.push(format!("OPENAI_BASE_URL={base}/v1"));
             env.push(format!("OPENAI_API_KEY={}", models.token));
             env.push(format!("ANTHROPIC_BASE_URL={base}"));
             env.push(format!("ANTHROPIC_API_KEY={}", models.token));
-            log.line(&format!(
-                "paddock: model gateway at {base} (providers {:?})",
-                self.config.gateway.allowed_providers
-            ));
+            let serves = match &self.config.gateway.remote {
+                Some(remote) => format!("relayed to the standalone gateway at {remote}"),
+                None => format!("providers {:?}", self.config.gateway.allowed_providers),
+            };
+            log.line(&format!("paddock: model gateway at {base} ({serves})"));
         }
         log.line(&format!(
             "paddock: network {} (internal, no DNS); egress preset {:?} through {proxy_url}",
@@ -501,8 +526,7 @@ impl Runtime {
         diff: Vec<u8>,
         facts: Option<Facts>,
     ) -> Ending {
-        let transcript =
-            facts.as_ref().map(|f| self.transcript_jsonl(&f.transcript.0, f.transcript.1)).unwrap_or_default();
+        let transcript = facts.as_ref().map(|f| self.transcript_jsonl(&f.transcript)).unwrap_or_default();
         let mut kinds = vec![ArtifactKind::Logs, ArtifactKind::Diff, ArtifactKind::Summary];
         if !transcript.is_empty() {
             kinds.push(ArtifactKind::Transcript);
@@ -566,8 +590,15 @@ struct Place<'a> {
 /// The run's model gateway and the token that opens it.
 struct RunModels {
     token: String,
-    gateway: Arc<RunGateway>,
-    server: GatewayServer,
+    hash: String,
+    address: SocketAddr,
+    serving: Serving,
+}
+
+/// The gateway in this process, or a relay to the standalone one.
+enum Serving {
+    Local { gateway: Arc<RunGateway>, server: GatewayServer },
+    Remote(Relay),
 }
 
 enum StreamEnd {
@@ -588,7 +619,7 @@ struct Facts {
     files_changed: Vec<String>,
     egress: Vec<EgressRecord>,
     calls: Vec<CallRecord>,
-    transcript: (Vec<TranscriptEntry>, PromptContent),
+    transcript: Vec<serde_json::Value>,
 }
 
 /// The run summary stored as `summary.json`.

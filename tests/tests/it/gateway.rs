@@ -46,29 +46,7 @@ async fn agents_reach_allowed_models_through_the_gateway_with_secrets_redacted()
         ("PADDOCK_GATEWAY__REDACT", redact.as_str()),
     ])
     .await;
-    let repo = app.repo(&[("README.md", b"# x\n")]);
-    let worker = app.spawn_worker().await;
-    let body = json!({"repository": repo, "base_ref": "main", "task": {"title": "call models", "body": registered}});
-    let accepted: Value = app.post_run(&body).await.json().await.unwrap();
-    let id = accepted["id"].as_str().unwrap().to_owned();
-    let run = app.wait_until_finished(&id).await;
-    let logs = app.logs_of(&run).await;
-    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
-
-    tests::assert_contains_all(
-        &logs,
-        &[
-            "\"content\":\"Hello from the emulated provider\"",
-            "data: [DONE]",
-            "\"content\":\"lo from \"",
-            "event: message_stop",
-            "\"id\":\"gpt-test\"",
-            "\ndisallowed model: 403",
-            "\nwrong token: 401",
-            "\nanthropic wrong token: 401",
-            "\nno provider key in the sandbox",
-        ],
-    );
+    let (id, logs) = run_agent_calling_models(&app, &registered).await;
     assert!(!logs.contains("gpt-forbidden\",\"object"), "a disallowed model was listed:\n{logs}");
 
     let received = providers.received();
@@ -88,9 +66,11 @@ async fn agents_reach_allowed_models_through_the_gateway_with_secrets_redacted()
     assert_eq!(calls[0]["redactions"], json!({"aws-access-key-id": 1, "known-secret": 1}));
     assert!(calls.iter().any(|c| c["status"] == 403));
     assert!(!logs.contains(&registered) && !logs.contains(&aws), "a secret reached the stored log");
+    assert!(calls.iter().all(|c| c["run_id"] == id.as_str() && c["tenant"] == "default"), "{summary:#}");
 
     // The transcript keeps each call, redacted.
     let transcript_key = format!("runs/{id}/transcript.jsonl");
+    let run = app.run(&id).await;
     assert!(run["artifacts"].as_array().unwrap().iter().any(|k| k == transcript_key.as_str()), "{run:#}");
     let transcript = String::from_utf8(app.artifact(&transcript_key).await.to_vec()).unwrap();
     let lines: Vec<Value> = transcript.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -107,8 +87,36 @@ async fn agents_reach_allowed_models_through_the_gateway_with_secrets_redacted()
     let left =
         std::process::Command::new("redis-cli").args(["-p", "6390", "--scan", "--pattern", &pattern]).output().unwrap();
     assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "a run token outlived its run");
-    worker.shutdown().await;
     providers.stop().await;
+}
+
+/// Runs [`AGENT`] with `registered` as its task body and checks what every
+/// gateway set-up must show in its log; returns the run id and the log.
+async fn run_agent_calling_models(app: &tests::TestApp, registered: &str) -> (String, String) {
+    let repo = app.repo(&[("README.md", b"# x\n")]);
+    let worker = app.spawn_worker().await;
+    let body = json!({"repository": repo, "base_ref": "main", "task": {"title": "call models", "body": registered}});
+    let accepted: Value = app.post_run(&body).await.json().await.unwrap();
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let run = app.wait_until_finished(&id).await;
+    let logs = app.logs_of(&run).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    tests::assert_contains_all(
+        &logs,
+        &[
+            "\"content\":\"Hello from the emulated provider\"",
+            "data: [DONE]",
+            "\"content\":\"lo from \"",
+            "event: message_stop",
+            "\"id\":\"gpt-test\"",
+            "\ndisallowed model: 403",
+            "\nwrong token: 401",
+            "\nanthropic wrong token: 401",
+            "\nno provider key in the sandbox",
+        ],
+    );
+    worker.shutdown().await;
+    (id, logs)
 }
 
 async fn serve_run(
@@ -118,14 +126,52 @@ async fn serve_run(
     config: &common::config::GatewayConfig,
     ttl: std::time::Duration,
 ) -> (String, worker::gateway::GatewayServer, common::RunId) {
+    let (token, server, gateway) = serve_run_gateway(providers, queue, tenant, config, ttl).await;
+    (token, server, gateway.run)
+}
+
+/// A run's gateway on a local port, and the gateway (to read its record).
+async fn serve_run_gateway(
+    providers: &EmulatedProviders,
+    queue: &worker::queue::RunQueue,
+    tenant: &str,
+    config: &common::config::GatewayConfig,
+    ttl: std::time::Duration,
+) -> (String, worker::gateway::GatewayServer, std::sync::Arc<worker::gateway::RunGateway>) {
     use worker::gateway::{GatewayServer, Redactor, RunGateway, mint_token, token_hash};
     let run = common::RunId::new();
     let token = mint_token().unwrap();
-    queue.put_gateway_token(&token_hash(&token), run, ttl).await.unwrap();
+    let grant = worker::queue::GatewayGrant { run, tenant: tenant.to_owned() };
+    queue.put_gateway_token(&token_hash(&token), &grant, ttl).await.unwrap();
     let redactor = Redactor::new(std::slice::from_ref(&providers.key), b"test");
     let gateway = RunGateway::new(run, tenant.to_owned(), token_hash(&token), config.clone(), queue.clone(), redactor);
-    let server = GatewayServer::start("127.0.0.1:0".parse().unwrap(), std::sync::Arc::new(gateway)).await.unwrap();
-    (token, server, run)
+    let gateway = std::sync::Arc::new(gateway);
+    let server = GatewayServer::start("127.0.0.1:0".parse().unwrap(), gateway.clone()).await.unwrap();
+    (token, server, gateway)
+}
+
+/// Waits until the run's budget shows `used` and nothing reserved.
+async fn wait_for_spend(queue: &worker::queue::RunQueue, run: common::RunId, used: worker::queue::Spend) {
+    let started = std::time::Instant::now();
+    loop {
+        let (spent, reserved) = queue.run_spend(run).await.unwrap();
+        if spent == used && reserved == worker::queue::Spend::default() {
+            return;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "used {spent:?}, reserved {reserved:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Emulated providers, a fresh queue namespace and a gateway configuration
+/// for the emulated OpenAI provider.
+async fn emulated_gateway(
+    tenant_per_minute: u32,
+) -> (EmulatedProviders, worker::queue::RunQueue, common::config::GatewayConfig) {
+    let providers = EmulatedProviders::start().await;
+    let queue = tests::fixtures::fresh_queue(None, false).await;
+    let config = gateway_config(&providers, tenant_per_minute);
+    (providers, queue, config)
 }
 
 fn gateway_config(providers: &EmulatedProviders, tenant_per_minute: u32) -> common::config::GatewayConfig {
@@ -153,9 +199,7 @@ async fn chat(client: &reqwest::Client, server: &worker::gateway::GatewayServer,
 
 #[tokio::test]
 async fn two_gateways_sharing_redis_enforce_one_tenant_limit() {
-    let providers = EmulatedProviders::start().await;
-    let queue = tests::fixtures::fresh_queue(None, false).await;
-    let config = gateway_config(&providers, 6);
+    let (providers, queue, config) = emulated_gateway(6).await;
     let hour = std::time::Duration::from_secs(3600);
     let (token_a, replica_a, _) = serve_run(&providers, &queue, "acme", &config, hour).await;
     let (token_b, replica_b, _) = serve_run(&providers, &queue, "acme", &config, hour).await;
@@ -186,9 +230,7 @@ async fn two_gateways_sharing_redis_enforce_one_tenant_limit() {
 
 #[tokio::test]
 async fn revoked_expired_and_raw_provider_keys_are_refused() {
-    let providers = EmulatedProviders::start().await;
-    let queue = tests::fixtures::fresh_queue(None, false).await;
-    let config = gateway_config(&providers, 0);
+    let (providers, queue, config) = emulated_gateway(0).await;
     let client = reqwest::Client::new();
 
     let (token, server, _) = serve_run(&providers, &queue, "acme", &config, std::time::Duration::from_secs(3600)).await;
@@ -211,9 +253,7 @@ async fn revoked_expired_and_raw_provider_keys_are_refused() {
 
 #[tokio::test]
 async fn token_budgets_are_reserved_before_a_call_and_settled_after_it() {
-    let providers = EmulatedProviders::start().await;
-    let queue = tests::fixtures::fresh_queue(None, false).await;
-    let mut config = gateway_config(&providers, 0);
+    let (providers, queue, mut config) = emulated_gateway(0).await;
     config.run_token_budget = 5000;
     let (token, server, run) =
         serve_run(&providers, &queue, "acme", &config, std::time::Duration::from_secs(3600)).await;
@@ -234,15 +274,7 @@ async fn token_budgets_are_reserved_before_a_call_and_settled_after_it() {
     assert_eq!(providers.received().len(), 2, "a call over budget reached the provider");
 
     // Each answer reported 17 tokens; nothing stays reserved.
-    let started = std::time::Instant::now();
-    loop {
-        let (used, reserved) = queue.run_tokens(run).await.unwrap();
-        if (used, reserved) == (34, 0) {
-            break;
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "used {used}, reserved {reserved}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for_spend(&queue, run, worker::queue::Spend { tokens: 34, micro_usd: 0 }).await;
     providers.stop().await;
 }
 
@@ -300,9 +332,7 @@ async fn the_official_openai_and_anthropic_sdks_work_through_the_gateway() {
 
 #[tokio::test]
 async fn azure_openai_deployments_get_their_path_and_api_key_header() {
-    let providers = EmulatedProviders::start().await;
-    let queue = tests::fixtures::fresh_queue(None, false).await;
-    let mut config = gateway_config(&providers, 0);
+    let (providers, queue, mut config) = emulated_gateway(0).await;
     let base = providers.base_url.trim_end_matches("/v1").to_owned();
     let azure = serde_json::from_value(json!({
         "kind": "azure_openai", "base_url": base, "api_key": providers.key, "models": ["gpt-4o"],
@@ -373,9 +403,7 @@ done"#;
 
 #[tokio::test]
 async fn a_client_that_leaves_mid_stream_cancels_the_upstream_call_and_settles_its_budget() {
-    let providers = EmulatedProviders::start().await;
-    let queue = tests::fixtures::fresh_queue(None, false).await;
-    let mut config = gateway_config(&providers, 0);
+    let (providers, queue, mut config) = emulated_gateway(0).await;
     config.providers.get_mut("emulated").unwrap().models.push("gpt-slow".to_owned());
     config.run_token_budget = 100_000;
     let (token, server, run) =
@@ -389,13 +417,14 @@ async fn a_client_that_leaves_mid_stream_cancels_the_upstream_call_and_settles_i
         .unwrap();
     let first = response.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).starts_with("data: "), "the stream did not start");
-    let (_, reserved) = queue.run_tokens(run).await.unwrap();
-    assert!(reserved >= 500, "nothing was reserved for the call in flight");
+    let (_, reserved) = queue.run_spend(run).await.unwrap();
+    assert!(reserved.tokens >= 500, "nothing was reserved for the call in flight");
     drop(response);
 
     let started = std::time::Instant::now();
     loop {
-        let (used, reserved) = queue.run_tokens(run).await.unwrap();
+        let (used, reserved) = queue.run_spend(run).await.unwrap();
+        let (used, reserved) = (used.tokens, reserved.tokens);
         if providers.abandoned_streams() == 1 && reserved == 0 {
             assert!(used > 0, "the abandoned call was not booked");
             break;
@@ -442,5 +471,216 @@ curl -sS -o /dev/null -w 'status: %{http_code}\n' "$OPENAI_BASE_URL/chat/complet
         assert!(!logs.contains(canary.as_str()), "{rule} reached the stored log");
     }
     worker.shutdown().await;
+    providers.stop().await;
+}
+
+#[tokio::test]
+async fn each_call_is_metered_priced_and_held_to_a_cost_budget() {
+    let (providers, queue, mut config) = emulated_gateway(0).await;
+    let prices = json!({"gpt-test": {"input_usd_per_mtok": 2.5, "output_usd_per_mtok": 10.0}});
+    config.providers.get_mut("emulated").unwrap().prices = serde_json::from_value(prices).unwrap();
+    // 12 tokens in and 5 out cost $0.00008; the budget covers one worst
+    // case of 1000 output tokens ($0.01) but not two calls' worth.
+    config.run_cost_budget_usd = 0.0101;
+    let hour = std::time::Duration::from_secs(3600);
+    let (token, server, gateway) = serve_run_gateway(&providers, &queue, "acme", &config, hour).await;
+    let client = reqwest::Client::new();
+    let ask = |max_tokens: u64| {
+        client
+            .post(format!("http://{}/v1/chat/completions", server.address))
+            .bearer_auth(&token)
+            .json(&json!({"model": "gpt-test", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    let answered = ask(1000).await.unwrap();
+    assert_eq!(answered.status().as_u16(), 200);
+    let request_id = answered.headers()["x-paddock-request-id"].to_str().unwrap().to_owned();
+    assert!(request_id.starts_with("req_"), "{request_id}");
+    answered.bytes().await.unwrap();
+    wait_for_spend(&queue, gateway.run, worker::queue::Spend { tokens: 17, micro_usd: 80 }).await;
+
+    let refused = ask(1000).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 429, "the second worst case exceeds the cost budget");
+    assert!(refused.headers().contains_key("x-paddock-request-id"), "refusals carry a request id too");
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("run cost budget"), "{body}");
+    assert_eq!(providers.received().len(), 1, "a call over the cost budget reached the provider");
+
+    let calls = gateway.calls();
+    assert_eq!(calls.len(), 2);
+    let call = &calls[0];
+    assert_eq!(call.request_id, request_id);
+    assert_eq!((call.run_id, call.tenant.as_str()), (gateway.run, "acme"));
+    assert_eq!(
+        (call.provider.as_deref(), call.model.as_deref(), call.status),
+        (Some("emulated"), Some("gpt-test"), 200)
+    );
+    assert_eq!((call.tokens_in, call.tokens_out), (12, 5));
+    assert!((call.cost_usd - 0.00008).abs() < 1e-12, "{}", call.cost_usd);
+    assert!(call.duration_ms >= call.latency_ms);
+    assert_eq!(calls[1].status, 429);
+    assert!(calls[1].refusal.as_deref().unwrap_or_default().contains("cost budget"), "{:?}", calls[1]);
+    providers.stop().await;
+}
+
+#[tokio::test]
+async fn secrets_in_answers_are_redacted_even_when_split_across_stream_chunks() {
+    let (providers, queue, mut config) = emulated_gateway(0).await;
+    config.providers.get_mut("emulated").unwrap().models.push("gpt-leaky".to_owned());
+    let hour = std::time::Duration::from_secs(3600);
+    let (token, server, gateway) = serve_run_gateway(&providers, &queue, "acme", &config, hour).await;
+    let secret = format!("AKIA{}", "L".repeat(16));
+    for stream in [true, false] {
+        let answer = reqwest::Client::new()
+            .post(format!("http://{}/v1/chat/completions", server.address))
+            .bearer_auth(&token)
+            .json(&json!({"model": "gpt-leaky", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 200);
+        let text = answer.text().await.unwrap();
+        assert!(!text.contains(&secret), "a secret in the answer reached the sandbox: {text}");
+        assert!(text.contains("use [REDACTED:aws-access-key-id:"), "{text}");
+        if stream {
+            assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        } else {
+            let body: Value = serde_json::from_str(&text).expect("the answer is still JSON");
+            assert!(body["choices"][0]["message"]["content"].as_str().unwrap().contains("[REDACTED:"));
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let calls = gateway.calls();
+    assert_eq!(calls.len(), 2);
+    for call in &calls {
+        assert_eq!(call.redactions.get("aws-access-key-id"), Some(&1), "{call:?}");
+    }
+    let transcript = serde_json::to_string(&gateway.transcript()).unwrap();
+    assert!(!transcript.contains(&secret) && transcript.contains("[REDACTED:aws-access-key-id:"), "{transcript}");
+    providers.stop().await;
+}
+
+/// A run's gateway allowed Claude on (emulated) Vertex AI, signing in with
+/// a service account Google trusts or not; the key file lives in `.dir`.
+struct VertexRun {
+    providers: EmulatedProviders,
+    token: String,
+    server: worker::gateway::GatewayServer,
+    gateway: std::sync::Arc<worker::gateway::RunGateway>,
+    dir: std::path::PathBuf,
+}
+
+async fn vertex_run(trusted: bool) -> VertexRun {
+    let (providers, queue, mut config) = emulated_gateway(0).await;
+    let dir = std::env::temp_dir().join(format!("paddock-vertex-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vertex = serde_json::from_value(json!({
+        "kind": "vertex", "base_url": providers.root_url, "models": ["claude-vertex"],
+        "project": "acme-ai", "region": "us-east5", "credentials_file": providers.vertex_credentials(&dir, trusted),
+        "deployments": {"claude-vertex": "claude-vertex@20250514"},
+        "prices": {"claude-vertex": {"input_usd_per_mtok": 3.0, "output_usd_per_mtok": 15.0}},
+    }))
+    .unwrap();
+    config.providers.insert("vertex-prod".to_owned(), vertex);
+    config.allowed_providers.push("vertex-prod".to_owned());
+    let hour = std::time::Duration::from_secs(3600);
+    let (token, server, gateway) = serve_run_gateway(&providers, &queue, "acme", &config, hour).await;
+    VertexRun { providers, token, server, gateway, dir }
+}
+
+impl Drop for VertexRun {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+#[tokio::test]
+async fn claude_on_vertex_is_reached_with_a_service_account_token() {
+    let VertexRun { providers, token, server, gateway, .. } = &vertex_run(true).await;
+    let client = reqwest::Client::new();
+    let ask = |path: &'static str, stream: bool| {
+        client
+            .post(format!("http://{}{path}", server.address))
+            .header("x-api-key", token)
+            .header("anthropic-version", "2023-06-01")
+            .json(&json!({"model": "claude-vertex", "max_tokens": 16, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    let whole: Value = ask("/v1/messages", false).await.unwrap().json().await.unwrap();
+    assert_eq!(whole["content"][0]["text"], "Hello from the emulated provider", "{whole}");
+    assert_eq!(whole["model"], "claude-vertex@20250514", "the model went in the path");
+    let streamed = ask("/v1/messages", true).await.unwrap().text().await.unwrap();
+    assert!(streamed.contains("event: content_block_delta") && streamed.contains("event: message_stop"), "{streamed}");
+    let counted: Value = ask("/v1/messages/count_tokens", false).await.unwrap().json().await.unwrap();
+    assert_eq!(counted["input_tokens"], 9, "{counted}");
+    assert_eq!(providers.google_tokens_issued(), 1, "the access token is cached between calls");
+    for body in providers.received() {
+        assert!(body.contains("\"anthropic_version\":\"vertex-2023-10-16\""), "{body}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let calls = gateway.calls();
+    assert_eq!(calls[1].provider.as_deref(), Some("vertex-prod"));
+    assert_eq!((calls[1].tokens_in, calls[1].tokens_out), (12, 5), "usage from message_start and message_delta");
+    assert!((calls[1].cost_usd - (12.0 * 3.0 + 5.0 * 15.0) / 1e6).abs() < 1e-12);
+    providers.stop().await;
+}
+
+#[tokio::test]
+async fn a_vertex_service_account_google_does_not_trust_is_refused_before_the_model() {
+    let VertexRun { providers, token, server, .. } = &vertex_run(false).await;
+    let refused = reqwest::Client::new()
+        .post(format!("http://{}/v1/messages", server.address))
+        .header("x-api-key", token)
+        .json(&json!({"model": "claude-vertex", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 502);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["type"], "error", "Anthropic's error shape: {body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("invalid_grant"), "{body}");
+    assert!(providers.received().is_empty());
+    providers.stop().await;
+}
+
+#[tokio::test]
+async fn a_standalone_gateway_holds_the_provider_keys_and_workers_relay_to_it() {
+    let providers = EmulatedProviders::start().await;
+    let registered = format!("registered-secret-{}", ulid::Ulid::new());
+    let listen = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    // The worker knows where the gateway is, and no provider or its key.
+    let app =
+        spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", AGENT), ("PADDOCK_GATEWAY__REMOTE", listen.as_str())]).await;
+    assert!(app.config.gateway.providers.is_empty());
+    let providers_json = providers_with(&providers, &["gpt-forbidden"]);
+    let redact = json!([registered]).to_string();
+    let _gateway = app
+        .spawn_gateway_process(
+            &listen,
+            &[
+                ("PADDOCK_GATEWAY__PROVIDERS", providers_json.as_str()),
+                ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", ALLOWED),
+                ("PADDOCK_GATEWAY__REDACT", redact.as_str()),
+            ],
+        )
+        .await;
+    let (id, logs) = run_agent_calling_models(&app, &registered).await;
+    assert!(logs.contains("relayed to the standalone gateway"), "{logs}");
+    let received = providers.received();
+    assert_eq!(received.len(), 3, "{received:?}");
+    assert!(received.iter().all(|b| !b.contains(&registered) && b.contains("[REDACTED:")), "{received:?}");
+
+    // The worker's record holds what the standalone gateway saw.
+    let summary: Value = serde_json::from_slice(&app.artifact(&format!("runs/{id}/summary.json")).await).unwrap();
+    let calls = summary["model_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 4, "three allowed calls and one refused: {summary:#}");
+    assert!(calls.iter().all(|c| c["run_id"] == id.as_str() && c["tenant"] == "default"), "{summary:#}");
+    assert_eq!(calls.iter().filter(|c| c["status"] == 200).count(), 3);
+    let transcript = String::from_utf8(app.artifact(&format!("runs/{id}/transcript.jsonl")).await.to_vec()).unwrap();
+    assert_eq!(transcript.lines().count(), 3, "{transcript}");
+    assert!(!transcript.contains(&registered), "a secret reached the transcript");
     providers.stop().await;
 }

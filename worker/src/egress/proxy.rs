@@ -63,25 +63,13 @@ impl EgressProxy {
         let listener = TcpListener::bind(bind).await?;
         let address = listener.local_addr()?;
         let (log, stop) = (EgressLog::default(), CancellationToken::new());
-        let (task_log, task_stop) = (log.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = task_stop.cancelled() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                let Ok((client, _)) = accepted else { continue };
-                let (policy, log, stop) = (policy.clone(), task_log.clone(), task_stop.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        result = serve(client, &policy, &log, run) => {
-                            if let Err(error) = result {
-                                tracing::debug!(run_id = %run, %error, "egress connection ended with an error");
-                            }
-                        }
-                    }
-                });
+        let task_log = log.clone();
+        crate::listener::accept_until(listener, stop.clone(), move |client| {
+            let (policy, log) = (policy.clone(), task_log.clone());
+            async move {
+                if let Err(error) = serve(client, &policy, &log, run).await {
+                    tracing::debug!(run_id = %run, %error, "egress connection ended with an error");
+                }
             }
         });
         Ok(Self { address, log, stop })

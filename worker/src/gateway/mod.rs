@@ -5,15 +5,48 @@
 //! provider with the provider's key added here, redacts secrets from the
 //! request first, and streams the answer back as it arrives.
 
+mod hub;
 mod redact;
 mod server;
+mod vertex;
 
-pub use redact::{Redactions, Redactor, canaries};
-pub use server::{CallRecord, GatewayServer, RunGateway, TranscriptEntry};
+pub use hub::{GatewayHub, Relay};
+pub use redact::{Redactions, Redactor, StreamRedactor, canaries};
+pub use server::{CallRecord, GatewayServer, RunGateway};
 
+use std::future::Future;
 use std::io::Read;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+
+/// Runs the standalone gateway on `gateway.listen` until `shutdown`.
+pub async fn serve_standalone(
+    config: common::config::Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listen: std::net::SocketAddr = config
+        .gateway
+        .listen
+        .parse()
+        .map_err(|e| anyhow::anyhow!("gateway.listen: {e} (expected an address such as 0.0.0.0:8089)"))?;
+    if config.gateway.allowed_providers.is_empty() {
+        tracing::warn!(
+            "gateway.allowed_providers is empty: every model call will be refused until a policy allows one"
+        );
+    }
+    let queue = crate::queue::RunQueue::connect(&config.redis).await?;
+    queue.ping().await?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(address = %listener.local_addr()?, "standalone model gateway listening");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let hub = Arc::new(GatewayHub::new(config, queue)?);
+    let serving = tokio::spawn(hub.serve(listener, stop.clone()));
+    shutdown.await;
+    stop.cancel();
+    let _ = serving.await;
+    Ok(())
+}
 
 /// A new run token: `pdk_run_` and 32 random bytes, base64url.
 pub fn mint_token() -> std::io::Result<String> {

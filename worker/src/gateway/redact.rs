@@ -10,9 +10,10 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use aho_corasick::{AhoCorasick, MatchKind};
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use regex::Regex;
 use sha2::Sha256;
@@ -24,6 +25,9 @@ pub struct Redactor {
     /// Too prone to false positives to replace: counted, left in place.
     flag_only: &'static [Rule],
     key: Vec<u8>,
+    /// The longest known secret that contains a stream delimiter: a stream
+    /// always carries over at least this much.
+    hold: usize,
 }
 
 /// What a redaction pass found, by rule (flag-only rules as `flagged:<rule>`).
@@ -34,6 +38,73 @@ impl Redactions {
     pub fn total(&self) -> u32 {
         self.0.values().sum()
     }
+
+    pub fn add(&mut self, other: &Redactions) {
+        for (rule, n) in &other.0 {
+            *self.0.entry(rule).or_default() += n;
+        }
+    }
+}
+
+/// Redacts a response as it streams. A chunk is passed on up to its last
+/// delimiter that no credential format contains (`"`, `,` or an SSE event's
+/// blank line); the rest is carried over to the next chunk, so a secret
+/// split between chunks is still whole when it is scanned. An SSE event is
+/// therefore never held back once it is complete.
+pub struct StreamRedactor {
+    redactor: Arc<Redactor>,
+    pending: Vec<u8>,
+    counts: Redactions,
+}
+
+/// The most a stream carries over without a delimiter before it is cut.
+const MAX_CARRY: usize = 256 << 10;
+
+impl StreamRedactor {
+    pub fn new(redactor: Arc<Redactor>) -> Self {
+        Self { redactor, pending: Vec::new(), counts: Redactions::default() }
+    }
+
+    /// What of the stream so far can be passed on, redacted.
+    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
+        self.pending.extend_from_slice(chunk);
+        let limit = self.pending.len().saturating_sub(self.redactor.hold);
+        let mut cut = if self.pending.len() > MAX_CARRY { limit } else { last_delimiter_end(&self.pending[..limit]) };
+        while cut > 0 && cut < self.pending.len() && (self.pending[cut] & 0xC0) == 0x80 {
+            cut -= 1;
+        }
+        if cut == 0 {
+            return Bytes::new();
+        }
+        let rest = self.pending.split_off(cut);
+        let head = std::mem::replace(&mut self.pending, rest);
+        self.scrub(&head)
+    }
+
+    /// The rest of the stream, at its end.
+    pub fn finish(&mut self) -> Bytes {
+        let head = std::mem::take(&mut self.pending);
+        self.scrub(&head)
+    }
+
+    pub fn counts(&self) -> &Redactions {
+        &self.counts
+    }
+
+    fn scrub(&mut self, bytes: &[u8]) -> Bytes {
+        if bytes.is_empty() {
+            return Bytes::new();
+        }
+        let (out, counts) = self.redactor.redact(&String::from_utf8_lossy(bytes));
+        self.counts.add(&counts);
+        Bytes::from(out)
+    }
+}
+
+fn last_delimiter_end(bytes: &[u8]) -> usize {
+    let quote = bytes.iter().rposition(|b| matches!(b, b'"' | b',')).map_or(0, |i| i + 1);
+    let blank = bytes.windows(2).rposition(|w| w == b"\n\n").map_or(0, |i| i + 2);
+    quote.max(blank)
 }
 
 const RULES: &[(&str, &str)] = &[
@@ -81,6 +152,7 @@ impl Redactor {
     /// `known` are the exact secrets of this context; empty ones are ignored.
     pub fn new(known: &[String], hmac_key: &[u8]) -> Self {
         let known: Vec<&String> = known.iter().filter(|s| s.len() >= 8).collect();
+        let hold = known.iter().filter(|s| s.contains(['"', ','])).map(|s| s.len()).max().unwrap_or(0);
         let known = (!known.is_empty()).then(|| {
             AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostLongest)
@@ -88,7 +160,7 @@ impl Redactor {
                 .expect("literal patterns always build")
         });
         let (rules, flag_only) = compiled_rules();
-        Self { known, rules, flag_only, key: hmac_key.to_vec() }
+        Self { known, rules, flag_only, key: hmac_key.to_vec(), hold }
     }
 
     /// The marker for one secret; computed once per distinct secret a pass.
@@ -181,6 +253,40 @@ mod tests {
             assert!(out.starts_with("before [REDACTED:") && out.ends_with(" after"), "{out}");
             assert_eq!(counts.0.get(rule), Some(&1), "{rule}: {counts:?}");
         }
+    }
+
+    #[test]
+    fn a_stream_is_redacted_even_when_secrets_straddle_chunks() {
+        let r = Arc::new(Redactor::new(&["known,secret-value".to_owned()], b"k"));
+        let events: String = canaries()
+            .iter()
+            .map(|(_, secret)| format!("data: {}\n\n", serde_json::json!({"delta": {"content": secret}})))
+            .chain(std::iter::once("data: {\"x\": \"known,secret-value\"}\n\n".to_owned()))
+            .collect();
+        for size in [1, 3, 7, 64, 1000] {
+            let mut stream = StreamRedactor::new(r.clone());
+            let mut out = Vec::new();
+            for chunk in events.as_bytes().chunks(size) {
+                out.extend_from_slice(&stream.push(chunk));
+            }
+            out.extend_from_slice(&stream.finish());
+            let out = String::from_utf8(out).unwrap();
+            for (rule, secret) in canaries() {
+                let escaped = serde_json::to_string(&secret).unwrap();
+                assert!(!out.contains(escaped.trim_matches('"')), "{rule} leaked with {size}-byte chunks: {out}");
+            }
+            assert!(!out.contains("known,secret-value"), "{out}");
+            assert_eq!(stream.counts().total(), canaries().len() as u32 + 1, "{size}: {:?}", stream.counts());
+            assert_eq!(out.matches("\n\n").count(), canaries().len() + 1, "events stay whole");
+        }
+    }
+
+    #[test]
+    fn a_complete_event_is_passed_on_at_once() {
+        let mut stream = StreamRedactor::new(Arc::new(Redactor::new(&[], b"k")));
+        let event = "event: x\ndata: {\"a\": 1}\n\n";
+        assert_eq!(&stream.push(event.as_bytes())[..], event.as_bytes());
+        assert!(stream.push(b"data: {\"b\"").len() < 14, "an incomplete event is held back");
     }
 
     #[test]

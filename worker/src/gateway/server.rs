@@ -1,5 +1,6 @@
 //! The per-run gateway listener (hyper, HTTP/1.1).
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -7,52 +8,83 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use common::RunId;
-use common::config::{GatewayConfig, ProviderConfig, ProviderKind};
-use futures::TryStreamExt;
+use common::config::{GatewayConfig, ModelPrice, PromptContent, ProviderConfig, ProviderKind};
+use futures::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use secrecy::ExposeSecret;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::redact::Redactor;
+use super::redact::{Redactor, StreamRedactor};
 use super::token_hash;
-use crate::queue::RunQueue;
+use crate::queue::{RunQueue, Spend};
 
-type Body = BoxBody<Bytes, std::io::Error>;
+pub(super) type Body = BoxBody<Bytes, std::io::Error>;
 
 const MAX_REQUEST_BYTES: usize = 32 << 20;
 
-/// Metadata of one model call, as kept in the run's record.
-#[derive(Debug, Clone, Serialize)]
+/// Metadata of one model call, as the run's record and audit keep it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallRecord {
+    /// Ours, returned to the caller as `x-paddock-request-id`.
+    pub request_id: String,
+    /// The provider's, when it sent one.
+    pub upstream_request_id: Option<String>,
+    pub run_id: RunId,
+    pub tenant: String,
     pub at_ms: u64,
-    pub wire: &'static str,
+    pub wire: String,
     pub provider: Option<String>,
     pub model: Option<String>,
     pub status: u16,
+    /// Why the gateway refused the call, when it did.
+    pub refusal: Option<String>,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// At the provider's configured price for the model (0 without one).
+    pub cost_usd: f64,
+    /// Until the answer's status and headers.
     pub latency_ms: u64,
-    pub redactions: std::collections::BTreeMap<&'static str, u32>,
+    /// Until the answer's last byte (or the caller left).
+    pub duration_ms: u64,
+    /// Secrets found, by rule, in the request and in the answer.
+    pub redactions: BTreeMap<String, u32>,
 }
 
-/// One model call as the run's transcript keeps it. Content is redacted
-/// when the transcript is written (or omitted, by policy).
+/// One model call as the run's transcript keeps it: redacted request and
+/// answer, or only the metadata, as policy says.
 #[derive(Debug, Clone, Default)]
-pub struct TranscriptEntry {
-    pub at_ms: u64,
-    pub provider: String,
-    pub model: Option<String>,
-    pub status: u16,
-    pub request: String,
-    pub response: Vec<u8>,
-    pub response_truncated: bool,
+struct TranscriptEntry {
+    request_id: String,
+    at_ms: u64,
+    provider: String,
+    model: Option<String>,
+    request: String,
+    response: Vec<u8>,
+    response_truncated: bool,
 }
 
-/// How much of one response the transcript keeps.
+impl TranscriptEntry {
+    fn line(&self, status: u16, content: PromptContent) -> serde_json::Value {
+        let keep = content == PromptContent::Redacted;
+        serde_json::json!({
+            "request_id": self.request_id,
+            "at_ms": self.at_ms,
+            "provider": self.provider,
+            "model": self.model,
+            "status": status,
+            "request": keep.then_some(&self.request),
+            "response": keep.then(|| String::from_utf8_lossy(&self.response)),
+            "response_truncated": self.response_truncated,
+        })
+    }
+}
+
+/// How much of one answer the transcript keeps.
 const MAX_TRANSCRIPT_RESPONSE: usize = 1 << 20;
 
 /// Everything the gateway of one run needs.
@@ -62,16 +94,25 @@ pub struct RunGateway {
     pub token_hash: String,
     pub config: GatewayConfig,
     pub queue: RunQueue,
-    pub redactor: Redactor,
+    pub redactor: Arc<Redactor>,
     pub http: reqwest::Client,
     run_limit: Option<governor::DefaultDirectRateLimiter>,
-    calls: Mutex<Vec<CallRecord>>,
-    transcript: Arc<Mutex<Vec<TranscriptEntry>>>,
+    record: Mutex<RunRecord>,
+    /// A standalone gateway also hands each finished call to the run's
+    /// worker through Redis.
+    publish: bool,
+}
+
+/// What the run's record keeps of its calls.
+#[derive(Default)]
+struct RunRecord {
+    calls: Vec<CallRecord>,
+    transcript: Vec<serde_json::Value>,
 }
 
 /// The wire API a request speaks, which decides its error shape.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Wire {
+pub(super) enum Wire {
     OpenAi,
     Anthropic,
 }
@@ -93,17 +134,28 @@ impl RunGateway {
             token_hash,
             config,
             queue,
-            redactor,
+            redactor: Arc::new(redactor),
             http: reqwest::Client::new(),
             run_limit,
-            calls: Mutex::new(Vec::new()),
-            transcript: Arc::new(Mutex::new(Vec::new())),
+            record: Mutex::new(RunRecord::default()),
+            publish: false,
         }
     }
 
-    /// The calls so far, as the transcript will keep them.
-    pub fn transcript(&self) -> Vec<TranscriptEntry> {
-        self.transcript.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    /// For a standalone gateway: finished calls also go to Redis.
+    pub(super) fn publishing(mut self) -> Self {
+        self.publish = true;
+        self
+    }
+
+    /// Metadata of the calls so far.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.record.lock().unwrap_or_else(PoisonError::into_inner).calls.clone()
+    }
+
+    /// The transcript so far, one JSON document per call.
+    pub fn transcript(&self) -> Vec<serde_json::Value> {
+        self.record.lock().unwrap_or_else(PoisonError::into_inner).transcript.clone()
     }
 
     /// The run's own limit (in this process), then the tenant's and the
@@ -146,13 +198,27 @@ impl RunGateway {
         Ok(())
     }
 
-    pub fn calls(&self) -> Vec<CallRecord> {
-        self.calls.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    fn record(&self, record: CallRecord) {
-        tracing::info!(run_id = %self.run, wire = record.wire, provider = ?record.provider, model = ?record.model, status = record.status, latency_ms = record.latency_ms, redactions = ?record.redactions, "model call");
-        self.calls.lock().unwrap_or_else(PoisonError::into_inner).push(record);
+    /// Books a finished call: in the run's record and, for a standalone
+    /// gateway, in Redis for the run's worker.
+    fn finish(&self, record: CallRecord, entry: Option<TranscriptEntry>) {
+        tracing::info!(
+            run_id = %self.run, request_id = %record.request_id, wire = %record.wire, provider = ?record.provider,
+            model = ?record.model, status = record.status, tokens_in = record.tokens_in, tokens_out = record.tokens_out,
+            cost_usd = record.cost_usd, latency_ms = record.latency_ms, redactions = ?record.redactions, "model call"
+        );
+        let line = entry.map(|e| e.line(record.status, self.config.prompt_content));
+        if self.publish {
+            let (queue, run) = (self.queue.clone(), self.run);
+            let published = serde_json::json!({"call": &record, "transcript": &line}).to_string();
+            tokio::spawn(async move {
+                if let Err(error) = queue.gateway_call_finished(run, &published).await {
+                    tracing::warn!(run_id = %run, %error, "handing a call to the run's worker failed");
+                }
+            });
+        }
+        let mut kept = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.calls.push(record);
+        kept.transcript.extend(line);
     }
 
     /// Allowed providers in policy order (the default provider first).
@@ -160,50 +226,100 @@ impl RunGateway {
         self.config.allowed_providers.iter().filter_map(|name| self.config.providers.get_key_value(name))
     }
 
-    async fn authenticated(&self, req: &Request<Incoming>) -> bool {
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-        let presented = header("authorization").and_then(|v| v.strip_prefix("Bearer ")).or_else(|| header("x-api-key"));
-        let Some(token) = presented else { return false };
+    /// Whether the request carries this run's live token.
+    pub(super) async fn authenticated(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = presented_token(req) else { return false };
         let hash = token_hash(token);
         let same = hash.len() == self.token_hash.len()
             && hash.bytes().zip(self.token_hash.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
         // Redis is the authority on revocation and expiry.
-        same && matches!(self.queue.gateway_token(&hash).await, Ok(Some(run)) if run == self.run)
+        same && matches!(self.queue.gateway_token(&hash).await, Ok(Some(grant)) if grant.run == self.run)
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Serves one request; every answer carries `x-paddock-request-id`.
+    pub(super) async fn handle(self: Arc<Self>, req: Request<Incoming>, authenticated: bool) -> Response<Body> {
+        let request_id = format!("req_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let mut response = self.serve(req, &request_id, authenticated).await;
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-paddock-request-id", value);
+        }
+        response
+    }
+
+    async fn serve(self: Arc<Self>, req: Request<Incoming>, request_id: &str, authenticated: bool) -> Response<Body> {
         let started = Instant::now();
-        let (wire, suffix) = match (req.method(), req.uri().path()) {
-            (&Method::GET, "/v1/models") => (Wire::OpenAi, None),
-            (&Method::POST, "/v1/chat/completions") => (Wire::OpenAi, Some("chat/completions")),
-            (&Method::POST, "/v1/responses") => (Wire::OpenAi, Some("responses")),
-            (&Method::POST, "/v1/messages") => (Wire::Anthropic, Some("messages")),
-            (&Method::POST, "/v1/messages/count_tokens") => (Wire::Anthropic, Some("messages/count_tokens")),
-            _ => {
-                return error(
-                    Wire::OpenAi,
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "no such endpoint on the Paddock gateway",
-                );
-            }
+        let Some((wire, suffix)) = route(&req) else {
+            return error(Wire::OpenAi, StatusCode::NOT_FOUND, "not_found", "no such endpoint on the Paddock gateway");
         };
-        if !self.authenticated(&req).await {
+        if !(authenticated || self.authenticated(&req).await) {
             return error(wire, StatusCode::UNAUTHORIZED, "invalid_api_key", "invalid or revoked run token");
         }
         let Some(suffix) = suffix else { return self.models() };
-        let anthropic_version = req.headers().get("anthropic-version").cloned();
-        let anthropic_beta = req.headers().get("anthropic-beta").cloned();
+        if self.publish
+            && let Err(e) = self.queue.gateway_call_started(self.run).await
+        {
+            tracing::warn!(run_id = %self.run, error = %e, "call bookkeeping unavailable; refusing");
+            return error(
+                wire,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "gateway_unavailable",
+                "the gateway cannot record calls",
+            );
+        }
+        let mut record = CallRecord {
+            request_id: request_id.to_owned(),
+            upstream_request_id: None,
+            run_id: self.run,
+            tenant: self.tenant.clone(),
+            at_ms: now_ms(),
+            wire: wire.name().to_owned(),
+            provider: None,
+            model: None,
+            status: 0,
+            refusal: None,
+            tokens_in: 0,
+            tokens_out: 0,
+            cost_usd: 0.0,
+            latency_ms: 0,
+            duration_ms: 0,
+            redactions: BTreeMap::new(),
+        };
+        match self.clone().forward(req, wire, suffix, &mut record, started).await {
+            Ok(response) => response,
+            Err(response) => {
+                record.status = response.status().as_u16();
+                record.latency_ms = started.elapsed().as_millis() as u64;
+                record.duration_ms = record.latency_ms;
+                self.finish(record, None);
+                response
+            }
+        }
+    }
+
+    /// Sends an authenticated call on to its provider. `Err` is an answer
+    /// the gateway gives itself (the call is then booked by the caller).
+    async fn forward(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        wire: Wire,
+        suffix: &'static str,
+        record: &mut CallRecord,
+        started: Instant,
+    ) -> Result<Response<Body>, Response<Body>> {
+        let headers = req.headers().clone();
         let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect().await {
             Ok(body) => body.to_bytes(),
-            Err(_) => return error(wire, StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body too large"),
+            Err(_) => {
+                record.refusal = Some("request body too large".to_owned());
+                return Err(error(wire, StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body too large"));
+            }
         };
         let text = String::from_utf8_lossy(&body).into_owned();
-        let model = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned));
+        let request: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let model = request.get("model").and_then(|m| m.as_str()).map(str::to_owned);
+        record.model = model.clone();
         let speaks = |kind: ProviderKind| match wire {
-            Wire::Anthropic => kind == ProviderKind::Anthropic,
+            Wire::Anthropic => matches!(kind, ProviderKind::Anthropic | ProviderKind::Vertex),
             Wire::OpenAi => matches!(kind, ProviderKind::Openai | ProviderKind::AzureOpenai),
         };
         let provider = model
@@ -212,154 +328,197 @@ impl RunGateway {
         let Some((provider_name, provider)) = provider else {
             let message =
                 format!("model {:?} is not offered by any provider this run may use", model.unwrap_or_default());
-            self.record(CallRecord {
-                at_ms: now_ms(),
-                wire: wire.name(),
-                provider: None,
-                model: None,
-                status: 403,
-                latency_ms: 0,
-                redactions: Default::default(),
-            });
-            return error(wire, StatusCode::FORBIDDEN, "model_not_allowed", &message);
+            tracing::warn!(run_id = %self.run, tenant = %self.tenant, %message, "model call refused by provider policy");
+            record.refusal = Some(message.clone());
+            return Err(error(wire, StatusCode::FORBIDDEN, "model_not_allowed", &message));
         };
+        record.provider = Some(provider_name.clone());
         if let Err((status, wait, message)) = self.admit(provider_name).await {
-            self.record(CallRecord {
-                at_ms: now_ms(),
-                wire: wire.name(),
-                provider: Some(provider_name.clone()),
-                model: model.clone(),
-                status: status.as_u16(),
-                latency_ms: started.elapsed().as_millis() as u64,
-                redactions: Default::default(),
-            });
+            record.refusal = Some(message.clone());
             let mut response = error(wire, status, "rate_limit_exceeded", &message);
             if let Some(wait) = wait {
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 response.headers_mut().insert("retry-after", HeaderValue::from(seconds.max(1)));
             }
-            return response;
+            return Err(response);
         }
-        let reserved = if suffix.ends_with("count_tokens") { 0 } else { worst_case_tokens(&text) };
-        if let Err(response) = self.reserve(wire, reserved).await {
-            return response;
-        }
+        let price = model.as_deref().and_then(|m| provider.prices.get(m)).copied();
+        let reserved = if suffix.ends_with("count_tokens") { Spend::default() } else { worst_case(&text, price) };
+        let reserved = self.reserve(wire, reserved, record).await?;
+
         let (redacted, counts) = self.redactor.redact(&text);
-        let redacted_request = redacted.clone();
-        let url = upstream_url(provider, suffix, model.as_deref().unwrap_or_default());
-        let mut upstream = self.http.post(url).header("content-type", "application/json").body(redacted);
-        upstream = match provider.kind {
-            ProviderKind::Openai => upstream.bearer_auth(provider.api_key.expose_secret()),
-            ProviderKind::AzureOpenai => upstream.header("api-key", provider.api_key.expose_secret()),
-            ProviderKind::Anthropic => {
-                let version = anthropic_version.unwrap_or(HeaderValue::from_static("2023-06-01"));
-                let mut u =
-                    upstream.header("x-api-key", provider.api_key.expose_secret()).header("anthropic-version", version);
-                if let Some(beta) = anthropic_beta {
-                    u = u.header("anthropic-beta", beta);
-                }
-                u
+        for (rule, n) in &counts.0 {
+            record.redactions.insert((*rule).to_owned(), *n);
+        }
+        let model_name = model.as_deref().unwrap_or_default();
+        let upstream = match self.upstream(provider, suffix, model_name, &redacted, &headers).await {
+            Ok(upstream) => upstream,
+            Err(message) => {
+                tracing::warn!(run_id = %self.run, provider = %provider_name, %message, "provider sign-in failed");
+                self.settlement(reserved).settle(Spend::default());
+                return Err(error(wire, StatusCode::BAD_GATEWAY, "upstream_auth_failed", &message));
             }
         };
         let response = match upstream.send().await {
             Ok(response) => response,
             Err(e) => {
                 tracing::warn!(run_id = %self.run, error = %e, "provider unreachable");
-                self.settlement(reserved, None).settle_now(0);
-                return error(
+                self.settlement(reserved).settle(Spend::default());
+                return Err(error(
                     wire,
                     StatusCode::BAD_GATEWAY,
                     "upstream_unreachable",
                     "the model provider is unreachable",
-                );
+                ));
             }
         };
-        let status = response.status().as_u16();
-        self.record(CallRecord {
-            at_ms: now_ms(),
-            wire: wire.name(),
-            provider: Some(provider_name.clone()),
-            model: model.clone(),
-            status,
-            latency_ms: started.elapsed().as_millis() as u64,
-            redactions: counts.0,
-        });
+        record.status = response.status().as_u16();
+        record.latency_ms = started.elapsed().as_millis() as u64;
+        record.upstream_request_id = ["x-request-id", "request-id"]
+            .iter()
+            .find_map(|h| response.headers().get(*h).and_then(|v| v.to_str().ok()).map(str::to_owned));
         // The answer, errors included, goes back as the provider sent it,
-        // streamed as it arrives (SSE included); a copy goes to the transcript.
-        let mut builder = Response::builder().status(status);
+        // redacted and streamed as it arrives (SSE included); a copy goes to
+        // the transcript.
+        let mut builder = Response::builder().status(record.status);
         if let Some(content_type) = response.headers().get(CONTENT_TYPE) {
             builder = builder.header(CONTENT_TYPE, content_type.clone());
         }
-        let index = {
-            let mut transcript = self.transcript.lock().unwrap_or_else(PoisonError::into_inner);
-            transcript.push(TranscriptEntry {
-                at_ms: now_ms(),
+        let call = Arc::new(Mutex::new(InFlight {
+            scrubber: StreamRedactor::new(self.redactor.clone()),
+            entry: TranscriptEntry {
+                request_id: record.request_id.clone(),
+                at_ms: record.at_ms,
                 provider: provider_name.clone(),
-                model,
-                status,
-                request: redacted_request,
+                model: model.clone(),
+                request: redacted,
                 ..Default::default()
-            });
-            transcript.len() - 1
+            },
+        }));
+        // Booked when the stream ends or the client goes away (the guard
+        // lives in the stream, which is dropped then).
+        let guard = CallGuard {
+            gateway: self.clone(),
+            call: call.clone(),
+            record: Some(record.clone()),
+            settlement: self.settlement(reserved),
+            price,
+            started,
         };
-        let transcript = self.transcript.clone();
-        // Settled when the stream ends or the client goes away (the guard
-        // lives in the closure, which the stream drops then).
-        let settle = self.settlement(reserved, Some((self.transcript.clone(), index, status)));
+        let tail = call.clone();
         let stream = response
             .bytes_stream()
             .map_err(std::io::Error::other)
-            .inspect_ok(move |chunk| {
-                let _keep = &settle;
-                let mut entries = transcript.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some(entry) = entries.get_mut(index) {
-                    let room = MAX_TRANSCRIPT_RESPONSE.saturating_sub(entry.response.len());
-                    entry.response.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                    entry.response_truncated |= chunk.len() > room;
-                }
+            .map_ok(move |chunk| lock(&call).absorb(&chunk))
+            .chain(futures::stream::once(async move { Ok(lock(&tail).flush()) }))
+            .inspect(move |_| {
+                let _keep = &guard;
             })
+            .try_filter(|bytes| std::future::ready(!bytes.is_empty()))
             .map_ok(Frame::data);
-        builder.body(BodyExt::boxed(StreamBody::new(stream))).unwrap_or_else(|_| internal())
+        Ok(builder.body(BodyExt::boxed(StreamBody::new(stream))).unwrap_or_else(|_| internal()))
+    }
+
+    /// The provider's request: its URL, its credentials, and the body in
+    /// its dialect.
+    async fn upstream(
+        &self,
+        provider: &ProviderConfig,
+        suffix: &str,
+        model: &str,
+        body: &str,
+        headers: &hyper::HeaderMap,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let header = |name: &str| headers.get(name).cloned();
+        let base = provider.base_url.trim_end_matches('/');
+        let post =
+            |url: String, body: String| self.http.post(url).header("content-type", "application/json").body(body);
+        Ok(match provider.kind {
+            ProviderKind::Openai => {
+                post(format!("{base}/{suffix}"), body.to_owned()).bearer_auth(provider.api_key.expose_secret())
+            }
+            ProviderKind::AzureOpenai => {
+                let deployment = provider.deployments.get(model).map_or(model, String::as_str);
+                let version = provider.api_version.as_deref().unwrap_or("2024-10-21");
+                let url = format!("{base}/openai/deployments/{deployment}/{suffix}?api-version={version}");
+                post(url, body.to_owned()).header("api-key", provider.api_key.expose_secret())
+            }
+            ProviderKind::Anthropic => {
+                let version = header("anthropic-version").unwrap_or(HeaderValue::from_static("2023-06-01"));
+                let mut u = post(format!("{base}/{suffix}"), body.to_owned())
+                    .header("x-api-key", provider.api_key.expose_secret())
+                    .header("anthropic-version", version);
+                if let Some(beta) = header("anthropic-beta") {
+                    u = u.header("anthropic-beta", beta);
+                }
+                u
+            }
+            ProviderKind::Vertex => {
+                let (url, body) = super::vertex::request(provider, suffix, model, body)?;
+                let token = super::vertex::access_token(provider, &self.http).await?;
+                let mut u = post(url, body).bearer_auth(token);
+                let asked = header("anthropic-beta");
+                let betas: Vec<&str> = asked
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| {
+                        v.split(',')
+                            .map(str::trim)
+                            .filter(|b| provider.anthropic_betas.iter().any(|a| a == b))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !betas.is_empty() {
+                    u = u.header("anthropic-beta", betas.join(","));
+                }
+                u
+            }
+        })
+    }
+
+    fn budgets(&self) -> (Spend, Spend) {
+        let micro = |usd: f64| (usd * 1e6).round() as u64;
+        (
+            Spend { tokens: self.config.run_token_budget, micro_usd: micro(self.config.run_cost_budget_usd) },
+            Spend {
+                tokens: self.config.tenant_daily_token_budget,
+                micro_usd: micro(self.config.tenant_daily_cost_budget_usd),
+            },
+        )
     }
 
     fn budgets_on(&self) -> bool {
-        self.config.run_token_budget > 0 || self.config.tenant_daily_token_budget > 0
+        self.budgets() != (Spend::default(), Spend::default())
     }
 
     /// Reserves the call's worst case against the run's and tenant's token
-    /// budgets, before anything reaches the provider. Fails closed.
-    async fn reserve(&self, wire: Wire, amount: u64) -> Result<(), Response<Body>> {
-        if !self.budgets_on() || amount == 0 {
-            return Ok(());
+    /// and cost budgets, before anything reaches the provider. Fails closed.
+    async fn reserve(&self, wire: Wire, amount: Spend, record: &mut CallRecord) -> Result<Spend, Response<Body>> {
+        if !self.budgets_on() || amount == Spend::default() {
+            return Ok(Spend::default());
         }
-        let (run_limit, tenant_limit) = (self.config.run_token_budget, self.config.tenant_daily_token_budget);
-        match self.queue.reserve_tokens(self.run, &self.tenant, amount, run_limit, tenant_limit).await {
-            Ok(None) => Ok(()),
+        let (run_limit, tenant_limit) = self.budgets();
+        match self.queue.reserve_budget(self.run, &self.tenant, amount, run_limit, tenant_limit).await {
+            Ok(None) => Ok(amount),
             Ok(Some(which)) => {
-                let message = format!("the {which}'s token budget does not cover this call ({amount} tokens at most)");
+                let message = if which.ends_with("cost") {
+                    format!("the {which} budget does not cover this call (up to ${:.4})", amount.micro_usd as f64 / 1e6)
+                } else {
+                    format!("the {which}'s token budget does not cover this call ({} tokens at most)", amount.tokens)
+                };
+                record.refusal = Some(message.clone());
                 Err(error(wire, StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", &message))
             }
             Err(e) => {
                 tracing::warn!(run_id = %self.run, error = %e, "budget store unavailable; refusing");
-                Err(error(
-                    wire,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "budget_unavailable",
-                    "token budgets cannot be checked",
-                ))
+                record.refusal = Some("budgets cannot be checked".to_owned());
+                Err(error(wire, StatusCode::SERVICE_UNAVAILABLE, "budget_unavailable", "budgets cannot be checked"))
             }
         }
     }
 
-    fn settlement(&self, reserved: u64, source: Option<AnswerSource>) -> Settlement {
-        Settlement {
-            queue: self.queue.clone(),
-            run: self.run,
-            tenant: self.tenant.clone(),
-            reserved: if self.budgets_on() { reserved } else { 0 },
-            source,
-            done: false,
-        }
+    fn settlement(&self, reserved: Spend) -> Settlement {
+        Settlement { queue: self.queue.clone(), run: self.run, tenant: self.tenant.clone(), reserved, done: false }
     }
 
     fn models(&self) -> Response<Body> {
@@ -373,103 +532,183 @@ impl RunGateway {
     }
 }
 
-/// Where a call's answer is kept (transcript, entry, status), to read its
-/// reported usage from.
-type AnswerSource = (Arc<Mutex<Vec<TranscriptEntry>>>, usize, u16);
+/// The run token a request presents, as `Authorization: Bearer` or
+/// `x-api-key`.
+pub(super) fn presented_token(req: &Request<Incoming>) -> Option<&str> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    header("authorization").and_then(|v| v.strip_prefix("Bearer ")).or_else(|| header("x-api-key"))
+}
 
-/// Books a call's real token use against its reservation, once.
+/// The wire API of a gateway endpoint and the provider path it maps to
+/// (`None` for the model list, which the gateway answers itself).
+pub(super) fn route(req: &Request<Incoming>) -> Option<(Wire, Option<&'static str>)> {
+    Some(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/v1/models") => (Wire::OpenAi, None),
+        (&Method::POST, "/v1/chat/completions") => (Wire::OpenAi, Some("chat/completions")),
+        (&Method::POST, "/v1/responses") => (Wire::OpenAi, Some("responses")),
+        (&Method::POST, "/v1/messages") => (Wire::Anthropic, Some("messages")),
+        (&Method::POST, "/v1/messages/count_tokens") => (Wire::Anthropic, Some("messages/count_tokens")),
+        _ => return None,
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A call whose answer is streaming back.
+struct InFlight {
+    scrubber: StreamRedactor,
+    entry: TranscriptEntry,
+}
+
+impl InFlight {
+    /// Redacts a chunk of the answer, keeps a copy, and returns what may go
+    /// to the caller now.
+    fn absorb(&mut self, chunk: &[u8]) -> Bytes {
+        let out = self.scrubber.push(chunk);
+        self.keep(&out);
+        out
+    }
+
+    fn flush(&mut self) -> Bytes {
+        let out = self.scrubber.finish();
+        self.keep(&out);
+        out
+    }
+
+    fn keep(&mut self, bytes: &[u8]) {
+        let entry = &mut self.entry;
+        let room = MAX_TRANSCRIPT_RESPONSE.saturating_sub(entry.response.len());
+        entry.response.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        entry.response_truncated |= bytes.len() > room;
+    }
+}
+
+/// Books a streamed call when its stream ends or is abandoned: usage, cost,
+/// budget settlement, redaction counts, transcript.
+struct CallGuard {
+    gateway: Arc<RunGateway>,
+    call: Arc<Mutex<InFlight>>,
+    record: Option<CallRecord>,
+    settlement: Settlement,
+    price: Option<ModelPrice>,
+    started: Instant,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let Some(mut record) = self.record.take() else { return };
+        let (entry, counts) = {
+            let mut call = lock(&self.call);
+            let _ = call.flush();
+            (std::mem::take(&mut call.entry), call.scrubber.counts().clone())
+        };
+        let usage = if entry.response_truncated { None } else { usage(&entry.response) };
+        // Without reported usage: nothing for a refusal, the whole
+        // reservation otherwise.
+        let (tokens_in, tokens_out) = match usage {
+            Some(u) => u,
+            None if record.status >= 400 => (0, 0),
+            None => (0, self.settlement.reserved.tokens),
+        };
+        // Dollars per million tokens times tokens is micro-dollars.
+        let micro_usd = self
+            .price
+            .map_or(0.0, |p| tokens_in as f64 * p.input_usd_per_mtok + tokens_out as f64 * p.output_usd_per_mtok);
+        let cost = micro_usd / 1e6;
+        let actual = match usage {
+            None if record.status < 400 => self.settlement.reserved,
+            _ => Spend { tokens: tokens_in + tokens_out, micro_usd: micro_usd.ceil() as u64 },
+        };
+        let settlement = std::mem::replace(&mut self.settlement, self.gateway.settlement(Spend::default()));
+        settlement.settle(actual);
+        record.tokens_in = tokens_in;
+        record.tokens_out = tokens_out;
+        record.cost_usd = cost;
+        record.duration_ms = self.started.elapsed().as_millis() as u64;
+        for (rule, n) in &counts.0 {
+            *record.redactions.entry((*rule).to_owned()).or_default() += n;
+        }
+        self.gateway.finish(record, Some(entry));
+    }
+}
+
+/// Books a call's real use against its reservation, once.
 struct Settlement {
     queue: RunQueue,
     run: RunId,
     tenant: String,
-    reserved: u64,
-    source: Option<AnswerSource>,
+    reserved: Spend,
     done: bool,
 }
 
 impl Settlement {
-    fn settle_now(mut self, actual: u64) {
+    fn settle(mut self, actual: Spend) {
         self.book(actual);
     }
 
-    fn book(&mut self, actual: u64) {
-        if self.done || self.reserved == 0 {
-            self.done = true;
+    fn book(&mut self, actual: Spend) {
+        if std::mem::replace(&mut self.done, true) || self.reserved == Spend::default() {
             return;
         }
-        self.done = true;
         let (queue, run, tenant, reserved) = (self.queue.clone(), self.run, self.tenant.clone(), self.reserved);
         tokio::spawn(async move {
-            if let Err(error) = queue.settle_tokens(run, &tenant, reserved, actual).await {
-                tracing::warn!(run_id = %run, %error, "settling a token reservation failed; it stays reserved");
+            if let Err(error) = queue.settle_budget(run, &tenant, reserved, actual).await {
+                tracing::warn!(run_id = %run, %error, "settling a budget reservation failed; it stays reserved");
             }
         });
     }
 }
 
 impl Drop for Settlement {
+    /// A reservation nobody settled (the call never reached the provider)
+    /// is released.
     fn drop(&mut self) {
-        let actual = match &self.source {
-            Some((transcript, index, status)) => {
-                let entries = transcript.lock().unwrap_or_else(PoisonError::into_inner);
-                let body = entries.get(*index).map(|e| e.response.clone()).unwrap_or_default();
-                // Without reported usage: nothing for a refusal, the whole
-                // reservation otherwise.
-                usage_tokens(&body).unwrap_or(if *status >= 400 { 0 } else { self.reserved })
-            }
-            None => 0,
-        };
-        self.book(actual);
+        self.book(Spend::default());
     }
 }
 
-/// Where a call goes: `<base>/<suffix>`, or for Azure OpenAI the model's
-/// deployment path with its `api-version`.
-fn upstream_url(provider: &ProviderConfig, suffix: &str, model: &str) -> String {
-    let base = provider.base_url.trim_end_matches('/');
-    match provider.kind {
-        ProviderKind::AzureOpenai => {
-            let deployment = provider.deployments.get(model).map_or(model, String::as_str);
-            let version = provider.api_version.as_deref().unwrap_or("2024-10-21");
-            format!("{base}/openai/deployments/{deployment}/{suffix}?api-version={version}")
-        }
-        _ => format!("{base}/{suffix}"),
-    }
-}
-
-/// The most a call can cost: its output cap (or 4096) plus its prompt at
-/// four bytes a token.
-fn worst_case_tokens(request: &str) -> u64 {
+/// The most a call can use: its output cap (or 4096) plus its prompt at
+/// four bytes a token, and what that costs at the model's price.
+fn worst_case(request: &str, price: Option<ModelPrice>) -> Spend {
     let json: serde_json::Value = serde_json::from_str(request).unwrap_or_default();
     let output = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
         .iter()
         .find_map(|k| json.get(*k).and_then(serde_json::Value::as_u64))
         .unwrap_or(4096);
-    output + request.len() as u64 / 4 + 1
+    let input = request.len() as u64 / 4 + 1;
+    let micro_usd = price
+        .map_or(0, |p| (input as f64 * p.input_usd_per_mtok + output as f64 * p.output_usd_per_mtok).ceil() as u64);
+    Spend { tokens: input + output, micro_usd }
 }
 
-/// Tokens a provider reported in a JSON answer or an SSE stream (OpenAI
-/// `usage.total_tokens`; Anthropic `input_tokens` + `output_tokens`).
-fn usage_tokens(body: &[u8]) -> Option<u64> {
+/// Input and output tokens a provider reported in a JSON answer or an SSE
+/// stream: OpenAI `prompt_tokens`/`completion_tokens`, Responses and
+/// Anthropic `input_tokens`/`output_tokens` (Anthropic streams report them
+/// in `message_start` and, cumulatively, in `message_delta`).
+fn usage(body: &[u8]) -> Option<(u64, u64)> {
     let text = String::from_utf8_lossy(body);
     let documents: Vec<serde_json::Value> = if text.trim_start().starts_with('{') {
         serde_json::from_str(&text).ok().into_iter().collect()
     } else {
-        text.lines().filter_map(|l| l.strip_prefix("data: ")).filter_map(|d| serde_json::from_str(d).ok()).collect()
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim()).ok())
+            .collect()
     };
-    let mut total = None;
-    for doc in documents {
-        for usage in [doc.get("usage"), doc.get("message").and_then(|m| m.get("usage"))].into_iter().flatten() {
-            let n = usage.get("total_tokens").and_then(serde_json::Value::as_u64).unwrap_or_else(|| {
-                ["input_tokens", "output_tokens"]
-                    .iter()
-                    .filter_map(|k| usage.get(*k).and_then(serde_json::Value::as_u64))
-                    .sum()
-            });
-            total = Some(total.unwrap_or(0) + n);
+    let mut found = None;
+    for doc in &documents {
+        let places = [doc.get("usage"), doc.pointer("/message/usage"), doc.pointer("/response/usage")];
+        for usage in places.into_iter().flatten() {
+            let get = |keys: &[&str]| keys.iter().find_map(|k| usage.get(*k).and_then(serde_json::Value::as_u64));
+            let (seen_in, seen_out) = found.unwrap_or((0, 0));
+            let input = get(&["prompt_tokens", "input_tokens"]).unwrap_or(0);
+            let output = get(&["completion_tokens", "output_tokens"]).unwrap_or(0);
+            found = Some((seen_in.max(input), seen_out.max(output)));
         }
     }
-    total
+    found
 }
 
 impl Wire {
@@ -494,6 +733,10 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body
         .unwrap_or_else(|_| internal())
 }
 
+pub(super) fn json_ok(value: &serde_json::Value) -> Response<Body> {
+    json_response(StatusCode::OK, value)
+}
+
 fn internal() -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
@@ -501,7 +744,7 @@ fn internal() -> Response<Body> {
 }
 
 /// An error in the shape the client's SDK expects.
-fn error(wire: Wire, status: StatusCode, code: &str, message: &str) -> Response<Body> {
+pub(super) fn error(wire: Wire, status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let body = match wire {
         Wire::OpenAi => {
             serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "code": code}})
@@ -539,28 +782,13 @@ impl GatewayServer {
         let listener = TcpListener::bind(bind).await?;
         let address = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let task_stop = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = task_stop.cancelled() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                let Ok((stream, _)) = accepted else { continue };
-                let (gateway, stop) = (gateway.clone(), task_stop.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let gateway = gateway.clone();
-                        async move { Ok::<_, Infallible>(gateway.handle(req).await) }
-                    });
-                    let connection =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = connection => {}
-                    }
-                });
-            }
+        crate::listener::accept_until(listener, stop.clone(), move |stream| {
+            let gateway = gateway.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(gateway.handle(req, false).await) }
+            });
+            crate::listener::serve_http(stream, service)
         });
         Ok(Self { address, stop })
     }

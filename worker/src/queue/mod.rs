@@ -163,6 +163,21 @@ impl Scripts {
 
 /// Client for the queue. Cheap to clone; clones share one multiplexed
 /// connection that reconnects by itself.
+/// Tokens and cost (micro-dollars): an amount, a reservation or a limit
+/// (0: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spend {
+    pub tokens: u64,
+    pub micro_usd: u64,
+}
+
+/// What a run token opens: the run and its tenant.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GatewayGrant {
+    pub run: RunId,
+    pub tenant: String,
+}
+
 #[derive(Clone)]
 pub struct RunQueue {
     conn: Conn,
@@ -551,59 +566,59 @@ impl RunQueue {
         Ok((allowed == 0).then(|| Duration::from_millis(retry_ms)))
     }
 
-    /// Reserves `amount` tokens against the run's and the tenant's budgets
-    /// (0 = no limit). `Ok(None)` when reserved, `Ok(Some("run"|"tenant"))`
-    /// naming the budget that would be exceeded.
-    pub async fn reserve_tokens(
+    /// Reserves a call's worst case against the run's and the tenant's
+    /// budgets; `Some(which)` names the budget that does not cover it.
+    pub async fn reserve_budget(
         &self,
         run: RunId,
         tenant: &str,
-        amount: u64,
-        run_limit: u64,
-        tenant_limit: u64,
+        amount: Spend,
+        run_limit: Spend,
+        tenant_limit: Spend,
     ) -> Result<Option<String>, QueueError> {
-        let (ok, which): (u8, String) = self.budget("reserve", run, tenant, amount, 0, run_limit, tenant_limit).await?;
+        let args = [amount.tokens, 0, run_limit.tokens, tenant_limit.tokens];
+        let cost = [amount.micro_usd, 0, run_limit.micro_usd, tenant_limit.micro_usd];
+        let (ok, which): (u8, String) = self.budget("reserve", run, tenant, args, cost).await?;
         Ok((ok == 0).then_some(which))
     }
 
-    /// Releases a reservation of `reserved` and books `actual` tokens used.
-    pub async fn settle_tokens(&self, run: RunId, tenant: &str, reserved: u64, actual: u64) -> Result<(), QueueError> {
-        self.budget("settle", run, tenant, reserved, actual, 0, 0).await.map(|_| ())
+    /// Releases a reservation and books what the call really used.
+    pub async fn settle_budget(
+        &self,
+        run: RunId,
+        tenant: &str,
+        reserved: Spend,
+        actual: Spend,
+    ) -> Result<(), QueueError> {
+        let args = [reserved.tokens, actual.tokens, 0, 0];
+        let cost = [reserved.micro_usd, actual.micro_usd, 0, 0];
+        self.budget("settle", run, tenant, args, cost).await.map(|_| ())
     }
 
-    /// Tokens used and reserved by a run: `(used, reserved)`.
-    pub async fn run_tokens(&self, run: RunId) -> Result<(u64, u64), QueueError> {
+    /// What a run has used and still has reserved.
+    pub async fn run_spend(&self, run: RunId) -> Result<(Spend, Spend), QueueError> {
         let mut conn = self.conn.clone();
-        let values: Vec<Option<u64>> =
-            conn.hmget(self.key(&format!("budget:run:{run}")), &["used", "reserved"]).await?;
-        Ok((values[0].unwrap_or(0), values[1].unwrap_or(0)))
+        let fields = ["used", "reserved", "cost_used", "cost_reserved"];
+        let v: Vec<Option<u64>> = conn.hmget(self.key(&format!("budget:run:{run}")), &fields).await?;
+        let at = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
+        Ok((Spend { tokens: at(0), micro_usd: at(2) }, Spend { tokens: at(1), micro_usd: at(3) }))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn budget(
         &self,
         op: &str,
         run: RunId,
         tenant: &str,
-        amount: u64,
-        actual: u64,
-        run_limit: u64,
-        tenant_limit: u64,
+        tokens: [u64; 4],
+        cost: [u64; 4],
     ) -> Result<(u8, String), QueueError> {
         let mut conn = self.conn.clone();
-        Ok(self
-            .scripts
-            .budget
-            .key(&*self.prefix)
-            .arg(op)
-            .arg(run.to_string())
-            .arg(tenant)
-            .arg(amount)
-            .arg(actual)
-            .arg(run_limit)
-            .arg(tenant_limit)
-            .invoke_async(&mut conn)
-            .await?)
+        let mut invocation = self.scripts.budget.key(&*self.prefix);
+        invocation.arg(op).arg(run.to_string()).arg(tenant);
+        for n in tokens.iter().chain(&cost) {
+            invocation.arg(*n);
+        }
+        Ok(invocation.invoke_async(&mut conn).await?)
     }
 
     /// The provider policy set through the API, if any.
@@ -621,18 +636,53 @@ impl RunQueue {
     }
 
     /// Stores a run's gateway token (its hash) until `ttl` passes or it is
-    /// revoked.
-    pub async fn put_gateway_token(&self, hash: &str, run: RunId, ttl: Duration) -> Result<(), QueueError> {
+    /// revoked, with what a gateway needs to serve it.
+    pub async fn put_gateway_token(&self, hash: &str, grant: &GatewayGrant, ttl: Duration) -> Result<(), QueueError> {
+        let json = serde_json::to_string(grant).map_err(|e| corrupt("gateway grant", e))?;
         let mut conn = self.conn.clone();
-        let _: () = conn.pset_ex(self.key(&format!("gwtok:{hash}")), run.to_string(), ttl.as_millis() as u64).await?;
+        let _: () = conn.pset_ex(self.key(&format!("gwtok:{hash}")), json, ttl.as_millis() as u64).await?;
         Ok(())
     }
 
-    /// The run a live gateway token belongs to.
-    pub async fn gateway_token(&self, hash: &str) -> Result<Option<RunId>, QueueError> {
+    /// What a live gateway token grants.
+    pub async fn gateway_token(&self, hash: &str) -> Result<Option<GatewayGrant>, QueueError> {
         let mut conn = self.conn.clone();
-        let run: Option<String> = conn.get(self.key(&format!("gwtok:{hash}"))).await?;
-        run.map(|r| r.parse().map_err(|e| corrupt(&r, e))).transpose()
+        let json: Option<String> = conn.get(self.key(&format!("gwtok:{hash}"))).await?;
+        json.map(|j| serde_json::from_str(&j).map_err(|e| corrupt("gateway grant", e))).transpose()
+    }
+
+    /// A standalone gateway hands each finished call of a run to the run's
+    /// worker through this list; `open` counts calls still in flight.
+    pub async fn gateway_call_started(&self, run: RunId) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let key = self.key(&format!("gwcalls:open:{run}"));
+        let _: () = redis::pipe().incr(&key, 1).expire(&key, 86400).query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    pub async fn gateway_call_finished(&self, run: RunId, call: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let (list, open) = (self.key(&format!("gwcalls:{run}")), self.key(&format!("gwcalls:open:{run}")));
+        let _: () = redis::pipe().rpush(&list, call).expire(&list, 86400).decr(&open, 1).query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// The calls a standalone gateway reported for a run, waiting up to
+    /// `wait` for those still in flight; removes them.
+    pub async fn take_gateway_calls(&self, run: RunId, wait: Duration) -> Result<Vec<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        let (list, open) = (self.key(&format!("gwcalls:{run}")), self.key(&format!("gwcalls:open:{run}")));
+        let until = std::time::Instant::now() + wait;
+        loop {
+            let in_flight: Option<i64> = conn.get(&open).await?;
+            if in_flight.unwrap_or(0) <= 0 || std::time::Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (calls, _, _): (Vec<String>, i64, i64) =
+            redis::pipe().lrange(&list, 0, -1).del(&list).del(&open).query_async(&mut conn).await?;
+        Ok(calls)
     }
 
     pub async fn revoke_gateway_token(&self, hash: &str) -> Result<(), QueueError> {

@@ -1,34 +1,46 @@
--- Token budgets: a run's and a tenant's (per UTC day), as hashes
--- {used, reserved}. Reserve before a model call from its worst case; settle
--- after it from reported usage, releasing the reservation.
--- ARGV: op (`reserve` | `settle`), run, tenant, amount, actual,
---       run_limit (0: none), tenant_limit (0: none)
--- reserve returns {1, ''} or {0, 'run'|'tenant'}; settle returns {1, ''}.
+-- Budgets of a run and of a tenant (per UTC day), in tokens and in cost
+-- (micro-dollars), as hashes {used, reserved, cost_used, cost_reserved}.
+-- Reserve before a model call from its worst case; settle after it from
+-- reported usage, releasing the reservation.
+-- ARGV: op (`reserve` | `settle`), run, tenant,
+--       tokens, actual_tokens, run_tokens_limit, tenant_tokens_limit,
+--       cost, actual_cost, run_cost_limit, tenant_cost_limit (limits 0: none)
+-- reserve returns {1, ''} or {0, 'run' | 'tenant' | 'run cost' | 'tenant cost'};
+-- settle returns {1, ''}.
 local op, run, tenant = ARGV[1], ARGV[2], ARGV[3]
-local amount, actual = tonumber(ARGV[4]), tonumber(ARGV[5])
-local run_limit, tenant_limit = tonumber(ARGV[6]), tonumber(ARGV[7])
+local tokens, actual_tokens = tonumber(ARGV[4]), tonumber(ARGV[5])
+local run_tokens_limit, tenant_tokens_limit = tonumber(ARGV[6]), tonumber(ARGV[7])
+local cost, actual_cost = tonumber(ARGV[8]), tonumber(ARGV[9])
+local run_cost_limit, tenant_cost_limit = tonumber(ARGV[10]), tonumber(ARGV[11])
 local t = redis.call('TIME')
 local day = math.floor(tonumber(t[1]) / 86400)
 local run_key = p .. 'budget:run:' .. run
 local tenant_key = p .. 'budget:tenant:' .. tenant .. ':' .. day
-local function spent(key)
-  local v = redis.call('HMGET', key, 'used', 'reserved')
+local function spent(key, used, reserved)
+  local v = redis.call('HMGET', key, used, reserved)
   return (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
 end
+local function over(key, used, reserved, amount, limit)
+  return limit > 0 and spent(key, used, reserved) + amount > limit
+end
 if op == 'reserve' then
-  if run_limit > 0 and spent(run_key) + amount > run_limit then
-    return {0, 'run'}
+  if over(run_key, 'used', 'reserved', tokens, run_tokens_limit) then return {0, 'run'} end
+  if over(tenant_key, 'used', 'reserved', tokens, tenant_tokens_limit) then return {0, 'tenant'} end
+  if over(run_key, 'cost_used', 'cost_reserved', cost, run_cost_limit) then return {0, 'run cost'} end
+  if over(tenant_key, 'cost_used', 'cost_reserved', cost, tenant_cost_limit) then return {0, 'tenant cost'} end
+  for _, key in ipairs({run_key, tenant_key}) do
+    redis.call('HINCRBY', key, 'reserved', tokens)
+    redis.call('HINCRBY', key, 'cost_reserved', cost)
   end
-  if tenant_limit > 0 and spent(tenant_key) + amount > tenant_limit then
-    return {0, 'tenant'}
-  end
-  redis.call('HINCRBY', run_key, 'reserved', amount)
-  redis.call('HINCRBY', tenant_key, 'reserved', amount)
 else
-  redis.call('HINCRBY', run_key, 'reserved', 0 - amount)
-  redis.call('HINCRBY', run_key, 'used', actual)
-  redis.call('HINCRBY', tenant_key, 'reserved', 0 - amount)
-  redis.call('HINCRBY', tenant_key, 'used', actual)
+  -- `-n` of 0 would be "-0", which HINCRBY refuses; %d prints "0".
+  local function minus(n) return string.format('%d', -n) end
+  for _, key in ipairs({run_key, tenant_key}) do
+    redis.call('HINCRBY', key, 'reserved', minus(tokens))
+    redis.call('HINCRBY', key, 'used', actual_tokens)
+    redis.call('HINCRBY', key, 'cost_reserved', minus(cost))
+    redis.call('HINCRBY', key, 'cost_used', actual_cost)
+  end
 end
 redis.call('EXPIRE', run_key, 7 * 86400)
 redis.call('EXPIRE', tenant_key, 2 * 86400)
