@@ -12,6 +12,7 @@ pub mod problem;
 pub mod providers;
 pub mod queue;
 pub mod runs;
+pub mod secrets;
 pub mod startup;
 
 pub use startup::{AppState, Application};

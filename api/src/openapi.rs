@@ -7,7 +7,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{InfoBuilder, OpenApi};
 use utoipa_actix_web::AppExt;
 
-use crate::{health, limits, policies, problem, providers, queue, runs, startup};
+use crate::{health, limits, policies, problem, providers, queue, runs, secrets, startup};
 
 /// Registers every route on `app`; returns the app and its OpenAPI document.
 pub fn routes<T>(app: App<T>) -> (App<T>, OpenApi)
@@ -39,6 +39,9 @@ where
         .service(policies::handlers::put_repo_policy)
         .service(providers::handlers::get_llm_policy)
         .service(providers::handlers::put_llm_policy)
+        .service(secrets::handlers::put_secret)
+        .service(secrets::handlers::list_secrets)
+        .service(secrets::handlers::delete_secret)
         .default_service(actix_web::web::to(problem::not_found))
         .split_for_parts();
     doc.info = InfoBuilder::new()

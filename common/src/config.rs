@@ -23,6 +23,7 @@ pub struct Config {
     pub git: GitConfig,
     pub egress: EgressConfig,
     pub gateway: GatewayConfig,
+    pub secrets: SecretsConfig,
     /// Agent profiles by name; a run names one (or gets `default`).
     pub agents: BTreeMap<String, AgentConfig>,
 }
@@ -160,6 +161,12 @@ pub struct GatewayConfig {
     pub tenant_requests_per_minute: u32,
     /// Model calls per minute per provider, across every gateway (0: none).
     pub provider_requests_per_minute: u32,
+    /// Tokens per minute per tenant, across every gateway (0: none). A call
+    /// takes its worst case (prompt and `max_tokens`) when admitted; the
+    /// unused part is given back when its usage is known.
+    pub tenant_tokens_per_minute: u64,
+    /// Tokens per minute per provider, across every gateway (0: none).
+    pub provider_tokens_per_minute: u64,
     /// Tokens one run may use (0: no budget).
     pub run_token_budget: u64,
     /// Tokens one tenant may use per UTC day (0: no budget).
@@ -227,6 +234,24 @@ pub struct ProviderConfig {
     pub anthropic_betas: Vec<String>,
 }
 
+/// Secrets tenants register for redaction are kept sealed in Redis.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// 32 bytes, base64 (`openssl rand -base64 32`); the same on API
+    /// servers, workers and standalone gateways. Without it, tenants cannot
+    /// register secrets.
+    #[serde(serialize_with = "serialize_optional_secret")]
+    pub encryption_key: Option<SecretString>,
+}
+
+fn serialize_optional_secret<S: serde::Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(secret) => s.serialize_some(secret.expose_secret()),
+        None => s.serialize_none(),
+    }
+}
+
 /// US dollars per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,6 +288,8 @@ impl Default for GatewayConfig {
             run_requests_per_minute: 120,
             tenant_requests_per_minute: 0,
             provider_requests_per_minute: 0,
+            tenant_tokens_per_minute: 0,
+            provider_tokens_per_minute: 0,
             prompt_content: PromptContent::Redacted,
             run_token_budget: 0,
             tenant_daily_token_budget: 0,
@@ -313,6 +340,7 @@ impl Default for Config {
             git: GitConfig::default(),
             egress: EgressConfig::default(),
             gateway: GatewayConfig::default(),
+            secrets: SecretsConfig::default(),
             agents: BTreeMap::from([("default".to_owned(), AgentConfig { command: "git status --short".to_owned() })]),
         }
     }
@@ -538,6 +566,11 @@ impl Config {
             && remote.parse::<std::net::SocketAddr>().is_err()
         {
             return invalid("gateway.remote", "must be host:port with an IP address, e.g. 10.0.0.5:8089");
+        }
+        if let Some(key) = &self.secrets.encryption_key
+            && crate::sealed::SecretBox::new(key.expose_secret()).is_err()
+        {
+            return invalid("secrets.encryption_key", "must be 32 bytes, base64-encoded (openssl rand -base64 32)");
         }
         if !self.agents.contains_key("default") {
             return invalid("agents.default", "must be configured: runs without a profile use it");

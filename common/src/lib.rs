@@ -6,6 +6,7 @@
 pub mod config;
 pub mod policy;
 pub mod run;
+pub mod sealed;
 pub mod telemetry;
 
 pub use run::{

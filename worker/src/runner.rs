@@ -9,7 +9,6 @@ use common::config::{AgentConfig, Config};
 use common::policy::SandboxPolicy;
 use common::{ArtifactKind, RunId, StopReason};
 use futures::StreamExt;
-use secrecy::ExposeSecret;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -237,7 +236,7 @@ impl Runtime {
         let serving = match remote {
             Some(remote) => Relay::start(at, remote).await.map(Serving::Remote),
             None => {
-                let redactor = self.redactor(Some(&token));
+                let redactor = self.redactor(&run.spec.tenant, Some(&token)).await?;
                 let gateway = RunGateway::new(
                     run.id,
                     run.spec.tenant.clone(),
@@ -281,8 +280,11 @@ impl Runtime {
                 let (mut calls, mut transcript) = (Vec::new(), Vec::new());
                 for item in published {
                     let Ok(mut item) = serde_json::from_str::<serde_json::Value>(&item) else { continue };
-                    if let Ok(call) = serde_json::from_value::<CallRecord>(item["call"].take()) {
-                        calls.push(call);
+                    match serde_json::from_value::<CallRecord>(item["call"].take()) {
+                        Ok(call) => calls.push(call),
+                        Err(error) => {
+                            tracing::warn!(run_id = %run, %error, "a call from the standalone gateway is unreadable")
+                        }
                     }
                     if !item["transcript"].is_null() {
                         transcript.push(item["transcript"].take());
@@ -294,22 +296,11 @@ impl Runtime {
         }
     }
 
-    /// The transcript as JSON Lines: call metadata always, prompt and
-    /// completion redacted (or omitted, by policy), as the gateway kept
-    /// them; one more redaction pass with every secret this worker knows.
-    fn transcript_jsonl(&self, lines: &[serde_json::Value]) -> String {
-        let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
-        self.redactor(None).redact(&text).0
-    }
-
-    /// A redactor for every secret this worker knows, and the run token.
-    fn redactor(&self, run_token: Option<&str>) -> Redactor {
-        let mut known: Vec<String> =
-            self.config.gateway.providers.values().map(|p| p.api_key.expose_secret().to_owned()).collect();
-        known.extend(self.config.gateway.redact.iter().map(|s| s.expose_secret().to_owned()));
-        known.push(self.config.s3.secret_access_key.expose_secret().to_owned());
-        known.extend(run_token.map(str::to_owned));
-        Redactor::new(&known, &self.redaction_key)
+    /// A redactor for every secret this worker knows, the tenant's and
+    /// the run token.
+    async fn redactor(&self, tenant: &str, run_token: Option<&str>) -> Result<Redactor, String> {
+        let known = crate::gateway::known_secrets(&self.config, &self.queue, tenant, run_token).await?;
+        Ok(Redactor::new(&known, &self.redaction_key))
     }
 
     async fn in_sandbox(
@@ -526,7 +517,12 @@ impl Runtime {
         diff: Vec<u8>,
         facts: Option<Facts>,
     ) -> Ending {
-        let transcript = facts.as_ref().map(|f| self.transcript_jsonl(&f.transcript)).unwrap_or_default();
+        // Nothing is stored unredacted: without the tenant's secrets, retry.
+        let redactor = match self.redactor(&run.spec.tenant, None).await {
+            Ok(redactor) => redactor,
+            Err(message) => return self.retry(run, message),
+        };
+        let transcript = facts.as_ref().map(|f| transcript_jsonl(&redactor, &f.transcript)).unwrap_or_default();
         let mut kinds = vec![ArtifactKind::Logs, ArtifactKind::Diff, ArtifactKind::Summary];
         if !transcript.is_empty() {
             kinds.push(ArtifactKind::Transcript);
@@ -559,7 +555,7 @@ impl Runtime {
             Err(e) => return self.retry(run, format!("encoding the summary failed: {e}")),
         };
         // Logs pass redaction before they reach storage.
-        let (log_text, _) = self.redactor(None).redact(&String::from_utf8_lossy(&log.data));
+        let (log_text, _) = redactor.redact(&String::from_utf8_lossy(&log.data));
         let mut uploads = vec![
             (&keys[0], Bytes::from(log_text), "text/plain; charset=utf-8"),
             (&keys[1], Bytes::from(diff), "text/x-diff"),
@@ -575,6 +571,14 @@ impl Runtime {
         }
         Ending::Outcome(Outcome::Done { reason, artifacts: keys })
     }
+}
+
+/// The transcript as JSON Lines: call metadata always, prompt and
+/// completion redacted (or omitted, by policy), as the gateway kept them;
+/// one more redaction pass with every secret this worker knows.
+fn transcript_jsonl(redactor: &Redactor, lines: &[serde_json::Value]) -> String {
+    let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    redactor.redact(&text).0
 }
 
 /// Where a run executes: its sandbox, its egress proxy, its model gateway

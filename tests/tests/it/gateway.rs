@@ -684,3 +684,117 @@ async fn a_standalone_gateway_holds_the_provider_keys_and_workers_relay_to_it() 
     assert!(!transcript.contains(&registered), "a secret reached the transcript");
     providers.stop().await;
 }
+
+#[tokio::test]
+async fn token_rate_limits_take_the_worst_case_and_give_back_what_was_not_used() {
+    let (providers, queue, mut config) = emulated_gateway(0).await;
+    config.providers.get_mut("emulated").unwrap().models.push("gpt-slow".to_owned());
+    config.tenant_tokens_per_minute = 3000;
+    let hour = std::time::Duration::from_secs(3600);
+    let (token, server, _) = serve_run(&providers, &queue, "acme", &config, hour).await;
+    let client = reqwest::Client::new();
+    let ask = |model: &str, stream: bool| {
+        client
+            .post(format!("http://{}/v1/chat/completions", server.address))
+            .bearer_auth(&token)
+            .json(&json!({"model": model, "stream": stream, "max_tokens": 2500, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    // Each call may use 2500+ tokens of the 3000 a minute, but uses 17: the
+    // rest goes back, so the next one is admitted at once.
+    for _ in 0..2 {
+        let answered = ask("gpt-test", false).await.unwrap();
+        assert_eq!(answered.status().as_u16(), 200);
+        answered.bytes().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // While a call that may use 2500 tokens is streaming, another is refused.
+    let mut slow = ask("gpt-slow", true).await.unwrap();
+    slow.chunk().await.unwrap().expect("the slow stream started");
+    let refused = ask("gpt-test", false).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    let retry: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("tenant's token rate limit"), "{body}");
+    assert_eq!(providers.received().len(), 3, "the refused call reached the provider");
+    drop(slow);
+    providers.stop().await;
+}
+
+#[tokio::test]
+async fn secrets_a_tenant_registers_are_stored_sealed_and_redacted_from_its_runs() {
+    let providers = EmulatedProviders::start().await;
+    let providers_json = providers_with(&providers, &[]);
+    let agent = r#"python3 -c 'import json, os; print(json.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": "deploy with " + os.environ["PADDOCK_TASK_BODY"]}]}))' > /tmp/request.json
+curl -sS -o /dev/null -w 'status: %{http_code}\n' "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" -H 'content-type: application/json' -d @/tmp/request.json
+echo "the agent echoes $PADDOCK_TASK_BODY""#;
+    let app = spawn_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", agent),
+        ("PADDOCK_GATEWAY__PROVIDERS", providers_json.as_str()),
+        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", ALLOWED),
+        ("PADDOCK_SECRETS__ENCRYPTION_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+    ])
+    .await;
+    let secret = format!("payments-deploy-{}", ulid::Ulid::new());
+    let put = |name: &str, value: &str| {
+        app.client
+            .put(app.url(&format!("/v1/tenants/payments/secrets/{name}")))
+            .bearer_auth(&app.token)
+            .json(&json!({"value": value}))
+            .send()
+    };
+    let registered = put("deploy-key", &secret).await.unwrap();
+    assert_eq!(registered.status().as_u16(), 200);
+    let shown: Value = registered.json().await.unwrap();
+    assert_eq!(shown["name"], "deploy-key");
+    assert!(!shown.to_string().contains(&secret), "the API showed the value: {shown}");
+    assert_eq!(put("short", "abc").await.unwrap().status().as_u16(), 400);
+    let listed: Value = app.get("/v1/tenants/payments/secrets").await.json().await.unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["fingerprint"], shown["fingerprint"]);
+
+    // Redis holds it sealed only.
+    let key = format!("{{{}}}:secrets:payments", app.config.redis.namespace);
+    let raw = std::process::Command::new("redis-cli").args(["-p", "6390", "hgetall", &key]).output().unwrap();
+    let raw = String::from_utf8_lossy(&raw.stdout);
+    assert!(raw.contains("deploy-key") && !raw.contains(&secret), "{raw}");
+
+    let repo = app.repo(&[("README.md", b"# x\n")]);
+    let worker = app.spawn_worker().await;
+    let body = json!({"tenant": "payments", "repository": repo, "base_ref": "main", "task": {"title": "deploy", "body": secret}});
+    let accepted: Value = app.post_run(&body).await.json().await.unwrap();
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let run = app.wait_until_finished(&id).await;
+    let logs = app.logs_of(&run).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    assert!(logs.contains("\nstatus: 200"), "{logs}");
+    assert!(!logs.contains(&secret) && logs.contains("the agent echoes [REDACTED:known-secret:"), "{logs}");
+    let received = providers.received();
+    assert!(!received[0].contains(&secret) && received[0].contains("[REDACTED:known-secret:"), "{received:?}");
+    let transcript = String::from_utf8(app.artifact(&format!("runs/{id}/transcript.jsonl")).await.to_vec()).unwrap();
+    assert!(!transcript.contains(&secret));
+
+    let remove =
+        || app.client.delete(app.url("/v1/tenants/payments/secrets/deploy-key")).bearer_auth(&app.token).send();
+    assert_eq!(remove().await.unwrap().status().as_u16(), 204);
+    assert_eq!(remove().await.unwrap().status().as_u16(), 404);
+    worker.shutdown().await;
+    providers.stop().await;
+}
+
+#[tokio::test]
+async fn without_an_encryption_key_secrets_are_refused_with_the_key_named() {
+    let app = spawn_app(&[]).await;
+    let refused = app
+        .client
+        .put(app.url("/v1/tenants/payments/secrets/deploy-key"))
+        .bearer_auth(&app.token)
+        .json(&json!({"value": "a-long-enough-secret"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 409);
+    let problem: Value = refused.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("secrets.encryption_key"), "{problem}");
+}

@@ -15,7 +15,6 @@ use common::RunId;
 use common::config::Config;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use secrecy::ExposeSecret;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -87,7 +86,7 @@ impl GatewayHub {
         match self.gateway_for(grant, hash, &token).await {
             Ok(gateway) => gateway.handle(req, true).await,
             Err(message) => {
-                tracing::warn!(%message, "refusing: provider policy unreadable");
+                tracing::warn!(%message, "refusing: the run's gateway cannot be set up");
                 error(wire, StatusCode::SERVICE_UNAVAILABLE, "gateway_unavailable", &message)
             }
         }
@@ -104,18 +103,11 @@ impl GatewayHub {
             Ok(None) => self.config.gateway.clone(),
             Err(e) => return Err(format!("reading the provider policy failed: {e}")),
         };
-        let gateway = RunGateway::new(grant.run, grant.tenant, hash, config, self.queue.clone(), self.redactor(token));
+        let known = super::known_secrets(&self.config, &self.queue, &grant.tenant, Some(token)).await?;
+        let redactor = Redactor::new(&known, &self.redaction_key);
+        let gateway = RunGateway::new(grant.run, grant.tenant, hash, config, self.queue.clone(), redactor);
         let gateway = Arc::new(gateway.publishing());
         Ok(self.lock().entry(grant.run).or_insert(gateway).clone())
-    }
-
-    fn redactor(&self, token: &str) -> Redactor {
-        let gateway = &self.config.gateway;
-        let mut known: Vec<String> = gateway.providers.values().map(|p| p.api_key.expose_secret().to_owned()).collect();
-        known.extend(gateway.redact.iter().map(|s| s.expose_secret().to_owned()));
-        known.push(self.config.s3.secret_access_key.expose_secret().to_owned());
-        known.push(token.to_owned());
-        Redactor::new(&known, &self.redaction_key)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Arc<RunGateway>>> {

@@ -20,6 +20,37 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+/// Every secret a run's redaction must know: provider keys, configured
+/// secrets, the storage key, the tenant's registered secrets (opened with
+/// `secrets.encryption_key`) and, when given, the run token. Fails when the
+/// tenant's secrets cannot be read: redacting without them would leak them.
+pub async fn known_secrets(
+    config: &common::config::Config,
+    queue: &crate::queue::RunQueue,
+    tenant: &str,
+    run_token: Option<&str>,
+) -> Result<Vec<String>, String> {
+    use secrecy::ExposeSecret;
+    let gateway = &config.gateway;
+    let mut known: Vec<String> = gateway.providers.values().map(|p| p.api_key.expose_secret().to_owned()).collect();
+    known.extend(gateway.redact.iter().map(|s| s.expose_secret().to_owned()));
+    known.push(config.s3.secret_access_key.expose_secret().to_owned());
+    known.extend(run_token.map(str::to_owned));
+    let registered =
+        queue.tenant_secrets(tenant).await.map_err(|e| format!("reading the tenant's secrets failed: {e}"))?;
+    if registered.is_empty() {
+        return Ok(known);
+    }
+    let Some(key) = &config.secrets.encryption_key else {
+        return Err("the tenant has registered secrets but secrets.encryption_key is not configured here".to_owned());
+    };
+    let vault = common::sealed::SecretBox::new(key.expose_secret()).map_err(|e| e.to_string())?;
+    for (name, secret) in registered {
+        known.push(vault.open(&secret.sealed).map_err(|e| format!("tenant secret `{name}`: {e}"))?);
+    }
+    Ok(known)
+}
+
 /// Runs the standalone gateway on `gateway.listen` until `shutdown`.
 pub async fn serve_standalone(
     config: common::config::Config,

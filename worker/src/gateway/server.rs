@@ -45,6 +45,10 @@ pub struct CallRecord {
     pub refusal: Option<String>,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Whether the provider reported usage; when not, the call was charged
+    /// its worst case.
+    #[serde(default)]
+    pub usage_reported: bool,
     /// At the provider's configured price for the model (0 without one).
     pub cost_usd: f64,
     /// Until the answer's status and headers.
@@ -161,7 +165,11 @@ impl RunGateway {
     /// The run's own limit (in this process), then the tenant's and the
     /// provider's (shared through Redis by every gateway). Fails closed:
     /// when Redis cannot answer, the call is refused.
-    async fn admit(&self, provider: &str) -> Result<(), (StatusCode, Option<std::time::Duration>, String)> {
+    async fn admit(
+        &self,
+        provider: &str,
+        tokens: u64,
+    ) -> Result<(), (StatusCode, Option<std::time::Duration>, String)> {
         if let Some(limit) = &self.run_limit
             && let Err(not_until) = limit.check()
         {
@@ -172,21 +180,33 @@ impl RunGateway {
                 "the run's request rate limit is reached".to_owned(),
             ));
         }
-        let shared = [
-            (format!("tenant:{}", self.tenant), self.config.tenant_requests_per_minute, "tenant"),
-            (format!("provider:{provider}"), self.config.provider_requests_per_minute, "provider"),
+        let requests = [
+            (
+                format!("tenant:{}", self.tenant),
+                u64::from(self.config.tenant_requests_per_minute),
+                1,
+                "tenant's request",
+            ),
+            (
+                format!("provider:{provider}"),
+                u64::from(self.config.provider_requests_per_minute),
+                1,
+                "provider's request",
+            ),
         ];
-        for (name, per_minute, what) in shared {
-            if per_minute == 0 {
+        let token_limits =
+            self.token_limits(provider).into_iter().map(|(name, per_minute, what)| (name, per_minute, tokens, what));
+        for (name, per_minute, cost, what) in requests.into_iter().chain(token_limits) {
+            if per_minute == 0 || cost == 0 {
                 continue;
             }
-            match self.queue.rate_limit(&name, per_minute).await {
+            match self.queue.rate_limit(&name, per_minute, cost).await {
                 Ok(None) => {}
                 Ok(Some(wait)) => {
                     return Err((
                         StatusCode::TOO_MANY_REQUESTS,
                         Some(wait),
-                        format!("the {what}'s request rate limit is reached"),
+                        format!("the {what} rate limit is reached"),
                     ));
                 }
                 Err(e) => {
@@ -196,6 +216,18 @@ impl RunGateway {
             }
         }
         Ok(())
+    }
+
+    /// The shared token-per-minute limits a call to `provider` counts
+    /// against: (GCRA name, tokens per minute, what to call it).
+    fn token_limits(&self, provider: &str) -> Vec<(String, u64, &'static str)> {
+        vec![
+            (format!("tokens:tenant:{}", self.tenant), self.config.tenant_tokens_per_minute, "tenant's token"),
+            (format!("tokens:provider:{provider}"), self.config.provider_tokens_per_minute, "provider's token"),
+        ]
+        .into_iter()
+        .filter(|(_, per_minute, _)| *per_minute > 0)
+        .collect()
     }
 
     /// Books a finished call: in the run's record and, for a standalone
@@ -279,6 +311,7 @@ impl RunGateway {
             refusal: None,
             tokens_in: 0,
             tokens_out: 0,
+            usage_reported: false,
             cost_usd: 0.0,
             latency_ms: 0,
             duration_ms: 0,
@@ -333,7 +366,9 @@ impl RunGateway {
             return Err(error(wire, StatusCode::FORBIDDEN, "model_not_allowed", &message));
         };
         record.provider = Some(provider_name.clone());
-        if let Err((status, wait, message)) = self.admit(provider_name).await {
+        let price = model.as_deref().and_then(|m| provider.prices.get(m)).copied();
+        let worst = if suffix.ends_with("count_tokens") { Spend::default() } else { worst_case(&text, price) };
+        if let Err((status, wait, message)) = self.admit(provider_name, worst.tokens).await {
             record.refusal = Some(message.clone());
             let mut response = error(wire, status, "rate_limit_exceeded", &message);
             if let Some(wait) = wait {
@@ -342,9 +377,18 @@ impl RunGateway {
             }
             return Err(response);
         }
-        let price = model.as_deref().and_then(|m| provider.prices.get(m)).copied();
-        let reserved = if suffix.ends_with("count_tokens") { Spend::default() } else { worst_case(&text, price) };
-        let reserved = self.reserve(wire, reserved, record).await?;
+        let reserved = self.reserve(wire, worst, record).await?;
+        // From here on, whatever happens, the reservation and the tokens
+        // taken from the rate limits are settled exactly once.
+        let settlement = Settlement {
+            queue: self.queue.clone(),
+            run: self.run,
+            tenant: self.tenant.clone(),
+            worst,
+            budgeted: reserved != Spend::default(),
+            token_limits: self.token_limits(provider_name),
+            done: false,
+        };
 
         let (redacted, counts) = self.redactor.redact(&text);
         for (rule, n) in &counts.0 {
@@ -355,7 +399,7 @@ impl RunGateway {
             Ok(upstream) => upstream,
             Err(message) => {
                 tracing::warn!(run_id = %self.run, provider = %provider_name, %message, "provider sign-in failed");
-                self.settlement(reserved).settle(Spend::default());
+                settlement.settle(Spend::default());
                 return Err(error(wire, StatusCode::BAD_GATEWAY, "upstream_auth_failed", &message));
             }
         };
@@ -363,7 +407,7 @@ impl RunGateway {
             Ok(response) => response,
             Err(e) => {
                 tracing::warn!(run_id = %self.run, error = %e, "provider unreachable");
-                self.settlement(reserved).settle(Spend::default());
+                settlement.settle(Spend::default());
                 return Err(error(
                     wire,
                     StatusCode::BAD_GATEWAY,
@@ -401,7 +445,7 @@ impl RunGateway {
             gateway: self.clone(),
             call: call.clone(),
             record: Some(record.clone()),
-            settlement: self.settlement(reserved),
+            settlement: Some(settlement),
             price,
             started,
         };
@@ -517,10 +561,6 @@ impl RunGateway {
         }
     }
 
-    fn settlement(&self, reserved: Spend) -> Settlement {
-        Settlement { queue: self.queue.clone(), run: self.run, tenant: self.tenant.clone(), reserved, done: false }
-    }
-
     fn models(&self) -> Response<Body> {
         let data: Vec<serde_json::Value> = self
             .allowed()
@@ -591,7 +631,7 @@ struct CallGuard {
     gateway: Arc<RunGateway>,
     call: Arc<Mutex<InFlight>>,
     record: Option<CallRecord>,
-    settlement: Settlement,
+    settlement: Option<Settlement>,
     price: Option<ModelPrice>,
     started: Instant,
 }
@@ -605,27 +645,30 @@ impl Drop for CallGuard {
             (std::mem::take(&mut call.entry), call.scrubber.counts().clone())
         };
         let usage = if entry.response_truncated { None } else { usage(&entry.response) };
-        // Without reported usage: nothing for a refusal, the whole
-        // reservation otherwise.
-        let (tokens_in, tokens_out) = match usage {
-            Some(u) => u,
-            None if record.status >= 400 => (0, 0),
-            None => (0, self.settlement.reserved.tokens),
-        };
-        // Dollars per million tokens times tokens is micro-dollars.
-        let micro_usd = self
-            .price
-            .map_or(0.0, |p| tokens_in as f64 * p.input_usd_per_mtok + tokens_out as f64 * p.output_usd_per_mtok);
-        let cost = micro_usd / 1e6;
+        let worst = self.settlement.as_ref().map(|s| s.worst).unwrap_or_default();
         let actual = match usage {
-            None if record.status < 400 => self.settlement.reserved,
-            _ => Spend { tokens: tokens_in + tokens_out, micro_usd: micro_usd.ceil() as u64 },
+            Some((tokens_in, tokens_out)) => {
+                record.tokens_in = tokens_in;
+                record.tokens_out = tokens_out;
+                record.usage_reported = true;
+                // Dollars per million tokens times tokens is micro-dollars.
+                let micro_usd = self.price.map_or(0.0, |p| {
+                    tokens_in as f64 * p.input_usd_per_mtok + tokens_out as f64 * p.output_usd_per_mtok
+                });
+                record.cost_usd = micro_usd / 1e6;
+                Spend { tokens: tokens_in + tokens_out, micro_usd: micro_usd.ceil() as u64 }
+            }
+            // Without reported usage: nothing for a refusal, the worst case
+            // otherwise (and the record says usage was not reported).
+            None if record.status >= 400 => Spend::default(),
+            None => {
+                record.cost_usd = worst.micro_usd as f64 / 1e6;
+                worst
+            }
         };
-        let settlement = std::mem::replace(&mut self.settlement, self.gateway.settlement(Spend::default()));
-        settlement.settle(actual);
-        record.tokens_in = tokens_in;
-        record.tokens_out = tokens_out;
-        record.cost_usd = cost;
+        if let Some(settlement) = self.settlement.take() {
+            settlement.settle(actual);
+        }
         record.duration_ms = self.started.elapsed().as_millis() as u64;
         for (rule, n) in &counts.0 {
             *record.redactions.entry((*rule).to_owned()).or_default() += n;
@@ -634,12 +677,17 @@ impl Drop for CallGuard {
     }
 }
 
-/// Books a call's real use against its reservation, once.
+/// Books a call's real use, once: settles its budget reservation and gives
+/// the unused part of its worst case back to the token rate limits.
 struct Settlement {
     queue: RunQueue,
     run: RunId,
     tenant: String,
-    reserved: Spend,
+    worst: Spend,
+    /// Whether `worst` was reserved against budgets.
+    budgeted: bool,
+    /// Token-per-minute limits the worst case was taken from.
+    token_limits: Vec<(String, u64, &'static str)>,
     done: bool,
 }
 
@@ -649,21 +697,31 @@ impl Settlement {
     }
 
     fn book(&mut self, actual: Spend) {
-        if std::mem::replace(&mut self.done, true) || self.reserved == Spend::default() {
+        if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let (queue, run, tenant, reserved) = (self.queue.clone(), self.run, self.tenant.clone(), self.reserved);
+        let refund = self.worst.tokens.saturating_sub(actual.tokens);
+        let limits = if refund > 0 { std::mem::take(&mut self.token_limits) } else { Vec::new() };
+        if !self.budgeted && limits.is_empty() {
+            return;
+        }
+        let (queue, run, tenant, worst, budgeted) =
+            (self.queue.clone(), self.run, self.tenant.clone(), self.worst, self.budgeted);
         tokio::spawn(async move {
-            if let Err(error) = queue.settle_budget(run, &tenant, reserved, actual).await {
+            if budgeted && let Err(error) = queue.settle_budget(run, &tenant, worst, actual).await {
                 tracing::warn!(run_id = %run, %error, "settling a budget reservation failed; it stays reserved");
+            }
+            for (name, per_minute, _) in limits {
+                if let Err(error) = queue.rate_refund(&name, per_minute, refund).await {
+                    tracing::warn!(run_id = %run, %error, "returning unused tokens to a rate limit failed");
+                }
             }
         });
     }
 }
 
 impl Drop for Settlement {
-    /// A reservation nobody settled (the call never reached the provider)
-    /// is released.
+    /// A call that never reached the provider uses nothing.
     fn drop(&mut self) {
         self.book(Spend::default());
     }

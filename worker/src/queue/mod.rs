@@ -171,6 +171,16 @@ pub struct Spend {
     pub micro_usd: u64,
 }
 
+/// A tenant-registered secret as stored: sealed with
+/// `secrets.encryption_key`, shown only by its fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredSecret {
+    pub sealed: String,
+    pub fingerprint: String,
+    pub created_at_ms: u64,
+    pub created_by: String,
+}
+
 /// What a run token opens: the run and its tenant.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GatewayGrant {
@@ -549,21 +559,31 @@ impl RunQueue {
         Ok(policy)
     }
 
-    /// Takes one request from the shared rate `name` (`per_minute`, with a
-    /// burst of as many). `Ok(None)` when allowed, `Ok(Some(wait))` when not.
-    pub async fn rate_limit(&self, name: &str, per_minute: u32) -> Result<Option<Duration>, QueueError> {
-        let interval_ms = 60_000 / u64::from(per_minute.max(1));
+    /// Takes `cost` from the shared rate `name` (`per_minute`, with a burst
+    /// of as many). `Ok(None)` when allowed, `Ok(Some(wait))` when not.
+    pub async fn rate_limit(&self, name: &str, per_minute: u64, cost: u64) -> Result<Option<Duration>, QueueError> {
+        let (allowed, retry_ms) = self.gcra(name, per_minute, cost as i64).await?;
+        Ok((allowed == 0).then(|| Duration::from_millis(retry_ms)))
+    }
+
+    /// Gives back `amount` taken from the shared rate `name` but not used.
+    pub async fn rate_refund(&self, name: &str, per_minute: u64, amount: u64) -> Result<(), QueueError> {
+        self.gcra(name, per_minute, -(amount as i64)).await.map(|_| ())
+    }
+
+    async fn gcra(&self, name: &str, per_minute: u64, cost: i64) -> Result<(u8, u64), QueueError> {
+        let interval_ms = 60_000.0 / per_minute.max(1) as f64;
         let mut conn = self.conn.clone();
-        let (allowed, retry_ms): (u8, u64) = self
+        Ok(self
             .scripts
             .gcra
             .key(&*self.prefix)
             .arg(name)
             .arg(interval_ms)
             .arg(per_minute)
+            .arg(cost)
             .invoke_async(&mut conn)
-            .await?;
-        Ok((allowed == 0).then(|| Duration::from_millis(retry_ms)))
+            .await?)
     }
 
     /// Reserves a call's worst case against the run's and the tenant's
@@ -633,6 +653,30 @@ impl RunQueue {
         let mut conn = self.conn.clone();
         let _: () = conn.set(self.key("llm_policy"), json).await?;
         Ok(())
+    }
+
+    /// Registers (or replaces) a tenant's secret, sealed.
+    pub async fn put_tenant_secret(&self, tenant: &str, name: &str, secret: &StoredSecret) -> Result<(), QueueError> {
+        let json = serde_json::to_string(secret).map_err(|e| corrupt("tenant secret", e))?;
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.hset(self.key(&format!("secrets:{tenant}")), name, json).await?;
+        Ok(())
+    }
+
+    /// A tenant's registered secrets by name, sealed.
+    pub async fn tenant_secrets(&self, tenant: &str) -> Result<BTreeMap<String, StoredSecret>, QueueError> {
+        let mut conn = self.conn.clone();
+        let all: BTreeMap<String, String> = conn.hgetall(self.key(&format!("secrets:{tenant}"))).await?;
+        all.into_iter()
+            .map(|(name, json)| Ok((name, serde_json::from_str(&json).map_err(|e| corrupt("tenant secret", e))?)))
+            .collect()
+    }
+
+    /// Whether the secret existed.
+    pub async fn delete_tenant_secret(&self, tenant: &str, name: &str) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let removed: i64 = conn.hdel(self.key(&format!("secrets:{tenant}")), name).await?;
+        Ok(removed > 0)
     }
 
     /// Stores a run's gateway token (its hash) until `ttl` passes or it is
