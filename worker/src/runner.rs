@@ -346,10 +346,14 @@ impl Runtime {
         if let Some(models) = models {
             // The only secret a sandbox ever holds: revoked when the run ends.
             let base = format!("http://{}", models.address);
+            // The names the SDKs, LiteLLM (aider, OpenHands, mini-swe-agent),
+            // Codex CLI and Claude Code read.
             env.push(format!("OPENAI_BASE_URL={base}/v1"));
+            env.push(format!("OPENAI_API_BASE={base}/v1"));
             env.push(format!("OPENAI_API_KEY={}", models.token));
             env.push(format!("ANTHROPIC_BASE_URL={base}"));
             env.push(format!("ANTHROPIC_API_KEY={}", models.token));
+            env.push(format!("ANTHROPIC_AUTH_TOKEN={}", models.token));
             let serves = match &self.config.gateway.remote {
                 Some(remote) => format!("relayed to the standalone gateway at {remote}"),
                 None => format!("providers {:?}", self.config.gateway.allowed_providers),

@@ -292,6 +292,7 @@ a = anthropic.Anthropic()
 print("messages:", a.messages.create(model="claude-test", max_tokens=16, messages=question).content[0].text)
 events = a.messages.create(model="claude-test", max_tokens=16, messages=question, stream=True)
 print("messages stream:", "".join(e.delta.text for e in events if e.type == "content_block_delta"))
+print("models:", sorted(m.id for m in o.models.list()), [m.id for m in a.models.list()])
 try:
     o.chat.completions.create(model="gpt-forbidden", messages=question)
 except openai.PermissionDeniedError as e:
@@ -323,6 +324,7 @@ async fn the_official_openai_and_anthropic_sdks_work_through_the_gateway() {
             "\nresponses stream: Hello from the emulated provider",
             "\nmessages: Hello from the emulated provider",
             "\nmessages stream: Hello from the emulated provider",
+            "\nmodels: ['claude-test', 'gpt-test'] ['gpt-test', 'claude-test']",
             "\nrefused: 403",
         ],
     );

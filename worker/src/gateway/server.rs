@@ -561,14 +561,25 @@ impl RunGateway {
         }
     }
 
+    /// The allowed models, in a shape both SDKs read: OpenAI's list
+    /// (`object`, `data[].id`, `owned_by`) and Anthropic's (`type`,
+    /// `display_name`, `has_more`, `first_id`, `last_id`).
     fn models(&self) -> Response<Body> {
         let data: Vec<serde_json::Value> = self
             .allowed()
             .flat_map(|(name, p)| {
-                p.models.iter().map(move |m| serde_json::json!({"id": m, "object": "model", "owned_by": name}))
+                p.models.iter().map(move |m| {
+                    serde_json::json!({"id": m, "object": "model", "type": "model", "display_name": m,
+                        "created_at": "1970-01-01T00:00:00Z", "created": 0, "owned_by": name})
+                })
             })
             .collect();
-        json_response(StatusCode::OK, &serde_json::json!({"object": "list", "data": data}))
+        let first = data.first().map(|m| m["id"].clone());
+        let last = data.last().map(|m| m["id"].clone());
+        json_response(
+            StatusCode::OK,
+            &serde_json::json!({"object": "list", "data": data, "has_more": false, "first_id": first, "last_id": last}),
+        )
     }
 }
 
