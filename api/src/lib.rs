@@ -14,5 +14,6 @@ pub mod queue;
 pub mod runs;
 pub mod secrets;
 pub mod startup;
+pub mod webhooks;
 
 pub use startup::{AppState, Application};

@@ -3,11 +3,11 @@
 
 use actix_web::App;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{InfoBuilder, OpenApi};
 use utoipa_actix_web::AppExt;
 
-use crate::{health, limits, policies, problem, providers, queue, runs, secrets, startup};
+use crate::{health, limits, policies, problem, providers, queue, runs, secrets, startup, webhooks};
 
 /// Registers every route on `app`; returns the app and its OpenAPI document.
 pub fn routes<T>(app: App<T>) -> (App<T>, OpenApi)
@@ -42,6 +42,7 @@ where
         .service(secrets::handlers::put_secret)
         .service(secrets::handlers::list_secrets)
         .service(secrets::handlers::delete_secret)
+        .service(webhooks::handlers::github_webhook)
         .default_service(actix_web::web::to(problem::not_found))
         .split_for_parts();
     doc.info = InfoBuilder::new()
@@ -53,6 +54,13 @@ where
         .build();
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    components.add_security_scheme(
+        "github_signature",
+        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+            "X-Hub-Signature-256",
+            "HMAC-SHA256 of the body under the GitHub App's webhook secret, as `sha256=<hex>`",
+        ))),
+    );
     (app, doc)
 }
 

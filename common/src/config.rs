@@ -24,6 +24,7 @@ pub struct Config {
     pub egress: EgressConfig,
     pub gateway: GatewayConfig,
     pub secrets: SecretsConfig,
+    pub github: GitHubConfig,
     /// Agent profiles by name; a run names one (or gets `default`).
     pub agents: BTreeMap<String, AgentConfig>,
 }
@@ -234,6 +235,61 @@ pub struct ProviderConfig {
     pub anthropic_betas: Vec<String>,
 }
 
+/// The GitHub App Paddock acts as. Without `app_id`, runs clone anonymously
+/// from `git.base_url` and end with a diff (no branch, no pull request).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitHubConfig {
+    /// REST API base: `https://api.github.com`, or
+    /// `https://<host>/api/v3` for GitHub Enterprise Server.
+    pub api_url: String,
+    pub app_id: Option<u64>,
+    /// The App's private key (PEM), as downloaded from its settings page.
+    pub private_key_file: Option<PathBuf>,
+    /// The App's webhook secret; `POST /v1/webhooks/github` refuses
+    /// deliveries it did not sign.
+    #[serde(serialize_with = "serialize_optional_secret")]
+    pub webhook_secret: Option<SecretString>,
+    /// Labelling an issue with this starts a run.
+    pub trigger_label: String,
+    /// Assigning an issue to this login (the App's bot user) starts a run.
+    pub bot_login: String,
+    /// Commit author (and committer) of Paddock's commits.
+    pub commit_author_name: String,
+    pub commit_author_email: String,
+    /// Where people can see a run, for links in pull requests and comments:
+    /// `<run_link_base>/v1/runs/<id>`.
+    pub run_link_base: String,
+    /// Tenant of runs that webhooks start.
+    pub tenant: String,
+    /// Agent profile of runs that webhooks start.
+    pub agent_profile: String,
+}
+
+impl Default for GitHubConfig {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.github.com".to_owned(),
+            app_id: None,
+            private_key_file: None,
+            webhook_secret: None,
+            trigger_label: "paddock".to_owned(),
+            bot_login: "paddock[bot]".to_owned(),
+            commit_author_name: "Paddock".to_owned(),
+            commit_author_email: "paddock[bot]@users.noreply.github.com".to_owned(),
+            run_link_base: "http://127.0.0.1:8080".to_owned(),
+            tenant: "default".to_owned(),
+            agent_profile: "default".to_owned(),
+        }
+    }
+}
+
+impl GitHubConfig {
+    pub fn enabled(&self) -> bool {
+        self.app_id.is_some()
+    }
+}
+
 /// Secrets tenants register for redaction are kept sealed in Redis.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -341,6 +397,7 @@ impl Default for Config {
             egress: EgressConfig::default(),
             gateway: GatewayConfig::default(),
             secrets: SecretsConfig::default(),
+            github: GitHubConfig::default(),
             agents: BTreeMap::from([("default".to_owned(), AgentConfig { command: "git status --short".to_owned() })]),
         }
     }
@@ -566,6 +623,9 @@ impl Config {
             && remote.parse::<std::net::SocketAddr>().is_err()
         {
             return invalid("gateway.remote", "must be host:port with an IP address, e.g. 10.0.0.5:8089");
+        }
+        if self.github.app_id.is_some() && self.github.private_key_file.is_none() {
+            return invalid("github.private_key_file", "must be set when github.app_id is");
         }
         if let Some(key) = &self.secrets.encryption_key
             && crate::sealed::SecretBox::new(key.expose_secret()).is_err()

@@ -10,6 +10,6 @@ pub mod sealed;
 pub mod telemetry;
 
 pub use run::{
-    AgentProfile, ArtifactKind, Priority, RepoName, RunId, RunRecord, RunSpec, RunState, StopReason, ValidationError,
-    validate_tenant,
+    AgentProfile, ArtifactKind, CredentialGrant, ModelUse, Priority, PullRequestRef, RepoName, RunFacts, RunId,
+    RunRecord, RunSpec, RunState, StopReason, ValidationError, validate_tenant,
 };

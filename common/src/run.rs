@@ -151,6 +151,12 @@ pub enum StopReason {
     /// Paddock's own infrastructure failed (Docker, git, S3, lost lease) and
     /// the attempts were used up.
     InfrastructureError { message: String },
+    /// The branch Paddock would push is the default branch or protected
+    /// (branch protection or a ruleset): nothing was pushed.
+    ProtectedBranchRefused { branch: String },
+    /// The forge refused to grant a credential for the repository (the App
+    /// is not installed there, or lacks a permission).
+    CredentialError { message: String },
 }
 
 impl StopReason {
@@ -330,6 +336,9 @@ pub struct RunSpec {
     /// before policies existed get the worker's defaults.
     #[serde(default)]
     pub policy: Option<crate::policy::SandboxPolicy>,
+    /// The issue the run works on, when it came from one.
+    #[serde(default)]
+    pub issue: Option<u64>,
 }
 
 impl RunSpec {
@@ -400,6 +409,62 @@ pub struct RunRecord {
     pub last_error: Option<String>,
     /// Who asked to cancel the run, if anyone did.
     pub cancelled_by: Option<String>,
+    /// What the run did, once it finished.
+    pub facts: Option<RunFacts>,
+}
+
+/// What a finished run did: the facts an auditor asks about, beside who
+/// requested it (the spec) and why it stopped (the stop reason).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunFacts {
+    /// The commit the run started from.
+    pub base_commit: Option<String>,
+    /// Models called through the gateway, with their providers.
+    pub models: Vec<ModelUse>,
+    /// Credentials granted for the run (fingerprints, never values).
+    pub credentials: Vec<CredentialGrant>,
+    /// The agent's command, then each command it reported running.
+    pub commands: Vec<String>,
+    pub files_changed: Vec<String>,
+    /// The branch pushed, if any.
+    pub branch: Option<String>,
+    pub pull_request: Option<PullRequestRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ModelUse {
+    pub provider: String,
+    pub model: String,
+    pub calls: u32,
+}
+
+/// A credential Paddock minted for a run, as recorded: never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CredentialGrant {
+    /// `github_installation_token`.
+    pub kind: String,
+    /// What it was for, e.g. `clone, push and pull request`.
+    pub purpose: String,
+    pub installation_id: u64,
+    pub repositories: Vec<String>,
+    /// As granted by the forge (not as asked).
+    pub permissions: std::collections::BTreeMap<String, String>,
+    /// RFC 3339, as the forge stated it.
+    pub expires_at: Option<String>,
+    /// SHA-256 of the token, base64 (GitHub's `hashed_token` format).
+    pub fingerprint: String,
+    pub minted_at_ms: u64,
+    pub revoked_at_ms: Option<u64>,
+}
+
+/// Where a run's pull request is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PullRequestRef {
+    pub number: u64,
+    pub url: String,
+    pub head: String,
+    pub base: String,
+    pub draft: bool,
 }
 
 /// A value a caller supplied that Paddock refuses, naming the field.

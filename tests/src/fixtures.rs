@@ -30,5 +30,6 @@ pub fn run_spec(tenant: &str, repo: &str, priority: Priority) -> RunSpec {
         agent_profile: AgentProfile::default(),
         requested_by: "tester".to_owned(),
         policy: None,
+        issue: None,
     }
 }

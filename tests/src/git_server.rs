@@ -37,21 +37,7 @@ impl GitServer {
 
     /// Creates `owner/name` with one commit on `main` holding `files`.
     pub fn create_repo(&self, owner: &str, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
-        let work = self.root.join(format!("work-{owner}-{name}"));
-        std::fs::create_dir_all(&work).expect("work dir");
-        git(&work, &["init", "-q", "-b", "main"]);
-        for (path, content) in files {
-            let file = work.join(path);
-            std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
-            std::fs::write(file, content).expect("write file");
-        }
-        git(&work, &["add", "-A"]);
-        git(&work, &["-c", "user.name=Test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "initial"]);
-        let bare = self.root.join(owner).join(format!("{name}.git"));
-        std::fs::create_dir_all(bare.parent().expect("owner dir")).expect("owner dir");
-        git(&self.root, &["clone", "-q", "--bare", work.to_str().expect("utf8"), bare.to_str().expect("utf8")]);
-        std::fs::remove_dir_all(&work).ok();
-        bare
+        create_bare_repo(&self.root, owner, name, files)
     }
 
     pub async fn stop(&self) {
@@ -63,6 +49,26 @@ impl Drop for GitServer {
     fn drop(&mut self) {
         std::fs::remove_dir_all(&self.root).ok();
     }
+}
+
+/// Creates the bare repository `<root>/<owner>/<name>.git` with one commit
+/// on `main` holding `files`.
+pub fn create_bare_repo(root: &Path, owner: &str, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let work = root.join(format!("work-{owner}-{name}"));
+    std::fs::create_dir_all(&work).expect("work dir");
+    git(&work, &["init", "-q", "-b", "main"]);
+    for (path, content) in files {
+        let file = work.join(path);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(file, content).expect("write file");
+    }
+    git(&work, &["add", "-A"]);
+    git(&work, &["-c", "user.name=Test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "initial"]);
+    let bare = root.join(owner).join(format!("{name}.git"));
+    std::fs::create_dir_all(bare.parent().expect("owner dir")).expect("owner dir");
+    git(root, &["clone", "-q", "--bare", work.to_str().expect("utf8"), bare.to_str().expect("utf8")]);
+    std::fs::remove_dir_all(&work).ok();
+    bare
 }
 
 pub fn git(dir: &Path, args: &[&str]) {
@@ -78,13 +84,19 @@ pub fn git(dir: &Path, args: &[&str]) {
 
 async fn cgi(req: HttpRequest, body: web::Bytes, root: web::Data<PathBuf>) -> HttpResponse {
     let path = format!("/{}", req.match_info().query("path"));
+    http_backend(&root, &path, &req, body).await
+}
+
+/// Runs `git http-backend` for one request on the repositories under `root`.
+pub async fn http_backend(root: &Path, path: &str, req: &HttpRequest, body: web::Bytes) -> HttpResponse {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let mut cmd = tokio::process::Command::new("git");
     cmd.arg("http-backend")
         .env("GIT_PROJECT_ROOT", root.as_os_str())
+        .env("REMOTE_USER", "x-access-token")
         .env("GIT_HTTP_EXPORT_ALL", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("PATH_INFO", &path)
+        .env("PATH_INFO", path)
         .env("REQUEST_METHOD", req.method().as_str())
         .env("QUERY_STRING", req.query_string())
         .env("CONTENT_TYPE", header("content-type"))

@@ -17,6 +17,8 @@ struct State {
     /// Streams the client abandoned before their end.
     abandoned: Arc<std::sync::atomic::AtomicUsize>,
     google: Arc<Mutex<Google>>,
+    /// Answers of the `gpt-scripted` model, by turn.
+    script: Arc<Mutex<Vec<String>>>,
 }
 
 /// The emulated Google identity side: service accounts (email → public key
@@ -36,6 +38,7 @@ pub struct EmulatedProviders {
     received: Arc<Mutex<Vec<String>>>,
     abandoned: Arc<std::sync::atomic::AtomicUsize>,
     google: Arc<Mutex<Google>>,
+    script: Arc<Mutex<Vec<String>>>,
     /// `http://127.0.0.1:<port>`: the Vertex base URL and the token host.
     pub root_url: String,
     server: actix_web::dev::ServerHandle,
@@ -47,11 +50,13 @@ impl EmulatedProviders {
         let received = Arc::new(Mutex::new(Vec::new()));
         let abandoned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let google = Arc::new(Mutex::new(Google { lifetime_secs: 3599, ..Google::default() }));
+        let script = Arc::new(Mutex::new(Vec::new()));
         let state = web::Data::new(State {
             key: key.clone(),
             received: received.clone(),
             abandoned: abandoned.clone(),
             google: google.clone(),
+            script: script.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -80,8 +85,16 @@ impl EmulatedProviders {
             received,
             abandoned,
             google,
+            script,
             server: handle,
         }
+    }
+
+    /// What the `gpt-scripted` model answers: turn `n` of a conversation
+    /// (counted by the assistant messages it already holds) gets `steps[n]`,
+    /// and `PADDOCK_DONE` after the last.
+    pub fn script(&self, steps: &[&str]) {
+        *self.script.lock().unwrap() = steps.iter().map(|s| (*s).to_owned()).collect();
     }
 
     /// A new service account whose key the token endpoint trusts, written
@@ -90,20 +103,10 @@ impl EmulatedProviders {
     pub fn vertex_credentials(&self, dir: &std::path::Path, registered: bool) -> std::path::PathBuf {
         let id = ulid::Ulid::new().to_string().to_lowercase();
         let private = dir.join(format!("sa-{id}.pem"));
-        let ok = std::process::Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
-            .arg(&private)
-            .status()
-            .expect("openssl runs");
-        assert!(ok.success(), "openssl genpkey failed");
-        let public = std::process::Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(&private)
-            .output()
-            .expect("openssl runs");
+        let public = crate::rsa_key_pair(&private);
         let email = format!("paddock-{id}@acme-ai.iam.gserviceaccount.com");
         if registered {
-            self.google.lock().unwrap().accounts.insert(email.clone(), public.stdout);
+            self.google.lock().unwrap().accounts.insert(email.clone(), public);
         }
         let key = json!({
             "type": "service_account", "project_id": "acme-ai", "private_key_id": id,
@@ -161,6 +164,15 @@ async fn openai(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
     }
     if model == "gpt-leaky" {
         return leaky_answer(request["stream"] == true);
+    }
+    if model == "gpt-scripted" {
+        let turn = request["messages"].as_array().map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count());
+        let answer = state.script.lock().unwrap().get(turn).cloned().unwrap_or_else(|| "PADDOCK_DONE".to_owned());
+        return HttpResponse::Ok().json(json!({
+            "id": format!("chatcmpl-s{turn}"), "object": "chat.completion", "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 10, "total_tokens": 50}
+        }));
     }
     if request["stream"] == true {
         let chunks = ["Hel", "lo from ", "the emulated provider"]
@@ -342,11 +354,7 @@ async fn google_token(
     }
     let Some(assertion) = form.get("assertion") else { return invalid("Missing assertion") };
     // Read the issuer first, to know whose key must have signed it.
-    let mut peek = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
-    peek.insecure_disable_signature_validation();
-    peek.validate_aud = false;
-    let no_key = jsonwebtoken::DecodingKey::from_secret(&[]);
-    let Ok(unverified) = jsonwebtoken::decode::<Value>(assertion, &no_key, &peek) else {
+    let Ok(unverified) = jsonwebtoken::dangerous::insecure_decode::<Value>(assertion) else {
         return invalid("Invalid JWT: malformed");
     };
     let email = unverified.claims["iss"].as_str().unwrap_or_default().to_owned();

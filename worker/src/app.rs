@@ -43,6 +43,7 @@ impl Application {
         tokio::fs::create_dir_all(&config.worker.work_dir).await?;
 
         sweep_dead_workers(&queue, &sandboxes, Duration::from_secs(config.worker.lease_seconds)).await?;
+        let config_github = config.github.clone();
         let runtime = Runtime {
             config,
             worker,
@@ -52,6 +53,7 @@ impl Application {
             leases: Leases::default(),
             redaction_key: crate::gateway::mint_token()?.into_bytes(),
             grace_over: CancellationToken::new(),
+            github: crate::forge::GitHubApp::from_config(&config_github)?.map(Arc::new),
         };
         Ok(Self { runtime: Arc::new(runtime) })
     }

@@ -4,9 +4,11 @@
 pub mod app;
 pub mod artifacts;
 pub mod egress;
+pub mod forge;
 pub mod gateway;
 pub mod git;
 pub mod listener;
+pub mod publish;
 pub mod queue;
 pub mod runner;
 pub mod sandbox;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::config::{AgentConfig, Config};
 use common::policy::SandboxPolicy;
-use common::{ArtifactKind, RunId, StopReason};
+use common::{ArtifactKind, ModelUse, RunFacts, RunId, StopReason};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -17,8 +17,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::artifacts::{ObjectStore, S3Store};
 use crate::egress::{EgressPolicy, EgressProxy, EgressRecord};
+use crate::forge::{ForgeError, GitHubApp, RUN_PERMISSIONS, RepoCredential};
 use crate::gateway::{CallRecord, GatewayServer, Redactor, Relay, RunGateway, mint_token, token_hash};
 use crate::git::{self, GitError};
+use crate::publish::{self, PublishError, Published, RunStory};
 use crate::queue::{ClaimedRun, GatewayGrant, LeaseGuard, Leases, Outcome, RunQueue};
 use crate::sandbox::{Exec, Sandbox, SandboxDriver, SandboxError, tar_tree};
 
@@ -35,6 +37,9 @@ pub struct Runtime {
     /// Fires when the shutdown grace period is over: runs still going are
     /// stopped and handed back to the queue.
     pub grace_over: CancellationToken,
+    /// The GitHub App, when configured: runs then push branches and open
+    /// draft pull requests.
+    pub github: Option<Arc<GitHubApp>>,
 }
 
 /// Why a run stopped before it could report an outcome.
@@ -108,16 +113,59 @@ impl Runtime {
         Ending::Outcome(Outcome::Retry { reason: StopReason::InfrastructureError { message }, delay })
     }
 
+    /// One attempt of a run: with a GitHub App, under a token for the one
+    /// repository that is revoked when the attempt ends, whatever happens.
     async fn run(&self, run: &ClaimedRun, lease: &LeaseGuard) -> Ending {
+        let checkout = self.config.worker.work_dir.join(format!("{}-{}", run.id, run.epoch));
+        let _ = tokio::fs::remove_dir_all(&checkout).await;
+        let clone_url = git::clone_url(&self.config.git.base_url, &run.spec.repository);
+        let credential = match &self.github {
+            None => None,
+            Some(app) => {
+                match app.credential(&run.spec.repository, "clone, push and pull request", RUN_PERMISSIONS).await {
+                    Ok(credential) => Some(credential),
+                    Err(ForgeError::Unavailable(message)) => {
+                        return self.retry(run, format!("minting the repository token failed: {message}"));
+                    }
+                    Err(e) => {
+                        let forge = Forge {
+                            app: self.github.as_deref(),
+                            credential: None,
+                            checkout: &checkout,
+                            clone_url: &clone_url,
+                        };
+                        let message = e.to_string();
+                        let log = RunLog::with_line(&format!("paddock: no credential for the repository: {message}"));
+                        let reason = StopReason::CredentialError { message };
+                        return self.done(run, reason, log, Vec::new(), None, &forge).await;
+                    }
+                }
+            }
+        };
+        let forge = Forge {
+            app: self.github.as_deref(),
+            credential: credential.as_ref(),
+            checkout: &checkout,
+            clone_url: &clone_url,
+        };
+        let ending = self.attempt(run, lease, &forge).await;
+        if let Some(credential) = &credential {
+            credential.revoke().await;
+        }
+        let _ = tokio::fs::remove_dir_all(&checkout).await;
+        ending
+    }
+
+    async fn attempt(&self, run: &ClaimedRun, lease: &LeaseGuard, forge: &Forge<'_>) -> Ending {
         let Some(agent) = self.config.agents.get(run.spec.agent_profile.as_str()).cloned() else {
             let message =
                 format!("agent profile `{}` is not configured on this worker", run.spec.agent_profile.as_str());
-            return self.done(run, StopReason::CheckoutFailed { message }, RunLog::default(), Vec::new(), None).await;
+            let reason = StopReason::CheckoutFailed { message };
+            return self.done(run, reason, RunLog::default(), Vec::new(), None, forge).await;
         };
-        let checkout_dir = self.config.worker.work_dir.join(format!("{}-{}", run.id, run.epoch));
-        let _ = tokio::fs::remove_dir_all(&checkout_dir).await;
-        let url = git::clone_url(&self.config.git.base_url, &run.spec.repository);
-        let checkout = git::checkout(&url, &run.spec.base_ref, &checkout_dir).await;
+        let checkout_dir = forge.checkout.to_path_buf();
+        let auth = forge.credential.map(RepoCredential::git_env).unwrap_or_default();
+        let checkout = git::checkout(forge.clone_url, &run.spec.base_ref, &checkout_dir, &auth).await;
         let tree = match checkout {
             Ok(checkout) => {
                 let (dir, uid, gid) = (checkout_dir.clone(), self.config.sandbox.uid, self.config.sandbox.gid);
@@ -130,11 +178,10 @@ impl Runtime {
             }
             Err(GitError::NotFound(message)) => {
                 let log = RunLog::with_line(&format!("paddock: checkout failed: {message}"));
-                Err(self.done(run, StopReason::CheckoutFailed { message }, log, Vec::new(), None).await)
+                Err(self.done(run, StopReason::CheckoutFailed { message }, log, Vec::new(), None, forge).await)
             }
             Err(GitError::Unavailable(message)) => Err(self.retry(run, format!("checkout failed: {message}"))),
         };
-        let _ = tokio::fs::remove_dir_all(&checkout_dir).await;
         let (checkout, tar) = match tree {
             Ok(ok) => ok,
             Err(ending) => return ending,
@@ -197,7 +244,7 @@ impl Runtime {
                 }
                 let facts =
                     Facts { commit: checkout.commit, command: agent.command, files_changed, egress, calls, transcript };
-                self.done(run, reason, log, diff, Some(facts)).await
+                self.done(run, reason, log, diff, Some(facts), forge).await
             }
             Err(e) => self.retry(run, format!("sandbox: {e}")),
         }
@@ -520,10 +567,23 @@ impl Runtime {
         log: RunLog,
         diff: Vec<u8>,
         facts: Option<Facts>,
+        forge: &Forge<'_>,
     ) -> Ending {
         // Nothing is stored unredacted: without the tenant's secrets, retry.
         let redactor = match self.redactor(&run.spec.tenant, None).await {
             Ok(redactor) => redactor,
+            Err(message) => return self.retry(run, message),
+        };
+        let mut log = log;
+        let mut record = RunFacts {
+            base_commit: facts.as_ref().map(|f| f.commit.clone()),
+            models: facts.as_ref().map(|f| models_used(&f.calls)).unwrap_or_default(),
+            commands: facts.as_ref().map(|f| commands_run(&f.command, &log)).unwrap_or_default(),
+            files_changed: facts.as_ref().map(|f| f.files_changed.clone()).unwrap_or_default(),
+            ..RunFacts::default()
+        };
+        let reason = match self.publish(run, reason, &diff, forge, &mut record, &mut log).await {
+            Ok(reason) => reason,
             Err(message) => return self.retry(run, message),
         };
         let transcript = facts.as_ref().map(|f| transcript_jsonl(&redactor, &f.transcript)).unwrap_or_default();
@@ -539,14 +599,19 @@ impl Runtime {
             tenant: &run.spec.tenant,
             repository: run.spec.repository.to_string(),
             base_ref: &run.spec.base_ref,
-            base_commit: facts.as_ref().map(|f| f.commit.as_str()),
+            base_commit: record.base_commit.as_deref(),
+            issue: run.spec.issue,
             agent_profile: run.spec.agent_profile.as_str(),
             command: facts.as_ref().map(|f| f.command.as_str()),
             requested_by: &run.spec.requested_by,
             image: &self.config.sandbox.image,
             policy: &self.policy_of(run),
             stop_reason: &reason,
-            files_changed: facts.as_ref().map(|f| f.files_changed.as_slice()).unwrap_or_default(),
+            files_changed: &record.files_changed,
+            commands: &record.commands,
+            credentials: &record.credentials,
+            branch: record.branch.as_deref(),
+            pull_request: record.pull_request.as_ref(),
             egress: facts.as_ref().map(|f| f.egress.as_slice()).unwrap_or_default(),
             model_calls: facts.as_ref().map(|f| f.calls.as_slice()).unwrap_or_default(),
             diff_bytes: diff.len(),
@@ -573,8 +638,112 @@ impl Runtime {
                 return self.retry(run, format!("uploading {key} failed: {e}"));
             }
         }
-        Ending::Outcome(Outcome::Done { reason, artifacts: keys })
+        Ending::Outcome(Outcome::Done { reason, artifacts: keys, facts: Some(Box::new(record)) })
     }
+
+    /// With a GitHub App: turns a completed run's diff into a pushed branch
+    /// and a draft pull request (or says on the issue that nothing changed),
+    /// then revokes the run's token. Returns the final stop reason; `Err`
+    /// when the forge failed in a way worth a retry.
+    async fn publish(
+        &self,
+        run: &ClaimedRun,
+        reason: StopReason,
+        diff: &[u8],
+        forge: &Forge<'_>,
+        record: &mut RunFacts,
+        log: &mut RunLog,
+    ) -> Result<StopReason, String> {
+        let (Some(app), Some(credential)) = (forge.app, forge.credential) else { return Ok(reason) };
+        let mut reason = reason;
+        let mut note = None;
+        if reason == StopReason::Completed {
+            let command = record.commands.first().cloned().unwrap_or_default();
+            let story = RunStory {
+                run: run.id,
+                spec: &run.spec,
+                command: &command,
+                models: &record.models,
+                commands: &record.commands[1.min(record.commands.len())..],
+                link: format!("{}/v1/runs/{}", app.config.run_link_base.trim_end_matches('/'), run.id),
+            };
+            match publish::publish(app, credential, forge.checkout, forge.clone_url, diff, &story).await {
+                Ok(Published::NoChanges) => {
+                    log.line("paddock: the agent changed nothing; no branch, no pull request");
+                    note = Some(format!(
+                        "Paddock run [`{}`]({}) finished without changing anything, so no pull request was opened.",
+                        run.id, story.link
+                    ));
+                }
+                Ok(Published::PullRequest { branch, pull_request, files }) => {
+                    log.line(&format!("paddock: pushed {branch}; draft pull request {}", pull_request.url));
+                    note = Some(format!(
+                        "Paddock opened draft pull request #{} for this issue (run [`{}`]({}), requested by {}).",
+                        pull_request.number, run.id, story.link, run.spec.requested_by
+                    ));
+                    record.files_changed = files;
+                    record.branch = Some(branch);
+                    record.pull_request = Some(pull_request);
+                }
+                Err(PublishError::Protected(branch)) => {
+                    log.line(&format!("paddock: refusing to push {branch}: default or protected branch"));
+                    reason = StopReason::ProtectedBranchRefused { branch };
+                }
+                Err(PublishError::Patch(e)) => {
+                    log.line(&format!("paddock: {e}"));
+                    reason = StopReason::AgentFailed { exit_code: -1 };
+                    record.files_changed.clear();
+                }
+                Err(PublishError::Forge(ForgeError::Refused(message))) => {
+                    log.line(&format!("paddock: GitHub refused: {message}"));
+                    reason = StopReason::CredentialError { message };
+                }
+                Err(e) => return Err(format!("publishing failed: {e}")),
+            }
+        }
+        credential.revoke().await;
+        record.credentials.push(credential.grant());
+        if let (Some(issue), Some(note)) = (run.spec.issue, note) {
+            match publish::comment_on_issue(app, &run.spec.repository, issue, run.id, &note).await {
+                Ok(grant) => record.credentials.push(grant),
+                Err(error) => log.line(&format!("paddock: commenting on issue #{issue} failed: {error}")),
+            }
+        }
+        Ok(reason)
+    }
+}
+
+/// Models called successfully, with how often.
+fn models_used(calls: &[CallRecord]) -> Vec<ModelUse> {
+    let mut used: Vec<ModelUse> = Vec::new();
+    for call in calls.iter().filter(|c| c.status < 400) {
+        let (Some(provider), Some(model)) = (&call.provider, &call.model) else { continue };
+        match used.iter_mut().find(|u| &u.provider == provider && &u.model == model) {
+            Some(entry) => entry.calls += 1,
+            None => used.push(ModelUse { provider: provider.clone(), model: model.clone(), calls: 1 }),
+        }
+    }
+    used
+}
+
+/// The agent's command, then every command it reported (`paddock-exec:`
+/// lines, JSON strings).
+fn commands_run(command: &str, log: &RunLog) -> Vec<String> {
+    let text = String::from_utf8_lossy(&log.data);
+    let reported = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("paddock-exec: "))
+        .map(|c| serde_json::from_str::<String>(c).unwrap_or_else(|_| c.to_owned()));
+    std::iter::once(command.to_owned()).chain(reported).collect()
+}
+
+/// What publishing needs: the App and the run's token (when GitHub is
+/// configured), the host checkout and where it came from.
+struct Forge<'a> {
+    app: Option<&'a GitHubApp>,
+    credential: Option<&'a RepoCredential>,
+    checkout: &'a std::path::Path,
+    clone_url: &'a str,
 }
 
 /// The transcript as JSON Lines: call metadata always, prompt and
@@ -640,6 +809,7 @@ struct Summary<'a> {
     repository: String,
     base_ref: &'a str,
     base_commit: Option<&'a str>,
+    issue: Option<u64>,
     agent_profile: &'a str,
     command: Option<&'a str>,
     requested_by: &'a str,
@@ -648,6 +818,12 @@ struct Summary<'a> {
     policy: &'a SandboxPolicy,
     stop_reason: &'a StopReason,
     files_changed: &'a [String],
+    /// The agent's command, then each command it reported running.
+    commands: &'a [String],
+    /// Credentials granted for the run: fingerprints, permissions, expiry.
+    credentials: &'a [common::CredentialGrant],
+    branch: Option<&'a str>,
+    pull_request: Option<&'a common::PullRequestRef>,
     /// Every request the sandbox made through the egress proxy.
     egress: &'a [EgressRecord],
     /// Metadata of every model call through the gateway.

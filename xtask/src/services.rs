@@ -281,6 +281,15 @@ fn sandbox_image(home: &Path) -> Result<()> {
             .args(&wanted)
             .stdout(Stdio::null()))?;
     }
+    // Paddock's own tools (the reference agent) from infra/sandbox/bin.
+    let bin = rootfs.join("usr/local/bin");
+    for entry in fs::read_dir(root.join("bin")).map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let target = bin.join(entry.file_name());
+        fs::copy(entry.path(), &target).map_err(|e| e.to_string())?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    }
     // The agent's user: numeric ids match the sandbox config, so tools that
     // look up the current user (git, python) find it.
     append(&rootfs.join("etc/passwd"), "paddock:x:1000:1000:paddock agent:/tmp:/bin/bash\n")?;

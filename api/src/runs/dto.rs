@@ -40,6 +40,10 @@ pub struct CreateRun {
     /// Priority band; `normal` when omitted. Higher bands are always served first.
     #[serde(default)]
     pub priority: Option<Priority>,
+    /// The repository's issue the task comes from: the pull request links it.
+    #[serde(default)]
+    #[schema(example = 42)]
+    pub issue: Option<u64>,
 }
 
 /// The answer to an accepted run request (and to a cancel).
@@ -81,6 +85,11 @@ pub struct RunView {
     pub cancelled_by: Option<String>,
     /// The sandbox policy the run executes under, resolved when it was accepted.
     pub policy: Option<common::policy::SandboxPolicy>,
+    /// The issue the run works on, if any.
+    pub issue: Option<u64>,
+    /// What the run did: models, credentials granted, commands, files
+    /// changed, branch and pull request. Present once it finished.
+    pub facts: Option<common::RunFacts>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -139,6 +148,8 @@ impl From<RunRecord> for RunView {
             artifacts: r.artifacts,
             cancelled_by: r.cancelled_by,
             policy: r.spec.policy,
+            issue: r.spec.issue,
+            facts: r.facts,
         }
     }
 }

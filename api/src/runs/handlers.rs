@@ -58,6 +58,7 @@ pub async fn create_run(
         agent_profile,
         requested_by: caller.principal,
         policy: None,
+        issue: body.issue,
     };
     spec.validate()?;
     let policy =

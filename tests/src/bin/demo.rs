@@ -1,6 +1,16 @@
-//! `cargo xtask demo`: one run end to end on local defaults. Starts a git
-//! server with a sample repository, the real `api` and `worker` binaries,
-//! requests a run over HTTP, waits for it, and prints what it produced.
+//! `cargo xtask demo`: Paddock's main job end to end on local defaults.
+//!
+//! Starts an emulated GitHub (REST, git over HTTP, signed webhooks) with a
+//! sample repository and issue, an emulated model provider that plays a
+//! scripted model, and the real `api` and `worker` binaries. Labelling the
+//! issue `paddock` delivers a webhook; the run's reference agent works in
+//! its sandbox through the gateway; the worker pushes a branch and opens a
+//! draft pull request. Prints the pull request and the run's record.
+//!
+//! With `PADDOCK_GITHUB__APP_ID` (and the rest of `[github]`) set, the demo
+//! uses that GitHub instead, requesting a run for `PADDOCK_DEMO_REPOSITORY`
+//! issue `PADDOCK_DEMO_ISSUE` through the API; with `PADDOCK_GATEWAY__*`
+//! providers set, the agent calls them (`PADDOCK_DEMO_MODEL`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,17 +18,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tests::{GitServer, services};
-use worker::artifacts::{ObjectStore, S3Store};
+use tests::github::GitHub;
+use tests::providers::EmulatedProviders;
+use tests::services;
 
-const AGENT: &str = r#"set -e
-echo "task: $PADDOCK_TASK_TITLE"
-for f in $(grep -rlE 'teh|recieve' --include='*.md' --include='*.py' .); do
-  sed -i -E 's/\bteh\b/the/g; s/recieve/receive/g' "$f"
-  echo "fixed spelling in $f"
-done
-printf -- '- %s\n' "$PADDOCK_TASK_TITLE" >> CHANGELOG.md
-python3 -c 'import ast; ast.parse(open("widgets.py").read())' && echo "widgets.py still parses""#;
+/// What the scripted model answers, turn by turn.
+const SCRIPT: &[&str] = &[
+    "Let me find the misspellings.\n```bash\ngrep -rnE 'teh|recieve' --include='*.md' --include='*.py' .\n```",
+    "```bash\nsed -i -E 's/\\bteh\\b/the/g; s/recieve/receive/g' README.md widgets.py\n```",
+    "```bash\npython3 -c 'import ast; ast.parse(open(\"widgets.py\").read())' && git diff --stat\n```",
+    "Both files are fixed and widgets.py still parses.\nPADDOCK_DONE",
+];
 
 struct Children(Vec<Child>);
 
@@ -31,30 +41,66 @@ impl Drop for Children {
     }
 }
 
+/// Where the demo's issue lives: the emulator, or a configured GitHub.
+enum Forge {
+    Emulated(Box<GitHub>),
+    Real { repository: String, issue: u64 },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let git = GitServer::start().await;
-    git.create_repo(
-        "acme",
-        "widgets",
-        &[
-            ("README.md", b"# Widgets\n\nWidgets recieve orders and ship teh parts.\n"),
-            ("widgets.py", b"def ship(order):\n    \"\"\"Ship teh parts of an order.\"\"\"\n    return order\n"),
-        ],
-    );
     let token = format!("demo-admin-token-{}", ulid::Ulid::new());
     let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
     let mut vars = services::endpoint_vars();
     vars.extend([
         ("PADDOCK_REDIS__NAMESPACE".to_owned(), "demo".to_owned()),
         ("PADDOCK_API__LISTEN".to_owned(), format!("127.0.0.1:{port}")),
         ("PADDOCK_API__BOOTSTRAP_ADMIN_TOKEN".to_owned(), token.clone()),
-        ("PADDOCK_GIT__BASE_URL".to_owned(), git.base_url.clone()),
-        ("PADDOCK_AGENTS__DEFAULT__COMMAND".to_owned(), AGENT.to_owned()),
         ("PADDOCK_SANDBOX__MEMORY_BYTES".to_owned(), (512u64 << 20).to_string()),
         ("PADDOCK_SANDBOX__TIMEOUT_SECONDS".to_owned(), "300".to_owned()),
+        ("PADDOCK_GITHUB__RUN_LINK_BASE".to_owned(), base.clone()),
         ("RUST_LOG".to_owned(), "warn".to_owned()),
     ]);
+    let model = std::env::var("PADDOCK_DEMO_MODEL").unwrap_or_else(|_| "gpt-scripted".to_owned());
+    vars.push(("PADDOCK_AGENTS__DEFAULT__COMMAND".to_owned(), format!("PADDOCK_MODEL={model} paddock-agent")));
+
+    let providers = EmulatedProviders::start().await;
+    if std::env::var_os("PADDOCK_GATEWAY__PROVIDERS").is_none() {
+        providers.script(SCRIPT);
+        let provider = json!({"scripted": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-scripted"]}});
+        vars.push(("PADDOCK_GATEWAY__PROVIDERS".to_owned(), provider.to_string()));
+        vars.push(("PADDOCK_GATEWAY__ALLOWED_PROVIDERS".to_owned(), r#"["scripted"]"#.to_owned()));
+        println!("model: a scripted model behind an emulated OpenAI-compatible provider");
+    }
+    let forge = if std::env::var_os("PADDOCK_GITHUB__APP_ID").is_some() {
+        let repository = std::env::var("PADDOCK_DEMO_REPOSITORY")?;
+        let issue = std::env::var("PADDOCK_DEMO_ISSUE")?.parse()?;
+        println!("forge: the configured GitHub App, {repository} issue #{issue}");
+        Forge::Real { repository, issue }
+    } else {
+        let github = GitHub::start().await;
+        github.create_repo(
+            "acme",
+            "widgets",
+            &[
+                ("README.md", b"# Widgets\n\nWidgets recieve orders and ship teh parts.\n"),
+                ("widgets.py", b"def ship(order):\n    \"\"\"Ship teh parts of an order.\"\"\"\n    return order\n"),
+            ],
+            &[("alice", "write")],
+        );
+        vars.extend([
+            ("PADDOCK_GIT__BASE_URL".to_owned(), github.git_url.clone()),
+            ("PADDOCK_GITHUB__API_URL".to_owned(), github.api_url.clone()),
+            ("PADDOCK_GITHUB__APP_ID".to_owned(), github.app_id.to_string()),
+            ("PADDOCK_GITHUB__PRIVATE_KEY_FILE".to_owned(), github.private_key_file.display().to_string()),
+            ("PADDOCK_GITHUB__WEBHOOK_SECRET".to_owned(), github.webhook_secret.clone()),
+            ("PADDOCK_GITHUB__BOT_LOGIN".to_owned(), github.bot_login.clone()),
+        ]);
+        println!("forge: an emulated GitHub at {} (repository acme/widgets)", github.api_url);
+        Forge::Emulated(Box::new(github))
+    };
+
     let bin = services::bin_dir();
     let spawn = |name: &str| {
         Command::new(bin.join(name))
@@ -64,51 +110,89 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.join(name).display()))
     };
     let _children = Children(vec![spawn("api"), spawn("worker")]);
-    let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     wait_ready(&client, &base).await?;
 
-    let request = json!({
-        "repository": "acme/widgets",
-        "base_ref": "main",
-        "task": {"title": "Fix spelling mistakes", "body": "Issue #1: the README and docstrings have typos."},
-    });
-    let accepted = client.post(format!("{base}/v1/runs")).bearer_auth(&token).json(&request).send().await?;
-    anyhow::ensure!(accepted.status().as_u16() == 202, "run request refused: {}", accepted.text().await?);
-    let location = accepted.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    let accepted: Value = accepted.json().await?;
-    let id = accepted["id"].as_str().unwrap_or_default().to_owned();
-    println!("run requested: {id} ({location})");
+    let id = match &forge {
+        Forge::Emulated(github) => {
+            let issue = github.open_issue(
+                "acme/widgets",
+                "Fix spelling mistakes",
+                "The README and the docstring in widgets.py have typos (`teh`, `recieve`).",
+            );
+            println!("issue #{issue} opened; alice labels it `paddock`");
+            let hook = format!("{base}/v1/webhooks/github");
+            let (status, accepted) = github.label_issue(&hook, "acme/widgets", issue, "paddock", "alice").await;
+            anyhow::ensure!(status == 202, "the webhook did not start a run ({status}): {accepted}");
+            accepted["id"].as_str().unwrap_or_default().to_owned()
+        }
+        Forge::Real { repository, issue } => {
+            let request = json!({
+                "repository": repository, "base_ref": "main", "issue": issue,
+                "task": {"title": format!("Issue #{issue}"), "body": "See the issue."},
+            });
+            let accepted = client.post(format!("{base}/v1/runs")).bearer_auth(&token).json(&request).send().await?;
+            anyhow::ensure!(accepted.status().as_u16() == 202, "run request refused: {}", accepted.text().await?);
+            let accepted: Value = accepted.json().await?;
+            accepted["id"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    println!("run {id} accepted; waiting for it to finish");
 
     let started = Instant::now();
     let run = loop {
-        let run: Value = client.get(format!("{base}{location}")).bearer_auth(&token).send().await?.json().await?;
-        if run["state"] == "succeeded" || run["state"] == "failed" {
+        let run: Value = client.get(format!("{base}/v1/runs/{id}")).bearer_auth(&token).send().await?.json().await?;
+        if matches!(run["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
             break run;
         }
         anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "the run did not finish in 5 minutes: {run}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let elapsed = started.elapsed();
-    let config = common::config::Config::load(None, vars.clone())?;
-    let store = S3Store::new(&config.s3);
-    let keys: Vec<&str> = run["artifacts"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    for key in keys.iter().filter(|k| k.ends_with("diff.patch") || k.ends_with("summary.json")) {
-        let body = store.get(key).await?.unwrap_or_default();
-        println!("\n--- {key} ---\n{}", String::from_utf8_lossy(&body));
-    }
     let logs = client.get(format!("{base}/v1/runs/{id}/logs")).bearer_auth(&token).send().await?.text().await?;
-    println!("--- logs (GET /v1/runs/{id}/logs) ---\n{logs}");
-    println!("=== run {id} ===");
-    println!("final state:  {} ({})", run["state"], run["stop_reason"]);
-    println!("requested by: {} for {} @ {}", run["requested_by"], run["repository"], run["base_ref"]);
-    println!("attempt:      {} on {}", run["attempt"], run["worker"].as_str().unwrap_or_default());
-    println!("took:         {:.1} s from request to finished", elapsed.as_secs_f64());
-    println!("artifacts in s3://{}/:", config.s3.bucket);
-    for key in &keys {
-        println!("  {key}");
+    println!("\n--- run log (GET /v1/runs/{id}/logs) ---\n{logs}");
+
+    let facts = &run["facts"];
+    if let (Forge::Emulated(github), Some(branch)) = (&forge, facts["branch"].as_str()) {
+        if let Some(pull) = github.pulls("acme/widgets").first() {
+            println!("=== draft pull request #{} ===", pull["number"]);
+            println!("url:    {}", pull["html_url"].as_str().unwrap_or_default());
+            println!("title:  {}", pull["title"].as_str().unwrap_or_default());
+            println!("branch: {} -> {} (draft: {})", pull["head"]["ref"], pull["base"]["ref"], pull["draft"]);
+            println!("{}", pull["body"].as_str().unwrap_or_default());
+        }
+        if let Some(message) = github.commit_message("acme/widgets", branch) {
+            println!("--- commit on {branch} ---\n{message}");
+        }
     }
+    println!("=== run record {id} ===");
+    println!("state:        {} ({})", run["state"], run["stop_reason"]);
+    println!("requested by: {}", run["requested_by"]);
+    println!("issue:        #{} in {} @ {}", run["issue"], run["repository"], run["base_ref"]);
+    for model in facts["models"].as_array().into_iter().flatten() {
+        println!("model:        {} via {} ({} calls)", model["model"], model["provider"], model["calls"]);
+    }
+    for grant in facts["credentials"].as_array().into_iter().flatten() {
+        println!(
+            "credential:   {} for {} {} fingerprint {} expires {} revoked at {}",
+            grant["kind"],
+            grant["purpose"],
+            grant["permissions"],
+            grant["fingerprint"],
+            grant["expires_at"],
+            grant["revoked_at_ms"]
+        );
+    }
+    for command in facts["commands"].as_array().into_iter().flatten() {
+        println!("command:      {}", command.as_str().unwrap_or_default().lines().next().unwrap_or_default());
+    }
+    println!("files:        {}", facts["files_changed"]);
+    println!("pull request: {}", facts["pull_request"]["url"].as_str().unwrap_or("none"));
+    println!("took:         {:.1} s from the label to the pull request", elapsed.as_secs_f64());
+    println!("artifacts:    {}", run["artifacts"]);
+    providers.stop().await;
     anyhow::ensure!(run["state"] == "succeeded", "the demo run did not succeed");
+    anyhow::ensure!(!facts["pull_request"].is_null(), "the demo run opened no pull request");
     Ok(())
 }
 

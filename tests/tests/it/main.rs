@@ -7,6 +7,7 @@
 mod api;
 mod attacks;
 mod gateway;
+mod github;
 mod openapi;
 mod queue;
 mod runs;

@@ -15,7 +15,7 @@ fn spec(tenant: &str, repo: &str) -> RunSpec {
 }
 
 fn done() -> Outcome {
-    Outcome::Done { reason: StopReason::Completed, artifacts: vec![] }
+    Outcome::Done { reason: StopReason::Completed, artifacts: vec![], facts: None }
 }
 
 #[tokio::test]

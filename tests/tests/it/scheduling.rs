@@ -35,7 +35,7 @@ async fn add_with(q: &RunQueue, tenant: &str, repo: &str, priority: Priority) ->
 }
 
 fn done() -> Outcome {
-    Outcome::Done { reason: StopReason::Completed, artifacts: vec![] }
+    Outcome::Done { reason: StopReason::Completed, artifacts: vec![], facts: None }
 }
 
 async fn totals(q: &RunQueue) -> HashMap<String, i64> {

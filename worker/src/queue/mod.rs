@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::config::RedisConfig;
 use common::policy::{LlmPolicy, PolicyOverride, SandboxPolicy};
-use common::{RunId, RunRecord, RunSpec, RunState, StopReason};
+use common::{RunFacts, RunId, RunRecord, RunSpec, RunState, StopReason};
 use futures::StreamExt;
 use redis::{AsyncCommands, Script};
 
@@ -49,7 +49,7 @@ pub struct ClaimedRun {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// The run is over; its state follows from the reason.
-    Done { reason: StopReason, artifacts: Vec<String> },
+    Done { reason: StopReason, artifacts: Vec<String>, facts: Option<Box<RunFacts>> },
     /// Infrastructure failed; run again after `delay` unless the attempts
     /// are used up, in which case the run fails with `reason`.
     Retry { reason: StopReason, delay: Duration },
@@ -196,7 +196,7 @@ pub struct RunQueue {
     scripts: Arc<Scripts>,
 }
 
-const RECORD_FIELDS: [&str; 14] = [
+const RECORD_FIELDS: [&str; 15] = [
     "id",
     "spec",
     "state",
@@ -211,6 +211,7 @@ const RECORD_FIELDS: [&str; 14] = [
     "last_error",
     "epoch",
     "cancel_by",
+    "facts",
 ];
 
 impl RunQueue {
@@ -326,11 +327,14 @@ impl RunQueue {
     /// Hands a run back. Returns its new state, or `None` when the lease was
     /// lost (another worker may own the run now; the result is discarded).
     pub async fn finish(&self, run: &ClaimedRun, outcome: &Outcome) -> Result<Option<RunState>, QueueError> {
-        let (kind, reason, artifacts, delay) = match outcome {
-            Outcome::Done { reason, artifacts } => ("done", Some(reason), artifacts.as_slice(), Duration::ZERO),
-            Outcome::Retry { reason, delay } => ("retry", Some(reason), &[][..], *delay),
-            Outcome::Release => ("release", None, &[][..], Duration::ZERO),
+        let (kind, reason, artifacts, delay, facts) = match outcome {
+            Outcome::Done { reason, artifacts, facts } => {
+                ("done", Some(reason), artifacts.as_slice(), Duration::ZERO, facts.as_deref())
+            }
+            Outcome::Retry { reason, delay } => ("retry", Some(reason), &[][..], *delay, None),
+            Outcome::Release => ("release", None, &[][..], Duration::ZERO, None),
         };
+        let facts_json = facts.map(serde_json::to_string).transpose().map_err(|e| corrupt(run.id, e))?;
         let reason_json = reason.map(serde_json::to_string).transpose().map_err(|e| corrupt(run.id, e))?;
         let final_state = reason.map_or(RunState::Queued, StopReason::final_state);
         let artifacts_json = serde_json::to_string(artifacts).map_err(|e| corrupt(run.id, e))?;
@@ -348,6 +352,7 @@ impl RunQueue {
             .arg(self.ttl_seconds())
             .arg(delay.as_millis() as u64)
             .arg(self.dead_keep_ms())
+            .arg(facts_json.unwrap_or_default())
             .invoke_async(&mut conn)
             .await?;
         state.map(|s| s.parse().map_err(|e| corrupt(run.id, e))).transpose()
@@ -655,6 +660,28 @@ impl RunQueue {
         Ok(())
     }
 
+    /// Records a webhook delivery id; `false` when it was seen before
+    /// (within a week).
+    pub async fn first_delivery(&self, delivery: &str) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.key(&format!("delivery:{delivery}")))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(7 * 86400)
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Forgets a delivery whose processing failed, so a redelivery works.
+    pub async fn forget_delivery(&self, delivery: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.del(self.key(&format!("delivery:{delivery}"))).await?;
+        Ok(())
+    }
+
     /// Registers (or replaces) a tenant's secret, sealed.
     pub async fn put_tenant_secret(&self, tenant: &str, name: &str, secret: &StoredSecret) -> Result<(), QueueError> {
         let json = serde_json::to_string(secret).map_err(|e| corrupt("tenant secret", e))?;
@@ -828,7 +855,8 @@ fn record_from_fields(values: Vec<Option<String>>) -> Result<RunRecord, QueueErr
         last_error,
         _epoch,
         cancelled_by,
-    ]: [Option<String>; 14] = values.try_into().map_err(|_| corrupt("?", "wrong field count"))?;
+        facts,
+    ]: [Option<String>; 15] = values.try_into().map_err(|_| corrupt("?", "wrong field count"))?;
     let id = id.unwrap_or_default();
     let bad = |detail: &str| corrupt(&id, detail);
     let number = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
@@ -846,7 +874,10 @@ fn record_from_fields(values: Vec<Option<String>>) -> Result<RunRecord, QueueErr
         .transpose()
         .map_err(|e| corrupt(&id, e))?
         .unwrap_or_default();
+    let facts =
+        facts.filter(|s| !s.is_empty()).map(|s| serde_json::from_str(&s)).transpose().map_err(|e| corrupt(&id, e))?;
     Ok(RunRecord {
+        facts,
         id: run_id,
         spec,
         state,

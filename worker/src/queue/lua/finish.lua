@@ -1,5 +1,5 @@
 -- ARGV: id, epoch, outcome, stop_reason_json, final_state, artifacts_json,
---       ttl_s, retry_delay_ms, dead_keep_ms
+--       ttl_s, retry_delay_ms, dead_keep_ms, facts_json (may be empty)
 -- outcome: `done`    the run is over (final_state succeeded, failed or
 --                    cancelled);
 --          `retry`   infrastructure failed: back off and run again, or fail
@@ -33,6 +33,9 @@ if outcome == 'retry' and attempt >= max_attempts then
   dead_letter(id, now, reason, dead_keep_ms)
 end
 if outcome == 'done' then
+  if ARGV[10] ~= nil and ARGV[10] ~= '' then
+    redis.call('HSET', job, 'facts', ARGV[10])
+  end
   finalize(id, tenant, repo, state, final_state, now, reason, artifacts, ttl_s)
   return final_state
 elseif outcome == 'retry' then

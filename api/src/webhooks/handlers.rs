@@ -1,0 +1,190 @@
+//! GitHub webhooks. A delivery is accepted only with a valid
+//! `X-Hub-Signature-256` over its exact body and a delivery id never seen
+//! before. `issues.labeled` with the configured label, or `issues.assigned`
+//! to the App's bot user, starts a run for the issue, requested by the
+//! GitHub user who labelled or assigned it, and only if that user may write
+//! to the repository (otherwise the issue gets a comment saying so).
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, post, web};
+use common::{AgentProfile, Priority, RepoName, RunId, RunSpec};
+use hmac::{Hmac, Mac};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use worker::publish;
+use worker::queue::Enqueued;
+
+use crate::problem::Problem;
+use crate::startup::AppState;
+
+/// What a delivery asked for.
+enum Trigger {
+    Run { repo: RepoName, issue: u64, title: String, body: String, sender: String, base_ref: String },
+    Ignore(String),
+}
+
+/// Receive a GitHub webhook delivery (signed with the App's webhook secret).
+#[utoipa::path(
+    tag = "webhooks",
+    request_body(content = Object, description = "A GitHub webhook payload, signed in `X-Hub-Signature-256`"),
+    params(
+        ("X-GitHub-Event" = String, Header, description = "`issues` or `ping`"),
+        ("X-GitHub-Delivery" = String, Header, description = "Unique id of the delivery; a replay is refused"),
+        ("X-Hub-Signature-256" = String, Header, description = "`sha256=` HMAC of the body under the webhook secret"),
+    ),
+    responses(
+        (status = 202, description = "A run was started", body = crate::runs::dto::RunAccepted),
+        (status = 200, description = "Understood, nothing to do (or the requester may not write)"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "Missing or wrong signature"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "A delivery seen before"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("github_signature" = []))
+)]
+#[post("/v1/webhooks/github")]
+pub async fn github_webhook(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    let Some(secret) = &state.config.github.webhook_secret else {
+        return Err(Problem::new(StatusCode::NOT_FOUND, "not-configured", "GitHub webhooks are not configured")
+            .detail("set github.webhook_secret (and the App) to receive them"));
+    };
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    if !signature_valid(secret.expose_secret(), &body, &header("x-hub-signature-256")) {
+        return Err(Problem::new(StatusCode::UNAUTHORIZED, "bad-signature", "The webhook signature is invalid")
+            .detail("X-Hub-Signature-256 must be the HMAC-SHA256 of the body under the App's webhook secret"));
+    }
+    let delivery = header("x-github-delivery");
+    if delivery.is_empty() || delivery.len() > 100 {
+        return Err(Problem::bad_request("X-GitHub-Delivery is required").field("X-GitHub-Delivery"));
+    }
+    if !state.queue.first_delivery(&delivery).await? {
+        return Err(Problem::new(StatusCode::CONFLICT, "replayed-delivery", "This delivery was already received")
+            .detail(format!("delivery {delivery} was processed before")));
+    }
+    let result = handle(&state, &header("x-github-event"), &body).await;
+    if result.is_err() {
+        // Let GitHub's redelivery through once the cause is gone.
+        let _ = state.queue.forget_delivery(&delivery).await;
+    }
+    result
+}
+
+/// `sha256=<hex>` over `body`, compared in constant time.
+fn signature_valid(secret: &str, body: &[u8], presented: &str) -> bool {
+    let Some(hex) = presented.strip_prefix("sha256=") else { return false };
+    let Some(expected) = (0..hex.len())
+        .step_by(2)
+        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+    else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else { return false };
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+async fn handle(state: &AppState, event: &str, body: &[u8]) -> Result<HttpResponse, Problem> {
+    let payload: Value =
+        serde_json::from_slice(body).map_err(|e| Problem::bad_request(format!("the payload is not JSON: {e}")))?;
+    let trigger = match event {
+        "ping" => Trigger::Ignore("pong".to_owned()),
+        "issues" => trigger(&state.config.github, &payload)?,
+        other => Trigger::Ignore(format!("event `{other}` does not start runs")),
+    };
+    let (repo, issue, title, body, sender, base_ref) = match trigger {
+        Trigger::Ignore(reason) => return Ok(HttpResponse::Ok().json(json!({"status": "ignored", "reason": reason}))),
+        Trigger::Run { repo, issue, title, body, sender, base_ref } => (repo, issue, title, body, sender, base_ref),
+    };
+    let Some(app) = &state.github else {
+        return Err(Problem::unavailable("the GitHub App is not configured (github.app_id)"));
+    };
+    let forge = |e: worker::forge::ForgeError| Problem::unavailable(format!("GitHub: {e}"));
+    if !publish::can_write(app, &repo, &sender).await.map_err(forge)? {
+        let text =
+            format!("@{sender}, Paddock starts runs only for people with write access to {repo}; nothing was started.");
+        let refusal = RunId::new();
+        publish::comment_on_issue(app, &repo, issue, refusal, &text).await.map_err(forge)?;
+        tracing::info!(%repo, issue, %sender, "webhook run refused: the requester may not write");
+        return Ok(HttpResponse::Ok()
+            .json(json!({"status": "refused", "reason": "the requester may not write to the repository"})));
+    }
+    let spec = RunSpec {
+        tenant: state.config.github.tenant.clone(),
+        priority: Priority::Normal,
+        repository: repo,
+        base_ref,
+        task_title: title.chars().take(RunSpec::MAX_TITLE).collect(),
+        task_body: body.chars().take(RunSpec::MAX_BODY).collect(),
+        agent_profile: state.config.github.agent_profile.parse::<AgentProfile>()?,
+        requested_by: format!("github:{sender}"),
+        policy: None,
+        issue: Some(issue),
+    };
+    let spec = if spec.task_title.trim().is_empty() {
+        RunSpec { task_title: format!("Issue #{issue}"), ..spec }
+    } else {
+        spec
+    };
+    spec.validate()?;
+    let policy =
+        state.queue.effective_policy(state.config.default_policy(), &spec.tenant, &spec.repository.to_string()).await?;
+    let spec = RunSpec { policy: Some(policy), ..spec };
+    let id = RunId::new();
+    match state.queue.enqueue(id, &spec, state.config.api.max_attempts, None).await? {
+        Enqueued::Created { .. } | Enqueued::Existing { .. } => {}
+    }
+    tracing::info!(run_id = %id, repository = %spec.repository, issue, requested_by = %spec.requested_by, "run accepted from a GitHub webhook");
+    let url = format!("/v1/runs/{id}");
+    Ok(HttpResponse::Accepted()
+        .insert_header(("location", url.clone()))
+        .json(json!({"id": id.to_string(), "state": "queued", "url": url})))
+}
+
+fn trigger(github: &common::config::GitHubConfig, payload: &Value) -> Result<Trigger, Problem> {
+    let action = payload["action"].as_str().unwrap_or_default();
+    let starts = match action {
+        "labeled" => payload["label"]["name"].as_str() == Some(github.trigger_label.as_str()),
+        "assigned" => payload["assignee"]["login"].as_str() == Some(github.bot_login.as_str()),
+        _ => false,
+    };
+    if !starts {
+        return Ok(Trigger::Ignore(format!("issues.{action} does not start a run here")));
+    }
+    let missing = |field: &str| Problem::bad_request(format!("the payload has no {field}")).field(field.to_owned());
+    let repo: RepoName =
+        payload["repository"]["full_name"].as_str().ok_or_else(|| missing("repository.full_name"))?.parse()?;
+    let issue = payload["issue"]["number"].as_u64().ok_or_else(|| missing("issue.number"))?;
+    let sender = payload["sender"]["login"].as_str().ok_or_else(|| missing("sender.login"))?.to_owned();
+    let base_ref = payload["repository"]["default_branch"].as_str().unwrap_or("main").to_owned();
+    Ok(Trigger::Run {
+        repo,
+        issue,
+        title: payload["issue"]["title"].as_str().unwrap_or_default().to_owned(),
+        body: payload["issue"]["body"].as_str().unwrap_or_default().to_owned(),
+        sender,
+        base_ref,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_signature_of_the_exact_body_passes() {
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
+        mac.update(b"{\"a\":1}");
+        let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert!(signature_valid("s3cret", b"{\"a\":1}", &format!("sha256={hex}")));
+        assert!(!signature_valid("s3cret", b"{\"a\":2}", &format!("sha256={hex}")));
+        assert!(!signature_valid("other", b"{\"a\":1}", &format!("sha256={hex}")));
+        assert!(!signature_valid("s3cret", b"{\"a\":1}", &hex));
+        assert!(!signature_valid("s3cret", b"{\"a\":1}", "sha256=zz"));
+    }
+}

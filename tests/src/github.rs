@@ -1,0 +1,832 @@
+//! An emulated GitHub for tests and the demo: the REST paths Paddock uses,
+//! with GitHub's authentication, status codes and error bodies, and real git
+//! smart HTTP (`git http-backend`) that accepts only a live installation
+//! token scoped to the repository and refuses pushes to protected branches.
+//! It delivers signed webhooks as GitHub does.
+//!
+//! - App JWTs (RS256, `iss` = app id, at most ten minutes) open `/app/...`
+//!   and `GET /repos/{o}/{r}/installation`.
+//! - Installation tokens (`ghs_...`, one hour) carry the repositories and
+//!   permissions asked for (a subset of the App's) and die when revoked.
+//! - REST lives under `/api/v3` (the GitHub Enterprise Server layout), git
+//!   under `/git/{owner}/{name}.git`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::git_server::{git, http_backend};
+
+/// An answer the emulator gives instead of going on (boxed: responses are
+/// large).
+type Refusal = Box<HttpResponse>;
+
+/// Permissions the emulated App was granted by the installation.
+const APP_PERMISSIONS: &[(&str, &str)] =
+    &[("contents", "write"), ("pull_requests", "write"), ("issues", "write"), ("metadata", "read")];
+
+#[derive(Default)]
+struct Repo {
+    id: u64,
+    default_branch: String,
+    protected: BTreeSet<String>,
+    /// Branch pattern (`*` matches anything) → rules for matching branches
+    /// (`GET rules/branches/{b}`).
+    rules: BTreeMap<String, Vec<Value>>,
+    /// Login → `admin`, `write`, `read` or `none`.
+    collaborators: BTreeMap<String, String>,
+    issues: BTreeMap<u64, Issue>,
+    pulls: Vec<Value>,
+    next_number: u64,
+}
+
+#[derive(Clone)]
+struct Issue {
+    title: String,
+    body: String,
+    labels: Vec<String>,
+    comments: Vec<Value>,
+}
+
+struct Token {
+    repos: Vec<String>,
+    permissions: BTreeMap<String, String>,
+    expires: Instant,
+    revoked: bool,
+}
+
+struct State {
+    app_id: u64,
+    installation_id: u64,
+    public_key: Vec<u8>,
+    repos: BTreeMap<String, Repo>,
+    tokens: HashMap<String, Token>,
+    /// Every token minted, in order, with the permissions asked for.
+    minted: Vec<(String, Value)>,
+    next_comment: u64,
+    root: PathBuf,
+    base_url: String,
+}
+
+pub struct GitHub {
+    /// REST base URL (`.../api/v3`), as configured for Enterprise Server.
+    pub api_url: String,
+    /// Git base URL: `<git_url>/<owner>/<name>.git`.
+    pub git_url: String,
+    pub app_id: u64,
+    /// The App's private key, as a PEM file.
+    pub private_key_file: PathBuf,
+    pub webhook_secret: String,
+    pub bot_login: String,
+    state: Arc<Mutex<State>>,
+    server: actix_web::dev::ServerHandle,
+    client: reqwest::Client,
+    root: PathBuf,
+}
+
+type Shared = web::Data<Arc<Mutex<State>>>;
+
+impl GitHub {
+    pub async fn start() -> Self {
+        let id = ulid::Ulid::new().to_string().to_lowercase();
+        let root = std::env::temp_dir().join(format!("paddock-github-{id}"));
+        std::fs::create_dir_all(&root).expect("github root");
+        let private_key_file = root.join("app.pem");
+        let public_key = crate::rsa_key_pair(&private_key_file);
+        let state = Arc::new(Mutex::new(State {
+            app_id: 4242,
+            installation_id: 777,
+            public_key,
+            repos: BTreeMap::new(),
+            tokens: HashMap::new(),
+            minted: Vec::new(),
+            next_comment: 1,
+            root: root.join("repos"),
+            base_url: String::new(),
+        }));
+        std::fs::create_dir_all(root.join("repos")).expect("repos dir");
+        let data: Shared = web::Data::new(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(64 << 20))
+                .route("/git/{path:.*}", web::to(git_http))
+                .route("/api/v3/repos/{o}/{r}/installation", web::get().to(repo_installation))
+                .route("/api/v3/app/installations/{id}/access_tokens", web::post().to(create_token))
+                .route("/api/v3/installation/token", web::delete().to(revoke_token))
+                .route("/api/v3/repos/{o}/{r}", web::get().to(get_repo))
+                .route("/api/v3/repos/{o}/{r}/branches/{b:.*}", web::get().to(get_branch))
+                .route("/api/v3/repos/{o}/{r}/rules/branches/{b:.*}", web::get().to(branch_rules))
+                .route("/api/v3/repos/{o}/{r}/collaborators/{u}/permission", web::get().to(permission))
+                .route("/api/v3/repos/{o}/{r}/issues/{n}", web::get().to(get_issue))
+                .route("/api/v3/repos/{o}/{r}/issues/{n}/comments", web::get().to(list_comments))
+                .route("/api/v3/repos/{o}/{r}/issues/{n}/comments", web::post().to(add_comment))
+                .route("/api/v3/repos/{o}/{r}/issues/comments/{id}", web::patch().to(edit_comment))
+                .route("/api/v3/repos/{o}/{r}/pulls", web::get().to(list_pulls))
+                .route("/api/v3/repos/{o}/{r}/pulls", web::post().to(create_pull))
+                .route("/api/v3/repos/{o}/{r}/pulls/{n}", web::patch().to(update_pull))
+                .default_service(web::to(|| async { not_found() }))
+        })
+        .workers(2)
+        .bind(("127.0.0.1", 0))
+        .expect("bind github emulator");
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        let base = format!("http://127.0.0.1:{port}");
+        state.lock().unwrap().base_url = base.clone();
+        let app_id = state.lock().unwrap().app_id;
+        Self {
+            api_url: format!("{base}/api/v3"),
+            git_url: format!("{base}/git"),
+            app_id,
+            private_key_file,
+            webhook_secret: format!("whsec-{id}"),
+            bot_login: "paddock-app[bot]".to_owned(),
+            state,
+            server: handle,
+            client: reqwest::Client::new(),
+            root,
+        }
+    }
+
+    /// Creates `owner/name` (one commit on `main` holding `files`) in the
+    /// App's installation, with `collaborators` (login → permission).
+    pub fn create_repo(&self, owner: &str, name: &str, files: &[(&str, &[u8])], collaborators: &[(&str, &str)]) {
+        let root = self.state.lock().unwrap().root.clone();
+        crate::git_server::create_bare_repo(&root, owner, name, files);
+        let mut state = self.state.lock().unwrap();
+        let id = 1000 + state.repos.len() as u64;
+        let repo = Repo {
+            id,
+            default_branch: "main".to_owned(),
+            protected: BTreeSet::from(["main".to_owned()]),
+            collaborators: collaborators.iter().map(|(u, p)| ((*u).to_owned(), (*p).to_owned())).collect(),
+            next_number: 1,
+            ..Repo::default()
+        };
+        state.repos.insert(format!("{owner}/{name}"), repo);
+        write_protection_hook(&root, &state);
+    }
+
+    /// Opens an issue and returns its number.
+    pub fn open_issue(&self, repo: &str, title: &str, body: &str) -> u64 {
+        let mut state = self.state.lock().unwrap();
+        let repo = state.repos.get_mut(repo).expect("repo exists");
+        let number = repo.next_number;
+        repo.next_number += 1;
+        let issue = Issue { title: title.to_owned(), body: body.to_owned(), labels: Vec::new(), comments: Vec::new() };
+        repo.issues.insert(number, issue);
+        number
+    }
+
+    /// Marks `branch` protected, or gives branches matching it (`*` is a
+    /// wildcard) a ruleset rule.
+    pub fn protect(&self, repo: &str, branch: &str, by_ruleset: bool) {
+        let mut state = self.state.lock().unwrap();
+        let repo = state.repos.get_mut(repo).expect("repo exists");
+        if by_ruleset {
+            let rule = json!({"type": "update", "ruleset_source_type": "Repository", "ruleset_source": repo.id.to_string(), "ruleset_id": 1});
+            repo.rules.insert(branch.to_owned(), vec![rule]);
+        } else {
+            repo.protected.insert(branch.to_owned());
+        }
+        let root = state.root.clone();
+        write_protection_hook(&root, &state);
+    }
+
+    /// Adds `label` to the issue as `sender` and delivers the `issues`
+    /// webhook to `target`, signed. Returns the delivery's HTTP status.
+    pub async fn label_issue(&self, target: &str, repo: &str, number: u64, label: &str, sender: &str) -> (u16, Value) {
+        let payload = {
+            let mut state = self.state.lock().unwrap();
+            let base = state.base_url.clone();
+            let entry = state.repos.get_mut(repo).expect("repo exists");
+            let repo_id = entry.id;
+            let issue = entry.issues.get_mut(&number).expect("issue exists");
+            issue.labels.push(label.to_owned());
+            issue_event("labeled", &base, repo, repo_id, number, issue, json!({"label": {"name": label}}), sender)
+        };
+        self.deliver(target, "issues", &ulid::Ulid::new().to_string(), &payload, None).await
+    }
+
+    /// Assigns the issue to `assignee` as `sender` and delivers the webhook.
+    pub async fn assign_issue(
+        &self,
+        target: &str,
+        repo: &str,
+        number: u64,
+        assignee: &str,
+        sender: &str,
+    ) -> (u16, Value) {
+        let payload = {
+            let state = self.state.lock().unwrap();
+            let entry = state.repos.get(repo).expect("repo exists");
+            let issue = entry.issues.get(&number).expect("issue exists");
+            let extra = json!({"assignee": {"login": assignee, "type": if assignee.ends_with("[bot]") { "Bot" } else { "User" }}});
+            issue_event("assigned", &state.base_url, repo, entry.id, number, issue, extra, sender)
+        };
+        self.deliver(target, "issues", &ulid::Ulid::new().to_string(), &payload, None).await
+    }
+
+    /// Posts `payload` as GitHub would: `X-GitHub-Event`, `X-GitHub-Delivery`
+    /// and `X-Hub-Signature-256` over the exact body (or `signature`, to
+    /// forge one).
+    pub async fn deliver(
+        &self,
+        target: &str,
+        event: &str,
+        delivery: &str,
+        payload: &Value,
+        signature: Option<&str>,
+    ) -> (u16, Value) {
+        let body = payload.to_string();
+        let signature = signature.map(str::to_owned).unwrap_or_else(|| sign(&self.webhook_secret, body.as_bytes()));
+        let response = self
+            .client
+            .post(target)
+            .header("content-type", "application/json")
+            .header("user-agent", "GitHub-Hookshot/emulated")
+            .header("x-github-event", event)
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", signature)
+            .body(body)
+            .send()
+            .await
+            .expect("deliver webhook");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
+    /// The pull requests of `repo`, as the REST API shows them.
+    pub fn pulls(&self, repo: &str) -> Vec<Value> {
+        self.state.lock().unwrap().repos.get(repo).map(|r| r.pulls.clone()).unwrap_or_default()
+    }
+
+    /// The comments on an issue.
+    pub fn comments(&self, repo: &str, number: u64) -> Vec<Value> {
+        let state = self.state.lock().unwrap();
+        state.repos.get(repo).and_then(|r| r.issues.get(&number)).map(|i| i.comments.clone()).unwrap_or_default()
+    }
+
+    /// Installation tokens minted so far, with what each asked for.
+    pub fn minted_tokens(&self) -> Vec<(String, Value)> {
+        self.state.lock().unwrap().minted.clone()
+    }
+
+    /// Whether a token still works (not revoked, not expired).
+    pub fn token_alive(&self, token: &str) -> bool {
+        let state = self.state.lock().unwrap();
+        state.tokens.get(token).is_some_and(|t| !t.revoked && Instant::now() < t.expires)
+    }
+
+    /// The file at `path` on `branch`, read from the bare repository.
+    pub fn file_on_branch(&self, repo: &str, branch: &str, path: &str) -> Option<String> {
+        let dir = self.state.lock().unwrap().root.join(format!("{repo}.git"));
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&dir)
+            .args(["show", &format!("{branch}:{path}")])
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The last commit message on `branch`.
+    pub fn commit_message(&self, repo: &str, branch: &str) -> Option<String> {
+        let dir = self.state.lock().unwrap().root.join(format!("{repo}.git"));
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&dir)
+            .args(["log", "-1", "--format=%an <%ae>%n%B", branch])
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub async fn stop(&self) {
+        self.server.stop(false).await;
+    }
+}
+
+impl Drop for GitHub {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.root).ok();
+    }
+}
+
+/// `sha256=` and the hex HMAC of `body` under `secret`.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn issue_event(
+    action: &str,
+    base: &str,
+    repo: &str,
+    repo_id: u64,
+    number: u64,
+    issue: &Issue,
+    extra: Value,
+    sender: &str,
+) -> Value {
+    let (owner, name) = repo.split_once('/').expect("owner/name");
+    let mut payload = json!({
+        "action": action,
+        "issue": {
+            "number": number, "title": issue.title, "body": issue.body, "state": "open",
+            "html_url": format!("{base}/{repo}/issues/{number}"),
+            "labels": issue.labels.iter().map(|l| json!({"name": l})).collect::<Vec<_>>(),
+            "user": {"login": "octo-reporter"},
+        },
+        "repository": {"id": repo_id, "name": name, "full_name": repo, "owner": {"login": owner}, "default_branch": "main"},
+        "sender": {"login": sender, "type": "User"},
+        "installation": {"id": 777},
+    });
+    if let (Some(target), Some(extra)) = (payload.as_object_mut(), extra.as_object()) {
+        target.extend(extra.clone());
+    }
+    payload
+}
+
+fn github_error(status: StatusCode, message: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .json(json!({"message": message, "documentation_url": "https://docs.github.com/rest", "status": status.as_u16().to_string()}))
+}
+
+fn not_found() -> HttpResponse {
+    github_error(StatusCode::NOT_FOUND, "Not Found")
+}
+
+fn bad_credentials() -> HttpResponse {
+    github_error(StatusCode::UNAUTHORIZED, "Bad credentials")
+}
+
+fn forbidden() -> HttpResponse {
+    github_error(StatusCode::FORBIDDEN, "Resource not accessible by integration")
+}
+
+fn bearer(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get("authorization")?.to_str().ok()?;
+    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("token ")).map(str::to_owned)
+}
+
+/// Checks an App JWT: RS256 with the App's key, `iss` the App id, at most
+/// ten minutes long, not expired.
+fn app_authenticated(req: &HttpRequest, state: &State) -> Result<(), Refusal> {
+    let jwt = bearer(req).ok_or_else(bad_credentials)?;
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(&state.public_key).map_err(|_| bad_credentials())?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    // `iss` is the App id, a number: checked below, not by the library.
+    validation.set_required_spec_claims(&["exp"]);
+    validation.leeway = 0;
+    let data = jsonwebtoken::decode::<Value>(&jwt, &key, &validation)
+        .map_err(|_| github_error(StatusCode::UNAUTHORIZED, "A JSON web token could not be decoded"))?;
+    let claims = data.claims;
+    let iss = claims["iss"].as_u64().or_else(|| claims["iss"].as_str().and_then(|s| s.parse().ok()));
+    let life = claims["exp"].as_u64().unwrap_or(0).saturating_sub(claims["iat"].as_u64().unwrap_or(0));
+    if iss != Some(state.app_id) {
+        return Err(github_error(StatusCode::UNAUTHORIZED, "'Issuer' claim ('iss') must be an Integer").into());
+    }
+    if life > 660 {
+        return Err(
+            github_error(StatusCode::UNAUTHORIZED, "'Expiration time' claim ('exp') is too far in the future").into()
+        );
+    }
+    Ok(())
+}
+
+/// The live installation token on the request, if it may act on `repo`
+/// with `permission` at `level` (`read` or `write`).
+fn token_allows(req: &HttpRequest, state: &State, repo: &str, permission: &str, level: &str) -> Result<(), Refusal> {
+    let token = bearer(req).ok_or_else(bad_credentials)?;
+    let Some(entry) = state.tokens.get(&token) else { return Err(bad_credentials().into()) };
+    if entry.revoked || Instant::now() >= entry.expires {
+        return Err(bad_credentials().into());
+    }
+    if !entry.repos.iter().any(|r| r == repo) {
+        return Err(not_found().into());
+    }
+    let granted = entry.permissions.get(permission).map(String::as_str);
+    let enough = match level {
+        "read" => matches!(granted, Some("read" | "write")),
+        _ => granted == Some("write"),
+    };
+    if enough { Ok(()) } else { Err(forbidden().into()) }
+}
+
+/// Locks the state and checks the request's token for `permission` at
+/// `level` on the repository of the path; returns the lock and the name.
+fn authorize<'a>(
+    req: &HttpRequest,
+    state: &'a Shared,
+    permission: &str,
+    level: &str,
+) -> Result<(std::sync::MutexGuard<'a, State>, String), Refusal> {
+    let locked = state.lock().unwrap();
+    let name = full_name(req);
+    token_allows(req, &locked, &name, permission, level)?;
+    Ok((locked, name))
+}
+
+fn full_name(req: &HttpRequest) -> String {
+    format!("{}/{}", req.match_info().query("o"), req.match_info().query("r"))
+}
+
+async fn repo_installation(req: HttpRequest, state: Shared) -> HttpResponse {
+    let state = state.lock().unwrap();
+    if let Err(refusal) = app_authenticated(&req, &state) {
+        return *refusal;
+    }
+    if !state.repos.contains_key(&full_name(&req)) {
+        return not_found();
+    }
+    let owner = req.match_info().query("o");
+    HttpResponse::Ok().json(json!({
+        "id": state.installation_id, "app_id": state.app_id, "target_type": "Organization",
+        "account": {"login": owner}, "repository_selection": "selected",
+        "permissions": APP_PERMISSIONS.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+    }))
+}
+
+async fn create_token(req: HttpRequest, body: web::Json<Value>, state: Shared) -> HttpResponse {
+    let mut state = state.lock().unwrap();
+    if let Err(refusal) = app_authenticated(&req, &state) {
+        return *refusal;
+    }
+    if req.match_info().query("id") != state.installation_id.to_string() {
+        return not_found();
+    }
+    let owner_repos: Vec<String> = state.repos.keys().cloned().collect();
+    let asked: Vec<String> = body["repositories"]
+        .as_array()
+        .map(|names| names.iter().filter_map(|n| n.as_str()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    let repos: Vec<String> = if asked.is_empty() {
+        owner_repos.clone()
+    } else {
+        let mut found = Vec::new();
+        for name in &asked {
+            match owner_repos.iter().find(|full| full.split('/').nth(1) == Some(name.as_str())) {
+                Some(full) => found.push(full.clone()),
+                None => {
+                    return github_error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "There is at least one repository that does not exist or is not accessible to the parent installation.",
+                    );
+                }
+            }
+        }
+        found
+    };
+    let app: BTreeMap<&str, &str> = APP_PERMISSIONS.iter().copied().collect();
+    let mut permissions = BTreeMap::new();
+    match body["permissions"].as_object() {
+        Some(asked) => {
+            for (name, level) in asked {
+                let level = level.as_str().unwrap_or_default();
+                let allowed = match app.get(name.as_str()) {
+                    Some(&"write") => matches!(level, "read" | "write"),
+                    Some(&"read") => level == "read",
+                    _ => false,
+                };
+                if !allowed {
+                    return github_error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        &format!("The permissions requested are not granted to this installation: {name}={level}"),
+                    );
+                }
+                permissions.insert(name.clone(), level.to_owned());
+            }
+        }
+        None => permissions.extend(app.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))),
+    }
+    permissions.insert("metadata".to_owned(), "read".to_owned());
+    let token = format!("ghs_{}", ulid::Ulid::new().to_string().to_lowercase().replace(['-'], "") + "0123456789");
+    let expires_at = SystemTime::now() + Duration::from_secs(3600);
+    let expires_at = time_string(expires_at);
+    let repositories: Vec<Value> = repos
+        .iter()
+        .map(|full| {
+            let (owner, name) = full.split_once('/').unwrap_or_default();
+            json!({"id": state.repos[full].id, "name": name, "full_name": full, "owner": {"login": owner}})
+        })
+        .collect();
+    state.tokens.insert(
+        token.clone(),
+        Token {
+            repos,
+            permissions: permissions.clone(),
+            expires: Instant::now() + Duration::from_secs(3600),
+            revoked: false,
+        },
+    );
+    state.minted.push((token.clone(), body.into_inner()));
+    HttpResponse::Created().json(json!({
+        "token": token, "expires_at": expires_at, "permissions": permissions,
+        "repository_selection": "selected", "repositories": repositories,
+    }))
+}
+
+async fn revoke_token(req: HttpRequest, state: Shared) -> HttpResponse {
+    let mut state = state.lock().unwrap();
+    let Some(token) = bearer(&req) else { return bad_credentials() };
+    match state.tokens.get_mut(&token) {
+        Some(entry) if !entry.revoked && Instant::now() < entry.expires => {
+            entry.revoked = true;
+            HttpResponse::NoContent().finish()
+        }
+        _ => bad_credentials(),
+    }
+}
+
+async fn get_repo(req: HttpRequest, state: Shared) -> HttpResponse {
+    let (state, name) = match authorize(&req, &state, "metadata", "read") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let Some(repo) = state.repos.get(&name) else { return not_found() };
+    HttpResponse::Ok()
+        .json(json!({"id": repo.id, "full_name": name, "default_branch": repo.default_branch, "private": true}))
+}
+
+async fn get_branch(req: HttpRequest, state: Shared) -> HttpResponse {
+    let (state, name) = match authorize(&req, &state, "metadata", "read") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let Some(repo) = state.repos.get(&name) else { return not_found() };
+    let branch = req.match_info().query("b").to_owned();
+    let dir = state.root.join(format!("{name}.git"));
+    let exists = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&dir)
+        .args(["rev-parse", "--verify", "--quiet", &format!("refs/heads/{branch}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !exists {
+        return github_error(StatusCode::NOT_FOUND, "Branch not found");
+    }
+    HttpResponse::Ok().json(json!({"name": branch, "protected": repo.protected.contains(&branch)}))
+}
+
+async fn branch_rules(req: HttpRequest, state: Shared) -> HttpResponse {
+    let (state, name) = match authorize(&req, &state, "metadata", "read") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let Some(repo) = state.repos.get(&name) else { return not_found() };
+    let branch = req.match_info().query("b");
+    let rules: Vec<Value> = repo
+        .rules
+        .iter()
+        .filter(|(pattern, _)| matches_pattern(pattern, branch))
+        .flat_map(|(_, r)| r.clone())
+        .collect();
+    HttpResponse::Ok().json(rules)
+}
+
+async fn permission(req: HttpRequest, state: Shared) -> HttpResponse {
+    let (state, name) = match authorize(&req, &state, "metadata", "read") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let Some(repo) = state.repos.get(&name) else { return not_found() };
+    let user = req.match_info().query("u");
+    let Some(level) = repo.collaborators.get(user) else {
+        return github_error(StatusCode::NOT_FOUND, &format!("{user} is not a user"));
+    };
+    let role = if level == "admin" { "admin" } else { level.as_str() };
+    HttpResponse::Ok().json(json!({"permission": level, "role_name": role, "user": {"login": user}}))
+}
+
+async fn get_issue(req: HttpRequest, state: Shared) -> HttpResponse {
+    let (state, name) = match authorize(&req, &state, "issues", "read") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let number: u64 = req.match_info().query("n").parse().unwrap_or(0);
+    let Some(issue) = state.repos.get(&name).and_then(|r| r.issues.get(&number)) else { return not_found() };
+    HttpResponse::Ok().json(json!({
+        "number": number, "title": issue.title, "body": issue.body, "state": "open",
+        "labels": issue.labels.iter().map(|l| json!({"name": l})).collect::<Vec<_>>(),
+        "html_url": format!("{}/{name}/issues/{number}", state.base_url),
+    }))
+}
+
+async fn list_comments(req: HttpRequest, state: Shared) -> HttpResponse {
+    let (state, name) = match authorize(&req, &state, "issues", "read") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let number: u64 = req.match_info().query("n").parse().unwrap_or(0);
+    let Some(issue) = state.repos.get(&name).and_then(|r| r.issues.get(&number)) else { return not_found() };
+    HttpResponse::Ok().json(&issue.comments)
+}
+
+async fn add_comment(req: HttpRequest, body: web::Json<Value>, state: Shared) -> HttpResponse {
+    let (mut state, name) = match authorize(&req, &state, "issues", "write") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let Some(text) = body["body"].as_str() else {
+        return github_error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
+    };
+    let id = state.next_comment;
+    state.next_comment += 1;
+    let number: u64 = req.match_info().query("n").parse().unwrap_or(0);
+    let base = state.base_url.clone();
+    let Some(issue) = state.repos.get_mut(&name).and_then(|r| r.issues.get_mut(&number)) else { return not_found() };
+    let comment = json!({"id": id, "body": text, "user": {"login": "paddock-app[bot]"},
+        "html_url": format!("{base}/{name}/issues/{number}#issuecomment-{id}")});
+    issue.comments.push(comment.clone());
+    HttpResponse::Created().json(comment)
+}
+
+async fn edit_comment(req: HttpRequest, body: web::Json<Value>, state: Shared) -> HttpResponse {
+    let (mut state, name) = match authorize(&req, &state, "issues", "write") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let id: u64 = req.match_info().query("id").parse().unwrap_or(0);
+    let Some(repo) = state.repos.get_mut(&name) else { return not_found() };
+    for issue in repo.issues.values_mut() {
+        if let Some(comment) = issue.comments.iter_mut().find(|c| c["id"] == id) {
+            comment["body"] = body["body"].clone();
+            return HttpResponse::Ok().json(comment.clone());
+        }
+    }
+    not_found()
+}
+
+async fn list_pulls(req: HttpRequest, query: web::Query<HashMap<String, String>>, state: Shared) -> HttpResponse {
+    let (state, name) = match authorize(&req, &state, "pull_requests", "read") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let Some(repo) = state.repos.get(&name) else { return not_found() };
+    let head = query.get("head").map(|h| h.split_once(':').map_or(h.as_str(), |(_, b)| b).to_owned());
+    let wanted_state = query.get("state").cloned().unwrap_or_else(|| "open".to_owned());
+    let pulls: Vec<&Value> = repo
+        .pulls
+        .iter()
+        .filter(|p| head.as_deref().is_none_or(|h| p["head"]["ref"] == h))
+        .filter(|p| wanted_state == "all" || p["state"] == wanted_state.as_str())
+        .collect();
+    HttpResponse::Ok().json(pulls)
+}
+
+async fn create_pull(req: HttpRequest, body: web::Json<Value>, state: Shared) -> HttpResponse {
+    let (mut state, name) = match authorize(&req, &state, "pull_requests", "write") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let (Some(head), Some(base), Some(title)) = (body["head"].as_str(), body["base"].as_str(), body["title"].as_str())
+    else {
+        return github_error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
+    };
+    let head = head.split_once(':').map_or(head, |(_, b)| b).to_owned();
+    let dir = state.root.join(format!("{name}.git"));
+    let exists = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&dir)
+        .args(["rev-parse", "--verify", "--quiet", &format!("refs/heads/{head}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !exists {
+        return HttpResponse::UnprocessableEntity().json(json!({"message": "Validation Failed",
+            "errors": [{"resource": "PullRequest", "field": "head", "code": "invalid"}],
+            "documentation_url": "https://docs.github.com/rest/pulls/pulls#create-a-pull-request"}));
+    }
+    let base_url = state.base_url.clone();
+    let Some(repo) = state.repos.get_mut(&name) else { return not_found() };
+    if repo.pulls.iter().any(|p| p["head"]["ref"] == head.as_str() && p["state"] == "open") {
+        return HttpResponse::UnprocessableEntity().json(json!({"message": "Validation Failed",
+            "errors": [{"resource": "PullRequest", "code": "custom", "message": format!("A pull request already exists for {head}.")}],
+            "documentation_url": "https://docs.github.com/rest/pulls/pulls#create-a-pull-request"}));
+    }
+    let number = repo.next_number;
+    repo.next_number += 1;
+    let pull = json!({
+        "number": number, "state": "open", "title": title, "body": body["body"], "draft": body["draft"] == true,
+        "head": {"ref": head}, "base": {"ref": base},
+        "html_url": format!("{base_url}/{name}/pull/{number}"),
+    });
+    repo.pulls.push(pull.clone());
+    HttpResponse::Created().json(pull)
+}
+
+async fn update_pull(req: HttpRequest, body: web::Json<Value>, state: Shared) -> HttpResponse {
+    let (mut state, name) = match authorize(&req, &state, "pull_requests", "write") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let number: u64 = req.match_info().query("n").parse().unwrap_or(0);
+    let Some(pull) = state.repos.get_mut(&name).and_then(|r| r.pulls.iter_mut().find(|p| p["number"] == number)) else {
+        return not_found();
+    };
+    for field in ["title", "body"] {
+        if let Some(value) = body.get(field) {
+            pull[field] = value.clone();
+        }
+    }
+    HttpResponse::Ok().json(pull.clone())
+}
+
+/// Git smart HTTP with GitHub's rules: Basic auth whose password is a live
+/// installation token for this repository (`contents: read` to fetch,
+/// `contents: write` to push).
+async fn git_http(req: HttpRequest, body: web::Bytes, state: Shared) -> HttpResponse {
+    let path = req.match_info().query("path").to_owned();
+    let Some((repo, _)) = path.split_once(".git") else { return not_found() };
+    let repo = repo.to_owned();
+    let push = req.query_string().contains("git-receive-pack") || path.ends_with("git-receive-pack");
+    let root = {
+        let state = state.lock().unwrap();
+        let password = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(base64_decode)
+            .and_then(|pair| pair.split_once(':').map(|(_, p)| p.to_owned()));
+        let Some(password) = password else {
+            return HttpResponse::Unauthorized().insert_header(("WWW-Authenticate", "Basic realm=\"GitHub\"")).finish();
+        };
+        let entry = state.tokens.get(&password);
+        let alive = entry.is_some_and(|t| !t.revoked && Instant::now() < t.expires && t.repos.contains(&repo));
+        if !alive {
+            return HttpResponse::Unauthorized().insert_header(("WWW-Authenticate", "Basic realm=\"GitHub\"")).finish();
+        }
+        let level = entry.and_then(|t| t.permissions.get("contents")).map(String::as_str);
+        let enough = if push { level == Some("write") } else { matches!(level, Some("read" | "write")) };
+        if !enough {
+            return github_error(StatusCode::FORBIDDEN, "Permission to push denied to the integration.");
+        }
+        state.root.clone()
+    };
+    http_backend(&root, &format!("/{path}"), &req, body).await
+}
+
+/// `*` matches any run of characters.
+fn matches_pattern(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, tail)) => name.len() >= head.len() + tail.len() && name.starts_with(head) && name.ends_with(tail),
+    }
+}
+
+fn base64_decode(text: &str) -> Option<String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// A `pre-receive` hook in every repository refusing updates to protected
+/// branches and branches with rules, as GitHub's branch protection does.
+fn write_protection_hook(root: &std::path::Path, state: &State) {
+    for (name, repo) in &state.repos {
+        let blocked: Vec<String> = repo.protected.iter().chain(repo.rules.keys()).cloned().collect();
+        let hooks = root.join(format!("{name}.git")).join("hooks");
+        std::fs::create_dir_all(&hooks).expect("hooks dir");
+        let script = format!(
+            "#!/bin/sh\nwhile read old new ref; do\n  case \"$ref\" in\n{}  esac\ndone\nexit 0\n",
+            blocked
+                .iter()
+                .map(|b| format!(
+                    "    refs/heads/{b}) echo \"error: GH006: Protected branch update failed for refs/heads/{b}.\" >&2; exit 1;;\n"
+                ))
+                .collect::<String>()
+        );
+        let hook = hooks.join("pre-receive");
+        std::fs::write(&hook, script).expect("write hook");
+        git(
+            root,
+            &["config", "--file", hooks.parent().unwrap().join("config").to_str().unwrap(), "http.receivepack", "true"],
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod hook");
+        }
+    }
+}
+
+fn time_string(at: SystemTime) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default() as i64;
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .map(|t| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default())
+        .unwrap_or_default()
+}

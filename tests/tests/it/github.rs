@@ -1,0 +1,307 @@
+//! Issue to pull request against the GitHub emulator: webhooks start runs,
+//! the reference agent (driven by a scripted model through the gateway)
+//! edits the repository in its sandbox, and the worker pushes a branch and
+//! opens a draft pull request with a token for that one repository, revoked
+//! when the run ends.
+
+use serde_json::{Value, json};
+use tests::github::GitHub;
+use tests::providers::EmulatedProviders;
+use tests::{TestApp, spawn_app};
+
+/// The model's turns: look, fix, check, done.
+const FIX: &[&str] = &[
+    "Let me look first.\n```bash\ncat README.md\n```",
+    "```bash\nsed -i 's/wrold/world/' README.md && python3 -m pytest -q 2>/dev/null || echo 'no tests here'\n```",
+    "```bash\ngit diff --stat\n```",
+    "The greeting is fixed.\nPADDOCK_DONE",
+];
+
+struct Forge {
+    github: GitHub,
+    providers: EmulatedProviders,
+    app: TestApp,
+    repo: String,
+}
+
+/// The emulator, a scripted model and an app wired to both, with a fresh
+/// repository where alice may write and mallory may only read.
+async fn forge(agent: &str, script: &[&str]) -> Forge {
+    let github = GitHub::start().await;
+    let providers = EmulatedProviders::start().await;
+    providers.script(script);
+    let provider = json!({"scripted": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-scripted"]}}).to_string();
+    let app_id = github.app_id.to_string();
+    let key_file = github.private_key_file.display().to_string();
+    let app = spawn_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", agent),
+        ("PADDOCK_GATEWAY__PROVIDERS", provider.as_str()),
+        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["scripted"]"#),
+        ("PADDOCK_GIT__BASE_URL", github.git_url.as_str()),
+        ("PADDOCK_GITHUB__API_URL", github.api_url.as_str()),
+        ("PADDOCK_GITHUB__APP_ID", app_id.as_str()),
+        ("PADDOCK_GITHUB__PRIVATE_KEY_FILE", key_file.as_str()),
+        ("PADDOCK_GITHUB__WEBHOOK_SECRET", github.webhook_secret.as_str()),
+        ("PADDOCK_GITHUB__BOT_LOGIN", github.bot_login.as_str()),
+    ])
+    .await;
+    let repo = format!("repo-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let files: &[(&str, &[u8])] = &[("README.md", b"# Widgets\n\nhello wrold\n"), ("src/app.py", b"print('hi')\n")];
+    github.create_repo("acme", &repo, files, &[("alice", "write"), ("mallory", "read")]);
+    Forge { github, providers, app, repo: format!("acme/{repo}") }
+}
+
+const REFERENCE_AGENT: &str = "PADDOCK_MODEL=gpt-scripted paddock-agent";
+
+impl Forge {
+    fn hook(&self) -> String {
+        self.app.url("/v1/webhooks/github")
+    }
+
+    /// Labels a new issue as `sender` and returns the webhook's answer.
+    async fn label_new_issue(&self, sender: &str) -> (u64, u16, Value) {
+        let issue = self.github.open_issue(&self.repo, "Fix the greeting", "The README says `hello wrold`.");
+        let (status, body) = self.github.label_issue(&self.hook(), &self.repo, issue, "paddock", sender).await;
+        (issue, status, body)
+    }
+}
+
+#[tokio::test]
+async fn a_labelled_issue_becomes_a_draft_pull_request_with_a_full_record() {
+    let forge = forge(REFERENCE_AGENT, FIX).await;
+    let worker = forge.app.spawn_worker().await;
+    let (issue, status, accepted) = forge.label_new_issue("alice").await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let run = forge.app.wait_until_finished(&id).await;
+    let logs = forge.app.logs_of(&run).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+
+    // Who, which issue and repository, why it stopped.
+    assert_eq!(run["requested_by"], "github:alice");
+    assert_eq!((run["repository"].as_str(), run["issue"].as_u64()), (Some(forge.repo.as_str()), Some(issue)));
+    assert_eq!(run["stop_reason"]["kind"], "completed", "{run:#}");
+    let facts = &run["facts"];
+    // Which model and provider, which commands, which files.
+    assert_eq!(facts["models"], json!([{"provider": "scripted", "model": "gpt-scripted", "calls": 4}]), "{facts:#}");
+    let commands: Vec<&str> = facts["commands"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(commands[0], REFERENCE_AGENT);
+    assert_eq!(commands[1], "cat README.md");
+    assert!(commands[2].starts_with("sed -i"), "{commands:?}");
+    assert_eq!(facts["files_changed"], json!(["README.md"]));
+    // Which credentials: the run's token, and the one that commented.
+    let credentials = facts["credentials"].as_array().unwrap();
+    assert_eq!(credentials.len(), 2, "{facts:#}");
+    assert_eq!(
+        credentials[0]["permissions"],
+        json!({"contents": "write", "issues": "read", "metadata": "read", "pull_requests": "write"})
+    );
+    assert_eq!(credentials[0]["repositories"], json!([forge.repo]));
+    assert_eq!(credentials[1]["permissions"], json!({"issues": "write", "metadata": "read"}));
+    for grant in credentials {
+        assert!(grant["revoked_at_ms"].as_u64().is_some(), "a token was not revoked: {grant}");
+        assert_eq!(grant["fingerprint"].as_str().unwrap().len(), 44, "SHA-256, base64");
+        assert!(grant["expires_at"].as_str().is_some());
+    }
+    // Where the pull request is.
+    let pull = &facts["pull_request"];
+    assert_eq!(pull["draft"], true);
+    let branch = facts["branch"].as_str().unwrap();
+    assert!(branch.starts_with(&format!("paddock/{issue}-")), "{branch}");
+    let pulls = forge.github.pulls(&forge.repo);
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    assert_eq!(
+        (pulls[0]["number"].clone(), pulls[0]["html_url"].clone()),
+        (pull["number"].clone(), pull["url"].clone())
+    );
+    assert_eq!(pulls[0]["draft"], true);
+    let body = pulls[0]["body"].as_str().unwrap();
+    tests::assert_contains_all(
+        body,
+        &[&format!("Fixes #{issue}"), "github:alice", "gpt-scripted via scripted", "`README.md`", "python3 -m pytest"],
+    );
+    assert_eq!(forge.github.file_on_branch(&forge.repo, branch, "README.md").unwrap(), "# Widgets\n\nhello world\n");
+    let message = forge.github.commit_message(&forge.repo, branch).unwrap();
+    tests::assert_contains_all(
+        &message,
+        &[
+            "Paddock <paddock[bot]@users.noreply.github.com>",
+            &format!("Paddock-Run: {id}"),
+            "Requested-by: github:alice",
+        ],
+    );
+    assert_eq!(forge.github.file_on_branch(&forge.repo, "main", "README.md").unwrap(), "# Widgets\n\nhello wrold\n");
+    let comments = forge.github.comments(&forge.repo, issue);
+    assert_eq!(comments.len(), 1);
+    assert!(comments[0]["body"].as_str().unwrap().contains(&format!("draft pull request #{}", pull["number"])));
+
+    // Every token minted asked for one repository and no workflow or
+    // administration rights, and none works any more.
+    let minted = forge.github.minted_tokens();
+    assert!(minted.len() >= 3, "{minted:?}");
+    for (token, asked) in &minted {
+        assert_eq!(asked["repositories"], json!([forge.repo.split('/').nth(1).unwrap()]));
+        let permissions = asked["permissions"].as_object().unwrap();
+        assert!(!permissions.contains_key("workflows") && !permissions.contains_key("administration"));
+        assert!(!forge.github.token_alive(token), "a token outlived the run");
+        let reuse = reqwest::Client::new()
+            .get(format!("{}/repos/{}", forge.github.api_url, forge.repo))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reuse.status().as_u16(), 401, "a revoked token still works");
+    }
+    assert!(!logs.contains("ghs_"), "a token reached the log");
+    worker.shutdown().await;
+    forge.providers.stop().await;
+}
+
+#[tokio::test]
+async fn a_label_from_someone_without_write_access_starts_nothing_and_says_so() {
+    let forge = forge(REFERENCE_AGENT, FIX).await;
+    let (issue, status, answer) = forge.label_new_issue("mallory").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "refused");
+    let runs: Value = forge.app.get("/v1/runs").await.json().await.unwrap();
+    assert!(runs["runs"].as_array().unwrap().is_empty(), "{runs}");
+    let comments = forge.github.comments(&forge.repo, issue);
+    assert_eq!(comments.len(), 1);
+    assert!(comments[0]["body"].as_str().unwrap().contains("@mallory"), "{comments:?}");
+    assert!(forge.github.pulls(&forge.repo).is_empty());
+}
+
+#[tokio::test]
+async fn forged_replayed_and_unrelated_deliveries_start_nothing() {
+    let forge = forge(REFERENCE_AGENT, FIX).await;
+    let issue = forge.github.open_issue(&forge.repo, "Fix the greeting", "");
+    let payload = json!({
+        "action": "labeled", "label": {"name": "paddock"}, "sender": {"login": "alice"},
+        "issue": {"number": issue, "title": "Fix the greeting", "body": ""},
+        "repository": {"full_name": forge.repo, "default_branch": "main"},
+    });
+    let hook = forge.hook();
+    let forged = forge.github.deliver(&hook, "issues", "d-forged", &payload, Some("sha256=00ff")).await;
+    assert_eq!(forged.0, 401, "{:?}", forged.1);
+    let unsigned = reqwest::Client::new().post(&hook).header("x-github-event", "issues").json(&payload).send().await;
+    assert_eq!(unsigned.unwrap().status().as_u16(), 401);
+    let (status, first) = forge.github.deliver(&hook, "issues", "d-1", &payload, None).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, replay) = forge.github.deliver(&hook, "issues", "d-1", &payload, None).await;
+    assert_eq!(status, 409, "a replayed delivery was accepted: {replay}");
+    assert_eq!(replay["type"], "https://paddock.dev/problems/replayed-delivery");
+    let mut other = payload.clone();
+    other["label"]["name"] = json!("bug");
+    let (status, ignored) = forge.github.deliver(&hook, "issues", "d-2", &other, None).await;
+    assert_eq!((status, ignored["status"].as_str()), (200, Some("ignored")));
+    let runs: Value = forge.app.get("/v1/runs").await.json().await.unwrap();
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "only the genuine delivery started a run");
+}
+
+#[tokio::test]
+async fn assigning_the_issue_to_the_app_starts_a_run() {
+    let forge = forge(REFERENCE_AGENT, FIX).await;
+    let issue = forge.github.open_issue(&forge.repo, "Fix the greeting", "");
+    let (status, body) =
+        forge.github.assign_issue(&forge.hook(), &forge.repo, issue, &forge.github.bot_login, "alice").await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = forge.github.assign_issue(&forge.hook(), &forge.repo, issue, "bob", "alice").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ignored")));
+}
+
+#[tokio::test]
+async fn a_branch_a_ruleset_protects_is_never_pushed() {
+    let forge = forge(REFERENCE_AGENT, FIX).await;
+    forge.github.protect(&forge.repo, "paddock/*", true);
+    let worker = forge.app.spawn_worker().await;
+    let (_, status, accepted) = forge.label_new_issue("alice").await;
+    assert_eq!(status, 202);
+    let run = forge.app.wait_until_finished(accepted["id"].as_str().unwrap()).await;
+    assert_eq!(run["state"], "failed", "{run:#}");
+    assert_eq!(run["stop_reason"]["kind"], "protected_branch_refused", "{run:#}");
+    assert!(run["facts"]["pull_request"].is_null());
+    assert!(forge.github.pulls(&forge.repo).is_empty());
+    let branch = run["stop_reason"]["branch"].as_str().unwrap();
+    assert!(forge.github.file_on_branch(&forge.repo, branch, "README.md").is_none(), "the branch was pushed");
+    assert!(run["facts"]["credentials"][0]["revoked_at_ms"].as_u64().is_some());
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_run_that_changes_nothing_opens_no_pull_request_and_says_so() {
+    let forge = forge(REFERENCE_AGENT, &["```bash\ncat README.md\n```"]).await;
+    let worker = forge.app.spawn_worker().await;
+    let (issue, status, accepted) = forge.label_new_issue("alice").await;
+    assert_eq!(status, 202);
+    let run = forge.app.wait_until_finished(accepted["id"].as_str().unwrap()).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert!(run["facts"]["pull_request"].is_null() && run["facts"]["branch"].is_null());
+    assert!(forge.github.pulls(&forge.repo).is_empty());
+    let comments = forge.github.comments(&forge.repo, issue);
+    assert!(comments[0]["body"].as_str().unwrap().contains("without changing anything"), "{comments:?}");
+    worker.shutdown().await;
+}
+
+/// The agent plants hooks and config in its `.git` that would run on any
+/// host git that honoured them, and changes a file.
+const PLANTER: &str = r#"MARK=/tmp/paddock-pwned-$PADDOCK_RUN_ID
+printf '#!/bin/sh\ntouch %s\n' "$MARK" > .git/hooks/post-commit
+cp .git/hooks/post-commit .git/hooks/pre-push
+cp .git/hooks/post-commit .git/hooks/pre-commit
+chmod +x .git/hooks/*
+git config core.fsmonitor "touch $MARK"
+git config core.hooksPath .git/hooks
+git config diff.external "touch $MARK"
+echo planted >> README.md"#;
+
+#[tokio::test]
+async fn nothing_the_agent_writes_in_git_runs_on_the_worker() {
+    let forge = forge(PLANTER, &[]).await;
+    let worker = forge.app.spawn_worker().await;
+    let (_, status, accepted) = forge.label_new_issue("alice").await;
+    assert_eq!(status, 202);
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let run = forge.app.wait_until_finished(&id).await;
+    let logs = forge.app.logs_of(&run).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    assert!(run["facts"]["pull_request"]["number"].as_u64().is_some(), "{run:#}");
+    assert_eq!(run["facts"]["files_changed"], json!(["README.md"]), "only the tree, never .git");
+    let mark = std::path::PathBuf::from(format!("/tmp/paddock-pwned-{id}"));
+    assert!(!mark.exists(), "a hook or config the agent wrote ran on the worker");
+    let branch = run["facts"]["branch"].as_str().unwrap();
+    assert!(forge.github.file_on_branch(&forge.repo, branch, ".git/hooks/post-commit").is_none());
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retried_publication_updates_its_pull_request_and_main_stays_protected() {
+    use worker::forge::{GitHubApp, RUN_PERMISSIONS};
+    use worker::publish::{Published, RunStory, publish};
+    let forge = forge(REFERENCE_AGENT, FIX).await;
+    let app = GitHubApp::from_config(&forge.app.config.github).unwrap().unwrap();
+    let repo: common::RepoName = forge.repo.parse().unwrap();
+    let url = worker::git::clone_url(&forge.github.git_url, &repo);
+    let run = common::RunId::new();
+    let mut spec = tests::fixtures::run_spec("default", &forge.repo, common::Priority::Normal);
+    spec.issue = Some(forge.github.open_issue(&forge.repo, "t", ""));
+    let diff = b"diff --git a/README.md b/README.md\n--- a/README.md\n+++ b/README.md\n@@ -3 +3 @@\n-hello wrold\n+hello world\n";
+    let mut numbers = Vec::new();
+    for attempt in 0..2 {
+        let credential = app.credential(&repo, "test", RUN_PERMISSIONS).await.unwrap();
+        let dir = std::env::temp_dir().join(format!("paddock-publish-{run}-{attempt}"));
+        worker::git::checkout(&url, "main", &dir, &credential.git_env()).await.unwrap();
+        let story =
+            RunStory { run, spec: &spec, command: "agent", models: &[], commands: &[], link: "http://x".to_owned() };
+        match publish(&app, &credential, &dir, &url, diff, &story).await.unwrap() {
+            Published::PullRequest { pull_request, .. } => numbers.push(pull_request.number),
+            Published::NoChanges => panic!("the diff changed nothing"),
+        }
+        // The protected default branch refuses even a valid token.
+        let pushed = worker::git::push(&dir, &url, "main", &credential.git_env()).await;
+        assert!(matches!(pushed, Err(worker::git::PushError::Protected(_))), "{pushed:?}");
+        credential.revoke().await;
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    assert_eq!(numbers[0], numbers[1], "a retry opened a second pull request");
+    assert_eq!(forge.github.pulls(&forge.repo).len(), 1);
+}
