@@ -374,12 +374,77 @@ pub enum EgressPreset {
     Custom,
 }
 
+/// An agent profile: which image, which command, and where the agent finds
+/// its task, the model gateway and its token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Shell command run in the workspace; the task is in `PADDOCK_TASK_TITLE`
-    /// and `PADDOCK_TASK_BODY`.
+    /// Shell command (bash) run in the workspace. The task is in
+    /// `PADDOCK_TASK` (title, blank line, body), `PADDOCK_TASK_TITLE` and
+    /// `PADDOCK_TASK_BODY`.
     pub command: String,
+    /// Sandbox image (default `sandbox.image`); it must hold the agent.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Further environment for the command (never secrets: the sandbox's
+    /// only secret is the run token).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Variables that receive the gateway's OpenAI-style base URL
+    /// (`http://<gateway>/v1`).
+    #[serde(default = "openai_base_url_env")]
+    pub openai_base_url_env: Vec<String>,
+    /// Variables that receive the gateway's Anthropic-style base URL
+    /// (`http://<gateway>`).
+    #[serde(default = "anthropic_base_url_env")]
+    pub anthropic_base_url_env: Vec<String>,
+    /// Variables that receive the run token.
+    #[serde(default = "token_env")]
+    pub token_env: Vec<String>,
+}
+
+fn openai_base_url_env() -> Vec<String> {
+    vec!["OPENAI_BASE_URL".to_owned(), "OPENAI_API_BASE".to_owned()]
+}
+
+fn anthropic_base_url_env() -> Vec<String> {
+    vec!["ANTHROPIC_BASE_URL".to_owned()]
+}
+
+fn token_env() -> Vec<String> {
+    vec!["OPENAI_API_KEY".to_owned(), "ANTHROPIC_API_KEY".to_owned(), "ANTHROPIC_AUTH_TOKEN".to_owned()]
+}
+
+impl AgentConfig {
+    /// mini-swe-agent (in the sandbox image) in yolo mode on the task, with
+    /// its model through the gateway by LiteLLM (`openai/<PADDOCK_MODEL>`),
+    /// no first-run wizard, no price lookups and no exit confirmation.
+    pub fn mini_swe_agent() -> Self {
+        let command = r#"mini -y -t "$PADDOCK_TASK" -m "openai/$PADDOCK_MODEL" -c mini.yaml -c agent.step_limit="$PADDOCK_MAX_STEPS" --exit-immediately -l 0 -o /tmp/mini.traj.json </dev/null"#;
+        let env = [
+            ("PADDOCK_MODEL", "gpt-4o"),
+            ("PADDOCK_MAX_STEPS", "50"),
+            ("MSWEA_CONFIGURED", "true"),
+            ("MSWEA_COST_TRACKING", "ignore_errors"),
+            ("MSWEA_SILENT_STARTUP", "1"),
+            ("MSWEA_GLOBAL_CONFIG_DIR", "/tmp/mini-swe-agent"),
+            ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
+        ];
+        Self { env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(), ..Self::command(command) }
+    }
+
+    /// A profile running `command` in the default image with the default
+    /// variable names.
+    pub fn command(command: &str) -> Self {
+        Self {
+            command: command.to_owned(),
+            image: None,
+            env: BTreeMap::new(),
+            openai_base_url_env: openai_base_url_env(),
+            anthropic_base_url_env: anthropic_base_url_env(),
+            token_env: token_env(),
+        }
+    }
 }
 
 /// Version of the sandbox base image recipe in `infra/sandbox/`.
@@ -398,7 +463,11 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             secrets: SecretsConfig::default(),
             github: GitHubConfig::default(),
-            agents: BTreeMap::from([("default".to_owned(), AgentConfig { command: "git status --short".to_owned() })]),
+            agents: BTreeMap::from([
+                ("default".to_owned(), AgentConfig::command("git status --short")),
+                ("reference".to_owned(), AgentConfig::command("paddock-agent")),
+                ("mini-swe-agent".to_owned(), AgentConfig::mini_swe_agent()),
+            ]),
         }
     }
 }
@@ -707,6 +776,19 @@ mod tests {
         assert!(err.to_string().contains("concurency"), "{err}");
         let err = Config::load(None, env(&[("PADDOCK_WORKER__CONCURRENCY", "many")])).unwrap_err();
         assert!(err.to_string().contains("concurrency"), "{err}");
+    }
+
+    #[test]
+    fn the_documented_agent_profiles_load_and_match_the_built_in_ones() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/agents/profiles.toml");
+        let config = Config::load(Some(&file), env(&[])).unwrap();
+        for name in ["reference", "mini-swe-agent", "claude-code", "codex", "aider", "openhands"] {
+            assert!(config.agents.contains_key(name), "{name} is not documented");
+        }
+        let documented = &config.agents["mini-swe-agent"];
+        let built_in = AgentConfig::mini_swe_agent();
+        assert_eq!((&documented.command, &documented.env), (&built_in.command, &built_in.env));
+        assert_eq!(config.agents["claude-code"].token_env, ["ANTHROPIC_AUTH_TOKEN"]);
     }
 
     #[test]

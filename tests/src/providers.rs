@@ -166,13 +166,7 @@ async fn openai(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
         return leaky_answer(request["stream"] == true);
     }
     if model == "gpt-scripted" {
-        let turn = request["messages"].as_array().map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count());
-        let answer = state.script.lock().unwrap().get(turn).cloned().unwrap_or_else(|| "PADDOCK_DONE".to_owned());
-        return HttpResponse::Ok().json(json!({
-            "id": format!("chatcmpl-s{turn}"), "object": "chat.completion", "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 40, "completion_tokens": 10, "total_tokens": 50}
-        }));
+        return scripted_answer(&request, &state.script.lock().unwrap());
     }
     if request["stream"] == true {
         let chunks = ["Hel", "lo from ", "the emulated provider"]
@@ -421,4 +415,33 @@ async fn vertex(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
         return google_error(400, "stream must match the method", "INVALID_ARGUMENT");
     }
     messages_answer(&request, json!(model))
+}
+
+/// The scripted model's turn: the step for the number of assistant
+/// messages so far. Asked with a `bash` tool (as mini-swe-agent asks), it
+/// answers with a tool call running the step's ```bash block, and
+/// `echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT` for `PADDOCK_DONE`.
+fn scripted_answer(request: &Value, script: &[String]) -> HttpResponse {
+    let turn = request["messages"].as_array().map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count());
+    let answer = script.get(turn).cloned().unwrap_or_else(|| "PADDOCK_DONE".to_owned());
+    let has_bash_tool =
+        request["tools"].as_array().is_some_and(|tools| tools.iter().any(|t| t["function"]["name"] == "bash"));
+    let message = if has_bash_tool {
+        let command = match answer.split_once("```bash\n") {
+            Some((_, rest)) => rest.split("```").next().unwrap_or_default().trim().to_owned(),
+            None => "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT".to_owned(),
+        };
+        json!({"role": "assistant", "content": null, "tool_calls": [{
+            "id": format!("call_{turn}"), "type": "function",
+            "function": {"name": "bash", "arguments": json!({"command": command}).to_string()},
+        }]})
+    } else {
+        json!({"role": "assistant", "content": answer})
+    };
+    let finish = if has_bash_tool { "tool_calls" } else { "stop" };
+    HttpResponse::Ok().json(json!({
+        "id": format!("chatcmpl-s{turn}"), "object": "chat.completion", "created": 1, "model": "gpt-scripted",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 40, "completion_tokens": 10, "total_tokens": 50}
+    }))
 }

@@ -192,7 +192,7 @@ impl Runtime {
             Ok(egress) => Arc::new(egress),
             Err(e) => return self.retry(run, format!("the run's egress policy is invalid: {e}")),
         };
-        let sandbox = match self.sandboxes.create(run.id, run.attempt, &policy).await {
+        let sandbox = match self.sandboxes.create(run.id, run.attempt, &policy, agent.image.as_deref()).await {
             Ok(sandbox) => sandbox,
             Err(e) => return self.retry(run, format!("creating the sandbox failed: {e}")),
         };
@@ -211,7 +211,13 @@ impl Runtime {
                 return self.retry(run, message);
             }
         };
-        let place = Place { policy: &policy, sandbox: &sandbox, proxy: &proxy, models: models.as_ref() };
+        let place = Place {
+            policy: &policy,
+            sandbox: &sandbox,
+            proxy: &proxy,
+            models: models.as_ref(),
+            base_commit: &checkout.commit,
+        };
         let session = self.in_sandbox(run, &agent, place, Bytes::from(tar), lease).await;
         self.sandboxes.remove(&sandbox).await;
         let egress = proxy.log.records();
@@ -358,7 +364,7 @@ impl Runtime {
         tar: Bytes,
         lease: &LeaseGuard,
     ) -> Result<SessionEnd, SandboxError> {
-        let Place { policy, sandbox, proxy, models } = place;
+        let Place { policy, sandbox, proxy, models, base_commit } = place;
         let limits = self.sandboxes.config().clone();
         let started = Instant::now();
         let deadline = started + Duration::from_secs(policy.timeout_seconds);
@@ -370,7 +376,7 @@ impl Runtime {
             run.id,
             run.attempt,
             self.worker,
-            limits.image,
+            agent.image.as_deref().unwrap_or(&limits.image),
             policy.memory_bytes,
             policy.nano_cpus as f64 / 1e9,
             policy.pids_limit,
@@ -378,7 +384,10 @@ impl Runtime {
         ));
         log.line(&format!("$ {}", agent.command));
         let proxy_url = format!("http://{}", proxy.address);
-        let mut env = vec![
+        // The profile's own variables first: Paddock's below win.
+        let mut env: Vec<String> = agent.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.extend([
+            format!("PADDOCK_TASK={}\n\n{}", run.spec.task_title, run.spec.task_body),
             format!("PADDOCK_TASK_TITLE={}", run.spec.task_title),
             format!("PADDOCK_TASK_BODY={}", run.spec.task_body),
             format!("PADDOCK_RUN_ID={}", run.id),
@@ -386,21 +395,18 @@ impl Runtime {
             // The model gateway is on the sandbox's own gateway address.
             format!("NO_PROXY={}", sandbox.network.gateway),
             format!("no_proxy={}", sandbox.network.gateway),
-        ];
+        ]);
         for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
             env.push(format!("{name}={proxy_url}"));
         }
         if let Some(models) = models {
             // The only secret a sandbox ever holds: revoked when the run ends.
             let base = format!("http://{}", models.address);
-            // The names the SDKs, LiteLLM (aider, OpenHands, mini-swe-agent),
-            // Codex CLI and Claude Code read.
-            env.push(format!("OPENAI_BASE_URL={base}/v1"));
-            env.push(format!("OPENAI_API_BASE={base}/v1"));
-            env.push(format!("OPENAI_API_KEY={}", models.token));
-            env.push(format!("ANTHROPIC_BASE_URL={base}"));
-            env.push(format!("ANTHROPIC_API_KEY={}", models.token));
-            env.push(format!("ANTHROPIC_AUTH_TOKEN={}", models.token));
+            // The names the profile's agent reads (by default those of the
+            // SDKs, LiteLLM, Codex CLI and Claude Code).
+            env.extend(agent.openai_base_url_env.iter().map(|name| format!("{name}={base}/v1")));
+            env.extend(agent.anthropic_base_url_env.iter().map(|name| format!("{name}={base}")));
+            env.extend(agent.token_env.iter().map(|name| format!("{name}={}", models.token)));
             let serves = match &self.config.gateway.remote {
                 Some(remote) => format!("relayed to the standalone gateway at {remote}"),
                 None => format!("providers {:?}", self.config.gateway.allowed_providers),
@@ -458,7 +464,7 @@ impl Runtime {
         };
         log.line(&format!("paddock: agent finished: {reason:?}"));
         self.flush_tail(run.id, &mut log).await;
-        let (diff, files_changed) = self.collect_diff(sandbox, deadline, limits.max_diff_bytes).await?;
+        let (diff, files_changed) = self.collect_diff(sandbox, base_commit, deadline, limits.max_diff_bytes).await?;
         Ok(SessionEnd::Finished { reason, log, diff, files_changed })
     }
 
@@ -505,17 +511,26 @@ impl Runtime {
 
     /// Stages everything the agent changed and takes the binary diff out,
     /// inside the sandbox: host git never touches the agent's tree.
+    /// The diff is against the checked-out commit, in the standard format
+    /// whatever the agent set in `.git/config` (prefixes, external diff,
+    /// textconv); it is data to the worker either way.
     async fn collect_diff(
         &self,
         sandbox: &Sandbox,
+        base_commit: &str,
         deadline: Instant,
         max_bytes: usize,
     ) -> Result<(Vec<u8>, Vec<String>), SandboxError> {
         const GIT: &str = "git -c core.hooksPath=/dev/null -c core.fsmonitor= -c safe.directory='*'";
-        let script =
-            format!("{GIT} add -A >/dev/null && {GIT} diff --cached --binary --no-ext-diff --no-textconv HEAD");
+        if base_commit.is_empty() || !base_commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(SandboxError::Other(format!("unexpected base commit {base_commit:?}")));
+        }
+        let script = format!(
+            "{GIT} add -A >/dev/null && {GIT} diff --cached --binary --no-ext-diff --no-textconv --no-relative \
+             --src-prefix=a/ --dst-prefix=b/ {base_commit}"
+        );
         let diff = self.capture(sandbox, script, deadline, max_bytes).await?;
-        let names = format!("{GIT} diff --cached --name-only -z HEAD");
+        let names = format!("{GIT} diff --cached --name-only -z {base_commit}");
         let names = self.capture(sandbox, names, deadline, 1 << 20).await?;
         let files = names
             .split(|b| *b == 0)
@@ -578,7 +593,7 @@ impl Runtime {
         let mut record = RunFacts {
             base_commit: facts.as_ref().map(|f| f.commit.clone()),
             models: facts.as_ref().map(|f| models_used(&f.calls)).unwrap_or_default(),
-            commands: facts.as_ref().map(|f| commands_run(&f.command, &log)).unwrap_or_default(),
+            commands: facts.as_ref().map(|f| commands_run(&f.command, &log, &f.transcript)).unwrap_or_default(),
             files_changed: facts.as_ref().map(|f| f.files_changed.clone()).unwrap_or_default(),
             ..RunFacts::default()
         };
@@ -592,6 +607,12 @@ impl Runtime {
             kinds.push(ArtifactKind::Transcript);
         }
         let keys: Vec<String> = kinds.iter().map(|k| run.id.artifact_key(*k)).collect();
+        let image = self
+            .config
+            .agents
+            .get(run.spec.agent_profile.as_str())
+            .and_then(|a| a.image.clone())
+            .unwrap_or_else(|| self.config.sandbox.image.clone());
         let summary = Summary {
             run_id: run.id,
             attempt: run.attempt,
@@ -604,7 +625,7 @@ impl Runtime {
             agent_profile: run.spec.agent_profile.as_str(),
             command: facts.as_ref().map(|f| f.command.as_str()),
             requested_by: &run.spec.requested_by,
-            image: &self.config.sandbox.image,
+            image: &image,
             policy: &self.policy_of(run),
             stop_reason: &reason,
             files_changed: &record.files_changed,
@@ -727,14 +748,40 @@ fn models_used(calls: &[CallRecord]) -> Vec<ModelUse> {
 }
 
 /// The agent's command, then every command it reported (`paddock-exec:`
-/// lines, JSON strings).
-fn commands_run(command: &str, log: &RunLog) -> Vec<String> {
+/// lines, JSON strings) or, when it reports none, every `bash` tool call
+/// the model made (from the transcript, when content is kept).
+fn commands_run(command: &str, log: &RunLog, transcript: &[serde_json::Value]) -> Vec<String> {
     let text = String::from_utf8_lossy(&log.data);
-    let reported = text
+    let mut reported: Vec<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("paddock-exec: "))
-        .map(|c| serde_json::from_str::<String>(c).unwrap_or_else(|_| c.to_owned()));
+        .map(|c| serde_json::from_str::<String>(c).unwrap_or_else(|_| c.to_owned()))
+        .collect();
+    if reported.is_empty() {
+        reported = transcript.iter().flat_map(tool_commands).collect();
+    }
     std::iter::once(command.to_owned()).chain(reported).collect()
+}
+
+/// Commands in a transcript line's answer: OpenAI `tool_calls` with a
+/// `command` argument, Anthropic `tool_use` blocks with a `command` input.
+fn tool_commands(line: &serde_json::Value) -> Vec<String> {
+    let Some(answer) = line["response"].as_str().and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok()) else {
+        return Vec::new();
+    };
+    let openai = answer["choices"].as_array().into_iter().flatten().flat_map(|choice| {
+        choice["message"]["tool_calls"].as_array().into_iter().flatten().filter_map(|call| {
+            let arguments = call["function"]["arguments"].as_str()?;
+            serde_json::from_str::<serde_json::Value>(arguments).ok()?["command"].as_str().map(str::to_owned)
+        })
+    });
+    let anthropic = answer["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|block| block["type"] == "tool_use")
+        .filter_map(|block| block["input"]["command"].as_str().map(str::to_owned));
+    openai.chain(anthropic).collect()
 }
 
 /// What publishing needs: the App and the run's token (when GitHub is
@@ -762,6 +809,9 @@ struct Place<'a> {
     sandbox: &'a Sandbox,
     proxy: &'a EgressProxy,
     models: Option<&'a RunModels>,
+    /// The commit the tree was checked out at: the diff is taken against
+    /// it, so an agent that commits its work loses nothing.
+    base_commit: &'a str,
 }
 
 /// The run's model gateway and the token that opens it.

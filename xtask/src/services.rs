@@ -280,6 +280,21 @@ fn sandbox_image(home: &Path) -> Result<()> {
             .arg(rootfs.join("usr/lib/python3/dist-packages"))
             .args(&wanted)
             .stdout(Stdio::null()))?;
+        // `--target` puts console scripts (`mini`) beside the packages.
+        let scripts = rootfs.join("usr/lib/python3/dist-packages/bin");
+        if scripts.is_dir() {
+            for entry in fs::read_dir(&scripts).map_err(|e| e.to_string())? {
+                let entry = entry.map_err(|e| e.to_string())?;
+                // pip wrote the host interpreter into the shebang.
+                let text = fs::read_to_string(entry.path()).map_err(|e| e.to_string())?;
+                let body = text.split_once('\n').map_or("", |(_, rest)| rest);
+                let target = rootfs.join("usr/local/bin").join(entry.file_name());
+                fs::write(&target, format!("#!/usr/bin/python3\n{body}")).map_err(|e| e.to_string())?;
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+            }
+            fs::remove_dir_all(&scripts).ok();
+        }
     }
     // Paddock's own tools (the reference agent) from infra/sandbox/bin.
     let bin = rootfs.join("usr/local/bin");

@@ -800,3 +800,42 @@ async fn without_an_encryption_key_secrets_are_refused_with_the_key_named() {
     let problem: Value = refused.json().await.unwrap();
     assert!(problem["detail"].as_str().unwrap().contains("secrets.encryption_key"), "{problem}");
 }
+
+#[tokio::test]
+async fn an_agent_profile_names_where_its_agent_finds_the_task_gateway_and_token() {
+    let providers = EmulatedProviders::start().await;
+    let providers_json = providers_with(&providers, &[]);
+    let profile = json!({
+        "command": r#"echo "task=[$PADDOCK_TASK]" | head -1; echo "greeting=$GREETING"
+echo "openai=${OPENAI_BASE_URL:-unset} anthropic=${ANTHROPIC_BASE_URL:-unset} key=${OPENAI_API_KEY:-unset}"
+curl -sS -o /dev/null -w 'own names: %{http_code}\n' "$LLM_BASE/models" -H "Authorization: Bearer $LLM_KEY""#,
+        "env": {"GREETING": "hello from the profile"},
+        "openai_base_url_env": ["LLM_BASE"],
+        "anthropic_base_url_env": [],
+        "token_env": ["LLM_KEY"],
+    })
+    .to_string();
+    let app = spawn_app(&[
+        ("PADDOCK_AGENTS__NAMED", profile.as_str()),
+        ("PADDOCK_GATEWAY__PROVIDERS", providers_json.as_str()),
+        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", ALLOWED),
+    ])
+    .await;
+    let repo = app.repo(&[("README.md", b"# x\n")]);
+    let worker = app.spawn_worker().await;
+    let id = app.create_run_as(&repo, "profiles", "named").await;
+    let run = app.wait_until_finished(&id).await;
+    let logs = app.logs_of(&run).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    tests::assert_contains_all(
+        &logs,
+        &[
+            "\ntask=[profiles",
+            "\ngreeting=hello from the profile",
+            "\nopenai=unset anthropic=unset key=unset",
+            "\nown names: 200",
+        ],
+    );
+    worker.shutdown().await;
+    providers.stop().await;
+}

@@ -27,14 +27,19 @@ struct Forge {
 /// The emulator, a scripted model and an app wired to both, with a fresh
 /// repository where alice may write and mallory may only read.
 async fn forge(agent: &str, script: &[&str]) -> Forge {
+    forge_with(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", agent)], script).await
+}
+
+/// Like [`forge`], with any settings.
+async fn forge_with(settings: &[(&str, &str)], script: &[&str]) -> Forge {
     let github = GitHub::start().await;
     let providers = EmulatedProviders::start().await;
     providers.script(script);
     let provider = json!({"scripted": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-scripted"]}}).to_string();
     let app_id = github.app_id.to_string();
     let key_file = github.private_key_file.display().to_string();
-    let app = spawn_app(&[
-        ("PADDOCK_AGENTS__DEFAULT__COMMAND", agent),
+    let mut vars = settings.to_vec();
+    vars.extend([
         ("PADDOCK_GATEWAY__PROVIDERS", provider.as_str()),
         ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["scripted"]"#),
         ("PADDOCK_GIT__BASE_URL", github.git_url.as_str()),
@@ -43,8 +48,8 @@ async fn forge(agent: &str, script: &[&str]) -> Forge {
         ("PADDOCK_GITHUB__PRIVATE_KEY_FILE", key_file.as_str()),
         ("PADDOCK_GITHUB__WEBHOOK_SECRET", github.webhook_secret.as_str()),
         ("PADDOCK_GITHUB__BOT_LOGIN", github.bot_login.as_str()),
-    ])
-    .await;
+    ]);
+    let app = spawn_app(&vars).await;
     let repo = format!("repo-{}", ulid::Ulid::new().to_string().to_lowercase());
     let files: &[(&str, &[u8])] = &[("README.md", b"# Widgets\n\nhello wrold\n"), ("src/app.py", b"print('hi')\n")];
     github.create_repo("acme", &repo, files, &[("alice", "write"), ("mallory", "read")]);
@@ -243,7 +248,7 @@ async fn a_run_that_changes_nothing_opens_no_pull_request_and_says_so() {
 }
 
 /// The agent plants hooks and config in its `.git` that would run on any
-/// host git that honoured them, and changes a file.
+/// host git that honoured them, changes a file and commits it.
 const PLANTER: &str = r#"MARK=/tmp/paddock-pwned-$PADDOCK_RUN_ID
 printf '#!/bin/sh\ntouch %s\n' "$MARK" > .git/hooks/post-commit
 cp .git/hooks/post-commit .git/hooks/pre-push
@@ -252,7 +257,9 @@ chmod +x .git/hooks/*
 git config core.fsmonitor "touch $MARK"
 git config core.hooksPath .git/hooks
 git config diff.external "touch $MARK"
-echo planted >> README.md"#;
+git config diff.noprefix true
+echo planted >> README.md
+git -c user.name=agent -c user.email=agent@example.com commit -qam "the agent commits its own work""#;
 
 #[tokio::test]
 async fn nothing_the_agent_writes_in_git_runs_on_the_worker() {
@@ -265,7 +272,11 @@ async fn nothing_the_agent_writes_in_git_runs_on_the_worker() {
     let logs = forge.app.logs_of(&run).await;
     assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
     assert!(run["facts"]["pull_request"]["number"].as_u64().is_some(), "{run:#}");
-    assert_eq!(run["facts"]["files_changed"], json!(["README.md"]), "only the tree, never .git");
+    // The agent's own `git commit` ran its fsmonitor in the sandbox, which
+    // created files in its tree: those are its output. Nothing under .git is.
+    let files: Vec<&str> = run["facts"]["files_changed"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(files.contains(&"README.md"), "the committed change was lost: {files:?}");
+    assert!(files.iter().all(|f| !f.starts_with(".git")), "{files:?}");
     let mark = std::path::PathBuf::from(format!("/tmp/paddock-pwned-{id}"));
     assert!(!mark.exists(), "a hook or config the agent wrote ran on the worker");
     let branch = run["facts"]["branch"].as_str().unwrap();
@@ -304,4 +315,36 @@ async fn a_retried_publication_updates_its_pull_request_and_main_stays_protected
     }
     assert_eq!(numbers[0], numbers[1], "a retry opened a second pull request");
     assert_eq!(forge.github.pulls(&forge.repo).len(), 1);
+}
+
+#[tokio::test]
+async fn mini_swe_agent_as_shipped_turns_an_issue_into_a_pull_request() {
+    // The shipped profile, with the scripted model (which answers mini's
+    // `bash` tool calls).
+    let mut profile = serde_json::to_value(common::config::AgentConfig::mini_swe_agent()).unwrap();
+    profile["env"]["PADDOCK_MODEL"] = json!("gpt-scripted");
+    let profile = profile.to_string();
+    let settings = [
+        ("PADDOCK_AGENTS__MINI", profile.as_str()),
+        ("PADDOCK_GITHUB__AGENT_PROFILE", "mini"),
+        ("PADDOCK_SANDBOX__MEMORY_BYTES", "1073741824"),
+    ];
+    let forge = forge_with(&settings, FIX).await;
+    let worker = forge.app.spawn_worker().await;
+    let (_, status, accepted) = forge.label_new_issue("alice").await;
+    assert_eq!(status, 202, "{accepted}");
+    let run = forge.app.wait_until_finished(accepted["id"].as_str().unwrap()).await;
+    let logs = forge.app.logs_of(&run).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    assert_eq!(run["agent_profile"], "mini");
+    let facts = &run["facts"];
+    assert_eq!(facts["files_changed"], json!(["README.md"]), "{facts:#}\n{logs}");
+    let commands: Vec<&str> = facts["commands"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(commands[0].starts_with("mini -y"), "{commands:?}");
+    assert!(commands.contains(&"cat README.md"), "the model's tool calls are the commands: {commands:?}");
+    let branch = facts["branch"].as_str().unwrap();
+    assert_eq!(forge.github.file_on_branch(&forge.repo, branch, "README.md").unwrap(), "# Widgets\n\nhello world\n");
+    assert_eq!(forge.github.pulls(&forge.repo).len(), 1);
+    worker.shutdown().await;
+    forge.providers.stop().await;
 }

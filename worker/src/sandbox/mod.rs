@@ -220,7 +220,14 @@ impl SandboxDriver {
 
     /// Creates the workspace volume and the container, and starts it idle.
     /// Creates the run's sandbox under `policy`'s caps and starts it idle.
-    pub async fn create(&self, run: RunId, attempt: u32, policy: &SandboxPolicy) -> Result<Sandbox, SandboxError> {
+    /// `image` is the agent profile's, when it has its own.
+    pub async fn create(
+        &self,
+        run: RunId,
+        attempt: u32,
+        policy: &SandboxPolicy,
+        image: Option<&str>,
+    ) -> Result<Sandbox, SandboxError> {
         let c = &self.config;
         let name = format!("paddock-{}-{run}-{attempt}", self.namespace);
         let volume = format!("{name}-ws");
@@ -285,7 +292,7 @@ impl SandboxDriver {
             ..Default::default()
         };
         let body = ContainerCreateBody {
-            image: Some(c.image.clone()),
+            image: Some(image.unwrap_or(&c.image).to_owned()),
             user: Some(format!("{}:{}", c.uid, c.gid)),
             cmd: Some(vec!["sleep".to_owned(), "infinity".to_owned()]),
             working_dir: Some(WORKSPACE.to_owned()),
