@@ -282,6 +282,14 @@ impl GitHub {
         self.state.lock().unwrap().minted.clone()
     }
 
+    /// Moves every token's expiry to now, as if an hour had passed.
+    pub fn expire_tokens(&self) {
+        let now = Instant::now();
+        for token in self.state.lock().unwrap().tokens.values_mut() {
+            token.expires = now;
+        }
+    }
+
     /// Whether a token still works (not revoked, not expired).
     pub fn token_alive(&self, token: &str) -> bool {
         let state = self.state.lock().unwrap();

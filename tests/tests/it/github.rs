@@ -348,3 +348,34 @@ async fn mini_swe_agent_as_shipped_turns_an_issue_into_a_pull_request() {
     worker.shutdown().await;
     forge.providers.stop().await;
 }
+
+#[tokio::test]
+async fn tokens_open_only_their_repository_and_only_until_they_expire() {
+    use worker::forge::{GitHubApp, RUN_PERMISSIONS};
+    let forge = forge(REFERENCE_AGENT, FIX).await;
+    forge.github.create_repo("acme", "other", &[("README.md", b"other\n")], &[]);
+    let app = GitHubApp::from_config(&forge.app.config.github).unwrap().unwrap();
+    let repo: common::RepoName = forge.repo.parse().unwrap();
+    let credential = app.credential(&repo, "test", RUN_PERMISSIONS).await.unwrap();
+    let grant = credential.grant();
+    assert_eq!(grant.repositories, std::slice::from_ref(&forge.repo));
+    let ls_remote = |repo: &str| {
+        let url = worker::git::clone_url(&forge.github.git_url, &repo.parse().unwrap());
+        std::process::Command::new("git")
+            .args(["ls-remote", &url])
+            .envs(credential.git_env())
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(ls_remote(&forge.repo), "the token cannot read its own repository");
+    assert!(!ls_remote("acme/other"), "the token reads another repository");
+    let other = credential.get_optional("/repos/acme/other").await.unwrap();
+    assert!(other.is_none(), "the REST API showed another repository");
+    forge.github.expire_tokens();
+    assert!(!ls_remote(&forge.repo), "an expired token still reads the repository");
+    let expired = credential.get(&format!("/repos/{}", forge.repo)).await;
+    assert!(matches!(expired, Err(worker::forge::ForgeError::Refused(ref m)) if m.starts_with("401")), "{expired:?}");
+}
