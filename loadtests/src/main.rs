@@ -1,77 +1,144 @@
-//! `cargo xtask bench`: Paddock's benchmarks, each printed beside a baseline
-//! measured in the same run on the same machine.
+//! `cargo xtask bench [NAME...]`: Paddock's benchmarks, each printed beside
+//! a baseline measured in the same run on the same machine. Writes
+//! `loadtests/results/latest.json` and `latest.md`.
 //!
+//! - `api`: `POST /v1/runs` and `GET /v1/runs/{id}` at a fixed offered rate
+//!   and at saturation, against a bare actix-web handler.
+//! - `scheduling`: runs per second through the real queue scripts with a
+//!   task that starts no sandbox, and Redis commands per run, against
+//!   `redis-benchmark`.
+//! - `scale`: 10,000 queued and 1,000 running runs across four worker
+//!   processes: Redis load from heartbeats and claims, API latency while it
+//!   runs, worker memory per running run.
 //! - `sandbox-start`: median time from a worker's claim to the agent's first
-//!   instruction (checkout, tar, network + firewall, hardened container,
-//!   read-back, upload, proxy, exec), against `docker run --rm <image> true`.
-//! - `gateway`: latency added by the model gateway (token check, redaction,
-//!   forwarding) at a fixed request rate, against the emulated provider
-//!   called directly in the same run; and redaction throughput in MB/s.
+//!   instruction, against `docker run --rm <image> true`.
+//! - `gateway`: latency added by the model gateway at a fixed rate, against
+//!   the emulated provider called directly; redaction throughput.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod load;
+mod scale;
+mod scheduling;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 const RUNS: usize = 10;
 
+/// One benchmark's outcome: table rows and the raw figures.
+pub struct Report {
+    pub name: &'static str,
+    pub rows: Vec<Row>,
+    pub data: Value,
+}
+
+/// A line of the table: Paddock's figure beside its baseline.
+pub struct Row {
+    pub what: String,
+    pub paddock: String,
+    pub baseline: String,
+    pub ratio: String,
+}
+
+impl Row {
+    /// Latencies: the added time and the ratio.
+    pub fn ms(what: &str, ours: f64, baseline: &str, base: f64) -> Self {
+        Self {
+            what: what.to_owned(),
+            paddock: format!("{ours:.2} ms"),
+            baseline: format!("{baseline}: {base:.2} ms"),
+            ratio: format!("{:.2}× ({:+.2} ms)", ours / base, ours - base),
+        }
+    }
+
+    /// Rates: Paddock's share of the baseline.
+    pub fn per_second(what: &str, ours: f64, baseline: &str, base: f64) -> Self {
+        Self {
+            what: what.to_owned(),
+            paddock: format!("{ours:.0}/s"),
+            baseline: format!("{baseline}: {base:.0}/s"),
+            ratio: format!("{:.3}×", ours / base),
+        }
+    }
+
+    pub fn plain(what: &str, value: String) -> Self {
+        Self { what: what.to_owned(), paddock: value, baseline: String::new(), ratio: String::new() }
+    }
+}
+
+const ALL: &[&str] = &["api", "scheduling", "scale", "sandbox-start", "gateway"];
+
 #[tokio::main]
 async fn main() {
-    let which: Vec<String> = std::env::args().skip(1).collect();
-    let all = which.is_empty();
-    if all || which.iter().any(|w| w == "sandbox-start") {
-        sandbox_start().await;
+    let mut which: Vec<String> = std::env::args().skip(1).collect();
+    if which.first().map(String::as_str) == Some("scale-worker") {
+        return scale::worker_process(&which[1..]).await;
     }
-    if all || which.iter().any(|w| w == "gateway") {
-        gateway().await;
+    if which.is_empty() {
+        which = ALL.iter().map(|s| (*s).to_owned()).collect();
     }
+    let started = Instant::now();
+    let mut reports = Vec::new();
+    for name in &which {
+        eprintln!("loadtests: {name}");
+        let report = match name.as_str() {
+            "api" => api::run().await,
+            "scheduling" => scheduling::run().await,
+            "scale" => scale::run().await,
+            "sandbox-start" => sandbox_start().await,
+            "gateway" => gateway().await,
+            other => panic!("unknown benchmark {other}; known: {ALL:?}"),
+        };
+        print!("{}", table(std::slice::from_ref(&report)));
+        reports.push(report);
+    }
+    write_results(&reports, started.elapsed());
 }
 
-fn percentile(samples: &[f64], p: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
+fn table(reports: &[Report]) -> String {
+    let mut out = String::from("| benchmark | Paddock | baseline | ratio |\n|---|---|---|---|\n");
+    for row in reports.iter().flat_map(|r| &r.rows) {
+        out.push_str(&format!("| {} | {} | {} | {} |\n", row.what, row.paddock, row.baseline, row.ratio));
+    }
+    out
 }
 
-/// Sends `total` requests at `rate` per second (open model: each request
-/// leaves at its scheduled time whatever the others do, and its latency is
-/// counted from that time, so queueing is not hidden) and returns latencies
-/// in ms.
-async fn fixed_rate(client: &reqwest::Client, url: &str, token: &str, body: &str, rate: u32, total: u32) -> Vec<f64> {
-    let start = tokio::time::Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let scheduled = start + interval * i;
-        let (client, url, token, body) = (client.clone(), url.to_owned(), token.to_owned(), body.to_owned());
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(scheduled).await;
-            let response = client
-                .post(&url)
-                .bearer_auth(&token)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await;
-            let ok = match response {
-                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                Err(_) => false,
-            };
-            assert!(ok, "request failed");
-            scheduled.elapsed().as_secs_f64() * 1000.0
-        }));
-    }
-    let mut latencies = Vec::with_capacity(total as usize);
-    for task in tasks {
-        latencies.push(task.await.unwrap());
-    }
-    latencies
+/// `loadtests/results/latest.json` (raw figures) and `latest.md` (the table).
+fn write_results(reports: &[Report], took: Duration) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    std::fs::create_dir_all(&dir).expect("results dir");
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned)))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let json = json!({
+        "measured_at_ms": now_ms(), "seconds": took.as_secs_f64(), "cpu": machine, "cores": cores,
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "benchmarks": reports.iter().map(|r| (r.name.to_owned(), r.data.clone())).collect::<serde_json::Map<_, _>>(),
+    });
+    std::fs::write(dir.join("latest.json"), serde_json::to_string_pretty(&json).unwrap() + "\n").expect("write json");
+    let md = format!(
+        "Measured {} on {cores} cores ({machine}), {} build, in {:.0} s.\n\n{}",
+        time_label(),
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        took.as_secs_f64(),
+        table(reports)
+    );
+    std::fs::write(dir.join("latest.md"), md).expect("write markdown");
+    eprintln!("loadtests: wrote {} and latest.md in {:.0} s", dir.join("latest.json").display(), took.as_secs_f64());
 }
 
-async fn gateway() {
+fn time_label() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().ok();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+}
+
+pub async fn gateway() -> Report {
     use std::sync::Arc;
     use worker::gateway::{GatewayServer, Redactor, RunGateway, mint_token, token_hash};
 
@@ -100,13 +167,29 @@ async fn gateway() {
     let direct_url = format!("{}/chat/completions", providers.base_url);
     let gateway_url = format!("http://{}/v1/chat/completions", server.address);
     let (rate, total) = (100, 1000);
+    let call = |url: String, key: String| {
+        let (client, body) = (client.clone(), body.clone());
+        move |_| {
+            let (client, url, key, body) = (client.clone(), url.clone(), key.clone(), body.clone());
+            async move {
+                let sent = client.post(&url).bearer_auth(&key).header("content-type", "application/json").body(body);
+                match sent.send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        }
+    };
+    let direct_call = call(direct_url, providers.key.clone());
+    let gateway_call = call(gateway_url, token.clone());
     // Warm both paths, then measure them in turn.
-    fixed_rate(&client, &direct_url, &providers.key, &body, rate, 50).await;
-    fixed_rate(&client, &gateway_url, &token, &body, rate, 50).await;
-    let direct = fixed_rate(&client, &direct_url, &providers.key, &body, rate, total).await;
-    let through = fixed_rate(&client, &gateway_url, &token, &body, rate, total).await;
-    let (d50, d99) = (percentile(&direct, 50.0), percentile(&direct, 99.0));
-    let (g50, g99) = (percentile(&through, 50.0), percentile(&through, 99.0));
+    load::fixed_rate(rate, 50, direct_call.clone()).await;
+    load::fixed_rate(rate, 50, gateway_call.clone()).await;
+    let direct = load::fixed_rate(rate, total, direct_call).await;
+    let through = load::fixed_rate(rate, total, gateway_call).await;
+    assert_eq!(direct.errors + through.errors, 0, "requests failed");
+    let (d50, d99) = (direct.p50, direct.p99);
+    let (g50, g99) = (through.p50, through.p99);
 
     let redactor = Redactor::new(&[providers.key.clone(), token.clone()], b"bench");
     let started = Instant::now();
@@ -118,29 +201,22 @@ async fn gateway() {
     }
     let mb_per_s = bytes as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64();
 
-    println!("| benchmark | Paddock | baseline | added | ratio |");
-    println!("|---|---|---|---|---|");
-    println!(
-        "| gateway p50 at {rate} req/s, 4 KiB prompts | {g50:.2} ms | provider direct: {d50:.2} ms | +{:.2} ms | {:.2}× |",
-        g50 - d50,
-        g50 / d50
-    );
-    println!(
-        "| gateway p99 at {rate} req/s, 4 KiB prompts | {g99:.2} ms | provider direct: {d99:.2} ms | +{:.2} ms | {:.2}× |",
-        g99 - d99,
-        g99 / d99
-    );
-    println!("| redaction throughput (2 MiB agent transcript) | {mb_per_s:.1} MB/s | | | |");
-    println!(
-        "{}",
-        json!({
-            "benchmark": "gateway", "rate_per_s": rate, "requests": total,
-            "direct_p50_ms": d50, "direct_p99_ms": d99, "gateway_p50_ms": g50, "gateway_p99_ms": g99,
-            "redaction_mb_per_s": mb_per_s, "measured_at_ms": now_ms(),
-        })
-    );
+    let data = json!({
+        "rate_per_s": rate, "requests": total,
+        "direct_p50_ms": d50, "direct_p99_ms": d99, "gateway_p50_ms": g50, "gateway_p99_ms": g99,
+        "redaction_mb_per_s": mb_per_s,
+    });
     drop(server);
     providers.stop().await;
+    Report {
+        name: "gateway",
+        rows: vec![
+            Row::ms(&format!("gateway p50 at {rate} req/s, 4 KiB prompts"), g50, "provider direct", d50),
+            Row::ms(&format!("gateway p99 at {rate} req/s, 4 KiB prompts"), g99, "provider direct", d99),
+            Row::plain("redaction throughput (2 MiB agent transcript)", format!("{mb_per_s:.1} MB/s")),
+        ],
+        data,
+    }
 }
 
 /// Agent-transcript-like text: code, shell output, JSON tool calls, and a
@@ -167,7 +243,7 @@ fn now_ms() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
 }
 
-async fn sandbox_start() {
+pub async fn sandbox_start() -> Report {
     // The agent's first instruction prints the time it ran, in ms.
     let app = tests::spawn_app(&[
         ("PADDOCK_AGENTS__DEFAULT__COMMAND", "echo first-instruction-ms=$(($(date +%s%N) / 1000000))"),
@@ -181,6 +257,7 @@ async fn sandbox_start() {
     app.wait_until_finished(&warm).await;
 
     let mut paddock = Vec::new();
+    let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
     for i in 0..RUNS {
         let id = app.create_run(&repo, &format!("bench {i}")).await;
         let run = app.wait_until_finished(&id).await;
@@ -194,6 +271,14 @@ async fn sandbox_start() {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no timestamp in the log:\n{logs}"));
         paddock.push(first - claimed_ms);
+        let summary: Value = serde_json::from_slice(&app.artifact(&format!("runs/{id}/summary.json")).await).unwrap();
+        for phase in summary["phases_ms"].as_array().into_iter().flatten() {
+            let (name, ms) = (phase[0].as_str().unwrap_or_default().to_owned(), phase[1].as_f64().unwrap_or_default());
+            match phases.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, samples)) => samples.push(ms),
+                None => phases.push((name, vec![ms])),
+            }
+        }
     }
     worker.shutdown().await;
 
@@ -207,22 +292,24 @@ async fn sandbox_start() {
     }
     let (ours, base) = (median(paddock.clone()), median(baseline.clone()));
     let ratio = ours / base;
-    println!("| benchmark | Paddock (median) | baseline (median) | ratio |");
-    println!("|---|---|---|---|");
-    println!(
-        "| sandbox start: claim → agent's first instruction | {ours:.0} ms | `docker run --rm {image} true`: {base:.0} ms | {ratio:.2}× |"
-    );
-    let result = json!({
-        "benchmark": "sandbox_start",
-        "runs": RUNS,
-        "paddock_ms": paddock,
-        "baseline_ms": baseline,
-        "paddock_median_ms": ours,
-        "baseline_median_ms": base,
-        "ratio": ratio,
-        "measured_at_ms": now_ms(),
+    let phase_medians: Vec<(String, f64)> = phases.into_iter().map(|(name, samples)| (name, median(samples))).collect();
+    let data = json!({
+        "runs": RUNS, "paddock_ms": paddock, "baseline_ms": baseline,
+        "paddock_median_ms": ours, "baseline_median_ms": base, "ratio": ratio,
+        "phase_medians_ms": phase_medians.iter().map(|(n, ms)| (n.clone(), json!(ms))).collect::<serde_json::Map<_, _>>(),
     });
-    println!("{result}");
-    // Keep the harness's temp files tidy before exiting.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let breakdown: Vec<String> = phase_medians.iter().map(|(n, ms)| format!("{n} {ms:.0}")).collect();
+    Report {
+        name: "sandbox_start",
+        rows: vec![
+            Row::ms(
+                "sandbox start: claim → agent's first instruction (median)",
+                ours,
+                &format!("`docker run --rm {image} true`"),
+                base,
+            ),
+            Row::plain("sandbox start by step (median ms)", breakdown.join(", ")),
+        ],
+        data,
+    }
 }

@@ -51,23 +51,22 @@ async fn run(mut cmd: Command) -> Result<(i32, String, String), GitError> {
 /// Clones `base_ref` of `url` into `dest` (which must not exist) at depth 1.
 /// `auth` is environment for git (a credential header), or empty.
 pub async fn checkout(url: &str, base_ref: &str, dest: &Path, auth: &[(String, String)]) -> Result<Checkout, GitError> {
-    let mut probe = git();
-    probe.envs(auth.iter().cloned());
-    probe.args(["ls-remote", "--exit-code", "--", url, base_ref]);
-    match run(probe).await? {
-        (0, _, _) => {}
-        (2, _, _) => return Err(GitError::NotFound(format!("ref `{base_ref}` does not exist in the repository"))),
-        (_, _, err) if looks_missing(&err) => {
-            return Err(GitError::NotFound(format!("repository not found: {}", first_line(&err))));
-        }
-        (code, _, err) => return Err(GitError::Unavailable(format!("ls-remote exited {code}: {}", first_line(&err)))),
-    }
+    // One round trip: a missing repository or ref is told apart from a
+    // failing server by what the clone says (no `ls-remote` probe first;
+    // it cost a process and a request on every run's start).
     let mut clone = git();
     clone.envs(auth.iter().cloned());
     clone.args(["clone", "--quiet", "--depth", "1", "--single-branch", "--no-tags", "--branch", base_ref, "--", url]);
     clone.arg(dest);
     let (code, _, err) = run(clone).await?;
     if code != 0 {
+        let lower = err.to_lowercase();
+        if lower.contains("remote branch") && lower.contains("not found") {
+            return Err(GitError::NotFound(format!("ref `{base_ref}` does not exist in the repository")));
+        }
+        if looks_missing(&err) {
+            return Err(GitError::NotFound(format!("repository not found: {}", first_line(&err))));
+        }
         return Err(GitError::Unavailable(format!("clone exited {code}: {}", first_line(&err))));
     }
     let mut rev = git();

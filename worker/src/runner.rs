@@ -165,7 +165,9 @@ impl Runtime {
         };
         let checkout_dir = forge.checkout.to_path_buf();
         let auth = forge.credential.map(RepoCredential::git_env).unwrap_or_default();
+        let phases = Phases::new();
         let checkout = git::checkout(forge.clone_url, &run.spec.base_ref, &checkout_dir, &auth).await;
+        phases.mark("clone");
         let tree = match checkout {
             Ok(checkout) => {
                 let (dir, uid, gid) = (checkout_dir.clone(), self.config.sandbox.uid, self.config.sandbox.gid);
@@ -192,11 +194,13 @@ impl Runtime {
             Ok(egress) => Arc::new(egress),
             Err(e) => return self.retry(run, format!("the run's egress policy is invalid: {e}")),
         };
+        phases.mark("tar");
         let sandbox = match self.sandboxes.create(run.id, run.attempt, &policy, agent.image.as_deref()).await {
             Ok(sandbox) => sandbox,
             Err(e) => return self.retry(run, format!("creating the sandbox failed: {e}")),
         };
         let proxy_at = SocketAddr::new(IpAddr::V4(sandbox.network.gateway), self.config.egress.proxy_port);
+        phases.mark("sandbox");
         let proxy = match EgressProxy::start(proxy_at, egress, run.id).await {
             Ok(proxy) => proxy,
             Err(e) => {
@@ -211,7 +215,9 @@ impl Runtime {
                 return self.retry(run, message);
             }
         };
+        phases.mark("proxy_and_gateway");
         let place = Place {
+            phases: &phases,
             policy: &policy,
             sandbox: &sandbox,
             proxy: &proxy,
@@ -248,8 +254,15 @@ impl Runtime {
                         record.method, record.host, record.port
                     ));
                 }
-                let facts =
-                    Facts { commit: checkout.commit, command: agent.command, files_changed, egress, calls, transcript };
+                let facts = Facts {
+                    commit: checkout.commit,
+                    command: agent.command,
+                    files_changed,
+                    egress,
+                    calls,
+                    transcript,
+                    phases: phases.take(),
+                };
                 self.done(run, reason, log, diff, Some(facts), forge).await
             }
             Err(e) => self.retry(run, format!("sandbox: {e}")),
@@ -364,11 +377,12 @@ impl Runtime {
         tar: Bytes,
         lease: &LeaseGuard,
     ) -> Result<SessionEnd, SandboxError> {
-        let Place { policy, sandbox, proxy, models, base_commit } = place;
+        let Place { phases, policy, sandbox, proxy, models, base_commit } = place;
         let limits = self.sandboxes.config().clone();
         let started = Instant::now();
         let deadline = started + Duration::from_secs(policy.timeout_seconds);
         self.sandboxes.upload(sandbox, tar).await?;
+        phases.mark("upload");
 
         let mut log = RunLog::new(limits.max_log_bytes);
         log.line(&format!(
@@ -419,6 +433,7 @@ impl Runtime {
         ));
         let cmd = vec!["bash".to_owned(), "-c".to_owned(), agent.command.clone()];
         let mut exec = self.sandboxes.exec(sandbox, cmd, env).await?;
+        phases.mark("exec_started");
         let streamed = self.stream_output(run.id, &mut exec, &mut log, deadline, lease).await;
         let reason = match streamed {
             StreamEnd::Exited => {
@@ -635,6 +650,7 @@ impl Runtime {
             pull_request: record.pull_request.as_ref(),
             egress: facts.as_ref().map(|f| f.egress.as_slice()).unwrap_or_default(),
             model_calls: facts.as_ref().map(|f| f.calls.as_slice()).unwrap_or_default(),
+            phases_ms: facts.as_ref().map(|f| f.phases.clone()).unwrap_or_default(),
             diff_bytes: diff.len(),
             log_bytes: log.data.len(),
             log_truncated: log.truncated,
@@ -805,6 +821,7 @@ fn transcript_jsonl(redactor: &Redactor, lines: &[serde_json::Value]) -> String 
 /// and the policy they were set up under.
 #[derive(Clone, Copy)]
 struct Place<'a> {
+    phases: &'a Phases,
     policy: &'a SandboxPolicy,
     sandbox: &'a Sandbox,
     proxy: &'a EgressProxy,
@@ -840,7 +857,29 @@ enum SessionEnd {
     Stopped(Interrupt),
 }
 
+/// How long each step of a run's start took, in order (ms since the
+/// previous mark): where start-up time goes.
+struct Phases(std::sync::Mutex<(Instant, Vec<(&'static str, u64)>)>);
+
+impl Phases {
+    fn new() -> Self {
+        Self(std::sync::Mutex::new((Instant::now(), Vec::new())))
+    }
+
+    fn mark(&self, phase: &'static str) {
+        let mut inner = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let took = inner.0.elapsed().as_millis() as u64;
+        inner.1.push((phase, took));
+        inner.0 = Instant::now();
+    }
+
+    fn take(&self) -> Vec<(&'static str, u64)> {
+        std::mem::take(&mut self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).1)
+    }
+}
+
 struct Facts {
+    phases: Vec<(&'static str, u64)>,
     commit: String,
     command: String,
     files_changed: Vec<String>,
@@ -878,6 +917,8 @@ struct Summary<'a> {
     egress: &'a [EgressRecord],
     /// Metadata of every model call through the gateway.
     model_calls: &'a [CallRecord],
+    /// Milliseconds each start-up step took, in order.
+    phases_ms: Vec<(&'a str, u64)>,
     diff_bytes: usize,
     log_bytes: usize,
     log_truncated: bool,

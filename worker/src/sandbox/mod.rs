@@ -233,23 +233,31 @@ impl SandboxDriver {
         let volume = format!("{name}-ws");
         let mut labels = self.labels(run, &volume);
         labels.insert(LABEL_NETWORK.to_owned(), name.clone());
-        self.docker
-            .create_volume(VolumeCreateRequest {
-                name: Some(volume.clone()),
-                driver: Some("local".to_owned()),
-                // tmpfs with a size: the workspace can never fill the host disk.
-                driver_opts: Some(HashMap::from([
-                    ("type".to_owned(), "tmpfs".to_owned()),
-                    ("device".to_owned(), "tmpfs".to_owned()),
-                    ("o".to_owned(), format!("size={},uid={},gid={},mode=0755", policy.workspace_bytes, c.uid, c.gid)),
-                ])),
-                labels: Some(labels.clone()),
-                ..Default::default()
-            })
-            .await?;
-        let network = match self.create_network(&name, run, &labels).await {
-            Ok(network) => network,
-            Err(e) => {
+        // The volume and the network do not depend on each other: make them
+        // at once (the network, with its firewall rules, is the slow one).
+        let volume_created = self.docker.create_volume(VolumeCreateRequest {
+            name: Some(volume.clone()),
+            driver: Some("local".to_owned()),
+            // tmpfs with a size: the workspace can never fill the host disk.
+            driver_opts: Some(HashMap::from([
+                ("type".to_owned(), "tmpfs".to_owned()),
+                ("device".to_owned(), "tmpfs".to_owned()),
+                ("o".to_owned(), format!("size={},uid={},gid={},mode=0755", policy.workspace_bytes, c.uid, c.gid)),
+            ])),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        });
+        let (volume_created, network) = tokio::join!(volume_created, self.create_network(&name, run, &labels));
+        let network = match (volume_created, network) {
+            (Ok(_), Ok(network)) => network,
+            (Err(e), network) => {
+                if let Ok(network) = &network {
+                    self.remove_network(network).await;
+                }
+                self.remove_volume(&volume).await;
+                return Err(e.into());
+            }
+            (Ok(_), Err(e)) => {
                 self.remove_volume(&volume).await;
                 return Err(e);
             }

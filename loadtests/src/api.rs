@@ -1,0 +1,124 @@
+//! API latency and throughput: `POST /v1/runs` (auth, validation, policy
+//! lookup, enqueue script) and `GET /v1/runs/{id}` on the real API, against
+//! a bare actix-web handler on the same machine (the framework's ceiling).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use serde_json::json;
+
+use crate::load::{fixed_rate, saturate};
+use crate::{Report, Row};
+
+const RATE: u32 = 200;
+const REQUESTS: u32 = 2000;
+const CLIENTS: u32 = 16;
+const SATURATION: Duration = Duration::from_secs(5);
+
+pub async fn run() -> Report {
+    let app = Arc::new(tests::spawn_app(&[]).await);
+    let repo = "acme/bench".to_owned();
+    let baseline = bare_handler().await;
+    let client = reqwest::Client::new();
+
+    let post = {
+        let (app, client, repo) = (app.clone(), client.clone(), repo.clone());
+        move |i: u32| {
+            let (app, client, repo) = (app.clone(), client.clone(), repo.clone());
+            async move {
+                let body = json!({"repository": repo, "base_ref": "main", "task": {"title": format!("bench {i}")}});
+                let sent = client.post(app.url("/v1/runs")).bearer_auth(&app.token).json(&body).send().await;
+                sent.is_ok_and(|r| r.status().as_u16() == 202)
+            }
+        }
+    };
+    let bare_post = {
+        let (client, url) = (client.clone(), format!("{baseline}/v1/runs"));
+        move |i: u32| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let body =
+                    json!({"repository": "acme/bench", "base_ref": "main", "task": {"title": format!("bench {i}")}});
+                client.post(&url).bearer_auth("t").json(&body).send().await.is_ok_and(|r| r.status().as_u16() == 202)
+            }
+        }
+    };
+    // Warm both, then measure in turn.
+    fixed_rate(RATE, 200, post.clone()).await;
+    fixed_rate(RATE, 200, bare_post.clone()).await;
+    let ours = fixed_rate(RATE, REQUESTS, post.clone()).await;
+    let bare = fixed_rate(RATE, REQUESTS, bare_post.clone()).await;
+    let ours_saturated = saturate(CLIENTS, SATURATION, post).await;
+    let bare_saturated = saturate(CLIENTS, SATURATION, bare_post).await;
+
+    let id = app.create_run(&repo, "read me").await;
+    let get = {
+        let (app, client, id) = (app.clone(), client.clone(), id.clone());
+        move |_| {
+            let (app, client, id) = (app.clone(), client.clone(), id.clone());
+            async move {
+                let got = client.get(app.url(&format!("/v1/runs/{id}"))).bearer_auth(&app.token).send().await;
+                got.is_ok_and(|r| r.status().is_success())
+            }
+        }
+    };
+    let bare_get = {
+        let (client, url) = (client.clone(), format!("{baseline}/v1/runs/{id}"));
+        move |_| {
+            let (client, url) = (client.clone(), url.clone());
+            async move { client.get(&url).bearer_auth("t").send().await.is_ok_and(|r| r.status().is_success()) }
+        }
+    };
+    let ours_get = fixed_rate(RATE, REQUESTS, get).await;
+    let bare_get = fixed_rate(RATE, REQUESTS, bare_get).await;
+    let errors = ours.errors + ours_saturated.errors + ours_get.errors;
+    assert_eq!(errors, 0, "the API failed requests under load");
+
+    let rate = format!("{RATE} req/s");
+    Report {
+        name: "api",
+        rows: vec![
+            Row::ms(&format!("POST /v1/runs p50 at {rate}"), ours.p50, "bare actix handler", bare.p50),
+            Row::ms(&format!("POST /v1/runs p99 at {rate}"), ours.p99, "bare actix handler", bare.p99),
+            Row::ms(&format!("POST /v1/runs p99.9 at {rate}"), ours.p999, "bare actix handler", bare.p999),
+            Row::per_second(
+                &format!("POST /v1/runs throughput, {CLIENTS} clients"),
+                ours_saturated.throughput(),
+                "bare actix handler",
+                bare_saturated.throughput(),
+            ),
+            Row::ms(&format!("GET /v1/runs/{{id}} p50 at {rate}"), ours_get.p50, "bare actix handler", bare_get.p50),
+            Row::ms(&format!("GET /v1/runs/{{id}} p99 at {rate}"), ours_get.p99, "bare actix handler", bare_get.p99),
+        ],
+        data: json!({
+            "post_fixed_rate": ours.json(), "bare_post_fixed_rate": bare.json(),
+            "post_saturated": ours_saturated.json(), "bare_post_saturated": bare_saturated.json(),
+            "get_fixed_rate": ours_get.json(), "bare_get_fixed_rate": bare_get.json(),
+        }),
+    }
+}
+
+/// The framework's ceiling: the same routes answering at once.
+async fn bare_handler() -> String {
+    let server = HttpServer::new(|| {
+        App::new()
+            .route(
+                "/v1/runs",
+                web::post().to(|body: web::Json<serde_json::Value>| async move {
+                    let _ = body.into_inner();
+                    HttpResponse::Accepted().json(json!({"id": "01m8fd2cj1x31jpkk0spht2y3j", "state": "queued"}))
+                }),
+            )
+            .route(
+                "/v1/runs/{id}",
+                web::get().to(|| async { HttpResponse::Ok().json(json!({"id": "x", "state": "queued"})) }),
+            )
+    })
+    .workers(2)
+    .bind(("127.0.0.1", 0))
+    .expect("bind the bare handler");
+    let port = server.addrs()[0].port();
+    tokio::spawn(server.run());
+    format!("http://127.0.0.1:{port}")
+}

@@ -1,0 +1,124 @@
+//! Scheduling overhead: runs per second from enqueue to finished through
+//! the real queue scripts (enqueue, claim with fair scheduling, finish),
+//! apalis workers over `RunBackend` whose task starts no sandbox and
+//! finishes the run at once (this task function exists only here); Redis
+//! commands per run; against `redis-benchmark` on the same server.
+
+use std::time::{Duration, Instant};
+
+use apalis::layers::WorkerBuilderExt;
+use apalis_core::monitor::Monitor;
+use apalis_core::worker::builder::WorkerBuilder;
+use common::{Priority, RunId, StopReason};
+use serde_json::json;
+use worker::queue::{ClaimedRun, Outcome, RunBackend, RunQueue};
+
+use crate::{Report, Row};
+
+const RUNS: u32 = 3000;
+const WORKERS: u32 = 4;
+const CONCURRENCY: usize = 8;
+
+/// The task that starts nothing: it hands the run back as completed.
+async fn finish_at_once(
+    run: ClaimedRun,
+    queue: apalis_core::task::data::Data<RunQueue>,
+) -> Result<(), apalis_core::error::BoxDynError> {
+    let done = Outcome::Done { reason: StopReason::Completed, artifacts: Vec::new(), facts: None };
+    queue.finish(&run, &done).await?;
+    Ok(())
+}
+
+pub async fn run() -> Report {
+    let queue = tests::fixtures::fresh_queue(None, false).await;
+    let before = commands_processed();
+    let started = Instant::now();
+    for i in 0..RUNS {
+        let spec = tests::fixtures::run_spec(&format!("t{}", i % 20), &format!("acme/r{}", i % 100), Priority::Normal);
+        queue.enqueue(RunId::new(), &spec, 3, None).await.expect("enqueue");
+    }
+    let enqueued = started.elapsed();
+    let mut monitor = Monitor::new();
+    for w in 0..WORKERS {
+        let queue = queue.clone();
+        monitor = monitor.register(move |_| {
+            let backend = RunBackend::new(
+                queue.clone(),
+                format!("bench-{w}"),
+                Duration::from_secs(60),
+                Duration::from_millis(20),
+            );
+            WorkerBuilder::new(format!("bench-{w}"))
+                .backend(backend)
+                .data(queue.clone())
+                .concurrency(CONCURRENCY)
+                .build(finish_at_once)
+        });
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopping = stop.clone();
+    let monitor = tokio::spawn(monitor.run_with_signal(async move {
+        stopping.cancelled().await;
+        Ok(())
+    }));
+    loop {
+        let depth = queue.depth().await.expect("depth");
+        if depth.totals.get("succeeded").copied().unwrap_or(0) >= i64::from(RUNS) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "runs did not finish: {depth:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total = started.elapsed();
+    stop.cancel();
+    let _ = monitor.await;
+    let commands = commands_processed().saturating_sub(before) as f64 / f64::from(RUNS);
+    let runs_per_second = f64::from(RUNS) / total.as_secs_f64();
+    let set_per_second = redis_benchmark("set");
+    let evalsha_cost = set_per_second / runs_per_second;
+    Report {
+        name: "scheduling",
+        rows: vec![
+            Row::per_second(
+                &format!("runs enqueued → claimed → finished ({WORKERS}×{CONCURRENCY} slots, no sandbox)"),
+                runs_per_second,
+                "redis-benchmark SET",
+                set_per_second,
+            ),
+            Row::plain("Redis commands per run (scripts' inner commands included)", format!("{commands:.1}")),
+        ],
+        data: json!({
+            "runs": RUNS, "workers": WORKERS, "concurrency": CONCURRENCY,
+            "enqueue_seconds": enqueued.as_secs_f64(), "total_seconds": total.as_secs_f64(),
+            "runs_per_second": runs_per_second, "redis_commands_per_run": commands,
+            "redis_benchmark_set_per_second": set_per_second, "set_equivalents_per_run": evalsha_cost,
+        }),
+    }
+}
+
+/// `total_commands_processed` of the shared Redis.
+pub fn commands_processed() -> u64 {
+    let out =
+        std::process::Command::new("redis-cli").args(["-p", "6390", "info", "stats"]).output().expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Requests per second `redis-benchmark` gets for `command` (one client
+/// connection per core's worth, no pipelining), against the same server.
+pub fn redis_benchmark(command: &str) -> f64 {
+    let out = std::process::Command::new("redis-benchmark")
+        .args(["-p", "6390", "-n", "50000", "-c", "8", "-q", "-t", command])
+        .output()
+        .expect("redis-benchmark (from the redis-tools package) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "SET: 61349.69 requests per second, p50=0.071 msec"
+    text.split(['\r', '\n'])
+        .filter_map(|l| l.split_once(": ").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("unexpected redis-benchmark output: {text}"))
+}
