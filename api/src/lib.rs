@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod health;
 pub mod limits;
+pub mod oidc;
 pub mod openapi;
 pub mod policies;
 pub mod problem;

@@ -20,6 +20,8 @@ pub struct AppState {
     pub queue: RunQueue,
     pub store: S3Store,
     pub admin_token_digest: [u8; 32],
+    /// Verifies OIDC bearer tokens, when an identity provider is configured.
+    pub oidc: Option<std::sync::Arc<crate::oidc::OidcVerifier>>,
     /// The GitHub App, when configured (webhooks check requesters with it).
     pub github: Option<std::sync::Arc<worker::forge::GitHubApp>>,
 }
@@ -47,7 +49,8 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("cannot listen on `api.listen` = {}: {e}", config.api.listen))?;
         let port = listener.local_addr()?.port();
         let github = worker::forge::GitHubApp::from_config(&config.github)?.map(std::sync::Arc::new);
-        let state = web::Data::new(AppState { config, queue, store, admin_token_digest, github });
+        let oidc = config.identity.oidc.clone().map(|c| std::sync::Arc::new(crate::oidc::OidcVerifier::new(c)));
+        let state = web::Data::new(AppState { config, queue, store, admin_token_digest, oidc, github });
         let server = HttpServer::new(move || openapi::routes(App::new().app_data(state.clone())).0)
             .listen(listener)?
             .shutdown_timeout(30)

@@ -25,6 +25,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub secrets: SecretsConfig,
     pub github: GitHubConfig,
+    pub identity: IdentityConfig,
     /// Agent profiles by name; a run names one (or gets `default`).
     pub agents: BTreeMap<String, AgentConfig>,
 }
@@ -290,6 +291,50 @@ impl GitHubConfig {
     }
 }
 
+/// Callers from the company's identity provider: OIDC bearer tokens (SAML
+/// stays at the IdP or a broker such as Dex or Keycloak, which issues OIDC).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    pub oidc: Option<OidcConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// Must equal the token's `iss`; its `/.well-known/openid-configuration`
+    /// names the JWKS unless `jwks_uri` is set.
+    pub issuer: String,
+    /// Must be among the token's `aud`.
+    pub audience: String,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Signature algorithms accepted (pinned; `none` never is).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Claim holding the caller's groups or roles.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds (at most 300).
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// Group (or role claim value) → Paddock roles, granted globally.
+    #[serde(default)]
+    pub role_bindings: BTreeMap<String, Vec<crate::identity::Role>>,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".to_owned()]
+}
+
+fn default_groups_claim() -> String {
+    "groups".to_owned()
+}
+
+fn default_leeway() -> u64 {
+    60
+}
+
 /// Secrets tenants register for redaction are kept sealed in Redis.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -463,6 +508,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             secrets: SecretsConfig::default(),
             github: GitHubConfig::default(),
+            identity: IdentityConfig::default(),
             agents: BTreeMap::from([
                 ("default".to_owned(), AgentConfig::command("git status --short")),
                 ("reference".to_owned(), AgentConfig::command("paddock-agent")),
@@ -692,6 +738,18 @@ impl Config {
             && remote.parse::<std::net::SocketAddr>().is_err()
         {
             return invalid("gateway.remote", "must be host:port with an IP address, e.g. 10.0.0.5:8089");
+        }
+        if let Some(oidc) = &self.identity.oidc {
+            if oidc.leeway_seconds > 300 {
+                return invalid("identity.oidc.leeway_seconds", "must be at most 300");
+            }
+            let known = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "PS384", "PS512", "EdDSA"];
+            if oidc.algorithms.is_empty() || oidc.algorithms.iter().any(|a| !known.contains(&a.as_str())) {
+                return invalid(
+                    "identity.oidc.algorithms",
+                    "must list asymmetric algorithms such as RS256 (never none or HS*)",
+                );
+            }
         }
         if self.github.app_id.is_some() && self.github.private_key_file.is_none() {
             return invalid("github.private_key_file", "must be set when github.app_id is");

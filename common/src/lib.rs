@@ -4,6 +4,7 @@
 //! This crate depends on no HTTP server, Docker, Redis, GitHub or S3 client.
 
 pub mod config;
+pub mod identity;
 pub mod policy;
 pub mod run;
 pub mod sealed;

@@ -11,6 +11,7 @@ pub mod apps;
 pub mod fixtures;
 pub mod git_server;
 pub mod github;
+pub mod oidc;
 pub mod providers;
 pub mod redis_server;
 pub mod services;

@@ -6,7 +6,7 @@ use common::{RepoName, validate_tenant};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::Admin;
+use crate::auth::{Authorized, need};
 use crate::problem::Problem;
 use crate::startup::AppState;
 
@@ -64,7 +64,10 @@ pub struct LimitsView {
     security(("bearer" = []))
 )]
 #[get("/v1/limits")]
-pub async fn get_limits(_caller: Admin, state: web::Data<AppState>) -> Result<web::Json<LimitsView>, Problem> {
+pub async fn get_limits(
+    _caller: Authorized<need::LimitsManage>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<LimitsView>, Problem> {
     let limits = state.queue.limits().await?;
     Ok(web::Json(LimitsView {
         tenants: limits
@@ -94,7 +97,7 @@ pub async fn get_limits(_caller: Admin, state: web::Data<AppState>) -> Result<we
 )]
 #[put("/v1/limits/tenants/{tenant}")]
 pub async fn put_tenant_limits(
-    _caller: Admin,
+    _caller: Authorized<need::LimitsManage>,
     state: web::Data<AppState>,
     tenant: web::Path<String>,
     body: web::Json<TenantLimitsInput>,
@@ -130,7 +133,7 @@ pub async fn put_tenant_limits(
 )]
 #[put("/v1/limits/tenants/{tenant}/repositories/{owner}/{name}")]
 pub async fn put_repo_limit(
-    _caller: Admin,
+    _caller: Authorized<need::LimitsManage>,
     state: web::Data<AppState>,
     path: web::Path<(String, String, String)>,
     body: web::Json<RepoLimitInput>,

@@ -8,7 +8,7 @@ use common::{RepoName, validate_tenant};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::Admin;
+use crate::auth::{Authorized, need};
 use crate::problem::Problem;
 use crate::startup::AppState;
 
@@ -39,7 +39,10 @@ pub struct PoliciesView {
     security(("bearer" = []))
 )]
 #[get("/v1/policies")]
-pub async fn get_policies(_caller: Admin, state: web::Data<AppState>) -> Result<web::Json<PoliciesView>, Problem> {
+pub async fn get_policies(
+    _caller: Authorized<need::LimitsManage>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<PoliciesView>, Problem> {
     let overrides = state
         .queue
         .policies()
@@ -76,7 +79,7 @@ fn validated(over: &PolicyOverride) -> Result<(), Problem> {
 )]
 #[put("/v1/policies/tenants/{tenant}")]
 pub async fn put_tenant_policy(
-    _caller: Admin,
+    _caller: Authorized<need::LimitsManage>,
     state: web::Data<AppState>,
     tenant: web::Path<String>,
     body: web::Json<PolicyOverride>,
@@ -106,7 +109,7 @@ pub async fn put_tenant_policy(
 )]
 #[put("/v1/policies/tenants/{tenant}/repositories/{owner}/{name}")]
 pub async fn put_repo_policy(
-    _caller: Admin,
+    _caller: Authorized<need::LimitsManage>,
     state: web::Data<AppState>,
     path: web::Path<(String, String, String)>,
     body: web::Json<PolicyOverride>,

@@ -5,7 +5,7 @@
 use actix_web::{get, put, web};
 use common::policy::LlmPolicy;
 
-use crate::auth::Admin;
+use crate::auth::{Authorized, need};
 use crate::problem::Problem;
 use crate::startup::AppState;
 
@@ -20,7 +20,10 @@ use crate::startup::AppState;
     security(("bearer" = []))
 )]
 #[get("/v1/llm-policy")]
-pub async fn get_llm_policy(_caller: Admin, state: web::Data<AppState>) -> Result<web::Json<LlmPolicy>, Problem> {
+pub async fn get_llm_policy(
+    _caller: Authorized<need::ProvidersConfigure>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<LlmPolicy>, Problem> {
     if let Some(policy) = state.queue.llm_policy().await? {
         return Ok(web::Json(policy));
     }
@@ -47,7 +50,7 @@ pub async fn get_llm_policy(_caller: Admin, state: web::Data<AppState>) -> Resul
 )]
 #[put("/v1/llm-policy")]
 pub async fn put_llm_policy(
-    caller: Admin,
+    caller: Authorized<need::ProvidersConfigure>,
     state: web::Data<AppState>,
     body: web::Json<LlmPolicy>,
 ) -> Result<web::Json<LlmPolicy>, Problem> {

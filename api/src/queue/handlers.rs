@@ -6,7 +6,7 @@ use actix_web::{get, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::Admin;
+use crate::auth::{Authorized, need};
 use crate::problem::Problem;
 use crate::startup::AppState;
 
@@ -81,7 +81,10 @@ fn busy(c: &Counts) -> bool {
     security(("bearer" = []))
 )]
 #[get("/v1/queue")]
-pub async fn get_queue(_caller: Admin, state: web::Data<AppState>) -> Result<web::Json<QueueView>, Problem> {
+pub async fn get_queue(
+    _caller: Authorized<need::LimitsManage>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<QueueView>, Problem> {
     let depth = state.queue.depth().await?;
     let totals = counts(&depth.totals, Some(depth.totals.get("dispatchable").copied().unwrap_or(0)));
     let tenants = depth

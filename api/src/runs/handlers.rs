@@ -10,7 +10,7 @@ use worker::artifacts::ObjectStore;
 use worker::queue::{Enqueued, Idempotency};
 
 use super::dto::{CreateRun, ListQuery, RunAccepted, RunList, RunView};
-use crate::auth::Admin;
+use crate::auth::{Authorized, Caller, need};
 use crate::problem::Problem;
 use crate::startup::AppState;
 
@@ -36,7 +36,7 @@ use crate::startup::AppState;
 )]
 #[post("/v1/runs")]
 pub async fn create_run(
-    caller: Admin,
+    caller: Authorized<need::RunsCreate>,
     state: web::Data<AppState>,
     req: HttpRequest,
     body: web::Json<CreateRun>,
@@ -56,7 +56,7 @@ pub async fn create_run(
         task_title: body.task.title,
         task_body: body.task.body,
         agent_profile,
-        requested_by: caller.principal,
+        requested_by: caller.principal.clone(),
         policy: None,
         issue: body.issue,
     };
@@ -91,7 +91,7 @@ pub async fn create_run(
 
 fn idempotency(
     req: &HttpRequest,
-    caller: &Admin,
+    caller: &Caller,
     body: &CreateRun,
     state: &AppState,
 ) -> Result<Option<Idempotency>, Problem> {
@@ -132,7 +132,7 @@ fn idempotency(
 )]
 #[post("/v1/runs/{id}/cancel")]
 pub async fn cancel_run(
-    caller: Admin,
+    caller: Authorized<need::RunsCreate>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
@@ -172,7 +172,7 @@ pub async fn cancel_run(
 )]
 #[get("/v1/runs/{id}")]
 pub async fn get_run(
-    _caller: Admin,
+    _caller: Authorized<need::RunsRead>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<web::Json<RunView>, Problem> {
@@ -194,7 +194,7 @@ pub async fn get_run(
 )]
 #[get("/v1/runs")]
 pub async fn list_runs(
-    _caller: Admin,
+    _caller: Authorized<need::RunsRead>,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<web::Json<RunList>, Problem> {
@@ -231,7 +231,7 @@ pub async fn list_runs(
 )]
 #[get("/v1/runs/{id}/logs")]
 pub async fn run_logs(
-    _caller: Admin,
+    _caller: Authorized<need::LogsRead>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {

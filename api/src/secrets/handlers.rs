@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use worker::queue::StoredSecret;
 
-use crate::auth::Admin;
+use crate::auth::{Authorized, need};
 use crate::problem::Problem;
 use crate::startup::AppState;
 
@@ -76,7 +76,7 @@ fn validate_name(name: &str) -> Result<(), ValidationError> {
 )]
 #[put("/v1/tenants/{tenant}/secrets/{name}")]
 pub async fn put_secret(
-    caller: Admin,
+    caller: Authorized<need::ProvidersConfigure>,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
     body: web::Json<SecretValue>,
@@ -120,7 +120,7 @@ pub async fn put_secret(
 )]
 #[get("/v1/tenants/{tenant}/secrets")]
 pub async fn list_secrets(
-    _caller: Admin,
+    _caller: Authorized<need::ProvidersConfigure>,
     state: web::Data<AppState>,
     tenant: web::Path<String>,
 ) -> Result<web::Json<Vec<SecretInfo>>, Problem> {
@@ -146,7 +146,7 @@ pub async fn list_secrets(
 )]
 #[delete("/v1/tenants/{tenant}/secrets/{name}")]
 pub async fn delete_secret(
-    caller: Admin,
+    caller: Authorized<need::ProvidersConfigure>,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Problem> {

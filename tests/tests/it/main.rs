@@ -8,6 +8,7 @@ mod api;
 mod attacks;
 mod gateway;
 mod github;
+mod identity;
 mod openapi;
 mod queue;
 mod runs;
