@@ -140,6 +140,15 @@ impl TestApp {
         }
     }
 
+    /// Waits for the run to finish, asserts it succeeded (showing the run
+    /// and its log otherwise), and returns both.
+    pub async fn wait_for_success(&self, id: &str) -> (Value, String) {
+        let run = self.wait_until_finished(id).await;
+        let logs = self.logs_of(&run).await;
+        assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+        (run, logs)
+    }
+
     pub async fn wait_until_finished(&self, id: &str) -> Value {
         self.wait_for(id, Duration::from_secs(180), |r| r["state"] == "succeeded" || r["state"] == "failed").await
     }

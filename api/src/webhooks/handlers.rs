@@ -13,7 +13,6 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sha2::Sha256;
 use worker::publish;
-use worker::queue::Enqueued;
 
 use crate::problem::Problem;
 use crate::startup::AppState;
@@ -136,9 +135,8 @@ async fn handle(state: &AppState, event: &str, body: &[u8]) -> Result<HttpRespon
         state.queue.effective_policy(state.config.default_policy(), &spec.tenant, &spec.repository.to_string()).await?;
     let spec = RunSpec { policy: Some(policy), ..spec };
     let id = RunId::new();
-    match state.queue.enqueue(id, &spec, state.config.api.max_attempts, None).await? {
-        Enqueued::Created { .. } | Enqueued::Existing { .. } => {}
-    }
+    // No idempotency key: replays are refused by delivery id above.
+    state.queue.enqueue(id, &spec, state.config.api.max_attempts, None).await?;
     tracing::info!(run_id = %id, repository = %spec.repository, issue, requested_by = %spec.requested_by, "run accepted from a GitHub webhook");
     let url = format!("/v1/runs/{id}");
     Ok(HttpResponse::Accepted()

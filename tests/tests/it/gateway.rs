@@ -98,9 +98,7 @@ async fn run_agent_calling_models(app: &tests::TestApp, registered: &str) -> (St
     let body = json!({"repository": repo, "base_ref": "main", "task": {"title": "call models", "body": registered}});
     let accepted: Value = app.post_run(&body).await.json().await.unwrap();
     let id = accepted["id"].as_str().unwrap().to_owned();
-    let run = app.wait_until_finished(&id).await;
-    let logs = app.logs_of(&run).await;
-    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    let (_, logs) = app.wait_for_success(&id).await;
     tests::assert_contains_all(
         &logs,
         &[
@@ -312,9 +310,7 @@ async fn the_official_openai_and_anthropic_sdks_work_through_the_gateway() {
     let repo = app.repo(&[("README.md", b"# x\n")]);
     let worker = app.spawn_worker().await;
     let id = app.create_run(&repo, "use the SDKs").await;
-    let run = app.wait_until_finished(&id).await;
-    let logs = app.logs_of(&run).await;
-    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    let (_, logs) = app.wait_for_success(&id).await;
     tests::assert_contains_all(
         &logs,
         &[
@@ -767,9 +763,7 @@ echo "the agent echoes $PADDOCK_TASK_BODY""#;
     let body = json!({"tenant": "payments", "repository": repo, "base_ref": "main", "task": {"title": "deploy", "body": secret}});
     let accepted: Value = app.post_run(&body).await.json().await.unwrap();
     let id = accepted["id"].as_str().unwrap().to_owned();
-    let run = app.wait_until_finished(&id).await;
-    let logs = app.logs_of(&run).await;
-    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    let (_, logs) = app.wait_for_success(&id).await;
     assert!(logs.contains("\nstatus: 200"), "{logs}");
     assert!(!logs.contains(&secret) && logs.contains("the agent echoes [REDACTED:known-secret:"), "{logs}");
     let received = providers.received();
@@ -824,9 +818,7 @@ curl -sS -o /dev/null -w 'own names: %{http_code}\n' "$LLM_BASE/models" -H "Auth
     let repo = app.repo(&[("README.md", b"# x\n")]);
     let worker = app.spawn_worker().await;
     let id = app.create_run_as(&repo, "profiles", "named").await;
-    let run = app.wait_until_finished(&id).await;
-    let logs = app.logs_of(&run).await;
-    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    let (_, logs) = app.wait_for_success(&id).await;
     tests::assert_contains_all(
         &logs,
         &[

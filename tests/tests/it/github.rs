@@ -78,9 +78,7 @@ async fn a_labelled_issue_becomes_a_draft_pull_request_with_a_full_record() {
     let (issue, status, accepted) = forge.label_new_issue("alice").await;
     assert_eq!(status, 202, "{accepted}");
     let id = accepted["id"].as_str().unwrap().to_owned();
-    let run = forge.app.wait_until_finished(&id).await;
-    let logs = forge.app.logs_of(&run).await;
-    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    let (run, logs) = forge.app.wait_for_success(&id).await;
 
     // Who, which issue and repository, why it stopped.
     assert_eq!(run["requested_by"], "github:alice");
@@ -268,9 +266,7 @@ async fn nothing_the_agent_writes_in_git_runs_on_the_worker() {
     let (_, status, accepted) = forge.label_new_issue("alice").await;
     assert_eq!(status, 202);
     let id = accepted["id"].as_str().unwrap().to_owned();
-    let run = forge.app.wait_until_finished(&id).await;
-    let logs = forge.app.logs_of(&run).await;
-    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    let (run, _) = forge.app.wait_for_success(&id).await;
     assert!(run["facts"]["pull_request"]["number"].as_u64().is_some(), "{run:#}");
     // The agent's own `git commit` ran its fsmonitor in the sandbox, which
     // created files in its tree: those are its output. Nothing under .git is.
@@ -333,9 +329,7 @@ async fn mini_swe_agent_as_shipped_turns_an_issue_into_a_pull_request() {
     let worker = forge.app.spawn_worker().await;
     let (_, status, accepted) = forge.label_new_issue("alice").await;
     assert_eq!(status, 202, "{accepted}");
-    let run = forge.app.wait_until_finished(accepted["id"].as_str().unwrap()).await;
-    let logs = forge.app.logs_of(&run).await;
-    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    let (run, logs) = forge.app.wait_for_success(accepted["id"].as_str().unwrap()).await;
     assert_eq!(run["agent_profile"], "mini");
     let facts = &run["facts"];
     assert_eq!(facts["files_changed"], json!(["README.md"]), "{facts:#}\n{logs}");

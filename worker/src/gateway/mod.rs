@@ -81,17 +81,10 @@ pub async fn serve_standalone(
 
 /// A new run token: `pdk_run_` and 32 random bytes, base64url.
 pub fn mint_token() -> std::io::Result<String> {
+    use base64::Engine;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut token = String::from("pdk_run_");
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
-        for i in 0..=chunk.len() {
-            token.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    Ok(token)
+    Ok(format!("pdk_run_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
 }
 
 /// How a token is stored and compared: its SHA-256, hex.
