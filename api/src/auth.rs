@@ -1,21 +1,25 @@
-//! Authentication and authorization as an extractor: a handler names the
-//! permission it needs in its signature (`Authorized<need::RunsCreate>`), so
-//! it cannot run for a caller who is unauthenticated (401) or lacks that
-//! permission (403). Deny by default: a caller holds only what its roles
-//! grant.
+//! Authentication and authorization as extractors: a handler names the
+//! permission it needs in its signature, so it cannot run for a caller who
+//! is unauthenticated (401) or lacks the permission (403).
 //!
-//! Callers: OIDC bearer tokens from the identity provider, whose groups map
-//! to roles by `identity.oidc.role_bindings`; and the bootstrap token
+//! - `Authorized<need::X>`: the permission must be held globally.
+//! - `Scoped<need::X>`: the permission must be held somewhere; the handler
+//!   gets at the caller only through `.on(tenant, repository)`, which checks
+//!   that a binding's scope covers the object (403 otherwise).
+//!
+//! Callers: OIDC bearer tokens from the identity provider (groups map to
+//! roles by `identity.oidc.role_bindings` and by bindings made through the
+//! API); service-account tokens (`pdk_sa_…`, whose scopes narrow the
+//! account's bindings, never to `tools.approve`); and the bootstrap token
 //! (`api.bootstrap_admin_token`), a break-glass credential holding every
 //! permission, meant for first set-up and emergencies.
 
-use std::collections::BTreeSet;
 use std::marker::PhantomData;
-use std::ops::Deref;
 
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
-use common::identity::Permission;
+use common::audit::{Actor, now_ms};
+use common::identity::{Grants, Permission, Subject, is_service_token};
 use futures::future::LocalBoxFuture;
 use sha2::{Digest, Sha256};
 
@@ -25,19 +29,40 @@ use crate::startup::AppState;
 pub const BOOTSTRAP_PRINCIPAL: &str = "bootstrap-admin";
 
 /// How the caller proved who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallerKind {
     Bootstrap,
     User,
+    /// A service account, by name; `principal` is its accountable owner.
+    ServiceAccount(String),
 }
 
 /// An authenticated caller and what it may do.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The person (or break-glass principal) recorded on what they do.
+    /// The person recorded on what they do (a service account's owner; the
+    /// break-glass principal for the bootstrap token).
     pub principal: String,
     pub kind: CallerKind,
-    pub permissions: BTreeSet<Permission>,
+    pub grants: Grants,
+    /// The peer address, for audit.
+    pub source_ip: Option<String>,
+}
+
+impl Caller {
+    /// The actor recorded in audit events.
+    pub fn actor(&self) -> Actor {
+        let (method, via) = match &self.kind {
+            CallerKind::Bootstrap => ("bootstrap", None),
+            CallerKind::User => ("oidc", None),
+            CallerKind::ServiceAccount(name) => ("service-account", Some(Subject::ServiceAccount(name.clone()))),
+        };
+        Actor { principal: self.principal.clone(), method: method.to_owned(), via: via.map(|s| s.to_string()) }
+    }
+
+    pub fn is_service_account(&self) -> bool {
+        matches!(self.kind, CallerKind::ServiceAccount(_))
+    }
 }
 
 /// What a route needs: any one of these permissions.
@@ -61,31 +86,40 @@ pub mod need {
     }
 
     requirement!(RunsCreate, RunsCreate);
-    // Run metadata: its requester or a log viewer.
-    requirement!(RunsRead, RunsCreate, LogsRead);
+    // Run metadata: requesters, log viewers, and approvers deciding on it.
+    requirement!(RunsRead, RunsCreate, LogsRead, ToolsApprove);
     requirement!(LogsRead, LogsRead);
+    requirement!(ToolsApprove, ToolsApprove);
     requirement!(ProvidersConfigure, ProvidersConfigure);
     requirement!(LimitsManage, LimitsManage);
+    requirement!(RbacManage, RbacManage);
+    requirement!(AuditRead, AuditRead);
+    requirement!(SecurityRevoke, SecurityRevoke);
+    // Deactivating a person: role managers and security responders.
+    requirement!(UsersManage, RbacManage, SecurityRevoke);
 }
 
-/// A caller holding one of `R::ANY_OF`.
+fn forbidden(caller: &Caller, needed: &[Permission], on: &str) -> Problem {
+    let needed: Vec<&str> = needed.iter().map(|p| p.as_str()).collect();
+    Problem::new(StatusCode::FORBIDDEN, "forbidden", "Permission denied").detail(format!(
+        "{} needs the permission {} {on}",
+        caller.principal,
+        needed.join(" or ")
+    ))
+}
+
+/// A caller holding one of `R::ANY_OF` at global scope.
 pub struct Authorized<R: Requirement> {
     caller: Caller,
     requirement: PhantomData<R>,
 }
 
-impl<R: Requirement> Deref for Authorized<R> {
+impl<R: Requirement> std::ops::Deref for Authorized<R> {
     type Target = Caller;
 
     fn deref(&self) -> &Caller {
         &self.caller
     }
-}
-
-/// SHA-256 of a token; tokens are compared by digest so the comparison time
-/// does not depend on how much of a guess was right.
-pub fn token_digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 impl<R: Requirement + 'static> FromRequest for Authorized<R> {
@@ -96,17 +130,69 @@ impl<R: Requirement + 'static> FromRequest for Authorized<R> {
         let req = req.clone();
         Box::pin(async move {
             let caller = authenticate(&req).await?;
-            if !R::ANY_OF.iter().any(|p| caller.permissions.contains(p)) {
-                let needed: Vec<&str> = R::ANY_OF.iter().map(|p| p.as_str()).collect();
-                return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Permission denied").detail(format!(
-                    "{} needs the permission {}",
-                    caller.principal,
-                    needed.join(" or ")
-                )));
+            if !R::ANY_OF.iter().any(|&p| caller.grants.allows(p, None, None)) {
+                return Err(forbidden(&caller, R::ANY_OF, "at global scope"));
             }
             Ok(Self { caller, requirement: PhantomData })
         })
     }
+}
+
+/// A caller holding one of `R::ANY_OF` at some scope; which objects it
+/// covers is checked by `on`.
+pub struct Scoped<R: Requirement> {
+    caller: Caller,
+    requirement: PhantomData<R>,
+}
+
+impl<R: Requirement> Scoped<R> {
+    /// The caller, if one of its bindings covers `repository` of `tenant`.
+    pub fn on(&self, tenant: &str, repository: &str) -> Result<&Caller, Problem> {
+        if self.allows(tenant, repository) {
+            Ok(&self.caller)
+        } else {
+            Err(forbidden(&self.caller, R::ANY_OF, &format!("on {repository} of tenant {tenant}")))
+        }
+    }
+
+    /// The caller, if one of its bindings covers all of `tenant`.
+    pub fn on_tenant(&self, tenant: &str) -> Result<&Caller, Problem> {
+        if R::ANY_OF.iter().any(|&p| self.caller.grants.allows(p, Some(tenant), None)) {
+            Ok(&self.caller)
+        } else {
+            Err(forbidden(&self.caller, R::ANY_OF, &format!("on tenant {tenant}")))
+        }
+    }
+
+    pub fn allows(&self, tenant: &str, repository: &str) -> bool {
+        R::ANY_OF.iter().any(|&p| self.caller.grants.allows(p, Some(tenant), Some(repository)))
+    }
+}
+
+impl<R: Requirement + 'static> FromRequest for Scoped<R> {
+    type Error = Problem;
+    type Future = LocalBoxFuture<'static, Result<Self, Problem>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let caller = authenticate(&req).await?;
+            if !R::ANY_OF.iter().any(|&p| caller.grants.holds_somewhere(p)) {
+                return Err(forbidden(&caller, R::ANY_OF, "at any scope"));
+            }
+            Ok(Self { caller, requirement: PhantomData })
+        })
+    }
+}
+
+/// SHA-256 of a token; tokens are compared by digest so the comparison time
+/// does not depend on how much of a guess was right.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+pub fn token_hash_hex(token: &str) -> String {
+    token_digest(token).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unauthorized(detail: &str) -> Problem {
@@ -129,11 +215,19 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, Problem> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
+    let source_ip = req.peer_addr().map(|a| a.ip().to_string());
     let presented = token_digest(token);
     let bootstrap = presented.iter().zip(state.admin_token_digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
     if bootstrap {
-        let permissions = Permission::ALL.into_iter().collect();
-        return Ok(Caller { principal: BOOTSTRAP_PRINCIPAL.to_owned(), kind: CallerKind::Bootstrap, permissions });
+        return Ok(Caller {
+            principal: BOOTSTRAP_PRINCIPAL.to_owned(),
+            kind: CallerKind::Bootstrap,
+            grants: Grants::everything(),
+            source_ip,
+        });
+    }
+    if token.starts_with(common::identity::SERVICE_TOKEN_PREFIX) {
+        return service_account(state, token, source_ip).await;
     }
     let (Some(verifier), Some(oidc)) = (&state.oidc, &state.config.identity.oidc) else {
         return Err(unauthorized("the token is not valid"));
@@ -142,13 +236,53 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, Problem> {
         return Err(unauthorized("the token is not valid"));
     }
     let identity = verifier.verify(token).await.map_err(|why| unauthorized(&why))?;
-    let permissions = identity
-        .groups
-        .iter()
-        .filter_map(|group| oidc.role_bindings.get(group))
-        .flatten()
-        .flat_map(|role| role.permissions().iter().copied())
-        .collect();
-    let principal = identity.email.unwrap_or(identity.subject);
-    Ok(Caller { principal, kind: CallerKind::User, permissions })
+    let principal = identity.email.clone().unwrap_or(identity.subject.clone());
+    let store = state.queue.identity();
+    let status = store.user(&principal).await?;
+    if status.deactivated {
+        return Err(unauthorized(&format!("{principal} is deactivated")));
+    }
+    if let Some(before_ms) = status.tokens_revoked_before_ms {
+        // A token without `iat` cannot show it came after the revocation.
+        if identity.issued_at.is_none_or(|iat| iat * 1000 <= before_ms) {
+            return Err(unauthorized("the token was revoked; sign in again"));
+        }
+    }
+    let mut grants = Grants::default();
+    for role in identity.groups.iter().filter_map(|g| oidc.role_bindings.get(g)).flatten() {
+        grants.add_role(*role, &common::identity::Scope::Global);
+    }
+    let mut subjects: Vec<Subject> = identity.groups.iter().map(|g| Subject::Group(g.clone())).collect();
+    subjects.push(Subject::User(principal.clone()));
+    for binding in store.bindings().await?.iter().filter(|b| subjects.contains(&b.subject)) {
+        grants.add_role(binding.role, &binding.scope);
+    }
+    Ok(Caller { principal, kind: CallerKind::User, grants, source_ip })
+}
+
+async fn service_account(state: &AppState, token: &str, source_ip: Option<String>) -> Result<Caller, Problem> {
+    if !is_service_token(token) {
+        return Err(unauthorized("the token is not a Paddock service-account token (bad checksum)"));
+    }
+    let store = state.queue.identity();
+    let record =
+        store.token_by_hash(&token_hash_hex(token)).await?.ok_or_else(|| unauthorized("the token is not valid"))?;
+    if record.revoked_at_ms.is_some() {
+        return Err(unauthorized("the token was revoked"));
+    }
+    if now_ms() >= record.expires_at_ms {
+        return Err(unauthorized("the token expired"));
+    }
+    let account = store
+        .service_account(&record.account)
+        .await?
+        .ok_or_else(|| unauthorized("the token's service account no longer exists"))?;
+    let subject = Subject::ServiceAccount(account.name.clone());
+    let mut grants = Grants::default();
+    for binding in store.bindings().await?.iter().filter(|b| b.subject == subject) {
+        grants.add_role(binding.role, &binding.scope);
+    }
+    // Service accounts never approve, whatever their bindings say.
+    grants.retain(|p| p != Permission::ToolsApprove && record.scopes.contains(&p));
+    Ok(Caller { principal: account.owner, kind: CallerKind::ServiceAccount(account.name), grants, source_ip })
 }

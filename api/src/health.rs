@@ -14,7 +14,7 @@ pub struct Health {
 }
 
 /// The process is up.
-#[utoipa::path(tag = "health", responses((status = 200, body = Health)))]
+#[utoipa::path(tag = "health", responses((status = 200, body = Health)), security(()))]
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Health { status: "ok" })
@@ -26,7 +26,8 @@ pub async fn healthz() -> HttpResponse {
     responses(
         (status = 200, body = Health),
         (status = 503, body = Problem, content_type = "application/problem+json"),
-    )
+    ),
+    security(())
 )]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod health;
+pub mod identity;
 pub mod limits;
 pub mod oidc;
 pub mod openapi;

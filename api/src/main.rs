@@ -12,6 +12,10 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", api::openapi::document_json());
             return Ok(());
         }
+        ["permission-matrix"] => {
+            print!("{}", api::openapi::permission_matrix_markdown());
+            return Ok(());
+        }
         [] => std::env::var_os("PADDOCK_CONFIG").map(PathBuf::from),
         ["--config", path] => Some(PathBuf::from(path)),
         _ => anyhow::bail!("usage: api [--config FILE] | api openapi"),

@@ -18,6 +18,8 @@ pub struct Identity {
     pub subject: String,
     pub email: Option<String>,
     pub groups: Vec<String>,
+    /// `iat`, in seconds since the epoch, when the token carries it.
+    pub issued_at: Option<u64>,
 }
 
 pub struct OidcVerifier {
@@ -68,6 +70,7 @@ impl OidcVerifier {
             subject: claims["sub"].as_str().unwrap_or_default().to_owned(),
             email: claims["email"].as_str().map(str::to_owned),
             groups,
+            issued_at: claims["iat"].as_u64(),
         })
     }
 

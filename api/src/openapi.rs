@@ -7,7 +7,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, Secur
 use utoipa::openapi::{InfoBuilder, OpenApi};
 use utoipa_actix_web::AppExt;
 
-use crate::{health, limits, policies, problem, providers, queue, runs, secrets, startup, webhooks};
+use crate::{health, identity, limits, policies, problem, providers, queue, runs, secrets, startup, webhooks};
 
 /// Registers every route on `app`; returns the app and its OpenAPI document.
 pub fn routes<T>(app: App<T>) -> (App<T>, OpenApi)
@@ -30,6 +30,7 @@ where
         .service(runs::handlers::get_run)
         .service(runs::handlers::run_logs)
         .service(runs::handlers::cancel_run)
+        .service(runs::handlers::approve_run)
         .service(limits::handlers::get_limits)
         .service(limits::handlers::put_tenant_limits)
         .service(limits::handlers::put_repo_limit)
@@ -43,6 +44,19 @@ where
         .service(secrets::handlers::list_secrets)
         .service(secrets::handlers::delete_secret)
         .service(webhooks::handlers::github_webhook)
+        .service(identity::handlers::list_bindings)
+        .service(identity::handlers::create_binding)
+        .service(identity::handlers::delete_binding)
+        .service(identity::handlers::list_service_accounts)
+        .service(identity::handlers::create_service_account)
+        .service(identity::handlers::create_token)
+        .service(identity::handlers::list_tokens)
+        .service(identity::handlers::revoke_token)
+        .service(identity::revoke::revoke)
+        .service(identity::revoke::deactivate_user)
+        .service(identity::revoke::activate_user)
+        .service(identity::revoke::get_user)
+        .service(identity::handlers::audit_events)
         .default_service(actix_web::web::to(problem::not_found))
         .split_for_parts();
     doc.info = InfoBuilder::new()
@@ -67,6 +81,67 @@ where
 /// The OpenAPI document as committed in `openapi/openapi.json`.
 pub fn document() -> OpenApi {
     routes(App::new()).1
+}
+
+/// The permission matrix in Markdown, as the README carries it: which role
+/// grants which permission, then which permissions each operation accepts
+/// (any one of them), from the document's security requirements.
+pub fn permission_matrix_markdown() -> String {
+    use common::identity::{Permission, Role};
+    let mut out = String::from("| Permission |");
+    for role in Role::ALL {
+        out.push_str(&format!(" {} |", role.as_str()));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---|".repeat(Role::ALL.len()));
+    out.push('\n');
+    for permission in Permission::ALL {
+        out.push_str(&format!("| `{}` |", permission.as_str()));
+        for role in Role::ALL {
+            out.push_str(if role.permissions().contains(&permission) { " ✔ |" } else { " – |" });
+        }
+        out.push('\n');
+    }
+    out.push_str("\n| Operation | Needs (any one) | Binding scope that counts |\n|---|---|---|\n");
+    let doc: serde_json::Value = serde_json::from_str(&document_json()).unwrap_or_default();
+    let mut rows = Vec::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for (method, op) in item.as_object().into_iter().flatten() {
+            let mut needs = Vec::new();
+            for requirement in op["security"].as_array().into_iter().flatten() {
+                match requirement.as_object() {
+                    Some(r) if r.is_empty() => needs.push("nothing (probe)".to_owned()),
+                    Some(r) if r.contains_key("github_signature") => needs.push("GitHub webhook signature".to_owned()),
+                    Some(r) => needs.extend(
+                        r.get("bearer")
+                            .and_then(|s| s.as_array())
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|s| s.as_str())
+                            .map(|s| format!("`{s}`")),
+                    ),
+                    None => {}
+                }
+            }
+            let reach = if needs.iter().all(|n| !n.starts_with('`')) {
+                "–"
+            } else if method == "get" && path == "/v1/runs" {
+                "any (lists what it covers)"
+            } else if path.starts_with("/v1/runs") || path.contains("{owner}/{name}") {
+                "global, the run's tenant or repository"
+            } else if path.contains("{tenant}") {
+                "global or that tenant"
+            } else {
+                "global"
+            };
+            rows.push((path.clone(), method.to_uppercase(), needs.join(", "), reach));
+        }
+    }
+    rows.sort();
+    for (path, method, needs, reach) in rows {
+        out.push_str(&format!("| `{method} {path}` | {needs} | {reach} |\n"));
+    }
+    out
 }
 
 /// The document rendered exactly as it is committed.

@@ -297,6 +297,10 @@ impl GitHubConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityConfig {
     pub oidc: Option<OidcConfig>,
+    /// GitHub login → the person (as the identity provider names them) that
+    /// runs started from that login's webhooks are tied to. Webhook runs
+    /// from a login not listed here are refused.
+    pub github_logins: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

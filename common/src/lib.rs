@@ -3,6 +3,7 @@
 //!
 //! This crate depends on no HTTP server, Docker, Redis, GitHub or S3 client.
 
+pub mod audit;
 pub mod config;
 pub mod identity;
 pub mod policy;

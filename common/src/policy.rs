@@ -100,6 +100,24 @@ pub struct SandboxPolicy {
     pub egress: EgressPreset,
     /// Hostnames allowed besides the preset (`*.example.com` for subdomains).
     pub egress_allow: Vec<String>,
+    /// When a person with `tools.approve` (not the requester) must approve
+    /// a run before it starts.
+    #[serde(default)]
+    pub approval: Approval,
+}
+
+/// Which runs wait for approval before they start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    /// Runs start without approval.
+    #[default]
+    Never,
+    /// Runs whose sandbox may reach the network (egress other than `none`)
+    /// wait for approval: network access is the privileged tool.
+    Egress,
+    /// Every run waits for approval.
+    Always,
 }
 
 /// Any part of a policy, as a tenant or repository overrides it.
@@ -114,6 +132,7 @@ pub struct PolicyOverride {
     pub timeout_seconds: Option<u64>,
     pub egress: Option<EgressPreset>,
     pub egress_allow: Option<Vec<String>>,
+    pub approval: Option<Approval>,
 }
 
 impl SandboxPolicy {
@@ -127,6 +146,16 @@ impl SandboxPolicy {
             timeout_seconds: sandbox.timeout_seconds,
             egress,
             egress_allow: allow.to_vec(),
+            approval: Approval::Never,
+        }
+    }
+
+    /// Whether a run under this policy waits for someone's approval.
+    pub fn needs_approval(&self) -> bool {
+        match self.approval {
+            Approval::Never => false,
+            Approval::Egress => self.egress != EgressPreset::None,
+            Approval::Always => true,
         }
     }
 
@@ -155,6 +184,9 @@ impl SandboxPolicy {
         }
         if let Some(v) = &over.egress_allow {
             self.egress_allow = v.clone();
+        }
+        if let Some(v) = over.approval {
+            self.approval = v;
         }
         self
     }
@@ -204,6 +236,18 @@ mod tests {
         assert_eq!(effective.timeout_seconds, 60);
         assert_eq!(effective.egress, EgressPreset::Registries);
         assert_eq!(effective.pids_limit, defaults.pids_limit);
+    }
+
+    #[test]
+    fn approval_holds_runs_by_policy() {
+        let policy = SandboxPolicy::defaults(&SandboxConfig::default(), EgressPreset::None, &[]);
+        assert!(!policy.needs_approval());
+        let egress = PolicyOverride { approval: Some(Approval::Egress), ..Default::default() };
+        assert!(!policy.clone().with(&egress).needs_approval(), "no network, nothing privileged");
+        let networked = PolicyOverride { egress: Some(EgressPreset::Registries), ..Default::default() };
+        assert!(policy.clone().with(&egress).with(&networked).needs_approval());
+        let always = PolicyOverride { approval: Some(Approval::Always), ..Default::default() };
+        assert!(policy.with(&always).needs_approval());
     }
 
     #[test]

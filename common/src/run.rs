@@ -75,6 +75,8 @@ impl FromStr for RunId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
+    /// Waiting for a person with `tools.approve` (its policy asks for it).
+    AwaitingApproval,
     Queued,
     Delayed,
     Running,
@@ -85,7 +87,8 @@ pub enum RunState {
 }
 
 impl RunState {
-    pub const ALL: [RunState; 7] = [
+    pub const ALL: [RunState; 8] = [
+        RunState::AwaitingApproval,
         RunState::Queued,
         RunState::Delayed,
         RunState::Running,
@@ -97,6 +100,7 @@ impl RunState {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            RunState::AwaitingApproval => "awaiting_approval",
             RunState::Queued => "queued",
             RunState::Delayed => "delayed",
             RunState::Running => "running",
@@ -125,7 +129,7 @@ impl FromStr for RunState {
         RunState::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| {
             ValidationError::new(
                 "state",
-                "must be one of queued, delayed, running, cancelling, succeeded, failed, cancelled",
+                "must be one of awaiting_approval, queued, delayed, running, cancelling, succeeded, failed, cancelled",
             )
         })
     }
@@ -331,7 +335,12 @@ pub struct RunSpec {
     pub task_title: String,
     pub task_body: String,
     pub agent_profile: AgentProfile,
+    /// The person the run is tied to.
     pub requested_by: String,
+    /// The service account or integration that asked for it on their
+    /// behalf (`service-account:portal`, `github:octocat`).
+    #[serde(default)]
+    pub via: Option<String>,
     /// The sandbox policy resolved when the run was accepted; runs from
     /// before policies existed get the worker's defaults.
     #[serde(default)]
@@ -409,6 +418,8 @@ pub struct RunRecord {
     pub last_error: Option<String>,
     /// Who asked to cancel the run, if anyone did.
     pub cancelled_by: Option<String>,
+    /// Who approved the run, when its policy asked for approval.
+    pub approved_by: Option<String>,
     /// What the run did, once it finished.
     pub facts: Option<RunFacts>,
 }

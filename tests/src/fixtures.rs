@@ -29,6 +29,7 @@ pub fn run_spec(tenant: &str, repo: &str, priority: Priority) -> RunSpec {
         task_body: String::new(),
         agent_profile: AgentProfile::default(),
         requested_by: "tester".to_owned(),
+        via: None,
         policy: None,
         issue: None,
     }

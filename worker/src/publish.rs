@@ -151,6 +151,9 @@ fn commit_message(story: &RunStory<'_>) -> String {
         message.push_str(&format!("Refs #{issue}\n\n"));
     }
     message.push_str(&format!("Paddock-Run: {}\nRequested-by: {}\n", story.run, spec.requested_by));
+    if let Some(via) = &spec.via {
+        message.push_str(&format!("Requested-via: {via}\n"));
+    }
     message
 }
 
@@ -160,9 +163,10 @@ fn pull_request_body(story: &RunStory<'_>, files: &[String]) -> String {
     if let Some(issue) = spec.issue {
         body.push_str(&format!("Fixes #{issue}\n\n"));
     }
+    let via = spec.via.as_ref().map(|v| format!(" (via `{v}`)")).unwrap_or_default();
     body.push_str(&format!(
-        "Draft opened by Paddock for run [`{}`]({}), requested by **{}**. Review it like any other contribution: \
-         CI, CODEOWNERS and branch protection decide.\n\n",
+        "Draft opened by Paddock for run [`{}`]({}), requested by **{}**{via}. Review it like any other \
+         contribution: CI, CODEOWNERS and branch protection decide.\n\n",
         story.run, story.link, spec.requested_by
     ));
     body.push_str(&format!("- **Agent:** `{}` (`{}`)\n", spec.agent_profile.as_str(), story.command));

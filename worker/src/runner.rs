@@ -318,7 +318,7 @@ impl Runtime {
         match serving {
             Ok(serving) => Ok(Some(RunModels { token, hash, address: at, serving })),
             Err(e) => {
-                let _ = self.queue.revoke_gateway_token(&hash).await;
+                let _ = self.queue.revoke_gateway_token(run.id, &hash).await;
                 Err(format!("starting the model gateway on {at} failed: {e}"))
             }
         }
@@ -326,7 +326,7 @@ impl Runtime {
 
     /// Revokes the run token and collects the run's calls and transcript.
     async fn close_gateway(&self, run: RunId, models: RunModels) -> (Vec<CallRecord>, Vec<serde_json::Value>) {
-        if let Err(error) = self.queue.revoke_gateway_token(&models.hash).await {
+        if let Err(error) = self.queue.revoke_gateway_token(run, &models.hash).await {
             tracing::warn!(run_id = %run, %error, "revoking the run token failed; it expires with its TTL");
         }
         match models.serving {

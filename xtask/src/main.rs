@@ -154,5 +154,21 @@ fn openapi() -> Result<()> {
     let path = workspace_root().join("openapi/openapi.json");
     std::fs::write(&path, output.stdout).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     eprintln!("xtask: wrote {}", path.display());
+    let output = cargo(&["run", "--quiet", "--package", "api", "--", "permission-matrix"])
+        .output()
+        .map_err(|e| format!("cannot run the api binary: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("`api permission-matrix` failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let readme = workspace_root().join("README.md");
+    let text = std::fs::read_to_string(&readme).map_err(|e| format!("cannot read {}: {e}", readme.display()))?;
+    let (start, end) = ("<!-- permission-matrix:start -->\n", "<!-- permission-matrix:end -->");
+    let (Some(a), Some(b)) = (text.find(start), text.find(end)) else {
+        return Err(format!("{} lacks the permission-matrix markers", readme.display()));
+    };
+    let matrix = String::from_utf8_lossy(&output.stdout);
+    let updated = format!("{}{start}{matrix}{}", &text[..a], &text[b..]);
+    std::fs::write(&readme, updated).map_err(|e| format!("cannot write {}: {e}", readme.display()))?;
+    eprintln!("xtask: wrote the permission matrix into {}", readme.display());
     Ok(())
 }

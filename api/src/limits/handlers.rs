@@ -6,7 +6,7 @@ use common::{RepoName, validate_tenant};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::{Authorized, need};
+use crate::auth::{Authorized, Scoped, need};
 use crate::problem::Problem;
 use crate::startup::AppState;
 
@@ -60,8 +60,9 @@ pub struct LimitsView {
     responses(
         (status = 200, body = LimitsView, example = json!({"tenants": [{"tenant": "payments", "max_running": 20, "weight": 3.0}], "repositories": [{"tenant": "payments", "repository": "acme/ledger", "max_running": 2}]})),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["limits.manage"]))
 )]
 #[get("/v1/limits")]
 pub async fn get_limits(
@@ -92,18 +93,20 @@ pub async fn get_limits(
         (status = 200, body = TenantLimitsView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["limits.manage"]))
 )]
 #[put("/v1/limits/tenants/{tenant}")]
 pub async fn put_tenant_limits(
-    _caller: Authorized<need::LimitsManage>,
+    caller: Scoped<need::LimitsManage>,
     state: web::Data<AppState>,
     tenant: web::Path<String>,
     body: web::Json<TenantLimitsInput>,
 ) -> Result<web::Json<TenantLimitsView>, Problem> {
     let tenant = tenant.into_inner();
     validate_tenant(&tenant)?;
+    caller.on_tenant(&tenant)?;
     if let Some(weight) = body.weight
         && !(weight > 0.0 && weight <= 1000.0)
     {
@@ -128,12 +131,13 @@ pub async fn put_tenant_limits(
         (status = 200, body = RepoLimitView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["limits.manage"]))
 )]
 #[put("/v1/limits/tenants/{tenant}/repositories/{owner}/{name}")]
 pub async fn put_repo_limit(
-    _caller: Authorized<need::LimitsManage>,
+    caller: Scoped<need::LimitsManage>,
     state: web::Data<AppState>,
     path: web::Path<(String, String, String)>,
     body: web::Json<RepoLimitInput>,
@@ -141,6 +145,7 @@ pub async fn put_repo_limit(
     let (tenant, owner, name) = path.into_inner();
     validate_tenant(&tenant)?;
     let repository: RepoName = format!("{owner}/{name}").parse()?;
+    caller.on(&tenant, &repository.to_string())?;
     state.queue.set_repo_limit(&tenant, &repository.to_string(), body.max_running).await?;
     Ok(web::Json(RepoLimitView { tenant, repository: repository.to_string(), max_running: body.max_running }))
 }

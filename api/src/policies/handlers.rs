@@ -8,7 +8,7 @@ use common::{RepoName, validate_tenant};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::{Authorized, need};
+use crate::auth::{Authorized, Scoped, need};
 use crate::problem::Problem;
 use crate::startup::AppState;
 
@@ -35,8 +35,9 @@ pub struct PoliciesView {
     responses(
         (status = 200, body = PoliciesView),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["limits.manage"]))
 )]
 #[get("/v1/policies")]
 pub async fn get_policies(
@@ -74,18 +75,20 @@ fn validated(over: &PolicyOverride) -> Result<(), Problem> {
         (status = 200, body = PolicyEntry),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["limits.manage"]))
 )]
 #[put("/v1/policies/tenants/{tenant}")]
 pub async fn put_tenant_policy(
-    _caller: Authorized<need::LimitsManage>,
+    caller: Scoped<need::LimitsManage>,
     state: web::Data<AppState>,
     tenant: web::Path<String>,
     body: web::Json<PolicyOverride>,
 ) -> Result<web::Json<PolicyEntry>, Problem> {
     let tenant = tenant.into_inner();
     validate_tenant(&tenant)?;
+    caller.on_tenant(&tenant)?;
     validated(&body)?;
     state.queue.set_policy(&tenant, None, &body).await?;
     Ok(web::Json(PolicyEntry { tenant, repository: None, policy_override: body.into_inner() }))
@@ -104,12 +107,13 @@ pub async fn put_tenant_policy(
         (status = 200, body = PolicyEntry),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["limits.manage"]))
 )]
 #[put("/v1/policies/tenants/{tenant}/repositories/{owner}/{name}")]
 pub async fn put_repo_policy(
-    _caller: Authorized<need::LimitsManage>,
+    caller: Scoped<need::LimitsManage>,
     state: web::Data<AppState>,
     path: web::Path<(String, String, String)>,
     body: web::Json<PolicyOverride>,
@@ -117,6 +121,7 @@ pub async fn put_repo_policy(
     let (tenant, owner, name) = path.into_inner();
     validate_tenant(&tenant)?;
     let repository: RepoName = format!("{owner}/{name}").parse()?;
+    caller.on(&tenant, &repository.to_string())?;
     validated(&body)?;
     state.queue.set_policy(&tenant, Some(&repository.to_string()), &body).await?;
     Ok(web::Json(PolicyEntry { tenant, repository: Some(repository.to_string()), policy_override: body.into_inner() }))

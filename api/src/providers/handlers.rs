@@ -16,8 +16,9 @@ use crate::startup::AppState;
     responses(
         (status = 200, body = LlmPolicy, example = json!({"default_provider": "azure-openai-prod", "allowed_providers": ["azure-openai-prod", "bedrock-prod"], "disallowed": ["personal-api-keys", "unmanaged-proxies"], "logging": {"prompt_content": "redacted", "metadata": "retained_180_days"}})),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["providers.configure"]))
 )]
 #[get("/v1/llm-policy")]
 pub async fn get_llm_policy(
@@ -45,8 +46,9 @@ pub async fn get_llm_policy(
         (status = 200, body = LlmPolicy),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["providers.configure"]))
 )]
 #[put("/v1/llm-policy")]
 pub async fn put_llm_policy(

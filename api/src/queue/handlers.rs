@@ -77,8 +77,9 @@ fn busy(c: &Counts) -> bool {
             "dead_letters": 4
         })),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["limits.manage"]))
 )]
 #[get("/v1/queue")]
 pub async fn get_queue(

@@ -44,6 +44,11 @@ pub struct CreateRun {
     #[serde(default)]
     #[schema(example = 42)]
     pub issue: Option<u64>,
+    /// The person a service account requests the run for (required from
+    /// service accounts, refused from people, who act for themselves).
+    #[serde(default)]
+    #[schema(example = "alice@example.com")]
+    pub on_behalf_of: Option<String>,
 }
 
 /// The answer to an accepted run request (and to a cancel).
@@ -67,7 +72,10 @@ pub struct RunView {
     pub base_ref: String,
     pub task: TaskView,
     pub agent_profile: String,
+    /// The person the run is tied to.
     pub requested_by: String,
+    /// The service account or integration that requested it for them.
+    pub via: Option<String>,
     /// Attempts started so far (a crash re-run counts).
     pub attempt: u32,
     pub max_attempts: u32,
@@ -83,6 +91,8 @@ pub struct RunView {
     pub artifacts: Vec<String>,
     /// Who cancelled the run, if anyone did.
     pub cancelled_by: Option<String>,
+    /// Who approved the run, when its policy asked for approval.
+    pub approved_by: Option<String>,
     /// The sandbox policy the run executes under, resolved when it was accepted.
     pub policy: Option<common::policy::SandboxPolicy>,
     /// The issue the run works on, if any.
@@ -137,6 +147,7 @@ impl From<RunRecord> for RunView {
             task: TaskView { title: r.spec.task_title, body: r.spec.task_body },
             agent_profile: r.spec.agent_profile.as_str().to_owned(),
             requested_by: r.spec.requested_by,
+            via: r.spec.via,
             attempt: r.attempt,
             max_attempts: r.max_attempts,
             created_at: rfc3339(r.created_at_ms),
@@ -147,6 +158,7 @@ impl From<RunRecord> for RunView {
             last_error: r.last_error,
             artifacts: r.artifacts,
             cancelled_by: r.cancelled_by,
+            approved_by: r.approved_by,
             policy: r.spec.policy,
             issue: r.spec.issue,
             facts: r.facts,

@@ -4,13 +4,15 @@ use std::time::Duration;
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
-use common::{AgentProfile, ArtifactKind, RepoName, RunId, RunSpec, RunState};
+use common::{AgentProfile, ArtifactKind, RepoName, RunId, RunRecord, RunSpec, RunState};
 use sha2::{Digest, Sha256};
 use worker::artifacts::ObjectStore;
 use worker::queue::{Enqueued, Idempotency};
 
 use super::dto::{CreateRun, ListQuery, RunAccepted, RunList, RunView};
-use crate::auth::{Authorized, Caller, need};
+use common::audit::{AuditEvent, ObjectRef};
+
+use crate::auth::{Caller, CallerKind, Scoped, need};
 use crate::problem::Problem;
 use crate::startup::AppState;
 
@@ -28,41 +30,47 @@ use crate::startup::AppState;
         (status = 202, body = RunAccepted, headers(("Location" = String, description = "URL of the run"))),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "The Idempotency-Key was used for a different request"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["runs.create"]))
 )]
 #[post("/v1/runs")]
 pub async fn create_run(
-    caller: Authorized<need::RunsCreate>,
+    caller: Scoped<need::RunsCreate>,
     state: web::Data<AppState>,
     req: HttpRequest,
     body: web::Json<CreateRun>,
 ) -> Result<HttpResponse, Problem> {
     let body = body.into_inner();
-    let idempotency = idempotency(&req, &caller, &body, &state)?;
     let repository: RepoName = body.repository.parse()?;
+    let tenant = body.tenant.clone().unwrap_or_else(|| state.config.api.default_tenant.clone());
+    let caller = caller.on(&tenant, &repository.to_string())?;
+    let (requested_by, via) = requester(caller, body.on_behalf_of.as_deref(), &state).await?;
+    let idempotency = idempotency(&req, caller, &body, &state)?;
     let agent_profile = match body.agent_profile {
         Some(name) => name.parse()?,
         None => AgentProfile::default(),
     };
     let spec = RunSpec {
-        tenant: body.tenant.unwrap_or_else(|| state.config.api.default_tenant.clone()),
+        tenant,
         priority: body.priority.unwrap_or_default(),
         repository,
         base_ref: body.base_ref,
         task_title: body.task.title,
         task_body: body.task.body,
         agent_profile,
-        requested_by: caller.principal.clone(),
+        requested_by,
+        via,
         policy: None,
         issue: body.issue,
     };
     spec.validate()?;
     let policy =
         state.queue.effective_policy(state.config.default_policy(), &spec.tenant, &spec.repository.to_string()).await?;
+    let held = policy.needs_approval();
     let spec = RunSpec { policy: Some(policy), ..spec };
     let id = RunId::new();
     let id = match state.queue.enqueue(id, &spec, state.config.api.max_attempts, idempotency.as_ref()).await? {
@@ -84,9 +92,109 @@ pub async fn create_run(
     let url = format!("/v1/runs/{id}");
     Ok(HttpResponse::Accepted().insert_header((header::LOCATION, url.clone())).json(RunAccepted {
         id: id.to_string(),
-        state: RunState::Queued,
+        state: if held { RunState::AwaitingApproval } else { RunState::Queued },
         url,
     }))
+}
+
+/// Approve a run its policy holds for approval (network access for the
+/// sandbox, or every run): it then joins its queue where it was accepted.
+/// Nobody approves a run they requested; service accounts never approve.
+#[utoipa::path(
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id", example = "01m8fd2cj1x31jpkk0spht2y3j")),
+    responses(
+        (status = 200, body = RunAccepted, description = "Approved; the run is queued", example = json!({"id": "01m8fd2cj1x31jpkk0spht2y3j", "state": "queued", "url": "/v1/runs/01m8fd2cj1x31jpkk0spht2y3j"})),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "No tools.approve here, or the caller requested the run"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "The run is not awaiting approval"),
+    ),
+    security(("bearer" = ["tools.approve"]))
+)]
+#[post("/v1/runs/{id}/approve")]
+pub async fn approve_run(
+    caller: Scoped<need::ToolsApprove>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let (caller, record) = run_for(&caller, &state, &id).await?;
+    let id = record.id;
+    if caller.principal == record.spec.requested_by {
+        return Err(Problem::new(StatusCode::FORBIDDEN, "self-approval", "Nobody approves their own run")
+            .detail(format!("{} requested run {id}; someone else must approve it", caller.principal)));
+    }
+    if record.state != RunState::AwaitingApproval {
+        return Err(Problem::new(StatusCode::CONFLICT, "not-awaiting-approval", "The run is not awaiting approval")
+            .detail(format!("run {id} is {}", record.state)));
+    }
+    let mut object = ObjectRef::new("run", id.to_string());
+    object.tenant = Some(record.spec.tenant.clone());
+    object.repository = Some(record.spec.repository.to_string());
+    let event = AuditEvent::new("run.approve", caller.actor(), object)
+        .source_ip(caller.source_ip.clone())
+        .reason(format!("requested by {}", record.spec.requested_by));
+    state.queue.identity().append_audit(&event).await?;
+    match state.queue.approve(id, &caller.principal).await? {
+        Some(RunState::Queued) => {
+            tracing::info!(run_id = %id, by = %caller.principal, "run approved");
+            let url = format!("/v1/runs/{id}");
+            Ok(HttpResponse::Ok().json(RunAccepted { id: id.to_string(), state: RunState::Queued, url }))
+        }
+        Some(other) => {
+            Err(Problem::new(StatusCode::CONFLICT, "not-awaiting-approval", "The run is not awaiting approval")
+                .detail(format!("run {id} is {other}")))
+        }
+        None => Err(Problem::not_found(format!("run {id} does not exist"))),
+    }
+}
+
+/// The run `id`, if the caller's bindings cover it (404, 403 otherwise).
+async fn run_for<'a, R: crate::auth::Requirement>(
+    caller: &'a Scoped<R>,
+    state: &AppState,
+    id: &str,
+) -> Result<(&'a Caller, RunRecord), Problem> {
+    let id: RunId = id.parse()?;
+    let record = state.queue.get(id).await?.ok_or_else(|| Problem::not_found(format!("run {id} does not exist")))?;
+    let caller = caller.on(&record.spec.tenant, &record.spec.repository.to_string())?;
+    Ok((caller, record))
+}
+
+/// The person a run is tied to, and the service acting for them. A service
+/// account must name an active person; people cannot name someone else.
+async fn requester(
+    caller: &Caller,
+    on_behalf_of: Option<&str>,
+    state: &AppState,
+) -> Result<(String, Option<String>), Problem> {
+    match (&caller.kind, on_behalf_of) {
+        (CallerKind::ServiceAccount(account), Some(person)) => {
+            let printable = !person.is_empty() && person.len() <= 256 && person.chars().all(|c| c.is_ascii_graphic());
+            if !printable {
+                return Err(Problem::bad_request("`on_behalf_of` must name a person (1-256 printable characters)")
+                    .field("on_behalf_of"));
+            }
+            if state.queue.identity().user(person).await?.deactivated {
+                return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Permission denied")
+                    .detail(format!("{person} is deactivated")));
+            }
+            Ok((person.to_owned(), Some(common::identity::Subject::ServiceAccount(account.clone()).to_string())))
+        }
+        (CallerKind::ServiceAccount(account), None) => Err(Problem::bad_request(format!(
+            "service account {account} must name the person it acts for in `on_behalf_of`"
+        ))
+        .field("on_behalf_of")),
+        (CallerKind::Bootstrap, Some(person)) => {
+            Ok((person.to_owned(), Some(crate::auth::BOOTSTRAP_PRINCIPAL.to_owned())))
+        }
+        (_, None) => Ok((caller.principal.clone(), None)),
+        (CallerKind::User, Some(_)) => Err(Problem::bad_request(
+            "only service accounts act on behalf of someone; people request runs as themselves",
+        )
+        .field("on_behalf_of")),
+    }
 }
 
 fn idempotency(
@@ -125,18 +233,20 @@ fn idempotency(
         (status = 202, body = RunAccepted, description = "The worker is stopping the run", example = json!({"id": "01m8fd2cj1x31jpkk0spht2y3j", "state": "cancelling", "url": "/v1/runs/01m8fd2cj1x31jpkk0spht2y3j"})),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "The run already finished"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["runs.create"]))
 )]
 #[post("/v1/runs/{id}/cancel")]
 pub async fn cancel_run(
-    caller: Authorized<need::RunsCreate>,
+    caller: Scoped<need::RunsCreate>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    let id: RunId = id.parse()?;
+    let (caller, record) = run_for(&caller, &state, &id).await?;
+    let id = record.id;
     let (after, before) = state
         .queue
         .cancel(id, &caller.principal)
@@ -166,18 +276,18 @@ pub async fn cancel_run(
         (status = 200, body = RunView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["runs.create"]), ("bearer" = ["logs.read"]), ("bearer" = ["tools.approve"]))
 )]
 #[get("/v1/runs/{id}")]
 pub async fn get_run(
-    _caller: Authorized<need::RunsRead>,
+    caller: Scoped<need::RunsRead>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<web::Json<RunView>, Problem> {
-    let id: RunId = id.parse()?;
-    let record = state.queue.get(id).await?.ok_or_else(|| Problem::not_found(format!("run {id} does not exist")))?;
+    let (_, record) = run_for(&caller, &state, &id).await?;
     Ok(web::Json(record.into()))
 }
 
@@ -189,12 +299,13 @@ pub async fn get_run(
         (status = 200, body = RunList),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["runs.create"]), ("bearer" = ["logs.read"]), ("bearer" = ["tools.approve"]))
 )]
 #[get("/v1/runs")]
 pub async fn list_runs(
-    _caller: Authorized<need::RunsRead>,
+    caller: Scoped<need::RunsRead>,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> Result<web::Json<RunList>, Problem> {
@@ -211,7 +322,12 @@ pub async fn list_runs(
     }
     let page = state.queue.list(filter, cursor, limit).await?;
     Ok(web::Json(RunList {
-        runs: page.runs.into_iter().map(RunView::from).collect(),
+        runs: page
+            .runs
+            .into_iter()
+            .filter(|r| caller.allows(&r.spec.tenant, &r.spec.repository.to_string()))
+            .map(RunView::from)
+            .collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),
     }))
 }
@@ -225,18 +341,19 @@ pub async fn list_runs(
         (status = 200, content_type = "text/plain", body = String),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["logs.read"]))
 )]
 #[get("/v1/runs/{id}/logs")]
 pub async fn run_logs(
-    _caller: Authorized<need::LogsRead>,
+    caller: Scoped<need::LogsRead>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    let id: RunId = id.parse()?;
-    let record = state.queue.get(id).await?.ok_or_else(|| Problem::not_found(format!("run {id} does not exist")))?;
+    let (_, record) = run_for(&caller, &state, &id).await?;
+    let id = record.id;
     let key = id.artifact_key(ArtifactKind::Logs);
     let body = if record.artifacts.contains(&key) {
         state.store.get(&key).await?.map(|b| b.to_vec()).unwrap_or_default()

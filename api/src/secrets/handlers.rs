@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use worker::queue::StoredSecret;
 
-use crate::auth::{Authorized, need};
+use crate::auth::{Scoped, need};
 use crate::problem::Problem;
 use crate::startup::AppState;
 
@@ -70,19 +70,21 @@ fn validate_name(name: &str) -> Result<(), ValidationError> {
         (status = 200, body = SecretInfo),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "secrets.encryption_key is not configured"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["providers.configure"]))
 )]
 #[put("/v1/tenants/{tenant}/secrets/{name}")]
 pub async fn put_secret(
-    caller: Authorized<need::ProvidersConfigure>,
+    caller: Scoped<need::ProvidersConfigure>,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
     body: web::Json<SecretValue>,
 ) -> Result<web::Json<SecretInfo>, Problem> {
     let (tenant, name) = path.into_inner();
     validate_tenant(&tenant)?;
+    let caller = caller.on_tenant(&tenant)?;
     validate_name(&name)?;
     let value = body.into_inner().value;
     if !(8..=4096).contains(&value.len()) {
@@ -115,17 +117,19 @@ pub async fn put_secret(
         (status = 200, body = Vec<SecretInfo>),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["providers.configure"]))
 )]
 #[get("/v1/tenants/{tenant}/secrets")]
 pub async fn list_secrets(
-    _caller: Authorized<need::ProvidersConfigure>,
+    caller: Scoped<need::ProvidersConfigure>,
     state: web::Data<AppState>,
     tenant: web::Path<String>,
 ) -> Result<web::Json<Vec<SecretInfo>>, Problem> {
     let tenant = tenant.into_inner();
     validate_tenant(&tenant)?;
+    caller.on_tenant(&tenant)?;
     let secrets = state.queue.tenant_secrets(&tenant).await?;
     Ok(web::Json(secrets.into_iter().map(|(name, stored)| SecretInfo::of(name, stored)).collect()))
 }
@@ -140,18 +144,20 @@ pub async fn list_secrets(
     responses(
         (status = 204, description = "Removed"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["providers.configure"]))
 )]
 #[delete("/v1/tenants/{tenant}/secrets/{name}")]
 pub async fn delete_secret(
-    caller: Authorized<need::ProvidersConfigure>,
+    caller: Scoped<need::ProvidersConfigure>,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, Problem> {
     let (tenant, name) = path.into_inner();
     validate_tenant(&tenant)?;
+    let caller = caller.on_tenant(&tenant)?;
     validate_name(&name)?;
     if !state.queue.delete_tenant_secret(&tenant, &name).await? {
         return Err(Problem::not_found(format!("tenant `{tenant}` has no secret `{name}`")));

@@ -104,14 +104,26 @@ async fn handle(state: &AppState, event: &str, body: &[u8]) -> Result<HttpRespon
         return Err(Problem::unavailable("the GitHub App is not configured (github.app_id)"));
     };
     let forge = |e: worker::forge::ForgeError| Problem::unavailable(format!("GitHub: {e}"));
+    let refuse = async |text: String, reason: &str| {
+        publish::comment_on_issue(app, &repo, issue, RunId::new(), &text).await.map_err(forge)?;
+        tracing::info!(%repo, issue, %sender, reason, "webhook run refused");
+        Ok(HttpResponse::Ok().json(json!({"status": "refused", "reason": reason})))
+    };
+    let person = state.config.identity.github_logins.iter().find(|(login, _)| login.eq_ignore_ascii_case(&sender));
+    let Some((_, person)) = person else {
+        let text = format!(
+            "@{sender}, your GitHub login is not linked to a person in Paddock (`identity.github_logins`), so no run can be tied to you; nothing was started."
+        );
+        return refuse(text, "the GitHub login is not linked to a person").await;
+    };
+    if state.queue.identity().user(person).await?.deactivated {
+        let text = format!("@{sender}, your Paddock account is deactivated; nothing was started.");
+        return refuse(text, "the person is deactivated").await;
+    }
     if !publish::can_write(app, &repo, &sender).await.map_err(forge)? {
         let text =
             format!("@{sender}, Paddock starts runs only for people with write access to {repo}; nothing was started.");
-        let refusal = RunId::new();
-        publish::comment_on_issue(app, &repo, issue, refusal, &text).await.map_err(forge)?;
-        tracing::info!(%repo, issue, %sender, "webhook run refused: the requester may not write");
-        return Ok(HttpResponse::Ok()
-            .json(json!({"status": "refused", "reason": "the requester may not write to the repository"})));
+        return refuse(text, "the requester may not write to the repository").await;
     }
     let spec = RunSpec {
         tenant: state.config.github.tenant.clone(),
@@ -121,7 +133,8 @@ async fn handle(state: &AppState, event: &str, body: &[u8]) -> Result<HttpRespon
         task_title: title.chars().take(RunSpec::MAX_TITLE).collect(),
         task_body: body.chars().take(RunSpec::MAX_BODY).collect(),
         agent_profile: state.config.github.agent_profile.parse::<AgentProfile>()?,
-        requested_by: format!("github:{sender}"),
+        requested_by: person.clone(),
+        via: Some(format!("github:{sender}")),
         policy: None,
         issue: Some(issue),
     };

@@ -96,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
             ("PADDOCK_GITHUB__PRIVATE_KEY_FILE".to_owned(), github.private_key_file.display().to_string()),
             ("PADDOCK_GITHUB__WEBHOOK_SECRET".to_owned(), github.webhook_secret.clone()),
             ("PADDOCK_GITHUB__BOT_LOGIN".to_owned(), github.bot_login.clone()),
+            ("PADDOCK_IDENTITY__GITHUB_LOGINS".to_owned(), r#"{"alice": "alice@example.com"}"#.to_owned()),
         ]);
         println!("forge: an emulated GitHub at {} (repository acme/widgets)", github.api_url);
         Forge::Emulated(Box::new(github))

@@ -4,6 +4,8 @@
 //! opens a draft pull request with a token for that one repository, revoked
 //! when the run ends.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use tests::github::GitHub;
 use tests::providers::EmulatedProviders;
@@ -48,6 +50,7 @@ async fn forge_with(settings: &[(&str, &str)], script: &[&str]) -> Forge {
         ("PADDOCK_GITHUB__PRIVATE_KEY_FILE", key_file.as_str()),
         ("PADDOCK_GITHUB__WEBHOOK_SECRET", github.webhook_secret.as_str()),
         ("PADDOCK_GITHUB__BOT_LOGIN", github.bot_login.as_str()),
+        ("PADDOCK_IDENTITY__GITHUB_LOGINS", r#"{"alice": "alice@example.com", "mallory": "mallory@example.com"}"#),
     ]);
     let app = spawn_app(&vars).await;
     let repo = format!("repo-{}", ulid::Ulid::new().to_string().to_lowercase());
@@ -81,7 +84,8 @@ async fn a_labelled_issue_becomes_a_draft_pull_request_with_a_full_record() {
     let (run, logs) = forge.app.wait_for_success(&id).await;
 
     // Who, which issue and repository, why it stopped.
-    assert_eq!(run["requested_by"], "github:alice");
+    assert_eq!(run["requested_by"], "alice@example.com");
+    assert_eq!(run["via"], "github:alice");
     assert_eq!((run["repository"].as_str(), run["issue"].as_u64()), (Some(forge.repo.as_str()), Some(issue)));
     assert_eq!(run["stop_reason"]["kind"], "completed", "{run:#}");
     let facts = &run["facts"];
@@ -121,7 +125,14 @@ async fn a_labelled_issue_becomes_a_draft_pull_request_with_a_full_record() {
     let body = pulls[0]["body"].as_str().unwrap();
     tests::assert_contains_all(
         body,
-        &[&format!("Fixes #{issue}"), "github:alice", "gpt-scripted via scripted", "`README.md`", "python3 -m pytest"],
+        &[
+            &format!("Fixes #{issue}"),
+            "alice@example.com",
+            "via `github:alice`",
+            "gpt-scripted via scripted",
+            "`README.md`",
+            "python3 -m pytest",
+        ],
     );
     assert_eq!(forge.github.file_on_branch(&forge.repo, branch, "README.md").unwrap(), "# Widgets\n\nhello world\n");
     let message = forge.github.commit_message(&forge.repo, branch).unwrap();
@@ -130,7 +141,8 @@ async fn a_labelled_issue_becomes_a_draft_pull_request_with_a_full_record() {
         &[
             "Paddock <paddock[bot]@users.noreply.github.com>",
             &format!("Paddock-Run: {id}"),
-            "Requested-by: github:alice",
+            "Requested-by: alice@example.com",
+            "Requested-via: github:alice",
         ],
     );
     assert_eq!(forge.github.file_on_branch(&forge.repo, "main", "README.md").unwrap(), "# Widgets\n\nhello wrold\n");
@@ -172,6 +184,19 @@ async fn a_label_from_someone_without_write_access_starts_nothing_and_says_so() 
     assert_eq!(comments.len(), 1);
     assert!(comments[0]["body"].as_str().unwrap().contains("@mallory"), "{comments:?}");
     assert!(forge.github.pulls(&forge.repo).is_empty());
+}
+
+#[tokio::test]
+async fn a_label_from_a_login_not_linked_to_a_person_starts_nothing_and_says_so() {
+    let forge = forge(REFERENCE_AGENT, FIX).await;
+    let (issue, status, answer) = forge.label_new_issue("eve").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "refused");
+    assert_eq!(answer["reason"], "the GitHub login is not linked to a person");
+    let runs: Value = forge.app.get("/v1/runs").await.json().await.unwrap();
+    assert!(runs["runs"].as_array().unwrap().is_empty(), "{runs}");
+    let comments = forge.github.comments(&forge.repo, issue);
+    assert!(comments[0]["body"].as_str().unwrap().contains("identity.github_logins"), "{comments:?}");
 }
 
 #[tokio::test]
@@ -372,4 +397,53 @@ async fn tokens_open_only_their_repository_and_only_until_they_expire() {
     assert!(!ls_remote(&forge.repo), "an expired token still reads the repository");
     let expired = credential.get(&format!("/repos/{}", forge.repo)).await;
     assert!(matches!(expired, Err(worker::forge::ForgeError::Refused(ref m)) if m.starts_with("401")), "{expired:?}");
+}
+
+#[tokio::test]
+async fn revoking_the_requester_cancels_the_run_and_kills_its_git_and_run_tokens() {
+    let forge = forge("echo working; sleep 600", &[]).await;
+    let worker = forge.app.spawn_worker().await;
+    let (_, status, accepted) = forge.label_new_issue("alice").await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    forge.app.wait_for(&id, Duration::from_secs(60), |r| r["state"] == "running").await;
+    // The agent runs once its sandbox, git token and run token are in place.
+    let started = std::time::Instant::now();
+    while !forge.app.get(&format!("/v1/runs/{id}/logs")).await.text().await.unwrap().contains("working") {
+        assert!(started.elapsed() < Duration::from_secs(60), "the agent never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let git_tokens: Vec<String> = forge
+        .github
+        .minted_tokens()
+        .into_iter()
+        .filter(|(_, asked)| asked["permissions"]["contents"] == "write")
+        .map(|(token, _)| token)
+        .collect();
+    assert_eq!(git_tokens.len(), 1, "one git token for the run");
+    assert!(forge.github.token_alive(&git_tokens[0]));
+
+    let report: Value = forge
+        .app
+        .client
+        .post(forge.app.url("/v1/security/revoke"))
+        .bearer_auth(&forge.app.token)
+        .json(&json!({"user": "alice@example.com", "reason": "account compromised"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["cancelled_runs"], json!([id]), "{report}");
+    assert_eq!(report["run_tokens_revoked"], 1, "{report}");
+    // Within seconds: the run ends cancelled by the revoker, its sandbox is gone and its git token is dead.
+    let run = forge.app.wait_for(&id, Duration::from_secs(10), |r| r["state"] == "cancelled").await;
+    assert_eq!(run["stop_reason"], json!({"kind": "cancelled", "by": "bootstrap-admin"}));
+    assert!(forge.app.sandboxes_of(&id).await.is_empty(), "the sandbox outlived the revocation");
+    assert!(!forge.github.token_alive(&git_tokens[0]), "the git token outlived the revocation");
+    let credentials = run["facts"]["credentials"].as_array().cloned().unwrap_or_default();
+    assert!(credentials.iter().all(|c| !c["revoked_at_ms"].is_null()), "{credentials:?}");
+    assert!(forge.github.pulls(&forge.repo).is_empty(), "a revoked run published");
+    worker.shutdown().await;
 }

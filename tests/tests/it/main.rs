@@ -9,6 +9,7 @@ mod attacks;
 mod gateway;
 mod github;
 mod identity;
+mod matrix;
 mod openapi;
 mod queue;
 mod runs;

@@ -14,16 +14,44 @@ fn openapi_document_is_up_to_date() {
 }
 
 #[test]
-fn openapi_document_describes_the_run_routes() {
+fn the_readme_carries_the_current_permission_matrix() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let section = format!(
+        "<!-- permission-matrix:start -->\n{}<!-- permission-matrix:end -->",
+        api::openapi::permission_matrix_markdown()
+    );
+    assert!(readme.contains(&section), "README.md's permission matrix is out of date: run `cargo xtask openapi`");
+}
+
+/// Every operation declares its security: the permissions it needs (as
+/// bearer scopes, any one of the listed requirements), the webhook
+/// signature, or explicitly none (health probes only).
+#[test]
+fn every_operation_declares_its_security() {
     let doc: serde_json::Value = serde_json::from_str(&api::openapi::document_json()).unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    let paths = doc["paths"].as_object().unwrap();
-    for (path, method) in
-        [("/v1/runs", "post"), ("/v1/runs", "get"), ("/v1/runs/{id}", "get"), ("/v1/runs/{id}/logs", "get")]
-    {
-        let op = &paths[path][method];
-        assert!(op.is_object(), "{method} {path} missing");
-        assert_eq!(op["security"][0]["bearer"], serde_json::json!([]), "{method} {path} is not behind auth");
+    let known: Vec<&str> = common::identity::Permission::ALL.iter().map(|p| p.as_str()).collect();
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let security = op["security"].as_array().unwrap_or_else(|| panic!("{method} {path} declares no security"));
+            assert!(!security.is_empty(), "{method} {path}");
+            for requirement in security {
+                let requirement = requirement.as_object().unwrap();
+                if requirement.is_empty() {
+                    assert!(["/healthz", "/readyz"].contains(&path.as_str()), "{method} {path} is open");
+                } else if let Some(scopes) = requirement.get("bearer") {
+                    let scopes = scopes.as_array().unwrap();
+                    assert!(!scopes.is_empty(), "{method} {path} names no permission");
+                    assert!(scopes.iter().all(|s| known.contains(&s.as_str().unwrap())), "{method} {path}: {scopes:?}");
+                } else {
+                    assert_eq!(path, "/v1/webhooks/github", "{method} {path}");
+                    assert!(requirement.contains_key("github_signature"));
+                }
+            }
+        }
     }
-    assert!(paths["/v1/runs"]["post"]["responses"]["202"].is_object());
+    assert!(operations >= 30, "{operations}");
 }

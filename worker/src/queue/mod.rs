@@ -7,6 +7,7 @@
 
 mod backend;
 mod conn;
+pub mod identity;
 pub mod leases;
 
 use std::collections::BTreeMap;
@@ -140,6 +141,7 @@ struct Scripts {
     gcra: Script,
     budget: Script,
     list: Script,
+    approve: Script,
 }
 
 impl Scripts {
@@ -157,6 +159,7 @@ impl Scripts {
             gcra: with_lib(include_str!("lua/gcra.lua")),
             budget: with_lib(include_str!("lua/budget.lua")),
             list: with_lib(include_str!("lua/list.lua")),
+            approve: with_lib(include_str!("lua/approve.lua")),
         }
     }
 }
@@ -196,7 +199,7 @@ pub struct RunQueue {
     scripts: Arc<Scripts>,
 }
 
-const RECORD_FIELDS: [&str; 15] = [
+const RECORD_FIELDS: [&str; 16] = [
     "id",
     "spec",
     "state",
@@ -212,6 +215,7 @@ const RECORD_FIELDS: [&str; 15] = [
     "epoch",
     "cancel_by",
     "facts",
+    "approved_by",
 ];
 
 impl RunQueue {
@@ -271,6 +275,7 @@ impl RunQueue {
             .arg(idempotency.map_or("", |i| i.key.as_str()))
             .arg(idempotency.map_or("", |i| i.fingerprint.as_str()))
             .arg(idempotency.map_or(0, |i| i.ttl.as_millis() as u64))
+            .arg(if spec.policy.as_ref().is_some_and(|p| p.needs_approval()) { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await?;
         match kind.as_str() {
@@ -417,6 +422,33 @@ impl RunQueue {
             rows.into_iter().filter(|row| row[0].is_some()).map(record_from_fields).collect::<Result<Vec<_>, _>>()?;
         let next_cursor = if next.is_empty() { None } else { Some(next.parse().map_err(|e| corrupt(&next, e))?) };
         Ok(RunPage { runs, next_cursor })
+    }
+
+    /// Approves a run waiting for approval: it joins its queue where it was
+    /// accepted. Returns the state after the call, or `None` when the run
+    /// does not exist.
+    pub async fn approve(&self, id: RunId, by: &str) -> Result<Option<RunState>, QueueError> {
+        let mut conn = self.conn.clone();
+        let state: Option<String> =
+            self.scripts.approve.key(&*self.prefix).arg(id.to_string()).arg(by).invoke_async(&mut conn).await?;
+        state.map(|s| s.parse().map_err(|e| corrupt(id, e))).transpose()
+    }
+
+    /// Every run not finished yet (queued, delayed, running, cancelling).
+    pub async fn live_runs(&self) -> Result<Vec<RunRecord>, QueueError> {
+        let mut live = Vec::new();
+        for state in RunState::ALL.into_iter().filter(|s| !s.is_terminal()) {
+            let mut cursor = None;
+            loop {
+                let page = self.list(Some(state), cursor, 100).await?;
+                live.extend(page.runs);
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(live)
     }
 
     /// Appends output of a running run to its tail in Redis (capped).
@@ -711,7 +743,12 @@ impl RunQueue {
     pub async fn put_gateway_token(&self, hash: &str, grant: &GatewayGrant, ttl: Duration) -> Result<(), QueueError> {
         let json = serde_json::to_string(grant).map_err(|e| corrupt("gateway grant", e))?;
         let mut conn = self.conn.clone();
-        let _: () = conn.pset_ex(self.key(&format!("gwtok:{hash}")), json, ttl.as_millis() as u64).await?;
+        let ttl_ms = ttl.as_millis() as u64;
+        let _: () = redis::pipe()
+            .pset_ex(self.key(&format!("gwtok:{hash}")), json, ttl_ms)
+            .pset_ex(self.key(&format!("gwtok:run:{}", grant.run)), hash, ttl_ms)
+            .query_async(&mut conn)
+            .await?;
         Ok(())
     }
 
@@ -756,9 +793,20 @@ impl RunQueue {
         Ok(calls)
     }
 
-    pub async fn revoke_gateway_token(&self, hash: &str) -> Result<(), QueueError> {
+    /// Revokes the gateway token of `run`, if it has a live one; whether it had.
+    pub async fn revoke_run_gateway_token(&self, run: RunId) -> Result<bool, QueueError> {
         let mut conn = self.conn.clone();
-        let _: i64 = conn.del(self.key(&format!("gwtok:{hash}"))).await?;
+        let index = self.key(&format!("gwtok:run:{run}"));
+        let hash: Option<String> = conn.get(&index).await?;
+        let Some(hash) = hash else { return Ok(false) };
+        let (removed, _): (i64, i64) =
+            redis::pipe().del(self.key(&format!("gwtok:{hash}"))).del(&index).query_async(&mut conn).await?;
+        Ok(removed > 0)
+    }
+
+    pub async fn revoke_gateway_token(&self, run: RunId, hash: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.del(&[self.key(&format!("gwtok:{hash}")), self.key(&format!("gwtok:run:{run}"))]).await?;
         Ok(())
     }
 
@@ -856,7 +904,8 @@ fn record_from_fields(values: Vec<Option<String>>) -> Result<RunRecord, QueueErr
         _epoch,
         cancelled_by,
         facts,
-    ]: [Option<String>; 15] = values.try_into().map_err(|_| corrupt("?", "wrong field count"))?;
+        approved_by,
+    ]: [Option<String>; 16] = values.try_into().map_err(|_| corrupt("?", "wrong field count"))?;
     let id = id.unwrap_or_default();
     let bad = |detail: &str| corrupt(&id, detail);
     let number = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
@@ -891,6 +940,7 @@ fn record_from_fields(values: Vec<Option<String>>) -> Result<RunRecord, QueueErr
         artifacts,
         last_error,
         cancelled_by,
+        approved_by,
     })
 }
 

@@ -1,10 +1,12 @@
 -- ARGV: id, tenant, repo, band, spec_json, max_attempts,
---       idem_key (`<caller>:<key>` or empty), fingerprint, idem_ttl_ms
+--       idem_key (`<caller>:<key>` or empty), fingerprint, idem_ttl_ms,
+--       hold ('1': the run waits for approval instead of joining its queue)
 -- Returns {'created', id, created_ms}, or {'existing', id, same_request}
 -- when the idempotency key was used before (same_request is 1 when the
 -- fingerprints match).
 local id, tenant, repo, band, spec, max_attempts = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local idem, fingerprint, idem_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9])
+local hold = ARGV[10] == '1'
 if idem ~= '' then
   local key = p .. 'idem:' .. idem
   local seen = redis.call('HMGET', key, 'id', 'fingerprint')
@@ -26,13 +28,19 @@ local now = now_ms()
 -- A sequence, not the clock, orders a repository's queue: runs enqueued in
 -- the same millisecond keep their order.
 local seq = redis.call('INCR', p .. 'seq')
+local state = 'queued'
+if hold then
+  state = 'awaiting_approval'
+end
 redis.call('HSET', job, 'id', id, 'tenant', tenant, 'repo', repo, 'band', band, 'spec', spec,
-  'state', 'queued', 'attempt', 0, 'max_attempts', max_attempts, 'epoch', 0,
+  'state', state, 'attempt', 0, 'max_attempts', max_attempts, 'epoch', 0,
   'created_ms', now, 'enq_score', seq)
 redis.call('ZADD', p .. 'idx:all', 0, id)
-redis.call('ZADD', p .. 'idx:state:queued', 0, id)
-count('queued', tenant, repo, 1)
-make_ready(id, band, tenant, repo, seq)
-event(id, 'queued')
+redis.call('ZADD', p .. 'idx:state:' .. state, 0, id)
+count(state, tenant, repo, 1)
+if not hold then
+  make_ready(id, band, tenant, repo, seq)
+end
+event(id, state)
 prune_index(p .. 'idx:all', 5)
 return {'created', id, now}

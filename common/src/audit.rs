@@ -1,0 +1,118 @@
+//! One audit event schema for every action Paddock takes or refuses. The
+//! envelope follows the Kubernetes audit event: who (the person, and the
+//! service acting for them), from where, did what to which object, with
+//! what outcome; configuration changes carry the object before and after.
+//! Events never hold secret values, only fingerprints.
+
+use serde::{Deserialize, Serialize};
+
+/// Who acted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Actor {
+    /// The person the action is tied to (or `bootstrap-admin`, `system`).
+    #[schema(example = "alice@example.com")]
+    pub principal: String,
+    /// How they proved it: `oidc`, `service-account`, `bootstrap`,
+    /// `github-webhook`, `worker`.
+    #[schema(example = "oidc")]
+    pub method: String,
+    /// The service account (or integration) acting for the principal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "service-account:portal")]
+    pub via: Option<String>,
+}
+
+/// What the action was about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ObjectRef {
+    /// `run`, `binding`, `service-account`, `token`, `user`, `policy`, …
+    #[schema(example = "binding")]
+    pub kind: String,
+    #[schema(example = "01jbd3k6q3x9a7m2c5v8w0z4ty")]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditEvent {
+    /// Unique; consumers deduplicate on it.
+    #[schema(example = "01jbd3k6q3x9a7m2c5v8w0z4ty")]
+    pub id: String,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// `<object>.<verb>`, e.g. `binding.create`, `token.revoke`.
+    #[schema(example = "binding.create")]
+    pub action: String,
+    pub actor: Actor,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "10.0.4.17")]
+    pub source_ip: Option<String>,
+    pub object: ObjectRef,
+    pub outcome: Outcome,
+    /// Why, when there is more to say (a refusal's reason, a revocation's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The object before the change (configuration changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub before: Option<serde_json::Value>,
+    /// The object after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub after: Option<serde_json::Value>,
+}
+
+impl AuditEvent {
+    /// A successful action at the current time.
+    pub fn new(action: &str, actor: Actor, object: ObjectRef) -> Self {
+        Self {
+            id: ulid::Ulid::new().to_string().to_lowercase(),
+            time_ms: now_ms(),
+            action: action.to_owned(),
+            actor,
+            source_ip: None,
+            object,
+            outcome: Outcome::Success,
+            reason: None,
+            before: None,
+            after: None,
+        }
+    }
+
+    pub fn change<B: Serialize, A: Serialize>(mut self, before: Option<&B>, after: Option<&A>) -> Self {
+        self.before = before.and_then(|b| serde_json::to_value(b).ok());
+        self.after = after.and_then(|a| serde_json::to_value(a).ok());
+        self
+    }
+
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    pub fn source_ip(mut self, ip: Option<String>) -> Self {
+        self.source_ip = ip;
+        self
+    }
+}
+
+impl ObjectRef {
+    pub fn new(kind: &str, id: impl Into<String>) -> Self {
+        Self { kind: kind.to_owned(), id: id.into(), tenant: None, repository: None }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
+}

@@ -1,0 +1,278 @@
+//! Identity records in Redis: role bindings, service accounts and their
+//! tokens (SHA-256 only), deactivated users, and the audit events of every
+//! change to them. A change and its audit event are written in one atomic
+//! transaction, so neither exists without the other.
+//!
+//! Keys (under the deployment's `{namespace}:` prefix): `rbac:bindings`
+//! (id → binding), `sa:accounts` (name → account), `sa:tokens` (id →
+//! token record), `sa:hash:<sha256>` (→ token id), `users` (name → user
+//! status), `audit:events` (list, oldest first).
+
+use std::collections::BTreeMap;
+
+use common::audit::AuditEvent;
+use common::identity::{Binding, Permission};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use super::{QueueError, RunQueue, conn::Conn, corrupt};
+
+/// A non-human caller, accountable to the person who owns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServiceAccount {
+    #[schema(example = "portal")]
+    pub name: String,
+    #[schema(example = "Internal developer portal")]
+    pub description: String,
+    /// The person accountable for the account.
+    #[schema(example = "alice@example.com")]
+    pub owner: String,
+    pub created_by: String,
+    pub created_at_ms: u64,
+}
+
+/// A service-account token as stored: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenRecord {
+    #[schema(example = "01jbd3k6q3x9a7m2c5v8w0z4ty")]
+    pub id: String,
+    #[schema(example = "portal")]
+    pub account: String,
+    /// The permissions this token may use (within the account's bindings).
+    pub scopes: Vec<Permission>,
+    pub expires_at_ms: u64,
+    /// The token's last four characters, to tell tokens apart.
+    #[schema(example = "x9Qz")]
+    pub last4: String,
+    pub created_by: String,
+    pub created_at_ms: u64,
+    #[serde(default)]
+    pub revoked_at_ms: Option<u64>,
+    #[serde(default)]
+    pub revoked_by: Option<String>,
+}
+
+impl TokenRecord {
+    pub fn live(&self, now_ms: u64) -> bool {
+        self.revoked_at_ms.is_none() && now_ms < self.expires_at_ms
+    }
+}
+
+/// What Paddock knows about a person beyond their identity provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UserStatus {
+    /// Deactivated people are refused whatever token they show.
+    pub deactivated: bool,
+    /// Identity-provider tokens issued before this instant are refused.
+    #[serde(default)]
+    pub tokens_revoked_before_ms: Option<u64>,
+    #[serde(default)]
+    pub changed_by: Option<String>,
+    #[serde(default)]
+    pub changed_at_ms: Option<u64>,
+}
+
+/// Which audit events to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub object_id: Option<String>,
+}
+
+impl AuditFilter {
+    fn matches(&self, e: &AuditEvent) -> bool {
+        self.since_ms.is_none_or(|s| e.time_ms >= s)
+            && self.until_ms.is_none_or(|u| e.time_ms < u)
+            && self.action.as_ref().is_none_or(|a| &e.action == a)
+            && self.actor.as_ref().is_none_or(|a| &e.actor.principal == a || e.actor.via.as_ref() == Some(a))
+            && self.object_id.as_ref().is_none_or(|o| &e.object.id == o)
+    }
+}
+
+#[derive(Clone)]
+pub struct IdentityStore {
+    conn: Conn,
+    prefix: std::sync::Arc<str>,
+}
+
+impl RunQueue {
+    pub fn identity(&self) -> IdentityStore {
+        IdentityStore { conn: self.conn.clone(), prefix: self.prefix.clone() }
+    }
+}
+
+fn to_json<T: Serialize>(what: &str, value: &T) -> Result<String, QueueError> {
+    serde_json::to_string(value).map_err(|e| corrupt(what, e))
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Result<T, QueueError> {
+    serde_json::from_str(json).map_err(|e| corrupt(what, e))
+}
+
+impl IdentityStore {
+    fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    /// Starts a transaction that also appends `event` to the audit list.
+    fn audited(&self, event: &AuditEvent) -> Result<redis::Pipeline, QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic().rpush(self.key("audit:events"), to_json("audit event", event)?).ignore();
+        Ok(pipe)
+    }
+
+    pub async fn append_audit(&self, event: &AuditEvent) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let () = self.audited(event)?.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Events matching `filter`, oldest first, at most `limit`.
+    pub async fn audit_events(&self, filter: &AuditFilter, limit: usize) -> Result<Vec<AuditEvent>, QueueError> {
+        let mut conn = self.conn.clone();
+        let all: Vec<String> = conn.lrange(self.key("audit:events"), 0, -1).await?;
+        let mut out = Vec::new();
+        for json in all {
+            let event: AuditEvent = from_json("audit event", &json)?;
+            if filter.matches(&event) {
+                out.push(event);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn bindings(&self) -> Result<Vec<Binding>, QueueError> {
+        let mut conn = self.conn.clone();
+        let all: BTreeMap<String, String> = conn.hgetall(self.key("rbac:bindings")).await?;
+        all.values().map(|json| from_json("binding", json)).collect()
+    }
+
+    pub async fn add_binding(&self, binding: &Binding, event: &AuditEvent) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let () = self
+            .audited(event)?
+            .hset(self.key("rbac:bindings"), &binding.id, to_json("binding", binding)?)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn binding(&self, id: &str) -> Result<Option<Binding>, QueueError> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn.hget(self.key("rbac:bindings"), id).await?;
+        json.map(|j| from_json("binding", &j)).transpose()
+    }
+
+    pub async fn remove_binding(&self, id: &str, event: &AuditEvent) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let () = self.audited(event)?.hdel(self.key("rbac:bindings"), id).ignore().query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    pub async fn service_accounts(&self) -> Result<Vec<ServiceAccount>, QueueError> {
+        let mut conn = self.conn.clone();
+        let all: BTreeMap<String, String> = conn.hgetall(self.key("sa:accounts")).await?;
+        all.values().map(|json| from_json("service account", json)).collect()
+    }
+
+    pub async fn service_account(&self, name: &str) -> Result<Option<ServiceAccount>, QueueError> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn.hget(self.key("sa:accounts"), name).await?;
+        json.map(|j| from_json("service account", &j)).transpose()
+    }
+
+    /// Creates the account unless one has the name; whether it was created.
+    pub async fn create_service_account(
+        &self,
+        account: &ServiceAccount,
+        event: &AuditEvent,
+    ) -> Result<bool, QueueError> {
+        // One script, so the account and its audit event exist together.
+        let script = redis::Script::new(
+            "if redis.call('HSETNX', KEYS[1] .. 'sa:accounts', ARGV[1], ARGV[2]) == 1 then \
+               redis.call('RPUSH', KEYS[1] .. 'audit:events', ARGV[3]) return 1 end return 0",
+        );
+        let mut conn = self.conn.clone();
+        let created: i64 = script
+            .key(&*self.prefix)
+            .arg(&account.name)
+            .arg(to_json("account", account)?)
+            .arg(to_json("audit event", event)?)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(created == 1)
+    }
+
+    /// Stores a new token by the SHA-256 (hex) of its value.
+    pub async fn add_token(&self, hash: &str, token: &TokenRecord, event: &AuditEvent) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let () = self
+            .audited(event)?
+            .hset(self.key("sa:tokens"), &token.id, to_json("token", token)?)
+            .ignore()
+            .set(self.key(&format!("sa:hash:{hash}")), &token.id)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The token whose value hashes to `hash`, if it was ever issued.
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, QueueError> {
+        let mut conn = self.conn.clone();
+        let id: Option<String> = conn.get(self.key(&format!("sa:hash:{hash}"))).await?;
+        match id {
+            Some(id) => self.token(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    pub async fn token(&self, id: &str) -> Result<Option<TokenRecord>, QueueError> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn.hget(self.key("sa:tokens"), id).await?;
+        json.map(|j| from_json("token", &j)).transpose()
+    }
+
+    /// Every token ever issued, oldest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, QueueError> {
+        let mut conn = self.conn.clone();
+        let all: BTreeMap<String, String> = conn.hgetall(self.key("sa:tokens")).await?;
+        all.values().map(|json| from_json("token", json)).collect()
+    }
+
+    /// Replaces a token record (revocation), with its audit event.
+    pub async fn update_token(&self, token: &TokenRecord, event: &AuditEvent) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let () = self
+            .audited(event)?
+            .hset(self.key("sa:tokens"), &token.id, to_json("token", token)?)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn user(&self, name: &str) -> Result<UserStatus, QueueError> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn.hget(self.key("users"), name).await?;
+        Ok(json.map(|j| from_json("user", &j)).transpose()?.unwrap_or_default())
+    }
+
+    pub async fn set_user(&self, name: &str, status: &UserStatus, event: &AuditEvent) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let () = self
+            .audited(event)?
+            .hset(self.key("users"), name, to_json("user", status)?)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
