@@ -78,6 +78,8 @@ pub enum Role {
     ProviderAdmin,
     Auditor,
     Admin,
+    /// Revokes credentials in an incident, without administering anything.
+    SecurityResponder,
 }
 
 impl Role {
@@ -90,6 +92,7 @@ impl Role {
             Role::ProviderAdmin => &[ProvidersConfigure],
             Role::Auditor => &[AuditRead],
             Role::Admin => &[ProvidersConfigure, LimitsManage, RbacManage, SecurityRevoke],
+            Role::SecurityResponder => &[SecurityRevoke],
         }
     }
 }
@@ -106,8 +109,15 @@ impl FromStr for Permission {
 }
 
 impl Role {
-    pub const ALL: [Role; 6] =
-        [Role::Requester, Role::Approver, Role::LogViewer, Role::ProviderAdmin, Role::Auditor, Role::Admin];
+    pub const ALL: [Role; 7] = [
+        Role::Requester,
+        Role::Approver,
+        Role::LogViewer,
+        Role::ProviderAdmin,
+        Role::Auditor,
+        Role::Admin,
+        Role::SecurityResponder,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -117,6 +127,7 @@ impl Role {
             Role::ProviderAdmin => "provider-admin",
             Role::Auditor => "auditor",
             Role::Admin => "admin",
+            Role::SecurityResponder => "security-responder",
         }
     }
 }
