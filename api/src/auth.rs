@@ -237,7 +237,7 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, Problem> {
     }
     let identity = verifier.verify(token).await.map_err(|why| unauthorized(&why))?;
     let principal = identity.email.clone().unwrap_or(identity.subject.clone());
-    let store = state.queue.identity();
+    let store = state.identity();
     let status = store.user(&principal).await?;
     if status.deactivated {
         return Err(unauthorized(&format!("{principal} is deactivated")));
@@ -264,7 +264,7 @@ async fn service_account(state: &AppState, token: &str, source_ip: Option<String
     if !is_service_token(token) {
         return Err(unauthorized("the token is not a Paddock service-account token (bad checksum)"));
     }
-    let store = state.queue.identity();
+    let store = state.identity();
     let record =
         store.token_by_hash(&token_hash_hex(token)).await?.ok_or_else(|| unauthorized("the token is not valid"))?;
     if record.revoked_at_ms.is_some() {

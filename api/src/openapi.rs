@@ -31,6 +31,7 @@ where
         .service(runs::handlers::run_logs)
         .service(runs::handlers::cancel_run)
         .service(runs::handlers::approve_run)
+        .service(runs::record::run_record)
         .service(limits::handlers::get_limits)
         .service(limits::handlers::put_tenant_limits)
         .service(limits::handlers::put_repo_limit)
@@ -57,6 +58,7 @@ where
         .service(identity::revoke::activate_user)
         .service(identity::revoke::get_user)
         .service(identity::handlers::audit_events)
+        .service(identity::handlers::verify_audit)
         .default_service(actix_web::web::to(problem::not_found))
         .split_for_parts();
     doc.info = InfoBuilder::new()

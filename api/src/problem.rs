@@ -100,7 +100,16 @@ impl From<worker::queue::QueueError> for Problem {
         match e {
             worker::queue::QueueError::Redis(_) => Problem::unavailable("the run store (Redis) is unavailable"),
             worker::queue::QueueError::Corrupt { .. } => Problem::internal(),
+            worker::queue::QueueError::Audit(e) => e.into(),
         }
+    }
+}
+
+impl From<worker::audit::AuditError> for Problem {
+    fn from(e: worker::audit::AuditError) -> Self {
+        tracing::error!(error = %e, "audit trail");
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable", "The audit trail is unavailable")
+            .detail("the action was refused because its audit event could not be stored durably; retry later")
     }
 }
 

@@ -8,7 +8,9 @@ use actix_web::{App, HttpServer, web};
 use common::config::Config;
 use secrecy::ExposeSecret;
 use worker::artifacts::S3Store;
+use worker::audit::AuditTrail;
 use worker::queue::RunQueue;
+use worker::queue::identity::IdentityStore;
 
 use crate::auth::token_digest;
 use crate::openapi;
@@ -24,6 +26,16 @@ pub struct AppState {
     pub oidc: Option<std::sync::Arc<crate::oidc::OidcVerifier>>,
     /// The GitHub App, when configured (webhooks check requesters with it).
     pub github: Option<std::sync::Arc<worker::forge::GitHubApp>>,
+    /// This process's stream of the audit trail.
+    pub audit: std::sync::Arc<AuditTrail>,
+}
+
+impl AppState {
+    /// Identity records whose every change is written to the audit trail
+    /// first (refused with 503 when it cannot be).
+    pub fn identity(&self) -> IdentityStore {
+        self.queue.identity().with_trail(self.audit.clone())
+    }
 }
 
 pub struct Application {
@@ -43,6 +55,12 @@ impl Application {
             );
         }
         let admin_token_digest = token_digest(token);
+        let Some(signing_key) = &config.audit.signing_key else {
+            anyhow::bail!(
+                "invalid configuration: `audit.signing_key` must be set (32 bytes, base64: `openssl rand -base64 32`); Paddock does not act without an audit trail"
+            );
+        };
+        let signing_key = worker::audit::signing_key(signing_key.expose_secret())?;
         let queue = RunQueue::connect(&config.redis).await?;
         let store = S3Store::new(&config.s3);
         let listener = TcpListener::bind(&config.api.listen)
@@ -50,7 +68,11 @@ impl Application {
         let port = listener.local_addr()?.port();
         let github = worker::forge::GitHubApp::from_config(&config.github)?.map(std::sync::Arc::new);
         let oidc = config.identity.oidc.clone().map(|c| std::sync::Arc::new(crate::oidc::OidcVerifier::new(c)));
-        let state = web::Data::new(AppState { config, queue, store, admin_token_digest, oidc, github });
+        let interval = std::time::Duration::from_secs(config.audit.digest_interval_seconds);
+        let audit =
+            std::sync::Arc::new(AuditTrail::new(store.clone(), &config.audit.prefix, "api", signing_key, interval));
+        spawn_digests(std::sync::Arc::downgrade(&audit), interval);
+        let state = web::Data::new(AppState { config, queue, store, admin_token_digest, oidc, github, audit });
         let server = HttpServer::new(move || openapi::routes(App::new().app_data(state.clone())).0)
             .listen(listener)?
             .shutdown_timeout(30)
@@ -65,6 +87,22 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// Writes a digest every `interval` while the API runs, so no segment waits
+/// longer than that for one.
+fn spawn_digests(trail: std::sync::Weak<AuditTrail>, interval: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let Some(trail) = trail.upgrade() else { return };
+            if let Err(error) = trail.flush().await {
+                tracing::error!(%error, "writing an audit digest failed; retrying at the next interval");
+            }
+        }
+    });
 }
 
 /// Extractor configuration that turns every extractor failure into problem+json.

@@ -26,6 +26,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub github: GitHubConfig,
     pub identity: IdentityConfig,
+    pub audit: AuditConfig,
     /// Agent profiles by name; a run names one (or gets `default`).
     pub agents: BTreeMap<String, AgentConfig>,
 }
@@ -339,6 +340,34 @@ fn default_leeway() -> u64 {
     60
 }
 
+/// The tamper-evident audit trail in object storage (`s3.bucket`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Ed25519 key that signs digests: 32 bytes, base64
+    /// (`openssl rand -base64 32`). The API refuses to start without it.
+    #[serde(serialize_with = "serialize_optional_secret")]
+    pub signing_key: Option<SecretString>,
+    /// Further public keys (base64) whose digests verify, e.g. the keys
+    /// used before a rotation.
+    pub trusted_public_keys: Vec<String>,
+    /// Key prefix of segments and digests in the bucket.
+    pub prefix: String,
+    /// At most this long between a segment and the digest that lists it.
+    pub digest_interval_seconds: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            signing_key: None,
+            trusted_public_keys: Vec::new(),
+            prefix: "audit/v1".to_owned(),
+            digest_interval_seconds: 300,
+        }
+    }
+}
+
 /// Secrets tenants register for redaction are kept sealed in Redis.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -513,6 +542,7 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             github: GitHubConfig::default(),
             identity: IdentityConfig::default(),
+            audit: AuditConfig::default(),
             agents: BTreeMap::from([
                 ("default".to_owned(), AgentConfig::command("git status --short")),
                 ("reference".to_owned(), AgentConfig::command("paddock-agent")),
@@ -696,6 +726,12 @@ impl Config {
         }
         if self.api.max_attempts == 0 {
             return invalid("api.max_attempts", "must be at least 1");
+        }
+        if self.audit.digest_interval_seconds == 0 {
+            return invalid("audit.digest_interval_seconds", "must be at least 1");
+        }
+        if self.audit.prefix.trim_matches('/').is_empty() {
+            return invalid("audit.prefix", "must not be empty");
         }
         for name in &self.gateway.allowed_providers {
             if !self.gateway.providers.contains_key(name) {

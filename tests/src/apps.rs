@@ -29,6 +29,9 @@ pub struct TestApp {
 
 /// Starts the API with test defaults; `overrides` are extra `PADDOCK_*`
 /// variables (for example an agent command or a short timeout).
+/// The audit signing key of test deployments (32 bytes, base64).
+pub const TEST_AUDIT_KEY: &str = "cGFkZG9jay10ZXN0LWF1ZGl0LXNpZ25pbmcta2V5ISE=";
+
 pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     common::telemetry::init();
     let git = GitServer::start().await;
@@ -41,6 +44,8 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
         ("PADDOCK_REDIS__NAMESPACE", format!("t-{id}")),
         ("PADDOCK_API__LISTEN", "127.0.0.1:0".to_owned()),
         ("PADDOCK_API__BOOTSTRAP_ADMIN_TOKEN", token.clone()),
+        ("PADDOCK_AUDIT__SIGNING_KEY", TEST_AUDIT_KEY.to_owned()),
+        ("PADDOCK_AUDIT__PREFIX", format!("audit-t-{id}")),
         ("PADDOCK_GIT__BASE_URL", git.base_url.clone()),
         ("PADDOCK_WORKER__NAME", "test-worker".to_owned()),
         ("PADDOCK_WORKER__WORK_DIR", scratch.join("work").display().to_string()),

@@ -12,11 +12,12 @@ pub mod fixtures;
 pub mod git_server;
 pub mod github;
 pub mod oidc;
+pub mod outage;
 pub mod providers;
 pub mod redis_server;
 pub mod services;
 
-pub use apps::{TestApp, WorkerHandle, WorkerProcess, spawn_app};
+pub use apps::{TEST_AUDIT_KEY, TestApp, WorkerHandle, WorkerProcess, spawn_app};
 pub use git_server::GitServer;
 
 /// Asserts that `text` (usually a run's log) holds every one of `needles`,

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod artifacts;
+pub mod audit;
 pub mod egress;
 pub mod forge;
 pub mod gateway;

@@ -640,6 +640,7 @@ impl Runtime {
             agent_profile: run.spec.agent_profile.as_str(),
             command: facts.as_ref().map(|f| f.command.as_str()),
             requested_by: &run.spec.requested_by,
+            via: run.spec.via.as_deref(),
             image: &image,
             policy: &self.policy_of(run),
             stop_reason: &reason,
@@ -902,6 +903,7 @@ struct Summary<'a> {
     agent_profile: &'a str,
     command: Option<&'a str>,
     requested_by: &'a str,
+    via: Option<&'a str>,
     image: &'a str,
     /// The sandbox policy the run executed under.
     policy: &'a SandboxPolicy,

@@ -44,7 +44,7 @@ pub async fn list_bindings(
     _caller: Authorized<need::RbacManage>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<Vec<Binding>>, Problem> {
-    let mut bindings = state.queue.identity().bindings().await?;
+    let mut bindings = state.identity().bindings().await?;
     bindings.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(web::Json(bindings))
 }
@@ -70,7 +70,7 @@ pub async fn create_binding(
     body: web::Json<NewBinding>,
 ) -> Result<HttpResponse, Problem> {
     let body = body.into_inner();
-    let store = state.queue.identity();
+    let store = state.identity();
     if let Subject::ServiceAccount(name) = &body.subject
         && store.service_account(name).await?.is_none()
     {
@@ -110,7 +110,7 @@ pub async fn delete_binding(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    let store = state.queue.identity();
+    let store = state.identity();
     let binding =
         store.binding(&id).await?.ok_or_else(|| Problem::not_found(format!("binding {id} does not exist")))?;
     let event = AuditEvent::new("binding.delete", caller.actor(), ObjectRef::new("binding", &binding.id))
@@ -148,7 +148,7 @@ pub async fn list_service_accounts(
     _caller: Authorized<need::RbacManage>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<Vec<ServiceAccount>>, Problem> {
-    Ok(web::Json(state.queue.identity().service_accounts().await?))
+    Ok(web::Json(state.identity().service_accounts().await?))
 }
 
 /// Create a service account for a portal or automation. It holds nothing
@@ -193,7 +193,7 @@ pub async fn create_service_account(
         AuditEvent::new("service_account.create", caller.actor(), ObjectRef::new("service-account", &account.name))
             .source_ip(caller.source_ip.clone())
             .change(None::<&ServiceAccount>, Some(&account));
-    if !state.queue.identity().create_service_account(&account, &event).await? {
+    if !state.identity().create_service_account(&account, &event).await? {
         return Err(Problem::new(StatusCode::CONFLICT, "exists", "The service account exists")
             .detail(format!("a service account named {} exists", account.name))
             .field("name"));
@@ -243,7 +243,7 @@ pub async fn create_token(
     name: web::Path<String>,
     body: web::Json<NewToken>,
 ) -> Result<HttpResponse, Problem> {
-    let store = state.queue.identity();
+    let store = state.identity();
     let account = store
         .service_account(&name)
         .await?
@@ -301,7 +301,7 @@ pub async fn list_tokens(
     state: web::Data<AppState>,
     name: web::Path<String>,
 ) -> Result<web::Json<Vec<TokenRecord>>, Problem> {
-    let store = state.queue.identity();
+    let store = state.identity();
     if store.service_account(&name).await?.is_none() {
         return Err(Problem::not_found(format!("service account {name} does not exist")));
     }
@@ -330,7 +330,7 @@ pub async fn revoke_token(
     path: web::Path<(String, String)>,
 ) -> Result<web::Json<TokenRecord>, Problem> {
     let (name, id) = path.into_inner();
-    let store = state.queue.identity();
+    let store = state.identity();
     let token = store
         .token(&id)
         .await?
@@ -387,5 +387,52 @@ pub async fn audit_events(
         actor: query.actor,
         object_id: query.object,
     };
-    Ok(web::Json(state.queue.identity().audit_events(&filter, limit).await?))
+    Ok(web::Json(state.identity().audit_events(&filter, limit).await?))
+}
+
+/// The time range to verify.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct VerifyQuery {
+    /// From this instant (ms since the epoch); default the epoch.
+    pub since_ms: Option<u64>,
+    /// Until this instant (ms since the epoch); default now.
+    pub until_ms: Option<u64>,
+}
+
+/// Verify the audit trail of a time range in object storage: each digest's
+/// Ed25519 signature (this deployment's key or `audit.trusted_public_keys`)
+/// and its link to the previous digest, each listed segment's presence and
+/// SHA-256, the events' numbering and hash chain, and segments no digest
+/// lists. Findings name the object and what is wrong with it.
+#[utoipa::path(
+    tag = "audit",
+    params(VerifyQuery),
+    responses(
+        (status = 200, body = worker::audit::VerifyReport),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["audit.read"]))
+)]
+#[get("/v1/audit/verify")]
+pub async fn verify_audit(
+    _caller: Authorized<need::AuditRead>,
+    state: web::Data<AppState>,
+    query: web::Query<VerifyQuery>,
+) -> Result<web::Json<worker::audit::VerifyReport>, Problem> {
+    let mut trusted = vec![state.audit.public_key()];
+    for (i, key) in state.config.audit.trusted_public_keys.iter().enumerate() {
+        let key = worker::audit::verifying_key(key).map_err(|e| {
+            tracing::error!(error = %e, index = i, "audit.trusted_public_keys");
+            Problem::internal()
+        })?;
+        trusted.push(key);
+    }
+    let until = query.until_ms.unwrap_or(u64::MAX);
+    let report =
+        worker::audit::verify(&state.store, &state.config.audit.prefix, &trusted, query.since_ms.unwrap_or(0), until)
+            .await?;
+    Ok(web::Json(report))
 }

@@ -123,7 +123,7 @@ async fn revoke_user(
     reason: &str,
     deactivate: bool,
 ) -> Result<RevokeReport, Problem> {
-    let store = state.queue.identity();
+    let store = state.identity();
     let before = store.user(user).await?;
     let now = now_ms();
     let after = UserStatus {
@@ -190,7 +190,7 @@ async fn revoke_service_accounts(
     which: &str,
     reason: &str,
 ) -> Result<RevokeReport, Problem> {
-    let store = state.queue.identity();
+    let store = state.identity();
     let all = which == "*";
     if !all && store.service_account(which).await?.is_none() {
         return Err(Problem::not_found(format!("service account {which} does not exist")).field("service_accounts"));
@@ -274,7 +274,7 @@ pub async fn activate_user(
 ) -> Result<web::Json<UserStatus>, Problem> {
     person_ok(&user, "user")?;
     reason_ok(&body.reason)?;
-    let store = state.queue.identity();
+    let store = state.identity();
     let before = store.user(&user).await?;
     let after = UserStatus {
         deactivated: false,
@@ -307,5 +307,5 @@ pub async fn get_user(
     state: web::Data<AppState>,
     user: web::Path<String>,
 ) -> Result<web::Json<UserStatus>, Problem> {
-    Ok(web::Json(state.queue.identity().user(&user).await?))
+    Ok(web::Json(state.identity().user(&user).await?))
 }

@@ -10,7 +10,7 @@ use worker::artifacts::ObjectStore;
 use worker::queue::{Enqueued, Idempotency};
 
 use super::dto::{CreateRun, ListQuery, RunAccepted, RunList, RunView};
-use common::audit::{AuditEvent, ObjectRef};
+use common::audit::{Actor, AuditEvent, ObjectRef};
 
 use crate::auth::{Caller, CallerKind, Scoped, need};
 use crate::problem::Problem;
@@ -73,6 +73,10 @@ pub async fn create_run(
     let held = policy.needs_approval();
     let spec = RunSpec { policy: Some(policy), ..spec };
     let id = RunId::new();
+    // Fail-closed: no run is accepted whose request is not in the audit trail.
+    let actor = Actor { principal: spec.requested_by.clone(), via: spec.via.clone(), ..caller.actor() };
+    let event = run_requested(id, &spec, actor).source_ip(caller.source_ip.clone());
+    state.identity().append_audit(&event).await?;
     let id = match state.queue.enqueue(id, &spec, state.config.api.max_attempts, idempotency.as_ref()).await? {
         Enqueued::Created { .. } => {
             tracing::info!(run_id = %id, repository = %spec.repository, tenant = %spec.tenant, requested_by = %spec.requested_by, "run accepted");
@@ -135,7 +139,7 @@ pub async fn approve_run(
     let event = AuditEvent::new("run.approve", caller.actor(), object)
         .source_ip(caller.source_ip.clone())
         .reason(format!("requested by {}", record.spec.requested_by));
-    state.queue.identity().append_audit(&event).await?;
+    state.identity().append_audit(&event).await?;
     match state.queue.approve(id, &caller.principal).await? {
         Some(RunState::Queued) => {
             tracing::info!(run_id = %id, by = %caller.principal, "run approved");
@@ -148,6 +152,19 @@ pub async fn approve_run(
         }
         None => Err(Problem::not_found(format!("run {id} does not exist"))),
     }
+}
+
+/// The audit event of a run request, before the run is accepted.
+pub fn run_requested(id: RunId, spec: &RunSpec, actor: Actor) -> AuditEvent {
+    let mut object = ObjectRef::new("run", id.to_string());
+    object.tenant = Some(spec.tenant.clone());
+    object.repository = Some(spec.repository.to_string());
+    let after = serde_json::json!({
+        "repository": spec.repository.to_string(), "base_ref": spec.base_ref, "task_title": spec.task_title,
+        "agent_profile": spec.agent_profile.as_str(), "priority": spec.priority, "issue": spec.issue,
+        "requested_by": spec.requested_by, "via": spec.via, "policy": spec.policy,
+    });
+    AuditEvent::new("run.request", actor, object).change(None::<&()>, Some(&after))
 }
 
 /// The run `id`, if the caller's bindings cover it (404, 403 otherwise).
@@ -176,7 +193,7 @@ async fn requester(
                 return Err(Problem::bad_request("`on_behalf_of` must name a person (1-256 printable characters)")
                     .field("on_behalf_of"));
             }
-            if state.queue.identity().user(person).await?.deactivated {
+            if state.identity().user(person).await?.deactivated {
                 return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Permission denied")
                     .detail(format!("{person} is deactivated")));
             }

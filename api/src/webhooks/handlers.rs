@@ -116,7 +116,7 @@ async fn handle(state: &AppState, event: &str, body: &[u8]) -> Result<HttpRespon
         );
         return refuse(text, "the GitHub login is not linked to a person").await;
     };
-    if state.queue.identity().user(person).await?.deactivated {
+    if state.identity().user(person).await?.deactivated {
         let text = format!("@{sender}, your Paddock account is deactivated; nothing was started.");
         return refuse(text, "the person is deactivated").await;
     }
@@ -148,6 +148,12 @@ async fn handle(state: &AppState, event: &str, body: &[u8]) -> Result<HttpRespon
         state.queue.effective_policy(state.config.default_policy(), &spec.tenant, &spec.repository.to_string()).await?;
     let spec = RunSpec { policy: Some(policy), ..spec };
     let id = RunId::new();
+    let actor = common::audit::Actor {
+        principal: spec.requested_by.clone(),
+        method: "github-webhook".to_owned(),
+        via: spec.via.clone(),
+    };
+    state.identity().append_audit(&crate::runs::handlers::run_requested(id, &spec, actor)).await?;
     // No idempotency key: replays are refused by delivery id above.
     state.queue.enqueue(id, &spec, state.config.api.max_attempts, None).await?;
     tracing::info!(run_id = %id, repository = %spec.repository, issue, requested_by = %spec.requested_by, "run accepted from a GitHub webhook");

@@ -57,6 +57,8 @@ async fn main() -> anyhow::Result<()> {
         ("PADDOCK_REDIS__NAMESPACE".to_owned(), "demo".to_owned()),
         ("PADDOCK_API__LISTEN".to_owned(), format!("127.0.0.1:{port}")),
         ("PADDOCK_API__BOOTSTRAP_ADMIN_TOKEN".to_owned(), token.clone()),
+        // A fixed key for the local demo only; deployments set their own.
+        ("PADDOCK_AUDIT__SIGNING_KEY".to_owned(), tests::TEST_AUDIT_KEY.to_owned()),
         ("PADDOCK_SANDBOX__MEMORY_BYTES".to_owned(), (512u64 << 20).to_string()),
         ("PADDOCK_SANDBOX__TIMEOUT_SECONDS".to_owned(), "300".to_owned()),
         ("PADDOCK_GITHUB__RUN_LINK_BASE".to_owned(), base.clone()),

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tests::github::GitHub;
 use tests::providers::EmulatedProviders;
 use tests::{TestApp, spawn_app};
+use worker::artifacts::ObjectStore;
 
 /// The model's turns: look, fix, check, done.
 const FIX: &[&str] = &[
@@ -168,6 +169,31 @@ async fn a_labelled_issue_becomes_a_draft_pull_request_with_a_full_record() {
         assert_eq!(reuse.status().as_u16(), 401, "a revoked token still works");
     }
     assert!(!logs.contains("ghs_"), "a token reached the log");
+
+    // One document answers the eight questions an auditor asks about the run.
+    let record: Value = forge.app.get(&format!("/v1/runs/{id}/record")).await.json().await.unwrap();
+    assert_eq!(record["requested"]["by"], "alice@example.com", "{record:#}");
+    assert_eq!(record["requested"]["via"], "github:alice");
+    assert_eq!(record["requested"]["request_event"]["method"], "github-webhook");
+    let place = &record["issue_and_repository"];
+    assert_eq!((place["repository"].as_str(), place["issue"].as_u64()), (Some(forge.repo.as_str()), Some(issue)));
+    assert_eq!(place["base_commit"], facts["base_commit"]);
+    assert_eq!(record["models"], facts["models"]);
+    assert_eq!(record["credentials"], facts["credentials"]);
+    assert_eq!(record["commands"], facts["commands"]);
+    assert_eq!(record["files_changed"], json!(["README.md"]));
+    assert_eq!(record["pull_request"]["pull_request"]["url"], pull["url"]);
+    assert_eq!(record["stop"]["reason"]["kind"], "completed");
+    assert_eq!(record["sandbox"]["policy"]["egress"], "none");
+    // No token value reached the audit trail.
+    let mut trail = String::new();
+    for (key, _) in forge.app.store.list(&format!("{}/", forge.app.config.audit.prefix)).await.unwrap() {
+        trail.push_str(&String::from_utf8_lossy(&forge.app.store.get(&key).await.unwrap().unwrap()));
+    }
+    assert!(trail.contains("run.request"), "{trail}");
+    for (token, _) in &minted {
+        assert!(!trail.contains(token.as_str()) && !record.to_string().contains(token.as_str()));
+    }
     worker.shutdown().await;
     forge.providers.stop().await;
 }

@@ -6,6 +6,7 @@
 
 mod api;
 mod attacks;
+mod audit;
 mod gateway;
 mod github;
 mod identity;

@@ -112,7 +112,7 @@ impl World {
             ("post", "/v1/runs") => {
                 Some(json!({"repository": self.repo, "base_ref": "main", "task": {"title": "t"}, "tenant": TENANT}))
             }
-            ("get", "/v1/runs/{id}") | ("get", "/v1/runs/{id}/logs") => {
+            ("get", "/v1/runs/{id}") | ("get", "/v1/runs/{id}/logs") | ("get", "/v1/runs/{id}/record") => {
                 return (path.replace("{id}", &self.run().await), None);
             }
             ("post", "/v1/runs/{id}/cancel") | ("post", "/v1/runs/{id}/approve") => {

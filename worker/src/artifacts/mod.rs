@@ -16,6 +16,10 @@ use secrecy::ExposeSecret;
 pub struct StoreError(String);
 
 impl StoreError {
+    pub fn new(e: impl std::fmt::Display) -> Self {
+        Self(e.to_string())
+    }
+
     fn from_sdk<E: std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> Self {
         Self(DisplayErrorContext(e).to_string())
     }
@@ -28,6 +32,11 @@ pub trait ObjectStore: Send + Sync {
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Bytes>, StoreError>> + Send;
     /// Succeeds when the bucket is reachable with our credentials.
     fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Every key under `prefix`, with its last-modified time (ms since the
+    /// epoch), in key order.
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
+    /// Removes `key` (no error when it is already gone).
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 #[derive(Clone)]
@@ -83,6 +92,26 @@ impl ObjectStore for S3Store {
 
     async fn check(&self) -> Result<(), StoreError> {
         self.client.head_bucket().bucket(&self.bucket).send().await.map_err(StoreError::from_sdk)?;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut keys = Vec::new();
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(StoreError::from_sdk)?;
+            for object in page.contents() {
+                let modified = object.last_modified().and_then(|t| t.to_millis().ok()).unwrap_or_default();
+                if let Some(key) = object.key() {
+                    keys.push((key.to_owned(), modified.max(0) as u64));
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client.delete_object().bucket(&self.bucket).key(key).send().await.map_err(StoreError::from_sdk)?;
         Ok(())
     }
 }

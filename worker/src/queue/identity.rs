@@ -6,7 +6,8 @@
 //! Keys (under the deployment's `{namespace}:` prefix): `rbac:bindings`
 //! (id → binding), `sa:accounts` (name → account), `sa:tokens` (id →
 //! token record), `sa:hash:<sha256>` (→ token id), `users` (name → user
-//! status), `audit:events` (list, oldest first).
+//! status), `audit:events` (list, oldest first, the newest 100,000: an
+//! index; the trail in object storage is the evidence).
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,7 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use super::{QueueError, RunQueue, conn::Conn, corrupt};
+use crate::audit::AuditTrail;
 
 /// A non-human caller, accountable to the person who owns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -92,15 +94,21 @@ impl AuditFilter {
     }
 }
 
+/// How many recent audit events Redis keeps for `GET /v1/audit/events`.
+pub const AUDIT_INDEX_KEEP: isize = 100_000;
+
 #[derive(Clone)]
 pub struct IdentityStore {
     conn: Conn,
     prefix: std::sync::Arc<str>,
+    trail: Option<std::sync::Arc<AuditTrail>>,
 }
 
 impl RunQueue {
+    /// The identity records; changes made through it are audited in Redis
+    /// only until a trail is attached with [`IdentityStore::with_trail`].
     pub fn identity(&self) -> IdentityStore {
-        IdentityStore { conn: self.conn.clone(), prefix: self.prefix.clone() }
+        IdentityStore { conn: self.conn.clone(), prefix: self.prefix.clone(), trail: None }
     }
 }
 
@@ -117,16 +125,38 @@ impl IdentityStore {
         format!("{}{suffix}", self.prefix)
     }
 
-    /// Starts a transaction that also appends `event` to the audit list.
-    fn audited(&self, event: &AuditEvent) -> Result<redis::Pipeline, QueueError> {
+    /// Every change is then written to the audit trail first: when the trail
+    /// cannot take it, the change is refused (fail-closed).
+    pub fn with_trail(mut self, trail: std::sync::Arc<AuditTrail>) -> Self {
+        self.trail = Some(trail);
+        self
+    }
+
+    async fn to_trail(&self, event: &AuditEvent) -> Result<(), QueueError> {
+        if let Some(trail) = &self.trail {
+            trail.record(std::slice::from_ref(event)).await?;
+        }
+        Ok(())
+    }
+
+    /// Records `event` in the trail, then starts a transaction that also
+    /// appends it to the queryable list (the newest [`AUDIT_INDEX_KEEP`]
+    /// events; the trail in object storage keeps them all).
+    async fn audited(&self, event: &AuditEvent) -> Result<redis::Pipeline, QueueError> {
+        self.to_trail(event).await?;
         let mut pipe = redis::pipe();
-        pipe.atomic().rpush(self.key("audit:events"), to_json("audit event", event)?).ignore();
+        let list = self.key("audit:events");
+        pipe.atomic()
+            .rpush(&list, to_json("audit event", event)?)
+            .ignore()
+            .ltrim(&list, -AUDIT_INDEX_KEEP, -1)
+            .ignore();
         Ok(pipe)
     }
 
     pub async fn append_audit(&self, event: &AuditEvent) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        let () = self.audited(event)?.query_async(&mut conn).await?;
+        let () = self.audited(event).await?.query_async(&mut conn).await?;
         Ok(())
     }
 
@@ -156,7 +186,8 @@ impl IdentityStore {
     pub async fn add_binding(&self, binding: &Binding, event: &AuditEvent) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         let () = self
-            .audited(event)?
+            .audited(event)
+            .await?
             .hset(self.key("rbac:bindings"), &binding.id, to_json("binding", binding)?)
             .ignore()
             .query_async(&mut conn)
@@ -172,7 +203,7 @@ impl IdentityStore {
 
     pub async fn remove_binding(&self, id: &str, event: &AuditEvent) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        let () = self.audited(event)?.hdel(self.key("rbac:bindings"), id).ignore().query_async(&mut conn).await?;
+        let () = self.audited(event).await?.hdel(self.key("rbac:bindings"), id).ignore().query_async(&mut conn).await?;
         Ok(())
     }
 
@@ -194,6 +225,7 @@ impl IdentityStore {
         account: &ServiceAccount,
         event: &AuditEvent,
     ) -> Result<bool, QueueError> {
+        self.to_trail(event).await?;
         // One script, so the account and its audit event exist together.
         let script = redis::Script::new(
             "if redis.call('HSETNX', KEYS[1] .. 'sa:accounts', ARGV[1], ARGV[2]) == 1 then \
@@ -214,7 +246,8 @@ impl IdentityStore {
     pub async fn add_token(&self, hash: &str, token: &TokenRecord, event: &AuditEvent) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         let () = self
-            .audited(event)?
+            .audited(event)
+            .await?
             .hset(self.key("sa:tokens"), &token.id, to_json("token", token)?)
             .ignore()
             .set(self.key(&format!("sa:hash:{hash}")), &token.id)
@@ -251,7 +284,8 @@ impl IdentityStore {
     pub async fn update_token(&self, token: &TokenRecord, event: &AuditEvent) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         let () = self
-            .audited(event)?
+            .audited(event)
+            .await?
             .hset(self.key("sa:tokens"), &token.id, to_json("token", token)?)
             .ignore()
             .query_async(&mut conn)
@@ -268,7 +302,8 @@ impl IdentityStore {
     pub async fn set_user(&self, name: &str, status: &UserStatus, event: &AuditEvent) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         let () = self
-            .audited(event)?
+            .audited(event)
+            .await?
             .hset(self.key("users"), name, to_json("user", status)?)
             .ignore()
             .query_async(&mut conn)

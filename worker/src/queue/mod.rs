@@ -34,6 +34,8 @@ pub enum QueueError {
     Redis(#[from] redis::RedisError),
     #[error("run record {id} is corrupt: {detail}")]
     Corrupt { id: String, detail: String },
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// A run this worker holds a lease on, under `epoch`.

@@ -1,0 +1,177 @@
+//! The audit trail in object storage: every action's event is stored before
+//! the action proceeds (refused with 503 otherwise), and any change to the
+//! stored trail is found by the verifier.
+
+use std::time::Duration;
+
+use common::audit::{Actor, AuditEvent, ObjectRef};
+use serde_json::{Value, json};
+use tests::outage::Outage;
+use tests::{TEST_AUDIT_KEY, TestApp, spawn_app};
+use worker::artifacts::ObjectStore;
+use worker::audit::{AuditTrail, FindingKind, VerifyReport, signing_key, verify};
+
+fn event(i: u32) -> AuditEvent {
+    let actor = Actor { principal: "alice@example.com".to_owned(), method: "oidc".to_owned(), via: None };
+    AuditEvent::new("binding.create", actor, ObjectRef::new("binding", format!("b{i}")))
+}
+
+/// A trail of four digested segments (two events each) and one segment
+/// written after the digest, under its own prefix.
+async fn written_trail(app: &TestApp) -> (String, Vec<String>) {
+    let prefix = format!("audit-tamper-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let key = signing_key(TEST_AUDIT_KEY).unwrap();
+    let trail = AuditTrail::new(app.store.clone(), &prefix, "test", key, Duration::from_secs(3600));
+    for i in 0..4 {
+        trail.record(&[event(2 * i), event(2 * i + 1)]).await.unwrap();
+    }
+    trail.flush().await.unwrap();
+    trail.record(&[event(99)]).await.unwrap();
+    let segments: Vec<String> =
+        app.store.list(&format!("{prefix}/segments/")).await.unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(segments.len(), 5, "{segments:?}");
+    (prefix, segments)
+}
+
+async fn verified(app: &TestApp, prefix: &str) -> VerifyReport {
+    let public = signing_key(TEST_AUDIT_KEY).unwrap().verifying_key();
+    verify(&app.store, prefix, &[public], 0, u64::MAX).await.unwrap()
+}
+
+fn kinds(report: &VerifyReport) -> Vec<(FindingKind, String)> {
+    report.findings.iter().map(|f| (f.kind, f.key.clone())).collect()
+}
+
+#[tokio::test]
+async fn an_untouched_trail_verifies_and_its_tail_is_reported_as_undigested() {
+    let app = spawn_app(&[]).await;
+    let (prefix, segments) = written_trail(&app).await;
+    let report = verified(&app, &prefix).await;
+    assert!(report.ok(), "{report:?}");
+    assert_eq!((report.digests_checked, report.segments_checked, report.events_checked), (1, 4, 8));
+    assert_eq!(report.undigested, vec![segments[4].clone()]);
+    // Another key's signature is not trusted.
+    let stranger = signing_key("c3RyYW5nZXItc3RyYW5nZXItc3RyYW5nZXItc3RyYW4=").unwrap().verifying_key();
+    let report = verify(&app.store, &prefix, &[stranger], 0, u64::MAX).await.unwrap();
+    assert_eq!(report.findings[0].kind, FindingKind::BadSignature, "{report:?}");
+}
+
+#[tokio::test]
+async fn one_edited_byte_is_found() {
+    let app = spawn_app(&[]).await;
+    let (prefix, segments) = written_trail(&app).await;
+    let mut bytes = app.store.get(&segments[1]).await.unwrap().unwrap().to_vec();
+    let at = bytes.iter().position(|b| *b == b'b').unwrap();
+    bytes[at] = b'c';
+    app.store.put(&segments[1], bytes.into(), "application/x-ndjson").await.unwrap();
+    assert_eq!(kinds(&verified(&app, &prefix).await), [(FindingKind::Modified, segments[1].clone())]);
+}
+
+#[tokio::test]
+async fn a_deleted_segment_is_found() {
+    let app = spawn_app(&[]).await;
+    let (prefix, segments) = written_trail(&app).await;
+    app.store.delete(&segments[2]).await.unwrap();
+    assert_eq!(kinds(&verified(&app, &prefix).await), [(FindingKind::Missing, segments[2].clone())]);
+}
+
+#[tokio::test]
+async fn two_swapped_segments_are_found() {
+    let app = spawn_app(&[]).await;
+    let (prefix, segments) = written_trail(&app).await;
+    let (a, b) =
+        (app.store.get(&segments[0]).await.unwrap().unwrap(), app.store.get(&segments[3]).await.unwrap().unwrap());
+    app.store.put(&segments[0], b, "application/x-ndjson").await.unwrap();
+    app.store.put(&segments[3], a, "application/x-ndjson").await.unwrap();
+    let found = kinds(&verified(&app, &prefix).await);
+    assert_eq!(found, [(FindingKind::Reordered, segments[0].clone()), (FindingKind::Reordered, segments[3].clone())]);
+}
+
+#[tokio::test]
+async fn an_inserted_segment_and_an_altered_digest_are_found() {
+    let app = spawn_app(&[]).await;
+    let (prefix, segments) = written_trail(&app).await;
+    // A forged segment in the middle of the digested part of the stream.
+    let forged = segments[1].replace("-000000000003.jsonl", "-000000000004.jsonl");
+    app.store.put(&forged, app.store.get(&segments[1]).await.unwrap().unwrap(), "application/x-ndjson").await.unwrap();
+    assert_eq!(kinds(&verified(&app, &prefix).await), [(FindingKind::Inserted, forged.clone())]);
+    app.store.delete(&forged).await.unwrap();
+    // A digest edited to hide a segment no longer verifies.
+    let digests = app.store.list(&format!("{prefix}/digests/")).await.unwrap();
+    let (digest_key, _) = &digests[0];
+    let mut digest: Value = serde_json::from_slice(&app.store.get(digest_key).await.unwrap().unwrap()).unwrap();
+    digest["segments"].as_array_mut().unwrap().remove(2);
+    app.store.put(digest_key, serde_json::to_vec(&digest).unwrap().into(), "application/json").await.unwrap();
+    app.store.delete(&segments[2]).await.unwrap();
+    let found = kinds(&verified(&app, &prefix).await);
+    assert!(found.contains(&(FindingKind::BadSignature, digest_key.clone())), "{found:?}");
+}
+
+#[tokio::test]
+async fn actions_through_the_api_land_in_a_trail_that_verifies_without_secrets() {
+    let app = spawn_app(&[("PADDOCK_AUDIT__DIGEST_INTERVAL_SECONDS", "1")]).await;
+    let repo = app.repo(&[("README.md", b"# x\n")]);
+    let run = app.create_run(&repo, "Audited").await;
+    let call = |method: &str, path: &str, body: Value| {
+        app.client.request(method.parse().unwrap(), app.url(path)).bearer_auth(&app.token).json(&body).send()
+    };
+    call("POST", "/v1/service-accounts", json!({"name": "portal", "owner": "olivia@example.com"})).await.unwrap();
+    let issued: Value =
+        call("POST", "/v1/service-accounts/portal/tokens", json!({"scopes": ["runs.create"], "expires_in_days": 1}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let sa_token = issued["token"].as_str().unwrap().to_owned();
+    // The background digest runs every second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let report: VerifyReport = app.get("/v1/audit/verify").await.json().await.unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert!(report.events_checked >= 3 && report.undigested.is_empty(), "{report:?}");
+    // The run request is in it, tied to who asked; no token value is.
+    let prefix = &app.config.audit.prefix;
+    let mut trail = String::new();
+    for (key, _) in app.store.list(&format!("{prefix}/")).await.unwrap() {
+        trail.push_str(&String::from_utf8_lossy(&app.store.get(&key).await.unwrap().unwrap()));
+    }
+    assert!(trail.contains(&format!("\"id\":\"{run}\"")) && trail.contains("\"run.request\""), "{trail}");
+    for secret in [&app.token, &sa_token] {
+        assert!(!trail.contains(secret.as_str()), "a token reached the audit trail");
+    }
+}
+
+#[tokio::test]
+async fn without_the_object_store_actions_are_refused_and_nothing_accepted_is_lost() {
+    let vars = tests::services::endpoint_vars();
+    let s3 = vars.iter().find(|(k, _)| k == "PADDOCK_S3__ENDPOINT").map(|(_, v)| v.clone()).unwrap();
+    let outage = Outage::proxy(s3.trim_start_matches("http://")).await;
+    let app = spawn_app(&[("PADDOCK_S3__ENDPOINT", outage.url.as_str())]).await;
+    let repo = app.repo(&[("README.md", b"# x\n")]);
+    let accepted = app.create_run(&repo, "Before the outage").await;
+
+    outage.down().await;
+    let body = json!({"repository": repo, "base_ref": "main", "task": {"title": "During the outage"}});
+    let response = app.post_run(&body).await;
+    assert_eq!(response.status().as_u16(), 503);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "https://paddock.dev/problems/audit-unavailable", "{problem}");
+    let response = app
+        .client
+        .post(app.url("/v1/service-accounts"))
+        .bearer_auth(&app.token)
+        .json(&json!({"name": "during-outage", "owner": "o@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503, "an identity change went through without its audit event");
+    // What was accepted before is still there, and nothing refused was half-done.
+    assert_eq!(app.run(&accepted).await["state"], "queued");
+    let runs: Value = app.get("/v1/runs").await.json().await.unwrap();
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+    let accounts: Value = app.get("/v1/service-accounts").await.json().await.unwrap();
+    assert_eq!(accounts, json!([]));
+
+    outage.up();
+    assert_eq!(app.post_run(&body).await.status().as_u16(), 202, "the API did not resume");
+}

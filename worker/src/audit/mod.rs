@@ -1,0 +1,247 @@
+//! The tamper-evident audit trail in object storage, in the manner of
+//! CloudTrail's log file validation.
+//!
+//! Each writer (an API or worker process) is one *stream*: its events are
+//! numbered (`seq`) and chained (`prev_hash` is the SHA-256 of the previous
+//! line), and written as JSON Lines *segments* at
+//! `<prefix>/segments/<yyyy>/<mm>/<dd>/<hh>/<stream>-<first seq>.jsonl`.
+//! A segment is written before the action it records proceeds: when it
+//! cannot be written, the caller refuses the action (fail-closed).
+//! Every `digest_interval_seconds` (and on demand) a *digest* lists the
+//! segments written since the previous digest with their SHA-256, links the
+//! previous digest by hash and signature, and is signed with Ed25519
+//! (`audit.signing_key`): `<prefix>/digests/<yyyy>/<mm>/<dd>/<stream>-<n>.json`.
+//! [`verify`] walks a time range and reports modified, missing, reordered
+//! or inserted segments and broken digest chains.
+
+mod verify;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use common::audit::{AuditEvent, now_ms};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::artifacts::{ObjectStore, S3Store, StoreError};
+
+pub use verify::{Finding, FindingKind, VerifyReport, verify};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit trail cannot be written: {0}")]
+    Unavailable(#[from] StoreError),
+    #[error("invalid configuration: `audit.signing_key` {0}")]
+    Key(String),
+}
+
+/// One line of a segment: an event, numbered and chained within its stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChainedEvent {
+    pub stream: String,
+    pub seq: u64,
+    /// SHA-256 (hex) of the previous line's bytes; zeros for the first.
+    pub prev_hash: String,
+    pub event: AuditEvent,
+}
+
+/// A segment as a digest lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentRef {
+    pub key: String,
+    pub sha256: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+/// The previous digest, as the next one links it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestLink {
+    pub key: String,
+    pub sha256: String,
+    pub signature: String,
+}
+
+/// What a digest signs: everything but the signature.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DigestBody {
+    pub version: u32,
+    pub stream: String,
+    pub digest_seq: u64,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub segments: Vec<SegmentRef>,
+    pub previous: Option<DigestLink>,
+    /// The Ed25519 public key (base64) that signed this digest.
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedDigest {
+    #[serde(flatten)]
+    pub body: DigestBody,
+    /// Ed25519 signature (base64) over the JSON of `body`.
+    pub signature: String,
+}
+
+struct Chain {
+    seq: u64,
+    prev_hash: String,
+    pending: Vec<SegmentRef>,
+    pending_since_ms: u64,
+    digest_seq: u64,
+    previous: Option<DigestLink>,
+    last_digest: Instant,
+}
+
+/// The writer of one stream.
+pub struct AuditTrail {
+    store: S3Store,
+    prefix: String,
+    stream: String,
+    key: SigningKey,
+    interval: Duration,
+    chain: tokio::sync::Mutex<Chain>,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The Ed25519 key from `audit.signing_key` (32 bytes, base64).
+pub fn signing_key(encoded: &str) -> Result<SigningKey, AuditError> {
+    let bytes = B64.decode(encoded.trim()).map_err(|_| AuditError::Key("is not base64".to_owned()))?;
+    let seed: [u8; 32] =
+        bytes.try_into().map_err(|_| AuditError::Key("must be 32 bytes (`openssl rand -base64 32`)".to_owned()))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// A public key (32 bytes, base64), as `audit.trusted_public_keys` lists them.
+pub fn verifying_key(encoded: &str) -> Result<VerifyingKey, AuditError> {
+    let bytes: [u8; 32] = B64
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| AuditError::Key("names a public key that is not 32 bytes of base64".to_owned()))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| AuditError::Key("names an invalid public key".to_owned()))
+}
+
+pub fn public_key_b64(key: &VerifyingKey) -> String {
+    B64.encode(key.as_bytes())
+}
+
+/// `yyyy/mm/dd/hh` of a time in ms since the epoch (UTC).
+fn hour_path(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!("{:04}/{:02}/{:02}/{:02}", t.year(), u8::from(t.month()), t.day(), t.hour())
+}
+
+impl AuditTrail {
+    /// A new stream named after `writer` (e.g. `api`, `worker-3`).
+    pub fn new(store: S3Store, prefix: &str, writer: &str, key: SigningKey, interval: Duration) -> Self {
+        let stream = format!("{writer}-{}", ulid::Ulid::new().to_string().to_lowercase());
+        let chain = Chain {
+            seq: 0,
+            prev_hash: "0".repeat(64),
+            pending: Vec::new(),
+            pending_since_ms: 0,
+            digest_seq: 0,
+            previous: None,
+            last_digest: Instant::now(),
+        };
+        Self {
+            store,
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            stream,
+            key,
+            interval,
+            chain: tokio::sync::Mutex::new(chain),
+        }
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    pub fn public_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// Writes `events` as one segment, durably, before returning; a digest
+    /// follows when the interval has passed. An error means nothing was
+    /// recorded and the action must not proceed.
+    pub async fn record(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut chain = self.chain.lock().await;
+        let mut body = Vec::new();
+        let (mut seq, mut prev_hash) = (chain.seq, chain.prev_hash.clone());
+        for event in events {
+            seq += 1;
+            let line =
+                ChainedEvent { stream: self.stream.clone(), seq, prev_hash: prev_hash.clone(), event: event.clone() };
+            let bytes = serde_json::to_vec(&line).map_err(|e| AuditError::Unavailable(StoreError::new(e)))?;
+            prev_hash = sha256_hex(&bytes);
+            body.extend_from_slice(&bytes);
+            body.push(b'\n');
+        }
+        let first_seq = chain.seq + 1;
+        let now = now_ms();
+        let key = format!("{}/segments/{}/{}-{first_seq:012}.jsonl", self.prefix, hour_path(now), self.stream);
+        let sha256 = sha256_hex(&body);
+        self.store.put(&key, Bytes::from(body), "application/x-ndjson").await?;
+        // Only a written segment advances the chain.
+        chain.seq = seq;
+        chain.prev_hash = prev_hash;
+        if chain.pending.is_empty() {
+            chain.pending_since_ms = now;
+        }
+        chain.pending.push(SegmentRef { key, sha256, first_seq, last_seq: seq });
+        if chain.last_digest.elapsed() >= self.interval {
+            self.write_digest(&mut chain).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a digest of the segments not digested yet, if there are any.
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        let mut chain = self.chain.lock().await;
+        self.write_digest(&mut chain).await
+    }
+
+    async fn write_digest(&self, chain: &mut Chain) -> Result<(), AuditError> {
+        if chain.pending.is_empty() {
+            chain.last_digest = Instant::now();
+            return Ok(());
+        }
+        let end_ms = now_ms();
+        let body = DigestBody {
+            version: 1,
+            stream: self.stream.clone(),
+            digest_seq: chain.digest_seq + 1,
+            start_ms: chain.pending_since_ms,
+            end_ms,
+            segments: chain.pending.clone(),
+            previous: chain.previous.clone(),
+            public_key: public_key_b64(&self.public_key()),
+        };
+        let signed_bytes = serde_json::to_vec(&body).map_err(|e| AuditError::Unavailable(StoreError::new(e)))?;
+        let signature = B64.encode(self.key.sign(&signed_bytes).to_bytes());
+        let digest = SignedDigest { body, signature: signature.clone() };
+        let bytes = serde_json::to_vec_pretty(&digest).map_err(|e| AuditError::Unavailable(StoreError::new(e)))?;
+        let hour = hour_path(end_ms);
+        let day = &hour[..10];
+        let key = format!("{}/digests/{day}/{}-{:08}.json", self.prefix, self.stream, digest.body.digest_seq);
+        let sha256 = sha256_hex(&bytes);
+        self.store.put(&key, Bytes::from(bytes), "application/json").await?;
+        chain.digest_seq += 1;
+        chain.previous = Some(DigestLink { key, sha256, signature });
+        chain.pending.clear();
+        chain.last_digest = Instant::now();
+        Ok(())
+    }
+}

@@ -1,0 +1,207 @@
+//! Walks the audit trail of a time range: every digest's signature and its
+//! link to the previous digest, every listed segment's presence and SHA-256,
+//! the numbering and hash chain of the events inside, and segments that no
+//! digest lists.
+
+use std::collections::{BTreeMap, HashMap};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use super::{ChainedEvent, SignedDigest, public_key_b64, sha256_hex};
+use crate::artifacts::{ObjectStore, S3Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// A segment's bytes differ from what its digest recorded.
+    Modified,
+    /// A segment a digest lists is gone.
+    Missing,
+    /// A segment holds another listed segment's bytes (segments swapped or moved).
+    Reordered,
+    /// A segment no digest lists, inside the digested part of its stream.
+    Inserted,
+    /// A digest whose signature does not verify, or signed by an untrusted key.
+    BadSignature,
+    /// A digest that does not link to the one before it, or a gap between digests.
+    BrokenDigestChain,
+    /// Events out of sequence or whose hash chain is broken inside segments.
+    BrokenEventChain,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub key: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VerifyReport {
+    pub streams: usize,
+    pub digests_checked: usize,
+    pub segments_checked: usize,
+    pub events_checked: usize,
+    /// Empty when the range verified.
+    pub findings: Vec<Finding>,
+    /// Segments written after their stream's last digest (not yet covered).
+    pub undigested: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.findings.is_empty()
+    }
+
+    fn find(&mut self, kind: FindingKind, key: &str, detail: impl Into<String>) {
+        self.findings.push(Finding { kind, key: key.to_owned(), detail: detail.into() });
+    }
+}
+
+/// `<stream>-<number>.<ext>` → (stream, number).
+fn stream_and_number(key: &str) -> Option<(String, u64)> {
+    let file = key.rsplit('/').next()?;
+    let stem = file.split('.').next()?;
+    let (stream, number) = stem.rsplit_once('-')?;
+    Some((stream.to_owned(), number.parse().ok()?))
+}
+
+/// Verifies every digest whose span overlaps `[since_ms, until_ms)` and the
+/// segments they list, trusting only `trusted` keys.
+pub async fn verify(
+    store: &S3Store,
+    prefix: &str,
+    trusted: &[VerifyingKey],
+    since_ms: u64,
+    until_ms: u64,
+) -> Result<VerifyReport, StoreError> {
+    let prefix = prefix.trim_end_matches('/');
+    let trusted: Vec<String> = trusted.iter().map(public_key_b64).collect();
+    let mut report = VerifyReport::default();
+    // Every digest, by stream and number, with its bytes' hash.
+    let mut streams: BTreeMap<String, BTreeMap<u64, (String, String, SignedDigest)>> = BTreeMap::new();
+    for (key, _) in store.list(&format!("{prefix}/digests/")).await? {
+        let Some(bytes) = store.get(&key).await? else { continue };
+        let Ok(digest) = serde_json::from_slice::<SignedDigest>(&bytes) else {
+            report.find(FindingKind::BadSignature, &key, "the digest is not readable");
+            continue;
+        };
+        let entry = (key, sha256_hex(&bytes), digest);
+        streams.entry(entry.2.body.stream.clone()).or_default().insert(entry.2.body.digest_seq, entry);
+    }
+    report.streams = streams.len();
+    let mut digested: HashMap<String, (u64, std::collections::HashSet<String>)> = HashMap::new();
+    for (stream, digests) in &streams {
+        let listed = digested.entry(stream.clone()).or_default();
+        let mut previous: Option<&(String, String, SignedDigest)> = None;
+        for (n, entry) in digests {
+            let (key, _, digest) = entry;
+            for segment in &digest.body.segments {
+                listed.0 = listed.0.max(segment.last_seq);
+                listed.1.insert(segment.key.clone());
+            }
+            let expected_previous = n.checked_sub(1).filter(|p| *p > 0);
+            match (expected_previous, previous, &digest.body.previous) {
+                (None, _, None) => {}
+                (Some(p), Some((pkey, psha, pdigest)), Some(link))
+                    if pdigest.body.digest_seq == p
+                        && &link.key == pkey
+                        && &link.sha256 == psha
+                        && link.signature == pdigest.signature => {}
+                _ => report.find(
+                    FindingKind::BrokenDigestChain,
+                    key,
+                    format!("digest {n} does not link to digest {}", n - 1),
+                ),
+            }
+            previous = Some(entry);
+            let overlaps = digest.body.end_ms >= since_ms && digest.body.start_ms < until_ms;
+            if !overlaps {
+                continue;
+            }
+            report.digests_checked += 1;
+            check_signature(&mut report, key, digest, &trusted);
+            check_segments(store, &mut report, digest).await?;
+        }
+    }
+    for (key, _) in store.list(&format!("{prefix}/segments/")).await? {
+        let Some((stream, first_seq)) = stream_and_number(&key) else { continue };
+        match digested.get(&stream) {
+            Some((_, keys)) if keys.contains(&key) => {}
+            Some((last, _)) if first_seq <= *last => {
+                report.find(FindingKind::Inserted, &key, "no digest lists this segment")
+            }
+            _ => report.undigested.push(key),
+        }
+    }
+    Ok(report)
+}
+
+fn check_signature(report: &mut VerifyReport, key: &str, digest: &SignedDigest, trusted: &[String]) {
+    if !trusted.contains(&digest.body.public_key) {
+        report.find(FindingKind::BadSignature, key, "signed by a key that is not trusted");
+        return;
+    }
+    let verified = (|| {
+        let public: [u8; 32] = B64.decode(&digest.body.public_key).ok()?.try_into().ok()?;
+        let public = VerifyingKey::from_bytes(&public).ok()?;
+        let signature: [u8; 64] = B64.decode(&digest.signature).ok()?.try_into().ok()?;
+        let message = serde_json::to_vec(&digest.body).ok()?;
+        public.verify(&message, &Signature::from_bytes(&signature)).ok()
+    })();
+    if verified.is_none() {
+        report.find(FindingKind::BadSignature, key, "the signature does not verify: the digest was altered");
+    }
+}
+
+async fn check_segments(store: &S3Store, report: &mut VerifyReport, digest: &SignedDigest) -> Result<(), StoreError> {
+    let by_hash: HashMap<&str, &str> =
+        digest.body.segments.iter().map(|s| (s.sha256.as_str(), s.key.as_str())).collect();
+    for segment in &digest.body.segments {
+        report.segments_checked += 1;
+        let Some(bytes) = store.get(&segment.key).await? else {
+            report.find(FindingKind::Missing, &segment.key, "listed by a digest, not in the store");
+            continue;
+        };
+        let sha = sha256_hex(&bytes);
+        if sha != segment.sha256 {
+            match by_hash.get(sha.as_str()) {
+                Some(other) => report.find(FindingKind::Reordered, &segment.key, format!("holds the bytes of {other}")),
+                None => report.find(FindingKind::Modified, &segment.key, "its SHA-256 differs from the digest's"),
+            }
+            continue;
+        }
+        let mut prev: Option<String> = None;
+        let mut last = segment.first_seq.saturating_sub(1);
+        let lines = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+        for (expected, line) in (segment.first_seq..).zip(lines) {
+            let Ok(event) = serde_json::from_slice::<ChainedEvent>(line) else {
+                report.find(FindingKind::BrokenEventChain, &segment.key, "a line is not an audit event");
+                break;
+            };
+            let chained = prev.as_ref().is_none_or(|p| *p == event.prev_hash);
+            if event.seq != expected || event.stream != digest.body.stream || !chained {
+                report.find(
+                    FindingKind::BrokenEventChain,
+                    &segment.key,
+                    format!("event {} breaks the chain", event.seq),
+                );
+                break;
+            }
+            report.events_checked += 1;
+            prev = Some(sha256_hex(line));
+            last = expected;
+        }
+        if last != segment.last_seq {
+            report.find(
+                FindingKind::BrokenEventChain,
+                &segment.key,
+                format!("ends at event {last}, not {}", segment.last_seq),
+            );
+        }
+    }
+    Ok(())
+}
