@@ -55,12 +55,6 @@ impl Application {
             );
         }
         let admin_token_digest = token_digest(token);
-        let Some(signing_key) = &config.audit.signing_key else {
-            anyhow::bail!(
-                "invalid configuration: `audit.signing_key` must be set (32 bytes, base64: `openssl rand -base64 32`); Paddock does not act without an audit trail"
-            );
-        };
-        let signing_key = worker::audit::signing_key(signing_key.expose_secret())?;
         let queue = RunQueue::connect(&config.redis).await?;
         let store = S3Store::new(&config.s3);
         let listener = TcpListener::bind(&config.api.listen)
@@ -68,10 +62,9 @@ impl Application {
         let port = listener.local_addr()?.port();
         let github = worker::forge::GitHubApp::from_config(&config.github)?.map(std::sync::Arc::new);
         let oidc = config.identity.oidc.clone().map(|c| std::sync::Arc::new(crate::oidc::OidcVerifier::new(c)));
+        let audit = std::sync::Arc::new(worker::audit::from_config(&config, store.clone(), "api")?);
         let interval = std::time::Duration::from_secs(config.audit.digest_interval_seconds);
-        let audit =
-            std::sync::Arc::new(AuditTrail::new(store.clone(), &config.audit.prefix, "api", signing_key, interval));
-        spawn_digests(std::sync::Arc::downgrade(&audit), interval);
+        worker::audit::spawn_digests(std::sync::Arc::downgrade(&audit), interval);
         let state = web::Data::new(AppState { config, queue, store, admin_token_digest, oidc, github, audit });
         let server = HttpServer::new(move || openapi::routes(App::new().app_data(state.clone())).0)
             .listen(listener)?
@@ -87,22 +80,6 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
-}
-
-/// Writes a digest every `interval` while the API runs, so no segment waits
-/// longer than that for one.
-fn spawn_digests(trail: std::sync::Weak<AuditTrail>, interval: std::time::Duration) {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.tick().await;
-        loop {
-            ticks.tick().await;
-            let Some(trail) = trail.upgrade() else { return };
-            if let Err(error) = trail.flush().await {
-                tracing::error!(%error, "writing an audit digest failed; retrying at the next interval");
-            }
-        }
-    });
 }
 
 /// Extractor configuration that turns every extractor failure into problem+json.

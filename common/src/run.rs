@@ -161,6 +161,9 @@ pub enum StopReason {
     /// The forge refused to grant a credential for the repository (the App
     /// is not installed there, or lacks a permission).
     CredentialError { message: String },
+    /// The run's audit events could not be stored: it stopped, its
+    /// credentials were revoked and nothing was pushed.
+    AuditUnavailable { message: String },
 }
 
 impl StopReason {

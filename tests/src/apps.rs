@@ -218,7 +218,12 @@ impl TestApp {
 
     /// Starts a worker inside this process.
     pub async fn spawn_worker(&self) -> WorkerHandle {
-        let app = worker::Application::build(self.config.clone()).await.expect("worker builds");
+        self.spawn_worker_with(self.config.clone()).await
+    }
+
+    /// An in-process worker with its own configuration.
+    pub async fn spawn_worker_with(&self, config: Config) -> WorkerHandle {
+        let app = worker::Application::build(config).await.expect("worker builds");
         let name = app.name().to_owned();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {

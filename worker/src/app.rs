@@ -44,6 +44,9 @@ impl Application {
 
         sweep_dead_workers(&queue, &sandboxes, Duration::from_secs(config.worker.lease_seconds)).await?;
         let config_github = config.github.clone();
+        let audit = Arc::new(crate::audit::from_config(&config, store.clone(), &worker)?);
+        let interval = Duration::from_secs(config.audit.digest_interval_seconds);
+        crate::audit::spawn_digests(Arc::downgrade(&audit), interval);
         let runtime = Runtime {
             config,
             worker,
@@ -54,6 +57,7 @@ impl Application {
             redaction_key: crate::gateway::mint_token()?.into_bytes(),
             grace_over: CancellationToken::new(),
             github: crate::forge::GitHubApp::from_config(&config_github)?.map(Arc::new),
+            audit,
         };
         Ok(Self { runtime: Arc::new(runtime) })
     }

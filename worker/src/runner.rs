@@ -16,6 +16,7 @@ use tracing::Instrument;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::artifacts::{ObjectStore, S3Store};
+use crate::audit::events as audit_events;
 use crate::egress::{EgressPolicy, EgressProxy, EgressRecord};
 use crate::forge::{ForgeError, GitHubApp, RUN_PERMISSIONS, RepoCredential};
 use crate::gateway::{CallRecord, GatewayServer, Redactor, Relay, RunGateway, mint_token, token_hash};
@@ -40,6 +41,8 @@ pub struct Runtime {
     /// The GitHub App, when configured: runs then push branches and open
     /// draft pull requests.
     pub github: Option<Arc<GitHubApp>>,
+    /// This worker's stream of the audit trail.
+    pub audit: Arc<crate::audit::AuditTrail>,
 }
 
 /// Why a run stopped before it could report an outcome.
@@ -116,6 +119,14 @@ impl Runtime {
     /// One attempt of a run: with a GitHub App, under a token for the one
     /// repository that is revoked when the attempt ends, whatever happens.
     async fn run(&self, run: &ClaimedRun, lease: &LeaseGuard) -> Ending {
+        // Fail-closed: no credential, sandbox or push for a run whose start
+        // is not in the audit trail.
+        let claimed = audit_events::claimed(run, &self.worker, &self.policy_of(run));
+        if let Err(e) = self.audit.record(&claimed).await {
+            tracing::error!(run_id = %run.id, error = %e, "audit unavailable: run stopped");
+            let reason = StopReason::AuditUnavailable { message: e.to_string() };
+            return Ending::Outcome(Outcome::Done { reason, artifacts: Vec::new(), facts: None });
+        }
         let checkout = self.config.worker.work_dir.join(format!("{}-{}", run.id, run.epoch));
         let _ = tokio::fs::remove_dir_all(&checkout).await;
         let clone_url = git::clone_url(&self.config.git.base_url, &run.spec.repository);
@@ -612,10 +623,25 @@ impl Runtime {
             files_changed: facts.as_ref().map(|f| f.files_changed.clone()).unwrap_or_default(),
             ..RunFacts::default()
         };
+        // What the agent did is in the trail before anything is pushed.
+        let (egress, calls) = facts.as_ref().map(|f| (f.egress.as_slice(), f.calls.as_slice())).unwrap_or_default();
+        let activity = audit_events::agent_activity(run, &self.worker, &record, egress, calls);
+        let reason = match self.audit.record(&activity).await {
+            Ok(()) => reason,
+            Err(e) => {
+                log.line(&format!("paddock: the audit trail is unavailable ({e}); nothing is pushed"));
+                StopReason::AuditUnavailable { message: e.to_string() }
+            }
+        };
         let reason = match self.publish(run, reason, &diff, forge, &mut record, &mut log).await {
             Ok(reason) => reason,
             Err(message) => return self.retry(run, message),
         };
+        if let Err(e) = self.audit.record(&audit_events::outcome(run, &self.worker, &record, &reason)).await {
+            // The branch and pull request exist; the events before them stand.
+            tracing::error!(run_id = %run.id, error = %e, "the run's outcome could not be audited");
+            log.line(&format!("paddock: recording the outcome in the audit trail failed: {e}"));
+        }
         let transcript = facts.as_ref().map(|f| transcript_jsonl(&redactor, &f.transcript)).unwrap_or_default();
         let mut kinds = vec![ArtifactKind::Logs, ArtifactKind::Diff, ArtifactKind::Summary];
         if !transcript.is_empty() {

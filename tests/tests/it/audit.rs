@@ -175,3 +175,24 @@ async fn without_the_object_store_actions_are_refused_and_nothing_accepted_is_lo
     outage.up();
     assert_eq!(app.post_run(&body).await.status().as_u16(), 202, "the API did not resume");
 }
+
+#[tokio::test]
+async fn a_worker_that_cannot_write_its_audit_events_stops_the_run_and_does_nothing() {
+    let vars = tests::services::endpoint_vars();
+    let s3 = vars.iter().find(|(k, _)| k == "PADDOCK_S3__ENDPOINT").map(|(_, v)| v.clone()).unwrap();
+    let outage = Outage::proxy(s3.trim_start_matches("http://")).await;
+    let app = spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", "echo the agent ran")]).await;
+    let repo = app.repo(&[("README.md", b"# x\n")]);
+    // The API reaches the store; this worker does not.
+    let mut config = app.config.clone();
+    config.s3.endpoint = outage.url.clone();
+    outage.down().await;
+    let worker = app.spawn_worker_with(config).await;
+    let id = app.create_run(&repo, "Audit me").await;
+    let run = app.wait_for(&id, Duration::from_secs(60), |r| r["state"] == "failed").await;
+    assert_eq!(run["stop_reason"]["kind"], "audit_unavailable", "{run:#}");
+    assert_eq!(run["attempt"], 1, "an audit outage must not be retried into a run without audit");
+    assert!(app.sandboxes_of(&id).await.is_empty(), "a sandbox was started without its audit event");
+    assert_eq!(run["artifacts"], json!([]));
+    worker.shutdown().await;
+}

@@ -190,7 +190,21 @@ async fn a_labelled_issue_becomes_a_draft_pull_request_with_a_full_record() {
     for (key, _) in forge.app.store.list(&format!("{}/", forge.app.config.audit.prefix)).await.unwrap() {
         trail.push_str(&String::from_utf8_lossy(&forge.app.store.get(&key).await.unwrap().unwrap()));
     }
-    assert!(trail.contains("run.request"), "{trail}");
+    for action in [
+        "run.request",
+        "run.claim",
+        "sandbox.create",
+        "command.run",
+        "model.call",
+        "files.change",
+        "credential.grant",
+        "credential.revoke",
+        "branch.push",
+        "pull_request.open",
+        "run.stop",
+    ] {
+        assert!(trail.contains(&format!("\"action\":\"{action}\"")), "no {action} event in the trail");
+    }
     for (token, _) in &minted {
         assert!(!trail.contains(token.as_str()) && !record.to_string().contains(token.as_str()));
     }

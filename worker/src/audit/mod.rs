@@ -14,6 +14,7 @@
 //! [`verify`] walks a time range and reports modified, missing, reordered
 //! or inserted segments and broken digest chains.
 
+pub mod events;
 mod verify;
 
 use std::time::{Duration, Instant};
@@ -131,6 +132,37 @@ pub fn verifying_key(encoded: &str) -> Result<VerifyingKey, AuditError> {
 
 pub fn public_key_b64(key: &VerifyingKey) -> String {
     B64.encode(key.as_bytes())
+}
+
+/// Writes a digest every `interval` while `trail` lives, so no segment
+/// waits longer than that for one.
+pub fn spawn_digests(trail: std::sync::Weak<AuditTrail>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let Some(trail) = trail.upgrade() else { return };
+            if let Err(error) = trail.flush().await {
+                tracing::error!(%error, "writing an audit digest failed; retrying at the next interval");
+            }
+        }
+    });
+}
+
+/// The trail of a process named `writer`, from configuration; `Err` names
+/// the missing or invalid key.
+pub fn from_config(config: &common::config::Config, store: S3Store, writer: &str) -> Result<AuditTrail, AuditError> {
+    use secrecy::ExposeSecret;
+    let encoded = config.audit.signing_key.as_ref().ok_or_else(|| {
+        AuditError::Key(
+            "must be set (32 bytes, base64: `openssl rand -base64 32`); Paddock does not act without an audit trail"
+                .to_owned(),
+        )
+    })?;
+    let key = signing_key(encoded.expose_secret())?;
+    let interval = Duration::from_secs(config.audit.digest_interval_seconds);
+    Ok(AuditTrail::new(store, &config.audit.prefix, writer, key, interval))
 }
 
 /// `yyyy/mm/dd/hh` of a time in ms since the epoch (UTC).
