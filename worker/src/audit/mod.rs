@@ -98,6 +98,9 @@ struct Chain {
     last_digest: Instant,
 }
 
+/// Events waiting for the next segment, with who waits for them.
+type Waiting = Vec<(Vec<AuditEvent>, tokio::sync::oneshot::Sender<Result<(), String>>)>;
+
 /// The writer of one stream.
 pub struct AuditTrail {
     store: S3Store,
@@ -106,6 +109,7 @@ pub struct AuditTrail {
     key: SigningKey,
     interval: Duration,
     chain: tokio::sync::Mutex<Chain>,
+    waiting: std::sync::Mutex<Waiting>,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -191,6 +195,7 @@ impl AuditTrail {
             key,
             interval,
             chain: tokio::sync::Mutex::new(chain),
+            waiting: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -202,14 +207,38 @@ impl AuditTrail {
         self.key.verifying_key()
     }
 
-    /// Writes `events` as one segment, durably, before returning; a digest
-    /// follows when the interval has passed. An error means nothing was
-    /// recorded and the action must not proceed.
+    /// Stores `events` durably before returning; a digest follows when the
+    /// interval has passed. An error means nothing was recorded and the
+    /// action must not proceed.
+    ///
+    /// Group commit: callers queue their events, and whoever next holds the
+    /// chain writes everything queued as one segment, so concurrent callers
+    /// share one object-store write instead of queueing for one each.
     pub async fn record(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
         if events.is_empty() {
             return Ok(());
         }
-        let mut chain = self.chain.lock().await;
+        let (done, written) = tokio::sync::oneshot::channel();
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).push((events.to_vec(), done));
+        {
+            let mut chain = self.chain.lock().await;
+            let batch = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+            if !batch.is_empty() {
+                let all: Vec<AuditEvent> = batch.iter().flat_map(|(events, _)| events.iter().cloned()).collect();
+                let result = self.write_segment(&mut chain, &all).await.map_err(|e| e.to_string());
+                for (_, done) in batch {
+                    let _ = done.send(result.clone());
+                }
+            }
+        }
+        match written.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(AuditError::Unavailable(StoreError::new(message))),
+            Err(_) => Err(AuditError::Unavailable(StoreError::new("the audit writer stopped"))),
+        }
+    }
+
+    async fn write_segment(&self, chain: &mut Chain, events: &[AuditEvent]) -> Result<(), AuditError> {
         let mut body = Vec::new();
         let (mut seq, mut prev_hash) = (chain.seq, chain.prev_hash.clone());
         for event in events {
@@ -233,8 +262,11 @@ impl AuditTrail {
             chain.pending_since_ms = now;
         }
         chain.pending.push(SegmentRef { key, sha256, first_seq, last_seq: seq });
-        if chain.last_digest.elapsed() >= self.interval {
-            self.write_digest(&mut chain).await?;
+        // The events are stored; a failed digest is retried with the next one.
+        if chain.last_digest.elapsed() >= self.interval
+            && let Err(error) = self.write_digest(chain).await
+        {
+            tracing::error!(%error, "writing an audit digest failed; the next digest will list these segments");
         }
         Ok(())
     }
