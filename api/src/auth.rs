@@ -129,10 +129,7 @@ impl<R: Requirement + 'static> FromRequest for Authorized<R> {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let req = req.clone();
         Box::pin(async move {
-            let caller = authenticate(&req).await?;
-            if !R::ANY_OF.iter().any(|&p| caller.grants.allows(p, None, None)) {
-                return Err(forbidden(&caller, R::ANY_OF, "at global scope"));
-            }
+            let caller = holding::<R>(&req, true).await?;
             Ok(Self { caller, requirement: PhantomData })
         })
     }
@@ -176,13 +173,22 @@ impl<R: Requirement + 'static> FromRequest for Scoped<R> {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let req = req.clone();
         Box::pin(async move {
-            let caller = authenticate(&req).await?;
-            if !R::ANY_OF.iter().any(|&p| caller.grants.holds_somewhere(p)) {
-                return Err(forbidden(&caller, R::ANY_OF, "at any scope"));
-            }
+            let caller = holding::<R>(&req, false).await?;
             Ok(Self { caller, requirement: PhantomData })
         })
     }
+}
+
+/// The authenticated caller, if it holds one of `R::ANY_OF` globally (or,
+/// without `global`, anywhere).
+async fn holding<R: Requirement>(req: &HttpRequest, global: bool) -> Result<Caller, Problem> {
+    let caller = authenticate(req).await?;
+    let held =
+        |p: Permission| if global { caller.grants.allows(p, None, None) } else { caller.grants.holds_somewhere(p) };
+    if !R::ANY_OF.iter().any(|&p| held(p)) {
+        return Err(forbidden(&caller, R::ANY_OF, if global { "at global scope" } else { "at any scope" }));
+    }
+    Ok(caller)
 }
 
 /// SHA-256 of a token; tokens are compared by digest so the comparison time

@@ -59,6 +59,7 @@ where
         .service(identity::revoke::get_user)
         .service(identity::handlers::audit_events)
         .service(identity::handlers::verify_audit)
+        .service(identity::handlers::audit_status)
         .default_service(actix_web::web::to(problem::not_found))
         .split_for_parts();
     doc.info = InfoBuilder::new()

@@ -28,6 +28,8 @@ pub struct AppState {
     pub github: Option<std::sync::Arc<worker::forge::GitHubApp>>,
     /// This process's stream of the audit trail.
     pub audit: std::sync::Arc<AuditTrail>,
+    /// Whether the bucket enforces write-once retention, probed at start.
+    pub object_lock: worker::artifacts::ObjectLockStatus,
 }
 
 impl AppState {
@@ -65,7 +67,14 @@ impl Application {
         let audit = std::sync::Arc::new(worker::audit::from_config(&config, store.clone(), "api")?);
         let interval = std::time::Duration::from_secs(config.audit.digest_interval_seconds);
         worker::audit::spawn_digests(std::sync::Arc::downgrade(&audit), interval);
-        let state = web::Data::new(AppState { config, queue, store, admin_token_digest, oidc, github, audit });
+        let object_lock = store.object_lock().await;
+        if object_lock.enforced {
+            tracing::info!(mode = ?object_lock.mode, days = ?object_lock.default_retention_days, "audit bucket: Object Lock enforced");
+        } else {
+            tracing::warn!(detail = %object_lock.detail, "audit bucket: Object Lock NOT enforced; the trail is tamper-evident (signed digests), not tamper-proof");
+        }
+        let state =
+            web::Data::new(AppState { config, queue, store, admin_token_digest, oidc, github, audit, object_lock });
         let server = HttpServer::new(move || openapi::routes(App::new().app_data(state.clone())).0)
             .listen(listener)?
             .shutdown_timeout(30)

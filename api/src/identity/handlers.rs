@@ -436,3 +436,39 @@ pub async fn verify_audit(
             .await?;
     Ok(web::Json(report))
 }
+
+/// How this deployment's audit trail is kept.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditStatus {
+    /// This API process's stream.
+    pub stream: String,
+    /// The Ed25519 public key (base64) digests are signed with: verify
+    /// independently with it.
+    pub public_key: String,
+    pub prefix: String,
+    pub digest_interval_seconds: u64,
+    /// The start-up probe of the bucket's Object Lock.
+    pub object_lock: worker::artifacts::ObjectLockStatus,
+}
+
+/// The audit trail's signing key, location, digest interval, and whether
+/// the bucket enforces write-once retention (probed at start-up).
+#[utoipa::path(
+    tag = "audit",
+    responses(
+        (status = 200, body = AuditStatus),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["audit.read"]))
+)]
+#[get("/v1/audit/status")]
+pub async fn audit_status(_caller: Authorized<need::AuditRead>, state: web::Data<AppState>) -> web::Json<AuditStatus> {
+    web::Json(AuditStatus {
+        stream: state.audit.stream().to_owned(),
+        public_key: worker::audit::public_key_b64(&state.audit.public_key()),
+        prefix: state.config.audit.prefix.clone(),
+        digest_interval_seconds: state.config.audit.digest_interval_seconds,
+        object_lock: state.object_lock.clone(),
+    })
+}

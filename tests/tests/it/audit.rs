@@ -196,3 +196,15 @@ async fn a_worker_that_cannot_write_its_audit_events_stops_the_run_and_does_noth
     assert_eq!(run["artifacts"], json!([]));
     worker.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_status_names_the_signing_key_and_says_whether_the_bucket_enforces_retention() {
+    let app = spawn_app(&[]).await;
+    let status: Value = app.get("/v1/audit/status").await.json().await.unwrap();
+    let public = worker::audit::public_key_b64(&signing_key(TEST_AUDIT_KEY).unwrap().verifying_key());
+    assert_eq!(status["public_key"], public.as_str(), "{status:#}");
+    assert!(status["stream"].as_str().unwrap().starts_with("api-"));
+    // Garage has no Object Lock: the probe says so instead of claiming WORM.
+    assert_eq!(status["object_lock"]["enforced"], false, "{status:#}");
+    assert!(!status["object_lock"]["detail"].as_str().unwrap().is_empty());
+}

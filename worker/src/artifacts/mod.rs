@@ -45,7 +45,48 @@ pub struct S3Store {
     bucket: String,
 }
 
+/// Whether the bucket enforces write-once retention (S3 Object Lock).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ObjectLockStatus {
+    /// Objects cannot be deleted or overwritten before their retention ends.
+    pub enforced: bool,
+    /// The bucket's default retention mode (`GOVERNANCE`, `COMPLIANCE`).
+    pub mode: Option<String>,
+    pub default_retention_days: Option<i32>,
+    /// What the store answered.
+    pub detail: String,
+}
+
 impl S3Store {
+    /// Asks the bucket for its Object Lock configuration. Stores without
+    /// Object Lock (Garage, for one) answer with an error: not enforced.
+    pub async fn object_lock(&self) -> ObjectLockStatus {
+        match self.client.get_object_lock_configuration().bucket(&self.bucket).send().await {
+            Ok(out) => {
+                let config = out.object_lock_configuration();
+                let enabled = config.and_then(|c| c.object_lock_enabled()).is_some_and(|e| e.as_str() == "Enabled");
+                let retention = config.and_then(|c| c.rule()).and_then(|r| r.default_retention());
+                let mode = retention.and_then(|r| r.mode()).map(|m| m.as_str().to_owned());
+                let days = retention.and_then(|r| r.days().or(r.years().map(|y| y * 365)));
+                let enforced = enabled && mode.is_some();
+                let detail = if enforced {
+                    "Object Lock is enabled with a default retention".to_owned()
+                } else if enabled {
+                    "Object Lock is enabled but the bucket has no default retention".to_owned()
+                } else {
+                    "Object Lock is not enabled on the bucket".to_owned()
+                };
+                ObjectLockStatus { enforced, mode, default_retention_days: days, detail }
+            }
+            Err(e) => ObjectLockStatus {
+                enforced: false,
+                mode: None,
+                default_retention_days: None,
+                detail: format!("the store does not report Object Lock: {}", StoreError::from_sdk(e)),
+            },
+        }
+    }
+
     pub fn new(config: &S3Config) -> Self {
         let credentials = Credentials::new(
             &config.access_key_id,
