@@ -18,7 +18,7 @@ use std::marker::PhantomData;
 
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
-use common::audit::{Actor, now_ms};
+use common::audit::{Actor, AuditEvent, ObjectRef, now_ms};
 use common::identity::{Grants, Permission, Subject, is_service_token};
 use futures::future::LocalBoxFuture;
 use sha2::{Digest, Sha256};
@@ -58,6 +58,11 @@ impl Caller {
             CallerKind::ServiceAccount(name) => ("service-account", Some(Subject::ServiceAccount(name.clone()))),
         };
         Actor { principal: self.principal.clone(), method: method.to_owned(), via: via.map(|s| s.to_string()) }
+    }
+
+    /// An audit event of an action by this caller on `object`.
+    pub fn event(&self, action: &str, object: ObjectRef) -> AuditEvent {
+        AuditEvent::new(action, self.actor(), object).source_ip(self.source_ip.clone())
     }
 
     pub fn is_service_account(&self) -> bool {

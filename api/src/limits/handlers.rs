@@ -2,6 +2,7 @@
 //! un-parks the tenant or repository at once.
 
 use actix_web::{get, put, web};
+use common::audit::ObjectRef;
 use common::{RepoName, validate_tenant};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -106,12 +107,16 @@ pub async fn put_tenant_limits(
 ) -> Result<web::Json<TenantLimitsView>, Problem> {
     let tenant = tenant.into_inner();
     validate_tenant(&tenant)?;
-    caller.on_tenant(&tenant)?;
+    let caller = caller.on_tenant(&tenant)?;
     if let Some(weight) = body.weight
         && !(weight > 0.0 && weight <= 1000.0)
     {
         return Err(Problem::bad_request("`weight` must be greater than 0 and at most 1000").field("weight"));
     }
+    let mut object = ObjectRef::new("limits", &tenant);
+    object.tenant = Some(tenant.clone());
+    let after = serde_json::json!({"max_running": body.max_running, "weight": body.weight});
+    state.identity().append_audit(&caller.event("limits.set", object).change(None::<&()>, Some(&after))).await?;
     state.queue.set_tenant_limits(&tenant, body.max_running, body.weight).await?;
     let limits = state.queue.limits().await?;
     let current = limits.tenants.get(&tenant).cloned().unwrap_or_default();
@@ -145,7 +150,11 @@ pub async fn put_repo_limit(
     let (tenant, owner, name) = path.into_inner();
     validate_tenant(&tenant)?;
     let repository: RepoName = format!("{owner}/{name}").parse()?;
-    caller.on(&tenant, &repository.to_string())?;
+    let caller = caller.on(&tenant, &repository.to_string())?;
+    let mut object = ObjectRef::new("limits", format!("{tenant}/{repository}"));
+    (object.tenant, object.repository) = (Some(tenant.clone()), Some(repository.to_string()));
+    let after = serde_json::json!({"max_running": body.max_running});
+    state.identity().append_audit(&caller.event("limits.set", object).change(None::<&()>, Some(&after))).await?;
     state.queue.set_repo_limit(&tenant, &repository.to_string(), body.max_running).await?;
     Ok(web::Json(RepoLimitView { tenant, repository: repository.to_string(), max_running: body.max_running }))
 }

@@ -3,6 +3,7 @@
 //! when the run is accepted.
 
 use actix_web::{get, put, web};
+use common::audit::ObjectRef;
 use common::policy::{PolicyOverride, SandboxPolicy};
 use common::{RepoName, validate_tenant};
 use serde::{Deserialize, Serialize};
@@ -88,8 +89,11 @@ pub async fn put_tenant_policy(
 ) -> Result<web::Json<PolicyEntry>, Problem> {
     let tenant = tenant.into_inner();
     validate_tenant(&tenant)?;
-    caller.on_tenant(&tenant)?;
+    let caller = caller.on_tenant(&tenant)?;
     validated(&body)?;
+    let mut object = ObjectRef::new("policy", &tenant);
+    object.tenant = Some(tenant.clone());
+    state.identity().append_audit(&caller.event("policy.set", object).change(None::<&()>, Some(&*body))).await?;
     state.queue.set_policy(&tenant, None, &body).await?;
     Ok(web::Json(PolicyEntry { tenant, repository: None, policy_override: body.into_inner() }))
 }
@@ -121,8 +125,11 @@ pub async fn put_repo_policy(
     let (tenant, owner, name) = path.into_inner();
     validate_tenant(&tenant)?;
     let repository: RepoName = format!("{owner}/{name}").parse()?;
-    caller.on(&tenant, &repository.to_string())?;
+    let caller = caller.on(&tenant, &repository.to_string())?;
     validated(&body)?;
+    let mut object = ObjectRef::new("policy", format!("{tenant}/{repository}"));
+    (object.tenant, object.repository) = (Some(tenant.clone()), Some(repository.to_string()));
+    state.identity().append_audit(&caller.event("policy.set", object).change(None::<&()>, Some(&*body))).await?;
     state.queue.set_policy(&tenant, Some(&repository.to_string()), &body).await?;
     Ok(web::Json(PolicyEntry { tenant, repository: Some(repository.to_string()), policy_override: body.into_inner() }))
 }

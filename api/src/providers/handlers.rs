@@ -3,6 +3,7 @@
 //! arrives with identity; until then the bootstrap admin sets it.)
 
 use actix_web::{get, put, web};
+use common::audit::ObjectRef;
 use common::policy::LlmPolicy;
 
 use crate::auth::{Authorized, need};
@@ -58,6 +59,10 @@ pub async fn put_llm_policy(
 ) -> Result<web::Json<LlmPolicy>, Problem> {
     let policy = body.into_inner();
     policy.validate(&state.config.gateway)?;
+    let before = state.queue.llm_policy().await?;
+    let event =
+        caller.event("llm_policy.set", ObjectRef::new("llm-policy", "global")).change(before.as_ref(), Some(&policy));
+    state.identity().append_audit(&event).await?;
     state.queue.set_llm_policy(&policy).await?;
     tracing::info!(by = %caller.principal, allowed = ?policy.allowed_providers, "provider policy changed");
     Ok(web::Json(policy))

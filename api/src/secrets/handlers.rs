@@ -4,6 +4,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, delete, get, put, web};
+use common::audit::ObjectRef;
 use common::sealed::{SecretBox, fingerprint};
 use common::{ValidationError, validate_tenant};
 use secrecy::ExposeSecret;
@@ -104,6 +105,10 @@ pub async fn put_secret(
             .unwrap_or_default(),
         created_by: caller.principal.clone(),
     };
+    let mut object = ObjectRef::new("secret", format!("{tenant}/{name}"));
+    object.tenant = Some(tenant.clone());
+    let after = serde_json::json!({"name": name, "fingerprint": stored.fingerprint});
+    state.identity().append_audit(&caller.event("secret.put", object).change(None::<&()>, Some(&after))).await?;
     state.queue.put_tenant_secret(&tenant, &name, &stored).await?;
     tracing::info!(by = %caller.principal, %tenant, %name, fingerprint = %stored.fingerprint, "tenant secret registered");
     Ok(web::Json(SecretInfo::of(name, stored)))
@@ -159,6 +164,9 @@ pub async fn delete_secret(
     validate_tenant(&tenant)?;
     let caller = caller.on_tenant(&tenant)?;
     validate_name(&name)?;
+    let mut object = ObjectRef::new("secret", format!("{tenant}/{name}"));
+    object.tenant = Some(tenant.clone());
+    state.identity().append_audit(&caller.event("secret.delete", object)).await?;
     if !state.queue.delete_tenant_secret(&tenant, &name).await? {
         return Err(Problem::not_found(format!("tenant `{tenant}` has no secret `{name}`")));
     }

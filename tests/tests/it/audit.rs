@@ -208,3 +208,47 @@ async fn the_status_names_the_signing_key_and_says_whether_the_bucket_enforces_r
     assert_eq!(status["object_lock"]["enforced"], false, "{status:#}");
     assert!(!status["object_lock"]["detail"].as_str().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn administrative_changes_are_audited_with_what_changed_and_never_a_secret_value() {
+    let app = spawn_app(&[("PADDOCK_SECRETS__ENCRYPTION_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")]).await;
+    let secret = "planted-canary-7f3a9c0d1e";
+    let changes = [
+        ("PUT", "/v1/limits/tenants/payments", json!({"max_running": 7})),
+        ("PUT", "/v1/limits/tenants/payments/repositories/acme/ledger", json!({"max_running": 2})),
+        ("PUT", "/v1/policies/tenants/payments", json!({"approval": "egress"})),
+        ("PUT", "/v1/policies/tenants/payments/repositories/acme/ledger", json!({"timeout_seconds": 600})),
+        (
+            "PUT",
+            "/v1/llm-policy",
+            json!({"allowed_providers": [], "logging": {"prompt_content": "redacted", "metadata": "retained_30_days"}}),
+        ),
+        ("PUT", "/v1/tenants/payments/secrets/deploy-key", json!({"value": secret})),
+        ("DELETE", "/v1/tenants/payments/secrets/deploy-key", json!({})),
+    ];
+    for (method, path, body) in changes {
+        let response = app
+            .client
+            .request(method.parse().unwrap(), app.url(path))
+            .bearer_auth(&app.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{method} {path}: {}", response.status());
+    }
+    let events = app.queue.identity().audit_events(&Default::default(), 1000).await.unwrap();
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["limits.set", "limits.set", "policy.set", "policy.set", "llm_policy.set", "secret.put", "secret.delete"]
+    );
+    assert!(events.iter().all(|e| e.actor.principal == "bootstrap-admin" && e.source_ip.is_some()));
+    assert_eq!(events[2].after.as_ref().unwrap()["approval"], "egress");
+    assert_eq!(events[1].object.repository.as_deref(), Some("acme/ledger"));
+    let mut trail = serde_json::to_string(&events).unwrap();
+    for (key, _) in app.store.list(&format!("{}/", app.config.audit.prefix)).await.unwrap() {
+        trail.push_str(&String::from_utf8_lossy(&app.store.get(&key).await.unwrap().unwrap()));
+    }
+    assert!(trail.contains("secret.put") && !trail.contains(secret), "the secret's value reached the audit trail");
+}
