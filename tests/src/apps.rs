@@ -159,6 +159,17 @@ impl TestApp {
     }
 
     /// An artifact's bytes from object storage.
+    /// Every object of this deployment's audit trail, as one text.
+    pub async fn audit_trail_text(&self) -> String {
+        use worker::artifacts::ObjectStore;
+        let mut trail = String::new();
+        for (key, _) in self.store.list(&format!("{}/", self.config.audit.prefix)).await.expect("list the trail") {
+            let bytes = self.store.get(&key).await.expect("read the trail").unwrap_or_default();
+            trail.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        trail
+    }
+
     pub async fn artifact(&self, key: &str) -> bytes::Bytes {
         use worker::artifacts::ObjectStore;
         self.store.get(key).await.expect("s3 get").unwrap_or_else(|| panic!("artifact {key} missing"))

@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use tests::github::GitHub;
 use tests::providers::EmulatedProviders;
 use tests::{TestApp, spawn_app};
-use worker::artifacts::ObjectStore;
 
 /// The model's turns: look, fix, check, done.
 const FIX: &[&str] = &[
@@ -186,10 +185,7 @@ async fn a_labelled_issue_becomes_a_draft_pull_request_with_a_full_record() {
     assert_eq!(record["stop"]["reason"]["kind"], "completed");
     assert_eq!(record["sandbox"]["policy"]["egress"], "none");
     // No token value reached the audit trail.
-    let mut trail = String::new();
-    for (key, _) in forge.app.store.list(&format!("{}/", forge.app.config.audit.prefix)).await.unwrap() {
-        trail.push_str(&String::from_utf8_lossy(&forge.app.store.get(&key).await.unwrap().unwrap()));
-    }
+    let trail = forge.app.audit_trail_text().await;
     for action in [
         "run.request",
         "run.claim",

@@ -177,28 +177,49 @@ impl IdentityStore {
         Ok(out)
     }
 
-    pub async fn bindings(&self) -> Result<Vec<Binding>, QueueError> {
+    /// Every record of the hash `name`, decoded.
+    async fn all<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Vec<T>, QueueError> {
         let mut conn = self.conn.clone();
-        let all: BTreeMap<String, String> = conn.hgetall(self.key("rbac:bindings")).await?;
-        all.values().map(|json| from_json("binding", json)).collect()
+        let all: BTreeMap<String, String> = conn.hgetall(self.key(name)).await?;
+        all.values().map(|json| from_json(name, json)).collect()
     }
 
-    pub async fn add_binding(&self, binding: &Binding, event: &AuditEvent) -> Result<(), QueueError> {
+    /// One record of the hash `name`, decoded.
+    async fn one<T: for<'de> Deserialize<'de>>(&self, name: &str, field: &str) -> Result<Option<T>, QueueError> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn.hget(self.key(name), field).await?;
+        json.map(|j| from_json(name, &j)).transpose()
+    }
+
+    /// Writes one record of the hash `name` together with its audit event.
+    async fn put<T: Serialize>(
+        &self,
+        name: &str,
+        field: &str,
+        value: &T,
+        event: &AuditEvent,
+    ) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         let () = self
             .audited(event)
             .await?
-            .hset(self.key("rbac:bindings"), &binding.id, to_json("binding", binding)?)
+            .hset(self.key(name), field, to_json(name, value)?)
             .ignore()
             .query_async(&mut conn)
             .await?;
         Ok(())
     }
 
+    pub async fn bindings(&self) -> Result<Vec<Binding>, QueueError> {
+        self.all("rbac:bindings").await
+    }
+
+    pub async fn add_binding(&self, binding: &Binding, event: &AuditEvent) -> Result<(), QueueError> {
+        self.put("rbac:bindings", &binding.id, binding, event).await
+    }
+
     pub async fn binding(&self, id: &str) -> Result<Option<Binding>, QueueError> {
-        let mut conn = self.conn.clone();
-        let json: Option<String> = conn.hget(self.key("rbac:bindings"), id).await?;
-        json.map(|j| from_json("binding", &j)).transpose()
+        self.one("rbac:bindings", id).await
     }
 
     pub async fn remove_binding(&self, id: &str, event: &AuditEvent) -> Result<(), QueueError> {
@@ -208,15 +229,11 @@ impl IdentityStore {
     }
 
     pub async fn service_accounts(&self) -> Result<Vec<ServiceAccount>, QueueError> {
-        let mut conn = self.conn.clone();
-        let all: BTreeMap<String, String> = conn.hgetall(self.key("sa:accounts")).await?;
-        all.values().map(|json| from_json("service account", json)).collect()
+        self.all("sa:accounts").await
     }
 
     pub async fn service_account(&self, name: &str) -> Result<Option<ServiceAccount>, QueueError> {
-        let mut conn = self.conn.clone();
-        let json: Option<String> = conn.hget(self.key("sa:accounts"), name).await?;
-        json.map(|j| from_json("service account", &j)).transpose()
+        self.one("sa:accounts", name).await
     }
 
     /// Creates the account unless one has the name; whether it was created.
@@ -225,14 +242,16 @@ impl IdentityStore {
         account: &ServiceAccount,
         event: &AuditEvent,
     ) -> Result<bool, QueueError> {
-        self.to_trail(event).await?;
         // One script, so the account and its audit event exist together.
-        let script = redis::Script::new(
-            "if redis.call('HSETNX', KEYS[1] .. 'sa:accounts', ARGV[1], ARGV[2]) == 1 then \
-               redis.call('RPUSH', KEYS[1] .. 'audit:events', ARGV[3]) return 1 end return 0",
-        );
+        static CREATE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                "if redis.call('HSETNX', KEYS[1] .. 'sa:accounts', ARGV[1], ARGV[2]) == 1 then \
+                   redis.call('RPUSH', KEYS[1] .. 'audit:events', ARGV[3]) return 1 end return 0",
+            )
+        });
+        self.to_trail(event).await?;
         let mut conn = self.conn.clone();
-        let created: i64 = script
+        let created: i64 = CREATE
             .key(&*self.prefix)
             .arg(&account.name)
             .arg(to_json("account", account)?)
@@ -268,46 +287,24 @@ impl IdentityStore {
     }
 
     pub async fn token(&self, id: &str) -> Result<Option<TokenRecord>, QueueError> {
-        let mut conn = self.conn.clone();
-        let json: Option<String> = conn.hget(self.key("sa:tokens"), id).await?;
-        json.map(|j| from_json("token", &j)).transpose()
+        self.one("sa:tokens", id).await
     }
 
-    /// Every token ever issued, oldest first.
+    /// Every token ever issued.
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, QueueError> {
-        let mut conn = self.conn.clone();
-        let all: BTreeMap<String, String> = conn.hgetall(self.key("sa:tokens")).await?;
-        all.values().map(|json| from_json("token", json)).collect()
+        self.all("sa:tokens").await
     }
 
     /// Replaces a token record (revocation), with its audit event.
     pub async fn update_token(&self, token: &TokenRecord, event: &AuditEvent) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let () = self
-            .audited(event)
-            .await?
-            .hset(self.key("sa:tokens"), &token.id, to_json("token", token)?)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        self.put("sa:tokens", &token.id, token, event).await
     }
 
     pub async fn user(&self, name: &str) -> Result<UserStatus, QueueError> {
-        let mut conn = self.conn.clone();
-        let json: Option<String> = conn.hget(self.key("users"), name).await?;
-        Ok(json.map(|j| from_json("user", &j)).transpose()?.unwrap_or_default())
+        Ok(self.one("users", name).await?.unwrap_or_default())
     }
 
     pub async fn set_user(&self, name: &str, status: &UserStatus, event: &AuditEvent) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let () = self
-            .audited(event)
-            .await?
-            .hset(self.key("users"), name, to_json("user", status)?)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        self.put("users", name, status, event).await
     }
 }
