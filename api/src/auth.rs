@@ -100,6 +100,7 @@ pub mod need {
     requirement!(RbacManage, RbacManage);
     requirement!(AuditRead, AuditRead);
     requirement!(SecurityRevoke, SecurityRevoke);
+    requirement!(AuditHold, AuditHold);
     // Deactivating a person: role managers and security responders.
     requirement!(UsersManage, RbacManage, SecurityRevoke);
 }

@@ -3,6 +3,7 @@
 //! Handlers are thin: extract (authentication included), call the queue or
 //! the object store, map to a DTO. Every error leaves as problem+json.
 
+pub mod audit;
 pub mod auth;
 pub mod health;
 pub mod identity;

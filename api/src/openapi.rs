@@ -7,7 +7,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, Secur
 use utoipa::openapi::{InfoBuilder, OpenApi};
 use utoipa_actix_web::AppExt;
 
-use crate::{health, identity, limits, policies, problem, providers, queue, runs, secrets, startup, webhooks};
+use crate::{audit, health, identity, limits, policies, problem, providers, queue, runs, secrets, startup, webhooks};
 
 /// Registers every route on `app`; returns the app and its OpenAPI document.
 pub fn routes<T>(app: App<T>) -> (App<T>, OpenApi)
@@ -57,9 +57,13 @@ where
         .service(identity::revoke::deactivate_user)
         .service(identity::revoke::activate_user)
         .service(identity::revoke::get_user)
-        .service(identity::handlers::audit_events)
-        .service(identity::handlers::verify_audit)
-        .service(identity::handlers::audit_status)
+        .service(audit::handlers::audit_events)
+        .service(audit::handlers::verify_audit)
+        .service(audit::handlers::audit_status)
+        .service(audit::holds::place_hold)
+        .service(audit::holds::release_hold)
+        .service(audit::holds::list_holds)
+        .service(audit::holds::retention)
         .default_service(actix_web::web::to(problem::not_found))
         .split_for_parts();
     doc.info = InfoBuilder::new()

@@ -27,6 +27,7 @@ pub struct Config {
     pub github: GitHubConfig,
     pub identity: IdentityConfig,
     pub audit: AuditConfig,
+    pub retention: RetentionConfig,
     /// Agent profiles by name; a run names one (or gets `default`).
     pub agents: BTreeMap<String, AgentConfig>,
 }
@@ -355,6 +356,8 @@ pub struct AuditConfig {
     pub prefix: String,
     /// At most this long between a segment and the digest that lists it.
     pub digest_interval_seconds: u64,
+    /// Key prefix of compliance export bundles (outside `prefix`).
+    pub export_prefix: String,
 }
 
 impl Default for AuditConfig {
@@ -364,7 +367,55 @@ impl Default for AuditConfig {
             trusted_public_keys: Vec::new(),
             prefix: "audit/v1".to_owned(),
             digest_interval_seconds: 300,
+            export_prefix: "audit-exports/v1".to_owned(),
         }
+    }
+}
+
+/// How many days each class of stored object is kept (0: forever), and how
+/// often a worker sweeps what is past it. Legal holds stop deletion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub artifacts_days: u32,
+    pub logs_days: u32,
+    pub transcripts_days: u32,
+    pub gateway_metadata_days: u32,
+    /// At least 365 by default: PCI DSS 10.5.1 asks for a year of audit logs.
+    pub audit_days: u32,
+    pub exports_days: u32,
+    /// One worker of the fleet sweeps this often; 0 turns the sweeper off
+    /// (when bucket lifecycle rules do the deleting and no holds are needed).
+    pub sweep_interval_seconds: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            artifacts_days: 90,
+            logs_days: 90,
+            transcripts_days: 30,
+            gateway_metadata_days: 400,
+            audit_days: 400,
+            exports_days: 30,
+            sweep_interval_seconds: 3600,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// Days objects of `class` are kept; `None` for forever.
+    pub fn days(&self, class: crate::retention::RetentionClass) -> Option<u32> {
+        use crate::retention::RetentionClass::*;
+        let days = match class {
+            Artifacts => self.artifacts_days,
+            Logs => self.logs_days,
+            Transcripts => self.transcripts_days,
+            GatewayMetadata => self.gateway_metadata_days,
+            Audit => self.audit_days,
+            Exports => self.exports_days,
+        };
+        (days > 0).then_some(days)
     }
 }
 
@@ -543,6 +594,7 @@ impl Default for Config {
             github: GitHubConfig::default(),
             identity: IdentityConfig::default(),
             audit: AuditConfig::default(),
+            retention: RetentionConfig::default(),
             agents: BTreeMap::from([
                 ("default".to_owned(), AgentConfig::command("git status --short")),
                 ("reference".to_owned(), AgentConfig::command("paddock-agent")),
@@ -732,6 +784,10 @@ impl Config {
         }
         if self.audit.prefix.trim_matches('/').is_empty() {
             return invalid("audit.prefix", "must not be empty");
+        }
+        let (audit, export) = (self.audit.prefix.trim_matches('/'), self.audit.export_prefix.trim_matches('/'));
+        if export.is_empty() || export.starts_with(audit) || audit.starts_with(export) || export.starts_with("runs") {
+            return invalid("audit.export_prefix", "must not be empty nor overlap audit.prefix or runs/");
         }
         for name in &self.gateway.allowed_providers {
             if !self.gateway.providers.contains_key(name) {

@@ -40,10 +40,13 @@ pub enum Permission {
     /// Revoke tokens and credentials at once.
     #[serde(rename = "security.revoke")]
     SecurityRevoke,
+    /// Place and release legal holds on a run's or tenant's evidence.
+    #[serde(rename = "audit.hold")]
+    AuditHold,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 8] = [
+    pub const ALL: [Permission; 9] = [
         Permission::RunsCreate,
         Permission::ToolsApprove,
         Permission::LogsRead,
@@ -52,6 +55,7 @@ impl Permission {
         Permission::RbacManage,
         Permission::AuditRead,
         Permission::SecurityRevoke,
+        Permission::AuditHold,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +68,7 @@ impl Permission {
             Permission::RbacManage => "rbac.manage",
             Permission::AuditRead => "audit.read",
             Permission::SecurityRevoke => "security.revoke",
+            Permission::AuditHold => "audit.hold",
         }
     }
 }
@@ -80,6 +85,8 @@ pub enum Role {
     Admin,
     /// Revokes credentials in an incident, without administering anything.
     SecurityResponder,
+    /// Reads the audit trail and places legal holds (legal, compliance).
+    ComplianceOfficer,
 }
 
 impl Role {
@@ -93,6 +100,7 @@ impl Role {
             Role::Auditor => &[AuditRead],
             Role::Admin => &[ProvidersConfigure, LimitsManage, RbacManage, SecurityRevoke],
             Role::SecurityResponder => &[SecurityRevoke],
+            Role::ComplianceOfficer => &[AuditRead, AuditHold],
         }
     }
 }
@@ -109,7 +117,7 @@ impl FromStr for Permission {
 }
 
 impl Role {
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Requester,
         Role::Approver,
         Role::LogViewer,
@@ -117,6 +125,7 @@ impl Role {
         Role::Auditor,
         Role::Admin,
         Role::SecurityResponder,
+        Role::ComplianceOfficer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -128,6 +137,7 @@ impl Role {
             Role::Auditor => "auditor",
             Role::Admin => "admin",
             Role::SecurityResponder => "security-responder",
+            Role::ComplianceOfficer => "compliance-officer",
         }
     }
 }

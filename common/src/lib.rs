@@ -7,6 +7,7 @@ pub mod audit;
 pub mod config;
 pub mod identity;
 pub mod policy;
+pub mod retention;
 pub mod run;
 pub mod sealed;
 pub mod telemetry;

@@ -207,15 +207,27 @@ pub enum ArtifactKind {
     /// Model calls through the gateway, one JSON object a line; only for
     /// runs that made any.
     Transcript,
+    /// Each model call's metadata (provider, model, tokens, cost, latency),
+    /// one JSON object a line; only for runs that made any.
+    ModelCalls,
 }
 
 impl ArtifactKind {
+    pub const ALL: [ArtifactKind; 5] = [
+        ArtifactKind::Logs,
+        ArtifactKind::Diff,
+        ArtifactKind::Summary,
+        ArtifactKind::Transcript,
+        ArtifactKind::ModelCalls,
+    ];
+
     pub fn file_name(self) -> &'static str {
         match self {
             ArtifactKind::Logs => "logs.txt",
             ArtifactKind::Diff => "diff.patch",
             ArtifactKind::Summary => "summary.json",
             ArtifactKind::Transcript => "transcript.jsonl",
+            ArtifactKind::ModelCalls => "model-calls.jsonl",
         }
     }
 }

@@ -46,6 +46,8 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
         ("PADDOCK_API__BOOTSTRAP_ADMIN_TOKEN", token.clone()),
         ("PADDOCK_AUDIT__SIGNING_KEY", TEST_AUDIT_KEY.to_owned()),
         ("PADDOCK_AUDIT__PREFIX", format!("audit-t-{id}")),
+        // Tests share a bucket; the one retention test sweeps its own.
+        ("PADDOCK_RETENTION__SWEEP_INTERVAL_SECONDS", "0".to_owned()),
         ("PADDOCK_GIT__BASE_URL", git.base_url.clone()),
         ("PADDOCK_WORKER__NAME", "test-worker".to_owned()),
         ("PADDOCK_WORKER__WORK_DIR", scratch.join("work").display().to_string()),
@@ -100,6 +102,19 @@ impl TestApp {
         assert_eq!(location, format!("/v1/runs/{id}"));
         assert_eq!(accepted["state"], "queued");
         id
+    }
+
+    /// A request with the bootstrap admin token: (status, JSON body or null).
+    pub async fn admin_call(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .client
+            .request(method.parse().expect("an HTTP method"), self.url(path))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        (response.status().as_u16(), response.json().await.unwrap_or_default())
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

@@ -18,6 +18,10 @@ pub fn endpoint_vars() -> Vec<(String, String)> {
     text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect()
 }
 
+/// A bucket `cargo xtask setup` makes for tests that act on a whole bucket
+/// (the retention sweeper); nothing else writes there.
+pub const ISOLATED_BUCKET: &str = "paddock-isolated";
+
 /// Directory of the built `api` and `worker` binaries.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PADDOCK_BIN_DIR") {

@@ -95,6 +95,19 @@ impl Application {
         ));
 
         let janitor = tokio::spawn(janitor(runtime.clone(), background.clone()));
+        let retention = runtime.config.retention.sweep_interval_seconds;
+        let sweeper = (retention > 0).then(|| {
+            let sweeper = crate::retention::Sweeper {
+                store: runtime.store.clone(),
+                queue: runtime.queue.clone(),
+                trail: runtime.audit.clone(),
+                retention: runtime.config.retention.clone(),
+                audit_prefix: runtime.config.audit.prefix.trim_end_matches('/').to_owned(),
+                export_prefix: runtime.config.audit.export_prefix.trim_end_matches('/').to_owned(),
+                by: runtime.worker.clone(),
+            };
+            crate::retention::spawn(sweeper, Duration::from_secs(retention), background.clone())
+        });
         let grace_over = runtime.grace_over.clone();
         let signal = async move {
             shutdown.await;
@@ -132,6 +145,9 @@ impl Application {
 
         background.cancel();
         let _ = tokio::join!(heartbeats, nudges, reaper, janitor);
+        if let Some(sweeper) = sweeper {
+            let _ = sweeper.await;
+        }
         tracing::info!(worker = %runtime.worker, "worker stopped");
         Ok(())
     }

@@ -11,6 +11,7 @@ pub mod git;
 pub mod listener;
 pub mod publish;
 pub mod queue;
+pub mod retention;
 pub mod runner;
 pub mod sandbox;
 

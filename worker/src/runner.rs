@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::artifacts::{ObjectStore, S3Store};
+use crate::artifacts::S3Store;
 use crate::audit::events as audit_events;
 use crate::egress::{EgressPolicy, EgressProxy, EgressRecord};
 use crate::forge::{ForgeError, GitHubApp, RUN_PERMISSIONS, RepoCredential};
@@ -643,9 +643,16 @@ impl Runtime {
             log.line(&format!("paddock: recording the outcome in the audit trail failed: {e}"));
         }
         let transcript = facts.as_ref().map(|f| transcript_jsonl(&redactor, &f.transcript)).unwrap_or_default();
+        let model_calls: String = facts
+            .as_ref()
+            .map(|f| f.calls.iter().filter_map(|c| serde_json::to_string(c).ok()).map(|l| l + "\n").collect())
+            .unwrap_or_default();
         let mut kinds = vec![ArtifactKind::Logs, ArtifactKind::Diff, ArtifactKind::Summary];
         if !transcript.is_empty() {
             kinds.push(ArtifactKind::Transcript);
+        }
+        if !model_calls.is_empty() {
+            kinds.push(ArtifactKind::ModelCalls);
         }
         let keys: Vec<String> = kinds.iter().map(|k| run.id.artifact_key(*k)).collect();
         let image = self
@@ -689,16 +696,19 @@ impl Runtime {
         };
         // Logs pass redaction before they reach storage.
         let (log_text, _) = redactor.redact(&String::from_utf8_lossy(&log.data));
-        let mut uploads = vec![
-            (&keys[0], Bytes::from(log_text), "text/plain; charset=utf-8"),
-            (&keys[1], Bytes::from(diff), "text/x-diff"),
-            (&keys[2], Bytes::from(summary), "application/json"),
-        ];
-        if let Some(key) = keys.get(3) {
-            uploads.push((key, Bytes::from(transcript), "application/x-ndjson"));
-        }
-        for (key, body, content_type) in uploads {
-            if let Err(e) = self.store.put(key, body, content_type).await {
+        let (log_text, diff, summary) = (Bytes::from(log_text), Bytes::from(diff), Bytes::from(summary));
+        let (transcript, model_calls) = (Bytes::from(transcript), Bytes::from(model_calls));
+        let bodies = kinds.iter().map(|kind| match kind {
+            ArtifactKind::Logs => (log_text.clone(), "text/plain; charset=utf-8"),
+            ArtifactKind::Diff => (diff.clone(), "text/x-diff"),
+            ArtifactKind::Summary => (summary.clone(), "application/json"),
+            ArtifactKind::Transcript => (transcript.clone(), "application/x-ndjson"),
+            ArtifactKind::ModelCalls => (model_calls.clone(), "application/x-ndjson"),
+        });
+        for ((kind, key), (body, content_type)) in kinds.iter().zip(&keys).zip(bodies) {
+            // The sweeper reads the tenant back when Redis has forgotten the run.
+            let metadata = [("tenant", run.spec.tenant.as_str()), ("retention-class", kind.class().as_str())];
+            if let Err(e) = self.store.put_with_metadata(key, body, content_type, &metadata).await {
                 return self.retry(run, format!("uploading {key} failed: {e}"));
             }
         }

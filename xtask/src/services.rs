@@ -17,6 +17,9 @@ const GARAGE_VERSION: &str = "2.5.0";
 const REDIS_PORT: u16 = 6390;
 const S3_PORT: u16 = 3900;
 const BUCKET: &str = "paddock";
+/// For tests that act on a whole bucket (the retention sweeper): nothing
+/// else writes there.
+const ISOLATED_BUCKET: &str = "paddock-isolated";
 const SANDBOX_REPO: &str = "paddock/sandbox";
 
 pub fn ensure_all(home: &Path) -> Result<()> {
@@ -244,12 +247,14 @@ admin_token = "{admin_token}"
     if !succeeds(cli().args(["key", "info", &key_id])) {
         run(cli().args(["key", "import", "--yes", "-n", "paddock", &key_id, &secret]).stdout(Stdio::null()))?;
     }
-    if !succeeds(cli().args(["bucket", "info", BUCKET])) {
-        run(cli().args(["bucket", "create", BUCKET]).stdout(Stdio::null()))?;
+    for bucket in [BUCKET, ISOLATED_BUCKET] {
+        if !succeeds(cli().args(["bucket", "info", bucket])) {
+            run(cli().args(["bucket", "create", bucket]).stdout(Stdio::null()))?;
+        }
+        run(cli()
+            .args(["bucket", "allow", "--read", "--write", "--owner", bucket, "--key", &key_id])
+            .stdout(Stdio::null()))?;
     }
-    run(cli()
-        .args(["bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", &key_id])
-        .stdout(Stdio::null()))?;
     wait_until("garage s3 api", Duration::from_secs(10), || port_open(S3_PORT))?;
     Ok((key_id, secret))
 }

@@ -1,4 +1,4 @@
-//! `/v1/rbac/bindings`, `/v1/service-accounts`, `/v1/audit/events`. Every
+//! `/v1/rbac/bindings`, `/v1/service-accounts`. Every
 //! change is written together with its audit event (who, what, before,
 //! after); nothing here ever shows a token again after it is issued.
 
@@ -7,8 +7,8 @@ use actix_web::{HttpResponse, delete, get, post, web};
 use common::audit::{AuditEvent, ObjectRef, now_ms};
 use common::identity::{Binding, Permission, Role, Scope, Subject, new_service_token, validate_account_name};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
-use worker::queue::identity::{AuditFilter, ServiceAccount, TokenRecord};
+use utoipa::ToSchema;
+use worker::queue::identity::{ServiceAccount, TokenRecord};
 
 use crate::auth::{Authorized, need, token_hash_hex};
 use crate::problem::Problem;
@@ -337,138 +337,4 @@ pub async fn revoke_token(
         .filter(|t| t.account == name)
         .ok_or_else(|| Problem::not_found(format!("service account {name} has no token {id}")))?;
     Ok(web::Json(super::revoke::revoke_token(&store, &caller, token, "revoked by an administrator").await?))
-}
-
-/// Which audit events to answer with.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AuditQuery {
-    /// From this instant (ms since the epoch), inclusive.
-    pub since_ms: Option<u64>,
-    /// Until this instant (ms since the epoch), exclusive.
-    pub until_ms: Option<u64>,
-    /// Only this action, e.g. `binding.create`.
-    pub action: Option<String>,
-    /// Only events by this person or service (`service-account:portal`).
-    pub actor: Option<String>,
-    /// Only events about this object id (a run, binding, token…).
-    pub object: Option<String>,
-    /// At most this many (1-1000, default 100), oldest first.
-    pub limit: Option<usize>,
-}
-
-/// Audit events, oldest first.
-#[utoipa::path(
-    tag = "audit",
-    params(AuditQuery),
-    responses(
-        (status = 200, body = Vec<AuditEvent>),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = ["audit.read"]))
-)]
-#[get("/v1/audit/events")]
-pub async fn audit_events(
-    _caller: Authorized<need::AuditRead>,
-    state: web::Data<AppState>,
-    query: web::Query<AuditQuery>,
-) -> Result<web::Json<Vec<AuditEvent>>, Problem> {
-    let query = query.into_inner();
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(Problem::bad_request("`limit` must be between 1 and 1000").field("limit"));
-    }
-    let filter = AuditFilter {
-        since_ms: query.since_ms,
-        until_ms: query.until_ms,
-        action: query.action,
-        actor: query.actor,
-        object_id: query.object,
-    };
-    Ok(web::Json(state.identity().audit_events(&filter, limit).await?))
-}
-
-/// The time range to verify.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct VerifyQuery {
-    /// From this instant (ms since the epoch); default the epoch.
-    pub since_ms: Option<u64>,
-    /// Until this instant (ms since the epoch); default now.
-    pub until_ms: Option<u64>,
-}
-
-/// Verify the audit trail of a time range in object storage: each digest's
-/// Ed25519 signature (this deployment's key or `audit.trusted_public_keys`)
-/// and its link to the previous digest, each listed segment's presence and
-/// SHA-256, the events' numbering and hash chain, and segments no digest
-/// lists. Findings name the object and what is wrong with it.
-#[utoipa::path(
-    tag = "audit",
-    params(VerifyQuery),
-    responses(
-        (status = 200, body = worker::audit::VerifyReport),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = ["audit.read"]))
-)]
-#[get("/v1/audit/verify")]
-pub async fn verify_audit(
-    _caller: Authorized<need::AuditRead>,
-    state: web::Data<AppState>,
-    query: web::Query<VerifyQuery>,
-) -> Result<web::Json<worker::audit::VerifyReport>, Problem> {
-    let mut trusted = vec![state.audit.public_key()];
-    for (i, key) in state.config.audit.trusted_public_keys.iter().enumerate() {
-        let key = worker::audit::verifying_key(key).map_err(|e| {
-            tracing::error!(error = %e, index = i, "audit.trusted_public_keys");
-            Problem::internal()
-        })?;
-        trusted.push(key);
-    }
-    let until = query.until_ms.unwrap_or(u64::MAX);
-    let report =
-        worker::audit::verify(&state.store, &state.config.audit.prefix, &trusted, query.since_ms.unwrap_or(0), until)
-            .await?;
-    Ok(web::Json(report))
-}
-
-/// How this deployment's audit trail is kept.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AuditStatus {
-    /// This API process's stream.
-    pub stream: String,
-    /// The Ed25519 public key (base64) digests are signed with: verify
-    /// independently with it.
-    pub public_key: String,
-    pub prefix: String,
-    pub digest_interval_seconds: u64,
-    /// The start-up probe of the bucket's Object Lock.
-    pub object_lock: worker::artifacts::ObjectLockStatus,
-}
-
-/// The audit trail's signing key, location, digest interval, and whether
-/// the bucket enforces write-once retention (probed at start-up).
-#[utoipa::path(
-    tag = "audit",
-    responses(
-        (status = 200, body = AuditStatus),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = ["audit.read"]))
-)]
-#[get("/v1/audit/status")]
-pub async fn audit_status(_caller: Authorized<need::AuditRead>, state: web::Data<AppState>) -> web::Json<AuditStatus> {
-    web::Json(AuditStatus {
-        stream: state.audit.stream().to_owned(),
-        public_key: worker::audit::public_key_b64(&state.audit.public_key()),
-        prefix: state.config.audit.prefix.clone(),
-        digest_interval_seconds: state.config.audit.digest_interval_seconds,
-        object_lock: state.object_lock.clone(),
-    })
 }

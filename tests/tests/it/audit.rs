@@ -35,7 +35,7 @@ async fn written_trail(app: &TestApp) -> (String, Vec<String>) {
 
 async fn verified(app: &TestApp, prefix: &str) -> VerifyReport {
     let public = signing_key(TEST_AUDIT_KEY).unwrap().verifying_key();
-    verify(&app.store, prefix, &[public], 0, u64::MAX).await.unwrap()
+    verify(&app.store, prefix, &[public], 0, u64::MAX, 0).await.unwrap()
 }
 
 fn kinds(report: &VerifyReport) -> Vec<(FindingKind, String)> {
@@ -52,7 +52,7 @@ async fn an_untouched_trail_verifies_and_its_tail_is_reported_as_undigested() {
     assert_eq!(report.undigested, vec![segments[4].clone()]);
     // Another key's signature is not trusted.
     let stranger = signing_key("c3RyYW5nZXItc3RyYW5nZXItc3RyYW5nZXItc3RyYW4=").unwrap().verifying_key();
-    let report = verify(&app.store, &prefix, &[stranger], 0, u64::MAX).await.unwrap();
+    let report = verify(&app.store, &prefix, &[stranger], 0, u64::MAX, 0).await.unwrap();
     assert_eq!(report.findings[0].kind, FindingKind::BadSignature, "{report:?}");
 }
 
@@ -223,15 +223,8 @@ async fn administrative_changes_are_audited_with_what_changed_and_never_a_secret
         ("DELETE", "/v1/tenants/payments/secrets/deploy-key", json!({})),
     ];
     for (method, path, body) in changes {
-        let response = app
-            .client
-            .request(method.parse().unwrap(), app.url(path))
-            .bearer_auth(&app.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "{method} {path}: {}", response.status());
+        let (status, answer) = app.admin_call(method, path, body).await;
+        assert!((200..300).contains(&status), "{method} {path}: {status} {answer}");
     }
     let events = app.queue.identity().audit_events(&Default::default(), 1000).await.unwrap();
     let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();

@@ -13,5 +13,6 @@ mod identity;
 mod matrix;
 mod openapi;
 mod queue;
+mod retention;
 mod runs;
 mod scheduling;

@@ -153,6 +153,12 @@ impl World {
             ("post", "/v1/users/{user}/deactivate") | ("post", "/v1/users/{user}/activate") => {
                 Some(json!({"reason": "matrix"}))
             }
+            ("post", "/v1/legal-holds") => Some(json!({"target": {"tenant": TENANT}, "reason": "matrix"})),
+            ("post", "/v1/legal-holds/{id}/release") => {
+                let body = json!({"target": {"tenant": TENANT}, "reason": "matrix"});
+                let id = self.admin("POST", "/v1/legal-holds", body).await["id"].as_str().unwrap().to_owned();
+                return (path.replace("{id}", &id), Some(json!({"reason": "matrix"})));
+            }
             ("get", _) => None,
             _ => panic!("no fixture for {method} {template}: add one to the permission matrix test"),
         };

@@ -87,6 +87,39 @@ impl S3Store {
         }
     }
 
+    /// Stores `body` with user metadata (`x-amz-meta-<name>`), e.g. the
+    /// tenant and retention class of a run object.
+    pub async fn put_with_metadata(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        metadata: &[(&str, &str)],
+    ) -> Result<(), StoreError> {
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body));
+        for (name, value) in metadata {
+            request = request.metadata(*name, *value);
+        }
+        request.send().await.map_err(StoreError::from_sdk)?;
+        Ok(())
+    }
+
+    /// One user-metadata value of `key`; `None` when the object or the value
+    /// is absent.
+    pub async fn metadata(&self, key: &str, name: &str) -> Result<Option<String>, StoreError> {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(out) => Ok(out.metadata().and_then(|m| m.get(name)).cloned()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(StoreError::from_sdk(e)),
+        }
+    }
+
     pub fn new(config: &S3Config) -> Self {
         let credentials = Credentials::new(
             &config.access_key_id,
@@ -109,16 +142,7 @@ impl S3Store {
 
 impl ObjectStore for S3Store {
     async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(StoreError::from_sdk)?;
-        Ok(())
+        self.put_with_metadata(key, body, content_type, &[]).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use crate::artifacts::{ObjectStore, S3Store, StoreError};
 
-pub use verify::{Finding, FindingKind, VerifyReport, verify};
+pub use verify::{Finding, FindingKind, VerifyReport, stream_and_number, verify};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {

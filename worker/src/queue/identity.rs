@@ -6,18 +6,21 @@
 //! Keys (under the deployment's `{namespace}:` prefix): `rbac:bindings`
 //! (id → binding), `sa:accounts` (name → account), `sa:tokens` (id →
 //! token record), `sa:hash:<sha256>` (→ token id), `users` (name → user
-//! status), `audit:events` (list, oldest first, the newest 100,000: an
+//! status), `holds` (id → legal hold), `retention:last` (the last sweep),
+//! `audit:events` (list, oldest first, the newest 100,000: an
 //! index; the trail in object storage is the evidence).
 
 use std::collections::BTreeMap;
 
 use common::audit::AuditEvent;
 use common::identity::{Binding, Permission};
+use common::retention::LegalHold;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use super::{QueueError, RunQueue, conn::Conn, corrupt};
 use crate::audit::AuditTrail;
+use crate::retention::SweepReport;
 
 /// A non-human caller, accountable to the person who owns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -306,5 +309,41 @@ impl IdentityStore {
 
     pub async fn set_user(&self, name: &str, status: &UserStatus, event: &AuditEvent) -> Result<(), QueueError> {
         self.put("users", name, status, event).await
+    }
+
+    /// Every legal hold, released ones included.
+    pub async fn holds(&self) -> Result<Vec<LegalHold>, QueueError> {
+        self.all("holds").await
+    }
+
+    pub async fn hold(&self, id: &str) -> Result<Option<LegalHold>, QueueError> {
+        self.one("holds", id).await
+    }
+
+    /// Places or releases a hold, with its audit event.
+    pub async fn put_hold(&self, hold: &LegalHold, event: &AuditEvent) -> Result<(), QueueError> {
+        self.put("holds", &hold.id, hold, event).await
+    }
+
+    pub async fn record_sweep(&self, report: &SweepReport) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let () = conn.set(self.key("retention:last"), to_json("sweep report", report)?).await?;
+        Ok(())
+    }
+
+    pub async fn last_sweep(&self) -> Result<Option<SweepReport>, QueueError> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn.get(self.key("retention:last")).await?;
+        json.map(|j| from_json("sweep report", &j)).transpose()
+    }
+
+    /// Takes the fleet-wide lock `name` for `ttl` unless someone holds it.
+    pub async fn try_lock(&self, name: &str, ttl: std::time::Duration) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let options = redis::SetOptions::default()
+            .conditional_set(redis::ExistenceCheck::NX)
+            .with_expiration(redis::SetExpiry::PX(ttl.as_millis().max(1) as u64));
+        let taken: Option<String> = conn.set_options(self.key(name), "1", options).await?;
+        Ok(taken.is_some())
     }
 }
