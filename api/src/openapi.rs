@@ -64,6 +64,9 @@ where
         .service(audit::holds::release_hold)
         .service(audit::holds::list_holds)
         .service(audit::holds::retention)
+        .service(audit::exports::create_export)
+        .service(audit::exports::get_export)
+        .service(audit::exports::verify_bundle)
         .default_service(actix_web::web::to(problem::not_found))
         .split_for_parts();
     doc.info = InfoBuilder::new()

@@ -94,6 +94,17 @@ pub async fn verify_audit(
     state: web::Data<AppState>,
     query: web::Query<VerifyQuery>,
 ) -> Result<web::Json<worker::audit::VerifyReport>, Problem> {
+    let trusted = trusted_keys(&state)?;
+    let until = query.until_ms.unwrap_or(u64::MAX);
+    let since = query.since_ms.unwrap_or(0);
+    let horizon = audit_horizon_ms(&state.config.retention);
+    let report =
+        worker::audit::verify(&state.store, &state.config.audit.prefix, &trusted, since, until, horizon).await?;
+    Ok(web::Json(report))
+}
+
+/// This deployment's public key and `audit.trusted_public_keys`.
+pub fn trusted_keys(state: &AppState) -> Result<Vec<worker::audit::VerifyingKey>, Problem> {
     let mut trusted = vec![state.audit.public_key()];
     for (i, key) in state.config.audit.trusted_public_keys.iter().enumerate() {
         let key = worker::audit::verifying_key(key).map_err(|e| {
@@ -102,12 +113,7 @@ pub async fn verify_audit(
         })?;
         trusted.push(key);
     }
-    let until = query.until_ms.unwrap_or(u64::MAX);
-    let since = query.since_ms.unwrap_or(0);
-    let horizon = audit_horizon_ms(&state.config.retention);
-    let report =
-        worker::audit::verify(&state.store, &state.config.audit.prefix, &trusted, since, until, horizon).await?;
-    Ok(web::Json(report))
+    Ok(trusted)
 }
 
 /// Audit objects older than this may have been removed by retention.

@@ -238,3 +238,94 @@ async fn administrative_changes_are_audited_with_what_changed_and_never_a_secret
     let trail = serde_json::to_string(&events).unwrap() + &app.audit_trail_text().await;
     assert!(trail.contains("secret.put") && !trail.contains(secret), "the secret's value reached the audit trail");
 }
+
+/// Starts an export and waits for it to finish.
+async fn finished_export(app: &TestApp, request: Value) -> Value {
+    let (status, started) = app.admin_call("POST", "/v1/audit/exports", request).await;
+    assert_eq!(status, 202, "{started}");
+    let path = format!("/v1/audit/exports/{}", started["id"].as_str().unwrap());
+    for _ in 0..100 {
+        let (_, export) = app.admin_call("GET", &path, json!(null)).await;
+        if export["state"] != "running" {
+            assert_eq!(export["state"], "succeeded", "{export}");
+            return export;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the export {path} did not finish");
+}
+
+fn gunzip(bytes: &[u8]) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(bytes).read_to_string(&mut text).unwrap();
+    text
+}
+
+#[tokio::test]
+async fn an_export_for_a_time_range_verifies_on_its_own_and_any_change_to_it_is_found() {
+    use worker::audit::export::verify_export;
+    let app = spawn_app(&[]).await;
+    let since = common::audit::now_ms() - 1000;
+    let repo = app.repo(&[("README.md", b"# export\n")]);
+    let run = app.create_run(&repo, "Exported").await;
+    let other = app.create_run(&repo, "Another").await;
+    let (status, _) = app.admin_call("PUT", "/v1/limits/tenants/default", json!({"max_running": 7})).await;
+    assert_eq!(status, 200);
+
+    let export = finished_export(&app, json!({"since_ms": since})).await;
+    assert_eq!(export["events"], 3, "two run requests and a limit change: {export}");
+    let bundle = export["bundle"].as_str().unwrap().to_owned();
+    let public = signing_key(TEST_AUDIT_KEY).unwrap().verifying_key();
+    let report = verify_export(&app.store, &bundle, &[public]).await.unwrap();
+    assert!(report.ok() && report.events_checked == 3 && report.digests_checked >= 1, "{report:?}");
+    let id = export["id"].as_str().unwrap();
+    let (status, api_report) = app.admin_call("GET", &format!("/v1/audit/exports/{id}/verify"), json!(null)).await;
+    assert_eq!((status, api_report["findings"].as_array().map(Vec::len)), (200, Some(0)), "{api_report}");
+
+    // GitHub's streaming layout: YYYY/MM/HH/MM/<uuid>.json.gz, JSON Lines inside.
+    let files: Vec<String> = app.store.list(&bundle).await.unwrap().into_iter().map(|(k, _)| k).collect();
+    let layout =
+        regex::Regex::new(r"/events/\d{4}/\d{2}/\d{2}/\d{2}/[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}\.json\.gz$")
+            .unwrap();
+    let events: Vec<&String> = files.iter().filter(|k| k.contains("/events/")).collect();
+    assert!(!events.is_empty() && events.iter().all(|k| layout.is_match(k)), "{files:?}");
+    let text = gunzip(&app.store.get(events[0]).await.unwrap().unwrap());
+    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (first["event"]["action"].as_str(), first["event"]["object"]["id"].as_str()),
+        (Some("run.request"), Some(run.as_str()))
+    );
+
+    // One run only.
+    let only = finished_export(&app, json!({"run": other})).await;
+    assert_eq!(only["events"], 1, "{only}");
+    let only_bundle = only["bundle"].as_str().unwrap();
+    assert!(verify_export(&app.store, only_bundle, &[public]).await.unwrap().ok());
+
+    // An exported event edited (and re-compressed) is found, as is a copied
+    // segment removed, or a file added.
+    let forged = text.replacen("run.request", "run.rejects", 1);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, forged.as_bytes()).unwrap();
+    app.store.put(events[0], gz.finish().unwrap().into(), "application/gzip").await.unwrap();
+    let segment = files.iter().find(|k| k.contains("/segments/")).unwrap();
+    app.store.delete(segment).await.unwrap();
+    app.store.put(&format!("{bundle}events/extra.json.gz"), "{}".into(), "application/gzip").await.unwrap();
+    let report = verify_export(&app.store, &bundle, &[public]).await.unwrap();
+    let found: Vec<(FindingKind, bool)> =
+        report.findings.iter().map(|f| (f.kind, f.key == *events[0] || f.key == *segment)).collect();
+    assert!(found.contains(&(FindingKind::Modified, true)), "{report:?}");
+    assert!(found.contains(&(FindingKind::Missing, true)), "{report:?}");
+    assert!(report.findings.iter().any(|f| f.kind == FindingKind::Inserted && f.key.ends_with("extra.json.gz")));
+
+    // Exports are audited, the finished one with its manifest's hash; bad
+    // requests are refused.
+    let trail = app.audit_trail_text().await;
+    assert_eq!(trail.matches("\"audit.export\"").count(), 2);
+    assert!(trail.contains(export["manifest_sha256"].as_str().unwrap()));
+    let (status, _) = app.admin_call("POST", "/v1/audit/exports", json!({"since_ms": 5, "until_ms": 5})).await;
+    assert_eq!(status, 400);
+    let (status, problem) = app.admin_call("POST", "/v1/audit/exports", json!({"run": "nope"})).await;
+    assert_eq!((status, problem["field"].as_str()), (400, Some("run")), "{problem}");
+}

@@ -97,6 +97,19 @@ impl World {
         self.admin("POST", "/v1/runs", body).await["id"].as_str().unwrap().to_owned()
     }
 
+    /// An export that has finished (verifying a running one is a conflict).
+    async fn finished_export(&self) -> String {
+        let body = json!({"since_ms": common::audit::now_ms() - 1000});
+        let id = self.admin("POST", "/v1/audit/exports", body).await["id"].as_str().unwrap().to_owned();
+        for _ in 0..100 {
+            if self.admin("GET", &format!("/v1/audit/exports/{id}"), json!(null)).await["state"] != "running" {
+                return id;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("export {id} did not finish");
+    }
+
     /// The request that succeeds for an allowed caller: (path, body).
     async fn request(&self, method: &str, template: &str) -> (String, Option<Value>) {
         let (owner, name) = &self.owner_name;
@@ -158,6 +171,10 @@ impl World {
                 let body = json!({"target": {"tenant": TENANT}, "reason": "matrix"});
                 let id = self.admin("POST", "/v1/legal-holds", body).await["id"].as_str().unwrap().to_owned();
                 return (path.replace("{id}", &id), Some(json!({"reason": "matrix"})));
+            }
+            ("post", "/v1/audit/exports") => Some(json!({"since_ms": common::audit::now_ms() - 1000})),
+            ("get", "/v1/audit/exports/{id}") | ("get", "/v1/audit/exports/{id}/verify") => {
+                return (path.replace("{id}", &self.finished_export().await), None);
             }
             ("get", _) => None,
             _ => panic!("no fixture for {method} {template}: add one to the permission matrix test"),

@@ -15,6 +15,7 @@
 //! or inserted segments and broken digest chains.
 
 pub mod events;
+pub mod export;
 mod verify;
 
 use std::time::{Duration, Instant};
@@ -23,12 +24,13 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use common::audit::{AuditEvent, now_ms};
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::artifacts::{ObjectStore, S3Store, StoreError};
 
+pub use ed25519_dalek::VerifyingKey;
 pub use verify::{Finding, FindingKind, VerifyReport, stream_and_number, verify};
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +209,11 @@ impl AuditTrail {
         self.key.verifying_key()
     }
 
+    /// An Ed25519 signature (base64) of `message` with the audit key.
+    pub fn sign(&self, message: &[u8]) -> String {
+        B64.encode(self.key.sign(message).to_bytes())
+    }
+
     /// Stores `events` durably before returning; a digest follows when the
     /// interval has passed. An error means nothing was recorded and the
     /// action must not proceed.
@@ -294,7 +301,7 @@ impl AuditTrail {
             public_key: public_key_b64(&self.public_key()),
         };
         let signed_bytes = serde_json::to_vec(&body).map_err(|e| AuditError::Unavailable(StoreError::new(e)))?;
-        let signature = B64.encode(self.key.sign(&signed_bytes).to_bytes());
+        let signature = self.sign(&signed_bytes);
         let digest = SignedDigest { body, signature: signature.clone() };
         let bytes = serde_json::to_vec_pretty(&digest).map_err(|e| AuditError::Unavailable(StoreError::new(e)))?;
         let hour = hour_path(end_ms);

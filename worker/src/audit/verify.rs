@@ -56,7 +56,7 @@ impl VerifyReport {
         self.findings.is_empty()
     }
 
-    fn find(&mut self, kind: FindingKind, key: &str, detail: impl Into<String>) {
+    pub(crate) fn find(&mut self, kind: FindingKind, key: &str, detail: impl Into<String>) {
         self.findings.push(Finding { kind, key: key.to_owned(), detail: detail.into() });
     }
 }
@@ -81,13 +81,28 @@ pub async fn verify(
     until_ms: u64,
     horizon_ms: u64,
 ) -> Result<VerifyReport, StoreError> {
-    let prefix = prefix.trim_end_matches('/');
+    verify_copy(store, "", prefix, trusted, since_ms, until_ms, horizon_ms).await
+}
+
+/// [`verify`] for a copy of the trail stored under `root` (an export
+/// bundle): every key, the ones digests name included, is read under it.
+pub(crate) async fn verify_copy(
+    store: &S3Store,
+    root: &str,
+    prefix: &str,
+    trusted: &[VerifyingKey],
+    since_ms: u64,
+    until_ms: u64,
+    horizon_ms: u64,
+) -> Result<VerifyReport, StoreError> {
+    let prefix = format!("{root}{}", prefix.trim_end_matches('/'));
     let trusted: Vec<String> = trusted.iter().map(public_key_b64).collect();
     let mut report = VerifyReport::default();
     // Every digest, by stream and number, with its bytes' hash.
     let mut streams: BTreeMap<String, BTreeMap<u64, (String, String, SignedDigest)>> = BTreeMap::new();
-    for (key, _) in store.list(&format!("{prefix}/digests/")).await? {
-        let Some(bytes) = store.get(&key).await? else { continue };
+    for (stored, _) in store.list(&format!("{prefix}/digests/")).await? {
+        let Some(bytes) = store.get(&stored).await? else { continue };
+        let key = stored.strip_prefix(root).unwrap_or(&stored).to_owned();
         let Ok(digest) = serde_json::from_slice::<SignedDigest>(&bytes) else {
             report.find(FindingKind::BadSignature, &key, "the digest is not readable");
             continue;
@@ -131,10 +146,11 @@ pub async fn verify(
             report.digests_checked += 1;
             check_signature(&mut report, key, digest, &trusted);
             let expired = digest.body.end_ms <= horizon_ms;
-            check_segments(store, &mut report, digest, expired).await?;
+            check_segments(store, root, &mut report, digest, expired).await?;
         }
     }
     for (key, _) in store.list(&format!("{prefix}/segments/")).await? {
+        let key = key.strip_prefix(root).unwrap_or(&key).to_owned();
         let Some((stream, first_seq)) = stream_and_number(&key) else { continue };
         match digested.get(&stream) {
             Some((_, keys)) if keys.contains(&key) => {}
@@ -147,25 +163,33 @@ pub async fn verify(
     Ok(report)
 }
 
+/// Whether `signature` (Ed25519, base64) of `message` verifies with
+/// `public_key` (base64).
+pub(crate) fn signature_verifies(public_key: &str, signature: &str, message: &[u8]) -> bool {
+    let verified = (|| {
+        let public: [u8; 32] = B64.decode(public_key).ok()?.try_into().ok()?;
+        let public = VerifyingKey::from_bytes(&public).ok()?;
+        let signature: [u8; 64] = B64.decode(signature).ok()?.try_into().ok()?;
+        public.verify(message, &Signature::from_bytes(&signature)).ok()
+    })();
+    verified.is_some()
+}
+
 fn check_signature(report: &mut VerifyReport, key: &str, digest: &SignedDigest, trusted: &[String]) {
     if !trusted.contains(&digest.body.public_key) {
         report.find(FindingKind::BadSignature, key, "signed by a key that is not trusted");
         return;
     }
-    let verified = (|| {
-        let public: [u8; 32] = B64.decode(&digest.body.public_key).ok()?.try_into().ok()?;
-        let public = VerifyingKey::from_bytes(&public).ok()?;
-        let signature: [u8; 64] = B64.decode(&digest.signature).ok()?.try_into().ok()?;
-        let message = serde_json::to_vec(&digest.body).ok()?;
-        public.verify(&message, &Signature::from_bytes(&signature)).ok()
-    })();
-    if verified.is_none() {
+    let verified = serde_json::to_vec(&digest.body)
+        .is_ok_and(|message| signature_verifies(&digest.body.public_key, &digest.signature, &message));
+    if !verified {
         report.find(FindingKind::BadSignature, key, "the signature does not verify: the digest was altered");
     }
 }
 
 async fn check_segments(
     store: &S3Store,
+    root: &str,
     report: &mut VerifyReport,
     digest: &SignedDigest,
     expired: bool,
@@ -174,7 +198,7 @@ async fn check_segments(
         digest.body.segments.iter().map(|s| (s.sha256.as_str(), s.key.as_str())).collect();
     for segment in &digest.body.segments {
         report.segments_checked += 1;
-        let Some(bytes) = store.get(&segment.key).await? else {
+        let Some(bytes) = store.get(&format!("{root}{}", segment.key)).await? else {
             if !expired {
                 report.find(FindingKind::Missing, &segment.key, "listed by a digest, not in the store");
             }

@@ -6,7 +6,7 @@
 //! Keys (under the deployment's `{namespace}:` prefix): `rbac:bindings`
 //! (id → binding), `sa:accounts` (name → account), `sa:tokens` (id →
 //! token record), `sa:hash:<sha256>` (→ token id), `users` (name → user
-//! status), `holds` (id → legal hold), `retention:last` (the last sweep),
+//! status), `holds` (id → legal hold), `retention:last` (the last sweep), `exports` (id → export job),
 //! `audit:events` (list, oldest first, the newest 100,000: an
 //! index; the trail in object storage is the evidence).
 
@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{QueueError, RunQueue, conn::Conn, corrupt};
 use crate::audit::AuditTrail;
+use crate::audit::export::ExportStatus;
 use crate::retention::SweepReport;
 
 /// A non-human caller, accountable to the person who owns it.
@@ -323,6 +324,16 @@ impl IdentityStore {
     /// Places or releases a hold, with its audit event.
     pub async fn put_hold(&self, hold: &LegalHold, event: &AuditEvent) -> Result<(), QueueError> {
         self.put("holds", &hold.id, hold, event).await
+    }
+
+    pub async fn save_export(&self, status: &ExportStatus) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let () = conn.hset(self.key("exports"), &status.id, to_json("export", status)?).await?;
+        Ok(())
+    }
+
+    pub async fn export(&self, id: &str) -> Result<Option<ExportStatus>, QueueError> {
+        self.one("exports", id).await
     }
 
     pub async fn record_sweep(&self, report: &SweepReport) -> Result<(), QueueError> {

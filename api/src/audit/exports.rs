@@ -1,0 +1,198 @@
+//! `/v1/audit/exports`: compliance export jobs. A request is audited before
+//! the job starts (refused with 503 when it cannot be); the job runs in this
+//! API process and writes a bundle that verifies on its own
+//! (`worker::audit::export`); its completion is audited with the manifest's
+//! SHA-256.
+
+use actix_web::http::header;
+use actix_web::{HttpResponse, get, post, web};
+use common::audit::{ObjectRef, now_ms};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use worker::artifacts::ObjectStore;
+use worker::audit::export::{ExportRequest, ExportState, ExportStatus, export, verify_export};
+use worker::audit::{VerifyReport, sha256_hex};
+
+use crate::audit::handlers::trusted_keys;
+use crate::auth::{Authorized, Caller, need};
+use crate::problem::Problem;
+use crate::startup::AppState;
+
+/// What to export: a time range, a run, or a run within a range.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"since_ms": 1796000000000u64, "until_ms": 1796086400000u64}))]
+pub struct NewExport {
+    /// From this instant (ms since the epoch); default the epoch.
+    pub since_ms: Option<u64>,
+    /// Until this instant, exclusive; default now.
+    pub until_ms: Option<u64>,
+    /// Only the events about this run.
+    pub run: Option<String>,
+}
+
+/// Start a compliance export: the audit events of a time range or of one
+/// run, as gzip JSON Lines in GitHub's audit-log streaming layout
+/// (`events/YYYY/MM/HH/MM/<uuid>.json.gz`), with copies of the signed
+/// digests and segments that prove them and a signed manifest, under
+/// `audit.export_prefix`. Poll `GET /v1/audit/exports/{id}`.
+#[utoipa::path(
+    tag = "audit",
+    request_body = NewExport,
+    responses(
+        (status = 202, body = ExportStatus),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["audit.read"]))
+)]
+#[post("/v1/audit/exports")]
+pub async fn create_export(
+    caller: Authorized<need::AuditRead>,
+    state: web::Data<AppState>,
+    body: web::Json<NewExport>,
+) -> Result<HttpResponse, Problem> {
+    let body = body.into_inner();
+    let run = body
+        .run
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: common::ValidationError| Problem::bad_request(e.to_string()).field("run"))?;
+    let request =
+        ExportRequest { since_ms: body.since_ms.unwrap_or(0), until_ms: body.until_ms.unwrap_or_else(now_ms), run };
+    if request.since_ms >= request.until_ms {
+        return Err(Problem::bad_request("`since_ms` must be before `until_ms`").field("since_ms"));
+    }
+    let id = ulid::Ulid::new().to_string().to_lowercase();
+    let status = ExportStatus {
+        id: id.clone(),
+        state: ExportState::Running,
+        requested_by: caller.principal.clone(),
+        request,
+        bundle: format!("{}/{id}/", state.config.audit.export_prefix.trim_end_matches('/')),
+        created_at_ms: now_ms(),
+        finished_at_ms: None,
+        events: None,
+        pending_events: None,
+        manifest_sha256: None,
+        error: None,
+    };
+    let identity = state.identity();
+    let event = caller.event("audit.export", ObjectRef::new("export", &id)).change(None::<&()>, Some(&status.request));
+    identity.append_audit(&event).await?;
+    identity.save_export(&status).await?;
+    tokio::spawn(run_export(state.clone(), (*caller).clone(), status.clone()));
+    Ok(HttpResponse::Accepted().insert_header((header::LOCATION, format!("/v1/audit/exports/{id}"))).json(status))
+}
+
+async fn run_export(state: web::Data<AppState>, caller: Caller, mut status: ExportStatus) {
+    // This process's own events are digested first, so they can be proven.
+    let written = match state.audit.flush().await {
+        Ok(()) => {
+            let config = &state.config.audit;
+            export(
+                &state.store,
+                &state.audit,
+                &config.prefix,
+                &config.export_prefix,
+                &status.id,
+                &status.requested_by,
+                &status.request,
+                state.object_lock.clone(),
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    status.finished_at_ms = Some(now_ms());
+    let identity = state.identity();
+    match written {
+        Ok(manifest) => {
+            let sha = match state.store.get(&format!("{}manifest.json", status.bundle)).await {
+                Ok(Some(bytes)) => Some(sha256_hex(&bytes)),
+                _ => None,
+            };
+            status.state = ExportState::Succeeded;
+            status.events = Some(manifest.body.events);
+            status.pending_events = Some(manifest.body.pending_events);
+            status.manifest_sha256 = sha.clone();
+            let event = caller
+                .event("audit.export.complete", ObjectRef::new("export", &status.id))
+                .reason(format!("manifest sha256 {}", sha.unwrap_or_default()))
+                .change(None::<&()>, Some(&status));
+            if let Err(error) = identity.append_audit(&event).await {
+                tracing::error!(%error, export = %status.id, "the export's completion could not be audited");
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, export = %status.id, "compliance export failed");
+            status.state = ExportState::Failed;
+            status.error = Some(error.to_string());
+        }
+    }
+    if let Err(error) = identity.save_export(&status).await {
+        tracing::error!(%error, export = %status.id, "recording the export's outcome failed");
+    }
+}
+
+async fn status_of(state: &AppState, id: &str) -> Result<ExportStatus, Problem> {
+    state.identity().export(id).await?.ok_or_else(|| Problem::not_found(format!("no export {id}")))
+}
+
+/// An export job: running, succeeded (with its counts and the manifest's
+/// SHA-256) or failed (with why).
+#[utoipa::path(
+    tag = "audit",
+    params(("id" = String, Path, description = "The export's id")),
+    responses(
+        (status = 200, body = ExportStatus),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["audit.read"]))
+)]
+#[get("/v1/audit/exports/{id}")]
+pub async fn get_export(
+    _caller: Authorized<need::AuditRead>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<web::Json<ExportStatus>, Problem> {
+    Ok(web::Json(status_of(&state, &id).await?))
+}
+
+/// Verify an export bundle from its own contents only: the manifest's
+/// signature, every file against the manifest, the copied digests and
+/// segments, and each exported event against the signed segments.
+#[utoipa::path(
+    tag = "audit",
+    params(("id" = String, Path, description = "The export's id")),
+    responses(
+        (status = 200, body = VerifyReport),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["audit.read"]))
+)]
+#[get("/v1/audit/exports/{id}/verify")]
+pub async fn verify_bundle(
+    _caller: Authorized<need::AuditRead>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<web::Json<VerifyReport>, Problem> {
+    let status = status_of(&state, &id).await?;
+    if status.state != ExportState::Succeeded {
+        return Err(Problem::new(
+            actix_web::http::StatusCode::CONFLICT,
+            "export-not-ready",
+            "The export is not finished",
+        )
+        .detail(format!("the export is {:?}", status.state).to_lowercase()));
+    }
+    Ok(web::Json(verify_export(&state.store, &status.bundle, &trusted_keys(&state)?).await?))
+}
