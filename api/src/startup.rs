@@ -64,10 +64,10 @@ impl Application {
         let port = listener.local_addr()?.port();
         let github = worker::forge::GitHubApp::from_config(&config.github)?.map(std::sync::Arc::new);
         let oidc = config.identity.oidc.clone().map(|c| std::sync::Arc::new(crate::oidc::OidcVerifier::new(c)));
-        let audit = std::sync::Arc::new(worker::audit::from_config(&config, store.clone(), "api")?);
+        let (audit, object_lock) = worker::audit::open(&config, store.clone(), "api").await?;
+        let audit = std::sync::Arc::new(audit);
         let interval = std::time::Duration::from_secs(config.audit.digest_interval_seconds);
         worker::audit::spawn_digests(std::sync::Arc::downgrade(&audit), interval);
-        let object_lock = store.object_lock().await;
         if object_lock.enforced {
             tracing::info!(mode = ?object_lock.mode, days = ?object_lock.default_retention_days, "audit bucket: Object Lock enforced");
         } else {

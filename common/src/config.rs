@@ -358,6 +358,31 @@ pub struct AuditConfig {
     pub digest_interval_seconds: u64,
     /// Key prefix of compliance export bundles (outside `prefix`).
     pub export_prefix: String,
+    /// When the bucket has S3 Object Lock enabled, every segment and digest
+    /// is written with a retention of `retention.audit_days` in this mode
+    /// (`compliance`: nobody can delete or shorten it; `governance`: only
+    /// holders of `s3:BypassGovernanceRetention`; `off`: rely on the
+    /// bucket's default retention, if any).
+    pub object_lock_mode: ObjectLockMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectLockMode {
+    Off,
+    Governance,
+    Compliance,
+}
+
+impl ObjectLockMode {
+    /// The S3 name of the mode; `None` for `off`.
+    pub fn s3_name(self) -> Option<&'static str> {
+        match self {
+            ObjectLockMode::Off => None,
+            ObjectLockMode::Governance => Some("GOVERNANCE"),
+            ObjectLockMode::Compliance => Some("COMPLIANCE"),
+        }
+    }
 }
 
 impl Default for AuditConfig {
@@ -368,6 +393,7 @@ impl Default for AuditConfig {
             prefix: "audit/v1".to_owned(),
             digest_interval_seconds: 300,
             export_prefix: "audit-exports/v1".to_owned(),
+            object_lock_mode: ObjectLockMode::Compliance,
         }
     }
 }

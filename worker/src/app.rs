@@ -44,7 +44,11 @@ impl Application {
 
         sweep_dead_workers(&queue, &sandboxes, Duration::from_secs(config.worker.lease_seconds)).await?;
         let config_github = config.github.clone();
-        let audit = Arc::new(crate::audit::from_config(&config, store.clone(), &worker)?);
+        let (audit, object_lock) = crate::audit::open(&config, store.clone(), &worker).await?;
+        if !object_lock.enforced {
+            tracing::warn!(detail = %object_lock.detail, "audit bucket: Object Lock not enforced");
+        }
+        let audit = Arc::new(audit);
         let interval = Duration::from_secs(config.audit.digest_interval_seconds);
         crate::audit::spawn_digests(Arc::downgrade(&audit), interval);
         let runtime = Runtime {

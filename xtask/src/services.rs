@@ -21,6 +21,10 @@ const BUCKET: &str = "paddock";
 /// else writes there.
 const ISOLATED_BUCKET: &str = "paddock-isolated";
 const SANDBOX_REPO: &str = "paddock/sandbox";
+/// An S3 emulation with Object Lock (Garage has none), for the tests of
+/// write-once audit objects only.
+const MOTO_VERSION: &str = "5.2.5";
+const MOTO_PORT: u16 = 3950;
 
 pub fn ensure_all(home: &Path) -> Result<()> {
     for dir in ["logs", "state", "redis", "garage"] {
@@ -31,6 +35,7 @@ pub fn ensure_all(home: &Path) -> Result<()> {
     step("redis", || redis(home))?;
     let key = step("garage", || garage(home))?;
     step("sandbox image", || sandbox_image(home))?;
+    step("moto (S3 Object Lock emulation)", || moto(home))?;
     let vars = [
         ("PADDOCK_REDIS__URL".to_owned(), format!("redis://127.0.0.1:{REDIS_PORT}/")),
         ("PADDOCK_S3__ENDPOINT".to_owned(), format!("http://127.0.0.1:{S3_PORT}")),
@@ -172,6 +177,29 @@ fn redis(home: &Path) -> Result<()> {
         .arg("--pidfile")
         .arg(dir.join("redis.pid")))?;
     wait_until("redis", Duration::from_secs(20), redis_up)
+}
+
+fn moto(home: &Path) -> Result<()> {
+    let dir = home.join(format!("moto-{MOTO_VERSION}"));
+    if !dir.join("moto").exists() {
+        eprintln!("xtask: installing moto {MOTO_VERSION} from PyPI (about 20 s, once per machine)");
+        let partial = home.join("moto-partial");
+        fs::remove_dir_all(&partial).ok();
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore"])
+            .arg("--target")
+            .arg(&partial)
+            .args([&format!("moto[s3]=={MOTO_VERSION}"), "flask", "flask-cors"])
+            .stdout(Stdio::null()))?;
+        fs::rename(&partial, &dir).map_err(|e| format!("cannot move moto into {}: {e}", dir.display()))?;
+    }
+    if port_open(MOTO_PORT) {
+        return Ok(());
+    }
+    let mut server = Command::new("python3");
+    server.env("PYTHONPATH", &dir).args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &MOTO_PORT.to_string()]);
+    spawn_daemon(server, &home.join("logs/moto.log"))?;
+    wait_until("moto", Duration::from_secs(30), || port_open(MOTO_PORT))
 }
 
 fn garage_bin(home: &Path) -> PathBuf {

@@ -329,3 +329,53 @@ async fn an_export_for_a_time_range_verifies_on_its_own_and_any_change_to_it_is_
     let (status, problem) = app.admin_call("POST", "/v1/audit/exports", json!({"run": "nope"})).await;
     assert_eq!((status, problem["field"].as_str()), (400, Some("run")), "{problem}");
 }
+
+/// The moto S3 emulation `cargo xtask setup` starts: Garage has no Object Lock.
+const MOTO_ENDPOINT: &str = "http://127.0.0.1:3950";
+
+#[tokio::test]
+async fn on_a_bucket_with_object_lock_every_audit_object_is_written_with_retention_and_cannot_be_deleted() {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let bucket = format!("lock-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("moto", "moto-secret", None, None, "test"))
+            .endpoint_url(MOTO_ENDPOINT)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket().bucket(&bucket).object_lock_enabled_for_bucket(true).send().await.unwrap();
+    let app = spawn_app(&[
+        ("PADDOCK_S3__ENDPOINT", MOTO_ENDPOINT),
+        ("PADDOCK_S3__REGION", "us-east-1"),
+        ("PADDOCK_S3__BUCKET", bucket.as_str()),
+        ("PADDOCK_S3__ACCESS_KEY_ID", "moto"),
+        ("PADDOCK_S3__SECRET_ACCESS_KEY", "moto-secret"),
+    ])
+    .await;
+    let (_, status) = app.admin_call("GET", "/v1/audit/status", json!(null)).await;
+    let lock = &status["object_lock"];
+    assert_eq!((lock["enabled"].as_bool(), lock["enforced"].as_bool()), (Some(true), Some(true)), "{status:#}");
+    assert_eq!(
+        (lock["audit_object_mode"].as_str(), lock["audit_object_days"].as_u64()),
+        (Some("COMPLIANCE"), Some(400))
+    );
+
+    let (status, accepted) = app.admin_call("PUT", "/v1/limits/tenants/locked", json!({"max_running": 3})).await;
+    assert_eq!(status, 200, "{accepted}");
+    let segments = app.store.list(&format!("{}/segments/", app.config.audit.prefix)).await.unwrap();
+    assert!(!segments.is_empty());
+    let year = common::audit::now_ms() + 399 * 24 * 60 * 60 * 1000;
+    for (key, _) in segments {
+        let head = s3.head_object().bucket(&bucket).key(&key).send().await.unwrap();
+        assert_eq!(head.object_lock_mode().map(|m| m.as_str()), Some("COMPLIANCE"), "{key}");
+        let until = head.object_lock_retain_until_date().unwrap().to_millis().unwrap();
+        assert!(until as u64 > year, "{key} is retained until {until}");
+        let version = head.version_id().unwrap().to_owned();
+        let deleted = s3.delete_object().bucket(&bucket).key(&key).version_id(version).send().await;
+        assert!(deleted.is_err(), "{key}: a retained version cannot be deleted");
+        assert!(app.store.get(&key).await.unwrap().is_some());
+    }
+}

@@ -48,8 +48,18 @@ pub struct S3Store {
 /// Whether the bucket enforces write-once retention (S3 Object Lock).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ObjectLockStatus {
-    /// Objects cannot be deleted or overwritten before their retention ends.
+    /// Objects cannot be deleted or overwritten before their retention ends:
+    /// the bucket has Object Lock and either a default retention or Paddock
+    /// writes each audit object with one (`audit.object_lock_mode`).
     pub enforced: bool,
+    /// The bucket has Object Lock enabled.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The retention Paddock writes on each audit object, when it does.
+    #[serde(default)]
+    pub audit_object_mode: Option<String>,
+    #[serde(default)]
+    pub audit_object_days: Option<u32>,
     /// The bucket's default retention mode (`GOVERNANCE`, `COMPLIANCE`).
     pub mode: Option<String>,
     pub default_retention_days: Option<i32>,
@@ -76,10 +86,21 @@ impl S3Store {
                 } else {
                     "Object Lock is not enabled on the bucket".to_owned()
                 };
-                ObjectLockStatus { enforced, mode, default_retention_days: days, detail }
+                ObjectLockStatus {
+                    enforced,
+                    enabled,
+                    audit_object_mode: None,
+                    audit_object_days: None,
+                    mode,
+                    default_retention_days: days,
+                    detail,
+                }
             }
             Err(e) => ObjectLockStatus {
                 enforced: false,
+                enabled: false,
+                audit_object_mode: None,
+                audit_object_days: None,
                 mode: None,
                 default_retention_days: None,
                 detail: format!("the store does not report Object Lock: {}", StoreError::from_sdk(e)),
@@ -107,6 +128,32 @@ impl S3Store {
             request = request.metadata(*name, *value);
         }
         request.send().await.map_err(StoreError::from_sdk)?;
+        Ok(())
+    }
+
+    /// Stores `body` under S3 Object Lock retention: `mode` (`GOVERNANCE`,
+    /// `COMPLIANCE`) until `retain_until_ms`. The bucket must have Object
+    /// Lock enabled.
+    pub async fn put_retained(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        mode: &str,
+        retain_until_ms: u64,
+    ) -> Result<(), StoreError> {
+        let until = aws_sdk_s3::primitives::DateTime::from_millis(retain_until_ms as i64);
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .object_lock_mode(mode.into())
+            .object_lock_retain_until_date(until)
+            .send()
+            .await
+            .map_err(StoreError::from_sdk)?;
         Ok(())
     }
 

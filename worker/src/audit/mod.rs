@@ -28,7 +28,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::artifacts::{ObjectStore, S3Store, StoreError};
+use crate::artifacts::{ObjectLockStatus, ObjectStore, S3Store, StoreError};
 
 pub use ed25519_dalek::VerifyingKey;
 pub use verify::{Finding, FindingKind, VerifyReport, stream_and_number, verify};
@@ -112,6 +112,8 @@ pub struct AuditTrail {
     interval: Duration,
     chain: tokio::sync::Mutex<Chain>,
     waiting: std::sync::Mutex<Waiting>,
+    /// S3 Object Lock retention written on every object: (mode, days).
+    retention: Option<(&'static str, u32)>,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -171,6 +173,29 @@ pub fn from_config(config: &common::config::Config, store: S3Store, writer: &str
     Ok(AuditTrail::new(store, &config.audit.prefix, writer, key, interval))
 }
 
+/// The trail of a process named `writer` (as [`from_config`]), after
+/// probing the bucket's S3 Object Lock: when it is enabled and
+/// `audit.object_lock_mode` is not `off`, every object is written with a
+/// retention of `retention.audit_days`. Returns what the probe found.
+pub async fn open(
+    config: &common::config::Config,
+    store: S3Store,
+    writer: &str,
+) -> Result<(AuditTrail, ObjectLockStatus), AuditError> {
+    let mut trail = from_config(config, store.clone(), writer)?;
+    let mut lock = store.object_lock().await;
+    let days = config.retention.days(common::retention::RetentionClass::Audit);
+    if let (true, Some(mode), Some(days)) = (lock.enabled, config.audit.object_lock_mode.s3_name(), days) {
+        trail = trail.with_retention(mode, days);
+        lock.enforced = true;
+        lock.audit_object_mode = Some(mode.to_owned());
+        lock.audit_object_days = Some(days);
+        lock.detail =
+            format!("Object Lock is enabled; every audit object is written with {mode} retention for {days} days");
+    }
+    Ok((trail, lock))
+}
+
 /// `yyyy/mm/dd/hh` of a time in ms since the epoch (UTC).
 fn hour_path(ms: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
@@ -198,6 +223,23 @@ impl AuditTrail {
             interval,
             chain: tokio::sync::Mutex::new(chain),
             waiting: std::sync::Mutex::new(Vec::new()),
+            retention: None,
+        }
+    }
+
+    /// Writes every object with S3 Object Lock retention `mode` for `days`.
+    pub fn with_retention(mut self, mode: &'static str, days: u32) -> Self {
+        self.retention = Some((mode, days));
+        self
+    }
+
+    async fn store_object(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StoreError> {
+        match self.retention {
+            Some((mode, days)) => {
+                let until = now_ms() + u64::from(days) * 24 * 60 * 60 * 1000;
+                self.store.put_retained(key, body, content_type, mode, until).await
+            }
+            None => self.store.put(key, body, content_type).await,
         }
     }
 
@@ -261,7 +303,7 @@ impl AuditTrail {
         let now = now_ms();
         let key = format!("{}/segments/{}/{}-{first_seq:012}.jsonl", self.prefix, hour_path(now), self.stream);
         let sha256 = sha256_hex(&body);
-        self.store.put(&key, Bytes::from(body), "application/x-ndjson").await?;
+        self.store_object(&key, Bytes::from(body), "application/x-ndjson").await?;
         // Only a written segment advances the chain.
         chain.seq = seq;
         chain.prev_hash = prev_hash;
@@ -308,7 +350,7 @@ impl AuditTrail {
         let day = &hour[..10];
         let key = format!("{}/digests/{day}/{}-{:08}.json", self.prefix, self.stream, digest.body.digest_seq);
         let sha256 = sha256_hex(&bytes);
-        self.store.put(&key, Bytes::from(bytes), "application/json").await?;
+        self.store_object(&key, Bytes::from(bytes), "application/json").await?;
         chain.digest_seq += 1;
         chain.previous = Some(DigestLink { key, sha256, signature });
         chain.pending.clear();
