@@ -30,6 +30,8 @@ pub struct AppState {
     pub audit: std::sync::Arc<AuditTrail>,
     /// Whether the bucket enforces write-once retention, probed at start.
     pub object_lock: worker::artifacts::ObjectLockStatus,
+    /// The bucket lifecycle rules installed at start (or why not).
+    pub lifecycle: Vec<crate::audit::holds::LifecycleRule>,
 }
 
 impl AppState {
@@ -73,8 +75,18 @@ impl Application {
         } else {
             tracing::warn!(detail = %object_lock.detail, "audit bucket: Object Lock NOT enforced; the trail is tamper-evident (signed digests), not tamper-proof");
         }
-        let state =
-            web::Data::new(AppState { config, queue, store, admin_token_digest, oidc, github, audit, object_lock });
+        let lifecycle = crate::audit::holds::install_lifecycle_rules(&config, &store).await;
+        let state = web::Data::new(AppState {
+            config,
+            queue,
+            store,
+            admin_token_digest,
+            oidc,
+            github,
+            audit,
+            object_lock,
+            lifecycle,
+        });
         let server = HttpServer::new(move || openapi::routes(App::new().app_data(state.clone())).0)
             .listen(listener)?
             .shutdown_timeout(30)

@@ -430,6 +430,16 @@ impl Default for RetentionConfig {
 }
 
 impl RetentionConfig {
+    /// This retention with the provider policy's `logging.metadata`
+    /// (`retained_<n>_days`), when one is set, for model-call metadata.
+    pub fn with_policy(&self, policy: Option<&crate::policy::LlmPolicy>) -> RetentionConfig {
+        let mut retention = self.clone();
+        if let Some(days) = policy.and_then(|p| p.logging.metadata_days()) {
+            retention.gateway_metadata_days = days;
+        }
+        retention
+    }
+
     /// Days objects of `class` are kept; `None` for forever.
     pub fn days(&self, class: crate::retention::RetentionClass) -> Option<u32> {
         use crate::retention::RetentionClass::*;
@@ -923,6 +933,23 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn retention_days_per_class_zero_forever_and_the_provider_policy_sets_model_call_metadata() {
+        use crate::retention::RetentionClass;
+        let config = Config::load(None, env(&[("PADDOCK_RETENTION__LOGS_DAYS", "0")])).expect("config loads");
+        assert_eq!(config.retention.days(RetentionClass::Logs), None);
+        assert_eq!(config.retention.days(RetentionClass::Audit), Some(400));
+        let policy: crate::policy::LlmPolicy = serde_json::from_value(serde_json::json!({
+            "allowed_providers": [], "logging": {"prompt_content": "redacted", "metadata": "retained_45_days"}
+        }))
+        .expect("a policy");
+        let applied = config.retention.with_policy(Some(&policy));
+        assert_eq!(applied.days(RetentionClass::GatewayMetadata), Some(45));
+        assert_eq!(config.retention.with_policy(None).days(RetentionClass::GatewayMetadata), Some(400));
+        let overlapping = Config::load(None, env(&[("PADDOCK_AUDIT__EXPORT_PREFIX", "audit/v1/exports")]));
+        assert!(overlapping.unwrap_err().to_string().contains("audit.export_prefix"));
     }
 
     #[test]

@@ -40,6 +40,13 @@ impl Default for LlmLogging {
     }
 }
 
+impl LlmLogging {
+    /// The days of `retained_<days>_days`.
+    pub fn metadata_days(&self) -> Option<u32> {
+        self.metadata.strip_prefix("retained_")?.strip_suffix("_days")?.parse().ok().filter(|d| *d > 0)
+    }
+}
+
 impl LlmPolicy {
     /// Refuses names the gateway does not know and contradictions.
     pub fn validate(&self, gateway: &GatewayConfig) -> Result<(), ValidationError> {
@@ -62,13 +69,7 @@ impl LlmPolicy {
                 format!("`{default}` is not among allowed_providers"),
             ));
         }
-        let retention_ok = self
-            .logging
-            .metadata
-            .strip_prefix("retained_")
-            .and_then(|r| r.strip_suffix("_days"))
-            .is_some_and(|d| d.parse::<u32>().is_ok_and(|d| d > 0));
-        if !retention_ok {
+        if self.logging.metadata_days().is_none() {
             return Err(ValidationError::new("logging.metadata", "must look like `retained_180_days`"));
         }
         Ok(())

@@ -94,20 +94,22 @@ struct Plan {
     runs: BTreeSet<RunId>,
 }
 
-impl Sweeper {
-    fn expired(&self, class: RetentionClass, modified_ms: u64, now_ms: u64) -> bool {
-        self.retention.days(class).is_some_and(|d| modified_ms.saturating_add(u64::from(d) * DAY_MS) <= now_ms)
-    }
+fn expired(retention: &RetentionConfig, class: RetentionClass, modified_ms: u64, now_ms: u64) -> bool {
+    retention.days(class).is_some_and(|d| modified_ms.saturating_add(u64::from(d) * DAY_MS) <= now_ms)
+}
 
+impl Sweeper {
     /// Deletes what is past retention at `now_ms` and not held.
     pub async fn sweep(&self, now_ms: u64) -> Result<SweepReport, SweepError> {
         let identity = self.queue.identity();
         let holds = Holds(identity.holds().await?.into_iter().filter(LegalHold::active).collect());
+        // The provider policy says how long model-call metadata is kept.
+        let retention = self.retention.with_policy(self.queue.llm_policy().await?.as_ref());
         let mut plan = Plan::default();
-        self.plan_runs(&holds, now_ms, &mut plan).await?;
-        self.plan_audit(&holds, now_ms, &mut plan).await?;
+        self.plan_runs(&retention, &holds, now_ms, &mut plan).await?;
+        self.plan_audit(&retention, &holds, now_ms, &mut plan).await?;
         for (key, modified) in self.store.list(&format!("{}/", self.export_prefix)).await? {
-            if self.expired(RetentionClass::Exports, modified, now_ms) {
+            if expired(&retention, RetentionClass::Exports, modified, now_ms) {
                 plan.keys.push((key, RetentionClass::Exports));
             }
         }
@@ -132,15 +134,21 @@ impl Sweeper {
         Ok(report)
     }
 
-    async fn plan_runs(&self, holds: &Holds, now_ms: u64, plan: &mut Plan) -> Result<(), SweepError> {
-        let mut expired: BTreeMap<RunId, Vec<(String, RetentionClass)>> = BTreeMap::new();
+    async fn plan_runs(
+        &self,
+        retention: &RetentionConfig,
+        holds: &Holds,
+        now_ms: u64,
+        plan: &mut Plan,
+    ) -> Result<(), SweepError> {
+        let mut past: BTreeMap<RunId, Vec<(String, RetentionClass)>> = BTreeMap::new();
         for (key, modified) in self.store.list("runs/").await? {
             let Some((run, kind)) = run_object(&key) else { continue };
-            if self.expired(kind.class(), modified, now_ms) {
-                expired.entry(run).or_default().push((key, kind.class()));
+            if expired(retention, kind.class(), modified, now_ms) {
+                past.entry(run).or_default().push((key, kind.class()));
             }
         }
-        for (run, keys) in expired {
+        for (run, keys) in past {
             let tenant = if holds.any_tenant() { self.tenant_of(run, &keys).await? } else { None };
             let unknown_tenant = tenant.is_none() && holds.any_tenant();
             if unknown_tenant || holds.cover(&run, tenant.as_deref()) {
@@ -167,7 +175,13 @@ impl Sweeper {
         Ok(None)
     }
 
-    async fn plan_audit(&self, holds: &Holds, now_ms: u64, plan: &mut Plan) -> Result<(), SweepError> {
+    async fn plan_audit(
+        &self,
+        retention: &RetentionConfig,
+        holds: &Holds,
+        now_ms: u64,
+        plan: &mut Plan,
+    ) -> Result<(), SweepError> {
         let mut streams: BTreeMap<String, BTreeMap<u64, (String, u64)>> = BTreeMap::new();
         for (key, modified) in self.store.list(&format!("{}/digests/", self.audit_prefix)).await? {
             if let Some((stream, n)) = stream_and_number(&key) {
@@ -176,7 +190,7 @@ impl Sweeper {
         }
         for digests in streams.into_values() {
             for (key, modified) in digests.into_values() {
-                if !self.expired(RetentionClass::Audit, modified, now_ms) {
+                if !expired(retention, RetentionClass::Audit, modified, now_ms) {
                     break;
                 }
                 let Some(bytes) = self.store.get(&key).await? else { continue };

@@ -161,7 +161,8 @@ pub async fn list_holds(
     Ok(web::Json(holds))
 }
 
-/// One class of stored objects and how long it is kept.
+/// One class of stored objects and how long it is kept (model-call
+/// metadata: the provider policy's `logging.metadata` when one is set).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ClassRetention {
     pub class: RetentionClass,
@@ -172,6 +173,38 @@ pub struct ClassRetention {
     pub keys: String,
 }
 
+/// A bucket lifecycle rule Paddock keeps, and whether the store took it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LifecycleRule {
+    #[schema(example = "paddock-exports")]
+    pub rule: String,
+    pub class: RetentionClass,
+    pub days: u32,
+    pub installed: bool,
+    /// What the store answered when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Installs the lifecycle rules that need no legal-hold awareness: export
+/// bundles (their own prefix, never held) expire by the bucket's lifecycle.
+/// Run objects and the audit trail are the sweeper's: a lifecycle rule
+/// would delete what a legal hold covers on stores without Object Lock.
+pub async fn install_lifecycle_rules(
+    config: &common::config::Config,
+    store: &worker::artifacts::S3Store,
+) -> Vec<LifecycleRule> {
+    let Some(days) = config.retention.days(RetentionClass::Exports) else { return Vec::new() };
+    let rule = "paddock-exports".to_owned();
+    let prefix = format!("{}/", config.audit.export_prefix.trim_end_matches('/'));
+    let result = store.ensure_expiration_rule(&rule, &prefix, days).await;
+    if let Err(error) = &result {
+        tracing::warn!(%error, "the bucket refused the lifecycle rule for exports; the sweeper expires them");
+    }
+    let error = result.err().map(|e| e.to_string());
+    vec![LifecycleRule { rule, class: RetentionClass::Exports, days, installed: error.is_none(), error }]
+}
+
 /// The retention policy in force.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RetentionStatus {
@@ -180,6 +213,9 @@ pub struct RetentionStatus {
     /// `sweep_interval_seconds`, honouring legal holds) or `none`.
     #[schema(example = "sweeper")]
     pub enforcement: String,
+    /// Bucket lifecycle rules installed at start, as a second line for
+    /// classes no hold covers.
+    pub lifecycle_rules: Vec<LifecycleRule>,
     pub sweep_interval_seconds: u64,
     pub active_holds: usize,
     /// What the last sweep deleted and kept.
@@ -203,13 +239,14 @@ pub async fn retention(
     state: web::Data<AppState>,
 ) -> Result<web::Json<RetentionStatus>, Problem> {
     let identity = state.identity();
+    let retention_config = state.config.retention.with_policy(state.queue.llm_policy().await?.as_ref());
     let audit = state.config.audit.prefix.trim_end_matches('/');
     let exports = state.config.audit.export_prefix.trim_end_matches('/');
     let classes = RetentionClass::ALL
         .into_iter()
         .map(|class| ClassRetention {
             class,
-            days: state.config.retention.days(class),
+            days: retention_config.days(class),
             keys: match class {
                 RetentionClass::Artifacts => "runs/<id>/diff.patch, runs/<id>/summary.json".to_owned(),
                 RetentionClass::Logs => "runs/<id>/logs.txt".to_owned(),
@@ -225,6 +262,7 @@ pub async fn retention(
         classes,
         enforcement: if interval > 0 { "sweeper" } else { "none" }.to_owned(),
         sweep_interval_seconds: interval,
+        lifecycle_rules: state.lifecycle.clone(),
         active_holds: identity.holds().await?.iter().filter(|h| h.active()).count(),
         last_sweep: identity.last_sweep().await?,
     }))

@@ -150,6 +150,9 @@ async fn the_sweeper_deletes_what_is_past_retention_and_keeps_what_a_legal_hold_
     assert_eq!(status, 200);
     assert_eq!(retention["active_holds"], 0);
     assert_eq!(retention["last_sweep"]["at_ms"], at);
+    let rule = &retention["lifecycle_rules"][0];
+    assert_eq!((rule["rule"].as_str(), rule["installed"].as_bool()), (Some("paddock-exports"), Some(true)), "{rule}");
+    assert_eq!(app.store.expiration_rule("paddock-exports").await.unwrap(), Some(30), "Garage keeps the rule");
     let logs = retention["classes"].as_array().unwrap().iter().find(|c| c["class"] == "logs").unwrap();
     assert_eq!(logs["days"], 90);
     let trail = app.audit_trail_text().await;

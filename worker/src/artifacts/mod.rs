@@ -157,6 +157,48 @@ impl S3Store {
         Ok(())
     }
 
+    /// Makes the bucket's lifecycle configuration expire everything under
+    /// `prefix` after `days` with a rule named `id`, keeping every other rule
+    /// (the operator's own) as it is.
+    pub async fn ensure_expiration_rule(&self, id: &str, prefix: &str, days: u32) -> Result<(), StoreError> {
+        use aws_sdk_s3::types::{
+            BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+        };
+        let mut rules = match self.client.get_bucket_lifecycle_configuration().bucket(&self.bucket).send().await {
+            Ok(out) => out.rules().to_vec(),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Vec::new(),
+            Err(e) => return Err(StoreError::from_sdk(e)),
+        };
+        rules.retain(|r| r.id() != Some(id));
+        let rule = LifecycleRule::builder()
+            .id(id)
+            .status(ExpirationStatus::Enabled)
+            .filter(LifecycleRuleFilter::builder().prefix(prefix).build())
+            .expiration(LifecycleExpiration::builder().days(days as i32).build())
+            .build()
+            .map_err(StoreError::new)?;
+        rules.push(rule);
+        let config = BucketLifecycleConfiguration::builder().set_rules(Some(rules)).build().map_err(StoreError::new)?;
+        self.client
+            .put_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .lifecycle_configuration(config)
+            .send()
+            .await
+            .map_err(StoreError::from_sdk)?;
+        Ok(())
+    }
+
+    /// The expiration in days of the lifecycle rule named `id`, if the
+    /// bucket has one.
+    pub async fn expiration_rule(&self, id: &str) -> Result<Option<i32>, StoreError> {
+        match self.client.get_bucket_lifecycle_configuration().bucket(&self.bucket).send().await {
+            Ok(out) => Ok(out.rules().iter().find(|r| r.id() == Some(id)).and_then(|r| r.expiration()?.days())),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
+            Err(e) => Err(StoreError::from_sdk(e)),
+        }
+    }
+
     /// One user-metadata value of `key`; `None` when the object or the value
     /// is absent.
     pub async fn metadata(&self, key: &str, name: &str) -> Result<Option<String>, StoreError> {
