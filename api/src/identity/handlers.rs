@@ -4,7 +4,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, delete, get, post, web};
-use common::audit::{AuditEvent, ObjectRef, now_ms};
+use common::audit::{ObjectRef, now_ms};
 use common::identity::{Binding, Permission, Role, Scope, Subject, new_service_token, validate_account_name};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -84,9 +84,8 @@ pub async fn create_binding(
         created_by: caller.principal.clone(),
         created_at_ms: now_ms(),
     };
-    let event = AuditEvent::new("binding.create", caller.actor(), ObjectRef::new("binding", &binding.id))
-        .source_ip(caller.source_ip.clone())
-        .change(None::<&Binding>, Some(&binding));
+    let event =
+        caller.event("binding.create", ObjectRef::new("binding", &binding.id)).change(None::<&Binding>, Some(&binding));
     store.add_binding(&binding, &event).await?;
     tracing::info!(by = %caller.principal, subject = %binding.subject, role = binding.role.as_str(), scope = %binding.scope, "role bound");
     Ok(HttpResponse::Created().json(binding))
@@ -113,9 +112,8 @@ pub async fn delete_binding(
     let store = state.identity();
     let binding =
         store.binding(&id).await?.ok_or_else(|| Problem::not_found(format!("binding {id} does not exist")))?;
-    let event = AuditEvent::new("binding.delete", caller.actor(), ObjectRef::new("binding", &binding.id))
-        .source_ip(caller.source_ip.clone())
-        .change(Some(&binding), None::<&Binding>);
+    let event =
+        caller.event("binding.delete", ObjectRef::new("binding", &binding.id)).change(Some(&binding), None::<&Binding>);
     store.remove_binding(&binding.id, &event).await?;
     tracing::info!(by = %caller.principal, subject = %binding.subject, role = binding.role.as_str(), scope = %binding.scope, "role unbound");
     Ok(HttpResponse::NoContent().finish())
@@ -189,10 +187,9 @@ pub async fn create_service_account(
         created_by: caller.principal.clone(),
         created_at_ms: now_ms(),
     };
-    let event =
-        AuditEvent::new("service_account.create", caller.actor(), ObjectRef::new("service-account", &account.name))
-            .source_ip(caller.source_ip.clone())
-            .change(None::<&ServiceAccount>, Some(&account));
+    let event = caller
+        .event("service_account.create", ObjectRef::new("service-account", &account.name))
+        .change(None::<&ServiceAccount>, Some(&account));
     if !state.identity().create_service_account(&account, &event).await? {
         return Err(Problem::new(StatusCode::CONFLICT, "exists", "The service account exists")
             .detail(format!("a service account named {} exists", account.name))
@@ -275,9 +272,8 @@ pub async fn create_token(
         revoked_at_ms: None,
         revoked_by: None,
     };
-    let event = AuditEvent::new("token.create", caller.actor(), ObjectRef::new("token", &record.id))
-        .source_ip(caller.source_ip.clone())
-        .change(None::<&TokenRecord>, Some(&record));
+    let event =
+        caller.event("token.create", ObjectRef::new("token", &record.id)).change(None::<&TokenRecord>, Some(&record));
     store.add_token(&token_hash_hex(&token), &record, &event).await?;
     tracing::info!(by = %caller.principal, account = %account.name, token_id = %record.id, "service-account token issued");
     Ok(HttpResponse::Created().json(IssuedToken { token, record }))

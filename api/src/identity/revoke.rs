@@ -6,7 +6,7 @@
 //! on each cancelled run and in the audit trail.
 
 use actix_web::{get, post, web};
-use common::audit::{AuditEvent, ObjectRef, now_ms};
+use common::audit::{ObjectRef, now_ms};
 use common::identity::Subject;
 use common::{RunRecord, RunState};
 use serde::{Deserialize, Serialize};
@@ -84,8 +84,8 @@ pub async fn revoke_token(
     let before = token.clone();
     token.revoked_at_ms = Some(now_ms());
     token.revoked_by = Some(caller.principal.clone());
-    let event = AuditEvent::new("token.revoke", caller.actor(), ObjectRef::new("token", &token.id))
-        .source_ip(caller.source_ip.clone())
+    let event = caller
+        .event("token.revoke", ObjectRef::new("token", &token.id))
         .reason(reason)
         .change(Some(&before), Some(&token));
     store.update_token(&token, &event).await?;
@@ -133,10 +133,7 @@ async fn revoke_user(
         changed_at_ms: Some(now),
     };
     let action = if deactivate { "user.deactivate" } else { "user.revoke" };
-    let event = AuditEvent::new(action, caller.actor(), ObjectRef::new("user", user))
-        .source_ip(caller.source_ip.clone())
-        .reason(reason)
-        .change(Some(&before), Some(&after));
+    let event = caller.event(action, ObjectRef::new("user", user)).reason(reason).change(Some(&before), Some(&after));
     store.set_user(user, &after, &event).await?;
     let mut report = RevokeReport {
         revoked_tokens: Vec::new(),
@@ -218,8 +215,8 @@ async fn revoke_service_accounts(
         })
         .collect();
     cancel_runs(state, caller, runs, &mut report).await?;
-    let event = AuditEvent::new("security.revoke", caller.actor(), ObjectRef::new("service-account", which))
-        .source_ip(caller.source_ip.clone())
+    let event = caller
+        .event("security.revoke", ObjectRef::new("service-account", which))
         .reason(reason)
         .change(None::<&()>, Some(&report));
     store.append_audit(&event).await?;
@@ -282,8 +279,8 @@ pub async fn activate_user(
         changed_at_ms: Some(now_ms()),
         ..before.clone()
     };
-    let event = AuditEvent::new("user.activate", caller.actor(), ObjectRef::new("user", user.as_str()))
-        .source_ip(caller.source_ip.clone())
+    let event = caller
+        .event("user.activate", ObjectRef::new("user", user.as_str()))
         .reason(&body.reason)
         .change(Some(&before), Some(&after));
     store.set_user(&user, &after, &event).await?;

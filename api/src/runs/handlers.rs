@@ -136,9 +136,7 @@ pub async fn approve_run(
     let mut object = ObjectRef::new("run", id.to_string());
     object.tenant = Some(record.spec.tenant.clone());
     object.repository = Some(record.spec.repository.to_string());
-    let event = AuditEvent::new("run.approve", caller.actor(), object)
-        .source_ip(caller.source_ip.clone())
-        .reason(format!("requested by {}", record.spec.requested_by));
+    let event = caller.event("run.approve", object).reason(format!("requested by {}", record.spec.requested_by));
     state.identity().append_audit(&event).await?;
     match state.queue.approve(id, &caller.principal).await? {
         Some(RunState::Queued) => {

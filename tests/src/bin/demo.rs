@@ -59,6 +59,8 @@ async fn main() -> anyhow::Result<()> {
         ("PADDOCK_API__BOOTSTRAP_ADMIN_TOKEN".to_owned(), token.clone()),
         // A fixed key for the local demo only; deployments set their own.
         ("PADDOCK_AUDIT__SIGNING_KEY".to_owned(), tests::TEST_AUDIT_KEY.to_owned()),
+        // Digests every 2 s, so the run's audit events can be exported at once.
+        ("PADDOCK_AUDIT__DIGEST_INTERVAL_SECONDS".to_owned(), "2".to_owned()),
         ("PADDOCK_SANDBOX__MEMORY_BYTES".to_owned(), (512u64 << 20).to_string()),
         ("PADDOCK_SANDBOX__TIMEOUT_SECONDS".to_owned(), "300".to_owned()),
         ("PADDOCK_GITHUB__RUN_LINK_BASE".to_owned(), base.clone()),
@@ -193,9 +195,62 @@ async fn main() -> anyhow::Result<()> {
     println!("pull request: {}", facts["pull_request"]["url"].as_str().unwrap_or("none"));
     println!("took:         {:.1} s from the label to the pull request", elapsed.as_secs_f64());
     println!("artifacts:    {}", run["artifacts"]);
+    audit_summary(&client, &base, &token, &id).await?;
     providers.stop().await;
     anyhow::ensure!(run["state"] == "succeeded", "the demo run did not succeed");
     anyhow::ensure!(!facts["pull_request"].is_null(), "the demo run opened no pull request");
+    Ok(())
+}
+
+/// Exports the run's audit events, verifies the bundle and the trail, and
+/// prints what an auditor would get.
+async fn audit_summary(client: &reqwest::Client, base: &str, token: &str, id: &str) -> anyhow::Result<()> {
+    // The worker's last events wait for its next digest (2 s here).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let get = |path: String| async move {
+        let answer: Value = client.get(format!("{base}{path}")).bearer_auth(token).send().await?.json().await?;
+        anyhow::Ok(answer)
+    };
+    let started: Value = client
+        .post(format!("{base}/v1/audit/exports"))
+        .bearer_auth(token)
+        .json(&json!({"run": id}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let export_id = started["id"].as_str().unwrap_or_default().to_owned();
+    let export = loop {
+        let export = get(format!("/v1/audit/exports/{export_id}")).await?;
+        if export["state"] != "running" {
+            break export;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    anyhow::ensure!(export["state"] == "succeeded", "the audit export failed: {export}");
+    let bundle = get(format!("/v1/audit/exports/{export_id}/verify")).await?;
+    let trail = get("/v1/audit/verify".to_owned()).await?;
+    let findings = |report: &Value| report["findings"].as_array().map_or(0, Vec::len);
+    println!("=== audit summary ===");
+    println!(
+        "events:       {} about this run in the signed trail ({} awaiting a digest)",
+        export["events"], export["pending_events"]
+    );
+    println!(
+        "export:       {} (manifest sha256 {})",
+        export["bundle"].as_str().unwrap_or_default(),
+        export["manifest_sha256"].as_str().unwrap_or_default()
+    );
+    println!(
+        "verified:     bundle {} ({} events, {} digests); trail {} ({} digests, {} segments)",
+        if findings(&bundle) == 0 { "ok" } else { "FAILED" },
+        bundle["events_checked"],
+        bundle["digests_checked"],
+        if findings(&trail) == 0 { "ok" } else { "FAILED" },
+        trail["digests_checked"],
+        trail["segments_checked"]
+    );
+    anyhow::ensure!(findings(&bundle) == 0 && findings(&trail) == 0, "audit verification found problems");
     Ok(())
 }
 
