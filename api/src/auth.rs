@@ -47,6 +47,8 @@ pub struct Caller {
     pub grants: Grants,
     /// The peer address, for audit.
     pub source_ip: Option<String>,
+    /// This request's `x-request-id`, for audit.
+    pub request_id: Option<String>,
 }
 
 impl Caller {
@@ -62,7 +64,9 @@ impl Caller {
 
     /// An audit event of an action by this caller on `object`.
     pub fn event(&self, action: &str, object: ObjectRef) -> AuditEvent {
-        AuditEvent::new(action, self.actor(), object).source_ip(self.source_ip.clone())
+        AuditEvent::new(action, self.actor(), object)
+            .source_ip(self.source_ip.clone())
+            .request_id(self.request_id.clone())
     }
 
     pub fn is_service_account(&self) -> bool {
@@ -188,7 +192,8 @@ impl<R: Requirement + 'static> FromRequest for Scoped<R> {
 /// The authenticated caller, if it holds one of `R::ANY_OF` globally (or,
 /// without `global`, anywhere).
 async fn holding<R: Requirement>(req: &HttpRequest, global: bool) -> Result<Caller, Problem> {
-    let caller = authenticate(req).await?;
+    let mut caller = authenticate(req).await?;
+    caller.request_id = crate::request_id::of(req);
     let held =
         |p: Permission| if global { caller.grants.allows(p, None, None) } else { caller.grants.holds_somewhere(p) };
     if !R::ANY_OF.iter().any(|&p| held(p)) {
@@ -236,6 +241,7 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, Problem> {
             kind: CallerKind::Bootstrap,
             grants: Grants::everything(),
             source_ip,
+            request_id: None,
         });
     }
     if token.starts_with(common::identity::SERVICE_TOKEN_PREFIX) {
@@ -269,7 +275,7 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, Problem> {
     for binding in store.bindings().await?.iter().filter(|b| subjects.contains(&b.subject)) {
         grants.add_role(binding.role, &binding.scope);
     }
-    Ok(Caller { principal, kind: CallerKind::User, grants, source_ip })
+    Ok(Caller { principal, kind: CallerKind::User, grants, source_ip, request_id: None })
 }
 
 async fn service_account(state: &AppState, token: &str, source_ip: Option<String>) -> Result<Caller, Problem> {
@@ -296,5 +302,6 @@ async fn service_account(state: &AppState, token: &str, source_ip: Option<String
     }
     // Service accounts never approve, whatever their bindings say.
     grants.retain(|p| p != Permission::ToolsApprove && record.scopes.contains(&p));
-    Ok(Caller { principal: account.owner, kind: CallerKind::ServiceAccount(account.name), grants, source_ip })
+    let kind = CallerKind::ServiceAccount(account.name);
+    Ok(Caller { principal: account.owner, kind, grants, source_ip, request_id: None })
 }

@@ -14,6 +14,7 @@ pub mod policies;
 pub mod problem;
 pub mod providers;
 pub mod queue;
+pub mod request_id;
 pub mod runs;
 pub mod secrets;
 pub mod startup;

@@ -87,10 +87,20 @@ impl Application {
             object_lock,
             lifecycle,
         });
-        let server = HttpServer::new(move || openapi::routes(App::new().app_data(state.clone())).0)
-            .listen(listener)?
-            .shutdown_timeout(30)
-            .run();
+        let server = HttpServer::new(move || {
+            openapi::routes(App::new().app_data(state.clone())).0.wrap_fn(|req, service| {
+                let id = crate::request_id::assign(&req);
+                let answer = actix_web::dev::Service::call(service, req);
+                async move {
+                    let mut answer = answer.await?;
+                    answer.headers_mut().insert(crate::request_id::HEADER, id);
+                    Ok(answer)
+                }
+            })
+        })
+        .listen(listener)?
+        .shutdown_timeout(30)
+        .run();
         Ok(Self { port, server })
     }
 

@@ -43,6 +43,19 @@ pub enum Outcome {
     Failure,
 }
 
+/// When the event was written, relative to its action (the Kubernetes audit
+/// event's stage, for an action that is not one HTTP request).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Before the action took effect; it proceeds only once this is stored.
+    #[default]
+    Intent,
+    /// After the fact: what happened (commands run, the pull request opened,
+    /// why the run stopped).
+    Outcome,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     /// Unique; consumers deduplicate on it.
@@ -50,6 +63,12 @@ pub struct AuditEvent {
     pub id: String,
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
+    #[serde(default)]
+    pub stage: Stage,
+    /// The API request that caused it (`x-request-id`, echoed on the answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "01jbd3k6q3x9a7m2c5v8w0z4tz")]
+    pub request_id: Option<String>,
     /// `<object>.<verb>`, e.g. `binding.create`, `token.revoke`.
     #[schema(example = "binding.create")]
     pub action: String,
@@ -78,6 +97,8 @@ impl AuditEvent {
         Self {
             id: ulid::Ulid::new().to_string().to_lowercase(),
             time_ms: now_ms(),
+            stage: Stage::Intent,
+            request_id: None,
             action: action.to_owned(),
             actor,
             source_ip: None,
@@ -102,6 +123,17 @@ impl AuditEvent {
 
     pub fn source_ip(mut self, ip: Option<String>) -> Self {
         self.source_ip = ip;
+        self
+    }
+
+    pub fn request_id(mut self, id: Option<String>) -> Self {
+        self.request_id = id;
+        self
+    }
+
+    /// Marks the event as recording what happened ([`Stage::Outcome`]).
+    pub fn after_the_fact(mut self) -> Self {
+        self.stage = Stage::Outcome;
         self
     }
 }

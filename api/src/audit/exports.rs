@@ -121,6 +121,7 @@ async fn run_export(state: web::Data<AppState>, caller: Caller, mut status: Expo
             status.manifest_sha256 = sha.clone();
             let event = caller
                 .event("audit.export.complete", ObjectRef::new("export", &status.id))
+                .after_the_fact()
                 .reason(format!("manifest sha256 {}", sha.unwrap_or_default()))
                 .change(None::<&()>, Some(&status));
             if let Err(error) = identity.append_audit(&event).await {

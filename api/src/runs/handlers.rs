@@ -75,7 +75,8 @@ pub async fn create_run(
     let id = RunId::new();
     // Fail-closed: no run is accepted whose request is not in the audit trail.
     let actor = Actor { principal: spec.requested_by.clone(), via: spec.via.clone(), ..caller.actor() };
-    let event = run_requested(id, &spec, actor).source_ip(caller.source_ip.clone());
+    let event =
+        run_requested(id, &spec, actor).source_ip(caller.source_ip.clone()).request_id(caller.request_id.clone());
     state.identity().append_audit(&event).await?;
     let id = match state.queue.enqueue(id, &spec, state.config.api.max_attempts, idempotency.as_ref()).await? {
         Enqueued::Created { .. } => {

@@ -65,7 +65,7 @@ pub async fn github_webhook(
         return Err(Problem::new(StatusCode::CONFLICT, "replayed-delivery", "This delivery was already received")
             .detail(format!("delivery {delivery} was processed before")));
     }
-    let result = handle(&state, &header("x-github-event"), &body).await;
+    let result = handle(&state, &header("x-github-event"), &body, crate::request_id::of(&req)).await;
     if result.is_err() {
         // Let GitHub's redelivery through once the cause is gone.
         let _ = state.queue.forget_delivery(&delivery).await;
@@ -88,7 +88,12 @@ fn signature_valid(secret: &str, body: &[u8], presented: &str) -> bool {
     mac.verify_slice(&expected).is_ok()
 }
 
-async fn handle(state: &AppState, event: &str, body: &[u8]) -> Result<HttpResponse, Problem> {
+async fn handle(
+    state: &AppState,
+    event: &str,
+    body: &[u8],
+    request_id: Option<String>,
+) -> Result<HttpResponse, Problem> {
     let payload: Value =
         serde_json::from_slice(body).map_err(|e| Problem::bad_request(format!("the payload is not JSON: {e}")))?;
     let trigger = match event {
@@ -153,7 +158,8 @@ async fn handle(state: &AppState, event: &str, body: &[u8]) -> Result<HttpRespon
         method: "github-webhook".to_owned(),
         via: spec.via.clone(),
     };
-    state.identity().append_audit(&crate::runs::handlers::run_requested(id, &spec, actor)).await?;
+    let event = crate::runs::handlers::run_requested(id, &spec, actor).request_id(request_id);
+    state.identity().append_audit(&event).await?;
     // No idempotency key: replays are refused by delivery id above.
     state.queue.enqueue(id, &spec, state.config.api.max_attempts, None).await?;
     tracing::info!(run_id = %id, repository = %spec.repository, issue, requested_by = %spec.requested_by, "run accepted from a GitHub webhook");

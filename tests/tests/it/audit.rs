@@ -269,7 +269,18 @@ async fn an_export_for_a_time_range_verifies_on_its_own_and_any_change_to_it_is_
     let since = common::audit::now_ms() - 1000;
     let repo = app.repo(&[("README.md", b"# export\n")]);
     let run = app.create_run(&repo, "Exported").await;
-    let other = app.create_run(&repo, "Another").await;
+    // A portal's request id is echoed and recorded on the event it causes.
+    let response = app
+        .client
+        .post(app.url("/v1/runs"))
+        .bearer_auth(&app.token)
+        .header("x-request-id", "portal-req-42")
+        .json(&json!({"repository": repo, "base_ref": "main", "task": {"title": "Another"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "portal-req-42");
+    let other = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let (status, _) = app.admin_call("PUT", "/v1/limits/tenants/default", json!({"max_running": 7})).await;
     assert_eq!(status, 200);
 
@@ -300,6 +311,13 @@ async fn an_export_for_a_time_range_verifies_on_its_own_and_any_change_to_it_is_
     // One run only.
     let only = finished_export(&app, json!({"run": other})).await;
     assert_eq!(only["events"], 1, "{only}");
+    let trail = app.audit_trail_text().await;
+    let request = trail.lines().find(|l| l.contains(&other) && l.contains("run.request")).unwrap();
+    let request: Value = serde_json::from_str(request).unwrap();
+    assert_eq!(
+        (request["event"]["request_id"].as_str(), request["event"]["stage"].as_str()),
+        (Some("portal-req-42"), Some("intent"))
+    );
     let only_bundle = only["bundle"].as_str().unwrap();
     assert!(verify_export(&app.store, only_bundle, &[public]).await.unwrap().ok());
 

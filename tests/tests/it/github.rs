@@ -201,6 +201,15 @@ async fn a_labelled_issue_becomes_a_draft_pull_request_with_a_full_record() {
     ] {
         assert!(trail.contains(&format!("\"action\":\"{action}\"")), "no {action} event in the trail");
     }
+    // Claims are written before the sandbox starts, what it did after.
+    let stage = |action: &str| {
+        let line = trail.lines().find(|l| l.contains(&format!("\"action\":\"{action}\""))).unwrap();
+        serde_json::from_str::<Value>(line).unwrap()["event"]["stage"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(
+        (stage("run.claim"), stage("command.run"), stage("run.stop")),
+        ("intent".into(), "outcome".into(), "outcome".into())
+    );
     for (token, _) in &minted {
         assert!(!trail.contains(token.as_str()) && !record.to_string().contains(token.as_str()));
     }

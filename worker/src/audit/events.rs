@@ -63,7 +63,7 @@ pub fn agent_activity(
     if !facts.files_changed.is_empty() {
         events.push(with_after(run_event(run, worker, "files.change"), json!({"files": facts.files_changed})));
     }
-    events
+    events.into_iter().map(AuditEvent::after_the_fact).collect()
 }
 
 /// What publishing did and how the run ended: credentials (fingerprints,
@@ -83,7 +83,7 @@ pub fn outcome(run: &ClaimedRun, worker: &str, facts: &RunFacts, reason: &StopRe
         events.push(with_after(run_event(run, worker, "pull_request.open"), json!(pull)));
     }
     events.push(with_after(run_event(run, worker, "run.stop"), json!({"reason": reason})));
-    events
+    events.into_iter().map(AuditEvent::after_the_fact).collect()
 }
 
 fn credential(run: &ClaimedRun, worker: &str, action: &str, grant: &CredentialGrant) -> AuditEvent {
