@@ -127,6 +127,9 @@ impl Sweeper {
             .reason("past the configured retention")
             .change(None::<&()>, Some(&report));
         self.trail.record(std::slice::from_ref(&event)).await?;
+        if let Err(error) = identity.index_audit(std::slice::from_ref(&event)).await {
+            tracing::warn!(%error, "the sweep's audit event is stored but not indexed");
+        }
         for (key, _) in &plan.keys {
             self.store.delete(key).await?;
         }

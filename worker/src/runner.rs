@@ -116,13 +116,23 @@ impl Runtime {
         Ending::Outcome(Outcome::Retry { reason: StopReason::InfrastructureError { message }, delay })
     }
 
+    /// Records `events` in the trail (the evidence; an error means they are
+    /// not stored), then in the index behind `GET /v1/audit/events`.
+    async fn record_audit(&self, events: &[common::audit::AuditEvent]) -> Result<(), crate::audit::AuditError> {
+        self.audit.record(events).await?;
+        if let Err(error) = self.queue.identity().index_audit(events).await {
+            tracing::warn!(%error, "audit events are stored but not indexed for GET /v1/audit/events");
+        }
+        Ok(())
+    }
+
     /// One attempt of a run: with a GitHub App, under a token for the one
     /// repository that is revoked when the attempt ends, whatever happens.
     async fn run(&self, run: &ClaimedRun, lease: &LeaseGuard) -> Ending {
         // Fail-closed: no credential, sandbox or push for a run whose start
         // is not in the audit trail.
         let claimed = audit_events::claimed(run, &self.worker, &self.policy_of(run));
-        if let Err(e) = self.audit.record(&claimed).await {
+        if let Err(e) = self.record_audit(&claimed).await {
             tracing::error!(run_id = %run.id, error = %e, "audit unavailable: run stopped");
             let reason = StopReason::AuditUnavailable { message: e.to_string() };
             return Ending::Outcome(Outcome::Done { reason, artifacts: Vec::new(), facts: None });
@@ -626,7 +636,7 @@ impl Runtime {
         // What the agent did is in the trail before anything is pushed.
         let (egress, calls) = facts.as_ref().map(|f| (f.egress.as_slice(), f.calls.as_slice())).unwrap_or_default();
         let activity = audit_events::agent_activity(run, &self.worker, &record, egress, calls);
-        let reason = match self.audit.record(&activity).await {
+        let reason = match self.record_audit(&activity).await {
             Ok(()) => reason,
             Err(e) => {
                 log.line(&format!("paddock: the audit trail is unavailable ({e}); nothing is pushed"));
@@ -637,7 +647,7 @@ impl Runtime {
             Ok(reason) => reason,
             Err(message) => return self.retry(run, message),
         };
-        if let Err(e) = self.audit.record(&audit_events::outcome(run, &self.worker, &record, &reason)).await {
+        if let Err(e) = self.record_audit(&audit_events::outcome(run, &self.worker, &record, &reason)).await {
             // The branch and pull request exist; the events before them stand.
             tracing::error!(run_id = %run.id, error = %e, "the run's outcome could not be audited");
             log.line(&format!("paddock: recording the outcome in the audit trail failed: {e}"));

@@ -29,7 +29,10 @@ pub struct AuditQuery {
     pub limit: Option<usize>,
 }
 
-/// Audit events, oldest first.
+/// Audit events, oldest first, from the index of the newest 100,000 (API
+/// and worker events alike; older ones through `POST /v1/audit/exports`).
+/// Filter by time, action, actor and object (`object=<run id>`: everything
+/// about a run, from its request to why it stopped).
 #[utoipa::path(
     tag = "audit",
     params(AuditQuery),

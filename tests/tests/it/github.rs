@@ -201,6 +201,11 @@ async fn a_labelled_issue_becomes_a_draft_pull_request_with_a_full_record() {
     ] {
         assert!(trail.contains(&format!("\"action\":\"{action}\"")), "no {action} event in the trail");
     }
+    // The events API answers for the whole run, worker events included.
+    let events: Value = forge.app.get(&format!("/v1/audit/events?object={id}")).await.json().await.unwrap();
+    let actions: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!((actions.first(), actions.last()), (Some(&"run.request"), Some(&"run.stop")), "{actions:?}");
+    assert!(actions.contains(&"pull_request.open") && actions.contains(&"credential.revoke"), "{actions:?}");
     // Claims are written before the sandbox starts, what it did after.
     let stage = |action: &str| {
         let line = trail.lines().find(|l| l.contains(&format!("\"action\":\"{action}\""))).unwrap();

@@ -164,6 +164,25 @@ impl IdentityStore {
         Ok(())
     }
 
+    /// Adds events already in the trail (a worker's) to the queryable index.
+    pub async fn index_audit(&self, events: &[AuditEvent]) -> Result<(), QueueError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let lines = events.iter().map(|e| to_json("audit event", e)).collect::<Result<Vec<_>, _>>()?;
+        let list = self.key("audit:events");
+        let mut conn = self.conn.clone();
+        let () = redis::pipe()
+            .atomic()
+            .rpush(&list, lines)
+            .ignore()
+            .ltrim(&list, -AUDIT_INDEX_KEEP, -1)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// Events matching `filter`, oldest first, at most `limit`.
     pub async fn audit_events(&self, filter: &AuditFilter, limit: usize) -> Result<Vec<AuditEvent>, QueueError> {
         let mut conn = self.conn.clone();
