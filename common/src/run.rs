@@ -31,6 +31,11 @@ impl RunId {
         Self(ulid::Ulid::new())
     }
 
+    /// When the id was made (the run requested), ms since the epoch.
+    pub fn created_ms(&self) -> u64 {
+        self.0.timestamp_ms()
+    }
+
     /// The S3 key prefix under which every artifact of this run lives.
     pub fn artifact_prefix(&self) -> String {
         format!("runs/{self}/")

@@ -23,7 +23,8 @@ use crate::startup::AppState;
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"since_ms": 1796000000000u64, "until_ms": 1796086400000u64}))]
 pub struct NewExport {
-    /// From this instant (ms since the epoch); default the epoch.
+    /// From this instant (ms since the epoch); default the epoch, or a
+    /// minute before the run was requested when `run` is given.
     pub since_ms: Option<u64>,
     /// Until this instant, exclusive; default now.
     pub until_ms: Option<u64>,
@@ -61,8 +62,10 @@ pub async fn create_export(
         .map(str::parse)
         .transpose()
         .map_err(|e: common::ValidationError| Problem::bad_request(e.to_string()).field("run"))?;
-    let request =
-        ExportRequest { since_ms: body.since_ms.unwrap_or(0), until_ms: body.until_ms.unwrap_or_else(now_ms), run };
+    // A run's events start with its request: its id says when that was.
+    let since =
+        body.since_ms.unwrap_or_else(|| run.map_or(0, |r: common::RunId| r.created_ms().saturating_sub(60_000)));
+    let request = ExportRequest { since_ms: since, until_ms: body.until_ms.unwrap_or_else(now_ms), run };
     if request.since_ms >= request.until_ms {
         return Err(Problem::bad_request("`since_ms` must be before `until_ms`").field("since_ms"));
     }

@@ -50,6 +50,12 @@ async fn an_untouched_trail_verifies_and_its_tail_is_reported_as_undigested() {
     assert!(report.ok(), "{report:?}");
     assert_eq!((report.digests_checked, report.segments_checked, report.events_checked), (1, 4, 8));
     assert_eq!(report.undigested, vec![segments[4].clone()]);
+    // A range of the last hour lists only its days and hours, to the same end.
+    let public = signing_key(TEST_AUDIT_KEY).unwrap().verifying_key();
+    let hour_ago = common::audit::now_ms() - 3_600_000;
+    let ranged = verify(&app.store, &prefix, &[public], hour_ago, u64::MAX, 0).await.unwrap();
+    assert!(ranged.ok(), "{ranged:?}");
+    assert_eq!((ranged.digests_checked, ranged.segments_checked, ranged.undigested.len()), (1, 4, 1));
     // Another key's signature is not trusted.
     let stranger = signing_key("c3RyYW5nZXItc3RyYW5nZXItc3RyYW5nZXItc3RyYW4=").unwrap().verifying_key();
     let report = verify(&app.store, &prefix, &[stranger], 0, u64::MAX, 0).await.unwrap();
@@ -73,6 +79,9 @@ async fn a_deleted_segment_is_found() {
     let (prefix, segments) = written_trail(&app).await;
     app.store.delete(&segments[2]).await.unwrap();
     assert_eq!(kinds(&verified(&app, &prefix).await), [(FindingKind::Missing, segments[2].clone())]);
+    let public = signing_key(TEST_AUDIT_KEY).unwrap().verifying_key();
+    let ranged = verify(&app.store, &prefix, &[public], common::audit::now_ms() - 60_000, u64::MAX, 0).await.unwrap();
+    assert_eq!(kinds(&ranged), [(FindingKind::Missing, segments[2].clone())]);
 }
 
 #[tokio::test]

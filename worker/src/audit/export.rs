@@ -24,7 +24,7 @@ use common::RunId;
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
-use super::verify::{signature_verifies, verify_copy};
+use super::verify::{list_window, signature_verifies, verify_copy};
 use super::{
     AuditError, AuditTrail, ChainedEvent, FindingKind, SignedDigest, VerifyReport, public_key_b64, sha256_hex,
 };
@@ -128,7 +128,8 @@ pub async fn export(
     let bundle = format!("{}/{id}", export_prefix.trim_end_matches('/'));
     // Digests by stream and number.
     let mut streams: BTreeMap<String, BTreeMap<u64, (String, Bytes, SignedDigest)>> = BTreeMap::new();
-    for (key, _) in store.list(&format!("{source}/digests/")).await? {
+    let (since, until) = (request.since_ms, request.until_ms.saturating_add(LATE_MS));
+    for (key, _) in list_window(store, source, "digests", since, until).await?.0 {
         let Some(bytes) = store.get(&key).await? else { continue };
         let Ok(digest) = serde_json::from_slice::<SignedDigest>(&bytes) else { continue };
         streams.entry(digest.body.stream.clone()).or_default().insert(digest.body.digest_seq, (key, bytes, digest));
@@ -167,7 +168,7 @@ pub async fn export(
         }
     }
     let mut pending_events = 0;
-    for (key, _) in store.list(&format!("{source}/segments/")).await? {
+    for (key, _) in list_window(store, source, "segments", since, until).await?.0 {
         if digested.contains(&key) {
             continue;
         }

@@ -197,7 +197,7 @@ pub async fn open(
 }
 
 /// `yyyy/mm/dd/hh` of a time in ms since the epoch (UTC).
-fn hour_path(ms: u64) -> String {
+pub(crate) fn hour_path(ms: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!("{:04}/{:02}/{:02}/{:02}", t.year(), u8::from(t.month()), t.day(), t.hour())
 }

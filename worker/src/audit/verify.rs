@@ -69,6 +69,42 @@ pub fn stream_and_number(key: &str) -> Option<(String, u64)> {
     Some((stream.to_owned(), number.parse().ok()?))
 }
 
+const HOUR_MS: u64 = 60 * 60 * 1000;
+/// Ranges up to this long are listed by day or hour prefix; longer ones whole.
+const WINDOW_MS: u64 = 31 * 24 * HOUR_MS;
+
+/// The keys under `<prefix>/<dir>/` (`digests`, dated by day; `segments`, by
+/// hour) that can concern `[since_ms, until_ms)`, with a margin of a day or an
+/// hour each side, and the prefixes listed; `None` when the whole directory
+/// was (an open or long range).
+pub(crate) async fn list_window(
+    store: &S3Store,
+    prefix: &str,
+    dir: &str,
+    since_ms: u64,
+    until_ms: u64,
+) -> Result<(Vec<(String, u64)>, Option<Vec<String>>), StoreError> {
+    let until_ms = until_ms.min(common::audit::now_ms());
+    if since_ms == 0 || until_ms.saturating_sub(since_ms) > WINDOW_MS {
+        return Ok((store.list(&format!("{prefix}/{dir}/")).await?, None));
+    }
+    let (step, len) = if dir == "digests" { (24 * HOUR_MS, 10) } else { (HOUR_MS, 13) };
+    let mut prefixes: Vec<String> = Vec::new();
+    let mut t = since_ms.saturating_sub(step);
+    while t <= until_ms + step {
+        let listed = format!("{prefix}/{dir}/{}/", &super::hour_path(t)[..len]);
+        if prefixes.last() != Some(&listed) {
+            prefixes.push(listed);
+        }
+        t += step;
+    }
+    let mut keys = Vec::new();
+    for listed in &prefixes {
+        keys.extend(store.list(listed).await?);
+    }
+    Ok((keys, Some(prefixes)))
+}
+
 /// Verifies every digest whose span overlaps `[since_ms, until_ms)` and the
 /// segments they list, trusting only `trusted` keys. Digests that ended
 /// before `horizon_ms` are past audit retention: their segments may be gone
@@ -100,7 +136,11 @@ pub(crate) async fn verify_copy(
     let mut report = VerifyReport::default();
     // Every digest, by stream and number, with its bytes' hash.
     let mut streams: BTreeMap<String, BTreeMap<u64, (String, String, SignedDigest)>> = BTreeMap::new();
-    for (stored, _) in store.list(&format!("{prefix}/digests/")).await? {
+    let (digest_keys, window) = list_window(store, &prefix, "digests", since_ms, until_ms).await?;
+    // A digest whose predecessor lies before the listed days starts the chain.
+    let before_window =
+        |key: &str| window.as_ref().is_some_and(|w| !w.iter().any(|p| format!("{root}{key}").starts_with(p)));
+    for (stored, _) in digest_keys {
         let Some(bytes) = store.get(&stored).await? else { continue };
         let key = stored.strip_prefix(root).unwrap_or(&stored).to_owned();
         let Ok(digest) = serde_json::from_slice::<SignedDigest>(&bytes) else {
@@ -126,7 +166,7 @@ pub(crate) async fn verify_copy(
             let expected_previous = n.checked_sub(1).filter(|p| *p > 0);
             match (expected_previous, previous, &digest.body.previous) {
                 (None, _, None) => {}
-                (Some(_), None, Some(_)) if trimmed => {}
+                (Some(_), None, Some(link)) if trimmed || before_window(&link.key) => {}
                 (Some(p), Some((pkey, psha, pdigest)), Some(link))
                     if pdigest.body.digest_seq == p
                         && &link.key == pkey
@@ -149,7 +189,7 @@ pub(crate) async fn verify_copy(
             check_segments(store, root, &mut report, digest, expired).await?;
         }
     }
-    for (key, _) in store.list(&format!("{prefix}/segments/")).await? {
+    for (key, _) in list_window(store, &prefix, "segments", since_ms, until_ms).await?.0 {
         let key = key.strip_prefix(root).unwrap_or(&key).to_owned();
         let Some((stream, first_seq)) = stream_and_number(&key) else { continue };
         match digested.get(&stream) {
