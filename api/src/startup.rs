@@ -45,6 +45,7 @@ impl AppState {
 pub struct Application {
     port: u16,
     server: Server,
+    audit: std::sync::Arc<AuditTrail>,
 }
 
 /// Request bodies larger than this are refused with 413.
@@ -68,6 +69,7 @@ impl Application {
         let oidc = config.identity.oidc.clone().map(|c| std::sync::Arc::new(crate::oidc::OidcVerifier::new(c)));
         let (audit, object_lock) = worker::audit::open(&config, store.clone(), "api").await?;
         let audit = std::sync::Arc::new(audit);
+        let trail = audit.clone();
         let interval = std::time::Duration::from_secs(config.audit.digest_interval_seconds);
         worker::audit::spawn_digests(std::sync::Arc::downgrade(&audit), interval);
         if object_lock.enforced {
@@ -101,15 +103,21 @@ impl Application {
         .listen(listener)?
         .shutdown_timeout(30)
         .run();
-        Ok(Self { port, server })
+        Ok(Self { port, server, audit: trail })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// Serves until stopped, then digests this process's last segments so
+    /// its stream ends verifiable.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        if let Err(error) = self.audit.flush().await {
+            tracing::error!(%error, "the last audit digest could not be written");
+        }
+        served
     }
 }
 

@@ -152,6 +152,10 @@ impl Application {
         if let Some(sweeper) = sweeper {
             let _ = sweeper.await;
         }
+        // The stream's last segments get their digest, so it ends verifiable.
+        if let Err(error) = runtime.audit.flush().await {
+            tracing::error!(%error, "the last audit digest could not be written");
+        }
         tracing::info!(worker = %runtime.worker, "worker stopped");
         Ok(())
     }

@@ -77,6 +77,7 @@ pub async fn create_export(
         request,
         bundle: format!("{}/{id}/", state.config.audit.export_prefix.trim_end_matches('/')),
         created_at_ms: now_ms(),
+        heartbeat_ms: None,
         finished_at_ms: None,
         events: None,
         pending_events: None,
@@ -91,25 +92,27 @@ pub async fn create_export(
     Ok(HttpResponse::Accepted().insert_header((header::LOCATION, format!("/v1/audit/exports/{id}"))).json(status))
 }
 
+/// How often a running export says it is alive; one silent for
+/// [`ABANDONED_MS`] died with its API process.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+const ABANDONED_MS: u64 = 60_000;
+
 async fn run_export(state: web::Data<AppState>, caller: Caller, mut status: ExportStatus) {
-    // This process's own events are digested first, so they can be proven.
-    let written = match state.audit.flush().await {
-        Ok(()) => {
-            let config = &state.config.audit;
-            export(
-                &state.store,
-                &state.audit,
-                &config.prefix,
-                &config.export_prefix,
-                &status.id,
-                &status.requested_by,
-                &status.request,
-                state.object_lock.clone(),
-            )
-            .await
-        }
-        Err(e) => Err(e),
+    let heartbeat = {
+        let (identity, mut alive) = (state.identity(), status.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                alive.heartbeat_ms = Some(now_ms());
+                if let Err(error) = identity.save_export(&alive).await {
+                    tracing::warn!(%error, export = %alive.id, "export heartbeat");
+                }
+            }
+        })
     };
+    let written = write_bundle(&state, &status).await;
+    heartbeat.abort();
+    let _ = heartbeat.await;
     status.finished_at_ms = Some(now_ms());
     let identity = state.identity();
     match written {
@@ -142,8 +145,36 @@ async fn run_export(state: web::Data<AppState>, caller: Caller, mut status: Expo
     }
 }
 
+async fn write_bundle(
+    state: &AppState,
+    status: &ExportStatus,
+) -> Result<worker::audit::export::SignedManifest, worker::audit::AuditError> {
+    // This process's own events are digested first, so they can be proven.
+    state.audit.flush().await?;
+    let config = &state.config.audit;
+    export(
+        &state.store,
+        &state.audit,
+        &config.prefix,
+        &config.export_prefix,
+        &status.id,
+        &status.requested_by,
+        &status.request,
+        state.object_lock.clone(),
+    )
+    .await
+}
+
+/// The job's status; a running job whose heartbeat stopped is reported
+/// failed (its API process died; start another).
 async fn status_of(state: &AppState, id: &str) -> Result<ExportStatus, Problem> {
-    state.identity().export(id).await?.ok_or_else(|| Problem::not_found(format!("no export {id}")))
+    let mut status = state.identity().export(id).await?.ok_or_else(|| Problem::not_found(format!("no export {id}")))?;
+    let alive_at = status.heartbeat_ms.unwrap_or(status.created_at_ms);
+    if status.state == ExportState::Running && now_ms().saturating_sub(alive_at) > ABANDONED_MS {
+        status.state = ExportState::Failed;
+        status.error = Some("abandoned: the API process running it stopped; start a new export".to_owned());
+    }
+    Ok(status)
 }
 
 /// An export job: running, succeeded (with its counts and the manifest's

@@ -355,6 +355,17 @@ async fn an_export_for_a_time_range_verifies_on_its_own_and_any_change_to_it_is_
     assert_eq!(status, 400);
     let (status, problem) = app.admin_call("POST", "/v1/audit/exports", json!({"run": "nope"})).await;
     assert_eq!((status, problem["field"].as_str()), (400, Some("run")), "{problem}");
+
+    // A job whose API process died (no heartbeat for a minute) is reported failed.
+    let mut orphan: worker::audit::export::ExportStatus = serde_json::from_value(only.clone()).unwrap();
+    orphan.id = "orphaned-export".into();
+    orphan.state = worker::audit::export::ExportState::Running;
+    orphan.created_at_ms -= 120_000;
+    orphan.heartbeat_ms = None;
+    app.queue.identity().save_export(&orphan).await.unwrap();
+    let (_, seen) = app.admin_call("GET", "/v1/audit/exports/orphaned-export", json!(null)).await;
+    assert_eq!(seen["state"], "failed", "{seen}");
+    assert!(seen["error"].as_str().unwrap().starts_with("abandoned"), "{seen}");
 }
 
 /// The moto S3 emulation `cargo xtask setup` starts: Garage has no Object Lock.

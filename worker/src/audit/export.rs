@@ -324,6 +324,9 @@ pub struct ExportStatus {
     #[schema(example = "audit-exports/v1/01jbd3k6q3x9a7m2c5v8w0z4ty/")]
     pub bundle: String,
     pub created_at_ms: u64,
+    /// Renewed every few seconds while the job runs.
+    #[serde(default)]
+    pub heartbeat_ms: Option<u64>,
     #[serde(default)]
     pub finished_at_ms: Option<u64>,
     /// Events exported (once succeeded).
