@@ -822,7 +822,9 @@ impl Config {
             return invalid("audit.prefix", "must not be empty");
         }
         let (audit, export) = (self.audit.prefix.trim_matches('/'), self.audit.export_prefix.trim_matches('/'));
-        if export.is_empty() || export.starts_with(audit) || audit.starts_with(export) || export.starts_with("runs") {
+        // Prefixes as folders: `audit` and `audit-exports` do not overlap.
+        let within = |inner: &str, outer: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
+        if export.is_empty() || within(export, audit) || within(audit, export) || within(export, "runs") {
             return invalid("audit.export_prefix", "must not be empty nor overlap audit.prefix or runs/");
         }
         for name in &self.gateway.allowed_providers {
@@ -950,6 +952,9 @@ mod tests {
         assert_eq!(config.retention.with_policy(None).days(RetentionClass::GatewayMetadata), Some(400));
         let overlapping = Config::load(None, env(&[("PADDOCK_AUDIT__EXPORT_PREFIX", "audit/v1/exports")]));
         assert!(overlapping.unwrap_err().to_string().contains("audit.export_prefix"));
+        let side_by_side =
+            env(&[("PADDOCK_AUDIT__PREFIX", "audit"), ("PADDOCK_AUDIT__EXPORT_PREFIX", "audit-exports")]);
+        assert!(Config::load(None, side_by_side).is_ok());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::{ObjectStore, S3Store, StoreError};
-use crate::audit::{AuditTrail, ChainedEvent, SignedDigest, stream_and_number};
+use crate::audit::{AuditTrail, ChainedEvent, SignedDigest, signature_verifies, stream_and_number};
 use crate::queue::{QueueError, RunQueue};
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -38,6 +38,8 @@ pub enum SweepError {
     Queue(#[from] QueueError),
     #[error("the sweep could not be audited, so nothing was deleted: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("legal holds changed while the sweep planned; nothing was deleted, the next sweep plans again")]
+    HoldsChanged,
 }
 
 /// What one sweep deleted and kept.
@@ -92,6 +94,12 @@ struct Plan {
     keys: Vec<(String, RetentionClass)>,
     held: usize,
     runs: BTreeSet<RunId>,
+    /// Per audit stream, the last digest removed (recorded, signed, first).
+    trims: Vec<(String, u64)>,
+}
+
+fn active_holds(holds: Vec<LegalHold>) -> Holds {
+    Holds(holds.into_iter().filter(LegalHold::active).collect())
 }
 
 fn expired(retention: &RetentionConfig, class: RetentionClass, modified_ms: u64, now_ms: u64) -> bool {
@@ -102,7 +110,7 @@ impl Sweeper {
     /// Deletes what is past retention at `now_ms` and not held.
     pub async fn sweep(&self, now_ms: u64) -> Result<SweepReport, SweepError> {
         let identity = self.queue.identity();
-        let holds = Holds(identity.holds().await?.into_iter().filter(LegalHold::active).collect());
+        let holds = active_holds(identity.holds().await?);
         // The provider policy says how long model-call metadata is kept.
         let retention = self.retention.with_policy(self.queue.llm_policy().await?.as_ref());
         let mut plan = Plan::default();
@@ -122,6 +130,10 @@ impl Sweeper {
             identity.record_sweep(&report).await?;
             return Ok(report);
         }
+        // A hold placed while this sweep planned wins: plan again next time.
+        if active_holds(identity.holds().await?).0 != holds.0 {
+            return Err(SweepError::HoldsChanged);
+        }
         let actor = Actor { principal: "system".into(), method: "worker".into(), via: Some(self.by.clone()) };
         let event = AuditEvent::new("retention.sweep", actor, ObjectRef::new("retention", "sweep"))
             .reason("past the configured retention")
@@ -129,6 +141,10 @@ impl Sweeper {
         self.trail.record(std::slice::from_ref(&event)).await?;
         if let Err(error) = identity.index_audit(std::slice::from_ref(&event)).await {
             tracing::warn!(%error, "the sweep's audit event is stored but not indexed");
+        }
+        // The verifier accounts for removed audit objects by these records.
+        for (stream, through) in &plan.trims {
+            self.trail.record_trim(stream, *through).await?;
         }
         for (key, _) in &plan.keys {
             self.store.delete(key).await?;
@@ -191,19 +207,32 @@ impl Sweeper {
                 streams.entry(stream).or_default().insert(n, (key, modified));
             }
         }
-        for digests in streams.into_values() {
-            for (key, modified) in digests.into_values() {
+        let segments = format!("{}/segments/", self.audit_prefix);
+        for (stream, digests) in streams {
+            let mut through = None;
+            for (n, (key, modified)) in digests {
                 if !expired(retention, RetentionClass::Audit, modified, now_ms) {
                     break;
                 }
                 let Some(bytes) = self.store.get(&key).await? else { continue };
-                let Ok(digest) = serde_json::from_slice::<SignedDigest>(&bytes) else { break };
+                // Only a well-signed digest naming our own segments is trusted
+                // with deletions.
+                let digest = serde_json::from_slice::<SignedDigest>(&bytes).ok().filter(|d| {
+                    d.body.segments.iter().all(|s| s.key.starts_with(&segments))
+                        && serde_json::to_vec(&d.body)
+                            .is_ok_and(|m| signature_verifies(&d.body.public_key, &d.signature, &m))
+                });
+                let Some(digest) = digest else { break };
                 if !holds.0.is_empty() && self.holds_events(holds, &digest).await? {
                     plan.held += digest.body.segments.len() + 1;
                     break;
                 }
                 plan.keys.extend(digest.body.segments.iter().map(|s| (s.key.clone(), RetentionClass::Audit)));
                 plan.keys.push((key, RetentionClass::Audit));
+                through = Some(n);
+            }
+            if let Some(through) = through {
+                plan.trims.push((stream, through));
             }
         }
         Ok(())

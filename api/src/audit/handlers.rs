@@ -100,9 +100,7 @@ pub async fn verify_audit(
     let trusted = trusted_keys(&state)?;
     let until = query.until_ms.unwrap_or(u64::MAX);
     let since = query.since_ms.unwrap_or(0);
-    let horizon = audit_horizon_ms(&state.config.retention);
-    let report =
-        worker::audit::verify(&state.store, &state.config.audit.prefix, &trusted, since, until, horizon).await?;
+    let report = worker::audit::verify(&state.store, &state.config.audit.prefix, &trusted, since, until).await?;
     Ok(web::Json(report))
 }
 
@@ -117,14 +115,6 @@ pub fn trusted_keys(state: &AppState) -> Result<Vec<worker::audit::VerifyingKey>
         trusted.push(key);
     }
     Ok(trusted)
-}
-
-/// Audit objects older than this may have been removed by retention.
-pub fn audit_horizon_ms(retention: &common::config::RetentionConfig) -> u64 {
-    match retention.days(common::retention::RetentionClass::Audit) {
-        Some(days) => common::audit::now_ms().saturating_sub(u64::from(days) * 24 * 60 * 60 * 1000),
-        None => 0,
-    }
 }
 
 /// How this deployment's audit trail is kept.

@@ -35,7 +35,7 @@ async fn written_trail(app: &TestApp) -> (String, Vec<String>) {
 
 async fn verified(app: &TestApp, prefix: &str) -> VerifyReport {
     let public = signing_key(TEST_AUDIT_KEY).unwrap().verifying_key();
-    verify(&app.store, prefix, &[public], 0, u64::MAX, 0).await.unwrap()
+    verify(&app.store, prefix, &[public], 0, u64::MAX).await.unwrap()
 }
 
 fn kinds(report: &VerifyReport) -> Vec<(FindingKind, String)> {
@@ -53,12 +53,12 @@ async fn an_untouched_trail_verifies_and_its_tail_is_reported_as_undigested() {
     // A range of the last hour lists only its days and hours, to the same end.
     let public = signing_key(TEST_AUDIT_KEY).unwrap().verifying_key();
     let hour_ago = common::audit::now_ms() - 3_600_000;
-    let ranged = verify(&app.store, &prefix, &[public], hour_ago, u64::MAX, 0).await.unwrap();
+    let ranged = verify(&app.store, &prefix, &[public], hour_ago, u64::MAX).await.unwrap();
     assert!(ranged.ok(), "{ranged:?}");
     assert_eq!((ranged.digests_checked, ranged.segments_checked, ranged.undigested.len()), (1, 4, 1));
     // Another key's signature is not trusted.
     let stranger = signing_key("c3RyYW5nZXItc3RyYW5nZXItc3RyYW5nZXItc3RyYW4=").unwrap().verifying_key();
-    let report = verify(&app.store, &prefix, &[stranger], 0, u64::MAX, 0).await.unwrap();
+    let report = verify(&app.store, &prefix, &[stranger], 0, u64::MAX).await.unwrap();
     assert_eq!(report.findings[0].kind, FindingKind::BadSignature, "{report:?}");
 }
 
@@ -80,7 +80,7 @@ async fn a_deleted_segment_is_found() {
     app.store.delete(&segments[2]).await.unwrap();
     assert_eq!(kinds(&verified(&app, &prefix).await), [(FindingKind::Missing, segments[2].clone())]);
     let public = signing_key(TEST_AUDIT_KEY).unwrap().verifying_key();
-    let ranged = verify(&app.store, &prefix, &[public], common::audit::now_ms() - 60_000, u64::MAX, 0).await.unwrap();
+    let ranged = verify(&app.store, &prefix, &[public], common::audit::now_ms() - 60_000, u64::MAX).await.unwrap();
     assert_eq!(kinds(&ranged), [(FindingKind::Missing, segments[2].clone())]);
 }
 

@@ -30,8 +30,8 @@ async fn stored_run(app: &TestApp, tenant: &str) -> (RunId, Vec<String>) {
     (id, keys)
 }
 
-/// One digested stream of the trail with events about `object`.
-async fn digested_stream(app: &TestApp, writer: &str, object: ObjectRef) -> Vec<String> {
+/// One stream of the trail with a digest per object (an event about each).
+async fn digested_stream(app: &TestApp, writer: &str, objects: &[ObjectRef]) -> Vec<String> {
     let trail = AuditTrail::new(
         app.store.clone(),
         &app.config.audit.prefix,
@@ -40,8 +40,10 @@ async fn digested_stream(app: &TestApp, writer: &str, object: ObjectRef) -> Vec<
         Duration::from_secs(3600),
     );
     let actor = Actor { principal: "alice@example.com".into(), method: "oidc".into(), via: None };
-    trail.record(&[AuditEvent::new("run.claim", actor, object)]).await.unwrap();
-    trail.flush().await.unwrap();
+    for object in objects {
+        trail.record(&[AuditEvent::new("run.claim", actor.clone(), object.clone())]).await.unwrap();
+        trail.flush().await.unwrap();
+    }
     let keys = app.store.list(&format!("{}/", app.config.audit.prefix)).await.unwrap();
     keys.into_iter().map(|(k, _)| k).filter(|k| k.contains(&format!("/{writer}-"))).collect()
 }
@@ -61,9 +63,14 @@ async fn the_sweeper_deletes_what_is_past_retention_and_keeps_what_a_legal_hold_
     let (free_run, free_keys) = stored_run(&app, &payments).await;
     let export = format!("{}/e-{free_run}/manifest.json", app.config.audit.export_prefix);
     app.store.put(&export, "{}".into(), "application/json").await.unwrap();
-    let free_stream = digested_stream(&app, "old", ObjectRef::new("run", free_run.to_string())).await;
-    let held_stream = digested_stream(&app, "older", ObjectRef::new("run", held_run.to_string())).await;
-    assert_eq!((free_stream.len(), held_stream.len()), (2, 2), "a segment and a digest each");
+    let free_stream = digested_stream(&app, "old", &[ObjectRef::new("run", free_run.to_string())]).await;
+    // A stream whose first digest is about the free run, its second about the held one.
+    let objects = [ObjectRef::new("run", free_run.to_string()), ObjectRef::new("run", held_run.to_string())];
+    let mixed_stream = digested_stream(&app, "older", &objects).await;
+    assert_eq!((free_stream.len(), mixed_stream.len()), (2, 4), "a segment and a digest each");
+    let (mixed_first, held_stream): (Vec<String>, Vec<String>) =
+        mixed_stream.iter().cloned().partition(|k| k.ends_with("-000000000001.jsonl") || k.ends_with("-00000001.json"));
+    assert_eq!((mixed_first.len(), held_stream.len()), (2, 2), "{mixed_stream:?}");
 
     // Holds: one run, and every run of the tenant `search`.
     let (status, run_hold) =
@@ -118,20 +125,31 @@ async fn the_sweeper_deletes_what_is_past_retention_and_keeps_what_a_legal_hold_
     let sweep_line = trail.lines().find(|l| l.contains("\"retention.sweep\"")).expect("the sweep is audited");
     assert!(sweep_line.contains(&free_run.to_string()), "{sweep_line}");
 
-    // 401 days on: the free stream's digest and segment go too, the stream
-    // about the held run stays, and what remains still verifies.
+    // 401 days on: the free stream's digest and segment go too, and the
+    // mixed stream's first; its digest about the held run stays, and what
+    // remains still verifies (signed trim records account for what went).
     let at = now_ms() + 401 * DAY_MS;
     let report = sweeper.sweep(at).await.unwrap();
     assert!(report.deleted.get(&RetentionClass::GatewayMetadata) >= Some(&1), "{report:?}");
-    for key in &free_stream {
+    for key in free_stream.iter().chain(&mixed_first) {
         assert!(!exists(&app, key).await, "{key} is past audit retention");
     }
     for key in held_run_keys.iter().chain(&held_tenant_keys).chain(&held_stream) {
         assert!(exists(&app, key).await, "{key} is held");
     }
     let public = signing_key(TEST_AUDIT_KEY).unwrap().verifying_key();
-    let verified = verify(&app.store, &app.config.audit.prefix, &[public], 0, u64::MAX, at - 400 * DAY_MS).await;
-    assert!(verified.as_ref().unwrap().ok(), "{verified:?}");
+    let verified = verify(&app.store, &app.config.audit.prefix, &[public], 0, u64::MAX).await.unwrap();
+    assert!(verified.ok(), "{verified:?}");
+    // Evidence under hold that goes missing is found, old as it is.
+    let held_segment = held_stream.iter().find(|k| k.ends_with(".jsonl")).unwrap();
+    let kept = app.store.get(held_segment).await.unwrap().unwrap();
+    app.store.delete(held_segment).await.unwrap();
+    let tampered = verify(&app.store, &app.config.audit.prefix, &[public], 0, u64::MAX).await.unwrap();
+    assert_eq!(
+        tampered.findings.iter().map(|f| (f.kind, f.key.as_str())).collect::<Vec<_>>(),
+        [(worker::audit::FindingKind::Missing, held_segment.as_str())]
+    );
+    app.store.put(held_segment, kept, "application/x-ndjson").await.unwrap();
 
     // Released holds are kept on record, cannot be released twice, and the
     // next sweep deletes what they kept.

@@ -103,7 +103,14 @@ impl S3Store {
                 audit_object_days: None,
                 mode: None,
                 default_retention_days: None,
-                detail: format!("the store does not report Object Lock: {}", StoreError::from_sdk(e)),
+                detail: match e.as_service_error().map(|s| s.meta()) {
+                    Some(meta) => format!(
+                        "the store does not report Object Lock ({}: {})",
+                        meta.code().unwrap_or("error"),
+                        meta.message().unwrap_or("no message")
+                    ),
+                    None => format!("the store does not report Object Lock: {}", StoreError::from_sdk(e)),
+                },
             },
         }
     }

@@ -128,8 +128,8 @@ pub async fn export(
     let bundle = format!("{}/{id}", export_prefix.trim_end_matches('/'));
     // Digests by stream and number.
     let mut streams: BTreeMap<String, BTreeMap<u64, (String, Bytes, SignedDigest)>> = BTreeMap::new();
-    let (since, until) = (request.since_ms, request.until_ms.saturating_add(LATE_MS));
-    for (key, _) in list_window(store, source, "digests", since, until).await?.0 {
+    let (since, late_until) = (request.since_ms, request.until_ms.saturating_add(LATE_MS));
+    for (key, _) in list_window(store, source, "digests", since, late_until).await?.0 {
         let Some(bytes) = store.get(&key).await? else { continue };
         let Ok(digest) = serde_json::from_slice::<SignedDigest>(&bytes) else { continue };
         streams.entry(digest.body.stream.clone()).or_default().insert(digest.body.digest_seq, (key, bytes, digest));
@@ -141,7 +141,7 @@ pub async fn export(
         let mut needed: Vec<u64> = Vec::new();
         for (n, (_, _, digest)) in digests {
             digested.extend(digest.body.segments.iter().map(|s| s.key.clone()));
-            if digest.body.end_ms < request.since_ms || digest.body.start_ms >= request.until_ms + LATE_MS {
+            if digest.body.end_ms < since || digest.body.start_ms >= late_until {
                 continue;
             }
             for segment in &digest.body.segments {
@@ -168,7 +168,7 @@ pub async fn export(
         }
     }
     let mut pending_events = 0;
-    for (key, _) in list_window(store, source, "segments", since, until).await?.0 {
+    for (key, _) in list_window(store, source, "segments", since, late_until).await?.0 {
         if digested.contains(&key) {
             continue;
         }
@@ -179,13 +179,16 @@ pub async fn export(
             .count();
     }
     events.sort();
-    let mut by_minute: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    // One file per minute of event time (GitHub's path has no day: files of
+    // the same minute on different days share a folder, not a file).
+    let mut by_minute: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     for (time_ms, line) in &events {
-        let file = by_minute.entry(minute_path(*time_ms)).or_default();
+        let file = by_minute.entry(time_ms / 60_000).or_default();
         file.extend_from_slice(line);
         file.push(b'\n');
     }
     for (minute, jsonl) in by_minute {
+        let minute = minute_path(minute * 60_000);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&jsonl).map_err(store_error)?;
         files
@@ -271,7 +274,7 @@ pub async fn verify_export(
         }
     }
     let trail =
-        verify_copy(store, &format!("{bundle}/trail/"), &manifest.body.source_prefix, trusted, 0, u64::MAX, u64::MAX)
+        verify_copy(store, &format!("{bundle}/trail/"), &manifest.body.source_prefix, trusted, 0, u64::MAX, true)
             .await?;
     report.streams = trail.streams;
     report.digests_checked = trail.digests_checked;

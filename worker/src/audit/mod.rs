@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use crate::artifacts::{ObjectLockStatus, ObjectStore, S3Store, StoreError};
 
 pub use ed25519_dalek::VerifyingKey;
+pub(crate) use verify::signature_verifies;
 pub use verify::{Finding, FindingKind, VerifyReport, stream_and_number, verify};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,30 @@ pub struct SignedDigest {
     pub body: DigestBody,
     /// Ed25519 signature (base64) over the JSON of `body`.
     pub signature: String,
+}
+
+/// What the retention sweeper removed from the start of a stream: its
+/// digests up to `through_digest_seq` and the segments they list. Signed
+/// like a digest, so only the audit key's holder can account for missing
+/// evidence; `<prefix>/trims/<stream>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrimBody {
+    pub version: u32,
+    pub stream: String,
+    pub through_digest_seq: u64,
+    pub at_ms: u64,
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedTrim {
+    #[serde(flatten)]
+    pub body: TrimBody,
+    pub signature: String,
+}
+
+pub fn trim_key(prefix: &str, stream: &str) -> String {
+    format!("{}/trims/{stream}.json", prefix.trim_end_matches('/'))
 }
 
 struct Chain {
@@ -249,6 +274,23 @@ impl AuditTrail {
 
     pub fn public_key(&self) -> VerifyingKey {
         self.key.verifying_key()
+    }
+
+    /// Records, signed, that retention removes `stream`'s digests up to
+    /// `through` (and their segments); written before they are deleted.
+    pub async fn record_trim(&self, stream: &str, through: u64) -> Result<(), AuditError> {
+        let body = TrimBody {
+            version: 1,
+            stream: stream.to_owned(),
+            through_digest_seq: through,
+            at_ms: now_ms(),
+            public_key: public_key_b64(&self.public_key()),
+        };
+        let message = serde_json::to_vec(&body).map_err(|e| AuditError::Unavailable(StoreError::new(e)))?;
+        let trim = SignedTrim { signature: self.sign(&message), body };
+        let bytes = serde_json::to_vec_pretty(&trim).map_err(|e| AuditError::Unavailable(StoreError::new(e)))?;
+        self.store.put(&trim_key(&self.prefix, stream), Bytes::from(bytes), "application/json").await?;
+        Ok(())
     }
 
     /// An Ed25519 signature (base64) of `message` with the audit key.

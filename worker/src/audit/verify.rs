@@ -90,8 +90,9 @@ pub(crate) async fn list_window(
     }
     let (step, len) = if dir == "digests" { (24 * HOUR_MS, 10) } else { (HOUR_MS, 13) };
     let mut prefixes: Vec<String> = Vec::new();
-    let mut t = since_ms.saturating_sub(step);
-    while t <= until_ms + step {
+    // Unix days and hours are aligned to multiples of their length (UTC).
+    let mut t = since_ms.saturating_sub(step) / step * step;
+    while t <= until_ms.saturating_add(step) {
         let listed = format!("{prefix}/{dir}/{}/", &super::hour_path(t)[..len]);
         if prefixes.last() != Some(&listed) {
             prefixes.push(listed);
@@ -106,22 +107,49 @@ pub(crate) async fn list_window(
 }
 
 /// Verifies every digest whose span overlaps `[since_ms, until_ms)` and the
-/// segments they list, trusting only `trusted` keys. Digests that ended
-/// before `horizon_ms` are past audit retention: their segments may be gone
-/// and the oldest remaining digest may link to one that is.
+/// segments they list, trusting only `trusted` keys. Digests and segments
+/// the retention sweeper removed are accounted for by its signed trim
+/// records (`<prefix>/trims/`); nothing else may be missing.
 pub async fn verify(
     store: &S3Store,
     prefix: &str,
     trusted: &[VerifyingKey],
     since_ms: u64,
     until_ms: u64,
-    horizon_ms: u64,
 ) -> Result<VerifyReport, StoreError> {
-    verify_copy(store, "", prefix, trusted, since_ms, until_ms, horizon_ms).await
+    verify_copy(store, "", prefix, trusted, since_ms, until_ms, false).await
+}
+
+/// Per stream, the last digest retention removed, from trim records signed
+/// by a trusted key (others are findings).
+async fn trims(
+    store: &S3Store,
+    prefix: &str,
+    trusted: &[String],
+    report: &mut VerifyReport,
+) -> Result<HashMap<String, u64>, StoreError> {
+    let mut trims = HashMap::new();
+    for (key, _) in store.list(&format!("{prefix}/trims/")).await? {
+        let Some(bytes) = store.get(&key).await? else { continue };
+        let signed = serde_json::from_slice::<super::SignedTrim>(&bytes).ok().filter(|t| {
+            trusted.contains(&t.body.public_key)
+                && serde_json::to_vec(&t.body)
+                    .is_ok_and(|message| signature_verifies(&t.body.public_key, &t.signature, &message))
+        });
+        match signed {
+            Some(trim) => {
+                trims.insert(trim.body.stream, trim.body.through_digest_seq);
+            }
+            None => report.find(FindingKind::BadSignature, &key, "a trim record that does not verify"),
+        }
+    }
+    Ok(trims)
 }
 
 /// [`verify`] for a copy of the trail stored under `root` (an export
 /// bundle): every key, the ones digests name included, is read under it.
+/// A `partial` copy may start a stream's chain anywhere and hold only some
+/// of a digest's segments (its manifest accounts for its files).
 pub(crate) async fn verify_copy(
     store: &S3Store,
     root: &str,
@@ -129,11 +157,12 @@ pub(crate) async fn verify_copy(
     trusted: &[VerifyingKey],
     since_ms: u64,
     until_ms: u64,
-    horizon_ms: u64,
+    partial: bool,
 ) -> Result<VerifyReport, StoreError> {
     let prefix = format!("{root}{}", prefix.trim_end_matches('/'));
     let trusted: Vec<String> = trusted.iter().map(public_key_b64).collect();
     let mut report = VerifyReport::default();
+    let trims = trims(store, &prefix, &trusted, &mut report).await?;
     // Every digest, by stream and number, with its bytes' hash.
     let mut streams: BTreeMap<String, BTreeMap<u64, (String, String, SignedDigest)>> = BTreeMap::new();
     let (digest_keys, window) = list_window(store, &prefix, "digests", since_ms, until_ms).await?;
@@ -155,10 +184,11 @@ pub(crate) async fn verify_copy(
     for (stream, digests) in &streams {
         let listed = digested.entry(stream.clone()).or_default();
         let mut previous: Option<&(String, String, SignedDigest)> = None;
+        let trimmed_through = trims.get(stream).copied().unwrap_or(0);
         for (n, entry) in digests {
             let (key, _, digest) = entry;
-            // The oldest digest left after retention trimmed its predecessors.
-            let trimmed = previous.is_none() && digest.body.start_ms <= horizon_ms;
+            // The oldest digest left after retention removed its predecessors.
+            let trimmed = previous.is_none() && (partial || n - 1 <= trimmed_through);
             for segment in &digest.body.segments {
                 listed.0 = listed.0.max(segment.last_seq);
                 listed.1.insert(segment.key.clone());
@@ -185,8 +215,9 @@ pub(crate) async fn verify_copy(
             }
             report.digests_checked += 1;
             check_signature(&mut report, key, digest, &trusted);
-            let expired = digest.body.end_ms <= horizon_ms;
-            check_segments(store, root, &mut report, digest, expired).await?;
+            // A sweep stopped midway leaves a digest whose segments are gone.
+            let may_be_missing = partial || *n <= trimmed_through;
+            check_segments(store, root, &mut report, digest, may_be_missing).await?;
         }
     }
     for (key, _) in list_window(store, &prefix, "segments", since_ms, until_ms).await?.0 {
@@ -232,14 +263,14 @@ async fn check_segments(
     root: &str,
     report: &mut VerifyReport,
     digest: &SignedDigest,
-    expired: bool,
+    may_be_missing: bool,
 ) -> Result<(), StoreError> {
     let by_hash: HashMap<&str, &str> =
         digest.body.segments.iter().map(|s| (s.sha256.as_str(), s.key.as_str())).collect();
     for segment in &digest.body.segments {
         report.segments_checked += 1;
         let Some(bytes) = store.get(&format!("{root}{}", segment.key)).await? else {
-            if !expired {
+            if !may_be_missing {
                 report.find(FindingKind::Missing, &segment.key, "listed by a digest, not in the store");
             }
             continue;
