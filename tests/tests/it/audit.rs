@@ -303,6 +303,28 @@ async fn an_export_for_a_time_range_verifies_on_its_own_and_any_change_to_it_is_
     let (status, api_report) = app.admin_call("GET", &format!("/v1/audit/exports/{id}/verify"), json!(null)).await;
     assert_eq!((status, api_report["findings"].as_array().map(Vec::len)), (200, Some(0)), "{api_report}");
 
+    // Downloaded, the bundle verifies offline with the CLI and the public key.
+    let local = app.scratch.join("bundle").join(id);
+    for (key, _) in app.store.list(&bundle).await.unwrap() {
+        let path = local.join(key.strip_prefix(&bundle).unwrap());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, app.store.get(&key).await.unwrap().unwrap()).unwrap();
+    }
+    let cli = |key: String| {
+        std::process::Command::new(tests::services::bin_dir().join("paddock-audit"))
+            .arg("verify-export")
+            .arg(&local)
+            .args(["--public-key", &key])
+            .output()
+            .unwrap()
+    };
+    let offline = cli(worker::audit::public_key_b64(&public));
+    assert!(offline.status.success(), "{}", String::from_utf8_lossy(&offline.stderr));
+    let offline: Value = serde_json::from_slice(&offline.stdout).unwrap();
+    assert_eq!((offline["events_checked"].as_u64(), offline["findings"].as_array().map(Vec::len)), (Some(3), Some(0)));
+    let stranger = signing_key("c3RyYW5nZXItc3RyYW5nZXItc3RyYW5nZXItc3RyYW4=").unwrap().verifying_key();
+    assert_eq!(cli(worker::audit::public_key_b64(&stranger)).status.code(), Some(1), "an untrusted key fails");
+
     // GitHub's streaming layout: YYYY/MM/HH/MM/<uuid>.json.gz, JSON Lines inside.
     let files: Vec<String> = app.store.list(&bundle).await.unwrap().into_iter().map(|(k, _)| k).collect();
     let layout =

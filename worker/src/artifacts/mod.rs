@@ -9,6 +9,9 @@ use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use common::config::S3Config;
+
+mod dir;
+pub use dir::DirStore;
 use secrecy::ExposeSecret;
 
 #[derive(Debug, thiserror::Error)]

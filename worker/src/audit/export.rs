@@ -225,7 +225,7 @@ pub async fn export(
 /// live trail is verified, and every exported event against the signed
 /// segments. `events_checked` counts the exported events.
 pub async fn verify_export(
-    store: &S3Store,
+    store: &impl ObjectStore,
     bundle: &str,
     trusted: &[VerifyingKey],
 ) -> Result<VerifyReport, StoreError> {

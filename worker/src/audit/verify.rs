@@ -11,7 +11,7 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use super::{ChainedEvent, SignedDigest, public_key_b64, sha256_hex};
-use crate::artifacts::{ObjectStore, S3Store, StoreError};
+use crate::artifacts::{ObjectStore, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -78,7 +78,7 @@ const WINDOW_MS: u64 = 31 * 24 * HOUR_MS;
 /// hour each side, and the prefixes listed; `None` when the whole directory
 /// was (an open or long range).
 pub(crate) async fn list_window(
-    store: &S3Store,
+    store: &impl ObjectStore,
     prefix: &str,
     dir: &str,
     since_ms: u64,
@@ -111,7 +111,7 @@ pub(crate) async fn list_window(
 /// the retention sweeper removed are accounted for by its signed trim
 /// records (`<prefix>/trims/`); nothing else may be missing.
 pub async fn verify(
-    store: &S3Store,
+    store: &impl ObjectStore,
     prefix: &str,
     trusted: &[VerifyingKey],
     since_ms: u64,
@@ -123,7 +123,7 @@ pub async fn verify(
 /// Per stream, the last digest retention removed, from trim records signed
 /// by a trusted key (others are findings).
 async fn trims(
-    store: &S3Store,
+    store: &impl ObjectStore,
     prefix: &str,
     trusted: &[String],
     report: &mut VerifyReport,
@@ -151,7 +151,7 @@ async fn trims(
 /// A `partial` copy may start a stream's chain anywhere and hold only some
 /// of a digest's segments (its manifest accounts for its files).
 pub(crate) async fn verify_copy(
-    store: &S3Store,
+    store: &impl ObjectStore,
     root: &str,
     prefix: &str,
     trusted: &[VerifyingKey],
@@ -259,7 +259,7 @@ fn check_signature(report: &mut VerifyReport, key: &str, digest: &SignedDigest, 
 }
 
 async fn check_segments(
-    store: &S3Store,
+    store: &impl ObjectStore,
     root: &str,
     report: &mut VerifyReport,
     digest: &SignedDigest,
