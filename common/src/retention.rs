@@ -88,10 +88,10 @@ impl HoldTarget {
         }
     }
 
-    /// The audit object a hold change is about.
-    pub fn covers(&self, run: &RunId, tenant: Option<&str>) -> bool {
+    /// Whether the hold covers something of `run` (if any) in `tenant`.
+    pub fn covers(&self, run: Option<&RunId>, tenant: Option<&str>) -> bool {
         match self {
-            HoldTarget::Run(id) => id == run,
+            HoldTarget::Run(id) => run == Some(id),
             HoldTarget::Tenant(t) => tenant == Some(t.as_str()),
         }
     }
@@ -142,12 +142,13 @@ mod tests {
     #[test]
     fn holds_cover_their_run_or_every_run_of_their_tenant() {
         let (a, b) = (RunId::new(), RunId::new());
-        assert!(HoldTarget::Run(a).covers(&a, Some("payments")));
-        assert!(!HoldTarget::Run(a).covers(&b, Some("payments")));
+        assert!(HoldTarget::Run(a).covers(Some(&a), Some("payments")));
+        assert!(!HoldTarget::Run(a).covers(Some(&b), Some("payments")));
+        assert!(!HoldTarget::Run(a).covers(None, Some("payments")));
         let tenant = HoldTarget::Tenant("payments".into());
-        assert!(tenant.covers(&b, Some("payments")));
-        assert!(!tenant.covers(&b, Some("search")));
-        assert!(!tenant.covers(&b, None));
+        assert!(tenant.covers(Some(&b), Some("payments")));
+        assert!(!tenant.covers(Some(&b), Some("search")));
+        assert!(!tenant.covers(Some(&b), None));
         assert!(HoldTarget::Tenant("Bad Name!".into()).validate().is_err());
         let json = serde_json::to_string(&HoldTarget::Run(a)).unwrap();
         assert_eq!(json, format!("{{\"run\":\"{a}\"}}"));

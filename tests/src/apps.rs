@@ -117,6 +117,22 @@ impl TestApp {
         (response.status().as_u16(), response.json().await.unwrap_or_default())
     }
 
+    /// Starts a compliance export with `request` and returns its status once
+    /// it is no longer running.
+    pub async fn finished_export(&self, request: Value) -> Value {
+        let (status, started) = self.admin_call("POST", "/v1/audit/exports", request).await;
+        assert_eq!(status, 202, "{started}");
+        let path = format!("/v1/audit/exports/{}", started["id"].as_str().expect("an export id"));
+        for _ in 0..200 {
+            let (_, export) = self.admin_call("GET", &path, Value::Null).await;
+            if export["state"] != "running" {
+                return export;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the export {path} did not finish");
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).bearer_auth(&self.token).send().await.expect("GET")
     }

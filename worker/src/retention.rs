@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::{ObjectStore, S3Store, StoreError};
-use crate::audit::{AuditTrail, ChainedEvent, SignedDigest, signature_verifies, stream_and_number};
+use crate::audit::{AuditTrail, ChainedEvent, SignedDigest, signs, stream_and_number};
 use crate::queue::{QueueError, RunQueue};
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -73,18 +73,14 @@ impl Holds {
         self.0.iter().any(|h| matches!(h.target, common::retention::HoldTarget::Tenant(_)))
     }
 
-    fn cover(&self, run: &RunId, tenant: Option<&str>) -> bool {
+    fn cover(&self, run: Option<&RunId>, tenant: Option<&str>) -> bool {
         self.0.iter().any(|h| h.target.covers(run, tenant))
     }
 
     /// Whether an audit event is about something held.
     fn cover_event(&self, event: &AuditEvent) -> bool {
-        let tenant = event.object.tenant.as_deref();
         let run = (event.object.kind == "run").then(|| event.object.id.parse::<RunId>().ok()).flatten();
-        self.0.iter().any(|h| match &h.target {
-            common::retention::HoldTarget::Run(id) => run.as_ref() == Some(id),
-            common::retention::HoldTarget::Tenant(t) => tenant == Some(t.as_str()),
-        })
+        self.cover(run.as_ref(), event.object.tenant.as_deref())
     }
 }
 
@@ -167,10 +163,11 @@ impl Sweeper {
                 past.entry(run).or_default().push((key, kind.class()));
             }
         }
+        let tenant_holds = holds.any_tenant();
         for (run, keys) in past {
-            let tenant = if holds.any_tenant() { self.tenant_of(run, &keys).await? } else { None };
-            let unknown_tenant = tenant.is_none() && holds.any_tenant();
-            if unknown_tenant || holds.cover(&run, tenant.as_deref()) {
+            let tenant = if tenant_holds { self.tenant_of(run, &keys).await? } else { None };
+            let unknown_tenant = tenant.is_none() && tenant_holds;
+            if unknown_tenant || holds.cover(Some(&run), tenant.as_deref()) {
                 plan.held += keys.len();
                 continue;
             }
@@ -219,8 +216,7 @@ impl Sweeper {
                 // with deletions.
                 let digest = serde_json::from_slice::<SignedDigest>(&bytes).ok().filter(|d| {
                     d.body.segments.iter().all(|s| s.key.starts_with(&segments))
-                        && serde_json::to_vec(&d.body)
-                            .is_ok_and(|m| signature_verifies(&d.body.public_key, &d.signature, &m))
+                        && signs(&d.body, &d.body.public_key, &d.signature)
                 });
                 let Some(digest) = digest else { break };
                 if !holds.0.is_empty() && self.holds_events(holds, &digest).await? {

@@ -9,9 +9,8 @@ use actix_web::{HttpResponse, get, post, web};
 use common::audit::{ObjectRef, now_ms};
 use serde::Deserialize;
 use utoipa::ToSchema;
-use worker::artifacts::ObjectStore;
+use worker::audit::VerifyReport;
 use worker::audit::export::{ExportRequest, ExportState, ExportStatus, export, verify_export};
-use worker::audit::{VerifyReport, sha256_hex};
 
 use crate::audit::handlers::trusted_keys;
 use crate::auth::{Authorized, Caller, need};
@@ -116,19 +115,15 @@ async fn run_export(state: web::Data<AppState>, caller: Caller, mut status: Expo
     status.finished_at_ms = Some(now_ms());
     let identity = state.identity();
     match written {
-        Ok(manifest) => {
-            let sha = match state.store.get(&format!("{}manifest.json", status.bundle)).await {
-                Ok(Some(bytes)) => Some(sha256_hex(&bytes)),
-                _ => None,
-            };
+        Ok((manifest, sha)) => {
             status.state = ExportState::Succeeded;
             status.events = Some(manifest.body.events);
             status.pending_events = Some(manifest.body.pending_events);
-            status.manifest_sha256 = sha.clone();
+            status.manifest_sha256 = Some(sha.clone());
             let event = caller
                 .event("audit.export.complete", ObjectRef::new("export", &status.id))
                 .after_the_fact()
-                .reason(format!("manifest sha256 {}", sha.unwrap_or_default()))
+                .reason(format!("manifest sha256 {sha}"))
                 .change(None::<&()>, Some(&status));
             if let Err(error) = identity.append_audit(&event).await {
                 tracing::error!(%error, export = %status.id, "the export's completion could not be audited");
@@ -148,7 +143,7 @@ async fn run_export(state: web::Data<AppState>, caller: Caller, mut status: Expo
 async fn write_bundle(
     state: &AppState,
     status: &ExportStatus,
-) -> Result<worker::audit::export::SignedManifest, worker::audit::AuditError> {
+) -> Result<(worker::audit::export::SignedManifest, String), worker::audit::AuditError> {
     // This process's own events are digested first, so they can be proven.
     state.audit.flush().await?;
     let config = &state.config.audit;

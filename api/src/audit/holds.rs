@@ -13,6 +13,7 @@ use worker::artifacts::ObjectStore;
 use worker::retention::SweepReport;
 
 use crate::auth::{Authorized, need};
+use crate::identity::revoke::{Reason, reason_ok};
 use crate::problem::Problem;
 use crate::startup::AppState;
 
@@ -23,21 +24,6 @@ use crate::startup::AppState;
 pub struct NewHold {
     pub target: HoldTarget,
     pub reason: String,
-}
-
-/// Why a hold is released.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Release {
-    #[schema(example = "Matter 2026-114 closed")]
-    pub reason: String,
-}
-
-fn check_reason(reason: &str) -> Result<(), Problem> {
-    if reason.trim().is_empty() || reason.len() > 500 {
-        return Err(Problem::bad_request("`reason` must be 1 to 500 characters").field("reason"));
-    }
-    Ok(())
 }
 
 /// The audit object of a hold: the tenant it concerns, when known.
@@ -74,7 +60,7 @@ pub async fn place_hold(
     body: web::Json<NewHold>,
 ) -> Result<HttpResponse, Problem> {
     let body = body.into_inner();
-    check_reason(&body.reason)?;
+    reason_ok(&body.reason)?;
     body.target.validate().map_err(|e| Problem::bad_request(e.to_string()).field("target"))?;
     if let HoldTarget::Run(id) = &body.target {
         let known = state.queue.get(*id).await?.is_some() || !state.store.list(&id.artifact_prefix()).await?.is_empty();
@@ -101,7 +87,7 @@ pub async fn place_hold(
 #[utoipa::path(
     tag = "audit",
     params(("id" = String, Path, description = "The hold's id")),
-    request_body = Release,
+    request_body = Reason,
     responses(
         (status = 200, body = LegalHold),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -118,9 +104,9 @@ pub async fn release_hold(
     caller: Authorized<need::AuditHold>,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<Release>,
+    body: web::Json<Reason>,
 ) -> Result<web::Json<LegalHold>, Problem> {
-    check_reason(&body.reason)?;
+    reason_ok(&body.reason)?;
     let identity = state.identity();
     let Some(before) = identity.hold(&id).await? else {
         return Err(Problem::not_found(format!("no legal hold {id}")));

@@ -250,18 +250,9 @@ async fn administrative_changes_are_audited_with_what_changed_and_never_a_secret
 
 /// Starts an export and waits for it to finish.
 async fn finished_export(app: &TestApp, request: Value) -> Value {
-    let (status, started) = app.admin_call("POST", "/v1/audit/exports", request).await;
-    assert_eq!(status, 202, "{started}");
-    let path = format!("/v1/audit/exports/{}", started["id"].as_str().unwrap());
-    for _ in 0..100 {
-        let (_, export) = app.admin_call("GET", &path, json!(null)).await;
-        if export["state"] != "running" {
-            assert_eq!(export["state"], "succeeded", "{export}");
-            return export;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the export {path} did not finish");
+    let export = app.finished_export(request).await;
+    assert_eq!(export["state"], "succeeded", "{export}");
+    export
 }
 
 fn gunzip(bytes: &[u8]) -> String {

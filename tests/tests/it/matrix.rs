@@ -75,17 +75,7 @@ struct World {
 
 impl World {
     async fn admin(&self, method: &str, path: &str, body: Value) -> Value {
-        let response = self
-            .app
-            .client
-            .request(method.parse().unwrap(), self.app.url(path))
-            .bearer_auth(&self.app.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or_default();
+        let (status, body) = self.app.admin_call(method, path, body).await;
         assert!(status < 300, "fixture {method} {path}: {status} {body}");
         body
     }
@@ -99,15 +89,8 @@ impl World {
 
     /// An export that has finished (verifying a running one is a conflict).
     async fn finished_export(&self) -> String {
-        let body = json!({"since_ms": common::audit::now_ms() - 1000});
-        let id = self.admin("POST", "/v1/audit/exports", body).await["id"].as_str().unwrap().to_owned();
-        for _ in 0..100 {
-            if self.admin("GET", &format!("/v1/audit/exports/{id}"), json!(null)).await["state"] != "running" {
-                return id;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        panic!("export {id} did not finish");
+        let export = self.app.finished_export(json!({"since_ms": common::audit::now_ms() - 1000})).await;
+        export["id"].as_str().unwrap().to_owned()
     }
 
     /// The request that succeeds for an allowed caller: (path, body).

@@ -24,7 +24,7 @@ use common::RunId;
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
-use super::verify::{list_window, signature_verifies, verify_copy};
+use super::verify::{list_window, signed_by_trusted, verify_copy};
 use super::{
     AuditError, AuditTrail, ChainedEvent, FindingKind, SignedDigest, VerifyReport, public_key_b64, sha256_hex,
 };
@@ -112,7 +112,7 @@ fn store_error(e: impl std::fmt::Display) -> AuditError {
 
 /// Writes the bundle `id` for `request` from the trail under `source_prefix`
 /// to `<export_prefix>/<id>/`, signs its manifest with `trail`'s key, and
-/// returns the manifest.
+/// returns the manifest and the SHA-256 of its stored bytes.
 #[allow(clippy::too_many_arguments)]
 pub async fn export(
     store: &S3Store,
@@ -123,7 +123,7 @@ pub async fn export(
     requested_by: &str,
     request: &ExportRequest,
     object_lock: ObjectLockStatus,
-) -> Result<SignedManifest, AuditError> {
+) -> Result<(SignedManifest, String), AuditError> {
     let source = source_prefix.trim_end_matches('/');
     let bundle = format!("{}/{id}", export_prefix.trim_end_matches('/'));
     // Digests by stream and number.
@@ -216,8 +216,9 @@ pub async fn export(
     let signature = trail.sign(&serde_json::to_vec(&body).map_err(store_error)?);
     let manifest = SignedManifest { body, signature };
     let bytes = serde_json::to_vec_pretty(&manifest).map_err(store_error)?;
+    let sha256 = sha256_hex(&bytes);
     store.put(&format!("{bundle}/manifest.json"), Bytes::from(bytes), "application/json").await?;
-    Ok(manifest)
+    Ok((manifest, sha256))
 }
 
 /// Verifies the bundle under `bundle` on its own: the manifest's signature,
@@ -301,10 +302,8 @@ pub async fn verify_export(
 }
 
 fn signed_by(manifest: &SignedManifest, trusted: &[VerifyingKey]) -> bool {
-    let trusted = trusted.iter().any(|k| public_key_b64(k) == manifest.body.public_key);
-    trusted
-        && serde_json::to_vec(&manifest.body)
-            .is_ok_and(|message| signature_verifies(&manifest.body.public_key, &manifest.signature, &message))
+    let trusted: Vec<String> = trusted.iter().map(public_key_b64).collect();
+    signed_by_trusted(&manifest.body, &manifest.body.public_key, &manifest.signature, &trusted)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

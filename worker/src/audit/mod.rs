@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use crate::artifacts::{ObjectLockStatus, ObjectStore, S3Store, StoreError};
 
 pub use ed25519_dalek::VerifyingKey;
-pub(crate) use verify::signature_verifies;
+pub(crate) use verify::signs;
 pub use verify::{Finding, FindingKind, VerifyReport, stream_and_number, verify};
 
 #[derive(Debug, thiserror::Error)]

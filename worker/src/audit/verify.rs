@@ -131,11 +131,9 @@ async fn trims(
     let mut trims = HashMap::new();
     for (key, _) in store.list(&format!("{prefix}/trims/")).await? {
         let Some(bytes) = store.get(&key).await? else { continue };
-        let signed = serde_json::from_slice::<super::SignedTrim>(&bytes).ok().filter(|t| {
-            trusted.contains(&t.body.public_key)
-                && serde_json::to_vec(&t.body)
-                    .is_ok_and(|message| signature_verifies(&t.body.public_key, &t.signature, &message))
-        });
+        let signed = serde_json::from_slice::<super::SignedTrim>(&bytes)
+            .ok()
+            .filter(|t| signed_by_trusted(&t.body, &t.body.public_key, &t.signature, trusted));
         match signed {
             Some(trim) => {
                 trims.insert(trim.body.stream, trim.body.through_digest_seq);
@@ -234,16 +232,22 @@ pub(crate) async fn verify_copy(
     Ok(report)
 }
 
-/// Whether `signature` (Ed25519, base64) of `message` verifies with
-/// `public_key` (base64).
-pub(crate) fn signature_verifies(public_key: &str, signature: &str, message: &[u8]) -> bool {
+/// Whether `signature` (Ed25519, base64) of the JSON of `body` verifies
+/// with `public_key` (base64).
+pub(crate) fn signs(body: &impl Serialize, public_key: &str, signature: &str) -> bool {
     let verified = (|| {
+        let message = serde_json::to_vec(body).ok()?;
         let public: [u8; 32] = B64.decode(public_key).ok()?.try_into().ok()?;
         let public = VerifyingKey::from_bytes(&public).ok()?;
         let signature: [u8; 64] = B64.decode(signature).ok()?.try_into().ok()?;
-        public.verify(message, &Signature::from_bytes(&signature)).ok()
+        public.verify(&message, &Signature::from_bytes(&signature)).ok()
     })();
     verified.is_some()
+}
+
+/// [`signs`], by a key in `trusted` (base64).
+pub(crate) fn signed_by_trusted(body: &impl Serialize, public_key: &str, signature: &str, trusted: &[String]) -> bool {
+    trusted.iter().any(|k| k == public_key) && signs(body, public_key, signature)
 }
 
 fn check_signature(report: &mut VerifyReport, key: &str, digest: &SignedDigest, trusted: &[String]) {
@@ -251,9 +255,7 @@ fn check_signature(report: &mut VerifyReport, key: &str, digest: &SignedDigest, 
         report.find(FindingKind::BadSignature, key, "signed by a key that is not trusted");
         return;
     }
-    let verified = serde_json::to_vec(&digest.body)
-        .is_ok_and(|message| signature_verifies(&digest.body.public_key, &digest.signature, &message));
-    if !verified {
+    if !signs(&digest.body, &digest.body.public_key, &digest.signature) {
         report.find(FindingKind::BadSignature, key, "the signature does not verify: the digest was altered");
     }
 }
