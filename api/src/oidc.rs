@@ -11,6 +11,7 @@ use common::config::OidcConfig;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
+use worker::outbound::Outbound;
 
 /// Who a valid token says the caller is.
 #[derive(Debug, Clone)]
@@ -32,9 +33,10 @@ pub struct OidcVerifier {
 const MIN_REFRESH: Duration = Duration::from_secs(10);
 
 impl OidcVerifier {
-    pub fn new(config: OidcConfig) -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
-        Self { config, http, keys: Default::default(), refreshed: Default::default() }
+    /// Fetches go through Paddock's outbound trust and proxy.
+    pub fn new(config: OidcConfig, outbound: &Outbound) -> Result<Self, reqwest::Error> {
+        let http = outbound.http().timeout(Duration::from_secs(5)).build()?;
+        Ok(Self { config, http, keys: Default::default(), refreshed: Default::default() })
     }
 
     /// Checks `token` and returns the identity it carries, or why not.
@@ -93,7 +95,8 @@ impl OidcVerifier {
     }
 
     async fn fetch_keys(&self) -> Result<HashMap<String, DecodingKey>, String> {
-        let unreachable = |e: reqwest::Error| format!("the identity provider is unreachable: {e}");
+        let unreachable =
+            |e: reqwest::Error| format!("the identity provider is unreachable: {}", worker::outbound::describe(&e));
         let jwks_uri = match &self.config.jwks_uri {
             Some(uri) => uri.clone(),
             None => {

@@ -60,13 +60,17 @@ impl Application {
             );
         }
         let admin_token_digest = token_digest(token);
-        let queue = RunQueue::connect(&config.redis).await?;
-        let store = S3Store::new(&config.s3);
+        let outbound = worker::outbound::Outbound::new(&config.tls, &config.outbound)?;
+        let queue = RunQueue::connect(&config.redis, &outbound).await?;
+        let store = S3Store::new(&config.s3, &outbound);
         let listener = TcpListener::bind(&config.api.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on `api.listen` = {}: {e}", config.api.listen))?;
         let port = listener.local_addr()?.port();
-        let github = worker::forge::GitHubApp::from_config(&config.github)?.map(std::sync::Arc::new);
-        let oidc = config.identity.oidc.clone().map(|c| std::sync::Arc::new(crate::oidc::OidcVerifier::new(c)));
+        let github = worker::forge::GitHubApp::from_config(&config.github, &outbound)?.map(std::sync::Arc::new);
+        let oidc = match config.identity.oidc.clone() {
+            Some(oidc) => Some(std::sync::Arc::new(crate::oidc::OidcVerifier::new(oidc, &outbound)?)),
+            None => None,
+        };
         let (audit, object_lock) = worker::audit::open(&config, store.clone(), "api").await?;
         let audit = std::sync::Arc::new(audit);
         let trail = audit.clone();

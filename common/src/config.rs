@@ -28,6 +28,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub audit: AuditConfig,
     pub retention: RetentionConfig,
+    pub tls: TlsConfig,
+    pub outbound: OutboundConfig,
     /// Agent profiles by name; a run names one (or gets `default`).
     pub agents: BTreeMap<String, AgentConfig>,
 }
@@ -341,6 +343,34 @@ fn default_leeway() -> u64 {
     60
 }
 
+/// How Paddock's own clients (model providers, the identity provider,
+/// GitHub, S3, Redis) check the servers they call. They always verify
+/// certificates, against the operating system's trust store plus these.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM files of further CA certificates to trust: an internal CA, or
+    /// the one a TLS-inspecting proxy signs with.
+    pub extra_ca_files: Vec<PathBuf>,
+}
+
+/// The corporate proxy Paddock's own HTTPS calls go through (model
+/// providers, the Vertex token endpoint, the identity provider, GitHub's
+/// API and git). Never used for a sandbox's egress, which only its own
+/// egress proxy serves. Unset keys fall back to the standard `https_proxy`
+/// and `no_proxy` environment variables.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// e.g. `http://proxy.corp.example:3128`, with credentials in the URL
+    /// if the proxy needs them (never logged).
+    #[serde(serialize_with = "serialize_optional_secret")]
+    pub https_proxy: Option<SecretString>,
+    /// Hosts reached directly: names (`.corp.example` and `corp.example`
+    /// both cover its subdomains), IP addresses or CIDR ranges, or `*`.
+    pub no_proxy: Vec<String>,
+}
+
 /// The tamper-evident audit trail in object storage (`s3.bucket`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -631,6 +661,8 @@ impl Default for Config {
             identity: IdentityConfig::default(),
             audit: AuditConfig::default(),
             retention: RetentionConfig::default(),
+            tls: TlsConfig::default(),
+            outbound: OutboundConfig::default(),
             agents: BTreeMap::from([
                 ("default".to_owned(), AgentConfig::command("git status --short")),
                 ("reference".to_owned(), AgentConfig::command("paddock-agent")),
@@ -779,8 +811,13 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let standard = |names: [&str; 2]| {
+            names.iter().find_map(|name| env.iter().find(|(k, v)| k == name && !v.trim().is_empty())).map(|(_, v)| v)
+        };
         let vars: Vec<(String, String)> = env
-            .into_iter()
+            .iter()
+            .cloned()
             .filter_map(|(k, v)| {
                 k.strip_prefix("PADDOCK_")
                     .filter(|rest| !NOT_CONFIG.contains(rest))
@@ -790,7 +827,16 @@ impl Config {
         for (key, value) in vars {
             figment = figment.merge(Serialized::global(&key, parse_env_value(&value)));
         }
-        let config: Config = figment.extract().map_err(Box::new)?;
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        if config.outbound.https_proxy.is_none() {
+            config.outbound.https_proxy =
+                standard(["https_proxy", "HTTPS_PROXY"]).map(|v| SecretString::from(v.clone()));
+        }
+        if config.outbound.no_proxy.is_empty() {
+            config.outbound.no_proxy = standard(["no_proxy", "NO_PROXY"])
+                .map(|v| v.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_owned).collect())
+                .unwrap_or_default();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -896,6 +942,25 @@ impl Config {
         if !self.agents.contains_key("default") {
             return invalid("agents.default", "must be configured: runs without a profile use it");
         }
+        // The redis crate reads `#insecure` as "skip certificate checks".
+        if self.redis.url.contains('#') {
+            return invalid("redis.url", "must not have a fragment: certificate verification cannot be turned off");
+        }
+        if !(self.redis.url.starts_with("redis://")
+            || self.redis.url.starts_with("rediss://")
+            || self.redis.url.starts_with("unix://")
+            || self.redis.url.starts_with("redis+unix://"))
+        {
+            return invalid("redis.url", "must start with redis://, rediss:// (TLS), unix:// or redis+unix://");
+        }
+        if let Some(proxy) = &self.outbound.https_proxy {
+            let proxy = proxy.expose_secret();
+            let rest = proxy.strip_prefix("http://").or_else(|| proxy.strip_prefix("https://"));
+            let host = rest.map(|r| r.rsplit_once('@').map_or(r, |(_, h)| h)).unwrap_or_default();
+            if host.trim_end_matches('/').is_empty() {
+                return invalid("outbound.https_proxy", "must be an http:// or https:// URL with a host");
+            }
+        }
         let key_chars =
             |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
         if !key_chars(&self.redis.namespace) {
@@ -988,6 +1053,30 @@ mod tests {
         assert!(err.to_string().contains("concurency"), "{err}");
         let err = Config::load(None, env(&[("PADDOCK_WORKER__CONCURRENCY", "many")])).unwrap_err();
         assert!(err.to_string().contains("concurrency"), "{err}");
+    }
+
+    #[test]
+    fn the_outbound_proxy_falls_back_to_the_standard_variables_and_tls_cannot_be_turned_off() {
+        let standard = env(&[("HTTPS_PROXY", "http://u:p@proxy.corp:3128"), ("no_proxy", "internal.corp, 10.0.0.0/8")]);
+        let config = Config::load(None, standard.clone()).expect("config loads");
+        let proxy = config.outbound.https_proxy.as_ref().map(|p| p.expose_secret().to_owned());
+        assert_eq!(proxy.as_deref(), Some("http://u:p@proxy.corp:3128"));
+        assert_eq!(config.outbound.no_proxy, ["internal.corp", "10.0.0.0/8"]);
+        assert!(!format!("{config:?}").contains("u:p@"), "proxy credentials must not show in Debug");
+        let mut configured = standard;
+        configured.push(("PADDOCK_OUTBOUND__HTTPS_PROXY".to_owned(), "http://egress.corp:8080".to_owned()));
+        let config = Config::load(None, configured).expect("config loads");
+        let proxy = config.outbound.https_proxy.as_ref().map(|p| p.expose_secret().to_owned());
+        assert_eq!(proxy.as_deref(), Some("http://egress.corp:8080"), "configuration wins over the environment");
+        for (key, value, named) in [
+            ("PADDOCK_REDIS__URL", "rediss://cache.corp:6380/#insecure", "redis.url"),
+            ("PADDOCK_REDIS__URL", "cache.corp:6379", "redis.url"),
+            ("PADDOCK_OUTBOUND__HTTPS_PROXY", "proxy.corp:3128", "outbound.https_proxy"),
+            ("PADDOCK_TLS__VERIFY", "false", "verify"),
+        ] {
+            let err = Config::load(None, env(&[(key, value)])).unwrap_err();
+            assert!(err.to_string().contains(named), "{key}={value}: {err}");
+        }
     }
 
     #[test]

@@ -157,13 +157,16 @@ pub async fn gateway() -> Report {
     config.allowed_providers = vec!["emulated".to_owned()];
     let redactor = Redactor::new(&[providers.key.clone(), token.clone()], b"bench");
     config.run_requests_per_minute = 0;
-    let gateway = Arc::new(RunGateway::new(run, "bench".to_owned(), token_hash(&token), config, queue, redactor));
+    let http = tests::tls::trusting_outbound().http().build().unwrap();
+    let gateway = Arc::new(RunGateway::new(run, "bench".to_owned(), token_hash(&token), config, queue, redactor, http));
     let server = GatewayServer::start("127.0.0.1:0".parse().unwrap(), gateway).await.unwrap();
 
     let transcript = realistic_transcript(2 << 20);
     let prompt = &transcript[..4096];
     let body = json!({"model": "gpt-test", "messages": [{"role": "user", "content": prompt}]}).to_string();
-    let client = reqwest::Client::new();
+    // The emulated provider speaks HTTPS (test CA), as real ones do; the
+    // direct calls trust the same CA and reuse connections like the gateway.
+    let client = tests::tls::TestCa::get().client();
     let direct_url = format!("{}/chat/completions", providers.base_url);
     let gateway_url = format!("http://{}/v1/chat/completions", server.address);
     let (rate, total) = (100, 1000);

@@ -185,7 +185,7 @@ pub async fn worker_process(args: &[String]) {
     let mut vars = tests::services::endpoint_vars();
     vars.push(("PADDOCK_REDIS__NAMESPACE".to_owned(), namespace.clone()));
     let config = common::config::Config::load(None, vars).expect("config");
-    let queue = RunQueue::connect(&config.redis).await.expect("redis");
+    let queue = RunQueue::connect(&config.redis, &worker::outbound::Outbound::system()).await.expect("redis");
     let (slots, hold): (usize, u64) = (slots.parse().expect("slots"), hold.parse().expect("hold"));
     let leases = Leases::default();
     let lease = Duration::from_secs(30);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use common::config::Config;
 use serde_json::Value;
 use worker::artifacts::S3Store;
+use worker::outbound::Outbound;
 use worker::queue::RunQueue;
 
 use crate::git_server::GitServer;
@@ -61,10 +62,15 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
         ("PADDOCK_SANDBOX__TIMEOUT_SECONDS", "120".to_owned()),
     ];
     vars.extend(defaults.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    // The emulated providers, identity provider and GitHub speak HTTPS with
+    // certificates of the test CA, which deployments trust as a company
+    // trusts its internal CA.
+    vars.push(crate::tls::TestCa::get().trust_var());
     vars.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     let config = Config::load(None, vars.clone()).expect("test config is valid");
-    let queue = RunQueue::connect(&config.redis).await.expect("redis is up (run `cargo xtask setup`)");
-    let store = S3Store::new(&config.s3);
+    let outbound = Outbound::new(&config.tls, &config.outbound).expect("test trust and proxy are valid");
+    let queue = RunQueue::connect(&config.redis, &outbound).await.expect("redis is up (run `cargo xtask setup`)");
+    let store = S3Store::new(&config.s3, &outbound);
     let app = api::Application::build(config.clone()).await.expect("api builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());

@@ -15,8 +15,10 @@ pub async fn fresh_queue(url: Option<&str>, cluster: bool) -> RunQueue {
     }
     vars.push(("PADDOCK_REDIS__CLUSTER".to_owned(), cluster.to_string()));
     vars.push(("PADDOCK_REDIS__NAMESPACE".to_owned(), format!("q-{}", ulid::Ulid::new())));
+    vars.push(crate::tls::TestCa::get().trust_var());
     let config = Config::load(None, vars).expect("test config");
-    RunQueue::connect(&config.redis).await.expect("redis is up (run `cargo xtask setup`)")
+    let outbound = worker::outbound::Outbound::new(&config.tls, &config.outbound).expect("test trust");
+    RunQueue::connect(&config.redis, &outbound).await.expect("redis is up (run `cargo xtask setup`)")
 }
 
 pub fn run_spec(tenant: &str, repo: &str, priority: Priority) -> RunSpec {

@@ -135,13 +135,13 @@ impl GitHub {
                 .default_service(web::to(|| async { not_found() }))
         })
         .workers(2)
-        .bind(("127.0.0.1", 0))
+        .bind_rustls_0_23(("127.0.0.1", 0), crate::tls::server_config())
         .expect("bind github emulator");
         let port = server.addrs()[0].port();
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);
-        let base = format!("http://127.0.0.1:{port}");
+        let base = format!("https://127.0.0.1:{port}");
         state.lock().unwrap().base_url = base.clone();
         let app_id = state.lock().unwrap().app_id;
         Self {

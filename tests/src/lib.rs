@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod apps;
+pub mod connect_proxy;
 pub mod fixtures;
 pub mod git_server;
 pub mod github;
@@ -16,6 +17,7 @@ pub mod outage;
 pub mod providers;
 pub mod redis_server;
 pub mod services;
+pub mod tls;
 
 pub use apps::{TEST_AUDIT_KEY, TestApp, WorkerHandle, WorkerProcess, spawn_app};
 pub use git_server::GitServer;
@@ -46,4 +48,37 @@ pub fn rsa_key_pair(private: &std::path::Path) -> Vec<u8> {
         .expect("openssl runs");
     assert!(public.status.success(), "openssl pkey failed");
     public.stdout
+}
+
+/// A stand-in for a host a sandbox is allowed to reach: plain HTTP on ports
+/// 80 and 443 of a loopback address of its own, answering `hello from
+/// upstream <port>`.
+pub async fn allowed_upstream() -> std::net::Ipv4Addr {
+    let byte = || (ulid::Ulid::new().random() % 250) as u8 + 1;
+    loop {
+        let ip = std::net::Ipv4Addr::new(127, byte(), byte(), byte().max(2));
+        let (Ok(http), Ok(https)) =
+            (tokio::net::TcpListener::bind((ip, 80)).await, tokio::net::TcpListener::bind((ip, 443)).await)
+        else {
+            continue;
+        };
+        for (listener, port) in [(http, 80), (https, 443)] {
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 4096];
+                        let _ = stream.read(&mut buf).await;
+                        let body = format!("hello from upstream {port}\n");
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = stream.write_all(reply.as_bytes()).await;
+                    });
+                }
+            });
+        }
+        return ip;
+    }
 }

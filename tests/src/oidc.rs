@@ -1,4 +1,4 @@
-//! A local OIDC issuer for tests: discovery document and JWKS over HTTP,
+//! A local OIDC issuer for tests: discovery document and JWKS over HTTPS (test CA),
 //! and RS256 tokens signed with its key (or with a key it never published,
 //! to test unknown key ids).
 
@@ -36,7 +36,7 @@ impl OidcIssuer {
         jwk.common.key_id = Some(kid.clone());
         let jwks = serde_json::to_value(JwkSet { keys: vec![jwk] }).expect("jwks json");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind issuer");
-        let issuer = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
+        let issuer = format!("https://127.0.0.1:{}", listener.local_addr().expect("addr").port());
         let discovery = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks"), "id_token_signing_alg_values_supported": ["RS256"]});
         let server = HttpServer::new(move || {
             let (discovery, jwks) = (discovery.clone(), jwks.clone());
@@ -57,7 +57,7 @@ impl OidcIssuer {
                 )
         })
         .workers(1)
-        .listen(listener)
+        .listen_rustls_0_23(listener, crate::tls::server_config())
         .expect("listen")
         .run();
         let handle = server.handle();

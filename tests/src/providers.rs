@@ -39,7 +39,7 @@ pub struct EmulatedProviders {
     abandoned: Arc<std::sync::atomic::AtomicUsize>,
     google: Arc<Mutex<Google>>,
     script: Arc<Mutex<Vec<String>>>,
-    /// `http://127.0.0.1:<port>`: the Vertex base URL and the token host.
+    /// `https://127.0.0.1:<port>`: the Vertex base URL and the token host.
     pub root_url: String,
     server: actix_web::dev::ServerHandle,
 }
@@ -72,15 +72,15 @@ impl EmulatedProviders {
                 )
         })
         .workers(1)
-        .bind(("127.0.0.1", 0))
+        .bind_rustls_0_23(("127.0.0.1", 0), crate::tls::server_config())
         .expect("bind emulated provider");
         let port = server.addrs()[0].port();
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);
         Self {
-            base_url: format!("http://127.0.0.1:{port}/v1"),
-            root_url: format!("http://127.0.0.1:{port}"),
+            base_url: format!("https://127.0.0.1:{port}/v1"),
+            root_url: format!("https://127.0.0.1:{port}"),
             key,
             received,
             abandoned,

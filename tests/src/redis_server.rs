@@ -21,11 +21,20 @@ fn free_port(cluster: bool) -> u16 {
     }
 }
 
-fn ping(port: u16) -> bool {
-    Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "ping"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+/// `redis-cli` for the server on `port`, over TLS with the test CA if `tls`.
+fn cli(port: u16, tls: bool) -> Command {
+    // Bounded: `--cluster create` waits forever for nodes that cannot meet.
+    let mut cli = Command::new("timeout");
+    cli.args(["60", "redis-cli"]);
+    if tls {
+        cli.arg("--tls").arg("--cacert").arg(crate::tls::TestCa::get().ca_file());
+    }
+    cli.args(["-p", &port.to_string()]);
+    cli
+}
+
+fn ping(port: u16, tls: bool) -> bool {
+    cli(port, tls).arg("ping").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
 }
 
 /// One `redis-server` with AOF (`appendfsync always`) in its own directory.
@@ -34,15 +43,26 @@ pub struct PrivateRedis {
     pub dir: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Serves only TLS (`--tls-port`, certificate from the test CA).
+    tls: bool,
 }
 
 impl PrivateRedis {
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with(extra, false)
+    }
+
+    /// A server that speaks only TLS, with a certificate of the test CA.
+    pub fn start_tls(extra: &[&str]) -> Self {
+        Self::start_with(extra, true)
+    }
+
+    fn start_with(extra: &[&str], tls: bool) -> Self {
         let dir = std::env::temp_dir().join(format!("paddock-redis-{}", ulid::Ulid::new()));
         std::fs::create_dir_all(&dir).expect("redis dir");
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         let cluster = extra.iter().any(|e| e == "--cluster-enabled");
-        let mut redis = Self { port: free_port(cluster), dir, child: None, extra };
+        let mut redis = Self { port: free_port(cluster), dir, child: None, extra, tls };
         // Another process may take the port between the check and the bind:
         // then pick another one.
         for _ in 0..5 {
@@ -55,13 +75,24 @@ impl PrivateRedis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// Starts the server; false when it exited (port taken) instead.
     fn spawn(&mut self) -> bool {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        let mut server = Command::new("redis-server");
+        let port = self.port.to_string();
+        if self.tls {
+            let ca = crate::tls::TestCa::get();
+            server.args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no"]);
+            server.arg("--tls-cert-file").arg(ca.cert_file()).arg("--tls-key-file").arg(ca.key_file());
+            server.arg("--tls-ca-cert-file").arg(ca.ca_file());
+        } else {
+            server.args(["--port", &port]);
+        }
+        let mut child = server
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
@@ -72,7 +103,7 @@ impl PrivateRedis {
             .expect("start redis-server");
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
-            if ping(self.port) {
+            if ping(self.port, self.tls) {
                 self.child = Some(child);
                 return true;
             }
@@ -115,11 +146,22 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Self {
-        let nodes: Vec<PrivateRedis> = (0..3)
-            .map(|_| PrivateRedis::start(&["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]))
-            .collect();
+        Self::start_with(false)
+    }
+
+    /// Nodes that speak only TLS, to clients and to each other.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
+        let mut args = vec!["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"];
+        if tls {
+            args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+        }
+        let nodes: Vec<PrivateRedis> = (0..3).map(|_| PrivateRedis::start_with(&args, tls)).collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let out = Command::new("redis-cli")
+        let out = cli(nodes[0].port, tls)
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -129,10 +171,7 @@ impl RedisCluster {
         assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
         let started = Instant::now();
         loop {
-            let info = Command::new("redis-cli")
-                .args(["-p", &nodes[0].port.to_string(), "cluster", "info"])
-                .output()
-                .expect("cluster info");
+            let info = cli(nodes[0].port, tls).args(["cluster", "info"]).output().expect("cluster info");
             if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
                 break;
             }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::S3Store;
 use crate::egress::EgressPolicy;
+use crate::outbound::Outbound;
 use crate::queue::{Leases, RunBackend, RunQueue, leases};
 use crate::runner::{self, Runtime};
 use crate::sandbox::SandboxDriver;
@@ -26,9 +27,10 @@ impl Application {
     /// sandboxes that crashed workers left behind.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let worker = format!("{}-{}", config.worker.name, ulid::Ulid::new().to_string().to_lowercase());
-        let queue = RunQueue::connect(&config.redis).await?;
+        let outbound = Outbound::new(&config.tls, &config.outbound)?;
+        let queue = RunQueue::connect(&config.redis, &outbound).await?;
         queue.ping().await?;
-        let store = S3Store::new(&config.s3);
+        let store = S3Store::new(&config.s3, &outbound);
         // Refuse a contradictory egress configuration at start, naming the key.
         EgressPolicy::from_config(&config.egress)?;
         let sandboxes = SandboxDriver::connect(
@@ -60,8 +62,10 @@ impl Application {
             leases: Leases::default(),
             redaction_key: crate::gateway::mint_token()?.into_bytes(),
             grace_over: CancellationToken::new(),
-            github: crate::forge::GitHubApp::from_config(&config_github)?.map(Arc::new),
+            github: crate::forge::GitHubApp::from_config(&config_github, &outbound)?.map(Arc::new),
             audit,
+            http: outbound.http().build()?,
+            outbound,
         };
         Ok(Self { runtime: Arc::new(runtime) })
     }

@@ -18,6 +18,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::outbound::Outbound;
+
 /// What a run's git work and pull request need, and nothing else: never
 /// `workflows` or `administration`.
 pub const RUN_PERMISSIONS: &[(&str, &str)] =
@@ -54,7 +56,9 @@ impl From<octocrab::Error> for ForgeError {
                     ForgeError::Refused(message)
                 }
             }
-            _ => ForgeError::Unavailable(error.to_string()),
+            // A transport failure: say which, a certificate this process
+            // does not trust above all.
+            _ => ForgeError::Unavailable(crate::outbound::describe_failure(&error, "GitHub")),
         }
     }
 }
@@ -63,23 +67,33 @@ impl From<octocrab::Error> for ForgeError {
 pub struct GitHubApp {
     app: Octocrab,
     pub config: GitHubConfig,
+    /// Paddock's HTTP client (trust and proxy of `[tls]`, `[outbound]`),
+    /// which every installation token's client shares.
+    http: reqwest::Client,
+    /// What git needs to reach GitHub the same way.
+    git_network: Vec<(String, String)>,
 }
 
 impl GitHubApp {
     /// `None` when no App is configured.
-    pub fn from_config(config: &GitHubConfig) -> Result<Option<Self>, ForgeError> {
+    pub fn from_config(config: &GitHubConfig, outbound: &Outbound) -> Result<Option<Self>, ForgeError> {
         let (Some(app_id), Some(key_file)) = (config.app_id, &config.private_key_file) else { return Ok(None) };
         let pem = std::fs::read(key_file)
             .map_err(|e| ForgeError::Config(format!("github.private_key_file {}: {e}", key_file.display())))?;
         let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
             .map_err(|e| ForgeError::Config(format!("github.private_key_file is not an RSA private key: {e}")))?;
+        let http = outbound
+            .http()
+            .read_timeout(std::time::Duration::from_secs(60))
+            .build()
+            .map_err(|e| ForgeError::Config(format!("the HTTP client for GitHub: {e}")))?;
         let app = Octocrab::builder()
             .base_uri(config.api_url.as_str())
             .map_err(|e| ForgeError::Config(format!("github.api_url: {e}")))?
             .app(app_id.into(), key)
-            .build()
+            .build_with_reqwest(http.clone())
             .map_err(|e| ForgeError::Config(e.to_string()))?;
-        Ok(Some(Self { app, config: config.clone() }))
+        Ok(Some(Self { app, config: config.clone(), http, git_network: outbound.git_env() }))
     }
 
     /// A token for `repo` alone with `permissions`, for `purpose`.
@@ -125,7 +139,7 @@ impl GitHubApp {
             minted_at_ms: now_ms(),
             revoked_at_ms: None,
         };
-        let credential = RepoCredential::new(&self.config.api_url, SecretString::from(token), grant)?;
+        let credential = RepoCredential::new(self, SecretString::from(token), grant)?;
         if broader {
             credential.revoke().await;
             return Err(ForgeError::Refused("GitHub granted a token broader than asked; it was revoked".to_owned()));
@@ -149,17 +163,18 @@ pub struct RepoCredential {
     token: SecretString,
     client: Octocrab,
     grant: Mutex<CredentialGrant>,
+    git_network: Vec<(String, String)>,
 }
 
 impl RepoCredential {
-    fn new(api_url: &str, token: SecretString, grant: CredentialGrant) -> Result<Self, ForgeError> {
+    fn new(app: &GitHubApp, token: SecretString, grant: CredentialGrant) -> Result<Self, ForgeError> {
         let client = Octocrab::builder()
-            .base_uri(api_url)
+            .base_uri(app.config.api_url.as_str())
             .map_err(|e| ForgeError::Config(format!("github.api_url: {e}")))?
             .personal_token(token.expose_secret().to_owned())
-            .build()
+            .build_with_reqwest(app.http.clone())
             .map_err(|e| ForgeError::Config(e.to_string()))?;
-        Ok(Self { token, client, grant: Mutex::new(grant) })
+        Ok(Self { token, client, grant: Mutex::new(grant), git_network: app.git_network.clone() })
     }
 
     pub fn grant(&self) -> CredentialGrant {
@@ -172,15 +187,18 @@ impl RepoCredential {
     }
 
     /// Environment that makes git send the token as HTTP Basic auth
-    /// (`x-access-token:<token>`), without it appearing in a URL or argv.
+    /// (`x-access-token:<token>`), without it appearing in a URL or argv,
+    /// and reach GitHub with Paddock's trust and proxy.
     pub fn git_env(&self) -> Vec<(String, String)> {
         let basic =
             base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{}", self.token.expose_secret()));
-        vec![
+        let mut env = vec![
             ("GIT_CONFIG_COUNT".to_owned(), "1".to_owned()),
             ("GIT_CONFIG_KEY_0".to_owned(), "http.extraHeader".to_owned()),
             ("GIT_CONFIG_VALUE_0".to_owned(), format!("Authorization: Basic {basic}")),
-        ]
+        ];
+        env.extend(self.git_network.iter().cloned());
+        env
     }
 
     /// Revokes the token (`DELETE /installation/token`, authenticated with

@@ -39,6 +39,18 @@ fn git() -> Command {
     cmd
 }
 
+/// Sets `env` on `cmd`; an empty value removes the variable (so a proxy the
+/// worker was started with does not leak into git).
+fn with_env(cmd: &mut Command, env: &[(String, String)]) {
+    for (key, value) in env {
+        if value.is_empty() {
+            cmd.env_remove(key);
+        } else {
+            cmd.env(key, value);
+        }
+    }
+}
+
 async fn run(mut cmd: Command) -> Result<(i32, String, String), GitError> {
     let out = cmd.output().await.map_err(|e| GitError::Unavailable(format!("cannot run git: {e}")))?;
     Ok((
@@ -49,13 +61,14 @@ async fn run(mut cmd: Command) -> Result<(i32, String, String), GitError> {
 }
 
 /// Clones `base_ref` of `url` into `dest` (which must not exist) at depth 1.
-/// `auth` is environment for git (a credential header), or empty.
+/// `auth` is environment for git: a credential header and the outbound
+/// network settings ([`crate::outbound::Outbound::git_env`]).
 pub async fn checkout(url: &str, base_ref: &str, dest: &Path, auth: &[(String, String)]) -> Result<Checkout, GitError> {
     // One round trip: a missing repository or ref is told apart from a
     // failing server by what the clone says (no `ls-remote` probe first;
     // it cost a process and a request on every run's start).
     let mut clone = git();
-    clone.envs(auth.iter().cloned());
+    with_env(&mut clone, auth);
     clone.args(["clone", "--quiet", "--depth", "1", "--single-branch", "--no-tags", "--branch", base_ref, "--", url]);
     clone.arg(dest);
     let (code, _, err) = run(clone).await?;
@@ -211,7 +224,7 @@ pub enum PushError {
 /// run's own).
 pub async fn push(dir: &Path, url: &str, branch: &str, auth: &[(String, String)]) -> Result<(), PushError> {
     let mut push = git();
-    push.envs(auth.iter().cloned());
+    with_env(&mut push, auth);
     push.arg("-C").arg(dir).args(["push", "--quiet", "--force", "--no-verify", "--", url]);
     push.arg(format!("HEAD:refs/heads/{branch}"));
     let (code, _, err) = run(push).await?;

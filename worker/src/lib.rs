@@ -9,6 +9,7 @@ pub mod forge;
 pub mod gateway;
 pub mod git;
 pub mod listener;
+pub mod outbound;
 pub mod publish;
 pub mod queue;
 pub mod retention;

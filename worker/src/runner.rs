@@ -43,6 +43,10 @@ pub struct Runtime {
     pub github: Option<Arc<GitHubApp>>,
     /// This worker's stream of the audit trail.
     pub audit: Arc<crate::audit::AuditTrail>,
+    /// Trust and proxy of Paddock's own calls out (`[tls]`, `[outbound]`).
+    pub outbound: crate::outbound::Outbound,
+    /// The one client to model providers, shared by every run's gateway.
+    pub http: reqwest::Client,
 }
 
 /// Why a run stopped before it could report an outcome.
@@ -185,7 +189,7 @@ impl Runtime {
             return self.done(run, reason, RunLog::default(), Vec::new(), None, forge).await;
         };
         let checkout_dir = forge.checkout.to_path_buf();
-        let auth = forge.credential.map(RepoCredential::git_env).unwrap_or_default();
+        let auth = forge.credential.map(RepoCredential::git_env).unwrap_or_else(|| self.outbound.git_env());
         let phases = Phases::new();
         let checkout = git::checkout(forge.clone_url, &run.spec.base_ref, &checkout_dir, &auth).await;
         phases.mark("clone");
@@ -257,8 +261,9 @@ impl Runtime {
             Ok(SessionEnd::Stopped(interrupt)) => Ending::Interrupted(interrupt),
             Ok(SessionEnd::Finished { reason, mut log, diff, files_changed }) => {
                 for call in &calls {
+                    let why = call.refusal.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
                     log.line(&format!(
-                        "paddock: model call {} {} {} -> {} in {} ms, {} redaction(s)",
+                        "paddock: model call {} {} {} -> {} in {} ms, {} redaction(s){why}",
                         call.wire,
                         call.provider.as_deref().unwrap_or("-"),
                         call.model.as_deref().unwrap_or("-"),
@@ -331,6 +336,7 @@ impl Runtime {
                     config,
                     self.queue.clone(),
                     redactor,
+                    self.http.clone(),
                 );
                 let gateway = Arc::new(gateway);
                 GatewayServer::start(at, gateway.clone()).await.map(|server| Serving::Local { gateway, server })

@@ -192,41 +192,6 @@ async fn a_ten_minute_sleep_stops_at_a_five_second_cap() {
     worker.shutdown().await;
 }
 
-/// A stand-in for an allowed upstream: plain HTTP on ports 80 and 443 of a
-/// loopback address of its own, answering with its port.
-async fn upstream() -> std::net::Ipv4Addr {
-    loop {
-        let ip = std::net::Ipv4Addr::new(127, fastrand_byte(), fastrand_byte(), fastrand_byte().max(2));
-        let (Ok(http), Ok(https)) =
-            (tokio::net::TcpListener::bind((ip, 80)).await, tokio::net::TcpListener::bind((ip, 443)).await)
-        else {
-            continue;
-        };
-        for (listener, port) in [(http, 80), (https, 443)] {
-            tokio::spawn(async move {
-                while let Ok((mut stream, _)) = listener.accept().await {
-                    tokio::spawn(async move {
-                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                        let mut buf = vec![0u8; 4096];
-                        let _ = stream.read(&mut buf).await;
-                        let body = format!("hello from upstream {port}\n");
-                        let reply = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = stream.write_all(reply.as_bytes()).await;
-                    });
-                }
-            });
-        }
-        return ip;
-    }
-}
-
-fn fastrand_byte() -> u8 {
-    (ulid::Ulid::new().random() % 250) as u8 + 1
-}
-
 const EGRESS: &str = r#"set -- $PADDOCK_TASK_BODY
 curl -sS -m 5 http://allowed.paddock.test/hello
 curl -sS -m 5 -p http://allowed.paddock.test:443/tunnel
@@ -243,7 +208,7 @@ timeout 3 bash -c "echo > /dev/tcp/$3/3128" 2>/dev/null && echo "other proxy: re
 
 #[tokio::test]
 async fn egress_goes_through_the_proxy_to_allowed_hosts_only() {
-    let upstream = upstream().await;
+    let upstream = tests::allowed_upstream().await;
     let static_hosts = format!(r#"{{"allowed.paddock.test": "{upstream}", "sneaky.paddock.test": "169.254.169.254"}}"#);
     let trusted = format!(r#"["{upstream}/32"]"#);
     let (app, repo) = attack_app(&[

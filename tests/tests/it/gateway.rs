@@ -129,6 +129,7 @@ async fn serve_run(
 }
 
 /// A run's gateway on a local port, and the gateway (to read its record).
+/// It trusts the test CA, as `tls.extra_ca_files` makes it.
 async fn serve_run_gateway(
     providers: &EmulatedProviders,
     queue: &worker::queue::RunQueue,
@@ -136,13 +137,26 @@ async fn serve_run_gateway(
     config: &common::config::GatewayConfig,
     ttl: std::time::Duration,
 ) -> (String, worker::gateway::GatewayServer, std::sync::Arc<worker::gateway::RunGateway>) {
+    let http = tests::tls::trusting_outbound().http().build().unwrap();
+    serve_run_gateway_with(providers, queue, tenant, config, ttl, http).await
+}
+
+async fn serve_run_gateway_with(
+    providers: &EmulatedProviders,
+    queue: &worker::queue::RunQueue,
+    tenant: &str,
+    config: &common::config::GatewayConfig,
+    ttl: std::time::Duration,
+    http: reqwest::Client,
+) -> (String, worker::gateway::GatewayServer, std::sync::Arc<worker::gateway::RunGateway>) {
     use worker::gateway::{GatewayServer, Redactor, RunGateway, mint_token, token_hash};
     let run = common::RunId::new();
     let token = mint_token().unwrap();
     let grant = worker::queue::GatewayGrant { run, tenant: tenant.to_owned() };
     queue.put_gateway_token(&token_hash(&token), &grant, ttl).await.unwrap();
     let redactor = Redactor::new(std::slice::from_ref(&providers.key), b"test");
-    let gateway = RunGateway::new(run, tenant.to_owned(), token_hash(&token), config.clone(), queue.clone(), redactor);
+    let gateway =
+        RunGateway::new(run, tenant.to_owned(), token_hash(&token), config.clone(), queue.clone(), redactor, http);
     let gateway = std::sync::Arc::new(gateway);
     let server = GatewayServer::start("127.0.0.1:0".parse().unwrap(), gateway.clone()).await.unwrap();
     (token, server, gateway)
@@ -831,5 +845,78 @@ curl -sS -o /dev/null -w 'own names: %{http_code}\n' "$LLM_BASE/models" -H "Auth
         ],
     );
     worker.shutdown().await;
+    providers.stop().await;
+}
+
+/// Every provider kind on HTTPS (the emulators' certificates come from the
+/// test CA): reached when the CA is in `tls.extra_ca_files`; refused with an
+/// error naming the host and the untrusted certificate otherwise, before
+/// any request body leaves.
+#[tokio::test]
+async fn each_provider_kind_is_reached_over_https_only_when_its_ca_is_trusted() {
+    let (providers, queue, mut config) = emulated_gateway(0).await;
+    let dir = std::env::temp_dir().join(format!("paddock-kinds-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kinds = json!({
+        "azure": {"kind": "azure_openai", "base_url": providers.root_url, "api_key": providers.key,
+                  "models": ["gpt-azure"], "deployments": {"gpt-azure": "prod-gpt"}},
+        "anthropic": {"kind": "anthropic", "base_url": providers.base_url, "api_key": providers.key, "models": ["claude-test"]},
+        "vertex": {"kind": "vertex", "base_url": providers.root_url, "models": ["claude-vertex"], "project": "acme-ai",
+                   "region": "us-east5", "credentials_file": providers.vertex_credentials(&dir, true)},
+    });
+    for (name, provider) in kinds.as_object().unwrap() {
+        config.providers.insert(name.clone(), serde_json::from_value(provider.clone()).unwrap());
+        config.allowed_providers.push(name.clone());
+    }
+    let calls = [
+        ("/v1/chat/completions", "gpt-test"),
+        ("/v1/chat/completions", "gpt-azure"),
+        ("/v1/messages", "claude-test"),
+        ("/v1/messages", "claude-vertex"),
+    ];
+    let host = providers.root_url.trim_start_matches("https://").to_owned();
+    let hour = std::time::Duration::from_secs(3600);
+    let client = reqwest::Client::new();
+    let ask = |server: &worker::gateway::GatewayServer, token: &str, path: &str, model: &str| {
+        client
+            .post(format!("http://{}{path}", server.address))
+            .bearer_auth(token)
+            .header("x-api-key", token)
+            .header("anthropic-version", "2023-06-01")
+            .json(&json!({"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+
+    // Trusting only the operating system's store (first, so no Vertex
+    // token is cached yet and its token exchange is refused too).
+    let untrusted = worker::outbound::Outbound::system().http().build().unwrap();
+    let (token, server, gateway) = serve_run_gateway_with(&providers, &queue, "acme", &config, hour, untrusted).await;
+    for (path, model) in calls {
+        let answer = ask(&server, &token, path, model).await.unwrap();
+        assert_eq!(answer.status().as_u16(), 502, "{model} reached a provider this process does not trust");
+        let body = answer.text().await.unwrap();
+        let reason = format!("TLS with {host} failed before any request was sent: its certificate is not signed");
+        assert!(body.contains(&reason), "{model}: {body}");
+    }
+    assert!(providers.received().is_empty(), "a request body left for an untrusted provider");
+    assert_eq!(providers.google_tokens_issued(), 0, "the service-account assertion left for an untrusted host");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let records = gateway.calls();
+    assert_eq!(records.len(), 4);
+    for record in &records {
+        let refusal = record.refusal.as_deref().unwrap_or_default();
+        assert!(refusal.contains(&format!("TLS with {host}")) && refusal.contains("tls.extra_ca_files"), "{refusal}");
+    }
+
+    // With the test CA in `tls.extra_ca_files`.
+    let (token, server, _) = serve_run_gateway(&providers, &queue, "acme", &config, hour).await;
+    for (path, model) in calls {
+        let answer = ask(&server, &token, path, model).await.unwrap();
+        let status = answer.status().as_u16();
+        assert_eq!(status, 200, "{model}: {}", answer.text().await.unwrap());
+    }
+    assert_eq!(providers.received().len(), 4);
+    assert_eq!(providers.google_tokens_issued(), 1);
+    std::fs::remove_dir_all(&dir).ok();
     providers.stop().await;
 }

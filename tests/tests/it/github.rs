@@ -159,7 +159,8 @@ async fn a_labelled_issue_becomes_a_draft_pull_request_with_a_full_record() {
         let permissions = asked["permissions"].as_object().unwrap();
         assert!(!permissions.contains_key("workflows") && !permissions.contains_key("administration"));
         assert!(!forge.github.token_alive(token), "a token outlived the run");
-        let reuse = reqwest::Client::new()
+        let reuse = tests::tls::TestCa::get()
+            .client()
             .get(format!("{}/repos/{}", forge.github.api_url, forge.repo))
             .bearer_auth(token)
             .send()
@@ -360,7 +361,7 @@ async fn a_retried_publication_updates_its_pull_request_and_main_stays_protected
     use worker::forge::{GitHubApp, RUN_PERMISSIONS};
     use worker::publish::{Published, RunStory, publish};
     let forge = forge(REFERENCE_AGENT, FIX).await;
-    let app = GitHubApp::from_config(&forge.app.config.github).unwrap().unwrap();
+    let app = GitHubApp::from_config(&forge.app.config.github, &tests::tls::trusting_outbound()).unwrap().unwrap();
     let repo: common::RepoName = forge.repo.parse().unwrap();
     let url = worker::git::clone_url(&forge.github.git_url, &repo);
     let run = common::RunId::new();
@@ -423,7 +424,7 @@ async fn tokens_open_only_their_repository_and_only_until_they_expire() {
     use worker::forge::{GitHubApp, RUN_PERMISSIONS};
     let forge = forge(REFERENCE_AGENT, FIX).await;
     forge.github.create_repo("acme", "other", &[("README.md", b"other\n")], &[]);
-    let app = GitHubApp::from_config(&forge.app.config.github).unwrap().unwrap();
+    let app = GitHubApp::from_config(&forge.app.config.github, &tests::tls::trusting_outbound()).unwrap().unwrap();
     let repo: common::RepoName = forge.repo.parse().unwrap();
     let credential = app.credential(&repo, "test", RUN_PERMISSIONS).await.unwrap();
     let grant = credential.grant();

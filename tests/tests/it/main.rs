@@ -12,6 +12,7 @@ mod github;
 mod identity;
 mod matrix;
 mod openapi;
+mod outbound;
 mod queue;
 mod retention;
 mod runs;

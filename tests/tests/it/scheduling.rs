@@ -321,7 +321,19 @@ async fn no_accepted_run_is_lost_when_redis_restarts() {
 
 #[tokio::test]
 async fn every_script_works_on_a_three_node_redis_cluster() {
-    let cluster = RedisCluster::start();
+    every_script_works_on(&RedisCluster::start()).await;
+}
+
+/// ElastiCache with encryption in transit: `rediss://` to every node, the
+/// nodes' certificates checked against `tls.extra_ca_files`.
+#[tokio::test]
+async fn every_script_works_on_a_redis_cluster_that_speaks_only_tls() {
+    let cluster = RedisCluster::start_tls();
+    assert!(cluster.url().starts_with("rediss://"));
+    every_script_works_on(&cluster).await;
+}
+
+async fn every_script_works_on(cluster: &RedisCluster) {
     // Several namespaces, so their hash slots land on different nodes.
     for _ in 0..4 {
         let q = queue_at(&cluster.url(), true).await;

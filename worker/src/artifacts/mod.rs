@@ -219,7 +219,7 @@ impl S3Store {
         }
     }
 
-    pub fn new(config: &S3Config) -> Self {
+    pub fn new(config: &S3Config, outbound: &crate::outbound::Outbound) -> Self {
         let credentials = Credentials::new(
             &config.access_key_id,
             config.secret_access_key.expose_secret(),
@@ -231,7 +231,8 @@ impl S3Store {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))
             .credentials_provider(credentials)
-            .force_path_style(config.force_path_style);
+            .force_path_style(config.force_path_style)
+            .http_client(outbound.s3_http_client());
         if !config.endpoint.is_empty() {
             builder = builder.endpoint_url(&config.endpoint);
         }

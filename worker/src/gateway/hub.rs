@@ -25,13 +25,21 @@ use crate::queue::{GatewayGrant, RunQueue};
 pub struct GatewayHub {
     config: Config,
     queue: RunQueue,
+    /// The one client to the providers, shared by every run's gateway.
+    http: reqwest::Client,
     redaction_key: Vec<u8>,
     runs: Mutex<HashMap<RunId, Arc<RunGateway>>>,
 }
 
 impl GatewayHub {
-    pub fn new(config: Config, queue: RunQueue) -> std::io::Result<Self> {
-        Ok(Self { config, queue, redaction_key: super::mint_token()?.into_bytes(), runs: Mutex::new(HashMap::new()) })
+    pub fn new(config: Config, queue: RunQueue, http: reqwest::Client) -> std::io::Result<Self> {
+        Ok(Self {
+            config,
+            queue,
+            http,
+            redaction_key: super::mint_token()?.into_bytes(),
+            runs: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Serves until `stop`; forgets the gateways of ended runs every minute.
@@ -105,7 +113,8 @@ impl GatewayHub {
         };
         let known = super::known_secrets(&self.config, &self.queue, &grant.tenant, Some(token)).await?;
         let redactor = Redactor::new(&known, &self.redaction_key);
-        let gateway = RunGateway::new(grant.run, grant.tenant, hash, config, self.queue.clone(), redactor);
+        let gateway =
+            RunGateway::new(grant.run, grant.tenant, hash, config, self.queue.clone(), redactor, self.http.clone());
         let gateway = Arc::new(gateway.publishing());
         Ok(self.lock().entry(grant.run).or_insert(gateway).clone())
     }

@@ -66,12 +66,14 @@ pub async fn serve_standalone(
             "gateway.allowed_providers is empty: every model call will be refused until a policy allows one"
         );
     }
-    let queue = crate::queue::RunQueue::connect(&config.redis).await?;
+    let outbound = crate::outbound::Outbound::new(&config.tls, &config.outbound)?;
+    let queue = crate::queue::RunQueue::connect(&config.redis, &outbound).await?;
     queue.ping().await?;
+    let http = outbound.http().build()?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "standalone model gateway listening");
     let stop = tokio_util::sync::CancellationToken::new();
-    let hub = Arc::new(GatewayHub::new(config, queue)?);
+    let hub = Arc::new(GatewayHub::new(config, queue, http)?);
     let serving = tokio::spawn(hub.serve(listener, stop.clone()));
     shutdown.await;
     stop.cancel();

@@ -129,6 +129,7 @@ impl RunGateway {
         config: GatewayConfig,
         queue: RunQueue,
         redactor: Redactor,
+        http: reqwest::Client,
     ) -> Self {
         let run_limit = std::num::NonZeroU32::new(config.run_requests_per_minute)
             .map(|n| governor::RateLimiter::direct(governor::Quota::per_minute(n)));
@@ -139,7 +140,7 @@ impl RunGateway {
             config,
             queue,
             redactor: Arc::new(redactor),
-            http: reqwest::Client::new(),
+            http,
             run_limit,
             record: Mutex::new(RunRecord::default()),
             publish: false,
@@ -400,20 +401,20 @@ impl RunGateway {
             Err(message) => {
                 tracing::warn!(run_id = %self.run, provider = %provider_name, %message, "provider sign-in failed");
                 settlement.settle(Spend::default());
+                record.refusal = Some(message.clone());
                 return Err(error(wire, StatusCode::BAD_GATEWAY, "upstream_auth_failed", &message));
             }
         };
         let response = match upstream.send().await {
             Ok(response) => response,
             Err(e) => {
-                tracing::warn!(run_id = %self.run, error = %e, "provider unreachable");
+                // Names the host and, for a certificate this process does not
+                // trust, says so: the handshake failed before the body left.
+                let message = crate::outbound::describe(&e);
+                tracing::warn!(run_id = %self.run, provider = %provider_name, %message, "provider unreachable");
                 settlement.settle(Spend::default());
-                return Err(error(
-                    wire,
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unreachable",
-                    "the model provider is unreachable",
-                ));
+                record.refusal = Some(message.clone());
+                return Err(error(wire, StatusCode::BAD_GATEWAY, "upstream_unreachable", &message));
             }
         };
         record.status = response.status().as_u16();

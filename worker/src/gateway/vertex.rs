@@ -110,7 +110,7 @@ pub(super) async fn access_token(provider: &ProviderConfig, http: &reqwest::Clie
         .form(&[("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", assertion.as_str())])
         .send()
         .await
-        .map_err(|e| format!("the Google token endpoint is unreachable: {e}"))?;
+        .map_err(|e| format!("the Google token endpoint failed: {}", crate::outbound::describe(&e)))?;
     let status = answer.status();
     if !status.is_success() {
         let body = answer.text().await.unwrap_or_default();

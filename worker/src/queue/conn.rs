@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use common::config::RedisConfig;
+
+use crate::outbound::Outbound;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
@@ -15,22 +17,35 @@ pub enum Conn {
 }
 
 impl Conn {
-    pub async fn open(config: &RedisConfig) -> RedisResult<Self> {
+    pub async fn open(config: &RedisConfig, outbound: &Outbound) -> RedisResult<Self> {
         // Long response timeouts: a slow Redis must delay a worker, never
         // kill it (apalis-redis#76 died on the 500 ms default).
         if config.cluster {
-            let client = redis::cluster::ClusterClientBuilder::new(vec![config.url.as_str()])
+            let mut builder = redis::cluster::ClusterClientBuilder::new(vec![config.url.as_str()])
                 .response_timeout(Duration::from_secs(10))
-                .connection_timeout(Duration::from_secs(5))
-                .build()?;
-            return Ok(Self::Cluster(client.get_async_connection().await?));
+                .connection_timeout(Duration::from_secs(5));
+            if let Some(certs) = outbound.redis_certificates()
+                && config.url.starts_with("rediss://")
+            {
+                builder = builder.certs(certs);
+            }
+            return Ok(Self::Cluster(builder.build()?.get_async_connection().await?));
         }
-        let client = redis::Client::open(config.url.as_str())?;
+        let client = client(&config.url, outbound)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(10)))
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(3);
         Ok(Self::Single(ConnectionManager::new_with_config(client, manager_config).await?))
+    }
+}
+
+/// A client for one server; `rediss://` verifies the server's certificate
+/// against the operating system's store and `tls.extra_ca_files`.
+pub fn client(url: &str, outbound: &Outbound) -> RedisResult<redis::Client> {
+    match outbound.redis_certificates() {
+        Some(certs) if url.starts_with("rediss://") => redis::Client::build_with_tls(url, certs),
+        _ => redis::Client::open(url),
     }
 }
 

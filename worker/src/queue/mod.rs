@@ -22,6 +22,8 @@ use redis::{AsyncCommands, Script};
 
 use conn::Conn;
 
+use crate::outbound::Outbound;
+
 pub use backend::RunBackend;
 pub use leases::{LeaseGuard, Leases};
 
@@ -166,8 +168,6 @@ impl Scripts {
     }
 }
 
-/// Client for the queue. Cheap to clone; clones share one multiplexed
-/// connection that reconnects by itself.
 /// Tokens and cost (micro-dollars): an amount, a reservation or a limit
 /// (0: none).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -193,10 +193,14 @@ pub struct GatewayGrant {
     pub tenant: String,
 }
 
+/// Client for the queue. Cheap to clone; clones share one multiplexed
+/// connection that reconnects by itself.
 #[derive(Clone)]
 pub struct RunQueue {
     conn: Conn,
     config: Arc<RedisConfig>,
+    /// For the connections opened later (Pub/Sub).
+    outbound: Arc<Outbound>,
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
 }
@@ -221,9 +225,10 @@ const RECORD_FIELDS: [&str; 16] = [
 ];
 
 impl RunQueue {
-    pub async fn connect(config: &RedisConfig) -> Result<Self, QueueError> {
+    pub async fn connect(config: &RedisConfig, outbound: &Outbound) -> Result<Self, QueueError> {
         Ok(Self {
-            conn: Conn::open(config).await?,
+            conn: Conn::open(config, outbound).await?,
+            outbound: Arc::new(outbound.clone()),
             config: Arc::new(config.clone()),
             prefix: format!("{{{}}}:", config.namespace).into(),
             scripts: Arc::new(Scripts::load()),
@@ -871,7 +876,7 @@ impl RunQueue {
         &self,
         worker: &str,
     ) -> Result<impl futures::Stream<Item = String> + Send + use<>, QueueError> {
-        let client = redis::Client::open(self.config.url.as_str())?;
+        let client = conn::client(&self.config.url, &self.outbound)?;
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(self.control_channel(worker)).await?;
         Ok(pubsub.into_on_message().map(|msg| msg.get_payload::<String>().unwrap_or_default()))

@@ -1,0 +1,355 @@
+//! Paddock's own calls out of the process: model providers and the Vertex
+//! token endpoint (the gateway), the identity provider's discovery document
+//! and JWKS (the API), GitHub's REST API (octocrab) and git over HTTPS, S3
+//! (aws-sdk-s3) and Redis (`rediss://`).
+//!
+//! Every one of them speaks TLS with rustls and checks the server's
+//! certificate against the operating system's trust store plus
+//! `tls.extra_ca_files`; nothing can turn verification off. The HTTP ones
+//! (providers, identity provider, GitHub, git) go through the corporate
+//! proxy in `[outbound]` unless `no_proxy` names the host. A sandbox's
+//! egress never does: its own egress proxy connects directly.
+
+use std::error::Error as StdError;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use common::config::{OutboundConfig, TlsConfig};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    /// A setting that cannot work; the message names its key.
+    #[error("invalid configuration: `{key}` {message}")]
+    Config { key: &'static str, message: String },
+}
+
+/// How every outbound client of one process trusts servers and reaches them.
+#[derive(Clone)]
+pub struct Outbound {
+    /// The CAs of `tls.extra_ca_files`, beside the operating system's.
+    extra: Vec<CertificateDer<'static>>,
+    /// The operating system's CAs and the extra ones as one PEM bundle, for
+    /// clients that take a whole trust store (Redis, git); `None` without
+    /// extra CAs, when those clients read the system store themselves.
+    bundle: Option<Vec<u8>>,
+    /// The bundle as a file, for git (`GIT_SSL_CAINFO`).
+    bundle_file: Option<PathBuf>,
+    proxy: Option<SecretString>,
+    no_proxy: String,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound")
+            .field("extra_cas", &self.extra.len())
+            .field("proxy", &self.proxy.as_ref().map(|p| without_credentials(p.expose_secret())))
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
+}
+
+impl Outbound {
+    /// Reads the extra CA files and checks the proxy, naming the key at
+    /// fault. Also makes aws-lc-rs the process's rustls provider.
+    pub fn new(tls: &TlsConfig, outbound: &OutboundConfig) -> Result<Self, OutboundError> {
+        // Several crates bring rustls; they must agree on one provider
+        // (the redis crate asks for the process default).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let invalid = |key, message: String| OutboundError::Config { key, message };
+        let mut extra = Vec::new();
+        let mut extra_pem = Vec::new();
+        for path in &tls.extra_ca_files {
+            let pem = std::fs::read(path)
+                .map_err(|e| invalid("tls.extra_ca_files", format!("cannot read {}: {e}", path.display())))?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| invalid("tls.extra_ca_files", format!("{} is not PEM: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(invalid("tls.extra_ca_files", format!("{} holds no certificate", path.display())));
+            }
+            for cert in &certs {
+                // Refuse at start what rustls would refuse at the first call.
+                let mut store = rustls::RootCertStore::empty();
+                store.add(cert.clone()).map_err(|e| {
+                    invalid(
+                        "tls.extra_ca_files",
+                        format!("{} has a certificate that cannot be a trust anchor: {e}", path.display()),
+                    )
+                })?;
+                extra_pem.extend(pem_encode(cert));
+            }
+            extra.extend(certs);
+        }
+        let bundle = (!extra.is_empty()).then(|| {
+            let mut bundle = Vec::new();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                bundle.extend(pem_encode(&cert));
+            }
+            bundle.extend(extra_pem);
+            bundle
+        });
+        let bundle_file = match &bundle {
+            Some(bundle) => Some(
+                write_bundle(&std::env::temp_dir().join("paddock-tls"), bundle)
+                    .map_err(|e| invalid("tls.extra_ca_files", format!("cannot write the CA bundle git reads: {e}")))?,
+            ),
+            None => None,
+        };
+        if let Some(proxy) = &outbound.https_proxy {
+            reqwest::Proxy::https(proxy.expose_secret())
+                .map_err(|e| invalid("outbound.https_proxy", format!("is not a proxy URL: {e}")))?;
+        }
+        let this = Self {
+            extra,
+            bundle,
+            bundle_file,
+            proxy: outbound.https_proxy.clone(),
+            no_proxy: outbound.no_proxy.join(","),
+        };
+        tracing::debug!(outbound = ?this, "outbound clients configured");
+        Ok(this)
+    }
+
+    /// The operating system's trust store and no proxy: for tests and tools.
+    pub fn system() -> Self {
+        Self::new(&TlsConfig::default(), &OutboundConfig::default()).unwrap_or_else(|_| Self {
+            extra: Vec::new(),
+            bundle: None,
+            bundle_file: None,
+            proxy: None,
+            no_proxy: String::new(),
+        })
+    }
+
+    /// An HTTP client builder with this trust and proxy; callers add their
+    /// timeouts. Environment proxies are not read here: `Config::load`
+    /// already took them into `[outbound]`.
+    pub fn http(&self) -> reqwest::ClientBuilder {
+        let certs = self.extra.iter().filter_map(|der| reqwest::Certificate::from_der(der).ok());
+        let mut builder = reqwest::Client::builder()
+            .tls_backend_rustls()
+            .tls_certs_merge(certs)
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(proxy) = &self.proxy
+            && let Ok(proxy) = reqwest::Proxy::https(proxy.expose_secret())
+        {
+            builder = builder.proxy(proxy.no_proxy(reqwest::NoProxy::from_string(&self.no_proxy)));
+        }
+        builder
+    }
+
+    /// The TLS trust for `rediss://` (single server and Cluster): `None`
+    /// leaves the redis crate on the operating system's store.
+    pub fn redis_certificates(&self) -> Option<redis::TlsCertificates> {
+        self.bundle.as_ref().map(|bundle| redis::TlsCertificates { client_tls: None, root_cert: Some(bundle.clone()) })
+    }
+
+    /// The HTTP client of the S3 SDK, with the same trust. The store is a
+    /// service inside the network: the outbound proxy is not used for it.
+    pub fn s3_http_client(&self) -> aws_sdk_s3::config::SharedHttpClient {
+        use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+        let mut trust = TrustStore::default();
+        for cert in &self.extra {
+            trust = trust.with_pem_certificate(pem_encode(cert));
+        }
+        let builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc));
+        match TlsContext::builder().with_trust_store(trust).build() {
+            Ok(context) => builder.tls_context(context).build_https(),
+            // Certificates were checked in `new`; the system store alone is
+            // the only other outcome and still verifies.
+            Err(_) => builder.build_https(),
+        }
+    }
+
+    /// Environment for a `git` command that reaches a remote: the trust
+    /// bundle (when there are extra CAs) and the proxy, replacing whatever
+    /// proxy variables the worker itself was started with.
+    pub fn git_env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            "http_proxy",
+            "HTTP_PROXY",
+            "https_proxy",
+            "HTTPS_PROXY",
+            "all_proxy",
+            "ALL_PROXY",
+            "no_proxy",
+            "NO_PROXY",
+        ]
+        .iter()
+        .map(|name| ((*name).to_owned(), String::new()))
+        .collect();
+        if let Some(proxy) = &self.proxy {
+            env.push(("https_proxy".to_owned(), proxy.expose_secret().to_owned()));
+            env.push(("no_proxy".to_owned(), self.no_proxy.clone()));
+        }
+        if let Some(file) = &self.bundle_file {
+            env.push(("GIT_SSL_CAINFO".to_owned(), file.display().to_string()));
+        }
+        env
+    }
+}
+
+/// Why a call out failed, naming the host; a certificate the process does
+/// not trust is told apart from an unreachable host (the TLS handshake
+/// failed, so no request, and no body, was sent).
+pub fn describe(error: &reqwest::Error) -> String {
+    let host = error
+        .url()
+        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+        .unwrap_or_else(|| "the server".to_owned());
+    if let Some(tls) = tls_failure(error) {
+        return format!("TLS with {host} failed before any request was sent: {tls}");
+    }
+    let what = if error.is_decode() || error.is_body() {
+        format!("{host} answered unexpectedly")
+    } else if error.is_timeout() {
+        format!("{host} did not answer in time")
+    } else {
+        format!("cannot reach {host}")
+    };
+    chain(what, error)
+}
+
+/// [`describe`] for any error whose chain may hold a TLS failure.
+pub fn describe_failure(error: &(dyn StdError + 'static), host: &str) -> String {
+    match tls_failure(error) {
+        Some(tls) => format!("TLS with {host} failed before any request was sent: {tls}"),
+        None => chain(format!("cannot reach {host}"), error),
+    }
+}
+
+/// `message` and every distinct message in `error`'s chain.
+fn chain(mut message: String, error: &(dyn StdError + 'static)) -> String {
+    let mut source = Some(error);
+    let mut last = String::new();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !text.is_empty() && !last.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        last = text;
+        source = e.source();
+    }
+    message
+}
+
+/// The rustls error somewhere in `error`'s chain, in words. An
+/// `io::Error` hides what it wraps from `source()` (and may wrap another
+/// `io::Error`), so those are looked into as well.
+fn tls_failure(error: &(dyn StdError + 'static)) -> Option<String> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(explain(tls));
+        }
+        let mut wrapped = e.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
+        while let Some(inner) = wrapped {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Some(explain(tls));
+            }
+            wrapped = inner.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
+        }
+        source = e.source();
+    }
+    None
+}
+
+fn explain(error: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    let certificate = match error {
+        rustls::Error::InvalidCertificate(c) => c,
+        other => return format!("{other}"),
+    };
+    let why = match certificate {
+        C::UnknownIssuer => {
+            "its certificate is not signed by a CA this process trusts (add the CA to tls.extra_ca_files)".to_owned()
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "its certificate is not valid for this host name".to_owned()
+        }
+        C::Expired | C::ExpiredContext { .. } => "its certificate has expired".to_owned(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "its certificate is not valid yet".to_owned(),
+        C::Revoked => "its certificate is revoked".to_owned(),
+        other => format!("its certificate is refused ({other:?})"),
+    };
+    format!("{why}: {error}")
+}
+
+/// `scheme://host:port` of a proxy URL, without user and password.
+pub fn without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{host}")
+        }
+        None => url.rsplit_once('@').map_or(url, |(_, host)| host).to_owned(),
+    }
+}
+
+fn pem_encode(cert: &CertificateDer<'_>) -> Vec<u8> {
+    let body = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem.into_bytes()
+}
+
+/// Writes `bundle` under `dir`, named by its digest, so processes that
+/// share the directory agree on one file and a change of CAs makes a new one.
+fn write_bundle(dir: &Path, bundle: &[u8]) -> std::io::Result<PathBuf> {
+    let digest = Sha256::digest(bundle);
+    let name: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(format!("ca-bundle-{name}.pem"));
+    if !path.exists() {
+        std::fs::create_dir_all(dir)?;
+        let partial = dir.join(format!(".ca-bundle-{name}-{}.pem", ulid::Ulid::new()));
+        std::fs::write(&partial, bundle)?;
+        std::fs::rename(&partial, &path)?;
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_credentials_are_not_shown() {
+        assert_eq!(without_credentials("http://alice:s3cret@proxy.corp:3128"), "http://proxy.corp:3128");
+        assert_eq!(without_credentials("http://proxy.corp:3128"), "http://proxy.corp:3128");
+        let outbound = Outbound::new(
+            &TlsConfig::default(),
+            &OutboundConfig {
+                https_proxy: Some(SecretString::from("http://alice:s3cret@proxy.corp:3128".to_owned())),
+                no_proxy: vec![],
+            },
+        )
+        .expect("a proxy URL");
+        assert!(!format!("{outbound:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn extra_ca_files_that_cannot_be_used_are_refused_naming_the_key() {
+        let dir = std::env::temp_dir().join(format!("paddock-outbound-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let not_pem = dir.join("ca.pem");
+        std::fs::write(&not_pem, "hello").expect("write");
+        for path in [dir.join("missing.pem"), not_pem] {
+            let tls = TlsConfig { extra_ca_files: vec![path.clone()] };
+            let err = Outbound::new(&tls, &OutboundConfig::default()).unwrap_err().to_string();
+            assert!(err.contains("tls.extra_ca_files") && err.contains(&path.display().to_string()), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
