@@ -189,6 +189,16 @@ pub struct GatewayConfig {
     /// its `host:port`. The worker then relays each run's gateway address
     /// there and needs no provider configuration itself.
     pub remote: Option<String>,
+    /// Workers: relay to `remote` over TLS, checking the gateway's
+    /// certificate (operating system's store plus `tls.extra_ca_files`)
+    /// for `remote_server_name`, or for the address in `remote`.
+    pub remote_tls: bool,
+    pub remote_server_name: Option<String>,
+    /// Standalone gateway: serve TLS on `listen` with this certificate
+    /// chain and key (PEM), so prompts and run tokens cross the network
+    /// between workers and gateway hosts encrypted.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     /// What the run's transcript keeps of prompts and completions:
     /// `redacted` (default) or `omitted` (metadata only).
     pub prompt_content: PromptContent,
@@ -548,6 +558,10 @@ impl Default for GatewayConfig {
             tenant_daily_cost_budget_usd: 0.0,
             listen: "127.0.0.1:8089".to_owned(),
             remote: None,
+            remote_tls: false,
+            remote_server_name: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -919,6 +933,12 @@ impl Config {
         {
             return invalid("gateway.remote", "must be host:port with an IP address, e.g. 10.0.0.5:8089");
         }
+        if self.gateway.remote_server_name.is_some() && !self.gateway.remote_tls {
+            return invalid("gateway.remote_server_name", "is only used with gateway.remote_tls = true");
+        }
+        if self.gateway.tls_cert_file.is_some() != self.gateway.tls_key_file.is_some() {
+            return invalid("gateway.tls_cert_file", "and gateway.tls_key_file must be set together");
+        }
         if let Some(oidc) = &self.identity.oidc {
             if oidc.leeway_seconds > 300 {
                 return invalid("identity.oidc.leeway_seconds", "must be at most 300");
@@ -1097,6 +1117,8 @@ mod tests {
         let cases = [
             ("PADDOCK_GATEWAY__RUN_COST_BUDGET_USD", "-1", "gateway.run_cost_budget_usd"),
             ("PADDOCK_GATEWAY__REMOTE", "gateway.internal", "gateway.remote"),
+            ("PADDOCK_GATEWAY__REMOTE_SERVER_NAME", "gateway.corp", "gateway.remote_server_name"),
+            ("PADDOCK_GATEWAY__TLS_KEY_FILE", "/etc/paddock/gateway.key", "gateway.tls_cert_file"),
             (
                 "PADDOCK_GATEWAY__PROVIDERS",
                 r#"{"v": {"kind": "vertex", "base_url": "https://x", "models": ["m"], "project": "p"}}"#,

@@ -298,7 +298,10 @@ impl TestApp {
         env.extend_from_slice(extra);
         let process = self.spawn_binary("gateway", &["gateway"], &env);
         let started = std::time::Instant::now();
-        while self.client.get(format!("http://{listen}/healthz")).send().await.is_err() {
+        let tls = extra.iter().any(|(k, _)| *k == "PADDOCK_GATEWAY__TLS_CERT_FILE");
+        let (client, scheme) =
+            if tls { (crate::tls::TestCa::get().client(), "https") } else { (self.client.clone(), "http") };
+        while client.get(format!("{scheme}://{listen}/healthz")).send().await.is_err() {
             assert!(started.elapsed() < Duration::from_secs(20), "the gateway did not start:\n{}", process.log_text());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

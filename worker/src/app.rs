@@ -46,6 +46,7 @@ impl Application {
 
         sweep_dead_workers(&queue, &sandboxes, Duration::from_secs(config.worker.lease_seconds)).await?;
         let config_github = config.github.clone();
+        let config_gateway = config.gateway.clone();
         let (audit, object_lock) = crate::audit::open(&config, store.clone(), &worker).await?;
         if !object_lock.enforced {
             tracing::warn!(detail = %object_lock.detail, "audit bucket: Object Lock not enforced");
@@ -65,6 +66,7 @@ impl Application {
             github: crate::forge::GitHubApp::from_config(&config_github, &outbound)?.map(Arc::new),
             audit,
             http: outbound.http().build()?,
+            remote_gateway: crate::gateway::RemoteGateway::from_config(&config_gateway, &outbound)?,
             outbound,
         };
         Ok(Self { runtime: Arc::new(runtime) })

@@ -31,9 +31,10 @@ where
     });
 }
 
-/// Serves HTTP/1.1 on one connection with `service`.
-pub async fn serve_http<S>(stream: TcpStream, service: S)
+/// Serves HTTP/1.1 on one connection (plain or TLS) with `service`.
+pub async fn serve_http<IO, S>(stream: IO, service: S)
 where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
             Response = hyper::Response<http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>>,

@@ -168,6 +168,16 @@ impl Outbound {
         }
     }
 
+    /// A TLS client for raw connections (the relay to a standalone
+    /// gateway), trusting the operating system's store and the extra CAs.
+    pub fn tls_connector(&self) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        roots.add_parsable_certificates(self.extra.iter().cloned());
+        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    }
+
     /// Environment for a `git` command that reaches a remote: the trust
     /// bundle (when there are extra CAs) and the proxy, replacing whatever
     /// proxy variables the worker itself was started with.
@@ -194,6 +204,26 @@ impl Outbound {
         }
         env
     }
+}
+
+/// A TLS server configuration from a PEM certificate chain and key,
+/// refusing files that cannot serve, naming `key` (the chain's setting).
+pub fn server_config(
+    key: &'static str,
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<rustls::ServerConfig, OutboundError> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let invalid = |message: String| OutboundError::Config { key, message };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| invalid(format!("{} is not a PEM certificate chain: {e}", cert_file.display())))?;
+    let private = rustls::pki_types::PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| invalid(format!("{} is not a PEM private key: {e}", key_file.display())))?;
+    rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| invalid(format!("the certificate and key cannot serve TLS: {e}")))
 }
 
 /// Why a call out failed, naming the host; a certificate the process does

@@ -47,6 +47,8 @@ pub struct Runtime {
     pub outbound: crate::outbound::Outbound,
     /// The one client to model providers, shared by every run's gateway.
     pub http: reqwest::Client,
+    /// The standalone gateway runs' gateway addresses are relayed to.
+    pub remote_gateway: Option<crate::gateway::RemoteGateway>,
 }
 
 /// Why a run stopped before it could report an outcome.
@@ -304,7 +306,7 @@ impl Runtime {
         sandbox: &Sandbox,
         policy: &SandboxPolicy,
     ) -> Result<Option<RunModels>, String> {
-        let remote = self.config.gateway.remote.as_deref().and_then(|r| r.parse::<SocketAddr>().ok());
+        let remote = self.remote_gateway.clone();
         // The provider policy set through the API wins over the configured
         // one; if it cannot be read, no model call is allowed (fail closed).
         // A standalone gateway applies it itself.
@@ -448,8 +450,8 @@ impl Runtime {
             env.extend(agent.openai_base_url_env.iter().map(|name| format!("{name}={base}/v1")));
             env.extend(agent.anthropic_base_url_env.iter().map(|name| format!("{name}={base}")));
             env.extend(agent.token_env.iter().map(|name| format!("{name}={}", models.token)));
-            let serves = match &self.config.gateway.remote {
-                Some(remote) => format!("relayed to the standalone gateway at {remote}"),
+            let serves = match &self.remote_gateway {
+                Some(remote) => format!("relayed to the standalone gateway at {}", remote.describe()),
                 None => format!("providers {:?}", self.config.gateway.allowed_providers),
             };
             log.line(&format!("paddock: model gateway at {base} ({serves})"));

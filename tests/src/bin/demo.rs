@@ -70,6 +70,9 @@ async fn main() -> anyhow::Result<()> {
     vars.push(("PADDOCK_AGENTS__DEFAULT__COMMAND".to_owned(), format!("PADDOCK_MODEL={model} paddock-agent")));
 
     let providers = EmulatedProviders::start().await;
+    // The emulated provider and GitHub speak HTTPS with a test CA, trusted
+    // as a company trusts its internal CA.
+    vars.push(tests::tls::TestCa::get().trust_var());
     if std::env::var_os("PADDOCK_GATEWAY__PROVIDERS").is_none() {
         providers.script(SCRIPT);
         let provider = json!({"scripted": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-scripted"]}});

@@ -665,12 +665,21 @@ async fn a_standalone_gateway_holds_the_provider_keys_and_workers_relay_to_it() 
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().to_string()
     };
-    // The worker knows where the gateway is, and no provider or its key.
-    let app =
-        spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", AGENT), ("PADDOCK_GATEWAY__REMOTE", listen.as_str())]).await;
+    // The worker knows where the gateway is, and no provider or its key;
+    // prompts and run tokens cross to the gateway host over TLS, the
+    // gateway's certificate checked for its name.
+    let app = spawn_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", AGENT),
+        ("PADDOCK_GATEWAY__REMOTE", listen.as_str()),
+        ("PADDOCK_GATEWAY__REMOTE_TLS", "true"),
+        ("PADDOCK_GATEWAY__REMOTE_SERVER_NAME", "localhost"),
+    ])
+    .await;
     assert!(app.config.gateway.providers.is_empty());
     let providers_json = providers_with(&providers, &["gpt-forbidden"]);
     let redact = json!([registered]).to_string();
+    let ca = tests::tls::TestCa::get();
+    let (cert, key) = (ca.cert_file().display().to_string(), ca.key_file().display().to_string());
     let _gateway = app
         .spawn_gateway_process(
             &listen,
@@ -678,11 +687,13 @@ async fn a_standalone_gateway_holds_the_provider_keys_and_workers_relay_to_it() 
                 ("PADDOCK_GATEWAY__PROVIDERS", providers_json.as_str()),
                 ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", ALLOWED),
                 ("PADDOCK_GATEWAY__REDACT", redact.as_str()),
+                ("PADDOCK_GATEWAY__TLS_CERT_FILE", cert.as_str()),
+                ("PADDOCK_GATEWAY__TLS_KEY_FILE", key.as_str()),
             ],
         )
         .await;
     let (id, logs) = run_agent_calling_models(&app, &registered).await;
-    assert!(logs.contains("relayed to the standalone gateway"), "{logs}");
+    assert!(logs.contains(&format!("relayed to the standalone gateway at {listen} (over TLS)")), "{logs}");
     let received = providers.received();
     assert_eq!(received.len(), 3, "{received:?}");
     assert!(received.iter().all(|b| !b.contains(&registered) && b.contains("[REDACTED:")), "{received:?}");

@@ -13,10 +13,14 @@ use std::time::Duration;
 
 use common::RunId;
 use common::config::Config;
+use common::config::GatewayConfig;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+use crate::outbound::{Outbound, OutboundError};
 
 use super::server::{Body, RunGateway, Wire, error, json_ok, presented_token, route};
 use super::{Redactor, token_hash};
@@ -27,16 +31,24 @@ pub struct GatewayHub {
     queue: RunQueue,
     /// The one client to the providers, shared by every run's gateway.
     http: reqwest::Client,
+    /// TLS for workers' relays, when `gateway.tls_cert_file` is set.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     redaction_key: Vec<u8>,
     runs: Mutex<HashMap<RunId, Arc<RunGateway>>>,
 }
 
 impl GatewayHub {
-    pub fn new(config: Config, queue: RunQueue, http: reqwest::Client) -> std::io::Result<Self> {
+    pub fn new(
+        config: Config,
+        queue: RunQueue,
+        http: reqwest::Client,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<Self> {
         Ok(Self {
             config,
             queue,
             http,
+            tls,
             redaction_key: super::mint_token()?.into_bytes(),
             runs: Mutex::new(HashMap::new()),
         })
@@ -47,11 +59,22 @@ impl GatewayHub {
         let hub = self.clone();
         crate::listener::accept_until(listener, stop.clone(), move |stream| {
             let hub = hub.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let hub = hub.clone();
-                async move { Ok::<_, Infallible>(hub.handle(req).await) }
-            });
-            crate::listener::serve_http(stream, service)
+            async move {
+                let service = hyper::service::service_fn({
+                    let hub = hub.clone();
+                    move |req| {
+                        let hub = hub.clone();
+                        async move { Ok::<_, Infallible>(hub.handle(req).await) }
+                    }
+                });
+                match &hub.tls {
+                    None => crate::listener::serve_http(stream, service).await,
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(stream) => crate::listener::serve_http(stream, service).await,
+                        Err(error) => tracing::warn!(%error, "a TLS handshake with the gateway failed"),
+                    },
+                }
+            }
         });
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         loop {
@@ -150,17 +173,68 @@ impl Drop for Relay {
     }
 }
 
+/// Where the standalone gateway is and how to reach it.
+#[derive(Clone)]
+pub struct RemoteGateway {
+    pub address: SocketAddr,
+    /// TLS to the gateway, checking its certificate for this name.
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+}
+
+impl RemoteGateway {
+    /// From `gateway.remote`, `gateway.remote_tls` and
+    /// `gateway.remote_server_name`; `None` when workers run their own
+    /// gateways.
+    pub fn from_config(config: &GatewayConfig, outbound: &Outbound) -> Result<Option<Self>, OutboundError> {
+        let invalid = |key, message: String| OutboundError::Config { key, message };
+        let Some(remote) = &config.remote else { return Ok(None) };
+        let address: SocketAddr =
+            remote.parse().map_err(|e| invalid("gateway.remote", format!("is not an address: {e}")))?;
+        let tls = match (config.remote_tls, &config.remote_server_name) {
+            (false, _) => None,
+            (true, name) => {
+                let name = name.clone().unwrap_or_else(|| address.ip().to_string());
+                let name = ServerName::try_from(name.clone())
+                    .map_err(|e| invalid("gateway.remote_server_name", format!("`{name}` is not a host name: {e}")))?;
+                Some((outbound.tls_connector(), name))
+            }
+        };
+        Ok(Some(Self { address, tls }))
+    }
+
+    pub fn describe(&self) -> String {
+        let scheme = if self.tls.is_some() { "over TLS" } else { "in plain text" };
+        format!("{} ({scheme})", self.address)
+    }
+}
+
 impl Relay {
-    pub async fn start(bind: SocketAddr, remote: SocketAddr) -> std::io::Result<Self> {
+    pub async fn start(bind: SocketAddr, remote: RemoteGateway) -> std::io::Result<Self> {
         let listener = TcpListener::bind(bind).await?;
         let address = listener.local_addr()?;
         let stop = CancellationToken::new();
-        crate::listener::accept_until(listener, stop.clone(), move |mut inbound| async move {
-            match TcpStream::connect(remote).await {
-                Ok(mut outbound) => {
+        crate::listener::accept_until(listener, stop.clone(), move |mut inbound| {
+            let remote = remote.clone();
+            async move {
+                let to = remote.address;
+                let outbound = match TcpStream::connect(to).await {
+                    Ok(outbound) => outbound,
+                    Err(error) => return tracing::warn!(%to, %error, "the standalone gateway is unreachable"),
+                };
+                let Some((connector, name)) = remote.tls else {
+                    let mut outbound = outbound;
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    return;
+                };
+                match connector.connect(name, outbound).await {
+                    Ok(mut tls) => {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut tls).await;
+                    }
+                    Err(error) => {
+                        let why = crate::outbound::describe_failure(&error, &to.to_string());
+                        tracing::warn!(%to, %why, "the standalone gateway's TLS failed; nothing was relayed");
+                    }
                 }
-                Err(error) => tracing::warn!(%remote, %error, "the standalone gateway is unreachable"),
             }
         });
         Ok(Self { address, stop })

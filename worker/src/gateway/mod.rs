@@ -10,7 +10,7 @@ mod redact;
 mod server;
 mod vertex;
 
-pub use hub::{GatewayHub, Relay};
+pub use hub::{GatewayHub, Relay, RemoteGateway};
 pub use redact::{Redactions, Redactor, StreamRedactor, canaries};
 pub use server::{CallRecord, GatewayServer, RunGateway};
 
@@ -70,10 +70,20 @@ pub async fn serve_standalone(
     let queue = crate::queue::RunQueue::connect(&config.redis, &outbound).await?;
     queue.ping().await?;
     let http = outbound.http().build()?;
+    let tls = match (&config.gateway.tls_cert_file, &config.gateway.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let server = crate::outbound::server_config("gateway.tls_cert_file", cert, key)?;
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+        }
+        _ => {
+            tracing::warn!("gateway.tls_cert_file is not set: workers' relays reach this gateway in plain text");
+            None
+        }
+    };
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "standalone model gateway listening");
     let stop = tokio_util::sync::CancellationToken::new();
-    let hub = Arc::new(GatewayHub::new(config, queue, http)?);
+    let hub = Arc::new(GatewayHub::new(config, queue, http, tls)?);
     let serving = tokio::spawn(hub.serve(listener, stop.clone()));
     shutdown.await;
     stop.cancel();
