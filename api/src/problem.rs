@@ -105,6 +105,23 @@ impl From<worker::queue::QueueError> for Problem {
     }
 }
 
+impl From<crate::runs::service::SubmitError> for Problem {
+    fn from(e: crate::runs::service::SubmitError) -> Self {
+        use crate::runs::service::SubmitError;
+        match e {
+            SubmitError::Invalid(e) => e.into(),
+            SubmitError::Store(e) => e.into(),
+            reused @ SubmitError::KeyReused { .. } => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused for a different request",
+            )
+            .detail(reused.to_string())
+            .field("Idempotency-Key"),
+        }
+    }
+}
+
 impl From<worker::audit::AuditError> for Problem {
     fn from(e: worker::audit::AuditError) -> Self {
         tracing::error!(error = %e, "audit trail");

@@ -7,10 +7,11 @@ use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use common::{AgentProfile, ArtifactKind, RepoName, RunId, RunRecord, RunSpec, RunState};
 use sha2::{Digest, Sha256};
 use worker::artifacts::ObjectStore;
-use worker::queue::{Enqueued, Idempotency};
+use worker::queue::Idempotency;
 
 use super::dto::{CreateRun, ListQuery, RunAccepted, RunList, RunView};
-use common::audit::{Actor, AuditEvent, ObjectRef};
+use super::service;
+use common::audit::{Actor, ObjectRef};
 
 use crate::auth::{Caller, CallerKind, Scoped, need};
 use crate::problem::Problem;
@@ -62,44 +63,28 @@ pub async fn create_run(
         task_title: body.task.title,
         task_body: body.task.body,
         agent_profile,
-        requested_by,
-        via,
+        via: via.clone(),
+        requested_by: requested_by.clone(),
         policy: None,
         issue: body.issue,
     };
-    spec.validate()?;
-    let policy =
-        state.queue.effective_policy(state.config.default_policy(), &spec.tenant, &spec.repository.to_string()).await?;
-    let held = policy.needs_approval();
-    let spec = RunSpec { policy: Some(policy), ..spec };
-    let id = RunId::new();
-    // Fail-closed: no run is accepted whose request is not in the audit trail.
-    let actor = Actor { principal: spec.requested_by.clone(), via: spec.via.clone(), ..caller.actor() };
-    let event =
-        run_requested(id, &spec, actor).source_ip(caller.source_ip.clone()).request_id(caller.request_id.clone());
-    state.identity().append_audit(&event).await?;
-    let id = match state.queue.enqueue(id, &spec, state.config.api.max_attempts, idempotency.as_ref()).await? {
-        Enqueued::Created { .. } => {
-            tracing::info!(run_id = %id, repository = %spec.repository, tenant = %spec.tenant, requested_by = %spec.requested_by, "run accepted");
-            id
-        }
-        Enqueued::Existing { id, same_request: true } => id,
-        Enqueued::Existing { id, same_request: false } => {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                "Idempotency-Key reused for a different request",
-            )
-            .detail(format!("this key already created run {id} from a different request body"))
-            .field("Idempotency-Key"));
-        }
+    let request = service::Request {
+        actor: Actor { principal: requested_by, via, ..caller.actor() },
+        source_ip: caller.source_ip.clone(),
+        request_id: caller.request_id.clone(),
+        idempotency,
     };
-    let url = format!("/v1/runs/{id}");
-    Ok(HttpResponse::Accepted().insert_header((header::LOCATION, url.clone())).json(RunAccepted {
-        id: id.to_string(),
-        state: if held { RunState::AwaitingApproval } else { RunState::Queued },
+    Ok(accepted(service::submit(&state, spec, request).await?))
+}
+
+/// `202 Accepted` with the run's URL: what every entry point answers.
+pub fn accepted(run: service::Accepted) -> HttpResponse {
+    let url = format!("/v1/runs/{}", run.id);
+    HttpResponse::Accepted().insert_header((header::LOCATION, url.clone())).json(RunAccepted {
+        id: run.id.to_string(),
+        state: run.state,
         url,
-    }))
+    })
 }
 
 /// Approve a run its policy holds for approval (network access for the
@@ -151,19 +136,6 @@ pub async fn approve_run(
         }
         None => Err(Problem::not_found(format!("run {id} does not exist"))),
     }
-}
-
-/// The audit event of a run request, before the run is accepted.
-pub fn run_requested(id: RunId, spec: &RunSpec, actor: Actor) -> AuditEvent {
-    let mut object = ObjectRef::new("run", id.to_string());
-    object.tenant = Some(spec.tenant.clone());
-    object.repository = Some(spec.repository.to_string());
-    let after = serde_json::json!({
-        "repository": spec.repository.to_string(), "base_ref": spec.base_ref, "task_title": spec.task_title,
-        "agent_profile": spec.agent_profile.as_str(), "priority": spec.priority, "issue": spec.issue,
-        "requested_by": spec.requested_by, "via": spec.via, "policy": spec.policy,
-    });
-    AuditEvent::new("run.request", actor, object).change(None::<&()>, Some(&after))
 }
 
 /// The run `id`, if the caller's bindings cover it (404, 403 otherwise).

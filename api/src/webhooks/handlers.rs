@@ -148,25 +148,20 @@ async fn handle(
     } else {
         spec
     };
-    spec.validate()?;
-    let policy =
-        state.queue.effective_policy(state.config.default_policy(), &spec.tenant, &spec.repository.to_string()).await?;
-    let spec = RunSpec { policy: Some(policy), ..spec };
-    let id = RunId::new();
-    let actor = common::audit::Actor {
-        principal: spec.requested_by.clone(),
-        method: "github-webhook".to_owned(),
-        via: spec.via.clone(),
+    let request = crate::runs::service::Request {
+        actor: common::audit::Actor {
+            principal: spec.requested_by.clone(),
+            method: "github-webhook".to_owned(),
+            via: spec.via.clone(),
+        },
+        source_ip: None,
+        // No idempotency key: replays are refused by delivery id above.
+        idempotency: None,
+        request_id,
     };
-    let event = crate::runs::handlers::run_requested(id, &spec, actor).request_id(request_id);
-    state.identity().append_audit(&event).await?;
-    // No idempotency key: replays are refused by delivery id above.
-    state.queue.enqueue(id, &spec, state.config.api.max_attempts, None).await?;
-    tracing::info!(run_id = %id, repository = %spec.repository, issue, requested_by = %spec.requested_by, "run accepted from a GitHub webhook");
-    let url = format!("/v1/runs/{id}");
-    Ok(HttpResponse::Accepted()
-        .insert_header(("location", url.clone()))
-        .json(json!({"id": id.to_string(), "state": "queued", "url": url})))
+    let run = crate::runs::service::submit(state, spec, request).await?;
+    tracing::info!(run_id = %run.id, issue, state = ?run.state, "run accepted from a GitHub webhook");
+    Ok(crate::runs::handlers::accepted(run))
 }
 
 fn trigger(github: &common::config::GitHubConfig, payload: &Value) -> Result<Trigger, Problem> {

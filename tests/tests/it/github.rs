@@ -74,6 +74,22 @@ impl Forge {
     }
 }
 
+/// The webhook and `POST /v1/runs` accept runs through one service: a run
+/// its policy holds is reported `awaiting_approval` either way.
+#[tokio::test]
+async fn a_webhook_run_its_policy_holds_for_approval_says_so() {
+    let forge = forge(REFERENCE_AGENT, FIX).await;
+    let tenant = forge.app.config.github.tenant.clone();
+    let (status, _) =
+        forge.app.admin_call("PUT", &format!("/v1/policies/tenants/{tenant}"), json!({"approval": "always"})).await;
+    assert_eq!(status, 200);
+    let (_, status, accepted) = forge.label_new_issue("alice").await;
+    assert_eq!((status, accepted["state"].as_str()), (202, Some("awaiting_approval")), "{accepted}");
+    let id = accepted["id"].as_str().unwrap();
+    assert_eq!(forge.app.run(id).await["state"], "awaiting_approval");
+    assert_eq!(accepted["url"], format!("/v1/runs/{id}"));
+}
+
 #[tokio::test]
 async fn a_labelled_issue_becomes_a_draft_pull_request_with_a_full_record() {
     let forge = forge(REFERENCE_AGENT, FIX).await;

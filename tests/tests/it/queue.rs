@@ -97,3 +97,54 @@ async fn tenants_take_turns_and_each_repository_is_fifo() {
     assert_eq!(depth.totals["queued"], 0);
     assert_eq!(depth.tenants["big"]["running"], 4);
 }
+
+/// A model call reserved just before midnight (UTC) and settled after it
+/// releases its reservation from the day it was made on: settling follows
+/// the day the reservation names, not the clock.
+#[tokio::test]
+async fn a_budget_reservation_is_settled_on_the_day_it_was_made() {
+    use worker::queue::Spend;
+    let q = queue().await;
+    let (run, tenant) = (RunId::new(), "acme");
+    let worst = Spend { tokens: 1000, micro_usd: 5000 };
+    let limit = Spend { tokens: 1_000_000, micro_usd: 1_000_000 };
+    let today = q.reserve_budget(run, tenant, worst, limit, limit).await.unwrap().expect("the budget covers it");
+    let now_day = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 86400;
+    assert!(today.abs_diff(now_day) <= 1, "the day is a UTC day number: {today}");
+    assert_eq!(q.tenant_day_spend(tenant, today).await.unwrap(), (Spend::default(), worst));
+
+    // What "yesterday's" call books lands on yesterday, and leaves today's
+    // reservation alone.
+    let used = Spend { tokens: 300, micro_usd: 900 };
+    q.settle_budget(run, tenant, today - 1, Spend::default(), used).await.unwrap();
+    assert_eq!(q.tenant_day_spend(tenant, today - 1).await.unwrap(), (used, Spend::default()));
+    assert_eq!(q.tenant_day_spend(tenant, today).await.unwrap(), (Spend::default(), worst));
+
+    // Today's call settles today's reservation exactly.
+    q.settle_budget(run, tenant, today, worst, used).await.unwrap();
+    assert_eq!(q.tenant_day_spend(tenant, today).await.unwrap(), (used, Spend::default()));
+    let (run_used, run_reserved) = q.run_spend(run).await.unwrap();
+    assert_eq!((run_used.tokens, run_reserved), (600, Spend::default()));
+}
+
+/// A queue entry whose run is no longer queued (an index left behind) is
+/// dropped by the claim without charging its tenant's fair share.
+#[tokio::test]
+async fn a_stale_queue_entry_does_not_charge_its_tenant() {
+    let q = queue().await;
+    let stale = RunId::new();
+    q.enqueue(stale, &spec("t", "a/r"), 3, None).await.unwrap();
+    let namespace = q.namespace().to_owned();
+    let redis = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli").args(["-p", "6390"]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // Its record says it is no longer queued; the queue entry remains.
+    redis(&["HSET", &format!("{{{namespace}}}:job:{stale}"), "state", "cancelled"]);
+    assert!(q.claim("w", Duration::from_secs(60)).await.unwrap().is_none());
+    assert_eq!(redis(&["HGET", &format!("{{{namespace}}}:vtime"), "normal:t"]), "", "the tenant was charged");
+    let next = RunId::new();
+    q.enqueue(next, &spec("t", "a/r"), 3, None).await.unwrap();
+    assert_eq!(q.claim("w", Duration::from_secs(60)).await.unwrap().map(|r| r.id), Some(next));
+    assert_eq!(redis(&["HGET", &format!("{{{namespace}}}:vtime"), "normal:t"]), "1");
+}

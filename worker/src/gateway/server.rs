@@ -386,7 +386,7 @@ impl RunGateway {
             run: self.run,
             tenant: self.tenant.clone(),
             worst,
-            budgeted: reserved != Spend::default(),
+            budgeted: reserved,
             token_limits: self.token_limits(provider_name),
             done: false,
         };
@@ -537,15 +537,16 @@ impl RunGateway {
     }
 
     /// Reserves the call's worst case against the run's and tenant's token
-    /// and cost budgets, before anything reaches the provider. Fails closed.
-    async fn reserve(&self, wire: Wire, amount: Spend, record: &mut CallRecord) -> Result<Spend, Response<Body>> {
+    /// and cost budgets, before anything reaches the provider: the UTC day
+    /// it was reserved on, or `None` when no budget applies. Fails closed.
+    async fn reserve(&self, wire: Wire, amount: Spend, record: &mut CallRecord) -> Result<Option<u64>, Response<Body>> {
         if !self.budgets_on() || amount == Spend::default() {
-            return Ok(Spend::default());
+            return Ok(None);
         }
         let (run_limit, tenant_limit) = self.budgets();
         match self.queue.reserve_budget(self.run, &self.tenant, amount, run_limit, tenant_limit).await {
-            Ok(None) => Ok(amount),
-            Ok(Some(which)) => {
+            Ok(Ok(day)) => Ok(Some(day)),
+            Ok(Err(which)) => {
                 let message = if which.ends_with("cost") {
                     format!("the {which} budget does not cover this call (up to ${:.4})", amount.micro_usd as f64 / 1e6)
                 } else {
@@ -696,8 +697,8 @@ struct Settlement {
     run: RunId,
     tenant: String,
     worst: Spend,
-    /// Whether `worst` was reserved against budgets.
-    budgeted: bool,
+    /// The UTC day `worst` was reserved on against budgets, if it was.
+    budgeted: Option<u64>,
     /// Token-per-minute limits the worst case was taken from.
     token_limits: Vec<(String, u64, &'static str)>,
     done: bool,
@@ -714,13 +715,15 @@ impl Settlement {
         }
         let refund = self.worst.tokens.saturating_sub(actual.tokens);
         let limits = if refund > 0 { std::mem::take(&mut self.token_limits) } else { Vec::new() };
-        if !self.budgeted && limits.is_empty() {
+        if self.budgeted.is_none() && limits.is_empty() {
             return;
         }
         let (queue, run, tenant, worst, budgeted) =
             (self.queue.clone(), self.run, self.tenant.clone(), self.worst, self.budgeted);
         tokio::spawn(async move {
-            if budgeted && let Err(error) = queue.settle_budget(run, &tenant, worst, actual).await {
+            if let Some(day) = budgeted
+                && let Err(error) = queue.settle_budget(run, &tenant, day, worst, actual).await
+            {
                 tracing::warn!(run_id = %run, %error, "settling a budget reservation failed; it stays reserved");
             }
             for (name, per_minute, _) in limits {

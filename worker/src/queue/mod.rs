@@ -248,6 +248,11 @@ impl RunQueue {
         self.key(&format!("ctl:{worker}"))
     }
 
+    /// The deployment's namespace: every key is under `{namespace}:`.
+    pub fn namespace(&self) -> &str {
+        &self.config.namespace
+    }
+
     fn key(&self, suffix: &str) -> String {
         format!("{}{suffix}", self.prefix)
     }
@@ -631,7 +636,9 @@ impl RunQueue {
     }
 
     /// Reserves a call's worst case against the run's and the tenant's
-    /// budgets; `Some(which)` names the budget that does not cover it.
+    /// budgets: `Ok(day)`, the UTC day (days since the epoch) whose tenant
+    /// budget holds the reservation, or `Err(which)` naming the budget
+    /// that does not cover it.
     pub async fn reserve_budget(
         &self,
         run: RunId,
@@ -639,32 +646,44 @@ impl RunQueue {
         amount: Spend,
         run_limit: Spend,
         tenant_limit: Spend,
-    ) -> Result<Option<String>, QueueError> {
+    ) -> Result<Result<u64, String>, QueueError> {
         let args = [amount.tokens, 0, run_limit.tokens, tenant_limit.tokens];
         let cost = [amount.micro_usd, 0, run_limit.micro_usd, tenant_limit.micro_usd];
-        let (ok, which): (u8, String) = self.budget("reserve", run, tenant, args, cost).await?;
-        Ok((ok == 0).then_some(which))
+        let (ok, which, day) = self.budget("reserve", run, tenant, args, cost, None).await?;
+        Ok(if ok == 1 { Ok(day) } else { Err(which) })
     }
 
-    /// Releases a reservation and books what the call really used.
+    /// Releases a reservation made on `day` and books what the call really
+    /// used there, even when the call ended on the next day.
     pub async fn settle_budget(
         &self,
         run: RunId,
         tenant: &str,
+        day: u64,
         reserved: Spend,
         actual: Spend,
     ) -> Result<(), QueueError> {
         let args = [reserved.tokens, actual.tokens, 0, 0];
         let cost = [reserved.micro_usd, actual.micro_usd, 0, 0];
-        self.budget("settle", run, tenant, args, cost).await.map(|_| ())
+        self.budget("settle", run, tenant, args, cost, Some(day)).await.map(|_| ())
+    }
+
+    /// A tenant's budget on one UTC day: (used, reserved).
+    pub async fn tenant_day_spend(&self, tenant: &str, day: u64) -> Result<(Spend, Spend), QueueError> {
+        self.spend_at(&format!("budget:tenant:{tenant}:{day}")).await
     }
 
     /// What a run has used and still has reserved.
     pub async fn run_spend(&self, run: RunId) -> Result<(Spend, Spend), QueueError> {
+        self.spend_at(&format!("budget:run:{run}")).await
+    }
+
+    async fn spend_at(&self, suffix: &str) -> Result<(Spend, Spend), QueueError> {
         let mut conn = self.conn.clone();
         let fields = ["used", "reserved", "cost_used", "cost_reserved"];
-        let v: Vec<Option<u64>> = conn.hmget(self.key(&format!("budget:run:{run}")), &fields).await?;
-        let at = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
+        let v: Vec<Option<i64>> = conn.hmget(self.key(suffix), &fields).await?;
+        // A negative count would be a booking bug; it reads as 0, never wraps.
+        let at = |i: usize| v.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
         Ok((Spend { tokens: at(0), micro_usd: at(2) }, Spend { tokens: at(1), micro_usd: at(3) }))
     }
 
@@ -675,13 +694,15 @@ impl RunQueue {
         tenant: &str,
         tokens: [u64; 4],
         cost: [u64; 4],
-    ) -> Result<(u8, String), QueueError> {
+        day: Option<u64>,
+    ) -> Result<(u8, String, u64), QueueError> {
         let mut conn = self.conn.clone();
         let mut invocation = self.scripts.budget.key(&*self.prefix);
         invocation.arg(op).arg(run.to_string()).arg(tenant);
         for n in tokens.iter().chain(&cost) {
             invocation.arg(*n);
         }
+        invocation.arg(day.map(|d| d.to_string()).unwrap_or_default());
         Ok(invocation.invoke_async(&mut conn).await?)
     }
 

@@ -1,7 +1,8 @@
 -- ARGV: worker, lease_ms
 -- Promotes due delayed runs (at most 50), then, in the first priority band
 -- with work, takes the head run of the oldest repository of the tenant with
--- the lowest virtual time, and advances that tenant by 1/weight.
+-- the lowest virtual time, and advances that tenant by 1/weight once it has
+-- the run (a stale queue entry is dropped without charging the tenant).
 -- Returns {id, epoch, attempt, max_attempts, spec} or nil when nothing is
 -- dispatchable.
 local worker, lease_ms = ARGV[1], tonumber(ARGV[2])
@@ -34,20 +35,20 @@ for _, band in ipairs(BANDS) do
       local repo = first[1]
       local popped = redis.call('ZPOPMIN', repo_queue(band, tenant, repo))
       index_repo(band, tenant, repo)
-      local w = tonumber(redis.call('HGET', p .. 'limits', 'weight:' .. tenant) or '1')
-      if w == nil or w <= 0 then
-        w = 1
-      end
-      vt = vt + 1 / w
-      redis.call('HSET', p .. 'vtime', band .. ':' .. tenant, vt)
-      if redis.call('ZSCORE', ready, tenant) then
-        redis.call('ZADD', ready, 'XX', vt, tenant)
-      end
-      index_tenant(band, tenant)
       local id = popped[1]
       local job = p .. 'job:' .. (id or '')
-      local j = redis.call('HMGET', job, 'state', 'max_attempts', 'spec')
-      if id ~= nil and j[1] == 'queued' then
+      local j = id and redis.call('HMGET', job, 'state', 'max_attempts', 'spec')
+      if j and j[1] == 'queued' then
+        local w = tonumber(redis.call('HGET', p .. 'limits', 'weight:' .. tenant) or '1')
+        if w == nil or w <= 0 then
+          w = 1
+        end
+        vt = vt + 1 / w
+        redis.call('HSET', p .. 'vtime', band .. ':' .. tenant, vt)
+        if redis.call('ZSCORE', ready, tenant) then
+          redis.call('ZADD', ready, 'XX', vt, tenant)
+        end
+        index_tenant(band, tenant)
         local epoch = redis.call('HINCRBY', job, 'epoch', 1)
         local attempt = redis.call('HINCRBY', job, 'attempt', 1)
         redis.call('HSET', job, 'worker', worker, 'started_ms', now)
@@ -56,6 +57,7 @@ for _, band in ipairs(BANDS) do
         hold_slot(id, tenant, repo)
         return {id, epoch, attempt, tonumber(j[2]), j[3]}
       end
+      index_tenant(band, tenant)
     end
   end
 end

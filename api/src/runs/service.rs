@@ -1,0 +1,77 @@
+//! Accepting a run, whoever asks for it: `POST /v1/runs` and the GitHub
+//! webhook both hand a [`RunSpec`] to [`submit`], which knows no HTTP.
+
+use common::audit::{Actor, AuditEvent, ObjectRef};
+use common::{RunId, RunSpec, RunState, ValidationError};
+use worker::queue::{Enqueued, Idempotency, QueueError};
+
+use crate::startup::AppState;
+
+/// Who asked, and how to tell a repeated request apart.
+pub struct Request {
+    pub actor: Actor,
+    pub source_ip: Option<String>,
+    pub request_id: Option<String>,
+    pub idempotency: Option<Idempotency>,
+}
+
+/// A run the queue holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub id: RunId,
+    /// `awaiting_approval` when its policy holds it, else `queued`.
+    pub state: RunState,
+    /// Whether this request created it (not a repeat of an earlier one).
+    pub created: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The idempotency key already created `existing` from another request.
+    #[error("this key already created run {existing} from a different request body")]
+    KeyReused { existing: RunId },
+    /// Redis, or the audit trail behind it: nothing was accepted.
+    #[error(transparent)]
+    Store(#[from] QueueError),
+}
+
+/// Validates `spec`, fixes its sandbox policy (defaults < tenant <
+/// repository, as in force now), records the request in the audit trail
+/// (fail-closed: without that record nothing is accepted) and enqueues it.
+pub async fn submit(state: &AppState, spec: RunSpec, request: Request) -> Result<Accepted, SubmitError> {
+    spec.validate()?;
+    let policy =
+        state.queue.effective_policy(state.config.default_policy(), &spec.tenant, &spec.repository.to_string()).await?;
+    let held = policy.needs_approval();
+    let spec = RunSpec { policy: Some(policy), ..spec };
+    let id = RunId::new();
+    let event = run_requested(id, &spec, request.actor).source_ip(request.source_ip).request_id(request.request_id);
+    state.identity().append_audit(&event).await?;
+    let state_now = if held { RunState::AwaitingApproval } else { RunState::Queued };
+    match state.queue.enqueue(id, &spec, state.config.api.max_attempts, request.idempotency.as_ref()).await? {
+        Enqueued::Created { .. } => {
+            tracing::info!(
+                run_id = %id, repository = %spec.repository, tenant = %spec.tenant,
+                requested_by = %spec.requested_by, via = ?spec.via, "run accepted"
+            );
+            Ok(Accepted { id, state: state_now, created: true })
+        }
+        Enqueued::Existing { id, same_request: true } => Ok(Accepted { id, state: state_now, created: false }),
+        Enqueued::Existing { id, same_request: false } => Err(SubmitError::KeyReused { existing: id }),
+    }
+}
+
+/// The audit event of a run request: what was asked, under which policy.
+pub fn run_requested(id: RunId, spec: &RunSpec, actor: Actor) -> AuditEvent {
+    let mut object = ObjectRef::new("run", id.to_string());
+    object.tenant = Some(spec.tenant.clone());
+    object.repository = Some(spec.repository.to_string());
+    let after = serde_json::json!({
+        "repository": spec.repository.to_string(), "base_ref": spec.base_ref, "task_title": spec.task_title,
+        "agent_profile": spec.agent_profile.as_str(), "priority": spec.priority, "issue": spec.issue,
+        "requested_by": spec.requested_by, "via": spec.via, "policy": spec.policy,
+    });
+    AuditEvent::new("run.request", actor, object).change(None::<&()>, Some(&after))
+}
