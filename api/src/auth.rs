@@ -209,7 +209,7 @@ pub fn token_digest(token: &str) -> [u8; 32] {
 }
 
 pub fn token_hash_hex(token: &str) -> String {
-    token_digest(token).iter().map(|b| format!("{b:02x}")).collect()
+    common::hash::hex(&token_digest(token))
 }
 
 fn unauthorized(detail: &str) -> Problem {
@@ -234,7 +234,7 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, Problem> {
         .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
     let source_ip = req.peer_addr().map(|a| a.ip().to_string());
     let presented = token_digest(token);
-    let bootstrap = presented.iter().zip(state.admin_token_digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    let bootstrap = common::hash::ct_eq(&presented, &state.admin_token_digest);
     if bootstrap {
         return Ok(Caller {
             principal: BOOTSTRAP_PRINCIPAL.to_owned(),

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod hash;
 pub mod identity;
 pub mod policy;
 pub mod retention;

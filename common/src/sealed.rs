@@ -53,7 +53,7 @@ impl SecretBox {
 
 /// How a secret is shown: the first 12 hex digits of its SHA-256.
 pub fn fingerprint(value: &str) -> String {
-    Sha256::digest(value.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect()
+    crate::hash::hex(&Sha256::digest(value.as_bytes())[..6])
 }
 
 #[cfg(test)]

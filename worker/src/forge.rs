@@ -6,9 +6,9 @@
 //! an `http.extraHeader` passed through the environment, never in a URL, a
 //! file or the sandbox.
 
+use common::audit::now_ms;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use common::config::GitHubConfig;
@@ -152,10 +152,6 @@ impl GitHubApp {
 /// can be matched with GitHub's own audit log.
 pub fn fingerprint(token: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(token.as_bytes()))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
 }
 
 /// One installation token and a client that uses it.

@@ -339,7 +339,7 @@ fn pem_encode(cert: &CertificateDer<'_>) -> Vec<u8> {
 /// share the directory agree on one file and a change of CAs makes a new one.
 fn write_bundle(dir: &Path, bundle: &[u8]) -> std::io::Result<PathBuf> {
     let digest = Sha256::digest(bundle);
-    let name: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let name = common::hash::hex(&digest[..8]);
     let path = dir.join(format!("ca-bundle-{name}.pem"));
     if !path.exists() {
         std::fs::create_dir_all(dir)?;

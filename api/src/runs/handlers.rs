@@ -5,7 +5,6 @@ use std::time::Duration;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use common::{AgentProfile, ArtifactKind, RepoName, RunId, RunRecord, RunSpec, RunState};
-use sha2::{Digest, Sha256};
 use worker::artifacts::ObjectStore;
 use worker::queue::Idempotency;
 
@@ -203,7 +202,7 @@ fn idempotency(
                 .field("Idempotency-Key")
         })?;
     let canonical = serde_json::to_vec(body).map_err(|_| Problem::internal())?;
-    let fingerprint: String = Sha256::digest(&canonical).iter().map(|b| format!("{b:02x}")).collect();
+    let fingerprint = common::hash::sha256_hex(&canonical);
     Ok(Some(Idempotency {
         key: format!("{}:{key}", caller.principal),
         fingerprint,

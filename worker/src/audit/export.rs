@@ -92,7 +92,7 @@ pub struct SignedManifest {
 
 /// A UUID-formatted unique name, as GitHub names its streamed files.
 fn uuid_name() -> String {
-    let hex: String = ulid::Ulid::new().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = common::hash::hex(&ulid::Ulid::new().to_bytes());
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
 

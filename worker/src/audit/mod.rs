@@ -26,7 +26,6 @@ use bytes::Bytes;
 use common::audit::{AuditEvent, now_ms};
 use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::artifacts::{ObjectLockStatus, ObjectStore, S3Store, StoreError};
 
@@ -141,9 +140,7 @@ pub struct AuditTrail {
     retention: Option<(&'static str, u32)>,
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use common::hash::sha256_hex;
 
 /// The Ed25519 key from `audit.signing_key` (32 bytes, base64).
 pub fn signing_key(encoded: &str) -> Result<SigningKey, AuditError> {

@@ -3,9 +3,10 @@
 //! gateway address. Every request is decided by the run's [`EgressPolicy`]
 //! and recorded.
 
+use common::audit::now_ms;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::RunId;
 use serde::Serialize;
@@ -74,10 +75,6 @@ impl EgressProxy {
         });
         Ok(Self { address, log, stop })
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
 }
 
 async fn respond(client: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {

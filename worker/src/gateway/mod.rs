@@ -18,7 +18,6 @@ use std::future::Future;
 use std::io::Read;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 
 /// Every secret a run's redaction must know: provider keys, configured
 /// secrets, the storage key, the tenant's registered secrets (opened with
@@ -101,7 +100,7 @@ pub fn mint_token() -> std::io::Result<String> {
 
 /// How a token is stored and compared: its SHA-256, hex.
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    common::hash::sha256_hex(token.as_bytes())
 }
 
 #[cfg(test)]

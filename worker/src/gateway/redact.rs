@@ -171,7 +171,7 @@ impl Redactor {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("any key length works");
         mac.update(secret.as_bytes());
         let digest = mac.finalize().into_bytes();
-        let short: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        let short = common::hash::hex(&digest[..4]);
         let marker = format!("[REDACTED:{rule}:{short}]");
         memo.borrow_mut().insert(secret.to_owned(), marker.clone());
         marker

@@ -1,10 +1,11 @@
 //! The per-run gateway listener (hyper, HTTP/1.1).
 
+use common::audit::now_ms;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use common::RunId;
@@ -263,8 +264,8 @@ impl RunGateway {
     pub(super) async fn authenticated(&self, req: &Request<Incoming>) -> bool {
         let Some(token) = presented_token(req) else { return false };
         let hash = token_hash(token);
-        let same = hash.len() == self.token_hash.len()
-            && hash.bytes().zip(self.token_hash.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        let same =
+            hash.len() == self.token_hash.len() && common::hash::ct_eq(hash.as_bytes(), self.token_hash.as_bytes());
         // Redis is the authority on revocation and expiry.
         same && matches!(self.queue.gateway_token(&hash).await, Ok(Some(grant)) if grant.run == self.run)
     }
@@ -791,10 +792,6 @@ impl Wire {
             Wire::Anthropic => "anthropic",
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {

@@ -868,16 +868,24 @@ impl RunQueue {
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         let mut conn = self.conn.clone();
         let entries: Vec<(String, f64)> = conn.zrevrange_withscores(self.key("dead"), 0, limit as isize - 1).await?;
-        let mut letters = Vec::with_capacity(entries.len());
-        for (id, score) in entries {
-            let reason: Option<String> = conn.hget(self.key("dead:reason"), &id).await?;
-            letters.push(DeadLetter {
-                id: id.parse().map_err(|e| corrupt(&id, e))?,
-                failed_at_ms: score as u64,
-                reason: reason.and_then(|r| serde_json::from_str(&r).ok()),
-            });
+        if entries.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(letters)
+        // One round trip for every reason, not one per letter.
+        let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+        let reasons: Vec<Option<String>> =
+            redis::cmd("HMGET").arg(self.key("dead:reason")).arg(&ids).query_async(&mut conn).await?;
+        entries
+            .iter()
+            .zip(reasons)
+            .map(|((id, score), reason)| {
+                Ok(DeadLetter {
+                    id: id.parse().map_err(|e| corrupt(id, e))?,
+                    failed_at_ms: *score as u64,
+                    reason: reason.and_then(|r| serde_json::from_str(&r).ok()),
+                })
+            })
+            .collect()
     }
 
     /// Reads a hash incrementally (HSCAN), never in one blocking call.

@@ -23,7 +23,7 @@ elseif state == 'delayed' or state == 'awaiting_approval' then
   finalize(id, tenant, repo, state, 'cancelled', now, cancelled_reason(by), '[]', ttl_s)
   return {'cancelled', state}
 elseif state == 'running' then
-  redis.call('HSET', job, 'cancel_by', by, 'cancel_ms', now)
+  redis.call('HSET', job, 'cancel_by', by)
   transition(id, tenant, repo, state, 'cancelling')
   redis.call('PUBLISH', p .. 'ctl:' .. j[5], id)
   return {'cancelling', state}

@@ -41,6 +41,5 @@ count(state, tenant, repo, 1)
 if not hold then
   make_ready(id, band, tenant, repo, seq)
 end
-event(id, state)
 prune_index(p .. 'idx:all', 5)
 return {'created', id, now}

@@ -11,10 +11,6 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function event(id, state)
-  redis.call('XADD', p .. 'events', 'MAXLEN', '~', 10000, '*', 'run', id, 'state', state)
-end
-
 local function is_parked(member)
   return redis.call('SISMEMBER', p .. 'parked', member) == 1
 end
@@ -35,14 +31,14 @@ local function count(state, tenant, repo, delta)
   end
 end
 
--- Moves a run between states: record, state index, counters, event log.
+-- Moves a run between states: record, state index, counters. (The audit
+-- trail, not Redis, is the history of a run's states.)
 local function transition(id, tenant, repo, from, to)
   redis.call('HSET', p .. 'job:' .. id, 'state', to)
   redis.call('ZREM', p .. 'idx:state:' .. from, id)
   redis.call('ZADD', p .. 'idx:state:' .. to, 0, id)
   count(from, tenant, repo, -1)
   count(to, tenant, repo, 1)
-  event(id, to)
 end
 
 local function repo_queue(band, tenant, repo)
