@@ -931,3 +931,44 @@ async fn each_provider_kind_is_reached_over_https_only_when_its_ca_is_trusted() 
     std::fs::remove_dir_all(&dir).ok();
     providers.stop().await;
 }
+
+/// A worker's relay to the standalone gateway checks the gateway's
+/// certificate: against a gateway it does not trust it relays nothing.
+#[tokio::test]
+async fn a_relay_reaches_a_standalone_gateway_over_tls_only_if_it_trusts_its_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tests::tls::server_config()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = listener.local_addr().unwrap();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                let mut buf = vec![0u8; 4096];
+                if tls.read(&mut buf).await.unwrap_or(0) > 0 {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nrelayed")
+                        .await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    let config =
+        common::config::GatewayConfig { remote: Some(gateway.to_string()), remote_tls: true, ..Default::default() };
+    let ask = async |outbound: &worker::outbound::Outbound| {
+        let remote = worker::gateway::RemoteGateway::from_config(&config, outbound).unwrap().unwrap();
+        assert!(remote.describe().ends_with("(over TLS)"));
+        let relay = worker::gateway::Relay::start("127.0.0.1:0".parse().unwrap(), remote).await.unwrap();
+        let answer = reqwest::get(format!("http://{}/v1/models", relay.address)).await;
+        answer.ok().map(|a| a.status().as_u16())
+    };
+    assert_eq!(ask(&worker::outbound::Outbound::system()).await, None, "relayed to an untrusted gateway");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0, "bytes reached an untrusted gateway");
+    assert_eq!(ask(&tests::tls::trusting_outbound()).await, Some(200));
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

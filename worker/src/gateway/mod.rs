@@ -18,7 +18,6 @@ use std::future::Future;
 use std::io::Read;
 use std::sync::Arc;
 
-
 /// Every secret a run's redaction must know: provider keys, configured
 /// secrets, the storage key, the tenant's registered secrets (opened with
 /// `secrets.encryption_key`) and, when given, the run token. Fails when the
