@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::config::Config;
 use serde_json::Value;
@@ -129,14 +129,11 @@ impl TestApp {
         let (status, started) = self.admin_call("POST", "/v1/audit/exports", request).await;
         assert_eq!(status, 202, "{started}");
         let path = format!("/v1/audit/exports/{}", started["id"].as_str().expect("an export id"));
-        for _ in 0..200 {
+        crate::eventually(Duration::from_secs(10), &format!("the export {path} finished"), || async {
             let (_, export) = self.admin_call("GET", &path, Value::Null).await;
-            if export["state"] != "running" {
-                return export;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the export {path} did not finish");
+            if export["state"] != "running" { Ok(export) } else { Err(export) }
+        })
+        .await
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -171,15 +168,11 @@ impl TestApp {
 
     /// Polls until `done` holds for the run; panics after `limit`.
     pub async fn wait_for(&self, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
-        let started = Instant::now();
-        loop {
+        crate::eventually(limit, &format!("run {id} got there"), || async {
             let run = self.run(id).await;
-            if done(&run) {
-                return run;
-            }
-            assert!(started.elapsed() < limit, "run {id} did not get there in {limit:?}: {run:#}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            if done(&run) { Ok(run) } else { Err(format!("{run:#}")) }
+        })
+        .await
     }
 
     /// Waits for the run to finish, asserts it succeeded (showing the run
@@ -244,24 +237,21 @@ impl TestApp {
 
     /// Waits (up to a minute) until nothing of the run's sandbox is left.
     pub async fn assert_cleaned_up(&self, id: &str) {
-        let started = Instant::now();
-        loop {
+        crate::eventually(Duration::from_secs(60), &format!("run {id} left nothing behind"), || async {
             let left = self.leftovers_of(id).await;
-            if left.is_empty() {
-                return;
-            }
-            assert!(started.elapsed() < Duration::from_secs(60), "run {id} left behind: {left:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+        })
+        .await
     }
 
     /// Waits (up to a minute) until the run has a sandbox, or has none.
     pub async fn wait_for_sandboxes(&self, id: &str, present: bool) {
-        let started = Instant::now();
-        while self.sandboxes_of(id).await.is_empty() == present {
-            assert!(started.elapsed() < Duration::from_secs(60), "run {id}: sandbox present should be {present}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("run {id}: sandbox present is {present}");
+        crate::eventually(Duration::from_secs(60), &what, || async {
+            let sandboxes = self.sandboxes_of(id).await;
+            if sandboxes.is_empty() != present { Ok(()) } else { Err(format!("{sandboxes:?}")) }
+        })
+        .await
     }
 
     /// Starts a worker inside this process.

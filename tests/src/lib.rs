@@ -22,6 +22,28 @@ pub mod tls;
 pub use apps::{TEST_AUDIT_KEY, TestApp, WorkerHandle, WorkerProcess, spawn_app};
 pub use git_server::GitServer;
 
+/// Polls `check` until it answers `Ok`, for at most `limit`; then fails the
+/// test saying `what` did not happen and what `check` saw last. The one
+/// waiting loop of the harness: no fixed sleeps in tests.
+pub async fn eventually<T, E, F, Fut>(limit: std::time::Duration, what: &str, mut check: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(20);
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if started.elapsed() >= limit => panic!("{what} within {limit:?}; last seen: {last}"),
+            Err(_) => {}
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Asserts that `text` (usually a run's log) holds every one of `needles`,
 /// naming the first one missing.
 pub fn assert_contains_all(text: &str, needles: &[&str]) {

@@ -164,15 +164,13 @@ async fn serve_run_gateway_with(
 
 /// Waits until the run's budget shows `used` and nothing reserved.
 async fn wait_for_spend(queue: &worker::queue::RunQueue, run: common::RunId, used: worker::queue::Spend) {
-    let started = std::time::Instant::now();
-    loop {
+    let what = format!("the run's budget shows {used:?} used and nothing reserved");
+    tests::eventually(std::time::Duration::from_secs(10), &what, || async {
         let (spent, reserved) = queue.run_spend(run).await.unwrap();
-        if spent == used && reserved == worker::queue::Spend::default() {
-            return;
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "used {spent:?}, reserved {reserved:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        let settled = spent == used && reserved == worker::queue::Spend::default();
+        if settled { Ok(()) } else { Err(format!("used {spent:?}, reserved {reserved:?}")) }
+    })
+    .await
 }
 
 /// Emulated providers, a fresh queue namespace and a gateway configuration
