@@ -8,7 +8,7 @@ use bytes::Bytes;
 use common::config::{AgentConfig, Config};
 use common::policy::SandboxPolicy;
 use common::{ArtifactKind, ModelUse, RunFacts, RunId, StopReason};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -72,7 +72,18 @@ pub async fn execute(
     let span = tracing::info_span!("run", run_id = %run.id, attempt = run.attempt, epoch = run.epoch);
     let lease = runtime.leases.hold(&run);
     tracing::info!(parent: &span, repository = %run.spec.repository, "run claimed");
-    let ending = runtime.run(&run, &lease).instrument(span.clone()).await;
+    // A panic anywhere in the run must not leak its sandbox: the locals
+    // that own listeners are dropped by the unwind, and what lives outside
+    // the process (container, network, firewall rules, volume, run token,
+    // checkout) is removed here before the run is retried.
+    let attempt = std::panic::AssertUnwindSafe(runtime.run(&run, &lease).instrument(span.clone())).catch_unwind();
+    let ending = match attempt.await {
+        Ok(ending) => ending,
+        Err(panic) => {
+            let what = panic_message(panic);
+            runtime.after_panic(&run, what).await
+        }
+    };
     let outcome = match ending {
         Ending::Outcome(outcome) => outcome,
         Ending::Interrupted(Interrupt::LeaseLost) => {
@@ -86,7 +97,28 @@ pub async fn execute(
     Ok(())
 }
 
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    match panic.downcast::<String>() {
+        Ok(message) => *message,
+        Err(panic) => panic.downcast_ref::<&str>().map_or_else(|| "a panic".to_owned(), |s| (*s).to_owned()),
+    }
+}
+
 impl Runtime {
+    /// Removes what a panicked attempt left outside the process, and asks
+    /// for the run to be retried (the attempt counts).
+    async fn after_panic(&self, run: &ClaimedRun, what: String) -> Ending {
+        tracing::error!(run_id = %run.id, panic = %what, "the run panicked; removing its sandbox");
+        self.sandboxes.remove_run(run.id).await;
+        if let Err(error) = self.queue.revoke_run_gateway_token(run.id).await {
+            tracing::warn!(run_id = %run.id, %error, "revoking the run token failed; it expires with its TTL");
+        }
+        let checkout = self.config.worker.work_dir.join(format!("{}-{}", run.id, run.epoch));
+        let _ = tokio::fs::remove_dir_all(&checkout).await;
+        self.retry(run, format!("the worker panicked: {what}"))
+    }
+
     /// Tells the queue how the run ended, retrying briefly through a Redis
     /// blip; if Redis stays away the lease expires and the reaper takes over.
     async fn report(&self, run: &ClaimedRun, outcome: &Outcome) {
@@ -251,6 +283,13 @@ impl Runtime {
             models: models.as_ref(),
             base_commit: &checkout.commit,
         };
+        // Tests prove that a panic here, with the sandbox, its network, the
+        // egress proxy and the gateway all up, leaves nothing behind. Only
+        // builds with the `fault-injection` feature (the test suite's) have it.
+        #[cfg(feature = "fault-injection")]
+        if agent.env.get("PADDOCK_FAULT").map(String::as_str) == Some("panic-in-sandbox") {
+            panic!("fault injected: a panic while the sandbox runs");
+        }
         let session = self.in_sandbox(run, &agent, place, Bytes::from(tar), lease).await;
         self.sandboxes.remove(&sandbox).await;
         let egress = proxy.log.records();

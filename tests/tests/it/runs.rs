@@ -313,3 +313,24 @@ async fn the_worker_enforces_the_policy_recorded_on_the_run() {
     app.assert_cleaned_up(&id).await;
     worker.shutdown().await;
 }
+
+/// A worker bug that panics in the middle of a run (with its sandbox,
+/// network, firewall rules, egress proxy and gateway up) leaves none of them
+/// behind, and the run is retried like any infrastructure failure.
+#[tokio::test]
+async fn a_run_that_panics_with_its_sandbox_up_leaves_nothing_behind_and_is_retried() {
+    let app = spawn_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__ENV", r#"{"PADDOCK_FAULT": "panic-in-sandbox"}"#),
+        ("PADDOCK_API__MAX_ATTEMPTS", "2"),
+    ])
+    .await;
+    let repo = app.repo(&[("README.md", b"# x\n")]);
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "a worker bug").await;
+    let run = app.wait_for(&id, Duration::from_secs(60), |r| r["state"] == "failed").await;
+    assert_eq!(run["attempt"], 2, "the panicked attempt was not retried: {run:#}");
+    let reason = run["stop_reason"]["message"].as_str().unwrap_or_default();
+    assert!(reason.contains("the worker panicked: fault injected"), "{run:#}");
+    app.assert_cleaned_up(&id).await;
+    worker.shutdown().await;
+}

@@ -488,6 +488,45 @@ impl SandboxDriver {
         Ok(removed)
     }
 
+    /// Removes everything of `run` this worker made: its containers,
+    /// networks and their firewall rules, and workspace volumes, found by
+    /// their labels and tags. For a run whose own cleanup never ran (its
+    /// task panicked). Never fails: what stays, the janitor removes later.
+    pub async fn remove_run(&self, run: RunId) {
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{LABEL_NAMESPACE}={}", self.namespace), format!("{LABEL_RUN_ID}={run}")],
+        )]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let containers = self.docker.list_containers(Some(options)).await.unwrap_or_default();
+        for id in containers.into_iter().filter_map(|c| c.id) {
+            self.remove_container(&id).await;
+        }
+        match firewall::tagged(&self.firewall_tag(run)).await {
+            Ok(rules) => {
+                for (_, rule) in rules {
+                    firewall::delete(&rule).await;
+                }
+            }
+            Err(error) => tracing::warn!(%error, run_id = %run, "listing the run's firewall rules failed"),
+        }
+        let networks =
+            ListNetworksOptions { filters: Some(filters.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()) };
+        for network in self.docker.list_networks(Some(networks)).await.unwrap_or_default() {
+            if let Some(name) = &network.name
+                && let Err(error) = self.docker.remove_network(name).await
+            {
+                tracing::warn!(%error, network = %name, "removing the run's network failed");
+            }
+        }
+        let volumes =
+            ListVolumesOptions { filters: Some(filters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()) };
+        let volumes = self.docker.list_volumes(Some(volumes)).await.map(|v| v.volumes.unwrap_or_default());
+        for volume in volumes.unwrap_or_default() {
+            self.remove_volume(&volume.name).await;
+        }
+    }
+
     /// Containers of this namespace still present (for tests and operators).
     pub async fn list_run_containers(&self, run: RunId) -> Result<Vec<String>, SandboxError> {
         let filters = HashMap::from([(
