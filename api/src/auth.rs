@@ -16,14 +16,13 @@
 
 use std::marker::PhantomData;
 
-use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use common::audit::{Actor, AuditEvent, ObjectRef, now_ms};
 use common::identity::{Grants, Permission, Subject, is_service_token};
 use futures::future::LocalBoxFuture;
 use sha2::{Digest, Sha256};
 
-use crate::problem::Problem;
+use crate::problem::{ErrorCode, Problem};
 use crate::startup::AppState;
 
 pub const BOOTSTRAP_PRINCIPAL: &str = "bootstrap-admin";
@@ -111,7 +110,7 @@ pub mod need {
 
 fn forbidden(caller: &Caller, needed: &[Permission], on: &str) -> Problem {
     let needed: Vec<&str> = needed.iter().map(|p| p.as_str()).collect();
-    Problem::new(StatusCode::FORBIDDEN, "forbidden", "Permission denied").detail(format!(
+    Problem::new(ErrorCode::Forbidden).detail(format!(
         "{} needs the permission {} {on}",
         caller.principal,
         needed.join(" or ")
@@ -213,7 +212,7 @@ pub fn token_hash_hex(token: &str) -> String {
 }
 
 fn unauthorized(detail: &str) -> Problem {
-    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required").detail(detail)
+    Problem::new(ErrorCode::Unauthorized).detail(detail)
 }
 
 async fn authenticate(req: &HttpRequest) -> Result<Caller, Problem> {

@@ -24,8 +24,104 @@ pub struct Problem {
     pub field: Option<String>,
 }
 
+/// Every problem the API answers: its status, its type slug
+/// (`https://paddock.dev/problems/<slug>`) and its title, in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    SelfApproval,
+    NotFound,
+    NotConfigured,
+    BadSignature,
+    Exists,
+    NotAwaitingApproval,
+    RunFinished,
+    HoldReleased,
+    SecretsUnavailable,
+    ExportNotReady,
+    ReplayedDelivery,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    IdempotencyKeyReused,
+    Internal,
+    Unavailable,
+    AuditUnavailable,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and tests.
+    pub const ALL: &[ErrorCode] = &[
+        Self::InvalidRequest,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::SelfApproval,
+        Self::NotFound,
+        Self::NotConfigured,
+        Self::BadSignature,
+        Self::Exists,
+        Self::NotAwaitingApproval,
+        Self::RunFinished,
+        Self::HoldReleased,
+        Self::SecretsUnavailable,
+        Self::ExportNotReady,
+        Self::ReplayedDelivery,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::IdempotencyKeyReused,
+        Self::Internal,
+        Self::Unavailable,
+        Self::AuditUnavailable,
+    ];
+
+    /// (status, slug, title).
+    fn parts(self) -> (StatusCode, &'static str, &'static str) {
+        use StatusCode as S;
+        match self {
+            Self::InvalidRequest => (S::BAD_REQUEST, "invalid-request", "The request is invalid"),
+            Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized", "Authentication required"),
+            Self::BadSignature => (S::UNAUTHORIZED, "bad-signature", "The webhook signature is invalid"),
+            Self::Forbidden => (S::FORBIDDEN, "forbidden", "Permission denied"),
+            Self::SelfApproval => (S::FORBIDDEN, "self-approval", "Nobody approves their own run"),
+            Self::NotFound => (S::NOT_FOUND, "not-found", "Not found"),
+            Self::NotConfigured => (S::NOT_FOUND, "not-configured", "GitHub webhooks are not configured"),
+            Self::Exists => (S::CONFLICT, "exists", "The service account exists"),
+            Self::NotAwaitingApproval => (S::CONFLICT, "not-awaiting-approval", "The run is not awaiting approval"),
+            Self::RunFinished => (S::CONFLICT, "run-finished", "The run already finished"),
+            Self::HoldReleased => (S::CONFLICT, "hold-released", "The hold is already released"),
+            Self::SecretsUnavailable => (S::CONFLICT, "secrets-unavailable", "Secrets cannot be registered"),
+            Self::ExportNotReady => (S::CONFLICT, "export-not-ready", "The export is not finished"),
+            Self::ReplayedDelivery => (S::CONFLICT, "replayed-delivery", "This delivery was already received"),
+            Self::PayloadTooLarge => (S::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
+            Self::UnsupportedMediaType => {
+                (S::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
+            }
+            Self::IdempotencyKeyReused => {
+                (S::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "Idempotency-Key reused for a different request")
+            }
+            Self::Internal => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+            Self::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable", "A dependency is unavailable"),
+            Self::AuditUnavailable => (S::SERVICE_UNAVAILABLE, "audit-unavailable", "The audit trail is unavailable"),
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        self.parts().0
+    }
+
+    pub fn slug(self) -> &'static str {
+        self.parts().1
+    }
+
+    pub fn title(self) -> &'static str {
+        self.parts().2
+    }
+}
+
 impl Problem {
-    pub fn new(status: StatusCode, slug: &str, title: &str) -> Self {
+    pub fn new(code: ErrorCode) -> Self {
+        let (status, slug, title) = code.parts();
         Self {
             kind: format!("https://paddock.dev/problems/{slug}"),
             title: title.to_owned(),
@@ -46,20 +142,19 @@ impl Problem {
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid-request", "The request is invalid").detail(detail)
+        Self::new(ErrorCode::InvalidRequest).detail(detail)
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail(detail)
+        Self::new(ErrorCode::NotFound).detail(detail)
     }
 
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
-            .detail("the server failed to handle the request; it has been logged")
+        Self::new(ErrorCode::Internal).detail("the server failed to handle the request; it has been logged")
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "A dependency is unavailable").detail(detail)
+        Self::new(ErrorCode::Unavailable).detail(detail)
     }
 }
 
@@ -111,13 +206,9 @@ impl From<crate::runs::service::SubmitError> for Problem {
         match e {
             SubmitError::Invalid(e) => e.into(),
             SubmitError::Store(e) => e.into(),
-            reused @ SubmitError::KeyReused { .. } => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                "Idempotency-Key reused for a different request",
-            )
-            .detail(reused.to_string())
-            .field("Idempotency-Key"),
+            reused @ SubmitError::KeyReused { .. } => {
+                Problem::new(ErrorCode::IdempotencyKeyReused).detail(reused.to_string()).field("Idempotency-Key")
+            }
         }
     }
 }
@@ -125,7 +216,7 @@ impl From<crate::runs::service::SubmitError> for Problem {
 impl From<worker::audit::AuditError> for Problem {
     fn from(e: worker::audit::AuditError) -> Self {
         tracing::error!(error = %e, "audit trail");
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable", "The audit trail is unavailable")
+        Problem::new(ErrorCode::AuditUnavailable)
             .detail("the action was refused because its audit event could not be stored durably; retry later")
     }
 }
@@ -141,13 +232,9 @@ impl From<worker::artifacts::StoreError> for Problem {
 pub fn json_error(err: actix_web::error::JsonPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as E;
     let problem = match &err {
-        E::ContentType => {
-            Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
-                .detail("the body must be application/json")
-        }
+        E::ContentType => Problem::new(ErrorCode::UnsupportedMediaType).detail("the body must be application/json"),
         E::Overflow { .. } | E::OverflowKnownLength { .. } => {
-            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
-                .detail(err.to_string())
+            Problem::new(ErrorCode::PayloadTooLarge).detail(err.to_string())
         }
         E::Deserialize(e) => Problem::bad_request(format!("invalid JSON body: {e}")),
         _ => Problem::bad_request(format!("unreadable body: {err}")),
@@ -166,4 +253,25 @@ pub fn path_error(err: actix_web::error::PathError, _: &actix_web::HttpRequest) 
 /// Unknown routes answer with a problem, not an empty 404.
 pub async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
     Problem::not_found(format!("no route for {} {}", req.method(), req.path())).error_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_has_its_own_slug_and_a_client_or_server_error_status() {
+        let mut slugs: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.slug()).collect();
+        slugs.sort_unstable();
+        let count = slugs.len();
+        slugs.dedup();
+        assert_eq!(slugs.len(), count, "two codes share a slug");
+        for code in ErrorCode::ALL {
+            assert!(code.status().is_client_error() || code.status().is_server_error(), "{code:?}");
+            assert!(code.slug().chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{code:?}");
+            let problem = Problem::new(*code);
+            assert_eq!(problem.kind, format!("https://paddock.dev/problems/{}", code.slug()));
+            assert_eq!((problem.status, problem.title.as_str()), (code.status().as_u16(), code.title()));
+        }
+    }
 }

@@ -217,12 +217,8 @@ pub async fn verify_bundle(
 ) -> Result<web::Json<VerifyReport>, Problem> {
     let status = status_of(&state, &id).await?;
     if status.state != ExportState::Succeeded {
-        return Err(Problem::new(
-            actix_web::http::StatusCode::CONFLICT,
-            "export-not-ready",
-            "The export is not finished",
-        )
-        .detail(format!("the export is {:?}", status.state).to_lowercase()));
+        return Err(Problem::new(crate::problem::ErrorCode::ExportNotReady)
+            .detail(format!("the export is {:?}", status.state).to_lowercase()));
     }
     Ok(web::Json(verify_export(&state.store, &status.bundle, &trusted_keys(&state)?).await?))
 }

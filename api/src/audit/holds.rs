@@ -14,7 +14,7 @@ use worker::retention::SweepReport;
 
 use crate::auth::{Authorized, need};
 use crate::identity::revoke::{Reason, reason_ok};
-use crate::problem::Problem;
+use crate::problem::{ErrorCode, Problem};
 use crate::startup::AppState;
 
 /// A hold to place.
@@ -112,7 +112,7 @@ pub async fn release_hold(
         return Err(Problem::not_found(format!("no legal hold {id}")));
     };
     if !before.active() {
-        return Err(Problem::new(StatusCode::CONFLICT, "hold-released", "The hold is already released")
+        return Err(Problem::new(ErrorCode::HoldReleased)
             .detail(format!("released by {} already", before.released_by.as_deref().unwrap_or("someone"))));
     }
     let mut hold = before.clone();

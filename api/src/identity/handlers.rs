@@ -2,7 +2,6 @@
 //! change is written together with its audit event (who, what, before,
 //! after); nothing here ever shows a token again after it is issued.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, delete, get, post, web};
 use common::audit::{ObjectRef, now_ms};
 use common::identity::{Binding, Permission, Role, Scope, Subject, new_service_token, validate_account_name};
@@ -11,7 +10,7 @@ use utoipa::ToSchema;
 use worker::queue::identity::{ServiceAccount, TokenRecord};
 
 use crate::auth::{Authorized, need, token_hash_hex};
-use crate::problem::Problem;
+use crate::problem::{ErrorCode, Problem};
 use crate::startup::AppState;
 
 fn new_id() -> String {
@@ -191,7 +190,7 @@ pub async fn create_service_account(
         .event("service_account.create", ObjectRef::new("service-account", &account.name))
         .change(None::<&ServiceAccount>, Some(&account));
     if !state.identity().create_service_account(&account, &event).await? {
-        return Err(Problem::new(StatusCode::CONFLICT, "exists", "The service account exists")
+        return Err(Problem::new(ErrorCode::Exists)
             .detail(format!("a service account named {} exists", account.name))
             .field("name"));
     }

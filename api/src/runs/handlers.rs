@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use actix_web::http::{StatusCode, header};
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use common::{AgentProfile, ArtifactKind, RepoName, RunId, RunRecord, RunSpec, RunState};
 use worker::artifacts::ObjectStore;
@@ -13,7 +13,7 @@ use super::service;
 use common::audit::{Actor, ObjectRef};
 
 use crate::auth::{Caller, CallerKind, Scoped, need};
-use crate::problem::Problem;
+use crate::problem::{ErrorCode, Problem};
 use crate::startup::AppState;
 
 /// Request an agent run. The run is stored in Redis before the answer, so an
@@ -111,12 +111,11 @@ pub async fn approve_run(
     let (caller, record) = run_for(&caller, &state, &id).await?;
     let id = record.id;
     if caller.principal == record.spec.requested_by {
-        return Err(Problem::new(StatusCode::FORBIDDEN, "self-approval", "Nobody approves their own run")
+        return Err(Problem::new(ErrorCode::SelfApproval)
             .detail(format!("{} requested run {id}; someone else must approve it", caller.principal)));
     }
     if record.state != RunState::AwaitingApproval {
-        return Err(Problem::new(StatusCode::CONFLICT, "not-awaiting-approval", "The run is not awaiting approval")
-            .detail(format!("run {id} is {}", record.state)));
+        return Err(Problem::new(ErrorCode::NotAwaitingApproval).detail(format!("run {id} is {}", record.state)));
     }
     let mut object = ObjectRef::new("run", id.to_string());
     object.tenant = Some(record.spec.tenant.clone());
@@ -129,10 +128,7 @@ pub async fn approve_run(
             let url = format!("/v1/runs/{id}");
             Ok(HttpResponse::Ok().json(RunAccepted { id: id.to_string(), state: RunState::Queued, url }))
         }
-        Some(other) => {
-            Err(Problem::new(StatusCode::CONFLICT, "not-awaiting-approval", "The run is not awaiting approval")
-                .detail(format!("run {id} is {other}")))
-        }
+        Some(other) => Err(Problem::new(ErrorCode::NotAwaitingApproval).detail(format!("run {id} is {other}"))),
         None => Err(Problem::not_found(format!("run {id} does not exist"))),
     }
 }
@@ -164,8 +160,7 @@ async fn requester(
                     .field("on_behalf_of"));
             }
             if state.identity().user(person).await?.deactivated {
-                return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "Permission denied")
-                    .detail(format!("{person} is deactivated")));
+                return Err(Problem::new(ErrorCode::Forbidden).detail(format!("{person} is deactivated")));
             }
             Ok((person.to_owned(), Some(common::identity::Subject::ServiceAccount(account.clone()).to_string())))
         }
@@ -250,8 +245,10 @@ pub async fn cancel_run(
             tracing::info!(run_id = %id, by = %caller.principal, "run cancelling");
             Ok(HttpResponse::Accepted().json(body))
         }
-        finished => Err(Problem::new(StatusCode::CONFLICT, "run-finished", "The run already finished")
-            .detail(format!("run {id} is {finished}; there is nothing to cancel"))),
+        finished => {
+            Err(Problem::new(ErrorCode::RunFinished)
+                .detail(format!("run {id} is {finished}; there is nothing to cancel")))
+        }
     }
 }
 

@@ -2,7 +2,6 @@
 //! only a fingerprint. Every run of the tenant that starts afterwards
 //! redacts them by exact match, wherever they appear.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, delete, get, put, web};
 use common::audit::ObjectRef;
 use common::sealed::{SecretBox, fingerprint};
@@ -13,7 +12,7 @@ use utoipa::ToSchema;
 use worker::queue::StoredSecret;
 
 use crate::auth::{Scoped, need};
-use crate::problem::Problem;
+use crate::problem::{ErrorCode, Problem};
 use crate::startup::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -92,7 +91,7 @@ pub async fn put_secret(
         return Err(ValidationError::new("value", "must be 8 to 4096 characters").into());
     }
     let Some(key) = &state.config.secrets.encryption_key else {
-        return Err(Problem::new(StatusCode::CONFLICT, "secrets-unavailable", "Secrets cannot be registered")
+        return Err(Problem::new(ErrorCode::SecretsUnavailable)
             .detail("secrets.encryption_key is not configured on this server"));
     };
     let vault = SecretBox::new(key.expose_secret()).map_err(|_| Problem::internal())?;

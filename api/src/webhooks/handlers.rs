@@ -5,7 +5,6 @@
 //! GitHub user who labelled or assigned it, and only if that user may write
 //! to the repository (otherwise the issue gets a comment saying so).
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, post, web};
 use common::{AgentProfile, Priority, RepoName, RunId, RunSpec};
 use hmac::{Hmac, Mac};
@@ -14,7 +13,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use worker::publish;
 
-use crate::problem::Problem;
+use crate::problem::{ErrorCode, Problem};
 use crate::startup::AppState;
 
 /// What a delivery asked for.
@@ -49,12 +48,13 @@ pub async fn github_webhook(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     let Some(secret) = &state.config.github.webhook_secret else {
-        return Err(Problem::new(StatusCode::NOT_FOUND, "not-configured", "GitHub webhooks are not configured")
-            .detail("set github.webhook_secret (and the App) to receive them"));
+        return Err(
+            Problem::new(ErrorCode::NotConfigured).detail("set github.webhook_secret (and the App) to receive them")
+        );
     };
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     if !signature_valid(secret.expose_secret(), &body, &header("x-hub-signature-256")) {
-        return Err(Problem::new(StatusCode::UNAUTHORIZED, "bad-signature", "The webhook signature is invalid")
+        return Err(Problem::new(ErrorCode::BadSignature)
             .detail("X-Hub-Signature-256 must be the HMAC-SHA256 of the body under the App's webhook secret"));
     }
     let delivery = header("x-github-delivery");
@@ -62,8 +62,9 @@ pub async fn github_webhook(
         return Err(Problem::bad_request("X-GitHub-Delivery is required").field("X-GitHub-Delivery"));
     }
     if !state.queue.first_delivery(&delivery).await? {
-        return Err(Problem::new(StatusCode::CONFLICT, "replayed-delivery", "This delivery was already received")
-            .detail(format!("delivery {delivery} was processed before")));
+        return Err(
+            Problem::new(ErrorCode::ReplayedDelivery).detail(format!("delivery {delivery} was processed before"))
+        );
     }
     let result = handle(&state, &header("x-github-event"), &body, crate::request_id::of(&req)).await;
     if result.is_err() {
