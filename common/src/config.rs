@@ -855,136 +855,207 @@ impl Config {
         Ok(config)
     }
 
+    /// Each section checks itself; what spans sections is checked here.
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_owned() });
-        if self.worker.concurrency == 0 {
-            return invalid("worker.concurrency", "must be at least 1");
+        self.redis.validate()?;
+        self.api.validate()?;
+        self.worker.validate()?;
+        self.sandbox.validate()?;
+        self.audit.validate()?;
+        self.gateway.validate()?;
+        self.identity.validate()?;
+        self.github.validate()?;
+        self.secrets.validate()?;
+        self.outbound.validate()?;
+        if !self.agents.contains_key("default") {
+            return invalid("agents.default", "must be configured: runs without a profile use it");
         }
-        if self.worker.heartbeat_seconds == 0 || self.worker.heartbeat_seconds * 2 > self.worker.lease_seconds {
-            return invalid("worker.heartbeat_seconds", "must be at least 1 and at most half of worker.lease_seconds");
+        Ok(())
+    }
+}
+
+/// The error for `key`, as every section's `validate` answers it.
+fn invalid(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid { key, message: message.into() })
+}
+
+impl RedisConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        // The redis crate reads `#insecure` as "skip certificate checks".
+        if self.url.contains('#') {
+            return invalid("redis.url", "must not have a fragment: certificate verification cannot be turned off");
         }
-        if self.sandbox.memory_bytes < 16 << 20 {
-            return invalid("sandbox.memory_bytes", "must be at least 16 MiB");
+        let schemes = ["redis://", "rediss://", "unix://", "redis+unix://"];
+        if !schemes.iter().any(|scheme| self.url.starts_with(scheme)) {
+            return invalid("redis.url", "must start with redis://, rediss:// (TLS), unix:// or redis+unix://");
         }
-        if self.sandbox.timeout_seconds == 0 {
-            return invalid("sandbox.timeout_seconds", "must be at least 1");
+        let key_chars =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+        if !key_chars(&self.namespace) {
+            return invalid("redis.namespace", "must be letters, digits, `-` or `_`");
         }
-        if self.sandbox.uid == 0 {
-            return invalid("sandbox.uid", "must not be 0: the agent never runs as root");
-        }
-        if self.api.max_attempts == 0 {
+        Ok(())
+    }
+}
+
+impl ApiConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_attempts == 0 {
             return invalid("api.max_attempts", "must be at least 1");
         }
-        if self.audit.digest_interval_seconds == 0 {
+        Ok(())
+    }
+}
+
+impl WorkerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.concurrency == 0 {
+            return invalid("worker.concurrency", "must be at least 1");
+        }
+        if self.heartbeat_seconds == 0 || self.heartbeat_seconds * 2 > self.lease_seconds {
+            return invalid("worker.heartbeat_seconds", "must be at least 1 and at most half of worker.lease_seconds");
+        }
+        Ok(())
+    }
+}
+
+impl SandboxConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.memory_bytes < 16 << 20 {
+            return invalid("sandbox.memory_bytes", "must be at least 16 MiB");
+        }
+        if self.timeout_seconds == 0 {
+            return invalid("sandbox.timeout_seconds", "must be at least 1");
+        }
+        if self.uid == 0 {
+            return invalid("sandbox.uid", "must not be 0: the agent never runs as root");
+        }
+        Ok(())
+    }
+}
+
+impl AuditConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.digest_interval_seconds == 0 {
             return invalid("audit.digest_interval_seconds", "must be at least 1");
         }
-        if self.audit.prefix.trim_matches('/').is_empty() {
+        if self.prefix.trim_matches('/').is_empty() {
             return invalid("audit.prefix", "must not be empty");
         }
-        let (audit, export) = (self.audit.prefix.trim_matches('/'), self.audit.export_prefix.trim_matches('/'));
+        let (audit, export) = (self.prefix.trim_matches('/'), self.export_prefix.trim_matches('/'));
         // Prefixes as folders: `audit` and `audit-exports` do not overlap.
         let within = |inner: &str, outer: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
         if export.is_empty() || within(export, audit) || within(audit, export) || within(export, "runs") {
             return invalid("audit.export_prefix", "must not be empty nor overlap audit.prefix or runs/");
         }
-        for name in &self.gateway.allowed_providers {
-            if !self.gateway.providers.contains_key(name) {
-                return Err(ConfigError::Invalid {
-                    key: "gateway.allowed_providers",
-                    message: format!("names `{name}`, which is not in gateway.providers"),
-                });
+        Ok(())
+    }
+}
+
+impl GatewayConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for name in &self.allowed_providers {
+            if !self.providers.contains_key(name) {
+                return invalid(
+                    "gateway.allowed_providers",
+                    format!("names `{name}`, which is not in gateway.providers"),
+                );
             }
         }
-        for (name, provider) in &self.gateway.providers {
-            let vertex = provider.kind == ProviderKind::Vertex;
-            if !vertex && provider.api_key.expose_secret().is_empty() {
-                return Err(ConfigError::Invalid {
-                    key: "gateway.providers",
-                    message: format!("`{name}` needs an api_key"),
-                });
-            }
-            if vertex
-                && (provider.project.is_none() || provider.region.is_none() || provider.credentials_file.is_none())
-            {
-                return Err(ConfigError::Invalid {
-                    key: "gateway.providers",
-                    message: format!("`{name}` (vertex) needs project, region and credentials_file"),
-                });
-            }
-            for (model, price) in &provider.prices {
-                if !(price.input_usd_per_mtok >= 0.0 && price.output_usd_per_mtok >= 0.0) {
-                    return Err(ConfigError::Invalid {
-                        key: "gateway.providers",
-                        message: format!("`{name}` has a negative or invalid price for `{model}`"),
-                    });
-                }
-            }
+        for (name, provider) in &self.providers {
+            provider.validate(name)?;
         }
         for (key, value) in [
-            ("gateway.run_cost_budget_usd", self.gateway.run_cost_budget_usd),
-            ("gateway.tenant_daily_cost_budget_usd", self.gateway.tenant_daily_cost_budget_usd),
+            ("gateway.run_cost_budget_usd", self.run_cost_budget_usd),
+            ("gateway.tenant_daily_cost_budget_usd", self.tenant_daily_cost_budget_usd),
         ] {
             if !(value >= 0.0 && value.is_finite()) {
                 return invalid(key, "must be a non-negative number of dollars");
             }
         }
-        if let Some(remote) = &self.gateway.remote
+        if let Some(remote) = &self.remote
             && remote.parse::<std::net::SocketAddr>().is_err()
         {
             return invalid("gateway.remote", "must be host:port with an IP address, e.g. 10.0.0.5:8089");
         }
-        if self.gateway.remote_server_name.is_some() && !self.gateway.remote_tls {
+        if self.remote_server_name.is_some() && !self.remote_tls {
             return invalid("gateway.remote_server_name", "is only used with gateway.remote_tls = true");
         }
-        if self.gateway.tls_cert_file.is_some() != self.gateway.tls_key_file.is_some() {
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return invalid("gateway.tls_cert_file", "and gateway.tls_key_file must be set together");
         }
-        if let Some(oidc) = &self.identity.oidc {
-            if oidc.leeway_seconds > 300 {
-                return invalid("identity.oidc.leeway_seconds", "must be at most 300");
-            }
-            let known = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "PS384", "PS512", "EdDSA"];
-            if oidc.algorithms.is_empty() || oidc.algorithms.iter().any(|a| !known.contains(&a.as_str())) {
-                return invalid(
-                    "identity.oidc.algorithms",
-                    "must list asymmetric algorithms such as RS256 (never none or HS*)",
-                );
+        Ok(())
+    }
+}
+
+impl ProviderConfig {
+    /// `name` is the provider's key in `gateway.providers`.
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        let vertex = self.kind == ProviderKind::Vertex;
+        if !vertex && self.api_key.expose_secret().is_empty() {
+            return invalid("gateway.providers", format!("`{name}` needs an api_key"));
+        }
+        if vertex && (self.project.is_none() || self.region.is_none() || self.credentials_file.is_none()) {
+            return invalid(
+                "gateway.providers",
+                format!("`{name}` (vertex) needs project, region and credentials_file"),
+            );
+        }
+        for (model, price) in &self.prices {
+            if !(price.input_usd_per_mtok >= 0.0 && price.output_usd_per_mtok >= 0.0) {
+                return invalid("gateway.providers", format!("`{name}` has a negative or invalid price for `{model}`"));
             }
         }
-        if self.github.app_id.is_some() && self.github.private_key_file.is_none() {
+        Ok(())
+    }
+}
+
+impl IdentityConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let Some(oidc) = &self.oidc else { return Ok(()) };
+        if oidc.leeway_seconds > 300 {
+            return invalid("identity.oidc.leeway_seconds", "must be at most 300");
+        }
+        let known = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "PS384", "PS512", "EdDSA"];
+        if oidc.algorithms.is_empty() || oidc.algorithms.iter().any(|a| !known.contains(&a.as_str())) {
+            return invalid(
+                "identity.oidc.algorithms",
+                "must list asymmetric algorithms such as RS256 (never none or HS*)",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl GitHubConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.app_id.is_some() && self.private_key_file.is_none() {
             return invalid("github.private_key_file", "must be set when github.app_id is");
         }
-        if let Some(key) = &self.secrets.encryption_key
+        Ok(())
+    }
+}
+
+impl SecretsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(key) = &self.encryption_key
             && crate::sealed::SecretBox::new(key.expose_secret()).is_err()
         {
             return invalid("secrets.encryption_key", "must be 32 bytes, base64-encoded (openssl rand -base64 32)");
         }
-        if !self.agents.contains_key("default") {
-            return invalid("agents.default", "must be configured: runs without a profile use it");
-        }
-        // The redis crate reads `#insecure` as "skip certificate checks".
-        if self.redis.url.contains('#') {
-            return invalid("redis.url", "must not have a fragment: certificate verification cannot be turned off");
-        }
-        if !(self.redis.url.starts_with("redis://")
-            || self.redis.url.starts_with("rediss://")
-            || self.redis.url.starts_with("unix://")
-            || self.redis.url.starts_with("redis+unix://"))
-        {
-            return invalid("redis.url", "must start with redis://, rediss:// (TLS), unix:// or redis+unix://");
-        }
-        if let Some(proxy) = &self.outbound.https_proxy {
+        Ok(())
+    }
+}
+
+impl OutboundConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(proxy) = &self.https_proxy {
             let proxy = proxy.expose_secret();
             let rest = proxy.strip_prefix("http://").or_else(|| proxy.strip_prefix("https://"));
             let host = rest.map(|r| r.rsplit_once('@').map_or(r, |(_, h)| h)).unwrap_or_default();
             if host.trim_end_matches('/').is_empty() {
                 return invalid("outbound.https_proxy", "must be an http:// or https:// URL with a host");
             }
-        }
-        let key_chars =
-            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
-        if !key_chars(&self.redis.namespace) {
-            return invalid("redis.namespace", "must be letters, digits, `-` or `_`");
         }
         Ok(())
     }
