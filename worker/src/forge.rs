@@ -70,8 +70,8 @@ pub struct GitHubApp {
     /// Paddock's HTTP client (trust and proxy of `[tls]`, `[outbound]`),
     /// which every installation token's client shares.
     http: reqwest::Client,
-    /// What git needs to reach GitHub the same way.
-    git_network: Vec<(String, String)>,
+    /// How git reaches GitHub the same way (it keeps git's trust bundle).
+    outbound: Outbound,
 }
 
 impl GitHubApp {
@@ -93,7 +93,7 @@ impl GitHubApp {
             .app(app_id.into(), key)
             .build_with_reqwest(http.clone())
             .map_err(|e| ForgeError::Config(e.to_string()))?;
-        Ok(Some(Self { app, config: config.clone(), http, git_network: outbound.git_env() }))
+        Ok(Some(Self { app, config: config.clone(), http, outbound: outbound.clone() }))
     }
 
     /// A token for `repo` alone with `permissions`, for `purpose`.
@@ -159,7 +159,7 @@ pub struct RepoCredential {
     token: SecretString,
     client: Octocrab,
     grant: Mutex<CredentialGrant>,
-    git_network: Vec<(String, String)>,
+    outbound: Outbound,
 }
 
 impl RepoCredential {
@@ -170,7 +170,7 @@ impl RepoCredential {
             .personal_token(token.expose_secret().to_owned())
             .build_with_reqwest(app.http.clone())
             .map_err(|e| ForgeError::Config(e.to_string()))?;
-        Ok(Self { token, client, grant: Mutex::new(grant), git_network: app.git_network.clone() })
+        Ok(Self { token, client, grant: Mutex::new(grant), outbound: app.outbound.clone() })
     }
 
     pub fn grant(&self) -> CredentialGrant {
@@ -193,7 +193,7 @@ impl RepoCredential {
             ("GIT_CONFIG_KEY_0".to_owned(), "http.extraHeader".to_owned()),
             ("GIT_CONFIG_VALUE_0".to_owned(), format!("Authorization: Basic {basic}")),
         ];
-        env.extend(self.git_network.iter().cloned());
+        env.extend(self.outbound.git_env());
         env
     }
 

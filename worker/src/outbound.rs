@@ -12,6 +12,7 @@
 
 use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -19,7 +20,6 @@ use common::config::{OutboundConfig, TlsConfig};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
@@ -29,16 +29,17 @@ pub enum OutboundError {
 }
 
 /// How every outbound client of one process trusts servers and reaches them.
+/// Cheap to clone: clones share the certificates and the bundle file.
 #[derive(Clone)]
 pub struct Outbound {
     /// The CAs of `tls.extra_ca_files`, beside the operating system's.
-    extra: Vec<CertificateDer<'static>>,
+    extra: Arc<Vec<CertificateDer<'static>>>,
     /// The operating system's CAs and the extra ones as one PEM bundle, for
     /// clients that take a whole trust store (Redis, git); `None` without
     /// extra CAs, when those clients read the system store themselves.
-    bundle: Option<Vec<u8>>,
+    bundle: Option<Arc<Vec<u8>>>,
     /// The bundle as a file, for git (`GIT_SSL_CAINFO`).
-    bundle_file: Option<PathBuf>,
+    bundle_file: Option<Arc<BundleFile>>,
     proxy: Option<SecretString>,
     no_proxy: String,
 }
@@ -93,20 +94,20 @@ impl Outbound {
             bundle.extend(extra_pem);
             bundle
         });
-        let bundle_file = match &bundle {
-            Some(bundle) => Some(
-                write_bundle(&std::env::temp_dir().join("paddock-tls"), bundle)
-                    .map_err(|e| invalid("tls.extra_ca_files", format!("cannot write the CA bundle git reads: {e}")))?,
-            ),
-            None => None,
-        };
+        let bundle_file =
+            match &bundle {
+                Some(bundle) => Some(Arc::new(BundleFile::write(bundle).map_err(|e| {
+                    invalid("tls.extra_ca_files", format!("cannot write the CA bundle git reads: {e}"))
+                })?)),
+                None => None,
+            };
         if let Some(proxy) = &outbound.https_proxy {
             reqwest::Proxy::https(proxy.expose_secret())
                 .map_err(|e| invalid("outbound.https_proxy", format!("is not a proxy URL: {e}")))?;
         }
         let this = Self {
-            extra,
-            bundle,
+            extra: Arc::new(extra),
+            bundle: bundle.map(Arc::new),
             bundle_file,
             proxy: outbound.https_proxy.clone(),
             no_proxy: outbound.no_proxy.join(","),
@@ -118,7 +119,7 @@ impl Outbound {
     /// The operating system's trust store and no proxy: for tests and tools.
     pub fn system() -> Self {
         Self::new(&TlsConfig::default(), &OutboundConfig::default()).unwrap_or_else(|_| Self {
-            extra: Vec::new(),
+            extra: Arc::default(),
             bundle: None,
             bundle_file: None,
             proxy: None,
@@ -148,7 +149,7 @@ impl Outbound {
     /// The TLS trust for `rediss://` (single server and Cluster): `None`
     /// leaves the redis crate on the operating system's store.
     pub fn redis_certificates(&self) -> Option<redis::TlsCertificates> {
-        self.bundle.as_ref().map(|bundle| redis::TlsCertificates { client_tls: None, root_cert: Some(bundle.clone()) })
+        self.bundle.as_ref().map(|bundle| redis::TlsCertificates { client_tls: None, root_cert: Some(bundle.to_vec()) })
     }
 
     /// The HTTP client of the S3 SDK, with the same trust. The store is a
@@ -156,7 +157,7 @@ impl Outbound {
     pub fn s3_http_client(&self) -> aws_sdk_s3::config::SharedHttpClient {
         use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
         let mut trust = TrustStore::default();
-        for cert in &self.extra {
+        for cert in self.extra.iter() {
             trust = trust.with_pem_certificate(pem_encode(cert));
         }
         let builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc));
@@ -200,7 +201,7 @@ impl Outbound {
             env.push(("no_proxy".to_owned(), self.no_proxy.clone()));
         }
         if let Some(file) = &self.bundle_file {
-            env.push(("GIT_SSL_CAINFO".to_owned(), file.display().to_string()));
+            env.push(("GIT_SSL_CAINFO".to_owned(), file.path.display().to_string()));
         }
         env
     }
@@ -335,19 +336,30 @@ fn pem_encode(cert: &CertificateDer<'_>) -> Vec<u8> {
     pem.into_bytes()
 }
 
-/// Writes `bundle` under `dir`, named by its digest, so processes that
-/// share the directory agree on one file and a change of CAs makes a new one.
-fn write_bundle(dir: &Path, bundle: &[u8]) -> std::io::Result<PathBuf> {
-    let digest = Sha256::digest(bundle);
-    let name = common::hash::hex(&digest[..8]);
-    let path = dir.join(format!("ca-bundle-{name}.pem"));
-    if !path.exists() {
-        std::fs::create_dir_all(dir)?;
-        let partial = dir.join(format!(".ca-bundle-{name}-{}.pem", ulid::Ulid::new()));
-        std::fs::write(&partial, bundle)?;
-        std::fs::rename(&partial, &path)?;
+/// The trust bundle git reads, in a directory only this process made and
+/// only its user can enter (a shared, guessable path could be prepared by
+/// another local user with their own CAs). Removed with the last clone.
+struct BundleFile {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl BundleFile {
+    fn write(bundle: &[u8]) -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!("paddock-tls-{}", ulid::Ulid::new().to_string().to_lowercase()));
+        // Fails if the name exists: the directory is always a new one of ours.
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let path = dir.join("ca-bundle.pem");
+        std::fs::write(&path, bundle)?;
+        Ok(Self { dir, path })
     }
-    Ok(path)
+}
+
+impl Drop for BundleFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[cfg(test)]
@@ -367,6 +379,22 @@ mod tests {
         )
         .expect("a proxy URL");
         assert!(!format!("{outbound:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn git_reads_the_bundle_from_a_private_directory_that_goes_with_the_last_clone() {
+        use std::os::unix::fs::PermissionsExt;
+        // Any CA will do as the "internal" one: the system bundle's.
+        let tls = TlsConfig { extra_ca_files: vec![PathBuf::from("/etc/ssl/certs/ca-certificates.crt")] };
+        let outbound = Outbound::new(&tls, &OutboundConfig::default()).expect("the system bundle is PEM");
+        let env = outbound.clone().git_env();
+        let file = env.iter().find(|(k, _)| k == "GIT_SSL_CAINFO").map(|(_, v)| PathBuf::from(v)).expect("a bundle");
+        let dir = file.parent().expect("its directory").to_path_buf();
+        let mode = std::fs::metadata(&dir).expect("the directory exists").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "others could swap the CAs git trusts");
+        assert!(std::fs::read(&file).expect("the bundle").starts_with(b"-----BEGIN CERTIFICATE-----"));
+        drop(outbound);
+        assert!(!dir.exists(), "the bundle outlived every Outbound");
     }
 
     #[test]
