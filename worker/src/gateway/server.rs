@@ -863,3 +863,51 @@ impl GatewayServer {
         Ok(Self { address, stop })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worst_case_takes_the_asked_output_limit_or_4096_and_prices_both_sides() {
+        let price = ModelPrice { input_usd_per_mtok: 3.0, output_usd_per_mtok: 15.0 };
+        let cases = [
+            (r#"{"max_tokens":100}"#, 100),
+            (r#"{"max_completion_tokens":200}"#, 200),
+            (r#"{"max_output_tokens":300}"#, 300),
+            (r#"{"messages":[]}"#, 4096),
+            ("not json", 4096),
+        ];
+        for (request, output) in cases {
+            let input = request.len() as u64 / 4 + 1;
+            let spend = worst_case(request, Some(price));
+            assert_eq!(spend.tokens, input + output, "{request}");
+            let micro = (input as f64 * 3.0 + output as f64 * 15.0).ceil() as u64;
+            assert_eq!(spend.micro_usd, micro, "{request}");
+            assert_eq!(worst_case(request, None).micro_usd, 0, "no price, no cost");
+        }
+    }
+
+    #[test]
+    fn usage_is_read_from_every_wire_and_from_streams() {
+        let cases: [(&str, Option<(u64, u64)>); 6] = [
+            (r#"{"usage":{"prompt_tokens":12,"completion_tokens":5}}"#, Some((12, 5))),
+            (r#"{"usage":{"input_tokens":7,"output_tokens":3}}"#, Some((7, 3))),
+            (
+                "event: response.completed\ndata: {\"response\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":4}}}\n\n",
+                Some((9, 4)),
+            ),
+            // Anthropic: input in message_start, output (cumulative) in message_delta.
+            (
+                "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\
+                 data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":5}}\n",
+                Some((12, 5)),
+            ),
+            ("data: {\"choices\":[]}\ndata: [DONE]\n", None),
+            ("", None),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(usage(body.as_bytes()), expected, "{body}");
+        }
+    }
+}
