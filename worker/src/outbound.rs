@@ -58,9 +58,7 @@ impl Outbound {
     /// Reads the extra CA files and checks the proxy, naming the key at
     /// fault. Also makes aws-lc-rs the process's rustls provider.
     pub fn new(tls: &TlsConfig, outbound: &OutboundConfig) -> Result<Self, OutboundError> {
-        // Several crates bring rustls; they must agree on one provider
-        // (the redis crate asks for the process default).
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        install_provider();
         let invalid = |key, message: String| OutboundError::Config { key, message };
         let mut extra = Vec::new();
         let mut extra_pem = Vec::new();
@@ -118,13 +116,8 @@ impl Outbound {
 
     /// The operating system's trust store and no proxy: for tests and tools.
     pub fn system() -> Self {
-        Self::new(&TlsConfig::default(), &OutboundConfig::default()).unwrap_or_else(|_| Self {
-            extra: Arc::default(),
-            bundle: None,
-            bundle_file: None,
-            proxy: None,
-            no_proxy: String::new(),
-        })
+        install_provider();
+        Self { extra: Arc::default(), bundle: None, bundle_file: None, proxy: None, no_proxy: String::new() }
     }
 
     /// An HTTP client builder with this trust and proxy; callers add their
@@ -214,7 +207,7 @@ pub fn server_config(
     cert_file: &Path,
     key_file: &Path,
 ) -> Result<rustls::ServerConfig, OutboundError> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    install_provider();
     let invalid = |message: String| OutboundError::Config { key, message };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .and_then(|certs| certs.collect::<Result<_, _>>())
@@ -236,7 +229,7 @@ pub fn describe(error: &reqwest::Error) -> String {
         .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
         .unwrap_or_else(|| "the server".to_owned());
     if let Some(tls) = tls_failure(error) {
-        return format!("TLS with {host} failed before any request was sent: {tls}");
+        return untrusted(&host, &tls);
     }
     let what = if error.is_decode() || error.is_body() {
         format!("{host} answered unexpectedly")
@@ -251,9 +244,20 @@ pub fn describe(error: &reqwest::Error) -> String {
 /// [`describe`] for any error whose chain may hold a TLS failure.
 pub fn describe_failure(error: &(dyn StdError + 'static), host: &str) -> String {
     match tls_failure(error) {
-        Some(tls) => format!("TLS with {host} failed before any request was sent: {tls}"),
+        Some(tls) => untrusted(host, &tls),
         None => chain(format!("cannot reach {host}"), error),
     }
+}
+
+fn untrusted(host: &str, why: &str) -> String {
+    format!("TLS with {host} failed before any request was sent: {why}")
+}
+
+/// Several crates bring rustls; they must agree on one provider (the redis
+/// crate asks for the process default). The first call wins; later ones
+/// change nothing.
+fn install_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// `message` and every distinct message in `error`'s chain.

@@ -114,9 +114,14 @@ impl Runtime {
         if let Err(error) = self.queue.revoke_run_gateway_token(run.id).await {
             tracing::warn!(run_id = %run.id, %error, "revoking the run token failed; it expires with its TTL");
         }
-        let checkout = self.config.worker.work_dir.join(format!("{}-{}", run.id, run.epoch));
+        let checkout = self.checkout_dir(run);
         let _ = tokio::fs::remove_dir_all(&checkout).await;
         self.retry(run, format!("the worker panicked: {what}"))
+    }
+
+    /// Where an attempt's host checkout lives (one per epoch).
+    fn checkout_dir(&self, run: &ClaimedRun) -> std::path::PathBuf {
+        self.config.worker.work_dir.join(format!("{}-{}", run.id, run.epoch))
     }
 
     /// Tells the queue how the run ended, retrying briefly through a Redis
@@ -175,7 +180,7 @@ impl Runtime {
             let reason = StopReason::AuditUnavailable { message: e.to_string() };
             return Ending::Outcome(Outcome::Done { reason, artifacts: Vec::new(), facts: None });
         }
-        let checkout = self.config.worker.work_dir.join(format!("{}-{}", run.id, run.epoch));
+        let checkout = self.checkout_dir(run);
         let _ = tokio::fs::remove_dir_all(&checkout).await;
         let clone_url = git::clone_url(&self.config.git.base_url, &run.spec.repository);
         let credential = match &self.github {
