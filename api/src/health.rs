@@ -1,9 +1,9 @@
 //! Liveness and readiness.
 
 use actix_web::{HttpResponse, get, web};
+use objstore::ObjectStore;
 use serde::Serialize;
 use utoipa::ToSchema;
-use worker::artifacts::ObjectStore;
 
 use crate::problem::Problem;
 use crate::startup::AppState;

@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use common::config::Config;
-
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,8 +18,8 @@ async fn main() -> anyhow::Result<()> {
         ["--config", path] => Some(PathBuf::from(path)),
         _ => anyhow::bail!("usage: api [--config FILE] | api openapi"),
     };
-    common::telemetry::init();
-    let config = Config::load(config_path.as_deref(), std::env::vars())?;
+    platform::telemetry::init();
+    let config = platform::config::load(config_path.as_deref(), std::env::vars())?;
     let app = api::Application::build(config).await?;
     tracing::info!(port = app.port(), "api listening");
     app.run_until_stopped().await?;

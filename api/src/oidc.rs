@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::config::OidcConfig;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use platform::outbound::Outbound;
 use serde_json::Value;
-use worker::outbound::Outbound;
 
 /// Who a valid token says the caller is.
 #[derive(Debug, Clone)]
@@ -96,7 +96,7 @@ impl OidcVerifier {
 
     async fn fetch_keys(&self) -> Result<HashMap<String, DecodingKey>, String> {
         let unreachable =
-            |e: reqwest::Error| format!("the identity provider is unreachable: {}", worker::outbound::describe(&e));
+            |e: reqwest::Error| format!("the identity provider is unreachable: {}", platform::outbound::describe(&e));
         let jwks_uri = match &self.config.jwks_uri {
             Some(uri) => uri.clone(),
             None => {

@@ -189,13 +189,13 @@ impl From<common::ValidationError> for Problem {
     }
 }
 
-impl From<worker::queue::QueueError> for Problem {
-    fn from(e: worker::queue::QueueError) -> Self {
+impl From<store::QueueError> for Problem {
+    fn from(e: store::QueueError) -> Self {
         tracing::error!(error = %e, "queue error");
         match e {
-            worker::queue::QueueError::Redis(_) => Problem::unavailable("the run store (Redis) is unavailable"),
-            worker::queue::QueueError::Corrupt { .. } => Problem::internal(),
-            worker::queue::QueueError::Audit(e) => e.into(),
+            store::QueueError::Redis(_) => Problem::unavailable("the run store (Redis) is unavailable"),
+            store::QueueError::Corrupt { .. } => Problem::internal(),
+            store::QueueError::Audit(_) => audit_unavailable(),
         }
     }
 }
@@ -213,16 +213,20 @@ impl From<crate::runs::service::SubmitError> for Problem {
     }
 }
 
-impl From<worker::audit::AuditError> for Problem {
-    fn from(e: worker::audit::AuditError) -> Self {
+impl From<audit_trail::AuditError> for Problem {
+    fn from(e: audit_trail::AuditError) -> Self {
         tracing::error!(error = %e, "audit trail");
-        Problem::new(ErrorCode::AuditUnavailable)
-            .detail("the action was refused because its audit event could not be stored durably; retry later")
+        audit_unavailable()
     }
 }
 
-impl From<worker::artifacts::StoreError> for Problem {
-    fn from(e: worker::artifacts::StoreError) -> Self {
+fn audit_unavailable() -> Problem {
+    Problem::new(ErrorCode::AuditUnavailable)
+        .detail("the action was refused because its audit event could not be stored durably; retry later")
+}
+
+impl From<objstore::StoreError> for Problem {
+    fn from(e: objstore::StoreError) -> Self {
         tracing::error!(error = %e, "object store error");
         Problem::unavailable("object storage is unavailable")
     }

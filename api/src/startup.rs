@@ -5,12 +5,12 @@ use std::net::TcpListener;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
+use audit_trail::AuditTrail;
 use common::config::Config;
+use objstore::S3Store;
 use secrecy::ExposeSecret;
-use worker::artifacts::S3Store;
-use worker::audit::AuditTrail;
-use worker::queue::RunQueue;
-use worker::queue::identity::IdentityStore;
+use store::RunQueue;
+use store::identity::IdentityStore;
 
 use crate::auth::token_digest;
 use crate::openapi;
@@ -25,11 +25,11 @@ pub struct AppState {
     /// Verifies OIDC bearer tokens, when an identity provider is configured.
     pub oidc: Option<std::sync::Arc<crate::oidc::OidcVerifier>>,
     /// The GitHub App, when configured (webhooks check requesters with it).
-    pub github: Option<std::sync::Arc<worker::forge::GitHubApp>>,
+    pub github: Option<std::sync::Arc<forge::GitHubApp>>,
     /// This process's stream of the audit trail.
     pub audit: std::sync::Arc<AuditTrail>,
     /// Whether the bucket enforces write-once retention, probed at start.
-    pub object_lock: worker::artifacts::ObjectLockStatus,
+    pub object_lock: objstore::ObjectLockStatus,
     /// The bucket lifecycle rules installed at start (or why not).
     pub lifecycle: Vec<crate::audit::holds::LifecycleRule>,
 }
@@ -60,22 +60,22 @@ impl Application {
             );
         }
         let admin_token_digest = token_digest(token);
-        let outbound = worker::outbound::Outbound::new(&config.tls, &config.outbound)?;
+        let outbound = platform::outbound::Outbound::new(&config.tls, &config.outbound)?;
         let queue = RunQueue::connect(&config.redis, &outbound).await?;
         let store = S3Store::new(&config.s3, &outbound);
         let listener = TcpListener::bind(&config.api.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on `api.listen` = {}: {e}", config.api.listen))?;
         let port = listener.local_addr()?.port();
-        let github = worker::forge::GitHubApp::from_config(&config.github, &outbound)?.map(std::sync::Arc::new);
+        let github = forge::GitHubApp::from_config(&config.github, &outbound)?.map(std::sync::Arc::new);
         let oidc = match config.identity.oidc.clone() {
             Some(oidc) => Some(std::sync::Arc::new(crate::oidc::OidcVerifier::new(oidc, &outbound)?)),
             None => None,
         };
-        let (audit, object_lock) = worker::audit::open(&config, store.clone(), "api").await?;
+        let (audit, object_lock) = audit_trail::open(&config, store.clone(), "api").await?;
         let audit = std::sync::Arc::new(audit);
         let trail = audit.clone();
         let interval = std::time::Duration::from_secs(config.audit.digest_interval_seconds);
-        worker::audit::spawn_digests(std::sync::Arc::downgrade(&audit), interval);
+        audit_trail::spawn_digests(std::sync::Arc::downgrade(&audit), interval);
         if object_lock.enforced {
             tracing::info!(mode = ?object_lock.mode, days = ?object_lock.default_retention_days, "audit bucket: Object Lock enforced");
         } else {

@@ -148,3 +148,15 @@ impl ObjectRef {
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
 }
+
+/// Where an audited change is written before it takes effect: the audit
+/// trail. The store that applies such a change knows the trail only by this
+/// trait, so it does not depend on it.
+pub trait EventSink: Send + Sync {
+    /// Returns once the events are stored durably, or why they are not
+    /// (the caller then refuses the change).
+    fn record<'a>(
+        &'a self,
+        events: &'a [AuditEvent],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+}

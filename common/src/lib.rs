@@ -8,10 +8,10 @@ pub mod config;
 pub mod hash;
 pub mod identity;
 pub mod policy;
+pub mod records;
 pub mod retention;
 pub mod run;
 pub mod sealed;
-pub mod telemetry;
 
 pub use run::{
     AgentProfile, ArtifactKind, CredentialGrant, ModelUse, Priority, PullRequestRef, RepoName, RunFacts, RunId,

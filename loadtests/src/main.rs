@@ -139,14 +139,14 @@ fn time_label() -> String {
 }
 
 pub async fn gateway() -> Report {
+    use gateway::{GatewayServer, Redactor, RunGateway, mint_token, token_hash};
     use std::sync::Arc;
-    use worker::gateway::{GatewayServer, Redactor, RunGateway, mint_token, token_hash};
 
     let providers = tests::providers::EmulatedProviders::start().await;
     let queue = tests::fixtures::fresh_queue(None, false).await;
     let run = common::RunId::new();
     let token = mint_token().unwrap();
-    let grant = worker::queue::GatewayGrant { run, tenant: "bench".to_owned() };
+    let grant = store::GatewayGrant { run, tenant: "bench".to_owned() };
     queue.put_gateway_token(&token_hash(&token), &grant, Duration::from_secs(600)).await.unwrap();
     let mut config = common::config::GatewayConfig::default();
     let provider: common::config::ProviderConfig = serde_json::from_value(json!({

@@ -16,7 +16,9 @@ use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
 use common::{Priority, RunId, StopReason};
 use serde_json::json;
-use worker::queue::{ClaimedRun, Leases, Outcome, RunBackend, RunQueue};
+use store::{ClaimedRun, Outcome, RunQueue};
+use worker::backend::RunBackend;
+use worker::leases::Leases;
 
 use crate::load::fixed_rate;
 use crate::scheduling::commands_processed;
@@ -184,8 +186,8 @@ pub async fn worker_process(args: &[String]) {
     let [namespace, name, slots, hold] = args else { panic!("scale-worker <namespace> <name> <slots> <hold>") };
     let mut vars = tests::services::endpoint_vars();
     vars.push(("PADDOCK_REDIS__NAMESPACE".to_owned(), namespace.clone()));
-    let config = common::config::Config::load(None, vars).expect("config");
-    let queue = RunQueue::connect(&config.redis, &worker::outbound::Outbound::system()).await.expect("redis");
+    let config = platform::config::load(None, vars).expect("config");
+    let queue = RunQueue::connect(&config.redis, &platform::outbound::Outbound::system()).await.expect("redis");
     let (slots, hold): (usize, u64) = (slots.parse().expect("slots"), hold.parse().expect("hold"));
     let leases = Leases::default();
     let lease = Duration::from_secs(30);

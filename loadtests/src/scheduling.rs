@@ -11,7 +11,8 @@ use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
 use common::{Priority, RunId, StopReason};
 use serde_json::json;
-use worker::queue::{ClaimedRun, Outcome, RunBackend, RunQueue};
+use store::{ClaimedRun, Outcome, RunQueue};
+use worker::backend::RunBackend;
 
 use crate::{Report, Row};
 

@@ -6,10 +6,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::config::Config;
+use objstore::S3Store;
+use platform::outbound::Outbound;
 use serde_json::Value;
-use worker::artifacts::S3Store;
-use worker::outbound::Outbound;
-use worker::queue::RunQueue;
+use store::RunQueue;
 
 use crate::git_server::GitServer;
 use crate::services;
@@ -34,7 +34,7 @@ pub struct TestApp {
 pub const TEST_AUDIT_KEY: &str = "cGFkZG9jay10ZXN0LWF1ZGl0LXNpZ25pbmcta2V5ISE=";
 
 pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
-    common::telemetry::init();
+    platform::telemetry::init();
     let git = GitServer::start().await;
     let id = ulid::Ulid::new().to_string().to_lowercase();
     let scratch = std::env::temp_dir().join(format!("paddock-test-{id}"));
@@ -67,7 +67,7 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     // trusts its internal CA.
     vars.push(crate::tls::TestCa::get().trust_var());
     vars.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    let config = Config::load(None, vars.clone()).expect("test config is valid");
+    let config = platform::config::load(None, vars.clone()).expect("test config is valid");
     let outbound = Outbound::new(&config.tls, &config.outbound).expect("test trust and proxy are valid");
     let queue = RunQueue::connect(&config.redis, &outbound).await.expect("redis is up (run `cargo xtask setup`)");
     let store = S3Store::new(&config.s3, &outbound);
@@ -191,7 +191,7 @@ impl TestApp {
     /// An artifact's bytes from object storage.
     /// Every object of this deployment's audit trail, as one text.
     pub async fn audit_trail_text(&self) -> String {
-        use worker::artifacts::ObjectStore;
+        use objstore::ObjectStore;
         let mut trail = String::new();
         for (key, _) in self.store.list(&format!("{}/", self.config.audit.prefix)).await.expect("list the trail") {
             let bytes = self.store.get(&key).await.expect("read the trail").unwrap_or_default();
@@ -201,20 +201,16 @@ impl TestApp {
     }
 
     pub async fn artifact(&self, key: &str) -> bytes::Bytes {
-        use worker::artifacts::ObjectStore;
+        use objstore::ObjectStore;
         self.store.get(key).await.expect("s3 get").unwrap_or_else(|| panic!("artifact {key} missing"))
     }
 
     /// Containers of this run that still exist.
     pub async fn sandboxes_of(&self, id: &str) -> Vec<String> {
-        let driver = worker::sandbox::SandboxDriver::connect(
-            &self.config.sandbox,
-            &[],
-            &self.config.redis.namespace,
-            "observer",
-        )
-        .await
-        .unwrap();
+        let driver =
+            sandbox::SandboxDriver::connect(&self.config.sandbox, &[], &self.config.redis.namespace, "observer")
+                .await
+                .unwrap();
         driver.list_run_containers(id.parse().unwrap()).await.unwrap()
     }
 
@@ -278,15 +274,15 @@ impl TestApp {
     /// Like [`Self::spawn_worker_process`], with extra environment variables
     /// (for example canary secrets that must never reach a sandbox).
     pub fn spawn_worker_process_with_env(&self, extra: &[(&str, &str)]) -> WorkerProcess {
-        self.spawn_binary("worker", &[], extra)
+        self.spawn_binary("worker", "worker", &[], extra)
     }
 
-    /// Starts the standalone gateway (`worker gateway`) as a child process
+    /// Starts the standalone gateway (`paddock-gateway`) as a child process
     /// with this app's settings plus `extra`, and waits until it answers.
     pub async fn spawn_gateway_process(&self, listen: &str, extra: &[(&str, &str)]) -> WorkerProcess {
         let mut env = vec![("PADDOCK_GATEWAY__LISTEN", listen), ("PADDOCK_GATEWAY__REMOTE", "")];
         env.extend_from_slice(extra);
-        let process = self.spawn_binary("gateway", &["gateway"], &env);
+        let process = self.spawn_binary("gateway", "paddock-gateway", &[], &env);
         let started = std::time::Instant::now();
         let tls = extra.iter().any(|(k, _)| *k == "PADDOCK_GATEWAY__TLS_CERT_FILE");
         let (client, scheme) =
@@ -298,10 +294,10 @@ impl TestApp {
         process
     }
 
-    /// The `worker` binary with `args`, this app's settings and `extra`
+    /// The binary `name` with `args`, this app's settings and `extra`
     /// (an empty value removes a setting), logging to the scratch dir.
-    fn spawn_binary(&self, label: &str, args: &[&str], extra: &[(&str, &str)]) -> WorkerProcess {
-        let bin = services::bin_dir().join("worker");
+    fn spawn_binary(&self, label: &str, name: &str, args: &[&str], extra: &[(&str, &str)]) -> WorkerProcess {
+        let bin = services::bin_dir().join(name);
         assert!(bin.exists(), "{} is missing: build with `cargo build --bins`", bin.display());
         let log = self.scratch.join(format!("{label}-{}.log", ulid::Ulid::new()));
         let file = std::fs::File::create(&log).expect("process log");

@@ -1,8 +1,7 @@
 //! Small builders shared by the queue-level tests.
 
-use common::config::Config;
 use common::{AgentProfile, Priority, RunSpec};
-use worker::queue::RunQueue;
+use store::RunQueue;
 
 use crate::services;
 
@@ -16,8 +15,8 @@ pub async fn fresh_queue(url: Option<&str>, cluster: bool) -> RunQueue {
     vars.push(("PADDOCK_REDIS__CLUSTER".to_owned(), cluster.to_string()));
     vars.push(("PADDOCK_REDIS__NAMESPACE".to_owned(), format!("q-{}", ulid::Ulid::new())));
     vars.push(crate::tls::TestCa::get().trust_var());
-    let config = Config::load(None, vars).expect("test config");
-    let outbound = worker::outbound::Outbound::new(&config.tls, &config.outbound).expect("test trust");
+    let config = platform::config::load(None, vars).expect("test config");
+    let outbound = platform::outbound::Outbound::new(&config.tls, &config.outbound).expect("test trust");
     RunQueue::connect(&config.redis, &outbound).await.expect("redis is up (run `cargo xtask setup`)")
 }
 

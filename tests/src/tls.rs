@@ -120,7 +120,7 @@ pub fn server_config() -> rustls::ServerConfig {
 }
 
 /// Paddock's outbound settings trusting the test CA (no proxy).
-pub fn trusting_outbound() -> worker::outbound::Outbound {
+pub fn trusting_outbound() -> platform::outbound::Outbound {
     let tls = common::config::TlsConfig { extra_ca_files: vec![TestCa::get().ca_file()] };
-    worker::outbound::Outbound::new(&tls, &Default::default()).expect("the test CA is usable")
+    platform::outbound::Outbound::new(&tls, &Default::default()).expect("the test CA is usable")
 }

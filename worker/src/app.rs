@@ -11,12 +11,14 @@ use apalis_core::worker::builder::WorkerBuilder;
 use common::config::Config;
 use tokio_util::sync::CancellationToken;
 
-use crate::artifacts::S3Store;
-use crate::egress::EgressPolicy;
-use crate::outbound::Outbound;
-use crate::queue::{Leases, RunBackend, RunQueue, leases};
+use crate::backend::RunBackend;
+use crate::leases::{self, Leases};
 use crate::runner::{self, Runtime};
-use crate::sandbox::SandboxDriver;
+use objstore::S3Store;
+use platform::outbound::Outbound;
+use sandbox::SandboxDriver;
+use sandbox::egress::EgressPolicy;
+use store::RunQueue;
 
 pub struct Application {
     runtime: Arc<Runtime>,
@@ -47,13 +49,13 @@ impl Application {
         sweep_dead_workers(&queue, &sandboxes, Duration::from_secs(config.worker.lease_seconds)).await?;
         let config_github = config.github.clone();
         let config_gateway = config.gateway.clone();
-        let (audit, object_lock) = crate::audit::open(&config, store.clone(), &worker).await?;
+        let (audit, object_lock) = audit_trail::open(&config, store.clone(), &worker).await?;
         if !object_lock.enforced {
             tracing::warn!(detail = %object_lock.detail, "audit bucket: Object Lock not enforced");
         }
         let audit = Arc::new(audit);
         let interval = Duration::from_secs(config.audit.digest_interval_seconds);
-        crate::audit::spawn_digests(Arc::downgrade(&audit), interval);
+        audit_trail::spawn_digests(Arc::downgrade(&audit), interval);
         let runtime = Runtime {
             config,
             worker,
@@ -61,12 +63,12 @@ impl Application {
             store,
             sandboxes,
             leases: Leases::default(),
-            redaction_key: crate::gateway::mint_token()?.into_bytes(),
+            redaction_key: gateway::mint_token()?.into_bytes(),
             grace_over: CancellationToken::new(),
-            github: crate::forge::GitHubApp::from_config(&config_github, &outbound)?.map(Arc::new),
+            github: forge::GitHubApp::from_config(&config_github, &outbound)?.map(Arc::new),
             audit,
             http: outbound.http().build()?,
-            remote_gateway: crate::gateway::RemoteGateway::from_config(&config_gateway, &outbound)?,
+            remote_gateway: gateway::RemoteGateway::from_config(&config_gateway, &outbound)?,
             outbound,
         };
         Ok(Self { runtime: Arc::new(runtime) })

@@ -1,19 +1,13 @@
-//! Everything that executes a run: the queue backend, the sandbox driver,
-//! git, artifact storage and the run itself.
+//! The worker process: claims runs from the store through apalis, keeps
+//! their leases, executes each one (sandbox, gateway, publishing, evidence)
+//! and sweeps what retention allows. The libraries it is built from live
+//! under `crates/`.
 
 pub mod app;
-pub mod artifacts;
-pub mod audit;
-pub mod egress;
-pub mod forge;
-pub mod gateway;
-pub mod git;
-pub mod listener;
-pub mod outbound;
-pub mod publish;
-pub mod queue;
+pub mod audit_events;
+pub mod backend;
+pub mod leases;
 pub mod retention;
 pub mod runner;
-pub mod sandbox;
 
 pub use app::Application;

@@ -17,14 +17,14 @@ use std::time::Duration;
 
 use common::audit::{Actor, AuditEvent, ObjectRef};
 use common::config::RetentionConfig;
+pub use common::records::SweepReport;
 use common::retention::{LegalHold, RetentionClass, run_object};
 use common::{RunId, audit::now_ms};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::artifacts::{ObjectStore, S3Store, StoreError};
-use crate::audit::{AuditTrail, ChainedEvent, SignedDigest, signs, stream_and_number};
-use crate::queue::{QueueError, RunQueue};
+use audit_trail::{AuditTrail, ChainedEvent, SignedDigest, signs, stream_and_number};
+use objstore::{ObjectStore, S3Store, StoreError};
+use store::{QueueError, RunQueue};
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 /// Runs named in a sweep's audit event; the counts are always complete.
@@ -37,22 +37,9 @@ pub enum SweepError {
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error("the sweep could not be audited, so nothing was deleted: {0}")]
-    Audit(#[from] crate::audit::AuditError),
+    Audit(#[from] audit_trail::AuditError),
     #[error("legal holds changed while the sweep planned; nothing was deleted, the next sweep plans again")]
     HoldsChanged,
-}
-
-/// What one sweep deleted and kept.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct SweepReport {
-    pub at_ms: u64,
-    /// Objects deleted, by class.
-    pub deleted: BTreeMap<RetentionClass, usize>,
-    /// Objects past retention kept because a legal hold covers them.
-    pub held: usize,
-    /// Runs some of whose objects were deleted (the first 1,000).
-    #[schema(value_type = Vec<String>)]
-    pub runs: Vec<RunId>,
 }
 
 pub struct Sweeper {

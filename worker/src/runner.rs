@@ -15,15 +15,16 @@ use tracing::Instrument;
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::artifacts::S3Store;
-use crate::audit::events as audit_events;
-use crate::egress::{EgressPolicy, EgressProxy, EgressRecord};
-use crate::forge::{ForgeError, GitHubApp, RUN_PERMISSIONS, RepoCredential};
-use crate::gateway::{CallRecord, GatewayServer, Redactor, Relay, RunGateway, mint_token, token_hash};
-use crate::git::{self, GitError};
-use crate::publish::{self, PublishError, Published, RunStory};
-use crate::queue::{ClaimedRun, GatewayGrant, LeaseGuard, Leases, Outcome, RunQueue};
-use crate::sandbox::{Exec, Sandbox, SandboxDriver, SandboxError, tar_tree};
+use crate::audit_events;
+use crate::leases::{LeaseGuard, Leases};
+use forge::git::{self, GitError};
+use forge::publish::{self, PublishError, Published, RunStory};
+use forge::{ForgeError, GitHubApp, RUN_PERMISSIONS, RepoCredential};
+use gateway::{CallRecord, GatewayServer, Redactor, Relay, RunGateway, mint_token, token_hash};
+use objstore::S3Store;
+use sandbox::egress::{EgressPolicy, EgressProxy, EgressRecord};
+use sandbox::{Exec, Sandbox, SandboxDriver, SandboxError, tar_tree};
+use store::{ClaimedRun, GatewayGrant, Outcome, RunQueue};
 
 /// Everything a run needs, shared by all runs of a worker process.
 pub struct Runtime {
@@ -42,13 +43,13 @@ pub struct Runtime {
     /// draft pull requests.
     pub github: Option<Arc<GitHubApp>>,
     /// This worker's stream of the audit trail.
-    pub audit: Arc<crate::audit::AuditTrail>,
+    pub audit: Arc<audit_trail::AuditTrail>,
     /// Trust and proxy of Paddock's own calls out (`[tls]`, `[outbound]`).
-    pub outbound: crate::outbound::Outbound,
+    pub outbound: platform::outbound::Outbound,
     /// The one client to model providers, shared by every run's gateway.
     pub http: reqwest::Client,
     /// The standalone gateway runs' gateway addresses are relayed to.
-    pub remote_gateway: Option<crate::gateway::RemoteGateway>,
+    pub remote_gateway: Option<gateway::RemoteGateway>,
 }
 
 /// Why a run stopped before it could report an outcome.
@@ -161,7 +162,7 @@ impl Runtime {
 
     /// Records `events` in the trail (the evidence; an error means they are
     /// not stored), then in the index behind `GET /v1/audit/events`.
-    async fn record_audit(&self, events: &[common::audit::AuditEvent]) -> Result<(), crate::audit::AuditError> {
+    async fn record_audit(&self, events: &[common::audit::AuditEvent]) -> Result<(), audit_trail::AuditError> {
         self.audit.record(events).await?;
         if let Err(error) = self.queue.identity().index_audit(events).await {
             tracing::warn!(%error, "audit events are stored but not indexed for GET /v1/audit/events");
@@ -438,7 +439,7 @@ impl Runtime {
     /// A redactor for every secret this worker knows, the tenant's and
     /// the run token.
     async fn redactor(&self, tenant: &str, run_token: Option<&str>) -> Result<Redactor, String> {
-        let known = crate::gateway::known_secrets(&self.config, &self.queue, tenant, run_token).await?;
+        let known = gateway::known_secrets(&self.config, &self.queue, tenant, run_token).await?;
         Ok(Redactor::new(&known, &self.redaction_key))
     }
 

@@ -6,11 +6,13 @@
 //! - `demo`: setup, then one issue-to-diff run end to end on local defaults
 //! - `bench`: the benchmarks in `loadtests/`, each against a baseline
 //! - `openapi`: regenerate `openapi/openapi.json`
+//! - `tidy`: the workspace's crates and the dependency rules of ARCHITECTURE.md
 //!
 //! Everything it installs or keeps lives under `$PADDOCK_HOME` (default
 //! `~/.cache/paddock`), outside the clone, so a fresh clone reuses it.
 
 mod services;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -24,7 +26,8 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("openapi") => openapi(),
         Some("bench") => bench(&args[1..]),
-        _ => Err("usage: cargo xtask <setup|test|demo|bench|openapi>".to_owned()),
+        Some("tidy") => tidy(),
+        _ => Err("usage: cargo xtask <setup|test|demo|bench|openapi|tidy>".to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,6 +72,39 @@ fn cargo(args: &[&str]) -> Command {
     cmd
 }
 
+/// Prints what each workspace crate depends on inside the workspace and
+/// fails when a rule of ARCHITECTURE.md is broken.
+fn tidy() -> Result<()> {
+    let graph = tidy::workspace_graph()?;
+    let members: Vec<&str> = WORKSPACE.to_vec();
+    for line in tidy::workspace_lines(&graph, &members) {
+        println!("{line}");
+    }
+    let broken = tidy::violations(&graph, tidy::RULES);
+    if broken.is_empty() {
+        println!("all {} dependency rules hold", tidy::RULES.len());
+        return Ok(());
+    }
+    Err(format!("dependency rules broken:\n{}", broken.join("\n")))
+}
+
+/// The workspace's crates, libraries first, in the order ARCHITECTURE.md lists them.
+const WORKSPACE: &[&str] = &[
+    "common",
+    "platform",
+    "store",
+    "objstore",
+    "audit-trail",
+    "forge",
+    "sandbox",
+    "gateway",
+    "worker",
+    "api",
+    "tests",
+    "loadtests",
+    "xtask",
+];
+
 fn setup() -> Result<()> {
     let started = Instant::now();
     services::ensure_all(&home())?;
@@ -78,6 +114,7 @@ fn setup() -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     let started = Instant::now();
+    tidy()?;
     setup()?;
     services::remove_test_leftovers();
     run(&mut cargo(&["build", "--workspace", "--bins"]))?;

@@ -1,16 +1,16 @@
 //! `/v1/audit/exports`: compliance export jobs. A request is audited before
 //! the job starts (refused with 503 when it cannot be); the job runs in this
 //! API process and writes a bundle that verifies on its own
-//! (`worker::audit::export`); its completion is audited with the manifest's
+//! (`audit_trail::export`); its completion is audited with the manifest's
 //! SHA-256.
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, get, post, web};
+use audit_trail::VerifyReport;
+use audit_trail::export::{ExportRequest, ExportState, ExportStatus, export, verify_export};
 use common::audit::{ObjectRef, now_ms};
 use serde::Deserialize;
 use utoipa::ToSchema;
-use worker::audit::VerifyReport;
-use worker::audit::export::{ExportRequest, ExportState, ExportStatus, export, verify_export};
 
 use crate::audit::handlers::trusted_keys;
 use crate::auth::{Authorized, Caller, need};
@@ -143,7 +143,7 @@ async fn run_export(state: web::Data<AppState>, caller: Caller, mut status: Expo
 async fn write_bundle(
     state: &AppState,
     status: &ExportStatus,
-) -> Result<(worker::audit::export::SignedManifest, String), worker::audit::AuditError> {
+) -> Result<(audit_trail::export::SignedManifest, String), audit_trail::AuditError> {
     // This process's own events are digested first, so they can be proven.
     state.audit.flush().await?;
     let config = &state.config.audit;

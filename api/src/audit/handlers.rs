@@ -4,8 +4,8 @@
 use actix_web::{get, web};
 use common::audit::AuditEvent;
 use serde::{Deserialize, Serialize};
+use store::identity::AuditFilter;
 use utoipa::{IntoParams, ToSchema};
-use worker::queue::identity::AuditFilter;
 
 use crate::auth::{Authorized, need};
 use crate::problem::Problem;
@@ -84,7 +84,7 @@ pub struct VerifyQuery {
     tag = "audit",
     params(VerifyQuery),
     responses(
-        (status = 200, body = worker::audit::VerifyReport),
+        (status = 200, body = audit_trail::VerifyReport),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
@@ -96,19 +96,19 @@ pub async fn verify_audit(
     _caller: Authorized<need::AuditRead>,
     state: web::Data<AppState>,
     query: web::Query<VerifyQuery>,
-) -> Result<web::Json<worker::audit::VerifyReport>, Problem> {
+) -> Result<web::Json<audit_trail::VerifyReport>, Problem> {
     let trusted = trusted_keys(&state)?;
     let until = query.until_ms.unwrap_or(u64::MAX);
     let since = query.since_ms.unwrap_or(0);
-    let report = worker::audit::verify(&state.store, &state.config.audit.prefix, &trusted, since, until).await?;
+    let report = audit_trail::verify(&state.store, &state.config.audit.prefix, &trusted, since, until).await?;
     Ok(web::Json(report))
 }
 
 /// This deployment's public key and `audit.trusted_public_keys`.
-pub fn trusted_keys(state: &AppState) -> Result<Vec<worker::audit::VerifyingKey>, Problem> {
+pub fn trusted_keys(state: &AppState) -> Result<Vec<audit_trail::VerifyingKey>, Problem> {
     let mut trusted = vec![state.audit.public_key()];
     for (i, key) in state.config.audit.trusted_public_keys.iter().enumerate() {
-        let key = worker::audit::verifying_key(key).map_err(|e| {
+        let key = audit_trail::verifying_key(key).map_err(|e| {
             tracing::error!(error = %e, index = i, "audit.trusted_public_keys");
             Problem::internal()
         })?;
@@ -128,7 +128,7 @@ pub struct AuditStatus {
     pub prefix: String,
     pub digest_interval_seconds: u64,
     /// The start-up probe of the bucket's Object Lock.
-    pub object_lock: worker::artifacts::ObjectLockStatus,
+    pub object_lock: objstore::ObjectLockStatus,
 }
 
 /// The audit trail's signing key, location, digest interval, and whether
@@ -146,7 +146,7 @@ pub struct AuditStatus {
 pub async fn audit_status(_caller: Authorized<need::AuditRead>, state: web::Data<AppState>) -> web::Json<AuditStatus> {
     web::Json(AuditStatus {
         stream: state.audit.stream().to_owned(),
-        public_key: worker::audit::public_key_b64(&state.audit.public_key()),
+        public_key: audit_trail::public_key_b64(&state.audit.public_key()),
         prefix: state.config.audit.prefix.clone(),
         digest_interval_seconds: state.config.audit.digest_interval_seconds,
         object_lock: state.object_lock.clone(),

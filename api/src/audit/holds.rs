@@ -6,11 +6,11 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, get, post, web};
 use common::audit::{ObjectRef, now_ms};
+use common::records::SweepReport;
 use common::retention::{HoldTarget, LegalHold, RetentionClass};
+use objstore::ObjectStore;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use worker::artifacts::ObjectStore;
-use worker::retention::SweepReport;
 
 use crate::auth::{Authorized, need};
 use crate::identity::revoke::{Reason, reason_ok};
@@ -176,10 +176,7 @@ pub struct LifecycleRule {
 /// bundles (their own prefix, never held) expire by the bucket's lifecycle.
 /// Run objects and the audit trail are the sweeper's: a lifecycle rule
 /// would delete what a legal hold covers on stores without Object Lock.
-pub async fn install_lifecycle_rules(
-    config: &common::config::Config,
-    store: &worker::artifacts::S3Store,
-) -> Vec<LifecycleRule> {
+pub async fn install_lifecycle_rules(config: &common::config::Config, store: &objstore::S3Store) -> Vec<LifecycleRule> {
     let Some(days) = config.retention.days(RetentionClass::Exports) else { return Vec::new() };
     let rule = "paddock-exports".to_owned();
     let prefix = format!("{}/", config.audit.export_prefix.trim_end_matches('/'));

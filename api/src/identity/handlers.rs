@@ -6,8 +6,8 @@ use actix_web::{HttpResponse, delete, get, post, web};
 use common::audit::{ObjectRef, now_ms};
 use common::identity::{Binding, Permission, Role, Scope, Subject, new_service_token, validate_account_name};
 use serde::{Deserialize, Serialize};
+use store::identity::{ServiceAccount, TokenRecord};
 use utoipa::ToSchema;
-use worker::queue::identity::{ServiceAccount, TokenRecord};
 
 use crate::auth::{Authorized, need, token_hash_hex};
 use crate::problem::{ErrorCode, Problem};

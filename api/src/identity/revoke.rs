@@ -10,8 +10,8 @@ use common::audit::{ObjectRef, now_ms};
 use common::identity::Subject;
 use common::{RunRecord, RunState};
 use serde::{Deserialize, Serialize};
+use store::identity::{IdentityStore, TokenRecord, UserStatus};
 use utoipa::ToSchema;
-use worker::queue::identity::{IdentityStore, TokenRecord, UserStatus};
 
 use crate::auth::{Authorized, Caller, need};
 use crate::problem::Problem;

@@ -5,8 +5,8 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use common::{AgentProfile, ArtifactKind, RepoName, RunId, RunRecord, RunSpec, RunState};
-use worker::artifacts::ObjectStore;
-use worker::queue::Idempotency;
+use objstore::ObjectStore;
+use store::Idempotency;
 
 use super::dto::{CreateRun, ListQuery, RunAccepted, RunList, RunView};
 use super::service;

@@ -8,9 +8,9 @@
 
 use actix_web::{get, web};
 use common::{ArtifactKind, RunId};
+use objstore::ObjectStore;
 use serde_json::{Value, json};
-use worker::artifacts::ObjectStore;
-use worker::queue::identity::AuditFilter;
+use store::identity::AuditFilter;
 
 use crate::auth::{Scoped, need};
 use crate::problem::Problem;

@@ -3,7 +3,7 @@
 
 use common::audit::{Actor, AuditEvent, ObjectRef};
 use common::{RunId, RunSpec, RunState, ValidationError};
-use worker::queue::{Enqueued, Idempotency, QueueError};
+use store::{Enqueued, Idempotency, QueueError};
 
 use crate::startup::AppState;
 

@@ -8,8 +8,8 @@ use common::sealed::{SecretBox, fingerprint};
 use common::{ValidationError, validate_tenant};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use store::StoredSecret;
 use utoipa::ToSchema;
-use worker::queue::StoredSecret;
 
 use crate::auth::{Scoped, need};
 use crate::problem::{ErrorCode, Problem};

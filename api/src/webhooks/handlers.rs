@@ -7,11 +7,11 @@
 
 use actix_web::{HttpRequest, HttpResponse, post, web};
 use common::{AgentProfile, Priority, RepoName, RunId, RunSpec};
+use forge::publish;
 use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sha2::Sha256;
-use worker::publish;
 
 use crate::problem::{ErrorCode, Problem};
 use crate::startup::AppState;
@@ -109,7 +109,7 @@ async fn handle(
     let Some(app) = &state.github else {
         return Err(Problem::unavailable("the GitHub App is not configured (github.app_id)"));
     };
-    let forge = |e: worker::forge::ForgeError| Problem::unavailable(format!("GitHub: {e}"));
+    let forge = |e: forge::ForgeError| Problem::unavailable(format!("GitHub: {e}"));
     let refuse = async |text: String, reason: &str| {
         publish::comment_on_issue(app, &repo, issue, RunId::new(), &text).await.map_err(forge)?;
         tracing::info!(%repo, issue, %sender, reason, "webhook run refused");

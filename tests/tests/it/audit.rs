@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
+use audit_trail::{AuditTrail, FindingKind, VerifyReport, signing_key, verify};
 use common::audit::{Actor, AuditEvent, ObjectRef};
+use objstore::ObjectStore;
 use serde_json::{Value, json};
 use tests::outage::Outage;
 use tests::{TEST_AUDIT_KEY, TestApp, spawn_app};
-use worker::artifacts::ObjectStore;
-use worker::audit::{AuditTrail, FindingKind, VerifyReport, signing_key, verify};
 
 fn event(i: u32) -> AuditEvent {
     let actor = Actor { principal: "alice@example.com".to_owned(), method: "oidc".to_owned(), via: None };
@@ -206,7 +206,7 @@ async fn a_worker_that_cannot_write_its_audit_events_stops_the_run_and_does_noth
 async fn the_status_names_the_signing_key_and_says_whether_the_bucket_enforces_retention() {
     let app = spawn_app(&[]).await;
     let status: Value = app.get("/v1/audit/status").await.json().await.unwrap();
-    let public = worker::audit::public_key_b64(&signing_key(TEST_AUDIT_KEY).unwrap().verifying_key());
+    let public = audit_trail::public_key_b64(&signing_key(TEST_AUDIT_KEY).unwrap().verifying_key());
     assert_eq!(status["public_key"], public.as_str(), "{status:#}");
     assert!(status["stream"].as_str().unwrap().starts_with("api-"));
     // Garage has no Object Lock: the probe says so instead of claiming WORM.
@@ -264,7 +264,7 @@ fn gunzip(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn an_export_for_a_time_range_verifies_on_its_own_and_any_change_to_it_is_found() {
-    use worker::audit::export::verify_export;
+    use audit_trail::export::verify_export;
     let app = spawn_app(&[]).await;
     let since = common::audit::now_ms() - 1000;
     let repo = app.repo(&[("README.md", b"# export\n")]);
@@ -309,12 +309,12 @@ async fn an_export_for_a_time_range_verifies_on_its_own_and_any_change_to_it_is_
             .output()
             .unwrap()
     };
-    let offline = cli(worker::audit::public_key_b64(&public));
+    let offline = cli(audit_trail::public_key_b64(&public));
     assert!(offline.status.success(), "{}", String::from_utf8_lossy(&offline.stderr));
     let offline: Value = serde_json::from_slice(&offline.stdout).unwrap();
     assert_eq!((offline["events_checked"].as_u64(), offline["findings"].as_array().map(Vec::len)), (Some(3), Some(0)));
     let stranger = signing_key("c3RyYW5nZXItc3RyYW5nZXItc3RyYW5nZXItc3RyYW4=").unwrap().verifying_key();
-    assert_eq!(cli(worker::audit::public_key_b64(&stranger)).status.code(), Some(1), "an untrusted key fails");
+    assert_eq!(cli(audit_trail::public_key_b64(&stranger)).status.code(), Some(1), "an untrusted key fails");
 
     // GitHub's streaming layout: YYYY/MM/HH/MM/<uuid>.json.gz, JSON Lines inside.
     let files: Vec<String> = app.store.list(&bundle).await.unwrap().into_iter().map(|(k, _)| k).collect();
@@ -370,9 +370,9 @@ async fn an_export_for_a_time_range_verifies_on_its_own_and_any_change_to_it_is_
     assert_eq!((status, problem["field"].as_str()), (400, Some("run")), "{problem}");
 
     // A job whose API process died (no heartbeat for a minute) is reported failed.
-    let mut orphan: worker::audit::export::ExportStatus = serde_json::from_value(only.clone()).unwrap();
+    let mut orphan: audit_trail::export::ExportStatus = serde_json::from_value(only.clone()).unwrap();
     orphan.id = "orphaned-export".into();
-    orphan.state = worker::audit::export::ExportState::Running;
+    orphan.state = audit_trail::export::ExportState::Running;
     orphan.created_at_ms -= 120_000;
     orphan.heartbeat_ms = None;
     app.queue.identity().save_export(&orphan).await.unwrap();

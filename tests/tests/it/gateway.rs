@@ -119,11 +119,11 @@ async fn run_agent_calling_models(app: &tests::TestApp, registered: &str) -> (St
 
 async fn serve_run(
     providers: &EmulatedProviders,
-    queue: &worker::queue::RunQueue,
+    queue: &store::RunQueue,
     tenant: &str,
     config: &common::config::GatewayConfig,
     ttl: std::time::Duration,
-) -> (String, worker::gateway::GatewayServer, common::RunId) {
+) -> (String, gateway::GatewayServer, common::RunId) {
     let (token, server, gateway) = serve_run_gateway(providers, queue, tenant, config, ttl).await;
     (token, server, gateway.run)
 }
@@ -132,27 +132,27 @@ async fn serve_run(
 /// It trusts the test CA, as `tls.extra_ca_files` makes it.
 async fn serve_run_gateway(
     providers: &EmulatedProviders,
-    queue: &worker::queue::RunQueue,
+    queue: &store::RunQueue,
     tenant: &str,
     config: &common::config::GatewayConfig,
     ttl: std::time::Duration,
-) -> (String, worker::gateway::GatewayServer, std::sync::Arc<worker::gateway::RunGateway>) {
+) -> (String, gateway::GatewayServer, std::sync::Arc<gateway::RunGateway>) {
     let http = tests::tls::trusting_outbound().http().build().unwrap();
     serve_run_gateway_with(providers, queue, tenant, config, ttl, http).await
 }
 
 async fn serve_run_gateway_with(
     providers: &EmulatedProviders,
-    queue: &worker::queue::RunQueue,
+    queue: &store::RunQueue,
     tenant: &str,
     config: &common::config::GatewayConfig,
     ttl: std::time::Duration,
     http: reqwest::Client,
-) -> (String, worker::gateway::GatewayServer, std::sync::Arc<worker::gateway::RunGateway>) {
-    use worker::gateway::{GatewayServer, Redactor, RunGateway, mint_token, token_hash};
+) -> (String, gateway::GatewayServer, std::sync::Arc<gateway::RunGateway>) {
+    use gateway::{GatewayServer, Redactor, RunGateway, mint_token, token_hash};
     let run = common::RunId::new();
     let token = mint_token().unwrap();
-    let grant = worker::queue::GatewayGrant { run, tenant: tenant.to_owned() };
+    let grant = store::GatewayGrant { run, tenant: tenant.to_owned() };
     queue.put_gateway_token(&token_hash(&token), &grant, ttl).await.unwrap();
     let redactor = Redactor::new(std::slice::from_ref(&providers.key), b"test");
     let gateway =
@@ -163,11 +163,11 @@ async fn serve_run_gateway_with(
 }
 
 /// Waits until the run's budget shows `used` and nothing reserved.
-async fn wait_for_spend(queue: &worker::queue::RunQueue, run: common::RunId, used: worker::queue::Spend) {
+async fn wait_for_spend(queue: &store::RunQueue, run: common::RunId, used: store::Spend) {
     let what = format!("the run's budget shows {used:?} used and nothing reserved");
     tests::eventually(std::time::Duration::from_secs(10), &what, || async {
         let (spent, reserved) = queue.run_spend(run).await.unwrap();
-        let settled = spent == used && reserved == worker::queue::Spend::default();
+        let settled = spent == used && reserved == store::Spend::default();
         if settled { Ok(()) } else { Err(format!("used {spent:?}, reserved {reserved:?}")) }
     })
     .await
@@ -177,7 +177,7 @@ async fn wait_for_spend(queue: &worker::queue::RunQueue, run: common::RunId, use
 /// for the emulated OpenAI provider.
 async fn emulated_gateway(
     tenant_per_minute: u32,
-) -> (EmulatedProviders, worker::queue::RunQueue, common::config::GatewayConfig) {
+) -> (EmulatedProviders, store::RunQueue, common::config::GatewayConfig) {
     let providers = EmulatedProviders::start().await;
     let queue = tests::fixtures::fresh_queue(None, false).await;
     let config = gateway_config(&providers, tenant_per_minute);
@@ -197,7 +197,7 @@ fn gateway_config(providers: &EmulatedProviders, tenant_per_minute: u32) -> comm
     config
 }
 
-async fn chat(client: &reqwest::Client, server: &worker::gateway::GatewayServer, token: &str) -> reqwest::Response {
+async fn chat(client: &reqwest::Client, server: &gateway::GatewayServer, token: &str) -> reqwest::Response {
     client
         .post(format!("http://{}/v1/chat/completions", server.address))
         .bearer_auth(token)
@@ -286,7 +286,7 @@ async fn token_budgets_are_reserved_before_a_call_and_settled_after_it() {
     assert_eq!(providers.received().len(), 2, "a call over budget reached the provider");
 
     // Each answer reported 17 tokens; nothing stays reserved.
-    wait_for_spend(&queue, run, worker::queue::Spend { tokens: 34, micro_usd: 0 }).await;
+    wait_for_spend(&queue, run, store::Spend { tokens: 34, micro_usd: 0 }).await;
     providers.stop().await;
 }
 
@@ -463,7 +463,7 @@ curl -sS -o /dev/null -w 'status: %{http_code}\n' "$OPENAI_BASE_URL/chat/complet
         ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", ALLOWED),
     ])
     .await;
-    let canaries = worker::gateway::canaries();
+    let canaries = gateway::canaries();
     let prompt: String = canaries.iter().map(|(_, c)| format!("here: {c}\n")).collect();
     let repo = app.repo(&[("README.md", b"# x\n")]);
     let worker = app.spawn_worker().await;
@@ -509,7 +509,7 @@ async fn each_call_is_metered_priced_and_held_to_a_cost_budget() {
     let request_id = answered.headers()["x-paddock-request-id"].to_str().unwrap().to_owned();
     assert!(request_id.starts_with("req_"), "{request_id}");
     answered.bytes().await.unwrap();
-    wait_for_spend(&queue, gateway.run, worker::queue::Spend { tokens: 17, micro_usd: 80 }).await;
+    wait_for_spend(&queue, gateway.run, store::Spend { tokens: 17, micro_usd: 80 }).await;
 
     let refused = ask(1000).await.unwrap();
     assert_eq!(refused.status().as_u16(), 429, "the second worst case exceeds the cost budget");
@@ -577,8 +577,8 @@ async fn secrets_in_answers_are_redacted_even_when_split_across_stream_chunks() 
 struct VertexRun {
     providers: EmulatedProviders,
     token: String,
-    server: worker::gateway::GatewayServer,
-    gateway: std::sync::Arc<worker::gateway::RunGateway>,
+    server: gateway::GatewayServer,
+    gateway: std::sync::Arc<gateway::RunGateway>,
     dir: std::path::PathBuf,
 }
 
@@ -886,7 +886,7 @@ async fn each_provider_kind_is_reached_over_https_only_when_its_ca_is_trusted() 
     let host = providers.root_url.trim_start_matches("https://").to_owned();
     let hour = std::time::Duration::from_secs(3600);
     let client = reqwest::Client::new();
-    let ask = |server: &worker::gateway::GatewayServer, token: &str, path: &str, model: &str| {
+    let ask = |server: &gateway::GatewayServer, token: &str, path: &str, model: &str| {
         client
             .post(format!("http://{}{path}", server.address))
             .bearer_auth(token)
@@ -898,7 +898,7 @@ async fn each_provider_kind_is_reached_over_https_only_when_its_ca_is_trusted() 
 
     // Trusting only the operating system's store (first, so no Vertex
     // token is cached yet and its token exchange is refused too).
-    let untrusted = worker::outbound::Outbound::system().http().build().unwrap();
+    let untrusted = platform::outbound::Outbound::system().http().build().unwrap();
     let (token, server, gateway) = serve_run_gateway_with(&providers, &queue, "acme", &config, hour, untrusted).await;
     for (path, model) in calls {
         let answer = ask(&server, &token, path, model).await.unwrap();
@@ -958,14 +958,14 @@ async fn a_relay_reaches_a_standalone_gateway_over_tls_only_if_it_trusts_its_cer
     });
     let config =
         common::config::GatewayConfig { remote: Some(gateway.to_string()), remote_tls: true, ..Default::default() };
-    let ask = async |outbound: &worker::outbound::Outbound| {
-        let remote = worker::gateway::RemoteGateway::from_config(&config, outbound).unwrap().unwrap();
+    let ask = async |outbound: &platform::outbound::Outbound| {
+        let remote = gateway::RemoteGateway::from_config(&config, outbound).unwrap().unwrap();
         assert!(remote.describe().ends_with("(over TLS)"));
-        let relay = worker::gateway::Relay::start("127.0.0.1:0".parse().unwrap(), remote).await.unwrap();
+        let relay = gateway::Relay::start("127.0.0.1:0".parse().unwrap(), remote).await.unwrap();
         let answer = reqwest::get(format!("http://{}/v1/models", relay.address)).await;
         answer.ok().map(|a| a.status().as_u16())
     };
-    assert_eq!(ask(&worker::outbound::Outbound::system()).await, None, "relayed to an untrusted gateway");
+    assert_eq!(ask(&platform::outbound::Outbound::system()).await, None, "relayed to an untrusted gateway");
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0, "bytes reached an untrusted gateway");
     assert_eq!(ask(&tests::tls::trusting_outbound()).await, Some(200));
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);

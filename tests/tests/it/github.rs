@@ -374,12 +374,12 @@ async fn nothing_the_agent_writes_in_git_runs_on_the_worker() {
 
 #[tokio::test]
 async fn a_retried_publication_updates_its_pull_request_and_main_stays_protected() {
-    use worker::forge::{GitHubApp, RUN_PERMISSIONS};
-    use worker::publish::{Published, RunStory, publish};
+    use forge::publish::{Published, RunStory, publish};
+    use forge::{GitHubApp, RUN_PERMISSIONS};
     let forge = forge(REFERENCE_AGENT, FIX).await;
     let app = GitHubApp::from_config(&forge.app.config.github, &tests::tls::trusting_outbound()).unwrap().unwrap();
     let repo: common::RepoName = forge.repo.parse().unwrap();
-    let url = worker::git::clone_url(&forge.github.git_url, &repo);
+    let url = forge::git::clone_url(&forge.github.git_url, &repo);
     let run = common::RunId::new();
     let mut spec = tests::fixtures::run_spec("default", &forge.repo, common::Priority::Normal);
     spec.issue = Some(forge.github.open_issue(&forge.repo, "t", ""));
@@ -388,7 +388,7 @@ async fn a_retried_publication_updates_its_pull_request_and_main_stays_protected
     for attempt in 0..2 {
         let credential = app.credential(&repo, "test", RUN_PERMISSIONS).await.unwrap();
         let dir = std::env::temp_dir().join(format!("paddock-publish-{run}-{attempt}"));
-        worker::git::checkout(&url, "main", &dir, &credential.git_env()).await.unwrap();
+        forge::git::checkout(&url, "main", &dir, &credential.git_env()).await.unwrap();
         let story =
             RunStory { run, spec: &spec, command: "agent", models: &[], commands: &[], link: "http://x".to_owned() };
         match publish(&app, &credential, &dir, &url, diff, &story).await.unwrap() {
@@ -396,8 +396,8 @@ async fn a_retried_publication_updates_its_pull_request_and_main_stays_protected
             Published::NoChanges => panic!("the diff changed nothing"),
         }
         // The protected default branch refuses even a valid token.
-        let pushed = worker::git::push(&dir, &url, "main", &credential.git_env()).await;
-        assert!(matches!(pushed, Err(worker::git::PushError::Protected(_))), "{pushed:?}");
+        let pushed = forge::git::push(&dir, &url, "main", &credential.git_env()).await;
+        assert!(matches!(pushed, Err(forge::git::PushError::Protected(_))), "{pushed:?}");
         credential.revoke().await;
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -437,7 +437,7 @@ async fn mini_swe_agent_as_shipped_turns_an_issue_into_a_pull_request() {
 
 #[tokio::test]
 async fn tokens_open_only_their_repository_and_only_until_they_expire() {
-    use worker::forge::{GitHubApp, RUN_PERMISSIONS};
+    use forge::{GitHubApp, RUN_PERMISSIONS};
     let forge = forge(REFERENCE_AGENT, FIX).await;
     forge.github.create_repo("acme", "other", &[("README.md", b"other\n")], &[]);
     let app = GitHubApp::from_config(&forge.app.config.github, &tests::tls::trusting_outbound()).unwrap().unwrap();
@@ -446,7 +446,7 @@ async fn tokens_open_only_their_repository_and_only_until_they_expire() {
     let grant = credential.grant();
     assert_eq!(grant.repositories, std::slice::from_ref(&forge.repo));
     let ls_remote = |repo: &str| {
-        let url = worker::git::clone_url(&forge.github.git_url, &repo.parse().unwrap());
+        let url = forge::git::clone_url(&forge.github.git_url, &repo.parse().unwrap());
         std::process::Command::new("git")
             .args(["ls-remote", &url])
             .envs(credential.git_env())
@@ -463,7 +463,7 @@ async fn tokens_open_only_their_repository_and_only_until_they_expire() {
     forge.github.expire_tokens();
     assert!(!ls_remote(&forge.repo), "an expired token still reads the repository");
     let expired = credential.get(&format!("/repos/{}", forge.repo)).await;
-    assert!(matches!(expired, Err(worker::forge::ForgeError::Refused(ref m)) if m.starts_with("401")), "{expired:?}");
+    assert!(matches!(expired, Err(forge::ForgeError::Refused(ref m)) if m.starts_with("401")), "{expired:?}");
 }
 
 #[tokio::test]

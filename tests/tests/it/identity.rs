@@ -295,7 +295,7 @@ async fn service_account_tokens_are_shown_once_scoped_and_act_for_a_named_person
 
     // Expired tokens are refused.
     let expired_token = common::identity::new_service_token();
-    let record = worker::queue::identity::TokenRecord {
+    let record = store::identity::TokenRecord {
         id: "expired-one".to_owned(),
         account: "portal".to_owned(),
         scopes: vec![common::identity::Permission::RunsCreate],

@@ -3,13 +3,13 @@
 //! through `tls.extra_ca_files`, and a corporate CONNECT proxy for the
 //! providers that sandboxes never use.
 
+use platform::outbound::Outbound;
 use serde_json::{Value, json};
 use tests::connect_proxy::ConnectProxy;
 use tests::oidc::OidcIssuer;
 use tests::providers::EmulatedProviders;
 use tests::redis_server::PrivateRedis;
 use tests::spawn_app;
-use worker::outbound::Outbound;
 
 #[tokio::test]
 async fn the_queue_api_and_worker_run_against_a_redis_that_speaks_only_tls() {
@@ -27,7 +27,7 @@ async fn the_queue_api_and_worker_run_against_a_redis_that_speaks_only_tls() {
     // Without the CA the server's certificate is refused: no plain-text
     // fallback, no "insecure" switch.
     let config = &app.config.redis;
-    let refused = worker::queue::RunQueue::connect(config, &Outbound::system()).await;
+    let refused = store::RunQueue::connect(config, &Outbound::system()).await;
     let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(error.to_lowercase().contains("certificate"), "connected without trusting the CA: {error}");
 }

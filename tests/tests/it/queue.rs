@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use common::{Priority, RunId, RunSpec, RunState, StopReason};
+use store::{LeaseStatus, Outcome, RunQueue};
 use tests::fixtures::{fresh_queue, run_spec};
-use worker::queue::{LeaseStatus, Outcome, RunQueue};
 
 async fn queue() -> RunQueue {
     fresh_queue(None, false).await
@@ -103,7 +103,7 @@ async fn tenants_take_turns_and_each_repository_is_fifo() {
 /// the day the reservation names, not the clock.
 #[tokio::test]
 async fn a_budget_reservation_is_settled_on_the_day_it_was_made() {
-    use worker::queue::Spend;
+    use store::Spend;
     let q = queue().await;
     let (run, tenant) = (RunId::new(), "acme");
     let worst = Spend { tokens: 1000, micro_usd: 5000 };

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use audit_trail::{AuditTrail, signing_key, verify};
 use common::RunId;
 use common::audit::{Actor, AuditEvent, ObjectRef, now_ms};
 use common::retention::RetentionClass;
+use objstore::ObjectStore;
 use serde_json::json;
 use tests::services::ISOLATED_BUCKET;
 use tests::{TEST_AUDIT_KEY, TestApp, spawn_app};
-use worker::artifacts::ObjectStore;
-use worker::audit::{AuditTrail, signing_key, verify};
 use worker::retention::Sweeper;
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -147,7 +147,7 @@ async fn the_sweeper_deletes_what_is_past_retention_and_keeps_what_a_legal_hold_
     let tampered = verify(&app.store, &app.config.audit.prefix, &[public], 0, u64::MAX).await.unwrap();
     assert_eq!(
         tampered.findings.iter().map(|f| (f.kind, f.key.as_str())).collect::<Vec<_>>(),
-        [(worker::audit::FindingKind::Missing, held_segment.as_str())]
+        [(audit_trail::FindingKind::Missing, held_segment.as_str())]
     );
     app.store.put(held_segment, kept, "application/x-ndjson").await.unwrap();
 

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{Priority, RunId, RunSpec, RunState, StopReason};
+use store::{Enqueued, Idempotency, LeaseStatus, Outcome, RunQueue};
 use tests::fixtures::{fresh_queue, run_spec};
 use tests::redis_server::{PrivateRedis, RedisCluster};
-use worker::queue::{Enqueued, Idempotency, LeaseStatus, Outcome, RunQueue};
 
 const LEASE: Duration = Duration::from_secs(60);
 

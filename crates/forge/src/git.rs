@@ -1,0 +1,259 @@
+//! Git on the worker host: the clone happens here, never in the sandbox, and
+//! never runs hooks or reads templates from the repository.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use common::RepoName;
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    /// The repository or ref does not exist: retrying cannot help.
+    #[error("{0}")]
+    NotFound(String),
+    /// The git server or the network failed: worth a retry.
+    #[error("git: {0}")]
+    Unavailable(String),
+}
+
+/// A shallow checkout of one ref.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    pub commit: String,
+}
+
+/// The URL the worker clones `repo` from.
+pub fn clone_url(base_url: &str, repo: &RepoName) -> String {
+    format!("{}/{}/{}.git", base_url.trim_end_matches('/'), repo.owner(), repo.name())
+}
+
+fn git() -> Command {
+    let mut cmd = Command::new("git");
+    cmd.env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .args(["-c", "core.hooksPath=/dev/null", "-c", "init.templateDir=", "-c", "protocol.file.allow=never"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Sets `env` on `cmd`; an empty value removes the variable (so a proxy the
+/// worker was started with does not leak into git).
+fn with_env(cmd: &mut Command, env: &[(String, String)]) {
+    for (key, value) in env {
+        if value.is_empty() {
+            cmd.env_remove(key);
+        } else {
+            cmd.env(key, value);
+        }
+    }
+}
+
+async fn run(mut cmd: Command) -> Result<(i32, String, String), GitError> {
+    let out = cmd.output().await.map_err(|e| GitError::Unavailable(format!("cannot run git: {e}")))?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    ))
+}
+
+/// Clones `base_ref` of `url` into `dest` (which must not exist) at depth 1.
+/// `auth` is environment for git: a credential header and the outbound
+/// network settings ([`platform::outbound::Outbound::git_env`]).
+pub async fn checkout(url: &str, base_ref: &str, dest: &Path, auth: &[(String, String)]) -> Result<Checkout, GitError> {
+    // One round trip: a missing repository or ref is told apart from a
+    // failing server by what the clone says (no `ls-remote` probe first;
+    // it cost a process and a request on every run's start).
+    let mut clone = git();
+    with_env(&mut clone, auth);
+    clone.args(["clone", "--quiet", "--depth", "1", "--single-branch", "--no-tags", "--branch", base_ref, "--", url]);
+    clone.arg(dest);
+    let (code, _, err) = run(clone).await?;
+    if code != 0 {
+        let lower = err.to_lowercase();
+        if lower.contains("remote branch") && lower.contains("not found") {
+            return Err(GitError::NotFound(format!("ref `{base_ref}` does not exist in the repository")));
+        }
+        if looks_missing(&err) {
+            return Err(GitError::NotFound(format!("repository not found: {}", first_line(&err))));
+        }
+        return Err(GitError::Unavailable(format!("clone exited {code}: {}", first_line(&err))));
+    }
+    let mut rev = git();
+    rev.arg("-C").arg(dest).args(["rev-parse", "HEAD"]);
+    let (code, commit, err) = run(rev).await?;
+    if code != 0 {
+        return Err(GitError::Unavailable(format!("rev-parse exited {code}: {}", first_line(&err))));
+    }
+    // The sandbox sees the tree, not where it came from.
+    let mut scrub = git();
+    scrub.arg("-C").arg(dest).args(["remote", "remove", "origin"]);
+    run(scrub).await?;
+    Ok(Checkout { commit })
+}
+
+fn looks_missing(stderr: &str) -> bool {
+    let s = stderr.to_lowercase();
+    s.contains("not found") || s.contains("does not appear to be a git repository") || s.contains(" 404")
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
+}
+
+/// Why a diff could not become a commit.
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    /// The diff touches a path Paddock never writes (inside `.git`, absolute,
+    /// or escaping the tree): the agent's output is refused.
+    #[error("the diff is refused: {0}")]
+    Unsafe(String),
+    #[error("the diff does not apply: {0}")]
+    DoesNotApply(String),
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
+/// Every path a git diff names, from its headers.
+pub fn diff_paths(diff: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(diff);
+    let mut paths = Vec::new();
+    for line in text.lines() {
+        let named = if let Some(rest) = line.strip_prefix("diff --git ") {
+            rest.split(' ').map(|p| p.trim_start_matches("a/").trim_start_matches("b/").to_owned()).collect()
+        } else if let Some(rest) = line.strip_prefix("+++ ").or_else(|| line.strip_prefix("--- ")) {
+            vec![rest.trim_start_matches("a/").trim_start_matches("b/").to_owned()]
+        } else if let Some(rest) =
+            ["rename from ", "rename to ", "copy from ", "copy to "].iter().find_map(|p| line.strip_prefix(p))
+        {
+            vec![rest.to_owned()]
+        } else {
+            Vec::new()
+        };
+        paths.extend(named.into_iter().filter(|p| p != "/dev/null"));
+    }
+    paths
+}
+
+/// Refuses a diff that names a path inside `.git` (in any case), an
+/// absolute path or one that climbs out of the tree.
+pub fn check_diff_paths(diff: &[u8]) -> Result<(), PatchError> {
+    for path in diff_paths(diff) {
+        let path = path.trim_matches('"');
+        // `.git` also in the spellings some filesystems fold to it
+        // (`.GIT`, `.git.`, `.git `).
+        let unsafe_component =
+            path.split(['/', '\\']).any(|c| c == ".." || c.trim_end_matches(['.', ' ']).eq_ignore_ascii_case(".git"));
+        if path.starts_with('/') || unsafe_component {
+            return Err(PatchError::Unsafe(format!("it writes `{path}`")));
+        }
+    }
+    Ok(())
+}
+
+/// Applies the agent's diff to the clean checkout in `dir` as data (hooks
+/// and the repository's config never run) and commits it. Returns the files
+/// the commit changes; empty when the diff changes nothing.
+pub async fn commit_diff(
+    dir: &Path,
+    diff: &[u8],
+    author: (&str, &str),
+    message: &str,
+) -> Result<Vec<String>, PatchError> {
+    check_diff_paths(diff)?;
+    let mut apply = git();
+    apply.arg("-C").arg(dir).args(["apply", "--index", "--whitespace=nowarn", "-"]);
+    apply.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = apply.spawn().map_err(|e| GitError::Unavailable(format!("cannot run git: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        stdin.write_all(diff).await.map_err(|e| GitError::Unavailable(format!("git apply: {e}")))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| GitError::Unavailable(format!("git apply: {e}")))?;
+    if !out.status.success() {
+        return Err(PatchError::DoesNotApply(first_line(&String::from_utf8_lossy(&out.stderr)).to_owned()));
+    }
+    let mut names = git();
+    names.arg("-C").arg(dir).args(["diff", "--cached", "--name-only", "-z"]);
+    let (_, listed, _) = run(names).await?;
+    let files: Vec<String> = listed.split('\0').filter(|n| !n.is_empty()).map(str::to_owned).collect();
+    if files.is_empty() {
+        return Ok(files);
+    }
+    let (name, email) = author;
+    let mut commit = git();
+    commit
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", &format!("user.name={name}"), "-c", &format!("user.email={email}")])
+        .args(["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-F", "-"])
+        .env("GIT_AUTHOR_NAME", name)
+        .env("GIT_AUTHOR_EMAIL", email)
+        .env("GIT_COMMITTER_NAME", name)
+        .env("GIT_COMMITTER_EMAIL", email)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = commit.spawn().map_err(|e| GitError::Unavailable(format!("cannot run git: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        stdin.write_all(message.as_bytes()).await.map_err(|e| GitError::Unavailable(format!("git commit: {e}")))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| GitError::Unavailable(format!("git commit: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(GitError::Unavailable(format!("git commit: {}", first_line(&err))).into());
+    }
+    Ok(files)
+}
+
+/// Why a push failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The server refused the branch as protected.
+    #[error("the branch is protected: {0}")]
+    Protected(String),
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
+/// Pushes `HEAD` of `dir` to `branch` of `url` (forced: the branch is the
+/// run's own).
+pub async fn push(dir: &Path, url: &str, branch: &str, auth: &[(String, String)]) -> Result<(), PushError> {
+    let mut push = git();
+    with_env(&mut push, auth);
+    push.arg("-C").arg(dir).args(["push", "--quiet", "--force", "--no-verify", "--", url]);
+    push.arg(format!("HEAD:refs/heads/{branch}"));
+    let (code, _, err) = run(push).await?;
+    if code == 0 {
+        return Ok(());
+    }
+    let lower = err.to_lowercase();
+    if lower.contains("protected branch") || lower.contains("gh006") || lower.contains("gh013") {
+        return Err(PushError::Protected(first_line(&err).to_owned()));
+    }
+    Err(GitError::Unavailable(format!("push exited {code}: {}", err.lines().last().unwrap_or_default())).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffs_that_write_into_git_or_outside_the_tree_are_refused() {
+        let ok = b"diff --git a/src/lib.rs b/src/lib.rs\n--- a/src/lib.rs\n+++ b/src/lib.rs\n@@ -1 +1 @@\n-a\n+b\n";
+        assert!(check_diff_paths(ok).is_ok());
+        for bad in [
+            "diff --git a/.git/hooks/post-commit b/.git/hooks/post-commit\nnew file mode 100755\n",
+            "diff --git a/x/.GIT/config b/x/.GIT/config\n",
+            "diff --git a/x b/y\nrename from x\nrename to .git./hooks/pre-push\n",
+            "--- /dev/null\n+++ b/../../etc/passwd\n",
+            "--- /dev/null\n+++ /etc/passwd\n",
+        ] {
+            assert!(check_diff_paths(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! GitHub as Paddock's forge, through octocrab: the App signs a JWT with its
+//! private key; for each purpose of a run the worker mints an installation
+//! token limited to the one repository and to the permissions that purpose
+//! needs, records its fingerprint, permissions and expiry, and revokes it
+//! when the run ends. Tokens live only in this process: git receives them in
+//! an `http.extraHeader` passed through the environment, never in a URL, a
+//! file or the sandbox.
+
+use common::audit::now_ms;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use base64::Engine;
+use common::config::GitHubConfig;
+use common::{CredentialGrant, RepoName};
+use octocrab::Octocrab;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use platform::outbound::Outbound;
+
+/// What a run's git work and pull request need, and nothing else: never
+/// `workflows` or `administration`.
+pub const RUN_PERMISSIONS: &[(&str, &str)] =
+    &[("contents", "write"), ("pull_requests", "write"), ("issues", "read"), ("metadata", "read")];
+
+/// What commenting on an issue needs (a separate, short-lived token).
+pub const COMMENT_PERMISSIONS: &[(&str, &str)] = &[("issues", "write"), ("metadata", "read")];
+
+/// What checking a requester's permission needs.
+pub const READ_PERMISSIONS: &[(&str, &str)] = &[("metadata", "read")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForgeError {
+    /// GitHub answered, and retrying will not change its answer (404, 401,
+    /// 403, 422).
+    #[error("GitHub refused: {0}")]
+    Refused(String),
+    /// GitHub or the network failed: worth a retry.
+    #[error("GitHub is unavailable: {0}")]
+    Unavailable(String),
+    #[error("GitHub App configuration: {0}")]
+    Config(String),
+}
+
+impl From<octocrab::Error> for ForgeError {
+    fn from(error: octocrab::Error) -> Self {
+        match &error {
+            octocrab::Error::GitHub { source, .. } => {
+                let status = source.status_code.as_u16();
+                let message = format!("{status} {}", source.message);
+                if status >= 500 || status == 429 {
+                    ForgeError::Unavailable(message)
+                } else {
+                    ForgeError::Refused(message)
+                }
+            }
+            // A transport failure: say which, a certificate this process
+            // does not trust above all.
+            _ => ForgeError::Unavailable(platform::outbound::describe_failure(&error, "GitHub")),
+        }
+    }
+}
+
+/// The App, authenticated with its JWT.
+pub struct GitHubApp {
+    app: Octocrab,
+    pub config: GitHubConfig,
+    /// Paddock's HTTP client (trust and proxy of `[tls]`, `[outbound]`),
+    /// which every installation token's client shares.
+    http: reqwest::Client,
+    /// How git reaches GitHub the same way (it keeps git's trust bundle).
+    outbound: Outbound,
+}
+
+impl GitHubApp {
+    /// `None` when no App is configured.
+    pub fn from_config(config: &GitHubConfig, outbound: &Outbound) -> Result<Option<Self>, ForgeError> {
+        let (Some(app_id), Some(key_file)) = (config.app_id, &config.private_key_file) else { return Ok(None) };
+        let pem = std::fs::read(key_file)
+            .map_err(|e| ForgeError::Config(format!("github.private_key_file {}: {e}", key_file.display())))?;
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
+            .map_err(|e| ForgeError::Config(format!("github.private_key_file is not an RSA private key: {e}")))?;
+        let http = outbound
+            .http()
+            .read_timeout(std::time::Duration::from_secs(60))
+            .build()
+            .map_err(|e| ForgeError::Config(format!("the HTTP client for GitHub: {e}")))?;
+        let app = Octocrab::builder()
+            .base_uri(config.api_url.as_str())
+            .map_err(|e| ForgeError::Config(format!("github.api_url: {e}")))?
+            .app(app_id.into(), key)
+            .build_with_reqwest(http.clone())
+            .map_err(|e| ForgeError::Config(e.to_string()))?;
+        Ok(Some(Self { app, config: config.clone(), http, outbound: outbound.clone() }))
+    }
+
+    /// A token for `repo` alone with `permissions`, for `purpose`.
+    pub async fn credential(
+        &self,
+        repo: &RepoName,
+        purpose: &str,
+        permissions: &[(&str, &str)],
+    ) -> Result<RepoCredential, ForgeError> {
+        let installation: Value =
+            self.app.get(format!("/repos/{}/{}/installation", repo.owner(), repo.name()), None::<&()>).await?;
+        let Some(installation_id) = installation["id"].as_u64() else {
+            return Err(ForgeError::Refused("the installation has no id".to_owned()));
+        };
+        let asked: serde_json::Map<String, Value> =
+            permissions.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+        let body = json!({"repositories": [repo.name()], "permissions": asked});
+        let minted: Value =
+            self.app.post(format!("/app/installations/{installation_id}/access_tokens"), Some(&body)).await?;
+        let Some(token) = minted["token"].as_str().map(str::to_owned) else {
+            return Err(ForgeError::Refused("the token answer has no token".to_owned()));
+        };
+        let granted: BTreeMap<String, String> = minted["permissions"]
+            .as_object()
+            .map(|p| p.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+            .unwrap_or_default();
+        let repositories: Vec<String> = minted["repositories"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|r| r["full_name"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        // Trust the answer, not the request: refuse a token broader than asked.
+        let broader =
+            granted.iter().any(|(k, v)| !permissions.iter().any(|(a, l)| a == k && (*l == v || *v == "read")))
+                || repositories.iter().any(|r| r != &repo.to_string());
+        let grant = CredentialGrant {
+            kind: "github_installation_token".to_owned(),
+            purpose: purpose.to_owned(),
+            installation_id,
+            repositories,
+            permissions: granted,
+            expires_at: minted["expires_at"].as_str().map(str::to_owned),
+            fingerprint: fingerprint(&token),
+            minted_at_ms: now_ms(),
+            revoked_at_ms: None,
+        };
+        let credential = RepoCredential::new(self, SecretString::from(token), grant)?;
+        if broader {
+            credential.revoke().await;
+            return Err(ForgeError::Refused("GitHub granted a token broader than asked; it was revoked".to_owned()));
+        }
+        Ok(credential)
+    }
+}
+
+/// SHA-256 of a token, base64: GitHub's `hashed_token` format, so a grant
+/// can be matched with GitHub's own audit log.
+pub fn fingerprint(token: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(token.as_bytes()))
+}
+
+/// One installation token and a client that uses it.
+pub struct RepoCredential {
+    token: SecretString,
+    client: Octocrab,
+    grant: Mutex<CredentialGrant>,
+    outbound: Outbound,
+}
+
+impl RepoCredential {
+    fn new(app: &GitHubApp, token: SecretString, grant: CredentialGrant) -> Result<Self, ForgeError> {
+        let client = Octocrab::builder()
+            .base_uri(app.config.api_url.as_str())
+            .map_err(|e| ForgeError::Config(format!("github.api_url: {e}")))?
+            .personal_token(token.expose_secret().to_owned())
+            .build_with_reqwest(app.http.clone())
+            .map_err(|e| ForgeError::Config(e.to_string()))?;
+        Ok(Self { token, client, grant: Mutex::new(grant), outbound: app.outbound.clone() })
+    }
+
+    pub fn grant(&self) -> CredentialGrant {
+        self.grant.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The token, for redaction.
+    pub fn secret(&self) -> &str {
+        self.token.expose_secret()
+    }
+
+    /// Environment that makes git send the token as HTTP Basic auth
+    /// (`x-access-token:<token>`), without it appearing in a URL or argv,
+    /// and reach GitHub with Paddock's trust and proxy.
+    pub fn git_env(&self) -> Vec<(String, String)> {
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{}", self.token.expose_secret()));
+        let mut env = vec![
+            ("GIT_CONFIG_COUNT".to_owned(), "1".to_owned()),
+            ("GIT_CONFIG_KEY_0".to_owned(), "http.extraHeader".to_owned()),
+            ("GIT_CONFIG_VALUE_0".to_owned(), format!("Authorization: Basic {basic}")),
+        ];
+        env.extend(self.outbound.git_env());
+        env
+    }
+
+    /// Revokes the token (`DELETE /installation/token`, authenticated with
+    /// it); records when. Idempotent; a failure is logged (the token still
+    /// expires within the hour).
+    pub async fn revoke(&self) {
+        if self.grant().revoked_at_ms.is_some() {
+            return;
+        }
+        let result = self.client._delete("/installation/token", None::<&()>).await;
+        let fingerprint = self.grant().fingerprint;
+        match result {
+            Ok(response) if response.status().is_success() || response.status().as_u16() == 401 => {
+                self.grant.lock().unwrap_or_else(std::sync::PoisonError::into_inner).revoked_at_ms = Some(now_ms());
+                tracing::info!(%fingerprint, "installation token revoked");
+            }
+            Ok(response) => tracing::warn!(%fingerprint, status = %response.status(), "revoking a token failed"),
+            Err(error) => tracing::warn!(%fingerprint, %error, "revoking a token failed"),
+        }
+    }
+
+    pub async fn get(&self, route: &str) -> Result<Value, ForgeError> {
+        Ok(self.client.get(route, None::<&()>).await?)
+    }
+
+    /// `Ok(None)` on 404.
+    pub async fn get_optional(&self, route: &str) -> Result<Option<Value>, ForgeError> {
+        match self.client.get::<Value, _, _>(route, None::<&()>).await {
+            Ok(value) => Ok(Some(value)),
+            Err(octocrab::Error::GitHub { source, .. }) if source.status_code.as_u16() == 404 => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    pub async fn post(&self, route: &str, body: &Value) -> Result<Value, ForgeError> {
+        Ok(self.client.post(route, Some(body)).await?)
+    }
+
+    pub async fn patch(&self, route: &str, body: &Value) -> Result<Value, ForgeError> {
+        Ok(self.client.patch(route, Some(body)).await?)
+    }
+}

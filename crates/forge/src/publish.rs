@@ -1,0 +1,270 @@
+//! From the agent's diff to a draft pull request, on the worker: the diff is
+//! applied to a clean checkout as data and committed by the Paddock App with
+//! trailers naming the run and its requester; the branch `paddock/...` is
+//! checked against the default branch, branch protection and rulesets before
+//! anything is pushed; the pull request is a draft that links the issue, and
+//! a retried run updates its pull request instead of opening another.
+
+use std::path::Path;
+
+use common::{PullRequestRef, RepoName, RunId, RunSpec};
+use serde_json::{Value, json};
+
+use crate::git::{self, PatchError, PushError};
+use crate::github::{COMMENT_PERMISSIONS, ForgeError, GitHubApp, RepoCredential};
+
+/// What the pull request body says about the run.
+pub struct RunStory<'a> {
+    pub run: RunId,
+    pub spec: &'a RunSpec,
+    pub command: &'a str,
+    pub models: &'a [common::ModelUse],
+    pub commands: &'a [String],
+    pub link: String,
+}
+
+pub enum Published {
+    /// The agent changed nothing: no branch, no pull request.
+    NoChanges,
+    PullRequest {
+        branch: String,
+        pull_request: PullRequestRef,
+        files: Vec<String>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("refusing to push `{0}`: it is the default branch or protected")]
+    Protected(String),
+    #[error(transparent)]
+    Patch(#[from] PatchError),
+    #[error(transparent)]
+    Forge(#[from] ForgeError),
+    #[error(transparent)]
+    Git(#[from] git::GitError),
+}
+
+/// The run's branch: `paddock/<issue>-<short run id>` (or `run-` without
+/// an issue). The short id is the end of the ULID, its random part.
+pub fn branch_name(run: RunId, issue: Option<u64>) -> String {
+    let id = run.to_string();
+    let short = &id[id.len() - 8..];
+    match issue {
+        Some(number) => format!("paddock/{number}-{short}"),
+        None => format!("paddock/run-{short}"),
+    }
+}
+
+/// A marker that finds the run's own comment again.
+fn marker(run: RunId) -> String {
+    format!("<!-- paddock-run:{run} -->")
+}
+
+/// Commits the diff in `checkout`, pushes the run's branch and opens (or
+/// updates) the draft pull request.
+pub async fn publish(
+    app: &GitHubApp,
+    credential: &RepoCredential,
+    checkout: &Path,
+    clone_url: &str,
+    diff: &[u8],
+    story: &RunStory<'_>,
+) -> Result<Published, PublishError> {
+    let spec = story.spec;
+    let repo = &spec.repository;
+    if diff.is_empty() {
+        return Ok(Published::NoChanges);
+    }
+    let author = (app.config.commit_author_name.as_str(), app.config.commit_author_email.as_str());
+    let files = git::commit_diff(checkout, diff, author, &commit_message(story)).await?;
+    if files.is_empty() {
+        return Ok(Published::NoChanges);
+    }
+    let branch = branch_name(story.run, spec.issue);
+    refuse_protected(credential, repo, &branch).await?;
+    match git::push(checkout, clone_url, &branch, &credential.git_env()).await {
+        Ok(()) => {}
+        Err(PushError::Protected(_)) => return Err(PublishError::Protected(branch)),
+        Err(PushError::Git(e)) => return Err(e.into()),
+    }
+    let pull_request = upsert_pull_request(credential, repo, &branch, story, &files).await?;
+    Ok(Published::PullRequest { branch, pull_request, files })
+}
+
+/// Never the default branch, a protected branch or one a ruleset covers.
+async fn refuse_protected(credential: &RepoCredential, repo: &RepoName, branch: &str) -> Result<(), PublishError> {
+    let (owner, name) = (repo.owner(), repo.name());
+    let info = credential.get(&format!("/repos/{owner}/{name}")).await?;
+    if info["default_branch"].as_str() == Some(branch) {
+        return Err(PublishError::Protected(branch.to_owned()));
+    }
+    if let Some(existing) = credential.get_optional(&format!("/repos/{owner}/{name}/branches/{branch}")).await?
+        && existing["protected"] == true
+    {
+        return Err(PublishError::Protected(branch.to_owned()));
+    }
+    let rules = credential.get(&format!("/repos/{owner}/{name}/rules/branches/{branch}")).await?;
+    if rules.as_array().is_some_and(|r| !r.is_empty()) {
+        return Err(PublishError::Protected(branch.to_owned()));
+    }
+    Ok(())
+}
+
+async fn upsert_pull_request(
+    credential: &RepoCredential,
+    repo: &RepoName,
+    branch: &str,
+    story: &RunStory<'_>,
+    files: &[String],
+) -> Result<PullRequestRef, ForgeError> {
+    let (owner, name) = (repo.owner(), repo.name());
+    let body = pull_request_body(story, files);
+    let title = story.spec.task_title.clone();
+    let open = credential.get(&format!("/repos/{owner}/{name}/pulls?head={owner}:{branch}&state=open")).await?;
+    let pull = match open.as_array().and_then(|p| p.first()) {
+        Some(existing) => {
+            let number = existing["number"].as_u64().unwrap_or_default();
+            credential
+                .patch(&format!("/repos/{owner}/{name}/pulls/{number}"), &json!({"title": title, "body": body}))
+                .await?
+        }
+        None => {
+            let create =
+                json!({"title": title, "head": branch, "base": story.spec.base_ref, "body": body, "draft": true});
+            credential.post(&format!("/repos/{owner}/{name}/pulls"), &create).await?
+        }
+    };
+    Ok(PullRequestRef {
+        number: pull["number"].as_u64().unwrap_or_default(),
+        url: pull["html_url"].as_str().unwrap_or_default().to_owned(),
+        head: branch.to_owned(),
+        base: story.spec.base_ref.clone(),
+        draft: pull["draft"] == true,
+    })
+}
+
+fn commit_message(story: &RunStory<'_>) -> String {
+    let spec = story.spec;
+    let mut message = format!("{}\n\n", spec.task_title.trim());
+    if let Some(issue) = spec.issue {
+        message.push_str(&format!("Refs #{issue}\n\n"));
+    }
+    message.push_str(&format!("Paddock-Run: {}\nRequested-by: {}\n", story.run, spec.requested_by));
+    if let Some(via) = &spec.via {
+        message.push_str(&format!("Requested-via: {via}\n"));
+    }
+    message
+}
+
+fn pull_request_body(story: &RunStory<'_>, files: &[String]) -> String {
+    let spec = story.spec;
+    let mut body = String::new();
+    if let Some(issue) = spec.issue {
+        body.push_str(&format!("Fixes #{issue}\n\n"));
+    }
+    let via = spec.via.as_ref().map(|v| format!(" (via `{v}`)")).unwrap_or_default();
+    body.push_str(&format!(
+        "Draft opened by Paddock for run [`{}`]({}), requested by **{}**{via}. Review it like any other \
+         contribution: CI, CODEOWNERS and branch protection decide.\n\n",
+        story.run, story.link, spec.requested_by
+    ));
+    body.push_str(&format!("- **Agent:** `{}` (`{}`)\n", spec.agent_profile.as_str(), story.command));
+    let models: Vec<String> =
+        story.models.iter().map(|m| format!("{} via {} ({} calls)", m.model, m.provider, m.calls)).collect();
+    body.push_str(&format!(
+        "- **Models:** {}\n",
+        if models.is_empty() { "none".to_owned() } else { models.join(", ") }
+    ));
+    let tests: Vec<&String> = story.commands.iter().filter(|c| looks_like_tests(c)).collect();
+    if !tests.is_empty() {
+        let listed: Vec<String> = tests.iter().map(|c| format!("`{}`", one_line(c))).collect();
+        body.push_str(&format!("- **Tests the agent ran:** {}\n", listed.join(", ")));
+    }
+    body.push_str(&format!("- **Files changed ({}):**\n", files.len()));
+    for file in files.iter().take(50) {
+        body.push_str(&format!("  - `{file}`\n"));
+    }
+    if files.len() > 50 {
+        body.push_str(&format!("  - and {} more\n", files.len() - 50));
+    }
+    body.push_str(&format!("\n{}\n", marker(story.run)));
+    body
+}
+
+fn looks_like_tests(command: &str) -> bool {
+    ["pytest", "cargo test", "npm test", "go test", "make test", "unittest", "tox", "yarn test", "mvn test"]
+        .iter()
+        .any(|t| command.contains(t))
+}
+
+fn one_line(command: &str) -> String {
+    let first = command.lines().next().unwrap_or_default();
+    let mut line: String = first.chars().take(80).collect();
+    if line.len() < command.len() {
+        line.push('…');
+    }
+    line
+}
+
+/// Posts (or, for a retried run, updates) the run's comment on its issue,
+/// with a token minted only for that and revoked at once. Returns the grant.
+pub async fn comment_on_issue(
+    app: &GitHubApp,
+    repo: &RepoName,
+    issue: u64,
+    run: RunId,
+    text: &str,
+) -> Result<common::CredentialGrant, ForgeError> {
+    let credential = app.credential(repo, "comment on the issue", COMMENT_PERMISSIONS).await?;
+    let result = upsert_comment(&credential, repo, issue, run, text).await;
+    credential.revoke().await;
+    result.map(|()| credential.grant())
+}
+
+async fn upsert_comment(
+    credential: &RepoCredential,
+    repo: &RepoName,
+    issue: u64,
+    run: RunId,
+    text: &str,
+) -> Result<(), ForgeError> {
+    let (owner, name) = (repo.owner(), repo.name());
+    let body = format!("{text}\n\n{}", marker(run));
+    let comments = credential.get(&format!("/repos/{owner}/{name}/issues/{issue}/comments?per_page=100")).await?;
+    let mine = comments
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["body"].as_str().is_some_and(|b| b.contains(&marker(run)))))
+        .and_then(|c| c["id"].as_u64());
+    match mine {
+        Some(id) => {
+            credential.patch(&format!("/repos/{owner}/{name}/issues/comments/{id}"), &json!({"body": body})).await?
+        }
+        None => {
+            credential.post(&format!("/repos/{owner}/{name}/issues/{issue}/comments"), &json!({"body": body})).await?
+        }
+    };
+    Ok(())
+}
+
+/// Whether `user` may write to `repo` (admin, maintain or write).
+pub async fn can_write(app: &GitHubApp, repo: &RepoName, user: &str) -> Result<bool, ForgeError> {
+    let credential = app.credential(repo, "check the requester's permission", crate::github::READ_PERMISSIONS).await?;
+    let (owner, name) = (repo.owner(), repo.name());
+    let answer = credential.get_optional(&format!("/repos/{owner}/{name}/collaborators/{user}/permission")).await;
+    credential.revoke().await;
+    let permission: Option<Value> = answer?;
+    Ok(permission.is_some_and(|p| matches!(p["permission"].as_str(), Some("admin" | "maintain" | "write"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branches_are_paddock_namespaced_and_name_the_issue() {
+        let run: RunId = "01m8fn84p0rpjzfrb855faw0qp".parse().unwrap();
+        assert_eq!(branch_name(run, Some(42)), "paddock/42-55faw0qp");
+        assert_eq!(branch_name(run, None), "paddock/run-55faw0qp");
+    }
+}

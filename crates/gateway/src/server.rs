@@ -1,0 +1,913 @@
+//! The per-run gateway listener (hyper, HTTP/1.1).
+
+use common::audit::now_ms;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use bytes::Bytes;
+use common::RunId;
+use common::config::{GatewayConfig, ModelPrice, PromptContent, ProviderConfig, ProviderKind};
+use futures::{StreamExt, TryStreamExt};
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::redact::{Redactor, StreamRedactor};
+use super::token_hash;
+use store::{RunQueue, Spend};
+
+pub(super) type Body = BoxBody<Bytes, std::io::Error>;
+
+const MAX_REQUEST_BYTES: usize = 32 << 20;
+
+/// Metadata of one model call, as the run's record and audit keep it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// Ours, returned to the caller as `x-paddock-request-id`.
+    pub request_id: String,
+    /// The provider's, when it sent one.
+    pub upstream_request_id: Option<String>,
+    pub run_id: RunId,
+    pub tenant: String,
+    pub at_ms: u64,
+    pub wire: String,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub status: u16,
+    /// Why the gateway refused the call, when it did.
+    pub refusal: Option<String>,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// Whether the provider reported usage; when not, the call was charged
+    /// its worst case.
+    #[serde(default)]
+    pub usage_reported: bool,
+    /// At the provider's configured price for the model (0 without one).
+    pub cost_usd: f64,
+    /// Until the answer's status and headers.
+    pub latency_ms: u64,
+    /// Until the answer's last byte (or the caller left).
+    pub duration_ms: u64,
+    /// Secrets found, by rule, in the request and in the answer.
+    pub redactions: BTreeMap<String, u32>,
+}
+
+/// One model call as the run's transcript keeps it: redacted request and
+/// answer, or only the metadata, as policy says.
+#[derive(Debug, Clone, Default)]
+struct TranscriptEntry {
+    request_id: String,
+    at_ms: u64,
+    provider: String,
+    model: Option<String>,
+    request: String,
+    response: Vec<u8>,
+    response_truncated: bool,
+}
+
+impl TranscriptEntry {
+    fn line(&self, status: u16, content: PromptContent) -> serde_json::Value {
+        let keep = content == PromptContent::Redacted;
+        serde_json::json!({
+            "request_id": self.request_id,
+            "at_ms": self.at_ms,
+            "provider": self.provider,
+            "model": self.model,
+            "status": status,
+            "request": keep.then_some(&self.request),
+            "response": keep.then(|| String::from_utf8_lossy(&self.response)),
+            "response_truncated": self.response_truncated,
+        })
+    }
+}
+
+/// How much of one answer the transcript keeps.
+const MAX_TRANSCRIPT_RESPONSE: usize = 1 << 20;
+
+/// Everything the gateway of one run needs.
+pub struct RunGateway {
+    pub run: RunId,
+    pub tenant: String,
+    pub token_hash: String,
+    pub config: GatewayConfig,
+    pub queue: RunQueue,
+    pub redactor: Arc<Redactor>,
+    pub http: reqwest::Client,
+    run_limit: Option<governor::DefaultDirectRateLimiter>,
+    record: Mutex<RunRecord>,
+    /// A standalone gateway also hands each finished call to the run's
+    /// worker through Redis.
+    publish: bool,
+}
+
+/// What the run's record keeps of its calls.
+#[derive(Default)]
+struct RunRecord {
+    calls: Vec<CallRecord>,
+    transcript: Vec<serde_json::Value>,
+}
+
+/// The wire API a request speaks, which decides its error shape.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wire {
+    OpenAi,
+    Anthropic,
+}
+
+impl RunGateway {
+    pub fn new(
+        run: RunId,
+        tenant: String,
+        token_hash: String,
+        config: GatewayConfig,
+        queue: RunQueue,
+        redactor: Redactor,
+        http: reqwest::Client,
+    ) -> Self {
+        let run_limit = std::num::NonZeroU32::new(config.run_requests_per_minute)
+            .map(|n| governor::RateLimiter::direct(governor::Quota::per_minute(n)));
+        Self {
+            run,
+            tenant,
+            token_hash,
+            config,
+            queue,
+            redactor: Arc::new(redactor),
+            http,
+            run_limit,
+            record: Mutex::new(RunRecord::default()),
+            publish: false,
+        }
+    }
+
+    /// For a standalone gateway: finished calls also go to Redis.
+    pub(super) fn publishing(mut self) -> Self {
+        self.publish = true;
+        self
+    }
+
+    /// Metadata of the calls so far.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.record.lock().unwrap_or_else(PoisonError::into_inner).calls.clone()
+    }
+
+    /// The transcript so far, one JSON document per call.
+    pub fn transcript(&self) -> Vec<serde_json::Value> {
+        self.record.lock().unwrap_or_else(PoisonError::into_inner).transcript.clone()
+    }
+
+    /// The run's own limit (in this process), then the tenant's and the
+    /// provider's (shared through Redis by every gateway). Fails closed:
+    /// when Redis cannot answer, the call is refused.
+    async fn admit(
+        &self,
+        provider: &str,
+        tokens: u64,
+    ) -> Result<(), (StatusCode, Option<std::time::Duration>, String)> {
+        if let Some(limit) = &self.run_limit
+            && let Err(not_until) = limit.check()
+        {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            return Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(wait),
+                "the run's request rate limit is reached".to_owned(),
+            ));
+        }
+        let requests = [
+            (
+                format!("tenant:{}", self.tenant),
+                u64::from(self.config.tenant_requests_per_minute),
+                1,
+                "tenant's request",
+            ),
+            (
+                format!("provider:{provider}"),
+                u64::from(self.config.provider_requests_per_minute),
+                1,
+                "provider's request",
+            ),
+        ];
+        let token_limits =
+            self.token_limits(provider).into_iter().map(|(name, per_minute, what)| (name, per_minute, tokens, what));
+        for (name, per_minute, cost, what) in requests.into_iter().chain(token_limits) {
+            if per_minute == 0 || cost == 0 {
+                continue;
+            }
+            match self.queue.rate_limit(&name, per_minute, cost).await {
+                Ok(None) => {}
+                Ok(Some(wait)) => {
+                    return Err((
+                        StatusCode::TOO_MANY_REQUESTS,
+                        Some(wait),
+                        format!("the {what} rate limit is reached"),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(run_id = %self.run, error = %e, "rate limit store unavailable; refusing");
+                    return Err((StatusCode::SERVICE_UNAVAILABLE, None, "rate limits cannot be checked".to_owned()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The shared token-per-minute limits a call to `provider` counts
+    /// against: (GCRA name, tokens per minute, what to call it).
+    fn token_limits(&self, provider: &str) -> Vec<(String, u64, &'static str)> {
+        vec![
+            (format!("tokens:tenant:{}", self.tenant), self.config.tenant_tokens_per_minute, "tenant's token"),
+            (format!("tokens:provider:{provider}"), self.config.provider_tokens_per_minute, "provider's token"),
+        ]
+        .into_iter()
+        .filter(|(_, per_minute, _)| *per_minute > 0)
+        .collect()
+    }
+
+    /// Books a finished call: in the run's record and, for a standalone
+    /// gateway, in Redis for the run's worker.
+    fn finish(&self, record: CallRecord, entry: Option<TranscriptEntry>) {
+        tracing::info!(
+            run_id = %self.run, request_id = %record.request_id, wire = %record.wire, provider = ?record.provider,
+            model = ?record.model, status = record.status, tokens_in = record.tokens_in, tokens_out = record.tokens_out,
+            cost_usd = record.cost_usd, latency_ms = record.latency_ms, redactions = ?record.redactions, "model call"
+        );
+        let line = entry.map(|e| e.line(record.status, self.config.prompt_content));
+        if self.publish {
+            let (queue, run) = (self.queue.clone(), self.run);
+            let published = serde_json::json!({"call": &record, "transcript": &line}).to_string();
+            tokio::spawn(async move {
+                if let Err(error) = queue.gateway_call_finished(run, &published).await {
+                    tracing::warn!(run_id = %run, %error, "handing a call to the run's worker failed");
+                }
+            });
+        }
+        let mut kept = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.calls.push(record);
+        kept.transcript.extend(line);
+    }
+
+    /// Allowed providers in policy order (the default provider first).
+    fn allowed(&self) -> impl Iterator<Item = (&String, &ProviderConfig)> {
+        self.config.allowed_providers.iter().filter_map(|name| self.config.providers.get_key_value(name))
+    }
+
+    /// Whether the request carries this run's live token.
+    pub(super) async fn authenticated(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = presented_token(req) else { return false };
+        let hash = token_hash(token);
+        let same =
+            hash.len() == self.token_hash.len() && common::hash::ct_eq(hash.as_bytes(), self.token_hash.as_bytes());
+        // Redis is the authority on revocation and expiry.
+        same && matches!(self.queue.gateway_token(&hash).await, Ok(Some(grant)) if grant.run == self.run)
+    }
+
+    /// Serves one request; every answer carries `x-paddock-request-id`.
+    pub(super) async fn handle(self: Arc<Self>, req: Request<Incoming>, authenticated: bool) -> Response<Body> {
+        let request_id = format!("req_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let mut response = self.serve(req, &request_id, authenticated).await;
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-paddock-request-id", value);
+        }
+        response
+    }
+
+    async fn serve(self: Arc<Self>, req: Request<Incoming>, request_id: &str, authenticated: bool) -> Response<Body> {
+        let started = Instant::now();
+        let Some((wire, suffix)) = route(&req) else {
+            return error(Wire::OpenAi, StatusCode::NOT_FOUND, "not_found", "no such endpoint on the Paddock gateway");
+        };
+        if !(authenticated || self.authenticated(&req).await) {
+            return error(wire, StatusCode::UNAUTHORIZED, "invalid_api_key", "invalid or revoked run token");
+        }
+        let Some(suffix) = suffix else { return self.models() };
+        if self.publish
+            && let Err(e) = self.queue.gateway_call_started(self.run).await
+        {
+            tracing::warn!(run_id = %self.run, error = %e, "call bookkeeping unavailable; refusing");
+            return error(
+                wire,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "gateway_unavailable",
+                "the gateway cannot record calls",
+            );
+        }
+        let mut record = CallRecord {
+            request_id: request_id.to_owned(),
+            upstream_request_id: None,
+            run_id: self.run,
+            tenant: self.tenant.clone(),
+            at_ms: now_ms(),
+            wire: wire.name().to_owned(),
+            provider: None,
+            model: None,
+            status: 0,
+            refusal: None,
+            tokens_in: 0,
+            tokens_out: 0,
+            usage_reported: false,
+            cost_usd: 0.0,
+            latency_ms: 0,
+            duration_ms: 0,
+            redactions: BTreeMap::new(),
+        };
+        match self.clone().forward(req, wire, suffix, &mut record, started).await {
+            Ok(response) => response,
+            Err(response) => {
+                record.status = response.status().as_u16();
+                record.latency_ms = started.elapsed().as_millis() as u64;
+                record.duration_ms = record.latency_ms;
+                self.finish(record, None);
+                response
+            }
+        }
+    }
+
+    /// Sends an authenticated call on to its provider. `Err` is an answer
+    /// the gateway gives itself (the call is then booked by the caller).
+    async fn forward(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        wire: Wire,
+        suffix: &'static str,
+        record: &mut CallRecord,
+        started: Instant,
+    ) -> Result<Response<Body>, Response<Body>> {
+        let headers = req.headers().clone();
+        let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => {
+                record.refusal = Some("request body too large".to_owned());
+                return Err(error(wire, StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body too large"));
+            }
+        };
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let request: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let model = request.get("model").and_then(|m| m.as_str()).map(str::to_owned);
+        record.model = model.clone();
+        let speaks = |kind: ProviderKind| match wire {
+            Wire::Anthropic => matches!(kind, ProviderKind::Anthropic | ProviderKind::Vertex),
+            Wire::OpenAi => matches!(kind, ProviderKind::Openai | ProviderKind::AzureOpenai),
+        };
+        let provider = model
+            .as_deref()
+            .and_then(|m| self.allowed().find(|(_, p)| speaks(p.kind) && p.models.iter().any(|x| x == m)));
+        let Some((provider_name, provider)) = provider else {
+            let message =
+                format!("model {:?} is not offered by any provider this run may use", model.unwrap_or_default());
+            tracing::warn!(run_id = %self.run, tenant = %self.tenant, %message, "model call refused by provider policy");
+            record.refusal = Some(message.clone());
+            return Err(error(wire, StatusCode::FORBIDDEN, "model_not_allowed", &message));
+        };
+        record.provider = Some(provider_name.clone());
+        let price = model.as_deref().and_then(|m| provider.prices.get(m)).copied();
+        let worst = if suffix.ends_with("count_tokens") { Spend::default() } else { worst_case(&text, price) };
+        if let Err((status, wait, message)) = self.admit(provider_name, worst.tokens).await {
+            record.refusal = Some(message.clone());
+            let mut response = error(wire, status, "rate_limit_exceeded", &message);
+            if let Some(wait) = wait {
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                response.headers_mut().insert("retry-after", HeaderValue::from(seconds.max(1)));
+            }
+            return Err(response);
+        }
+        let reserved = self.reserve(wire, worst, record).await?;
+        // From here on, whatever happens, the reservation and the tokens
+        // taken from the rate limits are settled exactly once.
+        let settlement = Settlement {
+            queue: self.queue.clone(),
+            run: self.run,
+            tenant: self.tenant.clone(),
+            worst,
+            budgeted: reserved,
+            token_limits: self.token_limits(provider_name),
+            done: false,
+        };
+
+        let (redacted, counts) = self.redactor.redact(&text);
+        for (rule, n) in &counts.0 {
+            record.redactions.insert((*rule).to_owned(), *n);
+        }
+        let model_name = model.as_deref().unwrap_or_default();
+        let upstream = match self.upstream(provider, suffix, model_name, &redacted, &headers).await {
+            Ok(upstream) => upstream,
+            Err(message) => {
+                tracing::warn!(run_id = %self.run, provider = %provider_name, %message, "provider sign-in failed");
+                settlement.settle(Spend::default());
+                record.refusal = Some(message.clone());
+                return Err(error(wire, StatusCode::BAD_GATEWAY, "upstream_auth_failed", &message));
+            }
+        };
+        let response = match upstream.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                // Names the host and, for a certificate this process does not
+                // trust, says so: the handshake failed before the body left.
+                let message = platform::outbound::describe(&e);
+                tracing::warn!(run_id = %self.run, provider = %provider_name, %message, "provider unreachable");
+                settlement.settle(Spend::default());
+                record.refusal = Some(message.clone());
+                return Err(error(wire, StatusCode::BAD_GATEWAY, "upstream_unreachable", &message));
+            }
+        };
+        record.status = response.status().as_u16();
+        record.latency_ms = started.elapsed().as_millis() as u64;
+        record.upstream_request_id = ["x-request-id", "request-id"]
+            .iter()
+            .find_map(|h| response.headers().get(*h).and_then(|v| v.to_str().ok()).map(str::to_owned));
+        // The answer, errors included, goes back as the provider sent it,
+        // redacted and streamed as it arrives (SSE included); a copy goes to
+        // the transcript.
+        let mut builder = Response::builder().status(record.status);
+        if let Some(content_type) = response.headers().get(CONTENT_TYPE) {
+            builder = builder.header(CONTENT_TYPE, content_type.clone());
+        }
+        let call = Arc::new(Mutex::new(InFlight {
+            scrubber: StreamRedactor::new(self.redactor.clone()),
+            entry: TranscriptEntry {
+                request_id: record.request_id.clone(),
+                at_ms: record.at_ms,
+                provider: provider_name.clone(),
+                model: model.clone(),
+                request: redacted,
+                ..Default::default()
+            },
+        }));
+        // Booked when the stream ends or the client goes away (the guard
+        // lives in the stream, which is dropped then).
+        let guard = CallGuard {
+            gateway: self.clone(),
+            call: call.clone(),
+            record: Some(record.clone()),
+            settlement: Some(settlement),
+            price,
+            started,
+        };
+        let tail = call.clone();
+        let stream = response
+            .bytes_stream()
+            .map_err(std::io::Error::other)
+            .map_ok(move |chunk| lock(&call).absorb(&chunk))
+            .chain(futures::stream::once(async move { Ok(lock(&tail).flush()) }))
+            .inspect(move |_| {
+                let _keep = &guard;
+            })
+            .try_filter(|bytes| std::future::ready(!bytes.is_empty()))
+            .map_ok(Frame::data);
+        Ok(builder.body(BodyExt::boxed(StreamBody::new(stream))).unwrap_or_else(|_| internal()))
+    }
+
+    /// The provider's request: its URL, its credentials, and the body in
+    /// its dialect.
+    async fn upstream(
+        &self,
+        provider: &ProviderConfig,
+        suffix: &str,
+        model: &str,
+        body: &str,
+        headers: &hyper::HeaderMap,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let header = |name: &str| headers.get(name).cloned();
+        let base = provider.base_url.trim_end_matches('/');
+        let post =
+            |url: String, body: String| self.http.post(url).header("content-type", "application/json").body(body);
+        Ok(match provider.kind {
+            ProviderKind::Openai => {
+                post(format!("{base}/{suffix}"), body.to_owned()).bearer_auth(provider.api_key.expose_secret())
+            }
+            ProviderKind::AzureOpenai => {
+                let deployment = provider.deployments.get(model).map_or(model, String::as_str);
+                let version = provider.api_version.as_deref().unwrap_or("2024-10-21");
+                let url = format!("{base}/openai/deployments/{deployment}/{suffix}?api-version={version}");
+                post(url, body.to_owned()).header("api-key", provider.api_key.expose_secret())
+            }
+            ProviderKind::Anthropic => {
+                let version = header("anthropic-version").unwrap_or(HeaderValue::from_static("2023-06-01"));
+                let mut u = post(format!("{base}/{suffix}"), body.to_owned())
+                    .header("x-api-key", provider.api_key.expose_secret())
+                    .header("anthropic-version", version);
+                if let Some(beta) = header("anthropic-beta") {
+                    u = u.header("anthropic-beta", beta);
+                }
+                u
+            }
+            ProviderKind::Vertex => {
+                let (url, body) = super::vertex::request(provider, suffix, model, body)?;
+                let token = super::vertex::access_token(provider, &self.http).await?;
+                let mut u = post(url, body).bearer_auth(token);
+                let asked = header("anthropic-beta");
+                let betas: Vec<&str> = asked
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| {
+                        v.split(',')
+                            .map(str::trim)
+                            .filter(|b| provider.anthropic_betas.iter().any(|a| a == b))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !betas.is_empty() {
+                    u = u.header("anthropic-beta", betas.join(","));
+                }
+                u
+            }
+        })
+    }
+
+    fn budgets(&self) -> (Spend, Spend) {
+        let micro = |usd: f64| (usd * 1e6).round() as u64;
+        (
+            Spend { tokens: self.config.run_token_budget, micro_usd: micro(self.config.run_cost_budget_usd) },
+            Spend {
+                tokens: self.config.tenant_daily_token_budget,
+                micro_usd: micro(self.config.tenant_daily_cost_budget_usd),
+            },
+        )
+    }
+
+    fn budgets_on(&self) -> bool {
+        self.budgets() != (Spend::default(), Spend::default())
+    }
+
+    /// Reserves the call's worst case against the run's and tenant's token
+    /// and cost budgets, before anything reaches the provider: the UTC day
+    /// it was reserved on, or `None` when no budget applies. Fails closed.
+    async fn reserve(&self, wire: Wire, amount: Spend, record: &mut CallRecord) -> Result<Option<u64>, Response<Body>> {
+        if !self.budgets_on() || amount == Spend::default() {
+            return Ok(None);
+        }
+        let (run_limit, tenant_limit) = self.budgets();
+        match self.queue.reserve_budget(self.run, &self.tenant, amount, run_limit, tenant_limit).await {
+            Ok(Ok(day)) => Ok(Some(day)),
+            Ok(Err(which)) => {
+                let message = if which.ends_with("cost") {
+                    format!("the {which} budget does not cover this call (up to ${:.4})", amount.micro_usd as f64 / 1e6)
+                } else {
+                    format!("the {which}'s token budget does not cover this call ({} tokens at most)", amount.tokens)
+                };
+                record.refusal = Some(message.clone());
+                Err(error(wire, StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", &message))
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %self.run, error = %e, "budget store unavailable; refusing");
+                record.refusal = Some("budgets cannot be checked".to_owned());
+                Err(error(wire, StatusCode::SERVICE_UNAVAILABLE, "budget_unavailable", "budgets cannot be checked"))
+            }
+        }
+    }
+
+    /// The allowed models, in a shape both SDKs read: OpenAI's list
+    /// (`object`, `data[].id`, `owned_by`) and Anthropic's (`type`,
+    /// `display_name`, `has_more`, `first_id`, `last_id`).
+    fn models(&self) -> Response<Body> {
+        let data: Vec<serde_json::Value> = self
+            .allowed()
+            .flat_map(|(name, p)| {
+                p.models.iter().map(move |m| {
+                    serde_json::json!({"id": m, "object": "model", "type": "model", "display_name": m,
+                        "created_at": "1970-01-01T00:00:00Z", "created": 0, "owned_by": name})
+                })
+            })
+            .collect();
+        let first = data.first().map(|m| m["id"].clone());
+        let last = data.last().map(|m| m["id"].clone());
+        json_response(
+            StatusCode::OK,
+            &serde_json::json!({"object": "list", "data": data, "has_more": false, "first_id": first, "last_id": last}),
+        )
+    }
+}
+
+/// The run token a request presents, as `Authorization: Bearer` or
+/// `x-api-key`.
+pub(super) fn presented_token(req: &Request<Incoming>) -> Option<&str> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    header("authorization").and_then(|v| v.strip_prefix("Bearer ")).or_else(|| header("x-api-key"))
+}
+
+/// The wire API of a gateway endpoint and the provider path it maps to
+/// (`None` for the model list, which the gateway answers itself).
+pub(super) fn route(req: &Request<Incoming>) -> Option<(Wire, Option<&'static str>)> {
+    Some(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/v1/models") => (Wire::OpenAi, None),
+        (&Method::POST, "/v1/chat/completions") => (Wire::OpenAi, Some("chat/completions")),
+        (&Method::POST, "/v1/responses") => (Wire::OpenAi, Some("responses")),
+        (&Method::POST, "/v1/messages") => (Wire::Anthropic, Some("messages")),
+        (&Method::POST, "/v1/messages/count_tokens") => (Wire::Anthropic, Some("messages/count_tokens")),
+        _ => return None,
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A call whose answer is streaming back.
+struct InFlight {
+    scrubber: StreamRedactor,
+    entry: TranscriptEntry,
+}
+
+impl InFlight {
+    /// Redacts a chunk of the answer, keeps a copy, and returns what may go
+    /// to the caller now.
+    fn absorb(&mut self, chunk: &[u8]) -> Bytes {
+        let out = self.scrubber.push(chunk);
+        self.keep(&out);
+        out
+    }
+
+    fn flush(&mut self) -> Bytes {
+        let out = self.scrubber.finish();
+        self.keep(&out);
+        out
+    }
+
+    fn keep(&mut self, bytes: &[u8]) {
+        let entry = &mut self.entry;
+        let room = MAX_TRANSCRIPT_RESPONSE.saturating_sub(entry.response.len());
+        entry.response.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        entry.response_truncated |= bytes.len() > room;
+    }
+}
+
+/// Books a streamed call when its stream ends or is abandoned: usage, cost,
+/// budget settlement, redaction counts, transcript.
+struct CallGuard {
+    gateway: Arc<RunGateway>,
+    call: Arc<Mutex<InFlight>>,
+    record: Option<CallRecord>,
+    settlement: Option<Settlement>,
+    price: Option<ModelPrice>,
+    started: Instant,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let Some(mut record) = self.record.take() else { return };
+        let (entry, counts) = {
+            let mut call = lock(&self.call);
+            let _ = call.flush();
+            (std::mem::take(&mut call.entry), call.scrubber.counts().clone())
+        };
+        let usage = if entry.response_truncated { None } else { usage(&entry.response) };
+        let worst = self.settlement.as_ref().map(|s| s.worst).unwrap_or_default();
+        let actual = match usage {
+            Some((tokens_in, tokens_out)) => {
+                record.tokens_in = tokens_in;
+                record.tokens_out = tokens_out;
+                record.usage_reported = true;
+                // Dollars per million tokens times tokens is micro-dollars.
+                let micro_usd = self.price.map_or(0.0, |p| {
+                    tokens_in as f64 * p.input_usd_per_mtok + tokens_out as f64 * p.output_usd_per_mtok
+                });
+                record.cost_usd = micro_usd / 1e6;
+                Spend { tokens: tokens_in + tokens_out, micro_usd: micro_usd.ceil() as u64 }
+            }
+            // Without reported usage: nothing for a refusal, the worst case
+            // otherwise (and the record says usage was not reported).
+            None if record.status >= 400 => Spend::default(),
+            None => {
+                record.cost_usd = worst.micro_usd as f64 / 1e6;
+                worst
+            }
+        };
+        if let Some(settlement) = self.settlement.take() {
+            settlement.settle(actual);
+        }
+        record.duration_ms = self.started.elapsed().as_millis() as u64;
+        for (rule, n) in &counts.0 {
+            *record.redactions.entry((*rule).to_owned()).or_default() += n;
+        }
+        self.gateway.finish(record, Some(entry));
+    }
+}
+
+/// Books a call's real use, once: settles its budget reservation and gives
+/// the unused part of its worst case back to the token rate limits.
+struct Settlement {
+    queue: RunQueue,
+    run: RunId,
+    tenant: String,
+    worst: Spend,
+    /// The UTC day `worst` was reserved on against budgets, if it was.
+    budgeted: Option<u64>,
+    /// Token-per-minute limits the worst case was taken from.
+    token_limits: Vec<(String, u64, &'static str)>,
+    done: bool,
+}
+
+impl Settlement {
+    fn settle(mut self, actual: Spend) {
+        self.book(actual);
+    }
+
+    fn book(&mut self, actual: Spend) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let refund = self.worst.tokens.saturating_sub(actual.tokens);
+        let limits = if refund > 0 { std::mem::take(&mut self.token_limits) } else { Vec::new() };
+        if self.budgeted.is_none() && limits.is_empty() {
+            return;
+        }
+        let (queue, run, tenant, worst, budgeted) =
+            (self.queue.clone(), self.run, self.tenant.clone(), self.worst, self.budgeted);
+        tokio::spawn(async move {
+            if let Some(day) = budgeted
+                && let Err(error) = queue.settle_budget(run, &tenant, day, worst, actual).await
+            {
+                tracing::warn!(run_id = %run, %error, "settling a budget reservation failed; it stays reserved");
+            }
+            for (name, per_minute, _) in limits {
+                if let Err(error) = queue.rate_refund(&name, per_minute, refund).await {
+                    tracing::warn!(run_id = %run, %error, "returning unused tokens to a rate limit failed");
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Settlement {
+    /// A call that never reached the provider uses nothing.
+    fn drop(&mut self) {
+        self.book(Spend::default());
+    }
+}
+
+/// The most a call can use: its output cap (or 4096) plus its prompt at
+/// four bytes a token, and what that costs at the model's price.
+fn worst_case(request: &str, price: Option<ModelPrice>) -> Spend {
+    let json: serde_json::Value = serde_json::from_str(request).unwrap_or_default();
+    let output = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|k| json.get(*k).and_then(serde_json::Value::as_u64))
+        .unwrap_or(4096);
+    let input = request.len() as u64 / 4 + 1;
+    let micro_usd = price
+        .map_or(0, |p| (input as f64 * p.input_usd_per_mtok + output as f64 * p.output_usd_per_mtok).ceil() as u64);
+    Spend { tokens: input + output, micro_usd }
+}
+
+/// Input and output tokens a provider reported in a JSON answer or an SSE
+/// stream: OpenAI `prompt_tokens`/`completion_tokens`, Responses and
+/// Anthropic `input_tokens`/`output_tokens` (Anthropic streams report them
+/// in `message_start` and, cumulatively, in `message_delta`).
+fn usage(body: &[u8]) -> Option<(u64, u64)> {
+    let text = String::from_utf8_lossy(body);
+    let documents: Vec<serde_json::Value> = if text.trim_start().starts_with('{') {
+        serde_json::from_str(&text).ok().into_iter().collect()
+    } else {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim()).ok())
+            .collect()
+    };
+    let mut found = None;
+    for doc in &documents {
+        let places = [doc.get("usage"), doc.pointer("/message/usage"), doc.pointer("/response/usage")];
+        for usage in places.into_iter().flatten() {
+            let get = |keys: &[&str]| keys.iter().find_map(|k| usage.get(*k).and_then(serde_json::Value::as_u64));
+            let (seen_in, seen_out) = found.unwrap_or((0, 0));
+            let input = get(&["prompt_tokens", "input_tokens"]).unwrap_or(0);
+            let output = get(&["completion_tokens", "output_tokens"]).unwrap_or(0);
+            found = Some((seen_in.max(input), seen_out.max(output)));
+        }
+    }
+    found
+}
+
+impl Wire {
+    fn name(self) -> &'static str {
+        match self {
+            Wire::OpenAi => "openai",
+            Wire::Anthropic => "anthropic",
+        }
+    }
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let body = Full::new(Bytes::from(value.to_string())).map_err(|never| match never {}).boxed();
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .body(body)
+        .unwrap_or_else(|_| internal())
+}
+
+pub(super) fn json_ok(value: &serde_json::Value) -> Response<Body> {
+    json_response(StatusCode::OK, value)
+}
+
+fn internal() -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
+/// An error in the shape the client's SDK expects.
+pub(super) fn error(wire: Wire, status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = match wire {
+        Wire::OpenAi => {
+            serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "code": code}})
+        }
+        Wire::Anthropic => {
+            let kind = match status {
+                StatusCode::UNAUTHORIZED => "authentication_error",
+                StatusCode::FORBIDDEN => "permission_error",
+                StatusCode::NOT_FOUND => "not_found_error",
+                StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+                StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+                StatusCode::SERVICE_UNAVAILABLE => "overloaded_error",
+                _ => "api_error",
+            };
+            serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
+        }
+    };
+    json_response(status, &body)
+}
+
+/// A running gateway listener; dropping it stops it.
+pub struct GatewayServer {
+    pub address: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Drop for GatewayServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl GatewayServer {
+    pub async fn start(bind: SocketAddr, gateway: Arc<RunGateway>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(bind).await?;
+        let address = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        platform::listener::accept_until(listener, stop.clone(), move |stream| {
+            let gateway = gateway.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(gateway.handle(req, false).await) }
+            });
+            platform::listener::serve_http(stream, service)
+        });
+        Ok(Self { address, stop })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worst_case_takes_the_asked_output_limit_or_4096_and_prices_both_sides() {
+        let price = ModelPrice { input_usd_per_mtok: 3.0, output_usd_per_mtok: 15.0 };
+        let cases = [
+            (r#"{"max_tokens":100}"#, 100),
+            (r#"{"max_completion_tokens":200}"#, 200),
+            (r#"{"max_output_tokens":300}"#, 300),
+            (r#"{"messages":[]}"#, 4096),
+            ("not json", 4096),
+        ];
+        for (request, output) in cases {
+            let input = request.len() as u64 / 4 + 1;
+            let spend = worst_case(request, Some(price));
+            assert_eq!(spend.tokens, input + output, "{request}");
+            let micro = (input as f64 * 3.0 + output as f64 * 15.0).ceil() as u64;
+            assert_eq!(spend.micro_usd, micro, "{request}");
+            assert_eq!(worst_case(request, None).micro_usd, 0, "no price, no cost");
+        }
+    }
+
+    #[test]
+    fn usage_is_read_from_every_wire_and_from_streams() {
+        let cases: [(&str, Option<(u64, u64)>); 6] = [
+            (r#"{"usage":{"prompt_tokens":12,"completion_tokens":5}}"#, Some((12, 5))),
+            (r#"{"usage":{"input_tokens":7,"output_tokens":3}}"#, Some((7, 3))),
+            (
+                "event: response.completed\ndata: {\"response\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":4}}}\n\n",
+                Some((9, 4)),
+            ),
+            // Anthropic: input in message_start, output (cumulative) in message_delta.
+            (
+                "data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\
+                 data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":5}}\n",
+                Some((12, 5)),
+            ),
+            ("data: {\"choices\":[]}\ndata: [DONE]\n", None),
+            ("", None),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(usage(body.as_bytes()), expected, "{body}");
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Process plumbing every Paddock binary shares: how a process calls out
+//! (TLS trust, corporate proxy), the accept loop of its listeners, the
+//! configuration loader and telemetry.
+
+pub mod config;
+pub mod listener;
+pub mod outbound;
+pub mod telemetry;

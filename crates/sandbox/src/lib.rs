@@ -1,0 +1,552 @@
+//! The Docker sandbox a run executes in, driven through bollard.
+//!
+//! One container, one internal network (with host firewall rules) and one
+//! size-capped workspace volume per run. The container idles under an init
+//! process; the agent and the diff are `exec`s into it, so the worker
+//! controls timing and can kill it at any point.
+
+pub mod egress;
+pub mod firewall;
+mod hardening;
+mod tree;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use bollard::Docker;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Ipam, IpamConfig, Mount, MountType, NetworkCreateRequest, ResourcesUlimits,
+    VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptions,
+    ListVolumesOptions, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use common::RunId;
+use common::config::SandboxConfig;
+use common::policy::SandboxPolicy;
+use futures::{Stream, StreamExt};
+
+pub use tree::tar_tree;
+
+pub const LABEL_MANAGED_BY: &str = "paddock.managed-by";
+pub const LABEL_NAMESPACE: &str = "paddock.namespace";
+pub const LABEL_RUN_ID: &str = "paddock.run-id";
+pub const LABEL_WORKER: &str = "paddock.worker";
+pub const LABEL_VOLUME: &str = "paddock.volume";
+pub const LABEL_NETWORK: &str = "paddock.network";
+const MANAGED_BY: &str = "paddock";
+
+/// The workspace mount point inside every sandbox.
+pub const WORKSPACE: &str = "/workspace";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("sandbox image {image} is missing: run `cargo xtask setup` to build it")]
+    ImageMissing { image: String },
+    /// The engine did not apply a hardening setting (an older engine drops
+    /// fields it does not know, silently); the container was not started.
+    #[error("the docker engine did not apply `{field}`: expected {expected}, found {found}")]
+    NotHardened { field: &'static str, expected: String, found: String },
+    #[error("sandbox: {0}")]
+    Other(String),
+}
+
+/// Creates, drives and removes sandboxes for one worker process.
+#[derive(Clone)]
+pub struct SandboxDriver {
+    docker: Docker,
+    config: SandboxConfig,
+    /// Host ports a sandbox may reach on its gateway address.
+    open_ports: Vec<u16>,
+    pool: (Ipv4Addr, u8),
+    namespace: String,
+    worker: String,
+}
+
+/// A started sandbox. Remove it with [`SandboxDriver::remove`].
+#[derive(Debug)]
+pub struct Sandbox {
+    pub container: String,
+    pub volume: String,
+    pub network: SandboxNetwork,
+}
+
+/// The run's own internal network: no route out, no DNS; the host answers
+/// only on `gateway` at the allowed ports.
+#[derive(Debug, Clone)]
+pub struct SandboxNetwork {
+    pub name: String,
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+    rules: firewall::RunRules,
+}
+
+/// A running command's output; read it to the end, then ask for the code.
+pub struct Exec {
+    pub id: String,
+    pub output: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, SandboxError>> + Send>>,
+}
+
+impl SandboxDriver {
+    /// Connects to the engine. `open_ports` are the host ports a sandbox
+    /// may reach on its gateway (the egress proxy, later the model gateway).
+    pub async fn connect(
+        config: &SandboxConfig,
+        open_ports: &[u16],
+        namespace: &str,
+        worker: &str,
+    ) -> Result<Self, SandboxError> {
+        let pool = parse_pool(&config.subnet_pool).ok_or_else(|| {
+            SandboxError::Other(format!(
+                "invalid configuration: `sandbox.subnet_pool` = {} must be an IPv4 CIDR of /8 to /26",
+                config.subnet_pool
+            ))
+        })?;
+        let docker = if let Some(path) = config.docker_host.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, 600, bollard::API_DEFAULT_VERSION)?
+        } else {
+            Docker::connect_with_http(&config.docker_host, 600, bollard::API_DEFAULT_VERSION)?
+        };
+        docker.ping().await?;
+        Ok(Self {
+            docker,
+            config: config.clone(),
+            open_ports: open_ports.to_vec(),
+            pool,
+            namespace: namespace.to_owned(),
+            worker: worker.to_owned(),
+        })
+    }
+
+    /// Makes sure the host firewall chain exists; a worker that cannot
+    /// install firewall rules must not run sandboxes.
+    pub async fn prepare_firewall(&self) -> Result<(), SandboxError> {
+        firewall::ensure_chain().await
+    }
+
+    fn firewall_tag(&self, run: RunId) -> String {
+        format!("pd:{}:{}:{run}", self.namespace, self.worker)
+    }
+
+    /// Creates the run's internal network on a free /28 of the pool and
+    /// installs its firewall rules.
+    async fn create_network(
+        &self,
+        name: &str,
+        run: RunId,
+        labels: &HashMap<String, String>,
+    ) -> Result<SandboxNetwork, SandboxError> {
+        let (base, bits) = self.pool;
+        let blocks = 1u32 << (28 - u32::from(bits));
+        let mut last_error = None;
+        for _ in 0..20 {
+            let block = u32::from(base) + fastrand::u32(0..blocks) * 16;
+            let (subnet, gateway) = (format!("{}/28", Ipv4Addr::from(block)), Ipv4Addr::from(block + 1));
+            let request = NetworkCreateRequest {
+                name: name.to_owned(),
+                driver: Some("bridge".to_owned()),
+                internal: Some(true),
+                ipam: Some(Ipam {
+                    driver: Some("default".to_owned()),
+                    config: Some(vec![IpamConfig {
+                        subnet: Some(subnet.clone()),
+                        gateway: Some(gateway.to_string()),
+                        ..Default::default()
+                    }]),
+                    options: None,
+                }),
+                labels: Some(labels.clone()),
+                options: Some(HashMap::from([("com.docker.network.bridge.enable_icc".to_owned(), "false".to_owned())])),
+                ..Default::default()
+            };
+            match self.docker.create_network(request).await {
+                Ok(_) => {
+                    let rules = firewall::RunRules {
+                        subnet: subnet.clone(),
+                        gateway: gateway.to_string(),
+                        ports: self.open_ports.clone(),
+                        tag: self.firewall_tag(run),
+                    };
+                    if let Err(e) = firewall::install(&rules).await {
+                        firewall::remove(&rules).await;
+                        let _ = self.docker.remove_network(name).await;
+                        return Err(e);
+                    }
+                    return Ok(SandboxNetwork { name: name.to_owned(), subnet, gateway, rules });
+                }
+                // Another run (on this or another worker) holds that block.
+                Err(e) if e.to_string().contains("overlap") => last_error = Some(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last_error.map_or_else(|| SandboxError::Other("no free sandbox subnet".to_owned()), SandboxError::from))
+    }
+
+    async fn remove_network(&self, network: &SandboxNetwork) {
+        firewall::remove(&network.rules).await;
+        if let Err(error) = self.docker.remove_network(&network.name).await {
+            tracing::warn!(%error, network = %network.name, "removing sandbox network failed");
+        }
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Fails with a clear message when the sandbox image was never built.
+    pub async fn check_image(&self) -> Result<(), SandboxError> {
+        match self.docker.inspect_image(&self.config.image).await {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Err(SandboxError::ImageMissing { image: self.config.image.clone() })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn labels(&self, run: RunId, volume: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+            (LABEL_NAMESPACE.to_owned(), self.namespace.clone()),
+            (LABEL_RUN_ID.to_owned(), run.to_string()),
+            (LABEL_WORKER.to_owned(), self.worker.clone()),
+            (LABEL_VOLUME.to_owned(), volume.to_owned()),
+        ])
+    }
+
+    /// Creates the workspace volume and the container, and starts it idle.
+    /// Creates the run's sandbox under `policy`'s caps and starts it idle.
+    /// `image` is the agent profile's, when it has its own.
+    pub async fn create(
+        &self,
+        run: RunId,
+        attempt: u32,
+        policy: &SandboxPolicy,
+        image: Option<&str>,
+    ) -> Result<Sandbox, SandboxError> {
+        let c = &self.config;
+        let name = format!("paddock-{}-{run}-{attempt}", self.namespace);
+        let volume = format!("{name}-ws");
+        let mut labels = self.labels(run, &volume);
+        labels.insert(LABEL_NETWORK.to_owned(), name.clone());
+        // The volume and the network do not depend on each other: make them
+        // at once (the network, with its firewall rules, is the slow one).
+        let volume_created = self.docker.create_volume(VolumeCreateRequest {
+            name: Some(volume.clone()),
+            driver: Some("local".to_owned()),
+            // tmpfs with a size: the workspace can never fill the host disk.
+            driver_opts: Some(HashMap::from([
+                ("type".to_owned(), "tmpfs".to_owned()),
+                ("device".to_owned(), "tmpfs".to_owned()),
+                ("o".to_owned(), format!("size={},uid={},gid={},mode=0755", policy.workspace_bytes, c.uid, c.gid)),
+            ])),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        });
+        let (volume_created, network) = tokio::join!(volume_created, self.create_network(&name, run, &labels));
+        let network = match (volume_created, network) {
+            (Ok(_), Ok(network)) => network,
+            (Err(e), network) => {
+                if let Ok(network) = &network {
+                    self.remove_network(network).await;
+                }
+                self.remove_volume(&volume).await;
+                return Err(e.into());
+            }
+            (Ok(_), Err(e)) => {
+                self.remove_volume(&volume).await;
+                return Err(e);
+            }
+        };
+        let host_config = HostConfig {
+            memory: Some(policy.memory_bytes),
+            memory_swap: Some(policy.memory_bytes),
+            nano_cpus: Some(policy.nano_cpus),
+            pids_limit: Some(policy.pids_limit),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges=true".to_owned()]),
+            readonly_rootfs: Some(true),
+            network_mode: Some(network.name.clone()),
+            // No resolver: names are resolved by the egress proxy only.
+            dns: Some(vec!["127.0.0.1".to_owned()]),
+            init: Some(true),
+            privileged: Some(false),
+            oom_score_adj: Some(500),
+            tmpfs: Some(HashMap::from([(
+                "/tmp".to_owned(),
+                format!("rw,nosuid,nodev,size={},uid={},gid={},mode=1777", policy.tmp_bytes, c.uid, c.gid),
+            )])),
+            mounts: Some(vec![Mount {
+                target: Some(WORKSPACE.to_owned()),
+                source: Some(volume.clone()),
+                typ: Some(MountType::VOLUME),
+                ..Default::default()
+            }]),
+            ulimits: Some(vec![
+                ResourcesUlimits { name: Some("nofile".to_owned()), soft: Some(4096), hard: Some(4096) },
+                ResourcesUlimits { name: Some("core".to_owned()), soft: Some(0), hard: Some(0) },
+            ]),
+            log_config: Some(bollard::models::HostConfigLogConfig {
+                typ: Some("json-file".to_owned()),
+                config: Some(HashMap::from([
+                    ("max-size".to_owned(), "1m".to_owned()),
+                    ("max-file".to_owned(), "1".to_owned()),
+                ])),
+            }),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(image.unwrap_or(&c.image).to_owned()),
+            user: Some(format!("{}:{}", c.uid, c.gid)),
+            cmd: Some(vec!["sleep".to_owned(), "infinity".to_owned()]),
+            working_dir: Some(WORKSPACE.to_owned()),
+            env: Some(vec!["HOME=/tmp".to_owned(), format!("PADDOCK_RUN_ID={run}")]),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = match self.docker.create_container(Some(options), body).await {
+            Ok(created) => created,
+            Err(e) => {
+                self.remove_network(&network).await;
+                self.remove_volume(&volume).await;
+                return Err(e.into());
+            }
+        };
+        let sandbox = Sandbox { container: created.id, volume, network };
+        let started = async {
+            let inspected = self.docker.inspect_container(&sandbox.container, None).await?;
+            hardening::verify(&inspected, &self.config, policy, &sandbox.volume, &sandbox.network.name)?;
+            self.docker.start_container(&sandbox.container, None).await?;
+            Ok::<(), SandboxError>(())
+        };
+        if let Err(e) = started.await {
+            self.remove(&sandbox).await;
+            return Err(e);
+        }
+        Ok(sandbox)
+    }
+
+    /// Unpacks a tar archive into the workspace.
+    pub async fn upload(&self, sandbox: &Sandbox, tar: Bytes) -> Result<(), SandboxError> {
+        let options = UploadToContainerOptionsBuilder::new().path(WORKSPACE).build();
+        self.docker.upload_to_container(&sandbox.container, Some(options), bollard::body_full(tar)).await?;
+        Ok(())
+    }
+
+    /// Starts `cmd` as the sandbox user in the workspace; stdout and stderr
+    /// come back interleaved, as raw bytes.
+    pub async fn exec(&self, sandbox: &Sandbox, cmd: Vec<String>, env: Vec<String>) -> Result<Exec, SandboxError> {
+        let user = format!("{}:{}", self.config.uid, self.config.gid);
+        let created = self
+            .docker
+            .create_exec(
+                &sandbox.container,
+                CreateExecOptions {
+                    cmd: Some(cmd),
+                    env: Some(env),
+                    user: Some(user),
+                    working_dir: Some(WORKSPACE.to_owned()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        match self.docker.start_exec(&created.id, None).await? {
+            StartExecResults::Attached { output, .. } => Ok(Exec {
+                id: created.id,
+                output: Box::pin(output.map(|item| item.map(|o| o.into_bytes()).map_err(SandboxError::from))),
+            }),
+            StartExecResults::Detached => Err(SandboxError::Other("exec started detached".to_owned())),
+        }
+    }
+
+    /// The exit code of a finished exec.
+    pub async fn exit_code(&self, exec_id: &str) -> Result<i64, SandboxError> {
+        let inspected = self.docker.inspect_exec(exec_id).await?;
+        inspected.exit_code.ok_or_else(|| SandboxError::Other("exec has no exit code".to_owned()))
+    }
+
+    /// Whether the kernel's OOM killer fired in this sandbox. Docker's
+    /// `State.OOMKilled` only covers the container's main process, not an
+    /// `exec`, so the sandbox's own memory cgroup is read too (read-only to
+    /// the agent: `oom_kill` in memory.events on cgroup v2,
+    /// memory.oom_control on v1).
+    pub async fn oom_killed(&self, sandbox: &Sandbox) -> Result<bool, SandboxError> {
+        let inspected = self.docker.inspect_container(&sandbox.container, None).await?;
+        if inspected.state.and_then(|s| s.oom_killed).unwrap_or(false) {
+            return Ok(true);
+        }
+        let cmd = vec![
+            "cat".to_owned(),
+            "/sys/fs/cgroup/memory.events".to_owned(),
+            "/sys/fs/cgroup/memory/memory.oom_control".to_owned(),
+        ];
+        let mut exec = self.exec(sandbox, cmd, Vec::new()).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = exec.output.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(String::from_utf8_lossy(&out)
+            .lines()
+            .filter_map(|l| l.strip_prefix("oom_kill "))
+            .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0)))
+    }
+
+    /// Kills the container at once (timeouts, lost leases, shutdown).
+    pub async fn kill(&self, sandbox: &Sandbox) {
+        let options = KillContainerOptionsBuilder::new().signal("KILL").build();
+        if let Err(error) = self.docker.kill_container(&sandbox.container, Some(options)).await {
+            tracing::debug!(%error, container = %sandbox.container, "kill failed (probably already stopped)");
+        }
+    }
+
+    /// Removes the container, its network and firewall rules, and its
+    /// workspace volume. Never fails: what it cannot remove now, the janitor
+    /// removes later.
+    pub async fn remove(&self, sandbox: &Sandbox) {
+        self.remove_container(&sandbox.container).await;
+        self.remove_network(&sandbox.network).await;
+        self.remove_volume(&sandbox.volume).await;
+    }
+
+    async fn remove_container(&self, container: &str) {
+        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        if let Err(error) = self.docker.remove_container(container, Some(options)).await {
+            tracing::warn!(%error, %container, "removing sandbox failed");
+        }
+    }
+
+    async fn remove_volume(&self, volume: &str) {
+        let options = RemoveVolumeOptionsBuilder::new().force(true).build();
+        if let Err(error) = self.docker.remove_volume(volume, Some(options)).await {
+            tracing::warn!(%error, %volume, "removing workspace volume failed");
+        }
+    }
+
+    /// Removes this namespace's sandboxes whose worker `is_alive` says is
+    /// gone, and workspace volumes no container uses. Run on worker start so
+    /// a crash leaves nothing behind for long. Returns the containers removed.
+    pub async fn sweep(&self, is_alive: impl Fn(&str) -> bool) -> Result<Vec<String>, SandboxError> {
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{LABEL_MANAGED_BY}={MANAGED_BY}"), format!("{LABEL_NAMESPACE}={}", self.namespace)],
+        )]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let mut removed = Vec::new();
+        for container in self.docker.list_containers(Some(options)).await? {
+            let labels = container.labels.unwrap_or_default();
+            let worker = labels.get(LABEL_WORKER).map(String::as_str).unwrap_or_default();
+            if is_alive(worker) {
+                continue;
+            }
+            let Some(id) = container.id else { continue };
+            tracing::info!(container = %id, %worker, run_id = ?labels.get(LABEL_RUN_ID), "removing sandbox left by a dead worker");
+            self.remove_container(&id).await;
+            removed.push(id);
+        }
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()),
+            }))
+            .await?;
+        for network in networks {
+            let worker =
+                network.labels.as_ref().and_then(|l| l.get(LABEL_WORKER)).map(String::as_str).unwrap_or_default();
+            if !is_alive(worker)
+                && let Some(name) = &network.name
+                && let Err(error) = self.docker.remove_network(name).await
+            {
+                tracing::warn!(%error, network = %name, "removing a dead worker's sandbox network failed");
+            }
+        }
+        for (tag, rule) in firewall::tagged(&format!("pd:{}:", self.namespace)).await? {
+            let worker = tag.split(':').nth(2).unwrap_or_default();
+            if !is_alive(worker) {
+                firewall::delete(&rule).await;
+            }
+        }
+        let volumes = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(filters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
+            }))
+            .await?;
+        for volume in volumes.volumes.unwrap_or_default() {
+            let worker = volume.labels.get(LABEL_WORKER).map(String::as_str).unwrap_or_default();
+            if !is_alive(worker) {
+                self.remove_volume(&volume.name).await;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes everything of `run` this worker made: its containers,
+    /// networks and their firewall rules, and workspace volumes, found by
+    /// their labels and tags. For a run whose own cleanup never ran (its
+    /// task panicked). Never fails: what stays, the janitor removes later.
+    pub async fn remove_run(&self, run: RunId) {
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{LABEL_NAMESPACE}={}", self.namespace), format!("{LABEL_RUN_ID}={run}")],
+        )]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let containers = self.docker.list_containers(Some(options)).await.unwrap_or_default();
+        for id in containers.into_iter().filter_map(|c| c.id) {
+            self.remove_container(&id).await;
+        }
+        match firewall::tagged(&self.firewall_tag(run)).await {
+            Ok(rules) => {
+                for (_, rule) in rules {
+                    firewall::delete(&rule).await;
+                }
+            }
+            Err(error) => tracing::warn!(%error, run_id = %run, "listing the run's firewall rules failed"),
+        }
+        let networks =
+            ListNetworksOptions { filters: Some(filters.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()) };
+        for network in self.docker.list_networks(Some(networks)).await.unwrap_or_default() {
+            if let Some(name) = &network.name
+                && let Err(error) = self.docker.remove_network(name).await
+            {
+                tracing::warn!(%error, network = %name, "removing the run's network failed");
+            }
+        }
+        let volumes =
+            ListVolumesOptions { filters: Some(filters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()) };
+        let volumes = self.docker.list_volumes(Some(volumes)).await.map(|v| v.volumes.unwrap_or_default());
+        for volume in volumes.unwrap_or_default() {
+            self.remove_volume(&volume.name).await;
+        }
+    }
+
+    /// Containers of this namespace still present (for tests and operators).
+    pub async fn list_run_containers(&self, run: RunId) -> Result<Vec<String>, SandboxError> {
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{LABEL_NAMESPACE}={}", self.namespace), format!("{LABEL_RUN_ID}={run}")],
+        )]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        Ok(self.docker.list_containers(Some(options)).await?.into_iter().filter_map(|c| c.id).collect())
+    }
+}
+
+/// `a.b.c.d/n` with room for at least four /28 blocks.
+fn parse_pool(cidr: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, bits) = cidr.split_once('/')?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let bits: u8 = bits.parse().ok()?;
+    if !(8..=26).contains(&bits) {
+        return None;
+    }
+    let mask = u32::MAX << (32 - u32::from(bits));
+    Some((Ipv4Addr::from(u32::from(ip) & mask), bits))
+}

@@ -1,0 +1,378 @@
+//! Identity records in Redis: role bindings, service accounts and their
+//! tokens (SHA-256 only), deactivated users, and the audit events of every
+//! change to them. A change and its audit event are written in one atomic
+//! transaction, so neither exists without the other.
+//!
+//! Keys (under the deployment's `{namespace}:` prefix): `rbac:bindings`
+//! (id → binding), `sa:accounts` (name → account), `sa:tokens` (id →
+//! token record), `sa:hash:<sha256>` (→ token id), `users` (name → user
+//! status), `holds` (id → legal hold), `retention:last` (the last sweep), `exports` (id → export job),
+//! `audit:events` (list, oldest first, the newest 100,000: an
+//! index; the trail in object storage is the evidence).
+
+use std::collections::BTreeMap;
+
+use common::audit::AuditEvent;
+use common::identity::{Binding, Permission};
+use common::retention::LegalHold;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use super::{QueueError, RunQueue, conn::Conn, corrupt};
+use common::audit::EventSink;
+use common::records::{ExportStatus, SweepReport};
+
+/// A non-human caller, accountable to the person who owns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServiceAccount {
+    #[schema(example = "portal")]
+    pub name: String,
+    #[schema(example = "Internal developer portal")]
+    pub description: String,
+    /// The person accountable for the account.
+    #[schema(example = "alice@example.com")]
+    pub owner: String,
+    pub created_by: String,
+    pub created_at_ms: u64,
+}
+
+/// A service-account token as stored: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenRecord {
+    #[schema(example = "01jbd3k6q3x9a7m2c5v8w0z4ty")]
+    pub id: String,
+    #[schema(example = "portal")]
+    pub account: String,
+    /// The permissions this token may use (within the account's bindings).
+    pub scopes: Vec<Permission>,
+    pub expires_at_ms: u64,
+    /// The token's last four characters, to tell tokens apart.
+    #[schema(example = "x9Qz")]
+    pub last4: String,
+    pub created_by: String,
+    pub created_at_ms: u64,
+    #[serde(default)]
+    pub revoked_at_ms: Option<u64>,
+    #[serde(default)]
+    pub revoked_by: Option<String>,
+}
+
+impl TokenRecord {
+    pub fn live(&self, now_ms: u64) -> bool {
+        self.revoked_at_ms.is_none() && now_ms < self.expires_at_ms
+    }
+}
+
+/// What Paddock knows about a person beyond their identity provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UserStatus {
+    /// Deactivated people are refused whatever token they show.
+    pub deactivated: bool,
+    /// Identity-provider tokens issued before this instant are refused.
+    #[serde(default)]
+    pub tokens_revoked_before_ms: Option<u64>,
+    #[serde(default)]
+    pub changed_by: Option<String>,
+    #[serde(default)]
+    pub changed_at_ms: Option<u64>,
+}
+
+/// Which audit events to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub object_id: Option<String>,
+}
+
+impl AuditFilter {
+    fn matches(&self, e: &AuditEvent) -> bool {
+        self.since_ms.is_none_or(|s| e.time_ms >= s)
+            && self.until_ms.is_none_or(|u| e.time_ms < u)
+            && self.action.as_ref().is_none_or(|a| &e.action == a)
+            && self.actor.as_ref().is_none_or(|a| &e.actor.principal == a || e.actor.via.as_ref() == Some(a))
+            && self.object_id.as_ref().is_none_or(|o| &e.object.id == o)
+    }
+}
+
+/// How many recent audit events Redis keeps for `GET /v1/audit/events`.
+pub const AUDIT_INDEX_KEEP: isize = 100_000;
+
+#[derive(Clone)]
+pub struct IdentityStore {
+    conn: Conn,
+    prefix: std::sync::Arc<str>,
+    trail: Option<std::sync::Arc<dyn EventSink>>,
+}
+
+impl RunQueue {
+    /// The identity records; changes made through it are audited in Redis
+    /// only until a trail is attached with [`IdentityStore::with_trail`].
+    pub fn identity(&self) -> IdentityStore {
+        IdentityStore { conn: self.conn.clone(), prefix: self.prefix.clone(), trail: None }
+    }
+}
+
+fn to_json<T: Serialize>(what: &str, value: &T) -> Result<String, QueueError> {
+    serde_json::to_string(value).map_err(|e| corrupt(what, e))
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Result<T, QueueError> {
+    serde_json::from_str(json).map_err(|e| corrupt(what, e))
+}
+
+impl IdentityStore {
+    fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    /// Every change is then written to the audit trail first: when the trail
+    /// cannot take it, the change is refused (fail-closed).
+    pub fn with_trail(mut self, trail: std::sync::Arc<dyn EventSink>) -> Self {
+        self.trail = Some(trail);
+        self
+    }
+
+    async fn to_trail(&self, event: &AuditEvent) -> Result<(), QueueError> {
+        if let Some(trail) = &self.trail {
+            trail.record(std::slice::from_ref(event)).await.map_err(QueueError::Audit)?;
+        }
+        Ok(())
+    }
+
+    /// Records `event` in the trail, then starts a transaction that also
+    /// appends it to the queryable list (the newest [`AUDIT_INDEX_KEEP`]
+    /// events; the trail in object storage keeps them all).
+    async fn audited(&self, event: &AuditEvent) -> Result<redis::Pipeline, QueueError> {
+        self.to_trail(event).await?;
+        let mut pipe = redis::pipe();
+        let list = self.key("audit:events");
+        pipe.atomic()
+            .rpush(&list, to_json("audit event", event)?)
+            .ignore()
+            .ltrim(&list, -AUDIT_INDEX_KEEP, -1)
+            .ignore();
+        Ok(pipe)
+    }
+
+    pub async fn append_audit(&self, event: &AuditEvent) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let () = self.audited(event).await?.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Adds events already in the trail (a worker's) to the queryable index.
+    pub async fn index_audit(&self, events: &[AuditEvent]) -> Result<(), QueueError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let lines = events.iter().map(|e| to_json("audit event", e)).collect::<Result<Vec<_>, _>>()?;
+        let list = self.key("audit:events");
+        let mut conn = self.conn.clone();
+        let () = redis::pipe()
+            .atomic()
+            .rpush(&list, lines)
+            .ignore()
+            .ltrim(&list, -AUDIT_INDEX_KEEP, -1)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Events matching `filter`, oldest first, at most `limit`.
+    pub async fn audit_events(&self, filter: &AuditFilter, limit: usize) -> Result<Vec<AuditEvent>, QueueError> {
+        let mut conn = self.conn.clone();
+        let all: Vec<String> = conn.lrange(self.key("audit:events"), 0, -1).await?;
+        let mut out = Vec::new();
+        for json in all {
+            let event: AuditEvent = from_json("audit event", &json)?;
+            if filter.matches(&event) {
+                out.push(event);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every record of the hash `name`, decoded.
+    async fn all<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Vec<T>, QueueError> {
+        let mut conn = self.conn.clone();
+        let all: BTreeMap<String, String> = conn.hgetall(self.key(name)).await?;
+        all.values().map(|json| from_json(name, json)).collect()
+    }
+
+    /// One record of the hash `name`, decoded.
+    async fn one<T: for<'de> Deserialize<'de>>(&self, name: &str, field: &str) -> Result<Option<T>, QueueError> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn.hget(self.key(name), field).await?;
+        json.map(|j| from_json(name, &j)).transpose()
+    }
+
+    /// Writes one record of the hash `name` together with its audit event.
+    async fn put<T: Serialize>(
+        &self,
+        name: &str,
+        field: &str,
+        value: &T,
+        event: &AuditEvent,
+    ) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let () = self
+            .audited(event)
+            .await?
+            .hset(self.key(name), field, to_json(name, value)?)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn bindings(&self) -> Result<Vec<Binding>, QueueError> {
+        self.all("rbac:bindings").await
+    }
+
+    pub async fn add_binding(&self, binding: &Binding, event: &AuditEvent) -> Result<(), QueueError> {
+        self.put("rbac:bindings", &binding.id, binding, event).await
+    }
+
+    pub async fn binding(&self, id: &str) -> Result<Option<Binding>, QueueError> {
+        self.one("rbac:bindings", id).await
+    }
+
+    pub async fn remove_binding(&self, id: &str, event: &AuditEvent) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let () = self.audited(event).await?.hdel(self.key("rbac:bindings"), id).ignore().query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    pub async fn service_accounts(&self) -> Result<Vec<ServiceAccount>, QueueError> {
+        self.all("sa:accounts").await
+    }
+
+    pub async fn service_account(&self, name: &str) -> Result<Option<ServiceAccount>, QueueError> {
+        self.one("sa:accounts", name).await
+    }
+
+    /// Creates the account unless one has the name; whether it was created.
+    pub async fn create_service_account(
+        &self,
+        account: &ServiceAccount,
+        event: &AuditEvent,
+    ) -> Result<bool, QueueError> {
+        // One script, so the account and its audit event exist together.
+        static CREATE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                "if redis.call('HSETNX', KEYS[1] .. 'sa:accounts', ARGV[1], ARGV[2]) == 1 then \
+                   redis.call('RPUSH', KEYS[1] .. 'audit:events', ARGV[3]) return 1 end return 0",
+            )
+        });
+        self.to_trail(event).await?;
+        let mut conn = self.conn.clone();
+        let created: i64 = CREATE
+            .key(&*self.prefix)
+            .arg(&account.name)
+            .arg(to_json("account", account)?)
+            .arg(to_json("audit event", event)?)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(created == 1)
+    }
+
+    /// Stores a new token by the SHA-256 (hex) of its value.
+    pub async fn add_token(&self, hash: &str, token: &TokenRecord, event: &AuditEvent) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let () = self
+            .audited(event)
+            .await?
+            .hset(self.key("sa:tokens"), &token.id, to_json("token", token)?)
+            .ignore()
+            .set(self.key(&format!("sa:hash:{hash}")), &token.id)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The token whose value hashes to `hash`, if it was ever issued.
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, QueueError> {
+        let mut conn = self.conn.clone();
+        let id: Option<String> = conn.get(self.key(&format!("sa:hash:{hash}"))).await?;
+        match id {
+            Some(id) => self.token(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    pub async fn token(&self, id: &str) -> Result<Option<TokenRecord>, QueueError> {
+        self.one("sa:tokens", id).await
+    }
+
+    /// Every token ever issued.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, QueueError> {
+        self.all("sa:tokens").await
+    }
+
+    /// Replaces a token record (revocation), with its audit event.
+    pub async fn update_token(&self, token: &TokenRecord, event: &AuditEvent) -> Result<(), QueueError> {
+        self.put("sa:tokens", &token.id, token, event).await
+    }
+
+    pub async fn user(&self, name: &str) -> Result<UserStatus, QueueError> {
+        Ok(self.one("users", name).await?.unwrap_or_default())
+    }
+
+    pub async fn set_user(&self, name: &str, status: &UserStatus, event: &AuditEvent) -> Result<(), QueueError> {
+        self.put("users", name, status, event).await
+    }
+
+    /// Every legal hold, released ones included.
+    pub async fn holds(&self) -> Result<Vec<LegalHold>, QueueError> {
+        self.all("holds").await
+    }
+
+    pub async fn hold(&self, id: &str) -> Result<Option<LegalHold>, QueueError> {
+        self.one("holds", id).await
+    }
+
+    /// Places or releases a hold, with its audit event.
+    pub async fn put_hold(&self, hold: &LegalHold, event: &AuditEvent) -> Result<(), QueueError> {
+        self.put("holds", &hold.id, hold, event).await
+    }
+
+    pub async fn save_export(&self, status: &ExportStatus) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let () = conn.hset(self.key("exports"), &status.id, to_json("export", status)?).await?;
+        Ok(())
+    }
+
+    pub async fn export(&self, id: &str) -> Result<Option<ExportStatus>, QueueError> {
+        self.one("exports", id).await
+    }
+
+    pub async fn record_sweep(&self, report: &SweepReport) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let () = conn.set(self.key("retention:last"), to_json("sweep report", report)?).await?;
+        Ok(())
+    }
+
+    pub async fn last_sweep(&self) -> Result<Option<SweepReport>, QueueError> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn.get(self.key("retention:last")).await?;
+        json.map(|j| from_json("sweep report", &j)).transpose()
+    }
+
+    /// Takes the fleet-wide lock `name` for `ttl` unless someone holds it.
+    pub async fn try_lock(&self, name: &str, ttl: std::time::Duration) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let options = redis::SetOptions::default()
+            .conditional_set(redis::ExistenceCheck::NX)
+            .with_expiration(redis::SetExpiry::PX(ttl.as_millis().max(1) as u64));
+        let taken: Option<String> = conn.set_options(self.key(name), "1", options).await?;
+        Ok(taken.is_some())
+    }
+}
