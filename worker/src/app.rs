@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::RunBackend;
 use crate::leases::{self, Leases};
-use crate::runner::{self, Runtime};
+use crate::run::{self, Runtime};
 use objstore::S3Store;
 use platform::outbound::Outbound;
 use sandbox::SandboxDriver;
@@ -143,7 +143,7 @@ impl Application {
                     .data(rt)
                     .catch_panic()
                     .concurrency(concurrency)
-                    .build(runner::execute)
+                    .build(run::execute)
             })
             .should_restart(|_ctx, error| {
                 tracing::error!(%error, "worker stopped with an error; restarting");

@@ -8,6 +8,6 @@ pub mod audit_events;
 pub mod backend;
 pub mod leases;
 pub mod retention;
-pub mod runner;
+pub mod run;
 
 pub use app::Application;

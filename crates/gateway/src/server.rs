@@ -342,35 +342,77 @@ impl RunGateway {
         started: Instant,
     ) -> Result<Response<Body>, Response<Body>> {
         let headers = req.headers().clone();
-        let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(_) => {
-                record.refusal = Some("request body too large".to_owned());
-                return Err(error(wire, StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body too large"));
-            }
-        };
-        let text = String::from_utf8_lossy(&body).into_owned();
+        let text = read_body(req, wire, record).await?;
         let request: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         let model = request.get("model").and_then(|m| m.as_str()).map(str::to_owned);
         record.model = model.clone();
+        let (provider_name, provider) = self.provider_for(wire, model.as_deref(), record).map_err(|message| {
+            tracing::warn!(run_id = %self.run, tenant = %self.tenant, %message, "model call refused by provider policy");
+            error(wire, StatusCode::FORBIDDEN, "model_not_allowed", &message)
+        })?;
+        let price = model.as_deref().and_then(|m| provider.prices.get(m)).copied();
+        let worst = if suffix.ends_with("count_tokens") { Spend::default() } else { worst_case(&text, price) };
+        // From here on, whatever happens, the reservation and the tokens
+        // taken from the rate limits are settled exactly once.
+        let settlement = self.limit(wire, provider_name, worst, record).await?;
+        let (redacted, counts) = self.redactor.redact(&text);
+        for (rule, n) in &counts.0 {
+            record.redactions.insert((*rule).to_owned(), *n);
+        }
+        let call = Call { provider_name, provider, suffix, model: model.as_deref().unwrap_or_default() };
+        // A call that gets no answer used nothing: dropping the settlement
+        // on the way out books that.
+        let response = self.send(wire, &call, &redacted, &headers, record).await?;
+        record.status = response.status().as_u16();
+        record.latency_ms = started.elapsed().as_millis() as u64;
+        record.upstream_request_id = ["x-request-id", "request-id"]
+            .iter()
+            .find_map(|h| response.headers().get(*h).and_then(|v| v.to_str().ok()).map(str::to_owned));
+        let entry = TranscriptEntry {
+            request_id: record.request_id.clone(),
+            at_ms: record.at_ms,
+            provider: provider_name.clone(),
+            model,
+            request: redacted,
+            ..Default::default()
+        };
+        let booking = Booking { record: record.clone(), settlement, price, started };
+        Ok(self.clone().relay(response, entry, booking))
+    }
+
+    /// The provider this run may use that serves `model` on this wire, or
+    /// why there is none.
+    fn provider_for(
+        &self,
+        wire: Wire,
+        model: Option<&str>,
+        record: &mut CallRecord,
+    ) -> Result<(&String, &ProviderConfig), String> {
         let speaks = |kind: ProviderKind| match wire {
             Wire::Anthropic => matches!(kind, ProviderKind::Anthropic | ProviderKind::Vertex),
             Wire::OpenAi => matches!(kind, ProviderKind::Openai | ProviderKind::AzureOpenai),
         };
-        let provider = model
-            .as_deref()
-            .and_then(|m| self.allowed().find(|(_, p)| speaks(p.kind) && p.models.iter().any(|x| x == m)));
-        let Some((provider_name, provider)) = provider else {
+        let found = model.and_then(|m| self.allowed().find(|(_, p)| speaks(p.kind) && p.models.iter().any(|x| x == m)));
+        let Some((name, provider)) = found else {
             let message =
                 format!("model {:?} is not offered by any provider this run may use", model.unwrap_or_default());
-            tracing::warn!(run_id = %self.run, tenant = %self.tenant, %message, "model call refused by provider policy");
             record.refusal = Some(message.clone());
-            return Err(error(wire, StatusCode::FORBIDDEN, "model_not_allowed", &message));
+            return Err(message);
         };
-        record.provider = Some(provider_name.clone());
-        let price = model.as_deref().and_then(|m| provider.prices.get(m)).copied();
-        let worst = if suffix.ends_with("count_tokens") { Spend::default() } else { worst_case(&text, price) };
-        if let Err((status, wait, message)) = self.admit(provider_name, worst.tokens).await {
+        record.provider = Some(name.clone());
+        Ok((name, provider))
+    }
+
+    /// Takes the call's worst case from the rate limits and the budgets, or
+    /// answers why not (with `retry-after` when waiting would help).
+    async fn limit(
+        &self,
+        wire: Wire,
+        provider: &str,
+        worst: Spend,
+        record: &mut CallRecord,
+    ) -> Result<Settlement, Response<Body>> {
+        if let Err((status, wait, message)) = self.admit(provider, worst.tokens).await {
             record.refusal = Some(message.clone());
             let mut response = error(wire, status, "rate_limit_exceeded", &message);
             if let Some(wait) = wait {
@@ -380,76 +422,65 @@ impl RunGateway {
             return Err(response);
         }
         let reserved = self.reserve(wire, worst, record).await?;
-        // From here on, whatever happens, the reservation and the tokens
-        // taken from the rate limits are settled exactly once.
-        let settlement = Settlement {
+        Ok(Settlement {
             queue: self.queue.clone(),
             run: self.run,
             tenant: self.tenant.clone(),
             worst,
             budgeted: reserved,
-            token_limits: self.token_limits(provider_name),
+            token_limits: self.token_limits(provider),
             done: false,
-        };
+        })
+    }
 
-        let (redacted, counts) = self.redactor.redact(&text);
-        for (rule, n) in &counts.0 {
-            record.redactions.insert((*rule).to_owned(), *n);
-        }
-        let model_name = model.as_deref().unwrap_or_default();
-        let upstream = match self.upstream(provider, suffix, model_name, &redacted, &headers).await {
+    /// The provider's answer to the redacted request; when there is none
+    /// the call used nothing and the caller gets a 502 saying why.
+    async fn send(
+        &self,
+        wire: Wire,
+        call: &Call<'_>,
+        redacted: &str,
+        headers: &hyper::HeaderMap,
+        record: &mut CallRecord,
+    ) -> Result<reqwest::Response, Response<Body>> {
+        let (provider_name, provider) = (call.provider_name, call.provider);
+        let failed = |record: &mut CallRecord, code: &str, message: String| {
+            record.refusal = Some(message.clone());
+            error(wire, StatusCode::BAD_GATEWAY, code, &message)
+        };
+        let upstream = match self.upstream(provider, call.suffix, call.model, redacted, headers).await {
             Ok(upstream) => upstream,
             Err(message) => {
                 tracing::warn!(run_id = %self.run, provider = %provider_name, %message, "provider sign-in failed");
-                settlement.settle(Spend::default());
-                record.refusal = Some(message.clone());
-                return Err(error(wire, StatusCode::BAD_GATEWAY, "upstream_auth_failed", &message));
+                return Err(failed(record, "upstream_auth_failed", message));
             }
         };
-        let response = match upstream.send().await {
-            Ok(response) => response,
-            Err(e) => {
-                // Names the host and, for a certificate this process does not
-                // trust, says so: the handshake failed before the body left.
-                let message = platform::outbound::describe(&e);
-                tracing::warn!(run_id = %self.run, provider = %provider_name, %message, "provider unreachable");
-                settlement.settle(Spend::default());
-                record.refusal = Some(message.clone());
-                return Err(error(wire, StatusCode::BAD_GATEWAY, "upstream_unreachable", &message));
-            }
-        };
-        record.status = response.status().as_u16();
-        record.latency_ms = started.elapsed().as_millis() as u64;
-        record.upstream_request_id = ["x-request-id", "request-id"]
-            .iter()
-            .find_map(|h| response.headers().get(*h).and_then(|v| v.to_str().ok()).map(str::to_owned));
-        // The answer, errors included, goes back as the provider sent it,
-        // redacted and streamed as it arrives (SSE included); a copy goes to
-        // the transcript.
-        let mut builder = Response::builder().status(record.status);
+        upstream.send().await.map_err(|e| {
+            // Names the host and, for a certificate this process does not
+            // trust, says so: the handshake failed before the body left.
+            let message = platform::outbound::describe(&e);
+            tracing::warn!(run_id = %self.run, provider = %provider_name, %message, "provider unreachable");
+            failed(record, "upstream_unreachable", message)
+        })
+    }
+
+    /// The answer, errors included, goes back as the provider sent it,
+    /// redacted and streamed as it arrives (SSE included); a copy goes to
+    /// the transcript. The call is booked when the stream ends or the
+    /// client goes away (the guard lives in the stream, dropped then).
+    fn relay(self: Arc<Self>, response: reqwest::Response, entry: TranscriptEntry, booking: Booking) -> Response<Body> {
+        let mut builder = Response::builder().status(booking.record.status);
         if let Some(content_type) = response.headers().get(CONTENT_TYPE) {
             builder = builder.header(CONTENT_TYPE, content_type.clone());
         }
-        let call = Arc::new(Mutex::new(InFlight {
-            scrubber: StreamRedactor::new(self.redactor.clone()),
-            entry: TranscriptEntry {
-                request_id: record.request_id.clone(),
-                at_ms: record.at_ms,
-                provider: provider_name.clone(),
-                model: model.clone(),
-                request: redacted,
-                ..Default::default()
-            },
-        }));
-        // Booked when the stream ends or the client goes away (the guard
-        // lives in the stream, which is dropped then).
+        let call = Arc::new(Mutex::new(InFlight { scrubber: StreamRedactor::new(self.redactor.clone()), entry }));
         let guard = CallGuard {
-            gateway: self.clone(),
+            gateway: self,
             call: call.clone(),
-            record: Some(record.clone()),
-            settlement: Some(settlement),
-            price,
-            started,
+            record: Some(booking.record),
+            settlement: Some(booking.settlement),
+            price: booking.price,
+            started: booking.started,
         };
         let tail = call.clone();
         let stream = response
@@ -462,7 +493,7 @@ impl RunGateway {
             })
             .try_filter(|bytes| std::future::ready(!bytes.is_empty()))
             .map_ok(Frame::data);
-        Ok(builder.body(BodyExt::boxed(StreamBody::new(stream))).unwrap_or_else(|_| internal()))
+        builder.body(BodyExt::boxed(StreamBody::new(stream))).unwrap_or_else(|_| internal())
     }
 
     /// The provider's request: its URL, its credentials, and the body in
@@ -688,6 +719,33 @@ impl Drop for CallGuard {
             *record.redactions.entry((*rule).to_owned()).or_default() += n;
         }
         self.gateway.finish(record, Some(entry));
+    }
+}
+
+/// Where one call goes.
+struct Call<'a> {
+    provider_name: &'a String,
+    provider: &'a ProviderConfig,
+    suffix: &'static str,
+    model: &'a str,
+}
+
+/// What booking a call needs once its answer has streamed.
+struct Booking {
+    record: CallRecord,
+    settlement: Settlement,
+    price: Option<ModelPrice>,
+    started: Instant,
+}
+
+/// The request body as text, refused over `MAX_REQUEST_BYTES`.
+async fn read_body(req: Request<Incoming>, wire: Wire, record: &mut CallRecord) -> Result<String, Response<Body>> {
+    match Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect().await {
+        Ok(body) => Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned()),
+        Err(_) => {
+            record.refusal = Some("request body too large".to_owned());
+            Err(error(wire, StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body too large"))
+        }
     }
 }
 

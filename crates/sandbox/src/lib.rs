@@ -68,6 +68,12 @@ pub struct SandboxDriver {
     worker: String,
 }
 
+/// Removal is idempotent: what another cleanup path removed first is gone,
+/// not a failure.
+fn already_gone(error: &bollard::errors::Error) -> bool {
+    matches!(error, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+}
+
 /// A started sandbox. Remove it with [`SandboxDriver::remove`].
 #[derive(Debug)]
 pub struct Sandbox {
@@ -189,7 +195,9 @@ impl SandboxDriver {
 
     async fn remove_network(&self, network: &SandboxNetwork) {
         firewall::remove(&network.rules).await;
-        if let Err(error) = self.docker.remove_network(&network.name).await {
+        if let Err(error) = self.docker.remove_network(&network.name).await
+            && !already_gone(&error)
+        {
             tracing::warn!(%error, network = %network.name, "removing sandbox network failed");
         }
     }
@@ -419,14 +427,18 @@ impl SandboxDriver {
 
     async fn remove_container(&self, container: &str) {
         let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
-        if let Err(error) = self.docker.remove_container(container, Some(options)).await {
+        if let Err(error) = self.docker.remove_container(container, Some(options)).await
+            && !already_gone(&error)
+        {
             tracing::warn!(%error, %container, "removing sandbox failed");
         }
     }
 
     async fn remove_volume(&self, volume: &str) {
         let options = RemoveVolumeOptionsBuilder::new().force(true).build();
-        if let Err(error) = self.docker.remove_volume(volume, Some(options)).await {
+        if let Err(error) = self.docker.remove_volume(volume, Some(options)).await
+            && !already_gone(&error)
+        {
             tracing::warn!(%error, %volume, "removing workspace volume failed");
         }
     }

@@ -1,0 +1,265 @@
+//! The agent's part of a run, inside its sandbox: the tree goes in, the
+//! command runs under the run's caps until it ends, the diff comes out.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::config::AgentConfig;
+use common::policy::SandboxPolicy;
+use common::{RunId, StopReason};
+use futures::StreamExt;
+use sandbox::{Exec, Sandbox, SandboxError};
+use store::ClaimedRun;
+
+use super::Runtime;
+use super::env::{Reach, agent_env};
+use super::error::{Interrupt, RunError};
+use super::log::{Phases, RunLog};
+use super::session::Session;
+use crate::leases::LeaseGuard;
+
+/// What the agent left: why it stopped, its output and its change.
+pub(super) struct Finished {
+    pub(super) reason: StopReason,
+    pub(super) log: RunLog,
+    pub(super) diff: Vec<u8>,
+    pub(super) files_changed: Vec<String>,
+}
+
+/// The sandbox, and what the agent's command runs against inside it.
+pub(super) struct Stage<'a> {
+    pub(super) session: &'a Session,
+    pub(super) policy: &'a SandboxPolicy,
+    /// The commit the tree was checked out at: the diff is taken against
+    /// it, so an agent that commits its work loses nothing.
+    pub(super) base_commit: &'a str,
+    pub(super) phases: &'a Phases,
+}
+
+enum StreamEnd {
+    Exited,
+    TimedOut,
+    Cancelled,
+    Stopped(Interrupt),
+}
+
+impl Runtime {
+    /// Uploads the tree, runs the agent's command until it ends, and takes
+    /// the diff out.
+    pub(super) async fn in_sandbox(
+        &self,
+        run: &ClaimedRun,
+        agent: &AgentConfig,
+        stage: Stage<'_>,
+        tar: Bytes,
+        lease: &LeaseGuard,
+    ) -> Result<Finished, RunError> {
+        let (sandbox, policy) = (stage.session.sandbox(), stage.policy);
+        let deadline = Instant::now() + Duration::from_secs(policy.timeout_seconds);
+        self.sandboxes.upload(sandbox, tar).await?;
+        stage.phases.mark("upload");
+        let mut log = self.opening_log(run, agent, &stage);
+        let proxy_url = format!("http://{}", stage.session.proxy().address);
+        let base = stage.session.models().map(|m| format!("http://{}", m.address));
+        let models = base.as_deref().zip(stage.session.models().map(|m| m.token.as_str()));
+        let reach = Reach { gateway_ip: sandbox.network.gateway, proxy_url: &proxy_url, models };
+        let env = agent_env(&run.id, &run.spec, agent, &reach);
+        let cmd = vec!["bash".to_owned(), "-c".to_owned(), agent.command.clone()];
+        let mut exec = self.sandboxes.exec(sandbox, cmd, env).await?;
+        stage.phases.mark("exec_started");
+        let streamed = self.stream_output(run.id, &mut exec, &mut log, deadline, lease).await;
+        let reason = match self.why_it_ended(run, streamed, &exec.id, sandbox, policy, &mut log).await? {
+            Ok(reason) => reason,
+            Err(early) => return Ok(Finished { reason: early, log, diff: Vec::new(), files_changed: Vec::new() }),
+        };
+        log.line(&format!("paddock: agent finished: {reason:?}"));
+        self.flush_tail(run.id, &mut log).await;
+        let max_diff = self.sandboxes.config().max_diff_bytes;
+        let (diff, files_changed) = self.collect_diff(sandbox, stage.base_commit, deadline, max_diff).await?;
+        Ok(Finished { reason, log, diff, files_changed })
+    }
+
+    /// The log's first lines: where the run executes and under which caps.
+    fn opening_log(&self, run: &ClaimedRun, agent: &AgentConfig, stage: &Stage<'_>) -> RunLog {
+        let (limits, policy, session) = (self.sandboxes.config(), stage.policy, stage.session);
+        let mut log = RunLog::new(limits.max_log_bytes);
+        log.line(&format!(
+            "paddock: run {} attempt {} on {} (image {}, memory {} B, cpus {:.2}, pids {}, timeout {} s)",
+            run.id,
+            run.attempt,
+            self.worker,
+            agent.image.as_deref().unwrap_or(&limits.image),
+            policy.memory_bytes,
+            policy.nano_cpus as f64 / 1e9,
+            policy.pids_limit,
+            policy.timeout_seconds
+        ));
+        log.line(&format!("$ {}", agent.command));
+        if let Some(models) = session.models() {
+            let serves = match &self.remote_gateway {
+                Some(remote) => format!("relayed to the standalone gateway at {}", remote.describe()),
+                None => format!("providers {:?}", self.config.gateway.allowed_providers),
+            };
+            log.line(&format!("paddock: model gateway at http://{} ({serves})", models.address));
+        }
+        log.line(&format!(
+            "paddock: network {} (internal, no DNS); egress preset {:?} through http://{}",
+            session.sandbox().network.subnet,
+            policy.egress,
+            session.proxy().address
+        ));
+        log
+    }
+
+    /// The agent's stop reason (`Ok`), or one that leaves no diff to take
+    /// (`Err`: the wall clock ran out or someone cancelled). A lost lease
+    /// or the end of the shutdown grace interrupts the run.
+    async fn why_it_ended(
+        &self,
+        run: &ClaimedRun,
+        streamed: StreamEnd,
+        exec_id: &str,
+        sandbox: &Sandbox,
+        policy: &SandboxPolicy,
+        log: &mut RunLog,
+    ) -> Result<Result<StopReason, StopReason>, RunError> {
+        if !matches!(streamed, StreamEnd::Exited) {
+            self.sandboxes.kill(sandbox).await;
+        }
+        let early = match streamed {
+            StreamEnd::Exited => {
+                let code = self.sandboxes.exit_code(exec_id).await?;
+                return Ok(Ok(if code == 0 {
+                    StopReason::Completed
+                } else if self.sandboxes.oom_killed(sandbox).await? {
+                    StopReason::OomKilled { limit_bytes: policy.memory_bytes }
+                } else {
+                    StopReason::AgentFailed { exit_code: code }
+                }));
+            }
+            StreamEnd::Stopped(interrupt) => return Err(RunError::Interrupted(interrupt)),
+            StreamEnd::TimedOut => {
+                log.line(&format!("paddock: wall-clock cap of {} s reached; sandbox killed", policy.timeout_seconds));
+                StopReason::Timeout { limit_seconds: policy.timeout_seconds }
+            }
+            StreamEnd::Cancelled => {
+                let by = match self.queue.get(run.id).await {
+                    Ok(Some(record)) => record.cancelled_by.unwrap_or_default(),
+                    _ => String::new(),
+                };
+                log.line(&format!("paddock: cancelled by {by}; sandbox killed"));
+                StopReason::Cancelled { by }
+            }
+        };
+        self.flush_tail(run.id, log).await;
+        Ok(Err(early))
+    }
+
+    /// Copies the agent's output into the log until the command exits, the
+    /// wall clock runs out, someone cancels, the lease is lost or the
+    /// shutdown grace period ends.
+    async fn stream_output(
+        &self,
+        run: RunId,
+        exec: &mut Exec,
+        log: &mut RunLog,
+        deadline: Instant,
+        lease: &LeaseGuard,
+    ) -> StreamEnd {
+        let mut flush = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                chunk = exec.output.next() => match chunk {
+                    Some(Ok(bytes)) => log.push(&bytes),
+                    Some(Err(error)) => {
+                        log.line(&format!("paddock: output stream broke: {error}"));
+                        return StreamEnd::Exited;
+                    }
+                    None => return StreamEnd::Exited,
+                },
+                _ = flush.tick() => self.flush_tail(run, log).await,
+                _ = tokio::time::sleep_until(deadline.into()) => return StreamEnd::TimedOut,
+                _ = lease.lost().cancelled() => return StreamEnd::Stopped(Interrupt::LeaseLost),
+                _ = lease.cancel_requested().cancelled() => return StreamEnd::Cancelled,
+                _ = self.grace_over.cancelled() => return StreamEnd::Stopped(Interrupt::Shutdown),
+            }
+        }
+    }
+
+    /// Sends what the Redis tail of the log has not seen.
+    async fn flush_tail(&self, run: RunId, log: &mut RunLog) {
+        let pending = log.take_pending();
+        if pending.is_empty() {
+            return;
+        }
+        if let Err(error) = self.queue.append_log(run, &pending).await {
+            tracing::debug!(%error, "log tail not updated");
+        }
+    }
+
+    /// Stages everything the agent changed and takes the binary diff out,
+    /// inside the sandbox: host git never touches the agent's tree.
+    /// The diff is against the checked-out commit, in the standard format
+    /// whatever the agent set in `.git/config` (prefixes, external diff,
+    /// textconv); it is data to the worker either way.
+    async fn collect_diff(
+        &self,
+        sandbox: &Sandbox,
+        base_commit: &str,
+        deadline: Instant,
+        max_bytes: usize,
+    ) -> Result<(Vec<u8>, Vec<String>), SandboxError> {
+        const GIT: &str = "git -c core.hooksPath=/dev/null -c core.fsmonitor= -c safe.directory='*'";
+        if base_commit.is_empty() || !base_commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(SandboxError::Other(format!("unexpected base commit {base_commit:?}")));
+        }
+        let script = format!(
+            "{GIT} add -A >/dev/null && {GIT} diff --cached --binary --no-ext-diff --no-textconv --no-relative \
+             --src-prefix=a/ --dst-prefix=b/ {base_commit}"
+        );
+        let diff = self.capture(sandbox, script, deadline, max_bytes).await?;
+        let names = format!("{GIT} diff --cached --name-only -z {base_commit}");
+        let names = self.capture(sandbox, names, deadline, 1 << 20).await?;
+        let files = names
+            .split(|b| *b == 0)
+            .filter(|n| !n.is_empty())
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        Ok((diff, files))
+    }
+
+    /// The output of `script` run in the sandbox, at most `max_bytes`;
+    /// fails unless it exits 0.
+    async fn capture(
+        &self,
+        sandbox: &Sandbox,
+        script: String,
+        deadline: Instant,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, SandboxError> {
+        let cmd = vec!["bash".to_owned(), "-c".to_owned(), script];
+        let mut exec = self.sandboxes.exec(sandbox, cmd, vec!["HOME=/tmp".to_owned()]).await?;
+        let mut out = Vec::new();
+        let limit = deadline.max(Instant::now() + Duration::from_secs(60));
+        loop {
+            match tokio::time::timeout_at(limit.into(), exec.output.next()).await {
+                Ok(Some(chunk)) => {
+                    let chunk = chunk?;
+                    if out.len() + chunk.len() > max_bytes {
+                        return Err(SandboxError::Other(format!("diff is larger than {max_bytes} bytes")));
+                    }
+                    out.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(_) => return Err(SandboxError::Other("taking the diff out timed out".to_owned())),
+            }
+        }
+        match self.sandboxes.exit_code(&exec.id).await? {
+            0 => Ok(out),
+            code => Err(SandboxError::Other(format!(
+                "git in the sandbox exited {code}: {}",
+                String::from_utf8_lossy(&out).chars().take(300).collect::<String>()
+            ))),
+        }
+    }
+}

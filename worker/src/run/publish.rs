@@ -1,0 +1,109 @@
+//! With a GitHub App: a completed run's diff becomes a pushed branch and a
+//! draft pull request, and the issue is told what happened.
+
+use common::{RunFacts, StopReason};
+use forge::publish::{self, PublishError, Published, RunStory};
+use forge::{ForgeError, GitHubApp, RepoCredential};
+use store::ClaimedRun;
+
+use super::Runtime;
+use super::error::RunError;
+use super::log::RunLog;
+
+/// What publishing needs: the App and the run's token (when GitHub is
+/// configured), the host checkout and where it came from.
+pub(super) struct Forge<'a> {
+    pub(super) app: Option<&'a GitHubApp>,
+    pub(super) credential: Option<&'a RepoCredential>,
+    pub(super) checkout: &'a std::path::Path,
+    pub(super) clone_url: &'a str,
+}
+
+impl Runtime {
+    /// Publishes a completed run, then revokes the run's token and comments
+    /// on the issue. Returns the final stop reason; a forge failure worth
+    /// another attempt is a retry.
+    pub(super) async fn publish(
+        &self,
+        run: &ClaimedRun,
+        reason: StopReason,
+        diff: &[u8],
+        forge: &Forge<'_>,
+        record: &mut RunFacts,
+        log: &mut RunLog,
+    ) -> Result<StopReason, RunError> {
+        let (Some(app), Some(credential)) = (forge.app, forge.credential) else { return Ok(reason) };
+        let (reason, note) = match reason {
+            StopReason::Completed => push_and_open(run, app, credential, forge, diff, record, log).await?,
+            other => (other, None),
+        };
+        credential.revoke().await;
+        record.credentials.push(credential.grant());
+        if let (Some(issue), Some(note)) = (run.spec.issue, note) {
+            match publish::comment_on_issue(app, &run.spec.repository, issue, run.id, &note).await {
+                Ok(grant) => record.credentials.push(grant),
+                Err(error) => log.line(&format!("paddock: commenting on issue #{issue} failed: {error}")),
+            }
+        }
+        Ok(reason)
+    }
+}
+
+/// Pushes the branch and opens (or updates) the draft pull request.
+/// Returns the stop reason and the note for the issue, if any.
+async fn push_and_open(
+    run: &ClaimedRun,
+    app: &GitHubApp,
+    credential: &RepoCredential,
+    forge: &Forge<'_>,
+    diff: &[u8],
+    record: &mut RunFacts,
+    log: &mut RunLog,
+) -> Result<(StopReason, Option<String>), RunError> {
+    let command = record.commands.first().cloned().unwrap_or_default();
+    let story = RunStory {
+        run: run.id,
+        spec: &run.spec,
+        command: &command,
+        models: &record.models,
+        commands: &record.commands[1.min(record.commands.len())..],
+        link: format!("{}/v1/runs/{}", app.config.run_link_base.trim_end_matches('/'), run.id),
+    };
+    let published = publish::publish(app, credential, forge.checkout, forge.clone_url, diff, &story).await;
+    let ended = match published {
+        Ok(Published::NoChanges) => {
+            log.line("paddock: the agent changed nothing; no branch, no pull request");
+            let note = format!(
+                "Paddock run [`{}`]({}) finished without changing anything, so no pull request was opened.",
+                run.id, story.link
+            );
+            (StopReason::Completed, Some(note))
+        }
+        Ok(Published::PullRequest { branch, pull_request, files }) => {
+            log.line(&format!("paddock: pushed {branch}; draft pull request {}", pull_request.url));
+            let note = format!(
+                "Paddock opened draft pull request #{} for this issue (run [`{}`]({}), requested by {}).",
+                pull_request.number, run.id, story.link, run.spec.requested_by
+            );
+            record.files_changed = files;
+            record.branch = Some(branch);
+            record.pull_request = Some(pull_request);
+            (StopReason::Completed, Some(note))
+        }
+        Err(PublishError::Protected(branch)) => {
+            log.line(&format!("paddock: refusing to push {branch}: default or protected branch"));
+            (StopReason::ProtectedBranchRefused { branch }, None)
+        }
+        Err(PublishError::Patch(e)) => {
+            log.line(&format!("paddock: {e}"));
+            record.files_changed.clear();
+            (StopReason::AgentFailed { exit_code: -1 }, None)
+        }
+        Err(PublishError::Forge(ForgeError::Refused(message))) => {
+            log.line(&format!("paddock: GitHub refused: {message}"));
+            (StopReason::CredentialError { message }, None)
+        }
+        Err(e) => return Err(RunError::retry("publishing", e)),
+    };
+    Ok(ended)
+}
