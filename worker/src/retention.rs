@@ -239,7 +239,7 @@ impl Sweeper {
 pub fn spawn(sweeper: Sweeper, interval: Duration, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            match sweeper.queue.identity().try_lock("retention:sweep:lock", interval).await {
+            match sweeper.queue.identity().try_lock("retention-sweep", interval).await {
                 Ok(true) => match sweeper.sweep(now_ms()).await {
                     Ok(report) => tracing::info!(deleted = ?report.deleted, held = report.held, "retention sweep"),
                     Err(error) => tracing::error!(%error, "retention sweep failed; retrying next interval"),

@@ -3,12 +3,9 @@
 //! change to them. A change and its audit event are written in one atomic
 //! transaction, so neither exists without the other.
 //!
-//! Keys (under the deployment's `{namespace}:` prefix): `rbac:bindings`
-//! (id → binding), `sa:accounts` (name → account), `sa:tokens` (id →
-//! token record), `sa:hash:<sha256>` (→ token id), `users` (name → user
-//! status), `holds` (id → legal hold), `retention:last` (the last sweep), `exports` (id → export job),
-//! `audit:events` (list, oldest first, the newest 100,000: an
-//! index; the trail in object storage is the evidence).
+//! The keys are `keys::Records` (one hash per kind of record), the token
+//! index by hash, the last sweep and the audit index (the newest 100,000
+//! events, oldest first; the trail in object storage is the evidence).
 
 use std::collections::BTreeMap;
 
@@ -18,6 +15,7 @@ use common::retention::LegalHold;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
+use super::keys::{Keys, Records};
 use super::{QueueError, RunQueue, conn::Conn, corrupt};
 use common::audit::EventSink;
 use common::records::{ExportStatus, SweepReport};
@@ -103,7 +101,7 @@ pub const AUDIT_INDEX_KEEP: isize = 100_000;
 #[derive(Clone)]
 pub struct IdentityStore {
     conn: Conn,
-    prefix: std::sync::Arc<str>,
+    keys: Keys,
     trail: Option<std::sync::Arc<dyn EventSink>>,
 }
 
@@ -111,7 +109,7 @@ impl RunQueue {
     /// The identity records; changes made through it are audited in Redis
     /// only until a trail is attached with [`IdentityStore::with_trail`].
     pub fn identity(&self) -> IdentityStore {
-        IdentityStore { conn: self.conn.clone(), prefix: self.prefix.clone(), trail: None }
+        IdentityStore { conn: self.conn.clone(), keys: self.keys.clone(), trail: None }
     }
 }
 
@@ -124,10 +122,6 @@ fn from_json<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Result<T, 
 }
 
 impl IdentityStore {
-    fn key(&self, suffix: &str) -> String {
-        format!("{}{suffix}", self.prefix)
-    }
-
     /// Every change is then written to the audit trail first: when the trail
     /// cannot take it, the change is refused (fail-closed).
     pub fn with_trail(mut self, trail: std::sync::Arc<dyn EventSink>) -> Self {
@@ -148,7 +142,7 @@ impl IdentityStore {
     async fn audited(&self, event: &AuditEvent) -> Result<redis::Pipeline, QueueError> {
         self.to_trail(event).await?;
         let mut pipe = redis::pipe();
-        let list = self.key("audit:events");
+        let list = self.keys.audit_events();
         pipe.atomic()
             .rpush(&list, to_json("audit event", event)?)
             .ignore()
@@ -169,7 +163,7 @@ impl IdentityStore {
             return Ok(());
         }
         let lines = events.iter().map(|e| to_json("audit event", e)).collect::<Result<Vec<_>, _>>()?;
-        let list = self.key("audit:events");
+        let list = self.keys.audit_events();
         let mut conn = self.conn.clone();
         let () = redis::pipe()
             .atomic()
@@ -185,7 +179,7 @@ impl IdentityStore {
     /// Events matching `filter`, oldest first, at most `limit`.
     pub async fn audit_events(&self, filter: &AuditFilter, limit: usize) -> Result<Vec<AuditEvent>, QueueError> {
         let mut conn = self.conn.clone();
-        let all: Vec<String> = conn.lrange(self.key("audit:events"), 0, -1).await?;
+        let all: Vec<String> = conn.lrange(self.keys.audit_events(), 0, -1).await?;
         let mut out = Vec::new();
         for json in all {
             let event: AuditEvent = from_json("audit event", &json)?;
@@ -199,24 +193,24 @@ impl IdentityStore {
         Ok(out)
     }
 
-    /// Every record of the hash `name`, decoded.
-    async fn all<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Vec<T>, QueueError> {
+    /// Every record of one hash, decoded.
+    async fn all<T: for<'de> Deserialize<'de>>(&self, records: Records) -> Result<Vec<T>, QueueError> {
         let mut conn = self.conn.clone();
-        let all: BTreeMap<String, String> = conn.hgetall(self.key(name)).await?;
-        all.values().map(|json| from_json(name, json)).collect()
+        let all: BTreeMap<String, String> = conn.hgetall(self.keys.records(records)).await?;
+        all.values().map(|json| from_json(records.what(), json)).collect()
     }
 
-    /// One record of the hash `name`, decoded.
-    async fn one<T: for<'de> Deserialize<'de>>(&self, name: &str, field: &str) -> Result<Option<T>, QueueError> {
+    /// One record of a hash, decoded.
+    async fn one<T: for<'de> Deserialize<'de>>(&self, records: Records, field: &str) -> Result<Option<T>, QueueError> {
         let mut conn = self.conn.clone();
-        let json: Option<String> = conn.hget(self.key(name), field).await?;
-        json.map(|j| from_json(name, &j)).transpose()
+        let json: Option<String> = conn.hget(self.keys.records(records), field).await?;
+        json.map(|j| from_json(records.what(), &j)).transpose()
     }
 
-    /// Writes one record of the hash `name` together with its audit event.
+    /// Writes one record of a hash together with its audit event.
     async fn put<T: Serialize>(
         &self,
-        name: &str,
+        records: Records,
         field: &str,
         value: &T,
         event: &AuditEvent,
@@ -225,7 +219,7 @@ impl IdentityStore {
         let () = self
             .audited(event)
             .await?
-            .hset(self.key(name), field, to_json(name, value)?)
+            .hset(self.keys.records(records), field, to_json(records.what(), value)?)
             .ignore()
             .query_async(&mut conn)
             .await?;
@@ -233,29 +227,35 @@ impl IdentityStore {
     }
 
     pub async fn bindings(&self) -> Result<Vec<Binding>, QueueError> {
-        self.all("rbac:bindings").await
+        self.all(Records::Bindings).await
     }
 
     pub async fn add_binding(&self, binding: &Binding, event: &AuditEvent) -> Result<(), QueueError> {
-        self.put("rbac:bindings", &binding.id, binding, event).await
+        self.put(Records::Bindings, &binding.id, binding, event).await
     }
 
     pub async fn binding(&self, id: &str) -> Result<Option<Binding>, QueueError> {
-        self.one("rbac:bindings", id).await
+        self.one(Records::Bindings, id).await
     }
 
     pub async fn remove_binding(&self, id: &str, event: &AuditEvent) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        let () = self.audited(event).await?.hdel(self.key("rbac:bindings"), id).ignore().query_async(&mut conn).await?;
+        let () = self
+            .audited(event)
+            .await?
+            .hdel(self.keys.records(Records::Bindings), id)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
         Ok(())
     }
 
     pub async fn service_accounts(&self) -> Result<Vec<ServiceAccount>, QueueError> {
-        self.all("sa:accounts").await
+        self.all(Records::ServiceAccounts).await
     }
 
     pub async fn service_account(&self, name: &str) -> Result<Option<ServiceAccount>, QueueError> {
-        self.one("sa:accounts", name).await
+        self.one(Records::ServiceAccounts, name).await
     }
 
     /// Creates the account unless one has the name; whether it was created.
@@ -267,14 +267,15 @@ impl IdentityStore {
         // One script, so the account and its audit event exist together.
         static CREATE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             redis::Script::new(
-                "if redis.call('HSETNX', KEYS[1] .. 'sa:accounts', ARGV[1], ARGV[2]) == 1 then \
-                   redis.call('RPUSH', KEYS[1] .. 'audit:events', ARGV[3]) return 1 end return 0",
+                "if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then \
+                   redis.call('RPUSH', KEYS[2], ARGV[3]) return 1 end return 0",
             )
         });
         self.to_trail(event).await?;
         let mut conn = self.conn.clone();
         let created: i64 = CREATE
-            .key(&*self.prefix)
+            .key(self.keys.records(Records::ServiceAccounts))
+            .key(self.keys.audit_events())
             .arg(&account.name)
             .arg(to_json("account", account)?)
             .arg(to_json("audit event", event)?)
@@ -289,9 +290,9 @@ impl IdentityStore {
         let () = self
             .audited(event)
             .await?
-            .hset(self.key("sa:tokens"), &token.id, to_json("token", token)?)
+            .hset(self.keys.records(Records::Tokens), &token.id, to_json("token", token)?)
             .ignore()
-            .set(self.key(&format!("sa:hash:{hash}")), &token.id)
+            .set(self.keys.token_by_hash(hash), &token.id)
             .ignore()
             .query_async(&mut conn)
             .await?;
@@ -301,7 +302,7 @@ impl IdentityStore {
     /// The token whose value hashes to `hash`, if it was ever issued.
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, QueueError> {
         let mut conn = self.conn.clone();
-        let id: Option<String> = conn.get(self.key(&format!("sa:hash:{hash}"))).await?;
+        let id: Option<String> = conn.get(self.keys.token_by_hash(hash)).await?;
         match id {
             Some(id) => self.token(&id).await,
             None => Ok(None),
@@ -309,60 +310,60 @@ impl IdentityStore {
     }
 
     pub async fn token(&self, id: &str) -> Result<Option<TokenRecord>, QueueError> {
-        self.one("sa:tokens", id).await
+        self.one(Records::Tokens, id).await
     }
 
     /// Every token ever issued.
     pub async fn tokens(&self) -> Result<Vec<TokenRecord>, QueueError> {
-        self.all("sa:tokens").await
+        self.all(Records::Tokens).await
     }
 
     /// Replaces a token record (revocation), with its audit event.
     pub async fn update_token(&self, token: &TokenRecord, event: &AuditEvent) -> Result<(), QueueError> {
-        self.put("sa:tokens", &token.id, token, event).await
+        self.put(Records::Tokens, &token.id, token, event).await
     }
 
     pub async fn user(&self, name: &str) -> Result<UserStatus, QueueError> {
-        Ok(self.one("users", name).await?.unwrap_or_default())
+        Ok(self.one(Records::Users, name).await?.unwrap_or_default())
     }
 
     pub async fn set_user(&self, name: &str, status: &UserStatus, event: &AuditEvent) -> Result<(), QueueError> {
-        self.put("users", name, status, event).await
+        self.put(Records::Users, name, status, event).await
     }
 
     /// Every legal hold, released ones included.
     pub async fn holds(&self) -> Result<Vec<LegalHold>, QueueError> {
-        self.all("holds").await
+        self.all(Records::Holds).await
     }
 
     pub async fn hold(&self, id: &str) -> Result<Option<LegalHold>, QueueError> {
-        self.one("holds", id).await
+        self.one(Records::Holds, id).await
     }
 
     /// Places or releases a hold, with its audit event.
     pub async fn put_hold(&self, hold: &LegalHold, event: &AuditEvent) -> Result<(), QueueError> {
-        self.put("holds", &hold.id, hold, event).await
+        self.put(Records::Holds, &hold.id, hold, event).await
     }
 
     pub async fn save_export(&self, status: &ExportStatus) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        let () = conn.hset(self.key("exports"), &status.id, to_json("export", status)?).await?;
+        let () = conn.hset(self.keys.records(Records::Exports), &status.id, to_json("export", status)?).await?;
         Ok(())
     }
 
     pub async fn export(&self, id: &str) -> Result<Option<ExportStatus>, QueueError> {
-        self.one("exports", id).await
+        self.one(Records::Exports, id).await
     }
 
     pub async fn record_sweep(&self, report: &SweepReport) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        let () = conn.set(self.key("retention:last"), to_json("sweep report", report)?).await?;
+        let () = conn.set(self.keys.last_sweep(), to_json("sweep report", report)?).await?;
         Ok(())
     }
 
     pub async fn last_sweep(&self) -> Result<Option<SweepReport>, QueueError> {
         let mut conn = self.conn.clone();
-        let json: Option<String> = conn.get(self.key("retention:last")).await?;
+        let json: Option<String> = conn.get(self.keys.last_sweep()).await?;
         json.map(|j| from_json("sweep report", &j)).transpose()
     }
 
@@ -372,7 +373,7 @@ impl IdentityStore {
         let options = redis::SetOptions::default()
             .conditional_set(redis::ExistenceCheck::NX)
             .with_expiration(redis::SetExpiry::PX(ttl.as_millis().max(1) as u64));
-        let taken: Option<String> = conn.set_options(self.key(name), "1", options).await?;
+        let taken: Option<String> = conn.set_options(self.keys.lock(name), "1", options).await?;
         Ok(taken.is_some())
     }
 }

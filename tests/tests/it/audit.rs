@@ -133,11 +133,13 @@ async fn actions_through_the_api_land_in_a_trail_that_verifies_without_secrets()
             .await
             .unwrap();
     let sa_token = issued["token"].as_str().unwrap().to_owned();
-    // The background digest runs every second.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let report: VerifyReport = app.get("/v1/audit/verify").await.json().await.unwrap();
+    // The background digest runs every second: wait until it covered everything.
+    let report = tests::eventually(Duration::from_secs(20), "every segment digested", || async {
+        let report: VerifyReport = app.get("/v1/audit/verify").await.json().await.map_err(|e| e.to_string())?;
+        if report.events_checked >= 3 && report.undigested.is_empty() { Ok(report) } else { Err(format!("{report:?}")) }
+    })
+    .await;
     assert!(report.ok(), "{report:?}");
-    assert!(report.events_checked >= 3 && report.undigested.is_empty(), "{report:?}");
     // The run request is in it, tied to who asked; no token value is.
     let trail = app.audit_trail_text().await;
     assert!(trail.contains(&format!("\"id\":\"{run}\"")) && trail.contains("\"run.request\""), "{trail}");

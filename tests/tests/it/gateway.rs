@@ -433,21 +433,15 @@ async fn a_client_that_leaves_mid_stream_cancels_the_upstream_call_and_settles_i
     assert!(reserved.tokens >= 500, "nothing was reserved for the call in flight");
     drop(response);
 
-    let started = std::time::Instant::now();
-    loop {
-        let (used, reserved) = queue.run_spend(run).await.unwrap();
-        let (used, reserved) = (used.tokens, reserved.tokens);
-        if providers.abandoned_streams() == 1 && reserved == 0 {
-            assert!(used > 0, "the abandoned call was not booked");
-            break;
+    let used = tests::eventually(std::time::Duration::from_secs(10), "the abandoned call settled", || async {
+        let (used, reserved) = queue.run_spend(run).await.map_err(|e| e.to_string())?;
+        match (providers.abandoned_streams(), reserved.tokens) {
+            (1, 0) => Ok(used.tokens),
+            (abandoned, reserved) => Err(format!("upstream abandoned: {abandoned}, reserved still {reserved}")),
         }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "upstream abandoned: {}, reserved still {reserved}",
-            providers.abandoned_streams()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert!(used > 0, "the abandoned call was not booked");
     providers.stop().await;
 }
 
@@ -561,8 +555,11 @@ async fn secrets_in_answers_are_redacted_even_when_split_across_stream_chunks() 
             assert!(body["choices"][0]["message"]["content"].as_str().unwrap().contains("[REDACTED:"));
         }
     }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let calls = gateway.calls();
+    let calls = tests::eventually(std::time::Duration::from_secs(10), "every call booked", || async {
+        let calls = gateway.calls();
+        if calls.len() == 2 { Ok(calls) } else { Err(format!("{} calls booked", calls.len())) }
+    })
+    .await;
     assert_eq!(calls.len(), 2);
     for call in &calls {
         assert_eq!(call.redactions.get("aws-access-key-id"), Some(&1), "{call:?}");
@@ -629,8 +626,11 @@ async fn claude_on_vertex_is_reached_with_a_service_account_token() {
     for body in providers.received() {
         assert!(body.contains("\"anthropic_version\":\"vertex-2023-10-16\""), "{body}");
     }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let calls = gateway.calls();
+    let calls = tests::eventually(std::time::Duration::from_secs(10), "every call booked", || async {
+        let calls = gateway.calls();
+        if calls.len() >= 2 { Ok(calls) } else { Err(format!("{} calls booked", calls.len())) }
+    })
+    .await;
     assert_eq!(calls[1].provider.as_deref(), Some("vertex-prod"));
     assert_eq!((calls[1].tokens_in, calls[1].tokens_out), (12, 5), "usage from message_start and message_delta");
     assert!((calls[1].cost_usd - (12.0 * 3.0 + 5.0 * 15.0) / 1e6).abs() < 1e-12);
@@ -909,8 +909,11 @@ async fn each_provider_kind_is_reached_over_https_only_when_its_ca_is_trusted() 
     }
     assert!(providers.received().is_empty(), "a request body left for an untrusted provider");
     assert_eq!(providers.google_tokens_issued(), 0, "the service-account assertion left for an untrusted host");
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let records = gateway.calls();
+    let records = tests::eventually(std::time::Duration::from_secs(10), "every call booked", || async {
+        let calls = gateway.calls();
+        if calls.len() == 4 { Ok(calls) } else { Err(format!("{} calls booked", calls.len())) }
+    })
+    .await;
     assert_eq!(records.len(), 4);
     for record in &records {
         let refusal = record.refusal.as_deref().unwrap_or_default();

@@ -475,11 +475,11 @@ async fn revoking_the_requester_cancels_the_run_and_kills_its_git_and_run_tokens
     let id = accepted["id"].as_str().unwrap().to_owned();
     forge.app.wait_for(&id, Duration::from_secs(60), |r| r["state"] == "running").await;
     // The agent runs once its sandbox, git token and run token are in place.
-    let started = std::time::Instant::now();
-    while !forge.app.get(&format!("/v1/runs/{id}/logs")).await.text().await.unwrap().contains("working") {
-        assert!(started.elapsed() < Duration::from_secs(60), "the agent never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    tests::eventually(Duration::from_secs(60), "the agent started", || async {
+        let logs = forge.app.get(&format!("/v1/runs/{id}/logs")).await.text().await.map_err(|e| e.to_string())?;
+        if logs.contains("working") { Ok(()) } else { Err(logs) }
+    })
+    .await;
     let git_tokens: Vec<String> = forge
         .github
         .minted_tokens()

@@ -1,0 +1,90 @@
+//! Run tokens (by SHA-256) and what they grant, and the hand-over of a
+//! standalone gateway's calls to the run's worker.
+
+use std::time::Duration;
+
+use common::RunId;
+use redis::AsyncCommands;
+
+use super::{QueueError, RunQueue, corrupt};
+
+/// What a run token opens: the run and its tenant.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GatewayGrant {
+    pub run: RunId,
+    pub tenant: String,
+}
+
+impl RunQueue {
+    /// Stores a run's gateway token (its hash) until `ttl` passes or it is
+    /// revoked, with what a gateway needs to serve it.
+    pub async fn put_gateway_token(&self, hash: &str, grant: &GatewayGrant, ttl: Duration) -> Result<(), QueueError> {
+        let json = serde_json::to_string(grant).map_err(|e| corrupt("gateway grant", e))?;
+        let mut conn = self.conn.clone();
+        let ttl_ms = ttl.as_millis() as u64;
+        let _: () = redis::pipe()
+            .pset_ex(self.keys.gateway_token(hash), json, ttl_ms)
+            .pset_ex(self.keys.run_gateway_token(grant.run), hash, ttl_ms)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// What a live gateway token grants.
+    pub async fn gateway_token(&self, hash: &str) -> Result<Option<GatewayGrant>, QueueError> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn.get(self.keys.gateway_token(hash)).await?;
+        json.map(|j| serde_json::from_str(&j).map_err(|e| corrupt("gateway grant", e))).transpose()
+    }
+
+    /// A standalone gateway hands each finished call of a run to the run's
+    /// worker through this list; `open` counts calls still in flight.
+    pub async fn gateway_call_started(&self, run: RunId) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.gateway_calls_open(run);
+        let _: () = redis::pipe().incr(&key, 1).expire(&key, 86400).query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    pub async fn gateway_call_finished(&self, run: RunId, call: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let (list, open) = (self.keys.gateway_calls(run), self.keys.gateway_calls_open(run));
+        let _: () = redis::pipe().rpush(&list, call).expire(&list, 86400).decr(&open, 1).query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// The calls a standalone gateway reported for a run, waiting up to
+    /// `wait` for those still in flight; removes them.
+    pub async fn take_gateway_calls(&self, run: RunId, wait: Duration) -> Result<Vec<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        let (list, open) = (self.keys.gateway_calls(run), self.keys.gateway_calls_open(run));
+        let until = std::time::Instant::now() + wait;
+        loop {
+            let in_flight: Option<i64> = conn.get(&open).await?;
+            if in_flight.unwrap_or(0) <= 0 || std::time::Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (calls, _, _): (Vec<String>, i64, i64) =
+            redis::pipe().lrange(&list, 0, -1).del(&list).del(&open).query_async(&mut conn).await?;
+        Ok(calls)
+    }
+
+    /// Revokes the gateway token of `run`, if it has a live one; whether it had.
+    pub async fn revoke_run_gateway_token(&self, run: RunId) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let index = self.keys.run_gateway_token(run);
+        let hash: Option<String> = conn.get(&index).await?;
+        let Some(hash) = hash else { return Ok(false) };
+        let (removed, _): (i64, i64) =
+            redis::pipe().del(self.keys.gateway_token(hash)).del(&index).query_async(&mut conn).await?;
+        Ok(removed > 0)
+    }
+
+    pub async fn revoke_gateway_token(&self, run: RunId, hash: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.del(&[self.keys.gateway_token(hash), self.keys.run_gateway_token(run)]).await?;
+        Ok(())
+    }
+}

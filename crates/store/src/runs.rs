@@ -1,0 +1,460 @@
+//! Runs: enqueue, claim, heartbeat, finish, reap, cancel, approve, and
+//! reading them back (record, list, log tail); the workers' control
+//! channel and liveness.
+
+use std::time::Duration;
+
+use common::{RunFacts, RunId, RunRecord, RunSpec, RunState, StopReason};
+use futures::StreamExt;
+use redis::AsyncCommands;
+
+use super::scripts::{ApproveArgs, CancelArgs, ClaimArgs, EnqueueArgs, FinishArgs, HeartbeatArgs, ListArgs, ReapArgs};
+use super::{QueueError, RunQueue, conn, corrupt};
+
+/// How many log chunks of a running run Redis keeps for `GET .../logs`.
+const LOG_TAIL_CHUNKS: isize = 2000;
+
+/// A run this worker holds a lease on, under `epoch`.
+#[derive(Debug, Clone)]
+pub struct ClaimedRun {
+    pub id: RunId,
+    pub epoch: u64,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub spec: RunSpec,
+}
+
+/// How a worker hands a run back.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The run is over; its state follows from the reason.
+    Done { reason: StopReason, artifacts: Vec<String>, facts: Option<Box<RunFacts>> },
+    /// Infrastructure failed; run again after `delay` unless the attempts
+    /// are used up, in which case the run fails with `reason`.
+    Retry { reason: StopReason, delay: Duration },
+    /// The worker is shutting down: queue the run again without counting
+    /// this attempt.
+    Release,
+}
+
+/// A page of runs, newest first.
+#[derive(Debug)]
+pub struct RunPage {
+    pub runs: Vec<RunRecord>,
+    pub next_cursor: Option<RunId>,
+}
+
+/// What a heartbeat learned about one held run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseStatus {
+    Held,
+    /// Still held, but someone cancelled the run: kill the sandbox and finish.
+    CancelRequested,
+    /// Gone: the run is someone else's now; kill the sandbox, drop the result.
+    Lost,
+}
+
+/// An `Idempotency-Key` as the queue stores it.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    /// Already scoped to the caller: `<principal>:<key>`.
+    pub key: String,
+    /// Digest of the request, to tell a retry from a different request.
+    pub fingerprint: String,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    Created {
+        created_ms: u64,
+    },
+    /// The key was used before for `id`; `same_request` tells whether the
+    /// request was the same.
+    Existing {
+        id: RunId,
+        same_request: bool,
+    },
+}
+
+const RECORD_FIELDS: [&str; 16] = [
+    "id",
+    "spec",
+    "state",
+    "attempt",
+    "max_attempts",
+    "created_ms",
+    "started_ms",
+    "finished_ms",
+    "worker",
+    "stop_reason",
+    "artifacts",
+    "last_error",
+    "epoch",
+    "cancel_by",
+    "facts",
+    "approved_by",
+];
+
+impl RunQueue {
+    /// Stores a new run and makes it claimable, unless `idempotency` names
+    /// a key used before, in which case the earlier run is returned.
+    pub async fn enqueue(
+        &self,
+        id: RunId,
+        spec: &RunSpec,
+        max_attempts: u32,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Enqueued, QueueError> {
+        let spec_json = serde_json::to_string(spec).map_err(|e| corrupt(id, e))?;
+        let args = EnqueueArgs {
+            id: &id.to_string(),
+            tenant: &spec.tenant,
+            repository: &spec.repository.to_string(),
+            band: spec.priority.as_str(),
+            spec_json: &spec_json,
+            max_attempts,
+            idempotency_key: idempotency.map_or("", |i| i.key.as_str()),
+            fingerprint: idempotency.map_or("", |i| i.fingerprint.as_str()),
+            idempotency_ttl_ms: idempotency.map_or(0, |i| i.ttl.as_millis() as u64),
+            hold: spec.policy.as_ref().is_some_and(|p| p.needs_approval()),
+        };
+        let (kind, run, detail): (String, String, u64) = self.run_script(&args).await?;
+        match kind.as_str() {
+            "created" => Ok(Enqueued::Created { created_ms: detail }),
+            _ => Ok(Enqueued::Existing { id: run.parse().map_err(|e| corrupt(&run, e))?, same_request: detail == 1 }),
+        }
+    }
+
+    /// Takes the next run, if any, and leases it to `worker` for `lease`.
+    pub async fn claim(&self, worker: &str, lease: Duration) -> Result<Option<ClaimedRun>, QueueError> {
+        let args = ClaimArgs { worker, lease_ms: lease.as_millis() as u64 };
+        let reply: Option<(String, u64, u32, u32, String)> = self.run_script(&args).await?;
+        let Some((id, epoch, attempt, max_attempts, spec)) = reply else {
+            return Ok(None);
+        };
+        let id: RunId = id.parse().map_err(|e| corrupt(&id, e))?;
+        let spec = serde_json::from_str(&spec).map_err(|e| corrupt(id, e))?;
+        Ok(Some(ClaimedRun { id, epoch, attempt, max_attempts, spec }))
+    }
+
+    /// Extends the leases `worker` still holds. Returns, per run, what the
+    /// worker must do: carry on, stop because of a cancel, or stop because
+    /// the lease is lost.
+    pub async fn heartbeat(
+        &self,
+        worker: &str,
+        lease: Duration,
+        held: &[(RunId, u64)],
+    ) -> Result<Vec<LeaseStatus>, QueueError> {
+        let held = held.iter().map(|(id, epoch)| (id.to_string(), *epoch)).collect();
+        let statuses: Vec<u8> =
+            self.run_script(&HeartbeatArgs { worker, lease_ms: lease.as_millis() as u64, held }).await?;
+        Ok(statuses
+            .into_iter()
+            .map(|s| match s {
+                1 => LeaseStatus::Held,
+                2 => LeaseStatus::CancelRequested,
+                _ => LeaseStatus::Lost,
+            })
+            .collect())
+    }
+
+    /// Hands a run back. Returns its new state, or `None` when the lease was
+    /// lost (another worker may own the run now; the result is discarded).
+    pub async fn finish(&self, run: &ClaimedRun, outcome: &Outcome) -> Result<Option<RunState>, QueueError> {
+        let (kind, reason, artifacts, delay, facts) = match outcome {
+            Outcome::Done { reason, artifacts, facts } => {
+                ("done", Some(reason), artifacts.as_slice(), Duration::ZERO, facts.as_deref())
+            }
+            Outcome::Retry { reason, delay } => ("retry", Some(reason), &[][..], *delay, None),
+            Outcome::Release => ("release", None, &[][..], Duration::ZERO, None),
+        };
+        let facts_json = facts.map(serde_json::to_string).transpose().map_err(|e| corrupt(run.id, e))?;
+        let reason_json = reason.map(serde_json::to_string).transpose().map_err(|e| corrupt(run.id, e))?;
+        let final_state = reason.map_or(RunState::Queued, StopReason::final_state);
+        let artifacts_json = serde_json::to_string(artifacts).map_err(|e| corrupt(run.id, e))?;
+        let args = FinishArgs {
+            id: &run.id.to_string(),
+            epoch: run.epoch,
+            outcome: kind,
+            reason_json: reason_json.as_deref().unwrap_or_default(),
+            final_state: final_state.as_str(),
+            artifacts_json: &artifacts_json,
+            ttl_seconds: self.ttl_seconds(),
+            retry_delay_ms: delay.as_millis() as u64,
+            dead_keep_ms: self.dead_keep_ms(),
+            facts_json: facts_json.as_deref().unwrap_or_default(),
+        };
+        let state: Option<String> = self.run_script(&args).await?;
+        state.map(|s| s.parse().map_err(|e| corrupt(run.id, e))).transpose()
+    }
+
+    /// Reclaims up to `limit` runs whose lease expired. Returns their ids.
+    pub async fn reap(&self, limit: usize) -> Result<Vec<RunId>, QueueError> {
+        let reason = StopReason::InfrastructureError {
+            message: "the worker running it stopped heartbeating and no attempt is left".to_owned(),
+        };
+        let reason = serde_json::to_string(&reason).unwrap_or_default();
+        let args = ReapArgs {
+            limit,
+            ttl_seconds: self.ttl_seconds(),
+            reason_json: &reason,
+            dead_keep_ms: self.dead_keep_ms(),
+        };
+        let ids: Vec<String> = self.run_script(&args).await?;
+        ids.iter().map(|id| id.parse().map_err(|e| corrupt(id, e))).collect()
+    }
+
+    pub async fn get(&self, id: RunId) -> Result<Option<RunRecord>, QueueError> {
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<String>> = conn.hmget(self.keys.job(id), &RECORD_FIELDS[..]).await?;
+        if values[0].is_none() {
+            return Ok(None);
+        }
+        record_from_fields(values).map(Some)
+    }
+
+    /// Lists runs newest first, optionally in one state, after `cursor`.
+    pub async fn list(
+        &self,
+        state: Option<RunState>,
+        cursor: Option<RunId>,
+        limit: usize,
+    ) -> Result<RunPage, QueueError> {
+        let cursor = cursor.map(|c| c.to_string()).unwrap_or_default();
+        let args =
+            ListArgs { index: state.map_or("all", RunState::as_str), cursor: &cursor, limit: limit.clamp(1, 100) };
+        let (ids, next): (Vec<String>, String) = self.run_script(&args).await?;
+        let next_cursor = if next.is_empty() { None } else { Some(next.parse().map_err(|e| corrupt(&next, e))?) };
+        if ids.is_empty() {
+            return Ok(RunPage { runs: Vec::new(), next_cursor });
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hmget(self.keys.job(id), &RECORD_FIELDS[..]);
+        }
+        let mut conn = self.conn.clone();
+        let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut conn).await?;
+        let runs =
+            rows.into_iter().filter(|row| row[0].is_some()).map(record_from_fields).collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if next.is_empty() { None } else { Some(next.parse().map_err(|e| corrupt(&next, e))?) };
+        Ok(RunPage { runs, next_cursor })
+    }
+
+    /// Approves a run waiting for approval: it joins its queue where it was
+    /// accepted. Returns the state after the call, or `None` when the run
+    /// does not exist.
+    pub async fn approve(&self, id: RunId, by: &str) -> Result<Option<RunState>, QueueError> {
+        let state: Option<String> = self.run_script(&ApproveArgs { id: &id.to_string(), by }).await?;
+        state.map(|s| s.parse().map_err(|e| corrupt(id, e))).transpose()
+    }
+
+    /// Every run not finished yet (queued, delayed, running, cancelling).
+    pub async fn live_runs(&self) -> Result<Vec<RunRecord>, QueueError> {
+        let mut live = Vec::new();
+        for state in RunState::ALL.into_iter().filter(|s| !s.is_terminal()) {
+            let mut cursor = None;
+            loop {
+                let page = self.list(Some(state), cursor, 100).await?;
+                live.extend(page.runs);
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(live)
+    }
+
+    /// Appends output of a running run to its tail in Redis (capped).
+    pub async fn append_log(&self, id: RunId, chunk: &[u8]) -> Result<(), QueueError> {
+        let key = self.keys.log(id);
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .rpush(&key, chunk)
+            .ignore()
+            .ltrim(&key, -LOG_TAIL_CHUNKS, -1)
+            .ignore()
+            .expire(&key, self.ttl_seconds() as i64)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The tail of a run's output kept in Redis.
+    pub async fn log_tail(&self, id: RunId) -> Result<Vec<u8>, QueueError> {
+        let mut conn = self.conn.clone();
+        let chunks: Vec<Vec<u8>> = conn.lrange(self.keys.log(id), 0, -1).await?;
+        Ok(chunks.concat())
+    }
+
+    /// Cancels a run on behalf of `by`. Returns the states after and before,
+    /// or `None` when the run does not exist.
+    pub async fn cancel(&self, id: RunId, by: &str) -> Result<Option<(RunState, RunState)>, QueueError> {
+        let args = CancelArgs { id: &id.to_string(), by, ttl_seconds: self.ttl_seconds() };
+        let reply: Option<(String, String)> = self.run_script(&args).await?;
+        reply
+            .map(|(after, before)| {
+                Ok((after.parse().map_err(|e| corrupt(id, e))?, before.parse().map_err(|e| corrupt(id, e))?))
+            })
+            .transpose()
+    }
+
+    /// The Pub/Sub channel on which `worker` is nudged about cancels.
+    pub fn control_channel(&self, worker: &str) -> String {
+        self.keys.control(worker)
+    }
+
+    /// Subscribes to `worker`'s control channel; each message is the id of a
+    /// run someone cancelled.
+    pub async fn control_messages(
+        &self,
+        worker: &str,
+    ) -> Result<impl futures::Stream<Item = String> + Send + use<>, QueueError> {
+        let client = conn::client(&self.config.url, &self.outbound)?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(self.control_channel(worker)).await?;
+        Ok(pubsub.into_on_message().map(|msg| msg.get_payload::<String>().unwrap_or_default()))
+    }
+
+    /// Workers seen (claim or heartbeat) within `window`, by Redis time.
+    pub async fn live_workers(&self, window: Duration) -> Result<std::collections::HashSet<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        let now_ms = secs * 1000 + micros / 1000;
+        let since = now_ms.saturating_sub(window.as_millis() as u64);
+        let names: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys.workers())
+            .arg(since)
+            .arg("+inf")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(100_000)
+            .query_async(&mut conn)
+            .await?;
+        Ok(names.into_iter().collect())
+    }
+}
+
+fn record_from_fields(values: Vec<Option<String>>) -> Result<RunRecord, QueueError> {
+    let [
+        id,
+        spec,
+        state,
+        attempt,
+        max_attempts,
+        created,
+        started,
+        finished,
+        worker,
+        stop_reason,
+        artifacts,
+        last_error,
+        _epoch,
+        cancelled_by,
+        facts,
+        approved_by,
+    ]: [Option<String>; 16] = values.try_into().map_err(|_| corrupt("?", "wrong field count"))?;
+    let id = id.unwrap_or_default();
+    let bad = |detail: &str| corrupt(&id, detail);
+    let number = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
+    let run_id: RunId = id.parse().map_err(|e| corrupt(&id, e))?;
+    let spec: RunSpec = serde_json::from_str(spec.as_deref().unwrap_or_default()).map_err(|e| corrupt(&id, e))?;
+    let state: RunState = state.as_deref().unwrap_or_default().parse().map_err(|e| corrupt(&id, e))?;
+    let stop_reason = stop_reason
+        .filter(|s| !s.is_empty())
+        .map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|e| corrupt(&id, e))?;
+    let artifacts = artifacts
+        .filter(|s| !s.is_empty())
+        .map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|e| corrupt(&id, e))?
+        .unwrap_or_default();
+    let facts =
+        facts.filter(|s| !s.is_empty()).map(|s| serde_json::from_str(&s)).transpose().map_err(|e| corrupt(&id, e))?;
+    Ok(RunRecord {
+        facts,
+        id: run_id,
+        spec,
+        state,
+        attempt: number(attempt).ok_or_else(|| bad("attempt missing"))? as u32,
+        max_attempts: number(max_attempts).ok_or_else(|| bad("max_attempts missing"))? as u32,
+        created_at_ms: number(created).ok_or_else(|| bad("created_ms missing"))?,
+        started_at_ms: number(started),
+        finished_at_ms: number(finished),
+        worker,
+        stop_reason,
+        artifacts,
+        last_error,
+        cancelled_by,
+        approved_by,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> Vec<Option<String>> {
+        RECORD_FIELDS.iter().map(|name| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| (*v).to_owned())).collect()
+    }
+
+    fn spec() -> String {
+        serde_json::json!({
+            "tenant": "payments", "repository": "acme/api", "base_ref": "main", "task_title": "t",
+            "task_body": "", "requested_by": "dev@example.com", "agent_profile": "default"
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn a_record_reads_back_from_its_hash_fields() {
+        let id = RunId::new().to_string();
+        let reason = serde_json::to_string(&StopReason::AgentFailed { exit_code: 3 }).expect("json");
+        let record = record_from_fields(fields(&[
+            ("id", &id),
+            ("spec", &spec()),
+            ("state", "failed"),
+            ("attempt", "2"),
+            ("max_attempts", "3"),
+            ("created_ms", "1000"),
+            ("finished_ms", "2000"),
+            ("stop_reason", &reason),
+            ("artifacts", r#"["runs/x/logs.txt"]"#),
+            ("cancel_by", ""),
+        ]))
+        .expect("a record");
+        assert_eq!(record.id.to_string(), id);
+        assert_eq!((record.state, record.attempt, record.max_attempts), (RunState::Failed, 2, 3));
+        assert_eq!((record.created_at_ms, record.started_at_ms, record.finished_at_ms), (1000, None, Some(2000)));
+        assert_eq!(record.stop_reason, Some(StopReason::AgentFailed { exit_code: 3 }));
+        assert_eq!(record.artifacts, ["runs/x/logs.txt"]);
+        assert!(record.facts.is_none() && record.approved_by.is_none());
+    }
+
+    #[test]
+    fn a_damaged_record_is_corrupt_naming_the_run_and_what_is_wrong() {
+        let id = RunId::new().to_string();
+        let base = [("id", id.as_str()), ("state", "queued"), ("attempt", "0"), ("max_attempts", "3")];
+        let spec = spec();
+        let mut without_created = base.to_vec();
+        without_created.push(("spec", &spec));
+        let mut bad_state = without_created.clone();
+        bad_state.push(("created_ms", "1"));
+        bad_state[1] = ("state", "sleeping");
+        for (pairs, detail) in [(without_created, "created_ms missing"), (bad_state, "`state` must be one of")] {
+            match record_from_fields(fields(&pairs)) {
+                Err(QueueError::Corrupt { id: named, detail: said }) => {
+                    assert_eq!(named, id);
+                    assert!(said.contains(detail), "{said}");
+                }
+                other => panic!("expected a corrupt record, got {other:?}"),
+            }
+        }
+        assert!(matches!(record_from_fields(vec![None; 3]), Err(QueueError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,137 @@
+//! Fair scheduling's knobs and gauges: caps and weights per tenant and
+//! repository, exact depth counters, dead letters.
+
+use std::collections::BTreeMap;
+
+use common::{RunId, StopReason};
+use redis::AsyncCommands;
+
+use super::scripts::LimitsArgs;
+use super::{QueueError, RunQueue, corrupt};
+
+/// Caps and weights, as set through the API.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    pub tenants: BTreeMap<String, TenantLimits>,
+    /// `(tenant, repository)` → max running.
+    pub repositories: BTreeMap<(String, String), u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantLimits {
+    pub max_running: Option<u32>,
+    pub weight: Option<f64>,
+}
+
+/// Exact queue depth: totals, per tenant and per repository, by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Depth {
+    pub totals: BTreeMap<String, i64>,
+    pub tenants: BTreeMap<String, BTreeMap<String, i64>>,
+    pub repositories: BTreeMap<(String, String), BTreeMap<String, i64>>,
+    pub dead_letters: u64,
+}
+
+/// A run that failed for infrastructure reasons after its last attempt.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: RunId,
+    pub failed_at_ms: u64,
+    pub reason: Option<StopReason>,
+}
+
+impl RunQueue {
+    /// Sets a tenant's cap on running runs (`None` removes it) and, when
+    /// given, its fair-share weight.
+    pub async fn set_tenant_limits(
+        &self,
+        tenant: &str,
+        max_running: Option<u32>,
+        weight: Option<f64>,
+    ) -> Result<(), QueueError> {
+        self.set_limits("tenant", tenant, "", max_running, weight).await
+    }
+
+    /// Sets a repository's cap on running runs (`None` removes it).
+    pub async fn set_repo_limit(&self, tenant: &str, repo: &str, max_running: Option<u32>) -> Result<(), QueueError> {
+        self.set_limits("repo", tenant, repo, max_running, None).await
+    }
+
+    async fn set_limits(
+        &self,
+        kind: &str,
+        tenant: &str,
+        repo: &str,
+        max_running: Option<u32>,
+        weight: Option<f64>,
+    ) -> Result<(), QueueError> {
+        let _: i64 = self.run_script(&LimitsArgs { kind, tenant, repo, max_running, weight }).await?;
+        Ok(())
+    }
+
+    pub async fn limits(&self) -> Result<Limits, QueueError> {
+        let mut limits = Limits::default();
+        for (field, value) in self.scan_hash(self.keys.limits()).await? {
+            if let Some(tenant) = field.strip_prefix("tenant:") {
+                limits.tenants.entry(tenant.to_owned()).or_default().max_running = value.parse().ok();
+            } else if let Some(tenant) = field.strip_prefix("weight:") {
+                limits.tenants.entry(tenant.to_owned()).or_default().weight = value.parse().ok();
+            } else if let Some((tenant, repo)) = field.strip_prefix("repo:").and_then(|r| r.split_once(':'))
+                && let Ok(cap) = value.parse()
+            {
+                limits.repositories.insert((tenant.to_owned(), repo.to_owned()), cap);
+            }
+        }
+        Ok(limits)
+    }
+
+    /// Exact depth counters, maintained by every transition script.
+    pub async fn depth(&self) -> Result<Depth, QueueError> {
+        let mut depth = Depth::default();
+        for (field, value) in self.scan_hash(self.keys.depth()).await? {
+            let Ok(n) = value.parse::<i64>() else { continue };
+            match field.split_once(":t:") {
+                Some((state, tenant)) => {
+                    depth.tenants.entry(tenant.to_owned()).or_default().insert(state.to_owned(), n);
+                }
+                None => {
+                    depth.totals.insert(field, n);
+                }
+            }
+        }
+        for (field, value) in self.scan_hash(self.keys.depth_by_repository()).await? {
+            let Ok(n) = value.parse::<i64>() else { continue };
+            let mut parts = field.splitn(3, ':');
+            if let (Some(state), Some(tenant), Some(repo)) = (parts.next(), parts.next(), parts.next()) {
+                depth.repositories.entry((tenant.to_owned(), repo.to_owned())).or_default().insert(state.to_owned(), n);
+            }
+        }
+        let mut conn = self.conn.clone();
+        depth.dead_letters = conn.zcard(self.keys.dead()).await?;
+        Ok(depth)
+    }
+
+    /// The newest dead letters, up to `limit`.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut conn = self.conn.clone();
+        let entries: Vec<(String, f64)> = conn.zrevrange_withscores(self.keys.dead(), 0, limit as isize - 1).await?;
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One round trip for every reason, not one per letter.
+        let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+        let reasons: Vec<Option<String>> =
+            redis::cmd("HMGET").arg(self.keys.dead_reasons()).arg(&ids).query_async(&mut conn).await?;
+        entries
+            .iter()
+            .zip(reasons)
+            .map(|((id, score), reason)| {
+                Ok(DeadLetter {
+                    id: id.parse().map_err(|e| corrupt(id, e))?,
+                    failed_at_ms: *score as u64,
+                    reason: reason.and_then(|r| serde_json::from_str(&r).ok()),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,294 @@
+//! The Lua scripts, one per state transition (`lua/`, with `lib.lua`
+//! prepended to each), and one arguments struct per script: its
+//! `ScriptArgs::push` is the only place that orders the script's `ARGV`.
+//! Every script gets the namespace prefix as `KEYS[1]`.
+
+use redis::{FromRedisValue, Script, ScriptInvocation};
+
+use super::conn::Conn;
+use super::keys::Keys;
+
+pub(crate) struct Scripts {
+    enqueue: Script,
+    claim: Script,
+    heartbeat: Script,
+    finish: Script,
+    reap: Script,
+    cancel: Script,
+    limits: Script,
+    gcra: Script,
+    budget: Script,
+    list: Script,
+    approve: Script,
+}
+
+impl Scripts {
+    pub(crate) fn load() -> Self {
+        let lib = include_str!("lua/lib.lua");
+        let with_lib = |body: &str| Script::new(&format!("{lib}\n{body}"));
+        Self {
+            enqueue: with_lib(include_str!("lua/enqueue.lua")),
+            claim: with_lib(include_str!("lua/claim.lua")),
+            heartbeat: with_lib(include_str!("lua/heartbeat.lua")),
+            finish: with_lib(include_str!("lua/finish.lua")),
+            reap: with_lib(include_str!("lua/reap.lua")),
+            cancel: with_lib(include_str!("lua/cancel.lua")),
+            limits: with_lib(include_str!("lua/limits.lua")),
+            gcra: with_lib(include_str!("lua/gcra.lua")),
+            budget: with_lib(include_str!("lua/budget.lua")),
+            list: with_lib(include_str!("lua/list.lua")),
+            approve: with_lib(include_str!("lua/approve.lua")),
+        }
+    }
+
+    /// Runs the script `args` belong to, in one round trip.
+    pub(crate) async fn run<A: ScriptArgs, T: FromRedisValue>(
+        &self,
+        conn: &Conn,
+        keys: &Keys,
+        args: &A,
+    ) -> redis::RedisResult<T> {
+        let mut invocation: ScriptInvocation<'_> = A::script(self).key(keys.prefix());
+        args.push(&mut invocation);
+        let mut conn = conn.clone();
+        invocation.invoke_async(&mut conn).await
+    }
+}
+
+/// The arguments of one script.
+pub(crate) trait ScriptArgs {
+    fn script(scripts: &Scripts) -> &Script;
+    /// Appends the arguments in the script's `ARGV` order.
+    fn push(&self, invocation: &mut ScriptInvocation<'_>);
+}
+
+/// `enqueue.lua`: store a new run and make it claimable.
+pub(crate) struct EnqueueArgs<'a> {
+    pub id: &'a str,
+    pub tenant: &'a str,
+    pub repository: &'a str,
+    pub band: &'a str,
+    pub spec_json: &'a str,
+    pub max_attempts: u32,
+    /// Empty without an `Idempotency-Key`.
+    pub idempotency_key: &'a str,
+    pub fingerprint: &'a str,
+    pub idempotency_ttl_ms: u64,
+    /// Held for approval instead of queued.
+    pub hold: bool,
+}
+
+impl ScriptArgs for EnqueueArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.enqueue
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.id).arg(self.tenant).arg(self.repository).arg(self.band).arg(self.spec_json);
+        inv.arg(self.max_attempts).arg(self.idempotency_key).arg(self.fingerprint).arg(self.idempotency_ttl_ms);
+        inv.arg(if self.hold { "1" } else { "0" });
+    }
+}
+
+/// `claim.lua`: lease the next run to `worker`.
+pub(crate) struct ClaimArgs<'a> {
+    pub worker: &'a str,
+    pub lease_ms: u64,
+}
+
+impl ScriptArgs for ClaimArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.claim
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.worker).arg(self.lease_ms);
+    }
+}
+
+/// `heartbeat.lua`: extend the leases `worker` holds, `(id, epoch)` each.
+pub(crate) struct HeartbeatArgs<'a> {
+    pub worker: &'a str,
+    pub lease_ms: u64,
+    pub held: Vec<(String, u64)>,
+}
+
+impl ScriptArgs for HeartbeatArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.heartbeat
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.worker).arg(self.lease_ms);
+        for (id, epoch) in &self.held {
+            inv.arg(id).arg(*epoch);
+        }
+    }
+}
+
+/// `finish.lua`: hand a run back under its epoch.
+pub(crate) struct FinishArgs<'a> {
+    pub id: &'a str,
+    pub epoch: u64,
+    /// `done`, `retry` or `release`.
+    pub outcome: &'a str,
+    pub reason_json: &'a str,
+    pub final_state: &'a str,
+    pub artifacts_json: &'a str,
+    pub ttl_seconds: u64,
+    pub retry_delay_ms: u64,
+    pub dead_keep_ms: u64,
+    pub facts_json: &'a str,
+}
+
+impl ScriptArgs for FinishArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.finish
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.id).arg(self.epoch).arg(self.outcome);
+        inv.arg(self.reason_json).arg(self.final_state).arg(self.artifacts_json);
+        inv.arg(self.ttl_seconds).arg(self.retry_delay_ms).arg(self.dead_keep_ms).arg(self.facts_json);
+    }
+}
+
+/// `reap.lua`: reclaim up to `limit` expired leases.
+pub(crate) struct ReapArgs<'a> {
+    pub limit: usize,
+    pub ttl_seconds: u64,
+    /// The stop reason of a run with no attempt left (JSON).
+    pub reason_json: &'a str,
+    pub dead_keep_ms: u64,
+}
+
+impl ScriptArgs for ReapArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.reap
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.limit).arg(self.ttl_seconds).arg(self.reason_json).arg(self.dead_keep_ms);
+    }
+}
+
+/// `cancel.lua`: cancel a run on behalf of `by`.
+pub(crate) struct CancelArgs<'a> {
+    pub id: &'a str,
+    pub by: &'a str,
+    pub ttl_seconds: u64,
+}
+
+impl ScriptArgs for CancelArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.cancel
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.id).arg(self.by).arg(self.ttl_seconds);
+    }
+}
+
+/// `approve.lua`: let a run held for approval join its queue.
+pub(crate) struct ApproveArgs<'a> {
+    pub id: &'a str,
+    pub by: &'a str,
+}
+
+impl ScriptArgs for ApproveArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.approve
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.id).arg(self.by);
+    }
+}
+
+/// `limits.lua`: set or clear a cap (`kind` `tenant` or `repo`) or weight.
+pub(crate) struct LimitsArgs<'a> {
+    pub kind: &'a str,
+    pub tenant: &'a str,
+    /// Empty for a tenant.
+    pub repo: &'a str,
+    pub max_running: Option<u32>,
+    pub weight: Option<f64>,
+}
+
+impl ScriptArgs for LimitsArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.limits
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.kind).arg(self.tenant).arg(self.repo);
+        inv.arg(self.max_running.map(|m| m.to_string()).unwrap_or_default());
+        inv.arg(self.weight.map(|w| w.to_string()).unwrap_or_default());
+    }
+}
+
+/// `gcra.lua`: take `cost` (negative: give back) from the shared rate `name`.
+pub(crate) struct GcraArgs<'a> {
+    pub name: &'a str,
+    pub interval_ms: f64,
+    pub burst: u64,
+    pub cost: i64,
+}
+
+impl ScriptArgs for GcraArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.gcra
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.name).arg(self.interval_ms).arg(self.burst).arg(self.cost);
+    }
+}
+
+/// `budget.lua`: reserve a call's worst case, or settle a reservation made
+/// on `day` with what the call used.
+pub(crate) struct BudgetArgs<'a> {
+    /// `reserve` or `settle`.
+    pub op: &'a str,
+    pub run: &'a str,
+    pub tenant: &'a str,
+    /// Tokens: amount, actual, run limit, tenant limit.
+    pub tokens: [u64; 4],
+    /// Micro-dollars, in the same order.
+    pub cost: [u64; 4],
+    /// The UTC day of the reservation (settle only).
+    pub day: Option<u64>,
+}
+
+impl ScriptArgs for BudgetArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.budget
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.op).arg(self.run).arg(self.tenant);
+        for n in self.tokens.iter().chain(&self.cost) {
+            inv.arg(*n);
+        }
+        inv.arg(self.day.map(|d| d.to_string()).unwrap_or_default());
+    }
+}
+
+/// `list.lua`: a page of ids from a lex index after a cursor.
+pub(crate) struct ListArgs<'a> {
+    /// A state, or `all`.
+    pub index: &'a str,
+    /// Empty for the first page.
+    pub cursor: &'a str,
+    pub limit: usize,
+}
+
+impl ScriptArgs for ListArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.list
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.index).arg(self.cursor).arg(self.limit);
+    }
+}
