@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod health;
 pub mod identity;
+pub mod json;
 pub mod limits;
 pub mod oidc;
 pub mod openapi;

@@ -7,6 +7,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, Secur
 use utoipa::openapi::{InfoBuilder, OpenApi};
 use utoipa_actix_web::AppExt;
 
+use crate::problem::ErrorCode;
 use crate::{audit, health, identity, limits, policies, problem, providers, queue, runs, secrets, startup, webhooks};
 
 /// Registers every route on `app`; returns the app and its OpenAPI document.
@@ -76,6 +77,7 @@ where
             "Runs coding agents on your issues inside your infrastructure and hands back draft pull requests.",
         ))
         .build();
+    problem_responses(&mut doc);
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     components.add_security_scheme(
@@ -86,6 +88,83 @@ where
         ))),
     );
     (app, doc)
+}
+
+/// Adds to every operation the problem+json answers its shape implies, so
+/// handlers document only the answers of their own (an operation's own
+/// description of a status wins):
+/// - authenticated: 401 and 403 (a webhook: 401 for a bad signature);
+/// - a JSON body: 400, 413 and 415;
+/// - path parameters: 400 (malformed) and 404; query parameters: 400;
+/// - anything that reads the store: 503.
+fn problem_responses(doc: &mut OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for operation in operations.into_iter().flatten() {
+            let params = operation.parameters.as_deref().unwrap_or_default();
+            let in_path = params.iter().any(|p| p.parameter_in == ParameterIn::Path);
+            let in_query = params.iter().any(|p| p.parameter_in == ParameterIn::Query);
+            let security = operation.security.as_deref().unwrap_or_default();
+            let signed =
+                security.iter().any(|s| serde_json::to_string(s).unwrap_or_default().contains("github_signature"));
+            let authenticated = !security.is_empty() && !security.iter().all(|s| *s == Default::default());
+            let mut codes: Vec<ErrorCode> = Vec::new();
+            if operation.request_body.is_some() || in_path || in_query {
+                codes.push(ErrorCode::InvalidRequest);
+            }
+            if authenticated {
+                codes.push(if signed { ErrorCode::BadSignature } else { ErrorCode::Unauthorized });
+                if !signed {
+                    codes.push(ErrorCode::Forbidden);
+                }
+            }
+            if in_path {
+                codes.push(ErrorCode::NotFound);
+            }
+            if operation.request_body.is_some() {
+                codes.extend([ErrorCode::PayloadTooLarge, ErrorCode::UnsupportedMediaType]);
+            }
+            if path != "/healthz" {
+                codes.push(ErrorCode::Unavailable);
+            }
+            for code in codes {
+                let status = code.status().as_u16().to_string();
+                operation.responses.responses.entry(status).or_insert_with(|| problem_response(code.title()).into());
+            }
+        }
+    }
+}
+
+/// A problem+json answer described as `description`.
+fn problem_response(description: &str) -> utoipa::openapi::Response {
+    let schema = utoipa::openapi::Ref::from_schema_name("Problem");
+    let content = utoipa::openapi::ContentBuilder::new().schema(Some(schema)).build();
+    utoipa::openapi::ResponseBuilder::new().description(description).content(problem::CONTENT_TYPE, content).build()
+}
+
+/// The methods the document gives the path `path` matches, or `None` when
+/// no documented path matches it. From the document, so an answer of 405
+/// and its `Allow` header list exactly what is routed.
+pub fn allowed_methods(path: &str) -> Option<&'static [String]> {
+    static TEMPLATES: std::sync::LazyLock<Vec<(Vec<String>, Vec<String>)>> = std::sync::LazyLock::new(|| {
+        let doc: serde_json::Value = serde_json::from_str(&document_json()).unwrap_or_default();
+        let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+        paths
+            .into_iter()
+            .map(|(template, item)| {
+                let segments = template.split('/').map(str::to_owned).collect();
+                let methods = item.as_object().into_iter().flatten().map(|(m, _)| m.to_uppercase()).collect();
+                (segments, methods)
+            })
+            .collect()
+    });
+    let segments: Vec<&str> = path.split('/').collect();
+    let matches = |template: &[String]| {
+        template.len() == segments.len()
+            && template.iter().zip(&segments).all(|(t, s)| if t.starts_with('{') { !s.is_empty() } else { t == s })
+    };
+    TEMPLATES.iter().find(|(template, _)| matches(template)).map(|(_, methods)| methods.as_slice())
 }
 
 /// The OpenAPI document as committed in `openapi/openapi.json`.

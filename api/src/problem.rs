@@ -33,6 +33,7 @@ pub enum ErrorCode {
     Forbidden,
     SelfApproval,
     NotFound,
+    MethodNotAllowed,
     NotConfigured,
     BadSignature,
     Exists,
@@ -58,6 +59,7 @@ impl ErrorCode {
         Self::Forbidden,
         Self::SelfApproval,
         Self::NotFound,
+        Self::MethodNotAllowed,
         Self::NotConfigured,
         Self::BadSignature,
         Self::Exists,
@@ -85,6 +87,7 @@ impl ErrorCode {
             Self::Forbidden => (S::FORBIDDEN, "forbidden", "Permission denied"),
             Self::SelfApproval => (S::FORBIDDEN, "self-approval", "Nobody approves their own run"),
             Self::NotFound => (S::NOT_FOUND, "not-found", "Not found"),
+            Self::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
             Self::NotConfigured => (S::NOT_FOUND, "not-configured", "GitHub webhooks are not configured"),
             Self::Exists => (S::CONFLICT, "exists", "The service account exists"),
             Self::NotAwaitingApproval => (S::CONFLICT, "not-awaiting-approval", "The run is not awaiting approval"),
@@ -254,9 +257,19 @@ pub fn path_error(err: actix_web::error::PathError, _: &actix_web::HttpRequest) 
     Problem::bad_request(format!("invalid path: {err}")).into()
 }
 
-/// Unknown routes answer with a problem, not an empty 404.
+/// Unknown routes answer with a problem, not an empty 404; a known path
+/// asked with a method it does not have answers 405 with `Allow`.
 pub async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
-    Problem::not_found(format!("no route for {} {}", req.method(), req.path())).error_response()
+    let (method, path) = (req.method(), req.path());
+    if let Some(methods) = crate::openapi::allowed_methods(path) {
+        let detail = format!("{path} answers {}, not {method}", methods.join(", "));
+        let mut response = Problem::new(ErrorCode::MethodNotAllowed).detail(detail).error_response();
+        if let Ok(allow) = HeaderValue::from_str(&methods.join(", ")) {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
+        return response;
+    }
+    Problem::not_found(format!("no route for {method} {path}")).error_response()
 }
 
 #[cfg(test)]

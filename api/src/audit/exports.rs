@@ -41,10 +41,6 @@ pub struct NewExport {
     request_body = NewExport,
     responses(
         (status = 202, body = ExportStatus),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["audit.read"]))
 )]
@@ -52,7 +48,7 @@ pub struct NewExport {
 pub async fn create_export(
     caller: Authorized<need::AuditRead>,
     state: web::Data<AppState>,
-    body: web::Json<NewExport>,
+    body: crate::json::Json<NewExport>,
 ) -> Result<HttpResponse, Problem> {
     let body = body.into_inner();
     let run = body
@@ -179,9 +175,6 @@ async fn status_of(state: &AppState, id: &str) -> Result<ExportStatus, Problem> 
     params(("id" = String, Path, description = "The export's id")),
     responses(
         (status = 200, body = ExportStatus),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["audit.read"]))
 )]
@@ -202,9 +195,6 @@ pub async fn get_export(
     params(("id" = String, Path, description = "The export's id")),
     responses(
         (status = 200, body = VerifyReport),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["audit.read"]))

@@ -38,9 +38,6 @@ pub struct AuditQuery {
     params(AuditQuery),
     responses(
         (status = 200, body = Vec<AuditEvent>),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["audit.read"]))
 )]
@@ -85,9 +82,6 @@ pub struct VerifyQuery {
     params(VerifyQuery),
     responses(
         (status = 200, body = audit_trail::VerifyReport),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["audit.read"]))
 )]
@@ -137,8 +131,6 @@ pub struct AuditStatus {
     tag = "audit",
     responses(
         (status = 200, body = AuditStatus),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["audit.read"]))
 )]

@@ -45,11 +45,7 @@ async fn hold_object(state: &AppState, hold: &LegalHold) -> Result<ObjectRef, Pr
     request_body = NewHold,
     responses(
         (status = 201, body = LegalHold),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "The run is neither in the queue nor in object storage"),
     ),
     security(("bearer" = ["audit.hold"]))
 )]
@@ -57,7 +53,7 @@ async fn hold_object(state: &AppState, hold: &LegalHold) -> Result<ObjectRef, Pr
 pub async fn place_hold(
     caller: Authorized<need::AuditHold>,
     state: web::Data<AppState>,
-    body: web::Json<NewHold>,
+    body: crate::json::Json<NewHold>,
 ) -> Result<HttpResponse, Problem> {
     let body = body.into_inner();
     reason_ok(&body.reason)?;
@@ -90,12 +86,7 @@ pub async fn place_hold(
     request_body = Reason,
     responses(
         (status = 200, body = LegalHold),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["audit.hold"]))
 )]
@@ -104,7 +95,7 @@ pub async fn release_hold(
     caller: Authorized<need::AuditHold>,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<Reason>,
+    body: crate::json::Json<Reason>,
 ) -> Result<web::Json<LegalHold>, Problem> {
     reason_ok(&body.reason)?;
     let identity = state.identity();
@@ -132,8 +123,6 @@ pub async fn release_hold(
     tag = "audit",
     responses(
         (status = 200, body = Vec<LegalHold>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["audit.read"]))
 )]
@@ -211,8 +200,6 @@ pub struct RetentionStatus {
     tag = "audit",
     responses(
         (status = 200, body = RetentionStatus),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["audit.read"]))
 )]

@@ -33,8 +33,6 @@ pub struct NewBinding {
     tag = "rbac",
     responses(
         (status = 200, body = Vec<Binding>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["rbac.manage"]))
 )]
@@ -55,9 +53,6 @@ pub async fn list_bindings(
     request_body = NewBinding,
     responses(
         (status = 201, body = Binding),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json", description = "The service account does not exist"),
     ),
     security(("bearer" = ["rbac.manage"]))
@@ -66,7 +61,7 @@ pub async fn list_bindings(
 pub async fn create_binding(
     caller: Authorized<need::RbacManage>,
     state: web::Data<AppState>,
-    body: web::Json<NewBinding>,
+    body: crate::json::Json<NewBinding>,
 ) -> Result<HttpResponse, Problem> {
     let body = body.into_inner();
     let store = state.identity();
@@ -96,9 +91,6 @@ pub async fn create_binding(
     params(("id" = String, Path, description = "Binding id")),
     responses(
         (status = 204, description = "Removed"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["rbac.manage"]))
 )]
@@ -135,8 +127,6 @@ pub struct NewServiceAccount {
     tag = "rbac",
     responses(
         (status = 200, body = Vec<ServiceAccount>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["rbac.manage"]))
 )]
@@ -156,9 +146,6 @@ pub async fn list_service_accounts(
     request_body = NewServiceAccount,
     responses(
         (status = 201, body = ServiceAccount),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "The name is taken"),
     ),
     security(("bearer" = ["rbac.manage"]))
@@ -167,7 +154,7 @@ pub async fn list_service_accounts(
 pub async fn create_service_account(
     caller: Authorized<need::RbacManage>,
     state: web::Data<AppState>,
-    body: web::Json<NewServiceAccount>,
+    body: crate::json::Json<NewServiceAccount>,
 ) -> Result<HttpResponse, Problem> {
     let body = body.into_inner();
     validate_account_name(&body.name)?;
@@ -225,10 +212,6 @@ pub struct IssuedToken {
     request_body = NewToken,
     responses(
         (status = 201, body = IssuedToken),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["rbac.manage"]))
 )]
@@ -237,7 +220,7 @@ pub async fn create_token(
     caller: Authorized<need::RbacManage>,
     state: web::Data<AppState>,
     name: web::Path<String>,
-    body: web::Json<NewToken>,
+    body: crate::json::Json<NewToken>,
 ) -> Result<HttpResponse, Problem> {
     let store = state.identity();
     let account = store
@@ -284,9 +267,6 @@ pub async fn create_token(
     params(("name" = String, Path, description = "Service account", example = "portal")),
     responses(
         (status = 200, body = Vec<TokenRecord>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["rbac.manage"]))
 )]
@@ -312,9 +292,6 @@ pub async fn list_tokens(
     ),
     responses(
         (status = 200, body = TokenRecord),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["rbac.manage"]))
 )]

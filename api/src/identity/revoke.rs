@@ -156,10 +156,7 @@ async fn revoke_user(
     request_body = RevokeRequest,
     responses(
         (status = 200, body = RevokeReport),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "A named service account does not exist"),
     ),
     security(("bearer" = ["security.revoke"]))
 )]
@@ -167,7 +164,7 @@ async fn revoke_user(
 pub async fn revoke(
     caller: Authorized<need::SecurityRevoke>,
     state: web::Data<AppState>,
-    body: web::Json<RevokeRequest>,
+    body: crate::json::Json<RevokeRequest>,
 ) -> Result<web::Json<RevokeReport>, Problem> {
     let body = body.into_inner();
     reason_ok(&body.reason)?;
@@ -231,9 +228,6 @@ async fn revoke_service_accounts(
     request_body = Reason,
     responses(
         (status = 200, body = RevokeReport),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["rbac.manage"]), ("bearer" = ["security.revoke"]))
 )]
@@ -242,7 +236,7 @@ pub async fn deactivate_user(
     caller: Authorized<need::UsersManage>,
     state: web::Data<AppState>,
     user: web::Path<String>,
-    body: web::Json<Reason>,
+    body: crate::json::Json<Reason>,
 ) -> Result<web::Json<RevokeReport>, Problem> {
     person_ok(&user, "user")?;
     reason_ok(&body.reason)?;
@@ -256,9 +250,6 @@ pub async fn deactivate_user(
     request_body = Reason,
     responses(
         (status = 200, body = UserStatus),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["rbac.manage"]), ("bearer" = ["security.revoke"]))
 )]
@@ -267,7 +258,7 @@ pub async fn activate_user(
     caller: Authorized<need::UsersManage>,
     state: web::Data<AppState>,
     user: web::Path<String>,
-    body: web::Json<Reason>,
+    body: crate::json::Json<Reason>,
 ) -> Result<web::Json<UserStatus>, Problem> {
     person_ok(&user, "user")?;
     reason_ok(&body.reason)?;
@@ -293,8 +284,6 @@ pub async fn activate_user(
     params(("user" = String, Path, description = "The person", example = "mallory@example.com")),
     responses(
         (status = 200, body = UserStatus),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["rbac.manage"]), ("bearer" = ["security.revoke"]))
 )]

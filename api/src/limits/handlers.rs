@@ -60,8 +60,6 @@ pub struct LimitsView {
     tag = "limits",
     responses(
         (status = 200, body = LimitsView, example = json!({"tenants": [{"tenant": "payments", "max_running": 20, "weight": 3.0}], "repositories": [{"tenant": "payments", "repository": "acme/ledger", "max_running": 2}]})),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["limits.manage"]))
 )]
@@ -92,9 +90,6 @@ pub async fn get_limits(
     request_body = TenantLimitsInput,
     responses(
         (status = 200, body = TenantLimitsView),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["limits.manage"]))
 )]
@@ -103,7 +98,7 @@ pub async fn put_tenant_limits(
     caller: Scoped<need::LimitsManage>,
     state: web::Data<AppState>,
     tenant: web::Path<String>,
-    body: web::Json<TenantLimitsInput>,
+    body: crate::json::Json<TenantLimitsInput>,
 ) -> Result<web::Json<TenantLimitsView>, Problem> {
     let tenant = tenant.into_inner();
     validate_tenant(&tenant)?;
@@ -134,9 +129,6 @@ pub async fn put_tenant_limits(
     request_body = RepoLimitInput,
     responses(
         (status = 200, body = RepoLimitView),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["limits.manage"]))
 )]
@@ -145,7 +137,7 @@ pub async fn put_repo_limit(
     caller: Scoped<need::LimitsManage>,
     state: web::Data<AppState>,
     path: web::Path<(String, String, String)>,
-    body: web::Json<RepoLimitInput>,
+    body: crate::json::Json<RepoLimitInput>,
 ) -> Result<web::Json<RepoLimitView>, Problem> {
     let (tenant, owner, name) = path.into_inner();
     validate_tenant(&tenant)?;

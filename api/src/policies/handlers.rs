@@ -35,8 +35,6 @@ pub struct PoliciesView {
     tag = "policies",
     responses(
         (status = 200, body = PoliciesView),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["limits.manage"]))
 )]
@@ -74,9 +72,6 @@ fn validated(over: &PolicyOverride) -> Result<(), Problem> {
     request_body(content = PolicyOverride, example = json!({"memory_bytes": 4294967296_i64, "timeout_seconds": 1800, "egress": "registries"})),
     responses(
         (status = 200, body = PolicyEntry),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["limits.manage"]))
 )]
@@ -85,7 +80,7 @@ pub async fn put_tenant_policy(
     caller: Scoped<need::LimitsManage>,
     state: web::Data<AppState>,
     tenant: web::Path<String>,
-    body: web::Json<PolicyOverride>,
+    body: crate::json::Json<PolicyOverride>,
 ) -> Result<web::Json<PolicyEntry>, Problem> {
     let tenant = tenant.into_inner();
     validate_tenant(&tenant)?;
@@ -109,9 +104,6 @@ pub async fn put_tenant_policy(
     request_body(content = PolicyOverride, example = json!({"egress": "custom", "egress_allow": ["pypi.org", "*.corp.example"]})),
     responses(
         (status = 200, body = PolicyEntry),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["limits.manage"]))
 )]
@@ -120,7 +112,7 @@ pub async fn put_repo_policy(
     caller: Scoped<need::LimitsManage>,
     state: web::Data<AppState>,
     path: web::Path<(String, String, String)>,
-    body: web::Json<PolicyOverride>,
+    body: crate::json::Json<PolicyOverride>,
 ) -> Result<web::Json<PolicyEntry>, Problem> {
     let (tenant, owner, name) = path.into_inner();
     validate_tenant(&tenant)?;

@@ -16,8 +16,6 @@ use crate::startup::AppState;
     tag = "providers",
     responses(
         (status = 200, body = LlmPolicy, example = json!({"default_provider": "azure-openai-prod", "allowed_providers": ["azure-openai-prod", "bedrock-prod"], "disallowed": ["personal-api-keys", "unmanaged-proxies"], "logging": {"prompt_content": "redacted", "metadata": "retained_180_days"}})),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["providers.configure"]))
 )]
@@ -45,9 +43,6 @@ pub async fn get_llm_policy(
     request_body(content = LlmPolicy, example = json!({"default_provider": "azure-openai-prod", "allowed_providers": ["azure-openai-prod"], "disallowed": ["personal-api-keys"], "logging": {"prompt_content": "redacted", "metadata": "retained_180_days"}})),
     responses(
         (status = 200, body = LlmPolicy),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["providers.configure"]))
 )]
@@ -55,7 +50,7 @@ pub async fn get_llm_policy(
 pub async fn put_llm_policy(
     caller: Authorized<need::ProvidersConfigure>,
     state: web::Data<AppState>,
-    body: web::Json<LlmPolicy>,
+    body: crate::json::Json<LlmPolicy>,
 ) -> Result<web::Json<LlmPolicy>, Problem> {
     let policy = body.into_inner();
     policy.validate(&state.config.gateway)?;

@@ -76,8 +76,6 @@ fn busy(c: &Counts) -> bool {
             "repositories": [{"tenant": "payments", "repository": "acme/ledger", "queued": 25, "delayed": 0, "running": 2, "cancelling": 0}],
             "dead_letters": 4
         })),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["limits.manage"]))
 )]

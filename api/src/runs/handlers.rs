@@ -28,12 +28,7 @@ use crate::startup::AppState;
     ),
     responses(
         (status = 202, body = RunAccepted, headers(("Location" = String, description = "URL of the run"))),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "The Idempotency-Key was used for a different request"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["runs.create"]))
 )]
@@ -42,7 +37,7 @@ pub async fn create_run(
     caller: Scoped<need::RunsCreate>,
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Json<CreateRun>,
+    body: crate::json::Json<CreateRun>,
 ) -> Result<HttpResponse, Problem> {
     let body = body.into_inner();
     let repository: RepoName = body.repository.parse()?;
@@ -94,10 +89,7 @@ pub fn accepted(run: service::Accepted) -> HttpResponse {
     params(("id" = String, Path, description = "Run id", example = "01m8fd2cj1x31jpkk0spht2y3j")),
     responses(
         (status = 200, body = RunAccepted, description = "Approved; the run is queued", example = json!({"id": "01m8fd2cj1x31jpkk0spht2y3j", "state": "queued", "url": "/v1/runs/01m8fd2cj1x31jpkk0spht2y3j"})),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json", description = "No tools.approve here, or the caller requested the run"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "The run is not awaiting approval"),
     ),
     security(("bearer" = ["tools.approve"]))
@@ -213,10 +205,6 @@ fn idempotency(
     responses(
         (status = 200, body = RunAccepted, description = "Cancelled", example = json!({"id": "01m8fd2cj1x31jpkk0spht2y3j", "state": "cancelled", "url": "/v1/runs/01m8fd2cj1x31jpkk0spht2y3j"})),
         (status = 202, body = RunAccepted, description = "The worker is stopping the run", example = json!({"id": "01m8fd2cj1x31jpkk0spht2y3j", "state": "cancelling", "url": "/v1/runs/01m8fd2cj1x31jpkk0spht2y3j"})),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "The run already finished"),
     ),
     security(("bearer" = ["runs.create"]))
@@ -258,10 +246,6 @@ pub async fn cancel_run(
     params(("id" = String, Path, description = "Run id")),
     responses(
         (status = 200, body = RunView),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["runs.create"]), ("bearer" = ["logs.read"]), ("bearer" = ["tools.approve"]))
 )]
@@ -281,9 +265,6 @@ pub async fn get_run(
     params(ListQuery),
     responses(
         (status = 200, body = RunList),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["runs.create"]), ("bearer" = ["logs.read"]), ("bearer" = ["tools.approve"]))
 )]
@@ -323,10 +304,6 @@ pub async fn list_runs(
     params(("id" = String, Path, description = "Run id")),
     responses(
         (status = 200, content_type = "text/plain", body = String),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["logs.read"]))
 )]

@@ -33,10 +33,6 @@ use crate::startup::AppState;
             "pull_request": {"branch": "paddock/42-ht2y3j", "pull_request": {"number": 7, "url": "https://github.com/acme/ledger/pull/7", "draft": true}},
             "stop": {"reason": {"kind": "completed"}, "cancelled_by": null},
         })),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["audit.read"]))
 )]

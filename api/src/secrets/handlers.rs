@@ -68,9 +68,6 @@ fn validate_name(name: &str) -> Result<(), ValidationError> {
     request_body(content = SecretValue),
     responses(
         (status = 200, body = SecretInfo),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "secrets.encryption_key is not configured"),
     ),
     security(("bearer" = ["providers.configure"]))
@@ -80,7 +77,7 @@ pub async fn put_secret(
     caller: Scoped<need::ProvidersConfigure>,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
-    body: web::Json<SecretValue>,
+    body: crate::json::Json<SecretValue>,
 ) -> Result<web::Json<SecretInfo>, Problem> {
     let (tenant, name) = path.into_inner();
     validate_tenant(&tenant)?;
@@ -119,9 +116,6 @@ pub async fn put_secret(
     params(("tenant" = String, Path, description = "Tenant name", example = "payments")),
     responses(
         (status = 200, body = Vec<SecretInfo>),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["providers.configure"]))
 )]
@@ -147,9 +141,6 @@ pub async fn list_secrets(
     ),
     responses(
         (status = 204, description = "Removed"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["providers.configure"]))
 )]

@@ -34,10 +34,8 @@ enum Trigger {
     responses(
         (status = 202, description = "A run was started", body = crate::runs::dto::RunAccepted),
         (status = 200, description = "Understood, nothing to do (or the requester may not write)"),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json", description = "Missing or wrong signature"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "A delivery seen before"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
     ),
     security(("github_signature" = []))
 )]

@@ -92,6 +92,24 @@ async fn lookups_of_unknown_things_are_problems() {
 }
 
 #[tokio::test]
+async fn a_known_path_asked_with_a_method_it_lacks_answers_405_with_allow() {
+    let app = spawn_app(&[]).await;
+    let missing = ulid::Ulid::new().to_string().to_lowercase();
+    for (method, path, allow) in [
+        ("DELETE", "/v1/runs".to_owned(), "GET, POST"),
+        ("PUT", format!("/v1/runs/{missing}/cancel"), "POST"),
+        ("POST", "/healthz".to_owned(), "GET"),
+    ] {
+        let response =
+            app.client.request(method.parse().unwrap(), app.url(&path)).bearer_auth(&app.token).send().await.unwrap();
+        assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some(allow), "{method} {path}");
+        let body = assert_problem(response, 405).await;
+        assert!(body["detail"].as_str().unwrap().contains(method), "{body}");
+    }
+    assert_problem(app.get("/v1/runs/a/b/c/d").await, 404).await;
+}
+
+#[tokio::test]
 async fn health_and_readiness() {
     let app = spawn_app(&[]).await;
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
