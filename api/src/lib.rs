@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod contract;
 pub mod health;
 pub mod identity;
 pub mod json;

@@ -78,6 +78,7 @@ where
         ))
         .build();
     problem_responses(&mut doc);
+    crate::contract::constrain_parameters(&mut doc);
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     components.add_security_scheme(

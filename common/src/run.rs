@@ -63,9 +63,12 @@ impl FromStr for RunId {
     type Err = ValidationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ulid::Ulid::from_string(&s.to_uppercase())
-            .map(Self)
-            .map_err(|_| ValidationError::new("id", "is not a run id (26 characters, ULID)"))
+        let invalid = || ValidationError::new("id", "is not a run id (26 characters, ULID)");
+        // A first character above 7 would overflow 128 bits: no ULID has one.
+        if !s.starts_with(|c: char| ('0'..='7').contains(&c)) {
+            return Err(invalid());
+        }
+        ulid::Ulid::from_string(&s.to_uppercase()).map(Self).map_err(|_| invalid())
     }
 }
 

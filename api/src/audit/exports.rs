@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 
 use crate::audit::handlers::trusted_keys;
 use crate::auth::{Authorized, Caller, need};
+use crate::contract::instant;
 use crate::problem::Problem;
 use crate::startup::AppState;
 
@@ -58,9 +59,9 @@ pub async fn create_export(
         .transpose()
         .map_err(|e: common::ValidationError| Problem::bad_request(e.to_string()).field("run"))?;
     // A run's events start with its request: its id says when that was.
-    let since =
-        body.since_ms.unwrap_or_else(|| run.map_or(0, |r: common::RunId| r.created_ms().saturating_sub(60_000)));
-    let request = ExportRequest { since_ms: since, until_ms: body.until_ms.unwrap_or_else(now_ms), run };
+    let (since, until) = (instant("since_ms", body.since_ms)?, instant("until_ms", body.until_ms)?);
+    let since = since.unwrap_or_else(|| run.map_or(0, |r: common::RunId| r.created_ms().saturating_sub(60_000)));
+    let request = ExportRequest { since_ms: since, until_ms: until.unwrap_or_else(now_ms), run };
     if request.since_ms >= request.until_ms {
         return Err(Problem::bad_request("`since_ms` must be before `until_ms`").field("since_ms"));
     }

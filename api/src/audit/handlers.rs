@@ -29,6 +29,9 @@ pub struct AuditQuery {
     pub limit: Option<usize>,
 }
 
+/// The most events one answer of `GET /v1/audit/events` holds.
+pub const MAX_EVENTS: usize = 1000;
+
 /// Audit events, oldest first, from the index of the newest 100,000 (API
 /// and worker events alike; older ones through `POST /v1/audit/exports`).
 /// Filter by time, action, actor and object (`object=<run id>`: everything
@@ -49,12 +52,12 @@ pub async fn audit_events(
 ) -> Result<web::Json<Vec<AuditEvent>>, Problem> {
     let query = query.into_inner();
     let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
+    if !(1..=MAX_EVENTS).contains(&limit) {
         return Err(Problem::bad_request("`limit` must be between 1 and 1000").field("limit"));
     }
     let filter = AuditFilter {
-        since_ms: query.since_ms,
-        until_ms: query.until_ms,
+        since_ms: crate::contract::instant("since_ms", query.since_ms)?,
+        until_ms: crate::contract::instant("until_ms", query.until_ms)?,
         action: query.action,
         actor: query.actor,
         object_id: query.object,
@@ -92,8 +95,8 @@ pub async fn verify_audit(
     query: web::Query<VerifyQuery>,
 ) -> Result<web::Json<audit_trail::VerifyReport>, Problem> {
     let trusted = trusted_keys(&state)?;
-    let until = query.until_ms.unwrap_or(u64::MAX);
-    let since = query.since_ms.unwrap_or(0);
+    let until = crate::contract::instant("until_ms", query.until_ms)?.unwrap_or(u64::MAX);
+    let since = crate::contract::instant("since_ms", query.since_ms)?.unwrap_or(0);
     let report = audit_trail::verify(&state.store, &state.config.audit.prefix, &trusted, since, until).await?;
     Ok(web::Json(report))
 }

@@ -62,7 +62,7 @@ pub(crate) fn reason_ok(reason: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-fn person_ok(user: &str, field: &str) -> Result<(), Problem> {
+pub(crate) fn person_ok(user: &str, field: &str) -> Result<(), Problem> {
     if user.is_empty() || user.len() > 256 || !user.chars().all(|c| c.is_ascii_graphic()) {
         return Err(
             Problem::bad_request(format!("`{field}` must name a person (1-256 printable characters)")).field(field)
@@ -293,5 +293,6 @@ pub async fn get_user(
     state: web::Data<AppState>,
     user: web::Path<String>,
 ) -> Result<web::Json<UserStatus>, Problem> {
+    person_ok(&user, "user")?;
     Ok(web::Json(state.identity().user(&user).await?))
 }

@@ -16,6 +16,9 @@ use crate::auth::{Caller, CallerKind, Scoped, need};
 use crate::problem::{ErrorCode, Problem};
 use crate::startup::AppState;
 
+/// The most runs one page of `GET /v1/runs` holds.
+pub const MAX_PAGE: usize = 100;
+
 /// Request an agent run. The run is stored in Redis before the answer, so an
 /// accepted run is never lost. With an `Idempotency-Key`, a repeated request
 /// from the same caller within the retention window returns the run the key
@@ -282,7 +285,7 @@ pub async fn list_runs(
         .map(|c| c.parse().map_err(|_| common::ValidationError::new("cursor", "is not a cursor from a previous page")))
         .transpose()?;
     let limit = query.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
+    if !(1..=MAX_PAGE).contains(&limit) {
         return Err(Problem::bad_request("`limit` must be between 1 and 100").field("limit"));
     }
     let page = state.queue.list(filter, cursor, limit).await?;

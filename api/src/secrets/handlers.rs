@@ -47,7 +47,7 @@ impl SecretInfo {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), ValidationError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), ValidationError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
