@@ -36,6 +36,168 @@ pub const ACCOUNT_NAME: Text =
 pub const PERSON: Text =
     Text { pattern: "^[!-~]{1,256}$", check: |s| crate::identity::revoke::person_ok(s, "user").is_ok() };
 
+pub const REPOSITORY: Text = Text {
+    pattern: r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}/(?!.*\.git$)[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$",
+    check: |s| s.parse::<common::RepoName>().is_ok(),
+};
+
+pub const AGENT_PROFILE: Text =
+    Text { pattern: "^[a-z0-9_-]{1,64}$", check: |s| s.parse::<common::AgentProfile>().is_ok() };
+
+/// A branch or tag as `git check-ref-format` takes it, nothing that reads
+/// as an option (`common::run::validate_ref`).
+pub const BASE_REF: Text = Text {
+    pattern: r"^(?!-)(?!/)(?!.*(?:\.\.|@\{|//))(?!.*(?:/|\.lock|\.)$)[^\x00-\x1f\x7f ~^:?*\[\\]{1,200}$",
+    check: |s| common::run::validate_ref(s).is_ok(),
+};
+
+pub const SCOPE: Text = Text {
+    pattern: r"^(?:global|tenant:[A-Za-z0-9_-]{1,64}|repo:[A-Za-z0-9_][A-Za-z0-9._-]{0,99}/(?!.*\.git$)[A-Za-z0-9_][A-Za-z0-9._-]{0,99})$",
+    check: |s| s.parse::<common::identity::Scope>().is_ok(),
+};
+
+pub const SUBJECT: Text = Text {
+    pattern: r"^(?:user:[!-~]{1,256}|group:[!-~]{1,256}|service-account:[a-z0-9-]{1,64})$",
+    check: |s| s.parse::<common::identity::Subject>().is_ok(),
+};
+
+/// A host a sandbox may reach: a name with a dot, or `*.` and one.
+pub const EGRESS_HOST: Text = Text {
+    pattern: r"^(?:\*\.)?(?=[^*]{1,253}$)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+$",
+    check: |s| {
+        common::policy::PolicyOverride { egress_allow: Some(vec![s.to_owned()]), ..Default::default() }
+            .validate()
+            .is_ok()
+    },
+};
+
+/// Holds a character that is not whitespace as Rust's `str::trim` sees
+/// it (Unicode White_Space, which differs from a regex's `\s`).
+pub const NON_BLANK: &str = r"[^\t\n\x0B\f\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
+
+/// Free text a person writes: not blank, at most 1024 characters.
+pub const REASON: Chars = Chars { min: 1, max: 1024, non_blank: true };
+
+/// A string's length in characters, and whether it must hold more than
+/// whitespace.
+pub struct Chars {
+    pub min: usize,
+    pub max: usize,
+    pub non_blank: bool,
+}
+
+/// What the document says about one body field.
+pub enum Rule {
+    Text(&'static Text),
+    Chars(Chars),
+    /// An integer range.
+    Int {
+        min: i64,
+        max: u64,
+    },
+    /// A number above `above`, at most `max`.
+    Number {
+        above: f64,
+        max: f64,
+    },
+    /// A list of at least this many items.
+    MinItems(usize),
+    /// A list whose items are each this text.
+    Items(&'static Text),
+}
+
+/// The body fields whose rules the document states: (schema, property,
+/// rule); property `""` is the schema itself.
+pub fn body_rules() -> Vec<(&'static str, &'static str, Rule)> {
+    const MAX_RUNNING: u64 = crate::limits::handlers::MAX_RUNNING as u64;
+    let mut rules = vec![
+        ("CreateRun", "tenant", Rule::Text(&TENANT)),
+        ("CreateRun", "repository", Rule::Text(&REPOSITORY)),
+        ("CreateRun", "base_ref", Rule::Text(&BASE_REF)),
+        ("CreateRun", "agent_profile", Rule::Text(&AGENT_PROFILE)),
+        ("CreateRun", "issue", Rule::Int { min: 1, max: common::RunSpec::MAX_ISSUE }),
+        ("PolicyOverride", "egress_allow", Rule::Items(&EGRESS_HOST)),
+        ("TaskInput", "title", Rule::Chars(Chars { min: 1, max: common::RunSpec::MAX_TITLE, non_blank: true })),
+        ("TaskInput", "body", Rule::Chars(Chars { min: 0, max: common::RunSpec::MAX_BODY, non_blank: false })),
+        ("NewExport", "run", Rule::Text(&RUN_ID)),
+        ("NewExport", "since_ms", Rule::Int { min: 0, max: MAX_INSTANT_MS }),
+        ("NewExport", "until_ms", Rule::Int { min: 0, max: MAX_INSTANT_MS }),
+        ("NewHold", "reason", Rule::Chars(REASON)),
+        ("Reason", "reason", Rule::Chars(REASON)),
+        ("RevokeRequest", "reason", Rule::Chars(REASON)),
+        ("RevokeRequest", "user", Rule::Text(&PERSON)),
+        ("NewServiceAccount", "name", Rule::Text(&ACCOUNT_NAME)),
+        ("NewServiceAccount", "owner", Rule::Text(&PERSON)),
+        ("NewToken", "expires_in_days", Rule::Int { min: 1, max: 365 }),
+        ("NewToken", "scopes", Rule::MinItems(1)),
+        ("SecretValue", "value", Rule::Chars(Chars { min: 8, max: 4096, non_blank: false })),
+        ("TenantLimitsInput", "max_running", Rule::Int { min: 0, max: MAX_RUNNING }),
+        ("TenantLimitsInput", "weight", Rule::Number { above: 0.0, max: crate::limits::handlers::MAX_WEIGHT }),
+        ("RepoLimitInput", "max_running", Rule::Int { min: 0, max: MAX_RUNNING }),
+        ("Scope", "", Rule::Text(&SCOPE)),
+        ("Subject", "", Rule::Text(&SUBJECT)),
+    ];
+    for (field, min, max, _) in common::policy::PolicyOverride::RANGES {
+        rules.push(("PolicyOverride", field, Rule::Int { min, max: max as u64 }));
+    }
+    rules
+}
+
+/// Writes the body rules into the document's schemas, and the shapes a
+/// plain schema cannot say but a combination can.
+pub fn constrain_bodies(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let schemas = &mut doc["components"]["schemas"];
+    for (schema, property, rule) in body_rules() {
+        let target =
+            if property.is_empty() { &mut schemas[schema] } else { &mut schemas[schema]["properties"][property] };
+        match rule {
+            Rule::Text(text) => target["pattern"] = json!(text.pattern),
+            Rule::Chars(chars) => {
+                target["minLength"] = json!(chars.min);
+                target["maxLength"] = json!(chars.max);
+                if chars.non_blank {
+                    target["pattern"] = json!(NON_BLANK);
+                }
+            }
+            Rule::Int { min, max } => {
+                target["minimum"] = json!(min);
+                target["maximum"] = json!(max);
+            }
+            Rule::Number { above, max } => {
+                target["exclusiveMinimum"] = json!(above);
+                target["maximum"] = json!(max);
+            }
+            Rule::MinItems(n) => target["minItems"] = json!(n),
+            Rule::Items(text) => target["items"]["pattern"] = json!(text.pattern),
+        }
+    }
+    // A hold covers exactly one run or one tenant.
+    schemas["HoldTarget"] = json!({
+        "description": "What a legal hold covers: one run, or everything of one tenant.",
+        "oneOf": [
+            {"type": "object", "required": ["run"], "additionalProperties": false,
+             "properties": {"run": {"type": "string", "pattern": RUN_ID.pattern}}},
+            {"type": "object", "required": ["tenant"], "additionalProperties": false,
+             "properties": {"tenant": {"type": "string", "pattern": TENANT.pattern}}}
+        ],
+        "example": {"run": "01jbd3k6q3x9a7m2c5v8w0z4ty"}
+    });
+    // Revocation names exactly one of a person and service accounts.
+    schemas["RevokeRequest"]["oneOf"] = json!([
+        {"required": ["user"], "properties": {"user": {"type": "string"}}},
+        {"required": ["service_accounts"], "properties": {"service_accounts": {"type": "string"}}}
+    ]);
+    // An allowlist means nothing under egress `none` (policies::handlers::validated).
+    schemas["PolicyOverride"]["not"] = json!({
+        "required": ["egress", "egress_allow"],
+        "properties": {"egress": {"const": "none"}, "egress_allow": {"type": "array", "minItems": 1}}
+    });
+    // Service accounts never approve tools.
+    schemas["NewToken"]["properties"]["scopes"]["items"] =
+        json!({"allOf": [{"$ref": "#/components/schemas/Permission"}, {"not": {"const": "tools.approve"}}]});
+}
+
 /// The latest instant the API takes, in ms since the epoch: the end of the
 /// year 9999.
 pub const MAX_INSTANT_MS: u64 = 253_402_300_799_999;
@@ -50,6 +212,8 @@ pub fn instant(field: &str, value: Option<u64>) -> Result<Option<u64>, crate::pr
         _ => Ok(value),
     }
 }
+
+pub const IDEMPOTENCY_KEY: Text = Text { pattern: "^[!-~]{1,255}$", check: crate::runs::handlers::idempotency_key_ok };
 
 /// The rule of path parameter `name` on `path`, if it has one.
 fn path_rule(path: &str, name: &str) -> Option<&'static Text> {
@@ -93,6 +257,9 @@ fn constrain(path: &str, parameter: &mut Parameter) {
     let schema = match parameter.parameter_in {
         ParameterIn::Path => path_rule(path, name)
             .map(|rule| ObjectBuilder::new().schema_type(Type::String).pattern(Some(rule.pattern)).build()),
+        ParameterIn::Header if name == "Idempotency-Key" => {
+            Some(ObjectBuilder::new().schema_type(Type::String).pattern(Some(IDEMPOTENCY_KEY.pattern)).build())
+        }
         ParameterIn::Query if name == "state" => {
             let states = common::RunState::ALL.map(|s| s.as_str());
             Some(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(states)).build())
@@ -145,6 +312,55 @@ mod tests {
             "01jbd3k6q3x9a7m2c5v8w0z4tu",
             "01jbd3k6q3x9a7m2c5v8w0z4t",
             "01jbd3k6q3x9a7m2c5v8w0z4tyy",
+            "acme/widgets",
+            "acme/widgets.git",
+            "acme/.x",
+            "acme/-x",
+            "a/b/c",
+            "/x",
+            "x/",
+            "main",
+            "feature/x",
+            "release-1.2",
+            "x.lock",
+            "x.",
+            "a..b",
+            "a@{b",
+            "a@b",
+            "a//b",
+            "a~b",
+            "tag^",
+            "a:b",
+            "a?b",
+            "a*b",
+            "a[b",
+            "a\\b",
+            "emoji😍",
+            "ctl\u{1}",
+            "global",
+            "tenant:payments",
+            "tenant:",
+            "repo:acme/widgets",
+            "repo:acme/widgets.git",
+            "user:alice@example.com",
+            "user:",
+            "group:platform",
+            "service-account:portal",
+            "service-account:Portal",
+            "robot:x",
+            "default",
+            "mini-swe-agent",
+            "Claude",
+            "pypi.org",
+            "*.corp.example",
+            "*.",
+            "**.a.b",
+            "a.*.b",
+            "localhost",
+            "a..b.c",
+            ".a.b",
+            "a.b.",
+            "xn--bcher-kva.example",
         ]
         .map(str::to_owned)
         .to_vec();
@@ -164,13 +380,38 @@ mod tests {
             ("secret name", &SECRET_NAME),
             ("service account", &ACCOUNT_NAME),
             ("person", &PERSON),
+            ("repository", &REPOSITORY),
+            ("agent profile", &AGENT_PROFILE),
+            ("base ref", &BASE_REF),
+            ("scope", &SCOPE),
+            ("subject", &SUBJECT),
+            ("idempotency key", &IDEMPOTENCY_KEY),
+            ("egress host", &EGRESS_HOST),
         ];
+        let mut corpus = corpus();
+        for n in [199, 200, 201] {
+            corpus.push(format!("feature/{}", "x".repeat(n - 8)));
+        }
         for (what, rule) in rules {
-            let pattern = regex::Regex::new(rule.pattern).expect("a valid pattern");
-            for sample in corpus() {
-                let documented = pattern.is_match(&sample);
-                assert_eq!(documented, (rule.check)(&sample), "{what}: {sample:?} (pattern {})", rule.pattern);
+            let pattern = fancy_regex::Regex::new(rule.pattern).expect("a valid pattern");
+            for sample in &corpus {
+                let documented = pattern.is_match(sample).expect("the pattern runs");
+                assert_eq!(documented, (rule.check)(sample), "{what}: {sample:?} (pattern {})", rule.pattern);
             }
+        }
+    }
+
+    #[test]
+    fn not_blank_means_what_trim_means() {
+        let pattern = fancy_regex::Regex::new(NON_BLANK).expect("a valid pattern");
+        let spaces = [
+            "\t", "\n", "\u{b}", "\u{c}", "\r", " ", "\u{85}", "\u{a0}", "\u{1680}", "\u{2007}", "\u{2028}", "\u{3000}",
+        ];
+        for sample in
+            spaces.iter().map(|s| s.to_string()).chain(["x".into(), " x ".into(), "\u{feff}".into(), "".into()])
+        {
+            let documented = pattern.is_match(&sample).expect("the pattern runs");
+            assert_eq!(documented, !sample.trim().is_empty(), "{sample:?}");
         }
     }
 

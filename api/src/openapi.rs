@@ -236,7 +236,9 @@ pub fn permission_matrix_markdown() -> String {
 
 /// The document rendered exactly as it is committed.
 pub fn document_json() -> String {
-    let mut json = document().to_pretty_json().unwrap_or_default();
+    let mut doc = serde_json::to_value(document()).unwrap_or_default();
+    crate::contract::constrain_bodies(&mut doc);
+    let mut json = serde_json::to_string_pretty(&doc).unwrap_or_default();
     json.push('\n');
     json
 }

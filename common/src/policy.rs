@@ -194,18 +194,32 @@ impl SandboxPolicy {
 }
 
 impl PolicyOverride {
+    /// What each numeric field accepts: (field, min, max, message). The API
+    /// document states the same ranges.
+    pub const RANGES: [(&'static str, i64, i64, &'static str); 6] = [
+        ("memory_bytes", 16 << 20, 1 << 40, "must be 16 MiB to 1 TiB"),
+        ("nano_cpus", 10_000_000, 256_000_000_000, "must be 0.01 to 256 CPUs"),
+        ("pids_limit", 16, 1 << 20, "must be 16 to 1048576"),
+        ("workspace_bytes", 1 << 20, 1 << 40, "must be 1 MiB to 1 TiB"),
+        ("tmp_bytes", 1 << 20, 1 << 40, "must be 1 MiB to 1 TiB"),
+        ("timeout_seconds", 1, 7 * 24 * 3600, "must be 1 s to 7 days"),
+    ];
+
     /// Refuses values no sandbox can run with, naming the field.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        let range = |field: &str, value: Option<i128>, min: i128, max: i128, what: &str| match value {
-            Some(v) if v < min || v > max => Err(ValidationError::new(field, what)),
-            _ => Ok(()),
-        };
-        range("memory_bytes", self.memory_bytes.map(i128::from), 16 << 20, 1 << 40, "must be 16 MiB to 1 TiB")?;
-        range("nano_cpus", self.nano_cpus.map(i128::from), 10_000_000, 256_000_000_000, "must be 0.01 to 256 CPUs")?;
-        range("pids_limit", self.pids_limit.map(i128::from), 16, 1 << 20, "must be 16 to 1048576")?;
-        range("workspace_bytes", self.workspace_bytes.map(i128::from), 1 << 20, 1 << 40, "must be 1 MiB to 1 TiB")?;
-        range("tmp_bytes", self.tmp_bytes.map(i128::from), 1 << 20, 1 << 40, "must be 1 MiB to 1 TiB")?;
-        range("timeout_seconds", self.timeout_seconds.map(i128::from), 1, 7 * 24 * 3600, "must be 1 s to 7 days")?;
+        let values = [
+            self.memory_bytes.map(i128::from),
+            self.nano_cpus.map(i128::from),
+            self.pids_limit.map(i128::from),
+            self.workspace_bytes.map(i128::from),
+            self.tmp_bytes.map(i128::from),
+            self.timeout_seconds.map(i128::from),
+        ];
+        for ((field, min, max, what), value) in Self::RANGES.into_iter().zip(values) {
+            if value.is_some_and(|v| v < i128::from(min) || v > i128::from(max)) {
+                return Err(ValidationError::new(field, what));
+            }
+        }
         for host in self.egress_allow.iter().flatten() {
             let bare = host.strip_prefix("*.").unwrap_or(host);
             let ok = bare.contains('.')

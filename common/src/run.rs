@@ -376,6 +376,8 @@ pub struct RunSpec {
 impl RunSpec {
     pub const MAX_TITLE: usize = 256;
     pub const MAX_BODY: usize = 64 * 1024;
+    /// Issue numbers are positive and, on every forge, fit 32 bits.
+    pub const MAX_ISSUE: u64 = u32::MAX as u64;
 
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_ref(&self.base_ref)?;
@@ -383,11 +385,14 @@ impl RunSpec {
         if self.task_title.trim().is_empty() {
             return Err(ValidationError::new("task.title", "must not be empty"));
         }
-        if self.task_title.len() > Self::MAX_TITLE {
-            return Err(ValidationError::new("task.title", "must be at most 256 bytes"));
+        if self.task_title.chars().count() > Self::MAX_TITLE {
+            return Err(ValidationError::new("task.title", "must be at most 256 characters"));
         }
-        if self.task_body.len() > Self::MAX_BODY {
-            return Err(ValidationError::new("task.body", "must be at most 65536 bytes"));
+        if self.task_body.chars().count() > Self::MAX_BODY {
+            return Err(ValidationError::new("task.body", "must be at most 65536 characters"));
+        }
+        if self.issue.is_some_and(|n| !(1..=Self::MAX_ISSUE).contains(&n)) {
+            return Err(ValidationError::new("issue", "must be 1 to 4294967295"));
         }
         Ok(())
     }
@@ -407,9 +412,9 @@ pub fn validate_tenant(tenant: &str) -> Result<(), ValidationError> {
 
 /// A git ref name as `git check-ref-format` would accept it, minus anything
 /// that could be read as a command-line option.
-fn validate_ref(r: &str) -> Result<(), ValidationError> {
+pub fn validate_ref(r: &str) -> Result<(), ValidationError> {
     let bad = r.is_empty()
-        || r.len() > 200
+        || r.chars().count() > 200
         || r.starts_with('-')
         || r.starts_with('/')
         || r.ends_with('/')

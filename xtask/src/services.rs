@@ -24,6 +24,9 @@ const SANDBOX_REPO: &str = "paddock/sandbox";
 /// An S3 emulation with Object Lock (Garage has none), for the tests of
 /// write-once audit objects only.
 const MOTO_VERSION: &str = "5.2.5";
+/// The API contract fuzzer the test suite runs against the document
+/// (through `$PADDOCK_HOME/bin/st`).
+const SCHEMATHESIS_VERSION: &str = "4.32.5";
 const MOTO_PORT: u16 = 3950;
 
 pub fn ensure_all(home: &Path) -> Result<()> {
@@ -36,6 +39,7 @@ pub fn ensure_all(home: &Path) -> Result<()> {
     let key = step("garage", || garage(home))?;
     step("sandbox image", || sandbox_image(home))?;
     step("moto (S3 Object Lock emulation)", || moto(home))?;
+    step("schemathesis (API contract fuzzer)", || schemathesis(home))?;
     let vars = [
         ("PADDOCK_REDIS__URL".to_owned(), format!("redis://127.0.0.1:{REDIS_PORT}/")),
         ("PADDOCK_S3__ENDPOINT".to_owned(), format!("http://127.0.0.1:{S3_PORT}")),
@@ -177,6 +181,40 @@ fn redis(home: &Path) -> Result<()> {
         .arg("--pidfile")
         .arg(dir.join("redis.pid")))?;
     wait_until("redis", Duration::from_secs(20), redis_up)
+}
+
+/// Installs schemathesis from PyPI under `$PADDOCK_HOME`, with an `st`
+/// launcher; the contract test runs it.
+fn schemathesis(home: &Path) -> Result<()> {
+    let dir = home.join(format!("schemathesis-{SCHEMATHESIS_VERSION}"));
+    if !dir.join("st").exists() {
+        install_schemathesis(home, &dir)?;
+    }
+    let link = home.join("bin/st");
+    fs::create_dir_all(home.join("bin")).map_err(|e| format!("cannot create {}: {e}", home.join("bin").display()))?;
+    fs::remove_file(&link).ok();
+    std::os::unix::fs::symlink(dir.join("st"), &link).map_err(|e| format!("cannot link {}: {e}", link.display()))
+}
+
+fn install_schemathesis(home: &Path, dir: &Path) -> Result<()> {
+    eprintln!("xtask: installing schemathesis {SCHEMATHESIS_VERSION} from PyPI (about 10 s, once per machine)");
+    let partial = home.join("schemathesis-partial");
+    fs::remove_dir_all(&partial).ok();
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore"])
+        .arg("--target")
+        .arg(partial.join("lib"))
+        .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}"))
+        .stdout(Stdio::null()))?;
+    let launcher = format!(
+        "#!/bin/sh\nPYTHONPATH=\"{}/lib\" exec python3 -c 'import sys; from schemathesis.cli import schemathesis; sys.argv[0] = \"st\"; sys.exit(schemathesis())' \"$@\"\n",
+        dir.display()
+    );
+    let st = partial.join("st");
+    fs::write(&st, launcher).map_err(|e| format!("cannot write {}: {e}", st.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&st, fs::Permissions::from_mode(0o755)).map_err(|e| format!("{}: {e}", st.display()))?;
+    fs::rename(&partial, dir).map_err(|e| format!("cannot move schemathesis into {}: {e}", dir.display()))
 }
 
 fn moto(home: &Path) -> Result<()> {

@@ -56,7 +56,7 @@ pub struct Reason {
 }
 
 pub(crate) fn reason_ok(reason: &str) -> Result<(), Problem> {
-    if reason.trim().is_empty() || reason.len() > 1024 {
+    if reason.trim().is_empty() || reason.chars().count() > 1024 {
         return Err(Problem::bad_request("`reason` must be 1-1024 characters").field("reason"));
     }
     Ok(())

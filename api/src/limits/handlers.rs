@@ -11,6 +11,21 @@ use crate::auth::{Authorized, Scoped, need};
 use crate::problem::Problem;
 use crate::startup::AppState;
 
+/// The largest fair-share weight a tenant may have.
+pub const MAX_WEIGHT: f64 = 1000.0;
+
+/// The largest cap on running runs a tenant or repository may have.
+pub const MAX_RUNNING: u32 = 1_000_000;
+
+fn cap_ok(max_running: Option<u32>) -> Result<(), Problem> {
+    match max_running {
+        Some(cap) if cap > MAX_RUNNING => {
+            Err(Problem::bad_request("`max_running` must be at most 1000000").field("max_running"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A tenant's cap on running runs and its fair-share weight.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -103,8 +118,9 @@ pub async fn put_tenant_limits(
     let tenant = tenant.into_inner();
     validate_tenant(&tenant)?;
     let caller = caller.on_tenant(&tenant)?;
+    cap_ok(body.max_running)?;
     if let Some(weight) = body.weight
-        && !(weight > 0.0 && weight <= 1000.0)
+        && !(weight > 0.0 && weight <= MAX_WEIGHT)
     {
         return Err(Problem::bad_request("`weight` must be greater than 0 and at most 1000").field("weight"));
     }
@@ -145,6 +161,7 @@ pub async fn put_repo_limit(
     let caller = caller.on(&tenant, &repository.to_string())?;
     let mut object = ObjectRef::new("limits", format!("{tenant}/{repository}"));
     (object.tenant, object.repository) = (Some(tenant.clone()), Some(repository.to_string()));
+    cap_ok(body.max_running)?;
     let after = serde_json::json!({"max_running": body.max_running});
     state.identity().append_audit(&caller.event("limits.set", object).change(None::<&()>, Some(&after))).await?;
     state.queue.set_repo_limit(&tenant, &repository.to_string(), body.max_running).await?;

@@ -27,7 +27,7 @@ pub const MAX_PAGE: usize = 100;
     tag = "runs",
     request_body = CreateRun,
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Up to 255 printable characters; scoped to the caller", example = "portal-request-7f3a9c"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Up to 255 printable characters, such as `portal-request-7f3a9c`; scoped to the caller"),
     ),
     responses(
         (status = 202, body = RunAccepted, headers(("Location" = String, description = "URL of the run"))),
@@ -174,6 +174,11 @@ async fn requester(
     }
 }
 
+/// 1-255 printable characters, no spaces.
+pub(crate) fn idempotency_key_ok(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 255 && key.chars().all(|c| c.is_ascii_graphic())
+}
+
 fn idempotency(
     req: &HttpRequest,
     caller: &Caller,
@@ -183,14 +188,10 @@ fn idempotency(
     let Some(value) = req.headers().get("idempotency-key") else {
         return Ok(None);
     };
-    let key = value
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic()))
-        .ok_or_else(|| {
-            Problem::bad_request("`Idempotency-Key` must be 1-255 printable characters without spaces")
-                .field("Idempotency-Key")
-        })?;
+    let key = value.to_str().ok().filter(|k| idempotency_key_ok(k)).ok_or_else(|| {
+        Problem::bad_request("`Idempotency-Key` must be 1-255 printable characters without spaces")
+            .field("Idempotency-Key")
+    })?;
     let canonical = serde_json::to_vec(body).map_err(|_| Problem::internal())?;
     let fingerprint = common::hash::sha256_hex(&canonical);
     Ok(Some(Idempotency {

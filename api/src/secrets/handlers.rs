@@ -84,7 +84,7 @@ pub async fn put_secret(
     let caller = caller.on_tenant(&tenant)?;
     validate_name(&name)?;
     let value = body.into_inner().value;
-    if !(8..=4096).contains(&value.len()) {
+    if !(8..=4096).contains(&value.chars().count()) {
         return Err(ValidationError::new("value", "must be 8 to 4096 characters").into());
     }
     let Some(key) = &state.config.secrets.encryption_key else {

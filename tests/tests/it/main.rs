@@ -7,6 +7,7 @@
 mod api;
 mod attacks;
 mod audit;
+mod contract;
 mod gateway;
 mod github;
 mod identity;
