@@ -80,3 +80,92 @@ pub struct SweepReport {
     #[schema(value_type = Vec<String>)]
     pub runs: Vec<RunId>,
 }
+
+/// One egress decision, as kept in the run's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EgressRecord {
+    pub at_ms: u64,
+    pub method: String,
+    pub host: String,
+    pub port: u16,
+    pub allowed: bool,
+    pub reason: Option<String>,
+}
+
+/// Metadata of one model call, as the run's record and audit keep it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CallRecord {
+    /// Ours, returned to the caller as `x-paddock-request-id`.
+    pub request_id: String,
+    /// The provider's, when it sent one.
+    pub upstream_request_id: Option<String>,
+    #[schema(value_type = String)]
+    pub run_id: RunId,
+    pub tenant: String,
+    pub at_ms: u64,
+    pub wire: String,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub status: u16,
+    /// Why the gateway refused the call, when it did.
+    pub refusal: Option<String>,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// Whether the provider reported usage; when not, the call was charged
+    /// its worst case.
+    #[serde(default)]
+    pub usage_reported: bool,
+    /// At the provider's configured price for the model (0 without one).
+    pub cost_usd: f64,
+    /// Until the answer's status and headers.
+    pub latency_ms: u64,
+    /// Until the answer's last byte (or the caller left).
+    pub duration_ms: u64,
+    /// Secrets found, by rule, in the request and in the answer.
+    pub redactions: BTreeMap<String, u32>,
+}
+
+/// A run's `summary.json`: written by the worker with the run's evidence,
+/// read by `GET /v1/runs/{id}/record` once Redis has forgotten the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunSummary {
+    #[schema(value_type = String)]
+    pub run_id: RunId,
+    pub attempt: u32,
+    pub worker: String,
+    pub tenant: String,
+    pub repository: String,
+    pub base_ref: String,
+    pub base_commit: Option<String>,
+    pub issue: Option<u64>,
+    pub agent_profile: String,
+    pub command: Option<String>,
+    pub requested_by: String,
+    pub via: Option<String>,
+    pub image: String,
+    /// The sandbox policy the run executed under.
+    pub policy: crate::policy::SandboxPolicy,
+    pub stop_reason: crate::StopReason,
+    pub files_changed: Vec<String>,
+    /// Models called successfully, with how often (absent from summaries
+    /// written before it was added).
+    #[serde(default)]
+    pub models: Vec<crate::ModelUse>,
+    /// The agent's command, then each command it reported running.
+    pub commands: Vec<String>,
+    /// Credentials granted for the run: fingerprints, permissions, expiry.
+    pub credentials: Vec<crate::CredentialGrant>,
+    pub branch: Option<String>,
+    pub pull_request: Option<crate::PullRequestRef>,
+    /// Every request the sandbox made through the egress proxy.
+    pub egress: Vec<EgressRecord>,
+    /// Metadata of every model call through the gateway.
+    pub model_calls: Vec<CallRecord>,
+    /// Milliseconds each start-up step took, in order: `[step, ms]`.
+    #[schema(value_type = Vec<Vec<Object>>)]
+    pub phases_ms: Vec<(String, u64)>,
+    pub diff_bytes: usize,
+    pub log_bytes: usize,
+    pub log_truncated: bool,
+    pub artifacts: Vec<String>,
+}

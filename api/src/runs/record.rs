@@ -4,36 +4,109 @@
 //! which commands ran, which files changed, where the pull request was
 //! opened, and why the run stopped; with the sandbox it ran in, its egress
 //! decisions and its evidence in object storage. Built from the run record
-//! while Redis keeps it, and from the run's `summary.json` afterwards.
+//! while Redis keeps it, and from the run's typed `summary.json`
+//! (`common::records::RunSummary`) afterwards.
 
 use actix_web::{get, web};
-use common::{ArtifactKind, RunId};
+use common::policy::SandboxPolicy;
+use common::records::{EgressRecord, RunSummary};
+use common::{
+    ArtifactKind, CredentialGrant, ModelUse, PullRequestRef, RunFacts, RunId, RunRecord, RunState, StopReason,
+};
 use objstore::ObjectStore;
-use serde_json::{Value, json};
+use serde::Serialize;
 use store::identity::AuditFilter;
+use utoipa::ToSchema;
 
 use crate::auth::{Scoped, need};
 use crate::problem::Problem;
 use crate::startup::AppState;
 
-/// The eight facts of a run, its sandbox and its evidence.
+/// The facts of one run, its sandbox and its evidence.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunRecordView {
+    #[schema(example = "01m8fd2cj1x31jpkk0spht2y3j")]
+    pub run: String,
+    /// While Redis keeps the run; `null` once only its summary is left.
+    pub state: Option<RunState>,
+    pub requested: Requested,
+    pub issue_and_repository: IssueAndRepository,
+    pub models: Vec<ModelUse>,
+    pub credentials: Vec<CredentialGrant>,
+    /// The agent's command, then each command it reported running.
+    pub commands: Vec<String>,
+    pub files_changed: Vec<String>,
+    pub pull_request: PullRequestView,
+    pub stop: Stop,
+    pub sandbox: SandboxView,
+    pub evidence: Evidence,
+}
+
+/// Who asked for the run, through what, and who approved it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Requested {
+    #[schema(example = "alice@example.com")]
+    pub by: String,
+    #[schema(example = "github:alice")]
+    pub via: Option<String>,
+    pub approved_by: Option<String>,
+    pub requested_at_ms: Option<u64>,
+    /// The audit event of the request, while the index keeps it.
+    pub request_event: Option<RequestEvent>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RequestEvent {
+    pub id: String,
+    pub time_ms: u64,
+    pub source_ip: Option<String>,
+    /// How the requester authenticated (`oidc`, `service-account`, `github-webhook`, ...).
+    pub method: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssueAndRepository {
+    pub tenant: String,
+    pub repository: String,
+    pub issue: Option<u64>,
+    pub base_ref: String,
+    pub base_commit: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PullRequestView {
+    pub branch: Option<String>,
+    pub pull_request: Option<PullRequestRef>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stop {
+    pub reason: Option<StopReason>,
+    pub cancelled_by: Option<String>,
+    pub finished_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SandboxView {
+    /// The policy the run was accepted (and ran) under.
+    pub policy: Option<SandboxPolicy>,
+    /// Every request the sandbox made through its egress proxy.
+    pub egress: Vec<EgressRecord>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Evidence {
+    /// The run's objects in the bucket.
+    pub artifacts: Vec<String>,
+    /// Audit events about the run in the index.
+    pub audit_events: usize,
+}
+
+/// The facts of a run, its sandbox and its evidence.
 #[utoipa::path(
     tag = "audit",
     params(("id" = String, Path, description = "Run id", example = "01m8fd2cj1x31jpkk0spht2y3j")),
-    responses(
-        (status = 200, content_type = "application/json", body = Object, example = json!({
-            "run": "01m8fd2cj1x31jpkk0spht2y3j", "state": "succeeded",
-            "requested": {"by": "alice@example.com", "via": "github:alice", "approved_by": null,
-                "request_event": {"id": "01m8fd2c…", "source_ip": "10.0.4.17", "method": "github-webhook"}},
-            "issue_and_repository": {"tenant": "payments", "repository": "acme/ledger", "issue": 42, "base_ref": "main", "base_commit": "7ecef10…"},
-            "models": [{"provider": "azure-openai-prod", "model": "gpt-4.1", "calls": 12}],
-            "credentials": [{"kind": "github_installation_token", "permissions": {"contents": "write"}, "fingerprint": "PFzT…", "revoked_at_ms": 1795832834804_u64}],
-            "commands": ["paddock-agent", "python3 -m pytest -q"],
-            "files_changed": ["README.md"],
-            "pull_request": {"branch": "paddock/42-ht2y3j", "pull_request": {"number": 7, "url": "https://github.com/acme/ledger/pull/7", "draft": true}},
-            "stop": {"reason": {"kind": "completed"}, "cancelled_by": null},
-        })),
-    ),
+    responses((status = 200, body = RunRecordView)),
     security(("bearer" = ["audit.read"]))
 )]
 #[get("/v1/runs/{id}/record")]
@@ -41,71 +114,112 @@ pub async fn run_record(
     caller: Scoped<need::AuditRead>,
     state: web::Data<AppState>,
     id: web::Path<String>,
-) -> Result<web::Json<Value>, Problem> {
+) -> Result<web::Json<RunRecordView>, Problem> {
     let id: RunId = id.parse()?;
     let summary_key = id.artifact_key(ArtifactKind::Summary);
-    let summary: Option<Value> =
+    let summary: Option<RunSummary> =
         state.store.get(&summary_key).await?.and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let summary = summary.unwrap_or(Value::Null);
     let record = state.queue.get(id).await?;
     let (tenant, repository) = match (&record, &summary) {
         (Some(r), _) => (r.spec.tenant.clone(), r.spec.repository.to_string()),
-        (None, Value::Object(_)) => (
-            summary["tenant"].as_str().unwrap_or_default().to_owned(),
-            summary["repository"].as_str().unwrap_or_default().to_owned(),
-        ),
-        (None, _) => return Err(Problem::not_found(format!("run {id} does not exist"))),
+        (None, Some(s)) => (s.tenant.clone(), s.repository.clone()),
+        (None, None) => return Err(Problem::not_found(format!("run {id} does not exist"))),
     };
     caller.on(&tenant, &repository)?;
     let filter = AuditFilter { object_id: Some(id.to_string()), ..Default::default() };
     let events = state.identity().audit_events(&filter, 100).await?;
-    let request = events.iter().find(|e| e.action == "run.request");
-    let request_event =
-        request.map(|e| json!({"id": e.id, "time_ms": e.time_ms, "source_ip": e.source_ip, "method": e.actor.method}));
-    let facts = record.as_ref().and_then(|r| r.facts.clone());
-    let from_facts = |field: &str| {
-        facts.as_ref().and_then(|f| serde_json::to_value(f).ok()).map(|f| f[field].clone()).unwrap_or(Value::Null)
+    let request_event = events.iter().find(|e| e.action == "run.request").map(|e| RequestEvent {
+        id: e.id.clone(),
+        time_ms: e.time_ms,
+        source_ip: e.source_ip.clone(),
+        method: e.actor.method.clone(),
+    });
+    let view = match (record, summary) {
+        (Some(record), summary) => from_record(id, record, summary, request_event, events.len()),
+        (None, Some(summary)) => from_summary(id, summary, request_event, events.len()),
+        (None, None) => return Err(Problem::not_found(format!("run {id} does not exist"))),
     };
-    let either = |field: &str| match from_facts(field) {
-        Value::Null => summary[field].clone(),
-        value => value,
-    };
-    let models = match from_facts("models") {
-        Value::Null => summary["model_calls"].clone(),
-        value => value,
-    };
-    let document = match &record {
-        Some(r) => json!({
-            "run": id.to_string(),
-            "state": r.state,
-            "requested": {"by": r.spec.requested_by, "via": r.spec.via, "approved_by": r.approved_by,
-                "requested_at_ms": r.created_at_ms, "request_event": request_event},
-            "issue_and_repository": {"tenant": tenant, "repository": repository, "issue": r.spec.issue,
-                "base_ref": r.spec.base_ref, "base_commit": either("base_commit")},
-            "models": models,
-            "credentials": either("credentials"),
-            "commands": either("commands"),
-            "files_changed": either("files_changed"),
-            "pull_request": {"branch": either("branch"), "pull_request": either("pull_request")},
-            "stop": {"reason": r.stop_reason, "cancelled_by": r.cancelled_by, "finished_at_ms": r.finished_at_ms},
-            "sandbox": {"policy": r.spec.policy, "egress": summary["egress"]},
-            "evidence": {"artifacts": r.artifacts, "audit_events": events.len()},
-        }),
-        None => json!({
-            "run": id.to_string(),
-            "state": null,
-            "requested": {"by": summary["requested_by"], "via": summary["via"], "request_event": request_event},
-            "issue_and_repository": {"tenant": tenant, "repository": repository, "issue": summary["issue"],
-                "base_ref": summary["base_ref"], "base_commit": summary["base_commit"]},
-            "models": summary["model_calls"],
-            "credentials": summary["credentials"],
-            "commands": summary["commands"],
-            "files_changed": summary["files_changed"],
-            "pull_request": {"branch": summary["branch"], "pull_request": summary["pull_request"]},
-            "stop": {"reason": summary["stop_reason"]},
-            "sandbox": {"policy": summary["policy"], "egress": summary["egress"]},
-            "evidence": {"artifacts": summary["artifacts"], "audit_events": events.len()},
-        }),
-    };
-    Ok(web::Json(document))
+    Ok(web::Json(view))
+}
+
+/// A live run: the record's facts, the summary's where the record has none.
+fn from_record(
+    id: RunId,
+    r: RunRecord,
+    summary: Option<RunSummary>,
+    request_event: Option<RequestEvent>,
+    audit_events: usize,
+) -> RunRecordView {
+    let facts = r.facts.unwrap_or_else(|| facts_of(summary.as_ref()));
+    let egress = summary.map(|s| s.egress).unwrap_or_default();
+    RunRecordView {
+        run: id.to_string(),
+        state: Some(r.state),
+        requested: Requested {
+            by: r.spec.requested_by,
+            via: r.spec.via,
+            approved_by: r.approved_by,
+            requested_at_ms: Some(r.created_at_ms),
+            request_event,
+        },
+        issue_and_repository: IssueAndRepository {
+            tenant: r.spec.tenant,
+            repository: r.spec.repository.to_string(),
+            issue: r.spec.issue,
+            base_ref: r.spec.base_ref,
+            base_commit: facts.base_commit,
+        },
+        models: facts.models,
+        credentials: facts.credentials,
+        commands: facts.commands,
+        files_changed: facts.files_changed,
+        pull_request: PullRequestView { branch: facts.branch, pull_request: facts.pull_request },
+        stop: Stop { reason: r.stop_reason, cancelled_by: r.cancelled_by, finished_at_ms: r.finished_at_ms },
+        sandbox: SandboxView { policy: r.spec.policy, egress },
+        evidence: Evidence { artifacts: r.artifacts, audit_events },
+    }
+}
+
+/// A run Redis has forgotten: its summary is all there is.
+fn from_summary(id: RunId, s: RunSummary, request_event: Option<RequestEvent>, audit_events: usize) -> RunRecordView {
+    RunRecordView {
+        run: id.to_string(),
+        state: None,
+        requested: Requested {
+            by: s.requested_by,
+            via: s.via,
+            approved_by: None,
+            requested_at_ms: None,
+            request_event,
+        },
+        issue_and_repository: IssueAndRepository {
+            tenant: s.tenant,
+            repository: s.repository,
+            issue: s.issue,
+            base_ref: s.base_ref,
+            base_commit: s.base_commit,
+        },
+        models: s.models,
+        credentials: s.credentials,
+        commands: s.commands,
+        files_changed: s.files_changed,
+        pull_request: PullRequestView { branch: s.branch, pull_request: s.pull_request },
+        stop: Stop { reason: Some(s.stop_reason), cancelled_by: None, finished_at_ms: None },
+        sandbox: SandboxView { policy: Some(s.policy), egress: s.egress },
+        evidence: Evidence { artifacts: s.artifacts, audit_events },
+    }
+}
+
+/// The record's facts as the summary tells them.
+fn facts_of(summary: Option<&RunSummary>) -> RunFacts {
+    let Some(s) = summary else { return RunFacts::default() };
+    RunFacts {
+        base_commit: s.base_commit.clone(),
+        models: s.models.clone(),
+        credentials: s.credentials.clone(),
+        commands: s.commands.clone(),
+        files_changed: s.files_changed.clone(),
+        branch: s.branch.clone(),
+        pull_request: s.pull_request.clone(),
+    }
 }

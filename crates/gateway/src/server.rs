@@ -16,7 +16,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use secrecy::ExposeSecret;
-use serde::{Deserialize, Serialize};
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -28,37 +28,7 @@ pub(super) type Body = BoxBody<Bytes, std::io::Error>;
 
 const MAX_REQUEST_BYTES: usize = 32 << 20;
 
-/// Metadata of one model call, as the run's record and audit keep it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CallRecord {
-    /// Ours, returned to the caller as `x-paddock-request-id`.
-    pub request_id: String,
-    /// The provider's, when it sent one.
-    pub upstream_request_id: Option<String>,
-    pub run_id: RunId,
-    pub tenant: String,
-    pub at_ms: u64,
-    pub wire: String,
-    pub provider: Option<String>,
-    pub model: Option<String>,
-    pub status: u16,
-    /// Why the gateway refused the call, when it did.
-    pub refusal: Option<String>,
-    pub tokens_in: u64,
-    pub tokens_out: u64,
-    /// Whether the provider reported usage; when not, the call was charged
-    /// its worst case.
-    #[serde(default)]
-    pub usage_reported: bool,
-    /// At the provider's configured price for the model (0 without one).
-    pub cost_usd: f64,
-    /// Until the answer's status and headers.
-    pub latency_ms: u64,
-    /// Until the answer's last byte (or the caller left).
-    pub duration_ms: u64,
-    /// Secrets found, by rule, in the request and in the answer.
-    pub redactions: BTreeMap<String, u32>,
-}
+pub use common::records::CallRecord;
 
 /// One model call as the run's transcript keeps it: redacted request and
 /// answer, or only the metadata, as policy says.

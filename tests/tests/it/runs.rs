@@ -334,3 +334,33 @@ async fn a_run_that_panics_with_its_sandbox_up_leaves_nothing_behind_and_is_retr
     app.assert_cleaned_up(&id).await;
     worker.shutdown().await;
 }
+
+/// Once Redis has forgotten a finished run, its record is read from the
+/// typed `summary.json`, with the same facts.
+#[tokio::test]
+async fn the_record_of_a_run_redis_forgot_comes_from_its_summary() {
+    let app = spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", FIXER)]).await;
+    let repo = app.repo(&[("README.md", README), ("old.txt", b"remove me\n")]);
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "Fix the typo").await;
+    assert_eq!(app.wait_until_finished(&id).await["state"], "succeeded");
+    let live: Value = app.get(&format!("/v1/runs/{id}/record")).await.json().await.unwrap();
+    assert_eq!(live["state"], "succeeded", "{live:#}");
+
+    let key = format!("{{{}}}:job:{id}", app.config.redis.namespace);
+    let deleted = std::process::Command::new("redis-cli").args(["-p", "6390", "DEL", &key]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&deleted.stdout).trim(), "1", "the run record was not in Redis");
+    let answer = app.get(&format!("/v1/runs/{id}/record")).await;
+    assert_eq!(answer.status().as_u16(), 200);
+    let kept: Value = answer.json().await.unwrap();
+    assert!(kept["state"].is_null(), "{kept:#}");
+    for field in ["commands", "files_changed", "credentials", "models"] {
+        assert_eq!(kept[field], live[field], "{field}");
+    }
+    assert_eq!(kept["requested"]["by"], live["requested"]["by"]);
+    assert_eq!(kept["issue_and_repository"], live["issue_and_repository"]);
+    assert_eq!(kept["stop"]["reason"]["kind"], "completed");
+    assert_eq!(kept["evidence"]["artifacts"], live["evidence"]["artifacts"]);
+    assert_eq!(kept["sandbox"]["policy"], live["sandbox"]["policy"]);
+    worker.shutdown().await;
+}

@@ -5,10 +5,10 @@
 
 use bytes::Bytes;
 use common::policy::SandboxPolicy;
-use common::{ArtifactKind, ModelUse, RunFacts, RunId, StopReason};
+use common::records::RunSummary;
+use common::{ArtifactKind, ModelUse, RunFacts, StopReason};
 use gateway::{CallRecord, Redactor};
 use sandbox::egress::EgressRecord;
-use serde::Serialize;
 use store::ClaimedRun;
 
 use super::Runtime;
@@ -109,74 +109,38 @@ impl Runtime {
     }
 }
 
-/// The run summary stored as `summary.json`.
-#[derive(Serialize)]
-struct Summary<'a> {
-    run_id: RunId,
-    attempt: u32,
-    worker: &'a str,
-    tenant: &'a str,
-    repository: String,
-    base_ref: &'a str,
-    base_commit: Option<&'a str>,
-    issue: Option<u64>,
-    agent_profile: &'a str,
-    command: Option<&'a str>,
-    requested_by: &'a str,
-    via: Option<&'a str>,
-    image: &'a str,
-    /// The sandbox policy the run executed under.
-    policy: &'a SandboxPolicy,
-    stop_reason: &'a StopReason,
-    files_changed: &'a [String],
-    /// The agent's command, then each command it reported running.
-    commands: &'a [String],
-    /// Credentials granted for the run: fingerprints, permissions, expiry.
-    credentials: &'a [common::CredentialGrant],
-    branch: Option<&'a str>,
-    pull_request: Option<&'a common::PullRequestRef>,
-    /// Every request the sandbox made through the egress proxy.
-    egress: &'a [EgressRecord],
-    /// Metadata of every model call through the gateway.
-    model_calls: &'a [CallRecord],
-    /// Milliseconds each start-up step took, in order.
-    phases_ms: Vec<(&'a str, u64)>,
-    diff_bytes: usize,
-    log_bytes: usize,
-    log_truncated: bool,
-    artifacts: &'a [String],
-}
-
-fn summary<'a>(ended: &'a Ended<'a>, keys: &'a [String]) -> Summary<'a> {
+/// The run's `summary.json`.
+fn summary(ended: &Ended<'_>, keys: &[String]) -> RunSummary {
     let (run, record, facts) = (ended.run, ended.record, ended.facts);
-    Summary {
+    RunSummary {
         run_id: run.id,
         attempt: run.attempt,
-        worker: ended.worker,
-        tenant: &run.spec.tenant,
+        worker: ended.worker.to_owned(),
+        tenant: run.spec.tenant.clone(),
         repository: run.spec.repository.to_string(),
-        base_ref: &run.spec.base_ref,
-        base_commit: record.base_commit.as_deref(),
+        base_ref: run.spec.base_ref.clone(),
+        base_commit: record.base_commit.clone(),
         issue: run.spec.issue,
-        agent_profile: run.spec.agent_profile.as_str(),
-        command: facts.map(|f| f.command.as_str()),
-        requested_by: &run.spec.requested_by,
-        via: run.spec.via.as_deref(),
-        image: ended.image,
-        policy: ended.policy,
-        stop_reason: ended.reason,
-        files_changed: &record.files_changed,
-        commands: &record.commands,
-        credentials: &record.credentials,
-        branch: record.branch.as_deref(),
-        pull_request: record.pull_request.as_ref(),
-        egress: facts.map(|f| f.egress.as_slice()).unwrap_or_default(),
-        model_calls: facts.map(|f| f.calls.as_slice()).unwrap_or_default(),
-        phases_ms: facts.map(|f| f.phases.clone()).unwrap_or_default(),
+        agent_profile: run.spec.agent_profile.as_str().to_owned(),
+        command: facts.map(|f| f.command.clone()),
+        requested_by: run.spec.requested_by.clone(),
+        via: run.spec.via.clone(),
+        image: ended.image.to_owned(),
+        policy: ended.policy.clone(),
+        stop_reason: ended.reason.clone(),
+        files_changed: record.files_changed.clone(),
+        models: record.models.clone(),
+        commands: record.commands.clone(),
+        credentials: record.credentials.clone(),
+        branch: record.branch.clone(),
+        pull_request: record.pull_request.clone(),
+        egress: facts.map(|f| f.egress.clone()).unwrap_or_default(),
+        model_calls: facts.map(|f| f.calls.clone()).unwrap_or_default(),
+        phases_ms: facts.map(|f| f.phases.iter().map(|(p, ms)| ((*p).to_owned(), *ms)).collect()).unwrap_or_default(),
         diff_bytes: ended.diff.len(),
         log_bytes: ended.log.data.len(),
         log_truncated: ended.log.truncated,
-        artifacts: keys,
+        artifacts: keys.to_vec(),
     }
 }
 
@@ -241,6 +205,7 @@ fn transcript_jsonl(redactor: &Redactor, lines: &[serde_json::Value]) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::RunId;
     use serde_json::json;
 
     fn call(provider: &str, model: &str, status: u16) -> CallRecord {
@@ -320,5 +285,8 @@ mod tests {
         assert_eq!(summary["base_commit"], "abc123");
         assert_eq!(summary["commands"], json!(["agent"]));
         assert_eq!(summary["phases_ms"], json!([["clone", 5]]));
+        let typed: RunSummary = serde_json::from_slice(&artifacts[2].body).expect("summary.json reads typed");
+        assert_eq!((typed.models.len(), typed.model_calls.len()), (1, 1));
+        assert_eq!(typed.stop_reason, StopReason::Completed);
     }
 }

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use common::RunId;
-use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -20,16 +19,7 @@ const MAX_HEAD: usize = 16 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One egress decision, as kept in the run's record.
-#[derive(Debug, Clone, Serialize)]
-pub struct EgressRecord {
-    pub at_ms: u64,
-    pub method: String,
-    pub host: String,
-    pub port: u16,
-    pub allowed: bool,
-    pub reason: Option<String>,
-}
+pub use common::records::EgressRecord;
 
 /// The decisions of one run, shared with its proxy.
 #[derive(Debug, Clone, Default)]
