@@ -26,7 +26,7 @@ use common::audit::{AuditEvent, now_ms};
 use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 
-use objstore::{ObjectLockStatus, ObjectStore, S3Store, StoreError};
+use objstore::{ObjectLockStatus, RetainingStore, S3Store, StoreError};
 
 pub use ed25519_dalek::VerifyingKey;
 pub use verify::signs;
@@ -126,9 +126,9 @@ struct Chain {
 /// Events waiting for the next segment, with who waits for them.
 type Waiting = Vec<(Vec<AuditEvent>, tokio::sync::oneshot::Sender<Result<(), String>>)>;
 
-/// The writer of one stream.
-pub struct AuditTrail {
-    store: S3Store,
+/// The writer of one stream, into S3 in production (a directory in tests).
+pub struct AuditTrail<S = S3Store> {
+    store: S,
     prefix: String,
     stream: String,
     key: SigningKey,
@@ -165,7 +165,7 @@ pub fn public_key_b64(key: &VerifyingKey) -> String {
 
 /// Writes a digest every `interval` while `trail` lives, so no segment
 /// waits longer than that for one.
-pub fn spawn_digests(trail: std::sync::Weak<AuditTrail>, interval: Duration) {
+pub fn spawn_digests<S: RetainingStore + 'static>(trail: std::sync::Weak<AuditTrail<S>>, interval: Duration) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.tick().await;
@@ -223,9 +223,9 @@ pub(crate) fn hour_path(ms: u64) -> String {
     format!("{:04}/{:02}/{:02}/{:02}", t.year(), u8::from(t.month()), t.day(), t.hour())
 }
 
-impl AuditTrail {
+impl<S: RetainingStore> AuditTrail<S> {
     /// A new stream named after `writer` (e.g. `api`, `worker-3`).
-    pub fn new(store: S3Store, prefix: &str, writer: &str, key: SigningKey, interval: Duration) -> Self {
+    pub fn new(store: S, prefix: &str, writer: &str, key: SigningKey, interval: Duration) -> Self {
         let stream = format!("{writer}-{}", ulid::Ulid::new().to_string().to_lowercase());
         let chain = Chain {
             seq: 0,
@@ -397,11 +397,64 @@ impl AuditTrail {
     }
 }
 
-impl common::audit::EventSink for AuditTrail {
+impl<S: RetainingStore> common::audit::EventSink for AuditTrail<S> {
     fn record<'a>(
         &'a self,
         events: &'a [AuditEvent],
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move { AuditTrail::record(self, events).await.map_err(|e| e.to_string()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::audit::{Actor, ObjectRef};
+    use objstore::{DirStore, ObjectStore};
+
+    fn event(n: u32) -> AuditEvent {
+        let actor = Actor { principal: "alice@example.com".to_owned(), method: "oidc".to_owned(), via: None };
+        AuditEvent::new("run.request", actor, ObjectRef::new("run", format!("run-{n}")))
+    }
+
+    async fn verified(dir: &std::path::Path, trusted: &[VerifyingKey]) -> VerifyReport {
+        verify(&DirStore::new(dir), "audit", trusted, 0, u64::MAX).await.expect("the directory reads")
+    }
+
+    #[tokio::test]
+    async fn a_trail_in_a_directory_verifies_and_a_changed_byte_or_a_lost_segment_is_found() {
+        let dir = std::env::temp_dir().join(format!("paddock-trail-{}", ulid::Ulid::new()));
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let trail = AuditTrail::new(DirStore::new(&dir), "audit", "test", key, Duration::from_secs(3600));
+        for n in 0..3 {
+            trail.record(&[event(n)]).await.expect("recorded");
+        }
+        trail.flush().await.expect("digested");
+        let trusted = [trail.public_key()];
+        let clean = verified(&dir, &trusted).await;
+        assert!(clean.ok() && clean.undigested.is_empty(), "{clean:?}");
+        assert_eq!((clean.segments_checked, clean.events_checked, clean.digests_checked), (3, 3, 1));
+        let stranger = [SigningKey::from_bytes(&[8; 32]).verifying_key()];
+        let untrusted = verified(&dir, &stranger).await;
+        assert!(untrusted.findings.iter().any(|f| f.kind == FindingKind::BadSignature), "{untrusted:?}");
+
+        let mut segments: Vec<String> = DirStore::new(&dir)
+            .list("audit/segments/")
+            .await
+            .expect("listed")
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        segments.sort();
+        let edited = dir.join(&segments[0]);
+        let text = std::fs::read_to_string(&edited).expect("a segment").replace("alice@", "mallory@");
+        std::fs::write(&edited, text).expect("edited");
+        std::fs::remove_file(dir.join(&segments[1])).expect("deleted");
+        let tampered = verified(&dir, &trusted).await;
+        let found = |kind: FindingKind, key: &str| tampered.findings.iter().any(|f| f.kind == kind && f.key == key);
+        assert!(found(FindingKind::Modified, &segments[0]), "{tampered:?}");
+        assert!(found(FindingKind::Missing, &segments[1]), "{tampered:?}");
+        assert!(!tampered.ok());
+        std::fs::remove_dir_all(dir).ok();
     }
 }

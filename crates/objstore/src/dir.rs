@@ -76,3 +76,11 @@ impl ObjectStore for DirStore {
         }
     }
 }
+
+impl crate::RetainingStore for DirStore {
+    /// A directory cannot hold an object under retention: refused, never
+    /// written without it.
+    async fn put_retained(&self, key: &str, _: Bytes, _: &str, mode: &str, _: u64) -> Result<(), StoreError> {
+        Err(StoreError::new(format!("{key}: a directory store cannot keep objects under {mode} retention")))
+    }
+}

@@ -42,6 +42,32 @@ pub trait ObjectStore: Send + Sync {
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// A store that can also keep an object write-once until a time (S3
+/// Object Lock), as the audit trail asks when the bucket enforces it.
+pub trait RetainingStore: ObjectStore {
+    fn put_retained(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        mode: &str,
+        retain_until_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl RetainingStore for S3Store {
+    async fn put_retained(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        mode: &str,
+        retain_until_ms: u64,
+    ) -> Result<(), StoreError> {
+        S3Store::put_retained(self, key, body, content_type, mode, retain_until_ms).await
+    }
+}
+
 #[derive(Clone)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
