@@ -56,6 +56,8 @@ pub trait RetainingStore: ObjectStore {
 }
 
 impl RetainingStore for S3Store {
+    /// The bucket must have Object Lock enabled; `mode` is `GOVERNANCE` or
+    /// `COMPLIANCE`.
     async fn put_retained(
         &self,
         key: &str,
@@ -64,7 +66,19 @@ impl RetainingStore for S3Store {
         mode: &str,
         retain_until_ms: u64,
     ) -> Result<(), StoreError> {
-        S3Store::put_retained(self, key, body, content_type, mode, retain_until_ms).await
+        let until = aws_sdk_s3::primitives::DateTime::from_millis(retain_until_ms as i64);
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .object_lock_mode(mode.into())
+            .object_lock_retain_until_date(until)
+            .send()
+            .await
+            .map_err(StoreError::from_sdk)?;
+        Ok(())
     }
 }
 
@@ -164,32 +178,6 @@ impl S3Store {
             request = request.metadata(*name, *value);
         }
         request.send().await.map_err(StoreError::from_sdk)?;
-        Ok(())
-    }
-
-    /// Stores `body` under S3 Object Lock retention: `mode` (`GOVERNANCE`,
-    /// `COMPLIANCE`) until `retain_until_ms`. The bucket must have Object
-    /// Lock enabled.
-    pub async fn put_retained(
-        &self,
-        key: &str,
-        body: Bytes,
-        content_type: &str,
-        mode: &str,
-        retain_until_ms: u64,
-    ) -> Result<(), StoreError> {
-        let until = aws_sdk_s3::primitives::DateTime::from_millis(retain_until_ms as i64);
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(ByteStream::from(body))
-            .object_lock_mode(mode.into())
-            .object_lock_retain_until_date(until)
-            .send()
-            .await
-            .map_err(StoreError::from_sdk)?;
         Ok(())
     }
 
