@@ -227,7 +227,7 @@ impl RunGateway {
 
     /// Allowed providers in policy order (the default provider first).
     fn allowed(&self) -> impl Iterator<Item = (&String, &ProviderConfig)> {
-        self.config.allowed_providers.iter().filter_map(|name| self.config.providers.get_key_value(name))
+        allowed(&self.config)
     }
 
     /// Whether the request carries this run's live token.
@@ -358,12 +358,7 @@ impl RunGateway {
         model: Option<&str>,
         record: &mut CallRecord,
     ) -> Result<(&String, &ProviderConfig), String> {
-        let speaks = |kind: ProviderKind| match wire {
-            Wire::Anthropic => matches!(kind, ProviderKind::Anthropic | ProviderKind::Vertex),
-            Wire::OpenAi => matches!(kind, ProviderKind::Openai | ProviderKind::AzureOpenai),
-        };
-        let found = model.and_then(|m| self.allowed().find(|(_, p)| speaks(p.kind) && p.models.iter().any(|x| x == m)));
-        let Some((name, provider)) = found else {
+        let Some((name, provider)) = provider_of(&self.config, wire, model) else {
             let message =
                 format!("model {:?} is not offered by any provider this run may use", model.unwrap_or_default());
             record.refusal = Some(message.clone());
@@ -692,6 +687,26 @@ impl Drop for CallGuard {
     }
 }
 
+/// The first allowed provider, in the order the policy allows them, that
+/// speaks `wire` and offers `model`.
+fn provider_of<'c>(
+    config: &'c GatewayConfig,
+    wire: Wire,
+    model: Option<&str>,
+) -> Option<(&'c String, &'c ProviderConfig)> {
+    let speaks = |kind: ProviderKind| match wire {
+        Wire::Anthropic => matches!(kind, ProviderKind::Anthropic | ProviderKind::Vertex),
+        Wire::OpenAi => matches!(kind, ProviderKind::Openai | ProviderKind::AzureOpenai),
+    };
+    let model = model?;
+    allowed(config).find(|(_, p)| speaks(p.kind) && p.models.iter().any(|m| m == model))
+}
+
+/// The providers the policy allows, in its order.
+fn allowed(config: &GatewayConfig) -> impl Iterator<Item = (&String, &ProviderConfig)> {
+    config.allowed_providers.iter().filter_map(|name| config.providers.get_key_value(name))
+}
+
 /// Where one call goes.
 struct Call<'a> {
     provider_name: &'a String,
@@ -895,6 +910,29 @@ impl GatewayServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_goes_to_the_first_allowed_provider_that_speaks_its_wire_and_offers_its_model() {
+        let provider = |kind: &str, models: &[&str]| serde_json::json!({"kind": kind, "base_url": "https://p.example", "api_key": "k", "models": models});
+        let config: GatewayConfig = serde_json::from_value(serde_json::json!({
+            "providers": {
+                "azure": provider("azure_openai", &["gpt-4.1"]),
+                "openai": provider("openai", &["gpt-4.1", "o3"]),
+                "anthropic": provider("anthropic", &["claude-sonnet-4"]),
+                "vertex": provider("vertex", &["claude-sonnet-4"]),
+                "unlisted": provider("openai", &["secret-model"]),
+            },
+            "allowed_providers": ["azure", "openai", "vertex", "anthropic"],
+        }))
+        .expect("a gateway config");
+        let to = |wire, model| provider_of(&config, wire, model).map(|(name, _)| name.as_str());
+        assert_eq!(to(Wire::OpenAi, Some("gpt-4.1")), Some("azure"), "the first allowed that offers it");
+        assert_eq!(to(Wire::OpenAi, Some("o3")), Some("openai"));
+        assert_eq!(to(Wire::Anthropic, Some("claude-sonnet-4")), Some("vertex"), "allowed order, not name order");
+        assert_eq!(to(Wire::Anthropic, Some("gpt-4.1")), None, "no Anthropic-speaking provider offers it");
+        assert_eq!(to(Wire::OpenAi, Some("secret-model")), None, "a provider the policy does not allow");
+        assert_eq!(to(Wire::OpenAi, None), None, "a request without a model");
+    }
 
     #[test]
     fn the_worst_case_takes_the_asked_output_limit_or_4096_and_prices_both_sides() {
