@@ -75,35 +75,17 @@ fn cargo(args: &[&str]) -> Command {
 /// Prints what each workspace crate depends on inside the workspace and
 /// fails when a rule of ARCHITECTURE.md is broken.
 fn tidy() -> Result<()> {
-    let graph = tidy::workspace_graph()?;
-    let members: Vec<&str> = WORKSPACE.to_vec();
-    for line in tidy::workspace_lines(&graph, &members) {
+    let workspace = tidy::workspace()?;
+    for line in tidy::workspace_lines(&workspace) {
         println!("{line}");
     }
-    let broken = tidy::violations(&graph, tidy::RULES);
+    let broken = tidy::violations(&workspace.graph, tidy::RULES);
     if broken.is_empty() {
         println!("all {} dependency rules hold", tidy::RULES.len());
         return Ok(());
     }
     Err(format!("dependency rules broken:\n{}", broken.join("\n")))
 }
-
-/// The workspace's crates, libraries first, in the order ARCHITECTURE.md lists them.
-const WORKSPACE: &[&str] = &[
-    "common",
-    "platform",
-    "store",
-    "objstore",
-    "audit-trail",
-    "forge",
-    "sandbox",
-    "gateway",
-    "worker",
-    "api",
-    "tests",
-    "loadtests",
-    "xtask",
-];
 
 fn setup() -> Result<()> {
     let started = Instant::now();

@@ -36,8 +36,14 @@ pub const RULES: &[Rule] = &[
 /// Every package's normal dependencies, by name.
 pub type Graph = BTreeMap<String, BTreeSet<String>>;
 
-/// The workspace's resolved graph from `cargo metadata`.
-pub fn workspace_graph() -> Result<Graph, String> {
+/// The resolved graph and the workspace's own crates, from `cargo metadata`.
+pub struct Workspace {
+    pub graph: Graph,
+    /// Libraries first: ordered by how many workspace crates each links.
+    pub members: Vec<String>,
+}
+
+pub fn workspace() -> Result<Workspace, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = Command::new(cargo)
         .args(["metadata", "--format-version", "1", "--locked"])
@@ -48,7 +54,21 @@ pub fn workspace_graph() -> Result<Graph, String> {
     }
     let metadata: serde_json::Value =
         serde_json::from_slice(&output.stdout).map_err(|e| format!("cargo metadata output: {e}"))?;
-    graph_of(&metadata)
+    let graph = graph_of(&metadata)?;
+    let ids: BTreeSet<&str> =
+        metadata["workspace_members"].as_array().into_iter().flatten().filter_map(|id| id.as_str()).collect();
+    let mut members: Vec<String> = metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["id"].as_str().is_some_and(|id| ids.contains(id)))
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    let linked = |m: &String| closure(&graph, m).iter().filter(|d| members.contains(d)).count();
+    let mut ranked: Vec<(usize, String)> = members.iter().map(|m| (linked(m), m.clone())).collect();
+    ranked.sort();
+    members = ranked.into_iter().map(|(_, m)| m).collect();
+    Ok(Workspace { graph, members })
 }
 
 fn graph_of(metadata: &serde_json::Value) -> Result<Graph, String> {
@@ -131,12 +151,18 @@ fn path_to(graph: &Graph, from: &str, to: &str) -> Vec<String> {
 
 /// The workspace crates and what each depends on inside the workspace, one
 /// line per crate (for notes and ARCHITECTURE.md).
-pub fn workspace_lines(graph: &Graph, members: &[&str]) -> Vec<String> {
+pub fn workspace_lines(workspace: &Workspace) -> Vec<String> {
+    let Workspace { graph, members } = workspace;
     members
         .iter()
         .map(|m| {
-            let deps: Vec<&str> =
-                graph.get(*m).into_iter().flatten().map(String::as_str).filter(|d| members.contains(d)).collect();
+            let deps: Vec<&str> = graph
+                .get(m)
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+                .filter(|d| members.contains(&d.to_string()))
+                .collect();
             format!("{m} -> {}", if deps.is_empty() { "(none)".to_owned() } else { deps.join(", ") })
         })
         .collect()
@@ -157,8 +183,9 @@ mod tests {
 
     #[test]
     fn the_workspace_keeps_every_architecture_invariant() {
-        let graph = workspace_graph().expect("cargo metadata");
-        let broken = violations(&graph, RULES);
+        let workspace = workspace().expect("cargo metadata");
+        assert!(workspace.members.first().is_some_and(|m| m == "common"), "{:?}", workspace.members);
+        let broken = violations(&workspace.graph, RULES);
         assert!(broken.is_empty(), "ARCHITECTURE.md's invariants are broken:\n{}", broken.join("\n"));
     }
 

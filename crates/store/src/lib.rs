@@ -75,11 +75,6 @@ impl RunQueue {
         &self.config.namespace
     }
 
-    /// This namespace's key schema.
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
