@@ -242,12 +242,9 @@ fn query_bounds(path: &str, name: &str) -> Option<(f64, f64)> {
 
 /// Writes the rules into every operation's parameters.
 pub fn constrain_parameters(doc: &mut OpenApi) {
-    for (path, item) in doc.paths.paths.iter_mut() {
-        let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
-        for operation in operations.into_iter().flatten() {
-            for parameter in operation.parameters.iter_mut().flatten() {
-                constrain(path, parameter);
-            }
+    for (path, operation) in crate::openapi::operations_mut(doc) {
+        for parameter in operation.parameters.iter_mut().flatten() {
+            constrain(path, parameter);
         }
     }
 }

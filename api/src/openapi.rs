@@ -100,41 +100,47 @@ where
 /// - anything that reads the store: 503.
 fn problem_responses(doc: &mut OpenApi) {
     use utoipa::openapi::path::ParameterIn;
-    for (path, item) in doc.paths.paths.iter_mut() {
-        let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
-        for operation in operations.into_iter().flatten() {
-            let params = operation.parameters.as_deref().unwrap_or_default();
-            let in_path = params.iter().any(|p| p.parameter_in == ParameterIn::Path);
-            let in_query = params.iter().any(|p| p.parameter_in == ParameterIn::Query);
-            let security = operation.security.as_deref().unwrap_or_default();
-            let signed =
-                security.iter().any(|s| serde_json::to_string(s).unwrap_or_default().contains("github_signature"));
-            let authenticated = !security.is_empty() && !security.iter().all(|s| *s == Default::default());
-            let mut codes: Vec<ErrorCode> = Vec::new();
-            if operation.request_body.is_some() || in_path || in_query {
-                codes.push(ErrorCode::InvalidRequest);
-            }
-            if authenticated {
-                codes.push(if signed { ErrorCode::BadSignature } else { ErrorCode::Unauthorized });
-                if !signed {
-                    codes.push(ErrorCode::Forbidden);
-                }
-            }
-            if in_path {
-                codes.push(ErrorCode::NotFound);
-            }
-            if operation.request_body.is_some() {
-                codes.extend([ErrorCode::PayloadTooLarge, ErrorCode::UnsupportedMediaType]);
-            }
-            if path != "/healthz" {
-                codes.push(ErrorCode::Unavailable);
-            }
-            for code in codes {
-                let status = code.status().as_u16().to_string();
-                operation.responses.responses.entry(status).or_insert_with(|| problem_response(code.title()).into());
+    for (path, operation) in operations_mut(doc) {
+        let params = operation.parameters.as_deref().unwrap_or_default();
+        let in_path = params.iter().any(|p| p.parameter_in == ParameterIn::Path);
+        let in_query = params.iter().any(|p| p.parameter_in == ParameterIn::Query);
+        let security = operation.security.as_deref().unwrap_or_default();
+        let signed = security.iter().any(|s| serde_json::to_string(s).unwrap_or_default().contains("github_signature"));
+        let authenticated = !security.is_empty() && !security.iter().all(|s| *s == Default::default());
+        let mut codes: Vec<ErrorCode> = Vec::new();
+        if operation.request_body.is_some() || in_path || in_query {
+            codes.push(ErrorCode::InvalidRequest);
+        }
+        if authenticated {
+            codes.push(if signed { ErrorCode::BadSignature } else { ErrorCode::Unauthorized });
+            if !signed {
+                codes.push(ErrorCode::Forbidden);
             }
         }
+        if in_path {
+            codes.push(ErrorCode::NotFound);
+        }
+        if operation.request_body.is_some() {
+            codes.extend([ErrorCode::PayloadTooLarge, ErrorCode::UnsupportedMediaType]);
+        }
+        if path != "/healthz" {
+            codes.push(ErrorCode::Unavailable);
+        }
+        for code in codes {
+            let status = code.status().as_u16().to_string();
+            operation.responses.responses.entry(status).or_insert_with(|| problem_response(code.title()).into());
+        }
     }
+}
+
+/// Every operation of the document, with its path.
+pub(crate) fn operations_mut(
+    doc: &mut OpenApi,
+) -> impl Iterator<Item = (&String, &mut utoipa::openapi::path::Operation)> {
+    doc.paths.paths.iter_mut().flat_map(|(path, item)| {
+        let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        operations.into_iter().flatten().map(move |operation| (&*path, operation))
+    })
 }
 
 /// A problem+json answer described as `description`.
