@@ -104,6 +104,7 @@ pub mod need {
     requirement!(AuditRead, AuditRead);
     requirement!(SecurityRevoke, SecurityRevoke);
     requirement!(AuditHold, AuditHold);
+    requirement!(TenantsManage, TenantsManage);
     // Deactivating a person: role managers and security responders.
     requirement!(UsersManage, RbacManage, SecurityRevoke);
 }
@@ -168,6 +169,11 @@ impl<R: Requirement> Scoped<R> {
         } else {
             Err(forbidden(&self.caller, R::ANY_OF, &format!("on tenant {tenant}")))
         }
+    }
+
+    /// The caller, for recording that it was refused (not for acting).
+    pub fn refused(&self) -> &Caller {
+        &self.caller
     }
 
     pub fn allows(&self, tenant: &str, repository: &str) -> bool {

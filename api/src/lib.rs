@@ -20,6 +20,7 @@ pub mod request_id;
 pub mod runs;
 pub mod secrets;
 pub mod startup;
+pub mod tenants;
 pub mod webhooks;
 
 pub use startup::{AppState, Application};

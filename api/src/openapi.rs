@@ -8,7 +8,9 @@ use utoipa::openapi::{InfoBuilder, OpenApi};
 use utoipa_actix_web::AppExt;
 
 use crate::problem::ErrorCode;
-use crate::{audit, health, identity, limits, policies, problem, providers, queue, runs, secrets, startup, webhooks};
+use crate::{
+    audit, health, identity, limits, policies, problem, providers, queue, runs, secrets, startup, tenants, webhooks,
+};
 
 /// Registers every route on `app`; returns the app and its OpenAPI document.
 pub fn routes<T>(app: App<T>) -> (App<T>, OpenApi)
@@ -42,6 +44,10 @@ where
         .service(policies::handlers::put_repo_policy)
         .service(providers::handlers::get_llm_policy)
         .service(providers::handlers::put_llm_policy)
+        .service(tenants::handlers::list_tenants)
+        .service(tenants::handlers::get_tenant)
+        .service(tenants::handlers::put_tenant)
+        .service(tenants::handlers::delete_tenant)
         .service(secrets::handlers::put_secret)
         .service(secrets::handlers::list_secrets)
         .service(secrets::handlers::delete_secret)

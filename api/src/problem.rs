@@ -49,6 +49,9 @@ pub enum ErrorCode {
     Internal,
     Unavailable,
     AuditUnavailable,
+    WrongTenant,
+    UnownedRepository,
+    TenantConflict,
 }
 
 impl ErrorCode {
@@ -75,6 +78,9 @@ impl ErrorCode {
         Self::Internal,
         Self::Unavailable,
         Self::AuditUnavailable,
+        Self::WrongTenant,
+        Self::UnownedRepository,
+        Self::TenantConflict,
     ];
 
     /// (status, slug, title).
@@ -106,6 +112,9 @@ impl ErrorCode {
             Self::Internal => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
             Self::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable", "A dependency is unavailable"),
             Self::AuditUnavailable => (S::SERVICE_UNAVAILABLE, "audit-unavailable", "The audit trail is unavailable"),
+            Self::WrongTenant => (S::FORBIDDEN, "wrong-tenant", "The repository belongs to another tenant"),
+            Self::UnownedRepository => (S::FORBIDDEN, "unowned-repository", "No tenant owns the repository"),
+            Self::TenantConflict => (S::CONFLICT, "tenant-conflict", "The tenant cannot be changed that way"),
         }
     }
 

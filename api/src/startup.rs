@@ -32,6 +32,8 @@ pub struct AppState {
     pub object_lock: objstore::ObjectLockStatus,
     /// The bucket lifecycle rules installed at start (or why not).
     pub lifecycle: Vec<crate::audit::holds::LifecycleRule>,
+    /// The tenants configuration declares (checked against each other).
+    pub tenants: Vec<common::tenancy::Tenant>,
 }
 
 impl AppState {
@@ -82,6 +84,7 @@ impl Application {
             tracing::warn!(detail = %object_lock.detail, "audit bucket: Object Lock NOT enforced; the trail is tamper-evident (signed digests), not tamper-proof");
         }
         let lifecycle = crate::audit::holds::install_lifecycle_rules(&config, &store).await;
+        let tenants = config.tenancy()?.tenants().to_vec();
         let state = web::Data::new(AppState {
             config,
             queue,
@@ -92,6 +95,7 @@ impl Application {
             audit,
             object_lock,
             lifecycle,
+            tenants,
         });
         let server = HttpServer::new(move || {
             openapi::routes(App::new().app_data(state.clone())).0.wrap_fn(|req, service| {

@@ -30,6 +30,20 @@ pub struct Config {
     pub outbound: OutboundConfig,
     /// Agent profiles by name; a run names one (or gets `default`).
     pub agents: BTreeMap<String, AgentConfig>,
+    /// Tenants by name and the repositories each owns. A run's tenant is
+    /// the one owning its repository; more can be declared through
+    /// `PUT /v1/tenants/{tenant}`.
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// What one tenant owns.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// `owner/name` patterns with `*` wildcards (`acme/payments-*`,
+    /// `acme/*`); `*` alone (every repository nobody else owns) only for
+    /// `api.default_tenant`.
+    pub repositories: Vec<crate::tenancy::RepoPattern>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +83,8 @@ pub struct ApiConfig {
     /// start without one.
     #[serde(serialize_with = "serialize_secret")]
     pub bootstrap_admin_token: SecretString,
+    /// The tenant that may own `*`: every repository no other tenant owns.
+    /// It owns nothing unless `[tenants.<default_tenant>]` says so.
     pub default_tenant: String,
     pub max_attempts: u32,
     /// How long an `Idempotency-Key` returns the run it first created.
@@ -273,8 +289,10 @@ pub struct GitHubConfig {
     /// Where people can see a run, for links in pull requests and comments:
     /// `<run_link_base>/v1/runs/<id>`.
     pub run_link_base: String,
-    /// Tenant of runs that webhooks start.
-    pub tenant: String,
+    /// Gone: a webhook run's tenant is the tenant owning its repository.
+    /// Still read, so that a configuration setting it is refused clearly.
+    #[serde(default, skip_serializing)]
+    pub tenant: Option<String>,
     /// Agent profile of runs that webhooks start.
     pub agent_profile: String,
 }
@@ -291,7 +309,7 @@ impl Default for GitHubConfig {
             commit_author_name: "Paddock".to_owned(),
             commit_author_email: "paddock[bot]@users.noreply.github.com".to_owned(),
             run_link_base: "http://127.0.0.1:8080".to_owned(),
-            tenant: "default".to_owned(),
+            tenant: None,
             agent_profile: "default".to_owned(),
         }
     }
@@ -331,6 +349,17 @@ pub struct OidcConfig {
     /// Claim holding the caller's groups or roles.
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
+    /// Claim holding the person's email address.
+    #[serde(default = "default_email_claim")]
+    pub email_claim: String,
+    /// Claim saying the address was verified; an address the identity
+    /// provider has not verified is never shown nor used for bindings.
+    #[serde(default = "default_email_verified_claim")]
+    pub email_verified_claim: String,
+    /// For identity providers that issue only addresses they verified and
+    /// send no verification claim (set it only if that is so).
+    #[serde(default)]
+    pub email_always_verified: bool,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds (at most 300).
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
@@ -345,6 +374,14 @@ fn default_algorithms() -> Vec<String> {
 
 fn default_groups_claim() -> String {
     "groups".to_owned()
+}
+
+fn default_email_claim() -> String {
+    "email".to_owned()
+}
+
+fn default_email_verified_claim() -> String {
+    "email_verified".to_owned()
 }
 
 fn default_leeway() -> u64 {
@@ -680,6 +717,8 @@ impl Default for Config {
                 ("reference".to_owned(), AgentConfig::command("paddock-agent")),
                 ("mini-swe-agent".to_owned(), AgentConfig::mini_swe_agent()),
             ]),
+            // Nobody owns anything until the operator says so.
+            tenants: BTreeMap::new(),
         }
     }
 }
@@ -820,7 +859,28 @@ impl Config {
         if !self.agents.contains_key("default") {
             return invalid("agents.default", "must be configured: runs without a profile use it");
         }
+        self.tenancy()?;
         Ok(())
+    }
+
+    /// The tenants this configuration declares, checked against each other
+    /// (names, patterns, `*` for the default tenant only, no overlaps).
+    pub fn tenancy(&self) -> Result<crate::tenancy::Tenancy, ConfigError> {
+        let mut tenancy = crate::tenancy::Tenancy::new(Vec::new(), &self.api.default_tenant);
+        for (name, declared) in &self.tenants {
+            let tenant = crate::tenancy::Tenant {
+                name: name.clone(),
+                repositories: declared.repositories.clone(),
+                source: crate::tenancy::TenantSource::Config,
+                changed_by: None,
+                changed_at_ms: None,
+            };
+            if let Err(e) = tenancy.admits(&tenant) {
+                return Err(ConfigError::Invalid { key: "tenants", message: format!("{name}: {}", e.message) });
+            }
+            tenancy = crate::tenancy::Tenancy::new([tenancy.tenants(), &[tenant]].concat(), &self.api.default_tenant);
+        }
+        Ok(tenancy)
     }
 }
 
@@ -981,6 +1041,13 @@ impl GitHubConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.app_id.is_some() && self.private_key_file.is_none() {
             return invalid("github.private_key_file", "must be set when github.app_id is");
+        }
+        if self.tenant.is_some() {
+            return invalid(
+                "github.tenant",
+                "is no longer read: a webhook run belongs to the tenant owning its repository; \
+                 declare `[tenants.<name>] repositories = [...]` instead",
+            );
         }
         Ok(())
     }

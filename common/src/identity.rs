@@ -43,10 +43,13 @@ pub enum Permission {
     /// Place and release legal holds on a run's or tenant's evidence.
     #[serde(rename = "audit.hold")]
     AuditHold,
+    /// Declare tenants and the repositories they own.
+    #[serde(rename = "tenants.manage")]
+    TenantsManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 9] = [
+    pub const ALL: [Permission; 10] = [
         Permission::RunsCreate,
         Permission::ToolsApprove,
         Permission::LogsRead,
@@ -56,6 +59,7 @@ impl Permission {
         Permission::AuditRead,
         Permission::SecurityRevoke,
         Permission::AuditHold,
+        Permission::TenantsManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +73,7 @@ impl Permission {
             Permission::AuditRead => "audit.read",
             Permission::SecurityRevoke => "security.revoke",
             Permission::AuditHold => "audit.hold",
+            Permission::TenantsManage => "tenants.manage",
         }
     }
 }
@@ -98,7 +103,7 @@ impl Role {
             Role::LogViewer => &[LogsRead],
             Role::ProviderAdmin => &[ProvidersConfigure],
             Role::Auditor => &[AuditRead],
-            Role::Admin => &[ProvidersConfigure, LimitsManage, RbacManage, SecurityRevoke],
+            Role::Admin => &[ProvidersConfigure, LimitsManage, RbacManage, SecurityRevoke, TenantsManage],
             Role::SecurityResponder => &[SecurityRevoke],
             Role::ComplianceOfficer => &[AuditRead, AuditHold],
         }

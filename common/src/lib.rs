@@ -12,6 +12,7 @@ pub mod records;
 pub mod retention;
 pub mod run;
 pub mod sealed;
+pub mod tenancy;
 
 pub use run::{
     AgentProfile, ArtifactKind, CredentialGrant, ModelUse, Priority, PullRequestRef, RepoName, RunFacts, RunId,

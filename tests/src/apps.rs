@@ -60,6 +60,12 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
         ("PADDOCK_SANDBOX__MEMORY_BYTES", (256u64 << 20).to_string()),
         ("PADDOCK_SANDBOX__WORKSPACE_BYTES", (64u64 << 20).to_string()),
         ("PADDOCK_SANDBOX__TIMEOUT_SECONDS", "120".to_owned()),
+        // Tenants own repositories: `payments` owns the ledger and its
+        // payments-* repositories, `search` the search-* ones, and the
+        // default tenant every other repository.
+        ("PADDOCK_TENANTS__DEFAULT__REPOSITORIES", r#"["*"]"#.to_owned()),
+        ("PADDOCK_TENANTS__PAYMENTS__REPOSITORIES", r#"["acme/ledger", "acme/payments-*"]"#.to_owned()),
+        ("PADDOCK_TENANTS__SEARCH__REPOSITORIES", r#"["acme/search-*"]"#.to_owned()),
     ];
     vars.extend(defaults.into_iter().map(|(k, v)| (k.to_owned(), v)));
     // The emulated providers, identity provider and GitHub speak HTTPS with
@@ -82,9 +88,16 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
-    /// A repository with one commit on `main`, unique to this test.
+    /// A repository with one commit on `main`, unique to this test (owned
+    /// by the default tenant).
     pub fn repo(&self, files: &[(&str, &[u8])]) -> String {
-        let name = format!("repo-{}", ulid::Ulid::new().to_string().to_lowercase());
+        self.repo_named("repo-", files)
+    }
+
+    /// Like [`TestApp::repo`], named `acme/<prefix><unique>` so that a
+    /// tenant's pattern (`acme/payments-*`) owns it.
+    pub fn repo_named(&self, prefix: &str, files: &[(&str, &[u8])]) -> String {
+        let name = format!("{prefix}{}", ulid::Ulid::new().to_string().to_lowercase());
         self.git.create_repo("acme", &name, files);
         format!("acme/{name}")
     }

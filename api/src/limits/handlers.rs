@@ -158,6 +158,8 @@ pub async fn put_repo_limit(
     let (tenant, owner, name) = path.into_inner();
     validate_tenant(&tenant)?;
     let repository: RepoName = format!("{owner}/{name}").parse()?;
+    // An override for a tenant that does not own the repository could never apply.
+    crate::tenants::check_named(&crate::tenants::owner(&state, &repository).await?, Some(&tenant))?;
     let caller = caller.on(&tenant, &repository.to_string())?;
     let mut object = ObjectRef::new("limits", format!("{tenant}/{repository}"));
     (object.tenant, object.repository) = (Some(tenant.clone()), Some(repository.to_string()));

@@ -117,6 +117,8 @@ pub async fn put_repo_policy(
     let (tenant, owner, name) = path.into_inner();
     validate_tenant(&tenant)?;
     let repository: RepoName = format!("{owner}/{name}").parse()?;
+    // An override for a tenant that does not own the repository could never apply.
+    crate::tenants::check_named(&crate::tenants::owner(&state, &repository).await?, Some(&tenant))?;
     let caller = caller.on(&tenant, &repository.to_string())?;
     validated(&body)?;
     let mut object = ObjectRef::new("policy", format!("{tenant}/{repository}"));

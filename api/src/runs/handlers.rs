@@ -44,8 +44,18 @@ pub async fn create_run(
 ) -> Result<HttpResponse, Problem> {
     let body = body.into_inner();
     let repository: RepoName = body.repository.parse()?;
-    let tenant = body.tenant.clone().unwrap_or_else(|| state.config.api.default_tenant.clone());
-    let caller = caller.on(&tenant, &repository.to_string())?;
+    if let Some(named) = &body.tenant {
+        common::validate_tenant(named)?;
+    }
+    let owned = crate::tenants::owner(&state, &repository).await;
+    let caller = match owned.and_then(|o| {
+        crate::tenants::check_named(&o, body.tenant.as_deref())?;
+        Ok((caller.on(o.tenant(), &repository.to_string())?, o))
+    }) {
+        Ok(found) => found,
+        Err(refused) => return Err(refuse(caller.refused(), &state, &repository, refused).await),
+    };
+    let (caller, owned) = caller;
     let (requested_by, via) = requester(caller, body.on_behalf_of.as_deref(), &state).await?;
     let idempotency = idempotency(&req, caller, &body, &state)?;
     let agent_profile = match body.agent_profile {
@@ -53,7 +63,7 @@ pub async fn create_run(
         None => AgentProfile::default(),
     };
     let spec = RunSpec {
-        tenant,
+        tenant: owned.tenant().to_owned(),
         priority: body.priority.unwrap_or_default(),
         repository,
         base_ref: body.base_ref,
@@ -71,7 +81,21 @@ pub async fn create_run(
         request_id: caller.request_id.clone(),
         idempotency,
     };
-    Ok(accepted(service::submit(&state, spec, request).await?))
+    Ok(accepted(service::submit(&state, &owned, spec, request).await?))
+}
+
+/// Records in the audit trail that `caller` was refused a run on
+/// `repository` (its tenant, the tenant it named or its scope), then
+/// answers with the refusal (or 503 when the trail cannot take it).
+async fn refuse(caller: &Caller, state: &AppState, repository: &RepoName, why: Problem) -> Problem {
+    let owner = crate::tenants::owner(state, repository).await.ok();
+    let event = crate::tenants::refusal(caller.actor(), repository, owner.as_ref().map(|o| o.tenant()), &why)
+        .source_ip(caller.source_ip.clone())
+        .request_id(caller.request_id.clone());
+    match state.identity().append_audit(&event).await {
+        Ok(()) => why,
+        Err(error) => error.into(),
+    }
 }
 
 /// `202 Accepted` with the run's URL: what every entry point answers.

@@ -6,6 +6,7 @@ use common::{RunId, RunSpec, RunState, ValidationError};
 use store::{Enqueued, Idempotency, QueueError};
 
 use crate::startup::AppState;
+use crate::tenants::Owned;
 
 /// Who asked, and how to tell a repeated request apart.
 pub struct Request {
@@ -37,10 +38,12 @@ pub enum SubmitError {
     Store(#[from] QueueError),
 }
 
-/// Validates `spec`, fixes its sandbox policy (defaults < tenant <
-/// repository, as in force now), records the request in the audit trail
-/// (fail-closed: without that record nothing is accepted) and enqueues it.
-pub async fn submit(state: &AppState, spec: RunSpec, request: Request) -> Result<Accepted, SubmitError> {
+/// Validates `spec`, gives it the tenant owning its repository (whatever
+/// it held), fixes its sandbox policy (defaults < tenant < repository, as
+/// in force now), records the request in the audit trail (fail-closed:
+/// without that record nothing is accepted) and enqueues it.
+pub async fn submit(state: &AppState, owned: &Owned, spec: RunSpec, request: Request) -> Result<Accepted, SubmitError> {
+    let spec = owned.apply(spec);
     spec.validate()?;
     let policy =
         state.queue.effective_policy(state.config.default_policy(), &spec.tenant, &spec.repository.to_string()).await?;

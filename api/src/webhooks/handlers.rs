@@ -124,13 +124,24 @@ async fn handle(
         let text = format!("@{sender}, your Paddock account is deactivated; nothing was started.");
         return refuse(text, "the person is deactivated").await;
     }
+    let owned = match crate::tenants::owner(state, &repo).await {
+        Ok(owned) => owned,
+        Err(problem) if problem.status == 403 => {
+            let why = problem.detail.unwrap_or_default();
+            let text = format!(
+                "@{sender}, Paddock runs agents only on repositories a tenant owns: {why}. Nothing was started."
+            );
+            return refuse(text, "no tenant owns the repository").await;
+        }
+        Err(problem) => return Err(problem),
+    };
     if !publish::can_write(app, &repo, &sender).await.map_err(forge)? {
         let text =
             format!("@{sender}, Paddock starts runs only for people with write access to {repo}; nothing was started.");
         return refuse(text, "the requester may not write to the repository").await;
     }
     let spec = RunSpec {
-        tenant: state.config.github.tenant.clone(),
+        tenant: owned.tenant().to_owned(),
         priority: Priority::Normal,
         repository: repo,
         base_ref,
@@ -158,7 +169,7 @@ async fn handle(
         idempotency: None,
         request_id,
     };
-    let run = crate::runs::service::submit(state, spec, request).await?;
+    let run = crate::runs::service::submit(state, &owned, spec, request).await?;
     tracing::info!(run_id = %run.id, issue, state = ?run.state, "run accepted from a GitHub webhook");
     Ok(crate::runs::handlers::accepted(run))
 }

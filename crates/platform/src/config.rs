@@ -141,6 +141,35 @@ mod tests {
     }
 
     #[test]
+    fn tenants_own_disjoint_repositories_and_only_the_default_tenant_owns_the_rest() {
+        let config = load(
+            None,
+            env(&[
+                ("PADDOCK_TENANTS__PAYMENTS__REPOSITORIES", r#"["acme/ledger", "acme/payments-*"]"#),
+                ("PADDOCK_TENANTS__DEFAULT__REPOSITORIES", r#"["*"]"#),
+            ]),
+        )
+        .expect("config loads");
+        let tenancy = config.tenancy().expect("consistent");
+        assert_eq!(tenancy.owner_of(&"acme/payments-api".parse().unwrap()), Ok("payments"));
+        assert_eq!(tenancy.owner_of(&"acme/widgets".parse().unwrap()), Ok("default"));
+        let none = load(None, env(&[])).expect("no tenants is valid");
+        assert!(none.tenancy().unwrap().owner_of(&"acme/widgets".parse().unwrap()).is_err(), "nobody owns it");
+        let overlapping = env(&[
+            ("PADDOCK_TENANTS__PAYMENTS__REPOSITORIES", r#"["acme/pay*"]"#),
+            ("PADDOCK_TENANTS__BILLING__REPOSITORIES", r#"["acme/*ments"]"#),
+        ]);
+        let err = load(None, overlapping).unwrap_err().to_string();
+        assert!(err.contains("`tenants`") && err.contains("billing") && err.contains("payments"), "{err}");
+        let stolen = load(None, env(&[("PADDOCK_TENANTS__PAYMENTS__REPOSITORIES", r#"["*"]"#)])).unwrap_err();
+        assert!(stolen.to_string().contains("only the default tenant"), "{stolen}");
+        let bad = load(None, env(&[("PADDOCK_TENANTS__PAYMENTS__REPOSITORIES", r#"["acme"]"#)])).unwrap_err();
+        assert!(bad.to_string().contains("acme"), "{bad}");
+        let gone = load(None, env(&[("PADDOCK_GITHUB__TENANT", "payments")])).unwrap_err();
+        assert!(gone.to_string().contains("github.tenant"), "{gone}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let err = load(None, env(&[("PADDOCK_WORKER__CONCURRENCY", "0")])).unwrap_err();
         assert!(err.to_string().contains("worker.concurrency"), "{err}");

@@ -100,8 +100,8 @@ pub const AUDIT_INDEX_KEEP: isize = 100_000;
 
 #[derive(Clone)]
 pub struct IdentityStore {
-    conn: Conn,
-    keys: Keys,
+    pub(crate) conn: Conn,
+    pub(crate) keys: Keys,
     trail: Option<std::sync::Arc<dyn EventSink>>,
 }
 
@@ -113,11 +113,11 @@ impl RunQueue {
     }
 }
 
-fn to_json<T: Serialize>(what: &str, value: &T) -> Result<String, QueueError> {
+pub(crate) fn to_json<T: Serialize>(what: &str, value: &T) -> Result<String, QueueError> {
     serde_json::to_string(value).map_err(|e| corrupt(what, e))
 }
 
-fn from_json<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Result<T, QueueError> {
+pub(crate) fn from_json<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Result<T, QueueError> {
     serde_json::from_str(json).map_err(|e| corrupt(what, e))
 }
 
@@ -129,7 +129,7 @@ impl IdentityStore {
         self
     }
 
-    async fn to_trail(&self, event: &AuditEvent) -> Result<(), QueueError> {
+    pub(crate) async fn to_trail(&self, event: &AuditEvent) -> Result<(), QueueError> {
         if let Some(trail) = &self.trail {
             trail.record(std::slice::from_ref(event)).await.map_err(QueueError::Audit)?;
         }
@@ -139,7 +139,7 @@ impl IdentityStore {
     /// Records `event` in the trail, then starts a transaction that also
     /// appends it to the queryable list (the newest [`AUDIT_INDEX_KEEP`]
     /// events; the trail in object storage keeps them all).
-    async fn audited(&self, event: &AuditEvent) -> Result<redis::Pipeline, QueueError> {
+    pub(crate) async fn audited(&self, event: &AuditEvent) -> Result<redis::Pipeline, QueueError> {
         self.to_trail(event).await?;
         let mut pipe = redis::pipe();
         let list = self.keys.audit_events();
@@ -194,21 +194,25 @@ impl IdentityStore {
     }
 
     /// Every record of one hash, decoded.
-    async fn all<T: for<'de> Deserialize<'de>>(&self, records: Records) -> Result<Vec<T>, QueueError> {
+    pub(crate) async fn all<T: for<'de> Deserialize<'de>>(&self, records: Records) -> Result<Vec<T>, QueueError> {
         let mut conn = self.conn.clone();
         let all: BTreeMap<String, String> = conn.hgetall(self.keys.records(records)).await?;
         all.values().map(|json| from_json(records.what(), json)).collect()
     }
 
     /// One record of a hash, decoded.
-    async fn one<T: for<'de> Deserialize<'de>>(&self, records: Records, field: &str) -> Result<Option<T>, QueueError> {
+    pub(crate) async fn one<T: for<'de> Deserialize<'de>>(
+        &self,
+        records: Records,
+        field: &str,
+    ) -> Result<Option<T>, QueueError> {
         let mut conn = self.conn.clone();
         let json: Option<String> = conn.hget(self.keys.records(records), field).await?;
         json.map(|j| from_json(records.what(), &j)).transpose()
     }
 
     /// Writes one record of a hash together with its audit event.
-    async fn put<T: Serialize>(
+    pub(crate) async fn put<T: Serialize>(
         &self,
         records: Records,
         field: &str,
@@ -375,5 +379,12 @@ impl IdentityStore {
             .with_expiration(redis::SetExpiry::PX(ttl.as_millis().max(1) as u64));
         let taken: Option<String> = conn.set_options(self.keys.lock(name), "1", options).await?;
         Ok(taken.is_some())
+    }
+
+    /// Releases the lock `name` before its time is up.
+    pub async fn unlock(&self, name: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let () = conn.del(self.keys.lock(name)).await?;
+        Ok(())
     }
 }

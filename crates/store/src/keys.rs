@@ -30,16 +30,25 @@ pub enum Records {
     Holds,
     /// Export id → export job.
     Exports,
+    /// Tenant name → tenant declared through the API.
+    Tenants,
+    /// Person id (`<issuer>#<sub>`, or `declared#<email>`) → person.
+    People,
+    /// Verified email (lowercase) → person id.
+    PeopleByEmail,
 }
 
 impl Records {
-    pub const ALL: [Records; 6] = [
+    pub const ALL: [Records; 9] = [
         Records::Bindings,
         Records::ServiceAccounts,
         Records::Tokens,
         Records::Users,
         Records::Holds,
         Records::Exports,
+        Records::Tenants,
+        Records::People,
+        Records::PeopleByEmail,
     ];
 
     fn suffix(self) -> &'static str {
@@ -50,6 +59,9 @@ impl Records {
             Records::Users => "users",
             Records::Holds => "holds",
             Records::Exports => "exports",
+            Records::Tenants => "tenants",
+            Records::People => "people",
+            Records::PeopleByEmail => "people:by-email",
         }
     }
 
@@ -62,6 +74,9 @@ impl Records {
             Records::Users => "user status",
             Records::Holds => "legal hold",
             Records::Exports => "export",
+            Records::Tenants => "tenant",
+            Records::People => "person",
+            Records::PeopleByEmail => "person id",
         }
     }
 }

@@ -13,6 +13,7 @@ mod gateway;
 pub mod identity;
 pub mod keys;
 mod metering;
+pub mod people;
 mod policies;
 mod runs;
 mod scheduling;

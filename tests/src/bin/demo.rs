@@ -64,6 +64,8 @@ async fn main() -> anyhow::Result<()> {
         ("PADDOCK_SANDBOX__MEMORY_BYTES".to_owned(), (512u64 << 20).to_string()),
         ("PADDOCK_SANDBOX__TIMEOUT_SECONDS".to_owned(), "300".to_owned()),
         ("PADDOCK_GITHUB__RUN_LINK_BASE".to_owned(), base.clone()),
+        // Local defaults: the default tenant owns every repository.
+        ("PADDOCK_TENANTS__DEFAULT__REPOSITORIES".to_owned(), r#"["*"]"#.to_owned()),
         ("RUST_LOG".to_owned(), "warn".to_owned()),
     ]);
     let model = std::env::var("PADDOCK_DEMO_MODEL").unwrap_or_else(|_| "gpt-scripted".to_owned());

@@ -253,8 +253,8 @@ async fn sandbox_policies_are_layered_and_recorded_on_the_run() {
     assert_eq!(policy["egress_allow"], json!(["pypi.org"]));
     assert_eq!(policy["pids_limit"], app.config.sandbox.pids_limit);
 
-    // Another tenant's run gets the defaults.
-    let other = json!({"repository": "acme/ledger", "base_ref": "main", "task": {"title": "t"}});
+    // A run on a repository of another tenant gets the defaults.
+    let other = json!({"repository": "acme/widgets", "base_ref": "main", "task": {"title": "t"}});
     let accepted: Value = app.post_run(&other).await.json().await.unwrap();
     let run = app.run(accepted["id"].as_str().unwrap()).await;
     assert_eq!(run["policy"]["memory_bytes"], app.config.sandbox.memory_bytes);

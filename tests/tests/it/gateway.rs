@@ -783,7 +783,7 @@ echo "the agent echoes $PADDOCK_TASK_BODY""#;
     let raw = String::from_utf8_lossy(&raw.stdout);
     assert!(raw.contains("deploy-key") && !raw.contains(&secret), "{raw}");
 
-    let repo = app.repo(&[("README.md", b"# x\n")]);
+    let repo = app.repo_named("payments-", &[("README.md", b"# x\n")]);
     let worker = app.spawn_worker().await;
     let body = json!({"tenant": "payments", "repository": repo, "base_ref": "main", "task": {"title": "deploy", "body": secret}});
     let accepted: Value = app.post_run(&body).await.json().await.unwrap();

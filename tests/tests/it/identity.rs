@@ -5,11 +5,11 @@ use serde_json::{Value, json};
 use tests::oidc::OidcIssuer;
 use tests::{TestApp, spawn_app};
 
-async fn app_with(issuer: &OidcIssuer) -> TestApp {
+pub(crate) async fn app_with(issuer: &OidcIssuer) -> TestApp {
     app_with_env(issuer, &[]).await
 }
 
-async fn app_with_env(issuer: &OidcIssuer, env: &[(&str, &str)]) -> TestApp {
+pub(crate) async fn app_with_env(issuer: &OidcIssuer, env: &[(&str, &str)]) -> TestApp {
     let bindings = json!({
         "devs": ["requester"], "sre": ["log-viewer"], "platform": ["admin"], "security": ["auditor"],
         "leads": ["approver"],
@@ -20,7 +20,7 @@ async fn app_with_env(issuer: &OidcIssuer, env: &[(&str, &str)]) -> TestApp {
     spawn_app(&vars).await
 }
 
-async fn call(app: &TestApp, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn call(app: &TestApp, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
     let mut request = app.client.request(method.parse().unwrap(), app.url(path)).bearer_auth(token);
     if let Some(body) = body {
         request = request.json(&body);
@@ -105,18 +105,18 @@ async fn roles_from_groups_grant_separate_permissions_and_nothing_else() {
 }
 
 /// Bootstrap (break-glass) call helper.
-async fn admin(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn admin(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     call(app, method, path, &app.token, body).await
 }
 
-async fn bind(app: &TestApp, subject: &str, role: &str, scope: &str) -> String {
+pub(crate) async fn bind(app: &TestApp, subject: &str, role: &str, scope: &str) -> String {
     let body = json!({"subject": subject, "role": role, "scope": scope});
     let (status, binding) = admin(app, "POST", "/v1/rbac/bindings", Some(body)).await;
     assert_eq!(status, 201, "{binding}");
     binding["id"].as_str().unwrap().to_owned()
 }
 
-async fn audit(app: &TestApp, auditor: &str, query: &str) -> Vec<Value> {
+pub(crate) async fn audit(app: &TestApp, auditor: &str, query: &str) -> Vec<Value> {
     let (status, events) = call(app, "GET", &format!("/v1/audit/events?{query}"), auditor, None).await;
     assert_eq!(status, 200, "{events}");
     events.as_array().unwrap().clone()
@@ -154,12 +154,12 @@ async fn role_bindings_made_through_the_api_are_scoped_and_audited() {
     // A tenant binding covers every repository of that tenant, no other tenant.
     let dave = issuer.token("dave", &[]);
     bind(&app, "user:dave@example.com", "requester", "tenant:payments").await;
-    assert_eq!(call(&app, "POST", "/v1/runs", &dave, Some(run_on(&other, "payments"))).await.0, 202);
-    assert_eq!(call(&app, "POST", "/v1/runs", &dave, Some(run_on(&other, "search"))).await.0, 403);
+    assert_eq!(call(&app, "POST", "/v1/runs", &dave, Some(run_on("acme/payments-api", "payments"))).await.0, 202);
+    assert_eq!(call(&app, "POST", "/v1/runs", &dave, Some(run_on("acme/search-api", "search"))).await.0, 403);
     // Group bindings work the same way.
     bind(&app, "group:search-devs", "requester", "tenant:search").await;
     let erin = issuer.token("erin", &["search-devs"]);
-    assert_eq!(call(&app, "POST", "/v1/runs", &erin, Some(run_on(&other, "search"))).await.0, 202);
+    assert_eq!(call(&app, "POST", "/v1/runs", &erin, Some(run_on("acme/search-api", "search"))).await.0, 202);
 
     // Unbinding takes effect at once.
     let id = binding["id"].as_str().unwrap();

@@ -18,3 +18,4 @@ mod queue;
 mod retention;
 mod runs;
 mod scheduling;
+mod tenancy;

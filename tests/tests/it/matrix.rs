@@ -58,6 +58,8 @@ enum Reach {
 fn reach(method: &str, path: &str) -> Reach {
     if method == "get" && path == "/v1/runs" {
         Reach::Filtered
+    } else if path == "/v1/tenants/{tenant}" {
+        Reach::Global
     } else if path.starts_with("/v1/runs") || path.contains("{owner}/{name}") {
         Reach::OurRepo
     } else if path.contains("{tenant}") {
@@ -122,6 +124,16 @@ impl World {
             ("put", "/v1/llm-policy") => Some(
                 json!({"allowed_providers": [], "logging": {"prompt_content": "redacted", "metadata": "retained_30_days"}}),
             ),
+            // Tenants in configuration are changed there: declare a new one.
+            ("put", "/v1/tenants/{tenant}") => {
+                let path = format!("/v1/tenants/api-{unique}");
+                return (path, Some(json!({"repositories": [format!("acme/api-{unique}-*")]})));
+            }
+            ("delete", "/v1/tenants/{tenant}") => {
+                let path = format!("/v1/tenants/api-{unique}");
+                self.admin("PUT", &path, json!({"repositories": [format!("acme/api-{unique}-*")]})).await;
+                return (path, None);
+            }
             ("put", "/v1/tenants/{tenant}/secrets/{name}") => Some(json!({"value": "matrix-secret-value"})),
             ("delete", "/v1/tenants/{tenant}/secrets/{name}") => {
                 let path = path.replace(name.as_str(), &unique);
@@ -187,12 +199,15 @@ async fn status(app: &TestApp, method: &str, path: &str, token: Option<&str>, bo
 async fn every_operation_answers_every_role_at_every_scope_as_the_matrix_says() {
     let issuer = OidcIssuer::start().await;
     let oidc = issuer.config_json(&json!({}));
+    // Our tenant owns our repository; the other tenant owns the other one.
     let app = spawn_app(&[
         ("PADDOCK_IDENTITY__OIDC", oidc.as_str()),
         ("PADDOCK_SECRETS__ENCRYPTION_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+        ("PADDOCK_TENANTS__MATRIX__REPOSITORIES", r#"["acme/matrix-*"]"#),
+        ("PADDOCK_TENANTS__ELSEWHERE__REPOSITORIES", r#"["acme/elsewhere"]"#),
     ])
     .await;
-    let repo = app.repo(&[("README.md", b"# matrix\n")]);
+    let repo = app.repo_named("matrix-", &[("README.md", b"# matrix\n")]);
     let (owner, name) = repo.split_once('/').map(|(o, n)| (o.to_owned(), n.to_owned())).unwrap();
     // `{name}` doubles as the service account's and the secret's name.
     let world = World { app, repo: repo.clone(), owner_name: (owner, name.clone()) };

@@ -1,0 +1,122 @@
+//! Tenants own repositories: a run's tenant is derived from its
+//! repository, a caller naming another is refused (and the refusal is
+//! audited), and tenants declared through the API never overlap.
+
+use serde_json::json;
+use tests::oidc::OidcIssuer;
+
+use crate::identity::{admin, app_with, app_with_env, audit, bind, call};
+
+fn run_on(repo: &str, tenant: Option<&str>) -> serde_json::Value {
+    let mut body = json!({"repository": repo, "base_ref": "main", "task": {"title": "t"}});
+    if let Some(tenant) = tenant {
+        body["tenant"] = json!(tenant);
+    }
+    body
+}
+
+#[tokio::test]
+async fn a_tenant_scoped_requester_cannot_reach_another_tenants_repository_nor_shed_its_own_tenant() {
+    let issuer = OidcIssuer::start().await;
+    let app = app_with(&issuer).await;
+    bind(&app, "user:dave@example.com", "requester", "tenant:payments").await;
+    bind(&app, "user:rita@example.com", "requester", "repo:acme/ledger").await;
+    let (dave, rita) = (issuer.token("dave", &[]), issuer.token("rita", &[]));
+
+    // Their own repository: the tenant is derived, named or not.
+    let (status, accepted) = call(&app, "POST", "/v1/runs", &dave, Some(run_on("acme/payments-api", None))).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(app.run(accepted["id"].as_str().unwrap()).await["tenant"], "payments");
+
+    // Another tenant's repository, by naming their own tenant or none.
+    for named in [Some("payments"), None] {
+        let (status, problem) = call(&app, "POST", "/v1/runs", &dave, Some(run_on("acme/widgets", named))).await;
+        assert_eq!(status, 403, "{named:?}: {problem}");
+    }
+    let (_, problem) = call(&app, "POST", "/v1/runs", &dave, Some(run_on("acme/widgets", Some("payments")))).await;
+    assert_eq!(problem["type"], "https://paddock.dev/problems/wrong-tenant", "{problem}");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("default") && detail.contains("payments"), "names both tenants: {detail}");
+
+    // A repository-scoped requester cannot shed its repository's tenant
+    // (policy, secrets, budgets, caps) by naming an unused one.
+    let (status, problem) = call(&app, "POST", "/v1/runs", &rita, Some(run_on("acme/ledger", Some("unused")))).await;
+    assert_eq!((status, problem["field"].as_str()), (403, Some("tenant")), "{problem}");
+    let (status, accepted) = call(&app, "POST", "/v1/runs", &rita, Some(run_on("acme/ledger", None))).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(app.run(accepted["id"].as_str().unwrap()).await["tenant"], "payments");
+
+    // Every refusal is in the audit trail, with who and why.
+    let refusals = audit(&app, &app.token, "action=run.refuse").await;
+    assert_eq!(refusals.len(), 4, "{refusals:#?}");
+    let by_rita: Vec<_> = refusals.iter().filter(|e| e["actor"]["principal"] == "rita@example.com").collect();
+    assert_eq!(by_rita.len(), 1);
+    assert_eq!(by_rita[0]["object"]["tenant"], "payments");
+    assert!(by_rita[0]["reason"].as_str().unwrap().contains("unused"), "{:#}", by_rita[0]);
+    assert_eq!(by_rita[0]["outcome"], "failure");
+    let trail = app.audit_trail_text().await;
+    assert_eq!(trail.matches("\"run.refuse\"").count(), 4, "the refusals reached the signed trail");
+
+    // Overrides for a tenant that does not own the repository are refused too.
+    let (status, _) = admin(&app, "PUT", "/v1/policies/tenants/search/repositories/acme/ledger", Some(json!({}))).await;
+    assert_eq!(status, 403);
+    let (status, _) =
+        admin(&app, "PUT", "/v1/limits/tenants/search/repositories/acme/ledger", Some(json!({"max_running": 1}))).await;
+    assert_eq!(status, 403);
+    issuer.stop().await;
+}
+
+#[tokio::test]
+async fn tenants_declared_through_the_api_own_repositories_without_overlap_and_are_audited() {
+    let issuer = OidcIssuer::start().await;
+    // No catch-all here: the default tenant owns one repository only.
+    let app = app_with_env(&issuer, &[("PADDOCK_TENANTS__DEFAULT__REPOSITORIES", r#"["acme/sandbox"]"#)]).await;
+    let (status, problem) = admin(&app, "POST", "/v1/runs", Some(run_on("acme/widgets", None))).await;
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(problem["type"], "https://paddock.dev/problems/unowned-repository");
+
+    let (status, tenant) =
+        admin(&app, "PUT", "/v1/tenants/web", Some(json!({"repositories": ["acme/widgets", "Acme/web-*"]}))).await;
+    assert_eq!(status, 200, "{tenant}");
+    assert_eq!(tenant["repositories"], json!(["acme/web-*", "acme/widgets"]));
+    assert_eq!((tenant["source"].as_str(), tenant["changed_by"].as_str()), (Some("api"), Some("bootstrap-admin")));
+    let (status, accepted) = admin(&app, "POST", "/v1/runs", Some(run_on("acme/widgets", None))).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(app.run(accepted["id"].as_str().unwrap()).await["tenant"], "web");
+
+    // Overlaps with another tenant, in configuration or the API, are refused.
+    for (name, patterns) in [("ui", json!(["acme/web-ui"])), ("money", json!(["acme/led*"])), ("all", json!(["*"]))] {
+        let (status, problem) =
+            admin(&app, "PUT", &format!("/v1/tenants/{name}"), Some(json!({"repositories": patterns}))).await;
+        assert_eq!((status, problem["field"].as_str()), (409, Some("repositories")), "{name}: {problem}");
+    }
+    let (status, problem) = admin(&app, "PUT", "/v1/tenants/payments", Some(json!({"repositories": ["x/y"]}))).await;
+    assert_eq!(status, 409, "configuration's tenants change there: {problem}");
+    let (status, problem) = admin(&app, "PUT", "/v1/tenants/web", Some(json!({"repositories": ["acme"]}))).await;
+    assert_eq!(status, 400, "{problem}");
+
+    let (status, listed) = admin(&app, "GET", "/v1/tenants", None).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["default", "payments", "search", "web"]);
+
+    // Managing tenants is its own permission: an approver cannot.
+    let lee = issuer.token("lee", &["leads"]);
+    let (status, _) = call(&app, "PUT", "/v1/tenants/lee", &lee, Some(json!({"repositories": ["lee/*"]}))).await;
+    assert_eq!(status, 403);
+
+    // Removed: its repositories get no new runs; the accepted one keeps its tenant.
+    assert_eq!(admin(&app, "DELETE", "/v1/tenants/web", None).await.0, 204);
+    assert_eq!(admin(&app, "POST", "/v1/runs", Some(run_on("acme/widgets", None))).await.0, 403);
+    assert_eq!(app.run(accepted["id"].as_str().unwrap()).await["tenant"], "web");
+    assert_eq!(admin(&app, "DELETE", "/v1/tenants/payments", None).await.0, 409);
+
+    let changes: Vec<String> = audit(&app, &app.token, "object=web")
+        .await
+        .into_iter()
+        .filter(|e| e["object"]["kind"] == "tenant")
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(changes, ["tenant.set", "tenant.delete"]);
+    issuer.stop().await;
+}
