@@ -68,6 +68,16 @@ impl Caller {
             .request_id(self.request_id.clone())
     }
 
+    /// Who holds this credential, for scoping what it names (idempotency
+    /// keys): a person and their service account are different holders.
+    pub fn holder(&self) -> String {
+        match &self.kind {
+            CallerKind::Bootstrap => BOOTSTRAP_PRINCIPAL.to_owned(),
+            CallerKind::User => Subject::User(self.principal.clone()).to_string(),
+            CallerKind::ServiceAccount(name) => Subject::ServiceAccount(name.clone()).to_string(),
+        }
+    }
+
     pub fn is_service_account(&self) -> bool {
         matches!(self.kind, CallerKind::ServiceAccount(_))
     }
@@ -252,16 +262,19 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, Problem> {
     if token.starts_with(common::identity::SERVICE_TOKEN_PREFIX) {
         return service_account(state, token, source_ip).await;
     }
-    let (Some(verifier), Some(oidc)) = (&state.oidc, &state.config.identity.oidc) else {
+    let Some(verifier) = &state.oidc else {
         return Err(unauthorized("the token is not valid"));
     };
     if token.split('.').count() != 3 {
         return Err(unauthorized("the token is not valid"));
     }
     let identity = verifier.verify(token).await.map_err(|why| unauthorized(&why))?;
-    let principal = identity.email.clone().unwrap_or(identity.subject.clone());
     let store = state.identity();
-    let status = store.user(&principal).await?;
+    let person = store.saw_person(crate::people::sighting(&identity), now_ms()).await?;
+    // Without a verified address a person is known by their subject only.
+    let principal = identity.email.clone().unwrap_or(identity.subject.clone());
+    // Whatever this token carries, the person's every name is checked.
+    let status = store.status_of(&person.status_keys()).await?;
     if status.deactivated {
         return Err(unauthorized(&format!("{principal} is deactivated")));
     }
@@ -271,16 +284,25 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, Problem> {
             return Err(unauthorized("the token was revoked; sign in again"));
         }
     }
+    let grants = grants_of(state, &principal, &identity.groups).await?;
+    Ok(Caller { principal, kind: CallerKind::User, grants, source_ip, request_id: None })
+}
+
+/// What a person holds: roles their groups map to in configuration, and
+/// bindings to `user:<principal>` or any of their groups.
+pub async fn grants_of(state: &AppState, principal: &str, groups: &[String]) -> Result<Grants, Problem> {
     let mut grants = Grants::default();
-    for role in identity.groups.iter().filter_map(|g| oidc.role_bindings.get(g)).flatten() {
-        grants.add_role(*role, &common::identity::Scope::Global);
+    if let Some(oidc) = &state.config.identity.oidc {
+        for role in groups.iter().filter_map(|g| oidc.role_bindings.get(g)).flatten() {
+            grants.add_role(*role, &common::identity::Scope::Global);
+        }
     }
-    let mut subjects: Vec<Subject> = identity.groups.iter().map(|g| Subject::Group(g.clone())).collect();
-    subjects.push(Subject::User(principal.clone()));
-    for binding in store.bindings().await?.iter().filter(|b| subjects.contains(&b.subject)) {
+    let mut subjects: Vec<Subject> = groups.iter().map(|g| Subject::Group(g.clone())).collect();
+    subjects.push(Subject::User(principal.to_owned()));
+    for binding in state.identity().bindings().await?.iter().filter(|b| subjects.contains(&b.subject)) {
         grants.add_role(binding.role, &binding.scope);
     }
-    Ok(Caller { principal, kind: CallerKind::User, grants, source_ip, request_id: None })
+    Ok(grants)
 }
 
 async fn service_account(state: &AppState, token: &str, source_ip: Option<String>) -> Result<Caller, Problem> {
@@ -300,6 +322,11 @@ async fn service_account(state: &AppState, token: &str, source_ip: Option<String
         .service_account(&record.account)
         .await?
         .ok_or_else(|| unauthorized("the token's service account no longer exists"))?;
+    // An account acts for its owner: it stops when they are deactivated
+    // (and works again on their activation).
+    if store.status_named(&account.owner).await?.deactivated {
+        return Err(unauthorized(&format!("the service account's owner {} is deactivated", account.owner)));
+    }
     let subject = Subject::ServiceAccount(account.name.clone());
     let mut grants = Grants::default();
     for binding in store.bindings().await?.iter().filter(|b| b.subject == subject) {

@@ -18,6 +18,9 @@ pub struct Text {
 pub const RUN_ID: Text =
     Text { pattern: "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$", check: |s| s.parse::<common::RunId>().is_ok() };
 
+/// A run-list cursor's shape (whether this API sealed it is known only to it).
+pub const CURSOR: Text = Text { pattern: "^[A-Za-z0-9_-]{72}$", check: crate::runs::cursor::shape_ok };
+
 pub const TENANT: Text = Text { pattern: "^[A-Za-z0-9_-]{1,64}$", check: |s| common::validate_tenant(s).is_ok() };
 
 /// One part of `owner/name` (the name also may not end in `.git`, which
@@ -262,7 +265,7 @@ fn constrain(path: &str, parameter: &mut Parameter) {
             Some(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(states)).build())
         }
         ParameterIn::Query if name == "cursor" => {
-            Some(ObjectBuilder::new().schema_type(Type::String).pattern(Some(RUN_ID.pattern)).build())
+            Some(ObjectBuilder::new().schema_type(Type::String).pattern(Some(CURSOR.pattern)).build())
         }
         ParameterIn::Query => query_bounds(path, name).map(|(min, max)| {
             let bounded = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(min)).maximum(Some(max));
@@ -372,6 +375,7 @@ mod tests {
     fn every_documented_pattern_accepts_exactly_what_its_validator_accepts() {
         let rules = [
             ("run id", &RUN_ID),
+            ("cursor", &CURSOR),
             ("tenant", &TENANT),
             ("repository part", &REPO_PART),
             ("secret name", &SECRET_NAME),

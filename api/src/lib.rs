@@ -12,6 +12,7 @@ pub mod json;
 pub mod limits;
 pub mod oidc;
 pub mod openapi;
+pub mod people;
 pub mod policies;
 pub mod problem;
 pub mod providers;

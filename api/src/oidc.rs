@@ -16,7 +16,10 @@ use serde_json::Value;
 /// Who a valid token says the caller is.
 #[derive(Debug, Clone)]
 pub struct Identity {
+    /// `iss` and `sub`: together they name the person for good.
+    pub issuer: String,
     pub subject: String,
+    /// The address, only when the identity provider says it verified it.
     pub email: Option<String>,
     pub groups: Vec<String>,
     /// `iat`, in seconds since the epoch, when the token carries it.
@@ -68,9 +71,21 @@ impl OidcVerifier {
             Value::String(one) => vec![one.clone()],
             _ => Vec::new(),
         };
+        let verified = self.config.email_always_verified
+            || match &claims[self.config.email_verified_claim.as_str()] {
+                Value::Bool(verified) => *verified,
+                // Some providers send the flag as a string.
+                Value::String(flag) => flag == "true",
+                _ => false,
+            };
+        let email = claims[self.config.email_claim.as_str()]
+            .as_str()
+            .filter(|e| verified && crate::people::email_ok(e))
+            .map(str::to_lowercase);
         Ok(Identity {
+            issuer: self.config.issuer.clone(),
             subject: claims["sub"].as_str().unwrap_or_default().to_owned(),
-            email: claims["email"].as_str().map(str::to_owned),
+            email,
             groups,
             issued_at: claims["iat"].as_u64(),
         })

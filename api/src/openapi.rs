@@ -9,7 +9,8 @@ use utoipa_actix_web::AppExt;
 
 use crate::problem::ErrorCode;
 use crate::{
-    audit, health, identity, limits, policies, problem, providers, queue, runs, secrets, startup, tenants, webhooks,
+    audit, health, identity, limits, people, policies, problem, providers, queue, runs, secrets, startup, tenants,
+    webhooks,
 };
 
 /// Registers every route on `app`; returns the app and its OpenAPI document.
@@ -55,6 +56,8 @@ where
         .service(identity::handlers::list_bindings)
         .service(identity::handlers::create_binding)
         .service(identity::handlers::delete_binding)
+        .service(people::list_people)
+        .service(people::declare_person)
         .service(identity::handlers::list_service_accounts)
         .service(identity::handlers::create_service_account)
         .service(identity::handlers::create_token)

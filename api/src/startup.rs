@@ -34,6 +34,8 @@ pub struct AppState {
     pub lifecycle: Vec<crate::audit::holds::LifecycleRule>,
     /// The tenants configuration declares (checked against each other).
     pub tenants: Vec<common::tenancy::Tenant>,
+    /// Seals run-list cursors (under a key derived from the bootstrap token).
+    pub cursors: crate::runs::cursor::Cursors,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl Application {
             );
         }
         let admin_token_digest = token_digest(token);
+        let cursors = crate::runs::cursor::Cursors::new(token.as_bytes());
         let outbound = platform::outbound::Outbound::new(&config.tls, &config.outbound)?;
         let queue = RunQueue::connect(&config.redis, &outbound).await?;
         let store = S3Store::new(&config.s3, &outbound);
@@ -96,6 +99,7 @@ impl Application {
             object_lock,
             lifecycle,
             tenants,
+            cursors,
         });
         let server = HttpServer::new(move || {
             openapi::routes(App::new().app_data(state.clone())).0.wrap_fn(|req, service| {

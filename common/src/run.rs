@@ -371,6 +371,11 @@ pub struct RunSpec {
     /// The issue the run works on, when it came from one.
     #[serde(default)]
     pub issue: Option<u64>,
+    /// The person whose credential asked for the run, when that is not
+    /// `requested_by`: a service account's owner, or the break-glass
+    /// principal. Neither of them may approve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
 }
 
 impl RunSpec {

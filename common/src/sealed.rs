@@ -31,6 +31,12 @@ impl SecretBox {
         Ok(Self { cipher })
     }
 
+    /// A box whose key is derived from `secret` for one `purpose` only.
+    pub fn derived(purpose: &str, secret: &[u8]) -> Self {
+        let key = Sha256::new().chain_update(purpose.as_bytes()).chain_update([0]).chain_update(secret).finalize();
+        Self { cipher: ChaCha20Poly1305::new(&key) }
+    }
+
     /// Base64 of nonce and ciphertext.
     pub fn seal(&self, plaintext: &str) -> String {
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);

@@ -33,5 +33,6 @@ pub fn run_spec(tenant: &str, repo: &str, priority: Priority) -> RunSpec {
         via: None,
         policy: None,
         issue: None,
+        submitted_by: None,
     }
 }

@@ -80,7 +80,7 @@ impl OidcIssuer {
     pub fn claims(&self, sub: &str, groups: &[&str]) -> Value {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
         json!({"iss": self.issuer, "aud": self.audience, "sub": sub, "email": format!("{sub}@example.com"),
-            "groups": groups, "iat": now, "exp": now + 3600})
+            "email_verified": true, "groups": groups, "iat": now, "exp": now + 3600})
     }
 
     /// Signs `claims` with the published key, or with one never published.

@@ -263,7 +263,7 @@ pub async fn activate_user(
     person_ok(&user, "user")?;
     reason_ok(&body.reason)?;
     let store = state.identity();
-    let before = store.user(&user).await?;
+    let before = store.status_named(&user).await?;
     let after = UserStatus {
         deactivated: false,
         changed_by: Some(caller.principal.clone()),
@@ -274,7 +274,8 @@ pub async fn activate_user(
         .event("user.activate", ObjectRef::new("user", user.as_str()))
         .reason(&body.reason)
         .change(Some(&before), Some(&after));
-    store.set_user(&user, &after, &event).await?;
+    // A deactivation recorded under any of the person's names ends here.
+    store.set_users(&store.names_of(&user).await?, &after, &event).await?;
     Ok(web::Json(after))
 }
 
@@ -294,5 +295,6 @@ pub async fn get_user(
     user: web::Path<String>,
 ) -> Result<web::Json<UserStatus>, Problem> {
     person_ok(&user, "user")?;
-    Ok(web::Json(state.identity().user(&user).await?))
+    // Under every name the person is known by.
+    Ok(web::Json(state.identity().status_named(&user).await?))
 }

@@ -76,6 +76,9 @@ pub struct RunView {
     pub requested_by: String,
     /// The service account or integration that requested it for them.
     pub via: Option<String>,
+    /// The person whose credential asked for it, when not `requested_by`
+    /// (a service account's owner, or `bootstrap-admin`).
+    pub submitted_by: Option<String>,
     /// Attempts started so far (a crash re-run counts).
     pub attempt: u32,
     pub max_attempts: u32,
@@ -148,6 +151,7 @@ impl From<RunRecord> for RunView {
             agent_profile: r.spec.agent_profile.as_str().to_owned(),
             requested_by: r.spec.requested_by,
             via: r.spec.via,
+            submitted_by: r.spec.submitted_by,
             attempt: r.attempt,
             max_attempts: r.max_attempts,
             created_at: rfc3339(r.created_at_ms),

@@ -56,7 +56,7 @@ pub async fn create_run(
         Err(refused) => return Err(refuse(caller.refused(), &state, &repository, refused).await),
     };
     let (caller, owned) = caller;
-    let (requested_by, via) = requester(caller, body.on_behalf_of.as_deref(), &state).await?;
+    let (requested_by, via) = requester(caller, body.on_behalf_of.as_deref(), &owned, &state).await?;
     let idempotency = idempotency(&req, caller, &body, &state)?;
     let agent_profile = match body.agent_profile {
         Some(name) => name.parse()?,
@@ -74,6 +74,7 @@ pub async fn create_run(
         requested_by: requested_by.clone(),
         policy: None,
         issue: body.issue,
+        submitted_by: (caller.principal != requested_by).then(|| caller.principal.clone()),
     };
     let request = service::Request {
         actor: Actor { principal: requested_by, via, ..caller.actor() },
@@ -129,9 +130,11 @@ pub async fn approve_run(
 ) -> Result<HttpResponse, Problem> {
     let (caller, record) = run_for(&caller, &state, &id).await?;
     let id = record.id;
-    if caller.principal == record.spec.requested_by {
-        return Err(Problem::new(ErrorCode::SelfApproval)
-            .detail(format!("{} requested run {id}; someone else must approve it", caller.principal)));
+    if requested_by_person(&state, &record, &caller.principal).await? {
+        return Err(Problem::new(ErrorCode::SelfApproval).detail(format!(
+            "{} requested run {id} (or it was requested for them or through their service account); someone else must approve it",
+            caller.principal
+        )));
     }
     if record.state != RunState::AwaitingApproval {
         return Err(Problem::new(ErrorCode::NotAwaitingApproval).detail(format!("run {id} is {}", record.state)));
@@ -165,30 +168,27 @@ async fn run_for<'a, R: crate::auth::Requirement>(
 }
 
 /// The person a run is tied to, and the service acting for them. A service
-/// account must name an active person; people cannot name someone else.
+/// account (or the break-glass token) must name a known, active person who
+/// may request runs there; people cannot name someone else.
 async fn requester(
     caller: &Caller,
     on_behalf_of: Option<&str>,
+    owned: &crate::tenants::Owned,
     state: &AppState,
 ) -> Result<(String, Option<String>), Problem> {
+    let repository = owned.repository().to_string();
     match (&caller.kind, on_behalf_of) {
         (CallerKind::ServiceAccount(account), Some(person)) => {
-            let printable = !person.is_empty() && person.len() <= 256 && person.chars().all(|c| c.is_ascii_graphic());
-            if !printable {
-                return Err(Problem::bad_request("`on_behalf_of` must name a person (1-256 printable characters)")
-                    .field("on_behalf_of"));
-            }
-            if state.identity().user(person).await?.deactivated {
-                return Err(Problem::new(ErrorCode::Forbidden).detail(format!("{person} is deactivated")));
-            }
-            Ok((person.to_owned(), Some(common::identity::Subject::ServiceAccount(account.clone()).to_string())))
+            let person = crate::people::attributable(state, person, owned.tenant(), &repository).await?;
+            Ok((person, Some(common::identity::Subject::ServiceAccount(account.clone()).to_string())))
         }
         (CallerKind::ServiceAccount(account), None) => Err(Problem::bad_request(format!(
             "service account {account} must name the person it acts for in `on_behalf_of`"
         ))
         .field("on_behalf_of")),
         (CallerKind::Bootstrap, Some(person)) => {
-            Ok((person.to_owned(), Some(crate::auth::BOOTSTRAP_PRINCIPAL.to_owned())))
+            let person = crate::people::attributable(state, person, owned.tenant(), &repository).await?;
+            Ok((person, Some(crate::auth::BOOTSTRAP_PRINCIPAL.to_owned())))
         }
         (_, None) => Ok((caller.principal.clone(), None)),
         (CallerKind::User, Some(_)) => Err(Problem::bad_request(
@@ -196,6 +196,24 @@ async fn requester(
         )
         .field("on_behalf_of")),
     }
+}
+
+/// Whether `person` asked for the run: it is theirs, or was requested
+/// through a credential of theirs (a service account they own). Compares
+/// people, not tokens.
+async fn requested_by_person(state: &AppState, record: &RunRecord, person: &str) -> Result<bool, Problem> {
+    let same = |other: &str| other.eq_ignore_ascii_case(person);
+    if same(&record.spec.requested_by) || record.spec.submitted_by.as_deref().is_some_and(same) {
+        return Ok(true);
+    }
+    // Runs accepted before `submitted_by` was recorded: the account's owner.
+    let account = record.spec.via.as_deref().and_then(|v| v.strip_prefix("service-account:"));
+    if let Some(account) = account
+        && let Some(account) = state.identity().service_account(account).await?
+    {
+        return Ok(same(&account.owner));
+    }
+    Ok(false)
 }
 
 /// 1-255 printable characters, no spaces.
@@ -219,7 +237,7 @@ fn idempotency(
     let canonical = serde_json::to_vec(body).map_err(|_| Problem::internal())?;
     let fingerprint = common::hash::sha256_hex(&canonical);
     Ok(Some(Idempotency {
-        key: format!("{}:{key}", caller.principal),
+        key: format!("{}:{key}", caller.holder()),
         fingerprint,
         ttl: Duration::from_secs(state.config.api.idempotency_ttl_seconds),
     }))
@@ -304,26 +322,44 @@ pub async fn list_runs(
 ) -> Result<web::Json<RunList>, Problem> {
     let query = query.into_inner();
     let filter: Option<RunState> = query.state.as_deref().map(str::parse).transpose()?;
-    let cursor: Option<RunId> = query
-        .cursor
-        .as_deref()
-        .map(|c| c.parse().map_err(|_| common::ValidationError::new("cursor", "is not a cursor from a previous page")))
-        .transpose()?;
+    let not_a_cursor = || common::ValidationError::new("cursor", "is not a cursor from a previous page");
+    let mut position: Option<RunId> =
+        query.cursor.as_deref().map(|c| state.cursors.open(c).ok_or_else(not_a_cursor)).transpose()?;
     let limit = query.limit.unwrap_or(20);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(Problem::bad_request("`limit` must be between 1 and 100").field("limit"));
     }
-    let page = state.queue.list(filter, cursor, limit).await?;
-    Ok(web::Json(RunList {
-        runs: page
-            .runs
-            .into_iter()
-            .filter(|r| caller.allows(&r.spec.tenant, &r.spec.repository.to_string()))
-            .map(RunView::from)
-            .collect(),
-        next_cursor: page.next_cursor.map(|c| c.to_string()),
-    }))
+    // Read on past runs the caller may not see, so a page is full when it
+    // can be; the cursor is sealed, so it reveals nothing of those runs.
+    let mut runs = Vec::new();
+    for _ in 0..SCAN_PAGES {
+        let page = state.queue.list(filter, position, MAX_PAGE).await?;
+        let mut read_all = true;
+        for run in page.runs {
+            position = Some(run.id);
+            if caller.allows(&run.spec.tenant, &run.spec.repository.to_string()) {
+                runs.push(RunView::from(run));
+                if runs.len() == limit {
+                    read_all = false;
+                    break;
+                }
+            }
+        }
+        if page.next_cursor.is_none() && read_all {
+            position = None;
+            break;
+        }
+        if runs.len() == limit {
+            break;
+        }
+        position = page.next_cursor.or(position);
+    }
+    Ok(web::Json(RunList { runs, next_cursor: position.map(|p| state.cursors.seal(p)) }))
 }
+
+/// How many store pages one `GET /v1/runs` reads at most looking for runs
+/// the caller may see; past that it answers a shorter page and a cursor.
+const SCAN_PAGES: usize = 10;
 
 /// The run's output: the stored log once the run finished, the live tail
 /// while it runs.

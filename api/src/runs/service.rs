@@ -50,9 +50,21 @@ pub async fn submit(state: &AppState, owned: &Owned, spec: RunSpec, request: Req
     let held = policy.needs_approval();
     let spec = RunSpec { policy: Some(policy), ..spec };
     let id = RunId::new();
-    let event = run_requested(id, &spec, request.actor).source_ip(request.source_ip).request_id(request.request_id);
-    state.identity().append_audit(&event).await?;
     let state_now = if held { RunState::AwaitingApproval } else { RunState::Queued };
+    // A repeated request is answered before anything is written about it:
+    // no audit event names a run that is never created.
+    if let Some(idempotency) = &request.idempotency
+        && let Some((existing, same_request)) = state.queue.reserve_idempotency(id, idempotency).await?
+    {
+        return repeated(existing, same_request, state_now);
+    }
+    let event = run_requested(id, &spec, request.actor).source_ip(request.source_ip).request_id(request.request_id);
+    if let Err(error) = state.identity().append_audit(&event).await {
+        if let Some(idempotency) = &request.idempotency {
+            let _ = state.queue.release_idempotency(id, idempotency).await;
+        }
+        return Err(error.into());
+    }
     match state.queue.enqueue(id, &spec, state.config.api.max_attempts, request.idempotency.as_ref()).await? {
         Enqueued::Created { .. } => {
             tracing::info!(
@@ -61,8 +73,16 @@ pub async fn submit(state: &AppState, owned: &Owned, spec: RunSpec, request: Req
             );
             Ok(Accepted { id, state: state_now, created: true })
         }
-        Enqueued::Existing { id, same_request: true } => Ok(Accepted { id, state: state_now, created: false }),
-        Enqueued::Existing { id, same_request: false } => Err(SubmitError::KeyReused { existing: id }),
+        Enqueued::Existing { id, same_request } => repeated(id, same_request, state_now),
+    }
+}
+
+/// The answer to a request whose idempotency key `existing` holds.
+fn repeated(existing: RunId, same_request: bool, state_now: RunState) -> Result<Accepted, SubmitError> {
+    if same_request {
+        Ok(Accepted { id: existing, state: state_now, created: false })
+    } else {
+        Err(SubmitError::KeyReused { existing })
     }
 }
 
@@ -74,7 +94,7 @@ pub fn run_requested(id: RunId, spec: &RunSpec, actor: Actor) -> AuditEvent {
     let after = serde_json::json!({
         "repository": spec.repository.to_string(), "base_ref": spec.base_ref, "task_title": spec.task_title,
         "agent_profile": spec.agent_profile.as_str(), "priority": spec.priority, "issue": spec.issue,
-        "requested_by": spec.requested_by, "via": spec.via, "policy": spec.policy,
+        "requested_by": spec.requested_by, "via": spec.via, "submitted_by": spec.submitted_by, "policy": spec.policy,
     });
     AuditEvent::new("run.request", actor, object).change(None::<&()>, Some(&after))
 }

@@ -120,7 +120,7 @@ async fn handle(
         );
         return refuse(text, "the GitHub login is not linked to a person").await;
     };
-    if state.identity().user(person).await?.deactivated {
+    if state.identity().status_named(person).await?.deactivated {
         let text = format!("@{sender}, your Paddock account is deactivated; nothing was started.");
         return refuse(text, "the person is deactivated").await;
     }
@@ -152,6 +152,7 @@ async fn handle(
         via: Some(format!("github:{sender}")),
         policy: None,
         issue: Some(issue),
+        submitted_by: None,
     };
     let spec = if spec.task_title.trim().is_empty() {
         RunSpec { task_title: format!("Issue #{issue}"), ..spec }

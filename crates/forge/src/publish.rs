@@ -144,6 +144,13 @@ async fn upsert_pull_request(
     })
 }
 
+/// `text` as a Markdown code span: never a link, emphasis, HTML or an
+/// @-mention, whatever it holds (backticks and line breaks are dropped).
+pub fn code_span(text: &str) -> String {
+    let inner: String = text.chars().filter(|c| *c != '`' && !c.is_control()).collect();
+    format!("`{inner}`")
+}
+
 fn commit_message(story: &RunStory<'_>) -> String {
     let spec = story.spec;
     let mut message = format!("{}\n\n", spec.task_title.trim());
@@ -163,11 +170,13 @@ fn pull_request_body(story: &RunStory<'_>, files: &[String]) -> String {
     if let Some(issue) = spec.issue {
         body.push_str(&format!("Fixes #{issue}\n\n"));
     }
-    let via = spec.via.as_ref().map(|v| format!(" (via `{v}`)")).unwrap_or_default();
+    let via = spec.via.as_ref().map(|v| format!(" (via {})", code_span(v))).unwrap_or_default();
     body.push_str(&format!(
-        "Draft opened by Paddock for run [`{}`]({}), requested by **{}**{via}. Review it like any other \
+        "Draft opened by Paddock for run [`{}`]({}), requested by {}{via}. Review it like any other \
          contribution: CI, CODEOWNERS and branch protection decide.\n\n",
-        story.run, story.link, spec.requested_by
+        story.run,
+        story.link,
+        code_span(&spec.requested_by)
     ));
     body.push_str(&format!("- **Agent:** `{}` (`{}`)\n", spec.agent_profile.as_str(), story.command));
     let models: Vec<String> =
@@ -266,5 +275,29 @@ mod tests {
         let run: RunId = "01m8fn84p0rpjzfrb855faw0qp".parse().unwrap();
         assert_eq!(branch_name(run, Some(42)), "paddock/42-55faw0qp");
         assert_eq!(branch_name(run, None), "paddock/run-55faw0qp");
+    }
+
+    #[test]
+    fn the_requester_is_shown_as_code_never_as_markdown() {
+        let spec: RunSpec = serde_json::from_value(serde_json::json!({
+            "tenant": "t", "repository": "acme/w", "base_ref": "main", "task_title": "t", "task_body": "",
+            "agent_profile": "default", "requested_by": "[x](https://evil)\n# Approved `@org/all`",
+            "via": "service-account:portal"
+        }))
+        .unwrap();
+        let story = RunStory {
+            run: RunId::new(),
+            spec: &spec,
+            command: "agent",
+            models: &[],
+            commands: &[],
+            link: "https://paddock.example/v1/runs/x".to_owned(),
+        };
+        let body = pull_request_body(&story, &[]);
+        assert!(
+            body.contains("requested by `[x](https://evil)# Approved @org/all` (via `service-account:portal`)"),
+            "{body}"
+        );
+        assert_eq!(code_span("alice@example.com"), "`alice@example.com`");
     }
 }

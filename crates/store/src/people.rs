@@ -47,10 +47,12 @@ impl Person {
         format!("{issuer}#{subject}")
     }
 
-    /// The keys their status may be recorded under: their id and every
-    /// verified address.
+    /// The keys their status may be recorded under: their id, their
+    /// subject (how a person without a verified address is named) and
+    /// every verified address.
     pub fn status_keys(&self) -> Vec<String> {
         let mut keys = vec![self.id.clone()];
+        keys.extend(self.subject.iter().cloned());
         keys.extend(self.emails.iter().cloned());
         keys
     }
@@ -162,15 +164,34 @@ impl IdentityStore {
         Ok(merged)
     }
 
-    /// The status of the person `name` (an address or a person id) under
-    /// every key they are known by.
-    pub async fn status_named(&self, name: &str) -> Result<UserStatus, QueueError> {
+    /// Every key the person `name` (an address, a subject or a person id)
+    /// may have a status under: `name` itself and all the person's names.
+    pub async fn names_of(&self, name: &str) -> Result<Vec<String>, QueueError> {
         let known = match self.person(name).await? {
             Some(person) => Some(person),
             None => self.person_by_email(name).await?,
         };
         let mut keys = vec![name.to_owned()];
         keys.extend(known.map(|p| p.status_keys()).unwrap_or_default());
-        self.status_of(&keys).await
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// The status of the person `name`, under every name they are known by.
+    pub async fn status_named(&self, name: &str) -> Result<UserStatus, QueueError> {
+        self.status_of(&self.names_of(name).await?).await
+    }
+
+    /// Writes `status` under each of `keys`, with one audit event.
+    pub async fn set_users(&self, keys: &[String], status: &UserStatus, event: &AuditEvent) -> Result<(), QueueError> {
+        let mut pipe = self.audited(event).await?;
+        let json = to_json("user status", status)?;
+        for key in keys {
+            pipe.hset(self.keys.records(Records::Users), key, &json).ignore();
+        }
+        let mut conn = self.conn.clone();
+        let () = pipe.query_async(&mut conn).await?;
+        Ok(())
     }
 }

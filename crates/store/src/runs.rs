@@ -8,7 +8,9 @@ use common::{RunFacts, RunId, RunRecord, RunSpec, RunState, StopReason};
 use futures::StreamExt;
 use redis::AsyncCommands;
 
-use super::scripts::{ApproveArgs, CancelArgs, ClaimArgs, EnqueueArgs, FinishArgs, HeartbeatArgs, ListArgs, ReapArgs};
+use super::scripts::{
+    ApproveArgs, CancelArgs, ClaimArgs, EnqueueArgs, FinishArgs, HeartbeatArgs, IdemArgs, ListArgs, ReapArgs,
+};
 use super::{QueueError, RunQueue, conn, corrupt};
 
 /// How many log chunks of a running run Redis keeps for `GET .../logs`.
@@ -57,7 +59,7 @@ pub enum LeaseStatus {
 /// An `Idempotency-Key` as the queue stores it.
 #[derive(Debug, Clone)]
 pub struct Idempotency {
-    /// Already scoped to the caller: `<principal>:<key>`.
+    /// Already scoped to the credential's holder: `<holder>:<key>`.
     pub key: String,
     /// Digest of the request, to tell a retry from a different request.
     pub fingerprint: String,
@@ -124,6 +126,29 @@ impl RunQueue {
             "created" => Ok(Enqueued::Created { created_ms: detail }),
             _ => Ok(Enqueued::Existing { id: run.parse().map_err(|e| corrupt(&run, e))?, same_request: detail == 1 }),
         }
+    }
+
+    /// Claims `idempotency`'s key for run `id` before anything is written
+    /// about the run: `None` when it is now `id`'s, else the run that holds
+    /// it and whether that request was the same.
+    pub async fn reserve_idempotency(
+        &self,
+        id: RunId,
+        idempotency: &Idempotency,
+    ) -> Result<Option<(RunId, bool)>, QueueError> {
+        let id = id.to_string();
+        let (kind, run, same): (String, String, u64) = self.run_script(&idem_args(&id, idempotency, false)).await?;
+        if kind == "reserved" {
+            return Ok(None);
+        }
+        Ok(Some((run.parse().map_err(|e| corrupt(&run, e))?, same == 1)))
+    }
+
+    /// Gives up a reservation run `id` could not use (it was never created).
+    pub async fn release_idempotency(&self, id: RunId, idempotency: &Idempotency) -> Result<(), QueueError> {
+        let id = id.to_string();
+        let _: (String, String, u64) = self.run_script(&idem_args(&id, idempotency, true)).await?;
+        Ok(())
     }
 
     /// Takes the next run, if any, and leases it to `worker` for `lease`.
@@ -393,6 +418,16 @@ fn record_from_fields(values: Vec<Option<String>>) -> Result<RunRecord, QueueErr
         cancelled_by,
         approved_by,
     })
+}
+
+fn idem_args<'a>(id: &'a str, idempotency: &'a Idempotency, release: bool) -> IdemArgs<'a> {
+    IdemArgs {
+        release,
+        key: &idempotency.key,
+        id,
+        fingerprint: &idempotency.fingerprint,
+        ttl_ms: idempotency.ttl.as_millis() as u64,
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub(crate) struct Scripts {
     budget: Script,
     list: Script,
     approve: Script,
+    idem: Script,
 }
 
 impl Scripts {
@@ -38,6 +39,7 @@ impl Scripts {
             budget: with_lib(include_str!("lua/budget.lua")),
             list: with_lib(include_str!("lua/list.lua")),
             approve: with_lib(include_str!("lua/approve.lua")),
+            idem: with_lib(include_str!("lua/idem.lua")),
         }
     }
 
@@ -87,6 +89,26 @@ impl ScriptArgs for EnqueueArgs<'_> {
         inv.arg(self.id).arg(self.tenant).arg(self.repository).arg(self.band).arg(self.spec_json);
         inv.arg(self.max_attempts).arg(self.idempotency_key).arg(self.fingerprint).arg(self.idempotency_ttl_ms);
         inv.arg(if self.hold { "1" } else { "0" });
+    }
+}
+
+/// `idem.lua`: reserve an idempotency key for a run, or release it.
+pub(crate) struct IdemArgs<'a> {
+    pub release: bool,
+    pub key: &'a str,
+    pub id: &'a str,
+    pub fingerprint: &'a str,
+    pub ttl_ms: u64,
+}
+
+impl ScriptArgs for IdemArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.idem
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(if self.release { "release" } else { "reserve" }).arg(self.key).arg(self.id);
+        inv.arg(self.fingerprint).arg(self.ttl_ms);
     }
 }
 

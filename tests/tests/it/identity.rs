@@ -247,6 +247,8 @@ async fn service_account_tokens_are_shown_once_scoped_and_act_for_a_named_person
     let run = json!({"repository": repo, "base_ref": "main", "task": {"title": "t"}});
     let (status, problem) = call(&app, "POST", "/v1/runs", &token, Some(run.clone())).await;
     assert_eq!((status, problem["field"].as_str()), (400, Some("on_behalf_of")), "{problem}");
+    // Bob is a known person (he signed in) who may request runs.
+    assert_eq!(call(&app, "GET", "/v1/runs", &issuer.token("bob", &["devs"]), None).await.0, 200);
     let mut for_bob = run.clone();
     for_bob["on_behalf_of"] = json!("bob@example.com");
     let (status, accepted) = call(&app, "POST", "/v1/runs", &token, Some(for_bob)).await;
@@ -372,6 +374,7 @@ async fn revocation_refuses_tokens_at_once_and_cancels_the_runs_they_started() {
     )
     .await;
     let sa = issued["token"].as_str().unwrap().to_owned();
+    assert_eq!(call(&app, "GET", "/v1/runs", &issuer.token("bob", &["devs"]), None).await.0, 200);
     let mut for_bob = run.clone();
     for_bob["on_behalf_of"] = json!("bob@example.com");
     let (_, queued) = call(&app, "POST", "/v1/runs", &sa, Some(for_bob)).await;

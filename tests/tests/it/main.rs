@@ -14,6 +14,7 @@ mod identity;
 mod matrix;
 mod openapi;
 mod outbound;
+mod people;
 mod queue;
 mod retention;
 mod runs;

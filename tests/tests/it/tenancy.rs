@@ -120,3 +120,78 @@ async fn tenants_declared_through_the_api_own_repositories_without_overlap_and_a
     assert_eq!(changes, ["tenant.set", "tenant.delete"]);
     issuer.stop().await;
 }
+
+#[tokio::test]
+async fn cursors_and_idempotency_keys_reveal_nothing_across_callers() {
+    let issuer = OidcIssuer::start().await;
+    let app = app_with(&issuer).await;
+    bind(&app, "user:rita@example.com", "requester", "repo:acme/ledger").await;
+    let rita = issuer.token("rita", &[]);
+    let mut theirs = Vec::new();
+    let mut hers = Vec::new();
+    for _ in 0..3 {
+        let (_, run) = admin(&app, "POST", "/v1/runs", Some(run_on("acme/widgets", None))).await;
+        theirs.push(run["id"].as_str().unwrap().to_owned());
+        let (_, run) = call(&app, "POST", "/v1/runs", &rita, Some(run_on("acme/ledger", None))).await;
+        hers.push(run["id"].as_str().unwrap().to_owned());
+        let (_, run) = admin(&app, "POST", "/v1/runs", Some(run_on("acme/widgets", None))).await;
+        theirs.push(run["id"].as_str().unwrap().to_owned());
+    }
+    // Page by page she sees exactly her runs; no cursor names any run.
+    let (mut seen, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/runs?limit=1&cursor={c}"),
+            None => "/v1/runs?limit=1".to_owned(),
+        };
+        let (status, page) = call(&app, "GET", &path, &rita, None).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(page["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(next) => {
+                assert!(theirs.iter().chain(&hers).all(|id| !next.contains(id.as_str())), "{next}");
+                cursor = Some(next.to_owned());
+            }
+            None => break,
+        }
+    }
+    hers.reverse();
+    assert_eq!(seen, hers, "newest first, hers only");
+    // A run id, or an edited cursor, is no cursor.
+    assert_eq!(call(&app, "GET", &format!("/v1/runs?cursor={}", theirs[0]), &rita, None).await.0, 400);
+
+    // A person's key and their service account's key are different keys.
+    bind(&app, "user:olivia@example.com", "requester", "global").await;
+    let olivia = issuer.token("olivia", &[]);
+    let account = json!({"name": "olivias-portal", "owner": "olivia@example.com"});
+    assert_eq!(admin(&app, "POST", "/v1/service-accounts", Some(account)).await.0, 201);
+    bind(&app, "service-account:olivias-portal", "requester", "global").await;
+    let body = json!({"scopes": ["runs.create"], "expires_in_days": 1});
+    let (_, issued) = admin(&app, "POST", "/v1/service-accounts/olivias-portal/tokens", Some(body)).await;
+    let portal = issued["token"].as_str().unwrap().to_owned();
+    let post = |token: &str, body: serde_json::Value| {
+        app.client
+            .post(app.url("/v1/runs"))
+            .bearer_auth(token)
+            .header("Idempotency-Key", "portal-7f3a")
+            .json(&body)
+            .send()
+    };
+    let by_person: serde_json::Value = post(&olivia, run_on("acme/widgets", None)).await.unwrap().json().await.unwrap();
+    let mut for_olivia = run_on("acme/widgets", None);
+    for_olivia["on_behalf_of"] = json!("olivia@example.com");
+    let response = post(&portal, for_olivia.clone()).await.unwrap();
+    assert_eq!(response.status().as_u16(), 202, "the account's key is its own");
+    let by_account: serde_json::Value = response.json().await.unwrap();
+    assert_ne!(by_person["id"], by_account["id"]);
+    // Repeated, it is the same run, and no audit event names a run that was never created.
+    let again: serde_json::Value = post(&portal, for_olivia).await.unwrap().json().await.unwrap();
+    assert_eq!(again["id"], by_account["id"]);
+    let requests = audit(&app, &app.token, "action=run.request").await;
+    assert_eq!(requests.len(), 9 + 2, "one event per run created: {requests:#?}");
+    for event in &requests {
+        let id = event["object"]["id"].as_str().unwrap();
+        assert_eq!(admin(&app, "GET", &format!("/v1/runs/{id}"), None).await.0, 200, "{id} was never created");
+    }
+    issuer.stop().await;
+}

@@ -83,7 +83,10 @@ async fn push_and_open(
             log.line(&format!("paddock: pushed {branch}; draft pull request {}", pull_request.url));
             let note = format!(
                 "Paddock opened draft pull request #{} for this issue (run [`{}`]({}), requested by {}).",
-                pull_request.number, run.id, story.link, run.spec.requested_by
+                pull_request.number,
+                run.id,
+                story.link,
+                forge::publish::code_span(&run.spec.requested_by)
             );
             record.files_changed = files;
             record.branch = Some(branch);

@@ -10,13 +10,14 @@ local hold = ARGV[10] == '1'
 if idem ~= '' then
   local key = p .. 'idem:' .. idem
   local seen = redis.call('HMGET', key, 'id', 'fingerprint')
-  if seen[1] then
+  if seen[1] and seen[1] ~= id then
     local same = 0
     if seen[2] == fingerprint then
       same = 1
     end
     return {'existing', seen[1], same}
   end
+  -- Unseen, or reserved for this run by `idem.lua`.
   redis.call('HSET', key, 'id', id, 'fingerprint', fingerprint)
   redis.call('PEXPIRE', key, idem_ttl)
 end
