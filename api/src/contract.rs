@@ -21,6 +21,18 @@ pub const RUN_ID: Text =
 /// A run-list cursor's shape (whether this API sealed it is known only to it).
 pub const CURSOR: Text = Text { pattern: "^[A-Za-z0-9_-]{72}$", check: crate::runs::cursor::shape_ok };
 
+/// A person's email address as `on_behalf_of` and `POST /v1/people` take it.
+pub const EMAIL: Text = Text {
+    pattern: r"^(?=.{1,254}$)[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$",
+    check: crate::people::email_ok,
+};
+
+/// A tenant's repository pattern.
+pub const REPO_PATTERN: Text = Text {
+    pattern: r"^(\*|(?!.*\*\*)[A-Za-z0-9_.*-]{1,100}/[A-Za-z0-9_.*-]{1,100})$",
+    check: |s| s.parse::<common::tenancy::RepoPattern>().is_ok(),
+};
+
 pub const TENANT: Text = Text { pattern: "^[A-Za-z0-9_-]{1,64}$", check: |s| common::validate_tenant(s).is_ok() };
 
 /// One part of `owner/name` (the name also may not end in `.git`, which
@@ -119,6 +131,10 @@ pub fn body_rules() -> Vec<(&'static str, &'static str, Rule)> {
         ("CreateRun", "base_ref", Rule::Text(&BASE_REF)),
         ("CreateRun", "agent_profile", Rule::Text(&AGENT_PROFILE)),
         ("CreateRun", "issue", Rule::Int { min: 1, max: common::RunSpec::MAX_ISSUE }),
+        ("CreateRun", "on_behalf_of", Rule::Text(&EMAIL)),
+        ("NewPerson", "email", Rule::Text(&EMAIL)),
+        ("TenantInput", "repositories", Rule::MinItems(1)),
+        ("RepoPattern", "", Rule::Text(&REPO_PATTERN)),
         ("PolicyOverride", "egress_allow", Rule::Items(&EGRESS_HOST)),
         ("TaskInput", "title", Rule::Chars(Chars { min: 1, max: common::RunSpec::MAX_TITLE, non_blank: true })),
         ("TaskInput", "body", Rule::Chars(Chars { min: 0, max: common::RunSpec::MAX_BODY, non_blank: false })),
@@ -361,6 +377,22 @@ mod tests {
             ".a.b",
             "a.b.",
             "xn--bcher-kva.example",
+            "alice@example.com",
+            "a.b+tag@sub.example.co",
+            "alice@localhost",
+            "alice@-x.com",
+            "alice@x-.com",
+            "alice@x..com",
+            "@example.com",
+            "a@b@c.com",
+            "[x](y)@e.com",
+            "*",
+            "*/*",
+            "acme/*",
+            "acme/payments-*",
+            "acme/**",
+            "*/x",
+            "acme",
         ]
         .map(str::to_owned)
         .to_vec();
@@ -376,6 +408,8 @@ mod tests {
         let rules = [
             ("run id", &RUN_ID),
             ("cursor", &CURSOR),
+            ("email", &EMAIL),
+            ("repository pattern", &REPO_PATTERN),
             ("tenant", &TENANT),
             ("repository part", &REPO_PART),
             ("secret name", &SECRET_NAME),

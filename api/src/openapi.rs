@@ -234,6 +234,9 @@ pub fn permission_matrix_markdown() -> String {
                 "any (lists what it covers)"
             } else if path.starts_with("/v1/runs") || path.contains("{owner}/{name}") {
                 "global, the run's tenant or repository"
+            } else if path == "/v1/tenants/{tenant}" {
+                // Declaring what a tenant owns is never the tenant's own call.
+                "global"
             } else if path.contains("{tenant}") {
                 "global or that tenant"
             } else {

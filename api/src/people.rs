@@ -22,14 +22,18 @@ use crate::startup::AppState;
 pub fn email_ok(email: &str) -> bool {
     let Some((local, domain)) = email.split_once('@') else { return false };
     let local_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-');
-    let domain_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-');
+    // Dot-separated labels of letters, digits and inner `-`, at least two.
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
     email.len() <= 254
         && !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with(['.', '-'])
-        && !domain.ends_with(['.', '-'])
         && local.chars().all(local_ok)
-        && domain.chars().all(domain_ok)
+        && domain.split('.').count() >= 2
+        && domain.split('.').all(label_ok)
 }
 
 /// What a verified token says about its person.

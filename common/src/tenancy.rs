@@ -93,7 +93,6 @@ impl utoipa::PartialSchema for RepoPattern {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
             .description(Some("`owner/name` with optional `*` wildcards in either part, or `*` (default tenant only)"))
-            .pattern(Some(r"^(\*|[A-Za-z0-9_.*-]{1,100}/[A-Za-z0-9_.*-]{1,100})$"))
             .examples([serde_json::json!("acme/payments-*")])
             .into()
     }

@@ -267,6 +267,24 @@ async fn a_label_from_a_login_not_linked_to_a_person_starts_nothing_and_says_so(
     assert!(comments[0]["body"].as_str().unwrap().contains("identity.github_logins"), "{comments:?}");
 }
 
+/// A webhook run's tenant is the one owning its repository, as for the API;
+/// an issue on a repository nobody owns gets a comment and no run.
+#[tokio::test]
+async fn a_webhook_run_belongs_to_the_tenant_owning_its_repository() {
+    let forge = forge_with(&[("PADDOCK_TENANTS__DEFAULT__REPOSITORIES", r#"["acme/other"]"#)], FIX).await;
+    let (issue, status, refused) = forge.label_new_issue("alice").await;
+    assert_eq!((status, refused["status"].as_str()), (200, Some("refused")), "{refused}");
+    let comments = forge.github.comments(&forge.repo, issue);
+    assert!(comments.iter().any(|c| c["body"].as_str().unwrap().contains("no tenant owns")), "{comments:?}");
+
+    let (status, _) =
+        forge.app.admin_call("PUT", "/v1/tenants/widgets", json!({"repositories": [forge.repo.clone()]})).await;
+    assert_eq!(status, 200);
+    let (_, status, accepted) = forge.label_new_issue("alice").await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(forge.app.run(accepted["id"].as_str().unwrap()).await["tenant"], "widgets");
+}
+
 #[tokio::test]
 async fn forged_replayed_and_unrelated_deliveries_start_nothing() {
     let forge = forge(REFERENCE_AGENT, FIX).await;

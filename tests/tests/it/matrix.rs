@@ -148,6 +148,7 @@ impl World {
                 let id = self.admin("POST", "/v1/rbac/bindings", body).await["id"].as_str().unwrap().to_owned();
                 return (path.replace("{id}", &id), None);
             }
+            ("post", "/v1/people") => Some(json!({"email": format!("p-{unique}@example.com")})),
             ("post", "/v1/service-accounts") => Some(json!({"name": format!("sa-{unique}"), "owner": "o@example.com"})),
             ("post", "/v1/service-accounts/{name}/tokens") => {
                 Some(json!({"scopes": ["runs.create"], "expires_in_days": 1}))
