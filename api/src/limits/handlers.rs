@@ -57,11 +57,14 @@ pub struct RepoLimitInput {
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[schema(example = json!({"tenant": "payments", "repository": "acme/ledger", "max_running": 2}))]
+#[schema(example = json!({"tenant": "payments", "repository": "acme/ledger", "max_running": 2, "applies": true}))]
 pub struct RepoLimitView {
     pub tenant: String,
     pub repository: String,
     pub max_running: Option<u32>,
+    /// Whether runs are held to it: false when the tenant does not own the
+    /// repository (set it again under the owner).
+    pub applies: bool,
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -74,7 +77,7 @@ pub struct LimitsView {
 #[utoipa::path(
     tag = "limits",
     responses(
-        (status = 200, body = LimitsView, example = json!({"tenants": [{"tenant": "payments", "max_running": 20, "weight": 3.0}], "repositories": [{"tenant": "payments", "repository": "acme/ledger", "max_running": 2}]})),
+        (status = 200, body = LimitsView, example = json!({"tenants": [{"tenant": "payments", "max_running": 20, "weight": 3.0}], "repositories": [{"tenant": "payments", "repository": "acme/ledger", "max_running": 2, "applies": true}]})),
     ),
     security(("bearer" = ["limits.manage"]))
 )]
@@ -84,6 +87,7 @@ pub async fn get_limits(
     state: web::Data<AppState>,
 ) -> Result<web::Json<LimitsView>, Problem> {
     let limits = state.queue.limits().await?;
+    let tenancy = crate::tenants::tenancy(&state).await?;
     Ok(web::Json(LimitsView {
         tenants: limits
             .tenants
@@ -93,7 +97,10 @@ pub async fn get_limits(
         repositories: limits
             .repositories
             .into_iter()
-            .map(|((tenant, repository), cap)| RepoLimitView { tenant, repository, max_running: Some(cap) })
+            .map(|((tenant, repository), cap)| {
+                let applies = crate::tenants::owns(&tenancy, &tenant, &repository);
+                RepoLimitView { tenant, repository, max_running: Some(cap), applies }
+            })
             .collect(),
     }))
 }
@@ -167,5 +174,6 @@ pub async fn put_repo_limit(
     let after = serde_json::json!({"max_running": body.max_running});
     state.identity().append_audit(&caller.event("limits.set", object).change(None::<&()>, Some(&after))).await?;
     state.queue.set_repo_limit(&tenant, &repository.to_string(), body.max_running).await?;
-    Ok(web::Json(RepoLimitView { tenant, repository: repository.to_string(), max_running: body.max_running }))
+    let repository = repository.to_string();
+    Ok(web::Json(RepoLimitView { tenant, repository, max_running: body.max_running, applies: true }))
 }

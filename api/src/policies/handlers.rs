@@ -21,6 +21,9 @@ pub struct PolicyEntry {
     pub repository: Option<String>,
     #[serde(rename = "override")]
     pub policy_override: PolicyOverride,
+    /// Whether runs get it: false for a repository override stored under a
+    /// tenant that does not own the repository (set it again under the owner).
+    pub applies: bool,
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -43,12 +46,16 @@ pub async fn get_policies(
     _caller: Authorized<need::LimitsManage>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<PoliciesView>, Problem> {
+    let tenancy = crate::tenants::tenancy(&state).await?;
     let overrides = state
         .queue
         .policies()
         .await?
         .into_iter()
-        .map(|(tenant, repository, policy_override)| PolicyEntry { tenant, repository, policy_override })
+        .map(|(tenant, repository, policy_override)| {
+            let applies = repository.as_deref().is_none_or(|r| crate::tenants::owns(&tenancy, &tenant, r));
+            PolicyEntry { tenant, repository, policy_override, applies }
+        })
         .collect();
     Ok(web::Json(PoliciesView { defaults: state.config.default_policy(), overrides }))
 }
@@ -90,7 +97,7 @@ pub async fn put_tenant_policy(
     object.tenant = Some(tenant.clone());
     state.identity().append_audit(&caller.event("policy.set", object).change(None::<&()>, Some(&*body))).await?;
     state.queue.set_policy(&tenant, None, &body).await?;
-    Ok(web::Json(PolicyEntry { tenant, repository: None, policy_override: body.into_inner() }))
+    Ok(web::Json(PolicyEntry { tenant, repository: None, policy_override: body.into_inner(), applies: true }))
 }
 
 /// Replace a repository's sandbox policy override for one tenant (`{}` removes it).
@@ -125,5 +132,6 @@ pub async fn put_repo_policy(
     (object.tenant, object.repository) = (Some(tenant.clone()), Some(repository.to_string()));
     state.identity().append_audit(&caller.event("policy.set", object).change(None::<&()>, Some(&*body))).await?;
     state.queue.set_policy(&tenant, Some(&repository.to_string()), &body).await?;
-    Ok(web::Json(PolicyEntry { tenant, repository: Some(repository.to_string()), policy_override: body.into_inner() }))
+    let repository = Some(repository.to_string());
+    Ok(web::Json(PolicyEntry { tenant, repository, policy_override: body.into_inner(), applies: true }))
 }

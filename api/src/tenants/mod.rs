@@ -54,6 +54,11 @@ pub async fn owner(state: &AppState, repository: &RepoName) -> Result<Owned, Pro
     }
 }
 
+/// Whether `tenant` owns `repository` now (so its override applies).
+pub fn owns(tenancy: &Tenancy, tenant: &str, repository: &str) -> bool {
+    repository.parse::<RepoName>().ok().is_some_and(|r| tenancy.owner_of(&r).is_ok_and(|owner| owner == tenant))
+}
+
 /// 403 naming both tenants when `named` is not the owner.
 pub fn check_named(owned: &Owned, named: Option<&str>) -> Result<(), Problem> {
     match named {

@@ -217,7 +217,8 @@ async fn cancel_limits_and_queue_endpoints() {
     assert_eq!(repo.status().as_u16(), 200);
     let limits: Value = app.get("/v1/limits").await.json().await.unwrap();
     assert_eq!(limits["tenants"], json!([{"tenant": "payments", "max_running": 4, "weight": 2.5}]));
-    assert_eq!(limits["repositories"], json!([{"tenant": "payments", "repository": "acme/ledger", "max_running": 2}]));
+    let ledger = json!([{"tenant": "payments", "repository": "acme/ledger", "max_running": 2, "applies": true}]);
+    assert_eq!(limits["repositories"], ledger);
     assert_problem(put("/v1/limits/tenants/payments", json!({"weight": 0})).await.unwrap(), 400).await;
     assert_problem(put("/v1/limits/tenants/bad%20name", json!({})).await.unwrap(), 400).await;
     assert_problem(put("/v1/limits/tenants/payments/repositories/acme/-bad", json!({})).await.unwrap(), 400).await;

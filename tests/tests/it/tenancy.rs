@@ -38,6 +38,11 @@ async fn a_tenant_scoped_requester_cannot_reach_another_tenants_repository_nor_s
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains("default") && detail.contains("payments"), "names both tenants: {detail}");
 
+    // Nor name another tenant for their own repository.
+    let (status, problem) =
+        call(&app, "POST", "/v1/runs", &dave, Some(run_on("acme/payments-api", Some("search")))).await;
+    assert_eq!((status, problem["field"].as_str()), (403, Some("tenant")), "{problem}");
+
     // A repository-scoped requester cannot shed its repository's tenant
     // (policy, secrets, budgets, caps) by naming an unused one.
     let (status, problem) = call(&app, "POST", "/v1/runs", &rita, Some(run_on("acme/ledger", Some("unused")))).await;
@@ -48,14 +53,14 @@ async fn a_tenant_scoped_requester_cannot_reach_another_tenants_repository_nor_s
 
     // Every refusal is in the audit trail, with who and why.
     let refusals = audit(&app, &app.token, "action=run.refuse").await;
-    assert_eq!(refusals.len(), 4, "{refusals:#?}");
+    assert_eq!(refusals.len(), 5, "{refusals:#?}");
     let by_rita: Vec<_> = refusals.iter().filter(|e| e["actor"]["principal"] == "rita@example.com").collect();
     assert_eq!(by_rita.len(), 1);
     assert_eq!(by_rita[0]["object"]["tenant"], "payments");
     assert!(by_rita[0]["reason"].as_str().unwrap().contains("unused"), "{:#}", by_rita[0]);
     assert_eq!(by_rita[0]["outcome"], "failure");
     let trail = app.audit_trail_text().await;
-    assert_eq!(trail.matches("\"run.refuse\"").count(), 4, "the refusals reached the signed trail");
+    assert_eq!(trail.matches("\"run.refuse\"").count(), 5, "the refusals reached the signed trail");
 
     // Overrides for a tenant that does not own the repository are refused too.
     let (status, _) = admin(&app, "PUT", "/v1/policies/tenants/search/repositories/acme/ledger", Some(json!({}))).await;
@@ -105,11 +110,18 @@ async fn tenants_declared_through_the_api_own_repositories_without_overlap_and_a
     let (status, _) = call(&app, "PUT", "/v1/tenants/lee", &lee, Some(json!({"repositories": ["lee/*"]}))).await;
     assert_eq!(status, 403);
 
+    // An override stored for a tenant that no longer owns the repository is
+    // shown as not applying.
+    let path = "/v1/limits/tenants/web/repositories/acme/widgets";
+    assert_eq!(admin(&app, "PUT", path, Some(json!({"max_running": 1}))).await.0, 200);
+
     // Removed: its repositories get no new runs; the accepted one keeps its tenant.
     assert_eq!(admin(&app, "DELETE", "/v1/tenants/web", None).await.0, 204);
     assert_eq!(admin(&app, "POST", "/v1/runs", Some(run_on("acme/widgets", None))).await.0, 403);
     assert_eq!(app.run(accepted["id"].as_str().unwrap()).await["tenant"], "web");
     assert_eq!(admin(&app, "DELETE", "/v1/tenants/payments", None).await.0, 409);
+    let (_, limits) = admin(&app, "GET", "/v1/limits", None).await;
+    assert_eq!(limits["repositories"][0]["applies"], false, "{limits}");
 
     let changes: Vec<String> = audit(&app, &app.token, "object=web")
         .await
