@@ -258,10 +258,21 @@ pub struct ProviderConfig {
     /// a signed assertion for a short-lived access token.
     #[serde(default)]
     pub credentials_file: Option<PathBuf>,
-    /// `anthropic-beta` flags passed on to Vertex (others are dropped: the
-    /// cloud endpoints refuse flags they do not know).
+    /// `anthropic-beta` flags passed on (Anthropic and Vertex); every other
+    /// flag is dropped, since a beta can switch on server-side features.
     #[serde(default)]
     pub anthropic_betas: Vec<String>,
+    /// Server-side tools calls may use, by type without its version:
+    /// `web_search`, `web_fetch`, `code_execution`, `code_interpreter`,
+    /// `file_search`, `image_generation`, `mcp` (remote MCP servers and
+    /// connectors). The provider runs them outside the sandbox, so none by
+    /// default; client-side tools (functions, bash, editors) always pass.
+    #[serde(default)]
+    pub server_tools: Vec<String>,
+    /// Whether content may name URLs the provider fetches itself (image,
+    /// document and file sources); off by default: send content inline.
+    #[serde(default)]
+    pub remote_urls: bool,
 }
 
 /// The GitHub App Paddock acts as. Without `app_id`, runs clone anonymously

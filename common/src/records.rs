@@ -123,6 +123,10 @@ pub struct CallRecord {
     pub duration_ms: u64,
     /// Secrets found, by rule, in the request and in the answer.
     pub redactions: BTreeMap<String, u32>,
+    /// `anthropic-beta` flags the caller sent that the provider's policy
+    /// does not allow, and which were therefore not passed on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped_betas: Vec<String>,
 }
 
 /// A run's `summary.json`: written by the worker with the run's evidence,

@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 struct State {
     key: String,
     received: Arc<Mutex<Vec<String>>>,
+    /// The `anthropic-beta` header of each Messages request ("" without one).
+    betas: Arc<Mutex<Vec<String>>>,
     /// Streams the client abandoned before their end.
     abandoned: Arc<std::sync::atomic::AtomicUsize>,
     google: Arc<Mutex<Google>>,
@@ -36,6 +38,7 @@ pub struct EmulatedProviders {
     pub base_url: String,
     pub key: String,
     received: Arc<Mutex<Vec<String>>>,
+    betas: Arc<Mutex<Vec<String>>>,
     abandoned: Arc<std::sync::atomic::AtomicUsize>,
     google: Arc<Mutex<Google>>,
     script: Arc<Mutex<Vec<String>>>,
@@ -48,12 +51,14 @@ impl EmulatedProviders {
     pub async fn start() -> Self {
         let key = format!("provider-key-{}", ulid::Ulid::new());
         let received = Arc::new(Mutex::new(Vec::new()));
+        let betas = Arc::new(Mutex::new(Vec::new()));
         let abandoned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let google = Arc::new(Mutex::new(Google { lifetime_secs: 3599, ..Google::default() }));
         let script = Arc::new(Mutex::new(Vec::new()));
         let state = web::Data::new(State {
             key: key.clone(),
             received: received.clone(),
+            betas: betas.clone(),
             abandoned: abandoned.clone(),
             google: google.clone(),
             script: script.clone(),
@@ -83,6 +88,7 @@ impl EmulatedProviders {
             root_url: format!("https://127.0.0.1:{port}"),
             key,
             received,
+            betas,
             abandoned,
             google,
             script,
@@ -126,6 +132,11 @@ impl EmulatedProviders {
     /// How many slow streams (model `gpt-slow`) the far side abandoned.
     pub fn abandoned_streams(&self) -> usize {
         self.abandoned.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The `anthropic-beta` header of every Messages request ("" for none).
+    pub fn received_betas(&self) -> Vec<String> {
+        self.betas.lock().unwrap().clone()
     }
 
     /// Every request body received so far.
@@ -197,6 +208,8 @@ async fn anthropic(req: HttpRequest, body: web::Bytes, state: web::Data<State>) 
     }
     let text = String::from_utf8_lossy(&body).into_owned();
     state.received.lock().unwrap().push(text.clone());
+    let beta = req.headers().get("anthropic-beta").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    state.betas.lock().unwrap().push(beta.to_owned());
     let request: Value = serde_json::from_str(&text).unwrap_or_default();
     let model = request["model"].clone();
     messages_answer(&request, model)

@@ -33,7 +33,8 @@ pub struct CreateRun {
     /// Agent profile configured on the workers; `default` when omitted.
     #[serde(default)]
     pub agent_profile: Option<String>,
-    /// Team or organisation that owns the run; the configured default when omitted.
+    /// Optional: the run's tenant is always the tenant owning `repository`;
+    /// naming another is refused (403 `wrong-tenant`).
     #[serde(default)]
     #[schema(example = "payments")]
     pub tenant: Option<String>,

@@ -7,6 +7,7 @@
 
 mod hub;
 mod redact;
+mod request_policy;
 mod server;
 mod vertex;
 

@@ -288,6 +288,7 @@ impl RunGateway {
             latency_ms: 0,
             duration_ms: 0,
             redactions: BTreeMap::new(),
+            dropped_betas: Vec::new(),
         };
         match self.clone().forward(req, wire, suffix, &mut record, started).await {
             Ok(response) => response,
@@ -312,14 +313,28 @@ impl RunGateway {
         started: Instant,
     ) -> Result<Response<Body>, Response<Body>> {
         let headers = req.headers().clone();
-        let text = read_body(req, wire, record).await?;
-        let request: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let raw = read_body(req, wire, record).await?;
+        // What is checked is what is sent: the body as parsed, written again
+        // (a duplicate key cannot mean one thing here and another upstream).
+        let request: serde_json::Value = serde_json::from_str(&raw).map_err(|e| {
+            let message = format!("the request body is not JSON: {e}");
+            record.refusal = Some(message.clone());
+            error(wire, StatusCode::BAD_REQUEST, "invalid_request_error", &message)
+        })?;
+        let text = serde_json::to_string(&request).unwrap_or(raw);
         let model = request.get("model").and_then(|m| m.as_str()).map(str::to_owned);
         record.model = model.clone();
         let (provider_name, provider) = self.provider_for(wire, model.as_deref(), record).map_err(|message| {
             tracing::warn!(run_id = %self.run, tenant = %self.tenant, %message, "model call refused by provider policy");
             error(wire, StatusCode::FORBIDDEN, "model_not_allowed", &message)
         })?;
+        if let Err(super::request_policy::Refused(message)) = super::request_policy::check(wire, provider, &request) {
+            tracing::warn!(run_id = %self.run, provider = %provider_name, %message, "model call refused by request policy");
+            record.refusal = Some(message.clone());
+            return Err(error(wire, StatusCode::FORBIDDEN, "request_not_allowed", &message));
+        }
+        let asked_betas = headers.get("anthropic-beta").and_then(|v| v.to_str().ok());
+        record.dropped_betas = super::request_policy::betas(provider, asked_betas).1;
         let price = model.as_deref().and_then(|m| provider.prices.get(m)).copied();
         let worst = if suffix.ends_with("count_tokens") { Spend::default() } else { worst_case(&text, price) };
         // From here on, whatever happens, the reservation and the tokens
@@ -487,33 +502,15 @@ impl RunGateway {
             }
             ProviderKind::Anthropic => {
                 let version = header("anthropic-version").unwrap_or(HeaderValue::from_static("2023-06-01"));
-                let mut u = post(format!("{base}/{suffix}"), body.to_owned())
+                let u = post(format!("{base}/{suffix}"), body.to_owned())
                     .header("x-api-key", provider.api_key.expose_secret())
                     .header("anthropic-version", version);
-                if let Some(beta) = header("anthropic-beta") {
-                    u = u.header("anthropic-beta", beta);
-                }
-                u
+                with_betas(u, provider, headers)
             }
             ProviderKind::Vertex => {
                 let (url, body) = super::vertex::request(provider, suffix, model, body)?;
                 let token = super::vertex::access_token(provider, &self.http).await?;
-                let mut u = post(url, body).bearer_auth(token);
-                let asked = header("anthropic-beta");
-                let betas: Vec<&str> = asked
-                    .as_ref()
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| {
-                        v.split(',')
-                            .map(str::trim)
-                            .filter(|b| provider.anthropic_betas.iter().any(|a| a == b))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if !betas.is_empty() {
-                    u = u.header("anthropic-beta", betas.join(","));
-                }
-                u
+                with_betas(post(url, body).bearer_auth(token), provider, headers)
             }
         })
     }
@@ -580,6 +577,18 @@ impl RunGateway {
             &serde_json::json!({"object": "list", "data": data, "has_more": false, "first_id": first, "last_id": last}),
         )
     }
+}
+
+/// `upstream` with the caller's `anthropic-beta` flags that `provider`
+/// allows (none by default).
+fn with_betas(
+    upstream: reqwest::RequestBuilder,
+    provider: &ProviderConfig,
+    headers: &hyper::HeaderMap,
+) -> reqwest::RequestBuilder {
+    let asked = headers.get("anthropic-beta").and_then(|v| v.to_str().ok());
+    let (kept, _) = super::request_policy::betas(provider, asked);
+    if kept.is_empty() { upstream } else { upstream.header("anthropic-beta", kept.join(",")) }
 }
 
 /// The run token a request presents, as `Authorization: Bearer` or

