@@ -48,6 +48,10 @@ pub struct Caller {
     pub source_ip: Option<String>,
     /// This request's `x-request-id`, for audit.
     pub request_id: Option<String>,
+    /// Every name of the person behind the credential (their subject and
+    /// each address they were seen with; a service account's owner), to
+    /// compare people rather than tokens.
+    pub names: Vec<String>,
 }
 
 impl Caller {
@@ -181,6 +185,16 @@ impl<R: Requirement> Scoped<R> {
         }
     }
 
+    /// Like [`Scoped::on`], with a refusal that names the repository only:
+    /// a caller who may not act there learns nothing of who owns it.
+    pub fn on_repository(&self, tenant: &str, repository: &str) -> Result<&Caller, Problem> {
+        if self.allows(tenant, repository) {
+            Ok(&self.caller)
+        } else {
+            Err(forbidden(&self.caller, R::ANY_OF, &format!("on {repository}")))
+        }
+    }
+
     /// The caller, for recording that it was refused (not for acting).
     pub fn refused(&self) -> &Caller {
         &self.caller
@@ -257,6 +271,7 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, Problem> {
             grants: Grants::everything(),
             source_ip,
             request_id: None,
+            names: vec![BOOTSTRAP_PRINCIPAL.to_owned()],
         });
     }
     if token.starts_with(common::identity::SERVICE_TOKEN_PREFIX) {
@@ -285,7 +300,9 @@ async fn authenticate(req: &HttpRequest) -> Result<Caller, Problem> {
         }
     }
     let grants = grants_of(state, &principal, &identity.groups).await?;
-    Ok(Caller { principal, kind: CallerKind::User, grants, source_ip, request_id: None })
+    let mut names = person.status_keys();
+    names.push(principal.clone());
+    Ok(Caller { principal, kind: CallerKind::User, grants, source_ip, request_id: None, names })
 }
 
 /// What a person holds: roles their groups map to in configuration, and
@@ -324,7 +341,7 @@ async fn service_account(state: &AppState, token: &str, source_ip: Option<String
         .ok_or_else(|| unauthorized("the token's service account no longer exists"))?;
     // An account acts for its owner: it stops when they are deactivated
     // (and works again on their activation).
-    if store.status_named(&account.owner).await?.deactivated {
+    if store.status_named(&account.owner, state.issuer()).await?.deactivated {
         return Err(unauthorized(&format!("the service account's owner {} is deactivated", account.owner)));
     }
     let subject = Subject::ServiceAccount(account.name.clone());
@@ -335,5 +352,6 @@ async fn service_account(state: &AppState, token: &str, source_ip: Option<String
     // Service accounts never approve, whatever their bindings say.
     grants.retain(|p| p != Permission::ToolsApprove && record.scopes.contains(&p));
     let kind = CallerKind::ServiceAccount(account.name);
-    Ok(Caller { principal: account.owner, kind, grants, source_ip, request_id: None })
+    let names = store.names_of(&account.owner, state.issuer()).await?;
+    Ok(Caller { principal: account.owner, kind, grants, source_ip, request_id: None, names })
 }

@@ -70,7 +70,11 @@ pub async fn attributable(state: &AppState, email: &str, tenant: &str, repositor
     if store.status_of(&person.status_keys()).await?.deactivated {
         return Err(field(Problem::new(ErrorCode::Forbidden).detail(format!("{email} is deactivated"))));
     }
-    let grants = crate::auth::grants_of(state, &email, &person.groups).await?;
+    // Groups only as recently as the identity provider vouched for them.
+    let trusted_ms = state.config.identity.oidc.as_ref().map_or(0, |o| o.groups_trusted_seconds * 1000);
+    let fresh = person.last_seen_ms.is_some_and(|seen| now_ms().saturating_sub(seen) <= trusted_ms);
+    let groups = if fresh { person.groups.as_slice() } else { &[] };
+    let grants = crate::auth::grants_of(state, &email, groups).await?;
     if !grants.allows(Permission::RunsCreate, Some(tenant), Some(repository)) {
         return Err(field(Problem::new(ErrorCode::Forbidden).detail(format!(
             "{email} does not hold runs.create on {repository} of tenant {tenant}, so no run there can be theirs"

@@ -52,6 +52,7 @@ pub enum ErrorCode {
     WrongTenant,
     UnownedRepository,
     TenantConflict,
+    IdempotencyKeyInUse,
 }
 
 impl ErrorCode {
@@ -81,6 +82,7 @@ impl ErrorCode {
         Self::WrongTenant,
         Self::UnownedRepository,
         Self::TenantConflict,
+        Self::IdempotencyKeyInUse,
     ];
 
     /// (status, slug, title).
@@ -115,6 +117,9 @@ impl ErrorCode {
             Self::WrongTenant => (S::FORBIDDEN, "wrong-tenant", "The repository belongs to another tenant"),
             Self::UnownedRepository => (S::FORBIDDEN, "unowned-repository", "No tenant owns the repository"),
             Self::TenantConflict => (S::CONFLICT, "tenant-conflict", "The tenant cannot be changed that way"),
+            Self::IdempotencyKeyInUse => {
+                (S::CONFLICT, "idempotency-key-in-use", "A request with this Idempotency-Key is in progress")
+            }
         }
     }
 
@@ -220,6 +225,9 @@ impl From<crate::runs::service::SubmitError> for Problem {
             SubmitError::Store(e) => e.into(),
             reused @ SubmitError::KeyReused { .. } => {
                 Problem::new(ErrorCode::IdempotencyKeyReused).detail(reused.to_string()).field("Idempotency-Key")
+            }
+            busy @ SubmitError::KeyInUse { .. } => {
+                Problem::new(ErrorCode::IdempotencyKeyInUse).detail(busy.to_string()).field("Idempotency-Key")
             }
         }
     }

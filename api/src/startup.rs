@@ -44,6 +44,11 @@ impl AppState {
     pub fn identity(&self) -> IdentityStore {
         self.queue.identity().with_trail(self.audit.clone())
     }
+
+    /// The identity provider's issuer, which makes a bare `sub` a person.
+    pub fn issuer(&self) -> Option<&str> {
+        self.config.identity.oidc.as_ref().map(|o| o.issuer.as_str())
+    }
 }
 
 pub struct Application {

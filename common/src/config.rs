@@ -371,6 +371,11 @@ pub struct OidcConfig {
     /// send no verification claim (set it only if that is so).
     #[serde(default)]
     pub email_always_verified: bool,
+    /// How long the groups a person's last token named still count when a
+    /// service account names them in `on_behalf_of` (they may have left a
+    /// group since); after that only bindings to `user:<them>` count.
+    #[serde(default = "default_groups_trusted")]
+    pub groups_trusted_seconds: u64,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds (at most 300).
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
@@ -385,6 +390,10 @@ fn default_algorithms() -> Vec<String> {
 
 fn default_groups_claim() -> String {
     "groups".to_owned()
+}
+
+fn default_groups_trusted() -> u64 {
+    86_400
 }
 
 fn default_email_claim() -> String {

@@ -102,6 +102,13 @@ impl TestApp {
         format!("acme/{name}")
     }
 
+    /// Declares `email` a known person (as an administrator would before
+    /// they sign in), so that service accounts may be theirs.
+    pub async fn declare_person(&self, email: &str) {
+        let (status, body) = self.admin_call("POST", "/v1/people", serde_json::json!({"email": email})).await;
+        assert!(status == 201 || status == 409, "declaring {email}: {status} {body}");
+    }
+
     pub async fn post_run(&self, body: &Value) -> reqwest::Response {
         self.client.post(self.url("/v1/runs")).bearer_auth(&self.token).json(body).send().await.expect("POST /v1/runs")
     }

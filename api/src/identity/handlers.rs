@@ -146,6 +146,7 @@ pub async fn list_service_accounts(
     request_body = NewServiceAccount,
     responses(
         (status = 201, body = ServiceAccount),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "The owner is not a known person"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "The name is taken"),
     ),
     security(("bearer" = ["rbac.manage"]))
@@ -163,13 +164,27 @@ pub async fn create_service_account(
     if !owner_ok {
         return Err(Problem::bad_request("`owner` must name a person (1-256 printable characters)").field("owner"));
     }
+    // Accountable means someone Paddock knows, so that deactivating them
+    // stops the account too: recorded by their verified address (or subject).
+    let owner = state
+        .identity()
+        .person_named(&body.owner, state.issuer())
+        .await?
+        .and_then(|p| p.email.or(p.subject))
+        .ok_or_else(|| {
+        Problem::not_found(format!(
+            "{} is not a known person: they sign in once, or an administrator declares them (POST /v1/people)",
+            body.owner
+        ))
+        .field("owner")
+    })?;
     if body.description.len() > 1024 {
         return Err(Problem::bad_request("`description` must be at most 1024 bytes").field("description"));
     }
     let account = ServiceAccount {
         name: body.name,
         description: body.description,
-        owner: body.owner,
+        owner,
         created_by: caller.principal.clone(),
         created_at_ms: now_ms(),
     };

@@ -93,6 +93,11 @@ pub async fn revoke_token(
     Ok(token)
 }
 
+/// The live runs `which` picks.
+async fn live_runs_where(state: &AppState, which: impl Fn(&RunRecord) -> bool) -> Result<Vec<RunRecord>, Problem> {
+    Ok(state.queue.live_runs().await?.into_iter().filter(|r| which(r)).collect())
+}
+
 /// Cancels `runs` (deleting their run tokens first); fills the report.
 async fn cancel_runs(
     state: &AppState,
@@ -124,7 +129,10 @@ async fn revoke_user(
     deactivate: bool,
 ) -> Result<RevokeReport, Problem> {
     let store = state.identity();
-    let before = store.user(user).await?;
+    // Under every name the person is known by (any address they were seen
+    // with, their subject), so that no token of theirs passes.
+    let names = store.names_of(user, state.issuer()).await?;
+    let before = store.status_of(&names).await?;
     let now = now_ms();
     let after = UserStatus {
         deactivated: deactivate || before.deactivated,
@@ -134,14 +142,28 @@ async fn revoke_user(
     };
     let action = if deactivate { "user.deactivate" } else { "user.revoke" };
     let event = caller.event(action, ObjectRef::new("user", user)).reason(reason).change(Some(&before), Some(&after));
-    store.set_user(user, &after, &event).await?;
+    store.set_users(&names, &after, &event).await?;
     let mut report = RevokeReport {
         revoked_tokens: Vec::new(),
         user_tokens_revoked_before_ms: Some(now),
         cancelled_runs: Vec::new(),
         run_tokens_revoked: 0,
     };
-    let runs = state.queue.live_runs().await?.into_iter().filter(|r| r.spec.requested_by == user).collect();
+    // Their runs: requested by them, or through a service account they own.
+    let theirs = |who: &str| names.iter().any(|n| n.eq_ignore_ascii_case(who));
+    let accounts: Vec<String> = store
+        .service_accounts()
+        .await?
+        .into_iter()
+        .filter(|a| theirs(&a.owner))
+        .map(|a| Subject::ServiceAccount(a.name).to_string())
+        .collect();
+    let runs = live_runs_where(state, |r| {
+        theirs(&r.spec.requested_by)
+            || r.spec.submitted_by.as_deref().is_some_and(theirs)
+            || r.spec.via.as_ref().is_some_and(|v| accounts.contains(v))
+    })
+    .await?;
     cancel_runs(state, caller, runs, &mut report).await?;
     tracing::warn!(by = %caller.principal, %user, deactivate, cancelled = report.cancelled_runs.len(), "user revoked");
     Ok(report)
@@ -202,15 +224,10 @@ async fn revoke_service_accounts(
         }
     }
     let via = Subject::ServiceAccount(which.to_owned()).to_string();
-    let runs = state
-        .queue
-        .live_runs()
-        .await?
-        .into_iter()
-        .filter(|r| {
-            r.spec.via.as_deref().is_some_and(|v| if all { v.starts_with("service-account:") } else { v == via })
-        })
-        .collect();
+    let runs = live_runs_where(state, |r| {
+        r.spec.via.as_deref().is_some_and(|v| if all { v.starts_with("service-account:") } else { v == via })
+    })
+    .await?;
     cancel_runs(state, caller, runs, &mut report).await?;
     let event = caller
         .event("security.revoke", ObjectRef::new("service-account", which))
@@ -263,7 +280,7 @@ pub async fn activate_user(
     person_ok(&user, "user")?;
     reason_ok(&body.reason)?;
     let store = state.identity();
-    let before = store.status_named(&user).await?;
+    let before = store.status_named(&user, state.issuer()).await?;
     let after = UserStatus {
         deactivated: false,
         changed_by: Some(caller.principal.clone()),
@@ -275,7 +292,7 @@ pub async fn activate_user(
         .reason(&body.reason)
         .change(Some(&before), Some(&after));
     // A deactivation recorded under any of the person's names ends here.
-    store.set_users(&store.names_of(&user).await?, &after, &event).await?;
+    store.set_users(&store.names_of(&user, state.issuer()).await?, &after, &event).await?;
     Ok(web::Json(after))
 }
 
@@ -296,5 +313,5 @@ pub async fn get_user(
 ) -> Result<web::Json<UserStatus>, Problem> {
     person_ok(&user, "user")?;
     // Under every name the person is known by.
-    Ok(web::Json(state.identity().status_named(&user).await?))
+    Ok(web::Json(state.identity().status_named(&user, state.issuer()).await?))
 }

@@ -31,6 +31,7 @@ pub const MAX_PAGE: usize = 100;
     ),
     responses(
         (status = 202, body = RunAccepted, headers(("Location" = String, description = "URL of the run"))),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "A request with the same Idempotency-Key is still being accepted"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "The Idempotency-Key was used for a different request"),
     ),
     security(("bearer" = ["runs.create"]))
@@ -48,9 +49,12 @@ pub async fn create_run(
         common::validate_tenant(named)?;
     }
     let owned = crate::tenants::owner(&state, &repository).await;
+    // Scope first: only a caller who may act on the repository learns which
+    // tenant owns it (from a refusal naming both).
     let caller = match owned.and_then(|o| {
+        let caller = caller.on_repository(o.tenant(), &repository.to_string())?;
         crate::tenants::check_named(&o, body.tenant.as_deref())?;
-        Ok((caller.on(o.tenant(), &repository.to_string())?, o))
+        Ok((caller, o))
     }) {
         Ok(found) => found,
         Err(refused) => return Err(refuse(caller.refused(), &state, &repository, refused).await),
@@ -130,7 +134,7 @@ pub async fn approve_run(
 ) -> Result<HttpResponse, Problem> {
     let (caller, record) = run_for(&caller, &state, &id).await?;
     let id = record.id;
-    if requested_by_person(&state, &record, &caller.principal).await? {
+    if requested_by_person(&state, &record, &caller.names).await? {
         return Err(Problem::new(ErrorCode::SelfApproval).detail(format!(
             "{} requested run {id} (or it was requested for them or through their service account); someone else must approve it",
             caller.principal
@@ -198,20 +202,25 @@ async fn requester(
     }
 }
 
-/// Whether `person` asked for the run: it is theirs, or was requested
-/// through a credential of theirs (a service account they own). Compares
-/// people, not tokens.
-async fn requested_by_person(state: &AppState, record: &RunRecord, person: &str) -> Result<bool, Problem> {
-    let same = |other: &str| other.eq_ignore_ascii_case(person);
-    if same(&record.spec.requested_by) || record.spec.submitted_by.as_deref().is_some_and(same) {
-        return Ok(true);
-    }
+/// Whether the person behind `names` asked for the run: it is theirs, or
+/// was requested through a credential of theirs (a service account they
+/// own), under any of their names. Compares people, not tokens.
+async fn requested_by_person(state: &AppState, record: &RunRecord, names: &[String]) -> Result<bool, Problem> {
+    let store = state.identity();
+    let mut theirs = vec![record.spec.requested_by.clone()];
+    theirs.extend(record.spec.submitted_by.clone());
     // Runs accepted before `submitted_by` was recorded: the account's owner.
     let account = record.spec.via.as_deref().and_then(|v| v.strip_prefix("service-account:"));
     if let Some(account) = account
-        && let Some(account) = state.identity().service_account(account).await?
+        && let Some(account) = store.service_account(account).await?
     {
-        return Ok(same(&account.owner));
+        theirs.push(account.owner);
+    }
+    for name in theirs {
+        let known = store.names_of(&name, state.issuer()).await?;
+        if known.iter().any(|k| names.iter().any(|n| n.eq_ignore_ascii_case(k))) {
+            return Ok(true);
+        }
     }
     Ok(false)
 }

@@ -3,7 +3,7 @@
 
 use common::audit::{Actor, AuditEvent, ObjectRef};
 use common::{RunId, RunSpec, RunState, ValidationError};
-use store::{Enqueued, Idempotency, QueueError};
+use store::{Enqueued, Idempotency, KeyHolder, QueueError};
 
 use crate::startup::AppState;
 use crate::tenants::Owned;
@@ -33,6 +33,9 @@ pub enum SubmitError {
     /// The idempotency key already created `existing` from another request.
     #[error("this key already created run {existing} from a different request body")]
     KeyReused { existing: RunId },
+    /// Another request with this key is being accepted right now.
+    #[error("a request with this key (run {holder}) is still being accepted; retry in a moment")]
+    KeyInUse { holder: RunId },
     /// Redis, or the audit trail behind it: nothing was accepted.
     #[error(transparent)]
     Store(#[from] QueueError),
@@ -54,18 +57,19 @@ pub async fn submit(state: &AppState, owned: &Owned, spec: RunSpec, request: Req
     // A repeated request is answered before anything is written about it:
     // no audit event names a run that is never created.
     if let Some(idempotency) = &request.idempotency
-        && let Some((existing, same_request)) = state.queue.reserve_idempotency(id, idempotency).await?
+        && let Some(holder) = state.queue.reserve_idempotency(id, idempotency).await?
     {
-        return repeated(existing, same_request, state_now);
+        return repeated(holder, state_now);
     }
-    let event = run_requested(id, &spec, request.actor).source_ip(request.source_ip).request_id(request.request_id);
-    if let Err(error) = state.identity().append_audit(&event).await {
-        if let Some(idempotency) = &request.idempotency {
-            let _ = state.queue.release_idempotency(id, idempotency).await;
-        }
-        return Err(error.into());
+    let accepted =
+        accept(state, id, &spec, request.actor, request.source_ip, request.request_id, &request.idempotency).await;
+    if accepted.is_err()
+        && let Some(idempotency) = &request.idempotency
+    {
+        // Nothing was created: the key is free for a retry at once.
+        let _ = state.queue.release_idempotency(id, idempotency).await;
     }
-    match state.queue.enqueue(id, &spec, state.config.api.max_attempts, request.idempotency.as_ref()).await? {
+    match accepted? {
         Enqueued::Created { .. } => {
             tracing::info!(
                 run_id = %id, repository = %spec.repository, tenant = %spec.tenant,
@@ -73,16 +77,33 @@ pub async fn submit(state: &AppState, owned: &Owned, spec: RunSpec, request: Req
             );
             Ok(Accepted { id, state: state_now, created: true })
         }
-        Enqueued::Existing { id, same_request } => repeated(id, same_request, state_now),
+        Enqueued::Existing { id, same_request } => {
+            repeated(KeyHolder { run: id, same_request, pending: false }, state_now)
+        }
     }
 }
 
-/// The answer to a request whose idempotency key `existing` holds.
-fn repeated(existing: RunId, same_request: bool, state_now: RunState) -> Result<Accepted, SubmitError> {
-    if same_request {
-        Ok(Accepted { id: existing, state: state_now, created: false })
-    } else {
-        Err(SubmitError::KeyReused { existing })
+/// Records the request in the audit trail, then enqueues the run.
+async fn accept(
+    state: &AppState,
+    id: RunId,
+    spec: &RunSpec,
+    actor: Actor,
+    source_ip: Option<String>,
+    request_id: Option<String>,
+    idempotency: &Option<Idempotency>,
+) -> Result<Enqueued, SubmitError> {
+    let event = run_requested(id, spec, actor).source_ip(source_ip).request_id(request_id);
+    state.identity().append_audit(&event).await?;
+    Ok(state.queue.enqueue(id, spec, state.config.api.max_attempts, idempotency.as_ref()).await?)
+}
+
+/// The answer to a request whose idempotency key `holder` holds.
+fn repeated(holder: KeyHolder, state_now: RunState) -> Result<Accepted, SubmitError> {
+    match holder {
+        KeyHolder { pending: true, run, .. } => Err(SubmitError::KeyInUse { holder: run }),
+        KeyHolder { same_request: true, run, .. } => Ok(Accepted { id: run, state: state_now, created: false }),
+        KeyHolder { run, .. } => Err(SubmitError::KeyReused { existing: run }),
     }
 }
 

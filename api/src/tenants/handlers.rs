@@ -154,8 +154,11 @@ fn refuse_config(state: &AppState, name: &str) -> Result<(), Problem> {
 }
 
 /// The fleet-wide lock that makes "check for overlaps, then write" one
-/// step across API replicas; released when dropped.
-struct TenantsLock(store::identity::IdentityStore);
+/// step across API replicas; released when dropped, if still ours.
+struct TenantsLock {
+    store: store::identity::IdentityStore,
+    token: String,
+}
 
 const LOCK: &str = "tenants";
 
@@ -163,8 +166,8 @@ impl TenantsLock {
     async fn take(state: &AppState) -> Result<Self, Problem> {
         let store = state.identity();
         for _ in 0..50 {
-            if store.try_lock(LOCK, Duration::from_secs(10)).await? {
-                return Ok(Self(store));
+            if let Some(token) = store.lock(LOCK, Duration::from_secs(30)).await? {
+                return Ok(Self { store, token });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -174,9 +177,9 @@ impl TenantsLock {
 
 impl Drop for TenantsLock {
     fn drop(&mut self) {
-        let store = self.0.clone();
+        let (store, token) = (self.store.clone(), std::mem::take(&mut self.token));
         tokio::spawn(async move {
-            if let Err(error) = store.unlock(LOCK).await {
+            if let Err(error) = store.unlock(LOCK, &token).await {
                 tracing::warn!(%error, "the tenants lock stays until it expires");
             }
         });

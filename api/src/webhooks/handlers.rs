@@ -120,7 +120,7 @@ async fn handle(
         );
         return refuse(text, "the GitHub login is not linked to a person").await;
     };
-    if state.identity().status_named(person).await?.deactivated {
+    if state.identity().status_named(person, state.issuer()).await?.deactivated {
         let text = format!("@{sender}, your Paddock account is deactivated; nothing was started.");
         return refuse(text, "the person is deactivated").await;
     }

@@ -381,10 +381,28 @@ impl IdentityStore {
         Ok(taken.is_some())
     }
 
-    /// Releases the lock `name` before its time is up.
-    pub async fn unlock(&self, name: &str) -> Result<(), QueueError> {
+    /// Takes the fleet-wide lock `name` for `ttl` unless someone holds it;
+    /// the token proves it is still ours when it is released.
+    pub async fn lock(&self, name: &str, ttl: std::time::Duration) -> Result<Option<String>, QueueError> {
+        let token = ulid::Ulid::new().to_string();
         let mut conn = self.conn.clone();
-        let () = conn.del(self.keys.lock(name)).await?;
+        let options = redis::SetOptions::default()
+            .conditional_set(redis::ExistenceCheck::NX)
+            .with_expiration(redis::SetExpiry::PX(ttl.as_millis().max(1) as u64));
+        let taken: Option<String> = conn.set_options(self.keys.lock(name), &token, options).await?;
+        Ok(taken.map(|_| token))
+    }
+
+    /// Releases the lock `name` if `token` still holds it (it may have
+    /// expired and been taken by someone else meanwhile).
+    pub async fn unlock(&self, name: &str, token: &str) -> Result<(), QueueError> {
+        static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            )
+        });
+        let mut conn = self.conn.clone();
+        let _: i64 = RELEASE.key(self.keys.lock(name)).arg(token).invoke_async(&mut conn).await?;
         Ok(())
     }
 }

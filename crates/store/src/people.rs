@@ -164,23 +164,36 @@ impl IdentityStore {
         Ok(merged)
     }
 
-    /// Every key the person `name` (an address, a subject or a person id)
-    /// may have a status under: `name` itself and all the person's names.
-    pub async fn names_of(&self, name: &str) -> Result<Vec<String>, QueueError> {
-        let known = match self.person(name).await? {
-            Some(person) => Some(person),
-            None => self.person_by_email(name).await?,
-        };
-        let mut keys = vec![name.to_owned()];
-        keys.extend(known.map(|p| p.status_keys()).unwrap_or_default());
+    /// The person `name` stands for: a person id, a verified address, or
+    /// (with the identity provider's `issuer`) a subject.
+    pub async fn person_named(&self, name: &str, issuer: Option<&str>) -> Result<Option<Person>, QueueError> {
+        if let Some(person) = self.person(name).await? {
+            return Ok(Some(person));
+        }
+        if let Some(person) = self.person_by_email(name).await? {
+            return Ok(Some(person));
+        }
+        match issuer {
+            Some(issuer) => self.person(&Person::id_of(issuer, name)).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Every key the person `name` may have a status under: `name` itself
+    /// (lowercase) and all the person's names.
+    pub async fn names_of(&self, name: &str, issuer: Option<&str>) -> Result<Vec<String>, QueueError> {
+        let mut keys = vec![name.to_owned(), name.to_lowercase()];
+        if let Some(person) = self.person_named(name, issuer).await? {
+            keys.extend(person.status_keys());
+        }
         keys.sort();
         keys.dedup();
         Ok(keys)
     }
 
     /// The status of the person `name`, under every name they are known by.
-    pub async fn status_named(&self, name: &str) -> Result<UserStatus, QueueError> {
-        self.status_of(&self.names_of(name).await?).await
+    pub async fn status_named(&self, name: &str, issuer: Option<&str>) -> Result<UserStatus, QueueError> {
+        self.status_of(&self.names_of(name, issuer).await?).await
     }
 
     /// Writes `status` under each of `keys`, with one audit event.

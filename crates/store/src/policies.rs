@@ -105,9 +105,11 @@ impl RunQueue {
     }
 }
 
+/// Repositories are keyed in lowercase: GitHub names are case-insensitive,
+/// so `ACME/Ledger` must find `acme/ledger`'s override.
 fn policy_field(tenant: &str, repo: Option<&str>) -> String {
     match repo {
-        Some(repo) => format!("repo:{tenant}:{repo}"),
+        Some(repo) => format!("repo:{tenant}:{}", repo.to_ascii_lowercase()),
         None => format!("tenant:{tenant}"),
     }
 }

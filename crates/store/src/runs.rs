@@ -66,6 +66,16 @@ pub struct Idempotency {
     pub ttl: Duration,
 }
 
+/// The request that holds an idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyHolder {
+    pub run: RunId,
+    /// Whether it had the same fingerprint.
+    pub same_request: bool,
+    /// Still being accepted: its run may not exist yet (or ever).
+    pub pending: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
     Created {
@@ -112,7 +122,9 @@ impl RunQueue {
         let args = EnqueueArgs {
             id: &id.to_string(),
             tenant: &spec.tenant,
-            repository: &spec.repository.to_string(),
+            // Counted, capped and queued in lowercase: one repository
+            // however its name is written.
+            repository: &spec.repository.to_string().to_ascii_lowercase(),
             band: spec.priority.as_str(),
             spec_json: &spec_json,
             max_attempts,
@@ -129,25 +141,27 @@ impl RunQueue {
     }
 
     /// Claims `idempotency`'s key for run `id` before anything is written
-    /// about the run: `None` when it is now `id`'s, else the run that holds
-    /// it and whether that request was the same.
+    /// about the run (pending for at most a minute, until `enqueue`):
+    /// `None` when it is now `id`'s, else who holds it.
     pub async fn reserve_idempotency(
         &self,
         id: RunId,
         idempotency: &Idempotency,
-    ) -> Result<Option<(RunId, bool)>, QueueError> {
+    ) -> Result<Option<KeyHolder>, QueueError> {
         let id = id.to_string();
-        let (kind, run, same): (String, String, u64) = self.run_script(&idem_args(&id, idempotency, false)).await?;
+        let (kind, run, same, pending): (String, String, u64, u64) =
+            self.run_script(&idem_args(&id, idempotency, false)).await?;
         if kind == "reserved" {
             return Ok(None);
         }
-        Ok(Some((run.parse().map_err(|e| corrupt(&run, e))?, same == 1)))
+        let run = run.parse().map_err(|e| corrupt(&run, e))?;
+        Ok(Some(KeyHolder { run, same_request: same == 1, pending: pending == 1 }))
     }
 
     /// Gives up a reservation run `id` could not use (it was never created).
     pub async fn release_idempotency(&self, id: RunId, idempotency: &Idempotency) -> Result<(), QueueError> {
         let id = id.to_string();
-        let _: (String, String, u64) = self.run_script(&idem_args(&id, idempotency, true)).await?;
+        let _: (String, String, u64, u64) = self.run_script(&idem_args(&id, idempotency, true)).await?;
         Ok(())
     }
 

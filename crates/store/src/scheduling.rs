@@ -65,6 +65,8 @@ impl RunQueue {
         max_running: Option<u32>,
         weight: Option<f64>,
     ) -> Result<(), QueueError> {
+        // Keyed in lowercase, as the queue counts repositories.
+        let repo = &repo.to_ascii_lowercase();
         let _: i64 = self.run_script(&LimitsArgs { kind, tenant, repo, max_running, weight }).await?;
         Ok(())
     }

@@ -124,6 +124,7 @@ async fn actions_through_the_api_land_in_a_trail_that_verifies_without_secrets()
     let call = |method: &str, path: &str, body: Value| {
         app.client.request(method.parse().unwrap(), app.url(path)).bearer_auth(&app.token).json(&body).send()
     };
+    app.declare_person("olivia@example.com").await;
     call("POST", "/v1/service-accounts", json!({"name": "portal", "owner": "olivia@example.com"})).await.unwrap();
     let issued: Value =
         call("POST", "/v1/service-accounts/portal/tokens", json!({"scopes": ["runs.create"], "expires_in_days": 1}))
@@ -157,9 +158,13 @@ async fn without_the_object_store_actions_are_refused_and_nothing_accepted_is_lo
     let repo = app.repo(&[("README.md", b"# x\n")]);
     let accepted = app.create_run(&repo, "Before the outage").await;
 
+    app.declare_person("o@example.com").await;
     outage.down().await;
     let body = json!({"repository": repo, "base_ref": "main", "task": {"title": "During the outage"}});
-    let response = app.post_run(&body).await;
+    let keyed = || {
+        app.client.post(app.url("/v1/runs")).bearer_auth(&app.token).header("Idempotency-Key", "outage-1").json(&body)
+    };
+    let response = keyed().send().await.unwrap();
     assert_eq!(response.status().as_u16(), 503);
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["type"], "https://paddock.dev/problems/audit-unavailable", "{problem}");
@@ -180,7 +185,10 @@ async fn without_the_object_store_actions_are_refused_and_nothing_accepted_is_lo
     assert_eq!(accounts, json!([]));
 
     outage.up();
-    assert_eq!(app.post_run(&body).await.status().as_u16(), 202, "the API did not resume");
+    // The refused request left its key free: the retry creates the run.
+    let retried: Value = keyed().send().await.unwrap().json().await.unwrap();
+    let id = retried["id"].as_str().expect("accepted after the outage");
+    assert_eq!(app.run(id).await["state"], "queued", "the key pointed at a run that was never created");
 }
 
 #[tokio::test]

@@ -210,6 +210,7 @@ async fn service_account_tokens_are_shown_once_scoped_and_act_for_a_named_person
     let issuer = OidcIssuer::start().await;
     let app = app_with(&issuer).await;
     let repo = app.repo(&[("README.md", b"# x\n")]);
+    app.declare_person("olivia@example.com").await;
     let account = json!({"name": "portal", "description": "Developer portal", "owner": "olivia@example.com"});
     assert_eq!(admin(&app, "POST", "/v1/service-accounts", Some(account.clone())).await.0, 201);
     assert_eq!(admin(&app, "POST", "/v1/service-accounts", Some(account)).await.0, 409);
@@ -364,6 +365,7 @@ async fn revocation_refuses_tokens_at_once_and_cancels_the_runs_they_started() {
     assert_eq!(call(&app, "GET", "/v1/runs", &issuer.token("alice", &["devs"]), None).await.0, 200);
 
     // All service-account tokens at once.
+    app.declare_person("olivia@example.com").await;
     admin(&app, "POST", "/v1/service-accounts", Some(json!({"name": "ci", "owner": "olivia@example.com"}))).await;
     bind(&app, "service-account:ci", "requester", "global").await;
     let (_, issued) = admin(

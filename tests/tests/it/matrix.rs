@@ -212,6 +212,7 @@ async fn every_operation_answers_every_role_at_every_scope_as_the_matrix_says() 
     let (owner, name) = repo.split_once('/').map(|(o, n)| (o.to_owned(), n.to_owned())).unwrap();
     // `{name}` doubles as the service account's and the secret's name.
     let world = World { app, repo: repo.clone(), owner_name: (owner, name.clone()) };
+    world.app.declare_person("o@example.com").await;
     world.admin("POST", "/v1/service-accounts", json!({"name": name, "owner": "o@example.com"})).await;
     world.admin("PUT", &format!("/v1/policies/tenants/{TENANT}"), json!({"approval": "always"})).await;
 

@@ -14,6 +14,7 @@ use crate::identity::{admin, app_with, bind, call};
 /// A service account owned by `owner`, bound as requester globally, and a
 /// token for it.
 async fn service_account(app: &TestApp, name: &str, owner: &str) -> String {
+    app.declare_person(owner).await;
     let account = json!({"name": name, "owner": owner});
     assert_eq!(admin(app, "POST", "/v1/service-accounts", Some(account)).await.0, 201);
     bind(app, &format!("service-account:{name}"), "requester", "global").await;
@@ -35,9 +36,19 @@ async fn a_deactivated_person_is_refused_whatever_their_token_says_and_so_are_th
     assert_eq!(call(&app, "GET", "/v1/runs", &issuer.token("mallory", &["devs"]), None).await.0, 200);
     let robot = service_account(&app, "mallorys-robot", "mallory@example.com").await;
     assert_eq!(call(&app, "GET", "/v1/runs", &robot, None).await.0, 200);
+    // Her robot starts a run for Victor: it is hers to answer for too.
+    assert_eq!(call(&app, "GET", "/v1/runs", &issuer.token("victor", &["devs"]), None).await.0, 200);
+    let repo = app.repo(&[("README.md", b"# x\n")]);
+    let for_victor =
+        json!({"repository": repo, "base_ref": "main", "task": {"title": "t"}, "on_behalf_of": "victor@example.com"});
+    let (status, queued) = call(&app, "POST", "/v1/runs", &robot, Some(for_victor)).await;
+    assert_eq!(status, 202, "{queued}");
 
+    // Deactivated by her address however it is written.
     let deactivate = json!({"reason": "left the company"});
-    assert_eq!(admin(&app, "POST", "/v1/users/mallory@example.com/deactivate", Some(deactivate)).await.0, 200);
+    let (status, report) = admin(&app, "POST", "/v1/users/Mallory@Example.COM/deactivate", Some(deactivate)).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["cancelled_runs"], json!([queued["id"]]), "the run through her account was cancelled");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let without_email = |issuer: &OidcIssuer| {
         let mut claims = issuer.claims("mallory", &["devs"]);
@@ -107,6 +118,10 @@ async fn runs_are_attributed_only_to_known_people_who_may_request_them_and_nobod
     let issuer = OidcIssuer::start().await;
     let app = app_with(&issuer).await;
     let portal = service_account(&app, "portal", "olivia@example.com").await;
+    // An account is accountable to a known person only.
+    let ghost = json!({"name": "ghost-bot", "owner": "ghost@example.com"});
+    let (status, problem) = admin(&app, "POST", "/v1/service-accounts", Some(ghost)).await;
+    assert_eq!((status, problem["field"].as_str()), (404, Some("owner")), "{problem}");
 
     // Unknown, malformed (Markdown, mentions, line breaks), or without runs.create there: refused.
     let (status, problem) =
@@ -155,9 +170,36 @@ async fn runs_are_attributed_only_to_known_people_who_may_request_them_and_nobod
     let (status, problem) = call(&app, "POST", &approve, &issuer.token("lina", &["leads"]), None).await;
     assert_eq!(status, 403, "{problem}");
     assert_eq!(problem["type"], "https://paddock.dev/problems/self-approval");
+    // Nor with a token that carries no address, naming her by subject only.
+    let mut claims = issuer.claims("lina", &["leads"]);
+    claims.as_object_mut().unwrap().remove("email");
+    let (status, problem) = call(&app, "POST", &approve, &issuer.sign(&claims, false), None).await;
+    assert_eq!((status, problem["type"].as_str()), (403, Some("https://paddock.dev/problems/self-approval")));
     let (status, problem) = call(&app, "POST", &approve, &issuer.token("bob", &["leads"]), None).await;
     assert_eq!(status, 403, "the person it is for cannot approve it either: {problem}");
     let (status, approved) = call(&app, "POST", &approve, &issuer.token("lee", &["leads"]), None).await;
     assert_eq!((status, approved["state"].as_str()), (200, Some("queued")), "{approved}");
+    issuer.stop().await;
+}
+
+#[tokio::test]
+async fn groups_count_for_attribution_only_while_the_identity_provider_recently_vouched_for_them() {
+    let issuer = OidcIssuer::start().await;
+    let mut oidc: Value = serde_json::from_str(&issuer.config_json(&json!({"devs": ["requester"]}))).unwrap();
+    oidc["groups_trusted_seconds"] = json!(0);
+    let oidc = oidc.to_string();
+    let app = tests::spawn_app(&[("PADDOCK_IDENTITY__OIDC", oidc.as_str())]).await;
+    let portal = service_account(&app, "portal", "olivia@example.com").await;
+    // Bob signed in as a developer a moment ago; he may have left the group since.
+    assert_eq!(call(&app, "GET", "/v1/runs", &issuer.token("bob", &["devs"]), None).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (status, problem) =
+        call(&app, "POST", "/v1/runs", &portal, Some(run_on("acme/widgets", "bob@example.com"))).await;
+    assert_eq!(status, 403, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("runs.create"), "{problem}");
+    // A binding to him counts whenever.
+    bind(&app, "user:bob@example.com", "requester", "global").await;
+    let (status, _) = call(&app, "POST", "/v1/runs", &portal, Some(run_on("acme/widgets", "bob@example.com"))).await;
+    assert_eq!(status, 202);
     issuer.stop().await;
 }

@@ -33,10 +33,10 @@ async fn a_tenant_scoped_requester_cannot_reach_another_tenants_repository_nor_s
         let (status, problem) = call(&app, "POST", "/v1/runs", &dave, Some(run_on("acme/widgets", named))).await;
         assert_eq!(status, 403, "{named:?}: {problem}");
     }
+    // Someone who may not act on the repository learns nothing of its owner.
     let (_, problem) = call(&app, "POST", "/v1/runs", &dave, Some(run_on("acme/widgets", Some("payments")))).await;
-    assert_eq!(problem["type"], "https://paddock.dev/problems/wrong-tenant", "{problem}");
-    let detail = problem["detail"].as_str().unwrap();
-    assert!(detail.contains("default") && detail.contains("payments"), "names both tenants: {detail}");
+    assert_eq!(problem["type"], "https://paddock.dev/problems/forbidden", "{problem}");
+    assert!(!problem["detail"].as_str().unwrap().contains("default"), "{problem}");
 
     // Nor name another tenant for their own repository.
     let (status, problem) =
@@ -47,9 +47,17 @@ async fn a_tenant_scoped_requester_cannot_reach_another_tenants_repository_nor_s
     // (policy, secrets, budgets, caps) by naming an unused one.
     let (status, problem) = call(&app, "POST", "/v1/runs", &rita, Some(run_on("acme/ledger", Some("unused")))).await;
     assert_eq!((status, problem["field"].as_str()), (403, Some("tenant")), "{problem}");
+    assert_eq!(problem["type"], "https://paddock.dev/problems/wrong-tenant", "{problem}");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("payments") && detail.contains("unused"), "names both tenants: {detail}");
     let (status, accepted) = call(&app, "POST", "/v1/runs", &rita, Some(run_on("acme/ledger", None))).await;
     assert_eq!(status, 202, "{accepted}");
     assert_eq!(app.run(accepted["id"].as_str().unwrap()).await["tenant"], "payments");
+    // The repository's own policy holds however its name is written.
+    let held = json!({"approval": "always"});
+    assert_eq!(admin(&app, "PUT", "/v1/policies/tenants/payments/repositories/acme/ledger", Some(held)).await.0, 200);
+    let (status, accepted) = call(&app, "POST", "/v1/runs", &rita, Some(run_on("ACME/Ledger", None))).await;
+    assert_eq!((status, accepted["state"].as_str()), (202, Some("awaiting_approval")), "{accepted}");
 
     // Every refusal is in the audit trail, with who and why.
     let refusals = audit(&app, &app.token, "action=run.refuse").await;
@@ -175,6 +183,7 @@ async fn cursors_and_idempotency_keys_reveal_nothing_across_callers() {
     // A person's key and their service account's key are different keys.
     bind(&app, "user:olivia@example.com", "requester", "global").await;
     let olivia = issuer.token("olivia", &[]);
+    call(&app, "GET", "/v1/runs", &olivia, None).await;
     let account = json!({"name": "olivias-portal", "owner": "olivia@example.com"});
     assert_eq!(admin(&app, "POST", "/v1/service-accounts", Some(account)).await.0, 201);
     bind(&app, "service-account:olivias-portal", "requester", "global").await;

@@ -17,8 +17,9 @@ if idem ~= '' then
     end
     return {'existing', seen[1], same}
   end
-  -- Unseen, or reserved for this run by `idem.lua`.
+  -- Unseen, or reserved for this run by `idem.lua`: now the run's.
   redis.call('HSET', key, 'id', id, 'fingerprint', fingerprint)
+  redis.call('HDEL', key, 'pending')
   redis.call('PEXPIRE', key, idem_ttl)
 end
 local job = p .. 'job:' .. id
