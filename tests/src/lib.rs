@@ -75,6 +75,16 @@ pub fn rsa_key_pair(private: &std::path::Path) -> Vec<u8> {
 /// A stand-in for a host a sandbox is allowed to reach: plain HTTP on ports
 /// 80 and 443 of a loopback address of its own, answering `hello from
 /// upstream <port>`.
+async fn hello_from_upstream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut stream: S, port: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 4096];
+    let _ = stream.read(&mut buf).await;
+    let body = format!("hello from upstream {port}\n");
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let _ = stream.write_all(reply.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
 pub async fn allowed_upstream() -> std::net::Ipv4Addr {
     let byte = || (ulid::Ulid::new().random() % 250) as u8 + 1;
     loop {
@@ -84,19 +94,21 @@ pub async fn allowed_upstream() -> std::net::Ipv4Addr {
         else {
             continue;
         };
+        // Port 80 speaks HTTP, port 443 HTTPS (with the test CA's certificate).
+        let tls = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(crate::tls::server_config()));
         for (listener, port) in [(http, 80), (https, 443)] {
+            let tls = tls.clone();
             tokio::spawn(async move {
-                while let Ok((mut stream, _)) = listener.accept().await {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                        let mut buf = vec![0u8; 4096];
-                        let _ = stream.read(&mut buf).await;
-                        let body = format!("hello from upstream {port}\n");
-                        let reply = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = stream.write_all(reply.as_bytes()).await;
+                        if port == 443 {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                hello_from_upstream(stream, port).await;
+                            }
+                        } else {
+                            hello_from_upstream(stream, port).await;
+                        }
                     });
                 }
             });

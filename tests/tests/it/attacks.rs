@@ -194,7 +194,30 @@ async fn a_ten_minute_sleep_stops_at_a_five_second_cap() {
 
 const EGRESS: &str = r#"set -- $PADDOCK_TASK_BODY
 curl -sS -m 5 http://allowed.paddock.test/hello
-curl -sS -m 5 -p http://allowed.paddock.test:443/tunnel
+curl -sS -m 5 -k https://allowed.paddock.test/tunnel
+python3 - <<'PY'
+import os, socket, ssl
+host, port = os.environ["HTTP_PROXY"].split("//")[1].rstrip("/").rsplit(":", 1)
+def tunnel(sni, tls=True):
+    s = socket.create_connection((host, int(port)), timeout=5)
+    s.sendall(b"CONNECT allowed.paddock.test:443 HTTP/1.1\r\nHost: allowed.paddock.test:443\r\n\r\n")
+    s.recv(4096)
+    try:
+        if not tls:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: hidden.example\r\n\r\n")
+            return "answered" if s.recv(4096) else "closed"
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        t = ctx.wrap_socket(s, server_hostname=sni)
+        t.sendall(b"GET / HTTP/1.1\r\nHost: allowed.paddock.test\r\n\r\n")
+        return "answered" if t.recv(4096) else "closed"
+    except OSError:
+        return "closed"
+print("fronted sni:", tunnel("hidden.example"))
+print("no sni:", tunnel(None))
+print("plain http in tunnel:", tunnel(None, tls=False))
+print("matching sni:", tunnel("allowed.paddock.test"))
+PY
 curl -sS -m 5 -o /dev/null -w 'denied host: %{http_code}\n' http://denied.paddock.test/
 curl -sS -m 5 https://denied.paddock.test/ 2>&1 | head -1
 curl -sS -m 5 -o /dev/null -w 'rebinding: %{http_code}\n' http://sneaky.paddock.test/
@@ -242,6 +265,10 @@ async fn egress_goes_through_the_proxy_to_allowed_hosts_only() {
         &[
             "\nhello from upstream 80",
             "\nhello from upstream 443",
+            "\nfronted sni: closed",
+            "\nno sni: closed",
+            "\nplain http in tunnel: closed",
+            "\nmatching sni: answered",
             "\ndenied host: 403",
             "CONNECT tunnel failed, response 403",
             "\nrebinding: 403",
@@ -257,6 +284,10 @@ async fn egress_goes_through_the_proxy_to_allowed_hosts_only() {
     assert!(logs.contains("paddock: egress allowed GET allowed.paddock.test:80"), "{logs}");
     assert!(logs.contains("paddock: egress allowed CONNECT allowed.paddock.test:443"), "{logs}");
     assert!(logs.contains("paddock: egress denied CONNECT denied.paddock.test:443"), "{logs}");
+    assert!(
+        logs.contains("egress denied CONNECT allowed.paddock.test:443: the TLS server name \"hidden.example\""),
+        "{logs}"
+    );
     assert!(
         logs.contains(
             "paddock: egress denied GET sneaky.paddock.test:80: sneaky.paddock.test resolves to 169.254.169.254"

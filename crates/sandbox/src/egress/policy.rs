@@ -97,7 +97,8 @@ impl EgressPolicy {
     }
 
     fn address_allowed(&self, ip: IpAddr) -> bool {
-        !is_internal(ip) || self.trusted.iter().any(|(net, bits)| in_network(ip, *net, *bits))
+        let inside = is_internal(ip) || is_own_address(ip);
+        !inside || self.trusted.iter().any(|(net, bits)| in_network(ip, *net, *bits))
     }
 
     /// Checks the request before any connection: port, IP literal, allowlist.
@@ -131,7 +132,7 @@ impl EgressPolicy {
             return deny(format!("{host} has no address"));
         }
         if let Some(bad) = addresses.iter().find(|a| !self.address_allowed(a.ip())) {
-            return deny(format!("{host} resolves to {} (private, loopback or link-local)", bad.ip()));
+            return deny(format!("{host} resolves to {} (private, loopback, link-local or this host's)", bad.ip()));
         }
         Decision::Allowed { addresses }
     }
@@ -189,15 +190,31 @@ pub fn is_internal(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return internal_v4(v4);
             }
-            let first = v6.segments()[0];
+            let segments = v6.segments();
+            let first = segments[0];
+            let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local
                 || (first & 0xffc0) == 0xfe80 // link-local
                 || v6 == Ipv6Addr::LOCALHOST
+                // NAT64 (well-known and local-use prefixes) translates to any IPv4 address.
+                || segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || segments[..3] == [0x64, 0xff9b, 1]
+                || (first == 0x2001 && segments[1] == 0) // Teredo tunnels
+                || (first == 0x2002 && internal_v4(embedded(segments[1], segments[2]))) // 6to4
+                || (segments[..6] == [0; 6] && internal_v4(embedded(segments[6], segments[7]))) // IPv4-compatible
+                || first == 0x0100 && segments[1..4] == [0, 0, 0] // discard-only
         }
     }
+}
+
+/// Whether `ip` is one of this host's own addresses (binding to it works
+/// only then): a sandbox must not reach the worker's own services through
+/// the proxy, whichever interface they listen on.
+pub fn is_own_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 fn internal_v4(ip: Ipv4Addr) -> bool {
@@ -210,6 +227,9 @@ fn internal_v4(ip: Ipv4Addr) -> bool {
         || ip.is_multicast()
         || a == 0
         || (a == 100 && (64..128).contains(&b)) // shared address space
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments
+        || ip == Ipv4Addr::new(168, 63, 129, 16) // Azure's host wire server
         || a >= 240
 }
 
@@ -281,10 +301,23 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:10.0.0.1",
+            "198.18.0.1",
+            "198.19.255.254",
+            "168.63.129.16",
+            "192.0.0.8",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::101:101",
+            "64:ff9b:1::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2002:a9fe:a9fe::1",
+            "::10.0.0.1",
+            "100::1",
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["1.1.1.1", "151.101.0.223", "2a04:4e42::223"] {
+        assert!(is_own_address("127.0.0.1".parse().unwrap()));
+        assert!(!is_own_address("192.0.2.77".parse().unwrap()), "a documentation address is no host's");
+        for ip in ["1.1.1.1", "151.101.0.223", "2a04:4e42::223", "2002:0101:0101::1", "198.20.0.1"] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip}");
         }
     }

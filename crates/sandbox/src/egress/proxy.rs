@@ -160,8 +160,26 @@ async fn serve(mut client: TcpStream, policy: &EgressPolicy, log: &EgressLog, ru
         Ok(Ok(upstream)) => upstream,
         _ => return respond(&mut client, "502 Bad Gateway", "paddock egress: upstream unreachable\n").await,
     };
+    let mut rest = rest;
     match path {
-        None => client.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await?,
+        None => {
+            client.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await?;
+            match tunnel_hello(&mut client, &host, rest).await? {
+                Ok(hello) => rest = hello,
+                Err(why) => {
+                    tracing::info!(run_id = %run, %host, port, reason = %why, "egress tunnel refused");
+                    log.push(EgressRecord {
+                        at_ms: now_ms(),
+                        method: "CONNECT".to_owned(),
+                        host: host.clone(),
+                        port,
+                        allowed: false,
+                        reason: Some(why),
+                    });
+                    return client.shutdown().await;
+                }
+            }
+        }
         Some(path) => {
             // Origin form upstream; the Host header is the URL's authority
             // (no fronting), and hop-by-hop proxy headers are dropped.
@@ -187,6 +205,40 @@ async fn serve(mut client: TcpStream, policy: &EgressPolicy, log: &EgressLog, ru
     }
     tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
     Ok(())
+}
+
+/// The most a ClientHello may take before the tunnel is refused.
+const MAX_HELLO: usize = 32 * 1024;
+
+/// Reads the tunnel's first bytes (after `already`) until they show a TLS
+/// ClientHello for `host`; returns them to send on, or why the tunnel is
+/// refused: not TLS, no server name, or another server name.
+async fn tunnel_hello(
+    client: &mut TcpStream,
+    host: &str,
+    already: Vec<u8>,
+) -> std::io::Result<Result<Vec<u8>, String>> {
+    use super::sni::{Hello, client_hello, names_match};
+    let mut buf = already;
+    loop {
+        match client_hello(&buf) {
+            Hello::Tls(Some(name)) if names_match(&name, host) => return Ok(Ok(buf)),
+            Hello::Tls(Some(name)) => {
+                return Ok(Err(format!("the TLS server name {name:?} is not the tunnel's host {host}")));
+            }
+            Hello::Tls(None) => return Ok(Err("the TLS handshake names no server (SNI)".to_owned())),
+            Hello::NotTls => return Ok(Err("a tunnel carries TLS only".to_owned())),
+            Hello::Incomplete if buf.len() > MAX_HELLO => {
+                return Ok(Err("the TLS ClientHello is too large".to_owned()));
+            }
+            Hello::Incomplete => {}
+        }
+        match tokio::time::timeout(HEAD_TIMEOUT, client.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => return Ok(Err("no TLS ClientHello arrived".to_owned())),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
