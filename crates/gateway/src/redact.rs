@@ -21,6 +21,9 @@ use sha2::Sha256;
 /// Compiled once per worker (rules) and per run (known secrets).
 pub struct Redactor {
     known: Option<AhoCorasick>,
+    /// The secret each pattern of `known` is a form of (itself, or its
+    /// JSON-escaped or URL-encoded form), so every form gets one marker.
+    canonical: Vec<String>,
     rules: &'static [Rule],
     /// Too prone to false positives to replace: counted, left in place.
     flag_only: &'static [Rule],
@@ -28,6 +31,8 @@ pub struct Redactor {
     /// The longest known secret that contains a stream delimiter: a stream
     /// always carries over at least this much.
     hold: usize,
+    /// The longest known secret that spans lines.
+    hold_lines: usize,
 }
 
 /// What a redaction pass found, by rule (flag-only rules as `flagged:<rule>`).
@@ -101,6 +106,25 @@ impl StreamRedactor {
     }
 }
 
+/// `secret` as it is written, JSON-escaped, and URL-encoded (upper- and
+/// lowercase hex, `+` or `%20` for a space).
+fn encodings(secret: &str) -> Vec<String> {
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    let json = json[1..json.len().saturating_sub(1).max(1)].to_owned();
+    let percent = |upper: bool, plus: bool| {
+        secret
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                b' ' if plus => "+".to_owned(),
+                _ if upper => format!("%{b:02X}"),
+                _ => format!("%{b:02x}"),
+            })
+            .collect::<String>()
+    };
+    vec![secret.to_owned(), json, percent(true, false), percent(false, false), percent(true, true)]
+}
+
 fn last_delimiter_end(bytes: &[u8]) -> usize {
     let quote = bytes.iter().rposition(|b| matches!(b, b'"' | b',')).map_or(0, |i| i + 1);
     let blank = bytes.windows(2).rposition(|w| w == b"\n\n").map_or(0, |i| i + 2);
@@ -150,17 +174,37 @@ fn compiled_rules() -> (&'static [Rule], &'static [Rule]) {
 
 impl Redactor {
     /// `known` are the exact secrets of this context; empty ones are ignored.
+    /// Each secret is also matched JSON-escaped and URL-encoded, as it
+    /// appears inside a request body or a query string.
     pub fn new(known: &[String], hmac_key: &[u8]) -> Self {
-        let known: Vec<&String> = known.iter().filter(|s| s.len() >= 8).collect();
-        let hold = known.iter().filter(|s| s.contains(['"', ','])).map(|s| s.len()).max().unwrap_or(0);
-        let known = (!known.is_empty()).then(|| {
+        let mut patterns: Vec<String> = Vec::new();
+        let mut canonical = Vec::new();
+        for secret in known.iter().filter(|s| s.len() >= 8) {
+            for form in encodings(secret) {
+                if !patterns.contains(&form) {
+                    patterns.push(form);
+                    canonical.push(secret.clone());
+                }
+            }
+        }
+        let longest = |delimiters: &[char]| {
+            patterns.iter().filter(|s| s.contains(delimiters)).map(|s| s.len()).max().unwrap_or(0)
+        };
+        let (hold, hold_lines) = (longest(&['"', ',']), longest(&['\n']));
+        let known = (!patterns.is_empty()).then(|| {
             AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostLongest)
-                .build(&known)
+                .build(&patterns)
                 .expect("literal patterns always build")
         });
         let (rules, flag_only) = compiled_rules();
-        Self { known, rules, flag_only, key: hmac_key.to_vec(), hold }
+        Self { known, canonical, rules, flag_only, key: hmac_key.to_vec(), hold, hold_lines }
+    }
+
+    /// How much text a line-by-line stream must hold back so that no known
+    /// secret spanning lines is cut in two.
+    pub fn hold_across_lines(&self) -> usize {
+        self.hold_lines
     }
 
     /// The marker for one secret; computed once per distinct secret a pass.
@@ -187,7 +231,7 @@ impl Redactor {
                 let mut last = 0;
                 for m in ac.find_iter(text) {
                     result.push_str(&text[last..m.start()]);
-                    result.push_str(&self.marker(&memo, "known-secret", &text[m.start()..m.end()]));
+                    result.push_str(&self.marker(&memo, "known-secret", &self.canonical[m.pattern().as_usize()]));
                     *counts.0.entry("known-secret").or_default() += 1;
                     last = m.end();
                 }
@@ -299,6 +343,29 @@ mod tests {
         assert_eq!(counts.0.get("flagged:jwt"), Some(&1));
         // Both the `Authorization:` line and the `api_key =` line look like keys.
         assert_eq!(counts.0.get("flagged:generic-api-key"), Some(&2));
+    }
+
+    #[test]
+    fn known_secrets_are_redacted_in_their_json_and_url_forms_with_one_marker() {
+        let secret = r#"s3cr3t/"quoted" value+x"#;
+        let r = Redactor::new(&[secret.to_owned()], b"k");
+        let forms = [
+            secret.to_owned(),
+            r#"s3cr3t/\"quoted\" value+x"#.to_owned(),
+            "s3cr3t%2F%22quoted%22%20value%2Bx".to_owned(),
+            "s3cr3t%2f%22quoted%22%20value%2bx".to_owned(),
+            "s3cr3t%2F%22quoted%22+value%2Bx".to_owned(),
+        ];
+        let mut markers = Vec::new();
+        for form in &forms {
+            let (out, counts) = r.redact(&format!("<{form}>"));
+            assert!(out.starts_with("<[REDACTED:known-secret:") && out.ends_with("]>"), "{form}: {out}");
+            assert_eq!(counts.total(), 1, "{form}");
+            markers.push(out);
+        }
+        assert!(markers.windows(2).all(|w| w[0] == w[1]), "one secret, one marker: {markers:?}");
+        let body = serde_json::json!({"messages": [{"content": format!("the key is {secret}")}]}).to_string();
+        assert!(!r.redact(&body).0.contains("quoted"), "inside a JSON body");
     }
 
     #[test]

@@ -366,3 +366,54 @@ async fn the_gateway_is_no_way_out_for_a_sandbox_without_egress() {
     assert_eq!(flagged["dropped_betas"], json!(["mcp-client-2025-04-04", "web-fetch-2025-09-10"]));
     assert_eq!(flagged["status"], 200);
 }
+
+/// Prints a registered secret as it is, JSON-escaped and URL-encoded, then
+/// waits, so the live tail is read while the run goes on.
+const ECHO_SECRET: &str = r#"python3 - <<'PY'
+import json, time, urllib.parse
+s = "Tail-" + "S3cret" + '/"quoted" value+1'
+print("raw:", s)
+print("json:", json.dumps(s)[1:-1])
+print("url:", urllib.parse.quote(s, safe=""))
+print("form:", urllib.parse.quote_plus(s))
+print("printed", flush=True)
+time.sleep(20)
+PY"#;
+
+#[tokio::test]
+async fn a_registered_secret_never_shows_in_the_live_tail_or_the_log_in_any_encoding() {
+    let (app, repo) = attack_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", ECHO_SECRET),
+        ("PADDOCK_SECRETS__ENCRYPTION_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+    ])
+    .await;
+    let secret = r#"Tail-S3cret/"quoted" value+1"#;
+    let (status, _) = app.admin_call("PUT", "/v1/tenants/default/secrets/tail-key", json!({"value": secret})).await;
+    assert_eq!(status, 200);
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "echo").await;
+    let forms = [
+        secret.to_owned(),
+        r#"Tail-S3cret/\"quoted\" value+1"#.to_owned(),
+        "Tail-S3cret%2F%22quoted%22%20value%2B1".to_owned(),
+        "Tail-S3cret%2F%22quoted%22+value%2B1".to_owned(),
+    ];
+    let live = tests::eventually(std::time::Duration::from_secs(60), "the live tail shows the output", || async {
+        let tail = app.get(&format!("/v1/runs/{id}/logs")).await.text().await.unwrap();
+        if tail.contains("\nprinted") { Ok(tail) } else { Err(tail) }
+    })
+    .await;
+    assert_eq!(app.run(&id).await["state"], "running", "read while the run goes on");
+    for (what, text) in [("live tail", live)] {
+        for form in &forms {
+            assert!(!text.contains(form.as_str()), "{what} shows {form}:\n{text}");
+        }
+        assert_eq!(text.matches("[REDACTED:known-secret:").count(), 4, "{what}:\n{text}");
+    }
+    let run = app.wait_until_finished(&id).await;
+    let stored = app.logs_of(&run).await;
+    for form in &forms {
+        assert!(!stored.contains(form.as_str()), "the stored log shows {form}:\n{stored}");
+    }
+    worker.shutdown().await;
+}

@@ -59,6 +59,10 @@ impl Runtime {
         self.sandboxes.upload(sandbox, tar).await?;
         stage.phases.mark("upload");
         let mut log = self.opening_log(run, agent, &stage);
+        // Fails closed: without the tenant's secrets nothing is shown live.
+        let token = stage.session.models().map(|m| m.token.as_str());
+        let redactor = self.redactor(&run.spec.tenant, token).await.map_err(RunError::Retry)?;
+        log.redact_tail(std::sync::Arc::new(redactor));
         let proxy_url = format!("http://{}", stage.session.proxy().address);
         let base = stage.session.models().map(|m| format!("http://{}", m.address));
         let models = base.as_deref().zip(stage.session.models().map(|m| m.token.as_str()));
@@ -73,7 +77,7 @@ impl Runtime {
             Err(early) => return Ok(Finished { reason: early, log, diff: Vec::new(), files_changed: Vec::new() }),
         };
         log.line(&format!("paddock: agent finished: {reason:?}"));
-        self.flush_tail(run.id, &mut log).await;
+        self.flush_tail_end(run.id, &mut log).await;
         let max_diff = self.sandboxes.config().max_diff_bytes;
         let (diff, files_changed) = self.collect_diff(sandbox, stage.base_commit, deadline, max_diff).await?;
         Ok(Finished { reason, log, diff, files_changed })
@@ -151,7 +155,7 @@ impl Runtime {
                 StopReason::Cancelled { by }
             }
         };
-        self.flush_tail(run.id, log).await;
+        self.flush_tail_end(run.id, log).await;
         Ok(Err(early))
     }
 
@@ -186,13 +190,23 @@ impl Runtime {
         }
     }
 
-    /// Sends what the Redis tail of the log has not seen.
+    /// Sends what the Redis tail of the log has not seen (whole lines).
     async fn flush_tail(&self, run: RunId, log: &mut RunLog) {
         let pending = log.take_pending();
+        self.append_tail(run, &pending).await;
+    }
+
+    /// Sends the rest of the tail, at the end of the agent's output.
+    async fn flush_tail_end(&self, run: RunId, log: &mut RunLog) {
+        let pending = log.take_all_pending();
+        self.append_tail(run, &pending).await;
+    }
+
+    async fn append_tail(&self, run: RunId, pending: &[u8]) {
         if pending.is_empty() {
             return;
         }
-        if let Err(error) = self.queue.append_log(run, &pending).await {
+        if let Err(error) = self.queue.append_log(run, pending).await {
             tracing::debug!(%error, "log tail not updated");
         }
     }

@@ -1,7 +1,10 @@
 //! A run's output as it is kept (capped, with Paddock's own lines always
 //! in) and the timing of its start-up steps.
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use gateway::Redactor;
 
 /// How long each step of a run's start took, in order (ms since the
 /// previous mark): where start-up time goes.
@@ -31,6 +34,69 @@ pub(super) struct RunLog {
     pending: Vec<u8>,
     cap: usize,
     pub(super) truncated: bool,
+    /// Redacts what goes to the live tail (the stored log is redacted whole
+    /// at upload).
+    tail: Option<TailRedactor>,
+}
+
+/// Redacts the live tail as it grows: whole lines only, holding back an
+/// unfinished private-key block and any known secret that spans lines.
+pub(super) struct TailRedactor {
+    redactor: Arc<Redactor>,
+    held: Vec<u8>,
+}
+
+/// The most the tail holds back waiting for a line's end.
+const MAX_HELD: usize = 64 * 1024;
+
+impl TailRedactor {
+    pub(super) fn new(redactor: Arc<Redactor>) -> Self {
+        Self { redactor, held: Vec::new() }
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.held.extend_from_slice(bytes);
+        let safe = self.held.len().saturating_sub(self.redactor.hold_across_lines());
+        let mut cut = self.held[..safe].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if let Some(begin) = unfinished_key(&self.held[..cut]) {
+            cut = begin;
+        }
+        if cut == 0 && self.held.len() > MAX_HELD {
+            cut = safe;
+            while cut > 0 && (self.held[cut] & 0xC0) == 0x80 {
+                cut -= 1;
+            }
+        }
+        let rest = self.held.split_off(cut);
+        let ready = std::mem::replace(&mut self.held, rest);
+        self.scrub(&ready)
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        let rest = std::mem::take(&mut self.held);
+        self.scrub(&rest)
+    }
+
+    fn scrub(&self, bytes: &[u8]) -> Vec<u8> {
+        if bytes.is_empty() {
+            return Vec::new();
+        }
+        self.redactor.redact(&String::from_utf8_lossy(bytes)).0.into_bytes()
+    }
+}
+
+/// Where a private-key block begins that has not ended in `text`.
+fn unfinished_key(text: &[u8]) -> Option<usize> {
+    let find =
+        |needle: &[u8], from: usize| text[from..].windows(needle.len()).position(|w| w == needle).map(|i| i + from);
+    let mut from = 0;
+    while let Some(begin) = find(b"-----BEGIN", from) {
+        match find(b"-----END", begin) {
+            Some(end) => from = end + 1,
+            None => return Some(begin),
+        }
+    }
+    None
 }
 
 impl RunLog {
@@ -67,14 +133,59 @@ impl RunLog {
         self.pending.extend_from_slice(text.as_bytes());
     }
 
+    /// From now on the live tail is redacted with `redactor`.
+    pub(super) fn redact_tail(&mut self, redactor: Arc<Redactor>) {
+        self.tail = Some(TailRedactor::new(redactor));
+    }
+
+    /// What the live tail has not seen, redacted when a redactor is set
+    /// (part of the last line may wait for the next call).
     pub(super) fn take_pending(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.pending)
+        let pending = std::mem::take(&mut self.pending);
+        match &mut self.tail {
+            Some(tail) => tail.push(&pending),
+            None => pending,
+        }
+    }
+
+    /// Everything the live tail has not seen, at the end of the output.
+    pub(super) fn take_all_pending(&mut self) -> Vec<u8> {
+        let mut out = self.take_pending();
+        if let Some(tail) = &mut self.tail {
+            out.extend(tail.finish());
+        }
+        out
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::RunLog;
+    use super::*;
+
+    #[test]
+    fn the_live_tail_is_redacted_line_by_line_even_when_a_secret_spans_flushes() {
+        let secret = "tail-secret-0123456789";
+        let redactor = Arc::new(Redactor::new(&[secret.to_owned()], b"k"));
+        let key = gateway::canaries().into_iter().find(|(rule, _)| *rule == "private-key").unwrap().1;
+        let output = format!("one {secret} two\n{key}\nthree AKIA{}\n", "Q".repeat(16));
+        for size in [1, 5, 17, 100] {
+            let mut log = RunLog::new(1 << 20);
+            log.redact_tail(redactor.clone());
+            let mut tail = Vec::new();
+            for chunk in output.as_bytes().chunks(size) {
+                log.push(chunk);
+                tail.extend(log.take_pending());
+            }
+            tail.extend(log.take_all_pending());
+            let tail = String::from_utf8(tail).unwrap();
+            assert!(
+                !tail.contains(secret) && !tail.contains("PRIVATE KEY-----\nMMMM") && !tail.contains("AKIAQ"),
+                "{size}: {tail}"
+            );
+            assert_eq!(tail.matches("[REDACTED:").count(), 3, "{size}: {tail}");
+            assert!(tail.starts_with("one [REDACTED:known-secret:") && tail.ends_with("\n"), "{tail}");
+        }
+    }
 
     #[test]
     fn the_log_stops_at_its_cap_and_says_so() {
