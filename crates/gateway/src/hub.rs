@@ -57,7 +57,9 @@ impl GatewayHub {
     /// Serves until `stop`; forgets the gateways of ended runs every minute.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
         let hub = self.clone();
-        platform::listener::accept_until(listener, stop.clone(), move |stream| {
+        // Every run's calls through one listener: bounded for the process.
+        let bound = platform::listener::Bound::new("standalone gateway", HUB_CONNECTIONS);
+        platform::listener::accept_until(listener, stop.clone(), bound, move |stream| {
             let hub = hub.clone();
             async move {
                 let service = hyper::service::service_fn({
@@ -208,12 +210,16 @@ impl RemoteGateway {
     }
 }
 
+/// Connections the standalone gateway serves at once, across all runs.
+const HUB_CONNECTIONS: usize = 4096;
+
 impl Relay {
     pub async fn start(bind: SocketAddr, remote: RemoteGateway) -> std::io::Result<Self> {
         let listener = TcpListener::bind(bind).await?;
         let address = listener.local_addr()?;
         let stop = CancellationToken::new();
-        platform::listener::accept_until(listener, stop.clone(), move |mut inbound| {
+        let bound = platform::listener::Bound::new("gateway relay", platform::listener::RUN_CONNECTIONS);
+        platform::listener::accept_until(listener, stop.clone(), bound, move |mut inbound| {
             let remote = remote.clone();
             async move {
                 let to = remote.address;

@@ -904,7 +904,8 @@ impl GatewayServer {
         let listener = TcpListener::bind(bind).await?;
         let address = listener.local_addr()?;
         let stop = CancellationToken::new();
-        platform::listener::accept_until(listener, stop.clone(), move |stream| {
+        let bound = platform::listener::Bound::new("run gateway", platform::listener::RUN_CONNECTIONS);
+        platform::listener::accept_until(listener, stop.clone(), bound, move |stream| {
             let gateway = gateway.clone();
             let service = hyper::service::service_fn(move |req| {
                 let gateway = gateway.clone();

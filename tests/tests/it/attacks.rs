@@ -417,3 +417,80 @@ async fn a_registered_secret_never_shows_in_the_live_tail_or_the_log_in_any_enco
     }
     worker.shutdown().await;
 }
+
+/// Holds as many connections to the egress proxy and the model gateway as
+/// the sandbox's descriptors allow, and a slow request head to each.
+const HOARD: &str = r#"python3 - <<'PY'
+import os, socket, time
+proxy = os.environ["HTTP_PROXY"].split("//")[1].rstrip("/")
+gateway = os.environ["OPENAI_BASE_URL"].split("//")[1].split("/")[0]
+def hoard(target):
+    host, port = target.rsplit(":", 1)
+    held = []
+    for _ in range(1500):
+        try:
+            held.append(socket.create_connection((host, int(port)), timeout=2))
+        except OSError:
+            break
+    time.sleep(1)
+    alive = 0
+    for s in held:
+        s.setblocking(False)
+        try:
+            alive += 0 if s.recv(1) == b"" else 1
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+    return held, alive
+for name, target in [("proxy", proxy), ("gateway", gateway)]:
+    held, alive = hoard(target)
+    print(f"{name} held: {alive} of {len(held)}", flush=True)
+    for s in held:
+        s.close()
+# A head sent a byte at a time is cut off, not waited for forever.
+host, port = gateway.rsplit(":", 1)
+slow = socket.create_connection((host, int(port)))
+started = time.time()
+try:
+    for b in b"GET /v1/models HTTP/1.1\r\nX-Slow: " + b"a" * 40:
+        slow.send(bytes([b]))
+        time.sleep(0.5)
+    print("slow head: served")
+except OSError:
+    print(f"slow head: cut after {int(time.time() - started)} s")
+PY
+curl -sS -o /dev/null -w 'afterwards: %{http_code}\n' "$OPENAI_BASE_URL/models" -H "Authorization: Bearer $OPENAI_API_KEY""#;
+
+#[tokio::test]
+async fn a_sandbox_cannot_hoard_the_workers_connections() {
+    let providers = tests::providers::EmulatedProviders::start().await;
+    let configured = json!({
+        "openai": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-test"]},
+    })
+    .to_string();
+    let (app, repo) = attack_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", HOARD),
+        ("PADDOCK_GATEWAY__PROVIDERS", configured.as_str()),
+        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["openai"]"#),
+    ])
+    .await;
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "hoard").await;
+    let run = app.wait_until_finished(&id).await;
+    let logs = app.logs_of(&run).await;
+    worker.shutdown().await;
+    let cap = platform::listener::RUN_CONNECTIONS;
+    for name in ["proxy", "gateway"] {
+        let line = logs.lines().find(|l| l.starts_with(&format!("{name} held: "))).unwrap_or_else(|| panic!("{logs}"));
+        let alive: usize = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert!(alive <= cap, "{name}: {alive} connections stayed open, over the cap of {cap}:\n{logs}");
+        assert!(alive >= cap / 2, "{name}: the cap is too tight to test: {line}");
+    }
+    let slow = logs.lines().find(|l| l.starts_with("slow head: ")).unwrap_or_else(|| panic!("{logs}"));
+    let after: u64 =
+        slow.strip_prefix("slow head: cut after ").and_then(|r| r.strip_suffix(" s")).map_or(0, |n| n.parse().unwrap());
+    let limit = platform::listener::HEADER_TIMEOUT.as_secs();
+    assert!((limit - 1..=limit + 5).contains(&after), "a slow head was waited for: {slow}");
+    assert!(logs.contains("\nafterwards: 200"), "the gateway serves again once the hoard is gone:\n{logs}");
+}

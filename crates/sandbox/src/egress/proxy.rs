@@ -55,7 +55,8 @@ impl EgressProxy {
         let address = listener.local_addr()?;
         let (log, stop) = (EgressLog::default(), CancellationToken::new());
         let task_log = log.clone();
-        platform::listener::accept_until(listener, stop.clone(), move |client| {
+        let bound = platform::listener::Bound::new("egress proxy", platform::listener::RUN_CONNECTIONS);
+        platform::listener::accept_until(listener, stop.clone(), bound, move |client| {
             let (policy, log) = (policy.clone(), task_log.clone());
             async move {
                 if let Err(error) = serve(client, &policy, &log, run).await {
@@ -79,6 +80,9 @@ async fn respond(client: &mut TcpStream, status: &str, body: &str) -> std::io::R
 /// Reads the request head; returns it and any bytes read past it.
 async fn read_head(client: &mut TcpStream) -> std::io::Result<Option<(String, Vec<u8>)>> {
     let mut buf = Vec::with_capacity(4096);
+    // One deadline for the whole head: a byte every few seconds does not
+    // keep a connection open.
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let rest = buf.split_off(end + 4);
@@ -87,7 +91,7 @@ async fn read_head(client: &mut TcpStream) -> std::io::Result<Option<(String, Ve
         if buf.len() > MAX_HEAD {
             return Ok(None);
         }
-        let read = tokio::time::timeout(HEAD_TIMEOUT, client.read_buf(&mut buf)).await;
+        let read = tokio::time::timeout_at(deadline, client.read_buf(&mut buf)).await;
         match read {
             Ok(Ok(0)) | Err(_) => return Ok(None),
             Ok(Ok(_)) => {}
@@ -220,6 +224,7 @@ async fn tunnel_hello(
 ) -> std::io::Result<Result<Vec<u8>, String>> {
     use super::sni::{Hello, client_hello, names_match};
     let mut buf = already;
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     loop {
         match client_hello(&buf) {
             Hello::Tls(Some(name)) if names_match(&name, host) => return Ok(Ok(buf)),
@@ -233,7 +238,7 @@ async fn tunnel_hello(
             }
             Hello::Incomplete => {}
         }
-        match tokio::time::timeout(HEAD_TIMEOUT, client.read_buf(&mut buf)).await {
+        match tokio::time::timeout_at(deadline, client.read_buf(&mut buf)).await {
             Ok(Ok(0)) | Err(_) => return Ok(Err("no TLS ClientHello arrived".to_owned())),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
