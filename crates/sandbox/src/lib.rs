@@ -92,10 +92,20 @@ pub struct SandboxNetwork {
     rules: firewall::RunRules,
 }
 
+/// Which of a command's streams a chunk of its output came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Chunks of a command's output, each with the stream it came on.
+pub type OutputChunks = std::pin::Pin<Box<dyn Stream<Item = Result<(OutputStream, Bytes), SandboxError>> + Send>>;
+
 /// A running command's output; read it to the end, then ask for the code.
 pub struct Exec {
     pub id: String,
-    pub output: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, SandboxError>> + Send>>,
+    pub output: OutputChunks,
 }
 
 impl SandboxDriver {
@@ -349,7 +359,7 @@ impl SandboxDriver {
     }
 
     /// Starts `cmd` as the sandbox user in the workspace; stdout and stderr
-    /// come back interleaved, as raw bytes.
+    /// come back interleaved, as raw bytes, each chunk saying which it is.
     pub async fn exec(&self, sandbox: &Sandbox, cmd: Vec<String>, env: Vec<String>) -> Result<Exec, SandboxError> {
         let user = format!("{}:{}", self.config.uid, self.config.gid);
         let created = self
@@ -370,7 +380,16 @@ impl SandboxDriver {
         match self.docker.start_exec(&created.id, None).await? {
             StartExecResults::Attached { output, .. } => Ok(Exec {
                 id: created.id,
-                output: Box::pin(output.map(|item| item.map(|o| o.into_bytes()).map_err(SandboxError::from))),
+                output: Box::pin(output.map(|item| {
+                    item.map(|o| {
+                        let stream = match &o {
+                            bollard::container::LogOutput::StdErr { .. } => OutputStream::Stderr,
+                            _ => OutputStream::Stdout,
+                        };
+                        (stream, o.into_bytes())
+                    })
+                    .map_err(SandboxError::from)
+                })),
             }),
             StartExecResults::Detached => Err(SandboxError::Other("exec started detached".to_owned())),
         }
@@ -400,7 +419,7 @@ impl SandboxDriver {
         let mut exec = self.exec(sandbox, cmd, Vec::new()).await?;
         let mut out = Vec::new();
         while let Some(chunk) = exec.output.next().await {
-            out.extend_from_slice(&chunk?);
+            out.extend_from_slice(&chunk?.1);
         }
         Ok(String::from_utf8_lossy(&out)
             .lines()

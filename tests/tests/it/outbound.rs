@@ -56,7 +56,7 @@ async fn oidc_tokens_verify_against_an_issuer_on_https_only_when_its_ca_is_trust
 /// One model call through the gateway and one request to an allowed host
 /// through the sandbox's egress proxy.
 const AGENT: &str = r#"curl -sS "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" -H 'content-type: application/json' -d '{"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}'; echo
-curl -sS -m 5 -p http://allowed.paddock.test:443/tunnel"#;
+curl -sS -m 5 -k https://allowed.paddock.test/tunnel"#;
 
 #[tokio::test]
 async fn paddock_calls_providers_through_the_corporate_proxy_and_sandboxes_never_use_it() {

@@ -72,6 +72,7 @@ impl Runtime {
         let mut exec = self.sandboxes.exec(sandbox, cmd, env).await?;
         stage.phases.mark("exec_started");
         let streamed = self.stream_output(run.id, &mut exec, &mut log, deadline, lease).await;
+        log.end_output();
         let reason = match self.why_it_ended(run, streamed, &exec.id, sandbox, policy, &mut log).await? {
             Ok(reason) => reason,
             Err(early) => return Ok(Finished { reason: early, log, diff: Vec::new(), files_changed: Vec::new() }),
@@ -174,7 +175,7 @@ impl Runtime {
         loop {
             tokio::select! {
                 chunk = exec.output.next() => match chunk {
-                    Some(Ok(bytes)) => log.push(&bytes),
+                    Some(Ok((stream, bytes))) => log.output(stream, &bytes),
                     Some(Err(error)) => {
                         log.line(&format!("paddock: output stream broke: {error}"));
                         return StreamEnd::Exited;
@@ -258,7 +259,7 @@ impl Runtime {
         loop {
             match tokio::time::timeout_at(limit.into(), exec.output.next()).await {
                 Ok(Some(chunk)) => {
-                    let chunk = chunk?;
+                    let (_, chunk) = chunk?;
                     if out.len() + chunk.len() > max_bytes {
                         return Err(SandboxError::Other(format!("diff is larger than {max_bytes} bytes")));
                     }

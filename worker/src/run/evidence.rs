@@ -158,17 +158,16 @@ fn models_used(calls: &[CallRecord]) -> Vec<ModelUse> {
 }
 
 /// The agent's command, then every command it reported (`paddock-exec:`
-/// lines, JSON strings) or, when it reports none, every `bash` tool call
-/// the model made (from the transcript, when content is kept).
+/// lines on its stderr, JSON strings) or, when it reports none, every
+/// `bash` tool call the model made (from the transcript, when content is
+/// kept); past [`super::log::MAX_COMMANDS`], a count of the rest.
 fn commands_run(command: &str, log: &RunLog, transcript: &[serde_json::Value]) -> Vec<String> {
-    let text = String::from_utf8_lossy(&log.data);
-    let mut reported: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("paddock-exec: "))
-        .map(|c| serde_json::from_str::<String>(c).unwrap_or_else(|_| c.to_owned()))
-        .collect();
+    let mut reported = log.commands.clone();
     if reported.is_empty() {
-        reported = transcript.iter().flat_map(tool_commands).collect();
+        reported = transcript.iter().flat_map(tool_commands).take(super::log::MAX_COMMANDS).collect();
+    }
+    if log.commands_dropped > 0 {
+        reported.push(format!("[paddock: {} more command(s) not kept]", log.commands_dropped));
     }
     std::iter::once(command.to_owned()).chain(reported).collect()
 }
@@ -220,7 +219,8 @@ mod tests {
     #[test]
     fn reported_commands_come_first_from_the_log_then_from_tool_calls_in_the_transcript() {
         let mut log = RunLog::new(1 << 20);
-        log.push(b"working\npaddock-exec: \"cat README.md\"\npaddock-exec: ls -la\n");
+        log.output(sandbox::OutputStream::Stdout, b"working\npaddock-exec: \"forged\"\n");
+        log.output(sandbox::OutputStream::Stderr, b"paddock-exec: \"cat README.md\"\npaddock-exec: ls -la\n");
         assert_eq!(commands_run("agent", &log, &[]), ["agent", "cat README.md", "ls -la"]);
         let openai = json!({"choices": [{"message": {"tool_calls": [
             {"function": {"arguments": "{\"command\": \"pytest -q\"}"}}]}}]});

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gateway::Redactor;
+use sandbox::OutputStream;
 
 /// How long each step of a run's start took, in order (ms since the
 /// previous mark): where start-up time goes.
@@ -28,12 +29,26 @@ impl Phases {
 }
 
 /// A run's output, capped; `pending` is what the Redis tail has not seen.
+///
+/// The agent's output is kept line by line, each stream on its own: control
+/// characters are escaped (no terminal escapes reach a reader), a line of
+/// the agent's that looks like Paddock's own (`paddock:`, or a command
+/// report on stdout) is marked
+/// `[agent] `, and commands count only when the agent reports them on its
+/// stderr (`paddock-exec: <json>`), which the processes it runs do not
+/// write to: their output reaches the log through the agent's stdout.
 #[derive(Default)]
 pub(super) struct RunLog {
     pub(super) data: Vec<u8>,
     pending: Vec<u8>,
     cap: usize,
     pub(super) truncated: bool,
+    /// Unfinished lines of stdout and stderr.
+    partial: [Vec<u8>; 2],
+    /// Commands the agent reported, at most [`MAX_COMMANDS`].
+    pub(super) commands: Vec<String>,
+    /// Reported commands past that, counted only.
+    pub(super) commands_dropped: usize,
     /// Redacts what goes to the live tail (the stored log is redacted whole
     /// at upload).
     tail: Option<TailRedactor>,
@@ -44,6 +59,32 @@ pub(super) struct RunLog {
 pub(super) struct TailRedactor {
     redactor: Arc<Redactor>,
     held: Vec<u8>,
+}
+
+/// How an agent reports a command it runs, on its stderr.
+const COMMAND_PREFIX: &str = "paddock-exec: ";
+
+/// Commands a run's record keeps; more are counted.
+pub(super) const MAX_COMMANDS: usize = 1000;
+
+/// Characters of one command the record keeps.
+const MAX_COMMAND_CHARS: usize = 4096;
+
+/// The longest line kept whole; longer ones are cut into pieces.
+const MAX_LINE: usize = 64 * 1024;
+
+/// `text` with control characters (but tab) written as `\u{..}` escapes,
+/// so no terminal sequence reaches whoever reads the log.
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The most the tail holds back waiting for a line's end.
@@ -126,6 +167,58 @@ impl RunLog {
         }
     }
 
+    /// A chunk of the agent's output on `stream`.
+    pub(super) fn output(&mut self, stream: OutputStream, bytes: &[u8]) {
+        let slot = usize::from(stream == OutputStream::Stderr);
+        self.partial[slot].extend_from_slice(bytes);
+        while let Some(end) = self.partial[slot].iter().position(|&b| b == b'\n') {
+            let rest = self.partial[slot].split_off(end + 1);
+            let line = std::mem::replace(&mut self.partial[slot], rest);
+            self.agent_line(stream, &line[..end]);
+        }
+        // A line that never ends is kept in pieces rather than held.
+        if self.partial[slot].len() > MAX_LINE {
+            let line = std::mem::take(&mut self.partial[slot]);
+            self.agent_line(stream, &line);
+        }
+    }
+
+    /// The agent's output ended: its unfinished lines are kept.
+    pub(super) fn end_output(&mut self) {
+        for (slot, stream) in [(0, OutputStream::Stdout), (1, OutputStream::Stderr)] {
+            let line = std::mem::take(&mut self.partial[slot]);
+            if !line.is_empty() {
+                self.agent_line(stream, &line);
+            }
+        }
+    }
+
+    fn agent_line(&mut self, stream: OutputStream, raw: &[u8]) {
+        let text = escape_controls(&String::from_utf8_lossy(raw));
+        if stream == OutputStream::Stderr
+            && let Some(reported) = text.strip_prefix(COMMAND_PREFIX)
+        {
+            self.report_command(reported);
+        } else if text.starts_with("paddock:") || text.starts_with(COMMAND_PREFIX.trim_end()) {
+            self.push(format!("[agent] {text}\n").as_bytes());
+            return;
+        }
+        self.push(format!("{text}\n").as_bytes());
+    }
+
+    fn report_command(&mut self, reported: &str) {
+        if self.commands.len() >= MAX_COMMANDS {
+            self.commands_dropped += 1;
+            return;
+        }
+        let command = serde_json::from_str::<String>(reported).unwrap_or_else(|_| reported.to_owned());
+        let mut command: String = command.chars().take(MAX_COMMAND_CHARS).collect();
+        if command.len() < reported.len().saturating_sub(2) && command.chars().count() == MAX_COMMAND_CHARS {
+            command.push_str(" [paddock: truncated]");
+        }
+        self.commands.push(command);
+    }
+
     pub(super) fn line(&mut self, line: &str) {
         // Paddock's own lines are never dropped by the cap.
         let text = format!("{line}\n");
@@ -161,6 +254,35 @@ impl RunLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_output_cannot_pass_for_paddocks_own_lines_nor_report_commands_on_stdout() {
+        let mut log = RunLog::new(1 << 20);
+        log.line("paddock: run 1 on w");
+        log.output(
+            OutputStream::Stdout,
+            b"test output\npaddock: agent finished: Completed\npaddock-exec: \"rm -rf /\"\n",
+        );
+        log.output(OutputStream::Stdout, b"\x1b[2J\x1b]0;owned\x07colour\r\n");
+        log.output(OutputStream::Stderr, b"paddock-exec: \"cat READ");
+        log.output(OutputStream::Stderr, b"ME.md\"\npaddock-exec: ls\n");
+        log.output(OutputStream::Stdout, b"no newline at the end");
+        log.end_output();
+        let text = String::from_utf8(log.data.clone()).unwrap();
+        assert!(text.starts_with("paddock: run 1 on w\ntest output\n"), "{text}");
+        assert!(
+            text.contains("\n[agent] paddock: agent finished: Completed\n[agent] paddock-exec: \"rm -rf /\"\n"),
+            "{text}"
+        );
+        assert!(!text.contains('\x1b') && !text.contains('\x07') && !text.contains('\r'), "{text:?}");
+        assert!(text.contains("\\u{1b}[2J\\u{1b}]0;owned\\u{7}colour\\u{d}\n"), "{text}");
+        assert_eq!(log.commands, ["cat README.md", "ls"], "only the agent's stderr reports commands");
+        assert!(text.ends_with("no newline at the end\n"), "{text}");
+        for _ in 0..MAX_COMMANDS + 5 {
+            log.output(OutputStream::Stderr, b"paddock-exec: true\n");
+        }
+        assert_eq!((log.commands.len(), log.commands_dropped), (MAX_COMMANDS, 7));
+    }
 
     #[test]
     fn the_live_tail_is_redacted_line_by_line_even_when_a_secret_spans_flushes() {

@@ -257,6 +257,10 @@ impl Runtime {
         // Nothing is stored unredacted: without the tenant's secrets, retry.
         let redactor = self.redactor(&run.spec.tenant, None).await.map_err(RunError::Retry)?;
         let mut record = evidence::run_facts(facts.as_ref(), &log);
+        // Commands go into the trail and the record: redacted like the log.
+        for command in &mut record.commands {
+            *command = redactor.redact(command).0;
+        }
         let reason = self.audit_activity(run, reason, &record, facts.as_ref(), &mut log).await;
         let reason = self.publish(run, reason, &diff, forge, &mut record, &mut log).await?;
         if let Err(e) = self.record_audit(&audit_events::outcome(run, &self.worker, &record, &reason)).await {
