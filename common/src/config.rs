@@ -130,6 +130,11 @@ pub struct SandboxConfig {
     /// Bytes of agent output kept; the rest is dropped with a marker.
     pub max_log_bytes: usize,
     pub max_diff_bytes: usize,
+    /// The most one file of the diff may hold once its binary patch is
+    /// inflated (a compressed patch can be tiny and inflate to gigabytes).
+    pub max_inflated_file_bytes: u64,
+    /// The most all of the diff's binary patches may hold inflated.
+    pub max_inflated_diff_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -811,6 +816,8 @@ impl Default for SandboxConfig {
             gid: 1000,
             max_log_bytes: 8 << 20,
             max_diff_bytes: 32 << 20,
+            max_inflated_file_bytes: 64 << 20,
+            max_inflated_diff_bytes: 256 << 20,
         }
     }
 }

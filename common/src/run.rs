@@ -172,6 +172,9 @@ pub enum StopReason {
     /// The run's audit events could not be stored: it stopped, its
     /// credentials were revoked and nothing was pushed.
     AuditUnavailable { message: String },
+    /// What the run produced went over one of its bounds (`what`, at most
+    /// `limit`): it stopped, nothing was pushed, and it is not retried.
+    LimitExceeded { what: String, limit: u64 },
 }
 
 impl StopReason {

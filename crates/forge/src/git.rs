@@ -117,6 +117,36 @@ pub enum PatchError {
     Git(#[from] GitError),
 }
 
+/// The sizes a diff's binary patches inflate to, from their `literal <n>`
+/// and `delta <n>` headers: the largest one and their sum. (Text hunks are
+/// as large as they look.)
+pub fn inflated_sizes(diff: &[u8]) -> (u64, u64) {
+    let mut in_binary = false;
+    let (mut largest, mut total) = (0u64, 0u64);
+    for line in diff.split(|b| *b == b'\n') {
+        if line == b"GIT binary patch" {
+            in_binary = true;
+            continue;
+        }
+        if line.starts_with(b"diff --git ") {
+            in_binary = false;
+        }
+        if !in_binary {
+            continue;
+        }
+        let size = line
+            .strip_prefix(b"literal ")
+            .or_else(|| line.strip_prefix(b"delta "))
+            .and_then(|n| std::str::from_utf8(n).ok())
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        if let Some(size) = size {
+            largest = largest.max(size);
+            total = total.saturating_add(size);
+        }
+    }
+    (largest, total)
+}
+
 /// Every path a git diff names, from its headers.
 pub fn diff_paths(diff: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(diff);
@@ -241,6 +271,13 @@ pub async fn push(dir: &Path, url: &str, branch: &str, auth: &[(String, String)]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_patches_declare_what_they_inflate_to() {
+        let diff = b"diff --git a/big.bin b/big.bin\nnew file mode 100644\nindex 0000000..1234567\nGIT binary patch\nliteral 104857600\nzcmeIuF#!#Z\n\nliteral 0\nHcmV?d00001\n\ndiff --git a/x.txt b/x.txt\n--- a/x.txt\n+++ b/x.txt\n@@ -1 +1 @@\n-literal 999999999999\n+b\ndiff --git a/d.bin b/d.bin\nGIT binary patch\ndelta 2048\nzcmV\n";
+        assert_eq!(inflated_sizes(diff), (104_857_600, 104_857_600 + 2048));
+        assert_eq!(inflated_sizes(b"diff --git a/a b/a\n+literal 5\n"), (0, 0), "text is not a binary patch");
+    }
 
     #[test]
     fn diffs_that_write_into_git_or_outside_the_tree_are_refused() {

@@ -52,6 +52,9 @@ pub enum SandboxError {
     /// fields it does not know, silently); the container was not started.
     #[error("the docker engine did not apply `{field}`: expected {expected}, found {found}")]
     NotHardened { field: &'static str, expected: String, found: String },
+    /// What the command wrote went over a bound.
+    #[error("{what} is larger than {limit} bytes")]
+    OverLimit { what: &'static str, limit: u64 },
     #[error("sandbox: {0}")]
     Other(String),
 }

@@ -514,3 +514,28 @@ async fn output_cannot_forge_the_record_or_reach_a_terminal() {
     assert_eq!(commands[1], "make test");
     assert!(!commands[1].as_str().unwrap().contains("exfil"), "a forged command was recorded: {commands:?}");
 }
+
+#[tokio::test]
+async fn a_diff_over_its_bounds_stops_the_run_once_with_the_bound_named() {
+    // 2 MiB of random bytes make a diff over a 1 MiB cap; 16 MiB of zeros
+    // make a tiny diff that inflates over an 8 MiB cap.
+    let cases = [
+        ("head -c 2097152 /dev/urandom > noise.bin", "the diff", 1u64 << 20),
+        ("head -c 16777216 /dev/zero > zeros.bin", "a file of the diff, inflated", 8 << 20),
+    ];
+    for (command, what, limit) in cases {
+        let (app, repo) = attack_app(&[
+            ("PADDOCK_AGENTS__DEFAULT__COMMAND", command),
+            ("PADDOCK_SANDBOX__MAX_DIFF_BYTES", "1048576"),
+            ("PADDOCK_SANDBOX__MAX_INFLATED_FILE_BYTES", "8388608"),
+        ])
+        .await;
+        let worker = app.spawn_worker().await;
+        let id = app.create_run(&repo, "bomb").await;
+        let run = app.wait_until_finished(&id).await;
+        worker.shutdown().await;
+        assert_eq!(run["stop_reason"], json!({"kind": "limit_exceeded", "what": what, "limit": limit}), "{run:#}");
+        assert_eq!((run["state"].as_str(), run["attempt"].as_u64()), (Some("failed"), Some(1)), "not retried: {run:#}");
+        assert_eq!(run["facts"]["files_changed"], json!([]));
+    }
+}

@@ -79,8 +79,25 @@ impl Runtime {
         };
         log.line(&format!("paddock: agent finished: {reason:?}"));
         self.flush_tail_end(run.id, &mut log).await;
-        let max_diff = self.sandboxes.config().max_diff_bytes;
-        let (diff, files_changed) = self.collect_diff(sandbox, stage.base_commit, deadline, max_diff).await?;
+        let limits = self.sandboxes.config();
+        let collected = self.collect_diff(sandbox, stage.base_commit, deadline, limits.max_diff_bytes).await;
+        let over = |what: &str, limit: u64, mut log: RunLog| {
+            log.line(&format!("paddock: {what} is over its bound of {limit} bytes; nothing is kept or pushed"));
+            let reason = StopReason::LimitExceeded { what: what.to_owned(), limit };
+            Ok(Finished { reason, log, diff: Vec::new(), files_changed: Vec::new() })
+        };
+        let (diff, files_changed) = match collected {
+            Err(SandboxError::OverLimit { what, limit }) => return over(what, limit, log),
+            other => other?,
+        };
+        // Inflated on the host only when published: checked here, before.
+        let (largest, total) = forge::git::inflated_sizes(&diff);
+        if largest > limits.max_inflated_file_bytes {
+            return over("a file of the diff, inflated", limits.max_inflated_file_bytes, log);
+        }
+        if total > limits.max_inflated_diff_bytes {
+            return over("the diff, inflated", limits.max_inflated_diff_bytes, log);
+        }
         Ok(Finished { reason, log, diff, files_changed })
     }
 
@@ -261,7 +278,7 @@ impl Runtime {
                 Ok(Some(chunk)) => {
                     let (_, chunk) = chunk?;
                     if out.len() + chunk.len() > max_bytes {
-                        return Err(SandboxError::Other(format!("diff is larger than {max_bytes} bytes")));
+                        return Err(SandboxError::OverLimit { what: "the diff", limit: max_bytes as u64 });
                     }
                     out.extend_from_slice(&chunk);
                 }
