@@ -78,12 +78,19 @@ pub struct RunGateway {
     publish: bool,
 }
 
-/// What the run's record keeps of its calls.
+/// What the run's record keeps of its calls: every call's metadata, and
+/// prompts and answers up to [`MAX_TRANSCRIPT_BYTES`] in all (past that,
+/// a call's transcript line keeps its metadata only).
 #[derive(Default)]
 struct RunRecord {
     calls: Vec<CallRecord>,
     transcript: Vec<serde_json::Value>,
+    transcript_bytes: usize,
 }
+
+/// How much prompt and answer text one run's gateway holds for its
+/// transcript.
+const MAX_TRANSCRIPT_BYTES: usize = 64 << 20;
 
 /// The wire API a request speaks, which decides its error shape.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -222,7 +229,17 @@ impl RunGateway {
         }
         let mut kept = self.record.lock().unwrap_or_else(PoisonError::into_inner);
         kept.calls.push(record);
-        kept.transcript.extend(line);
+        if let Some(mut line) = line {
+            let size = line["request"].as_str().map_or(0, str::len) + line["response"].as_str().map_or(0, str::len);
+            if kept.transcript_bytes + size > MAX_TRANSCRIPT_BYTES {
+                line["request"] = serde_json::Value::Null;
+                line["response"] = serde_json::Value::Null;
+                line["omitted"] = serde_json::json!("over the run's transcript bound");
+            } else {
+                kept.transcript_bytes += size;
+            }
+            kept.transcript.push(line);
+        }
     }
 
     /// Allowed providers in policy order (the default provider first).

@@ -21,17 +21,40 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub use common::records::EgressRecord;
 
-/// The decisions of one run, shared with its proxy.
+/// The decisions of one run, shared with its proxy: at most
+/// [`MAX_EGRESS_RECORDS`] kept, the rest counted.
 #[derive(Debug, Clone, Default)]
-pub struct EgressLog(Arc<Mutex<Vec<EgressRecord>>>);
+pub struct EgressLog(Arc<Mutex<(Vec<EgressRecord>, u64)>>);
+
+/// How many egress decisions one run's record keeps.
+pub const MAX_EGRESS_RECORDS: usize = 10_000;
 
 impl EgressLog {
     fn push(&self, record: EgressRecord) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(record);
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.0.len() < MAX_EGRESS_RECORDS {
+            kept.0.push(record);
+        } else {
+            kept.1 += 1;
+        }
     }
 
+    /// The decisions kept, then (when some were not) one record saying how
+    /// many more there were.
     pub fn records(&self) -> Vec<EgressRecord> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        let kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut records = kept.0.clone();
+        if kept.1 > 0 {
+            records.push(EgressRecord {
+                at_ms: now_ms(),
+                method: "-".to_owned(),
+                host: format!("({} more decisions)", kept.1),
+                port: 0,
+                allowed: false,
+                reason: Some(format!("not kept: over the run's bound of {MAX_EGRESS_RECORDS} recorded decisions")),
+            });
+        }
+        records
     }
 }
 
@@ -248,7 +271,26 @@ async fn tunnel_hello(
 
 #[cfg(test)]
 mod tests {
-    use super::split_authority;
+    use super::*;
+
+    #[test]
+    fn the_record_of_decisions_is_bounded_and_says_how_many_it_dropped() {
+        let log = EgressLog::default();
+        let record = EgressRecord {
+            at_ms: 0,
+            method: "CONNECT".into(),
+            host: "h".into(),
+            port: 443,
+            allowed: true,
+            reason: None,
+        };
+        for _ in 0..MAX_EGRESS_RECORDS + 3 {
+            log.push(record.clone());
+        }
+        let records = log.records();
+        assert_eq!(records.len(), MAX_EGRESS_RECORDS + 1);
+        assert_eq!(records.last().unwrap().host, "(3 more decisions)");
+    }
 
     #[test]
     fn authorities() {
