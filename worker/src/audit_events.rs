@@ -36,16 +36,52 @@ pub fn claimed(run: &ClaimedRun, worker: &str, policy: &common::policy::SandboxP
 }
 
 /// What the agent did: each command, egress decision and model call, and
-/// the files it changed. Written before anything is pushed.
+/// the files it changed. Written before anything is pushed; `from` says
+/// what was written while the run went (those are not written again).
 pub fn agent_activity(
     run: &ClaimedRun,
     worker: &str,
     facts: &RunFacts,
     egress: &[EgressRecord],
     calls: &[CallRecord],
+    from: &Audited,
+) -> Vec<AuditEvent> {
+    // The agent's own command (index 0), then what it reported from `from`.
+    let commands = facts.commands.iter().enumerate().filter(|(i, _)| *i == 0 || *i > from.commands);
+    let mut events = activity(
+        run,
+        worker,
+        commands,
+        egress.get(from.egress..).unwrap_or_default(),
+        calls.get(from.calls..).unwrap_or_default(),
+    );
+    if !facts.files_changed.is_empty() {
+        let files = with_after(run_event(run, worker, "files.change"), json!({"files": facts.files_changed}));
+        events.push(files.after_the_fact());
+    }
+    events
+}
+
+/// How much of a run's activity is in the trail already: reported
+/// commands, egress decisions and model calls, in order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Audited {
+    pub commands: usize,
+    pub egress: usize,
+    pub calls: usize,
+}
+
+/// The events of some commands (with their index in the run's record),
+/// egress decisions and model calls.
+pub fn activity<'a>(
+    run: &ClaimedRun,
+    worker: &str,
+    commands: impl Iterator<Item = (usize, &'a String)>,
+    egress: &[EgressRecord],
+    calls: &[CallRecord],
 ) -> Vec<AuditEvent> {
     let mut events = Vec::new();
-    for (i, command) in facts.commands.iter().enumerate() {
+    for (i, command) in commands {
         events.push(with_after(run_event(run, worker, "command.run"), json!({"index": i, "command": command})));
     }
     for decision in egress {
@@ -59,9 +95,6 @@ pub fn agent_activity(
             "cost_usd": call.cost_usd, "latency_ms": call.latency_ms,
         });
         events.push(with_after(run_event(run, worker, "model.call"), metadata));
-    }
-    if !facts.files_changed.is_empty() {
-        events.push(with_after(run_event(run, worker, "files.change"), json!({"files": facts.files_changed})));
     }
     events.into_iter().map(AuditEvent::after_the_fact).collect()
 }

@@ -539,3 +539,32 @@ async fn a_diff_over_its_bounds_stops_the_run_once_with_the_bound_named() {
         assert_eq!(run["facts"]["files_changed"], json!([]));
     }
 }
+
+/// Reports a command, is refused an egress host, then waits to be killed.
+const THEN_DIE: &str = r#"printf 'paddock-exec: "make exfiltrate"\n' >&2
+curl -sS -m 5 -o /dev/null -w 'denied: %{http_code}\n' http://forbidden.example/
+sleep 120"#;
+
+#[tokio::test]
+async fn an_attempt_whose_worker_dies_still_leaves_its_commands_and_egress_in_the_trail() {
+    let (app, repo) = attack_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", THEN_DIE)]).await;
+    let mut worker = app.spawn_worker_process();
+    let id = app.create_run(&repo, "die").await;
+    tests::eventually(std::time::Duration::from_secs(60), "the agent ran its command", || async {
+        let tail = app.get(&format!("/v1/runs/{id}/logs")).await.text().await.unwrap();
+        if tail.contains("\ndenied: 403") { Ok(()) } else { Err(tail) }
+    })
+    .await;
+    // What it did reaches the trail while it runs, before any end.
+    let trail = tests::eventually(std::time::Duration::from_secs(30), "the activity is in the trail", || async {
+        let trail = app.audit_trail_text().await;
+        let ours = |action: &str| trail.lines().any(|l| l.contains(&id) && l.contains(action));
+        if ours("\"command.run\"") && ours("\"egress.deny\"") { Ok(trail) } else { Err("not yet".to_owned()) }
+    })
+    .await;
+    worker.kill_hard();
+    let line = trail.lines().find(|l| l.contains(&id) && l.contains("\"command.run\"")).unwrap();
+    assert!(line.contains("make exfiltrate"), "{line}");
+    assert!(trail.lines().any(|l| l.contains(&id) && l.contains("forbidden.example")), "the denied host is recorded");
+    let _ = app.client.post(app.url(&format!("/v1/runs/{id}/cancel"))).bearer_auth(&app.token).send().await;
+}

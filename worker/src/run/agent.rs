@@ -27,6 +27,9 @@ pub(super) struct Finished {
 }
 
 /// The sandbox, and what the agent's command runs against inside it.
+/// How often a run's activity so far is written to the trail.
+const AUDIT_EVERY: Duration = Duration::from_secs(5);
+
 pub(super) struct Stage<'a> {
     pub(super) session: &'a Session,
     pub(super) policy: &'a SandboxPolicy,
@@ -71,7 +74,7 @@ impl Runtime {
         let cmd = vec!["bash".to_owned(), "-c".to_owned(), agent.command.clone()];
         let mut exec = self.sandboxes.exec(sandbox, cmd, env).await?;
         stage.phases.mark("exec_started");
-        let streamed = self.stream_output(run.id, &mut exec, &mut log, deadline, lease).await;
+        let streamed = self.stream_output(run, stage.session, &mut exec, &mut log, deadline, lease).await;
         log.end_output();
         let reason = match self.why_it_ended(run, streamed, &exec.id, sandbox, policy, &mut log).await? {
             Ok(reason) => reason,
@@ -182,13 +185,17 @@ impl Runtime {
     /// shutdown grace period ends.
     async fn stream_output(
         &self,
-        run: RunId,
+        claimed: &ClaimedRun,
+        session: &Session,
         exec: &mut Exec,
         log: &mut RunLog,
         deadline: Instant,
         lease: &LeaseGuard,
     ) -> StreamEnd {
+        let run = claimed.id;
         let mut flush = tokio::time::interval(Duration::from_millis(500));
+        let mut audit = tokio::time::interval(AUDIT_EVERY);
+        audit.tick().await;
         loop {
             tokio::select! {
                 chunk = exec.output.next() => match chunk {
@@ -200,11 +207,51 @@ impl Runtime {
                     None => return StreamEnd::Exited,
                 },
                 _ = flush.tick() => self.flush_tail(run, log).await,
+                _ = audit.tick() => self.audit_progress(claimed, session, log).await,
                 _ = tokio::time::sleep_until(deadline.into()) => return StreamEnd::TimedOut,
                 _ = lease.lost().cancelled() => return StreamEnd::Stopped(Interrupt::LeaseLost),
                 _ = lease.cancel_requested().cancelled() => return StreamEnd::Cancelled,
                 _ = self.grace_over.cancelled() => return StreamEnd::Stopped(Interrupt::Shutdown),
             }
+        }
+    }
+
+    /// Writes to the trail what the run did since the last time (commands
+    /// it reported, egress decisions, model calls), so that an attempt whose
+    /// worker dies still leaves them. When the trail cannot take them now,
+    /// the run's end writes them (and stops the run if it still cannot).
+    async fn audit_progress(&self, run: &ClaimedRun, session: &Session, log: &mut RunLog) {
+        let egress = session.proxy().log.records();
+        let egress = &egress[..egress.len().min(sandbox::egress::MAX_EGRESS_RECORDS)];
+        let calls = session.calls_so_far();
+        let from = log.audited;
+        let commands: Vec<(usize, String)> = log
+            .commands
+            .iter()
+            .enumerate()
+            .skip(from.commands)
+            .map(|(i, command)| (i + 1, log.redact(command)))
+            .collect();
+        let (new_egress, new_calls) = (&egress[from.egress.min(egress.len())..], &calls[from.calls.min(calls.len())..]);
+        if commands.is_empty() && new_egress.is_empty() && new_calls.is_empty() {
+            return;
+        }
+        let events = crate::audit_events::activity(
+            run,
+            &self.worker,
+            commands.iter().map(|(i, c)| (*i, c)),
+            new_egress,
+            new_calls,
+        );
+        match self.record_audit(&events).await {
+            Ok(()) => {
+                log.audited = crate::audit_events::Audited {
+                    commands: from.commands + commands.len(),
+                    egress: egress.len(),
+                    calls: calls.len(),
+                };
+            }
+            Err(error) => tracing::warn!(run_id = %run.id, %error, "the run's activity waits for the trail"),
         }
     }
 

@@ -49,6 +49,8 @@ pub(super) struct RunLog {
     pub(super) commands: Vec<String>,
     /// Reported commands past that, counted only.
     pub(super) commands_dropped: usize,
+    /// What of the run's activity the trail already has.
+    pub(super) audited: crate::audit_events::Audited,
     /// Redacts what goes to the live tail (the stored log is redacted whole
     /// at upload).
     tail: Option<TailRedactor>,
@@ -224,6 +226,14 @@ impl RunLog {
         let text = format!("{line}\n");
         self.data.extend_from_slice(text.as_bytes());
         self.pending.extend_from_slice(text.as_bytes());
+    }
+
+    /// `text` redacted as the live tail is (unchanged without a redactor).
+    pub(super) fn redact(&self, text: &str) -> String {
+        match &self.tail {
+            Some(tail) => tail.redactor.redact(text).0,
+            None => text.to_owned(),
+        }
     }
 
     /// From now on the live tail is redacted with `redactor`.

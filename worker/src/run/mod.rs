@@ -297,7 +297,7 @@ impl Runtime {
         log: &mut RunLog,
     ) -> StopReason {
         let (egress, calls) = facts.map(|f| (f.egress.as_slice(), f.calls.as_slice())).unwrap_or_default();
-        let activity = audit_events::agent_activity(run, &self.worker, record, egress, calls);
+        let activity = audit_events::agent_activity(run, &self.worker, record, egress, calls, &log.audited);
         match self.record_audit(&activity).await {
             Ok(()) => reason,
             Err(e) => {

@@ -121,6 +121,15 @@ impl Session {
         self.models.as_ref()
     }
 
+    /// The model calls finished so far, when this process serves them (a
+    /// standalone gateway hands them over at the end).
+    pub(super) fn calls_so_far(&self) -> Vec<CallRecord> {
+        match self.models.as_ref().map(|m| &m.serving) {
+            Some(Serving::Local { gateway, .. }) => gateway.calls(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Removes the sandbox, stops the proxy, revokes the run token and
     /// collects the run's egress decisions, model calls and transcript.
     pub(super) async fn close(mut self) -> Used {

@@ -10,4 +10,4 @@ mod proxy;
 mod sni;
 
 pub use policy::{Decision, EgressPolicy, PolicyError};
-pub use proxy::{EgressLog, EgressProxy, EgressRecord};
+pub use proxy::{EgressLog, EgressProxy, EgressRecord, MAX_EGRESS_RECORDS};
