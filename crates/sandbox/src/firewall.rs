@@ -4,7 +4,8 @@
 //! gateways, every other host address. Rejected rather than dropped, so a
 //! tool fails at once instead of hanging. Rules live in the `PADDOCK-INPUT`
 //! chain, tagged with a comment naming namespace, worker and run, so a
-//! janitor can remove the rules of crashed workers.
+//! janitor can remove the rules of crashed workers; at the chain's end one
+//! rule rejects the whole sandbox pool, whatever became of a run's rules.
 
 use tokio::process::Command;
 
@@ -81,8 +82,19 @@ fn strs(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// Creates the chain and the jump from INPUT once; idempotent.
-pub async fn ensure_chain() -> Result<(), SandboxError> {
+/// The rule at the chain's end that rejects the whole sandbox pool: a
+/// sandbox whose own rules are gone (its removal failed, a worker crashed
+/// between steps) still reaches nothing on the host.
+fn pool_rule(pool: &str) -> Vec<String> {
+    strs(&["-s", pool, "-m", "comment", "--comment", POOL_TAG, "-j", "REJECT"])
+}
+
+/// The catch-all rule's tag (not a run's: janitors leave it alone).
+const POOL_TAG: &str = "paddock-sandbox-pool";
+
+/// Creates the chain, the jump from INPUT and the pool's catch-all
+/// rejection once; idempotent.
+pub async fn ensure_chain(pool: &str) -> Result<(), SandboxError> {
     if iptables(&strs(&["-S", CHAIN])).await.is_err() {
         // Another worker may create it at the same moment.
         let _ = iptables(&strs(&["-N", CHAIN])).await;
@@ -90,13 +102,19 @@ pub async fn ensure_chain() -> Result<(), SandboxError> {
     if iptables(&strs(&["-C", "INPUT", "-j", CHAIN])).await.is_err() {
         iptables(&strs(&["-I", "INPUT", "1", "-j", CHAIN])).await?;
     }
+    let catch_all = pool_rule(pool);
+    let check = [vec!["-C".to_owned(), CHAIN.to_owned()], catch_all.clone()].concat();
+    if iptables(&check).await.is_err() {
+        iptables(&[vec!["-A".to_owned(), CHAIN.to_owned()], catch_all].concat()).await?;
+    }
     Ok(())
 }
 
-/// Installs the run's rules (accepts first, then the drop).
+/// Installs the run's rules at the head of the chain, before the pool's
+/// catch-all (accepts first, then the run's rejection).
 pub async fn install(rules: &RunRules) -> Result<(), SandboxError> {
-    for spec in rules.specs() {
-        let mut args = vec!["-A".to_owned(), CHAIN.to_owned()];
+    for spec in rules.specs().into_iter().rev() {
+        let mut args = vec!["-I".to_owned(), CHAIN.to_owned(), "1".to_owned()];
         args.extend(spec);
         iptables(&args).await?;
     }

@@ -145,7 +145,8 @@ impl SandboxDriver {
     /// Makes sure the host firewall chain exists; a worker that cannot
     /// install firewall rules must not run sandboxes.
     pub async fn prepare_firewall(&self) -> Result<(), SandboxError> {
-        firewall::ensure_chain().await
+        let (base, bits) = self.pool;
+        firewall::ensure_chain(&format!("{base}/{bits}")).await
     }
 
     fn firewall_tag(&self, run: RunId) -> String {
@@ -170,6 +171,8 @@ impl SandboxDriver {
                 name: name.to_owned(),
                 driver: Some("bridge".to_owned()),
                 internal: Some(true),
+                // IPv4 only: no address a sandbox could route around the rules with.
+                enable_ipv6: Some(false),
                 ipam: Some(Ipam {
                     driver: Some("default".to_owned()),
                     config: Some(vec![IpamConfig {

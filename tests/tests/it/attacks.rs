@@ -568,3 +568,28 @@ async fn an_attempt_whose_worker_dies_still_leaves_its_commands_and_egress_in_th
     assert!(trail.lines().any(|l| l.contains(&id) && l.contains("forbidden.example")), "the denied host is recorded");
     let _ = app.client.post(app.url(&format!("/v1/runs/{id}/cancel"))).bearer_auth(&app.token).send().await;
 }
+
+/// A container on the sandbox pool with no rules of its own (its run's
+/// were removed while removing it failed, or a worker died between steps)
+/// still reaches no host port.
+#[tokio::test]
+async fn the_host_rejects_the_whole_sandbox_pool_even_without_a_runs_rules() {
+    let (app, _) = attack_app(&[]).await;
+    let worker = app.spawn_worker().await; // installs the chain
+    let open_to_all = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = open_to_all.local_addr().unwrap().port();
+    let block = 200 + (ulid::Ulid::new().random() % 50) as u8;
+    let (subnet, gateway) = (format!("10.213.{block}.0/28"), format!("10.213.{block}.1"));
+    let name = format!("paddock-stray-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let docker = |args: &[&str]| std::process::Command::new("docker").args(args).output().unwrap();
+    let created = docker(&["network", "create", "--internal", "--subnet", &subnet, "--gateway", &gateway, &name]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let probe = format!("timeout 3 bash -c 'echo > /dev/tcp/{gateway}/{port}' && echo reached || echo refused");
+    let image = app.config.sandbox.image.clone();
+    let out = docker(&["run", "--rm", "--network", &name, &image, "bash", "-c", &probe]);
+    let _ = docker(&["network", "rm", &name]);
+    worker.shutdown().await;
+    drop(open_to_all);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(said.trim(), "refused", "a stray container on the pool reached host port {port}: {said}");
+}
