@@ -464,6 +464,10 @@ pub struct AuditConfig {
     /// holders of `s3:BypassGovernanceRetention`; `off`: rely on the
     /// bucket's default retention, if any).
     pub object_lock_mode: ObjectLockMode,
+    /// How many of one run's events `GET /v1/audit/events` indexes (the
+    /// signed trail keeps them all), so one run cannot push everyone
+    /// else's events out of the index.
+    pub max_indexed_events_per_run: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -494,6 +498,7 @@ impl Default for AuditConfig {
             digest_interval_seconds: 300,
             export_prefix: "audit-exports/v1".to_owned(),
             object_lock_mode: ObjectLockMode::Compliance,
+            max_indexed_events_per_run: 5000,
         }
     }
 }

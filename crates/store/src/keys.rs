@@ -203,6 +203,11 @@ impl Keys {
     }
 
     /// The last retention sweep's report (string).
+    /// How many of run `id`'s events the audit index holds.
+    pub fn audit_indexed(&self, id: impl Display) -> String {
+        self.at(format_args!("audit:indexed:{id}"))
+    }
+
     pub fn last_sweep(&self) -> String {
         self.at("retention:last")
     }
@@ -241,6 +246,7 @@ mod tests {
             keys.gateway_calls_open("<id>"),
             keys.token_by_hash("<sha256>"),
             keys.audit_events(),
+            keys.audit_indexed("<id>"),
             keys.last_sweep(),
             keys.lock("<name>"),
         ];

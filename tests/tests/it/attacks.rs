@@ -593,3 +593,28 @@ async fn the_host_rejects_the_whole_sandbox_pool_even_without_a_runs_rules() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert_eq!(said.trim(), "refused", "a stray container on the pool reached host port {port}: {said}");
 }
+
+/// Reports many commands, so that its events would crowd the audit index.
+const FLOOD_INDEX: &str = r#"for i in $(seq 1 30); do printf 'paddock-exec: "step %s"\n' "$i" >&2; done"#;
+
+#[tokio::test]
+async fn one_run_cannot_flood_the_audit_index_and_the_trail_keeps_everything() {
+    let (app, repo) = attack_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", FLOOD_INDEX),
+        ("PADDOCK_AUDIT__MAX_INDEXED_EVENTS_PER_RUN", "10"),
+    ])
+    .await;
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "flood").await;
+    let run = app.wait_until_finished(&id).await;
+    worker.shutdown().await;
+    assert_eq!(run["facts"]["commands"].as_array().unwrap().len(), 31, "{run:#}");
+    let (status, indexed) =
+        app.admin_call("GET", &format!("/v1/audit/events?object={id}&limit=1000"), json!(null)).await;
+    assert_eq!(status, 200, "{indexed}");
+    let worker_events = indexed.as_array().unwrap().iter().filter(|e| e["actor"]["method"] == "worker").count();
+    assert_eq!(worker_events, 10, "the run's share of the index is capped: {indexed:#}");
+    let trail = app.audit_trail_text().await;
+    let in_trail = trail.lines().filter(|l| l.contains(&id) && l.contains("\"command.run\"")).count();
+    assert_eq!(in_trail, 31, "the signed trail keeps every event");
+}

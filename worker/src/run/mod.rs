@@ -383,8 +383,20 @@ impl Runtime {
     /// not stored), then in the index behind `GET /v1/audit/events`.
     async fn record_audit(&self, events: &[common::audit::AuditEvent]) -> Result<(), audit_trail::AuditError> {
         self.audit.record(events).await?;
-        if let Err(error) = self.queue.identity().index_audit(events).await {
-            tracing::warn!(%error, "audit events are stored but not indexed for GET /v1/audit/events");
+        // Every event here is about one run: its share of the index is capped.
+        let run = events.first().filter(|e| e.object.kind == "run").map(|e| e.object.id.clone());
+        let store = self.queue.identity();
+        let indexed = match &run {
+            Some(run) => store.index_run_audit(run, events, self.config.audit.max_indexed_events_per_run).await,
+            None => store.index_audit(events).await.map(|()| 0),
+        };
+        match indexed {
+            Ok(0) => {}
+            Ok(left_out) => tracing::warn!(
+                run_id = ?run, left_out, cap = self.config.audit.max_indexed_events_per_run,
+                "a run's audit events past its index cap are in the trail only"
+            ),
+            Err(error) => tracing::warn!(%error, "audit events are stored but not indexed for GET /v1/audit/events"),
         }
         Ok(())
     }
