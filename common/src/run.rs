@@ -175,6 +175,9 @@ pub enum StopReason {
     /// What the run produced went over one of its bounds (`what`, at most
     /// `limit`): it stopped, nothing was pushed, and it is not retried.
     LimitExceeded { what: String, limit: u64 },
+    /// The workers running it stopped (died, or lost the host) `count`
+    /// times: it is not tried again, since the run may be what kills them.
+    WorkersLost { count: u32 },
 }
 
 impl StopReason {

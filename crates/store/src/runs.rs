@@ -66,6 +66,11 @@ pub struct Idempotency {
     pub ttl: Duration,
 }
 
+/// How many workers a run may lose (they stopped heartbeating while
+/// running it) before it is failed rather than queued again: one
+/// repository cannot take down worker after worker.
+pub const MAX_WORKER_LOSSES: u32 = 2;
+
 /// The request that holds an idempotency key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyHolder {
@@ -235,11 +240,15 @@ impl RunQueue {
             message: "the worker running it stopped heartbeating and no attempt is left".to_owned(),
         };
         let reason = serde_json::to_string(&reason).unwrap_or_default();
+        let lost = StopReason::WorkersLost { count: MAX_WORKER_LOSSES };
+        let lost = serde_json::to_string(&lost).unwrap_or_default();
         let args = ReapArgs {
             limit,
             ttl_seconds: self.ttl_seconds(),
             reason_json: &reason,
             dead_keep_ms: self.dead_keep_ms(),
+            max_losses: MAX_WORKER_LOSSES,
+            lost_reason_json: &lost,
         };
         let ids: Vec<String> = self.run_script(&args).await?;
         ids.iter().map(|id| id.parse().map_err(|e| corrupt(id, e))).collect()

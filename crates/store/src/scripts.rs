@@ -182,6 +182,10 @@ pub(crate) struct ReapArgs<'a> {
     /// The stop reason of a run with no attempt left (JSON).
     pub reason_json: &'a str,
     pub dead_keep_ms: u64,
+    /// After this many lost workers a run is failed, not queued again.
+    pub max_losses: u32,
+    /// Its stop reason then (JSON).
+    pub lost_reason_json: &'a str,
 }
 
 impl ScriptArgs for ReapArgs<'_> {
@@ -191,6 +195,7 @@ impl ScriptArgs for ReapArgs<'_> {
 
     fn push(&self, inv: &mut ScriptInvocation<'_>) {
         inv.arg(self.limit).arg(self.ttl_seconds).arg(self.reason_json).arg(self.dead_keep_ms);
+        inv.arg(self.max_losses).arg(self.lost_reason_json);
     }
 }
 

@@ -618,3 +618,25 @@ async fn one_run_cannot_flood_the_audit_index_and_the_trail_keeps_everything() {
     let in_trail = trail.lines().filter(|l| l.contains(&id) && l.contains("\"command.run\"")).count();
     assert_eq!(in_trail, 31, "the signed trail keeps every event");
 }
+
+/// A run whose workers keep dying is failed after the second, not handed
+/// to a third: the repository may be what kills them.
+#[tokio::test]
+async fn a_run_that_loses_two_workers_is_not_given_a_third() {
+    let (app, repo) = attack_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", "sleep 30")]).await;
+    let id = app.create_run(&repo, "worker killer").await;
+    let lease = std::time::Duration::from_secs(app.config.worker.lease_seconds + 1);
+    for round in 1..=2 {
+        let mut doomed = app.spawn_worker_process();
+        app.wait_for(&id, std::time::Duration::from_secs(60), |r| r["state"] == "running" && r["attempt"] == round)
+            .await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        doomed.kill_hard();
+        tokio::time::sleep(lease).await;
+    }
+    let reaper = app.spawn_worker().await;
+    let run = app.wait_until_finished(&id).await;
+    reaper.shutdown().await;
+    assert_eq!(run["stop_reason"], json!({"kind": "workers_lost", "count": 2}), "{run:#}");
+    assert_eq!((run["state"].as_str(), run["attempt"].as_u64()), (Some("failed"), Some(2)), "{run:#}");
+}

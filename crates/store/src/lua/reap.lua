@@ -1,11 +1,13 @@
 -- ARGV: limit, ttl_s, stop_reason_json for runs whose attempts are used up,
---       dead_keep_ms
+--       dead_keep_ms, max_losses, lost_reason_json for runs whose workers
+--       stopped max_losses times (not retried: the run may be the cause)
 -- Reclaims up to `limit` runs whose lease expired: bumps the epoch so the
 -- old holder is fenced off, frees its cap slots, counts the lost attempt and
 -- queues the run again at its original position, fails it (dead letter) when
 -- no attempt is left, or ends it cancelled when someone had cancelled it.
 -- Returns the reclaimed ids.
 local limit, ttl_s, reason, dead_keep_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local max_losses, lost_reason = tonumber(ARGV[5]), ARGV[6]
 local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', now, 'LIMIT', 0, limit)
 for _, id in ipairs(expired) do
@@ -18,8 +20,12 @@ for _, id in ipairs(expired) do
     redis.call('HINCRBY', job, 'epoch', 1)
     redis.call('HSET', job, 'last_error', 'lease expired: worker ' .. tostring(j[7]) .. ' stopped heartbeating')
     free_slot(id, tenant, repo)
+    local losses = redis.call('HINCRBY', job, 'losses', 1)
     if state == 'cancelling' then
       finalize(id, tenant, repo, state, 'cancelled', now, cancelled_reason(j[9] or ''), '[]', ttl_s)
+    elseif losses >= max_losses then
+      finalize(id, tenant, repo, state, 'failed', now, lost_reason, '[]', ttl_s)
+      dead_letter(id, now, lost_reason, dead_keep_ms)
     elseif tonumber(j[4]) >= tonumber(j[5]) then
       finalize(id, tenant, repo, state, 'failed', now, reason, '[]', ttl_s)
       dead_letter(id, now, reason, dead_keep_ms)
