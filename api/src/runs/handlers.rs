@@ -49,17 +49,18 @@ pub async fn create_run(
         common::validate_tenant(named)?;
     }
     let owned = crate::tenants::owner(&state, &repository).await;
+    let owner = owned.as_ref().ok().map(|o| o.tenant().to_owned());
     // Scope first: only a caller who may act on the repository learns which
     // tenant owns it (from a refusal naming both).
-    let caller = match owned.and_then(|o| {
+    let checked = owned.and_then(|o| {
         let caller = caller.on_repository(o.tenant(), &repository.to_string())?;
         crate::tenants::check_named(&o, body.tenant.as_deref())?;
         Ok((caller, o))
-    }) {
+    });
+    let (caller, owned) = match checked {
         Ok(found) => found,
-        Err(refused) => return Err(refuse(caller.refused(), &state, &repository, refused).await),
+        Err(refused) => return Err(refuse(caller.refused(), &state, &repository, owner.as_deref(), refused).await),
     };
-    let (caller, owned) = caller;
     let (requested_by, via) = requester(caller, body.on_behalf_of.as_deref(), &owned, &state).await?;
     let idempotency = idempotency(&req, caller, &body, &state)?;
     let agent_profile = match body.agent_profile {
@@ -90,11 +91,17 @@ pub async fn create_run(
 }
 
 /// Records in the audit trail that `caller` was refused a run on
-/// `repository` (its tenant, the tenant it named or its scope), then
+/// `repository` of tenant `owner` (its tenant, the tenant it named or its
+/// scope), then
 /// answers with the refusal (or 503 when the trail cannot take it).
-async fn refuse(caller: &Caller, state: &AppState, repository: &RepoName, why: Problem) -> Problem {
-    let owner = crate::tenants::owner(state, repository).await.ok();
-    let event = crate::tenants::refusal(caller.actor(), repository, owner.as_ref().map(|o| o.tenant()), &why)
+async fn refuse(
+    caller: &Caller,
+    state: &AppState,
+    repository: &RepoName,
+    owner: Option<&str>,
+    why: Problem,
+) -> Problem {
+    let event = crate::tenants::refusal(caller.actor(), repository, owner, &why)
         .source_ip(caller.source_ip.clone())
         .request_id(caller.request_id.clone());
     match state.identity().append_audit(&event).await {
