@@ -166,11 +166,17 @@ impl IdentityStore {
 
     /// The person `name` stands for: a person id, a verified address, or
     /// (with the identity provider's `issuer`) a subject.
+    /// Only the lookups `name`'s shape allows are made (ids hold `#`,
+    /// addresses `@`): this runs on every service-account request.
     pub async fn person_named(&self, name: &str, issuer: Option<&str>) -> Result<Option<Person>, QueueError> {
-        if let Some(person) = self.person(name).await? {
+        if name.contains('#')
+            && let Some(person) = self.person(name).await?
+        {
             return Ok(Some(person));
         }
-        if let Some(person) = self.person_by_email(name).await? {
+        if name.contains('@')
+            && let Some(person) = self.person_by_email(name).await?
+        {
             return Ok(Some(person));
         }
         match issuer {
