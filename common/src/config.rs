@@ -122,6 +122,9 @@ pub struct SandboxConfig {
     pub workspace_bytes: u64,
     pub tmp_bytes: u64,
     pub timeout_seconds: u64,
+    /// The runtime sandboxes run under unless a policy says otherwise:
+    /// `runc` (default) or `runsc` (gVisor; `cargo xtask setup` registers it).
+    pub runtime: SandboxRuntime,
     /// Pool the per-run sandbox networks (/28 each) are carved from.
     pub subnet_pool: String,
     /// Numeric uid:gid the agent runs as.
@@ -648,6 +651,34 @@ pub enum EgressPreset {
     Custom,
 }
 
+/// The OCI runtime a sandbox runs under, as registered with the Docker
+/// engine. `runsc` (gVisor) puts a user-space kernel between the agent and
+/// the host's: a kernel exploit in the sandbox meets gVisor, not Linux, at
+/// the price of slower system calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxRuntime {
+    #[default]
+    Runc,
+    Runsc,
+}
+
+impl SandboxRuntime {
+    /// The name the engine knows the runtime by.
+    pub fn name(self) -> &'static str {
+        match self {
+            SandboxRuntime::Runc => "runc",
+            SandboxRuntime::Runsc => "runsc",
+        }
+    }
+}
+
+impl std::fmt::Display for SandboxRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// An agent profile: which image, which command, and where the agent finds
 /// its task, the model gateway and its token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -816,6 +847,7 @@ impl Default for SandboxConfig {
             workspace_bytes: 1 << 30,
             tmp_bytes: 256 << 20,
             timeout_seconds: 3600,
+            runtime: SandboxRuntime::Runc,
             subnet_pool: "10.213.0.0/16".to_owned(),
             uid: 1000,
             gid: 1000,

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ValidationError;
-use crate::config::{EgressPreset, GatewayConfig, PromptContent, SandboxConfig};
+use crate::config::{EgressPreset, GatewayConfig, PromptContent, SandboxConfig, SandboxRuntime};
 
 /// Which model providers runs may use and what their transcripts keep, in
 /// the shape platform teams already write. Set through the API; without
@@ -101,6 +101,10 @@ pub struct SandboxPolicy {
     pub egress: EgressPreset,
     /// Hostnames allowed besides the preset (`*.example.com` for subdomains).
     pub egress_allow: Vec<String>,
+    /// The OCI runtime the sandbox runs under (runs recorded before this
+    /// field ran under `runc`).
+    #[serde(default)]
+    pub runtime: SandboxRuntime,
     /// When a person with `tools.approve` (not the requester) must approve
     /// a run before it starts.
     #[serde(default)]
@@ -133,6 +137,7 @@ pub struct PolicyOverride {
     pub timeout_seconds: Option<u64>,
     pub egress: Option<EgressPreset>,
     pub egress_allow: Option<Vec<String>>,
+    pub runtime: Option<SandboxRuntime>,
     pub approval: Option<Approval>,
 }
 
@@ -147,6 +152,7 @@ impl SandboxPolicy {
             timeout_seconds: sandbox.timeout_seconds,
             egress,
             egress_allow: allow.to_vec(),
+            runtime: sandbox.runtime,
             approval: Approval::Never,
         }
     }
@@ -185,6 +191,9 @@ impl SandboxPolicy {
         }
         if let Some(v) = &over.egress_allow {
             self.egress_allow = v.clone();
+        }
+        if let Some(v) = over.runtime {
+            self.runtime = v;
         }
         if let Some(v) = over.approval {
             self.approval = v;

@@ -43,6 +43,7 @@ impl Application {
         )
         .await?;
         sandboxes.check_image().await?;
+        sandboxes.check_runtime().await?;
         sandboxes.prepare_firewall().await?;
         tokio::fs::create_dir_all(&config.worker.work_dir).await?;
 

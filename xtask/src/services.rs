@@ -12,7 +12,12 @@ use std::time::{Duration, Instant};
 use crate::{Result, run};
 
 const PACKAGES: &[&str] =
-    &["redis-server", "redis-tools", "docker.io", "git", "debootstrap", "iptables", "ca-certificates", "curl"];
+    &["redis-server", "redis-tools", "docker.io", "runsc", "git", "debootstrap", "iptables", "ca-certificates", "curl"];
+/// Where the engine reads its runtimes from, and how gVisor is registered in
+/// it: `--network=host` keeps the network namespace Docker made for the
+/// container, so the run's internal network and firewall apply as with runc.
+const DAEMON_JSON: &str = "/etc/docker/daemon.json";
+const RUNSC: &str = "/usr/bin/runsc";
 const GARAGE_VERSION: &str = "2.5.0";
 const REDIS_PORT: u16 = 6390;
 const S3_PORT: u16 = 3900;
@@ -149,12 +154,56 @@ fn docker_up() -> bool {
 }
 
 fn docker(home: &Path) -> Result<()> {
+    let registered = register_runsc()?;
     if docker_up() {
+        if registered {
+            reload_dockerd()?;
+        }
         return Ok(());
     }
     spawn_daemon(Command::new("dockerd"), &home.join("logs/dockerd.log"))?;
     wait_until("dockerd", Duration::from_secs(60), docker_up)
         .map_err(|e| format!("{e}; see {}", home.join("logs/dockerd.log").display()))
+}
+
+/// Adds gVisor's `runsc` to the engine's runtimes, keeping whatever else
+/// daemon.json holds. Returns whether the file changed.
+fn register_runsc() -> Result<bool> {
+    let path = Path::new(DAEMON_JSON);
+    let mut daemon: serde_json::Value = match fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => {
+            serde_json::from_str(&text).map_err(|e| format!("{DAEMON_JSON} is not JSON: {e}"))?
+        }
+        _ => serde_json::json!({}),
+    };
+    let wanted = serde_json::json!({"path": RUNSC, "runtimeArgs": ["--network=host"]});
+    if daemon.pointer("/runtimes/runsc") == Some(&wanted) {
+        return Ok(false);
+    }
+    let Some(object) = daemon.as_object_mut() else {
+        return Err(format!("{DAEMON_JSON} is not a JSON object"));
+    };
+    let runtimes = object.entry("runtimes").or_insert_with(|| serde_json::json!({}));
+    let Some(runtimes) = runtimes.as_object_mut() else {
+        return Err(format!("`runtimes` in {DAEMON_JSON} is not an object"));
+    };
+    runtimes.insert("runsc".to_owned(), wanted);
+    fs::create_dir_all("/etc/docker").map_err(|e| format!("cannot create /etc/docker: {e}"))?;
+    let text = serde_json::to_string_pretty(&daemon).map_err(|e| e.to_string())?;
+    fs::write(path, text + "\n").map_err(|e| format!("cannot write {DAEMON_JSON}: {e}"))?;
+    eprintln!("xtask: registered gVisor (runsc) in {DAEMON_JSON}");
+    Ok(true)
+}
+
+/// A running engine rereads its runtimes on SIGHUP.
+fn reload_dockerd() -> Result<()> {
+    run(Command::new("pkill").args(["-HUP", "-x", "dockerd"]))?;
+    wait_until("dockerd to register runsc", Duration::from_secs(20), || {
+        Command::new("docker")
+            .args(["info", "--format", "{{json .Runtimes}}"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("runsc"))
+    })
 }
 
 fn redis_up() -> bool {

@@ -6,7 +6,7 @@ use bollard::models::ContainerInspectResponse;
 use common::config::SandboxConfig;
 use common::policy::SandboxPolicy;
 
-use super::{SandboxError, WORKSPACE};
+use super::{ProcessLimits, SandboxError, WORKSPACE};
 
 fn check<T: PartialEq + std::fmt::Debug>(field: &'static str, expected: T, found: T) -> Result<(), SandboxError> {
     if expected == found {
@@ -36,9 +36,11 @@ pub fn verify(
     check("Memory", Some(policy.memory_bytes), host.memory)?;
     check("MemorySwap", Some(policy.memory_bytes), host.memory_swap)?;
     check("NanoCpus", Some(policy.nano_cpus), host.nano_cpus)?;
-    check("PidsLimit", Some(policy.pids_limit), host.pids_limit)?;
+    let limits = ProcessLimits::of(policy);
+    check("PidsLimit", Some(limits.host_tasks), host.pids_limit)?;
     check("Init", Some(true), host.init)?;
     check("OomScoreAdj", Some(500), host.oom_score_adj)?;
+    check("Runtime", Some(policy.runtime.name().to_owned()), host.runtime)?;
     check("Binds", true, host.binds.unwrap_or_default().is_empty())?;
     check("Devices", true, host.devices.unwrap_or_default().is_empty())?;
     let tmpfs = host.tmpfs.unwrap_or_default();
@@ -46,8 +48,10 @@ pub fn verify(
     let mounts: Vec<(Option<String>, Option<String>)> =
         host.mounts.unwrap_or_default().into_iter().map(|m| (m.source, m.target)).collect();
     check("Mounts", vec![(Some(volume.to_owned()), Some(WORKSPACE.to_owned()))], mounts)?;
-    let nofile = host.ulimits.unwrap_or_default().into_iter().find(|u| u.name.as_deref() == Some("nofile"));
-    check("Ulimits nofile", Some((Some(4096), Some(4096))), nofile.map(|u| (u.soft, u.hard)))?;
+    let ulimits = host.ulimits.unwrap_or_default();
+    let ulimit = |name: &str| ulimits.iter().find(|u| u.name.as_deref() == Some(name)).map(|u| (u.soft, u.hard));
+    check("Ulimits nofile", Some((Some(4096), Some(4096))), ulimit("nofile"))?;
+    check("Ulimits nproc", limits.nproc.map(|n| (Some(n), Some(n))), ulimit("nproc"))?;
     let log_type = host.log_config.and_then(|l| l.typ);
     check("LogConfig", Some("json-file".to_owned()), log_type)?;
     Ok(())
@@ -85,6 +89,7 @@ mod tests {
                 pids_limit: Some(config.pids_limit),
                 init: Some(true),
                 oom_score_adj: Some(500),
+                runtime: Some("runc".to_owned()),
                 tmpfs: Some(HashMap::from([("/tmp".to_owned(), "rw,size=1m".to_owned())])),
                 mounts: Some(vec![Mount {
                     source: Some("vol".to_owned()),
@@ -113,6 +118,33 @@ mod tests {
     }
 
     #[test]
+    fn under_runsc_gvisor_caps_the_processes_and_the_host_cgroup_is_a_backstop() {
+        let config = SandboxConfig::default();
+        let mut policy = policy(&config);
+        policy.runtime = common::config::SandboxRuntime::Runsc;
+        let mut inspected = hardened(&config);
+        let host = inspected.host_config.as_mut().unwrap();
+        host.runtime = Some("runsc".to_owned());
+        host.pids_limit = Some(128 + 16 * config.pids_limit);
+        // An engine that dropped the nproc limit is refused; with it, passes.
+        match verify(&inspected, &config, &policy, "vol", "net") {
+            Err(SandboxError::NotHardened { field, .. }) => assert_eq!(field, "Ulimits nproc"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let nproc = Some(config.pids_limit);
+        let host = inspected.host_config.as_mut().unwrap();
+        host.ulimits.as_mut().unwrap().push(ResourcesUlimits {
+            name: Some("nproc".to_owned()),
+            soft: nproc,
+            hard: nproc,
+        });
+        assert!(verify(&inspected, &config, &policy, "vol", "net").is_ok());
+        // The same container does not pass for a runc policy.
+        let runc = SandboxPolicy { runtime: common::config::SandboxRuntime::Runc, ..policy };
+        assert!(verify(&inspected, &config, &runc, "vol", "net").is_err());
+    }
+
+    #[test]
     fn a_setting_the_engine_dropped_is_refused_by_name() {
         let config = SandboxConfig::default();
         type Breakage = Box<dyn Fn(&mut HostConfig)>;
@@ -125,6 +157,7 @@ mod tests {
             ("NetworkMode", Box::new(|h| h.network_mode = Some("host".to_owned()))),
             ("Binds", Box::new(|h| h.binds = Some(vec!["/var/run/docker.sock:/var/run/docker.sock".to_owned()]))),
             ("Privileged", Box::new(|h| h.privileged = Some(true))),
+            ("Runtime", Box::new(|h| h.runtime = Some("runsc".to_owned()))),
         ];
         for (field, break_it) in cases {
             let mut inspected = hardened(&config);

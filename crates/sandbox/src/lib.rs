@@ -22,10 +22,11 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptions,
     ListVolumesOptions, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use common::RunId;
-use common::config::SandboxConfig;
+use common::config::{SandboxConfig, SandboxRuntime};
 use common::policy::SandboxPolicy;
 use futures::{Stream, StreamExt};
 
@@ -52,6 +53,12 @@ pub enum SandboxError {
     /// fields it does not know, silently); the container was not started.
     #[error("the docker engine did not apply `{field}`: expected {expected}, found {found}")]
     NotHardened { field: &'static str, expected: String, found: String },
+    /// The policy asks for a runtime the engine has not registered.
+    #[error(
+        "the docker engine has no `{runtime}` runtime (it has: {available}); register it in the engine's daemon.json \
+         (`cargo xtask setup` registers runsc) or set the policy's `runtime` to one it has"
+    )]
+    RuntimeMissing { runtime: String, available: String },
     /// What the command wrote went over a bound.
     #[error("{what} is larger than {limit} bytes")]
     OverLimit { what: &'static str, limit: u64 },
@@ -104,6 +111,13 @@ pub enum OutputStream {
 
 /// Chunks of a command's output, each with the stream it came on.
 pub type OutputChunks = std::pin::Pin<Box<dyn Stream<Item = Result<(OutputStream, Bytes), SandboxError>> + Send>>;
+
+/// How a sandbox's container stopped on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    pub oom_killed: bool,
+    pub exit_code: Option<i64>,
+}
 
 /// A running command's output; read it to the end, then ask for the code.
 pub struct Exec {
@@ -287,11 +301,12 @@ impl SandboxDriver {
                 return Err(e);
             }
         };
+        let limits = ProcessLimits::of(policy);
         let host_config = HostConfig {
             memory: Some(policy.memory_bytes),
             memory_swap: Some(policy.memory_bytes),
             nano_cpus: Some(policy.nano_cpus),
-            pids_limit: Some(policy.pids_limit),
+            pids_limit: Some(limits.host_tasks),
             cap_drop: Some(vec!["ALL".to_owned()]),
             security_opt: Some(vec!["no-new-privileges=true".to_owned()]),
             readonly_rootfs: Some(true),
@@ -301,6 +316,7 @@ impl SandboxDriver {
             init: Some(true),
             privileged: Some(false),
             oom_score_adj: Some(500),
+            runtime: Some(policy.runtime.name().to_owned()),
             tmpfs: Some(HashMap::from([(
                 "/tmp".to_owned(),
                 format!("rw,nosuid,nodev,size={},uid={},gid={},mode=1777", policy.tmp_bytes, c.uid, c.gid),
@@ -311,10 +327,7 @@ impl SandboxDriver {
                 typ: Some(MountType::VOLUME),
                 ..Default::default()
             }]),
-            ulimits: Some(vec![
-                ResourcesUlimits { name: Some("nofile".to_owned()), soft: Some(4096), hard: Some(4096) },
-                ResourcesUlimits { name: Some("core".to_owned()), soft: Some(0), hard: Some(0) },
-            ]),
+            ulimits: Some(limits.ulimits()),
             log_config: Some(bollard::models::HostConfigLogConfig {
                 typ: Some("json-file".to_owned()),
                 config: Some(HashMap::from([
@@ -340,7 +353,7 @@ impl SandboxDriver {
             Err(e) => {
                 self.remove_network(&network).await;
                 self.remove_volume(&volume).await;
-                return Err(e.into());
+                return Err(self.explain_create_error(e, policy).await);
             }
         };
         let sandbox = Sandbox { container: created.id, volume, network };
@@ -355,6 +368,45 @@ impl SandboxDriver {
             return Err(e);
         }
         Ok(sandbox)
+    }
+
+    /// Refuses to start a worker whose configured `sandbox.runtime` the
+    /// engine does not have; a policy that names another runtime is checked
+    /// when its sandbox is created.
+    pub async fn check_runtime(&self) -> Result<(), SandboxError> {
+        let runtimes = self.runtimes().await?;
+        let wanted = self.config.runtime.name();
+        if runtimes.iter().any(|r| r == wanted) {
+            return Ok(());
+        }
+        Err(SandboxError::Other(format!(
+            "invalid configuration: `sandbox.runtime` = {wanted}, but the docker engine has only {}; register it \
+             (`cargo xtask setup` registers runsc) or choose one of those",
+            runtimes.join(", ")
+        )))
+    }
+
+    /// The runtimes the engine has registered, by name.
+    pub async fn runtimes(&self) -> Result<Vec<String>, SandboxError> {
+        let info = self.docker.info().await?;
+        let mut names: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// An engine that does not know the policy's runtime says so in a 400;
+    /// that becomes an error naming the runtime and what the engine has.
+    async fn explain_create_error(&self, error: bollard::errors::Error, policy: &SandboxPolicy) -> SandboxError {
+        let unknown_runtime = matches!(
+            &error,
+            bollard::errors::Error::DockerResponseServerError { status_code: 400, message }
+                if message.to_ascii_lowercase().contains("runtime")
+        );
+        if !unknown_runtime {
+            return error.into();
+        }
+        let available = self.runtimes().await.map(|r| r.join(", ")).unwrap_or_else(|e| format!("unknown: {e}"));
+        SandboxError::RuntimeMissing { runtime: policy.runtime.name().to_owned(), available }
     }
 
     /// Unpacks a tar archive into the workspace.
@@ -431,6 +483,31 @@ impl SandboxDriver {
             .lines()
             .filter_map(|l| l.strip_prefix("oom_kill "))
             .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0)))
+    }
+
+    /// Resolves once the sandbox's container has stopped on its own: its
+    /// init died, or under runsc gVisor's kernel was OOM-killed or crashed.
+    /// An exec's output stream may then never end (the engine waits on a
+    /// process that no longer exists), so the worker watches this too.
+    /// Resolves to whether the kernel's OOM killer stopped it.
+    pub async fn stopped(&self, sandbox: &Sandbox) -> Stopped {
+        loop {
+            let options = WaitContainerOptionsBuilder::new().condition("not-running").build();
+            let _ = self.docker.wait_container(&sandbox.container, Some(options)).next().await;
+            // The wait also ends when the engine's connection times out or
+            // breaks: only a container the engine says is down has stopped.
+            match self.docker.inspect_container(&sandbox.container, None).await {
+                Ok(inspected) => {
+                    let state = inspected.state.unwrap_or_default();
+                    if state.running != Some(true) {
+                        return Stopped { oom_killed: state.oom_killed.unwrap_or(false), exit_code: state.exit_code };
+                    }
+                }
+                Err(error) if already_gone(&error) => return Stopped { oom_killed: false, exit_code: None },
+                Err(error) => tracing::debug!(%error, container = %sandbox.container, "inspecting the sandbox failed"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
     }
 
     /// Kills the container at once (timeouts, lost leases, shutdown).
@@ -573,6 +650,42 @@ impl SandboxDriver {
         )]);
         let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
         Ok(self.docker.list_containers(Some(options)).await?.into_iter().filter_map(|c| c.id).collect())
+    }
+}
+
+/// How a policy's process cap is enforced under each runtime. Under runc
+/// the container's pids cgroup counts the agent's own tasks. Under runsc it
+/// counts gVisor's: its kernel takes about 60 host tasks and each process
+/// the agent starts about 11 more (measured with Debian's runsc, ptrace
+/// platform), so there the cap is gVisor's own per-user `RLIMIT_NPROC`
+/// (its kernel counts the sandbox's tasks only, where the host kernel's
+/// would count every sandbox's uid 1000 together) and the host cgroup keeps
+/// a backstop sized for gVisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProcessLimits {
+    pub host_tasks: i64,
+    pub nproc: Option<i64>,
+}
+
+impl ProcessLimits {
+    pub(crate) fn of(policy: &SandboxPolicy) -> Self {
+        match policy.runtime {
+            SandboxRuntime::Runc => Self { host_tasks: policy.pids_limit, nproc: None },
+            SandboxRuntime::Runsc => Self { host_tasks: 128 + 16 * policy.pids_limit, nproc: Some(policy.pids_limit) },
+        }
+    }
+
+    pub(crate) fn ulimits(&self) -> Vec<ResourcesUlimits> {
+        let limit = |name: &str, value: i64| ResourcesUlimits {
+            name: Some(name.to_owned()),
+            soft: Some(value),
+            hard: Some(value),
+        };
+        let mut ulimits = vec![limit("nofile", 4096), limit("core", 0)];
+        if let Some(nproc) = self.nproc {
+            ulimits.push(limit("nproc", nproc));
+        }
+        ulimits
     }
 }
 

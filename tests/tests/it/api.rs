@@ -229,9 +229,12 @@ async fn cancel_limits_and_queue_endpoints() {
 async fn sandbox_policies_are_layered_and_recorded_on_the_run() {
     let app = spawn_app(&[]).await;
     let put = |path: &str, body: Value| app.client.put(app.url(path)).bearer_auth(&app.token).json(&body).send();
-    let tenant = put("/v1/policies/tenants/payments", json!({"memory_bytes": 1073741824, "egress": "registries"}))
-        .await
-        .unwrap();
+    let tenant = put(
+        "/v1/policies/tenants/payments",
+        json!({"memory_bytes": 1073741824, "egress": "registries", "runtime": "runsc"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(tenant.status().as_u16(), 200);
     let repo = put(
         "/v1/policies/tenants/payments/repositories/acme/ledger",
@@ -253,16 +256,19 @@ async fn sandbox_policies_are_layered_and_recorded_on_the_run() {
     assert_eq!(policy["egress"], "registries", "the tenant override applies where the repository is silent");
     assert_eq!(policy["egress_allow"], json!(["pypi.org"]));
     assert_eq!(policy["pids_limit"], app.config.sandbox.pids_limit);
+    assert_eq!(policy["runtime"], "runsc", "the tenant's runtime applies: {policy}");
 
     // A run on a repository of another tenant gets the defaults.
     let other = json!({"repository": "acme/widgets", "base_ref": "main", "task": {"title": "t"}});
     let accepted: Value = app.post_run(&other).await.json().await.unwrap();
     let run = app.run(accepted["id"].as_str().unwrap()).await;
     assert_eq!(run["policy"]["memory_bytes"], app.config.sandbox.memory_bytes);
+    assert_eq!(run["policy"]["runtime"], "runc");
 
     assert_problem(put("/v1/policies/tenants/payments", json!({"memory_bytes": 1})).await.unwrap(), 400).await;
     assert_problem(put("/v1/policies/tenants/payments", json!({"egress": "everything"})).await.unwrap(), 400).await;
     assert_problem(put("/v1/policies/tenants/payments", json!({"cpus": 2})).await.unwrap(), 400).await;
+    assert_problem(put("/v1/policies/tenants/payments", json!({"runtime": "kata"})).await.unwrap(), 400).await;
     let contradiction = json!({"egress": "none", "egress_allow": ["pypi.org"]});
     let problem = assert_problem(put("/v1/policies/tenants/payments", contradiction).await.unwrap(), 400).await;
     assert_eq!(problem["field"], "egress_allow");

