@@ -23,6 +23,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub secrets: SecretsConfig,
     pub github: GitHubConfig,
+    pub publish: PublishConfig,
     pub identity: IdentityConfig,
     pub audit: AuditConfig,
     pub retention: RetentionConfig,
@@ -330,6 +331,54 @@ impl Default for GitHubConfig {
             run_link_base: "http://127.0.0.1:8080".to_owned(),
             tenant: None,
             agent_profile: "default".to_owned(),
+        }
+    }
+}
+
+/// Where a completed run's change goes before its pull request opens.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    pub mode: PublishMode,
+    /// With `mode = "fork"`: the account (an organization where the App is
+    /// installed) holding each repository's fork, `<fork_owner>/<name>`.
+    pub fork_owner: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishMode {
+    /// A `paddock/...` branch in the repository itself.
+    #[default]
+    Branch,
+    /// A `paddock/...` branch in the repository's fork under `fork_owner`;
+    /// the pull request comes from the fork, so the repository's CI treats
+    /// it as an outside contribution, and the run's own token for the
+    /// repository cannot push at all (`contents: read`).
+    Fork,
+}
+
+impl PublishConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        match (self.mode, self.fork_owner.as_deref()) {
+            (PublishMode::Fork, None) => invalid("publish.fork_owner", "must be set when publish.mode is `fork`"),
+            (_, Some(owner))
+                if owner.is_empty()
+                    || owner.len() > 39
+                    || owner.starts_with('-')
+                    || !owner.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+            {
+                invalid("publish.fork_owner", "must be a GitHub account name (letters, digits, `-`)")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The fork a run on `repo` publishes to, in fork mode.
+    pub fn fork_of(&self, repo: &crate::RepoName) -> Option<crate::RepoName> {
+        match (self.mode, &self.fork_owner) {
+            (PublishMode::Fork, Some(owner)) => format!("{owner}/{}", repo.name()).parse().ok(),
+            _ => None,
         }
     }
 }
@@ -768,6 +817,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             secrets: SecretsConfig::default(),
             github: GitHubConfig::default(),
+            publish: PublishConfig::default(),
             identity: IdentityConfig::default(),
             audit: AuditConfig::default(),
             retention: RetentionConfig::default(),
@@ -918,6 +968,7 @@ impl Config {
         self.gateway.validate()?;
         self.identity.validate()?;
         self.github.validate()?;
+        self.publish.validate()?;
         self.secrets.validate()?;
         self.outbound.validate()?;
         if !self.agents.contains_key("default") {

@@ -515,6 +515,10 @@ pub struct PullRequestRef {
     pub head: String,
     pub base: String,
     pub draft: bool,
+    /// The fork the head branch is in (`publish.mode = "fork"`); absent
+    /// when the branch is in the repository itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_repository: Option<String>,
 }
 
 /// A value a caller supplied that Paddock refuses, naming the field.

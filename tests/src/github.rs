@@ -45,6 +45,8 @@ struct Repo {
     issues: BTreeMap<u64, Issue>,
     pulls: Vec<Value>,
     next_number: u64,
+    /// The repository this one is a fork of.
+    parent: Option<String>,
 }
 
 #[derive(Clone)]
@@ -65,6 +67,9 @@ struct Token {
 struct State {
     app_id: u64,
     installation_id: u64,
+    /// Accounts the App is installed on separately (owner → installation
+    /// id); every other account is in `installation_id`.
+    installations: BTreeMap<String, u64>,
     public_key: Vec<u8>,
     repos: BTreeMap<String, Repo>,
     tokens: HashMap<String, Token>,
@@ -73,6 +78,12 @@ struct State {
     next_comment: u64,
     root: PathBuf,
     base_url: String,
+}
+
+impl State {
+    fn installation_of(&self, owner: &str) -> u64 {
+        self.installations.get(owner).copied().unwrap_or(self.installation_id)
+    }
 }
 
 pub struct GitHub {
@@ -103,6 +114,7 @@ impl GitHub {
         let state = Arc::new(Mutex::new(State {
             app_id: 4242,
             installation_id: 777,
+            installations: BTreeMap::new(),
             public_key,
             repos: BTreeMap::new(),
             tokens: HashMap::new(),
@@ -175,6 +187,46 @@ impl GitHub {
         };
         state.repos.insert(format!("{owner}/{name}"), repo);
         write_protection_hook(&root, &state);
+    }
+
+    /// Forks `repo` into `owner`, an account with its own installation of
+    /// the App (as an organization holding Paddock's forks would be), and
+    /// returns the fork's full name.
+    pub fn fork_repo(&self, repo: &str, owner: &str) -> String {
+        let (root, name) = {
+            let mut state = self.state.lock().unwrap();
+            let next = 900 + state.installations.len() as u64;
+            state.installations.entry(owner.to_owned()).or_insert(next);
+            (state.root.clone(), repo.split_once('/').expect("owner/name").1.to_owned())
+        };
+        let fork = format!("{owner}/{name}");
+        std::fs::create_dir_all(root.join(owner)).expect("fork owner dir");
+        git(&root, &["clone", "-q", "--bare", &format!("{repo}.git"), &format!("{fork}.git")]);
+        let mut state = self.state.lock().unwrap();
+        let id = 1000 + state.repos.len() as u64;
+        let forked = Repo {
+            id,
+            default_branch: "main".to_owned(),
+            protected: BTreeSet::from(["main".to_owned()]),
+            next_number: 1,
+            parent: Some(repo.to_owned()),
+            ..Repo::default()
+        };
+        state.repos.insert(fork.clone(), forked);
+        write_protection_hook(&root, &state);
+        fork
+    }
+
+    /// The branches of `repo`.
+    pub fn branches(&self, repo: &str) -> Vec<String> {
+        let dir = self.state.lock().unwrap().root.join(format!("{repo}.git"));
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&dir)
+            .args(["for-each-ref", "--format=%(refname:short)", "refs/heads"])
+            .output()
+            .expect("git for-each-ref");
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
     }
 
     /// Opens an issue and returns its number.
@@ -463,7 +515,7 @@ async fn repo_installation(req: HttpRequest, state: Shared) -> HttpResponse {
     }
     let owner = req.match_info().query("o");
     HttpResponse::Ok().json(json!({
-        "id": state.installation_id, "app_id": state.app_id, "target_type": "Organization",
+        "id": state.installation_of(owner), "app_id": state.app_id, "target_type": "Organization",
         "account": {"login": owner}, "repository_selection": "selected",
         "permissions": APP_PERMISSIONS.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
     }))
@@ -474,10 +526,17 @@ async fn create_token(req: HttpRequest, body: web::Json<Value>, state: Shared) -
     if let Err(refusal) = app_authenticated(&req, &state) {
         return *refusal;
     }
-    if req.match_info().query("id") != state.installation_id.to_string() {
+    let installation: u64 = req.match_info().query("id").parse().unwrap_or(0);
+    if installation != state.installation_id && !state.installations.values().any(|id| *id == installation) {
         return not_found();
     }
-    let owner_repos: Vec<String> = state.repos.keys().cloned().collect();
+    // An installation sees the repositories of its account only.
+    let owner_repos: Vec<String> = state
+        .repos
+        .keys()
+        .filter(|full| state.installation_of(full.split('/').next().unwrap_or_default()) == installation)
+        .cloned()
+        .collect();
     let asked: Vec<String> = body["repositories"]
         .as_array()
         .map(|names| names.iter().filter_map(|n| n.as_str()).map(str::to_owned).collect())
@@ -566,8 +625,12 @@ async fn get_repo(req: HttpRequest, state: Shared) -> HttpResponse {
         Err(refusal) => return *refusal,
     };
     let Some(repo) = state.repos.get(&name) else { return not_found() };
-    HttpResponse::Ok()
-        .json(json!({"id": repo.id, "full_name": name, "default_branch": repo.default_branch, "private": true}))
+    let mut answer = json!({"id": repo.id, "full_name": name, "default_branch": repo.default_branch, "private": true,
+        "fork": repo.parent.is_some()});
+    if let Some(parent) = &repo.parent {
+        answer["parent"] = json!({"full_name": parent, "id": state.repos.get(parent).map(|p| p.id)});
+    }
+    HttpResponse::Ok().json(answer)
 }
 
 async fn get_branch(req: HttpRequest, state: Shared) -> HttpResponse {
@@ -685,12 +748,18 @@ async fn list_pulls(req: HttpRequest, query: web::Query<HashMap<String, String>>
         Err(refusal) => return *refusal,
     };
     let Some(repo) = state.repos.get(&name) else { return not_found() };
-    let head = query.get("head").map(|h| h.split_once(':').map_or(h.as_str(), |(_, b)| b).to_owned());
+    // GitHub filters by `user:ref`: the head's account and branch.
+    let head = query.get("head");
     let wanted_state = query.get("state").cloned().unwrap_or_else(|| "open".to_owned());
     let pulls: Vec<&Value> = repo
         .pulls
         .iter()
-        .filter(|p| head.as_deref().is_none_or(|h| p["head"]["ref"] == h))
+        .filter(|p| {
+            head.is_none_or(|h| match h.split_once(':') {
+                Some(_) => p["head"]["label"] == h.as_str(),
+                None => p["head"]["ref"] == h.as_str(),
+            })
+        })
         .filter(|p| wanted_state == "all" || p["state"] == wanted_state.as_str())
         .collect();
     HttpResponse::Ok().json(pulls)
@@ -705,22 +774,37 @@ async fn create_pull(req: HttpRequest, body: web::Json<Value>, state: Shared) ->
     else {
         return github_error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
     };
-    let head = head.split_once(':').map_or(head, |(_, b)| b).to_owned();
-    let dir = state.root.join(format!("{name}.git"));
-    let exists = std::process::Command::new("git")
-        .arg("-C")
-        .arg(&dir)
-        .args(["rev-parse", "--verify", "--quiet", &format!("refs/heads/{head}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    // `user:ref` names a branch of a fork in the same network; a bare ref
+    // one of the repository itself.
+    let owner = name.split('/').next().unwrap_or_default().to_owned();
+    let (head_owner, head) = head.split_once(':').map_or((owner.as_str(), head), |(o, b)| (o, b));
+    let head_repo = if head_owner == owner {
+        Some(name.clone())
+    } else {
+        state
+            .repos
+            .iter()
+            .find(|(full, r)| full.starts_with(&format!("{head_owner}/")) && r.parent.as_deref() == Some(name.as_str()))
+            .map(|(full, _)| full.clone())
+    };
+    let head = head.to_owned();
+    let exists = head_repo.as_ref().is_some_and(|head_repo| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(state.root.join(format!("{head_repo}.git")))
+            .args(["rev-parse", "--verify", "--quiet", &format!("refs/heads/{head}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
     if !exists {
         return HttpResponse::UnprocessableEntity().json(json!({"message": "Validation Failed",
             "errors": [{"resource": "PullRequest", "field": "head", "code": "invalid"}],
             "documentation_url": "https://docs.github.com/rest/pulls/pulls#create-a-pull-request"}));
     }
+    let label = format!("{head_owner}:{head}");
     let base_url = state.base_url.clone();
     let Some(repo) = state.repos.get_mut(&name) else { return not_found() };
-    if repo.pulls.iter().any(|p| p["head"]["ref"] == head.as_str() && p["state"] == "open") {
+    if repo.pulls.iter().any(|p| p["head"]["label"] == label.as_str() && p["state"] == "open") {
         return HttpResponse::UnprocessableEntity().json(json!({"message": "Validation Failed",
             "errors": [{"resource": "PullRequest", "code": "custom", "message": format!("A pull request already exists for {head}.")}],
             "documentation_url": "https://docs.github.com/rest/pulls/pulls#create-a-pull-request"}));
@@ -729,7 +813,7 @@ async fn create_pull(req: HttpRequest, body: web::Json<Value>, state: Shared) ->
     repo.next_number += 1;
     let pull = json!({
         "number": number, "state": "open", "title": title, "body": body["body"], "draft": body["draft"] == true,
-        "head": {"ref": head}, "base": {"ref": base},
+        "head": {"ref": head, "label": label, "repo": {"full_name": head_repo}}, "base": {"ref": base},
         "html_url": format!("{base_url}/{name}/pull/{number}"),
     });
     repo.pulls.push(pull.clone());

@@ -110,7 +110,11 @@ pub fn outcome(run: &ClaimedRun, worker: &str, facts: &RunFacts, reason: &StopRe
         }
     }
     if let Some(branch) = &facts.branch {
-        events.push(with_after(run_event(run, worker, "branch.push"), json!({"branch": branch})));
+        // Where it was pushed: the repository, or its fork.
+        let fork = facts.pull_request.as_ref().and_then(|p| p.head_repository.as_deref());
+        let repository = fork.map_or_else(|| run.spec.repository.to_string(), str::to_owned);
+        let pushed = json!({"branch": branch, "repository": repository});
+        events.push(with_after(run_event(run, worker, "branch.push"), pushed));
     }
     if let Some(pull) = &facts.pull_request {
         events.push(with_after(run_event(run, worker, "pull_request.open"), json!(pull)));

@@ -25,6 +25,15 @@ use platform::outbound::Outbound;
 pub const RUN_PERMISSIONS: &[(&str, &str)] =
     &[("contents", "write"), ("pull_requests", "write"), ("issues", "read"), ("metadata", "read")];
 
+/// The run's token for the repository when it publishes to a fork: it
+/// clones and opens the pull request, and cannot push at all.
+pub const FORK_MODE_RUN_PERMISSIONS: &[(&str, &str)] =
+    &[("contents", "read"), ("pull_requests", "write"), ("issues", "read"), ("metadata", "read")];
+
+/// What pushing the run's branch to the fork needs (a token for the fork
+/// alone, minted when the run publishes).
+pub const FORK_PUSH_PERMISSIONS: &[(&str, &str)] = &[("contents", "write"), ("metadata", "read")];
+
 /// What commenting on an issue needs (a separate, short-lived token).
 pub const COMMENT_PERMISSIONS: &[(&str, &str)] = &[("issues", "write"), ("metadata", "read")];
 

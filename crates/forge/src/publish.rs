@@ -33,10 +33,22 @@ pub enum Published {
     },
 }
 
+/// Where the run's branch is pushed.
+pub enum Destination<'a> {
+    /// A branch of the repository itself, with the run's token.
+    Repository,
+    /// A branch of the repository's fork, with a token for the fork alone;
+    /// the pull request is opened on the repository from the fork.
+    Fork { repo: &'a RepoName, credential: &'a RepoCredential, clone_url: &'a str },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("refusing to push `{0}`: it is the default branch or protected")]
     Protected(String),
+    /// `publish.mode = "fork"`, and the fork is not one of the repository.
+    #[error("{0}")]
+    NotAFork(String),
     #[error(transparent)]
     Patch(#[from] PatchError),
     #[error(transparent)]
@@ -61,8 +73,8 @@ fn marker(run: RunId) -> String {
     format!("<!-- paddock-run:{run} -->")
 }
 
-/// Commits the diff in `checkout`, pushes the run's branch and opens (or
-/// updates) the draft pull request.
+/// Commits the diff in `checkout`, pushes the run's branch to
+/// `destination` and opens (or updates) the draft pull request.
 pub async fn publish(
     app: &GitHubApp,
     credential: &RepoCredential,
@@ -70,6 +82,7 @@ pub async fn publish(
     clone_url: &str,
     diff: &[u8],
     story: &RunStory<'_>,
+    destination: &Destination<'_>,
 ) -> Result<Published, PublishError> {
     let spec = story.spec;
     let repo = &spec.repository;
@@ -82,14 +95,40 @@ pub async fn publish(
         return Ok(Published::NoChanges);
     }
     let branch = branch_name(story.run, spec.issue);
-    refuse_protected(credential, repo, &branch).await?;
-    match git::push(checkout, clone_url, &branch, &credential.git_env()).await {
+    let (push_repo, push_credential, push_url) = match destination {
+        Destination::Repository => (repo, credential, clone_url),
+        Destination::Fork { repo: fork, credential: fork_credential, clone_url: fork_url } => {
+            check_fork(fork_credential, fork, repo).await?;
+            (*fork, *fork_credential, *fork_url)
+        }
+    };
+    refuse_protected(push_credential, push_repo, &branch).await?;
+    match git::push(checkout, push_url, &branch, &push_credential.git_env()).await {
         Ok(()) => {}
         Err(PushError::Protected(_)) => return Err(PublishError::Protected(branch)),
         Err(PushError::Git(e)) => return Err(e.into()),
     }
-    let pull_request = upsert_pull_request(credential, repo, &branch, story, &files).await?;
+    let fork = match destination {
+        Destination::Repository => None,
+        Destination::Fork { repo: fork, .. } => Some(*fork),
+    };
+    let pull_request = upsert_pull_request(credential, repo, &branch, fork, story, &files).await?;
     Ok(Published::PullRequest { branch, pull_request, files })
+}
+
+/// The fork must be a fork of the repository (GitHub then opens a pull
+/// request from it on the repository, and its CI treats it as outside).
+async fn check_fork(credential: &RepoCredential, fork: &RepoName, repo: &RepoName) -> Result<(), PublishError> {
+    let info = credential.get(&format!("/repos/{}/{}", fork.owner(), fork.name())).await?;
+    let parent = info["parent"]["full_name"].as_str().unwrap_or_default();
+    if info["fork"] == true && parent.eq_ignore_ascii_case(&repo.to_string()) {
+        return Ok(());
+    }
+    let is = if info["fork"] == true { format!("a fork of {parent}") } else { "not a fork".to_owned() };
+    Err(PublishError::NotAFork(format!(
+        "{fork} (publish.fork_owner) is {is}, not a fork of {repo}: fork {repo} into {} once",
+        fork.owner()
+    )))
 }
 
 /// Never the default branch, a protected branch or one a ruleset covers.
@@ -115,13 +154,16 @@ async fn upsert_pull_request(
     credential: &RepoCredential,
     repo: &RepoName,
     branch: &str,
+    fork: Option<&RepoName>,
     story: &RunStory<'_>,
     files: &[String],
 ) -> Result<PullRequestRef, ForgeError> {
     let (owner, name) = (repo.owner(), repo.name());
     let body = pull_request_body(story, files);
     let title = story.spec.task_title.clone();
-    let open = credential.get(&format!("/repos/{owner}/{name}/pulls?head={owner}:{branch}&state=open")).await?;
+    // `owner:branch` names the head in the repository or in its fork.
+    let head = format!("{}:{branch}", fork.map_or(owner, RepoName::owner));
+    let open = credential.get(&format!("/repos/{owner}/{name}/pulls?head={head}&state=open")).await?;
     let pull = match open.as_array().and_then(|p| p.first()) {
         Some(existing) => {
             let number = existing["number"].as_u64().unwrap_or_default();
@@ -130,8 +172,9 @@ async fn upsert_pull_request(
                 .await?
         }
         None => {
+            let head = if fork.is_some() { head.as_str() } else { branch };
             let create =
-                json!({"title": title, "head": branch, "base": story.spec.base_ref, "body": body, "draft": true});
+                json!({"title": title, "head": head, "base": story.spec.base_ref, "body": body, "draft": true});
             credential.post(&format!("/repos/{owner}/{name}/pulls"), &create).await?
         }
     };
@@ -141,6 +184,7 @@ async fn upsert_pull_request(
         head: branch.to_owned(),
         base: story.spec.base_ref.clone(),
         draft: pull["draft"] == true,
+        head_repository: fork.map(ToString::to_string),
     })
 }
 

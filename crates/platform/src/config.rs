@@ -177,6 +177,16 @@ mod tests {
         assert!(err.to_string().contains("concurency"), "{err}");
         let err = load(None, env(&[("PADDOCK_WORKER__CONCURRENCY", "many")])).unwrap_err();
         assert!(err.to_string().contains("concurrency"), "{err}");
+        let err = load(None, env(&[("PADDOCK_PUBLISH__MODE", "fork")])).unwrap_err();
+        assert!(err.to_string().contains("publish.fork_owner"), "{err}");
+        let err =
+            load(None, env(&[("PADDOCK_PUBLISH__MODE", "fork"), ("PADDOCK_PUBLISH__FORK_OWNER", "a/b")])).unwrap_err();
+        assert!(err.to_string().contains("publish.fork_owner"), "{err}");
+        let err = load(None, env(&[("PADDOCK_SANDBOX__RUNTIME", "kata")])).unwrap_err();
+        assert!(err.to_string().contains("runtime"), "{err}");
+        let forked = env(&[("PADDOCK_PUBLISH__MODE", "fork"), ("PADDOCK_PUBLISH__FORK_OWNER", "acme-paddock")]);
+        let config = load(None, forked).expect("config loads");
+        assert_eq!(config.publish.fork_of(&"acme/ledger".parse().unwrap()).unwrap().to_string(), "acme-paddock/ledger");
     }
 
     #[test]

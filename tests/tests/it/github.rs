@@ -341,6 +341,103 @@ async fn a_branch_a_ruleset_protects_is_never_pushed() {
     worker.shutdown().await;
 }
 
+/// The reference agent, publishing to forks under `acme-forks`.
+const FORK_MODE: &[(&str, &str)] = &[
+    ("PADDOCK_AGENTS__DEFAULT__COMMAND", REFERENCE_AGENT),
+    ("PADDOCK_PUBLISH__MODE", "fork"),
+    ("PADDOCK_PUBLISH__FORK_OWNER", "acme-forks"),
+];
+
+/// With `publish.mode = "fork"` the agent's branch never enters the
+/// repository (whose CI would run it with the repository's secrets): it goes
+/// to the App's fork, and the pull request comes from there.
+#[tokio::test]
+async fn in_fork_mode_the_branch_goes_to_the_fork_and_the_repository_never_holds_it() {
+    let forge = forge_with(FORK_MODE, FIX).await;
+    let fork = forge.github.fork_repo(&forge.repo, "acme-forks");
+    let worker = forge.app.spawn_worker().await;
+    let (issue, status, accepted) = forge.label_new_issue("alice").await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap();
+    let (run, logs) = forge.app.wait_for_success(id).await;
+    worker.shutdown().await;
+    let facts = &run["facts"];
+    let branch = facts["branch"].as_str().unwrap();
+    assert!(branch.starts_with(&format!("paddock/{issue}-")), "{branch}");
+    let trail = forge.app.audit_trail_text().await;
+    let push = trail.lines().find(|l| l.contains(id) && l.contains("\"branch.push\"")).expect("branch.push");
+    assert!(push.contains(&format!("\"repository\":\"{fork}\"")), "{push}");
+
+    // The change is on the fork's branch; the repository has only main.
+    assert_eq!(forge.github.branches(&forge.repo), ["main"], "the repository holds the agent's branch");
+    let readme = forge.github.file_on_branch(&fork, branch, "README.md").expect("the branch is on the fork");
+    assert!(readme.contains("hello world"), "{readme}");
+    assert!(logs.contains(&format!("paddock: pushed {fork}:{branch}; draft pull request")), "{logs}");
+
+    // The draft is on the repository, from the fork.
+    let pulls = forge.github.pulls(&forge.repo);
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    assert_eq!(pulls[0]["head"]["label"], format!("acme-forks:{branch}"));
+    assert_eq!(pulls[0]["head"]["repo"]["full_name"], fork);
+    assert_eq!(pulls[0]["draft"], true);
+    assert_eq!(facts["pull_request"]["head_repository"], fork);
+    assert_eq!(facts["pull_request"]["number"], pulls[0]["number"]);
+
+    // The run's token for the repository could not push; the fork's token
+    // opened the fork alone; both were revoked.
+    let credentials = facts["credentials"].as_array().unwrap();
+    assert_eq!(credentials.len(), 3, "run, fork and comment tokens: {facts:#}");
+    let by_purpose = |purpose: &str| {
+        credentials.iter().find(|c| c["purpose"] == purpose).unwrap_or_else(|| panic!("{purpose}: {facts:#}"))
+    };
+    let run_token = by_purpose("clone and pull request (the branch goes to the fork)");
+    assert_eq!(
+        run_token["permissions"],
+        json!({"contents": "read", "issues": "read", "metadata": "read", "pull_requests": "write"})
+    );
+    assert_eq!(run_token["repositories"], json!([forge.repo]));
+    let fork_token = by_purpose("push to the fork");
+    assert_eq!(fork_token["permissions"], json!({"contents": "write", "metadata": "read"}));
+    assert_eq!(fork_token["repositories"], json!([fork]));
+    assert!(credentials.iter().all(|c| c["revoked_at_ms"].as_u64().is_some()), "{credentials:?}");
+}
+
+/// Fork mode with no fork, or with a repository there that is not a fork
+/// of this one, pushes nothing anywhere and says what to do.
+#[tokio::test]
+async fn in_fork_mode_a_missing_or_unrelated_fork_stops_the_run_and_nothing_is_pushed() {
+    let missing = forge_with(FORK_MODE, FIX).await;
+    let worker = missing.app.spawn_worker().await;
+    let (_, status, accepted) = missing.label_new_issue("alice").await;
+    assert_eq!(status, 202, "{accepted}");
+    let run = missing.app.wait_until_finished(accepted["id"].as_str().unwrap()).await;
+    worker.shutdown().await;
+    let name = missing.repo.split_once('/').unwrap().1;
+    assert_eq!(run["stop_reason"]["kind"], "credential_error", "{run:#}");
+    let message = run["stop_reason"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("the fork acme-forks/{name} (publish.fork_owner)")), "{message}");
+    assert_eq!(missing.github.branches(&missing.repo), ["main"]);
+    assert!(missing.github.pulls(&missing.repo).is_empty());
+
+    // A repository of the same name under the fork account, not a fork.
+    let unrelated = forge_with(FORK_MODE, FIX).await;
+    let name = unrelated.repo.split_once('/').unwrap().1.to_owned();
+    let elsewhere = unrelated.github.fork_repo(&unrelated.repo, "acme-forks-other");
+    unrelated.github.fork_repo(&elsewhere, "acme-forks");
+    let worker = unrelated.app.spawn_worker().await;
+    let (_, _, accepted) = unrelated.label_new_issue("alice").await;
+    let run = unrelated.app.wait_until_finished(accepted["id"].as_str().unwrap()).await;
+    worker.shutdown().await;
+    assert_eq!(run["stop_reason"]["kind"], "credential_error", "{run:#}");
+    let message = run["stop_reason"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("acme-forks/{name} (publish.fork_owner) is a fork of {elsewhere}, not a fork of")),
+        "{message}"
+    );
+    assert_eq!(unrelated.github.branches(&format!("acme-forks/{name}")), ["main"], "nothing pushed to it");
+    assert!(unrelated.github.pulls(&unrelated.repo).is_empty());
+}
+
 #[tokio::test]
 async fn a_run_that_changes_nothing_opens_no_pull_request_and_says_so() {
     let forge = forge(REFERENCE_AGENT, &["```bash\ncat README.md\n```"]).await;
@@ -393,7 +490,7 @@ async fn nothing_the_agent_writes_in_git_runs_on_the_worker() {
 
 #[tokio::test]
 async fn a_retried_publication_updates_its_pull_request_and_main_stays_protected() {
-    use forge::publish::{Published, RunStory, publish};
+    use forge::publish::{Destination, Published, RunStory, publish};
     use forge::{GitHubApp, RUN_PERMISSIONS};
     let forge = forge(REFERENCE_AGENT, FIX).await;
     let app = GitHubApp::from_config(&forge.app.config.github, &tests::tls::trusting_outbound()).unwrap().unwrap();
@@ -410,7 +507,7 @@ async fn a_retried_publication_updates_its_pull_request_and_main_stays_protected
         forge::git::checkout(&url, "main", &dir, &credential.git_env()).await.unwrap();
         let story =
             RunStory { run, spec: &spec, command: "agent", models: &[], commands: &[], link: "http://x".to_owned() };
-        match publish(&app, &credential, &dir, &url, diff, &story).await.unwrap() {
+        match publish(&app, &credential, &dir, &url, diff, &story, &Destination::Repository).await.unwrap() {
             Published::PullRequest { pull_request, .. } => numbers.push(pull_request.number),
             Published::NoChanges => panic!("the diff changed nothing"),
         }

@@ -28,7 +28,7 @@ use crate::leases::{LeaseGuard, Leases};
 use agent::{Finished, Stage};
 use evidence::{Ended, Facts};
 use forge::git::{self, Checkout, GitError};
-use forge::{ForgeError, GitHubApp, RUN_PERMISSIONS, RepoCredential};
+use forge::{FORK_MODE_RUN_PERMISSIONS, ForgeError, GitHubApp, RUN_PERMISSIONS, RepoCredential};
 use gateway::Redactor;
 use objstore::S3Store;
 use publish::Forge;
@@ -191,7 +191,11 @@ impl Runtime {
     /// retried.
     async fn credential(&self, run: &ClaimedRun) -> Result<Option<RepoCredential>, RunError> {
         let Some(app) = &self.github else { return Ok(None) };
-        match app.credential(&run.spec.repository, "clone, push and pull request", RUN_PERMISSIONS).await {
+        let (purpose, permissions) = match self.config.publish.fork_of(&run.spec.repository) {
+            None => ("clone, push and pull request", RUN_PERMISSIONS),
+            Some(_) => ("clone and pull request (the branch goes to the fork)", FORK_MODE_RUN_PERMISSIONS),
+        };
+        match app.credential(&run.spec.repository, purpose, permissions).await {
             Ok(credential) => Ok(Some(credential)),
             Err(ForgeError::Unavailable(message)) => {
                 Err(RunError::Retry(format!("minting the repository token failed: {message}")))

@@ -2,8 +2,8 @@
 //! draft pull request, and the issue is told what happened.
 
 use common::{RunFacts, StopReason};
-use forge::publish::{self, PublishError, Published, RunStory};
-use forge::{ForgeError, GitHubApp, RepoCredential};
+use forge::publish::{self, Destination, PublishError, Published, RunStory};
+use forge::{FORK_PUSH_PERMISSIONS, ForgeError, GitHubApp, RepoCredential};
 use store::ClaimedRun;
 
 use super::Runtime;
@@ -34,7 +34,7 @@ impl Runtime {
     ) -> Result<StopReason, RunError> {
         let (Some(app), Some(credential)) = (forge.app, forge.credential) else { return Ok(reason) };
         let (reason, note) = match reason {
-            StopReason::Completed => push_and_open(run, app, credential, forge, diff, record, log).await?,
+            StopReason::Completed => self.push_and_open(run, app, credential, forge, diff, record, log).await?,
             other => (other, None),
         };
         credential.revoke().await;
@@ -49,14 +49,54 @@ impl Runtime {
     }
 }
 
-/// Pushes the branch and opens (or updates) the draft pull request.
-/// Returns the stop reason and the note for the issue, if any.
+impl Runtime {
+    /// Pushes the branch (to the repository, or with `publish.mode = "fork"`
+    /// to its fork with a token for the fork alone, revoked at once) and
+    /// opens (or updates) the draft pull request.
+    #[allow(clippy::too_many_arguments)]
+    async fn push_and_open(
+        &self,
+        run: &ClaimedRun,
+        app: &GitHubApp,
+        credential: &RepoCredential,
+        forge: &Forge<'_>,
+        diff: &[u8],
+        record: &mut RunFacts,
+        log: &mut RunLog,
+    ) -> Result<(StopReason, Option<String>), RunError> {
+        let Some(fork) = self.config.publish.fork_of(&run.spec.repository) else {
+            return push_and_open(run, app, credential, forge, diff, &Destination::Repository, record, log).await;
+        };
+        let fork_credential = match app.credential(&fork, "push to the fork", FORK_PUSH_PERMISSIONS).await {
+            Ok(fork_credential) => fork_credential,
+            Err(ForgeError::Unavailable(message)) => {
+                return Err(RunError::Retry(format!("minting the fork's token failed: {message}")));
+            }
+            Err(e) => {
+                let message = format!("the fork {fork} (publish.fork_owner): {e}");
+                log.line(&format!("paddock: no credential for {message}"));
+                return Ok((StopReason::CredentialError { message }, None));
+            }
+        };
+        let clone_url = forge::git::clone_url(&self.config.git.base_url, &fork);
+        let destination = Destination::Fork { repo: &fork, credential: &fork_credential, clone_url: &clone_url };
+        let ended = push_and_open(run, app, credential, forge, diff, &destination, record, log).await;
+        fork_credential.revoke().await;
+        record.credentials.push(fork_credential.grant());
+        ended
+    }
+}
+
+/// Pushes the branch to `destination` and opens (or updates) the draft pull
+/// request. Returns the stop reason and the note for the issue, if any.
+#[allow(clippy::too_many_arguments)]
 async fn push_and_open(
     run: &ClaimedRun,
     app: &GitHubApp,
     credential: &RepoCredential,
     forge: &Forge<'_>,
     diff: &[u8],
+    destination: &Destination<'_>,
     record: &mut RunFacts,
     log: &mut RunLog,
 ) -> Result<(StopReason, Option<String>), RunError> {
@@ -69,7 +109,7 @@ async fn push_and_open(
         commands: &record.commands[1.min(record.commands.len())..],
         link: format!("{}/v1/runs/{}", app.config.run_link_base.trim_end_matches('/'), run.id),
     };
-    let published = publish::publish(app, credential, forge.checkout, forge.clone_url, diff, &story).await;
+    let published = publish::publish(app, credential, forge.checkout, forge.clone_url, diff, &story, destination).await;
     let ended = match published {
         Ok(Published::NoChanges) => {
             log.line("paddock: the agent changed nothing; no branch, no pull request");
@@ -80,7 +120,11 @@ async fn push_and_open(
             (StopReason::Completed, Some(note))
         }
         Ok(Published::PullRequest { branch, pull_request, files }) => {
-            log.line(&format!("paddock: pushed {branch}; draft pull request {}", pull_request.url));
+            let pushed = match &pull_request.head_repository {
+                Some(fork) => format!("{fork}:{branch}"),
+                None => branch.clone(),
+            };
+            log.line(&format!("paddock: pushed {pushed}; draft pull request {}", pull_request.url));
             let note = format!(
                 "Paddock opened draft pull request #{} for this issue (run [`{}`]({}), requested by {}).",
                 pull_request.number,
@@ -101,6 +145,10 @@ async fn push_and_open(
             log.line(&format!("paddock: {e}"));
             record.files_changed.clear();
             (StopReason::AgentFailed { exit_code: -1 }, None)
+        }
+        Err(PublishError::NotAFork(message)) => {
+            log.line(&format!("paddock: {message}"));
+            (StopReason::CredentialError { message }, None)
         }
         Err(PublishError::Forge(ForgeError::Refused(message))) => {
             log.line(&format!("paddock: GitHub refused: {message}"));
