@@ -139,6 +139,9 @@ pub struct SandboxConfig {
     pub max_inflated_file_bytes: u64,
     /// The most all of the diff's binary patches may hold inflated.
     pub max_inflated_diff_bytes: u64,
+    /// The most files a checkout may hold (its bytes are bounded by the
+    /// workspace): checked before anything is written out on the host.
+    pub max_checkout_files: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -905,6 +908,7 @@ impl Default for SandboxConfig {
             max_diff_bytes: 32 << 20,
             max_inflated_file_bytes: 64 << 20,
             max_inflated_diff_bytes: 256 << 20,
+            max_checkout_files: 1_000_000,
         }
     }
 }

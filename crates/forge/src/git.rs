@@ -15,6 +15,18 @@ pub enum GitError {
     /// The git server or the network failed: worth a retry.
     #[error("git: {0}")]
     Unavailable(String),
+    /// The checkout would be over a bound (`what`, at most `limit`); nothing
+    /// was written out.
+    #[error("{what} is over its bound of {limit}")]
+    TooLarge { what: &'static str, limit: u64 },
+}
+
+/// How large a checkout may be once written out: its files' bytes (with
+/// the repository's `.git`) and their number.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckoutLimits {
+    pub max_bytes: u64,
+    pub max_files: u64,
 }
 
 /// A shallow checkout of one ref.
@@ -63,13 +75,21 @@ async fn run(mut cmd: Command) -> Result<(i32, String, String), GitError> {
 /// Clones `base_ref` of `url` into `dest` (which must not exist) at depth 1.
 /// `auth` is environment for git: a credential header and the outbound
 /// network settings ([`platform::outbound::Outbound::git_env`]).
-pub async fn checkout(url: &str, base_ref: &str, dest: &Path, auth: &[(String, String)]) -> Result<Checkout, GitError> {
+pub async fn checkout(
+    url: &str,
+    base_ref: &str,
+    dest: &Path,
+    auth: &[(String, String)],
+    limits: CheckoutLimits,
+) -> Result<Checkout, GitError> {
     // One round trip: a missing repository or ref is told apart from a
     // failing server by what the clone says (no `ls-remote` probe first;
-    // it cost a process and a request on every run's start).
+    // it cost a process and a request on every run's start). Nothing is
+    // written out until the tree is known to fit.
     let mut clone = git();
     with_env(&mut clone, auth);
-    clone.args(["clone", "--quiet", "--depth", "1", "--single-branch", "--no-tags", "--branch", base_ref, "--", url]);
+    clone.args(["clone", "--quiet", "--no-checkout", "--depth", "1", "--single-branch", "--no-tags"]);
+    clone.args(["--branch", base_ref, "--", url]);
     clone.arg(dest);
     let (code, _, err) = run(clone).await?;
     if code != 0 {
@@ -82,6 +102,14 @@ pub async fn checkout(url: &str, base_ref: &str, dest: &Path, auth: &[(String, S
         }
         return Err(GitError::Unavailable(format!("clone exited {code}: {}", first_line(&err))));
     }
+    let packed = dir_bytes(dest.join(".git")).await;
+    check_tree_fits(dest, limits, packed).await?;
+    let mut write_out = git();
+    write_out.arg("-C").arg(dest).args(["reset", "--quiet", "--hard", "HEAD"]);
+    let (code, _, err) = run(write_out).await?;
+    if code != 0 {
+        return Err(GitError::Unavailable(format!("checkout exited {code}: {}", first_line(&err))));
+    }
     let mut rev = git();
     rev.arg("-C").arg(dest).args(["rev-parse", "HEAD"]);
     let (code, commit, err) = run(rev).await?;
@@ -93,6 +121,71 @@ pub async fn checkout(url: &str, base_ref: &str, dest: &Path, auth: &[(String, S
     scrub.arg("-C").arg(dest).args(["remote", "remove", "origin"]);
     run(scrub).await?;
     Ok(Checkout { commit })
+}
+
+/// Reads the commit's tree listing as it comes (a tree can name millions of
+/// entries while its pack is tiny) and stops at the first bound crossed.
+async fn check_tree_fits(dest: &Path, limits: CheckoutLimits, packed: u64) -> Result<(), GitError> {
+    use tokio::io::AsyncBufReadExt;
+    let mut list = git();
+    list.arg("-C").arg(dest).args(["ls-tree", "-r", "-l", "-z", "--full-tree", "HEAD"]);
+    list.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = list.spawn().map_err(|e| GitError::Unavailable(format!("cannot run git: {e}")))?;
+    let stdout = child.stdout.take().ok_or_else(|| GitError::Unavailable("git ls-tree has no output".to_owned()))?;
+    let mut reader = tokio::io::BufReader::new(stdout);
+    let (mut bytes, mut files) = (packed, 0u64);
+    let mut entry = Vec::new();
+    loop {
+        entry.clear();
+        let read = reader
+            .read_until(0, &mut entry)
+            .await
+            .map_err(|e| GitError::Unavailable(format!("reading the tree failed: {e}")))?;
+        if read == 0 {
+            break;
+        }
+        // `<mode> <type> <object> <size>\t<path>`: size is `-` for a submodule.
+        let meta = entry.split(|b| *b == b'\t').next().unwrap_or_default();
+        let size = meta.split(|b| *b == b' ').filter(|f| !f.is_empty()).nth(3).unwrap_or_default();
+        bytes = bytes.saturating_add(std::str::from_utf8(size).ok().and_then(|s| s.parse().ok()).unwrap_or(0));
+        files += 1;
+        let over = if files > limits.max_files {
+            Some(("the checkout's file count", limits.max_files))
+        } else if bytes > limits.max_bytes {
+            Some(("the checkout", limits.max_bytes))
+        } else {
+            None
+        };
+        if let Some((what, limit)) = over {
+            let _ = child.kill().await;
+            return Err(GitError::TooLarge { what, limit });
+        }
+    }
+    let status = child.wait().await.map_err(|e| GitError::Unavailable(format!("git ls-tree: {e}")))?;
+    if !status.success() {
+        return Err(GitError::Unavailable(format!("git ls-tree exited {status}")));
+    }
+    Ok(())
+}
+
+/// The bytes of the files under `dir` (the clone's `.git`: its pack).
+async fn dir_bytes(dir: std::path::PathBuf) -> u64 {
+    tokio::task::spawn_blocking(move || {
+        let mut total = 0u64;
+        let mut pending = vec![dir];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => pending.push(entry.path()),
+                    Ok(meta) => total += meta.len(),
+                    Err(_) => {}
+                }
+            }
+        }
+        total
+    })
+    .await
+    .unwrap_or(0)
 }
 
 fn looks_missing(stderr: &str) -> bool {

@@ -30,7 +30,7 @@ use common::config::{SandboxConfig, SandboxRuntime};
 use common::policy::SandboxPolicy;
 use futures::{Stream, StreamExt};
 
-pub use tree::tar_tree;
+pub use tree::{stream_tree, tar_tree};
 
 pub const LABEL_MANAGED_BY: &str = "paddock.managed-by";
 pub const LABEL_NAMESPACE: &str = "paddock.namespace";
@@ -409,10 +409,15 @@ impl SandboxDriver {
         SandboxError::RuntimeMissing { runtime: policy.runtime.name().to_owned(), available }
     }
 
-    /// Unpacks a tar archive into the workspace.
-    pub async fn upload(&self, sandbox: &Sandbox, tar: Bytes) -> Result<(), SandboxError> {
+    /// Unpacks a tar archive, read from `tar` as it comes, into the
+    /// workspace.
+    pub async fn upload(
+        &self,
+        sandbox: &Sandbox,
+        tar: impl Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    ) -> Result<(), SandboxError> {
         let options = UploadToContainerOptionsBuilder::new().path(WORKSPACE).build();
-        self.docker.upload_to_container(&sandbox.container, Some(options), bollard::body_full(tar)).await?;
+        self.docker.upload_to_container(&sandbox.container, Some(options), bollard::body_try_stream(tar)).await?;
         Ok(())
     }
 

@@ -41,6 +41,8 @@ under_each_runtime!(
     a_sandbox_cannot_hoard_the_workers_connections,
     output_cannot_forge_the_record_or_reach_a_terminal,
     a_diff_over_its_bounds_stops_the_run_once_with_the_bound_named,
+    a_checkout_over_its_bounds_stops_before_it_is_written_out,
+    the_worker_streams_the_checkout_and_never_holds_it_whole,
     an_attempt_whose_worker_dies_still_leaves_its_commands_and_egress_in_the_trail,
     the_host_rejects_the_whole_sandbox_pool_even_without_a_runs_rules,
     one_run_cannot_flood_the_audit_index_and_the_trail_keeps_everything,
@@ -615,6 +617,60 @@ async fn a_diff_over_its_bounds_stops_the_run_once_with_the_bound_named(runtime:
         assert_eq!((run["state"].as_str(), run["attempt"].as_u64()), (Some("failed"), Some(1)), "not retried: {run:#}");
         assert_eq!(run["facts"]["files_changed"], json!([]));
     }
+}
+
+/// A repository whose checkout would not fit: a tiny pack that inflates
+/// over the workspace, and more files than the cap. Neither is written out
+/// on the worker's disk, and neither is retried.
+async fn a_checkout_over_its_bounds_stops_before_it_is_written_out(runtime: &str) {
+    let zeros = vec![0u8; 64 << 20];
+    let many: Vec<(String, Vec<u8>)> = (0..1500).map(|i| (format!("f/{i}.txt"), Vec::new())).collect();
+    let many: Vec<(&str, &[u8])> = many.iter().map(|(p, c)| (p.as_str(), c.as_slice())).collect();
+    type Files<'a> = &'a [(&'a str, &'a [u8])];
+    let cases: [(Files, &str, u64); 2] =
+        [(&[("zeros.bin", zeros.as_slice())], "the checkout", 32 << 20), (&many, "the checkout's file count", 1000)];
+    for (files, what, limit) in cases {
+        let (app, _) = attack_app(runtime, &[("PADDOCK_SANDBOX__MAX_CHECKOUT_FILES", "1000")]).await;
+        let repo = app.repo(files);
+        let worker = app.spawn_worker().await;
+        let id = app.create_run(&repo, "bomb").await;
+        let run = app.wait_until_finished(&id).await;
+        let logs = app.logs_of(&run).await;
+        worker.shutdown().await;
+        assert_eq!(run["stop_reason"], json!({"kind": "limit_exceeded", "what": what, "limit": limit}), "{run:#}");
+        assert_eq!((run["state"].as_str(), run["attempt"].as_u64()), (Some("failed"), Some(1)), "not retried: {run:#}");
+        assert!(logs.contains("nothing was checked out"), "{logs}");
+    }
+}
+
+/// A checkout much larger than the worker's own memory goes into the
+/// sandbox without the worker ever holding it whole.
+async fn the_worker_streams_the_checkout_and_never_holds_it_whole(runtime: &str) {
+    let (app, _) = attack_app(
+        runtime,
+        &[
+            ("PADDOCK_AGENTS__DEFAULT__COMMAND", "echo \"arrived: $(wc -c < big.bin)\""),
+            ("PADDOCK_SANDBOX__WORKSPACE_BYTES", "536870912"),
+        ],
+    )
+    .await;
+    let size = 256usize << 20;
+    let repo = app.repo(&[("big.bin", vec![0u8; size].as_slice())]);
+    let mut worker = app.spawn_worker_process();
+    let id = app.create_run(&repo, "large").await;
+    let run = app.wait_until_finished(&id).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", worker.child.id())).unwrap();
+    worker.kill_hard();
+    let logs = app.logs_of(&run).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
+    assert!(logs.contains(&format!("\narrived: {size}")), "{logs}");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    eprintln!("under {runtime} the worker peaked at {peak_kib} KiB streaming a {size}-byte checkout");
+    assert!(peak_kib < (size as u64 >> 10) / 2, "the worker peaked at {peak_kib} KiB for a {size}-byte checkout");
 }
 
 /// Reports a command, is refused an egress host, then waits to be killed.

@@ -504,7 +504,8 @@ async fn a_retried_publication_updates_its_pull_request_and_main_stays_protected
     for attempt in 0..2 {
         let credential = app.credential(&repo, "test", RUN_PERMISSIONS).await.unwrap();
         let dir = std::env::temp_dir().join(format!("paddock-publish-{run}-{attempt}"));
-        forge::git::checkout(&url, "main", &dir, &credential.git_env()).await.unwrap();
+        let limits = forge::git::CheckoutLimits { max_bytes: 1 << 30, max_files: 1000 };
+        forge::git::checkout(&url, "main", &dir, &credential.git_env(), limits).await.unwrap();
         let story =
             RunStory { run, spec: &spec, command: "agent", models: &[], commands: &[], link: "http://x".to_owned() };
         match publish(&app, &credential, &dir, &url, diff, &story, &Destination::Repository).await.unwrap() {

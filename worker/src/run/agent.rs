@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::config::AgentConfig;
 use common::policy::SandboxPolicy;
 use common::{RunId, StopReason};
@@ -50,19 +49,20 @@ enum StreamEnd {
 }
 
 impl Runtime {
-    /// Uploads the tree, runs the agent's command until it ends, and takes
-    /// the diff out.
+    /// Uploads the tree (packed as it is sent), runs the agent's command
+    /// until it ends, and takes the diff out.
     pub(super) async fn in_sandbox(
         &self,
         run: &ClaimedRun,
         agent: &AgentConfig,
         stage: Stage<'_>,
-        tar: Bytes,
+        tree: &std::path::Path,
         lease: &LeaseGuard,
     ) -> Result<Finished, RunError> {
         let (sandbox, policy) = (stage.session.sandbox(), stage.policy);
         let deadline = Instant::now() + Duration::from_secs(policy.timeout_seconds);
-        self.sandboxes.upload(sandbox, tar).await?;
+        let (uid, gid) = (self.config.sandbox.uid, self.config.sandbox.gid);
+        self.sandboxes.upload(sandbox, sandbox::stream_tree(tree.to_path_buf(), uid, gid)).await?;
         stage.phases.mark("upload");
         let mut log = self.opening_log(run, agent, &stage);
         // Fails closed: without the tenant's secrets nothing is shown live.

@@ -15,7 +15,6 @@ mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::config::{AgentConfig, Config};
 use common::policy::SandboxPolicy;
 use common::{RunFacts, StopReason};
@@ -27,12 +26,12 @@ use crate::audit_events;
 use crate::leases::{LeaseGuard, Leases};
 use agent::{Finished, Stage};
 use evidence::{Ended, Facts};
-use forge::git::{self, Checkout, GitError};
+use forge::git::{self, Checkout, CheckoutLimits, GitError};
 use forge::{FORK_MODE_RUN_PERMISSIONS, ForgeError, GitHubApp, RUN_PERMISSIONS, RepoCredential};
 use gateway::Redactor;
 use objstore::S3Store;
 use publish::Forge;
-use sandbox::{SandboxDriver, tar_tree};
+use sandbox::SandboxDriver;
 use session::Session;
 use store::{ClaimedRun, Outcome, RunQueue};
 
@@ -159,8 +158,8 @@ impl Runtime {
     async fn attempt(&self, run: &ClaimedRun, lease: &LeaseGuard, forge: &Forge<'_>) -> Result<Outcome, RunError> {
         let agent = self.agent_of(run)?;
         let phases = Phases::new();
-        let (checkout, tar) = self.check_out(run, forge, &phases).await?;
         let policy = self.policy_of(run);
+        let checkout = self.check_out(run, forge, &policy, &phases).await?;
         let session = Session::open(self, run, &policy, &agent, &phases).await?;
         // Tests prove that a panic here, with the sandbox, its network, the
         // egress proxy and the gateway all up, leaves nothing behind. Only
@@ -170,7 +169,7 @@ impl Runtime {
             panic!("fault injected: a panic while the sandbox runs");
         }
         let stage = Stage { session: &session, policy: &policy, base_commit: &checkout.commit, phases: &phases };
-        let finished = self.in_sandbox(run, &agent, stage, tar, lease).await;
+        let finished = self.in_sandbox(run, &agent, stage, forge.checkout, lease).await;
         let used = session.close().await;
         let Finished { reason, mut log, diff, files_changed } = finished?;
         log_activity(&mut log, &used);
@@ -217,33 +216,33 @@ impl Runtime {
         })
     }
 
-    /// Clones the base ref on the host and packs the tree for the sandbox,
-    /// owned by the sandbox user.
+    /// Clones the base ref on the host, once its tree is known to fit the
+    /// run's workspace (and the file cap): a tiny pack can name gigabytes.
     async fn check_out(
         &self,
         run: &ClaimedRun,
         forge: &Forge<'_>,
+        policy: &SandboxPolicy,
         phases: &Phases,
-    ) -> Result<(Checkout, Bytes), RunError> {
+    ) -> Result<Checkout, RunError> {
         let dir = forge.checkout.to_path_buf();
         let auth = forge.credential.map(RepoCredential::git_env).unwrap_or_else(|| self.outbound.git_env());
-        let checkout = git::checkout(forge.clone_url, &run.spec.base_ref, &dir, &auth).await;
+        let limits =
+            CheckoutLimits { max_bytes: policy.workspace_bytes, max_files: self.config.sandbox.max_checkout_files };
+        let checkout = git::checkout(forge.clone_url, &run.spec.base_ref, &dir, &auth, limits).await;
         phases.mark("clone");
-        let checkout = match checkout {
-            Ok(checkout) => checkout,
+        match checkout {
+            Ok(checkout) => Ok(checkout),
             Err(GitError::NotFound(message)) => {
                 let line = format!("paddock: checkout failed: {message}");
-                return Err(RunError::Stop { reason: StopReason::CheckoutFailed { message }, line });
+                Err(RunError::Stop { reason: StopReason::CheckoutFailed { message }, line })
             }
-            Err(GitError::Unavailable(message)) => return Err(RunError::Retry(format!("checkout failed: {message}"))),
-        };
-        let (uid, gid) = (self.config.sandbox.uid, self.config.sandbox.gid);
-        let tar = tokio::task::spawn_blocking(move || tar_tree(&dir, uid, gid))
-            .await
-            .map_err(|e| RunError::Retry(format!("packing the checkout panicked: {e}")))?
-            .map_err(|e| RunError::retry("packing the checkout", e))?;
-        phases.mark("tar");
-        Ok((checkout, Bytes::from(tar)))
+            Err(GitError::TooLarge { what, limit }) => {
+                let line = format!("paddock: {what} is over its bound of {limit}; nothing was checked out");
+                Err(RunError::Stop { reason: StopReason::LimitExceeded { what: what.to_owned(), limit }, line })
+            }
+            Err(GitError::Unavailable(message)) => Err(RunError::Retry(format!("checkout failed: {message}"))),
+        }
     }
 
     /// Audits what the agent did, publishes, audits the outcome, and stores
