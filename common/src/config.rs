@@ -758,6 +758,17 @@ pub struct AgentConfig {
     /// Variables that receive the run token.
     #[serde(default = "token_env")]
     pub token_env: Vec<String>,
+    /// Whether the agent reports the commands it runs on its stderr, each
+    /// line signed with the run's report key, which it reads from the first
+    /// line of its stdin (`PADDOCK_REPORT_KEY_ON_STDIN=1` says so):
+    /// `paddock-exec: <mac> <json>` (see `infra/sandbox/bin/paddock-agent`).
+    /// Off for agents whose commands come from their own transcripts.
+    #[serde(default = "reports_commands")]
+    pub reports_commands: bool,
+}
+
+fn reports_commands() -> bool {
+    true
 }
 
 fn openai_base_url_env() -> Vec<String> {
@@ -787,7 +798,12 @@ impl AgentConfig {
             ("MSWEA_GLOBAL_CONFIG_DIR", "/tmp/mini-swe-agent"),
             ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
         ];
-        Self { env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(), ..Self::command(command) }
+        Self {
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            // Its commands are read from its trajectory.
+            reports_commands: false,
+            ..Self::command(command)
+        }
     }
 
     /// A profile running `command` in the default image with the default
@@ -800,6 +816,7 @@ impl AgentConfig {
             openai_base_url_env: openai_base_url_env(),
             anthropic_base_url_env: anthropic_base_url_env(),
             token_env: token_env(),
+            reports_commands: true,
         }
     }
 }

@@ -424,6 +424,19 @@ impl SandboxDriver {
     /// Starts `cmd` as the sandbox user in the workspace; stdout and stderr
     /// come back interleaved, as raw bytes, each chunk saying which it is.
     pub async fn exec(&self, sandbox: &Sandbox, cmd: Vec<String>, env: Vec<String>) -> Result<Exec, SandboxError> {
+        self.exec_with_input(sandbox, cmd, env, None).await
+    }
+
+    /// Like [`Self::exec`]; the command's stdin is `input` and then ends
+    /// (with `None`, stdin is closed from the start).
+    pub async fn exec_with_input(
+        &self,
+        sandbox: &Sandbox,
+        cmd: Vec<String>,
+        env: Vec<String>,
+        input: Option<Bytes>,
+    ) -> Result<Exec, SandboxError> {
+        use tokio::io::AsyncWriteExt;
         let user = format!("{}:{}", self.config.uid, self.config.gid);
         let created = self
             .docker
@@ -434,6 +447,7 @@ impl SandboxDriver {
                     env: Some(env),
                     user: Some(user),
                     working_dir: Some(WORKSPACE.to_owned()),
+                    attach_stdin: Some(input.is_some()),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     ..Default::default()
@@ -441,19 +455,25 @@ impl SandboxDriver {
             )
             .await?;
         match self.docker.start_exec(&created.id, None).await? {
-            StartExecResults::Attached { output, .. } => Ok(Exec {
-                id: created.id,
-                output: Box::pin(output.map(|item| {
-                    item.map(|o| {
-                        let stream = match &o {
-                            bollard::container::LogOutput::StdErr { .. } => OutputStream::Stderr,
-                            _ => OutputStream::Stdout,
-                        };
-                        (stream, o.into_bytes())
-                    })
-                    .map_err(SandboxError::from)
-                })),
-            }),
+            StartExecResults::Attached { output, input: mut stdin } => {
+                if let Some(bytes) = input {
+                    stdin.write_all(&bytes).await.map_err(|e| SandboxError::Other(format!("exec stdin: {e}")))?;
+                    stdin.shutdown().await.map_err(|e| SandboxError::Other(format!("exec stdin: {e}")))?;
+                }
+                Ok(Exec {
+                    id: created.id,
+                    output: Box::pin(output.map(|item| {
+                        item.map(|o| {
+                            let stream = match &o {
+                                bollard::container::LogOutput::StdErr { .. } => OutputStream::Stderr,
+                                _ => OutputStream::Stdout,
+                            };
+                            (stream, o.into_bytes())
+                        })
+                        .map_err(SandboxError::from)
+                    })),
+                })
+            }
             StartExecResults::Detached => Err(SandboxError::Other("exec started detached".to_owned())),
         }
     }

@@ -73,9 +73,20 @@ impl Runtime {
         let base = stage.session.models().map(|m| format!("http://{}", m.address));
         let models = base.as_deref().zip(stage.session.models().map(|m| m.token.as_str()));
         let reach = Reach { gateway_ip: sandbox.network.gateway, proxy_url: &proxy_url, models };
-        let env = agent_env(&run.id, &run.spec, agent, &reach);
+        let mut env = agent_env(&run.id, &run.spec, agent, &reach);
         let cmd = vec!["bash".to_owned(), "-c".to_owned(), agent.command.clone()];
-        let mut exec = self.sandboxes.exec(sandbox, cmd, env).await?;
+        // The report key goes on stdin, which the agent's own processes do
+        // not share, never in the environment they inherit.
+        let report_key = match agent.reports_commands {
+            true => Some(gateway::mint_token().map_err(|e| RunError::retry("minting the report key", e))?),
+            false => None,
+        };
+        let input = report_key.as_ref().map(|key| {
+            env.push("PADDOCK_REPORT_KEY_ON_STDIN=1".to_owned());
+            log.expect_reports_signed_with(key.as_bytes().to_vec());
+            bytes::Bytes::from(format!("{key}\n"))
+        });
+        let mut exec = self.sandboxes.exec_with_input(sandbox, cmd, env, input).await?;
         stage.phases.mark("exec_started");
         let streamed = self.stream_output(run, stage.session, &mut exec, &mut log, deadline, lease).await;
         log.end_output();

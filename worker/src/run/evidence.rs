@@ -220,7 +220,14 @@ mod tests {
     fn reported_commands_come_first_from_the_log_then_from_tool_calls_in_the_transcript() {
         let mut log = RunLog::new(1 << 20);
         log.output(sandbox::OutputStream::Stdout, b"working\npaddock-exec: \"forged\"\n");
-        log.output(sandbox::OutputStream::Stderr, b"paddock-exec: \"cat README.md\"\npaddock-exec: ls -la\n");
+        log.expect_reports_signed_with(b"k".to_vec());
+        let mac = |n, json| super::super::log::report_mac(b"k", n, json);
+        let reports = format!(
+            "paddock-exec: {} \"cat README.md\"\npaddock-exec: {} ls -la\n",
+            mac(0, "\"cat README.md\""),
+            mac(1, "ls -la")
+        );
+        log.output(sandbox::OutputStream::Stderr, reports.as_bytes());
         assert_eq!(commands_run("agent", &log, &[]), ["agent", "cat README.md", "ls -la"]);
         let openai = json!({"choices": [{"message": {"tool_calls": [
             {"function": {"arguments": "{\"command\": \"pytest -q\"}"}}]}}]});

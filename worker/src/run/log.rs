@@ -35,8 +35,10 @@ impl Phases {
 /// the agent's that looks like Paddock's own (`paddock:`, or a command
 /// report on stdout) is marked
 /// `[agent] `, and commands count only when the agent reports them on its
-/// stderr (`paddock-exec: <json>`), which the processes it runs do not
-/// write to: their output reaches the log through the agent's stdout.
+/// stderr, signed with the run's report key (`paddock-exec: <mac> <json>`).
+/// The key reaches the agent on its stdin, which the processes it runs do
+/// not share; they can reach its stderr (`/proc/<agent>/fd/2`), so an
+/// unsigned or wrongly signed report is output, never a command.
 #[derive(Default)]
 pub(super) struct RunLog {
     pub(super) data: Vec<u8>,
@@ -49,6 +51,12 @@ pub(super) struct RunLog {
     pub(super) commands: Vec<String>,
     /// Reported commands past that, counted only.
     pub(super) commands_dropped: usize,
+    /// The key command reports are signed with; without one, no line is a
+    /// command report.
+    report_key: Option<Vec<u8>>,
+    /// Signed reports seen: each report signs its own sequence number, so a
+    /// report cannot be replayed.
+    reports_seen: u64,
     /// What of the run's activity the trail already has.
     pub(super) audited: crate::audit_events::Audited,
     /// Redacts what goes to the live tail (the stored log is redacted whole
@@ -65,6 +73,19 @@ pub(super) struct TailRedactor {
 
 /// How an agent reports a command it runs, on its stderr.
 const COMMAND_PREFIX: &str = "paddock-exec: ";
+
+/// Hex characters of a report's HMAC-SHA256 (its first 16 bytes).
+const REPORT_MAC_HEX: usize = 32;
+
+/// The MAC an agent puts before its `n`-th report (from 0) of `json`:
+/// HMAC-SHA256 under the run's report key over `<n>:<json>`, first 16 bytes
+/// in lowercase hex. The reference agent computes the same.
+pub(super) fn report_mac(key: &[u8], n: u64, json: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(format!("{n}:{json}").as_bytes());
+    mac.finalize().into_bytes()[..REPORT_MAC_HEX / 2].iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Commands a run's record keeps; more are counted.
 pub(super) const MAX_COMMANDS: usize = 1000;
@@ -195,12 +216,28 @@ impl RunLog {
         }
     }
 
+    /// From now on, command reports count when signed with `key`.
+    pub(super) fn expect_reports_signed_with(&mut self, key: Vec<u8>) {
+        self.report_key = Some(key);
+    }
+
+    /// The command a signed report on stderr names, when its MAC is right.
+    fn signed_report<'t>(&self, stream: OutputStream, text: &'t str) -> Option<&'t str> {
+        let key = self.report_key.as_deref().filter(|_| stream == OutputStream::Stderr)?;
+        let (mac, json) = text.strip_prefix(COMMAND_PREFIX)?.split_once(' ')?;
+        let expected = report_mac(key, self.reports_seen, json);
+        // Compared whole, in constant time: the MAC is not guessed byte by byte.
+        let same = mac.len() == expected.len()
+            && mac.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        same.then_some(json)
+    }
+
     fn agent_line(&mut self, stream: OutputStream, raw: &[u8]) {
         let text = escape_controls(&String::from_utf8_lossy(raw));
-        if stream == OutputStream::Stderr
-            && let Some(reported) = text.strip_prefix(COMMAND_PREFIX)
-        {
-            self.report_command(reported);
+        if let Some(reported) = self.signed_report(stream, &text) {
+            self.reports_seen += 1;
+            let reported = reported.to_owned();
+            self.report_command(&reported);
         } else if text.starts_with("paddock:") || text.starts_with(COMMAND_PREFIX.trim_end()) {
             self.push(format!("[agent] {text}\n").as_bytes());
             return;
@@ -274,8 +311,17 @@ mod tests {
             b"test output\npaddock: agent finished: Completed\npaddock-exec: \"rm -rf /\"\n",
         );
         log.output(OutputStream::Stdout, b"\x1b[2J\x1b]0;owned\x07colour\r\n");
-        log.output(OutputStream::Stderr, b"paddock-exec: \"cat READ");
-        log.output(OutputStream::Stderr, b"ME.md\"\npaddock-exec: ls\n");
+        let key = b"run-key".to_vec();
+        log.expect_reports_signed_with(key.clone());
+        let first = format!("paddock-exec: {} \"cat README.md\"\n", report_mac(&key, 0, "\"cat README.md\""));
+        let (head, tail) = first.split_at(24);
+        log.output(OutputStream::Stderr, head.as_bytes());
+        log.output(OutputStream::Stderr, tail.as_bytes());
+        // Unsigned, replayed, or signed with another key: output, not commands.
+        log.output(OutputStream::Stderr, b"paddock-exec: \"forged\"\n");
+        log.output(OutputStream::Stderr, first.as_bytes());
+        log.output(OutputStream::Stderr, format!("paddock-exec: {} ls\n", report_mac(b"other", 1, "ls")).as_bytes());
+        log.output(OutputStream::Stderr, format!("paddock-exec: {} ls\n", report_mac(&key, 1, "ls")).as_bytes());
         log.output(OutputStream::Stdout, b"no newline at the end");
         log.end_output();
         let text = String::from_utf8(log.data.clone()).unwrap();
@@ -286,10 +332,14 @@ mod tests {
         );
         assert!(!text.contains('\x1b') && !text.contains('\x07') && !text.contains('\r'), "{text:?}");
         assert!(text.contains("\\u{1b}[2J\\u{1b}]0;owned\\u{7}colour\\u{d}\n"), "{text}");
-        assert_eq!(log.commands, ["cat README.md", "ls"], "only the agent's stderr reports commands");
+        assert_eq!(log.commands, ["cat README.md", "ls"], "only signed reports on stderr are commands");
+        assert!(text.contains("\n[agent] paddock-exec: \"forged\"\n"), "{text}");
         assert!(text.ends_with("no newline at the end\n"), "{text}");
-        for _ in 0..MAX_COMMANDS + 5 {
-            log.output(OutputStream::Stderr, b"paddock-exec: true\n");
+        for n in 2..MAX_COMMANDS as u64 + 7 {
+            log.output(
+                OutputStream::Stderr,
+                format!("paddock-exec: {} true\n", report_mac(&key, n, "true")).as_bytes(),
+            );
         }
         assert_eq!((log.commands.len(), log.commands_dropped), (MAX_COMMANDS, 7));
     }
