@@ -71,6 +71,14 @@ impl RunQueue {
         Ok(calls)
     }
 
+    /// What the standalone gateway has handed over for `run` so far, from
+    /// the `from`-th item on, left in place (the run's end takes them).
+    pub async fn gateway_calls_from(&self, run: RunId, from: usize) -> Result<Vec<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        let from = isize::try_from(from).unwrap_or(isize::MAX);
+        Ok(conn.lrange(self.keys.gateway_calls(run), from, -1).await?)
+    }
+
     /// Revokes the gateway token of `run`, if it has a live one; whether it had.
     pub async fn revoke_run_gateway_token(&self, run: RunId) -> Result<bool, QueueError> {
         let mut conn = self.conn.clone();

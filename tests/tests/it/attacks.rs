@@ -45,6 +45,7 @@ under_each_runtime!(
     a_checkout_over_its_bounds_stops_before_it_is_written_out,
     the_worker_streams_the_checkout_and_never_holds_it_whole,
     an_attempt_whose_worker_dies_still_leaves_its_commands_and_egress_in_the_trail,
+    an_attempt_whose_worker_dies_still_leaves_its_standalone_gateway_calls_in_the_trail,
     the_host_rejects_the_whole_sandbox_pool_even_without_a_runs_rules,
     one_run_cannot_flood_the_audit_index_and_the_trail_keeps_everything,
     a_run_that_loses_two_workers_is_not_given_a_third,
@@ -745,6 +746,50 @@ async fn an_attempt_whose_worker_dies_still_leaves_its_commands_and_egress_in_th
     let line = trail.lines().find(|l| l.contains(&id) && l.contains("\"command.run\"")).unwrap();
     assert!(line.contains("make exfiltrate"), "{line}");
     assert!(trail.lines().any(|l| l.contains(&id) && l.contains("forbidden.example")), "the denied host is recorded");
+    let _ = app.client.post(app.url(&format!("/v1/runs/{id}/cancel"))).bearer_auth(&app.token).send().await;
+}
+
+/// Calls a model through a standalone gateway, then waits to be killed.
+const CALL_THEN_DIE: &str = r#"curl -sS -o /dev/null -w 'model: %{http_code}\n' "$OPENAI_BASE_URL/chat/completions" -H "Authorization: Bearer $OPENAI_API_KEY" -H 'content-type: application/json' -d '{"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}'
+sleep 120"#;
+
+async fn an_attempt_whose_worker_dies_still_leaves_its_standalone_gateway_calls_in_the_trail(runtime: &str) {
+    let providers = tests::providers::EmulatedProviders::start().await;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (app, repo) = attack_app(
+        runtime,
+        &[("PADDOCK_AGENTS__DEFAULT__COMMAND", CALL_THEN_DIE), ("PADDOCK_GATEWAY__REMOTE", listen.as_str())],
+    )
+    .await;
+    let configured = json!({
+        "openai": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-test"]},
+    })
+    .to_string();
+    let _gateway = app
+        .spawn_gateway_process(
+            &listen,
+            &[
+                ("PADDOCK_GATEWAY__PROVIDERS", configured.as_str()),
+                ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["openai"]"#),
+            ],
+        )
+        .await;
+    let mut worker = app.spawn_worker_process();
+    let id = app.create_run(&repo, "call then die").await;
+    tests::eventually(std::time::Duration::from_secs(60), "the agent called the model", || async {
+        let tail = app.get(&format!("/v1/runs/{id}/logs")).await.text().await.unwrap();
+        if tail.contains("\nmodel: 200") { Ok(()) } else { Err(tail) }
+    })
+    .await;
+    // The call reaches the trail while the run goes, before any end.
+    let line = tests::eventually(std::time::Duration::from_secs(30), "the call is in the trail", || async {
+        let trail = app.audit_trail_text().await;
+        let line = trail.lines().find(|l| l.contains(&id) && l.contains("\"model.call\"")).map(str::to_owned);
+        line.ok_or_else(|| "not yet".to_owned())
+    })
+    .await;
+    worker.kill_hard();
+    assert!(line.contains("\"model\":\"gpt-test\"") && line.contains("\"status\":200"), "{line}");
     let _ = app.client.post(app.url(&format!("/v1/runs/{id}/cancel"))).bearer_auth(&app.token).send().await;
 }
 

@@ -253,8 +253,8 @@ impl Runtime {
     async fn audit_progress(&self, run: &ClaimedRun, session: &Session, log: &mut RunLog) {
         let egress = session.proxy().log.records();
         let egress = &egress[..egress.len().min(sandbox::egress::MAX_EGRESS_RECORDS)];
-        let calls = session.calls_so_far();
         let from = log.audited;
+        let new_calls = session.calls_since(from.calls).await;
         let commands: Vec<(usize, String)> = log
             .commands
             .iter()
@@ -262,7 +262,7 @@ impl Runtime {
             .skip(from.commands)
             .map(|(i, command)| (i + 1, log.redact(command)))
             .collect();
-        let (new_egress, new_calls) = (&egress[from.egress.min(egress.len())..], &calls[from.calls.min(calls.len())..]);
+        let new_egress = &egress[from.egress.min(egress.len())..];
         if commands.is_empty() && new_egress.is_empty() && new_calls.is_empty() {
             return;
         }
@@ -271,14 +271,14 @@ impl Runtime {
             &self.worker,
             commands.iter().map(|(i, c)| (*i, c)),
             new_egress,
-            new_calls,
+            &new_calls,
         );
         match self.record_audit(&events).await {
             Ok(()) => {
                 log.audited = crate::audit_events::Audited {
                     commands: from.commands + commands.len(),
                     egress: egress.len(),
-                    calls: calls.len(),
+                    calls: from.calls + new_calls.len(),
                 };
             }
             Err(error) => tracing::warn!(run_id = %run.id, %error, "the run's activity waits for the trail"),

@@ -121,12 +121,22 @@ impl Session {
         self.models.as_ref()
     }
 
-    /// The model calls finished so far, when this process serves them (a
-    /// standalone gateway hands them over at the end).
-    pub(super) fn calls_so_far(&self) -> Vec<CallRecord> {
+    /// The model calls finished since the `from`-th, in the order they
+    /// finished: from this process's gateway, or as the standalone gateway
+    /// handed them over so far.
+    pub(super) async fn calls_since(&self, from: usize) -> Vec<CallRecord> {
         match self.models.as_ref().map(|m| &m.serving) {
-            Some(Serving::Local { gateway, .. }) => gateway.calls(),
-            _ => Vec::new(),
+            Some(Serving::Local { gateway, .. }) => gateway.calls().get(from..).unwrap_or_default().to_vec(),
+            Some(Serving::Remote(_)) => match self.queue.gateway_calls_from(self.run, from).await {
+                Ok(published) => {
+                    published.iter().filter_map(|item| published_call(self.run, item).map(|c| c.0)).collect()
+                }
+                Err(error) => {
+                    tracing::debug!(run_id = %self.run, %error, "reading the standalone gateway's calls failed");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
         }
     }
 
@@ -250,16 +260,28 @@ async fn remote_calls(queue: &RunQueue, run: RunId) -> (Vec<CallRecord>, Vec<ser
         }
     };
     let (mut calls, mut transcript) = (Vec::new(), Vec::new());
-    for item in published {
-        let Ok(mut item) = serde_json::from_str::<serde_json::Value>(&item) else { continue };
-        match serde_json::from_value::<CallRecord>(item["call"].take()) {
-            Ok(call) => calls.push(call),
-            Err(error) => tracing::warn!(run_id = %run, %error, "a call from the standalone gateway is unreadable"),
-        }
-        if !item["transcript"].is_null() {
-            transcript.push(item["transcript"].take());
+    // In the order they finished, as a local gateway keeps them: the trail
+    // counts what it already has by position.
+    for item in &published {
+        if let Some((call, part)) = published_call(run, item) {
+            calls.push(call);
+            transcript.extend(part);
         }
     }
-    calls.sort_by_key(|c| c.at_ms);
     (calls, transcript)
+}
+
+/// One call the standalone gateway handed over, and its transcript part.
+fn published_call(run: RunId, item: &str) -> Option<(CallRecord, Option<serde_json::Value>)> {
+    let mut item = serde_json::from_str::<serde_json::Value>(item).ok()?;
+    match serde_json::from_value::<CallRecord>(item["call"].take()) {
+        Ok(call) => {
+            let part = Some(item["transcript"].take()).filter(|t| !t.is_null());
+            Some((call, part))
+        }
+        Err(error) => {
+            tracing::warn!(run_id = %run, %error, "a call from the standalone gateway is unreadable");
+            None
+        }
+    }
 }
