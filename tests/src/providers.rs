@@ -66,6 +66,8 @@ impl EmulatedProviders {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                // Real providers take requests of tens of MiB (Anthropic: 32 MB).
+                .app_data(web::PayloadConfig::new(32 << 20))
                 .route("/v1/chat/completions", web::post().to(openai))
                 .route("/v1/responses", web::post().to(responses))
                 .route("/openai/deployments/{deployment}/chat/completions", web::post().to(azure))

@@ -9,6 +9,7 @@ mod hub;
 mod redact;
 mod request_policy;
 mod server;
+mod transcript;
 mod vertex;
 
 pub use hub::{GatewayHub, Relay, RemoteGateway};

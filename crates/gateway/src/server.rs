@@ -80,11 +80,12 @@ pub struct RunGateway {
 
 /// What the run's record keeps of its calls: every call's metadata, and
 /// prompts and answers up to [`MAX_TRANSCRIPT_BYTES`] in all (past that,
-/// a call's transcript line keeps its metadata only).
+/// a call's transcript line keeps its metadata only), on disk until the
+/// run's end.
 #[derive(Default)]
 struct RunRecord {
     calls: Vec<CallRecord>,
-    transcript: Vec<serde_json::Value>,
+    transcript: super::transcript::SpilledTranscript,
     transcript_bytes: usize,
 }
 
@@ -138,7 +139,7 @@ impl RunGateway {
 
     /// The transcript so far, one JSON document per call.
     pub fn transcript(&self) -> Vec<serde_json::Value> {
-        self.record.lock().unwrap_or_else(PoisonError::into_inner).transcript.clone()
+        self.record.lock().unwrap_or_else(PoisonError::into_inner).transcript.lines()
     }
 
     /// The run's own limit (in this process), then the tenant's and the
@@ -238,7 +239,7 @@ impl RunGateway {
             } else {
                 kept.transcript_bytes += size;
             }
-            kept.transcript.push(line);
+            kept.transcript.push(&line);
         }
     }
 

@@ -514,7 +514,7 @@ impl SandboxDriver {
     /// init died, or under runsc gVisor's kernel was OOM-killed or crashed.
     /// An exec's output stream may then never end (the engine waits on a
     /// process that no longer exists), so the worker watches this too.
-    /// Resolves to whether the kernel's OOM killer stopped it.
+    /// Says whether the kernel's OOM killer stopped it, and its exit code.
     pub async fn stopped(&self, sandbox: &Sandbox) -> Stopped {
         loop {
             let options = WaitContainerOptionsBuilder::new().condition("not-running").build();

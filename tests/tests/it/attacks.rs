@@ -39,6 +39,7 @@ under_each_runtime!(
     the_gateway_is_no_way_out_for_a_sandbox_without_egress,
     a_registered_secret_never_shows_in_the_live_tail_or_the_log_in_any_encoding,
     a_sandbox_cannot_hoard_the_workers_connections,
+    the_worker_does_not_hold_a_runs_transcript_in_memory,
     output_cannot_forge_the_record_or_reach_a_terminal,
     the_agents_own_processes_cannot_report_commands_even_through_proc,
     a_diff_over_its_bounds_stops_the_run_once_with_the_bound_named,
@@ -540,7 +541,9 @@ except OSError:
 PY
 curl -sS -o /dev/null -w 'afterwards: %{http_code}\n' "$OPENAI_BASE_URL/models" -H "Authorization: Bearer $OPENAI_API_KEY""#;
 
-async fn a_sandbox_cannot_hoard_the_workers_connections(runtime: &str) {
+/// An attack app whose gateway serves one emulated OpenAI provider
+/// (`gpt-test`), and the provider.
+async fn with_openai(runtime: &str, command: &str) -> (tests::providers::EmulatedProviders, TestApp, String) {
     let providers = tests::providers::EmulatedProviders::start().await;
     let configured = json!({
         "openai": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-test"]},
@@ -549,12 +552,17 @@ async fn a_sandbox_cannot_hoard_the_workers_connections(runtime: &str) {
     let (app, repo) = attack_app(
         runtime,
         &[
-            ("PADDOCK_AGENTS__DEFAULT__COMMAND", HOARD),
+            ("PADDOCK_AGENTS__DEFAULT__COMMAND", command),
             ("PADDOCK_GATEWAY__PROVIDERS", configured.as_str()),
             ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["openai"]"#),
         ],
     )
     .await;
+    (providers, app, repo)
+}
+
+async fn a_sandbox_cannot_hoard_the_workers_connections(runtime: &str) {
+    let (_providers, app, repo) = with_openai(runtime, HOARD).await;
     let worker = app.spawn_worker().await;
     let id = app.create_run(&repo, "hoard").await;
     let run = app.wait_until_finished(&id).await;
@@ -573,6 +581,61 @@ async fn a_sandbox_cannot_hoard_the_workers_connections(runtime: &str) {
     let limit = platform::listener::HEADER_TIMEOUT.as_secs();
     assert!((limit - 1..=limit + 5).contains(&after), "a slow head was waited for: {slow}");
     assert!(logs.contains("\nafterwards: 200"), "the gateway serves again once the hoard is gone:\n{logs}");
+}
+
+/// Sends 56 MiB of prompts through the gateway, then waits: the run's
+/// transcript keeps them all, and the worker must not hold them meanwhile.
+const BIG_PROMPTS: &str = r#"python3 - <<'PY'
+import json, os, time, urllib.error, urllib.request
+print("start", flush=True)
+time.sleep(3)
+prompt = "p" * (2 << 20)
+for i in range(28):
+    body = json.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": prompt + str(i)}]}).encode()
+    request = urllib.request.Request(os.environ["OPENAI_BASE_URL"] + "/chat/completions", data=body,
+        headers={"Authorization": "Bearer " + os.environ["OPENAI_API_KEY"], "content-type": "application/json"})
+    try:
+        urllib.request.urlopen(request, timeout=60).read()
+    except urllib.error.HTTPError as e:
+        print("refused:", e.code, e.read()[:300], flush=True)
+print("called", flush=True)
+time.sleep(60)
+PY"#;
+
+async fn the_worker_does_not_hold_a_runs_transcript_in_memory(runtime: &str) {
+    let (providers, app, repo) = with_openai(runtime, BIG_PROMPTS).await;
+    let mut worker = app.spawn_worker_process();
+    let rss_kib = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
+    };
+    let id = app.create_run(&repo, "big prompts").await;
+    let shown = |what: &'static str| {
+        let (app, id) = (&app, &id);
+        tests::eventually(std::time::Duration::from_secs(90), what, move || async move {
+            let tail = app.get(&format!("/v1/runs/{id}/logs")).await.text().await.unwrap();
+            if tail.contains(&format!("\n{what}\n")) { Ok(()) } else { Err(tail) }
+        })
+    };
+    shown("start").await;
+    let before = rss_kib(worker.child.id());
+    shown("called").await;
+    let during = rss_kib(worker.child.id());
+    // The transcript is in an unlinked file the worker holds open.
+    let spilled: u64 = std::fs::read_dir(format!("/proc/{}/fd", worker.child.id()))
+        .unwrap()
+        .flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().contains("paddock-transcript-")))
+        .map(|fd| std::fs::metadata(fd.path()).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let tail = app.get(&format!("/v1/runs/{id}/logs")).await.text().await.unwrap();
+    worker.kill_hard();
+    let _ = app.client.post(app.url(&format!("/v1/runs/{id}/cancel"))).bearer_auth(&app.token).send().await;
+    assert_eq!(providers.received().len(), 28, "every call reached the provider:\n{tail}");
+    let (prompts, grown) = (56u64 << 20, during.saturating_sub(before) << 10);
+    eprintln!("under {runtime} the worker grew by {grown} B over {prompts} B of prompts; {spilled} B spilled");
+    assert!(spilled >= prompts, "the transcript is not in its file: {spilled} B");
+    assert!(grown < prompts, "the worker holds the transcript: it grew by {grown} B over {prompts} B of prompts");
 }
 
 /// Output that tries to pass for Paddock's own lines and command reports,

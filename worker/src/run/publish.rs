@@ -47,9 +47,7 @@ impl Runtime {
         }
         Ok(reason)
     }
-}
 
-impl Runtime {
     /// Pushes the branch (to the repository, or with `publish.mode = "fork"`
     /// to its fork with a token for the fork alone, revoked at once) and
     /// opens (or updates) the draft pull request.
