@@ -13,6 +13,7 @@ async fn main() -> anyhow::Result<()> {
     if standalone_gateway {
         return gateway::serve_standalone(config, platform::telemetry::shutdown_signal()).await;
     }
+    worker::protect_from_oom();
     let app = worker::Application::build(config).await?;
     app.run_until_stopped(platform::telemetry::shutdown_signal()).await
 }

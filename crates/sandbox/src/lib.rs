@@ -90,7 +90,13 @@ pub struct Sandbox {
     pub container: String,
     pub volume: String,
     pub network: SandboxNetwork,
+    /// The host's list of the container's processes (its pids cgroup), for
+    /// [`SandboxDriver::rank_for_oom`]; `None` where it cannot be found.
+    processes: Option<std::path::PathBuf>,
 }
+
+/// What every host process of a sandbox carries for the OOM killer.
+pub const SANDBOX_OOM_SCORE_ADJ: i64 = 500;
 
 /// The run's own internal network: no route out, no DNS; the host answers
 /// only on `gateway` at the allowed ports.
@@ -315,7 +321,7 @@ impl SandboxDriver {
             dns: Some(vec!["127.0.0.1".to_owned()]),
             init: Some(true),
             privileged: Some(false),
-            oom_score_adj: Some(500),
+            oom_score_adj: Some(SANDBOX_OOM_SCORE_ADJ),
             runtime: Some(policy.runtime.name().to_owned()),
             tmpfs: Some(HashMap::from([(
                 "/tmp".to_owned(),
@@ -356,18 +362,43 @@ impl SandboxDriver {
                 return Err(self.explain_create_error(e, policy).await);
             }
         };
-        let sandbox = Sandbox { container: created.id, volume, network };
+        let mut sandbox = Sandbox { container: created.id, volume, network, processes: None };
         let started = async {
             let inspected = self.docker.inspect_container(&sandbox.container, None).await?;
             hardening::verify(&inspected, &self.config, policy, &sandbox.volume, &sandbox.network.name)?;
             self.docker.start_container(&sandbox.container, None).await?;
-            Ok::<(), SandboxError>(())
+            let running = self.docker.inspect_container(&sandbox.container, None).await?;
+            Ok::<_, SandboxError>(running.state.and_then(|s| s.pid).filter(|pid| *pid > 0))
         };
-        if let Err(e) = started.await {
-            self.remove(&sandbox).await;
-            return Err(e);
+        match started.await {
+            Ok(pid) => sandbox.processes = pid.and_then(processes_of),
+            Err(e) => {
+                self.remove(&sandbox).await;
+                return Err(e);
+            }
         }
         Ok(sandbox)
+    }
+
+    /// Raises every host process of the sandbox to [`SANDBOX_OOM_SCORE_ADJ`]
+    /// where it is lower. Docker sets it on the container's init, and what
+    /// `exec` starts inherits it under runc; under runsc gVisor's own
+    /// processes (which hold the agent's memory) carry 1, and new ones
+    /// appear as the agent starts processes, so the worker calls this as
+    /// the run goes. Raising needs no privilege beyond the worker's.
+    pub fn rank_for_oom(&self, sandbox: &Sandbox) {
+        let Some(list) = &sandbox.processes else { return };
+        let Ok(pids) = std::fs::read_to_string(list) else { return };
+        for pid in pids.lines().map(str::trim).filter(|p| !p.is_empty()) {
+            let path = format!("/proc/{pid}/oom_score_adj");
+            let lower = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|adj| adj.trim().parse::<i64>().ok())
+                .is_some_and(|adj| adj < SANDBOX_OOM_SCORE_ADJ);
+            if lower && let Err(error) = std::fs::write(&path, SANDBOX_OOM_SCORE_ADJ.to_string()) {
+                tracing::debug!(%error, pid, "raising a sandbox process's oom_score_adj failed");
+            }
+        }
     }
 
     /// Refuses to start a worker whose configured `sandbox.runtime` the
@@ -712,6 +743,17 @@ impl ProcessLimits {
         }
         ulimits
     }
+}
+
+/// The host's list of the processes in `pid`'s pids cgroup: cgroup v1
+/// (`N:pids:/path`) or v2 (`0::/path`).
+fn processes_of(pid: i64) -> Option<std::path::PathBuf> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let v1 = cgroups.lines().find_map(|l| l.split_once(":pids:").map(|(_, path)| format!("pids{path}")));
+    let v2 = || cgroups.lines().find_map(|l| l.strip_prefix("0::").map(|path| path.trim_start_matches('/').to_owned()));
+    let path =
+        std::path::Path::new("/sys/fs/cgroup").join(v1.or_else(v2)?.trim_start_matches('/')).join("cgroup.procs");
+    path.exists().then_some(path)
 }
 
 /// `a.b.c.d/n` with room for at least four /28 blocks.

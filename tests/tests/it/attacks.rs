@@ -40,6 +40,7 @@ under_each_runtime!(
     a_registered_secret_never_shows_in_the_live_tail_or_the_log_in_any_encoding,
     a_sandbox_cannot_hoard_the_workers_connections,
     the_worker_does_not_hold_a_runs_transcript_in_memory,
+    the_kernel_picks_the_sandbox_over_the_worker_under_memory_pressure,
     output_cannot_forge_the_record_or_reach_a_terminal,
     the_agents_own_processes_cannot_report_commands_even_through_proc,
     a_diff_over_its_bounds_stops_the_run_once_with_the_bound_named,
@@ -636,6 +637,62 @@ async fn the_worker_does_not_hold_a_runs_transcript_in_memory(runtime: &str) {
     eprintln!("under {runtime} the worker grew by {grown} B over {prompts} B of prompts; {spilled} B spilled");
     assert!(spilled >= prompts, "the transcript is not in its file: {spilled} B");
     assert!(grown < prompts, "the worker holds the transcript: it grew by {grown} B over {prompts} B of prompts");
+}
+
+/// Holds 96 MiB, so that the process holding the agent's memory is plain.
+const HOLD_MEMORY: &str = r#"python3 -c 'import time; b = bytearray(96 << 20); b[::4096] = b"x" * len(b[::4096]); print("holding", flush=True); time.sleep(60)'"#;
+
+/// Host processes of a container, from its pids cgroup (v1 or v2 layout).
+fn host_pids(container: &str) -> Vec<u32> {
+    let candidates = [
+        format!("/sys/fs/cgroup/pids/docker/{container}/cgroup.procs"),
+        format!("/sys/fs/cgroup/system.slice/docker-{container}.scope/cgroup.procs"),
+        format!("/sys/fs/cgroup/docker/{container}/cgroup.procs"),
+    ];
+    let procs = candidates.iter().find_map(|path| std::fs::read_to_string(path).ok()).expect("the container's cgroup");
+    procs.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+fn proc_field(pid: u32, file: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).map_or(0, |v| v.trim().parse().unwrap_or(0))
+}
+
+/// Under memory pressure the kernel picks the sandbox, never the worker:
+/// every host process of the sandbox has a higher `oom_score` than the
+/// worker (under runsc gVisor's own processes, which hold the agent's
+/// memory, start at `oom_score_adj` 1 and scored below a worker of 50 MiB).
+async fn the_kernel_picks_the_sandbox_over_the_worker_under_memory_pressure(runtime: &str) {
+    let (app, repo) = attack_app(
+        runtime,
+        &[("PADDOCK_AGENTS__DEFAULT__COMMAND", HOLD_MEMORY), ("PADDOCK_SANDBOX__MEMORY_BYTES", "268435456")],
+    )
+    .await;
+    let mut worker = app.spawn_worker_process();
+    let id = app.create_run(&repo, "hold memory").await;
+    tests::eventually(std::time::Duration::from_secs(60), "the agent holds its memory", || async {
+        let tail = app.get(&format!("/v1/runs/{id}/logs")).await.text().await.unwrap();
+        if tail.contains("\nholding\n") { Ok(()) } else { Err(tail) }
+    })
+    .await;
+    let container = app.sandboxes_of(&id).await.remove(0);
+    // (pid, oom_score_adj, oom_score, resident pages) of each process.
+    let scored = |pid: u32| {
+        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
+        let resident: u64 = statm.split_whitespace().nth(1).and_then(|r| r.parse().ok()).unwrap_or(0);
+        let adj = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap_or_default();
+        (pid, adj.trim().to_owned(), proc_field(pid, "oom_score"), resident)
+    };
+    let sandbox: Vec<_> = host_pids(&container).into_iter().map(scored).collect();
+    let worker_score = scored(worker.child.id());
+    worker.kill_hard();
+    let _ = app.client.post(app.url(&format!("/v1/runs/{id}/cancel"))).bearer_auth(&app.token).send().await;
+    assert!(!sandbox.is_empty(), "no host process found for {container}");
+    let heaviest = sandbox.iter().max_by_key(|p| p.3).unwrap();
+    assert!(heaviest.3 >= (96 << 20) / 4096, "the agent's 96 MiB are not where expected: {sandbox:?}");
+    assert!(
+        sandbox.iter().all(|p| p.2 > worker_score.2),
+        "the kernel could pick the worker {worker_score:?} before a sandbox process: {sandbox:?}"
+    );
 }
 
 /// Output that tries to pass for Paddock's own lines and command reports,

@@ -236,7 +236,10 @@ impl Runtime {
                     None => return StreamEnd::Exited,
                 },
                 how = &mut stopped => return StreamEnd::SandboxStopped(how),
-                _ = flush.tick() => self.flush_tail(run, log).await,
+                _ = flush.tick() => {
+                    self.sandboxes.rank_for_oom(session.sandbox());
+                    self.flush_tail(run, log).await
+                }
                 _ = audit.tick() => self.audit_progress(claimed, session, log).await,
                 _ = tokio::time::sleep_until(deadline.into()) => return StreamEnd::TimedOut,
                 _ = lease.lost().cancelled() => return StreamEnd::Stopped(Interrupt::LeaseLost),
