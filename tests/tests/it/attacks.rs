@@ -113,6 +113,16 @@ async fn attack_app(runtime: &str, extra: &[(&str, &str)]) -> (TestApp, String) 
 }
 
 /// Runs `command` as the agent and returns the finished run and its log.
+/// Waits until the run's live log shows `line` (a whole line), while it runs.
+async fn shown(app: &TestApp, id: &str, line: &str) {
+    let what = format!("the live log shows {line:?}");
+    tests::eventually(std::time::Duration::from_secs(90), &what, || async {
+        let tail = app.get(&format!("/v1/runs/{id}/logs")).await.text().await.unwrap();
+        if tail.contains(&format!("\n{line}\n")) { Ok(()) } else { Err(tail) }
+    })
+    .await;
+}
+
 async fn attack(runtime: &str, command: &str) -> (Value, String) {
     let (_, run, logs) = attack_with(runtime, command, &[]).await;
     (run, logs)
@@ -611,16 +621,9 @@ async fn the_worker_does_not_hold_a_runs_transcript_in_memory(runtime: &str) {
         status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
     };
     let id = app.create_run(&repo, "big prompts").await;
-    let shown = |what: &'static str| {
-        let (app, id) = (&app, &id);
-        tests::eventually(std::time::Duration::from_secs(90), what, move || async move {
-            let tail = app.get(&format!("/v1/runs/{id}/logs")).await.text().await.unwrap();
-            if tail.contains(&format!("\n{what}\n")) { Ok(()) } else { Err(tail) }
-        })
-    };
-    shown("start").await;
+    shown(&app, &id, "start").await;
     let before = rss_kib(worker.child.id());
-    shown("called").await;
+    shown(&app, &id, "called").await;
     let during = rss_kib(worker.child.id());
     // The transcript is in an unlinked file the worker holds open.
     let spilled: u64 = std::fs::read_dir(format!("/proc/{}/fd", worker.child.id()))
@@ -669,11 +672,7 @@ async fn the_kernel_picks_the_sandbox_over_the_worker_under_memory_pressure(runt
     .await;
     let mut worker = app.spawn_worker_process();
     let id = app.create_run(&repo, "hold memory").await;
-    tests::eventually(std::time::Duration::from_secs(60), "the agent holds its memory", || async {
-        let tail = app.get(&format!("/v1/runs/{id}/logs")).await.text().await.unwrap();
-        if tail.contains("\nholding\n") { Ok(()) } else { Err(tail) }
-    })
-    .await;
+    shown(&app, &id, "holding").await;
     let container = app.sandboxes_of(&id).await.remove(0);
     // (pid, oom_score_adj, oom_score, resident pages) of each process.
     let scored = |pid: u32| {
@@ -850,11 +849,7 @@ async fn an_attempt_whose_worker_dies_still_leaves_its_commands_and_egress_in_th
     let (app, repo) = attack_app(runtime, &[("PADDOCK_AGENTS__DEFAULT__COMMAND", THEN_DIE)]).await;
     let mut worker = app.spawn_worker_process();
     let id = app.create_run(&repo, "die").await;
-    tests::eventually(std::time::Duration::from_secs(60), "the agent ran its command", || async {
-        let tail = app.get(&format!("/v1/runs/{id}/logs")).await.text().await.unwrap();
-        if tail.contains("\ndenied: 403") { Ok(()) } else { Err(tail) }
-    })
-    .await;
+    shown(&app, &id, "denied: 403").await;
     // What it did reaches the trail while it runs, before any end.
     let trail = tests::eventually(std::time::Duration::from_secs(30), "the activity is in the trail", || async {
         let trail = app.audit_trail_text().await;
@@ -896,11 +891,7 @@ async fn an_attempt_whose_worker_dies_still_leaves_its_standalone_gateway_calls_
         .await;
     let mut worker = app.spawn_worker_process();
     let id = app.create_run(&repo, "call then die").await;
-    tests::eventually(std::time::Duration::from_secs(60), "the agent called the model", || async {
-        let tail = app.get(&format!("/v1/runs/{id}/logs")).await.text().await.unwrap();
-        if tail.contains("\nmodel: 200") { Ok(()) } else { Err(tail) }
-    })
-    .await;
+    shown(&app, &id, "model: 200").await;
     // The call reaches the trail while the run goes, before any end.
     let line = tests::eventually(std::time::Duration::from_secs(30), "the call is in the trail", || async {
         let trail = app.audit_trail_text().await;
