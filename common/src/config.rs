@@ -657,6 +657,10 @@ pub enum ProviderKind {
     /// Claude on Google Vertex AI: Anthropic Messages on `rawPredict` /
     /// `streamRawPredict`, OAuth access token from a service account.
     Vertex,
+    /// Google's Gemini API (AI Studio): `models/<model>:generateContent`
+    /// and `:streamGenerateContent` under `base_url` (for example
+    /// `https://generativelanguage.googleapis.com/v1beta`), `x-goog-api-key`.
+    Gemini,
 }
 
 impl Default for GatewayConfig {
@@ -765,6 +769,53 @@ pub struct AgentConfig {
     /// Off for agents whose commands come from their own transcripts.
     #[serde(default = "reports_commands")]
     pub reports_commands: bool,
+    /// The agent's own structured event stream on its stdout, from which the
+    /// record takes the commands it ran (and which the log keeps as is).
+    #[serde(default)]
+    pub events: Option<AgentEvents>,
+    /// Where the agent writes its events instead of its stdout: a file in
+    /// the sandbox (absolute path), read once the agent has ended.
+    #[serde(default)]
+    pub events_file: Option<String>,
+}
+
+impl AgentConfig {
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        if let Some(path) = &self.events_file {
+            let plain = path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+            if !path.starts_with('/') || !plain || path.contains("..") {
+                return invalid(
+                    "agents",
+                    format!("`{name}`: events_file must be an absolute path of letters, digits, `/`, `.`, `_` and `-`"),
+                );
+            }
+            if self.events.is_none() {
+                return invalid("agents", format!("`{name}`: events_file needs `events` to say its format"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An agent's own machine-readable output: JSON lines on its stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentEvents {
+    /// Claude Code's `--output-format stream-json --verbose`: `tool_use`
+    /// blocks of its `Bash` tool in `assistant` messages.
+    ClaudeStreamJson,
+    /// Codex's `exec --json`: `command_execution` items.
+    CodexJson,
+    /// Gemini CLI's `--output-format stream-json`: `tool_use` events of its
+    /// `run_shell_command` tool.
+    GeminiStreamJson,
+    /// opencode's `run --format json`: `tool_use` parts of its `bash` tool.
+    OpencodeJson,
+    /// OpenHands' `--headless --json`: its terminal actions.
+    OpenhandsJson,
+    /// aider's input history (`--input-history-file`, in `events_file`):
+    /// the `/run <command>` entries of the shell commands it ran.
+    AiderInputHistory,
 }
 
 fn reports_commands() -> bool {
@@ -817,6 +868,8 @@ impl AgentConfig {
             anthropic_base_url_env: anthropic_base_url_env(),
             token_env: token_env(),
             reports_commands: true,
+            events: None,
+            events_file: None,
         }
     }
 }
@@ -994,6 +1047,9 @@ impl Config {
         self.outbound.validate()?;
         if !self.agents.contains_key("default") {
             return invalid("agents.default", "must be configured: runs without a profile use it");
+        }
+        for (name, agent) in &self.agents {
+            agent.validate(name)?;
         }
         self.tenancy()?;
         Ok(())

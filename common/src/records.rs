@@ -143,6 +143,9 @@ pub struct RunSummary {
     pub base_commit: Option<String>,
     pub issue: Option<u64>,
     pub agent_profile: String,
+    /// The agent and version that ran (see [`crate::AgentIdentity`]).
+    #[serde(default)]
+    pub agent: Option<crate::AgentIdentity>,
     pub command: Option<String>,
     pub requested_by: String,
     pub via: Option<String>,

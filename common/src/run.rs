@@ -469,6 +469,9 @@ pub struct RunRecord {
 pub struct RunFacts {
     /// The commit the run started from.
     pub base_commit: Option<String>,
+    /// The agent that ran, as its image's labels name it.
+    #[serde(default)]
+    pub agent: Option<AgentIdentity>,
     /// Models called through the gateway, with their providers.
     pub models: Vec<ModelUse>,
     /// Credentials granted for the run (fingerprints, never values).
@@ -479,6 +482,18 @@ pub struct RunFacts {
     /// The branch pushed, if any.
     pub branch: Option<String>,
     pub pull_request: Option<PullRequestRef>,
+}
+
+/// An agent and its version, read from the labels `io.paddock.agent.name`
+/// and `io.paddock.agent.version` of the image it ran in (which
+/// `cargo xtask images` sets from `infra/agents/agents.toml`); an image
+/// without them is named by the profile, version unknown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AgentIdentity {
+    pub name: String,
+    pub version: Option<String>,
+    /// The image it ran in.
+    pub image: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

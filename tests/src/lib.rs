@@ -16,6 +16,7 @@ pub mod oidc;
 pub mod outage;
 pub mod providers;
 pub mod redis_server;
+pub mod scripted;
 pub mod services;
 pub mod tls;
 

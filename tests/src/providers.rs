@@ -10,6 +10,8 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::scripted::{self, Step};
+
 #[derive(Clone)]
 struct State {
     key: String,
@@ -21,6 +23,11 @@ struct State {
     google: Arc<Mutex<Google>>,
     /// Answers of the `gpt-scripted` model, by turn.
     script: Arc<Mutex<Vec<String>>>,
+    /// The scripted models' plan, through the client's own tools (used
+    /// instead of `script` when set).
+    plan: Arc<Mutex<Vec<Step>>>,
+    /// Requests refused for a wrong key.
+    refused: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The emulated Google identity side: service accounts (email → public key
@@ -42,6 +49,8 @@ pub struct EmulatedProviders {
     abandoned: Arc<std::sync::atomic::AtomicUsize>,
     google: Arc<Mutex<Google>>,
     script: Arc<Mutex<Vec<String>>>,
+    plan: Arc<Mutex<Vec<Step>>>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
     /// `https://127.0.0.1:<port>`: the Vertex base URL and the token host.
     pub root_url: String,
     server: actix_web::dev::ServerHandle,
@@ -55,7 +64,11 @@ impl EmulatedProviders {
         let abandoned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let google = Arc::new(Mutex::new(Google { lifetime_secs: 3599, ..Google::default() }));
         let script = Arc::new(Mutex::new(Vec::new()));
+        let plan = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let state = web::Data::new(State {
+            plan: plan.clone(),
+            refused: refused.clone(),
             key: key.clone(),
             received: received.clone(),
             betas: betas.clone(),
@@ -73,6 +86,7 @@ impl EmulatedProviders {
                 .route("/openai/deployments/{deployment}/chat/completions", web::post().to(azure))
                 .route("/v1/messages", web::post().to(anthropic))
                 .route("/token", web::post().to(google_token))
+                .route("/v1beta/models/{call}", web::post().to(gemini))
                 .route(
                     "/v1/projects/{project}/locations/{location}/publishers/anthropic/models/{call}",
                     web::post().to(vertex),
@@ -94,6 +108,8 @@ impl EmulatedProviders {
             abandoned,
             google,
             script,
+            plan,
+            refused,
             server: handle,
         }
     }
@@ -103,6 +119,18 @@ impl EmulatedProviders {
     /// and `PADDOCK_DONE` after the last.
     pub fn script(&self, steps: &[&str]) {
         *self.script.lock().unwrap() = steps.iter().map(|s| (*s).to_owned()).collect();
+    }
+
+    /// What the scripted models (`gpt-scripted`, `claude-scripted`) do,
+    /// turn by turn, through the tools each client offers; after the last
+    /// step they say they are done.
+    pub fn plan(&self, steps: &[Step]) {
+        *self.plan.lock().unwrap() = steps.to_vec();
+    }
+
+    /// Requests refused because they did not carry the provider's key.
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A new service account whose key the token endpoint trusts, written
@@ -159,6 +187,7 @@ fn sse(events: Vec<String>) -> HttpResponse {
 fn openai_request(req: &HttpRequest, body: &[u8], state: &State) -> Result<Value, Box<HttpResponse>> {
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if auth != format!("Bearer {}", state.key) {
+        state.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         return Err(Box::new(HttpResponse::Unauthorized().json(json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}))));
     }
     let text = String::from_utf8_lossy(body).into_owned();
@@ -177,6 +206,12 @@ async fn openai(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
     }
     if model == "gpt-leaky" {
         return leaky_answer(request["stream"] == true);
+    }
+    if model.ends_with("-scripted") && !state.plan.lock().unwrap().is_empty() {
+        let turn = scripted::messages_turn(&request);
+        let answer = scripted::answer(&planned(&state, turn), &scripted::chat_tools(&request));
+        let usage = request["stream_options"]["include_usage"] == true;
+        return reply(scripted::chat(&answer, &json!(model), turn, request["stream"] == true, usage));
     }
     if model == "gpt-scripted" {
         return scripted_answer(&request, &state.script.lock().unwrap());
@@ -202,6 +237,7 @@ async fn openai(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
 async fn anthropic(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
     let key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if key != state.key {
+        state.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         return HttpResponse::Unauthorized()
             .json(json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}));
     }
@@ -214,7 +250,22 @@ async fn anthropic(req: HttpRequest, body: web::Bytes, state: web::Data<State>) 
     state.betas.lock().unwrap().push(beta.to_owned());
     let request: Value = serde_json::from_str(&text).unwrap_or_default();
     let model = request["model"].clone();
+    if model.as_str().is_some_and(|m| m.ends_with("-scripted")) {
+        let turn = scripted::messages_turn(&request);
+        let answer = scripted::answer(&planned(&state, turn), &scripted::messages_tools(&request));
+        return reply(scripted::messages(&answer, &model, turn, request["stream"] == true));
+    }
     messages_answer(&request, model)
+}
+
+/// The plan's step for `turn`, or the closing words after its last.
+fn planned(state: &State, turn: usize) -> Step {
+    let plan = state.plan.lock().unwrap();
+    plan.get(turn).cloned().unwrap_or_else(|| Step::Say("Done: every step of the plan ran.".to_owned()))
+}
+
+fn reply((body, content_type): (String, &'static str)) -> HttpResponse {
+    HttpResponse::Ok().content_type(content_type).body(body)
 }
 
 /// An Anthropic Messages answer, streamed or whole.
@@ -249,6 +300,11 @@ async fn responses(req: HttpRequest, body: web::Bytes, state: web::Data<State>) 
         Ok(request) => request,
         Err(refusal) => return *refusal,
     };
+    if request["model"].as_str().is_some_and(|m| m.ends_with("-scripted")) {
+        let turn = scripted::responses_turn(&request);
+        let answer = scripted::answer(&planned(&state, turn), &scripted::responses_tools(&request));
+        return reply(scripted::responses(&answer, &request["model"], turn, request["stream"] == true));
+    }
     let output_text = "Hello from the emulated provider";
     let response = json!({
         "id": "resp_1", "object": "response", "created_at": 1, "model": request["model"], "status": "completed",
@@ -277,6 +333,41 @@ async fn responses(req: HttpRequest, body: web::Bytes, state: web::Data<State>) 
         return sse(events.iter().map(|(name, data)| format!("event: {name}\ndata: {data}\n\n")).collect());
     }
     HttpResponse::Ok().json(response)
+}
+
+/// Google's Gemini API: `models/<model>:generateContent` or
+/// `:streamGenerateContent?alt=sse`, the key in `x-goog-api-key`, Google's
+/// error shape.
+async fn gemini(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    let google_error = |status: u16, message: &str, kind: &str| {
+        HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+            .json(json!({"error": {"code": status, "message": message, "status": kind}}))
+    };
+    let key = req.headers().get("x-goog-api-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if key != state.key {
+        state.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        return google_error(400, "API key not valid. Please pass a valid API key.", "INVALID_ARGUMENT");
+    }
+    let call = req.match_info().query("call").to_owned();
+    let Some((model, method)) = call.split_once(':') else {
+        return google_error(404, "Requested entity was not found.", "NOT_FOUND");
+    };
+    let text = String::from_utf8_lossy(&body).into_owned();
+    state.received.lock().unwrap().push(text.clone());
+    let request: Value = serde_json::from_str(&text).unwrap_or_default();
+    let stream = match method {
+        "generateContent" => false,
+        "streamGenerateContent" if req.query_string().contains("alt=sse") => true,
+        "countTokens" => return HttpResponse::Ok().json(json!({"totalTokens": 40})),
+        _ => return google_error(404, "Requested entity was not found.", "NOT_FOUND"),
+    };
+    let turn = scripted::gemini_turn(&request);
+    let step = match model.ends_with("-scripted") {
+        true => planned(&state, turn),
+        false => Step::Say("Hello from the emulated provider".to_owned()),
+    };
+    let answer = scripted::answer(&step, &scripted::gemini_tools(&request));
+    reply(scripted::gemini(&answer, model, turn, stream))
 }
 
 /// Azure OpenAI: deployment path, `api-key` header, `api-version` query.

@@ -4,6 +4,9 @@
 //!   (packages, dockerd, Redis, Garage, the sandbox image); idempotent
 //! - `test`: setup, then the whole test suite
 //! - `demo`: setup, then one issue-to-diff run end to end on local defaults
+//!   (`PADDOCK_DEMO_AGENT=<name>` picks the agent)
+//! - `images [agent...]`: build the agent images of `infra/agents/agents.toml`
+//!   that are missing (setup builds them all)
 //! - `bench`: the benchmarks in `loadtests/`, each against a baseline
 //! - `openapi`: regenerate `openapi/openapi.json`
 //! - `tidy`: the workspace's crates and the dependency rules of ARCHITECTURE.md
@@ -11,6 +14,7 @@
 //! Everything it installs or keeps lives under `$PADDOCK_HOME` (default
 //! `~/.cache/paddock`), outside the clone, so a fresh clone reuses it.
 
+mod images;
 mod services;
 mod tidy;
 
@@ -24,10 +28,11 @@ fn main() -> ExitCode {
         Some("setup") => setup(),
         Some("test") => test(&args[1..]),
         Some("demo") => demo(),
+        Some("images") => images(&args[1..]),
         Some("openapi") => openapi(),
         Some("bench") => bench(&args[1..]),
         Some("tidy") => tidy(),
-        _ => Err("usage: cargo xtask <setup|test|demo|bench|openapi|tidy>".to_owned()),
+        _ => Err("usage: cargo xtask <setup|test|demo|images|bench|openapi|tidy>".to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,6 +97,11 @@ fn setup() -> Result<()> {
     services::ensure_all(&home())?;
     eprintln!("xtask: services ready in {:.1} s (state in {})", started.elapsed().as_secs_f64(), home().display());
     Ok(())
+}
+
+fn images(only: &[String]) -> Result<()> {
+    services::ensure_docker(&home())?;
+    images::build(&home(), only)
 }
 
 fn test(extra: &[String]) -> Result<()> {

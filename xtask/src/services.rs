@@ -42,7 +42,8 @@ pub fn ensure_all(home: &Path) -> Result<()> {
     step("docker", || docker(home))?;
     step("redis", || redis(home))?;
     let key = step("garage", || garage(home))?;
-    step("sandbox image", || sandbox_image(home))?;
+    step("sandbox image", || sandbox_image(home, Release::Bookworm).map(drop))?;
+    step("agent images", || crate::images::build(home, &[]))?;
     step("moto (S3 Object Lock emulation)", || moto(home))?;
     step("schemathesis (API contract fuzzer)", || schemathesis(home))?;
     let vars = [
@@ -69,7 +70,7 @@ fn succeeds(cmd: &mut Command) -> bool {
     cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
@@ -147,6 +148,13 @@ fn packages() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing))
+}
+
+/// Packages and a running engine: what building images needs.
+pub fn ensure_docker(home: &Path) -> Result<()> {
+    fs::create_dir_all(home.join("logs")).map_err(|e| e.to_string())?;
+    step("packages", packages)?;
+    step("docker", || docker(home))
 }
 
 fn docker_up() -> bool {
@@ -374,26 +382,63 @@ admin_token = "{admin_token}"
     Ok((key_id, secret))
 }
 
-fn sandbox_image(home: &Path) -> Result<()> {
+/// The Debian release a sandbox image is built from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Release {
+    /// Debian 12: the sandbox image agents run in by default.
+    Bookworm,
+    /// Debian 13, for agents that need newer runtimes than Debian 12 has
+    /// (Node.js 20, Python 3.12). Same packages and tools, but not the
+    /// PyPI packages, which are built for Debian 12's Python.
+    Trixie,
+}
+
+impl Release {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "bookworm" => Ok(Self::Bookworm),
+            "trixie" => Ok(Self::Trixie),
+            other => Err(format!("base must be \"bookworm\" or \"trixie\", not {other:?}")),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Bookworm => "bookworm",
+            Self::Trixie => "trixie",
+        }
+    }
+}
+
+/// `infra/sandbox/VERSION`.
+pub fn sandbox_version() -> Result<String> {
+    let path = crate::workspace_root().join("infra/sandbox/VERSION");
+    Ok(fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?.trim().to_owned())
+}
+
+/// The sandbox image of `release`, built when missing; its name.
+pub fn sandbox_image(home: &Path, release: Release) -> Result<String> {
     let root = crate::workspace_root().join("infra/sandbox");
-    let version = fs::read_to_string(root.join("VERSION")).map_err(|e| e.to_string())?;
-    let image = format!("{SANDBOX_REPO}:{}", version.trim());
+    let image = match release {
+        Release::Bookworm => format!("{SANDBOX_REPO}:{}", sandbox_version()?),
+        Release::Trixie => format!("{SANDBOX_REPO}:{}-trixie", sandbox_version()?),
+    };
     if succeeds(Command::new("docker").args(["image", "inspect", &image])) {
-        return Ok(());
+        return Ok(image);
     }
     let packages = fs::read_to_string(root.join("packages")).map_err(|e| e.to_string())?;
     let include: Vec<&str> = packages.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
-    let rootfs = home.join("sandbox-rootfs");
+    let rootfs = home.join(format!("sandbox-rootfs-{}", release.name()));
     fs::remove_dir_all(&rootfs).ok();
     eprintln!("xtask: building {image} with debootstrap (about a minute)");
     run(Command::new("debootstrap")
-        .args(["--variant=minbase", &format!("--include={}", include.join(",")), "bookworm"])
+        .args(["--variant=minbase", &format!("--include={}", include.join(",")), release.name()])
         .arg(&rootfs)
         .arg("http://deb.debian.org/debian")
         .stdout(Stdio::null()))?;
     let python = fs::read_to_string(root.join("python-packages")).unwrap_or_default();
     let wanted: Vec<&str> = python.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
-    if !wanted.is_empty() {
+    if !wanted.is_empty() && release == Release::Bookworm {
         // Wheels for CPython 3.11 on glibc: the image's python3 is 3.11 too.
         run(Command::new("python3")
             .args(["-m", "pip", "install", "--quiet", "--no-compile", "--disable-pip-version-check", "--target"])
@@ -440,7 +485,7 @@ fn sandbox_image(home: &Path) -> Result<()> {
     );
     run(Command::new("bash").args(["-o", "pipefail", "-c", &script]).stdout(Stdio::null()))?;
     fs::remove_dir_all(&rootfs).ok();
-    Ok(())
+    Ok(image)
 }
 
 fn append(path: &Path, text: &str) -> Result<()> {

@@ -11,7 +11,8 @@ use actix_web::{get, web};
 use common::policy::SandboxPolicy;
 use common::records::{EgressRecord, RunSummary};
 use common::{
-    ArtifactKind, CredentialGrant, ModelUse, PullRequestRef, RunFacts, RunId, RunRecord, RunState, StopReason,
+    AgentIdentity, ArtifactKind, CredentialGrant, ModelUse, PullRequestRef, RunFacts, RunId, RunRecord, RunState,
+    StopReason,
 };
 use objstore::ObjectStore;
 use serde::Serialize;
@@ -31,6 +32,8 @@ pub struct RunRecordView {
     pub state: Option<RunState>,
     pub requested: Requested,
     pub issue_and_repository: IssueAndRepository,
+    /// The agent and version that ran, as its image names them.
+    pub agent: Option<AgentIdentity>,
     pub models: Vec<ModelUse>,
     pub credentials: Vec<CredentialGrant>,
     /// The agent's command, then each command it reported running.
@@ -169,6 +172,7 @@ fn from_record(
             base_ref: r.spec.base_ref,
             base_commit: facts.base_commit,
         },
+        agent: facts.agent,
         models: facts.models,
         credentials: facts.credentials,
         commands: facts.commands,
@@ -199,6 +203,7 @@ fn from_summary(id: RunId, s: RunSummary, request_event: Option<RequestEvent>, a
             base_ref: s.base_ref,
             base_commit: s.base_commit,
         },
+        agent: s.agent,
         models: s.models,
         credentials: s.credentials,
         commands: s.commands,
@@ -215,6 +220,7 @@ fn facts_of(summary: Option<&RunSummary>) -> RunFacts {
     let Some(s) = summary else { return RunFacts::default() };
     RunFacts {
         base_commit: s.base_commit.clone(),
+        agent: s.agent.clone(),
         models: s.models.clone(),
         credentials: s.credentials.clone(),
         commands: s.commands.clone(),

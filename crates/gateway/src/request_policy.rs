@@ -29,17 +29,47 @@ fn client_side(wire: Wire, tool: &Value) -> bool {
     match wire {
         // Chat Completions and Responses: functions, custom tools, and the
         // shell, patch and computer tools whose actions the agent performs.
-        Wire::OpenAi => matches!(
-            kind,
-            Some("function" | "custom" | "local_shell" | "shell" | "apply_patch" | "computer_use_preview")
-        ),
+        // A `namespace` (Codex groups its sub-agent functions in one) is
+        // the client's when everything in it is.
+        Wire::OpenAi => match kind {
+            Some("namespace") => tool
+                .get("tools")
+                .and_then(Value::as_array)
+                .is_some_and(|tools| tools.iter().all(|t| client_side(wire, t))),
+            _ => matches!(
+                kind,
+                Some("function" | "custom" | "local_shell" | "shell" | "apply_patch" | "computer_use_preview")
+            ),
+        },
         // Messages: custom tools (no type, or `custom`), and the versioned
         // bash, text editor, computer and memory tools the agent runs.
         Wire::Anthropic => match kind {
             None | Some("custom") => true,
             Some(kind) => matches!(unversioned(kind), "bash" | "text_editor" | "computer" | "memory"),
         },
+        // Gemini: a tool holding only function declarations (the others,
+        // `googleSearch`, `codeExecution`, `urlContext`, run at Google).
+        Wire::Gemini => tool
+            .as_object()
+            .is_some_and(|t| t.keys().all(|k| matches!(k.as_str(), "functionDeclarations" | "function_declarations"))),
     }
+}
+
+/// The name a Gemini server-side tool is allowed by (`googleSearch` and
+/// `google_search` are `google_search`).
+fn gemini_tool(tool: &Value) -> String {
+    let key = tool.as_object().and_then(|t| t.keys().find(|k| !k.starts_with("function")).cloned());
+    let key = key.unwrap_or_else(|| "unknown".to_owned());
+    let mut snake = String::new();
+    for c in key.chars() {
+        if c.is_ascii_uppercase() {
+            snake.push('_');
+            snake.push(c.to_ascii_lowercase());
+        } else {
+            snake.push(c);
+        }
+    }
+    snake
 }
 
 /// The server-side tools `request` asks for, by unversioned name (`mcp`
@@ -53,6 +83,9 @@ fn server_tools(wire: Wire, request: &Value) -> Vec<String> {
         .flatten()
         .filter(|tool| !client_side(wire, tool))
         .map(|tool| {
+            if wire == Wire::Gemini {
+                return gemini_tool(tool);
+            }
             let kind = tool.get("type").and_then(Value::as_str).unwrap_or("unknown");
             match unversioned(kind) {
                 "mcp_toolset" | "connector" => "mcp".to_owned(),
@@ -78,7 +111,8 @@ fn remote(url: &str) -> bool {
 
 /// The first content block that points the provider at a remote URL:
 /// Anthropic image and document sources of type `url`, Chat Completions
-/// `image_url` parts, Responses `input_image` and `input_file` by URL.
+/// `image_url` parts, Responses `input_image` and `input_file` by URL,
+/// Gemini `fileData` parts.
 fn first_remote_url(value: &Value) -> Option<String> {
     match value {
         Value::Array(items) => items.iter().find_map(first_remote_url),
@@ -97,7 +131,12 @@ fn first_remote_url(value: &Value) -> Option<String> {
                 },
                 Some("input_image") => object.get("image_url").and_then(Value::as_str),
                 Some("input_file") => object.get("file_url").and_then(Value::as_str),
-                _ => None,
+                // Gemini parts: `fileData.fileUri`.
+                _ => ["fileData", "file_data"]
+                    .iter()
+                    .find_map(|k| object.get(*k))
+                    .and_then(|f| f.get("fileUri").or_else(|| f.get("file_uri")))
+                    .and_then(Value::as_str),
             };
             match url.filter(|u| remote(u)) {
                 Some(url) => Some(url.chars().take(200).collect()),
@@ -186,6 +225,22 @@ mod tests {
         let searching = provider(json!({"server_tools": ["web_search"]}));
         let search = json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]});
         assert_eq!(check(Wire::Anthropic, &searching, &search), Ok(()));
+        let namespace =
+            |inner: Value| json!({"tools": [{"type": "namespace", "name": "multi_agent_v1", "tools": [inner]}]});
+        let functions = namespace(json!({"type": "function", "name": "spawn_agent", "parameters": {}}));
+        assert_eq!(check(Wire::OpenAi, &strict, &functions), Ok(()), "a namespace of functions is the client's");
+        assert!(check(Wire::OpenAi, &strict, &namespace(json!({"type": "web_search"}))).is_err());
+        let gemini = |tools: Value| json!({"contents": [], "tools": tools});
+        let functions = gemini(json!([{"functionDeclarations": [{"name": "run_shell_command"}]}]));
+        assert_eq!(check(Wire::Gemini, &strict, &functions), Ok(()), "Gemini functions are the client's");
+        for tool in [json!({"googleSearch": {}}), json!({"codeExecution": {}}), json!({"urlContext": {}})] {
+            let request = gemini(json!([tool]));
+            assert!(refused(Wire::Gemini, request.clone()).contains("server-side tool"), "{request}");
+        }
+        let google_search = provider(json!({"server_tools": ["google_search"]}));
+        assert_eq!(check(Wire::Gemini, &google_search, &gemini(json!([{"googleSearch": {}}]))), Ok(()));
+        let remote_file = json!({"contents": [{"parts": [{"fileData": {"fileUri": "https://x.example/a.pdf"}}]}]});
+        assert!(check(Wire::Gemini, &strict, &remote_file).is_err(), "Gemini fetches fileUri itself");
         let fetch = json!({"tools": [{"type": "web_fetch_20250910", "name": "web_fetch"}]});
         assert!(check(Wire::Anthropic, &searching, &fetch).is_err(), "web_search allows search only");
     }

@@ -94,10 +94,13 @@ struct RunRecord {
 const MAX_TRANSCRIPT_BYTES: usize = 64 << 20;
 
 /// The wire API a request speaks, which decides its error shape.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Wire {
     OpenAi,
     Anthropic,
+    /// Google's Gemini API: the model and method in the path
+    /// (`/v1beta/models/<model>:<method>`), the key in `x-goog-api-key`.
+    Gemini,
 }
 
 impl RunGateway {
@@ -331,6 +334,7 @@ impl RunGateway {
         started: Instant,
     ) -> Result<Response<Body>, Response<Body>> {
         let headers = req.headers().clone();
+        let path_model = gemini_call(req.uri().path()).map(|(model, _)| model.to_owned());
         let raw = read_body(req, wire, record).await?;
         // What is checked is what is sent: the body as parsed, written again
         // (a duplicate key cannot mean one thing here and another upstream).
@@ -340,7 +344,10 @@ impl RunGateway {
             error(wire, StatusCode::BAD_REQUEST, "invalid_request_error", &message)
         })?;
         let text = serde_json::to_string(&request).unwrap_or(raw);
-        let model = request.get("model").and_then(|m| m.as_str()).map(str::to_owned);
+        let model = match wire {
+            Wire::Gemini => path_model,
+            Wire::OpenAi | Wire::Anthropic => request.get("model").and_then(|m| m.as_str()).map(str::to_owned),
+        };
         record.model = model.clone();
         let (provider_name, provider) = self.provider_for(wire, model.as_deref(), record).map_err(|message| {
             tracing::warn!(run_id = %self.run, tenant = %self.tenant, %message, "model call refused by provider policy");
@@ -354,7 +361,8 @@ impl RunGateway {
         let asked_betas = headers.get("anthropic-beta").and_then(|v| v.to_str().ok());
         record.dropped_betas = super::request_policy::betas(provider, asked_betas).1;
         let price = model.as_deref().and_then(|m| provider.prices.get(m)).copied();
-        let worst = if suffix.ends_with("count_tokens") { Spend::default() } else { worst_case(&text, price) };
+        let counting = suffix.ends_with("count_tokens") || suffix == "countTokens";
+        let worst = if counting { Spend::default() } else { worst_case(&text, price) };
         // From here on, whatever happens, the reservation and the tokens
         // taken from the rate limits are settled exactly once.
         let settlement = self.limit(wire, provider_name, worst, record).await?;
@@ -530,6 +538,12 @@ impl RunGateway {
                 let token = super::vertex::access_token(provider, &self.http).await?;
                 with_betas(post(url, body).bearer_auth(token), provider, headers)
             }
+            ProviderKind::Gemini => {
+                let upstream_model = provider.deployments.get(model).map_or(model, String::as_str);
+                let stream = if suffix == "streamGenerateContent" { "?alt=sse" } else { "" };
+                post(format!("{base}/models/{upstream_model}:{suffix}{stream}"), body.to_owned())
+                    .header("x-goog-api-key", provider.api_key.expose_secret())
+            }
         })
     }
 
@@ -609,11 +623,31 @@ fn with_betas(
     if kept.is_empty() { upstream } else { upstream.header("anthropic-beta", kept.join(",")) }
 }
 
-/// The run token a request presents, as `Authorization: Bearer` or
-/// `x-api-key`.
+/// The run token a request presents, as `Authorization: Bearer`,
+/// `x-api-key`, `x-goog-api-key` or (Gemini's SDKs) a `key` query parameter.
 pub(super) fn presented_token(req: &Request<Incoming>) -> Option<&str> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    header("authorization").and_then(|v| v.strip_prefix("Bearer ")).or_else(|| header("x-api-key"))
+    let query_key =
+        || req.uri().query().into_iter().flat_map(|q| q.split('&')).find_map(|pair| pair.strip_prefix("key="));
+    header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| header("x-api-key"))
+        .or_else(|| header("x-goog-api-key"))
+        .or_else(query_key)
+}
+
+/// The model and method of a Gemini API path,
+/// `/v1beta/models/<model>:<method>`.
+fn gemini_call(path: &str) -> Option<(&str, &'static str)> {
+    let (model, method) = path.strip_prefix("/v1beta/models/")?.split_once(':')?;
+    let method = match method {
+        "generateContent" => "generateContent",
+        "streamGenerateContent" => "streamGenerateContent",
+        "countTokens" => "countTokens",
+        _ => return None,
+    };
+    let plain = !model.is_empty() && model.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+    plain.then_some((model, method))
 }
 
 /// The wire API of a gateway endpoint and the provider path it maps to
@@ -625,6 +659,7 @@ pub(super) fn route(req: &Request<Incoming>) -> Option<(Wire, Option<&'static st
         (&Method::POST, "/v1/responses") => (Wire::OpenAi, Some("responses")),
         (&Method::POST, "/v1/messages") => (Wire::Anthropic, Some("messages")),
         (&Method::POST, "/v1/messages/count_tokens") => (Wire::Anthropic, Some("messages/count_tokens")),
+        (&Method::POST, path) => (Wire::Gemini, Some(gemini_call(path)?.1)),
         _ => return None,
     })
 }
@@ -724,6 +759,7 @@ fn provider_of<'c>(
     let speaks = |kind: ProviderKind| match wire {
         Wire::Anthropic => matches!(kind, ProviderKind::Anthropic | ProviderKind::Vertex),
         Wire::OpenAi => matches!(kind, ProviderKind::Openai | ProviderKind::AzureOpenai),
+        Wire::Gemini => kind == ProviderKind::Gemini,
     };
     let model = model?;
     allowed(config).find(|(_, p)| speaks(p.kind) && p.models.iter().any(|m| m == model))
@@ -820,6 +856,7 @@ fn worst_case(request: &str, price: Option<ModelPrice>) -> Spend {
     let output = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
         .iter()
         .find_map(|k| json.get(*k).and_then(serde_json::Value::as_u64))
+        .or_else(|| json.pointer("/generationConfig/maxOutputTokens").and_then(serde_json::Value::as_u64))
         .unwrap_or(4096);
     let input = request.len() as u64 / 4 + 1;
     let micro_usd = price
@@ -830,7 +867,9 @@ fn worst_case(request: &str, price: Option<ModelPrice>) -> Spend {
 /// Input and output tokens a provider reported in a JSON answer or an SSE
 /// stream: OpenAI `prompt_tokens`/`completion_tokens`, Responses and
 /// Anthropic `input_tokens`/`output_tokens` (Anthropic streams report them
-/// in `message_start` and, cumulatively, in `message_delta`).
+/// in `message_start` and, cumulatively, in `message_delta`), Gemini
+/// `usageMetadata` (output is candidates plus thoughts; cumulative in
+/// streams).
 fn usage(body: &[u8]) -> Option<(u64, u64)> {
     let text = String::from_utf8_lossy(body);
     let documents: Vec<serde_json::Value> = if text.trim_start().starts_with('{') {
@@ -843,6 +882,12 @@ fn usage(body: &[u8]) -> Option<(u64, u64)> {
     };
     let mut found = None;
     for doc in &documents {
+        if let Some(meta) = doc.get("usageMetadata") {
+            let get = |k: &str| meta.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+            let (seen_in, seen_out) = found.unwrap_or((0, 0));
+            let output = get("candidatesTokenCount") + get("thoughtsTokenCount");
+            found = Some((seen_in.max(get("promptTokenCount")), seen_out.max(output)));
+        }
         let places = [doc.get("usage"), doc.pointer("/message/usage"), doc.pointer("/response/usage")];
         for usage in places.into_iter().flatten() {
             let get = |keys: &[&str]| keys.iter().find_map(|k| usage.get(*k).and_then(serde_json::Value::as_u64));
@@ -860,6 +905,7 @@ impl Wire {
         match self {
             Wire::OpenAi => "openai",
             Wire::Anthropic => "anthropic",
+            Wire::Gemini => "gemini",
         }
     }
 }
@@ -900,6 +946,19 @@ pub(super) fn error(wire: Wire, status: StatusCode, code: &str, message: &str) -
                 _ => "api_error",
             };
             serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
+        }
+        // Google's shape: the HTTP code, a message, the canonical status.
+        Wire::Gemini => {
+            let kind = match status {
+                StatusCode::BAD_REQUEST => "INVALID_ARGUMENT",
+                StatusCode::UNAUTHORIZED => "UNAUTHENTICATED",
+                StatusCode::FORBIDDEN => "PERMISSION_DENIED",
+                StatusCode::NOT_FOUND => "NOT_FOUND",
+                StatusCode::TOO_MANY_REQUESTS => "RESOURCE_EXHAUSTED",
+                StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
+                _ => "INTERNAL",
+            };
+            serde_json::json!({"error": {"code": status.as_u16(), "message": message, "status": kind}})
         }
     };
     json_response(status, &body)
@@ -963,6 +1022,23 @@ mod tests {
     }
 
     #[test]
+    fn gemini_paths_name_their_model_and_method() {
+        assert_eq!(
+            gemini_call("/v1beta/models/gemini-2.5-pro:streamGenerateContent"),
+            Some(("gemini-2.5-pro", "streamGenerateContent"))
+        );
+        assert_eq!(
+            gemini_call("/v1beta/models/gemini-2.5-flash:countTokens"),
+            Some(("gemini-2.5-flash", "countTokens"))
+        );
+        assert_eq!(gemini_call("/v1beta/models/gemini-2.5-pro:batchGenerateContent"), None, "a method not served");
+        assert_eq!(gemini_call("/v1beta/models/../x:generateContent"), None);
+        assert_eq!(gemini_call("/v1/models/gemini:generateContent"), None);
+        let request = r#"{"generationConfig":{"maxOutputTokens":50}}"#;
+        assert_eq!(worst_case(request, None).tokens, 50 + request.len() as u64 / 4 + 1);
+    }
+
+    #[test]
     fn the_worst_case_takes_the_asked_output_limit_or_4096_and_prices_both_sides() {
         let price = ModelPrice { input_usd_per_mtok: 3.0, output_usd_per_mtok: 15.0 };
         let cases = [
@@ -984,7 +1060,7 @@ mod tests {
 
     #[test]
     fn usage_is_read_from_every_wire_and_from_streams() {
-        let cases: [(&str, Option<(u64, u64)>); 6] = [
+        let cases: [(&str, Option<(u64, u64)>); 7] = [
             (r#"{"usage":{"prompt_tokens":12,"completion_tokens":5}}"#, Some((12, 5))),
             (r#"{"usage":{"input_tokens":7,"output_tokens":3}}"#, Some((7, 3))),
             (
@@ -998,6 +1074,12 @@ mod tests {
                 Some((12, 5)),
             ),
             ("data: {\"choices\":[]}\ndata: [DONE]\n", None),
+            // Gemini: cumulative usageMetadata in each chunk; thoughts are output.
+            (
+                "data: {\"usageMetadata\":{\"promptTokenCount\":30,\"candidatesTokenCount\":2}}\r\n\r\n\
+                 data: {\"usageMetadata\":{\"promptTokenCount\":30,\"candidatesTokenCount\":8,\"thoughtsTokenCount\":4}}\r\n\r\n",
+                Some((30, 12)),
+            ),
             ("", None),
         ];
         for (body, expected) in cases {

@@ -253,6 +253,14 @@ impl SandboxDriver {
         }
     }
 
+    /// The agent an image says it holds: its `io.paddock.agent.name` and
+    /// `io.paddock.agent.version` labels, when it has them.
+    pub async fn agent_labels(&self, image: &str) -> Result<(Option<String>, Option<String>), SandboxError> {
+        let inspected = self.docker.inspect_image(image).await?;
+        let labels = inspected.config.and_then(|c| c.labels).unwrap_or_default();
+        Ok((labels.get("io.paddock.agent.name").cloned(), labels.get("io.paddock.agent.version").cloned()))
+    }
+
     fn labels(&self, run: RunId, volume: &str) -> HashMap<String, String> {
         HashMap::from([
             (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),

@@ -25,10 +25,13 @@ pub(super) struct Finished {
     pub(super) files_changed: Vec<String>,
 }
 
-/// The sandbox, and what the agent's command runs against inside it.
+/// How much of an agent's events file is read.
+const MAX_EVENTS_FILE: usize = 8 << 20;
+
 /// How often a run's activity so far is written to the trail.
 const AUDIT_EVERY: Duration = Duration::from_secs(5);
 
+/// The sandbox, and what the agent's command runs against inside it.
 pub(super) struct Stage<'a> {
     pub(super) session: &'a Session,
     pub(super) policy: &'a SandboxPolicy,
@@ -86,6 +89,9 @@ impl Runtime {
             log.expect_reports_signed_with(key.as_bytes().to_vec());
             bytes::Bytes::from(format!("{key}\n"))
         });
+        if let Some(format) = agent.events {
+            log.read_events(format, agent.events_file.is_some());
+        }
         let mut exec = self.sandboxes.exec_with_input(sandbox, cmd, env, input).await?;
         stage.phases.mark("exec_started");
         let streamed = self.stream_output(run, stage.session, &mut exec, &mut log, deadline, lease).await;
@@ -96,6 +102,9 @@ impl Runtime {
         };
         log.line(&format!("paddock: agent finished: {reason:?}"));
         self.flush_tail_end(run.id, &mut log).await;
+        if let Some(path) = &agent.events_file {
+            self.read_events_file(sandbox, path, deadline, &mut log).await;
+        }
         let limits = self.sandboxes.config();
         let collected = self.collect_diff(sandbox, stage.base_commit, deadline, limits.max_diff_bytes).await;
         let over = |what: &str, limit: u64, mut log: RunLog| {
@@ -338,6 +347,17 @@ impl Runtime {
             .map(|n| String::from_utf8_lossy(n).into_owned())
             .collect();
         Ok((diff, files))
+    }
+
+    /// Feeds the agent's events file to the log's event reader; a file that
+    /// cannot be read leaves a line saying so (the run goes on).
+    async fn read_events_file(&self, sandbox: &Sandbox, path: &str, deadline: Instant, log: &mut RunLog) {
+        // The path is checked at configuration (no quote can be in it).
+        let script = format!("test ! -e '{path}' || head -c {MAX_EVENTS_FILE} -- '{path}'");
+        match self.capture(sandbox, script, deadline, MAX_EVENTS_FILE).await {
+            Ok(bytes) => log.events_file(&String::from_utf8_lossy(&bytes)),
+            Err(e) => log.line(&format!("paddock: the agent's events file {path} could not be read: {e}")),
+        }
     }
 
     /// The output of `script` run in the sandbox, at most `max_bytes`;

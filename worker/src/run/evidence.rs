@@ -17,6 +17,7 @@ use super::log::RunLog;
 
 /// What an agent's run produced besides its log and diff.
 pub(super) struct Facts {
+    pub(super) agent: common::AgentIdentity,
     pub(super) phases: Vec<(&'static str, u64)>,
     pub(super) commit: String,
     pub(super) command: String,
@@ -52,6 +53,7 @@ pub(super) fn run_facts(facts: Option<&Facts>, log: &RunLog) -> RunFacts {
     let Some(facts) = facts else { return RunFacts::default() };
     RunFacts {
         base_commit: Some(facts.commit.clone()),
+        agent: Some(facts.agent.clone()),
         models: models_used(&facts.calls),
         commands: commands_run(&facts.command, log, &facts.transcript),
         files_changed: facts.files_changed.clone(),
@@ -122,6 +124,7 @@ fn summary(ended: &Ended<'_>, keys: &[String]) -> RunSummary {
         base_commit: record.base_commit.clone(),
         issue: run.spec.issue,
         agent_profile: run.spec.agent_profile.as_str().to_owned(),
+        agent: record.agent.clone(),
         command: facts.map(|f| f.command.clone()),
         requested_by: run.spec.requested_by.clone(),
         via: run.spec.via.clone(),
@@ -259,6 +262,11 @@ mod tests {
         let mut log = RunLog::new(1 << 20);
         log.push(format!("using {secret}\n").as_bytes());
         let facts = Facts {
+            agent: common::AgentIdentity {
+                name: "claude-code".to_owned(),
+                version: Some("2.1.332".to_owned()),
+                image: "paddock/agent-claude-code:2.1.332-0.4.2".to_owned(),
+            },
             phases: vec![("clone", 5)],
             commit: "abc123".to_owned(),
             command: "agent".to_owned(),
@@ -291,6 +299,8 @@ mod tests {
         assert_eq!(summary["attempt"], 2);
         assert_eq!(summary["base_commit"], "abc123");
         assert_eq!(summary["commands"], json!(["agent"]));
+        assert_eq!(summary["agent"]["name"], "claude-code");
+        assert_eq!(summary["agent"]["version"], "2.1.332");
         assert_eq!(summary["phases_ms"], json!([["clone", 5]]));
         let typed: RunSummary = serde_json::from_slice(&artifacts[2].body).expect("summary.json reads typed");
         assert_eq!((typed.models.len(), typed.model_calls.len()), (1, 1));

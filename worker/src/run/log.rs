@@ -57,6 +57,10 @@ pub(super) struct RunLog {
     /// Signed reports seen: each report signs its own sequence number, so a
     /// report cannot be replayed.
     reports_seen: u64,
+    /// The agent's own event stream, when its profile names one.
+    events: Option<super::events::EventReader>,
+    /// Whether that stream is in a file rather than on stdout.
+    events_in_file: bool,
     /// What of the run's activity the trail already has.
     pub(super) audited: crate::audit_events::Audited,
     /// Redacts what goes to the live tail (the stored log is redacted whole
@@ -221,6 +225,21 @@ impl RunLog {
         self.report_key = Some(key);
     }
 
+    /// From now on, the commands of the agent's event stream count (from
+    /// stdout, or from its events file when `in_file`).
+    pub(super) fn read_events(&mut self, format: common::config::AgentEvents, in_file: bool) {
+        self.events = Some(super::events::EventReader::new(format));
+        self.events_in_file = in_file;
+    }
+
+    /// The commands of the agent's events file, read once it has ended.
+    pub(super) fn events_file(&mut self, text: &str) {
+        let Some(events) = &mut self.events else { return };
+        for command in events.file_commands(text) {
+            self.keep_command(&command, command.len());
+        }
+    }
+
     /// The command a signed report on stderr names, when its MAC is right.
     fn signed_report<'t>(&self, stream: OutputStream, text: &'t str) -> Option<&'t str> {
         let key = self.report_key.as_deref().filter(|_| stream == OutputStream::Stderr)?;
@@ -234,6 +253,14 @@ impl RunLog {
 
     fn agent_line(&mut self, stream: OutputStream, raw: &[u8]) {
         let text = escape_controls(&String::from_utf8_lossy(raw));
+        if stream == OutputStream::Stdout
+            && !self.events_in_file
+            && let Some(events) = &mut self.events
+        {
+            for command in events.commands(&String::from_utf8_lossy(raw)) {
+                self.keep_command(&command, command.len());
+            }
+        }
         if let Some(reported) = self.signed_report(stream, &text) {
             self.reports_seen += 1;
             let reported = reported.to_owned();
@@ -246,13 +273,19 @@ impl RunLog {
     }
 
     fn report_command(&mut self, reported: &str) {
+        let command = serde_json::from_str::<String>(reported).unwrap_or_else(|_| reported.to_owned());
+        self.keep_command(&command, reported.len().saturating_sub(2));
+    }
+
+    /// Keeps a command (cut at [`MAX_COMMAND_CHARS`]) unless there are
+    /// already [`MAX_COMMANDS`]; `reported_len` is how long it came.
+    fn keep_command(&mut self, command: &str, reported_len: usize) {
         if self.commands.len() >= MAX_COMMANDS {
             self.commands_dropped += 1;
             return;
         }
-        let command = serde_json::from_str::<String>(reported).unwrap_or_else(|_| reported.to_owned());
         let mut command: String = command.chars().take(MAX_COMMAND_CHARS).collect();
-        if command.len() < reported.len().saturating_sub(2) && command.chars().count() == MAX_COMMAND_CHARS {
+        if command.len() < reported_len && command.chars().count() == MAX_COMMAND_CHARS {
             command.push_str(" [paddock: truncated]");
         }
         self.commands.push(command);

@@ -7,6 +7,7 @@
 mod agent;
 mod env;
 mod error;
+mod events;
 mod evidence;
 mod log;
 mod publish;
@@ -174,6 +175,7 @@ impl Runtime {
         let Finished { reason, mut log, diff, files_changed } = finished?;
         log_activity(&mut log, &used);
         let facts = Facts {
+            agent: self.agent_identity(run).await,
             commit: checkout.commit,
             command: agent.command,
             files_changed,
@@ -365,6 +367,21 @@ impl Runtime {
     /// accepted before policies were recorded.
     fn policy_of(&self, run: &ClaimedRun) -> SandboxPolicy {
         run.spec.policy.clone().unwrap_or_else(|| self.config.default_policy())
+    }
+
+    /// The agent the run's image holds, by its labels (or the profile's
+    /// name when the image has none or cannot be read).
+    async fn agent_identity(&self, run: &ClaimedRun) -> common::AgentIdentity {
+        let image = self.image_of(run);
+        let (name, version) = match self.sandboxes.agent_labels(&image).await {
+            Ok(labels) => labels,
+            Err(error) => {
+                tracing::warn!(run_id = %run.id, %error, image, "reading the image's agent labels failed");
+                (None, None)
+            }
+        };
+        let name = name.unwrap_or_else(|| run.spec.agent_profile.as_str().to_owned());
+        common::AgentIdentity { name, version, image }
     }
 
     /// The image the run's sandbox uses: its profile's, or the default.
