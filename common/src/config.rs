@@ -759,6 +759,11 @@ pub struct AgentConfig {
     /// (`http://<gateway>`).
     #[serde(default = "anthropic_base_url_env")]
     pub anthropic_base_url_env: Vec<String>,
+    /// Variables that receive the gateway's Gemini API base URL
+    /// (`http://<gateway>`, under which the client asks for
+    /// `/v1beta/models/<model>:<method>`).
+    #[serde(default = "gemini_base_url_env")]
+    pub gemini_base_url_env: Vec<String>,
     /// Variables that receive the run token.
     #[serde(default = "token_env")]
     pub token_env: Vec<String>,
@@ -830,8 +835,12 @@ fn anthropic_base_url_env() -> Vec<String> {
     vec!["ANTHROPIC_BASE_URL".to_owned()]
 }
 
+fn gemini_base_url_env() -> Vec<String> {
+    vec!["GOOGLE_GEMINI_BASE_URL".to_owned()]
+}
+
 fn token_env() -> Vec<String> {
-    vec!["OPENAI_API_KEY".to_owned(), "ANTHROPIC_API_KEY".to_owned(), "ANTHROPIC_AUTH_TOKEN".to_owned()]
+    ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "GEMINI_API_KEY"].map(str::to_owned).to_vec()
 }
 
 impl AgentConfig {
@@ -866,6 +875,7 @@ impl AgentConfig {
             env: BTreeMap::new(),
             openai_base_url_env: openai_base_url_env(),
             anthropic_base_url_env: anthropic_base_url_env(),
+            gemini_base_url_env: gemini_base_url_env(),
             token_env: token_env(),
             reports_commands: true,
             events: None,

@@ -33,11 +33,12 @@ pub fn scripted_providers(providers: &EmulatedProviders) -> String {
     json!({
         "scripted-anthropic": {"kind": "anthropic", "base_url": providers.base_url, "api_key": providers.key, "models": ["claude-scripted"]},
         "scripted-openai": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-scripted"]},
+        "scripted-gemini": {"kind": "gemini", "base_url": format!("{}/v1beta", providers.root_url), "api_key": providers.key, "models": ["gemini-scripted"]},
     })
     .to_string()
 }
 
-pub const SCRIPTED_ALLOWED: &str = r#"["scripted-anthropic", "scripted-openai"]"#;
+pub const SCRIPTED_ALLOWED: &str = r#"["scripted-anthropic", "scripted-openai", "scripted-gemini"]"#;
 
 /// The profile named `name` with the scripted model, and the settings that
 /// configure it as profile `name` beside the scripted providers.
@@ -54,10 +55,19 @@ pub fn agent_settings(name: &str, model: &str, providers: &EmulatedProviders) ->
     ]
 }
 
-/// The plan every agent is given: a file, then a command that reads it.
+/// The plan every agent is given: a file, then a command that reads it;
+/// aider takes both in one answer (its edit format and a shell block),
+/// since it asks the model once per message.
 fn plan(agent: &str) -> (Vec<Step>, String) {
     let command = "ls -la && cat hello.txt";
-    (vec![Step::write("hello.txt", &format!("hello from {agent}\n")), Step::run(command)], command.to_owned())
+    let file = format!("hello from {agent}\n");
+    let steps = match agent {
+        "aider" => vec![Step::Say(format!(
+            "hello.txt\n```\n<<<<<<< SEARCH\n=======\n{file}>>>>>>> REPLACE\n```\n\nThen check it:\n\n```bash\n{command}\n```\n"
+        ))],
+        _ => vec![Step::write("hello.txt", &file), Step::run(command)],
+    };
+    (steps, command.to_owned())
 }
 
 /// Runs `agent` (a profile of profiles.toml) on a task holding a canary of
@@ -116,6 +126,21 @@ async fn codex_creates_a_file_and_runs_a_command_through_the_gateway() {
     an_agent_as_shipped_creates_a_file_and_runs_a_command("codex", "gpt-scripted").await;
 }
 
+#[tokio::test]
+async fn aider_creates_a_file_and_runs_a_command_through_the_gateway() {
+    an_agent_as_shipped_creates_a_file_and_runs_a_command("aider", "gpt-scripted").await;
+}
+
+#[tokio::test]
+async fn opencode_creates_a_file_and_runs_a_command_through_the_gateway() {
+    an_agent_as_shipped_creates_a_file_and_runs_a_command("opencode", "gpt-scripted").await;
+}
+
+#[tokio::test]
+async fn gemini_cli_creates_a_file_and_runs_a_command_through_the_gateway() {
+    an_agent_as_shipped_creates_a_file_and_runs_a_command("gemini-cli", "gemini-scripted").await;
+}
+
 #[test]
 fn the_shipped_profiles_name_the_images_agents_toml_builds() {
     let sandbox_version = include_str!("../../../infra/sandbox/VERSION").trim();
@@ -131,4 +156,43 @@ fn the_shipped_profiles_name_the_images_agents_toml_builds() {
         let expected = format!("paddock/agent-{name}:{}-{sandbox_version}{suffix}", agent["version"].as_str().unwrap());
         assert_eq!(image, expected, "profile {name}");
     }
+}
+
+#[tokio::test]
+async fn an_agent_that_calls_its_vendor_directly_gets_nothing_and_the_attempt_is_recorded() {
+    // Claude Code without the gateway's base URL: its default endpoint,
+    // api.anthropic.com, through the egress proxy (as every sandbox
+    // connection goes), which refuses it. It retries; 30 s bound it.
+    let providers = EmulatedProviders::start().await;
+    let mut profile = shipped_profile("claude-code");
+    profile["env"]["PADDOCK_MODEL"] = json!("claude-scripted");
+    profile["anthropic_base_url_env"] = json!([]);
+    profile["token_env"] = json!(["ANTHROPIC_API_KEY"]);
+    profile["command"] =
+        json!(format!("timeout 30 bash -c '{}'", profile["command"].as_str().unwrap().replace('\'', r"'\''")));
+    let profile = profile.to_string();
+    let providers_json = scripted_providers(&providers);
+    let app = tests::spawn_app(&[
+        ("PADDOCK_AGENTS__CLAUDE-CODE", profile.as_str()),
+        ("PADDOCK_GATEWAY__PROVIDERS", providers_json.as_str()),
+        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", SCRIPTED_ALLOWED),
+        ("PADDOCK_SANDBOX__MEMORY_BYTES", "2147483648"),
+    ])
+    .await;
+    let repo = app.repo(&[("README.md", b"# Widgets\n")]);
+    let worker = app.spawn_worker().await;
+    let id = app.create_run_as(&repo, "Add a greeting file", "claude-code").await;
+    let run = app.wait_for(&id, Duration::from_secs(120), |r| r["state"] != "queued" && r["state"] != "running").await;
+    let logs = app.logs_of(&run).await;
+    assert_eq!(run["facts"]["files_changed"], json!([]), "{logs}");
+    let summary: Value = serde_json::from_slice(&app.artifact(&format!("runs/{id}/summary.json")).await).unwrap();
+    let egress = summary["egress"].as_array().unwrap();
+    let vendor: Vec<&Value> = egress.iter().filter(|e| e["host"] == "api.anthropic.com").collect();
+    assert!(!vendor.is_empty(), "the direct call was not recorded: {egress:?}\n{logs}");
+    assert!(vendor.iter().all(|e| e["allowed"] == false), "{vendor:?}");
+    assert!(logs.contains("paddock: egress denied CONNECT api.anthropic.com:443"), "{logs}");
+    assert!(providers.received().is_empty(), "a call reached a provider: {:?}", providers.received());
+    assert!(summary["model_calls"].as_array().unwrap().is_empty());
+    worker.shutdown().await;
+    providers.stop().await;
 }

@@ -34,14 +34,17 @@ async fn forge(agent: &str, script: &[&str]) -> Forge {
 
 /// Like [`forge`], with any settings.
 async fn forge_with(settings: &[(&str, &str)], script: &[&str]) -> Forge {
+    forge_on(EmulatedProviders::start().await, settings, script).await
+}
+
+/// Like [`forge_with`], on providers the caller started.
+async fn forge_on(providers: EmulatedProviders, settings: &[(&str, &str)], script: &[&str]) -> Forge {
     let github = GitHub::start().await;
-    let providers = EmulatedProviders::start().await;
     providers.script(script);
     let provider = json!({"scripted": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-scripted"]}}).to_string();
     let app_id = github.app_id.to_string();
     let key_file = github.private_key_file.display().to_string();
-    let mut vars = settings.to_vec();
-    vars.extend([
+    let mut vars = vec![
         ("PADDOCK_GATEWAY__PROVIDERS", provider.as_str()),
         ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["scripted"]"#),
         ("PADDOCK_GIT__BASE_URL", github.git_url.as_str()),
@@ -51,7 +54,9 @@ async fn forge_with(settings: &[(&str, &str)], script: &[&str]) -> Forge {
         ("PADDOCK_GITHUB__WEBHOOK_SECRET", github.webhook_secret.as_str()),
         ("PADDOCK_GITHUB__BOT_LOGIN", github.bot_login.as_str()),
         ("PADDOCK_IDENTITY__GITHUB_LOGINS", r#"{"alice": "alice@example.com", "mallory": "mallory@example.com"}"#),
-    ]);
+    ];
+    // The test's own settings win.
+    vars.extend(settings);
     let app = spawn_app(&vars).await;
     let repo = format!("repo-{}", ulid::Ulid::new().to_string().to_lowercase());
     let files: &[(&str, &[u8])] = &[("README.md", b"# Widgets\n\nhello wrold\n"), ("src/app.py", b"print('hi')\n")];
@@ -548,6 +553,37 @@ async fn mini_swe_agent_as_shipped_turns_an_issue_into_a_pull_request() {
     let branch = facts["branch"].as_str().unwrap();
     assert_eq!(forge.github.file_on_branch(&forge.repo, branch, "README.md").unwrap(), "# Widgets\n\nhello world\n");
     assert_eq!(forge.github.pulls(&forge.repo).len(), 1);
+    worker.shutdown().await;
+    forge.providers.stop().await;
+}
+
+#[tokio::test]
+async fn claude_code_as_shipped_turns_an_issue_into_a_pull_request() {
+    // The shipped profile in its image, the model scripted through Claude
+    // Code's own Write and Bash tools.
+    let providers = EmulatedProviders::start().await;
+    providers.plan(&[
+        tests::scripted::Step::write("README.md", "# Widgets\n\nhello world\n"),
+        tests::scripted::Step::run("git diff --stat"),
+    ]);
+    let settings = crate::agents::agent_settings("claude-code", "claude-scripted", &providers);
+    let mut vars: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    vars.push(("PADDOCK_GITHUB__AGENT_PROFILE", "claude-code"));
+    let forge = forge_on(providers, &vars, &[]).await;
+    let worker = forge.app.spawn_worker().await;
+    let (_, status, accepted) = forge.label_new_issue("alice").await;
+    assert_eq!(status, 202, "{accepted}");
+    let (run, logs) = forge.app.wait_for_success(accepted["id"].as_str().unwrap()).await;
+    assert_eq!(run["agent_profile"], "claude-code");
+    let facts = &run["facts"];
+    assert_eq!(facts["agent"]["name"], "claude-code", "{facts:#}");
+    assert_eq!(facts["files_changed"], json!(["README.md"]), "{facts:#}\n{logs}");
+    let commands: Vec<&str> = facts["commands"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(commands.contains(&"git diff --stat"), "{commands:?}");
+    let branch = facts["branch"].as_str().unwrap();
+    assert_eq!(forge.github.file_on_branch(&forge.repo, branch, "README.md").unwrap(), "# Widgets\n\nhello world\n");
+    let pulls = forge.github.pulls(&forge.repo);
+    assert_eq!(pulls.len(), 1);
     worker.shutdown().await;
     forge.providers.stop().await;
 }

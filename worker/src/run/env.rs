@@ -17,7 +17,8 @@ pub(super) struct Reach<'a> {
 /// The profile's own variables first, then Paddock's, which win: the task,
 /// the run id, the proxy for everything but the gateway, and the gateway's
 /// base URL and token under the names the profile's agent reads (by
-/// default those of the SDKs, LiteLLM, Codex CLI and Claude Code).
+/// default those of the SDKs, LiteLLM, Codex CLI, Claude Code and Gemini
+/// CLI).
 pub(super) fn agent_env(run: &common::RunId, spec: &RunSpec, agent: &AgentConfig, reach: &Reach<'_>) -> Vec<String> {
     let mut env: Vec<String> = agent.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.extend([
@@ -37,6 +38,7 @@ pub(super) fn agent_env(run: &common::RunId, spec: &RunSpec, agent: &AgentConfig
         // The only secret a sandbox ever holds: revoked when the run ends.
         env.extend(agent.openai_base_url_env.iter().map(|name| format!("{name}={base}/v1")));
         env.extend(agent.anthropic_base_url_env.iter().map(|name| format!("{name}={base}")));
+        env.extend(agent.gemini_base_url_env.iter().map(|name| format!("{name}={base}")));
         env.extend(agent.token_env.iter().map(|name| format!("{name}={token}")));
     }
     env
