@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod agents;
 pub mod apps;
 pub mod connect_proxy;
 pub mod fixtures;

@@ -44,8 +44,7 @@ const SHELL_TOOLS: &[&str] =
     &["Bash", "bash", "exec_command", "shell", "run_shell_command", "terminal", "execute_bash", "execute_command"];
 
 /// File-writing tools, in the order they are preferred.
-const WRITE_TOOLS: &[&str] =
-    &["Write", "write_file", "write", "file_editor", "str_replace_editor", "create_file", "apply_patch"];
+const WRITE_TOOLS: &[&str] = &["Write", "write_file", "write", "file_editor", "str_replace_editor", "create_file"];
 
 /// A tool call: the tool's name and its arguments.
 pub struct Call {
@@ -74,10 +73,15 @@ pub fn answer(step: &Step, tools: &[Tool]) -> Answer {
             if let Some(tool) = find(WRITE_TOOLS) {
                 return Answer::Call(write_call(tool, &absolute, content));
             }
+            // Then the shell (which overwrites a file a patch could only
+            // add), then a patch tool, then the file listing of aider's
+            // `whole` edit format for a client without tools.
             let command = format!("cat > {absolute} <<'PADDOCK_EOF'\n{content}PADDOCK_EOF");
-            match find(SHELL_TOOLS) {
-                Some(tool) => Answer::Call(shell_call(tool, &command)),
-                // No tools: the file listing of aider's `whole` edit format.
+            if let Some(tool) = find(SHELL_TOOLS) {
+                return Answer::Call(shell_call(tool, &command));
+            }
+            match find(&["apply_patch"]) {
+                Some(tool) => Answer::Call(write_call(tool, &absolute, content)),
                 None => Answer::Text(format!("{path}\n```\n{content}```\n")),
             }
         }
@@ -187,22 +191,35 @@ pub fn responses_tools(request: &Value) -> Vec<Tool> {
         .collect()
 }
 
-/// Tests put this in the task: the scripted model counts its turns from
-/// the first message that holds it, because some agents (aider) send
-/// example conversations before the task.
-pub const TASK_MARKER: &str = "[scripted-task]";
-
-/// The turns taken among `items` since the first one holding the task.
-fn turns_since_task(items: Option<&Vec<Value>>, taken: impl Fn(&Value) -> bool) -> usize {
+/// The turns taken among `items` since the last one in which the user
+/// spoke (not one that only hands back tool results): some agents (aider)
+/// send example conversations before the task.
+fn turns_since_task(
+    items: Option<&Vec<Value>>,
+    user_spoke: impl Fn(&Value) -> bool,
+    taken: impl Fn(&Value) -> bool,
+) -> usize {
     let items = items.map(Vec::as_slice).unwrap_or_default();
-    let start = items.iter().position(|i| i.to_string().contains(TASK_MARKER)).unwrap_or(0);
+    let start = items.iter().rposition(user_spoke).unwrap_or(0);
     items[start..].iter().filter(|i| taken(i)).count()
+}
+
+/// A message of the user's own (not tool results in the user's role).
+fn user_text(message: &Value, role_key: &str, parts_key: &str, result_kinds: &[&str]) -> bool {
+    if message[role_key] != "user" {
+        return false;
+    }
+    match message[parts_key].as_array() {
+        Some(parts) => !parts.iter().any(|p| result_kinds.iter().any(|k| p["type"] == *k || p.get(*k).is_some())),
+        None => true,
+    }
 }
 
 /// Turns the model already took in a Responses request: its tool calls
 /// and messages in `input`.
 pub fn responses_turn(request: &Value) -> usize {
-    turns_since_task(request["input"].as_array(), |item| {
+    let user = |item: &Value| item["type"] == "message" && item["role"] == "user";
+    turns_since_task(request["input"].as_array(), user, |item| {
         matches!(item["type"].as_str(), Some("function_call" | "custom_tool_call" | "local_shell_call"))
             || (item["type"] == "message" && item["role"] == "assistant")
     })
@@ -210,7 +227,8 @@ pub fn responses_turn(request: &Value) -> usize {
 
 /// Turns in a Messages or Chat Completions request: its assistant messages.
 pub fn messages_turn(request: &Value) -> usize {
-    turns_since_task(request["messages"].as_array(), |m| m["role"] == "assistant")
+    let user = |m: &Value| user_text(m, "role", "content", &["tool_result"]);
+    turns_since_task(request["messages"].as_array(), user, |m| m["role"] == "assistant")
 }
 
 fn sse<'a>(events: impl IntoIterator<Item = (Option<&'a str>, Value)>) -> String {
@@ -391,7 +409,8 @@ pub fn gemini_tools(request: &Value) -> Vec<Tool> {
 
 /// Turns in a Gemini request: its `model` contents.
 pub fn gemini_turn(request: &Value) -> usize {
-    turns_since_task(request["contents"].as_array(), |c| c["role"] == "model")
+    let user = |c: &Value| user_text(c, "role", "parts", &["functionResponse"]);
+    turns_since_task(request["contents"].as_array(), user, |c| c["role"] == "model")
 }
 
 /// A Gemini `generateContent` answer, or the one chunk of its SSE stream

@@ -23,6 +23,10 @@ pub struct Agent {
     pub version: String,
     #[serde(default = "bookworm")]
     pub base: String,
+    /// The Python its dependencies are resolved for, when the agent
+    /// declares a narrower one than its base has.
+    #[serde(default)]
+    pub resolve_python: Option<String>,
 }
 
 fn bookworm() -> String {
@@ -130,6 +134,9 @@ fn build_one(home: &Path, name: &str, agent: &Agent, base: &str, image: &str) ->
         .args(["--build-arg", &format!("packages={}", agent.spec()?)])
         .args(["--build-arg", &format!("agent_name={name}")])
         .args(["--build-arg", &format!("agent_version={}", agent.version)]);
+    if let Some(python) = &agent.resolve_python {
+        cmd.args(["--build-arg", &format!("resolve_python={python}")]);
+    }
     for (variable, arg) in [("PADDOCK_NPM_REGISTRY", "npm_registry"), ("PADDOCK_PIP_INDEX_URL", "pip_index_url")] {
         if let Ok(value) = std::env::var(variable) {
             cmd.args(["--build-arg", &format!("{arg}={value}")]);

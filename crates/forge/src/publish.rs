@@ -18,6 +18,8 @@ pub struct RunStory<'a> {
     pub run: RunId,
     pub spec: &'a RunSpec,
     pub command: &'a str,
+    /// The agent and version, as its image names them.
+    pub agent: Option<&'a common::AgentIdentity>,
     pub models: &'a [common::ModelUse],
     pub commands: &'a [String],
     pub link: String,
@@ -222,7 +224,14 @@ fn pull_request_body(story: &RunStory<'_>, files: &[String]) -> String {
         story.link,
         code_span(&spec.requested_by)
     ));
-    body.push_str(&format!("- **Agent:** `{}` (`{}`)\n", spec.agent_profile.as_str(), story.command));
+    let profile = spec.agent_profile.as_str();
+    let agent = match story.agent {
+        Some(common::AgentIdentity { name, version: Some(version), image }) => {
+            format!("{} {} (profile `{profile}`, image `{}`)", code_span(name), code_span(version), code_span(image))
+        }
+        _ => format!("`{profile}` (`{}`)", one_line(story.command)),
+    };
+    body.push_str(&format!("- **Agent:** {agent}\n"));
     let models: Vec<String> =
         story.models.iter().map(|m| format!("{} via {} ({} calls)", m.model, m.provider, m.calls)).collect();
     body.push_str(&format!(
@@ -330,6 +339,7 @@ mod tests {
         }))
         .unwrap();
         let story = RunStory {
+            agent: None,
             run: RunId::new(),
             spec: &spec,
             command: "agent",

@@ -11,6 +11,12 @@
 //! uses that GitHub instead, requesting a run for `PADDOCK_DEMO_REPOSITORY`
 //! issue `PADDOCK_DEMO_ISSUE` through the API; with `PADDOCK_GATEWAY__*`
 //! providers set, the agent calls them (`PADDOCK_DEMO_MODEL`).
+//!
+//! `PADDOCK_DEMO_AGENT=<name>` runs a shipped agent instead of the
+//! reference one (`claude-code`, `codex`, `aider`, `opencode`, `gemini-cli`,
+//! `openhands`: a profile of `infra/agents/profiles.toml`, in the image
+//! `cargo xtask images` built), its scripted model answering through the
+//! agent's own tools.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,6 +35,37 @@ const SCRIPT: &[&str] = &[
     "```bash\npython3 -c 'import ast; ast.parse(open(\"widgets.py\").read())' && git diff --stat\n```",
     "Both files are fixed and widgets.py still parses.\nPADDOCK_DONE",
 ];
+
+/// The fixed files of the demo repository.
+const README_FIXED: &str = "# Widgets\n\nWidgets receive orders and ship the parts.\n";
+const WIDGETS_FIXED: &str = "def ship(order):\n    \"\"\"Ship the parts of an order.\"\"\"\n    return order\n";
+const CHECK: &str = "python3 -c 'import ast; ast.parse(open(\"widgets.py\").read())' && git diff --stat";
+
+/// What the scripted model does through a shipped agent's own tools: both
+/// files rewritten, then checked; aider gets it as one answer in its
+/// SEARCH/REPLACE format.
+fn demo_plan(agent: &str) -> Vec<tests::scripted::Step> {
+    use tests::scripted::Step;
+    if agent == "aider" {
+        let edit = |file: &str, from: &str, to: &str| {
+            format!("{file}\n```\n<<<<<<< SEARCH\n{from}=======\n{to}>>>>>>> REPLACE\n```\n\n")
+        };
+        return vec![Step::Say(format!(
+            "Fixing both typos.\n\n{}{}```bash\n{CHECK}\n```\n",
+            edit(
+                "README.md",
+                "Widgets recieve orders and ship teh parts.\n",
+                "Widgets receive orders and ship the parts.\n"
+            ),
+            edit(
+                "widgets.py",
+                "    \"\"\"Ship teh parts of an order.\"\"\"\n",
+                "    \"\"\"Ship the parts of an order.\"\"\"\n"
+            ),
+        ))];
+    }
+    vec![Step::write("README.md", README_FIXED), Step::write("widgets.py", WIDGETS_FIXED), Step::run(CHECK)]
+}
 
 struct Children(Vec<Child>);
 
@@ -75,7 +112,27 @@ async fn main() -> anyhow::Result<()> {
     // The emulated provider and GitHub speak HTTPS with a test CA, trusted
     // as a company trusts its internal CA.
     vars.push(tests::tls::TestCa::get().trust_var());
-    if std::env::var_os("PADDOCK_GATEWAY__PROVIDERS").is_none() {
+    let agent = std::env::var("PADDOCK_DEMO_AGENT").ok().filter(|a| !a.is_empty() && a != "reference");
+    if let Some(agent) = &agent {
+        let profiles = tests::agents::shipped_profiles();
+        anyhow::ensure!(
+            profiles.contains_key(agent),
+            "PADDOCK_DEMO_AGENT={agent} is not a profile of infra/agents/profiles.toml (known: {})",
+            profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+        vars.push(("PADDOCK_GITHUB__AGENT_PROFILE".to_owned(), agent.clone()));
+        if std::env::var_os("PADDOCK_GATEWAY__PROVIDERS").is_none() {
+            providers.plan(&demo_plan(agent));
+            vars.extend(tests::agents::agent_settings(agent, &providers));
+            println!("agent: {agent}, its model scripted behind emulated providers (through its own tools)");
+        } else {
+            let mut profile = tests::agents::shipped_profile(agent);
+            profile["env"]["PADDOCK_MODEL"] = json!(model);
+            vars.push((format!("PADDOCK_AGENTS__{}", agent.to_uppercase()), profile.to_string()));
+            vars.push(("PADDOCK_SANDBOX__MEMORY_BYTES".to_owned(), (2u64 << 30).to_string()));
+            println!("agent: {agent} on the configured providers, model {model}");
+        }
+    } else if std::env::var_os("PADDOCK_GATEWAY__PROVIDERS").is_none() {
         providers.script(SCRIPT);
         let provider = json!({"scripted": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-scripted"]}});
         vars.push(("PADDOCK_GATEWAY__PROVIDERS".to_owned(), provider.to_string()));
@@ -112,8 +169,15 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let bin = services::bin_dir();
+    // The demo's own settings are not Paddock's (its configuration refuses
+    // unknown PADDOCK_* keys).
+    let demo_vars: Vec<String> = std::env::vars().map(|(k, _)| k).filter(|k| k.starts_with("PADDOCK_DEMO_")).collect();
     let spawn = |name: &str| {
-        Command::new(bin.join(name))
+        let mut command = Command::new(bin.join(name));
+        for key in &demo_vars {
+            command.env_remove(key);
+        }
+        command
             .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .spawn()

@@ -8,51 +8,13 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tests::agents::{SCRIPTED_ALLOWED, agent_settings, scripted_model, scripted_providers, shipped_profile};
 use tests::providers::EmulatedProviders;
 use tests::scripted::Step;
 
-/// A shipped profile, as JSON for `PADDOCK_AGENTS__<NAME>`.
-pub fn shipped_profile(name: &str) -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/agents/profiles.toml");
-    let text = std::fs::read_to_string(path).unwrap();
-    let profiles: toml::Table = toml::from_str(&text).unwrap();
-    let profile = profiles["agents"].get(name).unwrap_or_else(|| panic!("no profile {name} in profiles.toml"));
-    serde_json::to_value(profile).unwrap()
-}
-
 /// `agents.toml`: each agent's pinned version.
 fn pinned_version(name: &str) -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/agents/agents.toml");
-    let agents: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    agents[name]["version"].as_str().unwrap().to_owned()
-}
-
-/// The emulated providers behind the gateway: Anthropic for
-/// `claude-scripted`, OpenAI for `gpt-scripted`.
-pub fn scripted_providers(providers: &EmulatedProviders) -> String {
-    json!({
-        "scripted-anthropic": {"kind": "anthropic", "base_url": providers.base_url, "api_key": providers.key, "models": ["claude-scripted"]},
-        "scripted-openai": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-scripted"]},
-        "scripted-gemini": {"kind": "gemini", "base_url": format!("{}/v1beta", providers.root_url), "api_key": providers.key, "models": ["gemini-scripted"]},
-    })
-    .to_string()
-}
-
-pub const SCRIPTED_ALLOWED: &str = r#"["scripted-anthropic", "scripted-openai", "scripted-gemini"]"#;
-
-/// The profile named `name` with the scripted model, and the settings that
-/// configure it as profile `name` beside the scripted providers.
-pub fn agent_settings(name: &str, model: &str, providers: &EmulatedProviders) -> Vec<(String, String)> {
-    let mut profile = shipped_profile(name);
-    profile["env"]["PADDOCK_MODEL"] = json!(model);
-    vec![
-        (format!("PADDOCK_AGENTS__{}", name.to_uppercase()), profile.to_string()),
-        ("PADDOCK_GATEWAY__PROVIDERS".to_owned(), scripted_providers(providers)),
-        ("PADDOCK_GATEWAY__ALLOWED_PROVIDERS".to_owned(), SCRIPTED_ALLOWED.to_owned()),
-        // Real agents are bigger than the reference one.
-        ("PADDOCK_SANDBOX__MEMORY_BYTES".to_owned(), (2u64 << 30).to_string()),
-        ("PADDOCK_SANDBOX__TIMEOUT_SECONDS".to_owned(), "300".to_owned()),
-    ]
+    tests::agents::pinned_agents()[name]["version"].as_str().unwrap().to_owned()
 }
 
 /// The plan every agent is given: a file, then a command that reads it;
@@ -73,11 +35,13 @@ fn plan(agent: &str) -> (Vec<Step>, String) {
 /// Runs `agent` (a profile of profiles.toml) on a task holding a canary of
 /// every redaction class, with `model` scripted, and checks what the issue
 /// asks of every agent.
-async fn an_agent_as_shipped_creates_a_file_and_runs_a_command(agent: &str, model: &str) {
+async fn an_agent_as_shipped_creates_a_file_and_runs_a_command(agent: &str) {
+    let model = scripted_model(agent);
     let providers = EmulatedProviders::start().await;
     let (steps, command) = plan(agent);
     providers.plan(&steps);
-    let settings = agent_settings(agent, model, &providers);
+    let mut settings = agent_settings(agent, &providers);
+    settings.push(("PADDOCK_SANDBOX__TIMEOUT_SECONDS".to_owned(), "300".to_owned()));
     let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let app = tests::spawn_app(&settings).await;
     let repo = app.repo(&[("README.md", b"# Widgets\n")]);
@@ -85,7 +49,7 @@ async fn an_agent_as_shipped_creates_a_file_and_runs_a_command(agent: &str, mode
     let canaries = gateway::canaries();
     let body: String = canaries.iter().map(|(_, c)| format!("context: {c}\n")).collect();
     let request = json!({"repository": repo, "base_ref": "main", "agent_profile": agent,
-        "task": {"title": format!("Add a greeting file {}", tests::scripted::TASK_MARKER), "body": body}});
+        "task": {"title": "Add a greeting file", "body": body}});
     let response = app.post_run(&request).await;
     assert_eq!(response.status().as_u16(), 202);
     let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
@@ -118,43 +82,48 @@ async fn an_agent_as_shipped_creates_a_file_and_runs_a_command(agent: &str, mode
 
 #[tokio::test]
 async fn claude_code_creates_a_file_and_runs_a_command_through_the_gateway() {
-    an_agent_as_shipped_creates_a_file_and_runs_a_command("claude-code", "claude-scripted").await;
+    an_agent_as_shipped_creates_a_file_and_runs_a_command("claude-code").await;
 }
 
 #[tokio::test]
 async fn codex_creates_a_file_and_runs_a_command_through_the_gateway() {
-    an_agent_as_shipped_creates_a_file_and_runs_a_command("codex", "gpt-scripted").await;
+    an_agent_as_shipped_creates_a_file_and_runs_a_command("codex").await;
 }
 
 #[tokio::test]
 async fn aider_creates_a_file_and_runs_a_command_through_the_gateway() {
-    an_agent_as_shipped_creates_a_file_and_runs_a_command("aider", "gpt-scripted").await;
+    an_agent_as_shipped_creates_a_file_and_runs_a_command("aider").await;
 }
 
 #[tokio::test]
 async fn opencode_creates_a_file_and_runs_a_command_through_the_gateway() {
-    an_agent_as_shipped_creates_a_file_and_runs_a_command("opencode", "gpt-scripted").await;
+    an_agent_as_shipped_creates_a_file_and_runs_a_command("opencode").await;
 }
 
 #[tokio::test]
 async fn gemini_cli_creates_a_file_and_runs_a_command_through_the_gateway() {
-    an_agent_as_shipped_creates_a_file_and_runs_a_command("gemini-cli", "gemini-scripted").await;
+    an_agent_as_shipped_creates_a_file_and_runs_a_command("gemini-cli").await;
+}
+
+#[tokio::test]
+async fn openhands_creates_a_file_and_runs_a_command_through_the_gateway() {
+    an_agent_as_shipped_creates_a_file_and_runs_a_command("openhands").await;
 }
 
 #[test]
 fn the_shipped_profiles_name_the_images_agents_toml_builds() {
     let sandbox_version = include_str!("../../../infra/sandbox/VERSION").trim();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/agents/agents.toml");
-    let agents: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/agents/profiles.toml");
-    let profiles: toml::Table = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    for (name, profile) in profiles["agents"].as_table().unwrap() {
+    let agents = tests::agents::pinned_agents();
+    for (name, profile) in tests::agents::shipped_profiles() {
         let Some(image) = profile.get("image").and_then(|i| i.as_str()) else { continue };
-        let agent = agents.get(name).unwrap_or_else(|| panic!("profile {name} names an image no agent builds"));
+        let agent = agents.get(&name).unwrap_or_else(|| panic!("profile {name} names an image no agent builds"));
         let base = agent.get("base").and_then(|b| b.as_str()).unwrap_or("bookworm");
         let suffix = if base == "bookworm" { String::new() } else { format!("-{base}") };
         let expected = format!("paddock/agent-{name}:{}-{sandbox_version}{suffix}", agent["version"].as_str().unwrap());
         assert_eq!(image, expected, "profile {name}");
+    }
+    for name in agents.keys() {
+        assert!(tests::agents::shipped_profiles().contains_key(name), "agent {name} is built but has no profile");
     }
 }
 

@@ -511,8 +511,15 @@ async fn a_retried_publication_updates_its_pull_request_and_main_stays_protected
         let dir = std::env::temp_dir().join(format!("paddock-publish-{run}-{attempt}"));
         let limits = forge::git::CheckoutLimits { max_bytes: 1 << 30, max_files: 1000 };
         forge::git::checkout(&url, "main", &dir, &credential.git_env(), limits).await.unwrap();
-        let story =
-            RunStory { run, spec: &spec, command: "agent", models: &[], commands: &[], link: "http://x".to_owned() };
+        let story = RunStory {
+            run,
+            spec: &spec,
+            command: "agent",
+            agent: None,
+            models: &[],
+            commands: &[],
+            link: "http://x".to_owned(),
+        };
         match publish(&app, &credential, &dir, &url, diff, &story, &Destination::Repository).await.unwrap() {
             Published::PullRequest { pull_request, .. } => numbers.push(pull_request.number),
             Published::NoChanges => panic!("the diff changed nothing"),
@@ -566,7 +573,7 @@ async fn claude_code_as_shipped_turns_an_issue_into_a_pull_request() {
         tests::scripted::Step::write("README.md", "# Widgets\n\nhello world\n"),
         tests::scripted::Step::run("git diff --stat"),
     ]);
-    let settings = crate::agents::agent_settings("claude-code", "claude-scripted", &providers);
+    let settings = tests::agents::agent_settings("claude-code", &providers);
     let mut vars: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     vars.push(("PADDOCK_GITHUB__AGENT_PROFILE", "claude-code"));
     let forge = forge_on(providers, &vars, &[]).await;
@@ -584,6 +591,9 @@ async fn claude_code_as_shipped_turns_an_issue_into_a_pull_request() {
     assert_eq!(forge.github.file_on_branch(&forge.repo, branch, "README.md").unwrap(), "# Widgets\n\nhello world\n");
     let pulls = forge.github.pulls(&forge.repo);
     assert_eq!(pulls.len(), 1);
+    let version = tests::agents::pinned_agents()["claude-code"]["version"].as_str().unwrap().to_owned();
+    let body = pulls[0]["body"].as_str().unwrap();
+    assert!(body.contains(&format!("- **Agent:** `claude-code` `{version}` (profile `claude-code`")), "{body}");
     worker.shutdown().await;
     forge.providers.stop().await;
 }

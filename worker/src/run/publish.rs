@@ -103,6 +103,7 @@ async fn push_and_open(
         run: run.id,
         spec: &run.spec,
         command: &command,
+        agent: record.agent.as_ref(),
         models: &record.models,
         commands: &record.commands[1.min(record.commands.len())..],
         link: format!("{}/v1/runs/{}", app.config.run_link_base.trim_end_matches('/'), run.id),
