@@ -42,6 +42,9 @@ async fn an_agent_as_shipped_creates_a_file_and_runs_a_command(agent: &str) {
     providers.plan(&steps);
     let mut settings = agent_settings(agent, &providers);
     settings.push(("PADDOCK_SANDBOX__TIMEOUT_SECONDS".to_owned(), "300".to_owned()));
+    // Transcripts keep metadata only: the commands must come from the
+    // agent's own events, not from the model's tool calls.
+    settings.push(("PADDOCK_GATEWAY__PROMPT_CONTENT".to_owned(), "omitted".to_owned()));
     let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let app = tests::spawn_app(&settings).await;
     let repo = app.repo(&[("README.md", b"# Widgets\n")]);
