@@ -1,6 +1,7 @@
 //! `cargo xtask bench [NAME...]`: Paddock's benchmarks, each printed beside
 //! a baseline measured in the same run on the same machine. Writes
-//! `loadtests/results/latest.json` and `latest.md`.
+//! `loadtests/results/latest.json` and `latest.md` (for a subset,
+//! `<names>.json` and `.md`, e.g. `agents.md`).
 //!
 //! - `api`: `POST /v1/runs` and `GET /v1/runs/{id}` at a fixed offered rate
 //!   and at saturation, against a bare actix-web handler.
@@ -14,9 +15,12 @@
 //!   instruction, against `docker run --rm <image> true`.
 //! - `gateway`: latency added by the model gateway at a fixed rate, against
 //!   the emulated provider called directly; redaction throughput.
+//! - `agents`: per shipped agent, claim → its first model call, against
+//!   `docker run --rm <image> true`, with the image's size.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agents;
 mod api;
 mod load;
 mod scale;
@@ -70,7 +74,7 @@ impl Row {
     }
 }
 
-const ALL: &[&str] = &["api", "scheduling", "scale", "sandbox-start", "gateway"];
+const ALL: &[&str] = &["api", "scheduling", "scale", "sandbox-start", "gateway", "agents"];
 
 #[tokio::main]
 async fn main() {
@@ -91,12 +95,15 @@ async fn main() {
             "scale" => scale::run().await,
             "sandbox-start" => sandbox_start().await,
             "gateway" => gateway().await,
+            "agents" => agents::run().await,
             other => panic!("unknown benchmark {other}; known: {ALL:?}"),
         };
         print!("{}", table(std::slice::from_ref(&report)));
         reports.push(report);
     }
-    write_results(&reports, started.elapsed());
+    // A subset goes to its own files, leaving the full set's alone.
+    let stem = if which.len() == ALL.len() { "latest".to_owned() } else { which.join("+") };
+    write_results(&stem, &reports, started.elapsed());
 }
 
 fn table(reports: &[Report]) -> String {
@@ -107,8 +114,8 @@ fn table(reports: &[Report]) -> String {
     out
 }
 
-/// `loadtests/results/latest.json` (raw figures) and `latest.md` (the table).
-fn write_results(reports: &[Report], took: Duration) {
+/// `loadtests/results/<stem>.json` (raw figures) and `<stem>.md` (the table).
+fn write_results(stem: &str, reports: &[Report], took: Duration) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
     std::fs::create_dir_all(&dir).expect("results dir");
     let machine = std::fs::read_to_string("/proc/cpuinfo")
@@ -121,7 +128,8 @@ fn write_results(reports: &[Report], took: Duration) {
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "benchmarks": reports.iter().map(|r| (r.name.to_owned(), r.data.clone())).collect::<serde_json::Map<_, _>>(),
     });
-    std::fs::write(dir.join("latest.json"), serde_json::to_string_pretty(&json).unwrap() + "\n").expect("write json");
+    std::fs::write(dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&json).unwrap() + "\n")
+        .expect("write json");
     let md = format!(
         "Measured {} on {cores} cores ({machine}), {} build, in {:.0} s.\n\n{}",
         time_label(),
@@ -129,8 +137,12 @@ fn write_results(reports: &[Report], took: Duration) {
         took.as_secs_f64(),
         table(reports)
     );
-    std::fs::write(dir.join("latest.md"), md).expect("write markdown");
-    eprintln!("loadtests: wrote {} and latest.md in {:.0} s", dir.join("latest.json").display(), took.as_secs_f64());
+    std::fs::write(dir.join(format!("{stem}.md")), md).expect("write markdown");
+    eprintln!(
+        "loadtests: wrote {} and {stem}.md in {:.0} s",
+        dir.join(format!("{stem}.json")).display(),
+        took.as_secs_f64()
+    );
 }
 
 fn time_label() -> String {
