@@ -227,7 +227,7 @@ fn pull_request_body(story: &RunStory<'_>, files: &[String]) -> String {
     let profile = spec.agent_profile.as_str();
     let agent = match story.agent {
         Some(common::AgentIdentity { name, version: Some(version), image }) => {
-            format!("{} {} (profile `{profile}`, image `{}`)", code_span(name), code_span(version), code_span(image))
+            format!("{} {} (profile `{profile}`, image {})", code_span(name), code_span(version), code_span(image))
         }
         _ => format!("`{profile}` (`{}`)", one_line(story.command)),
     };

@@ -43,9 +43,14 @@ const CHECK: &str = "python3 -c 'import ast; ast.parse(open(\"widgets.py\").read
 
 /// What the scripted model does through a shipped agent's own tools: both
 /// files rewritten, then checked; aider gets it as one answer in its
-/// SEARCH/REPLACE format.
+/// SEARCH/REPLACE format, and OpenHands (whose file editor creates files
+/// but will not overwrite one) rewrites them in its terminal.
 fn demo_plan(agent: &str) -> Vec<tests::scripted::Step> {
     use tests::scripted::Step;
+    if agent == "openhands" {
+        let write = |file: &str, text: &str| Step::run(&format!("cat > {file} <<'EOF'\n{text}EOF"));
+        return vec![write("README.md", README_FIXED), write("widgets.py", WIDGETS_FIXED), Step::run(CHECK)];
+    }
     if agent == "aider" {
         let edit = |file: &str, from: &str, to: &str| {
             format!("{file}\n```\n<<<<<<< SEARCH\n{from}=======\n{to}>>>>>>> REPLACE\n```\n\n")
