@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use common::config::AgentConfig;
 use serde_json::{Value, json};
 use tests::agents::{SCRIPTED_ALLOWED, agent_settings, scripted_model, scripted_providers, shipped_profile};
 use tests::providers::EmulatedProviders;
@@ -128,6 +129,13 @@ fn the_shipped_profiles_name_the_images_agents_toml_builds() {
     for name in agents.keys() {
         assert!(tests::agents::shipped_profiles().contains_key(name), "agent {name} is built but has no profile");
     }
+    // The built-in profiles (tested through common::config) are the ones documented.
+    let read = |name: &str| serde_json::from_value::<AgentConfig>(shipped_profile(name)).unwrap();
+    let built_in = serde_json::to_value(AgentConfig::mini_swe_agent()).unwrap();
+    assert_eq!(serde_json::to_value(read("mini-swe-agent")).unwrap(), built_in);
+    let reference = read("reference");
+    assert_eq!(reference.command, "paddock-agent");
+    assert!(reference.reports_commands, "the reference agent signs its command reports");
 }
 
 #[tokio::test]
