@@ -309,6 +309,11 @@ pub struct GitHubConfig {
     /// Commit author (and committer) of Paddock's commits.
     pub commit_author_name: String,
     pub commit_author_email: String,
+    /// An SSH private key (OpenSSH format, no passphrase, mode 0600) the
+    /// worker signs Paddock's commits with (`gpg.format = ssh`); it never
+    /// enters a sandbox. GitHub shows the commits Verified when the public
+    /// key is a signing key of the account `commit_author_email` belongs to.
+    pub commit_signing_key_file: Option<PathBuf>,
     /// Where people can see a run, for links in pull requests and comments:
     /// `<run_link_base>/v1/runs/<id>`.
     pub run_link_base: String,
@@ -331,6 +336,7 @@ impl Default for GitHubConfig {
             bot_login: "paddock[bot]".to_owned(),
             commit_author_name: "Paddock".to_owned(),
             commit_author_email: "paddock[bot]@users.noreply.github.com".to_owned(),
+            commit_signing_key_file: None,
             run_link_base: "http://127.0.0.1:8080".to_owned(),
             tenant: None,
             agent_profile: "default".to_owned(),

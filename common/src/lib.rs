@@ -15,6 +15,6 @@ pub mod sealed;
 pub mod tenancy;
 
 pub use run::{
-    AgentIdentity, AgentProfile, ArtifactKind, CredentialGrant, ModelUse, Priority, PullRequestRef, RepoName, RunFacts,
-    RunId, RunRecord, RunSpec, RunState, StopReason, ValidationError, validate_tenant,
+    AgentIdentity, AgentProfile, ArtifactKind, CommitSignature, CredentialGrant, ModelUse, Priority, PullRequestRef,
+    RepoName, RunFacts, RunId, RunRecord, RunSpec, RunState, StopReason, ValidationError, validate_tenant,
 };

@@ -163,6 +163,9 @@ pub struct RunSummary {
     /// Credentials granted for the run: fingerprints, permissions, expiry.
     pub credentials: Vec<crate::CredentialGrant>,
     pub branch: Option<String>,
+    /// The key Paddock's commit was signed with, when it was.
+    #[serde(default)]
+    pub commit_signature: Option<crate::CommitSignature>,
     pub pull_request: Option<crate::PullRequestRef>,
     /// Every request the sandbox made through the egress proxy.
     pub egress: Vec<EgressRecord>,

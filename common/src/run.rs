@@ -481,6 +481,9 @@ pub struct RunFacts {
     pub files_changed: Vec<String>,
     /// The branch pushed, if any.
     pub branch: Option<String>,
+    /// How Paddock's commit on it was signed, if it was.
+    #[serde(default)]
+    pub commit_signature: Option<CommitSignature>,
     pub pull_request: Option<PullRequestRef>,
 }
 
@@ -494,6 +497,16 @@ pub struct AgentIdentity {
     pub version: Option<String>,
     /// The image it ran in.
     pub image: String,
+}
+
+/// The key Paddock's commits were signed with (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommitSignature {
+    /// `ssh`.
+    pub format: String,
+    /// The public key's fingerprint as `ssh-keygen -l` prints it
+    /// (`SHA256:...`).
+    pub fingerprint: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

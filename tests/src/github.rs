@@ -360,6 +360,11 @@ impl GitHub {
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The bare repository behind `repo`, as git stores it.
+    pub fn repo_dir(&self, repo: &str) -> std::path::PathBuf {
+        self.state.lock().unwrap().root.join(format!("{repo}.git"))
+    }
+
     /// The last commit message on `branch`.
     pub fn commit_message(&self, repo: &str, branch: &str) -> Option<String> {
         let dir = self.state.lock().unwrap().root.join(format!("{repo}.git"));

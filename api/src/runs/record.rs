@@ -11,8 +11,8 @@ use actix_web::{get, web};
 use common::policy::SandboxPolicy;
 use common::records::{EgressRecord, RunSummary};
 use common::{
-    AgentIdentity, ArtifactKind, CredentialGrant, ModelUse, PullRequestRef, RunFacts, RunId, RunRecord, RunState,
-    StopReason,
+    AgentIdentity, ArtifactKind, CommitSignature, CredentialGrant, ModelUse, PullRequestRef, RunFacts, RunId,
+    RunRecord, RunState, StopReason,
 };
 use objstore::ObjectStore;
 use serde::Serialize;
@@ -80,6 +80,8 @@ pub struct IssueAndRepository {
 pub struct PullRequestView {
     pub branch: Option<String>,
     pub pull_request: Option<PullRequestRef>,
+    /// The key Paddock's commit was signed with, when it was.
+    pub commit_signature: Option<CommitSignature>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -177,7 +179,11 @@ fn from_record(
         credentials: facts.credentials,
         commands: facts.commands,
         files_changed: facts.files_changed,
-        pull_request: PullRequestView { branch: facts.branch, pull_request: facts.pull_request },
+        pull_request: PullRequestView {
+            branch: facts.branch,
+            pull_request: facts.pull_request,
+            commit_signature: facts.commit_signature,
+        },
         stop: Stop { reason: r.stop_reason, cancelled_by: r.cancelled_by, finished_at_ms: r.finished_at_ms },
         sandbox: SandboxView { policy: r.spec.policy, egress },
         evidence: Evidence { artifacts: r.artifacts, audit_events },
@@ -208,7 +214,11 @@ fn from_summary(id: RunId, s: RunSummary, request_event: Option<RequestEvent>, a
         credentials: s.credentials,
         commands: s.commands,
         files_changed: s.files_changed,
-        pull_request: PullRequestView { branch: s.branch, pull_request: s.pull_request },
+        pull_request: PullRequestView {
+            branch: s.branch,
+            pull_request: s.pull_request,
+            commit_signature: s.commit_signature,
+        },
         stop: Stop { reason: Some(s.stop_reason), cancelled_by: None, finished_at_ms: None },
         sandbox: SandboxView { policy: Some(s.policy), egress: s.egress },
         evidence: Evidence { artifacts: s.artifacts, audit_events },
@@ -226,6 +236,7 @@ fn facts_of(summary: Option<&RunSummary>) -> RunFacts {
         commands: s.commands.clone(),
         files_changed: s.files_changed.clone(),
         branch: s.branch.clone(),
+        commit_signature: s.commit_signature.clone(),
         pull_request: s.pull_request.clone(),
     }
 }

@@ -278,13 +278,15 @@ pub fn check_diff_paths(diff: &[u8]) -> Result<(), PatchError> {
 }
 
 /// Applies the agent's diff to the clean checkout in `dir` as data (hooks
-/// and the repository's config never run) and commits it. Returns the files
-/// the commit changes; empty when the diff changes nothing.
+/// and the repository's config never run) and commits it, signed with the
+/// SSH key at `signing_key` when there is one. Returns the files the commit
+/// changes; empty when the diff changes nothing.
 pub async fn commit_diff(
     dir: &Path,
     diff: &[u8],
     author: (&str, &str),
     message: &str,
+    signing_key: Option<&Path>,
 ) -> Result<Vec<String>, PatchError> {
     check_diff_paths(diff)?;
     let mut apply = git();
@@ -308,11 +310,18 @@ pub async fn commit_diff(
     }
     let (name, email) = author;
     let mut commit = git();
+    commit.arg("-C").arg(dir).args(["-c", &format!("user.name={name}"), "-c", &format!("user.email={email}")]);
+    match signing_key {
+        Some(key) => {
+            let key = format!("user.signingkey={}", key.display());
+            commit.args(["-c", "gpg.format=ssh", "-c", &key, "-c", "gpg.ssh.program=ssh-keygen"]);
+            commit.args(["commit", "--quiet", "--no-verify", "--gpg-sign", "-F", "-"]);
+        }
+        None => {
+            commit.args(["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-F", "-"]);
+        }
+    }
     commit
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", &format!("user.name={name}"), "-c", &format!("user.email={email}")])
-        .args(["commit", "--quiet", "--no-verify", "--no-gpg-sign", "-F", "-"])
         .env("GIT_AUTHOR_NAME", name)
         .env("GIT_AUTHOR_EMAIL", email)
         .env("GIT_COMMITTER_NAME", name)

@@ -72,6 +72,36 @@ impl From<octocrab::Error> for ForgeError {
     }
 }
 
+/// The fingerprint of the SSH private key at `path`, checked to be one
+/// `ssh-keygen` can sign with (a private key, not readable by others).
+fn ssh_key_fingerprint(path: &std::path::Path) -> Result<common::CommitSignature, ForgeError> {
+    let refuse = |why: String| ForgeError::Config(format!("github.commit_signing_key_file {}: {why}", path.display()));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).map_err(|e| refuse(e.to_string()))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(refuse(format!(
+            "is readable by others (mode {:o}); ssh-keygen will not sign with it: chmod 600",
+            mode & 0o777
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| refuse(e.to_string()))?;
+    if !text.contains("PRIVATE KEY-----") {
+        return Err(refuse("is not an SSH private key".to_owned()));
+    }
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(path)
+        .output()
+        .map_err(|e| refuse(format!("cannot run ssh-keygen (openssh-client): {e}")))?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    match printed.split_whitespace().nth(1) {
+        Some(fingerprint) if out.status.success() => {
+            Ok(common::CommitSignature { format: "ssh".to_owned(), fingerprint: fingerprint.to_owned() })
+        }
+        _ => Err(refuse(format!("ssh-keygen cannot read it: {}", String::from_utf8_lossy(&out.stderr).trim()))),
+    }
+}
+
 /// The App, authenticated with its JWT.
 pub struct GitHubApp {
     app: Octocrab,
@@ -81,6 +111,8 @@ pub struct GitHubApp {
     http: reqwest::Client,
     /// How git reaches GitHub the same way (it keeps git's trust bundle).
     outbound: Outbound,
+    /// The key Paddock's commits are signed with, and its fingerprint.
+    signing: Option<(std::path::PathBuf, common::CommitSignature)>,
 }
 
 impl GitHubApp {
@@ -102,7 +134,17 @@ impl GitHubApp {
             .app(app_id.into(), key)
             .build_with_reqwest(http.clone())
             .map_err(|e| ForgeError::Config(e.to_string()))?;
-        Ok(Some(Self { app, config: config.clone(), http, outbound: outbound.clone() }))
+        let signing = match &config.commit_signing_key_file {
+            Some(path) => Some((path.clone(), ssh_key_fingerprint(path)?)),
+            None => None,
+        };
+        Ok(Some(Self { app, config: config.clone(), http, outbound: outbound.clone(), signing }))
+    }
+
+    /// The key commits are signed with (its file) and what the record says
+    /// of it, when commits are signed.
+    pub fn signing(&self) -> Option<(&std::path::Path, &common::CommitSignature)> {
+        self.signing.as_ref().map(|(path, signature)| (path.as_path(), signature))
     }
 
     /// A token for `repo` alone with `permissions`, for `purpose`.

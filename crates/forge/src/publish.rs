@@ -92,7 +92,8 @@ pub async fn publish(
         return Ok(Published::NoChanges);
     }
     let author = (app.config.commit_author_name.as_str(), app.config.commit_author_email.as_str());
-    let files = git::commit_diff(checkout, diff, author, &commit_message(story)).await?;
+    let signing_key = app.signing().map(|(key, _)| key);
+    let files = git::commit_diff(checkout, diff, author, &commit_message(story), signing_key).await?;
     if files.is_empty() {
         return Ok(Published::NoChanges);
     }

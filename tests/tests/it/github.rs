@@ -598,6 +598,76 @@ async fn claude_code_as_shipped_turns_an_issue_into_a_pull_request() {
     forge.providers.stop().await;
 }
 
+/// A new ed25519 key pair in `dir`: (private key file, public key line).
+fn ssh_key(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
+    let key = dir.join(name);
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_owned())
+}
+
+#[tokio::test]
+async fn commits_are_signed_by_the_worker_with_its_key_and_verify() {
+    let dir = std::env::temp_dir().join(format!("paddock-signing-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, public) = ssh_key(&dir, "signing");
+    let key_file = key.display().to_string();
+    let forge = forge_with(
+        &[
+            ("PADDOCK_AGENTS__DEFAULT__COMMAND", REFERENCE_AGENT),
+            ("PADDOCK_GITHUB__COMMIT_SIGNING_KEY_FILE", &key_file),
+        ],
+        FIX,
+    )
+    .await;
+    let worker = forge.app.spawn_worker().await;
+    let (_, status, accepted) = forge.label_new_issue("alice").await;
+    assert_eq!(status, 202, "{accepted}");
+    let (run, _) = forge.app.wait_for_success(accepted["id"].as_str().unwrap()).await;
+    worker.shutdown().await;
+    let printed = std::process::Command::new("ssh-keygen").arg("-lf").arg(&key).output().unwrap();
+    let fingerprint = String::from_utf8_lossy(&printed.stdout).split_whitespace().nth(1).unwrap().to_owned();
+    let facts = &run["facts"];
+    assert_eq!(facts["commit_signature"], json!({"format": "ssh", "fingerprint": fingerprint}), "{facts:#}");
+    let record = forge.app.get(&format!("/v1/runs/{}/record", run["id"].as_str().unwrap())).await;
+    let record: Value = record.json().await.unwrap();
+    assert_eq!(record["pull_request"]["commit_signature"]["fingerprint"], fingerprint.as_str());
+    // Verified against the key as an allowed signer for the commit's
+    // author; refused against any other key, so the check can fail.
+    let branch = facts["branch"].as_str().unwrap();
+    let verify = |public: &str| {
+        let signers = dir.join("allowed_signers");
+        std::fs::write(&signers, format!("paddock[bot]@users.noreply.github.com {public}\n")).unwrap();
+        let allowed = format!("gpg.ssh.allowedSignersFile={}", signers.display());
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(forge.github.repo_dir(&forge.repo))
+            .args(["-c", &allowed, "verify-commit", "--raw", branch])
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (verified, said) = verify(&public);
+    assert!(verified, "the commit does not verify with the worker's key: {said}");
+    let (_, other) = ssh_key(&dir, "other");
+    let (verified, said) = verify(&other);
+    assert!(!verified, "the commit verified against a key that did not sign it: {said}");
+    // A key others can read is refused before anything is signed with it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut config = forge.app.config.github.clone();
+    config.commit_signing_key_file = Some(key.clone());
+    let refused = forge::GitHubApp::from_config(&config, &tests::tls::trusting_outbound()).err().unwrap().to_string();
+    assert!(refused.contains("github.commit_signing_key_file") && refused.contains("chmod 600"), "{refused}");
+    std::fs::remove_dir_all(&dir).ok();
+    forge.providers.stop().await;
+}
+
 #[tokio::test]
 async fn tokens_open_only_their_repository_and_only_until_they_expire() {
     use forge::{GitHubApp, RUN_PERMISSIONS};

@@ -136,6 +136,7 @@ fn summary(ended: &Ended<'_>, keys: &[String]) -> RunSummary {
         commands: record.commands.clone(),
         credentials: record.credentials.clone(),
         branch: record.branch.clone(),
+        commit_signature: record.commit_signature.clone(),
         pull_request: record.pull_request.clone(),
         egress: facts.map(|f| f.egress.clone()).unwrap_or_default(),
         model_calls: facts.map(|f| f.calls.clone()).unwrap_or_default(),

@@ -134,6 +134,7 @@ async fn push_and_open(
             record.files_changed = files;
             record.branch = Some(branch);
             record.pull_request = Some(pull_request);
+            record.commit_signature = app.signing().map(|(_, signature)| signature.clone());
             (StopReason::Completed, Some(note))
         }
         Err(PublishError::Protected(branch)) => {
