@@ -4,7 +4,6 @@
 //! the image's size.
 
 use std::process::Command;
-use std::time::Instant;
 
 use serde_json::{Value, json};
 use tests::scripted::Step;
@@ -51,12 +50,8 @@ async fn measure(agent: &str, image: &str) -> (Vec<f64>, Vec<f64>, u64, Vec<f64>
     let providers = tests::providers::EmulatedProviders::start().await;
     // The model has nothing to ask: the agent's first call is its last.
     providers.plan(&[Step::Say("Nothing needs to change.".to_owned())]);
-    let mut settings = tests::agents::agent_settings(agent, &providers);
-    settings.push(("PADDOCK_WORKER__CONCURRENCY".to_owned(), "1".to_owned()));
-    settings.push(("PADDOCK_SANDBOX__TIMEOUT_SECONDS".to_owned(), "300".to_owned()));
-    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let app = tests::spawn_app(&settings).await;
-    let repo = app.repo(&[("README.md", b"# bench\n")]);
+    let extra = [("PADDOCK_WORKER__CONCURRENCY", "1"), ("PADDOCK_SANDBOX__TIMEOUT_SECONDS", "300")];
+    let (app, repo) = tests::agents::agent_app(agent, &providers, &extra).await;
     let worker = app.spawn_worker().await;
     let (mut ours, mut exec) = (Vec::new(), Vec::new());
     // One warm-up run: caches hot for both sides.
@@ -82,13 +77,7 @@ async fn measure(agent: &str, image: &str) -> (Vec<f64>, Vec<f64>, u64, Vec<f64>
     }
     worker.shutdown().await;
     providers.stop().await;
-    let mut base = Vec::new();
-    for _ in 0..RUNS {
-        let started = Instant::now();
-        let status = Command::new("docker").args(["run", "--rm", image, "true"]).status().unwrap();
-        assert!(status.success());
-        base.push(started.elapsed().as_secs_f64() * 1000.0);
-    }
+    let base = crate::docker_run_ms(image, RUNS);
     let size = Command::new("docker").args(["image", "inspect", "--format", "{{.Size}}", image]).output().unwrap();
     let size = String::from_utf8_lossy(&size.stdout).trim().parse().unwrap_or(0);
     (ours, base, size, exec)

@@ -248,6 +248,18 @@ fn realistic_transcript(size: usize) -> String {
     block.repeat(size / block.len() + 1)
 }
 
+/// `docker run --rm <image> true`, `runs` times: how long each took (ms).
+pub fn docker_run_ms(image: &str, runs: usize) -> Vec<f64> {
+    (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            let status = Command::new("docker").args(["run", "--rm", image, "true"]).status().unwrap();
+            assert!(status.success(), "docker run {image} failed");
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect()
+}
+
 fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(|a, b| a.total_cmp(b));
     let n = samples.len();
@@ -298,13 +310,7 @@ pub async fn sandbox_start() -> Report {
     worker.shutdown().await;
 
     let image = &app.config.sandbox.image;
-    let mut baseline = Vec::new();
-    for _ in 0..RUNS {
-        let started = Instant::now();
-        let status = Command::new("docker").args(["run", "--rm", image, "true"]).status().unwrap();
-        assert!(status.success());
-        baseline.push(started.elapsed().as_secs_f64() * 1000.0);
-    }
+    let baseline = docker_run_ms(image, RUNS);
     let (ours, base) = (median(paddock.clone()), median(baseline.clone()));
     let ratio = ours / base;
     let phase_medians: Vec<(String, f64)> = phases.into_iter().map(|(name, samples)| (name, median(samples))).collect();

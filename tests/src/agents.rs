@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use crate::TestApp;
 use crate::providers::EmulatedProviders;
 
 /// A file of `infra/agents/`, found from the working directory upwards
@@ -77,4 +78,15 @@ pub fn agent_settings(name: &str, providers: &EmulatedProviders) -> Vec<(String,
         // Real agents are bigger than the reference one.
         ("PADDOCK_SANDBOX__MEMORY_BYTES".to_owned(), (2u64 << 30).to_string()),
     ]
+}
+
+/// An app running the shipped profile `name` on the scripted model, with
+/// `extra` settings on top, and a repository holding `README.md`.
+pub async fn agent_app(name: &str, providers: &EmulatedProviders, extra: &[(&str, &str)]) -> (TestApp, String) {
+    let settings = agent_settings(name, providers);
+    let mut vars: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    vars.extend_from_slice(extra);
+    let app = crate::spawn_app(&vars).await;
+    let repo = app.repo(&[("README.md", b"# Widgets\n")]);
+    (app, repo)
 }

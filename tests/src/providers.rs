@@ -335,14 +335,16 @@ async fn responses(req: HttpRequest, body: web::Bytes, state: web::Data<State>) 
     HttpResponse::Ok().json(response)
 }
 
+/// An error in Google's shape (Gemini and Vertex AI).
+fn google_error(status: u16, message: &str, kind: &str) -> HttpResponse {
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+        .json(json!({"error": {"code": status, "message": message, "status": kind}}))
+}
+
 /// Google's Gemini API: `models/<model>:generateContent` or
 /// `:streamGenerateContent?alt=sse`, the key in `x-goog-api-key`, Google's
 /// error shape.
 async fn gemini(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
-    let google_error = |status: u16, message: &str, kind: &str| {
-        HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-            .json(json!({"error": {"code": status, "message": message, "status": kind}}))
-    };
     let key = req.headers().get("x-goog-api-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if key != state.key {
         state.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -484,10 +486,6 @@ async fn google_token(
 /// `:streamRawPredict` (and `count-tokens:rawPredict`), an OAuth bearer
 /// token, no `model` in the body and `anthropic_version` in it.
 async fn vertex(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
-    let google_error = |status: u16, message: &str, kind: &str| {
-        HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-            .json(json!({"error": {"code": status, "message": message, "status": kind}}))
-    };
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
     let live = auth
         .strip_prefix("Bearer ")

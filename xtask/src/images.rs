@@ -21,6 +21,8 @@ pub struct Agent {
     pub installer: String,
     pub package: String,
     pub version: String,
+    /// Run in each new image: the image is usable only if it answers.
+    pub check: Vec<String>,
     #[serde(default = "bookworm")]
     pub base: String,
     /// The Python its dependencies are resolved for, when the agent
@@ -61,20 +63,6 @@ impl Agent {
     }
 }
 
-/// The command that prints each agent's version: the image is usable only
-/// if it answers.
-fn version_command(name: &str) -> &'static [&'static str] {
-    match name {
-        "claude-code" => &["claude", "--version"],
-        "codex" => &["codex", "--version"],
-        "aider" => &["aider", "--version"],
-        "opencode" => &["opencode", "--version"],
-        "gemini-cli" => &["gemini", "--version"],
-        "openhands" => &["openhands", "--version"],
-        _ => &[],
-    }
-}
-
 /// Builds the images of `only` (every agent when empty) that are missing.
 pub fn build(home: &Path, only: &[String]) -> Result<()> {
     let agents = agents()?;
@@ -94,12 +82,9 @@ pub fn build(home: &Path, only: &[String]) -> Result<()> {
         let base = sandbox_image(home, Release::parse(&agent.base).map_err(|e| format!("[{name}]: {e}"))?)?;
         eprintln!("xtask: building {image} on {base} ({} {})", agent.installer, agent.spec()?);
         build_one(home, name, agent, &base, &image)?;
-        let check = version_command(name);
-        if !check.is_empty() {
-            let printed = crate::services::output(Command::new("docker").args(["run", "--rm", &image]).args(check))
-                .map_err(|e| format!("{image} does not run its agent: {e}"))?;
-            eprintln!("xtask: {image}: `{}` printed {}", check.join(" "), printed.trim());
-        }
+        let printed = crate::services::output(Command::new("docker").args(["run", "--rm", &image]).args(&agent.check))
+            .map_err(|e| format!("{image} does not run its agent: {e}"))?;
+        eprintln!("xtask: {image}: `{}` printed {}", agent.check.join(" "), printed.trim());
         eprintln!("xtask: built {image} in {:.0} s", started.elapsed().as_secs_f64());
     }
     Ok(())

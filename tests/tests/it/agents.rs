@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::config::AgentConfig;
 use serde_json::{Value, json};
-use tests::agents::{SCRIPTED_ALLOWED, agent_settings, scripted_model, scripted_providers, shipped_profile};
+use tests::agents::{SCRIPTED_ALLOWED, scripted_model, scripted_providers, shipped_profile};
 use tests::providers::EmulatedProviders;
 use tests::scripted::Step;
 
@@ -41,14 +41,10 @@ async fn an_agent_as_shipped_creates_a_file_and_runs_a_command(agent: &str) {
     let providers = EmulatedProviders::start().await;
     let (steps, command) = plan(agent);
     providers.plan(&steps);
-    let mut settings = agent_settings(agent, &providers);
-    settings.push(("PADDOCK_SANDBOX__TIMEOUT_SECONDS".to_owned(), "300".to_owned()));
     // Transcripts keep metadata only: the commands must come from the
     // agent's own events, not from the model's tool calls.
-    settings.push(("PADDOCK_GATEWAY__PROMPT_CONTENT".to_owned(), "omitted".to_owned()));
-    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let app = tests::spawn_app(&settings).await;
-    let repo = app.repo(&[("README.md", b"# Widgets\n")]);
+    let extra = [("PADDOCK_SANDBOX__TIMEOUT_SECONDS", "300"), ("PADDOCK_GATEWAY__PROMPT_CONTENT", "omitted")];
+    let (app, repo) = tests::agents::agent_app(agent, &providers, &extra).await;
     let worker = app.spawn_worker().await;
     let canaries = gateway::canaries();
     let body: String = canaries.iter().map(|(_, c)| format!("context: {c}\n")).collect();
@@ -118,16 +114,17 @@ async fn openhands_creates_a_file_and_runs_a_command_through_the_gateway() {
 fn the_shipped_profiles_name_the_images_agents_toml_builds() {
     let sandbox_version = include_str!("../../../infra/sandbox/VERSION").trim();
     let agents = tests::agents::pinned_agents();
-    for (name, profile) in tests::agents::shipped_profiles() {
+    let profiles = tests::agents::shipped_profiles();
+    for (name, profile) in &profiles {
         let Some(image) = profile.get("image").and_then(|i| i.as_str()) else { continue };
-        let agent = agents.get(&name).unwrap_or_else(|| panic!("profile {name} names an image no agent builds"));
+        let agent = agents.get(name).unwrap_or_else(|| panic!("profile {name} names an image no agent builds"));
         let base = agent.get("base").and_then(|b| b.as_str()).unwrap_or("bookworm");
         let suffix = if base == "bookworm" { String::new() } else { format!("-{base}") };
         let expected = format!("paddock/agent-{name}:{}-{sandbox_version}{suffix}", agent["version"].as_str().unwrap());
         assert_eq!(image, expected, "profile {name}");
     }
     for name in agents.keys() {
-        assert!(tests::agents::shipped_profiles().contains_key(name), "agent {name} is built but has no profile");
+        assert!(profiles.contains_key(name), "agent {name} is built but has no profile");
     }
     // The built-in profiles (tested through common::config) are the ones documented.
     let read = |name: &str| serde_json::from_value::<AgentConfig>(shipped_profile(name)).unwrap();
