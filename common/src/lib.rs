@@ -15,6 +15,7 @@ pub mod sealed;
 pub mod tenancy;
 
 pub use run::{
-    AgentIdentity, AgentProfile, ArtifactKind, CommitSignature, CredentialGrant, ModelUse, Priority, PullRequestRef,
-    RepoName, RunFacts, RunId, RunRecord, RunSpec, RunState, StopReason, ValidationError, validate_tenant,
+    AgentIdentity, AgentProfile, ArtifactKind, CommitSignature, CredentialGrant, FollowUp, ModelUse, Priority,
+    PullRequestRef, RepoName, RunFacts, RunId, RunRecord, RunSpec, RunState, StopReason, ValidationError,
+    validate_tenant,
 };

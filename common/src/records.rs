@@ -167,6 +167,19 @@ pub struct RunSummary {
     #[serde(default)]
     pub commit_signature: Option<crate::CommitSignature>,
     pub pull_request: Option<crate::PullRequestRef>,
+    /// The commit Paddock pushed, if it pushed one.
+    #[serde(default)]
+    pub pushed_commit: Option<String>,
+    /// The run whose pull request this follow-up continues.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub parent_run: Option<RunId>,
+    /// A follow-up's pull request and trigger.
+    #[serde(default)]
+    pub follow_up: Option<crate::FollowUp>,
+    /// The review comments a follow-up answered.
+    #[serde(default)]
+    pub answered_comments: Vec<u64>,
     /// Every request the sandbox made through the egress proxy.
     pub egress: Vec<EgressRecord>,
     /// Metadata of every model call through the gateway.

@@ -85,6 +85,9 @@ impl FromStr for RunId {
 pub enum RunState {
     /// Waiting for a person with `tools.approve` (its policy asks for it).
     AwaitingApproval,
+    /// A follow-up waiting for the run of the same pull request ahead of it
+    /// to end (runs of one pull request never run at once).
+    Waiting,
     Queued,
     Delayed,
     Running,
@@ -95,8 +98,9 @@ pub enum RunState {
 }
 
 impl RunState {
-    pub const ALL: [RunState; 8] = [
+    pub const ALL: [RunState; 9] = [
         RunState::AwaitingApproval,
+        RunState::Waiting,
         RunState::Queued,
         RunState::Delayed,
         RunState::Running,
@@ -109,6 +113,7 @@ impl RunState {
     pub fn as_str(self) -> &'static str {
         match self {
             RunState::AwaitingApproval => "awaiting_approval",
+            RunState::Waiting => "waiting",
             RunState::Queued => "queued",
             RunState::Delayed => "delayed",
             RunState::Running => "running",
@@ -137,7 +142,7 @@ impl FromStr for RunState {
         RunState::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| {
             ValidationError::new(
                 "state",
-                "must be one of awaiting_approval, queued, delayed, running, cancelling, succeeded, failed, cancelled",
+                "must be one of awaiting_approval, waiting, queued, delayed, running, cancelling, succeeded, failed, cancelled",
             )
         })
     }
@@ -160,6 +165,14 @@ pub enum StopReason {
     CheckoutFailed { message: String },
     /// Someone cancelled the run.
     Cancelled { by: String },
+    /// A newer trigger on the same pull request (run `by`) replaced this
+    /// follow-up before it started; the newer one carries the whole
+    /// conversation.
+    Superseded { by: String },
+    /// Someone pushed to the pull request's branch after the follow-up
+    /// checked it out: nothing was pushed (Paddock never rebases or
+    /// force-pushes a branch a person touched).
+    BranchMoved { branch: String },
     /// Paddock's own infrastructure failed (Docker, git, S3, lost lease) and
     /// the attempts were used up.
     InfrastructureError { message: String },
@@ -184,7 +197,7 @@ impl StopReason {
     pub fn final_state(&self) -> RunState {
         match self {
             StopReason::Completed => RunState::Succeeded,
-            StopReason::Cancelled { .. } => RunState::Cancelled,
+            StopReason::Cancelled { .. } | StopReason::Superseded { .. } => RunState::Cancelled,
             _ => RunState::Failed,
         }
     }
@@ -377,6 +390,12 @@ pub struct RunSpec {
     /// The issue the run works on, when it came from one.
     #[serde(default)]
     pub issue: Option<u64>,
+    /// The run whose pull request this follow-up continues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run: Option<RunId>,
+    /// For a follow-up: the pull request, its branch and what to answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_up: Option<FollowUp>,
     /// The person whose credential asked for the run, when that is not
     /// `requested_by`: a service account's owner, or the break-glass
     /// principal. Neither of them may approve it.
@@ -405,7 +424,42 @@ impl RunSpec {
         if self.issue.is_some_and(|n| !(1..=Self::MAX_ISSUE).contains(&n)) {
             return Err(ValidationError::new("issue", "must be 1 to 4294967295"));
         }
+        if let Some(follow_up) = &self.follow_up {
+            // A follow-up pushes only to a branch Paddock opened.
+            if !follow_up.branch.starts_with("paddock/") || follow_up.branch != self.base_ref {
+                return Err(ValidationError::new("follow_up.branch", "must be the run's base_ref, under paddock/"));
+            }
+        }
         Ok(())
+    }
+}
+
+/// What a follow-up run continues: the pull request Paddock opened, whose
+/// branch (`base_ref` of the run) it checks out at its head and pushes to,
+/// fast-forward only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FollowUp {
+    pub pull_request: u64,
+    /// The pull request's branch (`paddock/...`), which the run checks out.
+    pub branch: String,
+    /// The pull request's base branch.
+    pub base: String,
+    /// The branch's head when the trigger came.
+    pub head_sha: String,
+    /// What asked for it: `review:<id>`, `review_comment:<id>` or
+    /// `issue_comment:<id>`.
+    pub trigger: String,
+    /// The GitHub login that asked.
+    pub requested_by_login: String,
+    /// Review comments the run answers with a reply each.
+    #[serde(default)]
+    pub answer_review_comments: Vec<u64>,
+}
+
+impl FollowUp {
+    /// The key of the pull request's lane: its runs never run at once.
+    pub fn lane(&self, repository: &RepoName) -> String {
+        format!("{}#{}", repository.to_string().to_ascii_lowercase(), self.pull_request)
     }
 }
 
@@ -485,6 +539,13 @@ pub struct RunFacts {
     #[serde(default)]
     pub commit_signature: Option<CommitSignature>,
     pub pull_request: Option<PullRequestRef>,
+    /// The commit Paddock pushed, if it pushed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_commit: Option<String>,
+    /// A follow-up's replies: the review comments it answered (ids of
+    /// their threads' first comments).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answered_comments: Vec<u64>,
 }
 
 /// An agent and its version, read from the labels `io.paddock.agent.name`

@@ -8,8 +8,13 @@
 //!   and `GET /repos/{o}/{r}/installation`.
 //! - Installation tokens (`ghs_...`, one hour) carry the repositories and
 //!   permissions asked for (a subset of the App's) and die when revoked.
-//! - REST lives under `/api/v3` (the GitHub Enterprise Server layout), git
-//!   under `/git/{owner}/{name}.git`.
+//! - REST lives under `/api/v3` (the GitHub Enterprise Server layout),
+//!   GraphQL at `/api/graphql` (review threads and whether they are
+//!   resolved), git under `/git/{owner}/{name}.git`.
+//! - Pull requests are issues too (comments on the conversation); reviews
+//!   and review comments carry `path`, `line`, `side` and the `diff_hunk`
+//!   GitHub cuts from the pull request's diff, and a line outside the diff
+//!   is refused as GitHub refuses it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -44,6 +49,10 @@ struct Repo {
     collaborators: BTreeMap<String, String>,
     issues: BTreeMap<u64, Issue>,
     pulls: Vec<Value>,
+    reviews: Vec<Value>,
+    review_comments: Vec<Value>,
+    /// First comments of the review threads someone resolved.
+    resolved: BTreeSet<u64>,
     next_number: u64,
     /// The repository this one is a fork of.
     parent: Option<String>,
@@ -84,6 +93,16 @@ impl State {
     fn installation_of(&self, owner: &str) -> u64 {
         self.installations.get(owner).copied().unwrap_or(self.installation_id)
     }
+}
+
+/// A review: who, `state` (`CHANGES_REQUESTED`, `COMMENTED` or
+/// `APPROVED`), its text, and comments on lines of the head's files (path,
+/// line on the new side, text).
+pub struct Review<'a> {
+    pub by: &'a str,
+    pub state: &'a str,
+    pub body: &'a str,
+    pub comments: &'a [(&'a str, u64, &'a str)],
 }
 
 pub struct GitHub {
@@ -144,6 +163,12 @@ impl GitHub {
                 .route("/api/v3/repos/{o}/{r}/pulls", web::get().to(list_pulls))
                 .route("/api/v3/repos/{o}/{r}/pulls", web::post().to(create_pull))
                 .route("/api/v3/repos/{o}/{r}/pulls/{n}", web::patch().to(update_pull))
+                .route("/api/v3/repos/{o}/{r}/pulls/{n}", web::get().to(get_pull))
+                .route("/api/v3/repos/{o}/{r}/pulls/{n}/reviews", web::get().to(list_reviews))
+                .route("/api/v3/repos/{o}/{r}/pulls/{n}/comments", web::get().to(list_review_comments))
+                .route("/api/v3/repos/{o}/{r}/pulls/comments/{id}", web::get().to(get_review_comment))
+                .route("/api/v3/repos/{o}/{r}/pulls/{n}/comments/{id}/replies", web::post().to(reply_review_comment))
+                .route("/api/graphql", web::post().to(graphql))
                 .default_service(web::to(|| async { not_found() }))
         })
         .workers(2)
@@ -377,9 +402,286 @@ impl GitHub {
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// A review of pull request `number` (see [`Review`]), and GitHub's
+    /// deliveries after it: `pull_request_review_comment.created` for each
+    /// comment, then `pull_request_review.submitted`, whose answer is
+    /// returned.
+    pub async fn review_pull(&self, target: &str, repo: &str, number: u64, review: Review<'_>) -> (u16, Value) {
+        let Review { by: reviewer, state, body, comments } = review;
+        let (review, created, payload_base) = {
+            let mut locked = self.state.lock().unwrap();
+            let review_id = next_id(&mut locked);
+            let mut created = Vec::new();
+            for (path, line, text) in comments {
+                let hunk = diff_hunk(&locked, repo, number, path, *line).unwrap_or_else(|| {
+                    panic!("pull_request_review_thread.line {line} of {path} must be part of the diff")
+                });
+                let id = next_id(&mut locked);
+                let comment = review_comment_json(
+                    &locked,
+                    repo,
+                    number,
+                    id,
+                    Some(review_id),
+                    None,
+                    path,
+                    *line,
+                    &hunk,
+                    text,
+                    reviewer,
+                );
+                created.push(comment);
+            }
+            let head = pull_head_sha(&locked, repo, number);
+            let review = json!({"id": review_id, "user": {"login": reviewer, "type": "User"}, "body": body, "state": state,
+                "commit_id": head, "submitted_at": time_string(SystemTime::now()),
+                "html_url": format!("{}/{repo}/pull/{number}#pullrequestreview-{review_id}", locked.base_url)});
+            let entry = locked.repos.get_mut(repo).expect("repo exists");
+            entry.reviews.push(json!({"pull": number, "review": review.clone()}));
+            entry.review_comments.extend(created.iter().cloned());
+            (review, created, pull_event_base(&locked, repo, number, reviewer))
+        };
+        for comment in &created {
+            let mut payload = payload_base.clone();
+            payload["action"] = json!("created");
+            payload["comment"] = comment.clone();
+            self.deliver(target, "pull_request_review_comment", &ulid::Ulid::new().to_string(), &payload, None).await;
+        }
+        let mut payload = payload_base;
+        payload["action"] = json!("submitted");
+        // Webhooks spell the review state in lowercase, REST in uppercase.
+        let mut shown = review.clone();
+        shown["state"] = json!(state.to_lowercase());
+        payload["review"] = shown;
+        self.deliver(target, "pull_request_review", &ulid::Ulid::new().to_string(), &payload, None).await
+    }
+
+    /// `user` answers review comment `to` (a thread's first comment) and
+    /// GitHub delivers `pull_request_review_comment.created`.
+    pub async fn reply_in_thread(
+        &self,
+        target: &str,
+        repo: &str,
+        number: u64,
+        to: u64,
+        user: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let (comment, payload) = {
+            let mut locked = self.state.lock().unwrap();
+            let id = next_id(&mut locked);
+            let root =
+                locked.repos[repo].review_comments.iter().find(|c| c["id"] == to).cloned().expect("comment exists");
+            let comment = reply_json(&locked, repo, number, id, &root, body, user);
+            locked.repos.get_mut(repo).expect("repo exists").review_comments.push(comment.clone());
+            (comment, pull_event_base(&locked, repo, number, user))
+        };
+        let mut payload = payload;
+        payload["action"] = json!("created");
+        payload["comment"] = comment;
+        self.deliver(target, "pull_request_review_comment", &ulid::Ulid::new().to_string(), &payload, None).await
+    }
+
+    /// `user` comments on pull request `number`'s conversation and GitHub
+    /// delivers `issue_comment.created`.
+    pub async fn comment_on_pull(&self, target: &str, repo: &str, number: u64, user: &str, body: &str) -> (u16, Value) {
+        let payload = {
+            let mut locked = self.state.lock().unwrap();
+            let id = next_id(&mut locked);
+            let base = locked.base_url.clone();
+            let entry = locked.repos.get_mut(repo).expect("repo exists");
+            let repo_id = entry.id;
+            let issue = entry.issues.get_mut(&number).expect("the pull request is an issue");
+            let comment = json!({"id": id, "body": body, "user": {"login": user, "type": "User"},
+                "created_at": time_string(SystemTime::now()),
+                "html_url": format!("{base}/{repo}/pull/{number}#issuecomment-{id}")});
+            issue.comments.push(comment.clone());
+            let pull = json!({"url": format!("{base}/api/v3/repos/{repo}/pulls/{number}"), "html_url": format!("{base}/{repo}/pull/{number}")});
+            issue_event("created", &base, repo, repo_id, number, issue, json!({"comment": comment}), user)
+                .as_object()
+                .cloned()
+                .map(|mut p| {
+                    p["issue"]["pull_request"] = pull;
+                    Value::Object(p)
+                })
+                .expect("an object")
+        };
+        self.deliver(target, "issue_comment", &ulid::Ulid::new().to_string(), &payload, None).await
+    }
+
+    /// Marks the thread that review comment `root` starts resolved.
+    pub fn resolve_thread(&self, repo: &str, root: u64) {
+        self.state.lock().unwrap().repos.get_mut(repo).expect("repo exists").resolved.insert(root);
+    }
+
+    /// The review comments on pull request `number`, replies included.
+    pub fn review_comments(&self, repo: &str, number: u64) -> Vec<Value> {
+        let state = self.state.lock().unwrap();
+        state.repos[repo].review_comments.iter().filter(|c| c["pull"] == number).cloned().collect()
+    }
+
+    /// A person's commit on `branch` (`path` set to `content`), pushed
+    /// straight into the repository. Returns the new head.
+    pub fn push_as_person(&self, repo: &str, branch: &str, path: &str, content: &str, author: &str) -> String {
+        let dir = self.repo_dir(repo);
+        let work = std::env::temp_dir().join(format!("paddock-person-{}", ulid::Ulid::new()));
+        let run = |args: &[&str], cwd: &std::path::Path| {
+            let out = std::process::Command::new("git")
+                .current_dir(cwd)
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .args(["-c", &format!("user.name={author}"), "-c", &format!("user.email={author}@example.com")])
+                .args(args)
+                .output()
+                .expect("git");
+            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        run(&["clone", "-q", "--branch", branch, dir.to_str().unwrap(), work.to_str().unwrap()], &std::env::temp_dir());
+        std::fs::write(work.join(path), content).expect("write file");
+        run(&["add", path], &work);
+        run(&["commit", "-q", "--no-gpg-sign", "-m", &format!("{author} edits {path}")], &work);
+        run(&["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")], &work);
+        let head = run(&["rev-parse", "HEAD"], &work);
+        std::fs::remove_dir_all(&work).ok();
+        head
+    }
+
+    /// The commit `branch` points at.
+    pub fn head_of(&self, repo: &str, branch: &str) -> Option<String> {
+        branch_head(&self.repo_dir(repo), branch)
+    }
+
+    /// The commits on `branch` that are not on `base`, newest first.
+    pub fn commits_between(&self, repo: &str, base: &str, branch: &str) -> Vec<String> {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(self.repo_dir(repo))
+            .args(["rev-list", &format!("{base}..{branch}")])
+            .output()
+            .expect("git rev-list");
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    }
+
     pub async fn stop(&self) {
         self.server.stop(false).await;
     }
+}
+
+fn next_id(state: &mut State) -> u64 {
+    let id = state.next_comment;
+    state.next_comment += 1;
+    id
+}
+
+fn branch_head(bare: &std::path::Path, branch: &str) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(bare)
+        .args(["rev-parse", "--verify", "--quiet", &format!("refs/heads/{branch}")])
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn pull_of<'a>(state: &'a State, repo: &str, number: u64) -> Option<&'a Value> {
+    state.repos.get(repo)?.pulls.iter().find(|p| p["number"] == number)
+}
+
+fn pull_head_sha(state: &State, repo: &str, number: u64) -> Option<String> {
+    let pull = pull_of(state, repo, number)?;
+    let head_repo = pull["head"]["repo"]["full_name"].as_str().unwrap_or(repo);
+    branch_head(&state.root.join(format!("{head_repo}.git")), pull["head"]["ref"].as_str()?)
+}
+
+/// The pull request as REST shows it, its head where its branch is now.
+fn pull_json(state: &State, repo: &str, number: u64) -> Option<Value> {
+    let mut pull = pull_of(state, repo, number)?.clone();
+    pull["head"]["sha"] = json!(pull_head_sha(state, repo, number));
+    Some(pull)
+}
+
+/// What every pull request event carries: the pull request, the repository
+/// and who acted.
+fn pull_event_base(state: &State, repo: &str, number: u64, sender: &str) -> Value {
+    let (owner, name) = repo.split_once('/').expect("owner/name");
+    let id = state.repos[repo].id;
+    json!({
+        "pull_request": pull_json(state, repo, number).expect("pull request exists"),
+        "repository": {"id": id, "name": name, "full_name": repo, "owner": {"login": owner}, "default_branch": "main"},
+        "sender": {"login": sender, "type": "User"},
+        "installation": {"id": state.installation_of(owner)},
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn review_comment_json(
+    state: &State,
+    repo: &str,
+    number: u64,
+    id: u64,
+    review: Option<u64>,
+    in_reply_to: Option<u64>,
+    path: &str,
+    line: u64,
+    hunk: &str,
+    body: &str,
+    user: &str,
+) -> Value {
+    let mut comment = json!({
+        "id": id, "pull": number, "pull_request_review_id": review, "path": path, "line": line, "original_line": line,
+        "side": "RIGHT", "diff_hunk": hunk, "body": body, "user": {"login": user, "type": if user.ends_with("[bot]") { "Bot" } else { "User" }},
+        "commit_id": pull_head_sha(state, repo, number), "created_at": time_string(SystemTime::now()),
+        "html_url": format!("{}/{repo}/pull/{number}#discussion_r{id}", state.base_url),
+    });
+    if let Some(to) = in_reply_to {
+        comment["in_reply_to_id"] = json!(to);
+    }
+    comment
+}
+
+/// A reply in the thread `root` starts: same file, line and hunk.
+fn reply_json(state: &State, repo: &str, number: u64, id: u64, root: &Value, body: &str, user: &str) -> Value {
+    let (path, hunk) = (root["path"].as_str().unwrap_or_default(), root["diff_hunk"].as_str().unwrap_or_default());
+    let line = root["line"].as_u64().unwrap_or_default();
+    review_comment_json(state, repo, number, id, None, root["id"].as_u64(), path, line, hunk, body, user)
+}
+
+/// The hunk of the pull request's diff for `path` up to `line` on the new
+/// side, as GitHub gives a review comment's `diff_hunk`; `None` when the
+/// line is not in the diff.
+fn diff_hunk(state: &State, repo: &str, number: u64, path: &str, line: u64) -> Option<String> {
+    let pull = pull_of(state, repo, number)?;
+    let (base, head) = (pull["base"]["ref"].as_str()?, pull["head"]["ref"].as_str()?);
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(state.root.join(format!("{repo}.git")))
+        .args(["diff", &format!("{base}...{head}"), "--", path])
+        .output()
+        .ok()?;
+    let diff = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut hunk: Vec<&str> = Vec::new();
+    let mut new_line = 0u64;
+    for text in diff.lines() {
+        if let Some(header) = text.strip_prefix("@@ ") {
+            // `@@ -a,b +c,d @@`: the new side starts at c.
+            let start = header.split(' ').find_map(|f| f.strip_prefix('+'))?.split(',').next()?.parse::<u64>().ok()?;
+            hunk = vec![text];
+            new_line = start;
+            continue;
+        }
+        if hunk.is_empty() {
+            continue;
+        }
+        hunk.push(text);
+        if text.starts_with('-') {
+            continue;
+        }
+        if new_line == line {
+            return Some(hunk.join("\n"));
+        }
+        new_line += 1;
+    }
+    None
 }
 
 impl Drop for GitHub {
@@ -702,14 +1004,14 @@ async fn get_issue(req: HttpRequest, state: Shared) -> HttpResponse {
     }))
 }
 
-async fn list_comments(req: HttpRequest, state: Shared) -> HttpResponse {
+async fn list_comments(req: HttpRequest, query: web::Query<HashMap<String, String>>, state: Shared) -> HttpResponse {
     let (state, name) = match authorize(&req, &state, "issues", "read") {
         Ok(granted) => granted,
         Err(refusal) => return *refusal,
     };
     let number: u64 = req.match_info().query("n").parse().unwrap_or(0);
     let Some(issue) = state.repos.get(&name).and_then(|r| r.issues.get(&number)) else { return not_found() };
-    HttpResponse::Ok().json(&issue.comments)
+    page(issue.comments.clone(), &query)
 }
 
 async fn add_comment(req: HttpRequest, body: web::Json<Value>, state: Shared) -> HttpResponse {
@@ -725,7 +1027,8 @@ async fn add_comment(req: HttpRequest, body: web::Json<Value>, state: Shared) ->
     let number: u64 = req.match_info().query("n").parse().unwrap_or(0);
     let base = state.base_url.clone();
     let Some(issue) = state.repos.get_mut(&name).and_then(|r| r.issues.get_mut(&number)) else { return not_found() };
-    let comment = json!({"id": id, "body": text, "user": {"login": "paddock-app[bot]"},
+    let comment = json!({"id": id, "body": text, "user": {"login": "paddock-app[bot]", "type": "Bot"},
+        "created_at": time_string(SystemTime::now()),
         "html_url": format!("{base}/{name}/issues/{number}#issuecomment-{id}")});
     issue.comments.push(comment.clone());
     HttpResponse::Created().json(comment)
@@ -819,9 +1122,19 @@ async fn create_pull(req: HttpRequest, body: web::Json<Value>, state: Shared) ->
     let pull = json!({
         "number": number, "state": "open", "title": title, "body": body["body"], "draft": body["draft"] == true,
         "head": {"ref": head, "label": label, "repo": {"full_name": head_repo}}, "base": {"ref": base},
+        "user": {"login": "paddock-app[bot]", "type": "Bot"},
         "html_url": format!("{base_url}/{name}/pull/{number}"),
     });
     repo.pulls.push(pull.clone());
+    // Every pull request is an issue: its conversation is the issue's comments.
+    let issue = Issue {
+        title: title.to_owned(),
+        body: body["body"].as_str().unwrap_or_default().to_owned(),
+        labels: Vec::new(),
+        comments: Vec::new(),
+    };
+    repo.issues.insert(number, issue);
+    let pull = pull_json(&state, &name, number).unwrap_or(pull);
     HttpResponse::Created().json(pull)
 }
 
@@ -840,6 +1153,143 @@ async fn update_pull(req: HttpRequest, body: web::Json<Value>, state: Shared) ->
         }
     }
     HttpResponse::Ok().json(pull.clone())
+}
+
+async fn get_pull(req: HttpRequest, state: Shared) -> HttpResponse {
+    let (state, name) = match authorize(&req, &state, "pull_requests", "read") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let number: u64 = req.match_info().query("n").parse().unwrap_or(0);
+    match pull_json(&state, &name, number) {
+        Some(pull) => HttpResponse::Ok().json(pull),
+        None => not_found(),
+    }
+}
+
+/// GitHub's paging: `per_page` (at most 100, default 30) and `page`.
+fn page(items: Vec<Value>, query: &HashMap<String, String>) -> HttpResponse {
+    let per_page = query.get("per_page").and_then(|p| p.parse::<usize>().ok()).unwrap_or(30).clamp(1, 100);
+    let page = query.get("page").and_then(|p| p.parse::<usize>().ok()).unwrap_or(1).max(1);
+    let shown: Vec<Value> = items.into_iter().skip((page - 1) * per_page).take(per_page).collect();
+    HttpResponse::Ok().json(shown)
+}
+
+/// A pull request's list (`pick` chooses it from the repository), paged.
+fn pull_list(
+    req: &HttpRequest,
+    query: &HashMap<String, String>,
+    state: &Shared,
+    pick: impl Fn(&Repo, u64) -> Vec<Value>,
+) -> HttpResponse {
+    let (state, name) = match authorize(req, state, "pull_requests", "read") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let number: u64 = req.match_info().query("n").parse().unwrap_or(0);
+    if pull_of(&state, &name, number).is_none() {
+        return not_found();
+    }
+    page(pick(&state.repos[&name], number), query)
+}
+
+async fn list_reviews(req: HttpRequest, query: web::Query<HashMap<String, String>>, state: Shared) -> HttpResponse {
+    pull_list(&req, &query, &state, |repo, number| {
+        repo.reviews.iter().filter(|r| r["pull"] == number).map(|r| r["review"].clone()).collect()
+    })
+}
+
+async fn list_review_comments(
+    req: HttpRequest,
+    query: web::Query<HashMap<String, String>>,
+    state: Shared,
+) -> HttpResponse {
+    pull_list(&req, &query, &state, |repo, number| {
+        repo.review_comments.iter().filter(|c| c["pull"] == number).cloned().collect()
+    })
+}
+
+async fn get_review_comment(req: HttpRequest, state: Shared) -> HttpResponse {
+    let (state, name) = match authorize(&req, &state, "pull_requests", "read") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let id: u64 = req.match_info().query("id").parse().unwrap_or(0);
+    match state.repos.get(&name).and_then(|r| r.review_comments.iter().find(|c| c["id"] == id)) {
+        Some(comment) => HttpResponse::Ok().json(comment),
+        None => not_found(),
+    }
+}
+
+/// `POST .../pulls/{n}/comments/{id}/replies`: only to a thread's first
+/// comment, as GitHub allows.
+async fn reply_review_comment(req: HttpRequest, body: web::Json<Value>, state: Shared) -> HttpResponse {
+    let (mut state, name) = match authorize(&req, &state, "pull_requests", "write") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let number: u64 = req.match_info().query("n").parse().unwrap_or(0);
+    let to: u64 = req.match_info().query("id").parse().unwrap_or(0);
+    let Some(text) = body["body"].as_str() else {
+        return github_error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
+    };
+    let Some(root) = state
+        .repos
+        .get(&name)
+        .and_then(|r| r.review_comments.iter().find(|c| c["id"] == to && c["pull"] == number))
+        .cloned()
+    else {
+        return not_found();
+    };
+    if !root["in_reply_to_id"].is_null() {
+        return github_error(StatusCode::UNPROCESSABLE_ENTITY, "Replies to replies are not supported.");
+    }
+    let id = next_id(&mut state);
+    let comment = reply_json(&state, &name, number, id, &root, text, "paddock-app[bot]");
+    state.repos.get_mut(&name).expect("repo exists").review_comments.push(comment.clone());
+    HttpResponse::Created().json(comment)
+}
+
+/// The one GraphQL query Paddock makes: a pull request's review threads,
+/// whether each is resolved, and their comments' database ids. Anything
+/// else is answered as GitHub answers a query it cannot resolve.
+async fn graphql(req: HttpRequest, body: web::Json<Value>, state: Shared) -> HttpResponse {
+    let state = state.lock().unwrap();
+    let query = body["query"].as_str().unwrap_or_default();
+    let vars = &body["variables"];
+    let repo = format!("{}/{}", vars["owner"].as_str().unwrap_or_default(), vars["name"].as_str().unwrap_or_default());
+    if bearer(&req).is_none() {
+        return HttpResponse::Unauthorized().json(json!({"message": "This endpoint requires you to be authenticated.",
+            "documentation_url": "https://docs.github.com/graphql/guides/forming-calls-with-graphql#authenticating-with-graphql"}));
+    }
+    if let Err(refusal) = token_allows(&req, &state, &repo, "pull_requests", "read") {
+        if refusal.status() == StatusCode::UNAUTHORIZED {
+            return *refusal;
+        }
+        return HttpResponse::Ok().json(json!({"data": {"repository": null}, "errors": [{"type": "NOT_FOUND",
+            "path": ["repository"], "message": format!("Could not resolve to a Repository with the name '{repo}'.")}]}));
+    }
+    if !query.contains("reviewThreads") || !query.contains("isResolved") {
+        return HttpResponse::Ok()
+            .json(json!({"errors": [{"message": "the emulator answers only the review threads query"}]}));
+    }
+    let number = vars["number"].as_u64().unwrap_or(0);
+    let comments: Vec<&Value> = state.repos[&repo].review_comments.iter().filter(|c| c["pull"] == number).collect();
+    let resolved = &state.repos[&repo].resolved;
+    let nodes: Vec<Value> = comments
+        .iter()
+        .filter(|c| c["in_reply_to_id"].is_null())
+        .map(|root| {
+            let id = root["id"].as_u64().unwrap_or_default();
+            let members: Vec<Value> = comments
+                .iter()
+                .filter(|c| c["id"] == id || c["in_reply_to_id"] == id)
+                .map(|c| json!({"databaseId": c["id"]}))
+                .collect();
+            json!({"isResolved": resolved.contains(&id), "comments": {"nodes": members}})
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({"data": {"repository": {"pullRequest": {"reviewThreads": {"nodes": nodes}}}}}))
 }
 
 /// Git smart HTTP with GitHub's rules: Basic auth whose password is a live

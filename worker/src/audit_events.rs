@@ -113,11 +113,18 @@ pub fn outcome(run: &ClaimedRun, worker: &str, facts: &RunFacts, reason: &StopRe
         // Where it was pushed: the repository, or its fork.
         let fork = facts.pull_request.as_ref().and_then(|p| p.head_repository.as_deref());
         let repository = fork.map_or_else(|| run.spec.repository.to_string(), str::to_owned);
-        let pushed = json!({"branch": branch, "repository": repository});
+        let pushed = json!({"branch": branch, "repository": repository, "commit": facts.pushed_commit});
         events.push(with_after(run_event(run, worker, "branch.push"), pushed));
     }
     if let Some(pull) = &facts.pull_request {
-        events.push(with_after(run_event(run, worker, "pull_request.open"), json!(pull)));
+        match &run.spec.follow_up {
+            None => events.push(with_after(run_event(run, worker, "pull_request.open"), json!(pull))),
+            Some(follow_up) => {
+                let update = json!({"pull_request": pull, "parent_run": run.spec.parent_run,
+                    "trigger": follow_up.trigger, "answered_comments": facts.answered_comments});
+                events.push(with_after(run_event(run, worker, "pull_request.follow_up"), update));
+            }
+        }
     }
     events.push(with_after(run_event(run, worker, "run.stop"), json!({"reason": reason})));
     events.into_iter().map(AuditEvent::after_the_fact).collect()

@@ -101,6 +101,11 @@ pub struct RunView {
     pub policy: Option<common::policy::SandboxPolicy>,
     /// The issue the run works on, if any.
     pub issue: Option<u64>,
+    /// The run whose pull request this follow-up continues.
+    #[schema(example = "01m8fd2cj1x31jpkk0spht2y3j")]
+    pub parent_run: Option<String>,
+    /// A follow-up's pull request, branch and what asked for it.
+    pub follow_up: Option<common::FollowUp>,
     /// What the run did: models, credentials granted, commands, files
     /// changed, branch and pull request. Present once it finished.
     pub facts: Option<common::RunFacts>,
@@ -166,6 +171,8 @@ impl From<RunRecord> for RunView {
             approved_by: r.approved_by,
             policy: r.spec.policy,
             issue: r.spec.issue,
+            parent_run: r.spec.parent_run.map(|p| p.to_string()),
+            follow_up: r.spec.follow_up,
             facts: r.facts,
         }
     }

@@ -80,6 +80,8 @@ pub async fn create_run(
         policy: None,
         issue: body.issue,
         submitted_by: (caller.principal != requested_by).then(|| caller.principal.clone()),
+        parent_run: None,
+        follow_up: None,
     };
     let request = service::Request {
         actor: Actor { principal: requested_by, via, ..caller.actor() },

@@ -74,6 +74,11 @@ pub struct IssueAndRepository {
     pub issue: Option<u64>,
     pub base_ref: String,
     pub base_commit: Option<String>,
+    /// The run whose pull request this follow-up continues.
+    #[schema(example = "01m8fd2cj1x31jpkk0spht2y3j")]
+    pub parent_run: Option<String>,
+    /// A follow-up's pull request, branch and what asked for it.
+    pub follow_up: Option<common::FollowUp>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -82,6 +87,10 @@ pub struct PullRequestView {
     pub pull_request: Option<PullRequestRef>,
     /// The key Paddock's commit was signed with, when it was.
     pub commit_signature: Option<CommitSignature>,
+    /// The commit Paddock pushed.
+    pub pushed_commit: Option<String>,
+    /// The review comments a follow-up replied to.
+    pub answered_comments: Vec<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -173,6 +182,8 @@ fn from_record(
             issue: r.spec.issue,
             base_ref: r.spec.base_ref,
             base_commit: facts.base_commit,
+            parent_run: r.spec.parent_run.map(|p| p.to_string()),
+            follow_up: r.spec.follow_up,
         },
         agent: facts.agent,
         models: facts.models,
@@ -183,6 +194,8 @@ fn from_record(
             branch: facts.branch,
             pull_request: facts.pull_request,
             commit_signature: facts.commit_signature,
+            pushed_commit: facts.pushed_commit,
+            answered_comments: facts.answered_comments,
         },
         stop: Stop { reason: r.stop_reason, cancelled_by: r.cancelled_by, finished_at_ms: r.finished_at_ms },
         sandbox: SandboxView { policy: r.spec.policy, egress },
@@ -208,6 +221,8 @@ fn from_summary(id: RunId, s: RunSummary, request_event: Option<RequestEvent>, a
             issue: s.issue,
             base_ref: s.base_ref,
             base_commit: s.base_commit,
+            parent_run: s.parent_run.map(|p| p.to_string()),
+            follow_up: s.follow_up,
         },
         agent: s.agent,
         models: s.models,
@@ -218,6 +233,8 @@ fn from_summary(id: RunId, s: RunSummary, request_event: Option<RequestEvent>, a
             branch: s.branch,
             pull_request: s.pull_request,
             commit_signature: s.commit_signature,
+            pushed_commit: s.pushed_commit,
+            answered_comments: s.answered_comments,
         },
         stop: Stop { reason: Some(s.stop_reason), cancelled_by: None, finished_at_ms: None },
         sandbox: SandboxView { policy: Some(s.policy), egress: s.egress },
@@ -238,5 +255,7 @@ fn facts_of(summary: Option<&RunSummary>) -> RunFacts {
         branch: s.branch.clone(),
         commit_signature: s.commit_signature.clone(),
         pull_request: s.pull_request.clone(),
+        pushed_commit: s.pushed_commit.clone(),
+        answered_comments: s.answered_comments.clone(),
     }
 }

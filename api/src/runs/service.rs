@@ -70,12 +70,12 @@ pub async fn submit(state: &AppState, owned: &Owned, spec: RunSpec, request: Req
         let _ = state.queue.release_idempotency(id, idempotency).await;
     }
     match accepted? {
-        Enqueued::Created { .. } => {
+        Enqueued::Created { state: now, .. } => {
             tracing::info!(
                 run_id = %id, repository = %spec.repository, tenant = %spec.tenant,
-                requested_by = %spec.requested_by, via = ?spec.via, "run accepted"
+                requested_by = %spec.requested_by, via = ?spec.via, state = %now, "run accepted"
             );
-            Ok(Accepted { id, state: state_now, created: true })
+            Ok(Accepted { id, state: now, created: true })
         }
         Enqueued::Existing { id, same_request } => {
             repeated(KeyHolder { run: id, same_request, pending: false }, state_now)

@@ -1,13 +1,22 @@
 //! GitHub webhooks. A delivery is accepted only with a valid
 //! `X-Hub-Signature-256` over its exact body and a delivery id never seen
-//! before. `issues.labeled` with the configured label, or `issues.assigned`
-//! to the App's bot user, starts a run for the issue, requested by the
-//! GitHub user who labelled or assigned it, and only if that user may write
-//! to the repository (otherwise the issue gets a comment saying so).
+//! before.
+//!
+//! - `issues.labeled` with the configured label, or `issues.assigned` to the
+//!   App's bot user, starts a run for the issue.
+//! - On a pull request Paddock opened: a review requesting changes (or one
+//!   whose text mentions the App), or a review comment or comment that
+//!   mentions it (`@paddock` or the bot login without `[bot]`), starts a
+//!   follow-up run on the pull request's branch, its task holding the whole
+//!   conversation.
+//!
+//! The run is requested by the GitHub user who asked, and only if that user
+//! is linked to a person and may write to the repository; otherwise the
+//! issue or pull request gets a comment saying why nothing started.
 
 use actix_web::{HttpRequest, HttpResponse, post, web};
 use common::{AgentProfile, Priority, RepoName, RunId, RunSpec};
-use forge::publish;
+use forge::{follow_up, publish};
 use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -19,6 +28,7 @@ use crate::startup::AppState;
 /// What a delivery asked for.
 enum Trigger {
     Run { repo: RepoName, issue: u64, title: String, body: String, sender: String, base_ref: String },
+    FollowUp { repo: RepoName, pull: u64, sender: String, asked: follow_up::Trigger },
     Ignore(String),
 }
 
@@ -27,7 +37,7 @@ enum Trigger {
     tag = "webhooks",
     request_body(content = Object, description = "A GitHub webhook payload, signed in `X-Hub-Signature-256`"),
     params(
-        ("X-GitHub-Event" = String, Header, description = "`issues` or `ping`"),
+        ("X-GitHub-Event" = String, Header, description = "`issues`, `pull_request_review`, `pull_request_review_comment`, `issue_comment` or `ping`"),
         ("X-GitHub-Delivery" = String, Header, description = "Unique id of the delivery; a replay is refused"),
         ("X-Hub-Signature-256" = String, Header, description = "`sha256=` HMAC of the body under the webhook secret"),
     ),
@@ -95,22 +105,53 @@ async fn handle(
 ) -> Result<HttpResponse, Problem> {
     let payload: Value =
         serde_json::from_slice(body).map_err(|e| Problem::bad_request(format!("the payload is not JSON: {e}")))?;
+    let github = &state.config.github;
     let trigger = match event {
         "ping" => Trigger::Ignore("pong".to_owned()),
-        "issues" => trigger(&state.config.github, &payload)?,
+        "issues" => trigger(github, &payload)?,
+        "pull_request_review" | "pull_request_review_comment" | "issue_comment" => {
+            follow_up_trigger(github, event, &payload)?
+        }
         other => Trigger::Ignore(format!("event `{other}` does not start runs")),
     };
-    let (repo, issue, title, body, sender, base_ref) = match trigger {
-        Trigger::Ignore(reason) => return Ok(HttpResponse::Ok().json(json!({"status": "ignored", "reason": reason}))),
-        Trigger::Run { repo, issue, title, body, sender, base_ref } => (repo, issue, title, body, sender, base_ref),
+    let ignored = |reason: String| Ok(HttpResponse::Ok().json(json!({"status": "ignored", "reason": reason})));
+    let (repo, sender) = match &trigger {
+        Trigger::Ignore(reason) => return ignored(reason.clone()),
+        Trigger::Run { repo, sender, .. } | Trigger::FollowUp { repo, sender, .. } => (repo.clone(), sender.clone()),
     };
     let Some(app) = &state.github else {
         return Err(Problem::unavailable("the GitHub App is not configured (github.app_id)"));
     };
     let forge = |e: forge::ForgeError| Problem::unavailable(format!("GitHub: {e}"));
+    // A follow-up reads the pull request first: only one Paddock opened,
+    // on a branch of the repository itself, gets one.
+    let conversation = match &trigger {
+        Trigger::FollowUp { pull, .. } => {
+            let conversation = follow_up::read(app, &repo, *pull).await.map_err(forge)?;
+            let opened = &conversation.pull;
+            let ours = opened.author.eq_ignore_ascii_case(&github.bot_login) && opened.head_ref.starts_with("paddock/");
+            if !ours {
+                return ignored(format!("#{pull} is not a pull request Paddock opened"));
+            }
+            if opened.state != "open" {
+                return ignored(format!("#{pull} is {}", opened.state));
+            }
+            if opened.last_run().is_none() {
+                return ignored(format!("#{pull} names no Paddock run"));
+            }
+            Some(conversation)
+        }
+        _ => None,
+    };
+    // Where a refusal is explained: the issue, or the pull request.
+    let thread = match &trigger {
+        Trigger::Run { issue, .. } => *issue,
+        Trigger::FollowUp { pull, .. } => *pull,
+        Trigger::Ignore(_) => unreachable!("returned above"),
+    };
     let refuse = async |text: String, reason: &str| {
-        publish::comment_on_issue(app, &repo, issue, RunId::new(), &text).await.map_err(forge)?;
-        tracing::info!(%repo, issue, %sender, reason, "webhook run refused");
+        publish::comment_on_issue(app, &repo, thread, RunId::new(), &text).await.map_err(forge)?;
+        tracing::info!(%repo, thread, %sender, reason, "webhook run refused");
         Ok(HttpResponse::Ok().json(json!({"status": "refused", "reason": reason})))
     };
     let person = state.config.identity.github_logins.iter().find(|(login, _)| login.eq_ignore_ascii_case(&sender));
@@ -140,22 +181,78 @@ async fn handle(
             format!("@{sender}, Paddock starts runs only for people with write access to {repo}; nothing was started.");
         return refuse(text, "the requester may not write to the repository").await;
     }
-    let spec = RunSpec {
-        tenant: owned.tenant().to_owned(),
-        priority: Priority::Normal,
-        repository: repo,
-        base_ref,
-        task_title: title.chars().take(RunSpec::MAX_TITLE).collect(),
-        task_body: body.chars().take(RunSpec::MAX_BODY).collect(),
-        agent_profile: state.config.github.agent_profile.parse::<AgentProfile>()?,
-        requested_by: person.clone(),
-        via: Some(format!("github:{sender}")),
-        policy: None,
-        issue: Some(issue),
-        submitted_by: None,
+    if let (Trigger::FollowUp { .. }, Some(conversation)) = (&trigger, &conversation)
+        && conversation.pull.head_repository.to_lowercase() != repo.to_string().to_lowercase()
+    {
+        let text = format!(
+            "@{sender}, this pull request's branch is in {}; Paddock follows up only on branches in {repo}. Nothing was started.",
+            conversation.pull.head_repository
+        );
+        return refuse(text, "follow-ups on a fork's branch are not supported").await;
+    }
+    let via = Some(format!("github:{sender}"));
+    let spec = match trigger {
+        Trigger::Run { repo, issue, title, body, base_ref, .. } => RunSpec {
+            tenant: owned.tenant().to_owned(),
+            priority: Priority::Normal,
+            repository: repo,
+            base_ref,
+            task_title: title.chars().take(RunSpec::MAX_TITLE).collect(),
+            task_body: body.chars().take(RunSpec::MAX_BODY).collect(),
+            agent_profile: github.agent_profile.parse::<AgentProfile>()?,
+            requested_by: person.clone(),
+            via,
+            policy: None,
+            issue: Some(issue),
+            submitted_by: None,
+            parent_run: None,
+            follow_up: None,
+        },
+        Trigger::FollowUp { repo, asked, .. } => {
+            let Some(conversation) = conversation else { unreachable!("read above") };
+            let parent = conversation.pull.last_run();
+            let parent_record = match parent {
+                Some(id) => state.queue.get(id).await?,
+                None => None,
+            };
+            // The parent's profile and issue when its record is still
+            // kept; the pull request's own `Fixes #N` otherwise.
+            let profile = parent_record.as_ref().map(|r| r.spec.agent_profile.clone());
+            let issue = parent_record.as_ref().and_then(|r| r.spec.issue).or(conversation.pull.fixes());
+            let (task_title, task_body) = conversation.task(asked, RunSpec::MAX_BODY);
+            let pull = &conversation.pull;
+            RunSpec {
+                tenant: owned.tenant().to_owned(),
+                priority: Priority::Normal,
+                repository: repo,
+                base_ref: pull.head_ref.clone(),
+                task_title,
+                task_body,
+                agent_profile: match profile {
+                    Some(profile) => profile,
+                    None => github.agent_profile.parse::<AgentProfile>()?,
+                },
+                requested_by: person.clone(),
+                via,
+                policy: None,
+                issue,
+                submitted_by: None,
+                parent_run: parent,
+                follow_up: Some(common::FollowUp {
+                    pull_request: pull.number,
+                    branch: pull.head_ref.clone(),
+                    base: pull.base_ref.clone(),
+                    head_sha: pull.head_sha.clone(),
+                    trigger: asked.to_string(),
+                    requested_by_login: sender.clone(),
+                    answer_review_comments: conversation.to_answer(asked),
+                }),
+            }
+        }
+        Trigger::Ignore(_) => unreachable!("returned above"),
     };
     let spec = if spec.task_title.trim().is_empty() {
-        RunSpec { task_title: format!("Issue #{issue}"), ..spec }
+        RunSpec { task_title: format!("Issue #{thread}"), ..spec }
     } else {
         spec
     };
@@ -171,8 +268,77 @@ async fn handle(
         request_id,
     };
     let run = crate::runs::service::submit(state, &owned, spec, request).await?;
-    tracing::info!(run_id = %run.id, issue, state = ?run.state, "run accepted from a GitHub webhook");
+    tracing::info!(run_id = %run.id, thread, state = ?run.state, "run accepted from a GitHub webhook");
     Ok(crate::runs::handlers::accepted(run))
+}
+
+/// The names a comment mentions the App by: `@paddock` and the bot login
+/// without `[bot]`.
+fn mention_names(github: &common::config::GitHubConfig) -> Vec<String> {
+    let stem = github.bot_login.trim_end_matches("[bot]").to_owned();
+    let mut names = vec!["paddock".to_owned()];
+    if !stem.is_empty() && !stem.eq_ignore_ascii_case("paddock") {
+        names.push(stem);
+    }
+    names
+}
+
+/// A review requesting changes (or mentioning the App), or a review
+/// comment or pull request comment mentioning it.
+fn follow_up_trigger(github: &common::config::GitHubConfig, event: &str, payload: &Value) -> Result<Trigger, Problem> {
+    let action = payload["action"].as_str().unwrap_or_default();
+    let names = mention_names(github);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let sender = payload["sender"]["login"].as_str().unwrap_or_default().to_owned();
+    // Never a follow-up on the App's own words (its replies quote reviews).
+    if sender.eq_ignore_ascii_case(&github.bot_login) || payload["sender"]["type"] == "Bot" {
+        return Ok(Trigger::Ignore(format!("{event} from a bot")));
+    }
+    let (text, pull, asked) = match (event, action) {
+        ("pull_request_review", "submitted") => {
+            let review = &payload["review"];
+            let body = review["body"].as_str().unwrap_or_default();
+            let changes = review["state"].as_str().is_some_and(|s| s.eq_ignore_ascii_case("changes_requested"));
+            if !changes && !follow_up::mentions(body, &names) {
+                return Ok(Trigger::Ignore("a review that neither requests changes nor mentions the App".to_owned()));
+            }
+            let id = review["id"].as_u64().ok_or_else(|| missing("review.id"))?;
+            ("review", payload["pull_request"]["number"].as_u64(), follow_up::Trigger::Review(id))
+        }
+        ("pull_request_review_comment", "created") => {
+            let comment = &payload["comment"];
+            if !follow_up::mentions(comment["body"].as_str().unwrap_or_default(), &names) {
+                return Ok(Trigger::Ignore("a review comment that does not mention the App".to_owned()));
+            }
+            let id = comment["id"].as_u64().ok_or_else(|| missing("comment.id"))?;
+            ("review comment", payload["pull_request"]["number"].as_u64(), follow_up::Trigger::ReviewComment(id))
+        }
+        ("issue_comment", "created") => {
+            if payload["issue"]["pull_request"].is_null() {
+                return Ok(Trigger::Ignore("a comment on an issue, not a pull request".to_owned()));
+            }
+            let comment = &payload["comment"];
+            if !follow_up::mentions(comment["body"].as_str().unwrap_or_default(), &names) {
+                return Ok(Trigger::Ignore("a comment that does not mention the App".to_owned()));
+            }
+            let id = comment["id"].as_u64().ok_or_else(|| missing("comment.id"))?;
+            ("comment", payload["issue"]["number"].as_u64(), follow_up::Trigger::IssueComment(id))
+        }
+        _ => return Ok(Trigger::Ignore(format!("{event}.{action} does not start a run here"))),
+    };
+    let pull =
+        pull.ok_or_else(|| missing(if event == "issue_comment" { "issue.number" } else { "pull_request.number" }))?;
+    let repo: RepoName =
+        payload["repository"]["full_name"].as_str().ok_or_else(|| missing("repository.full_name"))?.parse()?;
+    if sender.is_empty() {
+        return Err(missing("sender.login"));
+    }
+    tracing::debug!(%repo, pull, text, "follow-up asked for");
+    Ok(Trigger::FollowUp { repo, pull, sender, asked })
+}
+
+fn missing(field: &str) -> Problem {
+    Problem::bad_request(format!("the payload has no {field}")).field(field.to_owned())
 }
 
 fn trigger(github: &common::config::GitHubConfig, payload: &Value) -> Result<Trigger, Problem> {
@@ -185,7 +351,6 @@ fn trigger(github: &common::config::GitHubConfig, payload: &Value) -> Result<Tri
     if !starts {
         return Ok(Trigger::Ignore(format!("issues.{action} does not start a run here")));
     }
-    let missing = |field: &str| Problem::bad_request(format!("the payload has no {field}")).field(field.to_owned());
     let repo: RepoName =
         payload["repository"]["full_name"].as_str().ok_or_else(|| missing("repository.full_name"))?.parse()?;
     let issue = payload["issue"]["number"].as_u64().ok_or_else(|| missing("issue.number"))?;

@@ -110,12 +110,7 @@ pub async fn checkout(
     if code != 0 {
         return Err(GitError::Unavailable(format!("checkout exited {code}: {}", first_line(&err))));
     }
-    let mut rev = git();
-    rev.arg("-C").arg(dest).args(["rev-parse", "HEAD"]);
-    let (code, commit, err) = run(rev).await?;
-    if code != 0 {
-        return Err(GitError::Unavailable(format!("rev-parse exited {code}: {}", first_line(&err))));
-    }
+    let commit = head(dest).await?;
     // The sandbox sees the tree, not where it came from.
     let mut scrub = git();
     scrub.arg("-C").arg(dest).args(["remote", "remove", "origin"]);
@@ -195,6 +190,17 @@ fn looks_missing(stderr: &str) -> bool {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or_default()
+}
+
+/// The commit checked out in `dir`.
+pub async fn head(dir: &Path) -> Result<String, GitError> {
+    let mut rev = git();
+    rev.arg("-C").arg(dir).args(["rev-parse", "HEAD"]);
+    let (code, commit, err) = run(rev).await?;
+    if code != 0 {
+        return Err(GitError::Unavailable(format!("rev-parse exited {code}: {}", first_line(&err))));
+    }
+    Ok(commit)
 }
 
 /// Why a diff could not become a commit.
@@ -348,17 +354,39 @@ pub enum PushError {
     /// The server refused the branch as protected.
     #[error("the branch is protected: {0}")]
     Protected(String),
+    /// The branch moved past what was checked out (someone pushed to it):
+    /// a fast-forward-only push was refused.
+    #[error("the branch has commits this checkout does not: {0}")]
+    Moved(String),
     #[error(transparent)]
     Git(#[from] GitError),
 }
 
-/// Pushes `HEAD` of `dir` to `branch` of `url` (forced: the branch is the
-/// run's own).
-pub async fn push(dir: &Path, url: &str, branch: &str, auth: &[(String, String)]) -> Result<(), PushError> {
+/// How a push may move the branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushMode {
+    /// The run's own new branch: a retried run replaces what an earlier
+    /// attempt pushed.
+    Replace,
+    /// A follow-up on a branch people can push to: only a fast-forward.
+    FastForward,
+}
+
+/// Pushes `HEAD` of `dir` to `branch` of `url`.
+pub async fn push(
+    dir: &Path,
+    url: &str,
+    branch: &str,
+    mode: PushMode,
+    auth: &[(String, String)],
+) -> Result<(), PushError> {
     let mut push = git();
     with_env(&mut push, auth);
-    push.arg("-C").arg(dir).args(["push", "--quiet", "--force", "--no-verify", "--", url]);
-    push.arg(format!("HEAD:refs/heads/{branch}"));
+    push.arg("-C").arg(dir).args(["push", "--quiet", "--no-verify"]);
+    if mode == PushMode::Replace {
+        push.arg("--force");
+    }
+    push.args(["--", url]).arg(format!("HEAD:refs/heads/{branch}"));
     let (code, _, err) = run(push).await?;
     if code == 0 {
         return Ok(());
@@ -366,6 +394,9 @@ pub async fn push(dir: &Path, url: &str, branch: &str, auth: &[(String, String)]
     let lower = err.to_lowercase();
     if lower.contains("protected branch") || lower.contains("gh006") || lower.contains("gh013") {
         return Err(PushError::Protected(first_line(&err).to_owned()));
+    }
+    if lower.contains("[rejected]") && (lower.contains("fetch first") || lower.contains("non-fast-forward")) {
+        return Err(PushError::Moved(first_line(&err).to_owned()));
     }
     Err(GitError::Unavailable(format!("push exited {code}: {}", err.lines().last().unwrap_or_default())).into())
 }

@@ -40,6 +40,10 @@ pub const COMMENT_PERMISSIONS: &[(&str, &str)] = &[("issues", "write"), ("metada
 /// What checking a requester's permission needs.
 pub const READ_PERMISSIONS: &[(&str, &str)] = &[("metadata", "read")];
 
+/// What reading a pull request's conversation for a follow-up needs.
+pub const CONVERSATION_PERMISSIONS: &[(&str, &str)] =
+    &[("pull_requests", "read"), ("issues", "read"), ("metadata", "read")];
+
 #[derive(Debug, thiserror::Error)]
 pub enum ForgeError {
     /// GitHub answered, and retrying will not change its answer (404, 401,
@@ -211,6 +215,9 @@ pub struct RepoCredential {
     client: Octocrab,
     grant: Mutex<CredentialGrant>,
     outbound: Outbound,
+    http: reqwest::Client,
+    /// GitHub's GraphQL endpoint beside `github.api_url`.
+    graphql_url: String,
 }
 
 impl RepoCredential {
@@ -221,7 +228,14 @@ impl RepoCredential {
             .personal_token(token.expose_secret().to_owned())
             .build_with_reqwest(app.http.clone())
             .map_err(|e| ForgeError::Config(e.to_string()))?;
-        Ok(Self { token, client, grant: Mutex::new(grant), outbound: app.outbound.clone() })
+        Ok(Self {
+            token,
+            client,
+            grant: Mutex::new(grant),
+            outbound: app.outbound.clone(),
+            http: app.http.clone(),
+            graphql_url: graphql_url(&app.config.api_url),
+        })
     }
 
     pub fn grant(&self) -> CredentialGrant {
@@ -286,5 +300,57 @@ impl RepoCredential {
 
     pub async fn patch(&self, route: &str, body: &Value) -> Result<Value, ForgeError> {
         Ok(self.client.patch(route, Some(body)).await?)
+    }
+
+    /// Every page of a REST list (`per_page=100`, at most `pages` pages).
+    pub async fn get_all(&self, route: &str, pages: u32) -> Result<Vec<Value>, ForgeError> {
+        let mut all = Vec::new();
+        let join = if route.contains('?') { '&' } else { '?' };
+        for page in 1..=pages {
+            let answer = self.get(&format!("{route}{join}per_page=100&page={page}")).await?;
+            let items = answer.as_array().cloned().unwrap_or_default();
+            let last = items.len() < 100;
+            all.extend(items);
+            if last {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// A GraphQL query (what REST does not show, such as whether a review
+    /// thread is resolved). GraphQL reports errors in a 200 answer's
+    /// `errors`; they are refusals here.
+    pub async fn graphql(&self, query: &str, variables: &Value) -> Result<Value, ForgeError> {
+        let response = self
+            .http
+            .post(&self.graphql_url)
+            .bearer_auth(self.token.expose_secret())
+            .header("accept", "application/vnd.github+json")
+            .header("user-agent", "paddock")
+            .json(&json!({"query": query, "variables": variables}))
+            .send()
+            .await
+            .map_err(|e| ForgeError::Unavailable(platform::outbound::describe_failure(&e, "GitHub")))?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or_default();
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(ForgeError::Unavailable(format!("GraphQL {status}")));
+        }
+        if !status.is_success() || answer.get("errors").is_some_and(|e| !e.is_null()) {
+            let message = answer["message"].as_str().map(str::to_owned).unwrap_or_else(|| answer["errors"].to_string());
+            return Err(ForgeError::Refused(format!("GraphQL {status}: {message}")));
+        }
+        Ok(answer["data"].clone())
+    }
+}
+
+/// `https://api.github.com/graphql`, or `https://<host>/api/graphql` beside
+/// Enterprise Server's `https://<host>/api/v3`.
+pub fn graphql_url(api_url: &str) -> String {
+    let base = api_url.trim_end_matches('/');
+    match base.strip_suffix("/api/v3") {
+        Some(host) => format!("{host}/api/graphql"),
+        None => format!("{base}/graphql"),
     }
 }

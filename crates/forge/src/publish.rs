@@ -28,11 +28,18 @@ pub struct RunStory<'a> {
 pub enum Published {
     /// The agent changed nothing: no branch, no pull request.
     NoChanges,
-    PullRequest {
-        branch: String,
-        pull_request: PullRequestRef,
-        files: Vec<String>,
-    },
+    PullRequest(Box<Pushed>),
+}
+
+/// A branch pushed and its pull request opened or updated.
+pub struct Pushed {
+    pub branch: String,
+    pub pull_request: PullRequestRef,
+    pub files: Vec<String>,
+    /// The commit pushed.
+    pub commit: String,
+    /// A follow-up's replies (the review comments answered).
+    pub answered: Vec<u64>,
 }
 
 /// Where the run's branch is pushed.
@@ -48,6 +55,10 @@ pub enum Destination<'a> {
 pub enum PublishError {
     #[error("refusing to push `{0}`: it is the default branch or protected")]
     Protected(String),
+    /// A follow-up's branch moved after it was checked out (`branch`,
+    /// checked out at `at`): nothing was pushed.
+    #[error("`{branch}` has commits pushed after the run checked it out at {at}")]
+    BranchMoved { branch: String, at: String },
     /// `publish.mode = "fork"`, and the fork is not one of the repository.
     #[error("{0}")]
     NotAFork(String),
@@ -88,15 +99,7 @@ pub async fn publish(
 ) -> Result<Published, PublishError> {
     let spec = story.spec;
     let repo = &spec.repository;
-    if diff.is_empty() {
-        return Ok(Published::NoChanges);
-    }
-    let author = (app.config.commit_author_name.as_str(), app.config.commit_author_email.as_str());
-    let signing_key = app.signing().map(|(key, _)| key);
-    let files = git::commit_diff(checkout, diff, author, &commit_message(story), signing_key).await?;
-    if files.is_empty() {
-        return Ok(Published::NoChanges);
-    }
+    let Some(files) = commit(app, checkout, diff, story).await? else { return Ok(Published::NoChanges) };
     let branch = branch_name(story.run, spec.issue);
     let (push_repo, push_credential, push_url) = match destination {
         Destination::Repository => (repo, credential, clone_url),
@@ -106,9 +109,10 @@ pub async fn publish(
         }
     };
     refuse_protected(push_credential, push_repo, &branch).await?;
-    match git::push(checkout, push_url, &branch, &push_credential.git_env()).await {
+    match git::push(checkout, push_url, &branch, git::PushMode::Replace, &push_credential.git_env()).await {
         Ok(()) => {}
         Err(PushError::Protected(_)) => return Err(PublishError::Protected(branch)),
+        Err(PushError::Moved(e)) => return Err(git::GitError::Unavailable(e).into()),
         Err(PushError::Git(e)) => return Err(e.into()),
     }
     let fork = match destination {
@@ -116,7 +120,128 @@ pub async fn publish(
         Destination::Fork { repo: fork, .. } => Some(*fork),
     };
     let pull_request = upsert_pull_request(credential, repo, &branch, fork, story, &files).await?;
-    Ok(Published::PullRequest { branch, pull_request, files })
+    let commit = git::head(checkout).await?;
+    Ok(Published::PullRequest(Box::new(Pushed { branch, pull_request, files, commit, answered: Vec::new() })))
+}
+
+/// A follow-up: commits the diff on top of the pull request's branch as
+/// checked out, pushes it fast-forward only (never over a person's
+/// commits), answers each review comment it was asked about, and adds the
+/// run to the pull request's description. It never force-pushes, marks
+/// the draft ready or merges.
+pub async fn publish_follow_up(
+    app: &GitHubApp,
+    credential: &RepoCredential,
+    checkout: &Path,
+    clone_url: &str,
+    diff: &[u8],
+    story: &RunStory<'_>,
+    follow_up: &common::FollowUp,
+) -> Result<Published, PublishError> {
+    let repo = &story.spec.repository;
+    let checked_out = git::head(checkout).await?;
+    let Some(files) = commit(app, checkout, diff, story).await? else { return Ok(Published::NoChanges) };
+    let branch = follow_up.branch.clone();
+    refuse_protected(credential, repo, &branch).await?;
+    match git::push(checkout, clone_url, &branch, git::PushMode::FastForward, &credential.git_env()).await {
+        Ok(()) => {}
+        Err(PushError::Protected(_)) => return Err(PublishError::Protected(branch)),
+        Err(PushError::Moved(_)) => return Err(PublishError::BranchMoved { branch, at: checked_out }),
+        Err(PushError::Git(e)) => return Err(e.into()),
+    }
+    let commit = git::head(checkout).await?;
+    let (owner, name) = (repo.owner(), repo.name());
+    let number = follow_up.pull_request;
+    let pull = credential.get(&format!("/repos/{owner}/{name}/pulls/{number}")).await?;
+    let line = follow_up_line(story, follow_up, &commit, &files);
+    let body = with_follow_up(pull["body"].as_str().unwrap_or_default(), &line);
+    let pull = credential.patch(&format!("/repos/{owner}/{name}/pulls/{number}"), &json!({"body": body})).await?;
+    let mut answered = Vec::new();
+    for &comment in &follow_up.answer_review_comments {
+        let Some(original) =
+            credential.get_optional(&format!("/repos/{owner}/{name}/pulls/comments/{comment}")).await?
+        else {
+            continue;
+        };
+        let path = original["path"].as_str().unwrap_or_default();
+        let reply = reply_text(story, &commit, path, &files);
+        credential
+            .post(&format!("/repos/{owner}/{name}/pulls/{number}/comments/{comment}/replies"), &json!({"body": reply}))
+            .await?;
+        answered.push(comment);
+    }
+    let pull_request = PullRequestRef {
+        number,
+        url: pull["html_url"].as_str().unwrap_or_default().to_owned(),
+        head: branch.clone(),
+        base: follow_up.base.clone(),
+        draft: pull["draft"] == true,
+        head_repository: None,
+    };
+    Ok(Published::PullRequest(Box::new(Pushed { branch, pull_request, files, commit, answered })))
+}
+
+/// A follow-up's line in the pull request's description, with the marker
+/// that makes it the run the next follow-up continues.
+fn follow_up_line(story: &RunStory<'_>, follow_up: &common::FollowUp, commit: &str, files: &[String]) -> String {
+    let listed: Vec<String> = files.iter().take(10).map(|f| code_span(f)).collect();
+    let more = if files.len() > 10 { format!(" and {} more", files.len() - 10) } else { String::new() };
+    format!(
+        "- Run [`{}`]({}) for {} (requested by {}): commit `{}`, changing {}{more} {}",
+        story.run,
+        story.link,
+        code_span(&format!("@{}", follow_up.requested_by_login)),
+        code_span(&story.spec.requested_by),
+        &commit[..commit.len().min(12)],
+        listed.join(", "),
+        marker(story.run)
+    )
+}
+
+/// `body` with `line` added under its "Follow-ups" heading.
+fn with_follow_up(body: &str, line: &str) -> String {
+    const HEADING: &str = "### Follow-ups";
+    let mut body = body.trim_end().to_owned();
+    if !body.contains(HEADING) {
+        body.push_str(&format!("\n\n{HEADING}\n"));
+    }
+    body.push_str(&format!("\n{line}\n"));
+    body
+}
+
+/// What a reply to a review comment on `path` says the commit did.
+fn reply_text(story: &RunStory<'_>, commit: &str, path: &str, files: &[String]) -> String {
+    let short = &commit[..commit.len().min(12)];
+    let run = format!("run [`{}`]({})", story.run, story.link);
+    if files.iter().any(|f| f == path) {
+        let others: Vec<String> = files.iter().filter(|f| *f != path).take(5).map(|f| code_span(f)).collect();
+        let also = if others.is_empty() { String::new() } else { format!(" It also changes {}.", others.join(", ")) };
+        format!("Paddock changed {} in `{short}` ({run}) to address this.{also}", code_span(path))
+    } else {
+        let listed: Vec<String> = files.iter().take(5).map(|f| code_span(f)).collect();
+        format!(
+            "Paddock's `{short}` ({run}) does not change {}; it changes {}. Please check whether that addresses this.",
+            code_span(path),
+            listed.join(", ")
+        )
+    }
+}
+
+/// Commits the diff in `checkout` as the App (signed when it has a key);
+/// the files it changes, or `None` when it changes nothing.
+async fn commit(
+    app: &GitHubApp,
+    checkout: &Path,
+    diff: &[u8],
+    story: &RunStory<'_>,
+) -> Result<Option<Vec<String>>, PublishError> {
+    if diff.is_empty() {
+        return Ok(None);
+    }
+    let author = (app.config.commit_author_name.as_str(), app.config.commit_author_email.as_str());
+    let signing_key = app.signing().map(|(key, _)| key);
+    let files = git::commit_diff(checkout, diff, author, &commit_message(story), signing_key).await?;
+    Ok((!files.is_empty()).then_some(files))
 }
 
 /// The fork must be a fork of the repository (GitHub then opens a pull
@@ -204,7 +329,11 @@ fn commit_message(story: &RunStory<'_>) -> String {
     if let Some(issue) = spec.issue {
         message.push_str(&format!("Refs #{issue}\n\n"));
     }
-    message.push_str(&format!("Paddock-Run: {}\nRequested-by: {}\n", story.run, spec.requested_by));
+    message.push_str(&format!("Paddock-Run: {}\n", story.run));
+    if let Some(parent) = spec.parent_run {
+        message.push_str(&format!("Paddock-Parent-Run: {parent}\n"));
+    }
+    message.push_str(&format!("Requested-by: {}\n", spec.requested_by));
     if let Some(via) = &spec.via {
         message.push_str(&format!("Requested-via: {via}\n"));
     }

@@ -85,13 +85,13 @@ pub struct KeyHolder {
 pub enum Enqueued {
     Created {
         created_ms: u64,
+        /// `queued`, `awaiting_approval`, or `waiting` behind the run of
+        /// the same pull request.
+        state: RunState,
     },
     /// The key was used before for `id`; `same_request` tells whether the
     /// request was the same.
-    Existing {
-        id: RunId,
-        same_request: bool,
-    },
+    Existing { id: RunId, same_request: bool },
 }
 
 const RECORD_FIELDS: [&str; 16] = [
@@ -124,6 +124,7 @@ impl RunQueue {
         idempotency: Option<&Idempotency>,
     ) -> Result<Enqueued, QueueError> {
         let spec_json = serde_json::to_string(spec).map_err(|e| corrupt(id, e))?;
+        let lane = spec.follow_up.as_ref().map(|f| f.lane(&spec.repository)).unwrap_or_default();
         let args = EnqueueArgs {
             id: &id.to_string(),
             tenant: &spec.tenant,
@@ -137,10 +138,15 @@ impl RunQueue {
             fingerprint: idempotency.map_or("", |i| i.fingerprint.as_str()),
             idempotency_ttl_ms: idempotency.map_or(0, |i| i.ttl.as_millis() as u64),
             hold: spec.policy.as_ref().is_some_and(|p| p.needs_approval()),
+            lane: &lane,
+            ttl_seconds: self.ttl_seconds(),
         };
-        let (kind, run, detail): (String, String, u64) = self.run_script(&args).await?;
+        let (kind, run, detail, state): (String, String, u64, Option<String>) = self.run_script(&args).await?;
         match kind.as_str() {
-            "created" => Ok(Enqueued::Created { created_ms: detail }),
+            "created" => {
+                let state = state.unwrap_or_default();
+                Ok(Enqueued::Created { created_ms: detail, state: state.parse().map_err(|e| corrupt(id, e))? })
+            }
             _ => Ok(Enqueued::Existing { id: run.parse().map_err(|e| corrupt(&run, e))?, same_request: detail == 1 }),
         }
     }
@@ -294,7 +300,8 @@ impl RunQueue {
     /// accepted. Returns the state after the call, or `None` when the run
     /// does not exist.
     pub async fn approve(&self, id: RunId, by: &str) -> Result<Option<RunState>, QueueError> {
-        let state: Option<String> = self.run_script(&ApproveArgs { id: &id.to_string(), by }).await?;
+        let args = ApproveArgs { id: &id.to_string(), by, ttl_seconds: self.ttl_seconds() };
+        let state: Option<String> = self.run_script(&args).await?;
         state.map(|s| s.parse().map_err(|e| corrupt(id, e))).transpose()
     }
 

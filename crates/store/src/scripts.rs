@@ -78,6 +78,10 @@ pub(crate) struct EnqueueArgs<'a> {
     pub idempotency_ttl_ms: u64,
     /// Held for approval instead of queued.
     pub hold: bool,
+    /// A follow-up's pull request lane (`<repo>#<n>`); empty otherwise.
+    pub lane: &'a str,
+    /// How long a run superseded at once is kept.
+    pub ttl_seconds: u64,
 }
 
 impl ScriptArgs for EnqueueArgs<'_> {
@@ -88,7 +92,7 @@ impl ScriptArgs for EnqueueArgs<'_> {
     fn push(&self, inv: &mut ScriptInvocation<'_>) {
         inv.arg(self.id).arg(self.tenant).arg(self.repository).arg(self.band).arg(self.spec_json);
         inv.arg(self.max_attempts).arg(self.idempotency_key).arg(self.fingerprint).arg(self.idempotency_ttl_ms);
-        inv.arg(if self.hold { "1" } else { "0" });
+        inv.arg(if self.hold { "1" } else { "0" }).arg(self.lane).arg(self.ttl_seconds);
     }
 }
 
@@ -220,6 +224,7 @@ impl ScriptArgs for CancelArgs<'_> {
 pub(crate) struct ApproveArgs<'a> {
     pub id: &'a str,
     pub by: &'a str,
+    pub ttl_seconds: u64,
 }
 
 impl ScriptArgs for ApproveArgs<'_> {
@@ -228,7 +233,7 @@ impl ScriptArgs for ApproveArgs<'_> {
     }
 
     fn push(&self, inv: &mut ScriptInvocation<'_>) {
-        inv.arg(self.id).arg(self.by);
+        inv.arg(self.id).arg(self.by).arg(self.ttl_seconds);
     }
 }
 

@@ -19,11 +19,11 @@ const FIX: &[&str] = &[
     "The greeting is fixed.\nPADDOCK_DONE",
 ];
 
-struct Forge {
-    github: GitHub,
-    providers: EmulatedProviders,
-    app: TestApp,
-    repo: String,
+pub(crate) struct Forge {
+    pub(crate) github: GitHub,
+    pub(crate) providers: EmulatedProviders,
+    pub(crate) app: TestApp,
+    pub(crate) repo: String,
 }
 
 /// The emulator, a scripted model and an app wired to both, with a fresh
@@ -33,7 +33,7 @@ async fn forge(agent: &str, script: &[&str]) -> Forge {
 }
 
 /// Like [`forge`], with any settings.
-async fn forge_with(settings: &[(&str, &str)], script: &[&str]) -> Forge {
+pub(crate) async fn forge_with(settings: &[(&str, &str)], script: &[&str]) -> Forge {
     forge_on(EmulatedProviders::start().await, settings, script).await
 }
 
@@ -60,14 +60,15 @@ async fn forge_on(providers: EmulatedProviders, settings: &[(&str, &str)], scrip
     let app = spawn_app(&vars).await;
     let repo = format!("repo-{}", ulid::Ulid::new().to_string().to_lowercase());
     let files: &[(&str, &[u8])] = &[("README.md", b"# Widgets\n\nhello wrold\n"), ("src/app.py", b"print('hi')\n")];
-    github.create_repo("acme", &repo, files, &[("alice", "write"), ("mallory", "read")]);
+    // bob may write but is linked to no person.
+    github.create_repo("acme", &repo, files, &[("alice", "write"), ("mallory", "read"), ("bob", "write")]);
     Forge { github, providers, app, repo: format!("acme/{repo}") }
 }
 
-const REFERENCE_AGENT: &str = "PADDOCK_MODEL=gpt-scripted paddock-agent";
+pub(crate) const REFERENCE_AGENT: &str = "PADDOCK_MODEL=gpt-scripted paddock-agent";
 
 impl Forge {
-    fn hook(&self) -> String {
+    pub(crate) fn hook(&self) -> String {
         self.app.url("/v1/webhooks/github")
     }
 
@@ -521,11 +522,11 @@ async fn a_retried_publication_updates_its_pull_request_and_main_stays_protected
             link: "http://x".to_owned(),
         };
         match publish(&app, &credential, &dir, &url, diff, &story, &Destination::Repository).await.unwrap() {
-            Published::PullRequest { pull_request, .. } => numbers.push(pull_request.number),
+            Published::PullRequest(pushed) => numbers.push(pushed.pull_request.number),
             Published::NoChanges => panic!("the diff changed nothing"),
         }
         // The protected default branch refuses even a valid token.
-        let pushed = forge::git::push(&dir, &url, "main", &credential.git_env()).await;
+        let pushed = forge::git::push(&dir, &url, "main", forge::git::PushMode::Replace, &credential.git_env()).await;
         assert!(matches!(pushed, Err(forge::git::PushError::Protected(_))), "{pushed:?}");
         credential.revoke().await;
         std::fs::remove_dir_all(&dir).ok();
@@ -599,7 +600,7 @@ async fn claude_code_as_shipped_turns_an_issue_into_a_pull_request() {
 }
 
 /// A new ed25519 key pair in `dir`: (private key file, public key line).
-fn ssh_key(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
+pub(crate) fn ssh_key(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
     let key = dir.join(name);
     let made = std::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])

@@ -9,6 +9,7 @@ mod api;
 mod attacks;
 mod audit;
 mod contract;
+mod follow_ups;
 mod gateway;
 mod github;
 mod identity;

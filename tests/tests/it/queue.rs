@@ -148,3 +148,87 @@ async fn a_stale_queue_entry_does_not_charge_its_tenant() {
     assert_eq!(q.claim("w", Duration::from_secs(60)).await.unwrap().map(|r| r.id), Some(next));
     assert_eq!(redis(&["HGET", &format!("{{{namespace}}}:vtime"), "normal:t"]), "1");
 }
+
+/// A follow-up of pull request `number` of `a/b`.
+fn follow_up(number: u64) -> RunSpec {
+    let branch = format!("paddock/1-pr{number}");
+    RunSpec {
+        base_ref: branch.clone(),
+        follow_up: Some(common::FollowUp {
+            pull_request: number,
+            branch,
+            base: "main".to_owned(),
+            head_sha: "0".repeat(40),
+            trigger: "issue_comment:1".to_owned(),
+            requested_by_login: "alice".to_owned(),
+            answer_review_comments: Vec::new(),
+        }),
+        ..spec("t", "a/b")
+    }
+}
+
+async fn enqueue_state(q: &RunQueue, spec: &RunSpec) -> (RunId, RunState) {
+    let id = RunId::new();
+    match q.enqueue(id, spec, 3, None).await.unwrap() {
+        store::Enqueued::Created { state, .. } => (id, state),
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn state_of(q: &RunQueue, id: RunId) -> (RunState, Option<StopReason>) {
+    let record = q.get(id).await.unwrap().unwrap();
+    (record.state, record.stop_reason)
+}
+
+#[tokio::test]
+async fn runs_of_one_pull_request_wait_in_its_lane_and_the_newest_trigger_supersedes_one_not_started() {
+    let q = queue().await;
+    let superseded = |by: RunId| Some(StopReason::Superseded { by: by.to_string() });
+    // Not started yet: a newer trigger replaces it outright.
+    let (a, state) = enqueue_state(&q, &follow_up(7)).await;
+    assert_eq!(state, RunState::Queued);
+    let (b, _) = enqueue_state(&q, &follow_up(7)).await;
+    assert_eq!(state_of(&q, a).await, (RunState::Cancelled, superseded(b)));
+    let running = q.claim("w", Duration::from_secs(30)).await.unwrap().unwrap();
+    assert_eq!(running.id, b);
+    // Behind a running one it waits; the next trigger replaces the waiting one.
+    let (c, state) = enqueue_state(&q, &follow_up(7)).await;
+    assert_eq!(state, RunState::Waiting);
+    let (d, _) = enqueue_state(&q, &follow_up(7)).await;
+    assert_eq!(state_of(&q, c).await, (RunState::Cancelled, superseded(d)));
+    // Another pull request, and a run on no pull request, are not held up.
+    let (other, state) = enqueue_state(&q, &follow_up(8)).await;
+    assert_eq!(state, RunState::Queued);
+    let plain = RunId::new();
+    q.enqueue(plain, &spec("t", "a/b"), 3, None).await.unwrap();
+    let mut claimed = Vec::new();
+    while let Some(run) = q.claim("w", Duration::from_secs(30)).await.unwrap() {
+        claimed.push(run.id);
+    }
+    assert_eq!(claimed, vec![other, plain], "the waiting follow-up was handed out beside the running one");
+    // A waiting run can be cancelled; the next trigger then waits alone.
+    assert_eq!(q.cancel(d, "alice@example.com").await.unwrap().unwrap().0, RunState::Cancelled);
+    let (e, state) = enqueue_state(&q, &follow_up(7)).await;
+    assert_eq!(state, RunState::Waiting);
+    // A retried attempt keeps the lane; only the end of the run opens it.
+    let retry =
+        Outcome::Retry { reason: StopReason::InfrastructureError { message: "docker".into() }, delay: Duration::ZERO };
+    assert_eq!(q.finish(&running, &retry).await.unwrap(), Some(RunState::Delayed));
+    assert_eq!(state_of(&q, e).await.0, RunState::Waiting);
+    let again = q.claim("w", Duration::from_secs(30)).await.unwrap().unwrap();
+    assert_eq!(again.id, b);
+    assert_eq!(q.finish(&again, &done()).await.unwrap(), Some(RunState::Succeeded));
+    assert_eq!(state_of(&q, e).await.0, RunState::Queued);
+    // A run whose worker died keeps its lane through the reaper.
+    let short = q.claim("w", Duration::from_millis(100)).await.unwrap().unwrap();
+    assert_eq!(short.id, e);
+    let (f, state) = enqueue_state(&q, &follow_up(7)).await;
+    assert_eq!(state, RunState::Waiting);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(q.reap(10).await.unwrap(), vec![e]);
+    assert_eq!(state_of(&q, f).await.0, RunState::Waiting);
+    let retried = q.claim("w", Duration::from_secs(30)).await.unwrap().unwrap();
+    assert_eq!((retried.id, retried.attempt), (e, 2));
+    assert_eq!(q.finish(&retried, &done()).await.unwrap(), Some(RunState::Succeeded));
+    assert_eq!(q.claim("w", Duration::from_secs(30)).await.unwrap().unwrap().id, f);
+}

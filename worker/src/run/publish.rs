@@ -39,10 +39,12 @@ impl Runtime {
         };
         credential.revoke().await;
         record.credentials.push(credential.grant());
-        if let (Some(issue), Some(note)) = (run.spec.issue, note) {
+        // A follow-up tells its pull request; a first run its issue.
+        let told = run.spec.follow_up.as_ref().map(|f| f.pull_request).or(run.spec.issue);
+        if let (Some(issue), Some(note)) = (told, note) {
             match publish::comment_on_issue(app, &run.spec.repository, issue, run.id, &note).await {
                 Ok(grant) => record.credentials.push(grant),
-                Err(error) => log.line(&format!("paddock: commenting on issue #{issue} failed: {error}")),
+                Err(error) => log.line(&format!("paddock: commenting on #{issue} failed: {error}")),
             }
         }
         Ok(reason)
@@ -108,7 +110,12 @@ async fn push_and_open(
         commands: &record.commands[1.min(record.commands.len())..],
         link: format!("{}/v1/runs/{}", app.config.run_link_base.trim_end_matches('/'), run.id),
     };
-    let published = publish::publish(app, credential, forge.checkout, forge.clone_url, diff, &story, destination).await;
+    let published = match &run.spec.follow_up {
+        None => publish::publish(app, credential, forge.checkout, forge.clone_url, diff, &story, destination).await,
+        Some(follow_up) => {
+            publish::publish_follow_up(app, credential, forge.checkout, forge.clone_url, diff, &story, follow_up).await
+        }
+    };
     let ended = match published {
         Ok(Published::NoChanges) => {
             log.line("paddock: the agent changed nothing; no branch, no pull request");
@@ -118,24 +125,50 @@ async fn push_and_open(
             );
             (StopReason::Completed, Some(note))
         }
-        Ok(Published::PullRequest { branch, pull_request, files }) => {
+        Ok(Published::PullRequest(pushed)) => {
+            let publish::Pushed { branch, pull_request, files, commit, answered } = *pushed;
             let pushed = match &pull_request.head_repository {
                 Some(fork) => format!("{fork}:{branch}"),
                 None => branch.clone(),
             };
-            log.line(&format!("paddock: pushed {pushed}; draft pull request {}", pull_request.url));
-            let note = format!(
-                "Paddock opened draft pull request #{} for this issue (run [`{}`]({}), requested by {}).",
-                pull_request.number,
-                run.id,
-                story.link,
-                forge::publish::code_span(&run.spec.requested_by)
-            );
+            log.line(&format!("paddock: pushed {pushed}; draft pull request {} (commit {commit})", pull_request.url));
+            let requester = forge::publish::code_span(&run.spec.requested_by);
+            let note = match &run.spec.follow_up {
+                None => format!(
+                    "Paddock opened draft pull request #{} for this issue (run [`{}`]({}), requested by {requester}).",
+                    pull_request.number, run.id, story.link,
+                ),
+                Some(follow_up) => format!(
+                    "Paddock pushed `{}` to `{branch}` for {} (run [`{}`]({}), requested by {requester}); \
+                     it answered {} review comment(s). The pull request stays a draft.",
+                    &commit[..commit.len().min(12)],
+                    forge::publish::code_span(&format!("@{}", follow_up.requested_by_login)),
+                    run.id,
+                    story.link,
+                    answered.len(),
+                ),
+            };
             record.files_changed = files;
             record.branch = Some(branch);
             record.pull_request = Some(pull_request);
+            record.pushed_commit = Some(commit);
+            record.answered_comments = answered;
             record.commit_signature = app.signing().map(|(_, signature)| signature.clone());
             (StopReason::Completed, Some(note))
+        }
+        Err(PublishError::BranchMoved { branch, at }) => {
+            log.line(&format!(
+                "paddock: {branch} moved after the run checked it out at {at}; nothing was pushed (no rebase, no force-push)"
+            ));
+            let note = format!(
+                "Paddock run [`{}`]({}) did not push: someone pushed to `{branch}` after the run checked it out at \
+                 `{}`, and Paddock never rebases or force-pushes a branch a person touched. Ask again (mention the \
+                 App) to start a follow-up from the new head.",
+                run.id,
+                story.link,
+                &at[..at.len().min(12)],
+            );
+            (StopReason::BranchMoved { branch }, Some(note))
         }
         Err(PublishError::Protected(branch)) => {
             log.line(&format!("paddock: refusing to push {branch}: default or protected branch"));

@@ -17,7 +17,7 @@ if state == 'queued' then
   redis.call('HSET', job, 'cancel_by', by)
   finalize(id, tenant, repo, state, 'cancelled', now, cancelled_reason(by), '[]', ttl_s)
   return {'cancelled', state}
-elseif state == 'delayed' or state == 'awaiting_approval' then
+elseif state == 'delayed' or state == 'awaiting_approval' or state == 'waiting' then
   redis.call('ZREM', p .. 'delayed', id)
   redis.call('HSET', job, 'cancel_by', by)
   finalize(id, tenant, repo, state, 'cancelled', now, cancelled_reason(by), '[]', ttl_s)

@@ -1,12 +1,15 @@
 -- ARGV: id, tenant, repo, band, spec_json, max_attempts,
 --       idem_key (`<caller>:<key>` or empty), fingerprint, idem_ttl_ms,
---       hold ('1': the run waits for approval instead of joining its queue)
--- Returns {'created', id, created_ms}, or {'existing', id, same_request}
+--       hold ('1': the run waits for approval instead of joining its queue),
+--       lane (a follow-up's pull request, `<repo>#<n>`, or empty), ttl_s
+--       (for a run a newer one supersedes)
+-- Returns {'created', id, created_ms, state}, or {'existing', id, same_request, ''}
 -- when the idempotency key was used before (same_request is 1 when the
 -- fingerprints match).
 local id, tenant, repo, band, spec, max_attempts = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local idem, fingerprint, idem_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9])
 local hold = ARGV[10] == '1'
+local lane, ttl_s = ARGV[11], tonumber(ARGV[12])
 if idem ~= '' then
   local key = p .. 'idem:' .. idem
   local seen = redis.call('HMGET', key, 'id', 'fingerprint')
@@ -15,7 +18,7 @@ if idem ~= '' then
     if seen[2] == fingerprint then
       same = 1
     end
-    return {'existing', seen[1], same}
+    return {'existing', seen[1], same, ''}
   end
   -- Unseen, or reserved for this run by `idem.lua`: now the run's.
   redis.call('HSET', key, 'id', id, 'fingerprint', fingerprint)
@@ -36,12 +39,12 @@ if hold then
 end
 redis.call('HSET', job, 'id', id, 'tenant', tenant, 'repo', repo, 'band', band, 'spec', spec,
   'state', state, 'attempt', 0, 'max_attempts', max_attempts, 'epoch', 0,
-  'created_ms', now, 'enq_score', seq)
+  'created_ms', now, 'enq_score', seq, 'lane', lane)
 redis.call('ZADD', p .. 'idx:all', 0, id)
 redis.call('ZADD', p .. 'idx:state:' .. state, 0, id)
 count(state, tenant, repo, 1)
 if not hold then
-  make_ready(id, band, tenant, repo, seq)
+  state = enter_lane(id, band, tenant, repo, seq, lane, state, now, ttl_s)
 end
 prune_index(p .. 'idx:all', 5)
-return {'created', id, now}
+return {'created', id, now, state}

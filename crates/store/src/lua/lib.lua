@@ -177,11 +177,103 @@ local function prune_index(key, n)
   end
 end
 
+-- Pull-request lanes: the runs of one pull request never run at once.
+-- `lane:<repo>#<n>` names the run that owns the lane (queued, running, or
+-- between attempts); `lane:<repo>#<n>:next` the one waiting behind it.
+local function lane_key(lane)
+  return p .. 'lane:' .. lane
+end
+
+local function superseded_reason(by)
+  return cjson.encode({kind = 'superseded', by = by})
+end
+
+local finalize
+
+-- A run of the lane that has not started gives way to a newer trigger.
+local function supersede(id, by, now, ttl_s)
+  local j = redis.call('HMGET', p .. 'job:' .. id, 'state', 'tenant', 'repo', 'band')
+  local state = j[1]
+  if state ~= 'queued' and state ~= 'waiting' then
+    return
+  end
+  if state == 'queued' then
+    unqueue(id, j[4], j[2], j[3])
+  end
+  finalize(id, j[2], j[3], state, 'cancelled', now, superseded_reason(by), '[]', ttl_s)
+end
+
+-- Run `id` (state `from`) joins its lane: it owns the lane and is queued
+-- when the lane is free or its owner has not started (the owner is then
+-- superseded), else it waits behind the running owner, replacing any run
+-- already waiting. Without a lane it is queued. Returns its state.
+local function enter_lane(id, band, tenant, repo, seq, lane, from, now, ttl_s)
+  local function queue()
+    if from ~= 'queued' then
+      transition(id, tenant, repo, from, 'queued')
+    end
+  end
+  if lane == nil or lane == '' then
+    queue()
+    make_ready(id, band, tenant, repo, seq)
+    return 'queued'
+  end
+  local key = lane_key(lane)
+  local waiting = redis.call('GET', key .. ':next')
+  if waiting then
+    redis.call('DEL', key .. ':next')
+    supersede(waiting, id, now, ttl_s)
+  end
+  local owner = redis.call('GET', key)
+  local owner_state = owner and redis.call('HGET', p .. 'job:' .. owner, 'state')
+  if owner_state == 'queued' then
+    redis.call('DEL', key)
+    supersede(owner, id, now, ttl_s)
+    owner_state = nil
+  end
+  if owner_state == 'running' or owner_state == 'cancelling' or owner_state == 'delayed' then
+    redis.call('SET', key .. ':next', id)
+    transition(id, tenant, repo, from, 'waiting')
+    return 'waiting'
+  end
+  redis.call('SET', key, id)
+  queue()
+  make_ready(id, band, tenant, repo, seq)
+  return 'queued'
+end
+
+-- A run that ended hands its lane to the run waiting behind it.
+local function leave_lane(id)
+  local lane = redis.call('HGET', p .. 'job:' .. id, 'lane')
+  if not lane or lane == '' then
+    return
+  end
+  local key = lane_key(lane)
+  if redis.call('GET', key .. ':next') == id then
+    redis.call('DEL', key .. ':next')
+    return
+  end
+  if redis.call('GET', key) ~= id then
+    return
+  end
+  local nxt = redis.call('GET', key .. ':next')
+  redis.call('DEL', key .. ':next')
+  local j = nxt and redis.call('HMGET', p .. 'job:' .. nxt, 'state', 'tenant', 'repo', 'band', 'enq_score')
+  if j and j[1] == 'waiting' then
+    redis.call('SET', key, nxt)
+    transition(nxt, j[2], j[3], 'waiting', 'queued')
+    make_ready(nxt, j[4], j[2], j[3], tonumber(j[5]))
+  else
+    redis.call('DEL', key)
+  end
+end
+
 -- Ends a run for good: terminal state, reason, expiry of the live record.
-local function finalize(id, tenant, repo, from, to, now, reason, artifacts, ttl_s)
+finalize = function(id, tenant, repo, from, to, now, reason, artifacts, ttl_s)
   local job = p .. 'job:' .. id
   redis.call('HSET', job, 'finished_ms', now, 'stop_reason', reason, 'artifacts', artifacts)
   transition(id, tenant, repo, from, to)
+  leave_lane(id)
   redis.call('EXPIRE', job, ttl_s)
   prune_index(p .. 'idx:state:' .. to, 5)
 end
