@@ -5,7 +5,11 @@
 //! scripted model, and the real `api` and `worker` binaries. Labelling the
 //! issue `paddock` delivers a webhook; the run's reference agent works in
 //! its sandbox through the gateway; the worker pushes a branch and opens a
-//! draft pull request. Prints the pull request and the run's record.
+//! draft pull request. Then alice reviews it, requesting a change on a
+//! line of the diff; the review's webhook starts a follow-up run on the
+//! pull request's branch, whose commit lands on the same branch and whose
+//! reply answers the comment. Prints the pull request, both runs' records
+//! and the audit summary.
 //!
 //! With `PADDOCK_GITHUB__APP_ID` (and the rest of `[github]`) set, the demo
 //! uses that GitHub instead, requesting a run for `PADDOCK_DEMO_REPOSITORY`
@@ -36,40 +40,75 @@ const SCRIPT: &[&str] = &[
     "Both files are fixed and widgets.py still parses.\nPADDOCK_DONE",
 ];
 
-/// The fixed files of the demo repository.
-const README_FIXED: &str = "# Widgets\n\nWidgets receive orders and ship the parts.\n";
-const WIDGETS_FIXED: &str = "def ship(order):\n    \"\"\"Ship the parts of an order.\"\"\"\n    return order\n";
+/// What the reference agent's model answers in the follow-up run.
+const REVIEW_SCRIPT: &[&str] = &[
+    "```bash\nsed -i 's/Ship the parts of an order\\./Ship the parts of an order and return it./' widgets.py && git diff --stat\n```",
+    "The docstring now says what ship returns.\nPADDOCK_DONE",
+];
+
+/// The review comment the demo's reviewer leaves on the docstring (line 2
+/// of widgets.py, in the pull request's diff).
+const REVIEW_COMMENT: &str = "Say that it returns the order, too.";
+
 const CHECK: &str = "python3 -c 'import ast; ast.parse(open(\"widgets.py\").read())' && git diff --stat";
 
-/// What the scripted model does through a shipped agent's own tools: both
+/// One line of a file changed: the file, the line before and after, and
+/// the whole file after.
+struct Edit {
+    file: &'static str,
+    before: &'static str,
+    after: &'static str,
+    text: &'static str,
+}
+
+/// The issue's fix: both typos.
+const FIX: &[Edit] = &[
+    Edit {
+        file: "README.md",
+        before: "Widgets recieve orders and ship teh parts.\n",
+        after: "Widgets receive orders and ship the parts.\n",
+        text: "# Widgets\n\nWidgets receive orders and ship the parts.\n",
+    },
+    Edit {
+        file: "widgets.py",
+        before: "    \"\"\"Ship teh parts of an order.\"\"\"\n",
+        after: "    \"\"\"Ship the parts of an order.\"\"\"\n",
+        text: "def ship(order):\n    \"\"\"Ship the parts of an order.\"\"\"\n    return order\n",
+    },
+];
+
+/// What the reviewer asked for.
+const REVIEWED: &[Edit] = &[Edit {
+    file: "widgets.py",
+    before: "    \"\"\"Ship the parts of an order.\"\"\"\n",
+    after: "    \"\"\"Ship the parts of an order and return it.\"\"\"\n",
+    text: "def ship(order):\n    \"\"\"Ship the parts of an order and return it.\"\"\"\n    return order\n",
+}];
+
+/// What the scripted model does through a shipped agent's own tools: the
 /// files rewritten, then checked; aider gets it as one answer in its
 /// SEARCH/REPLACE format, and OpenHands (whose file editor creates files
 /// but will not overwrite one) rewrites them in its terminal.
-fn demo_plan(agent: &str) -> Vec<tests::scripted::Step> {
+fn demo_plan(agent: &str, edits: &[Edit]) -> Vec<tests::scripted::Step> {
     use tests::scripted::Step;
     if agent == "openhands" {
-        let write = |file: &str, text: &str| Step::run(&format!("cat > {file} <<'EOF'\n{text}EOF"));
-        return vec![write("README.md", README_FIXED), write("widgets.py", WIDGETS_FIXED), Step::run(CHECK)];
+        let mut steps: Vec<Step> =
+            edits.iter().map(|e| Step::run(&format!("cat > {} <<'EOF'\n{}EOF", e.file, e.text))).collect();
+        steps.push(Step::run(CHECK));
+        return steps;
     }
     if agent == "aider" {
-        let edit = |file: &str, from: &str, to: &str| {
-            format!("{file}\n```\n<<<<<<< SEARCH\n{from}=======\n{to}>>>>>>> REPLACE\n```\n\n")
-        };
-        return vec![Step::Say(format!(
-            "Fixing both typos.\n\n{}{}```bash\n{CHECK}\n```\n",
-            edit(
-                "README.md",
-                "Widgets recieve orders and ship teh parts.\n",
-                "Widgets receive orders and ship the parts.\n"
-            ),
-            edit(
-                "widgets.py",
-                "    \"\"\"Ship teh parts of an order.\"\"\"\n",
-                "    \"\"\"Ship the parts of an order.\"\"\"\n"
-            ),
-        ))];
+        let blocks: String = edits
+            .iter()
+            .map(|e| {
+                format!("{}\n```\n<<<<<<< SEARCH\n{}=======\n{}>>>>>>> REPLACE\n```\n\n", e.file, e.before, e.after)
+            })
+            .collect();
+        return vec![Step::Say(format!("Making the change.\n\n{blocks}```bash\n{CHECK}\n```\n"))];
     }
-    vec![Step::write("README.md", README_FIXED), Step::write("widgets.py", WIDGETS_FIXED), Step::run(CHECK)]
+    let mut steps: Vec<Step> = edits.iter().map(|e| Step::write(e.file, e.text)).collect();
+    steps.push(Step::run(CHECK));
+    steps
 }
 
 struct Children(Vec<Child>);
@@ -127,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
         );
         vars.push(("PADDOCK_GITHUB__AGENT_PROFILE".to_owned(), agent.clone()));
         if std::env::var_os("PADDOCK_GATEWAY__PROVIDERS").is_none() {
-            providers.plan(&demo_plan(agent));
+            providers.plan(&demo_plan(agent, FIX));
             vars.extend(tests::agents::agent_settings(agent, &providers));
             println!("agent: {agent}, its model scripted behind emulated providers (through its own tools)");
         } else {
@@ -219,14 +258,7 @@ async fn main() -> anyhow::Result<()> {
     println!("run {id} accepted; waiting for it to finish");
 
     let started = Instant::now();
-    let run = loop {
-        let run: Value = client.get(format!("{base}/v1/runs/{id}")).bearer_auth(&token).send().await?.json().await?;
-        if matches!(run["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
-            break run;
-        }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "the run did not finish in 5 minutes: {run}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let run = finished(&client, &base, &token, &id).await?;
     let elapsed = started.elapsed();
     let logs = client.get(format!("{base}/v1/runs/{id}/logs")).bearer_auth(&token).send().await?.text().await?;
     println!("\n--- run log (GET /v1/runs/{id}/logs) ---\n{logs}");
@@ -269,11 +301,96 @@ async fn main() -> anyhow::Result<()> {
     println!("pull request: {}", facts["pull_request"]["url"].as_str().unwrap_or("none"));
     println!("took:         {:.1} s from the label to the pull request", elapsed.as_secs_f64());
     println!("artifacts:    {}", run["artifacts"]);
-    audit_summary(&client, &base, &token, &id).await?;
-    providers.stop().await;
     anyhow::ensure!(run["state"] == "succeeded", "the demo run did not succeed");
     anyhow::ensure!(!facts["pull_request"].is_null(), "the demo run opened no pull request");
+    audit_summary(&client, &base, &token, &id).await?;
+
+    if let Forge::Emulated(github) = &forge {
+        // The next run's scripted model does what the reviewer asks.
+        if std::env::var_os("PADDOCK_GATEWAY__PROVIDERS").is_none() {
+            match &agent {
+                Some(agent) => providers.plan(&demo_plan(agent, REVIEWED)),
+                None => providers.script(REVIEW_SCRIPT),
+            }
+        }
+        let pull = facts["pull_request"]["number"].as_u64().unwrap_or_default();
+        let child = review_round(github, &client, &base, &token, pull).await?;
+        audit_summary(&client, &base, &token, &child).await?;
+    } else {
+        println!("(the review round runs against the emulated GitHub only: review the pull request to see one)");
+    }
+    providers.stop().await;
     Ok(())
+}
+
+/// Polls the run until it finishes (five minutes at most).
+async fn finished(client: &reqwest::Client, base: &str, token: &str, id: &str) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    loop {
+        let run: Value = client.get(format!("{base}/v1/runs/{id}")).bearer_auth(token).send().await?.json().await?;
+        if matches!(run["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            return Ok(run);
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "the run did not finish in 5 minutes: {run}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// alice requests a change on a line of the pull request; the follow-up
+/// run it starts pushes a commit to the same branch and answers her.
+/// Returns the follow-up's id.
+async fn review_round(
+    github: &GitHub,
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    pull: u64,
+) -> anyhow::Result<String> {
+    let repo = "acme/widgets";
+    println!("\n=== review round ===");
+    println!("alice requests changes on widgets.py line 2: {REVIEW_COMMENT:?}");
+    let hook = format!("{base}/v1/webhooks/github");
+    let review = tests::github::Review {
+        by: "alice",
+        state: "CHANGES_REQUESTED",
+        body: "One more thing before this can go in.",
+        comments: &[("widgets.py", 2, REVIEW_COMMENT)],
+    };
+    let (status, accepted) = github.review_pull(&hook, repo, pull, review).await;
+    anyhow::ensure!(status == 202, "the review did not start a follow-up ({status}): {accepted}");
+    let id = accepted["id"].as_str().unwrap_or_default().to_owned();
+    let started = Instant::now();
+    let run = finished(client, base, token, &id).await?;
+    let facts = &run["facts"];
+    println!("follow-up:    run {id}, parent {}, {} ({})", run["parent_run"], run["state"], run["stop_reason"]);
+    println!(
+        "task:         {} ({} characters: issue, pull request, review, hunk)",
+        run["task"]["title"],
+        run["task"]["body"].as_str().map_or(0, str::len)
+    );
+    let branch = facts["branch"].as_str().unwrap_or_default();
+    println!("commit:       {} on {branch}, files {}", facts["pushed_commit"], facts["files_changed"]);
+    println!("commits on the branch: {}", github.commits_between(repo, "main", branch).len());
+    for reply in github.review_comments(repo, pull).iter().filter(|c| !c["in_reply_to_id"].is_null()) {
+        println!("reply:        {}: {}", reply["user"]["login"], reply["body"].as_str().unwrap_or_default());
+    }
+    let description = github.pulls(repo).into_iter().find(|p| p["number"] == pull);
+    if let Some(section) =
+        description.as_ref().and_then(|p| p["body"].as_str()?.split("### Follow-ups").nth(1).map(str::to_owned))
+    {
+        println!("--- the pull request's description, under Follow-ups ---{section}");
+    }
+    if let Some(text) = github.file_on_branch(repo, branch, "widgets.py") {
+        println!("--- widgets.py on {branch} ---\n{text}");
+    }
+    println!("took:         {:.1} s from the review to the follow-up commit", started.elapsed().as_secs_f64());
+    anyhow::ensure!(run["state"] == "succeeded", "the follow-up did not succeed");
+    anyhow::ensure!(!facts["pushed_commit"].is_null(), "the follow-up pushed nothing");
+    anyhow::ensure!(
+        !facts["answered_comments"].as_array().is_none_or(Vec::is_empty),
+        "the follow-up answered no comment"
+    );
+    Ok(id)
 }
 
 /// Exports the run's audit events, verifies the bundle and the trail, and
