@@ -27,9 +27,29 @@ use crate::startup::AppState;
 
 /// What a delivery asked for.
 enum Trigger {
-    Run { repo: RepoName, issue: u64, title: String, body: String, sender: String, base_ref: String },
-    FollowUp { repo: RepoName, pull: u64, sender: String, asked: follow_up::Trigger },
+    Ask { repo: RepoName, sender: String, what: What },
     Ignore(String),
+}
+
+enum What {
+    /// A run for an issue.
+    Issue { issue: u64, title: String, body: String, base_ref: String },
+    /// A follow-up on pull request `pull`.
+    FollowUp { pull: u64, asked: follow_up::Trigger },
+}
+
+/// A request for a run, with what it needs read from GitHub.
+struct Request {
+    repo: RepoName,
+    sender: String,
+    /// Where Paddock answers: the issue, or the pull request.
+    thread: u64,
+    asked: Asked,
+}
+
+enum Asked {
+    Issue { title: String, body: String, base_ref: String },
+    FollowUp { asked: follow_up::Trigger, conversation: Box<follow_up::Conversation> },
 }
 
 /// Receive a GitHub webhook delivery (signed with the App's webhook secret).
@@ -115,46 +135,36 @@ async fn handle(
         other => Trigger::Ignore(format!("event `{other}` does not start runs")),
     };
     let ignored = |reason: String| Ok(HttpResponse::Ok().json(json!({"status": "ignored", "reason": reason})));
-    let (repo, sender) = match &trigger {
-        Trigger::Ignore(reason) => return ignored(reason.clone()),
-        Trigger::Run { repo, sender, .. } | Trigger::FollowUp { repo, sender, .. } => (repo.clone(), sender.clone()),
+    let (repo, sender, what) = match trigger {
+        Trigger::Ignore(reason) => return ignored(reason),
+        Trigger::Ask { repo, sender, what } => (repo, sender, what),
     };
     let Some(app) = &state.github else {
         return Err(Problem::unavailable("the GitHub App is not configured (github.app_id)"));
     };
     let forge = |e: forge::ForgeError| Problem::unavailable(format!("GitHub: {e}"));
-    // A follow-up reads the pull request first: only one Paddock opened,
-    // on a branch of the repository itself, gets one.
-    let conversation = match &trigger {
-        Trigger::FollowUp { pull, .. } => {
-            let conversation = follow_up::read(app, &repo, *pull).await.map_err(forge)?;
-            let opened = &conversation.pull;
-            let ours = opened.author.eq_ignore_ascii_case(&github.bot_login) && opened.head_ref.starts_with("paddock/");
-            if !ours {
-                return ignored(format!("#{pull} is not a pull request Paddock opened"));
-            }
-            if opened.state != "open" {
-                return ignored(format!("#{pull} is {}", opened.state));
-            }
-            if opened.last_run().is_none() {
-                return ignored(format!("#{pull} names no Paddock run"));
-            }
-            Some(conversation)
+    let wanted = match what {
+        What::Issue { issue, title, body, base_ref } => {
+            Request { repo, sender, thread: issue, asked: Asked::Issue { title, body, base_ref } }
         }
-        _ => None,
+        What::FollowUp { pull, asked } => {
+            // Only a pull request Paddock opened gets a follow-up.
+            let conversation = follow_up::read(app, &repo, pull).await.map_err(forge)?;
+            if let Some(reason) = not_ours(github, &conversation.pull) {
+                return ignored(reason);
+            }
+            let asked = Asked::FollowUp { asked, conversation: Box::new(conversation) };
+            Request { repo, sender, thread: pull, asked }
+        }
     };
-    // Where a refusal is explained: the issue, or the pull request.
-    let thread = match &trigger {
-        Trigger::Run { issue, .. } => *issue,
-        Trigger::FollowUp { pull, .. } => *pull,
-        Trigger::Ignore(_) => unreachable!("returned above"),
-    };
+    let Request { repo, sender, thread, .. } = &wanted;
+    let thread = *thread;
     let refuse = async |text: String, reason: &str| {
-        publish::comment_on_issue(app, &repo, thread, RunId::new(), &text).await.map_err(forge)?;
+        publish::comment_on_issue(app, repo, thread, RunId::new(), &text).await.map_err(forge)?;
         tracing::info!(%repo, thread, %sender, reason, "webhook run refused");
         Ok(HttpResponse::Ok().json(json!({"status": "refused", "reason": reason})))
     };
-    let person = state.config.identity.github_logins.iter().find(|(login, _)| login.eq_ignore_ascii_case(&sender));
+    let person = state.config.identity.github_logins.iter().find(|(login, _)| login.eq_ignore_ascii_case(sender));
     let Some((_, person)) = person else {
         let text = format!(
             "@{sender}, your GitHub login is not linked to a person in Paddock (`identity.github_logins`), so no run can be tied to you; nothing was started."
@@ -165,7 +175,7 @@ async fn handle(
         let text = format!("@{sender}, your Paddock account is deactivated; nothing was started.");
         return refuse(text, "the person is deactivated").await;
     }
-    let owned = match crate::tenants::owner(state, &repo).await {
+    let owned = match crate::tenants::owner(state, repo).await {
         Ok(owned) => owned,
         Err(problem) if problem.status == 403 => {
             let why = problem.detail.unwrap_or_default();
@@ -176,13 +186,13 @@ async fn handle(
         }
         Err(problem) => return Err(problem),
     };
-    if !publish::can_write(app, &repo, &sender).await.map_err(forge)? {
+    if !publish::can_write(app, repo, sender).await.map_err(forge)? {
         let text =
             format!("@{sender}, Paddock starts runs only for people with write access to {repo}; nothing was started.");
         return refuse(text, "the requester may not write to the repository").await;
     }
-    if let (Trigger::FollowUp { .. }, Some(conversation)) = (&trigger, &conversation)
-        && conversation.pull.head_repository.to_lowercase() != repo.to_string().to_lowercase()
+    if let Asked::FollowUp { conversation, .. } = &wanted.asked
+        && !conversation.pull.head_repository.eq_ignore_ascii_case(&repo.to_string())
     {
         let text = format!(
             "@{sender}, this pull request's branch is in {}; Paddock follows up only on branches in {repo}. Nothing was started.",
@@ -190,72 +200,7 @@ async fn handle(
         );
         return refuse(text, "follow-ups on a fork's branch are not supported").await;
     }
-    let via = Some(format!("github:{sender}"));
-    let spec = match trigger {
-        Trigger::Run { repo, issue, title, body, base_ref, .. } => RunSpec {
-            tenant: owned.tenant().to_owned(),
-            priority: Priority::Normal,
-            repository: repo,
-            base_ref,
-            task_title: title.chars().take(RunSpec::MAX_TITLE).collect(),
-            task_body: body.chars().take(RunSpec::MAX_BODY).collect(),
-            agent_profile: github.agent_profile.parse::<AgentProfile>()?,
-            requested_by: person.clone(),
-            via,
-            policy: None,
-            issue: Some(issue),
-            submitted_by: None,
-            parent_run: None,
-            follow_up: None,
-        },
-        Trigger::FollowUp { repo, asked, .. } => {
-            let Some(conversation) = conversation else { unreachable!("read above") };
-            let parent = conversation.pull.last_run();
-            let parent_record = match parent {
-                Some(id) => state.queue.get(id).await?,
-                None => None,
-            };
-            // The parent's profile and issue when its record is still
-            // kept; the pull request's own `Fixes #N` otherwise.
-            let profile = parent_record.as_ref().map(|r| r.spec.agent_profile.clone());
-            let issue = parent_record.as_ref().and_then(|r| r.spec.issue).or(conversation.pull.fixes());
-            let (task_title, task_body) = conversation.task(asked, RunSpec::MAX_BODY);
-            let pull = &conversation.pull;
-            RunSpec {
-                tenant: owned.tenant().to_owned(),
-                priority: Priority::Normal,
-                repository: repo,
-                base_ref: pull.head_ref.clone(),
-                task_title,
-                task_body,
-                agent_profile: match profile {
-                    Some(profile) => profile,
-                    None => github.agent_profile.parse::<AgentProfile>()?,
-                },
-                requested_by: person.clone(),
-                via,
-                policy: None,
-                issue,
-                submitted_by: None,
-                parent_run: parent,
-                follow_up: Some(common::FollowUp {
-                    pull_request: pull.number,
-                    branch: pull.head_ref.clone(),
-                    base: pull.base_ref.clone(),
-                    head_sha: pull.head_sha.clone(),
-                    trigger: asked.to_string(),
-                    requested_by_login: sender.clone(),
-                    answer_review_comments: conversation.to_answer(asked),
-                }),
-            }
-        }
-        Trigger::Ignore(_) => unreachable!("returned above"),
-    };
-    let spec = if spec.task_title.trim().is_empty() {
-        RunSpec { task_title: format!("Issue #{thread}"), ..spec }
-    } else {
-        spec
-    };
+    let spec = spec_for(state, owned.tenant(), person, wanted).await?;
     let request = crate::runs::service::Request {
         actor: common::audit::Actor {
             principal: spec.requested_by.clone(),
@@ -270,6 +215,91 @@ async fn handle(
     let run = crate::runs::service::submit(state, &owned, spec, request).await?;
     tracing::info!(run_id = %run.id, thread, state = ?run.state, "run accepted from a GitHub webhook");
     Ok(crate::runs::handlers::accepted(run))
+}
+
+/// Why pull request `pull` gets no follow-up, if it gets none: Paddock did
+/// not open it, it is closed, or it names no Paddock run.
+fn not_ours(github: &common::config::GitHubConfig, pull: &follow_up::PullRequest) -> Option<String> {
+    let number = pull.number;
+    let ours = pull.author.eq_ignore_ascii_case(&github.bot_login) && pull.head_ref.starts_with("paddock/");
+    if !ours {
+        Some(format!("#{number} is not a pull request Paddock opened"))
+    } else if pull.state != "open" {
+        Some(format!("#{number} is {}", pull.state))
+    } else if pull.last_run().is_none() {
+        Some(format!("#{number} names no Paddock run"))
+    } else {
+        None
+    }
+}
+
+/// The run `request` asks for, tied to `person` in `tenant`. A follow-up
+/// continues the run the pull request names last: its profile and issue
+/// while its record is kept, the pull request's own `Fixes #N` and the
+/// webhook profile otherwise.
+async fn spec_for(state: &AppState, tenant: &str, person: &str, request: Request) -> Result<RunSpec, Problem> {
+    let github = &state.config.github;
+    let Request { repo, sender, thread, asked } = request;
+    let spec = RunSpec {
+        tenant: tenant.to_owned(),
+        priority: Priority::Normal,
+        repository: repo,
+        base_ref: String::new(),
+        task_title: String::new(),
+        task_body: String::new(),
+        agent_profile: github.agent_profile.parse::<AgentProfile>()?,
+        requested_by: person.to_owned(),
+        via: Some(format!("github:{sender}")),
+        policy: None,
+        issue: None,
+        submitted_by: None,
+        parent_run: None,
+        follow_up: None,
+    };
+    let spec = match asked {
+        Asked::Issue { title, body, base_ref } => RunSpec {
+            base_ref,
+            task_title: title.chars().take(RunSpec::MAX_TITLE).collect(),
+            task_body: body.chars().take(RunSpec::MAX_BODY).collect(),
+            issue: Some(thread),
+            ..spec
+        },
+        Asked::FollowUp { asked, conversation } => {
+            let parent = conversation.pull.last_run();
+            let parent_record = match parent {
+                Some(id) => state.queue.get(id).await?,
+                None => None,
+            };
+            let (task_title, task_body) = conversation.task(asked, RunSpec::MAX_BODY);
+            let pull = &conversation.pull;
+            let follow_up = common::FollowUp {
+                pull_request: pull.number,
+                branch: pull.head_ref.clone(),
+                base: pull.base_ref.clone(),
+                head_sha: pull.head_sha.clone(),
+                trigger: asked.to_string(),
+                requested_by_login: sender,
+                answer_review_comments: conversation.to_answer(asked),
+            };
+            RunSpec {
+                base_ref: pull.head_ref.clone(),
+                task_title,
+                task_body,
+                agent_profile: parent_record
+                    .as_ref()
+                    .map_or(spec.agent_profile.clone(), |r| r.spec.agent_profile.clone()),
+                issue: parent_record.as_ref().and_then(|r| r.spec.issue).or(pull.fixes()),
+                parent_run: parent,
+                follow_up: Some(follow_up),
+                ..spec
+            }
+        }
+    };
+    Ok(if spec.task_title.trim().is_empty() {
+        RunSpec { task_title: format!("Issue #{thread}"), ..spec }
+    } else {
+        spec
+    })
 }
 
 /// The names a comment mentions the App by: `@paddock` and the bot login
@@ -334,7 +364,7 @@ fn follow_up_trigger(github: &common::config::GitHubConfig, event: &str, payload
         return Err(missing("sender.login"));
     }
     tracing::debug!(%repo, pull, text, "follow-up asked for");
-    Ok(Trigger::FollowUp { repo, pull, sender, asked })
+    Ok(Trigger::Ask { repo, sender, what: What::FollowUp { pull, asked } })
 }
 
 fn missing(field: &str) -> Problem {
@@ -356,14 +386,9 @@ fn trigger(github: &common::config::GitHubConfig, payload: &Value) -> Result<Tri
     let issue = payload["issue"]["number"].as_u64().ok_or_else(|| missing("issue.number"))?;
     let sender = payload["sender"]["login"].as_str().ok_or_else(|| missing("sender.login"))?.to_owned();
     let base_ref = payload["repository"]["default_branch"].as_str().unwrap_or("main").to_owned();
-    Ok(Trigger::Run {
-        repo,
-        issue,
-        title: payload["issue"]["title"].as_str().unwrap_or_default().to_owned(),
-        body: payload["issue"]["body"].as_str().unwrap_or_default().to_owned(),
-        sender,
-        base_ref,
-    })
+    let title = payload["issue"]["title"].as_str().unwrap_or_default().to_owned();
+    let body = payload["issue"]["body"].as_str().unwrap_or_default().to_owned();
+    Ok(Trigger::Ask { repo, sender, what: What::Issue { issue, title, body, base_ref } })
 }
 
 #[cfg(test)]
