@@ -568,6 +568,12 @@ pub struct CommitSignature {
     /// The public key's fingerprint as `ssh-keygen -l` prints it
     /// (`SHA256:...`).
     pub fingerprint: String,
+    /// What GitHub says of the pushed commit's signature, read back after
+    /// the push: `valid` (shown Verified), or its reason otherwise
+    /// (`unknown_key` until the public key is added as a signing key of
+    /// the commit author's account, `bad_email`, `unsigned`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github_verification: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

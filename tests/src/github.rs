@@ -15,6 +15,8 @@
 //!   and review comments carry `path`, `line`, `side` and the `diff_hunk`
 //!   GitHub cuts from the pull request's diff, and a line outside the diff
 //!   is refused as GitHub refuses it.
+//! - A commit's `verification` is reported as GitHub reports it, against
+//!   the SSH signing keys registered for the committer's email.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -85,6 +87,8 @@ struct State {
     /// Every token minted, in order, with the permissions asked for.
     minted: Vec<(String, Value)>,
     next_comment: u64,
+    /// SSH signing keys of accounts, by the account's verified email.
+    signing_keys: Vec<(String, String)>,
     root: PathBuf,
     base_url: String,
 }
@@ -139,6 +143,7 @@ impl GitHub {
             tokens: HashMap::new(),
             minted: Vec::new(),
             next_comment: 1,
+            signing_keys: Vec::new(),
             root: root.join("repos"),
             base_url: String::new(),
         }));
@@ -168,6 +173,7 @@ impl GitHub {
                 .route("/api/v3/repos/{o}/{r}/pulls/{n}/comments", web::get().to(list_review_comments))
                 .route("/api/v3/repos/{o}/{r}/pulls/comments/{id}", web::get().to(get_review_comment))
                 .route("/api/v3/repos/{o}/{r}/pulls/{n}/comments/{id}/replies", web::post().to(reply_review_comment))
+                .route("/api/v3/repos/{o}/{r}/commits/{sha}", web::get().to(get_commit))
                 .route("/api/graphql", web::post().to(graphql))
                 .default_service(web::to(|| async { not_found() }))
         })
@@ -507,6 +513,14 @@ impl GitHub {
                 .expect("an object")
         };
         self.deliver(target, "issue_comment", &ulid::Ulid::new().to_string(), &payload, None).await
+    }
+
+    /// Adds `public_key` (an OpenSSH public key line) as an SSH signing key
+    /// of the account whose verified email is `email`, as a person does in
+    /// Settings → SSH and GPG keys: commits signed with it by that email
+    /// show Verified.
+    pub fn add_signing_key(&self, email: &str, public_key: &str) {
+        self.state.lock().unwrap().signing_keys.push((email.to_owned(), public_key.trim().to_owned()));
     }
 
     /// Marks the thread that review comment `root` starts resolved.
@@ -1248,6 +1262,68 @@ async fn reply_review_comment(req: HttpRequest, body: web::Json<Value>, state: S
     let comment = reply_json(&state, &name, number, id, &root, text, "paddock-app[bot]");
     state.repos.get_mut(&name).expect("repo exists").review_comments.push(comment.clone());
     HttpResponse::Created().json(comment)
+}
+
+/// `GET .../commits/{sha}` with `commit.verification` as GitHub reports it:
+/// `unsigned` without a signature, `unknown_key` when no account with the
+/// committer's email has a signing key that made it, `invalid` when the
+/// signature does not verify, `valid` otherwise.
+async fn get_commit(req: HttpRequest, state: Shared) -> HttpResponse {
+    let (state, name) = match authorize(&req, &state, "contents", "read") {
+        Ok(granted) => granted,
+        Err(refusal) => return *refusal,
+    };
+    let sha = req.match_info().query("sha").to_owned();
+    let dir = state.root.join(format!("{name}.git"));
+    let git_out = |args: &[&str]| {
+        std::process::Command::new("git").arg("-C").arg(&dir).args(args).output().ok().filter(|o| o.status.success())
+    };
+    let Some(raw) = git_out(&["cat-file", "commit", &sha]) else {
+        return github_error(StatusCode::UNPROCESSABLE_ENTITY, &format!("No commit found for SHA: {sha}"));
+    };
+    let raw = String::from_utf8_lossy(&raw.stdout).into_owned();
+    let email = git_out(&["log", "-1", "--format=%ce", &sha])
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let signature: String = raw
+        .split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .skip_while(|l| !l.starts_with("gpgsig "))
+        .take_while(|l| l.starts_with("gpgsig ") || l.starts_with(' '))
+        .map(|l| l.trim_start_matches("gpgsig ").trim_start())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let keys: Vec<&(String, String)> =
+        state.signing_keys.iter().filter(|(e, _)| e.eq_ignore_ascii_case(&email)).collect();
+    let reason = if signature.is_empty() {
+        "unsigned"
+    } else if keys.is_empty() {
+        "unknown_key"
+    } else {
+        let signers = std::env::temp_dir().join(format!("paddock-signers-{}", ulid::Ulid::new()));
+        let lines: String = keys.iter().map(|(e, k)| format!("{e} {k}\n")).collect();
+        std::fs::write(&signers, lines).expect("write allowed signers");
+        let allowed = format!("gpg.ssh.allowedSignersFile={}", signers.display());
+        let verified = git_out(&["-c", &allowed, "verify-commit", &sha]).is_some();
+        std::fs::remove_file(&signers).ok();
+        if verified { "valid" } else { "invalid" }
+    };
+    let message = git_out(&["log", "-1", "--format=%B", &sha]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    HttpResponse::Ok().json(json!({
+        "sha": sha,
+        "commit": {
+            "message": message,
+            "committer": {"email": email},
+            "verification": {
+                "verified": reason == "valid", "reason": reason,
+                "signature": if signature.is_empty() { Value::Null } else { json!(signature) },
+                "verified_at": if reason == "valid" { json!(time_string(SystemTime::now())) } else { Value::Null },
+            },
+        },
+        "html_url": format!("{}/{name}/commit/{sha}", state.base_url),
+    }))
 }
 
 /// The one GraphQL query Paddock makes: a pull request's review threads,

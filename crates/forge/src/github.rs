@@ -99,9 +99,11 @@ fn ssh_key_fingerprint(path: &std::path::Path) -> Result<common::CommitSignature
         .map_err(|e| refuse(format!("cannot run ssh-keygen (openssh-client): {e}")))?;
     let printed = String::from_utf8_lossy(&out.stdout);
     match printed.split_whitespace().nth(1) {
-        Some(fingerprint) if out.status.success() => {
-            Ok(common::CommitSignature { format: "ssh".to_owned(), fingerprint: fingerprint.to_owned() })
-        }
+        Some(fingerprint) if out.status.success() => Ok(common::CommitSignature {
+            format: "ssh".to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            github_verification: None,
+        }),
         _ => Err(refuse(format!("ssh-keygen cannot read it: {}", String::from_utf8_lossy(&out.stderr).trim()))),
     }
 }

@@ -40,6 +40,8 @@ pub struct Pushed {
     pub commit: String,
     /// A follow-up's replies (the review comments answered).
     pub answered: Vec<u64>,
+    /// What GitHub says of the commit's signature, when Paddock signs.
+    pub verification: Option<String>,
 }
 
 /// Where the run's branch is pushed.
@@ -121,7 +123,9 @@ pub async fn publish(
     };
     let pull_request = upsert_pull_request(credential, repo, &branch, fork, story, &files).await?;
     let commit = git::head(checkout).await?;
-    Ok(Published::PullRequest(Box::new(Pushed { branch, pull_request, files, commit, answered: Vec::new() })))
+    let verification = verification(app, push_credential, push_repo, &commit).await;
+    let answered = Vec::new();
+    Ok(Published::PullRequest(Box::new(Pushed { branch, pull_request, files, commit, answered, verification })))
 }
 
 /// A follow-up: commits the diff on top of the pull request's branch as
@@ -150,6 +154,7 @@ pub async fn publish_follow_up(
         Err(PushError::Git(e)) => return Err(e.into()),
     }
     let commit = git::head(checkout).await?;
+    let verification = verification(app, credential, repo, &commit).await;
     let (owner, name) = (repo.owner(), repo.name());
     let number = follow_up.pull_request;
     let pull = credential.get(&format!("/repos/{owner}/{name}/pulls/{number}")).await?;
@@ -178,7 +183,7 @@ pub async fn publish_follow_up(
         draft: pull["draft"] == true,
         head_repository: None,
     };
-    Ok(Published::PullRequest(Box::new(Pushed { branch, pull_request, files, commit, answered })))
+    Ok(Published::PullRequest(Box::new(Pushed { branch, pull_request, files, commit, answered, verification })))
 }
 
 /// A follow-up's line in the pull request's description, with the marker
@@ -224,6 +229,22 @@ fn reply_text(story: &RunStory<'_>, commit: &str, path: &str, files: &[String]) 
             code_span(path),
             listed.join(", ")
         )
+    }
+}
+
+/// GitHub's verdict on a signed commit's signature (`commit.verification`
+/// of `GET /repos/{o}/{r}/commits/{sha}`): `valid`, or why not. `None`
+/// when Paddock does not sign or GitHub could not be asked (logged: the
+/// commit is pushed either way).
+async fn verification(app: &GitHubApp, credential: &RepoCredential, repo: &RepoName, sha: &str) -> Option<String> {
+    app.signing()?;
+    let route = format!("/repos/{}/{}/commits/{sha}", repo.owner(), repo.name());
+    match credential.get(&route).await {
+        Ok(commit) => commit["commit"]["verification"]["reason"].as_str().map(str::to_owned),
+        Err(error) => {
+            tracing::warn!(%repo, sha, %error, "reading the commit's verification failed");
+            None
+        }
     }
 }
 

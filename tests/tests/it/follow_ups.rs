@@ -55,6 +55,8 @@ async fn a_review_requesting_changes_gets_a_follow_up_commit_on_the_same_branch_
         ("PADDOCK_GITHUB__COMMIT_SIGNING_KEY_FILE", key_file.as_str()),
     ];
     let forge = forge_with(&settings, FIRST).await;
+    // The machine user's signing key, registered on GitHub.
+    forge.github.add_signing_key("paddock[bot]@users.noreply.github.com", &public);
     let worker = forge.app.spawn_worker().await;
     let (parent, pull, branch) = opened_pull_request(&forge).await;
     let parent_id = parent["id"].as_str().unwrap();
@@ -169,6 +171,10 @@ async fn a_review_requesting_changes_gets_a_follow_up_commit_on_the_same_branch_
     let trail = forge.app.audit_trail_text().await;
     assert!(trail.contains("\"action\":\"pull_request.follow_up\""), "no follow-up event in the trail");
 
+    // GitHub shows both commits Verified, and the runs recorded it.
+    for run in [&parent, &child] {
+        assert_eq!(run["facts"]["commit_signature"]["github_verification"], "valid", "{run:#}");
+    }
     // Both commits on the branch verify against the worker's key.
     let signers = dir.join("allowed_signers");
     std::fs::write(&signers, format!("paddock[bot]@users.noreply.github.com {public}\n")).unwrap();

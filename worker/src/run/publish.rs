@@ -126,7 +126,7 @@ async fn push_and_open(
             (StopReason::Completed, Some(note))
         }
         Ok(Published::PullRequest(pushed)) => {
-            let publish::Pushed { branch, pull_request, files, commit, answered } = *pushed;
+            let publish::Pushed { branch, pull_request, files, commit, answered, verification } = *pushed;
             let pushed = match &pull_request.head_repository {
                 Some(fork) => format!("{fork}:{branch}"),
                 None => branch.clone(),
@@ -153,7 +153,10 @@ async fn push_and_open(
             record.pull_request = Some(pull_request);
             record.pushed_commit = Some(commit);
             record.answered_comments = answered;
-            record.commit_signature = app.signing().map(|(_, signature)| signature.clone());
+            record.commit_signature = app.signing().map(|(_, signature)| common::CommitSignature {
+                github_verification: verification,
+                ..signature.clone()
+            });
             (StopReason::Completed, Some(note))
         }
         Err(PublishError::BranchMoved { branch, at }) => {
