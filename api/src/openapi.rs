@@ -29,6 +29,7 @@ where
         .into_utoipa_app()
         .service(health::healthz)
         .service(health::readyz)
+        .service(health::metrics)
         .service(runs::handlers::create_run)
         .service(runs::handlers::list_runs)
         .service(runs::handlers::get_run)

@@ -109,10 +109,20 @@ impl Application {
         let server = HttpServer::new(move || {
             openapi::routes(App::new().app_data(state.clone())).0.wrap_fn(|req, service| {
                 let id = crate::request_id::assign(&req);
+                // The route's pattern, never the path: one series per route.
+                let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+                let method = req.method().to_string();
+                let started = std::time::Instant::now();
                 let answer = actix_web::dev::Service::call(service, req);
                 async move {
                     let mut answer = answer.await?;
                     answer.headers_mut().insert(crate::request_id::HEADER, id);
+                    let status = answer.status().as_u16().to_string();
+                    let labels = vec![("route", route), ("method", method), ("status", status)];
+                    platform::metrics::global()
+                        .http_requests
+                        .get_or_create(&labels)
+                        .observe(started.elapsed().as_secs_f64());
                     Ok(answer)
                 }
             })

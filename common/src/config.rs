@@ -29,6 +29,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub tls: TlsConfig,
     pub outbound: OutboundConfig,
+    pub telemetry: TelemetryConfig,
     /// Agent profiles by name; a run names one (or gets `default`).
     pub agents: BTreeMap<String, AgentConfig>,
     /// Tenants by name and the repositories each owns. A run's tenant is
@@ -502,6 +503,27 @@ pub struct OutboundConfig {
     pub no_proxy: Vec<String>,
 }
 
+/// How Paddock is watched.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Where a worker or a standalone gateway serves Prometheus'
+    /// `GET /metrics` (`0.0.0.0:9464`); unset, it serves none. The API
+    /// serves `/metrics` on its own port.
+    pub metrics_listen: Option<String>,
+}
+
+impl TelemetryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(listen) = &self.metrics_listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return invalid("telemetry.metrics_listen", "must be an address and port, such as 0.0.0.0:9464");
+        }
+        Ok(())
+    }
+}
+
 /// The tamper-evident audit trail in object storage (`s3.bucket`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -713,6 +735,16 @@ pub enum EgressPreset {
     Custom,
 }
 
+impl EgressPreset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EgressPreset::None => "none",
+            EgressPreset::Registries => "registries",
+            EgressPreset::Custom => "custom",
+        }
+    }
+}
+
 /// The OCI runtime a sandbox runs under, as registered with the Docker
 /// engine. `runsc` (gVisor) puts a user-space kernel between the agent and
 /// the host's: a kernel exploit in the sandbox meets gVisor, not Linux, at
@@ -912,6 +944,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             tls: TlsConfig::default(),
             outbound: OutboundConfig::default(),
+            telemetry: TelemetryConfig::default(),
             agents: BTreeMap::from([
                 ("default".to_owned(), AgentConfig::command("git status --short")),
                 ("reference".to_owned(), AgentConfig::command("paddock-agent")),
@@ -1061,6 +1094,7 @@ impl Config {
         self.publish.validate()?;
         self.secrets.validate()?;
         self.outbound.validate()?;
+        self.telemetry.validate()?;
         if !self.agents.contains_key("default") {
             return invalid("agents.default", "must be configured: runs without a profile use it");
         }

@@ -121,6 +121,11 @@ pub struct CallRecord {
     pub latency_ms: u64,
     /// Until the answer's last byte (or the caller left).
     pub duration_ms: u64,
+    /// Waiting for the provider: from sending the request until its status
+    /// and headers (0 when it was never sent). `latency_ms` minus this is
+    /// the gateway's own share.
+    #[serde(default)]
+    pub upstream_ms: u64,
     /// Secrets found, by rule, in the request and in the answer.
     pub redactions: BTreeMap<String, u32>,
     /// `anthropic-beta` flags the caller sent that the provider's policy

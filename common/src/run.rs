@@ -194,6 +194,26 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    /// The reason's `kind`, as serialized (a metric's label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StopReason::Completed => "completed",
+            StopReason::AgentFailed { .. } => "agent_failed",
+            StopReason::Timeout { .. } => "timeout",
+            StopReason::OomKilled { .. } => "oom_killed",
+            StopReason::CheckoutFailed { .. } => "checkout_failed",
+            StopReason::Cancelled { .. } => "cancelled",
+            StopReason::Superseded { .. } => "superseded",
+            StopReason::BranchMoved { .. } => "branch_moved",
+            StopReason::InfrastructureError { .. } => "infrastructure_error",
+            StopReason::ProtectedBranchRefused { .. } => "protected_branch_refused",
+            StopReason::CredentialError { .. } => "credential_error",
+            StopReason::AuditUnavailable { .. } => "audit_unavailable",
+            StopReason::LimitExceeded { .. } => "limit_exceeded",
+            StopReason::WorkersLost { .. } => "workers_lost",
+        }
+    }
+
     pub fn final_state(&self) -> RunState {
         match self {
             StopReason::Completed => RunState::Succeeded,

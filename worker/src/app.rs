@@ -54,7 +54,7 @@ impl Application {
         if !object_lock.enforced {
             tracing::warn!(detail = %object_lock.detail, "audit bucket: Object Lock not enforced");
         }
-        let audit = Arc::new(audit);
+        let audit = Arc::new(audit.in_role("worker"));
         let interval = Duration::from_secs(config.audit.digest_interval_seconds);
         audit_trail::spawn_digests(Arc::downgrade(&audit), interval);
         let runtime = Runtime {
@@ -134,6 +134,14 @@ impl Application {
         let factory_runtime = runtime.clone();
         let poll = Duration::from_millis(cfg.poll_interval_ms);
         let concurrency = cfg.concurrency;
+        platform::metrics::global().slots_free.set(i64::try_from(concurrency).unwrap_or(i64::MAX));
+        if let Some(listen) = &runtime.config.telemetry.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("telemetry.metrics_listen {listen}: {e}"))?;
+            tracing::info!(%listen, "serving /metrics");
+            platform::metrics::serve(listener, background.clone());
+        }
         tracing::info!(worker = %runtime.worker, concurrency, "worker started");
         Monitor::new()
             .register(move |_restarts| {

@@ -161,7 +161,10 @@ pub async fn reap_expired(queue: RunQueue, interval: Duration, stop: Cancellatio
             _ = tokio::time::sleep(interval + jitter) => {}
         }
         match queue.reap(100).await {
-            Ok(ids) if !ids.is_empty() => tracing::info!(count = ids.len(), ?ids, "reclaimed runs with expired leases"),
+            Ok(ids) if !ids.is_empty() => {
+                platform::metrics::global().lease_reaps.inc_by(ids.len() as u64);
+                tracing::info!(count = ids.len(), ?ids, "reclaimed runs with expired leases")
+            }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "reaping expired leases failed; retrying"),
         }

@@ -5,6 +5,8 @@ use common::audit::{Actor, AuditEvent, ObjectRef};
 use common::{RunId, RunSpec, RunState, ValidationError};
 use store::{Enqueued, Idempotency, KeyHolder, QueueError};
 
+use platform::metrics;
+
 use crate::startup::AppState;
 use crate::tenants::Owned;
 
@@ -53,6 +55,7 @@ pub async fn submit(state: &AppState, owned: &Owned, spec: RunSpec, request: Req
     let held = policy.needs_approval();
     let spec = RunSpec { policy: Some(policy), ..spec };
     let id = RunId::new();
+    let source = if request.actor.method == "github-webhook" { "webhook" } else { "api" };
     let state_now = if held { RunState::AwaitingApproval } else { RunState::Queued };
     // A repeated request is answered before anything is written about it:
     // no audit event names a run that is never created.
@@ -71,6 +74,8 @@ pub async fn submit(state: &AppState, owned: &Owned, spec: RunSpec, request: Req
     }
     match accepted? {
         Enqueued::Created { state: now, .. } => {
+            let labels = metrics::labels([("tenant", &spec.tenant), ("source", source), ("state", now.as_str())]);
+            metrics::global().runs_accepted.get_or_create(&labels).inc();
             tracing::info!(
                 run_id = %id, repository = %spec.repository, tenant = %spec.tenant,
                 requested_by = %spec.requested_by, via = ?spec.via, state = %now, "run accepted"

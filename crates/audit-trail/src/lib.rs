@@ -137,6 +137,8 @@ pub struct AuditTrail<S = S3Store> {
     waiting: std::sync::Mutex<Waiting>,
     /// S3 Object Lock retention written on every object: (mode, days).
     retention: Option<(&'static str, u32)>,
+    /// The writer's role (`api`, `worker`), the metrics' label.
+    writer: platform::metrics::Labels,
 }
 
 pub use common::hash::sha256_hex;
@@ -245,7 +247,15 @@ impl<S: RetainingStore> AuditTrail<S> {
             chain: tokio::sync::Mutex::new(chain),
             waiting: std::sync::Mutex::new(Vec::new()),
             retention: None,
+            writer: platform::metrics::labels([("writer", writer)]),
         }
+    }
+
+    /// Reports this trail's metrics under `role` (`worker`: every worker's
+    /// stream is named after the worker, its metrics after what it is).
+    pub fn in_role(mut self, role: &str) -> Self {
+        self.writer = platform::metrics::labels([("writer", role)]);
+        self
     }
 
     /// Writes every object with S3 Object Lock retention `mode` for `days`.
@@ -305,6 +315,8 @@ impl<S: RetainingStore> AuditTrail<S> {
         if events.is_empty() {
             return Ok(());
         }
+        let metrics = platform::metrics::global();
+        let started = std::time::Instant::now();
         let (done, written) = tokio::sync::oneshot::channel();
         self.waiting.lock().unwrap_or_else(|e| e.into_inner()).push((events.to_vec(), done));
         {
@@ -318,11 +330,22 @@ impl<S: RetainingStore> AuditTrail<S> {
                 }
             }
         }
-        match written.await {
+        let result = match written.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(AuditError::Unavailable(StoreError::new(message))),
             Err(_) => Err(AuditError::Unavailable(StoreError::new("the audit writer stopped"))),
+        };
+        metrics.audit_write.get_or_create(&self.writer).observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics.audit_failures.get_or_create(&self.writer).inc();
         }
+        result
+    }
+
+    /// Segments not yet covered by a digest, in the metrics.
+    fn count_undigested(&self, chain: &Chain) {
+        let pending = i64::try_from(chain.pending.len()).unwrap_or(i64::MAX);
+        platform::metrics::global().audit_undigested.get_or_create(&self.writer).set(pending);
     }
 
     async fn write_segment(&self, chain: &mut Chain, events: &[AuditEvent]) -> Result<(), AuditError> {
@@ -355,6 +378,7 @@ impl<S: RetainingStore> AuditTrail<S> {
         {
             tracing::error!(%error, "writing an audit digest failed; the next digest will list these segments");
         }
+        self.count_undigested(chain);
         Ok(())
     }
 
@@ -393,6 +417,7 @@ impl<S: RetainingStore> AuditTrail<S> {
         chain.previous = Some(DigestLink { key, sha256, signature });
         chain.pending.clear();
         chain.last_digest = Instant::now();
+        self.count_undigested(chain);
         Ok(())
     }
 }

@@ -83,6 +83,13 @@ pub async fn serve_standalone(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "standalone model gateway listening");
     let stop = tokio_util::sync::CancellationToken::new();
+    if let Some(listen) = &config.telemetry.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("telemetry.metrics_listen {listen}: {e}"))?;
+        tracing::info!(%listen, "serving /metrics");
+        platform::metrics::serve(metrics, stop.clone());
+    }
     let hub = Arc::new(GatewayHub::new(config, queue, http, tls)?);
     let serving = tokio::spawn(hub.serve(listener, stop.clone()));
     shutdown.await;

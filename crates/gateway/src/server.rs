@@ -216,6 +216,7 @@ impl RunGateway {
     /// Books a finished call: in the run's record and, for a standalone
     /// gateway, in Redis for the run's worker.
     fn finish(&self, record: CallRecord, entry: Option<TranscriptEntry>) {
+        count_call(&record);
         tracing::info!(
             run_id = %self.run, request_id = %record.request_id, wire = %record.wire, provider = ?record.provider,
             model = ?record.model, status = record.status, tokens_in = record.tokens_in, tokens_out = record.tokens_out,
@@ -308,6 +309,7 @@ impl RunGateway {
             cost_usd: 0.0,
             latency_ms: 0,
             duration_ms: 0,
+            upstream_ms: 0,
             redactions: BTreeMap::new(),
             dropped_betas: Vec::new(),
         };
@@ -373,7 +375,9 @@ impl RunGateway {
         let call = Call { provider_name, provider, suffix, model: model.as_deref().unwrap_or_default() };
         // A call that gets no answer used nothing: dropping the settlement
         // on the way out books that.
+        let sent = Instant::now();
         let response = self.send(wire, &call, &redacted, &headers, record).await?;
+        record.upstream_ms = sent.elapsed().as_millis() as u64;
         record.status = response.status().as_u16();
         record.latency_ms = started.elapsed().as_millis() as u64;
         record.upstream_request_id = ["x-request-id", "request-id"]
@@ -991,6 +995,55 @@ impl GatewayServer {
             platform::listener::serve_http(stream, service)
         });
         Ok(Self { address, stop })
+    }
+}
+
+/// A finished call in the metrics: calls, time (total, waiting upstream,
+/// the gateway's own), tokens, cost, refusals and redactions.
+fn count_call(record: &CallRecord) {
+    use platform::metrics::{global, labels};
+    let metrics = global();
+    let provider = record.provider.as_deref().unwrap_or("none");
+    let tenant = record.tenant.as_str();
+    let class = format!("{}xx", record.status / 100);
+    metrics
+        .gateway_calls
+        .get_or_create(&labels([("tenant", tenant), ("provider", provider), ("status", &class)]))
+        .inc();
+    let seconds = |ms: u64| ms as f64 / 1000.0;
+    let part = |name: &str| labels([("provider", provider), ("part", name)]);
+    metrics.gateway_duration.get_or_create(&part("total")).observe(seconds(record.duration_ms));
+    if record.upstream_ms > 0 || record.status < 400 {
+        metrics.gateway_duration.get_or_create(&part("upstream")).observe(seconds(record.upstream_ms));
+        let own = record.latency_ms.saturating_sub(record.upstream_ms);
+        metrics.gateway_duration.get_or_create(&part("overhead")).observe(seconds(own));
+    } else {
+        // Never sent on: the gateway answered itself.
+        let reason = match record.status {
+            400 => "invalid_request",
+            401 => "unauthenticated",
+            402 => "budget",
+            403 => "not_allowed",
+            404 => "not_found",
+            413 => "too_large",
+            429 => "rate_limited",
+            502..=504 => "upstream_unavailable",
+            _ => "other",
+        };
+        metrics.gateway_refusals.get_or_create(&labels([("tenant", tenant), ("reason", reason)])).inc();
+    }
+    for (direction, tokens) in [("in", record.tokens_in), ("out", record.tokens_out)] {
+        let key = labels([("tenant", tenant), ("provider", provider), ("direction", direction)]);
+        metrics.gateway_tokens.get_or_create(&key).inc_by(tokens);
+    }
+    if record.cost_usd > 0.0 {
+        metrics
+            .gateway_cost
+            .get_or_create(&labels([("tenant", tenant), ("provider", provider)]))
+            .inc_by(record.cost_usd);
+    }
+    for (rule, n) in &record.redactions {
+        metrics.redactions.get_or_create(&labels([("rule", rule)])).inc_by(u64::from(*n));
     }
 }
 

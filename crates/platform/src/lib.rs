@@ -1,8 +1,9 @@
 //! Process plumbing every Paddock binary shares: how a process calls out
 //! (TLS trust, corporate proxy), the accept loop of its listeners, the
-//! configuration loader and telemetry.
+//! configuration loader, telemetry and metrics.
 
 pub mod config;
 pub mod listener;
+pub mod metrics;
 pub mod outbound;
 pub mod telemetry;

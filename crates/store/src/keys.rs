@@ -133,6 +133,12 @@ impl Keys {
         self.at("depth:r")
     }
 
+    /// Run ids in one state, for listing (lex zset; ULIDs, so the first is
+    /// the oldest).
+    pub fn state_index(&self, state: impl Display) -> String {
+        self.at(format_args!("idx:state:{state}"))
+    }
+
     /// Caps and weights (hash).
     pub fn limits(&self) -> String {
         self.at("limits")
@@ -233,6 +239,7 @@ mod tests {
             keys.dead_reasons(),
             keys.depth(),
             keys.depth_by_repository(),
+            keys.state_index("<state>"),
             keys.limits(),
             keys.policy(),
             keys.llm_policy(),

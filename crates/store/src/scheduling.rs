@@ -113,6 +113,14 @@ impl RunQueue {
         Ok(depth)
     }
 
+    /// The oldest run waiting in `queued`, if any (its id tells when it was
+    /// accepted).
+    pub async fn oldest_queued(&self) -> Result<Option<RunId>, QueueError> {
+        let mut conn = self.conn.clone();
+        let first: Vec<String> = conn.zrange(self.keys.state_index("queued"), 0, 0).await?;
+        Ok(first.first().and_then(|id| id.parse().ok()))
+    }
+
     /// The newest dead letters, up to `limit`.
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         let mut conn = self.conn.clone();

@@ -14,6 +14,7 @@ mod gateway;
 mod github;
 mod identity;
 mod matrix;
+mod metrics;
 mod openapi;
 mod outbound;
 mod people;

@@ -13,6 +13,7 @@ mod log;
 mod publish;
 mod session;
 
+use platform::metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,6 +78,7 @@ pub async fn execute(
     runtime: apalis_core::task::data::Data<Arc<Runtime>>,
 ) -> Result<(), apalis_core::error::BoxDynError> {
     let runtime: Arc<Runtime> = (*runtime).clone();
+    let _slot = Slot::taken(&run.spec.tenant);
     let span = tracing::info_span!("run", run_id = %run.id, attempt = run.attempt, epoch = run.epoch);
     let lease = runtime.leases.hold(&run);
     tracing::info!(parent: &span, repository = %run.spec.repository, "run claimed");
@@ -102,6 +104,51 @@ pub async fn execute(
     runtime.report(&run, &outcome).await;
     drop(lease);
     Ok(())
+}
+
+/// A worker slot a run holds, in the metrics (running runs, free slots).
+struct Slot;
+
+impl Slot {
+    fn taken(tenant: &str) -> Self {
+        let metrics = metrics::global();
+        metrics.claims.get_or_create(&metrics::labels([("tenant", tenant)])).inc();
+        metrics.runs_running.inc();
+        metrics.slots_free.dec();
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let metrics = metrics::global();
+        metrics.runs_running.dec();
+        metrics.slots_free.inc();
+    }
+}
+
+/// Counts how the run ended, once the queue took it (`state`: the run's
+/// state after `finish`).
+fn count_outcome(run: &ClaimedRun, outcome: &Outcome, state: common::RunState) {
+    let metrics = metrics::global();
+    let tenant = metrics::labels([("tenant", &run.spec.tenant)]);
+    let reason = match outcome {
+        Outcome::Done { reason, .. } if state.is_terminal() => reason.kind(),
+        // Cancelled meanwhile: the queue ended it so.
+        Outcome::Done { .. } | Outcome::Release => "cancelled",
+        Outcome::Retry { .. } if state == common::RunState::Failed => {
+            metrics.dead_lettered.get_or_create(&tenant).inc();
+            "infrastructure_error"
+        }
+        Outcome::Retry { .. } => {
+            metrics.retries.get_or_create(&tenant).inc();
+            return;
+        }
+    };
+    if state.is_terminal() {
+        let labels = metrics::labels([("tenant", &run.spec.tenant), ("state", state.as_str()), ("reason", reason)]);
+        metrics.runs_finished.get_or_create(&labels).inc();
+    }
 }
 
 /// What a panic said, when it said it with a string.
@@ -174,6 +221,8 @@ impl Runtime {
         let used = session.close().await;
         let Finished { reason, mut log, diff, files_changed } = finished?;
         log_activity(&mut log, &used);
+        let phases = phases.take();
+        count_activity(&policy, &phases, &used);
         let facts = Facts {
             agent: self.agent_identity(run).await,
             commit: checkout.commit,
@@ -182,7 +231,7 @@ impl Runtime {
             egress: used.egress,
             calls: used.calls,
             transcript: used.transcript,
-            phases: phases.take(),
+            phases,
         };
         self.done(run, reason, log, diff, Some(facts), forge).await
     }
@@ -348,6 +397,7 @@ impl Runtime {
         for attempt in 0..5u32 {
             match self.queue.finish(run, outcome).await {
                 Ok(Some(state)) => {
+                    count_outcome(run, outcome, state);
                     tracing::info!(run_id = %run.id, %state, ?outcome, "run finished");
                     return;
                 }
@@ -430,6 +480,19 @@ impl Runtime {
 }
 
 /// One log line per model call and egress decision, after the agent's output.
+/// The run's start-up steps and egress decisions, in the metrics.
+fn count_activity(policy: &SandboxPolicy, phases: &[(&'static str, u64)], used: &session::Used) {
+    let metrics = metrics::global();
+    for (step, ms) in phases {
+        metrics.sandbox_start.get_or_create(&metrics::labels([("step", step)])).observe(*ms as f64 / 1000.0);
+    }
+    for record in &used.egress {
+        let decision = if record.allowed { "allow" } else { "deny" };
+        let labels = metrics::labels([("preset", policy.egress.as_str()), ("decision", decision)]);
+        metrics.egress.get_or_create(&labels).inc();
+    }
+}
+
 fn log_activity(log: &mut RunLog, used: &session::Used) {
     for call in &used.calls {
         let why = call.refusal.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
