@@ -380,23 +380,37 @@ pub async fn list_runs(
 const SCAN_PAGES: usize = 10;
 
 /// The run's output: the stored log once the run finished, the live tail
-/// while it runs.
+/// while it runs. With `Accept: text/event-stream`, Server-Sent Events: a
+/// `log` event per chunk as the worker writes it (its `id` is where
+/// `Last-Event-ID` resumes, without loss or repeat), then an `end` event
+/// with the run's state and stop reason.
 #[utoipa::path(
     tag = "runs",
-    params(("id" = String, Path, description = "Run id")),
+    params(
+        ("id" = String, Path, description = "Run id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "With an event stream: resume after this event (`<ms>-<seq>`)"),
+    ),
     responses(
-        (status = 200, content_type = "text/plain", body = String),
+        (status = 200, description = "The log as text; as an event stream, `log` events (`id`, `data`: the chunk's lines), then one `end` event (`data`: `{\"state\", \"stop_reason\"}`)", content(
+            (String = "text/plain"),
+            (String = "text/event-stream"),
+        )),
     ),
     security(("bearer" = ["logs.read"]))
 )]
 #[get("/v1/runs/{id}/logs")]
 pub async fn run_logs(
+    req: actix_web::HttpRequest,
     caller: Scoped<need::LogsRead>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
     let (_, record) = run_for(&caller, &state, &id).await?;
     let id = record.id;
+    if super::live::wanted(&req) {
+        let after = super::live::resume_from(&req)?;
+        return Ok(super::live::respond(state, id, after));
+    }
     let key = id.artifact_key(ArtifactKind::Logs);
     let body = if record.artifacts.contains(&key) {
         state.store.get(&key).await?.map(|b| b.to_vec()).unwrap_or_default()

@@ -14,7 +14,7 @@ use super::scripts::{
 use super::{QueueError, RunQueue, conn, corrupt};
 
 /// How many log chunks of a running run Redis keeps for `GET .../logs`.
-const LOG_TAIL_CHUNKS: isize = 2000;
+pub const LOG_TAIL_CHUNKS: usize = 2000;
 
 /// A run this worker holds a lease on, under `epoch`.
 #[derive(Debug, Clone)]
@@ -323,13 +323,20 @@ impl RunQueue {
     }
 
     /// Appends output of a running run to its tail in Redis (capped).
+    /// A stream capped at about [`LOG_TAIL_CHUNKS`] entries: each entry's
+    /// id is where a live reader resumes (`Last-Event-ID`).
     pub async fn append_log(&self, id: RunId, chunk: &[u8]) -> Result<(), QueueError> {
         let key = self.keys.log(id);
         let mut conn = self.conn.clone();
         redis::pipe()
-            .rpush(&key, chunk)
-            .ignore()
-            .ltrim(&key, -LOG_TAIL_CHUNKS, -1)
+            .cmd("XADD")
+            .arg(&key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(LOG_TAIL_CHUNKS)
+            .arg("*")
+            .arg("c")
+            .arg(chunk)
             .ignore()
             .expire(&key, self.ttl_seconds() as i64)
             .ignore()
@@ -340,9 +347,34 @@ impl RunQueue {
 
     /// The tail of a run's output kept in Redis.
     pub async fn log_tail(&self, id: RunId) -> Result<Vec<u8>, QueueError> {
+        let chunks = self.log_since(id, None, usize::MAX).await?;
+        Ok(chunks.into_iter().flat_map(|(_, chunk)| chunk).collect())
+    }
+
+    /// The chunks of a run's output tail after entry `after` (from the
+    /// oldest kept without it), at most `count`, with their entry ids.
+    pub async fn log_since(
+        &self,
+        id: RunId,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, QueueError> {
+        let start = after.map_or_else(|| "-".to_owned(), |after| format!("({after}"));
         let mut conn = self.conn.clone();
-        let chunks: Vec<Vec<u8>> = conn.lrange(self.keys.log(id), 0, -1).await?;
-        Ok(chunks.concat())
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(self.keys.log(id)).arg(start).arg("+");
+        if count != usize::MAX {
+            cmd.arg("COUNT").arg(count);
+        }
+        // Each entry: its id and its fields (`c`: the chunk).
+        type Entry = (String, Vec<(String, Vec<u8>)>);
+        let entries: Vec<Entry> = cmd.query_async(&mut conn).await?;
+        Ok(entries
+            .into_iter()
+            .map(|(entry, fields)| {
+                (entry, fields.into_iter().find(|(f, _)| f == "c").map(|(_, c)| c).unwrap_or_default())
+            })
+            .collect())
     }
 
     /// Cancels a run on behalf of `by`. Returns the states after and before,

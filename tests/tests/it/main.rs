@@ -13,6 +13,7 @@ mod follow_ups;
 mod gateway;
 mod github;
 mod identity;
+mod live;
 mod matrix;
 mod metrics;
 mod openapi;

@@ -1,0 +1,136 @@
+//! Live logs over Server-Sent Events: a client that joins mid-run and
+//! reconnects with `Last-Event-ID` reads every line once, in order, and
+//! then the run's final state.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Sixteen numbered lines over about six seconds.
+const COUNT: &str = "for i in $(seq 1 16); do echo line-$i; sleep 0.4; done";
+
+#[derive(Debug)]
+struct Event {
+    id: Option<String>,
+    kind: String,
+    data: String,
+}
+
+/// Reads events from `response` until one satisfies `stop` (or the stream
+/// ends); keep-alive comments are skipped.
+async fn read_events(response: &mut reqwest::Response, stop: impl Fn(&Event) -> bool) -> Vec<Event> {
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    loop {
+        while let Some(at) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..at + 2).collect();
+            let mut event = Event { id: None, kind: "message".to_owned(), data: String::new() };
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if let Some(id) = line.strip_prefix("id: ") {
+                    event.id = Some(id.to_owned());
+                } else if let Some(kind) = line.strip_prefix("event: ") {
+                    event.kind = kind.to_owned();
+                } else if let Some(line) = line.strip_prefix("data: ") {
+                    data.push(line);
+                }
+            }
+            if data.is_empty() {
+                continue;
+            }
+            event.data = data.join("\n");
+            let done = stop(&event);
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(60), response.chunk()).await.expect("an event in time");
+        match chunk.expect("the stream") {
+            Some(bytes) => buffer.push_str(&String::from_utf8_lossy(&bytes)),
+            None => return events,
+        }
+    }
+}
+
+async fn subscribe(app: &tests::TestApp, id: &str, after: Option<&str>) -> reqwest::Response {
+    let mut request = app
+        .client
+        .get(app.url(&format!("/v1/runs/{id}/logs")))
+        .bearer_auth(&app.token)
+        .header("accept", "text/event-stream");
+    if let Some(after) = after {
+        request = request.header("last-event-id", after);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    response
+}
+
+/// The log text the events carry, in order.
+fn text(events: &[Event]) -> String {
+    events.iter().filter(|e| e.kind == "log").map(|e| e.data.as_str()).collect()
+}
+
+#[tokio::test]
+async fn a_client_joining_mid_run_gets_every_line_after_its_last_event_once_then_the_final_state() {
+    let app = tests::spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", COUNT)]).await;
+    let repo = app.repo(&[("README.md", b"# Count\n")]);
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "count").await;
+    tests::eventually(Duration::from_secs(120), "the run printed its third line", || async {
+        let logs = app.get(&format!("/v1/runs/{id}/logs")).await.text().await.unwrap();
+        if logs.contains("line-3\n") { Ok(()) } else { Err(logs) }
+    })
+    .await;
+
+    // Joins mid-run, reads to line 8, leaves.
+    let mut first = subscribe(&app, &id, None).await;
+    let seen = read_events(&mut first, |e| e.data.contains("line-8\n")).await;
+    drop(first);
+    let last = seen.last().and_then(|e| e.id.clone()).expect("log events carry ids");
+    // Comes back after what it saw: the rest, then the end.
+    let mut second = subscribe(&app, &id, Some(&last)).await;
+    let rest = read_events(&mut second, |e| e.kind == "end").await;
+    worker.shutdown().await;
+
+    let end = rest.last().expect("events");
+    assert_eq!(end.kind, "end", "{rest:?}");
+    let end: Value = serde_json::from_str(&end.data).unwrap();
+    assert_eq!((end["state"].as_str(), end["stop_reason"]["kind"].as_str()), (Some("succeeded"), Some("completed")));
+    let all = format!("{}{}", text(&seen), text(&rest));
+    let mut at = 0;
+    for n in 1..=16 {
+        let line = format!("line-{n}\n");
+        assert_eq!(all.matches(&line).count(), 1, "line {n} is not there exactly once:\n{all}");
+        let found = all.find(&line).unwrap();
+        assert!(found >= at, "line {n} is out of order:\n{all}");
+        at = found;
+    }
+    // Ids only go forward, and the second stream started after the first.
+    let ids: Vec<(u64, u64)> = seen
+        .iter()
+        .chain(rest.iter())
+        .filter_map(|e| e.id.as_deref()?.split_once('-').map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap())))
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+
+    // A finished run's stream is its whole tail, then the end, at once.
+    let mut again = subscribe(&app, &id, None).await;
+    let replay = read_events(&mut again, |e| e.kind == "end").await;
+    assert_eq!(text(&replay), all);
+    // A resume point the stream never sent is refused, saying which header.
+    let bad = app
+        .client
+        .get(app.url(&format!("/v1/runs/{id}/logs")))
+        .bearer_auth(&app.token)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let problem: Value = bad.json().await.unwrap();
+    assert!(problem.to_string().contains("Last-Event-ID"), "{problem}");
+}
