@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod auth;
 pub mod contract;
+pub mod costs;
 pub mod health;
 pub mod identity;
 pub mod json;

@@ -9,8 +9,8 @@ use utoipa_actix_web::AppExt;
 
 use crate::problem::ErrorCode;
 use crate::{
-    audit, health, identity, limits, people, policies, problem, providers, queue, runs, secrets, startup, tenants,
-    webhooks,
+    audit, costs, health, identity, limits, people, policies, problem, providers, queue, runs, secrets, startup,
+    tenants, webhooks,
 };
 
 /// Registers every route on `app`; returns the app and its OpenAPI document.
@@ -52,6 +52,7 @@ where
         .service(tenants::handlers::delete_tenant)
         .service(secrets::handlers::put_secret)
         .service(secrets::handlers::list_secrets)
+        .service(costs::tenant_costs)
         .service(secrets::handlers::delete_secret)
         .service(webhooks::handlers::github_webhook)
         .service(identity::handlers::list_bindings)

@@ -16,6 +16,6 @@ pub mod tenancy;
 
 pub use run::{
     AgentIdentity, AgentProfile, ArtifactKind, CommitSignature, CredentialGrant, FollowUp, ModelUse, Priority,
-    PullRequestRef, RepoName, RunFacts, RunId, RunRecord, RunSpec, RunState, StopReason, ValidationError,
+    PullRequestRef, RepoName, RunFacts, RunId, RunRecord, RunSpec, RunState, StopReason, Usage, ValidationError,
     validate_tenant,
 };

@@ -175,6 +175,9 @@ pub struct RunSummary {
     /// The commit Paddock pushed, if it pushed one.
     #[serde(default)]
     pub pushed_commit: Option<String>,
+    /// Tokens and cost of the run's model calls.
+    #[serde(default)]
+    pub usage: crate::Usage,
     /// The run whose pull request this follow-up continues.
     #[serde(default)]
     #[schema(value_type = Option<String>)]

@@ -562,6 +562,9 @@ pub struct RunFacts {
     /// The commit Paddock pushed, if it pushed one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushed_commit: Option<String>,
+    /// Tokens and cost of every model call the run made.
+    #[serde(default)]
+    pub usage: Usage,
     /// A follow-up's replies: the review comments it answered (ids of
     /// their threads' first comments).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -601,6 +604,31 @@ pub struct ModelUse {
     pub provider: String,
     pub model: String,
     pub calls: u32,
+    /// What its calls used and cost.
+    #[serde(default)]
+    pub usage: Usage,
+}
+
+/// Tokens and cost of model calls; cost in micro-dollars, so that sums are
+/// exact (`cost_usd` is what people read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Usage {
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost_micro_usd: u64,
+}
+
+impl Usage {
+    pub fn cost_usd(&self) -> f64 {
+        self.cost_micro_usd as f64 / 1_000_000.0
+    }
+
+    /// A call's tokens and cost (at its provider's price, in dollars).
+    pub fn add(&mut self, tokens_in: u64, tokens_out: u64, cost_usd: f64) {
+        self.tokens_in += tokens_in;
+        self.tokens_out += tokens_out;
+        self.cost_micro_usd += (cost_usd * 1_000_000.0).round().max(0.0) as u64;
+    }
 }
 
 /// A credential Paddock minted for a run, as recorded: never its value.

@@ -257,5 +257,6 @@ fn facts_of(summary: Option<&RunSummary>) -> RunFacts {
         pull_request: s.pull_request.clone(),
         pushed_commit: s.pushed_commit.clone(),
         answered_comments: s.answered_comments.clone(),
+        usage: s.usage,
     }
 }

@@ -21,6 +21,8 @@ pub struct RunStory<'a> {
     /// The agent and version, as its image names them.
     pub agent: Option<&'a common::AgentIdentity>,
     pub models: &'a [common::ModelUse],
+    /// Tokens and cost of the run's model calls.
+    pub usage: common::Usage,
     pub commands: &'a [String],
     pub link: String,
 }
@@ -389,6 +391,7 @@ fn pull_request_body(story: &RunStory<'_>, files: &[String]) -> String {
         "- **Models:** {}\n",
         if models.is_empty() { "none".to_owned() } else { models.join(", ") }
     ));
+    body.push_str(&format!("- **Cost:** {}\n", cost_text(&story.usage)));
     let tests: Vec<&String> = story.commands.iter().filter(|c| looks_like_tests(c)).collect();
     if !tests.is_empty() {
         let listed: Vec<String> = tests.iter().map(|c| format!("`{}`", one_line(c))).collect();
@@ -403,6 +406,22 @@ fn pull_request_body(story: &RunStory<'_>, files: &[String]) -> String {
     }
     body.push_str(&format!("\n{}\n", marker(story.run)));
     body
+}
+
+/// `$0.0123 (1,234 tokens in, 567 out)`.
+pub fn cost_text(usage: &common::Usage) -> String {
+    let grouped = |n: u64| {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    };
+    format!("${:.4} ({} tokens in, {} out)", usage.cost_usd(), grouped(usage.tokens_in), grouped(usage.tokens_out))
 }
 
 fn looks_like_tests(command: &str) -> bool {
@@ -495,6 +514,7 @@ mod tests {
             spec: &spec,
             command: "agent",
             models: &[],
+            usage: common::Usage { tokens_in: 1234, tokens_out: 5, cost_micro_usd: 12_300 },
             commands: &[],
             link: "https://paddock.example/v1/runs/x".to_owned(),
         };
@@ -504,5 +524,6 @@ mod tests {
             "{body}"
         );
         assert_eq!(code_span("alice@example.com"), "`alice@example.com`");
+        assert!(body.contains("- **Cost:** $0.0123 (1,234 tokens in, 5 out)"), "{body}");
     }
 }

@@ -133,6 +133,12 @@ impl Keys {
         self.at("depth:r")
     }
 
+    /// What a tenant's runs that ended on UTC day `day` (days since the
+    /// epoch) used and cost, by group (hash of counters).
+    pub fn cost_ledger(&self, tenant: impl Display, day: u64) -> String {
+        self.at(format_args!("cost:{tenant}:{day}"))
+    }
+
     /// Run ids in one state, for listing (lex zset; ULIDs, so the first is
     /// the oldest).
     pub fn state_index(&self, state: impl Display) -> String {
@@ -240,6 +246,7 @@ mod tests {
             keys.depth(),
             keys.depth_by_repository(),
             keys.state_index("<state>"),
+            keys.cost_ledger("<tenant>", 0).replace(":0", ":<day>"),
             keys.limits(),
             keys.policy(),
             keys.llm_policy(),

@@ -9,6 +9,7 @@
 //! The key layout and each script's contract are in ARCHITECTURE.md.
 
 mod conn;
+pub mod costs;
 mod gateway;
 pub mod identity;
 pub mod keys;

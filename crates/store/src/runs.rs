@@ -224,6 +224,10 @@ impl RunQueue {
         let reason_json = reason.map(serde_json::to_string).transpose().map_err(|e| corrupt(run.id, e))?;
         let final_state = reason.map_or(RunState::Queued, StopReason::final_state);
         let artifacts_json = serde_json::to_string(artifacts).map_err(|e| corrupt(run.id, e))?;
+        let day = common::audit::now_ms() / 86_400_000;
+        let ledger = facts.map(|facts| crate::costs::ledger_entries(&run.spec, facts));
+        let ledger_key = self.keys.cost_ledger(&run.spec.tenant, day);
+        let ledger_json = ledger.map(|l| serde_json::json!(l).to_string()).unwrap_or_default();
         let args = FinishArgs {
             id: &run.id.to_string(),
             epoch: run.epoch,
@@ -235,6 +239,9 @@ impl RunQueue {
             retry_delay_ms: delay.as_millis() as u64,
             dead_keep_ms: self.dead_keep_ms(),
             facts_json: facts_json.as_deref().unwrap_or_default(),
+            ledger_key: if ledger_json.is_empty() { "" } else { &ledger_key },
+            ledger_json: &ledger_json,
+            ledger_ttl_seconds: crate::costs::LEDGER_DAYS * 86_400,
         };
         let state: Option<String> = self.run_script(&args).await?;
         state.map(|s| s.parse().map_err(|e| corrupt(run.id, e))).transpose()

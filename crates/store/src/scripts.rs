@@ -165,6 +165,11 @@ pub(crate) struct FinishArgs<'a> {
     pub retry_delay_ms: u64,
     pub dead_keep_ms: u64,
     pub facts_json: &'a str,
+    /// The tenant's cost ledger of the day, and its increments
+    /// (`[[field, n], ...]`) for a run that ends; empty otherwise.
+    pub ledger_key: &'a str,
+    pub ledger_json: &'a str,
+    pub ledger_ttl_seconds: u64,
 }
 
 impl ScriptArgs for FinishArgs<'_> {
@@ -176,6 +181,7 @@ impl ScriptArgs for FinishArgs<'_> {
         inv.arg(self.id).arg(self.epoch).arg(self.outcome);
         inv.arg(self.reason_json).arg(self.final_state).arg(self.artifacts_json);
         inv.arg(self.ttl_seconds).arg(self.retry_delay_ms).arg(self.dead_keep_ms).arg(self.facts_json);
+        inv.arg(self.ledger_key).arg(self.ledger_json).arg(self.ledger_ttl_seconds);
     }
 }
 

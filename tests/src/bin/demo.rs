@@ -299,6 +299,13 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("files:        {}", facts["files_changed"]);
     println!("pull request: {}", facts["pull_request"]["url"].as_str().unwrap_or("none"));
+    let usage = &facts["usage"];
+    println!(
+        "cost:         ${:.4} ({} tokens in, {} out; the scripted model has no price)",
+        usage["cost_micro_usd"].as_f64().unwrap_or(0.0) / 1e6,
+        usage["tokens_in"],
+        usage["tokens_out"]
+    );
     println!("took:         {:.1} s from the label to the pull request", elapsed.as_secs_f64());
     println!("artifacts:    {}", run["artifacts"]);
     anyhow::ensure!(run["state"] == "succeeded", "the demo run did not succeed");

@@ -113,7 +113,11 @@ async fn a_labelled_issue_becomes_a_draft_pull_request_with_a_full_record() {
     assert_eq!(run["stop_reason"]["kind"], "completed", "{run:#}");
     let facts = &run["facts"];
     // Which model and provider, which commands, which files.
-    assert_eq!(facts["models"], json!([{"provider": "scripted", "model": "gpt-scripted", "calls": 4}]), "{facts:#}");
+    // Four calls of 40 tokens in and 10 out each, at no price.
+    let usage = json!({"tokens_in": 160, "tokens_out": 40, "cost_micro_usd": 0});
+    let models = json!([{"provider": "scripted", "model": "gpt-scripted", "calls": 4, "usage": usage}]);
+    assert_eq!(facts["models"], models, "{facts:#}");
+    assert_eq!(facts["usage"], usage);
     let commands: Vec<&str> = facts["commands"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
     assert_eq!(commands[0], REFERENCE_AGENT);
     assert_eq!(commands[1], "cat README.md");
@@ -518,6 +522,7 @@ async fn a_retried_publication_updates_its_pull_request_and_main_stays_protected
             command: "agent",
             agent: None,
             models: &[],
+            usage: common::Usage::default(),
             commands: &[],
             link: "http://x".to_owned(),
         };

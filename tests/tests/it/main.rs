@@ -9,6 +9,7 @@ mod api;
 mod attacks;
 mod audit;
 mod contract;
+mod costs;
 mod follow_ups;
 mod gateway;
 mod github;

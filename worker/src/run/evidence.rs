@@ -55,6 +55,10 @@ pub(super) fn run_facts(facts: Option<&Facts>, log: &RunLog) -> RunFacts {
         base_commit: Some(facts.commit.clone()),
         agent: Some(facts.agent.clone()),
         models: models_used(&facts.calls),
+        usage: facts.calls.iter().fold(common::Usage::default(), |mut usage, call| {
+            usage.add(call.tokens_in, call.tokens_out, call.cost_usd);
+            usage
+        }),
         commands: commands_run(&facts.command, log, &facts.transcript),
         files_changed: facts.files_changed.clone(),
         ..RunFacts::default()
@@ -139,6 +143,7 @@ fn summary(ended: &Ended<'_>, keys: &[String]) -> RunSummary {
         commit_signature: record.commit_signature.clone(),
         pull_request: record.pull_request.clone(),
         pushed_commit: record.pushed_commit.clone(),
+        usage: record.usage,
         parent_run: run.spec.parent_run,
         follow_up: run.spec.follow_up.clone(),
         answered_comments: record.answered_comments.clone(),
@@ -157,10 +162,17 @@ fn models_used(calls: &[CallRecord]) -> Vec<ModelUse> {
     let mut used: Vec<ModelUse> = Vec::new();
     for call in calls.iter().filter(|c| c.status < 400) {
         let (Some(provider), Some(model)) = (&call.provider, &call.model) else { continue };
-        match used.iter_mut().find(|u| &u.provider == provider && &u.model == model) {
-            Some(entry) => entry.calls += 1,
-            None => used.push(ModelUse { provider: provider.clone(), model: model.clone(), calls: 1 }),
-        }
+        let at = match used.iter().position(|u| &u.provider == provider && &u.model == model) {
+            Some(at) => at,
+            None => {
+                let model =
+                    ModelUse { provider: provider.clone(), model: model.clone(), calls: 0, usage: Default::default() };
+                used.push(model);
+                used.len() - 1
+            }
+        };
+        used[at].calls += 1;
+        used[at].usage.add(call.tokens_in, call.tokens_out, call.cost_usd);
     }
     used
 }

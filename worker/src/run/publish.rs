@@ -107,6 +107,7 @@ async fn push_and_open(
         command: &command,
         agent: record.agent.as_ref(),
         models: &record.models,
+        usage: record.usage,
         commands: &record.commands[1.min(record.commands.len())..],
         link: format!("{}/v1/runs/{}", app.config.run_link_base.trim_end_matches('/'), run.id),
     };
@@ -135,8 +136,12 @@ async fn push_and_open(
             let requester = forge::publish::code_span(&run.spec.requested_by);
             let note = match &run.spec.follow_up {
                 None => format!(
-                    "Paddock opened draft pull request #{} for this issue (run [`{}`]({}), requested by {requester}).",
-                    pull_request.number, run.id, story.link,
+                    "Paddock opened draft pull request #{} for this issue (run [`{}`]({}), requested by {requester}; \
+                     models cost {}).",
+                    pull_request.number,
+                    run.id,
+                    story.link,
+                    forge::publish::cost_text(&record.usage),
                 ),
                 Some(follow_up) => format!(
                     "Paddock pushed `{}` to `{branch}` for {} (run [`{}`]({}), requested by {requester}); \

@@ -1,5 +1,7 @@
 -- ARGV: id, epoch, outcome, stop_reason_json, final_state, artifacts_json,
---       ttl_s, retry_delay_ms, dead_keep_ms, facts_json (may be empty)
+--       ttl_s, retry_delay_ms, dead_keep_ms, facts_json (may be empty),
+--       ledger_key, ledger_json ([[field, n], ...]: what the run used, added
+--       to its tenant's cost ledger of the day when it ends), ledger_ttl_s
 -- outcome: `done`    the run is over (final_state succeeded, failed or
 --                    cancelled);
 --          `retry`   infrastructure failed: back off and run again, or fail
@@ -35,6 +37,13 @@ end
 if outcome == 'done' then
   if ARGV[10] ~= nil and ARGV[10] ~= '' then
     redis.call('HSET', job, 'facts', ARGV[10])
+  end
+  if ARGV[11] ~= nil and ARGV[11] ~= '' then
+    -- A handful of groups (total, repository, requester, one per model).
+    for _, entry in ipairs(cjson.decode(ARGV[12])) do
+      redis.call('HINCRBY', ARGV[11], entry[1], entry[2])
+    end
+    redis.call('EXPIRE', ARGV[11], tonumber(ARGV[13]))
   end
   finalize(id, tenant, repo, state, final_state, now, reason, artifacts, ttl_s)
   return final_state
