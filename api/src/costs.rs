@@ -18,15 +18,40 @@ use crate::startup::AppState;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct CostQuery {
-    /// First UTC day, `YYYY-MM-DD` (default: 29 days before `until`).
-    #[param(example = "2026-11-01")]
+    /// First UTC day (default: 29 days before `until`). A report covers at
+    /// most 366 days: an earlier `since` is moved up, and the answer's
+    /// `since` says where it starts.
+    #[param(value_type = Option<String>, format = Date, example = "2026-11-01")]
     pub since: Option<String>,
-    /// Last UTC day, `YYYY-MM-DD` (default: today). At most 366 days in all.
-    #[param(example = "2026-11-30")]
+    /// Last UTC day (default: today).
+    #[param(value_type = Option<String>, format = Date, example = "2026-11-30")]
     pub until: Option<String>,
-    /// `day` (default), `repository`, `requester` or `model`.
-    #[param(example = "model")]
+    /// How to group the spend (default `day`).
+    #[param(value_type = Option<GroupBy>, inline)]
     pub group_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    /// Each UTC day, with the tenant's daily budgets beside its spend.
+    #[default]
+    Day,
+    Repository,
+    Requester,
+    /// `provider/model`.
+    Model,
+}
+
+impl GroupBy {
+    fn ledger_group(self) -> &'static str {
+        match self {
+            GroupBy::Day => "day",
+            GroupBy::Repository => "repository",
+            GroupBy::Requester => "requester",
+            GroupBy::Model => "model",
+        }
+    }
 }
 
 /// What some runs used and cost.
@@ -51,7 +76,7 @@ pub struct CostReport {
     pub tenant: String,
     pub since: String,
     pub until: String,
-    pub group_by: String,
+    pub group_by: GroupBy,
     pub total: CostLine,
     /// Largest cost first (`group_by=day`: in day order).
     pub groups: Vec<CostLine>,
@@ -63,7 +88,7 @@ pub struct CostReport {
     params(("tenant" = String, Path, description = "Tenant name", example = "payments"), CostQuery),
     responses(
         (status = 200, body = CostReport),
-        (status = 400, body = Problem, content_type = "application/problem+json", description = "A bad day or grouping"),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "A day that is not one, or an unknown grouping"),
     ),
     security(("bearer" = ["audit.read"]))
 )]
@@ -86,19 +111,28 @@ pub async fn tenant_costs(
         Some(text) => day("since", text)?,
         None => until - Duration::days(29),
     };
-    let span = (until - since).whole_days();
-    if !(0..366).contains(&span) {
-        return Err(Problem::bad_request("`since` must be on or before `until`, at most 366 days apart").field("since"));
-    }
-    if (today - since).whole_days() > LEDGER_DAYS as i64 {
-        return Err(Problem::bad_request(format!("the ledger keeps {LEDGER_DAYS} days")).field("since"));
-    }
-    let group_by = query.group_by.clone().unwrap_or_else(|| "day".to_owned());
-    if !["day", "repository", "requester", "model"].contains(&group_by.as_str()) {
-        return Err(Problem::bad_request("`group_by` must be day, repository, requester or model").field("group_by"));
-    }
-    let number = |d: Date| (d - Date::from_ordinal_date(1970, 1).unwrap_or(d)).whole_days().max(0) as u64;
-    let ledgers = state.queue.cost_ledgers(&tenant, number(since), number(until)).await?;
+    // At most 366 days, none older than the ledger keeps; none at all when
+    // `since` is after `until`.
+    let oldest = (until - Duration::days(365)).max(today - Duration::days(LEDGER_DAYS as i64));
+    let since = since.max(oldest);
+    let group_by = match query.group_by.as_deref() {
+        None | Some("day") => GroupBy::Day,
+        Some("repository") => GroupBy::Repository,
+        Some("requester") => GroupBy::Requester,
+        Some("model") => GroupBy::Model,
+        Some(_) => {
+            return Err(
+                Problem::bad_request("`group_by` must be day, repository, requester or model").field("group_by")
+            );
+        }
+    };
+    let epoch = Date::from_ordinal_date(1970, 1).unwrap_or(since);
+    let number = |d: Date| (d - epoch).whole_days().max(0) as u64;
+    let ledgers = if since <= until {
+        state.queue.cost_ledgers(&tenant, number(since), number(until)).await?
+    } else {
+        Vec::new()
+    };
     let gateway = &state.config.gateway;
     let budget_usd = (gateway.tenant_daily_cost_budget_usd > 0.0).then_some(gateway.tenant_daily_cost_budget_usd);
     let budget_tokens = (gateway.tenant_daily_token_budget > 0).then_some(gateway.tenant_daily_token_budget);
@@ -109,10 +143,10 @@ pub async fn tenant_costs(
         for ((group, key), spent) in ledger {
             if group == "total" {
                 add(&mut total, spent);
-                if group_by == "day" {
+                if group_by == GroupBy::Day {
                     add(groups.entry(date.to_string()).or_default(), spent);
                 }
-            } else if *group == group_by {
+            } else if group == group_by.ledger_group() {
                 add(groups.entry(key.clone()).or_default(), spent);
             }
         }
@@ -126,7 +160,7 @@ pub async fn tenant_costs(
         budget_usd: if daily { budget_usd } else { None },
         budget_tokens: if daily { budget_tokens } else { None },
     };
-    let daily = group_by == "day";
+    let daily = group_by == GroupBy::Day;
     let mut lines: Vec<CostLine> = groups.iter().map(|(key, s)| line(Some(key.clone()), s, daily)).collect();
     if !daily {
         lines.sort_by(|a, b| b.cost_usd.total_cmp(&a.cost_usd).then(b.runs.cmp(&a.runs)));

@@ -113,7 +113,9 @@ impl Application {
                 let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
                 let method = req.method().to_string();
                 let started = std::time::Instant::now();
-                let answer = actix_web::dev::Service::call(service, req);
+                // Every line logged while serving the request names it.
+                let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or_default());
+                let answer = tracing::Instrument::instrument(actix_web::dev::Service::call(service, req), span);
                 async move {
                     let mut answer = answer.await?;
                     answer.headers_mut().insert(crate::request_id::HEADER, id);

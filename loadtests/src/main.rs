@@ -78,6 +78,9 @@ const ALL: &[&str] = &["api", "scheduling", "scale", "sandbox-start", "gateway",
 
 #[tokio::main]
 async fn main() {
+    // The bench prints its own figures; Paddock's per-call lines only on
+    // RUST_LOG=info.
+    platform::telemetry::init_with(platform::telemetry::Format::Text, "warn");
     let mut which: Vec<String> = std::env::args().skip(1).collect();
     if which.first().map(String::as_str) == Some("scale-worker") {
         return scale::worker_process(&which[1..]).await;

@@ -34,7 +34,8 @@ pub struct TestApp {
 pub const TEST_AUDIT_KEY: &str = "cGFkZG9jay10ZXN0LWF1ZGl0LXNpZ25pbmcta2V5ISE=";
 
 pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
-    platform::telemetry::init();
+    // Readable in a test's output; binaries the tests start log JSON.
+    platform::telemetry::init_with(platform::telemetry::Format::Text, "info");
     let git = GitServer::start().await;
     let id = ulid::Ulid::new().to_string().to_lowercase();
     let scratch = std::env::temp_dir().join(format!("paddock-test-{id}"));

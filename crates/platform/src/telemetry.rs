@@ -1,21 +1,50 @@
 //! One tracing initializer and one shutdown signal for every binary.
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`), `PADDOCK_LOG_FORMAT=json`
-/// switches to JSON lines.
+use std::io::IsTerminal;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object a line: the event's fields flattened beside
+    /// `message`, and the current span's under `span` (a run's lines carry
+    /// `span.run_id` and `span.tenant`, a request's `span.request_id`).
+    Json,
+    Text,
+}
+
+impl Format {
+    /// `PADDOCK_LOG_FORMAT` (`json` or `text`); without it JSON when stderr
+    /// is not a terminal (a service manager, a container, a file), text on
+    /// one.
+    pub fn from_env() -> Self {
+        match std::env::var("PADDOCK_LOG_FORMAT").as_deref() {
+            Ok("json") => Format::Json,
+            Ok("text") => Format::Text,
+            _ if std::io::stderr().is_terminal() => Format::Text,
+            _ => Format::Json,
+        }
+    }
+}
+
+/// Logs to stderr as [`Format::from_env`] says; `RUST_LOG` filters
+/// (default `info`).
 pub fn init() {
+    init_with(Format::from_env(), "info");
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` or else by
+/// `default_filter`. The first call in a process wins (tests, benches).
+pub fn init_with(format: Format, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(format == Format::Text && std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let result = if std::env::var("PADDOCK_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let result = match format {
+        Format::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
+        Format::Text => builder.try_init(),
     };
-    // A second init (tests) keeps the first subscriber.
     drop(result);
 }
 

@@ -79,4 +79,9 @@ async fn a_tenants_cost_report_is_the_sum_of_its_run_records() {
     assert_eq!((status, problem["field"].as_str()), (400, Some("group_by")), "{problem}");
     let (status, problem) = report("since=yesterday").await;
     assert_eq!((status, problem["field"].as_str()), (400, Some("since")), "{problem}");
+    // A span longer than a year is cut to one, and says so.
+    let (status, long) = report("since=2000-01-01").await;
+    assert_eq!(status, 200, "{long}");
+    assert_ne!(long["since"], "2000-01-01");
+    assert_eq!(long["total"], by_day["total"]);
 }

@@ -134,3 +134,32 @@ async fn a_client_joining_mid_run_gets_every_line_after_its_last_event_once_then
     let problem: Value = bad.json().await.unwrap();
     assert!(problem.to_string().contains("Last-Event-ID"), "{problem}");
 }
+
+/// A worker started the way a service manager starts it (stderr a file)
+/// logs JSON lines, and every line about a run names the run, and inside
+/// the run's span its tenant too.
+#[tokio::test]
+async fn a_worker_process_logs_json_lines_that_name_the_run_and_its_tenant() {
+    let app = tests::spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", "echo hello")]).await;
+    let repo = app.repo(&[("README.md", b"# Hello\n")]);
+    let worker = app.spawn_worker_process();
+    let id = app.create_run(&repo, "hello").await;
+    let (run, _) = app.wait_for_success(&id).await;
+    let text = worker.log_text();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let about: Vec<&Value> = lines.iter().filter(|l| l.to_string().contains(&id)).collect();
+    // At least its claim (inside the run's span) and its end (a field).
+    assert!(about.len() >= 2, "{text}");
+    for line in &about {
+        let named = line["run_id"] == id.as_str() || line["span"]["run_id"] == id.as_str();
+        assert!(named, "a line about the run does not name it: {line}");
+    }
+    let in_run: Vec<&&Value> = about.iter().filter(|l| l["span"]["name"] == "run").collect();
+    assert!(!in_run.is_empty(), "{text}");
+    for line in in_run {
+        assert_eq!(line["span"]["tenant"], run["tenant"], "{line}");
+    }
+}

@@ -79,7 +79,13 @@ pub async fn execute(
 ) -> Result<(), apalis_core::error::BoxDynError> {
     let runtime: Arc<Runtime> = (*runtime).clone();
     let _slot = Slot::taken(&run.spec.tenant);
-    let span = tracing::info_span!("run", run_id = %run.id, attempt = run.attempt, epoch = run.epoch);
+    let span = tracing::info_span!(
+        "run",
+        run_id = %run.id,
+        tenant = %run.spec.tenant,
+        attempt = run.attempt,
+        epoch = run.epoch
+    );
     let lease = runtime.leases.hold(&run);
     tracing::info!(parent: &span, repository = %run.spec.repository, "run claimed");
     // A panic anywhere in the run must not leak its sandbox: the session
