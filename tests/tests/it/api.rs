@@ -71,7 +71,16 @@ async fn malformed_run_requests_get_problem_details() {
     assert!(unknown["detail"].as_str().unwrap().contains("colour"), "{unknown}");
     let huge_title = "x".repeat(300);
     assert_problem(app.post_run(&with("task", json!({"title": huge_title}))).await, 400).await;
-    let huge = "y".repeat(300 * 1024);
+    // One character over the body's limit is a 400 naming it, even when
+    // every character is spelled as a 12-byte surrogate pair...
+    let escaped = format!(r#"{{"title": "t", "body": "{}"}}"#, r"\ud83d\ude00".repeat(65_537));
+    let request =
+        app.client.post(app.url("/v1/runs")).bearer_auth(&app.token).header("content-type", "application/json");
+    let text = with("task", json!("PLACEHOLDER")).to_string().replace("\"PLACEHOLDER\"", &escaped);
+    let problem = assert_problem(request.body(text).send().await.unwrap(), 400).await;
+    assert_eq!(problem["field"], "task.body", "{problem}");
+    // ...and a body over a mebibyte is refused before it is read whole.
+    let huge = "y".repeat(1100 * 1024);
     assert_problem(app.post_run(&with("task", json!({"title": "t", "body": huge}))).await, 413).await;
 
     assert!(app.queue.list(None, None, 10).await.unwrap().runs.is_empty(), "a refused request created a run");
