@@ -60,10 +60,11 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, Problem
     let depth = state.queue.depth().await?;
     for (tenant, states) in &depth.tenants {
         for (name, n) in states {
-            match name.strip_prefix("dispatchable") {
-                Some(_) => metrics.queue_dispatchable.get_or_create(&labels([("tenant", tenant)])).set(*n),
-                None => metrics.queue_runs.get_or_create(&labels([("state", name), ("tenant", tenant)])).set(*n),
-            };
+            if name == "dispatchable" {
+                metrics.queue_dispatchable.get_or_create(&labels([("tenant", tenant)])).set(*n);
+            } else {
+                metrics.queue_runs.get_or_create(&labels([("state", name), ("tenant", tenant)])).set(*n);
+            }
         }
     }
     let all = depth.totals.get("dispatchable").copied().unwrap_or(0);

@@ -503,14 +503,10 @@ impl GitHub {
                 "html_url": format!("{base}/{repo}/pull/{number}#issuecomment-{id}")});
             issue.comments.push(comment.clone());
             let pull = json!({"url": format!("{base}/api/v3/repos/{repo}/pulls/{number}"), "html_url": format!("{base}/{repo}/pull/{number}")});
-            issue_event("created", &base, repo, repo_id, number, issue, json!({"comment": comment}), user)
-                .as_object()
-                .cloned()
-                .map(|mut p| {
-                    p["issue"]["pull_request"] = pull;
-                    Value::Object(p)
-                })
-                .expect("an object")
+            let mut payload =
+                issue_event("created", &base, repo, repo_id, number, issue, json!({"comment": comment}), user);
+            payload["issue"]["pull_request"] = pull;
+            payload
         };
         self.deliver(target, "issue_comment", &ulid::Ulid::new().to_string(), &payload, None).await
     }

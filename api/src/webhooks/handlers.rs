@@ -149,7 +149,7 @@ async fn handle(
         }
         What::FollowUp { pull, asked } => {
             // Only a pull request Paddock opened gets a follow-up.
-            let conversation = follow_up::read(app, &repo, pull).await.map_err(forge)?;
+            let conversation = follow_up::read(app, &repo, pull, &sender).await.map_err(forge)?;
             if let Some(reason) = not_ours(github, &conversation.pull) {
                 return ignored(reason);
             }
@@ -186,7 +186,12 @@ async fn handle(
         }
         Err(problem) => return Err(problem),
     };
-    if !publish::can_write(app, repo, sender).await.map_err(forge)? {
+    // A follow-up's conversation already says whether the asker may write.
+    let may_write = match &wanted.asked {
+        Asked::FollowUp { conversation, .. } => conversation.may_write(sender),
+        Asked::Issue { .. } => publish::can_write(app, repo, sender).await.map_err(forge)?,
+    };
+    if !may_write {
         let text =
             format!("@{sender}, Paddock starts runs only for people with write access to {repo}; nothing was started.");
         return refuse(text, "the requester may not write to the repository").await;

@@ -8,7 +8,6 @@
 
 use std::sync::LazyLock;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -213,11 +212,6 @@ pub fn global() -> &'static Metrics {
 /// Labels from pairs.
 pub fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
     pairs.into_iter().map(|(k, v)| (k, v.to_owned())).collect()
-}
-
-/// Seconds, for a histogram.
-pub fn seconds(elapsed: Duration) -> f64 {
-    elapsed.as_secs_f64()
 }
 
 /// Serves `GET /metrics` on `listener` until `stop` (workers and the
