@@ -79,6 +79,7 @@ where
         .service(audit::exports::create_export)
         .service(audit::exports::get_export)
         .service(audit::exports::verify_bundle)
+        .service(audit::exports::download_bundle)
         .default_service(actix_web::web::to(problem::not_found))
         .split_for_parts();
     doc.info = InfoBuilder::new()

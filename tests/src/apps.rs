@@ -303,16 +303,23 @@ impl TestApp {
     pub async fn spawn_gateway_process(&self, listen: &str, extra: &[(&str, &str)]) -> WorkerProcess {
         let mut env = vec![("PADDOCK_GATEWAY__LISTEN", listen), ("PADDOCK_GATEWAY__REMOTE", "")];
         env.extend_from_slice(extra);
-        let process = self.spawn_binary("gateway", "paddock-gateway", &[], &env);
+        let mut process = self.spawn_binary("gateway", "paddock-gateway", &[], &env);
         let started = std::time::Instant::now();
         let tls = extra.iter().any(|(k, _)| *k == "PADDOCK_GATEWAY__TLS_CERT_FILE");
         let (client, scheme) =
             if tls { (crate::tls::TestCa::get().client(), "https") } else { (self.client.clone(), "http") };
-        while client.get(format!("{scheme}://{listen}/healthz")).send().await.is_err() {
+        // Ready when it answers and is still running: a gateway that could
+        // not bind its port exits, and something else may be answering.
+        loop {
+            let answered = client.get(format!("{scheme}://{listen}/healthz")).send().await.is_ok();
+            let exited = process.child.try_wait().expect("the gateway's status");
+            assert!(exited.is_none(), "the gateway exited ({exited:?}):\n{}", process.log_text());
+            if answered {
+                return process;
+            }
             assert!(started.elapsed() < Duration::from_secs(20), "the gateway did not start:\n{}", process.log_text());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        process
     }
 
     /// The binary `name` with `args`, this app's settings and `extra`

@@ -24,6 +24,20 @@ pub mod tls;
 pub use apps::{TEST_AUDIT_KEY, TestApp, WorkerHandle, WorkerProcess, spawn_app};
 pub use git_server::GitServer;
 
+/// A loopback port nobody listens on now, for a process the test starts
+/// later. Drawn below Linux's ephemeral range (32768 and up), which every
+/// `bind(":0")` in this suite draws from: a port taken from there and let
+/// go can be handed to another test's server before ours binds it, and a
+/// health check would then be answered by the wrong process.
+pub fn free_port() -> u16 {
+    loop {
+        let port = 20000 + (ulid::Ulid::new().random() % 12000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Polls `check` until it answers `Ok`, for at most `limit`; then fails the
 /// test saying `what` did not happen and what `check` saw last. The one
 /// waiting loop of the harness: no fixed sleeps in tests.

@@ -10,12 +10,12 @@ fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// A port that is free now, and (for Cluster nodes) whose bus port, 10000
-/// higher, is free and valid too.
+/// A port that is free now (see [`crate::free_port`]), and (for Cluster
+/// nodes) whose bus port, 10000 higher, is free too.
 fn free_port(cluster: bool) -> u16 {
     loop {
-        let port = 20000 + (ulid::Ulid::new().random() % 25000) as u16;
-        if port_free(port) && (!cluster || port_free(port + 10000)) {
+        let port = crate::free_port();
+        if !cluster || port_free(port + 10000) {
             return port;
         }
     }

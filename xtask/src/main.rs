@@ -96,6 +96,10 @@ fn setup() -> Result<()> {
     let started = Instant::now();
     services::ensure_all(&home())?;
     eprintln!("xtask: services ready in {:.1} s (state in {})", started.elapsed().as_secs_f64(), home().display());
+    // The command line people use with it (`cargo install --path cli` puts
+    // it on the PATH).
+    run(&mut cargo(&["build", "--quiet", "--package", "paddock-cli", "--bin", "paddock"]))?;
+    eprintln!("xtask: the CLI is {}", target_dir().join("debug/paddock").display());
     Ok(())
 }
 

@@ -27,6 +27,11 @@ pub const RULES: &[Rule] = &[
     Rule { krate: "store", forbidden: &["audit-trail"], why: "the trail is written by the callers of the store" },
     Rule { krate: "common", forbidden: IO_CRATES, why: "common is the shared vocabulary, with no I/O" },
     Rule {
+        krate: "paddock-cli",
+        forbidden: &["store", "redis", "forge", "sandbox", "gateway", "worker", "api", "bollard", "octocrab"],
+        why: "the CLI reaches a deployment only through its REST API",
+    },
+    Rule {
         krate: "gateway",
         forbidden: &["sandbox", "forge"],
         why: "the gateway holds provider keys and must not reach sandboxes or repository credentials",

@@ -169,6 +169,16 @@ async fn status_of(state: &AppState, id: &str) -> Result<ExportStatus, Problem> 
     Ok(status)
 }
 
+/// The job, if it succeeded: a bundle to read (409 otherwise).
+async fn succeeded(state: &AppState, id: &str) -> Result<ExportStatus, Problem> {
+    let status = status_of(state, id).await?;
+    if status.state != ExportState::Succeeded {
+        return Err(Problem::new(crate::problem::ErrorCode::ExportNotReady)
+            .detail(format!("the export is {:?}", status.state).to_lowercase()));
+    }
+    Ok(status)
+}
+
 /// An export job: running, succeeded (with its counts and the manifest's
 /// SHA-256) or failed (with why).
 #[utoipa::path(
@@ -206,10 +216,88 @@ pub async fn verify_bundle(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<web::Json<VerifyReport>, Problem> {
-    let status = status_of(&state, &id).await?;
-    if status.state != ExportState::Succeeded {
-        return Err(Problem::new(crate::problem::ErrorCode::ExportNotReady)
-            .detail(format!("the export is {:?}", status.state).to_lowercase()));
-    }
+    let status = succeeded(&state, &id).await?;
     Ok(web::Json(verify_export(&state.store, &status.bundle, &trusted_keys(&state)?).await?))
+}
+
+/// Download an export bundle as one tar archive: every file under the
+/// bundle's prefix, in a folder named after the export, so that
+/// `paddock audit verify-export <folder>` (or any copy of the bucket's
+/// files) checks it offline. Streamed a file at a time.
+#[utoipa::path(
+    tag = "audit",
+    params(("id" = String, Path, description = "The export's id")),
+    responses(
+        (status = 200, content_type = "application/x-tar", description = "The bundle: `<id>/manifest.json`, `<id>/events/...`, `<id>/trail/...`"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = ["audit.read"]))
+)]
+#[get("/v1/audit/exports/{id}/bundle")]
+pub async fn download_bundle(
+    _caller: Authorized<need::AuditRead>,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    use objstore::ObjectStore;
+    let status = succeeded(&state, &id).await?;
+    let files = state.store.list(&status.bundle).await?;
+    let folder = status.id.clone();
+    let archive = Archive {
+        state,
+        bundle: status.bundle,
+        folder,
+        files: files.into_iter(),
+        tar: Some(tar::Builder::new(Vec::new())),
+    };
+    let body =
+        futures::stream::unfold(
+            archive,
+            |mut archive| async move { archive.next().await.map(|chunk| (chunk, archive)) },
+        );
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-tar")
+        .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"audit-export-{}.tar\"", *id)))
+        .streaming(body))
+}
+
+/// A bundle on its way out as tar: one file's entry per step, then the
+/// archive's end.
+struct Archive {
+    state: web::Data<AppState>,
+    bundle: String,
+    folder: String,
+    files: std::vec::IntoIter<(String, u64)>,
+    tar: Option<tar::Builder<Vec<u8>>>,
+}
+
+impl Archive {
+    async fn next(&mut self) -> Option<Result<web::Bytes, actix_web::Error>> {
+        use objstore::ObjectStore;
+        let tar = self.tar.as_mut()?;
+        let Some((key, _)) = self.files.next() else {
+            let end = self.tar.take()?.into_inner().map_err(actix_web::error::ErrorInternalServerError);
+            return Some(end.map(web::Bytes::from));
+        };
+        let name = format!("{}/{}", self.folder, key.strip_prefix(&self.bundle).unwrap_or(&key));
+        let entry = match self.state.store.get(&key).await {
+            Ok(Some(data)) => {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(data.len() as u64);
+                header.set_mode(0o644);
+                header.set_mtime(0);
+                tar.append_data(&mut header, &name, data.as_ref())
+            }
+            // Gone since the listing (a sweep): the manifest check will say so.
+            Ok(None) => Ok(()),
+            Err(error) => Err(std::io::Error::other(error.to_string())),
+        };
+        if let Err(error) = entry {
+            // A broken archive, never a truncated one that looks whole.
+            tracing::error!(export = %self.folder, %key, %error, "the export bundle could not be streamed");
+            self.tar = None;
+            return Some(Err(actix_web::error::ErrorInternalServerError(error)));
+        }
+        Some(Ok(web::Bytes::from(std::mem::take(tar.get_mut()))))
+    }
 }

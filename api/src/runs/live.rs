@@ -1,6 +1,7 @@
 //! `GET /v1/runs/{id}/logs` as Server-Sent Events: the run's (redacted)
-//! output as the worker writes it, one `log` event per chunk whose `id` is
-//! the chunk's entry in the run's log stream, then one `end` event with the
+//! output as the worker writes it, one `log` event per chunk and one
+//! `phase` event (`{"phase": "agent"}`) per step the run begins, each with
+//! its entry in the run's log stream as `id`, then one `end` event with the
 //! run's final state and stop reason. A client that reconnects with
 //! `Last-Event-ID` gets every chunk after that one, exactly once.
 
@@ -111,11 +112,16 @@ impl Live {
         }
     }
 
-    fn chunks(&mut self, chunks: Vec<(String, Vec<u8>)>) -> Bytes {
+    fn chunks(&mut self, entries: Vec<store::LogEntry>) -> Bytes {
         let mut out = Vec::new();
-        for (entry, chunk) in chunks {
-            out.extend(event(&entry, "log", &String::from_utf8_lossy(&chunk)));
-            self.after = Some(entry);
+        for entry in entries {
+            if let Some(chunk) = &entry.chunk {
+                out.extend(event(&entry.id, "log", &String::from_utf8_lossy(chunk)));
+            }
+            if let Some(phase) = &entry.phase {
+                out.extend(event(&entry.id, "phase", &json!({"phase": phase}).to_string()));
+            }
+            self.after = Some(entry.id);
         }
         self.sent_any = true;
         self.quiet = Instant::now();

@@ -1,6 +1,6 @@
 //! A local directory as an object store: keys are paths under it. For
 //! checking a downloaded export bundle (`aws s3 sync`) without Paddock or
-//! the bucket (`paddock-audit verify-export`).
+//! the bucket (`paddock audit verify-export`).
 
 use std::path::{Path, PathBuf};
 

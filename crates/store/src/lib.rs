@@ -35,7 +35,7 @@ use scripts::{ScriptArgs, Scripts};
 pub use gateway::GatewayGrant;
 pub use metering::Spend;
 pub use policies::StoredSecret;
-pub use runs::{ClaimedRun, Enqueued, Idempotency, KeyHolder, LeaseStatus, Outcome, RunPage};
+pub use runs::{ClaimedRun, Enqueued, Idempotency, KeyHolder, LeaseStatus, LogEntry, Outcome, RunPage};
 pub use scheduling::{DeadLetter, Depth, Limits, TenantLimits};
 
 #[derive(Debug, thiserror::Error)]

@@ -333,6 +333,16 @@ impl RunQueue {
     /// A stream capped at about [`LOG_TAIL_CHUNKS`] entries: each entry's
     /// id is where a live reader resumes (`Last-Event-ID`).
     pub async fn append_log(&self, id: RunId, chunk: &[u8]) -> Result<(), QueueError> {
+        self.append_entry(id, "c", chunk).await
+    }
+
+    /// Marks in a running run's tail the step it starts now (`checkout`,
+    /// `sandbox`, `agent`, ...): live readers show it beside the output.
+    pub async fn append_phase(&self, id: RunId, phase: &str) -> Result<(), QueueError> {
+        self.append_entry(id, "p", phase.as_bytes()).await
+    }
+
+    async fn append_entry(&self, id: RunId, field: &str, value: &[u8]) -> Result<(), QueueError> {
         let key = self.keys.log(id);
         let mut conn = self.conn.clone();
         redis::pipe()
@@ -342,8 +352,8 @@ impl RunQueue {
             .arg("~")
             .arg(LOG_TAIL_CHUNKS)
             .arg("*")
-            .arg("c")
-            .arg(chunk)
+            .arg(field)
+            .arg(value)
             .ignore()
             .expire(&key, self.ttl_seconds() as i64)
             .ignore()
@@ -354,18 +364,13 @@ impl RunQueue {
 
     /// The tail of a run's output kept in Redis.
     pub async fn log_tail(&self, id: RunId) -> Result<Vec<u8>, QueueError> {
-        let chunks = self.log_since(id, None, usize::MAX).await?;
-        Ok(chunks.into_iter().flat_map(|(_, chunk)| chunk).collect())
+        let entries = self.log_since(id, None, usize::MAX).await?;
+        Ok(entries.into_iter().filter_map(|entry| entry.chunk).flatten().collect())
     }
 
-    /// The chunks of a run's output tail after entry `after` (from the
-    /// oldest kept without it), at most `count`, with their entry ids.
-    pub async fn log_since(
-        &self,
-        id: RunId,
-        after: Option<&str>,
-        count: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, QueueError> {
+    /// The entries of a run's output tail after entry `after` (from the
+    /// oldest kept without it), at most `count`.
+    pub async fn log_since(&self, id: RunId, after: Option<&str>, count: usize) -> Result<Vec<LogEntry>, QueueError> {
         let start = after.map_or_else(|| "-".to_owned(), |after| format!("({after}"));
         let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("XRANGE");
@@ -373,13 +378,21 @@ impl RunQueue {
         if count != usize::MAX {
             cmd.arg("COUNT").arg(count);
         }
-        // Each entry: its id and its fields (`c`: the chunk).
+        // Each entry: its id and its fields (`c`: a chunk, `p`: a phase).
         type Entry = (String, Vec<(String, Vec<u8>)>);
         let entries: Vec<Entry> = cmd.query_async(&mut conn).await?;
         Ok(entries
             .into_iter()
-            .map(|(entry, fields)| {
-                (entry, fields.into_iter().find(|(f, _)| f == "c").map(|(_, c)| c).unwrap_or_default())
+            .map(|(id, fields)| {
+                let mut entry = LogEntry { id, chunk: None, phase: None };
+                for (field, value) in fields {
+                    match field.as_str() {
+                        "c" => entry.chunk = Some(value),
+                        "p" => entry.phase = Some(String::from_utf8_lossy(&value).into_owned()),
+                        _ => {}
+                    }
+                }
+                entry
             })
             .collect())
     }
@@ -561,4 +574,13 @@ mod tests {
         }
         assert!(matches!(record_from_fields(vec![None; 3]), Err(QueueError::Corrupt { .. })));
     }
+}
+
+/// One entry of a run's live tail: output, or the step the run began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The stream entry's id (`<ms>-<seq>`): where a reader resumes.
+    pub id: String,
+    pub chunk: Option<Vec<u8>>,
+    pub phase: Option<String>,
 }

@@ -131,7 +131,7 @@ enum Forge {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let token = format!("demo-admin-token-{}", ulid::Ulid::new());
-    let port = free_port();
+    let port = tests::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut vars = services::endpoint_vars();
     vars.extend([
@@ -148,6 +148,8 @@ async fn main() -> anyhow::Result<()> {
         // Local defaults: the default tenant owns every repository.
         ("PADDOCK_TENANTS__DEFAULT__REPOSITORIES".to_owned(), r#"["*"]"#.to_owned()),
         ("RUST_LOG".to_owned(), "warn".to_owned()),
+        // Read by a person here: text, not the JSON lines a service manager gets.
+        ("PADDOCK_LOG_FORMAT".to_owned(), "text".to_owned()),
     ]);
     let model = std::env::var("PADDOCK_DEMO_MODEL").unwrap_or_else(|_| "gpt-scripted".to_owned());
     vars.push(("PADDOCK_AGENTS__DEFAULT__COMMAND".to_owned(), format!("PADDOCK_MODEL={model} paddock-agent")));
@@ -178,7 +180,9 @@ async fn main() -> anyhow::Result<()> {
         }
     } else if std::env::var_os("PADDOCK_GATEWAY__PROVIDERS").is_none() {
         providers.script(SCRIPT);
-        let provider = json!({"scripted": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-scripted"]}});
+        // Priced like a mid-range hosted model, so the demo has a cost to show.
+        let prices = json!({"gpt-scripted": {"input_usd_per_mtok": 3.0, "output_usd_per_mtok": 15.0}});
+        let provider = json!({"scripted": {"kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-scripted"], "prices": prices}});
         vars.push(("PADDOCK_GATEWAY__PROVIDERS".to_owned(), provider.to_string()));
         vars.push(("PADDOCK_GATEWAY__ALLOWED_PROVIDERS".to_owned(), r#"["scripted"]"#.to_owned()));
         println!("model: a scripted model behind an emulated OpenAI-compatible provider");
@@ -245,23 +249,21 @@ async fn main() -> anyhow::Result<()> {
             accepted["id"].as_str().unwrap_or_default().to_owned()
         }
         Forge::Real { repository, issue } => {
-            let request = json!({
-                "repository": repository, "base_ref": "main", "issue": issue,
-                "task": {"title": format!("Issue #{issue}"), "body": "See the issue."},
-            });
-            let accepted = client.post(format!("{base}/v1/runs")).bearer_auth(&token).json(&request).send().await?;
-            anyhow::ensure!(accepted.status().as_u16() == 202, "run request refused: {}", accepted.text().await?);
-            let accepted: Value = accepted.json().await?;
-            accepted["id"].as_str().unwrap_or_default().to_owned()
+            let (title, issue) = (format!("Issue #{issue}"), issue.to_string());
+            let args = ["run", "--repo", repository, "--issue", &issue, "--title", &title, "--body", "See the issue."];
+            let (code, id) = paddock(&base, &token, &args, true).await?;
+            anyhow::ensure!(code == 0, "run request refused (exit code {code})");
+            id.trim().to_owned()
         }
     };
-    println!("run {id} accepted; waiting for it to finish");
+    println!("run {id} accepted; following it with the CLI\n");
 
     let started = Instant::now();
+    // The live log, with a line per step on stderr; exit 0 once it succeeded.
+    let (code, _) = paddock(&base, &token, &["logs", "--follow", &id], false).await?;
     let run = finished(&client, &base, &token, &id).await?;
     let elapsed = started.elapsed();
-    let logs = client.get(format!("{base}/v1/runs/{id}/logs")).bearer_auth(&token).send().await?.text().await?;
-    println!("\n--- run log (GET /v1/runs/{id}/logs) ---\n{logs}");
+    anyhow::ensure!(code == 0, "`paddock logs --follow` says the run did not succeed (exit code {code})");
 
     let facts = &run["facts"];
     if let (Forge::Emulated(github), Some(branch)) = (&forge, facts["branch"].as_str()) {
@@ -299,17 +301,11 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("files:        {}", facts["files_changed"]);
     println!("pull request: {}", facts["pull_request"]["url"].as_str().unwrap_or("none"));
-    let usage = &facts["usage"];
-    println!(
-        "cost:         ${:.4} ({} tokens in, {} out; the scripted model has no price)",
-        usage["cost_micro_usd"].as_f64().unwrap_or(0.0) / 1e6,
-        usage["tokens_in"],
-        usage["tokens_out"]
-    );
     println!("took:         {:.1} s from the label to the pull request", elapsed.as_secs_f64());
     println!("artifacts:    {}", run["artifacts"]);
     anyhow::ensure!(run["state"] == "succeeded", "the demo run did not succeed");
     anyhow::ensure!(!facts["pull_request"].is_null(), "the demo run opened no pull request");
+    paddock(&base, &token, &["status", &id], false).await?;
     audit_summary(&client, &base, &token, &id).await?;
 
     if let Forge::Emulated(github) = &forge {
@@ -322,12 +318,32 @@ async fn main() -> anyhow::Result<()> {
         }
         let pull = facts["pull_request"]["number"].as_u64().unwrap_or_default();
         let child = review_round(github, &client, &base, &token, pull).await?;
+        paddock(&base, &token, &["status", &child], false).await?;
         audit_summary(&client, &base, &token, &child).await?;
     } else {
         println!("(the review round runs against the emulated GitHub only: review the pull request to see one)");
     }
+    // What the day's runs cost the tenant, by model, with its budgets.
+    paddock(&base, &token, &["cost", "--group-by", "model"], false).await?;
     providers.stop().await;
     Ok(())
+}
+
+/// Runs the `paddock` CLI against the demo's API, showing the command
+/// line; its output goes to the terminal unless `capture` (then returned).
+async fn paddock(base: &str, token: &str, args: &[&str], capture: bool) -> anyhow::Result<(i32, String)> {
+    println!("\n$ paddock {}", args.join(" "));
+    let mut command = tokio::process::Command::new(services::bin_dir().join("paddock"));
+    command.args(args).env("PADDOCK_API_URL", base).env("PADDOCK_TOKEN", token).stdin(Stdio::null());
+    if capture {
+        let output = command.output().await?;
+        eprint!("{}", String::from_utf8_lossy(&output.stderr));
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        print!("{stdout}");
+        return Ok((output.status.code().unwrap_or(-1), stdout));
+    }
+    let status = command.status().await?;
+    Ok((status.code().unwrap_or(-1), String::new()))
 }
 
 /// Polls the run until it finishes (five minutes at most).
@@ -450,10 +466,6 @@ async fn audit_summary(client: &reqwest::Client, base: &str, token: &str, id: &s
     );
     anyhow::ensure!(findings(&bundle) == 0 && findings(&trail) == 0, "audit verification found problems");
     Ok(())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {

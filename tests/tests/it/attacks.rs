@@ -877,7 +877,7 @@ sleep 120"#;
 
 async fn an_attempt_whose_worker_dies_still_leaves_its_standalone_gateway_calls_in_the_trail(runtime: &str) {
     let providers = tests::providers::EmulatedProviders::start().await;
-    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let listen = format!("127.0.0.1:{}", tests::free_port());
     let (app, repo) = attack_app(
         runtime,
         &[("PADDOCK_AGENTS__DEFAULT__COMMAND", CALL_THEN_DIE), ("PADDOCK_GATEWAY__REMOTE", listen.as_str())],

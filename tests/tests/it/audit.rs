@@ -312,8 +312,8 @@ async fn an_export_for_a_time_range_verifies_on_its_own_and_any_change_to_it_is_
         std::fs::write(path, app.store.get(&key).await.unwrap().unwrap()).unwrap();
     }
     let cli = |key: String| {
-        std::process::Command::new(tests::services::bin_dir().join("paddock-audit"))
-            .arg("verify-export")
+        std::process::Command::new(tests::services::bin_dir().join("paddock"))
+            .args(["--output", "json", "audit", "verify-export"])
             .arg(&local)
             .args(["--public-key", &key])
             .output()

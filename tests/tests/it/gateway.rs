@@ -659,10 +659,7 @@ async fn a_vertex_service_account_google_does_not_trust_is_refused_before_the_mo
 async fn a_standalone_gateway_holds_the_provider_keys_and_workers_relay_to_it() {
     let providers = EmulatedProviders::start().await;
     let registered = format!("registered-secret-{}", ulid::Ulid::new());
-    let listen = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().to_string()
-    };
+    let listen = format!("127.0.0.1:{}", tests::free_port());
     // The worker knows where the gateway is, and no provider or its key;
     // prompts and run tokens cross to the gateway host over TLS, the
     // gateway's certificate checked for its name.

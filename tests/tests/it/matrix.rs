@@ -169,7 +169,7 @@ impl World {
                 return (path.replace("{id}", &id), Some(json!({"reason": "matrix"})));
             }
             ("post", "/v1/audit/exports") => Some(json!({"since_ms": common::audit::now_ms() - 1000})),
-            ("get", "/v1/audit/exports/{id}") | ("get", "/v1/audit/exports/{id}/verify") => {
+            ("get", "/v1/audit/exports/{id}" | "/v1/audit/exports/{id}/verify" | "/v1/audit/exports/{id}/bundle") => {
                 return (path.replace("{id}", &self.finished_export().await), None);
             }
             ("get", _) => None,

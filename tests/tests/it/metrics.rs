@@ -123,7 +123,7 @@ fn catalogue() -> Vec<&'static str> {
 #[tokio::test]
 async fn a_worker_serves_its_metrics_where_it_is_told() {
     let app = tests::spawn_app(&[]).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = tests::free_port();
     let listen = format!("127.0.0.1:{port}");
     let _worker = app.spawn_worker_process_with_env(&[("PADDOCK_TELEMETRY__METRICS_LISTEN", &listen)]);
     let text = tests::eventually(std::time::Duration::from_secs(30), "the worker serves /metrics", || async {

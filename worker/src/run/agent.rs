@@ -2,6 +2,7 @@
 //! command runs under the run's caps until it ends, the diff comes out.
 
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use common::config::AgentConfig;
 use common::policy::SandboxPolicy;
@@ -106,7 +107,10 @@ impl Runtime {
             self.read_events_file(sandbox, path, deadline, &mut log).await;
         }
         let limits = self.sandboxes.config();
-        let collected = self.collect_diff(sandbox, stage.base_commit, deadline, limits.max_diff_bytes).await;
+        let collected = self
+            .collect_diff(sandbox, stage.base_commit, deadline, limits.max_diff_bytes)
+            .instrument(self.step(run, "diff").await)
+            .await;
         let over = |what: &str, limit: u64, mut log: RunLog| {
             log.line(&format!("paddock: {what} is over its bound of {limit} bytes; nothing is kept or pushed"));
             let reason = StopReason::LimitExceeded { what: what.to_owned(), limit };

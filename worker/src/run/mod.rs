@@ -213,8 +213,10 @@ impl Runtime {
         let agent = self.agent_of(run)?;
         let phases = Phases::new();
         let policy = self.policy_of(run);
-        let checkout = self.check_out(run, forge, &policy, &phases).await?;
-        let session = Session::open(self, run, &policy, &agent, &phases).await?;
+        let checkout =
+            self.check_out(run, forge, &policy, &phases).instrument(self.step(run, "checkout").await).await?;
+        let session =
+            Session::open(self, run, &policy, &agent, &phases).instrument(self.step(run, "sandbox").await).await?;
         // Tests prove that a panic here, with the sandbox, its network, the
         // egress proxy and the gateway all up, leaves nothing behind. Only
         // builds with the `fault-injection` feature (the test suite's) have it.
@@ -223,7 +225,8 @@ impl Runtime {
             panic!("fault injected: a panic while the sandbox runs");
         }
         let stage = Stage { session: &session, policy: &policy, base_commit: &checkout.commit, phases: &phases };
-        let finished = self.in_sandbox(run, &agent, stage, forge.checkout, lease).await;
+        let finished =
+            self.in_sandbox(run, &agent, stage, forge.checkout, lease).instrument(self.step(run, "agent").await).await;
         let used = session.close().await;
         let Finished { reason, mut log, diff, files_changed } = finished?;
         log_activity(&mut log, &used);
@@ -271,6 +274,17 @@ impl Runtime {
             let message = format!("agent profile `{profile}` is not configured on this worker");
             RunError::Stop { line: format!("paddock: {message}"), reason: StopReason::CheckoutFailed { message } }
         })
+    }
+
+    /// Begins step `name` of a run (`checkout`, `sandbox`, `agent`, `diff`,
+    /// `publish`, `upload`): live readers of its log see the step start, and
+    /// the returned span (a child of the run's) times it.
+    async fn step(&self, run: &ClaimedRun, name: &'static str) -> tracing::Span {
+        if let Err(error) = self.queue.append_phase(run.id, name).await {
+            tracing::debug!(run_id = %run.id, %error, step = name, "the live log misses a step");
+        }
+        // The run's names again: a line logged inside a step shows this span.
+        tracing::info_span!("step", step = name, run_id = %run.id, tenant = %run.spec.tenant, otel.name = name)
     }
 
     /// Clones the base ref on the host, once its tree is known to fit the
@@ -322,7 +336,8 @@ impl Runtime {
             *command = redactor.redact(command).0;
         }
         let reason = self.audit_activity(run, reason, &record, facts.as_ref(), &mut log).await;
-        let reason = self.publish(run, reason, &diff, forge, &mut record, &mut log).await?;
+        let publishing = self.step(run, "publish").await;
+        let reason = self.publish(run, reason, &diff, forge, &mut record, &mut log).instrument(publishing).await?;
         if let Err(e) = self.record_audit(&audit_events::outcome(run, &self.worker, &record, &reason)).await {
             // The branch and pull request exist; the events before them stand.
             tracing::error!(run_id = %run.id, error = %e, "the run's outcome could not be audited");
@@ -341,7 +356,7 @@ impl Runtime {
             diff: &diff,
         };
         let artifacts = evidence::assemble(&ended, &redactor)?;
-        self.upload(run, &artifacts).await?;
+        self.upload(run, &artifacts).instrument(self.step(run, "upload").await).await?;
         let keys = artifacts.into_iter().map(|a| a.key).collect();
         Ok(Outcome::Done { reason, artifacts: keys, facts: Some(Box::new(record)) })
     }
