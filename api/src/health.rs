@@ -67,6 +67,12 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, Problem
             }
         }
     }
+    for ((band, tenant), states) in &depth.bands {
+        for (name, n) in states {
+            let labels = labels([("band", band), ("state", name), ("tenant", tenant)]);
+            metrics.queue_band_runs.get_or_create(&labels).set(*n);
+        }
+    }
     let all = depth.totals.get("dispatchable").copied().unwrap_or(0);
     metrics.queue_dispatchable.get_or_create(&labels([("tenant", "*")])).set(all);
     metrics.queue_dead_letters.set(i64::try_from(depth.dead_letters).unwrap_or(i64::MAX));

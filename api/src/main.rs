@@ -18,10 +18,11 @@ async fn main() -> anyhow::Result<()> {
         ["--config", path] => Some(PathBuf::from(path)),
         _ => anyhow::bail!("usage: api [--config FILE] | api openapi"),
     };
-    platform::telemetry::init();
     let config = platform::config::load(config_path.as_deref(), std::env::vars())?;
+    let telemetry = platform::telemetry::init_for("paddock-api", &config)?;
     let app = api::Application::build(config).await?;
     tracing::info!(port = app.port(), "api listening");
-    app.run_until_stopped().await?;
-    Ok(())
+    let served = app.run_until_stopped().await;
+    telemetry.shutdown().await;
+    Ok(served?)
 }

@@ -117,8 +117,18 @@ impl Application {
                 let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
                 let method = req.method().to_string();
                 let started = std::time::Instant::now();
-                // Every line logged while serving the request names it.
-                let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or_default());
+                // Every line logged while serving the request names it; its
+                // span continues the caller's trace (`traceparent`).
+                let span = tracing::info_span!(
+                    "request",
+                    request_id = %id.to_str().unwrap_or_default(),
+                    otel.name = %format!("{} {route}", req.method()),
+                    http.request.method = %req.method(),
+                    http.route = %route
+                );
+                if let Some(parent) = req.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
+                    platform::telemetry::follow(&span, parent);
+                }
                 let answer = tracing::Instrument::instrument(actix_web::dev::Service::call(service, req), span);
                 async move {
                     let mut answer = answer.await?;

@@ -511,6 +511,11 @@ pub struct TelemetryConfig {
     /// `GET /metrics` (`0.0.0.0:9464`); unset, it serves none. The API
     /// serves `/metrics` on its own port.
     pub metrics_listen: Option<String>,
+    /// An OpenTelemetry collector's OTLP/HTTP base URL
+    /// (`https://otel-collector.internal:4318`): spans go to
+    /// `<it>/v1/traces` as protobuf, over the same TLS trust and proxy as
+    /// every outbound call. Unset, no span leaves the process.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl TelemetryConfig {
@@ -519,6 +524,15 @@ impl TelemetryConfig {
             && listen.parse::<std::net::SocketAddr>().is_err()
         {
             return invalid("telemetry.metrics_listen", "must be an address and port, such as 0.0.0.0:9464");
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let host = endpoint.strip_prefix("https://").or_else(|| endpoint.strip_prefix("http://"));
+            if host.is_none_or(|h| h.is_empty() || h.starts_with('/') || h.contains(char::is_whitespace)) {
+                return invalid(
+                    "telemetry.otlp_endpoint",
+                    "must be an http:// or https:// URL, such as https://otel-collector:4318",
+                );
+            }
         }
         Ok(())
     }

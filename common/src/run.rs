@@ -421,6 +421,10 @@ pub struct RunSpec {
     /// principal. Neither of them may approve it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_by: Option<String>,
+    /// The span of the request that made the run (W3C `traceparent`),
+    /// when spans are exported: the worker's spans join its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 impl RunSpec {

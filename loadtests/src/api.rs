@@ -49,6 +49,12 @@ pub async fn run() -> Report {
     fixed_rate(RATE, 200, bare_post.clone()).await;
     let ours = fixed_rate(RATE, REQUESTS, post.clone()).await;
     let bare = fixed_rate(RATE, REQUESTS, bare_post.clone()).await;
+    // The same load while Prometheus scrapes /metrics ten times a second
+    // (a real scraper comes every 15 to 60 s): what watching costs runs.
+    let scraping = scrape(app.url("/metrics"), Duration::from_millis(100));
+    let scraped = fixed_rate(RATE, REQUESTS, post.clone()).await;
+    let (scrapes, scrape_took) = scraping.stop().await;
+    let scrape_ms = scrape_took.as_secs_f64() * 1000.0;
     let ours_saturated = saturate(CLIENTS, SATURATION, post).await;
     let bare_saturated = saturate(CLIENTS, SATURATION, bare_post).await;
 
@@ -82,6 +88,20 @@ pub async fn run() -> Report {
             Row::ms(&format!("POST /v1/runs p50 at {rate}"), ours.p50, "bare actix handler", bare.p50),
             Row::ms(&format!("POST /v1/runs p99 at {rate}"), ours.p99, "bare actix handler", bare.p99),
             Row::ms(&format!("POST /v1/runs p99.9 at {rate}"), ours.p999, "bare actix handler", bare.p999),
+            Row::ms(
+                &format!(
+                    "POST /v1/runs p50 at {rate}, /metrics scraped every 100 ms ({scrapes} scrapes, {scrape_ms:.1} ms each)"
+                ),
+                scraped.p50,
+                "not scraped",
+                ours.p50,
+            ),
+            Row::ms(
+                &format!("POST /v1/runs p99 at {rate}, /metrics scraped every 100 ms"),
+                scraped.p99,
+                "not scraped",
+                ours.p99,
+            ),
             Row::per_second(
                 &format!("POST /v1/runs throughput, {CLIENTS} clients"),
                 ours_saturated.throughput(),
@@ -93,9 +113,48 @@ pub async fn run() -> Report {
         ],
         data: json!({
             "post_fixed_rate": ours.json(), "bare_post_fixed_rate": bare.json(),
+            "post_fixed_rate_scraped": scraped.json(), "scrapes": scrapes, "scrape_ms": scrape_ms,
             "post_saturated": ours_saturated.json(), "bare_post_saturated": bare_saturated.json(),
             "get_fixed_rate": ours_get.json(), "bare_get_fixed_rate": bare_get.json(),
         }),
+    }
+}
+
+/// A scraper of `url` every `every`, until stopped.
+struct Scraper {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<(u64, Duration)>,
+}
+
+fn scrape(url: String, every: Duration) -> Scraper {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let (mut scrapes, mut took) = (0, Duration::ZERO);
+        loop {
+            let started = std::time::Instant::now();
+            let got = client.get(&url).send().await;
+            let text = match got {
+                Ok(answer) if answer.status().is_success() => answer.text().await.unwrap_or_default(),
+                other => panic!("scraping {url} failed: {other:?}"),
+            };
+            assert!(text.contains("paddock_"), "{url} serves no Paddock metric");
+            took += started.elapsed();
+            scrapes += 1;
+            tokio::select! {
+                _ = &mut stopped => return (scrapes, took / scrapes.max(1) as u32),
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    });
+    Scraper { stop, task }
+}
+
+impl Scraper {
+    /// How many scrapes there were, and their mean time.
+    async fn stop(self) -> (u64, Duration) {
+        let _ = self.stop.send(());
+        self.task.await.expect("the scraper")
     }
 }
 

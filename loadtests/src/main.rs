@@ -161,7 +161,7 @@ pub async fn gateway() -> Report {
     let queue = tests::fixtures::fresh_queue(None, false).await;
     let run = common::RunId::new();
     let token = mint_token().unwrap();
-    let grant = store::GatewayGrant { run, tenant: "bench".to_owned() };
+    let grant = store::GatewayGrant { run, tenant: "bench".to_owned(), trace_parent: None };
     queue.put_gateway_token(&token_hash(&token), &grant, Duration::from_secs(600)).await.unwrap();
     let mut config = common::config::GatewayConfig::default();
     let provider: common::config::ProviderConfig = serde_json::from_value(json!({

@@ -304,22 +304,23 @@ impl TestApp {
         let mut env = vec![("PADDOCK_GATEWAY__LISTEN", listen), ("PADDOCK_GATEWAY__REMOTE", "")];
         env.extend_from_slice(extra);
         let mut process = self.spawn_binary("gateway", "paddock-gateway", &[], &env);
-        let started = std::time::Instant::now();
         let tls = extra.iter().any(|(k, _)| *k == "PADDOCK_GATEWAY__TLS_CERT_FILE");
         let (client, scheme) =
             if tls { (crate::tls::TestCa::get().client(), "https") } else { (self.client.clone(), "http") };
-        // Ready when it answers and is still running: a gateway that could
-        // not bind its port exits, and something else may be answering.
-        loop {
-            let answered = client.get(format!("{scheme}://{listen}/healthz")).send().await.is_ok();
-            let exited = process.child.try_wait().expect("the gateway's status");
-            assert!(exited.is_none(), "the gateway exited ({exited:?}):\n{}", process.log_text());
-            if answered {
-                return process;
-            }
-            assert!(started.elapsed() < Duration::from_secs(20), "the gateway did not start:\n{}", process.log_text());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        started(&mut process, "the gateway", &client, &format!("{scheme}://{listen}/healthz")).await;
+        process
+    }
+
+    /// This app's API as its own process (the binary a deployment runs),
+    /// on a port of its own: returns it and its base URL once it answers.
+    pub async fn spawn_api_process(&self, extra: &[(&str, &str)]) -> (WorkerProcess, String) {
+        let listen = format!("127.0.0.1:{}", crate::free_port());
+        let mut env = vec![("PADDOCK_API__LISTEN", listen.as_str())];
+        env.extend_from_slice(extra);
+        let mut process = self.spawn_binary("api", "api", &[], &env);
+        let base = format!("http://{listen}");
+        started(&mut process, "the api", &self.client, &format!("{base}/healthz")).await;
+        (process, base)
     }
 
     /// The binary `name` with `args`, this app's settings and `extra`
@@ -389,6 +390,22 @@ impl WorkerProcess {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Waits until `process` answers `health` while still running: one that
+/// could not bind its port exits, and something else may be answering.
+async fn started(process: &mut WorkerProcess, what: &str, client: &reqwest::Client, health: &str) {
+    let since = std::time::Instant::now();
+    loop {
+        let answered = client.get(health).send().await.is_ok();
+        let exited = process.child.try_wait().expect("the process's status");
+        assert!(exited.is_none(), "{what} exited ({exited:?}):\n{}", process.log_text());
+        if answered {
+            return;
+        }
+        assert!(since.elapsed() < Duration::from_secs(30), "{what} did not start:\n{}", process.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -34,6 +34,7 @@ pub fn run_spec(tenant: &str, repo: &str, priority: Priority) -> RunSpec {
         policy: None,
         issue: None,
         submitted_by: None,
+        trace_parent: None,
         parent_run: None,
         follow_up: None,
     }

@@ -14,6 +14,7 @@ pub mod fixtures;
 pub mod git_server;
 pub mod github;
 pub mod oidc;
+pub mod otlp;
 pub mod outage;
 pub mod providers;
 pub mod redis_server;

@@ -80,6 +80,7 @@ pub async fn create_run(
         policy: None,
         issue: body.issue,
         submitted_by: (caller.principal != requested_by).then(|| caller.principal.clone()),
+        trace_parent: None,
         parent_run: None,
         follow_up: None,
     };

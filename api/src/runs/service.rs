@@ -53,7 +53,8 @@ pub async fn submit(state: &AppState, owned: &Owned, spec: RunSpec, request: Req
     let policy =
         state.queue.effective_policy(state.config.default_policy(), &spec.tenant, &spec.repository.to_string()).await?;
     let held = policy.needs_approval();
-    let spec = RunSpec { policy: Some(policy), ..spec };
+    let trace_parent = platform::telemetry::traceparent(&tracing::Span::current());
+    let spec = RunSpec { policy: Some(policy), trace_parent, ..spec };
     let id = RunId::new();
     let source = if request.actor.method == "github-webhook" { "webhook" } else { "api" };
     let state_now = if held { RunState::AwaitingApproval } else { RunState::Queued };

@@ -258,6 +258,7 @@ async fn spec_for(state: &AppState, tenant: &str, person: &str, request: Request
         policy: None,
         issue: None,
         submitted_by: None,
+        trace_parent: None,
         parent_run: None,
         follow_up: None,
     };

@@ -138,9 +138,10 @@ impl GatewayHub {
         };
         let known = super::known_secrets(&self.config, &self.queue, &grant.tenant, Some(token)).await?;
         let redactor = Redactor::new(&known, &self.redaction_key);
+        let trace_parent = grant.trace_parent.clone();
         let gateway =
             RunGateway::new(grant.run, grant.tenant, hash, config, self.queue.clone(), redactor, self.http.clone());
-        let gateway = Arc::new(gateway.publishing());
+        let gateway = Arc::new(gateway.publishing().with_trace_parent(trace_parent));
         Ok(self.lock().entry(grant.run).or_insert(gateway).clone())
     }
 

@@ -76,6 +76,8 @@ pub struct RunGateway {
     /// A standalone gateway also hands each finished call to the run's
     /// worker through Redis.
     publish: bool,
+    /// The run's span (`traceparent`), which each call's span joins.
+    trace_parent: Option<String>,
 }
 
 /// What the run's record keeps of its calls: every call's metadata, and
@@ -126,7 +128,14 @@ impl RunGateway {
             run_limit,
             record: Mutex::new(RunRecord::default()),
             publish: false,
+            trace_parent: None,
         }
+    }
+
+    /// Each call's span becomes a child of the run's span `traceparent`.
+    pub fn with_trace_parent(mut self, traceparent: Option<String>) -> Self {
+        self.trace_parent = traceparent;
+        self
     }
 
     /// For a standalone gateway: finished calls also go to Redis.
@@ -265,7 +274,12 @@ impl RunGateway {
     /// Serves one request; every answer carries `x-paddock-request-id`.
     pub(super) async fn handle(self: Arc<Self>, req: Request<Incoming>, authenticated: bool) -> Response<Body> {
         let request_id = format!("req_{}", ulid::Ulid::new().to_string().to_lowercase());
-        let mut response = self.serve(req, &request_id, authenticated).await;
+        let span =
+            tracing::info_span!("model_call", otel.name = "model call", run_id = %self.run, request_id = %request_id);
+        if let Some(parent) = &self.trace_parent {
+            platform::telemetry::follow(&span, parent);
+        }
+        let mut response = tracing::Instrument::instrument(self.serve(req, &request_id, authenticated), span).await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-paddock-request-id", value);
         }

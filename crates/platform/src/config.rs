@@ -119,6 +119,17 @@ mod tests {
     }
 
     #[test]
+    fn an_otlp_endpoint_must_be_an_http_url_and_the_error_names_the_key() {
+        let loaded = |url: &str| load(None, env(&[("PADDOCK_TELEMETRY__OTLP_ENDPOINT", url)]));
+        let config = loaded("https://otel-collector.internal:4318").expect("config loads");
+        assert_eq!(config.telemetry.otlp_endpoint.as_deref(), Some("https://otel-collector.internal:4318"));
+        for bad in ["otel-collector:4318", "grpc://collector:4317", "https://", "http:///v1"] {
+            let error = loaded(bad).expect_err(bad).to_string();
+            assert!(error.contains("telemetry.otlp_endpoint"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn environment_overrides_defaults() {
         let config = load(None, env(&[("PADDOCK_WORKER__CONCURRENCY", "7"), ("PADDOCK_REDIS__NAMESPACE", "t1")]))
             .expect("config loads");

@@ -21,6 +21,7 @@ pub mod names {
     pub const RUNS_ACCEPTED: &str = "paddock_runs_accepted_total";
     pub const RUNS_FINISHED: &str = "paddock_runs_finished_total";
     pub const QUEUE_RUNS: &str = "paddock_queue_runs";
+    pub const QUEUE_BAND_RUNS: &str = "paddock_queue_band_runs";
     pub const QUEUE_DISPATCHABLE: &str = "paddock_queue_dispatchable";
     pub const QUEUE_OLDEST_AGE: &str = "paddock_queue_oldest_queued_age_seconds";
     pub const QUEUE_DEAD_LETTERS: &str = "paddock_queue_dead_letters";
@@ -58,6 +59,8 @@ pub struct Metrics {
     pub runs_finished: Family<Labels, Counter>,
     /// state, tenant; read from Redis when scraped (API).
     pub queue_runs: Family<Labels, Gauge>,
+    /// band, state, tenant; read from Redis when scraped (API).
+    pub queue_band_runs: Family<Labels, Gauge>,
     /// tenant (`*` for all): queued runs a claim could take now.
     pub queue_dispatchable: Family<Labels, Gauge>,
     pub queue_oldest_age: Gauge<f64, AtomicU64>,
@@ -127,6 +130,11 @@ impl Metrics {
             queue_runs: metric!(
                 QUEUE_RUNS,
                 "Runs in each state, by tenant (read from Redis when scraped)",
+                Family::default()
+            ),
+            queue_band_runs: metric!(
+                QUEUE_BAND_RUNS,
+                "Runs in each state, by priority band and tenant (read from Redis when scraped)",
                 Family::default()
             ),
             queue_dispatchable: metric!(

@@ -13,6 +13,10 @@ use super::{QueueError, RunQueue, corrupt};
 pub struct GatewayGrant {
     pub run: RunId,
     pub tenant: String,
+    /// The run's span (`traceparent`): a standalone gateway's call spans
+    /// join the run's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 impl RunQueue {

@@ -133,6 +133,10 @@ impl Keys {
         self.at("depth:r")
     }
 
+    pub fn depth_by_band(&self) -> String {
+        self.at("depth:b")
+    }
+
     /// What a tenant's runs that ended on UTC day `day` (days since the
     /// epoch) used and cost, by group (hash of counters).
     pub fn cost_ledger(&self, tenant: impl Display, day: u64) -> String {

@@ -24,6 +24,9 @@ pub struct ClaimedRun {
     pub attempt: u32,
     pub max_attempts: u32,
     pub spec: RunSpec,
+    /// The worker's span of this attempt as a W3C `traceparent`, when
+    /// spans are exported: what the run's model calls hang under.
+    pub trace: Option<String>,
 }
 
 /// How a worker hands a run back.
@@ -185,7 +188,7 @@ impl RunQueue {
         };
         let id: RunId = id.parse().map_err(|e| corrupt(&id, e))?;
         let spec = serde_json::from_str(&spec).map_err(|e| corrupt(id, e))?;
-        Ok(Some(ClaimedRun { id, epoch, attempt, max_attempts, spec }))
+        Ok(Some(ClaimedRun { id, epoch, attempt, max_attempts, spec, trace: None }))
     }
 
     /// Extends the leases `worker` still holds. Returns, per run, what the

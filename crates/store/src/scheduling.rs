@@ -29,6 +29,8 @@ pub struct Depth {
     pub totals: BTreeMap<String, i64>,
     pub tenants: BTreeMap<String, BTreeMap<String, i64>>,
     pub repositories: BTreeMap<(String, String), BTreeMap<String, i64>>,
+    /// Runs by (band, tenant), then state.
+    pub bands: BTreeMap<(String, String), BTreeMap<String, i64>>,
     pub dead_letters: u64,
 }
 
@@ -106,6 +108,15 @@ impl RunQueue {
             let mut parts = field.splitn(3, ':');
             if let (Some(state), Some(tenant), Some(repo)) = (parts.next(), parts.next(), parts.next()) {
                 depth.repositories.entry((tenant.to_owned(), repo.to_owned())).or_default().insert(state.to_owned(), n);
+            }
+        }
+        for (field, value) in self.scan_hash(self.keys.depth_by_band()).await? {
+            let Ok(n) = value.parse::<i64>() else { continue };
+            let mut parts = field.splitn(3, ':');
+            if let (Some(state), Some(band), Some(tenant)) = (parts.next(), parts.next(), parts.next()) {
+                // Runs accepted before bands were counted leave a count
+                // below zero when they move on: never shown as negative.
+                depth.bands.entry((band.to_owned(), tenant.to_owned())).or_default().insert(state.to_owned(), n.max(0));
             }
         }
         let mut conn = self.conn.clone();

@@ -152,7 +152,7 @@ async fn serve_run_gateway_with(
     use gateway::{GatewayServer, Redactor, RunGateway, mint_token, token_hash};
     let run = common::RunId::new();
     let token = mint_token().unwrap();
-    let grant = store::GatewayGrant { run, tenant: tenant.to_owned() };
+    let grant = store::GatewayGrant { run, tenant: tenant.to_owned(), trace_parent: None };
     queue.put_gateway_token(&token_hash(&token), &grant, ttl).await.unwrap();
     let redactor = Redactor::new(std::slice::from_ref(&providers.key), b"test");
     let gateway =

@@ -26,3 +26,4 @@ mod retention;
 mod runs;
 mod scheduling;
 mod tenancy;
+mod traces;

@@ -96,6 +96,10 @@ async fn every_metric_is_exposed_and_moves_with_what_a_run_did() {
     assert!(moved(&format!("{}_count", names::AUDIT_WRITE), &[("writer", "worker")]) >= 1.0);
     // The queue as Redis holds it: this tenant's run is counted as finished.
     assert_eq!(sample(&after, names::QUEUE_RUNS, &[mine, ("state", "succeeded")]), 1.0, "{after}");
+    // ...in its priority band, which it left when it was claimed.
+    let band = |state| sample(&after, names::QUEUE_BAND_RUNS, &[mine, ("band", "normal"), ("state", state)]);
+    assert_eq!((band("succeeded"), band("queued"), band("running")), (1.0, 0.0, 0.0), "{after}");
+    assert_eq!(sample(&after, names::QUEUE_BAND_RUNS, &[mine, ("band", "high")]), 0.0, "{after}");
     assert!(after.contains(&format!("{}{{tenant=\"*\"}}", names::QUEUE_DISPATCHABLE)), "{after}");
 
     // Every name of the catalogue is exposed, and the README explains it.

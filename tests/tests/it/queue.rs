@@ -98,6 +98,36 @@ async fn tenants_take_turns_and_each_repository_is_fifo() {
     assert_eq!(depth.tenants["big"]["running"], 4);
 }
 
+#[tokio::test]
+async fn each_priority_band_counts_its_runs_by_state_and_tenant() {
+    let q = queue().await;
+    let band = |p| run_spec("t", "a/b", p);
+    for priority in [Priority::High, Priority::High, Priority::Low] {
+        q.enqueue(RunId::new(), &band(priority), 3, None).await.unwrap();
+    }
+    let low = RunId::new();
+    q.enqueue(low, &run_spec("u", "c/d", Priority::Low), 3, None).await.unwrap();
+    // The high band is served first; the other tenant's low run is cancelled.
+    let first = q.claim("w", Duration::from_secs(30)).await.unwrap().unwrap();
+    assert_eq!(first.spec.priority, Priority::High);
+    q.cancel(low, "someone").await.unwrap();
+    let depth = q.depth().await.unwrap();
+    let count = |band: &str, tenant: &str, state: &str| {
+        depth.bands.get(&(band.to_owned(), tenant.to_owned())).and_then(|s| s.get(state)).copied().unwrap_or(0)
+    };
+    assert_eq!((count("high", "t", "running"), count("high", "t", "queued")), (1, 1), "{:?}", depth.bands);
+    assert_eq!((count("low", "t", "queued"), count("low", "u", "queued"), count("low", "u", "cancelled")), (1, 0, 1));
+    assert_eq!(q.finish(&first, &done()).await.unwrap(), Some(RunState::Succeeded));
+    let depth = q.depth().await.unwrap();
+    let states = &depth.bands[&("high".to_owned(), "t".to_owned())];
+    assert_eq!((states["running"], states["succeeded"], states["queued"]), (0, 1, 1));
+    // Every band's counts add up to the totals.
+    for state in ["queued", "running", "succeeded", "cancelled"] {
+        let in_bands: i64 = depth.bands.values().filter_map(|s| s.get(state)).sum();
+        assert_eq!(in_bands, depth.totals.get(state).copied().unwrap_or(0), "{state}");
+    }
+}
+
 /// A model call reserved just before midnight (UTC) and settled after it
 /// releases its reservation from the day it was made on: settling follows
 /// the day the reservation names, not the clock.

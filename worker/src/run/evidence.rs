@@ -273,7 +273,7 @@ mod tests {
             "task_body": "b", "requested_by": "dev@example.com", "agent_profile": "default"
         }))
         .expect("a spec");
-        let run = ClaimedRun { id: RunId::new(), epoch: 3, attempt: 2, max_attempts: 3, spec };
+        let run = ClaimedRun { id: RunId::new(), epoch: 3, attempt: 2, max_attempts: 3, spec, trace: None };
         let secret = "sk-live-0123456789abcdefghij";
         let redactor = Redactor::new(&[secret.to_owned()], b"key");
         let mut log = RunLog::new(1 << 20);

@@ -74,7 +74,7 @@ enum Ending {
 
 /// The apalis task function.
 pub async fn execute(
-    run: ClaimedRun,
+    mut run: ClaimedRun,
     runtime: apalis_core::task::data::Data<Arc<Runtime>>,
 ) -> Result<(), apalis_core::error::BoxDynError> {
     let runtime: Arc<Runtime> = (*runtime).clone();
@@ -86,6 +86,11 @@ pub async fn execute(
         attempt = run.attempt,
         epoch = run.epoch
     );
+    // One trace from the API request through the queue to this attempt.
+    if let Some(parent) = &run.spec.trace_parent {
+        platform::telemetry::follow(&span, parent);
+    }
+    run.trace = platform::telemetry::traceparent(&span);
     let lease = runtime.leases.hold(&run);
     tracing::info!(parent: &span, repository = %run.spec.repository, "run claimed");
     // A panic anywhere in the run must not leak its sandbox: the session

@@ -194,7 +194,7 @@ impl Runtime {
         let token = mint_token().map_err(|e| RunError::retry("minting the run token", e))?;
         let hash = token_hash(&token);
         let ttl = Duration::from_secs(policy.timeout_seconds + 300);
-        let grant = GatewayGrant { run: run.id, tenant: run.spec.tenant.clone() };
+        let grant = GatewayGrant { run: run.id, tenant: run.spec.tenant.clone(), trace_parent: run.trace.clone() };
         self.queue
             .put_gateway_token(&hash, &grant, ttl)
             .await
@@ -205,7 +205,8 @@ impl Runtime {
             None => {
                 let redactor = self.redactor(&run.spec.tenant, Some(&token)).await.map_err(RunError::Retry)?;
                 let (tenant, queue, http) = (run.spec.tenant.clone(), self.queue.clone(), self.http.clone());
-                let gateway = Arc::new(RunGateway::new(run.id, tenant, hash.clone(), config, queue, redactor, http));
+                let gateway = RunGateway::new(run.id, tenant, hash.clone(), config, queue, redactor, http);
+                let gateway = Arc::new(gateway.with_trace_parent(run.trace.clone()));
                 GatewayServer::start(at, gateway.clone()).await.map(|server| Serving::Local { gateway, server })
             }
         };

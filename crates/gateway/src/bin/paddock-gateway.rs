@@ -4,11 +4,13 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    platform::telemetry::init();
     let config_path = platform::config::file_from_args(
         std::env::args().skip(1),
         "usage: paddock-gateway [--config FILE] (or set PADDOCK_CONFIG)",
     )?;
     let config = platform::config::load(config_path.as_deref(), std::env::vars())?;
-    gateway::serve_standalone(config, platform::telemetry::shutdown_signal()).await
+    let telemetry = platform::telemetry::init_for("paddock-gateway", &config)?;
+    let served = gateway::serve_standalone(config, platform::telemetry::shutdown_signal()).await;
+    telemetry.shutdown().await;
+    served
 }

@@ -42,7 +42,7 @@ redis.call('HSET', job, 'id', id, 'tenant', tenant, 'repo', repo, 'band', band, 
   'created_ms', now, 'enq_score', seq, 'lane', lane)
 redis.call('ZADD', p .. 'idx:all', 0, id)
 redis.call('ZADD', p .. 'idx:state:' .. state, 0, id)
-count(state, tenant, repo, 1)
+count(state, tenant, repo, 1, band)
 if not hold then
   state = enter_lane(id, band, tenant, repo, seq, lane, state, now, ttl_s)
 end

@@ -15,12 +15,16 @@ local function is_parked(member)
   return redis.call('SISMEMBER', p .. 'parked', member) == 1
 end
 
--- Counters: totals and per tenant in `depth`, per repository in `depth:r`.
+-- Counters: totals and per tenant in `depth`, per repository in `depth:r`,
+-- per priority band and tenant in `depth:b` (`<state>:<band>:<tenant>`).
 -- `dispatchable` counts queued runs a claim could take now: their repository
 -- and tenant are below their caps. `dispatchable:t:<t>` counts a tenant's
 -- queued runs in repositories below their cap, whatever the tenant's own cap.
-local function count(state, tenant, repo, delta)
+local function count(state, tenant, repo, delta, band)
   redis.call('HINCRBY', p .. 'depth', state, delta)
+  if band then
+    redis.call('HINCRBY', p .. 'depth:b', state .. ':' .. band .. ':' .. tenant, delta)
+  end
   redis.call('HINCRBY', p .. 'depth', state .. ':t:' .. tenant, delta)
   redis.call('HINCRBY', p .. 'depth:r', state .. ':' .. tenant .. ':' .. repo, delta)
   if state == 'queued' and not is_parked('r:' .. tenant .. ':' .. repo) then
@@ -37,8 +41,9 @@ local function transition(id, tenant, repo, from, to)
   redis.call('HSET', p .. 'job:' .. id, 'state', to)
   redis.call('ZREM', p .. 'idx:state:' .. from, id)
   redis.call('ZADD', p .. 'idx:state:' .. to, 0, id)
-  count(from, tenant, repo, -1)
-  count(to, tenant, repo, 1)
+  local band = redis.call('HGET', p .. 'job:' .. id, 'band')
+  count(from, tenant, repo, -1, band)
+  count(to, tenant, repo, 1, band)
 end
 
 local function repo_queue(band, tenant, repo)
