@@ -65,8 +65,11 @@ pub async fn submit(state: &AppState, owned: &Owned, spec: RunSpec, request: Req
     {
         return repeated(holder, state_now);
     }
-    let accepted =
-        accept(state, id, &spec, request.actor, request.source_ip, request.request_id, &request.idempotency).await;
+    // The run enters the queue (its audit event, then enqueue.lua): a span
+    // of its own in the run's trace.
+    let enqueue = tracing::info_span!("enqueue", otel.name = "enqueue", run_id = %id, tenant = %spec.tenant);
+    let accepted = accept(state, id, &spec, request.actor, request.source_ip, request.request_id, &request.idempotency);
+    let accepted = tracing::Instrument::instrument(accepted, enqueue).await;
     if accepted.is_err()
         && let Some(idempotency) = &request.idempotency
     {

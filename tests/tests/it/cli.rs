@@ -3,7 +3,7 @@
 
 use std::process::Output;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tests::TestApp;
 
 /// Succeeds, unless the task's title is `fail`.
@@ -182,6 +182,39 @@ async fn an_audit_export_downloads_and_verifies_offline_and_a_changed_file_fails
 
     let verified = paddock(&app, &["audit", "verify", "-o", "json"]).await;
     assert_eq!(code(&verified), 0, "{}", stdout(&verified));
+}
+
+#[tokio::test]
+async fn a_run_held_for_approval_is_approved_by_someone_else_through_the_cli() {
+    let issuer = tests::oidc::OidcIssuer::start().await;
+    let app = crate::identity::app_with_env(&issuer, &[("PADDOCK_AGENTS__DEFAULT__COMMAND", AGENT)]).await;
+    let (status, _) = app.admin_call("PUT", "/v1/policies/tenants/default", json!({"approval": "always"})).await;
+    assert_eq!(status, 200);
+    let worker = app.spawn_worker().await;
+    let repo = app.repo(&[("README.md", b"# cli\n")]);
+    // Lee requests (and leads, so he could approve anyone's run but his own).
+    let lee = issuer.token("lee", &["devs", "leads"]);
+    let as_lee = [("PADDOCK_TOKEN", lee.as_str())];
+    let submitted = paddock_with(&app, &["run", "--repo", &repo, "--title", "Needs a second person"], &as_lee).await;
+    assert_eq!(code(&submitted), 0, "{}", stderr(&submitted));
+    assert!(stderr(&submitted).contains("awaiting_approval"), "{}", stderr(&submitted));
+    let id = stdout(&submitted).trim().to_owned();
+    let own = paddock_with(&app, &["approve", &id], &as_lee).await;
+    assert_eq!(code(&own), 3, "self-approval is a permission refusal: {}", stderr(&own));
+    assert!(stderr(&own).to_lowercase().contains("approv"), "{}", stderr(&own));
+    let lina = issuer.token("lina", &["leads"]);
+    let as_lina = [("PADDOCK_TOKEN", lina.as_str())];
+    let approved = paddock_with(&app, &["approve", &id, "-o", "json"], &as_lina).await;
+    assert_eq!((code(&approved), json(&approved)["state"].as_str()), (0, Some("queued")), "{}", stderr(&approved));
+    // An approver may not read logs; an administrator follows the run.
+    assert_eq!(code(&paddock_with(&app, &["logs", &id], &as_lina).await), 3);
+    let followed = paddock(&app, &["logs", "-f", &id]).await;
+    assert_eq!(code(&followed), 0, "{}", stderr(&followed));
+    assert!(stdout(&followed).contains("working on: Needs a second person"), "{}", stdout(&followed));
+    let status = json(&paddock(&app, &["status", &id, "-o", "json"]).await);
+    assert_eq!(status["approved_by"], "lina@example.com", "{status}");
+    worker.shutdown().await;
+    issuer.stop().await;
 }
 
 #[tokio::test]

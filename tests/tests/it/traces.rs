@@ -77,10 +77,17 @@ async fn a_run_is_one_trace_from_the_api_request_through_the_worker_steps_to_eac
     let request = one("paddock-api", "POST /v1/runs");
     assert_eq!(request.parent_span_id, PORTAL_SPAN);
     assert_eq!(request.attribute("http.route"), Some("/v1/runs"));
+    // ...it enqueues the run (audit event and script) in a span of its own...
+    let enqueue = one("paddock-api", "enqueue");
+    assert_eq!(
+        (enqueue.parent_span_id.as_str(), enqueue.attribute("run_id")),
+        (request.span_id.as_str(), Some(id.as_str()))
+    );
     // ...the worker's run continues the request, across the queue...
     let run = one("paddock-worker", "run");
     assert_eq!(run.parent_span_id, request.span_id, "the run's span is the request's child");
     assert_eq!(run.attribute("run_id"), Some(id.as_str()));
+    assert!(run.attribute("queued_ms").is_some_and(|ms| ms.parse::<u64>().is_ok()), "how long it was queued: {run:?}");
     // ...each step is the run's child, and so is the model call made in
     // another process.
     for step in ["checkout", "sandbox", "agent", "publish", "upload"] {

@@ -84,7 +84,9 @@ pub async fn execute(
         run_id = %run.id,
         tenant = %run.spec.tenant,
         attempt = run.attempt,
-        epoch = run.epoch
+        epoch = run.epoch,
+        // How long it waited for a worker (approval included).
+        queued_ms = common::audit::now_ms().saturating_sub(run.id.created_ms())
     );
     // One trace from the API request through the queue to this attempt.
     if let Some(parent) = &run.spec.trace_parent {
