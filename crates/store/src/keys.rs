@@ -137,6 +137,12 @@ impl Keys {
         self.at("depth:b")
     }
 
+    /// A repository's queued runs per band (`<band>:<tenant>:<repo>`), what
+    /// the scripts move between per-band dispatchable counts on a cap.
+    pub fn depth_by_repository_band(&self) -> String {
+        self.at("depth:rb")
+    }
+
     /// What a tenant's runs that ended on UTC day `day` (days since the
     /// epoch) used and cost, by group (hash of counters).
     pub fn cost_ledger(&self, tenant: impl Display, day: u64) -> String {
@@ -249,6 +255,8 @@ mod tests {
             keys.dead_reasons(),
             keys.depth(),
             keys.depth_by_repository(),
+            keys.depth_by_band(),
+            keys.depth_by_repository_band(),
             keys.state_index("<state>"),
             keys.cost_ledger("<tenant>", 0).replace(":0", ":<day>"),
             keys.limits(),

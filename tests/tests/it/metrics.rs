@@ -100,6 +100,9 @@ async fn every_metric_is_exposed_and_moves_with_what_a_run_did() {
     let band = |state| sample(&after, names::QUEUE_BAND_RUNS, &[mine, ("band", "normal"), ("state", state)]);
     assert_eq!((band("succeeded"), band("queued"), band("running")), (1.0, 0.0, 0.0), "{after}");
     assert_eq!(sample(&after, names::QUEUE_BAND_RUNS, &[mine, ("band", "high")]), 0.0, "{after}");
+    assert_eq!(band("dispatchable"), 0.0, "{after}");
+    let all = format!("{}{{band=\"normal\",state=\"dispatchable\",tenant=\"*\"}}", names::QUEUE_BAND_RUNS);
+    assert!(after.contains(&all), "the band's dispatchable runs across tenants: {after}");
     assert!(after.contains(&format!("{}{{tenant=\"*\"}}", names::QUEUE_DISPATCHABLE)), "{after}");
 
     // Every name of the catalogue is exposed, and the README explains it.

@@ -122,10 +122,34 @@ async fn each_priority_band_counts_its_runs_by_state_and_tenant() {
     let states = &depth.bands[&("high".to_owned(), "t".to_owned())];
     assert_eq!((states["running"], states["succeeded"], states["queued"]), (0, 1, 1));
     // Every band's counts add up to the totals.
-    for state in ["queued", "running", "succeeded", "cancelled"] {
-        let in_bands: i64 = depth.bands.values().filter_map(|s| s.get(state)).sum();
-        assert_eq!(in_bands, depth.totals.get(state).copied().unwrap_or(0), "{state}");
-    }
+    let add_up = |depth: &store::Depth| {
+        for state in ["queued", "running", "succeeded", "cancelled"] {
+            let in_bands: i64 =
+                depth.bands.iter().filter(|((_, t), _)| t != "*").filter_map(|(_, s)| s.get(state)).sum();
+            assert_eq!(in_bands, depth.totals.get(state).copied().unwrap_or(0), "{state}");
+        }
+        let dispatchable: i64 =
+            depth.bands.iter().filter(|((_, t), _)| t == "*").filter_map(|(_, s)| s.get("dispatchable")).sum();
+        assert_eq!(dispatchable, depth.totals.get("dispatchable").copied().unwrap_or(0), "{:?}", depth.bands);
+    };
+    add_up(&depth);
+    let dispatchable = |depth: &store::Depth, band: &str, tenant: &str| {
+        depth.bands.get(&(band.to_owned(), tenant.to_owned())).and_then(|s| s.get("dispatchable")).copied()
+    };
+    assert_eq!(dispatchable(&depth, "low", "t"), Some(1));
+    // At its cap, the repository's queued runs are not dispatchable in any
+    // band; under it again, they are.
+    q.set_repo_limit("t", "a/b", Some(1)).await.unwrap();
+    let second = q.claim("w", Duration::from_secs(30)).await.unwrap().unwrap();
+    assert_eq!(second.spec.priority, Priority::High);
+    let capped = q.depth().await.unwrap();
+    add_up(&capped);
+    assert_eq!((dispatchable(&capped, "low", "t"), dispatchable(&capped, "low", "*")), (Some(0), Some(0)));
+    assert_eq!(capped.bands[&("low".to_owned(), "t".to_owned())]["queued"], 1, "still queued, only held back");
+    q.set_repo_limit("t", "a/b", None).await.unwrap();
+    let open = q.depth().await.unwrap();
+    add_up(&open);
+    assert_eq!((dispatchable(&open, "low", "t"), dispatchable(&open, "low", "*")), (Some(1), Some(1)));
 }
 
 /// A model call reserved just before midnight (UTC) and settled after it

@@ -16,7 +16,9 @@ local function is_parked(member)
 end
 
 -- Counters: totals and per tenant in `depth`, per repository in `depth:r`,
--- per priority band and tenant in `depth:b` (`<state>:<band>:<tenant>`).
+-- per priority band and tenant in `depth:b` (`<state>:<band>:<tenant>`, and
+-- `dispatchable:<band>:<tenant>` / `dispatchable:<band>:*` as below), a
+-- repository's queued runs per band in `depth:rb` (`<band>:<tenant>:<repo>`).
 -- `dispatchable` counts queued runs a claim could take now: their repository
 -- and tenant are below their caps. `dispatchable:t:<t>` counts a tenant's
 -- queued runs in repositories below their cap, whatever the tenant's own cap.
@@ -24,13 +26,22 @@ local function count(state, tenant, repo, delta, band)
   redis.call('HINCRBY', p .. 'depth', state, delta)
   if band then
     redis.call('HINCRBY', p .. 'depth:b', state .. ':' .. band .. ':' .. tenant, delta)
+    if state == 'queued' then
+      redis.call('HINCRBY', p .. 'depth:rb', band .. ':' .. tenant .. ':' .. repo, delta)
+    end
   end
   redis.call('HINCRBY', p .. 'depth', state .. ':t:' .. tenant, delta)
   redis.call('HINCRBY', p .. 'depth:r', state .. ':' .. tenant .. ':' .. repo, delta)
   if state == 'queued' and not is_parked('r:' .. tenant .. ':' .. repo) then
     redis.call('HINCRBY', p .. 'depth', 'dispatchable:t:' .. tenant, delta)
+    if band then
+      redis.call('HINCRBY', p .. 'depth:b', 'dispatchable:' .. band .. ':' .. tenant, delta)
+    end
     if not is_parked('t:' .. tenant) then
       redis.call('HINCRBY', p .. 'depth', 'dispatchable', delta)
+      if band then
+        redis.call('HINCRBY', p .. 'depth:b', 'dispatchable:' .. band .. ':*', delta)
+      end
     end
   end
 end
@@ -124,8 +135,21 @@ local function park_repo(tenant, repo, parked)
     n = 0 - n  -- not -n: Redis refuses "-0" as an integer
   end
   redis.call('HINCRBY', p .. 'depth', 'dispatchable:t:' .. tenant, n)
-  if not is_parked('t:' .. tenant) then
+  local tenant_open = not is_parked('t:' .. tenant)
+  if tenant_open then
     redis.call('HINCRBY', p .. 'depth', 'dispatchable', n)
+  end
+  for _, band in ipairs(BANDS) do
+    local b = tonumber(redis.call('HGET', p .. 'depth:rb', band .. ':' .. tenant .. ':' .. repo) or '0')
+    if b ~= 0 then
+      if parked then
+        b = 0 - b
+      end
+      redis.call('HINCRBY', p .. 'depth:b', 'dispatchable:' .. band .. ':' .. tenant, b)
+      if tenant_open then
+        redis.call('HINCRBY', p .. 'depth:b', 'dispatchable:' .. band .. ':*', b)
+      end
+    end
   end
 end
 
@@ -147,6 +171,15 @@ local function park_tenant(tenant, parked)
     n = 0 - n  -- not -n: Redis refuses "-0" as an integer
   end
   redis.call('HINCRBY', p .. 'depth', 'dispatchable', n)
+  for _, band in ipairs(BANDS) do
+    local b = tonumber(redis.call('HGET', p .. 'depth:b', 'dispatchable:' .. band .. ':' .. tenant) or '0')
+    if b ~= 0 then
+      if parked then
+        b = 0 - b
+      end
+      redis.call('HINCRBY', p .. 'depth:b', 'dispatchable:' .. band .. ':*', b)
+    end
+  end
 end
 
 -- Parks or un-parks a repository and its tenant to match their caps and
