@@ -72,10 +72,17 @@ pub fn parse_keys(given: &[String]) -> Result<Vec<audit_trail::VerifyingKey>> {
     given.iter().map(|key| verifying_key(key).map_err(|e| Failure::usage(format!("--public-key {key}: {e}")))).collect()
 }
 
-/// Streams the bundle's tar into `parent/<id>` (unpacked), refusing any
-/// entry that would land outside it.
+/// Streams the bundle's tar into `parent/<id>`. The archive comes from a
+/// deployment the bundle is meant to be checked against, so it is trusted
+/// with nothing: only plain files and folders under `<id>/` are unpacked,
+/// into a fresh folder that becomes `<id>` once whole; an existing `<id>`
+/// is never written into.
 async fn download(api: &Api, id: &str, parent: &Path) -> Result<PathBuf> {
     let path = format!("/v1/audit/exports/{}/bundle", segment("export", id)?);
+    let folder = parent.join(id);
+    if folder.exists() {
+        return Err(Failure::usage(format!("{} exists: remove it or pass another --out", folder.display())));
+    }
     let response = api.send(&Method::GET, &path, api.request(Method::GET, &path)).await?;
     let local = |e: std::io::Error, what: &Path| Failure::usage(format!("cannot write {}: {e}", what.display()));
     tokio::fs::create_dir_all(parent).await.map_err(|e| local(e, parent))?;
@@ -88,25 +95,38 @@ async fn download(api: &Api, id: &str, parent: &Path) -> Result<PathBuf> {
     }
     file.flush().await.map_err(|e| local(e, &archive))?;
     drop(file);
-    let folder = parent.join(id);
-    let (unpack_from, unpack_into) = (archive.clone(), parent.to_path_buf());
-    let unpacked = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let mut tar = tar::Archive::new(std::fs::File::open(&unpack_from)?);
-        for entry in tar.entries()? {
-            // `unpack_in` refuses paths that climb out of the folder.
-            if !entry?.unpack_in(&unpack_into)? {
-                return Err(std::io::Error::other("the archive names a path outside its folder"));
-            }
-        }
-        Ok(())
-    })
-    .await
-    .map_err(|e| Failure::new(Exit::Unavailable, format!("unpacking the bundle: {e}")))?;
+    let staging = parent.join(format!(".audit-export-{id}.partial"));
+    let (from, into, name) = (archive.clone(), staging.clone(), id.to_owned());
+    let unpacked = tokio::task::spawn_blocking(move || unpack(&from, &into, &name)).await;
     let _ = std::fs::remove_file(&archive);
-    unpacked.map_err(|e| {
-        Failure::new(Exit::Unavailable, format!("the bundle of export {id} is not a valid archive: {e}"))
-    })?;
+    let unpacked = unpacked.map_err(|e| Failure::new(Exit::Unavailable, format!("unpacking the bundle: {e}")))?;
+    if let Err(error) = unpacked.and_then(|()| std::fs::rename(staging.join(id), &folder)) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(Failure::new(Exit::No, format!("the bundle of export {id} is not a valid archive: {error}")));
+    }
+    let _ = std::fs::remove_dir_all(&staging);
     Ok(folder)
+}
+
+/// Unpacks `archive` into `into`, which must hold only `<id>/...` plain
+/// files and folders.
+fn unpack(archive: &Path, into: &Path, id: &str) -> std::io::Result<()> {
+    use std::path::Component;
+    std::fs::create_dir_all(into)?;
+    let mut tar = tar::Archive::new(std::fs::File::open(archive)?);
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        let name = entry.path()?.into_owned();
+        let mut parts = name.components();
+        let first = parts.next();
+        let inside = first == Some(Component::Normal(id.as_ref())) && parts.all(|c| matches!(c, Component::Normal(_)));
+        if !inside || !(kind.is_file() || kind.is_dir()) {
+            return Err(std::io::Error::other(format!("refusing {} ({kind:?})", name.display())));
+        }
+        entry.unpack_in(into)?;
+    }
+    Ok(())
 }
 
 /// Verifies a bundle folder from its files alone.
@@ -114,11 +134,56 @@ pub async fn verify_folder(folder: &Path, keys: &[audit_trail::VerifyingKey]) ->
     let (Some(parent), Some(name)) = (folder.parent(), folder.file_name().and_then(|n| n.to_str())) else {
         return Err(Failure::usage(format!("{} is not a bundle folder", folder.display())));
     };
-    if !folder.join("manifest.json").is_file() {
-        return Err(Failure::usage(format!("{} holds no manifest.json: not an export bundle", folder.display())));
+    if !folder.is_dir() {
+        return Err(Failure::usage(format!("{} is not a folder", folder.display())));
     }
     let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
     verify_export(&DirStore::new(parent.to_path_buf()), name, keys)
         .await
         .map_err(|e| Failure::usage(format!("cannot read the bundle {}: {e}", folder.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(dir: &Path, entries: &[(&str, tar::EntryType)]) -> PathBuf {
+        let path = dir.join("bundle.tar");
+        let mut builder = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        for (name, kind) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_size(if kind.is_file() { 2 } else { 0 });
+            header.set_mode(0o644);
+            if kind.is_symlink() {
+                header.set_link_name("/etc/passwd").unwrap();
+            }
+            let data: &[u8] = if kind.is_file() { b"{}" } else { b"" };
+            builder.append_data(&mut header, name, data).unwrap();
+        }
+        builder.finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn only_plain_files_under_the_exports_folder_are_unpacked() {
+        let dir = std::env::temp_dir().join(format!("paddock-cli-tar-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = "01jbd3k6q3x9a7m2c5v8w0z4ty";
+        let regular = tar::EntryType::Regular;
+        let good = archive(&dir, &[(&format!("{id}/manifest.json"), regular)]);
+        unpack(&good, &dir.join("good"), id).unwrap();
+        assert!(dir.join("good").join(id).join("manifest.json").is_file());
+        for (name, kind) in [
+            (".bashrc".to_owned(), regular),
+            ("elsewhere/manifest.json".to_owned(), regular),
+            (format!("{id}/link"), tar::EntryType::Symlink),
+        ] {
+            let bad = archive(&dir, &[(&name, kind)]);
+            let error = unpack(&bad, &dir.join("bad"), id).unwrap_err();
+            assert!(error.to_string().contains("refusing"), "{name}: {error}");
+        }
+        assert!(!dir.join("bad/.bashrc").exists() && !dir.join("bad/elsewhere").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,5 +1,5 @@
 //! Where the CLI finds Paddock and its token: flags, then `PADDOCK_*`
-//! environment variables (clap reads both), then the config file
+//! environment variables, then the config file
 //! (`--config`, `PADDOCK_CLI_CONFIG`, or `~/.config/paddock/cli.toml` when
 //! it exists), then the defaults.
 
@@ -25,9 +25,22 @@ pub struct File {
 pub struct Given<'a> {
     pub config: Option<&'a Path>,
     pub api_url: Option<&'a str>,
-    pub token: Option<&'a str>,
-    pub token_file: Option<&'a Path>,
+    /// `--token`, else `PADDOCK_TOKEN` (unless `--token-file` was given).
+    pub token: Option<String>,
+    /// `--token-file`, else `PADDOCK_TOKEN_FILE` (unless `--token` was).
+    pub token_file: Option<PathBuf>,
     pub ca_file: Option<&'a Path>,
+}
+
+impl Given<'_> {
+    /// The token settings: either flag wins over both variables.
+    pub fn token_from(flag: Option<&str>, file_flag: Option<&Path>) -> (Option<String>, Option<PathBuf>) {
+        if flag.is_some() || file_flag.is_some() {
+            return (flag.map(str::to_owned), file_flag.map(Path::to_path_buf));
+        }
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        (var("PADDOCK_TOKEN"), var("PADDOCK_TOKEN_FILE").map(PathBuf::from))
+    }
 }
 
 /// The settings a command runs with.
@@ -47,9 +60,9 @@ pub fn resolve(given: &Given<'_>) -> Result<Settings> {
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
         return Err(Failure::usage(format!("api_url {api_url:?} must be an http:// or https:// URL")));
     }
-    let token = match (given.token, given.token_file, file.token_file, file.token) {
-        (Some(token), ..) => token.to_owned(),
-        (None, Some(path), ..) => read_token(path, "--token-file")?,
+    let token = match (given.token.clone(), given.token_file.as_deref(), file.token_file, file.token) {
+        (Some(token), ..) => token,
+        (None, Some(path), ..) => read_token(path, "--token-file (PADDOCK_TOKEN_FILE)")?,
         (None, None, Some(path), _) => read_token(&path, "token_file")?,
         (None, None, None, Some(token)) => token,
         (None, None, None, None) => {
@@ -110,7 +123,7 @@ mod tests {
         let settings = resolve(&given(Some(&path))).unwrap();
         assert_eq!((settings.api_url.as_str(), settings.token.as_str()), ("https://paddock.internal/", "pdk_sa_abc"));
 
-        let flags = Given { api_url: Some("ftp://x"), token: Some("t"), ..given(Some(&path)) };
+        let flags = Given { api_url: Some("ftp://x"), token: Some("t".to_owned()), ..given(Some(&path)) };
         assert!(resolve(&flags).err().unwrap().message.contains("must be an http:// or https:// URL"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -35,11 +35,13 @@ struct Cli {
     #[arg(long, env = "PADDOCK_API_URL", global = true)]
     api_url: Option<String>,
     /// A bearer token (a service-account token or an identity provider's
-    /// token). Prefer --token-file: a flag is visible to other users.
-    #[arg(long, env = "PADDOCK_TOKEN", global = true, hide_env_values = true)]
+    /// token); else $PADDOCK_TOKEN. Prefer --token-file: a flag is visible
+    /// to other users.
+    #[arg(long, global = true)]
     token: Option<String>,
-    /// A file holding the token.
-    #[arg(long, env = "PADDOCK_TOKEN_FILE", global = true)]
+    /// A file holding the token; else $PADDOCK_TOKEN_FILE. Either flag
+    /// beats both variables.
+    #[arg(long, global = true, conflicts_with = "token")]
     token_file: Option<PathBuf>,
     /// PEM CA certificates to trust beside the system's (an internal CA).
     #[arg(long, env = "PADDOCK_CA_FILE", global = true)]
@@ -211,11 +213,12 @@ fn main() -> ExitCode {
 
 /// The API, from the flags, the environment and the config file.
 fn connect(cli: &Cli) -> Result<Api> {
+    let (token, token_file) = config::Given::token_from(cli.token.as_deref(), cli.token_file.as_deref());
     let given = config::Given {
         config: cli.config.as_deref(),
         api_url: cli.api_url.as_deref(),
-        token: cli.token.as_deref(),
-        token_file: cli.token_file.as_deref(),
+        token,
+        token_file,
         ca_file: cli.ca_file.as_deref(),
     };
     let settings = config::resolve(&given)?;
@@ -226,6 +229,9 @@ fn connect(cli: &Cli) -> Result<Api> {
         .http()
         .user_agent(concat!("paddock-cli/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(std::time::Duration::from_secs(10))
+        // A silent API or a half-open stream ends (exit 6); the live log
+        // sends something at least every 15 s.
+        .read_timeout(std::time::Duration::from_secs(60))
         .build()
         .map_err(|e| Failure::usage(format!("cannot build the HTTP client: {e}")))?;
     Ok(Api::new(&settings.api_url, settings.token, http))

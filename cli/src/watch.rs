@@ -36,9 +36,11 @@ impl Parser {
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<Event> {
         self.buffer.extend_from_slice(bytes);
         let mut events = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.buffer.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line[..end]);
+        // Lines are read in place; what they took is dropped once, at the end.
+        let mut start = 0;
+        while let Some(length) = self.buffer[start..].iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&self.buffer[start..start + length]).into_owned();
+            start += length + 1;
             let line = line.strip_suffix('\r').unwrap_or(&line);
             if line.is_empty() {
                 if !self.data.is_empty() || !self.current.kind.is_empty() {
@@ -63,6 +65,7 @@ impl Parser {
                 _ => {}
             }
         }
+        self.buffer.drain(..start);
         events
     }
 }
@@ -94,6 +97,7 @@ pub async fn follow(api: &Api, id: &str, show: Show) -> Result<Value> {
                 let mut parser = Parser::default();
                 let mut body = response.bytes_stream();
                 let mut broke = "the stream ended before the run did".to_owned();
+                let connected = Instant::now();
                 while let Some(chunk) = body.next().await {
                     let chunk = match chunk {
                         Ok(chunk) => chunk,
@@ -102,9 +106,18 @@ pub async fn follow(api: &Api, id: &str, show: Show) -> Result<Value> {
                             break;
                         }
                     };
-                    for event in parser.feed(&chunk) {
+                    // A stream that lasted (keep-alives through a proxy that
+                    // drops idle connections) was no failure.
+                    if connected.elapsed() > Duration::from_secs(20) {
                         failures = 0;
-                        if let Some(id) = &event.id {
+                    }
+                    for event in parser.feed(&chunk) {
+                        // Only progress counts as the stream working: an
+                        // `error` event then an end is a failure each time.
+                        if matches!(event.kind.as_str(), "log" | "phase" | "end") {
+                            failures = 0;
+                        }
+                        if let Some(id) = event.id.as_ref().filter(|id| resumable(id)) {
                             last_id = Some(id.clone());
                         }
                         if let Some(end) = shown(&event, show, started, &mut stdout) {
@@ -128,6 +141,14 @@ pub async fn follow(api: &Api, id: &str, show: Show) -> Result<Value> {
         eprintln!("paddock: {broke}; reconnecting");
         tokio::time::sleep(Duration::from_millis(500 * u64::from(failures.min(6)))).await;
     }
+}
+
+/// Whether `id` is a stream entry's (`<ms>-<seq>`), which the API resumes
+/// after; any other is not sent back.
+fn resumable(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(ms, seq)| {
+        [ms, seq].iter().all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// Shows one event; the `end` event's data is returned.
@@ -174,6 +195,12 @@ mod tests {
                 Event { id: None, kind: "end".into(), data: r#"{"state":"succeeded"}"#.into() },
             ]
         );
+    }
+
+    #[test]
+    fn only_stream_entry_ids_are_resumed_after() {
+        assert!(resumable("1796283701234-0"));
+        assert!(!resumable("stored") && !resumable("1-") && !resumable("-1") && !resumable("a-1"));
     }
 
     #[test]

@@ -100,10 +100,12 @@ impl Live {
             }
             let mut out = Vec::new();
             if !self.sent_any {
-                // The tail expired with the run's live record: the stored log.
+                // The tail expired with the run's live record, or held no
+                // output (a run stopped before its agent): the stored log,
+                // as a `stored` event without an id (nothing to resume at).
                 let key = self.id.artifact_key(ArtifactKind::Logs);
                 if let Ok(Some(stored)) = self.state.store.get(&key).await {
-                    out.extend(event("stored", "log", &String::from_utf8_lossy(&stored)));
+                    out.extend(event("", "stored", &String::from_utf8_lossy(&stored)));
                 }
             }
             out.extend(end(record.as_ref()));
@@ -117,13 +119,15 @@ impl Live {
         for entry in entries {
             if let Some(chunk) = &entry.chunk {
                 out.extend(event(&entry.id, "log", &String::from_utf8_lossy(chunk)));
+                // Steps alone are no log: a run that stopped before any
+                // output still gets its stored log at the end.
+                self.sent_any = true;
             }
             if let Some(phase) = &entry.phase {
                 out.extend(event(&entry.id, "phase", &json!({"phase": phase}).to_string()));
             }
             self.after = Some(entry.id);
         }
-        self.sent_any = true;
         self.quiet = Instant::now();
         Bytes::from(out)
     }

@@ -128,7 +128,8 @@ impl GatewayHub {
     /// The run's gateway, made on its first call under the provider policy
     /// in force then (as a worker's gateway is made when its run starts).
     async fn gateway_for(&self, grant: GatewayGrant, hash: String, token: &str) -> Result<Arc<RunGateway>, String> {
-        if let Some(gateway) = self.lock().get(&grant.run) {
+        // One per attempt: a retried run has a new token (and span).
+        if let Some(gateway) = self.lock().get(&grant.run).filter(|g| g.token_hash == hash) {
             return Ok(gateway.clone());
         }
         let config = match self.queue.llm_policy().await {
@@ -142,7 +143,12 @@ impl GatewayHub {
         let gateway =
             RunGateway::new(grant.run, grant.tenant, hash, config, self.queue.clone(), redactor, self.http.clone());
         let gateway = Arc::new(gateway.publishing().with_trace_parent(trace_parent));
-        Ok(self.lock().entry(grant.run).or_insert(gateway).clone())
+        let mut gateways = self.lock();
+        let kept = gateways.entry(grant.run).or_insert_with(|| gateway.clone());
+        if kept.token_hash != gateway.token_hash {
+            *kept = gateway;
+        }
+        Ok(kept.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Arc<RunGateway>>> {

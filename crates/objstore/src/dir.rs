@@ -63,7 +63,12 @@ impl ObjectStore for DirStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let mut keys = Vec::new();
-        walk(&self.root, &self.root, &mut keys).map_err(StoreError::new)?;
+        // Only the folder the prefix names is walked, not all of the root
+        // (a bundle downloaded into a home directory).
+        let folder = self.path(prefix.rsplit_once('/').map_or("", |(folder, _)| folder));
+        if folder.is_dir() {
+            walk(&self.root, &folder, &mut keys).map_err(StoreError::new)?;
+        }
         keys.retain(|(k, _)| k.starts_with(prefix));
         keys.sort();
         Ok(keys)

@@ -79,6 +79,7 @@ pub fn init_for(service: &'static str, config: &Config) -> Result<Telemetry, Out
 
 fn install(format: Format, default_filter: &str, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
@@ -89,7 +90,16 @@ fn install(format: Format, default_filter: &str, tracer: Option<opentelemetry_sd
         Format::Json => Box::new(lines.json().flatten_event(true).with_current_span(true).with_span_list(false)),
         Format::Text => Box::new(lines),
     };
-    let spans = tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer));
+    // The exporter's own HTTP stack is never traced: with `RUST_LOG=debug`
+    // each export would make spans for the next one.
+    let own = |meta: &tracing::Metadata<'_>| {
+        !["h2", "hyper", "hyper_util", "reqwest", "rustls", "opentelemetry"]
+            .iter()
+            .any(|t| meta.target().starts_with(t))
+    };
+    let spans = tracer.map(|tracer| {
+        tracing_opentelemetry::layer().with_tracer(tracer).with_filter(tracing_subscriber::filter::filter_fn(own))
+    });
     drop(tracing_subscriber::registry().with(lines).with(spans).with(filter).try_init());
 }
 
@@ -99,7 +109,13 @@ fn tracer_provider(service: &'static str, endpoint: &str, config: &Config) -> Re
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|_| invalid("spans can only be exported from inside the Tokio runtime".to_owned()))?;
     let outbound = Outbound::new(&config.tls, &config.outbound)?;
-    let client = outbound.http().build().map_err(|e| invalid(format!("cannot build its HTTP client: {e}")))?;
+    // A collector that takes the connection and never answers must not
+    // hold the export thread: every call ends within its timeout.
+    let client = outbound
+        .http()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| invalid(format!("cannot build its HTTP client: {e}")))?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_http_client(OnRuntime { client, runtime })

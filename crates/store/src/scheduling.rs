@@ -114,9 +114,7 @@ impl RunQueue {
             let Ok(n) = value.parse::<i64>() else { continue };
             let mut parts = field.splitn(3, ':');
             if let (Some(state), Some(band), Some(tenant)) = (parts.next(), parts.next(), parts.next()) {
-                // Runs accepted before bands were counted leave a count
-                // below zero when they move on: never shown as negative.
-                depth.bands.entry((band.to_owned(), tenant.to_owned())).or_default().insert(state.to_owned(), n.max(0));
+                depth.bands.entry((band.to_owned(), tenant.to_owned())).or_default().insert(state.to_owned(), n);
             }
         }
         let mut conn = self.conn.clone();

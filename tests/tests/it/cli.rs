@@ -120,6 +120,12 @@ async fn each_kind_of_refusal_has_its_own_exit_code_and_says_why() {
     assert!(stderr(&invalid).contains("field `repository`"), "the field at fault is named: {}", stderr(&invalid));
     let away = paddock_with(&app, &["queue"], &[("PADDOCK_API_URL", "http://127.0.0.1:9")]).await;
     assert_eq!(code(&away), 6, "{}", stderr(&away));
+    // A token file given as a flag beats a token in the environment.
+    let file = app.scratch.join("token");
+    std::fs::write(&file, format!("{}\n", app.token)).unwrap();
+    let flagged =
+        paddock_with(&app, &["queue", "--token-file", file.to_str().unwrap()], &[("PADDOCK_TOKEN", "stale")]).await;
+    assert_eq!(code(&flagged), 0, "{}", stderr(&flagged));
     let no_token = paddock_with(&app, &["queue"], &[("PADDOCK_TOKEN", "")]).await;
     assert_eq!(code(&no_token), 2, "{}", stderr(&no_token));
     assert!(stderr(&no_token).contains("PADDOCK_TOKEN"), "{}", stderr(&no_token));

@@ -163,3 +163,27 @@ async fn a_worker_process_logs_json_lines_that_name_the_run_and_its_tenant() {
         assert_eq!(line["span"]["tenant"], run["tenant"], "{line}");
     }
 }
+
+/// A run that stops before its agent prints anything (its base ref is not
+/// there) has only its steps in the live tail: the stream still ends with
+/// the stored log, which says why.
+#[tokio::test]
+async fn a_run_stopped_before_its_agent_streams_its_steps_then_its_stored_log() {
+    let app = tests::spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", "echo never")]).await;
+    let repo = app.repo(&[("README.md", b"# Gone\n")]);
+    let worker = app.spawn_worker().await;
+    let body = serde_json::json!({"repository": repo, "base_ref": "no-such-branch", "task": {"title": "t"}});
+    let response = app.post_run(&body).await;
+    assert_eq!(response.status().as_u16(), 202);
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let mut stream = subscribe(&app, &id, None).await;
+    let events = read_events(&mut stream, |e| e.kind == "end").await;
+    worker.shutdown().await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert!(events.iter().any(|e| e.kind == "phase" && e.data.contains("checkout")), "{kinds:?}");
+    let stored = events.iter().find(|e| e.kind == "stored").unwrap_or_else(|| panic!("no stored log: {events:?}"));
+    assert!(stored.data.contains("checkout failed"), "{}", stored.data);
+    assert!(stored.id.is_none(), "nothing to resume at");
+    let end: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    assert_eq!(end["stop_reason"]["kind"], "checkout_failed", "{end}");
+}

@@ -58,8 +58,10 @@ async fn a_run_is_one_trace_from_the_api_request_through_the_worker_steps_to_eac
     let spans = tests::eventually(Duration::from_secs(30), what, || async {
         let ours: Vec<Span> = collector.spans().into_iter().filter(|s| s.trace_id == PORTAL_TRACE).collect();
         let has = |service: &str, name: &str| ours.iter().any(|s| s.service == service && s.name == name);
+        // The run's span ends last, after the run is reported finished.
         if has("paddock-api", "POST /v1/runs")
             && has("paddock-worker", "upload")
+            && has("paddock-worker", "run")
             && has("paddock-gateway", "model call")
         {
             Ok(ours)

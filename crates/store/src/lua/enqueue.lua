@@ -39,7 +39,7 @@ if hold then
 end
 redis.call('HSET', job, 'id', id, 'tenant', tenant, 'repo', repo, 'band', band, 'spec', spec,
   'state', state, 'attempt', 0, 'max_attempts', max_attempts, 'epoch', 0,
-  'created_ms', now, 'enq_score', seq, 'lane', lane)
+  'created_ms', now, 'enq_score', seq, 'lane', lane, 'bc', 1)
 redis.call('ZADD', p .. 'idx:all', 0, id)
 redis.call('ZADD', p .. 'idx:state:' .. state, 0, id)
 count(state, tenant, repo, 1, band)

@@ -52,7 +52,10 @@ local function transition(id, tenant, repo, from, to)
   redis.call('HSET', p .. 'job:' .. id, 'state', to)
   redis.call('ZREM', p .. 'idx:state:' .. from, id)
   redis.call('ZADD', p .. 'idx:state:' .. to, 0, id)
-  local band = redis.call('HGET', p .. 'job:' .. id, 'band')
+  -- Only runs enqueued since bands were counted (`bc`) move band counts:
+  -- one accepted before would take from a count it never added to.
+  local job = redis.call('HMGET', p .. 'job:' .. id, 'band', 'bc')
+  local band = job[2] and job[1] or nil
   count(from, tenant, repo, -1, band)
   count(to, tenant, repo, 1, band)
 end
