@@ -126,6 +126,17 @@ async fn each_kind_of_refusal_has_its_own_exit_code_and_says_why() {
     let flagged =
         paddock_with(&app, &["queue", "--token-file", file.to_str().unwrap()], &[("PADDOCK_TOKEN", "stale")]).await;
     assert_eq!(code(&flagged), 0, "{}", stderr(&flagged));
+    // Over HTTPS (behind a company's load balancer), an internal CA is
+    // trusted only when given; without it the certificate is refused.
+    let https = tests::otlp::Collector::start().await;
+    let ca = tests::tls::TestCa::get().ca_file();
+    let at = [("PADDOCK_API_URL", https.endpoint.as_str())];
+    let trusted = paddock_with(&app, &["queue", "--ca-file", ca.to_str().unwrap()], &at).await;
+    assert_eq!(code(&trusted), 4, "TLS held; that server has no /v1/queue: {}", stderr(&trusted));
+    let untrusted = paddock_with(&app, &["queue"], &at).await;
+    assert_eq!(code(&untrusted), 6, "{}", stderr(&untrusted));
+    assert!(stderr(&untrusted).to_lowercase().contains("certificate"), "{}", stderr(&untrusted));
+    https.stop().await;
     let no_token = paddock_with(&app, &["queue"], &[("PADDOCK_TOKEN", "")]).await;
     assert_eq!(code(&no_token), 2, "{}", stderr(&no_token));
     assert!(stderr(&no_token).contains("PADDOCK_TOKEN"), "{}", stderr(&no_token));
