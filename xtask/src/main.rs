@@ -7,7 +7,8 @@
 //!   (`PADDOCK_DEMO_AGENT=<name>` picks the agent)
 //! - `images [agent...]`: build the agent images of `infra/agents/agents.toml`
 //!   that are missing (setup builds them all)
-//! - `bench`: the benchmarks in `loadtests/`, each against a baseline
+//! - `bench [--debug] [names]`: the benchmarks in `loadtests/`, on release
+//!   builds (debug with `--debug`), each against a baseline
 //! - `openapi`: regenerate `openapi/openapi.json`
 //! - `tidy`: the workspace's crates and the dependency rules of ARCHITECTURE.md
 //!
@@ -169,11 +170,22 @@ fn demo() -> Result<()> {
     run(Command::new(target_dir().join("debug/demo")).env("PADDOCK_BIN_DIR", target_dir().join("debug")))
 }
 
+/// The benchmarks measure what is deployed: release binaries (the
+/// `--debug` argument, first, measures a debug build instead).
 fn bench(which: &[String]) -> Result<()> {
     setup()?;
-    run(&mut cargo(&["build", "--workspace", "--bins"]))?;
-    let mut cmd = Command::new(target_dir().join("debug/loadtests"));
-    cmd.args(which).env("PADDOCK_BIN_DIR", target_dir().join("debug")).env("PADDOCK_HOME", home());
+    let (profile, which) = match which.first().map(String::as_str) {
+        Some("--debug") => ("debug", &which[1..]),
+        _ => ("release", which),
+    };
+    let mut build = vec!["build", "--workspace", "--bins"];
+    if profile == "release" {
+        build.push("--release");
+    }
+    run(&mut cargo(&build))?;
+    let bin = target_dir().join(profile);
+    let mut cmd = Command::new(bin.join("loadtests"));
+    cmd.args(which).env("PADDOCK_BIN_DIR", &bin).env("PADDOCK_HOME", home());
     run(&mut cmd)
 }
 
