@@ -113,7 +113,16 @@ impl Api {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = self.send(&method, path, request).await?;
+        self.answer(&method, path, request).await
+    }
+
+    /// `GET path?query`, the answer's JSON returned.
+    pub async fn get_with(&self, path: &str, query: &[(&str, String)]) -> Result<Value> {
+        self.answer(&Method::GET, path, self.request(Method::GET, path).query(query)).await
+    }
+
+    async fn answer(&self, method: &Method, path: &str, request: reqwest::RequestBuilder) -> Result<Value> {
+        let response = self.send(method, path, request).await?;
         let bytes = response.bytes().await.map_err(|e| unreachable(&self.base, &e))?;
         if bytes.is_empty() {
             return Ok(Value::Null);

@@ -302,13 +302,7 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
             query.extend(since.map(|s| ("since", s)));
             query.extend(until.map(|u| ("until", u)));
             let path = format!("/v1/tenants/{}/costs", segment("tenant", &tenant)?);
-            let request = api.request(Method::GET, &path).query(&query);
-            let report: Value = api
-                .send(&Method::GET, &path, request)
-                .await?
-                .json()
-                .await
-                .map_err(|e| client::unreachable(&path, &e))?;
+            let report = api.get_with(&path, &query).await?;
             show::value_or(&report, json, show::costs);
             Ok(Exit::Ok)
         }
@@ -319,12 +313,12 @@ async fn dispatch(cli: Cli) -> Result<Exit> {
         }
         Command::Audit(AuditCommand::Verify { since_ms, until_ms }) => {
             let mut query = Vec::new();
-            query.extend(since_ms.map(|v| ("since_ms", v)));
-            query.extend(until_ms.map(|v| ("until_ms", v)));
-            let path = "/v1/audit/verify";
-            let request = api.request(Method::GET, path).query(&query);
-            let report: audit_trail::VerifyReport =
-                api.send(&Method::GET, path, request).await?.json().await.map_err(|e| client::unreachable(path, &e))?;
+            query.extend(since_ms.map(|v| ("since_ms", v.to_string())));
+            query.extend(until_ms.map(|v| ("until_ms", v.to_string())));
+            let answer = api.get_with("/v1/audit/verify", &query).await?;
+            let report: audit_trail::VerifyReport = serde_json::from_value(answer).map_err(|e| {
+                Failure::new(Exit::Unavailable, format!("GET /v1/audit/verify: not a verification report: {e}"))
+            })?;
             show::verify_report(&report, json);
             Ok(if report.ok() { Exit::Ok } else { Exit::No })
         }
@@ -407,13 +401,7 @@ async fn list(api: &Api, state: Option<&str>, limit: u32) -> Result<Vec<Value>> 
         let mut query = vec![("limit", page.to_string())];
         query.extend(state.map(|s| ("state", s.to_owned())));
         query.extend(cursor.take().map(|c| ("cursor", c)));
-        let request = api.request(Method::GET, "/v1/runs").query(&query);
-        let answer: Value = api
-            .send(&Method::GET, "/v1/runs", request)
-            .await?
-            .json()
-            .await
-            .map_err(|e| client::unreachable("/v1/runs", &e))?;
+        let answer = api.get_with("/v1/runs", &query).await?;
         runs.extend(answer["runs"].as_array().cloned().unwrap_or_default());
         cursor = answer["next_cursor"].as_str().map(str::to_owned);
         if cursor.is_none() || runs.len() >= limit as usize {
