@@ -13,8 +13,10 @@
 //!   runs, worker memory per running run.
 //! - `sandbox-start`: median time from a worker's claim to the agent's first
 //!   instruction, against `docker run --rm <image> true`.
-//! - `gateway`: latency added by the model gateway at a fixed rate, against
-//!   the emulated provider called directly; redaction throughput.
+//! - `gateway`: latency added by the model gateway at 1,000 requests a
+//!   second, against the emulated provider called directly, and at a rate
+//!   LiteLLM's proxy sustains, beside LiteLLM before the same provider.
+//! - `redaction`: the redactor's throughput on one core.
 //! - `agents`: per shipped agent, claim → its first model call, against
 //!   `docker run --rm <image> true`, with the image's size.
 
@@ -23,6 +25,7 @@
 mod agents;
 mod api;
 mod load;
+mod model_gateway;
 mod scale;
 mod scheduling;
 
@@ -97,7 +100,7 @@ async fn main() {
             "scheduling" => scheduling::run().await,
             "scale" => scale::run().await,
             "sandbox-start" => sandbox_start().await,
-            "gateway" => gateway().await,
+            "gateway" => model_gateway::run().await,
             "redaction" => redaction(),
             "agents" => agents::run().await,
             other => panic!("unknown benchmark {other}; known: {ALL:?}"),
@@ -152,78 +155,6 @@ fn write_results(stem: &str, reports: &[Report], took: Duration) {
 fn time_label() -> String {
     let out = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().ok();
     out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
-}
-
-pub async fn gateway() -> Report {
-    use gateway::{GatewayServer, Redactor, RunGateway, mint_token, token_hash};
-    use std::sync::Arc;
-
-    let providers = tests::providers::EmulatedProviders::start().await;
-    let queue = tests::fixtures::fresh_queue(None, false).await;
-    let run = common::RunId::new();
-    let token = mint_token().unwrap();
-    let grant = store::GatewayGrant { run, tenant: "bench".to_owned(), trace_parent: None };
-    queue.put_gateway_token(&token_hash(&token), &grant, Duration::from_secs(600)).await.unwrap();
-    let mut config = common::config::GatewayConfig::default();
-    let provider: common::config::ProviderConfig = serde_json::from_value(json!({
-        "kind": "openai", "base_url": providers.base_url, "api_key": providers.key, "models": ["gpt-test"]
-    }))
-    .unwrap();
-    config.providers.insert("emulated".to_owned(), provider);
-    config.allowed_providers = vec!["emulated".to_owned()];
-    let redactor = Redactor::new(&[providers.key.clone(), token.clone()], b"bench");
-    config.run_requests_per_minute = 0;
-    let http = tests::tls::trusting_outbound().http().build().unwrap();
-    let gateway = Arc::new(RunGateway::new(run, "bench".to_owned(), token_hash(&token), config, queue, redactor, http));
-    let server = GatewayServer::start("127.0.0.1:0".parse().unwrap(), gateway).await.unwrap();
-
-    let transcript = realistic_transcript(2 << 20);
-    let prompt = &transcript[..4096];
-    let body = json!({"model": "gpt-test", "messages": [{"role": "user", "content": prompt}]}).to_string();
-    // The emulated provider speaks HTTPS (test CA), as real ones do; the
-    // direct calls trust the same CA and reuse connections like the gateway.
-    let client = tests::tls::TestCa::get().client();
-    let direct_url = format!("{}/chat/completions", providers.base_url);
-    let gateway_url = format!("http://{}/v1/chat/completions", server.address);
-    let (rate, total) = (100, 1000);
-    let call = |url: String, key: String| {
-        let (client, body) = (client.clone(), body.clone());
-        move |_| {
-            let (client, url, key, body) = (client.clone(), url.clone(), key.clone(), body.clone());
-            async move {
-                let sent = client.post(&url).bearer_auth(&key).header("content-type", "application/json").body(body);
-                match sent.send().await {
-                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                }
-            }
-        }
-    };
-    let direct_call = call(direct_url, providers.key.clone());
-    let gateway_call = call(gateway_url, token.clone());
-    // Warm both paths, then measure them in turn.
-    load::fixed_rate(rate, 50, direct_call.clone()).await;
-    load::fixed_rate(rate, 50, gateway_call.clone()).await;
-    let direct = load::fixed_rate(rate, total, direct_call).await;
-    let through = load::fixed_rate(rate, total, gateway_call).await;
-    assert_eq!(direct.errors + through.errors, 0, "requests failed");
-    let (d50, d99) = (direct.p50, direct.p99);
-    let (g50, g99) = (through.p50, through.p99);
-
-    let data = json!({
-        "rate_per_s": rate, "requests": total,
-        "direct_p50_ms": d50, "direct_p99_ms": d99, "gateway_p50_ms": g50, "gateway_p99_ms": g99,
-    });
-    drop(server);
-    providers.stop().await;
-    Report {
-        name: "gateway",
-        rows: vec![
-            Row::ms(&format!("gateway p50 at {rate} req/s, 4 KiB prompts"), g50, "provider direct", d50),
-            Row::ms(&format!("gateway p99 at {rate} req/s, 4 KiB prompts"), g99, "provider direct", d99),
-        ],
-        data,
-    }
 }
 
 /// Redaction on one core: the gateway's redactor (a provider key and a run
@@ -284,7 +215,7 @@ pub fn redaction() -> Report {
 
 /// Agent-transcript-like text: code, shell output, JSON tool calls, and a
 /// few secrets, repeated to `size` bytes.
-fn realistic_transcript(size: usize) -> String {
+pub fn realistic_transcript(size: usize) -> String {
     let secret = format!("AKIA{}", "Q".repeat(16));
     let block = format!(
         "$ cargo test --workspace\n   Compiling widgets v0.1.0 (/workspace)\n    Finished test [unoptimized] in 3.2s\n\

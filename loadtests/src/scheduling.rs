@@ -77,23 +77,59 @@ pub async fn run() -> Report {
     let runs_per_second = f64::from(RUNS) / total.as_secs_f64();
     let set_per_second = redis_benchmark("set");
     let evalsha_cost = set_per_second / runs_per_second;
+    let bullmq = bullmq();
+    let what = format!("runs enqueued → claimed → finished ({WORKERS}×{CONCURRENCY} slots, no sandbox)");
+    let peer = format!("BullMQ {} jobs added → processed → completed, same Redis, same slots", bullmq.version);
     Report {
         name: "scheduling",
         rows: vec![
-            Row::per_second(
-                &format!("runs enqueued → claimed → finished ({WORKERS}×{CONCURRENCY} slots, no sandbox)"),
-                runs_per_second,
-                "redis-benchmark SET",
-                set_per_second,
-            ),
-            Row::plain("Redis commands per run (scripts' inner commands included)", format!("{commands:.1}")),
+            Row::per_second(&what, runs_per_second, &peer, bullmq.jobs_per_second),
+            Row::per_second(&what, runs_per_second, "redis-benchmark SET", set_per_second),
+            Row {
+                what: "Redis commands per run (scripts' inner commands included)".to_owned(),
+                paddock: format!("{commands:.1}"),
+                baseline: format!("BullMQ per job: {:.1}", bullmq.redis_commands_per_job),
+                ratio: format!("{:.2}×", commands / bullmq.redis_commands_per_job),
+            },
         ],
         data: json!({
             "runs": RUNS, "workers": WORKERS, "concurrency": CONCURRENCY,
             "enqueue_seconds": enqueued.as_secs_f64(), "total_seconds": total.as_secs_f64(),
             "runs_per_second": runs_per_second, "redis_commands_per_run": commands,
             "redis_benchmark_set_per_second": set_per_second, "set_equivalents_per_run": evalsha_cost,
+            "bullmq": bullmq.raw,
         }),
+    }
+}
+
+struct BullMq {
+    version: String,
+    jobs_per_second: f64,
+    redis_commands_per_job: f64,
+    raw: serde_json::Value,
+}
+
+/// BullMQ doing the same on the same Redis (`loadtests/peers/bullmq.cjs`):
+/// as many jobs added one at a time, then as many workers and slots taking
+/// them, a job that does nothing, completed.
+fn bullmq() -> BullMq {
+    let dir = std::env::var("PADDOCK_BENCH_BULLMQ")
+        .expect("PADDOCK_BENCH_BULLMQ names BullMQ's install (cargo xtask bench sets it)");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/bullmq.cjs");
+    let out = std::process::Command::new("node")
+        .arg(script)
+        .args(["6390", &RUNS.to_string(), &WORKERS.to_string(), &CONCURRENCY.to_string()])
+        .env("NODE_PATH", std::path::Path::new(&dir).join("node_modules"))
+        .output()
+        .expect("node runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "BullMQ's run failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    let raw: serde_json::Value = serde_json::from_str(text.trim()).expect("BullMQ's figures");
+    BullMq {
+        version: raw["version"].as_str().unwrap_or_default().to_owned(),
+        jobs_per_second: raw["jobs_per_second"].as_f64().expect("jobs_per_second"),
+        redis_commands_per_job: raw["redis_commands_per_job"].as_f64().expect("redis_commands_per_job"),
+        raw,
     }
 }
 

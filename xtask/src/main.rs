@@ -16,6 +16,7 @@
 //! `~/.cache/paddock`), outside the clone, so a fresh clone reuses it.
 
 mod images;
+mod peers;
 mod services;
 mod tidy;
 
@@ -183,9 +184,12 @@ fn bench(which: &[String]) -> Result<()> {
         build.push("--release");
     }
     run(&mut cargo(&build))?;
+    peers::ensure(&home())?;
     let bin = target_dir().join(profile);
     let mut cmd = Command::new(bin.join("loadtests"));
     cmd.args(which).env("PADDOCK_BIN_DIR", &bin).env("PADDOCK_HOME", home());
+    cmd.env("PADDOCK_BENCH_BULLMQ", peers::dir(&home(), "bullmq", peers::BULLMQ_VERSION));
+    cmd.env("PADDOCK_BENCH_LITELLM", peers::dir(&home(), "litellm", peers::LITELLM_VERSION));
     run(&mut cmd)
 }
 
