@@ -5,9 +5,9 @@
 //! same run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gateway::{GatewayServer, Redactor, RunGateway, mint_token, token_hash};
 use serde_json::json;
@@ -101,11 +101,11 @@ pub async fn run() -> Report {
     let litellm = Litellm::start(&providers.base_url, &providers.key).await;
     let theirs = call(format!("{}/v1/chat/completions", litellm.url), litellm.key.clone());
     load::fixed_rate(PEER_RATE, 20, theirs.clone()).await;
-    let pinned = pin_self_to_core(0);
+    let pinned = pin_self(Some(0));
     let theirs_slow = load::fixed_rate(PEER_RATE, PEER_REQUESTS, theirs).await;
     let direct_beside = load::fixed_rate(PEER_RATE, PEER_REQUESTS, call(direct_url, providers.key.clone())).await;
     if pinned {
-        pin_self_to_core(usize::MAX);
+        pin_self(None);
     }
     assert_eq!(theirs_slow.errors, 0, "requests through LiteLLM failed");
     let version = litellm.version.clone();
@@ -147,16 +147,16 @@ pub async fn run() -> Report {
     }
 }
 
-/// Pins every thread of this process to `core` (`usize::MAX`: to every
-/// core again); false where the machine has a single core.
-fn pin_self_to_core(core: usize) -> bool {
+/// Pins every thread of this process to `core` (`None`: to every core
+/// again); false where the machine has a single core.
+fn pin_self(core: Option<usize>) -> bool {
     // The machine's cores, counted before any pinning narrows the view.
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    if cores < 2 && core != usize::MAX {
+    if cores < 2 && core.is_some() {
         return false;
     }
-    let list = if core == usize::MAX { format!("0-{}", cores - 1) } else { core.to_string() };
+    let list = core.map_or_else(|| format!("0-{}", cores - 1), |core| core.to_string());
     let pid = std::process::id().to_string();
     Command::new("taskset").args(["-a", "-cp", &list, &pid]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
 }
@@ -168,7 +168,8 @@ struct Litellm {
     url: String,
     key: String,
     version: String,
-    child: Child,
+    /// Held for its `Drop`, which stops LiteLLM.
+    _process: tests::apps::WorkerProcess,
     dir: PathBuf,
 }
 
@@ -194,7 +195,8 @@ impl Litellm {
         );
         std::fs::write(dir.join("config.yaml"), config).unwrap();
         let port = tests::free_port();
-        let log = std::fs::File::create(dir.join("litellm.log")).unwrap();
+        let log = dir.join("litellm.log");
+        let file = std::fs::File::create(&log).unwrap();
         // A core of its own where there are two.
         let two_cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2;
         let mut command = if two_cores { Command::new("taskset") } else { Command::new(install.join("bin/litellm")) };
@@ -210,13 +212,22 @@ impl Litellm {
             .env("LITELLM_LOG", "WARNING")
             .env_remove("DATABASE_URL")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
         let child = command.spawn().expect("LiteLLM starts");
-        let version = Self::version(&install);
-        let mut litellm = Self { url: format!("http://127.0.0.1:{port}"), key, version, child, dir };
-        litellm.ready().await;
-        litellm
+        let mut process = tests::apps::WorkerProcess { child, log };
+        let url = format!("http://127.0.0.1:{port}");
+        // It takes LiteLLM 8 to 17 s here.
+        let health = format!("{url}/health/liveliness");
+        tests::apps::started_within(
+            &mut process,
+            "LiteLLM",
+            &reqwest::Client::new(),
+            &health,
+            Duration::from_secs(120),
+        )
+        .await;
+        Self { url, key, version: Self::version(&install), _process: process, dir }
     }
 
     fn version(install: &Path) -> String {
@@ -225,30 +236,10 @@ impl Litellm {
             .output();
         out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
     }
-
-    /// Waits for `/health/liveliness` (it takes LiteLLM 8 to 17 s here).
-    async fn ready(&mut self) {
-        let client = reqwest::Client::new();
-        let started = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let log = std::fs::read_to_string(self.dir.join("litellm.log")).unwrap_or_default();
-                panic!("LiteLLM exited with {status}: {log}");
-            }
-            let answered = client.get(format!("{}/health/liveliness", self.url)).send().await;
-            if answered.is_ok_and(|r| r.status().is_success()) {
-                return;
-            }
-            assert!(started.elapsed() < Duration::from_secs(120), "LiteLLM did not start in 120 s");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
 }
 
 impl Drop for Litellm {
     fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
         std::fs::remove_dir_all(&self.dir).ok();
     }
 }

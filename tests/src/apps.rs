@@ -396,6 +396,17 @@ impl WorkerProcess {
 /// Waits until `process` answers `health` while still running: one that
 /// could not bind its port exits, and something else may be answering.
 async fn started(process: &mut WorkerProcess, what: &str, client: &reqwest::Client, health: &str) {
+    started_within(process, what, client, health, Duration::from_secs(30)).await
+}
+
+/// [`started`] for a process that takes up to `limit` to answer.
+pub async fn started_within(
+    process: &mut WorkerProcess,
+    what: &str,
+    client: &reqwest::Client,
+    health: &str,
+    limit: Duration,
+) {
     let since = std::time::Instant::now();
     loop {
         let answered = client.get(health).send().await.is_ok();
@@ -404,7 +415,7 @@ async fn started(process: &mut WorkerProcess, what: &str, client: &reqwest::Clie
         if answered {
             return;
         }
-        assert!(since.elapsed() < Duration::from_secs(30), "{what} did not start:\n{}", process.log_text());
+        assert!(since.elapsed() < limit, "{what} did not start:\n{}", process.log_text());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -627,18 +627,12 @@ impl Redactor {
         if spans.0.is_empty() {
             return (Cow::Borrowed(hay), counts);
         }
-        self.write(hay, &spans, &inside_keys, counts)
+        (Cow::Owned(self.write(hay, &spans, &inside_keys)), counts)
     }
 
     /// `hay` with each span replaced by its marker: one marker per distinct
     /// secret, whichever rule found it first.
-    fn write<'t>(
-        &self,
-        hay: &[u8],
-        spans: &Spans,
-        inside_keys: &Spans,
-        counts: Redactions,
-    ) -> (Cow<'t, [u8]>, Redactions) {
+    fn write(&self, hay: &[u8], spans: &Spans, inside_keys: &Spans) -> Vec<u8> {
         let mut markers: HashMap<Cow<'_, [u8]>, String> = HashMap::new();
         let mut out = Vec::with_capacity(hay.len());
         let mut last = 0;
@@ -656,7 +650,7 @@ impl Redactor {
             last = span.end;
         }
         out.extend_from_slice(&hay[last..]);
-        (Cow::Owned(out), counts)
+        out
     }
 
     /// A private key's block `start..end` with the known secrets inside it
