@@ -197,8 +197,11 @@ pub async fn worker_process(args: &[String]) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let state = (queue.clone(), leases, Duration::from_secs(hold));
     let name = name.clone();
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(worker::backend::listen_for_wakes(queue.clone(), wake.clone(), stop.clone()));
     let monitor = Monitor::new().register(move |_| {
-        let backend = RunBackend::new(queue.clone(), name.clone(), lease, Duration::from_millis(200));
+        let backend =
+            RunBackend::new(queue.clone(), name.clone(), lease, Duration::from_millis(200), slots, wake.clone());
         WorkerBuilder::new(name.clone()).backend(backend).data(state.clone()).concurrency(slots).build(hold_slot)
     });
     let _ = monitor

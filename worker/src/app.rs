@@ -101,6 +101,9 @@ impl Application {
             runtime.worker.clone(),
             background.clone(),
         ));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let wakes =
+            tokio::spawn(crate::backend::listen_for_wakes(runtime.queue.clone(), wake.clone(), background.clone()));
         let reaper = tokio::spawn(leases::reap_expired(
             runtime.queue.clone(),
             Duration::from_secs(cfg.heartbeat_seconds),
@@ -146,7 +149,8 @@ impl Application {
         Monitor::new()
             .register(move |_restarts| {
                 let rt = factory_runtime.clone();
-                let backend = RunBackend::new(rt.queue.clone(), rt.worker.clone(), lease, poll);
+                let backend =
+                    RunBackend::new(rt.queue.clone(), rt.worker.clone(), lease, poll, concurrency, wake.clone());
                 WorkerBuilder::new(rt.worker.clone())
                     .backend(backend)
                     .data(rt)
@@ -165,7 +169,7 @@ impl Application {
             .await?;
 
         background.cancel();
-        let _ = tokio::join!(heartbeats, nudges, reaper, janitor);
+        let _ = tokio::join!(heartbeats, nudges, wakes, reaper, janitor);
         if let Some(sweeper) = sweeper {
             let _ = sweeper.await;
         }

@@ -1,9 +1,12 @@
 //! apalis `Backend` over [`RunQueue`]: the worker runtime asks for a task only
-//! when a concurrency slot is free, so a claim is never buffered behind a busy
-//! slot (the apalis-redis heartbeat gap cannot happen here).
+//! when a concurrency slot is free, and the backend claims no more runs than
+//! slots are free, so a claim is never buffered behind a busy slot (the
+//! apalis-redis heartbeat gap cannot happen here).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,19 +16,29 @@ use apalis_core::task::Task;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::RandomId;
 use apalis_core::worker::context::WorkerContext;
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tower_layer::Identity;
 
-use store::{ClaimedRun, RunQueue};
+use store::{ClaimedRun, Outcome, RunQueue};
 
-type Claim = Pin<Box<dyn Future<Output = ClaimedRun> + Send>>;
+type Claim = Pin<Box<dyn Future<Output = Vec<ClaimedRun>> + Send>>;
+type Release = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Yields claimed runs to an apalis worker.
+/// Yields claimed runs to an apalis worker, claiming as many at once as the
+/// worker has free slots (apalis asks only when one is free, and again at
+/// once while more are), so a claimed run waits for no busy slot.
 pub struct RunBackend {
     queue: RunQueue,
     worker: String,
     lease: Duration,
     poll_interval: Duration,
+    concurrency: usize,
+    wake: Arc<Notify>,
     claim: Option<Claim>,
+    claimed: VecDeque<ClaimedRun>,
+    release: Option<Release>,
 }
 
 /// Never returned: Redis errors are retried with backoff inside the claim
@@ -35,27 +48,95 @@ pub struct RunBackend {
 pub struct RunBackendError;
 
 impl RunBackend {
-    pub fn new(queue: RunQueue, worker: String, lease: Duration, poll_interval: Duration) -> Self {
-        Self { queue, worker, lease, poll_interval, claim: None }
+    /// `wake` is notified when work may have become claimable
+    /// ([`listen_for_wakes`]); without a notification an idle worker
+    /// claims again after `poll_interval`.
+    pub fn new(
+        queue: RunQueue,
+        worker: String,
+        lease: Duration,
+        poll_interval: Duration,
+        concurrency: usize,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            queue,
+            worker,
+            lease,
+            poll_interval,
+            concurrency,
+            wake,
+            claim: None,
+            claimed: VecDeque::new(),
+            release: None,
+        }
+    }
+
+    /// Claims until runs come, `n` at most: an empty claim waits for a wake
+    /// or `poll_interval`, errors back off.
+    fn claim_loop(&self, n: usize) -> Claim {
+        let (queue, worker, lease, idle, wake) =
+            (self.queue.clone(), self.worker.clone(), self.lease, self.poll_interval, self.wake.clone());
+        Box::pin(async move {
+            let mut backoff = idle;
+            loop {
+                // Registered before the claim, so a wake sent while it runs
+                // is not lost.
+                let woken = wake.notified();
+                let mut woken = std::pin::pin!(woken);
+                woken.as_mut().enable();
+                match queue.claim_many(&worker, lease, n).await {
+                    Ok(runs) if !runs.is_empty() => return runs,
+                    Ok(_) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(idle) => {}
+                            _ = woken => {}
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, ?backoff, "claim failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        })
     }
 }
 
-/// Claims until a run comes: idle polls wait `idle`, errors back off.
-fn claim_loop(queue: RunQueue, worker: String, lease: Duration, idle: Duration) -> Claim {
-    Box::pin(async move {
-        let mut backoff = idle;
-        loop {
-            match queue.claim(&worker, lease).await {
-                Ok(Some(run)) => return run,
-                Ok(None) => tokio::time::sleep(idle).await,
-                Err(error) => {
-                    tracing::warn!(%error, ?backoff, "claim failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+/// Wakes idle backends whenever the queue says a band became claimable,
+/// until `stop`. Pub/Sub is best effort: a lost message costs one poll
+/// interval.
+pub async fn listen_for_wakes(queue: RunQueue, wake: Arc<Notify>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match queue.wake_messages().await {
+            Ok(messages) => {
+                backoff = Duration::from_millis(500);
+                let mut messages = std::pin::pin!(messages);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        message = messages.next() => match message {
+                            Some(()) => wake.notify_waiters(),
+                            None => break,
+                        },
+                    }
                 }
             }
+            Err(error) => tracing::warn!(%error, "wake channel unavailable; idle workers poll"),
         }
-    })
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn task(run: ClaimedRun) -> Task<ClaimedRun> {
+    let attempt = run.attempt as usize;
+    TaskBuilder::new(run).attempt(attempt).build()
 }
 
 impl Backend for RunBackend {
@@ -66,24 +147,57 @@ impl Backend for RunBackend {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>, _: &WorkerContext) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        if let Some(run) = self.claimed.pop_front() {
+            return Poll::Ready(Some(Ok(task(run))));
+        }
         if self.claim.is_none() {
-            self.claim = Some(claim_loop(self.queue.clone(), self.worker.clone(), self.lease, self.poll_interval));
+            // Called only with a slot free; the tasks apalis tracks are the
+            // busy ones.
+            let free = self.concurrency.saturating_sub(worker.task_count()).max(1);
+            self.claim = Some(self.claim_loop(free));
         }
         let Some(claim) = self.claim.as_mut() else { return Poll::Pending };
         match claim.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(run) => {
+            Poll::Ready(runs) => {
                 self.claim = None;
-                let attempt = run.attempt as usize;
-                let task = TaskBuilder::new(run).attempt(attempt).build();
-                Poll::Ready(Some(Ok(task)))
+                self.claimed.extend(runs);
+                match self.claimed.pop_front() {
+                    Some(run) => Poll::Ready(Some(Ok(task(run)))),
+                    None => {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                }
             }
         }
     }
 
-    fn poll_close(&mut self, _: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+    /// Runs claimed but not yet handed out (shutdown came between) go back
+    /// to their queue at once, their attempt not counted.
+    fn poll_close(&mut self, cx: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<(), Self::Error>> {
         self.claim = None;
+        if self.release.is_none() && !self.claimed.is_empty() {
+            let (queue, runs) = (self.queue.clone(), std::mem::take(&mut self.claimed));
+            self.release = Some(Box::pin(async move {
+                for run in runs {
+                    if let Err(error) = queue.finish(&run, &Outcome::Release).await {
+                        tracing::warn!(run_id = %run.id, %error, "releasing an unstarted run failed; the reaper will");
+                    }
+                }
+            }));
+        }
+        if let Some(release) = self.release.as_mut() {
+            if release.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.release = None;
+        }
         Poll::Ready(Ok(()))
     }
 }

@@ -124,23 +124,27 @@ impl Keys {
         self.at("dead:reason")
     }
 
-    /// Depth counters by state and tenant, and by repository (hashes).
-    pub fn depth(&self) -> String {
-        self.at("depth")
+    /// The one run counter (hash): `<state>:<band>:<tenant>:<repo>` → runs.
+    /// Every other depth figure is a sum of its fields.
+    pub fn count(&self) -> String {
+        self.at("count")
     }
 
-    pub fn depth_by_repository(&self) -> String {
-        self.at("depth:r")
+    /// Runs each tenant holds a slot for (running or cancelling), by tenant
+    /// (hash): what its cap is checked against.
+    pub fn held(&self) -> String {
+        self.at("held")
     }
 
-    pub fn depth_by_band(&self) -> String {
-        self.at("depth:b")
+    /// `t:<tenant>` and `r:<tenant>:<repo>` at their cap (set).
+    pub fn parked(&self) -> String {
+        self.at("parked")
     }
 
-    /// A repository's queued runs per band (`<band>:<tenant>:<repo>`), what
-    /// the scripts move between per-band dispatchable counts on a cap.
-    pub fn depth_by_repository_band(&self) -> String {
-        self.at("depth:rb")
+    /// The Pub/Sub channel on which idle workers are woken: a tenant became
+    /// claimable in a band (the message).
+    pub fn wake(&self) -> String {
+        self.at("wake")
     }
 
     /// What a tenant's runs that ended on UTC day `day` (days since the
@@ -253,10 +257,10 @@ mod tests {
             keys.workers(),
             keys.dead(),
             keys.dead_reasons(),
-            keys.depth(),
-            keys.depth_by_repository(),
-            keys.depth_by_band(),
-            keys.depth_by_repository_band(),
+            keys.count(),
+            keys.held(),
+            keys.parked(),
+            keys.wake(),
             keys.state_index("<state>"),
             keys.cost_ledger("<tenant>", 0).replace(":0", ":<day>"),
             keys.limits(),

@@ -8,6 +8,7 @@
 //!
 //! The key layout and each script's contract are in ARCHITECTURE.md.
 
+mod batch;
 mod conn;
 pub mod costs;
 mod gateway;
@@ -38,7 +39,7 @@ pub use policies::StoredSecret;
 pub use runs::{ClaimedRun, Enqueued, Idempotency, KeyHolder, LeaseStatus, LogEntry, Outcome, RunPage};
 pub use scheduling::{DeadLetter, Depth, Limits, TenantLimits};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -48,6 +49,9 @@ pub enum QueueError {
     #[error("{0}")]
     Audit(String),
 }
+
+/// The most finishes one script call carries.
+const FINISH_BATCH: usize = 64;
 
 /// Client for the store. Cheap to clone; clones share one multiplexed
 /// connection that reconnects by itself.
@@ -59,6 +63,8 @@ pub struct RunQueue {
     outbound: Arc<Outbound>,
     keys: Keys,
     scripts: Arc<Scripts>,
+    /// Finishes of runs that end at the same time, sent together.
+    finishes: Arc<batch::Batcher<scripts::FinishArgs, Option<String>>>,
 }
 
 impl RunQueue {
@@ -69,6 +75,7 @@ impl RunQueue {
             config: Arc::new(config.clone()),
             keys: Keys::new(&config.namespace),
             scripts: Arc::new(Scripts::load()),
+            finishes: Arc::new(batch::Batcher::new(FINISH_BATCH)),
         })
     }
 

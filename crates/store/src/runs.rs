@@ -9,7 +9,8 @@ use futures::StreamExt;
 use redis::AsyncCommands;
 
 use super::scripts::{
-    ApproveArgs, CancelArgs, ClaimArgs, EnqueueArgs, FinishArgs, HeartbeatArgs, IdemArgs, ListArgs, ReapArgs,
+    ApproveArgs, CancelArgs, ClaimArgs, EnqueueArgs, FinishArgs, FinishManyArgs, HeartbeatArgs, IdemArgs, ListArgs,
+    ReapArgs,
 };
 use super::{QueueError, RunQueue, conn, corrupt};
 
@@ -181,14 +182,32 @@ impl RunQueue {
 
     /// Takes the next run, if any, and leases it to `worker` for `lease`.
     pub async fn claim(&self, worker: &str, lease: Duration) -> Result<Option<ClaimedRun>, QueueError> {
-        let args = ClaimArgs { worker, lease_ms: lease.as_millis() as u64 };
-        let reply: Option<(String, u64, u32, u32, String)> = self.run_script(&args).await?;
-        let Some((id, epoch, attempt, max_attempts, spec)) = reply else {
-            return Ok(None);
-        };
-        let id: RunId = id.parse().map_err(|e| corrupt(&id, e))?;
-        let spec = serde_json::from_str(&spec).map_err(|e| corrupt(id, e))?;
-        Ok(Some(ClaimedRun { id, epoch, attempt, max_attempts, spec, trace: None }))
+        Ok(self.claim_many(worker, lease, 1).await?.pop())
+    }
+
+    /// Takes up to `n` runs in one call, in the order `n` claims would have
+    /// taken them, and leases them to `worker` for `lease`. Ask only for
+    /// runs there are free slots for: a claimed run's lease runs from now.
+    pub async fn claim_many(&self, worker: &str, lease: Duration, n: usize) -> Result<Vec<ClaimedRun>, QueueError> {
+        let args = ClaimArgs { worker, lease_ms: lease.as_millis() as u64, n: n.max(1) };
+        let reply: Vec<(String, u64, u32, u32, String)> = self.run_script(&args).await?;
+        reply
+            .into_iter()
+            .map(|(id, epoch, attempt, max_attempts, spec)| {
+                let id: RunId = id.parse().map_err(|e| corrupt(&id, e))?;
+                let spec = serde_json::from_str(&spec).map_err(|e| corrupt(id, e))?;
+                Ok(ClaimedRun { id, epoch, attempt, max_attempts, spec, trace: None })
+            })
+            .collect()
+    }
+
+    /// Subscribes to the channel on which idle workers are woken (a band
+    /// became claimable). Best effort: workers still poll, more slowly.
+    pub async fn wake_messages(&self) -> Result<impl futures::Stream<Item = ()> + Send + use<>, QueueError> {
+        let client = conn::client(&self.config.url, &self.outbound)?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(self.keys.wake()).await?;
+        Ok(pubsub.into_on_message().map(|_| ()))
     }
 
     /// Extends the leases `worker` still holds. Returns, per run, what the
@@ -232,21 +251,29 @@ impl RunQueue {
         let ledger_key = self.keys.cost_ledger(&run.spec.tenant, day);
         let ledger_json = ledger.map(|l| serde_json::json!(l).to_string()).unwrap_or_default();
         let args = FinishArgs {
-            id: &run.id.to_string(),
+            id: run.id.to_string(),
             epoch: run.epoch,
             outcome: kind,
-            reason_json: reason_json.as_deref().unwrap_or_default(),
+            reason_json: reason_json.unwrap_or_default(),
             final_state: final_state.as_str(),
-            artifacts_json: &artifacts_json,
+            artifacts_json,
             ttl_seconds: self.ttl_seconds(),
             retry_delay_ms: delay.as_millis() as u64,
             dead_keep_ms: self.dead_keep_ms(),
-            facts_json: facts_json.as_deref().unwrap_or_default(),
-            ledger_key: if ledger_json.is_empty() { "" } else { &ledger_key },
-            ledger_json: &ledger_json,
+            facts_json: facts_json.unwrap_or_default(),
+            ledger_key: if ledger_json.is_empty() { String::new() } else { ledger_key },
+            ledger_json,
             ledger_ttl_seconds: crate::costs::LEDGER_DAYS * 86_400,
         };
-        let state: Option<String> = self.run_script(&args).await?;
+        // Runs finishing at once share one script call (`batch.rs`).
+        let queue = self.clone();
+        let state = self
+            .finishes
+            .call(args, move |batch| {
+                let queue = queue.clone();
+                async move { queue.run_script::<_, Vec<Option<String>>>(&FinishManyArgs(batch)).await }
+            })
+            .await?;
         state.map(|s| s.parse().map_err(|e| corrupt(run.id, e))).transpose()
     }
 

@@ -89,35 +89,40 @@ impl RunQueue {
         Ok(limits)
     }
 
-    /// Exact depth counters, maintained by every transition script.
+    /// Exact depth, summed from the one counter every transition script
+    /// keeps (`<state>:<band>:<tenant>:<repo>`) and the set of what is at its
+    /// cap: `dispatchable` counts queued runs in repositories below their cap,
+    /// per tenant whatever the tenant's own cap, in the totals (and band
+    /// `*`) only for tenants below theirs.
     pub async fn depth(&self) -> Result<Depth, QueueError> {
-        let mut depth = Depth::default();
-        for (field, value) in self.scan_hash(self.keys.depth()).await? {
-            let Ok(n) = value.parse::<i64>() else { continue };
-            match field.split_once(":t:") {
-                Some((state, tenant)) => {
-                    depth.tenants.entry(tenant.to_owned()).or_default().insert(state.to_owned(), n);
-                }
-                None => {
-                    depth.totals.insert(field, n);
-                }
-            }
-        }
-        for (field, value) in self.scan_hash(self.keys.depth_by_repository()).await? {
-            let Ok(n) = value.parse::<i64>() else { continue };
-            let mut parts = field.splitn(3, ':');
-            if let (Some(state), Some(tenant), Some(repo)) = (parts.next(), parts.next(), parts.next()) {
-                depth.repositories.entry((tenant.to_owned(), repo.to_owned())).or_default().insert(state.to_owned(), n);
-            }
-        }
-        for (field, value) in self.scan_hash(self.keys.depth_by_band()).await? {
-            let Ok(n) = value.parse::<i64>() else { continue };
-            let mut parts = field.splitn(3, ':');
-            if let (Some(state), Some(band), Some(tenant)) = (parts.next(), parts.next(), parts.next()) {
-                depth.bands.entry((band.to_owned(), tenant.to_owned())).or_default().insert(state.to_owned(), n);
-            }
-        }
         let mut conn = self.conn.clone();
+        let parked: std::collections::HashSet<String> = conn.smembers(self.keys.parked()).await?;
+        let mut depth = Depth::default();
+        fn add(map: &mut BTreeMap<String, i64>, state: &str, n: i64) {
+            *map.entry(state.to_owned()).or_default() += n;
+        }
+        for (field, value) in self.scan_hash(self.keys.count()).await? {
+            let Ok(n) = value.parse::<i64>() else { continue };
+            let mut parts = field.splitn(4, ':');
+            let (Some(state), Some(band), Some(tenant), Some(repo)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let key = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+            add(&mut depth.totals, state, n);
+            add(depth.tenants.entry(tenant.to_owned()).or_default(), state, n);
+            add(depth.repositories.entry(key(tenant, repo)).or_default(), state, n);
+            add(depth.bands.entry(key(band, tenant)).or_default(), state, n);
+            if state == "queued" {
+                let repo_open = i64::from(!parked.contains(&format!("r:{tenant}:{repo}")));
+                let open = repo_open * i64::from(!parked.contains(&format!("t:{tenant}")));
+                add(depth.tenants.entry(tenant.to_owned()).or_default(), "dispatchable", n * repo_open);
+                add(depth.bands.entry(key(band, tenant)).or_default(), "dispatchable", n * repo_open);
+                add(&mut depth.totals, "dispatchable", n * open);
+                add(depth.bands.entry(key(band, "*")).or_default(), "dispatchable", n * open);
+            }
+        }
         depth.dead_letters = conn.zcard(self.keys.dead()).await?;
         Ok(depth)
     }

@@ -116,10 +116,11 @@ impl ScriptArgs for IdemArgs<'_> {
     }
 }
 
-/// `claim.lua`: lease the next run to `worker`.
+/// `claim.lua`: lease the next runs, up to `n`, to `worker`.
 pub(crate) struct ClaimArgs<'a> {
     pub worker: &'a str,
     pub lease_ms: u64,
+    pub n: usize,
 }
 
 impl ScriptArgs for ClaimArgs<'_> {
@@ -128,7 +129,7 @@ impl ScriptArgs for ClaimArgs<'_> {
     }
 
     fn push(&self, inv: &mut ScriptInvocation<'_>) {
-        inv.arg(self.worker).arg(self.lease_ms);
+        inv.arg(self.worker).arg(self.lease_ms).arg(self.n);
     }
 }
 
@@ -152,36 +153,42 @@ impl ScriptArgs for HeartbeatArgs<'_> {
     }
 }
 
-/// `finish.lua`: hand a run back under its epoch.
-pub(crate) struct FinishArgs<'a> {
-    pub id: &'a str,
+/// One run handed back under its epoch, as `finish.lua` takes it.
+pub(crate) struct FinishArgs {
+    pub id: String,
     pub epoch: u64,
     /// `done`, `retry` or `release`.
-    pub outcome: &'a str,
-    pub reason_json: &'a str,
-    pub final_state: &'a str,
-    pub artifacts_json: &'a str,
+    pub outcome: &'static str,
+    pub reason_json: String,
+    pub final_state: &'static str,
+    pub artifacts_json: String,
     pub ttl_seconds: u64,
     pub retry_delay_ms: u64,
     pub dead_keep_ms: u64,
-    pub facts_json: &'a str,
+    pub facts_json: String,
     /// The tenant's cost ledger of the day, and its increments
     /// (`[[field, n], ...]`) for a run that ends; empty otherwise.
-    pub ledger_key: &'a str,
-    pub ledger_json: &'a str,
+    pub ledger_key: String,
+    pub ledger_json: String,
     pub ledger_ttl_seconds: u64,
 }
 
-impl ScriptArgs for FinishArgs<'_> {
+/// `finish.lua`: hand runs back, each under its epoch, in one call.
+pub(crate) struct FinishManyArgs(pub Vec<FinishArgs>);
+
+impl ScriptArgs for FinishManyArgs {
     fn script(scripts: &Scripts) -> &Script {
         &scripts.finish
     }
 
     fn push(&self, inv: &mut ScriptInvocation<'_>) {
-        inv.arg(self.id).arg(self.epoch).arg(self.outcome);
-        inv.arg(self.reason_json).arg(self.final_state).arg(self.artifacts_json);
-        inv.arg(self.ttl_seconds).arg(self.retry_delay_ms).arg(self.dead_keep_ms).arg(self.facts_json);
-        inv.arg(self.ledger_key).arg(self.ledger_json).arg(self.ledger_ttl_seconds);
+        inv.arg(self.0.len());
+        for run in &self.0 {
+            inv.arg(&run.id).arg(run.epoch).arg(run.outcome);
+            inv.arg(&run.reason_json).arg(run.final_state).arg(&run.artifacts_json);
+            inv.arg(run.ttl_seconds).arg(run.retry_delay_ms).arg(run.dead_keep_ms).arg(&run.facts_json);
+            inv.arg(&run.ledger_key).arg(&run.ledger_json).arg(run.ledger_ttl_seconds);
+        }
     }
 }
 

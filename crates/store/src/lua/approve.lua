@@ -5,8 +5,7 @@
 -- not exist.
 local id, by, ttl_s = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local job = p .. 'job:' .. id
-local j = redis.call('HMGET', job, 'state', 'tenant', 'repo', 'band', 'enq_score', 'lane')
-local state, tenant, repo, band, seq = j[1], j[2], j[3], j[4], j[5]
+local state, r, seq = read_run(id)
 if not state then
   return nil
 end
@@ -14,4 +13,4 @@ if state ~= 'awaiting_approval' then
   return state
 end
 redis.call('HSET', job, 'approved_by', by)
-return enter_lane(id, band, tenant, repo, tonumber(seq), j[6], state, now_ms(), ttl_s)
+return enter_lane(r, seq, state, now_ms(), ttl_s)

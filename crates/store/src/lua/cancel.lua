@@ -6,25 +6,23 @@
 -- run does not exist.
 local id, by, ttl_s = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local job = p .. 'job:' .. id
-local j = redis.call('HMGET', job, 'state', 'tenant', 'repo', 'band', 'worker')
-local state, tenant, repo, band = j[1], j[2], j[3], j[4]
+local j = redis.call('HMGET', job, 'state', 'tenant', 'repo', 'band', 'worker', 'lane')
+local state = j[1]
 if not state then
   return nil
 end
+local r = run_of(id, j[2], j[3], j[4], j[6])
 local now = now_ms()
 if state == 'queued' then
-  unqueue(id, band, tenant, repo)
-  redis.call('HSET', job, 'cancel_by', by)
-  finalize(id, tenant, repo, state, 'cancelled', now, cancelled_reason(by), '[]', ttl_s)
+  unqueue(r)
+  finalize(r, state, 'cancelled', now, cancelled_reason(by), '[]', ttl_s, {'cancel_by', by})
   return {'cancelled', state}
 elseif state == 'delayed' or state == 'awaiting_approval' or state == 'waiting' then
   redis.call('ZREM', p .. 'delayed', id)
-  redis.call('HSET', job, 'cancel_by', by)
-  finalize(id, tenant, repo, state, 'cancelled', now, cancelled_reason(by), '[]', ttl_s)
+  finalize(r, state, 'cancelled', now, cancelled_reason(by), '[]', ttl_s, {'cancel_by', by})
   return {'cancelled', state}
 elseif state == 'running' then
-  redis.call('HSET', job, 'cancel_by', by)
-  transition(id, tenant, repo, state, 'cancelling')
+  transition(r, state, 'cancelling', {'cancel_by', by})
   redis.call('PUBLISH', p .. 'ctl:' .. j[5], id)
   return {'cancelling', state}
 end

@@ -39,12 +39,12 @@ if hold then
 end
 redis.call('HSET', job, 'id', id, 'tenant', tenant, 'repo', repo, 'band', band, 'spec', spec,
   'state', state, 'attempt', 0, 'max_attempts', max_attempts, 'epoch', 0,
-  'created_ms', now, 'enq_score', seq, 'lane', lane, 'bc', 1)
+  'created_ms', now, 'enq_score', seq, 'lane', lane)
 redis.call('ZADD', p .. 'idx:all', 0, id)
 redis.call('ZADD', p .. 'idx:state:' .. state, 0, id)
-count(state, tenant, repo, 1, band)
+local r = run_of(id, tenant, repo, band, lane)
+count(r, state, 1)
 if not hold then
-  state = enter_lane(id, band, tenant, repo, seq, lane, state, now, ttl_s)
+  state = enter_lane(r, seq, state, now, ttl_s)
 end
-prune_index(p .. 'idx:all', 5)
 return {'created', id, now, state}

@@ -3,6 +3,9 @@
 -- starts with it, so all of them share one hash slot (Redis Cluster safe).
 -- Work per call is bounded: ranges carry LIMIT, loops run over ARGV, the
 -- three priority bands or a bounded range, and nothing unpacks a collection.
+-- Every Redis command a run's path costs is counted by the scheduling
+-- benchmark: what can be computed when read (totals, per tenant,
+-- dispatchable) is not maintained here.
 local p = KEYS[1]
 local BANDS = {'high', 'normal', 'low'}
 
@@ -11,80 +14,67 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function is_parked(member)
-  return redis.call('SISMEMBER', p .. 'parked', member) == 1
+-- A run as the scripts pass it around: the fields that key its counters,
+-- queues and lane, read once from its record.
+local function run_of(id, tenant, repo, band, lane)
+  return {id = id, job = p .. 'job:' .. id, tenant = tenant, repo = repo, band = band, lane = lane}
 end
 
--- Counters: totals and per tenant in `depth`, per repository in `depth:r`,
--- per priority band and tenant in `depth:b` (`<state>:<band>:<tenant>`, and
--- `dispatchable:<band>:<tenant>` / `dispatchable:<band>:*` as below), a
--- repository's queued runs per band in `depth:rb` (`<band>:<tenant>:<repo>`).
--- `dispatchable` counts queued runs a claim could take now: their repository
--- and tenant are below their caps. `dispatchable:t:<t>` counts a tenant's
--- queued runs in repositories below their cap, whatever the tenant's own cap.
-local function count(state, tenant, repo, delta, band)
-  redis.call('HINCRBY', p .. 'depth', state, delta)
-  if band then
-    redis.call('HINCRBY', p .. 'depth:b', state .. ':' .. band .. ':' .. tenant, delta)
-    if state == 'queued' then
-      redis.call('HINCRBY', p .. 'depth:rb', band .. ':' .. tenant .. ':' .. repo, delta)
-    end
-  end
-  redis.call('HINCRBY', p .. 'depth', state .. ':t:' .. tenant, delta)
-  redis.call('HINCRBY', p .. 'depth:r', state .. ':' .. tenant .. ':' .. repo, delta)
-  if state == 'queued' and not is_parked('r:' .. tenant .. ':' .. repo) then
-    redis.call('HINCRBY', p .. 'depth', 'dispatchable:t:' .. tenant, delta)
-    if band then
-      redis.call('HINCRBY', p .. 'depth:b', 'dispatchable:' .. band .. ':' .. tenant, delta)
-    end
-    if not is_parked('t:' .. tenant) then
-      redis.call('HINCRBY', p .. 'depth', 'dispatchable', delta)
-      if band then
-        redis.call('HINCRBY', p .. 'depth:b', 'dispatchable:' .. band .. ':*', delta)
-      end
-    end
-  end
+-- The one counter: runs by `<state>:<band>:<tenant>:<repo>` in `count`.
+-- Totals, per tenant, per band, per repository and `dispatchable` (queued
+-- in a repository and tenant below their caps, from `parked`) are sums of
+-- its fields, computed by the reader.
+local function count(r, state, delta)
+  redis.call('HINCRBY', p .. 'count', state .. ':' .. r.band .. ':' .. r.tenant .. ':' .. r.repo, delta)
 end
 
--- Moves a run between states: record, state index, counters. (The audit
--- trail, not Redis, is the history of a run's states.)
-local function transition(id, tenant, repo, from, to)
-  redis.call('HSET', p .. 'job:' .. id, 'state', to)
-  redis.call('ZREM', p .. 'idx:state:' .. from, id)
-  redis.call('ZADD', p .. 'idx:state:' .. to, 0, id)
-  -- Only runs enqueued since bands were counted (`bc`) move band counts:
-  -- one accepted before would take from a count it never added to.
-  local job = redis.call('HMGET', p .. 'job:' .. id, 'band', 'bc')
-  local band = job[2] and job[1] or nil
-  count(from, tenant, repo, -1, band)
-  count(to, tenant, repo, 1, band)
+-- Moves a run between states: record (with `fields`, more field/value
+-- pairs written in the same HSET), state index, counter. (The audit trail,
+-- not Redis, is the history of a run's states.)
+local function transition(r, from, to, fields)
+  if fields then
+    redis.call('HSET', r.job, 'state', to, unpack(fields))
+  else
+    redis.call('HSET', r.job, 'state', to)
+  end
+  redis.call('ZREM', p .. 'idx:state:' .. from, r.id)
+  redis.call('ZADD', p .. 'idx:state:' .. to, 0, r.id)
+  count(r, from, -1)
+  count(r, to, 1)
 end
 
 local function repo_queue(band, tenant, repo)
   return p .. 'q:' .. band .. ':' .. tenant .. ':' .. repo
 end
 
--- Indexes a repository under its head score in `repos:<band>:<tenant>`, or
--- drops it when its queue in that band is empty or it is at its cap.
-local function index_repo(band, tenant, repo)
-  local repos = p .. 'repos:' .. band .. ':' .. tenant
-  local head = redis.call('ZRANGE', repo_queue(band, tenant, repo), 0, 0, 'WITHSCORES')
-  if #head == 0 or is_parked('r:' .. tenant .. ':' .. repo) then
-    redis.call('ZREM', repos, repo)
-  else
-    redis.call('ZADD', repos, head[2], repo)
-  end
+local function repo_member(tenant, repo)
+  return 'r:' .. tenant .. ':' .. repo
 end
 
--- Puts a tenant in `ready:<band>` when it has dispatchable repositories and
--- is below its cap, or takes it out. A tenant that was away re-enters at the
--- band's lowest virtual time: it neither starves others nor is starved.
-local function index_tenant(band, tenant)
-  local ready = p .. 'ready:' .. band
-  if is_parked('t:' .. tenant) or redis.call('ZCARD', p .. 'repos:' .. band .. ':' .. tenant) == 0 then
-    redis.call('ZREM', ready, tenant)
-    return
+local function is_parked(member)
+  return redis.call('SISMEMBER', p .. 'parked', member) == 1
+end
+
+-- Indexes a repository under its head score in `repos:<band>:<tenant>`, or
+-- drops it when its queue in that band is empty or it is at its cap
+-- (`open`: known to be below it). Returns whether it is indexed.
+local function index_repo(band, tenant, repo, open)
+  local repos = p .. 'repos:' .. band .. ':' .. tenant
+  local head = redis.call('ZRANGE', repo_queue(band, tenant, repo), 0, 0, 'WITHSCORES')
+  if #head == 0 or (not open and is_parked(repo_member(tenant, repo))) then
+    redis.call('ZREM', repos, repo)
+    return false
   end
+  redis.call('ZADD', repos, head[2], repo)
+  return true
+end
+
+-- Puts a tenant in `ready:<band>` at the band's lowest virtual time, if it
+-- is not there: a tenant that was away neither starves others nor is
+-- starved. A tenant entering means a claim that found nothing could find
+-- work now, so idle workers are woken.
+local function enter_ready(band, tenant)
+  local ready = p .. 'ready:' .. band
   if redis.call('ZSCORE', ready, tenant) then
     return
   end
@@ -94,37 +84,65 @@ local function index_tenant(band, tenant)
     vt = tonumber(lowest[2])
   end
   redis.call('ZADD', ready, vt, tenant)
+  redis.call('PUBLISH', p .. 'wake', band)
 end
 
-local function make_ready(id, band, tenant, repo, score)
-  redis.call('ZADD', repo_queue(band, tenant, repo), score, id)
-  index_repo(band, tenant, repo)
-  index_tenant(band, tenant)
-end
-
-local function unqueue(id, band, tenant, repo)
-  redis.call('ZREM', repo_queue(band, tenant, repo), id)
-  index_repo(band, tenant, repo)
-  index_tenant(band, tenant)
-end
-
-local function limit(field)
-  local v = redis.call('HGET', p .. 'limits', field)
-  if v then
-    return tonumber(v)
+-- Takes a tenant out of `ready:<band>`, keeping its virtual time.
+local function leave_ready(band, tenant)
+  local ready = p .. 'ready:' .. band
+  local vt = redis.call('ZSCORE', ready, tenant)
+  if vt then
+    redis.call('HSET', p .. 'vtime', band .. ':' .. tenant, vt)
+    redis.call('ZREM', ready, tenant)
   end
-  return nil
+end
+
+-- Puts a tenant in `ready:<band>` when it has dispatchable repositories and
+-- is below its cap, or takes it out.
+local function index_tenant(band, tenant)
+  if is_parked('t:' .. tenant) or redis.call('ZCARD', p .. 'repos:' .. band .. ':' .. tenant) == 0 then
+    leave_ready(band, tenant)
+  else
+    enter_ready(band, tenant)
+  end
+end
+
+-- Queues run `r` at `score` (its sequence) and indexes its repository and
+-- tenant: the repository's head can only move earlier (`LT`), and both
+-- caps are read in one command.
+local function make_ready(r, score)
+  redis.call('ZADD', repo_queue(r.band, r.tenant, r.repo), score, r.id)
+  local parked = redis.call('SMISMEMBER', p .. 'parked', repo_member(r.tenant, r.repo), 't:' .. r.tenant)
+  if parked[1] == 1 then
+    return
+  end
+  redis.call('ZADD', p .. 'repos:' .. r.band .. ':' .. r.tenant, 'LT', score, r.repo)
+  if parked[2] == 0 then
+    enter_ready(r.band, r.tenant)
+  end
+end
+
+local function unqueue(r)
+  redis.call('ZREM', repo_queue(r.band, r.tenant, r.repo), r.id)
+  index_repo(r.band, r.tenant, r.repo)
+  index_tenant(r.band, r.tenant)
+end
+
+-- Caps and weight of a tenant and repository, in one read.
+local function limits_of(tenant, repo)
+  local l = redis.call('HMGET', p .. 'limits', 'repo:' .. tenant .. ':' .. repo, 'tenant:' .. tenant,
+    'weight:' .. tenant)
+  return {repo = tonumber(l[1]), tenant = tonumber(l[2]), weight = tonumber(l[3])}
 end
 
 -- Caps: a repository or tenant at its cap leaves the ready indexes (is
 -- parked) and comes back when a slot frees, so claims never scan blocked work.
 local function park_repo(tenant, repo, parked)
-  local member = 'r:' .. tenant .. ':' .. repo
   local changed
   if parked then
-    changed = redis.call('SADD', p .. 'parked', member)
+    changed = redis.call('SADD', p .. 'parked', repo_member(tenant, repo))
   else
-    changed = redis.call('SREM', p .. 'parked', member)
+    changed = redis.call('SREM', p .. 'parked', repo_member(tenant, repo))
   end
   if changed == 0 then
     return
@@ -132,27 +150,6 @@ local function park_repo(tenant, repo, parked)
   for _, band in ipairs(BANDS) do
     index_repo(band, tenant, repo)
     index_tenant(band, tenant)
-  end
-  local n = tonumber(redis.call('HGET', p .. 'depth:r', 'queued:' .. tenant .. ':' .. repo) or '0')
-  if parked then
-    n = 0 - n  -- not -n: Redis refuses "-0" as an integer
-  end
-  redis.call('HINCRBY', p .. 'depth', 'dispatchable:t:' .. tenant, n)
-  local tenant_open = not is_parked('t:' .. tenant)
-  if tenant_open then
-    redis.call('HINCRBY', p .. 'depth', 'dispatchable', n)
-  end
-  for _, band in ipairs(BANDS) do
-    local b = tonumber(redis.call('HGET', p .. 'depth:rb', band .. ':' .. tenant .. ':' .. repo) or '0')
-    if b ~= 0 then
-      if parked then
-        b = 0 - b
-      end
-      redis.call('HINCRBY', p .. 'depth:b', 'dispatchable:' .. band .. ':' .. tenant, b)
-      if tenant_open then
-        redis.call('HINCRBY', p .. 'depth:b', 'dispatchable:' .. band .. ':*', b)
-      end
-    end
   end
 end
 
@@ -169,53 +166,66 @@ local function park_tenant(tenant, parked)
   for _, band in ipairs(BANDS) do
     index_tenant(band, tenant)
   end
-  local n = tonumber(redis.call('HGET', p .. 'depth', 'dispatchable:t:' .. tenant) or '0')
-  if parked then
-    n = 0 - n  -- not -n: Redis refuses "-0" as an integer
-  end
-  redis.call('HINCRBY', p .. 'depth', 'dispatchable', n)
+end
+
+-- Runs holding a slot of the repository: its running and cancelling runs,
+-- from the counter (read only when the repository has a cap).
+local function repo_held(tenant, repo)
+  local fields = {}
   for _, band in ipairs(BANDS) do
-    local b = tonumber(redis.call('HGET', p .. 'depth:b', 'dispatchable:' .. band .. ':' .. tenant) or '0')
-    if b ~= 0 then
-      if parked then
-        b = 0 - b
-      end
-      redis.call('HINCRBY', p .. 'depth:b', 'dispatchable:' .. band .. ':*', b)
+    for _, state in ipairs({'running', 'cancelling'}) do
+      fields[#fields + 1] = state .. ':' .. band .. ':' .. tenant .. ':' .. repo
     end
   end
+  local held = 0
+  for _, n in ipairs(redis.call('HMGET', p .. 'count', unpack(fields))) do
+    held = held + (tonumber(n) or 0)
+  end
+  return held
+end
+
+local function tenant_held(tenant)
+  return tonumber(redis.call('HGET', p .. 'held', tenant) or '0')
 end
 
 -- Parks or un-parks a repository and its tenant to match their caps and
--- the runs they hold now (sets of run ids, so a reaper can heal them).
-local function enforce_caps(tenant, repo)
-  local rcap = limit('repo:' .. tenant .. ':' .. repo)
-  local held = redis.call('SCARD', p .. 'running:repo:' .. tenant .. ':' .. repo)
-  park_repo(tenant, repo, rcap ~= nil and held >= rcap)
-  local tcap = limit('tenant:' .. tenant)
-  held = redis.call('SCARD', p .. 'running:tenant:' .. tenant)
-  park_tenant(tenant, tcap ~= nil and held >= tcap)
-end
-
-local function hold_slot(id, tenant, repo)
-  redis.call('SADD', p .. 'running:repo:' .. tenant .. ':' .. repo, id)
-  redis.call('SADD', p .. 'running:tenant:' .. tenant, id)
-  enforce_caps(tenant, repo)
-end
-
-local function free_slot(id, tenant, repo)
-  redis.call('SREM', p .. 'running:repo:' .. tenant .. ':' .. repo, id)
-  redis.call('SREM', p .. 'running:tenant:' .. tenant, id)
-  enforce_caps(tenant, repo)
-end
-
--- Drops up to `n` index entries whose run record has expired.
-local function prune_index(key, n)
-  local oldest = redis.call('ZRANGE', key, 0, n - 1)
-  for _, id in ipairs(oldest) do
-    if redis.call('EXISTS', p .. 'job:' .. id) == 0 then
-      redis.call('ZREM', key, id)
-    end
+-- the runs they hold now (`leaving`: one of the repository's counted
+-- running runs is giving its slot back). Without a cap nothing can be parked
+-- (setting or removing one enforces it at once), so nothing is read.
+local function enforce_caps(tenant, repo, caps, tenant_holds, leaving)
+  if caps.repo then
+    park_repo(tenant, repo, repo_held(tenant, repo) - leaving >= caps.repo)
   end
+  if caps.tenant then
+    park_tenant(tenant, tenant_holds >= caps.tenant)
+  end
+end
+
+-- A run starts or stops holding slots: the tenant's count of held runs
+-- (`held`, one field per tenant; a repository's is its counter). A run
+-- takes its slot after its transition to running, and gives it back before
+-- it leaves running or cancelling.
+local function hold_slot(r, caps)
+  enforce_caps(r.tenant, r.repo, caps, redis.call('HINCRBY', p .. 'held', r.tenant, 1), 0)
+end
+
+local function free_slot(r)
+  local held = redis.call('HINCRBY', p .. 'held', r.tenant, -1)
+  enforce_caps(r.tenant, r.repo, limits_of(r.tenant, r.repo), held, 1)
+end
+
+-- Drops up to `n` of the oldest index entries whose run record has
+-- expired, stopping at the first live one (the reaper's work).
+local function prune_index(key, n)
+  local pruned = 0
+  for _, id in ipairs(redis.call('ZRANGE', key, 0, n - 1)) do
+    if redis.call('EXISTS', p .. 'job:' .. id) == 1 then
+      break
+    end
+    redis.call('ZREM', key, id)
+    pruned = pruned + 1
+  end
+  return pruned
 end
 
 -- Pull-request lanes: the runs of one pull request never run at once.
@@ -231,92 +241,99 @@ end
 
 local finalize
 
+local function read_run(id)
+  local j = redis.call('HMGET', p .. 'job:' .. id, 'state', 'tenant', 'repo', 'band', 'enq_score', 'lane')
+  return j[1], run_of(id, j[2], j[3], j[4], j[6]), tonumber(j[5])
+end
+
 -- A run of the lane that has not started gives way to a newer trigger.
 local function supersede(id, by, now, ttl_s)
-  local j = redis.call('HMGET', p .. 'job:' .. id, 'state', 'tenant', 'repo', 'band')
-  local state = j[1]
+  local state, r = read_run(id)
   if state ~= 'queued' and state ~= 'waiting' then
     return
   end
   if state == 'queued' then
-    unqueue(id, j[4], j[2], j[3])
+    unqueue(r)
   end
-  finalize(id, j[2], j[3], state, 'cancelled', now, superseded_reason(by), '[]', ttl_s)
+  finalize(r, state, 'cancelled', now, superseded_reason(by), '[]', ttl_s)
 end
 
--- Run `id` (state `from`) joins its lane: it owns the lane and is queued
+-- Run `r` (state `from`) joins its lane: it owns the lane and is queued
 -- when the lane is free or its owner has not started (the owner is then
 -- superseded), else it waits behind the running owner, replacing any run
 -- already waiting. Without a lane it is queued. Returns its state.
-local function enter_lane(id, band, tenant, repo, seq, lane, from, now, ttl_s)
+local function enter_lane(r, seq, from, now, ttl_s)
   local function queue()
     if from ~= 'queued' then
-      transition(id, tenant, repo, from, 'queued')
+      transition(r, from, 'queued')
     end
-  end
-  if lane == nil or lane == '' then
-    queue()
-    make_ready(id, band, tenant, repo, seq)
+    make_ready(r, seq)
     return 'queued'
   end
-  local key = lane_key(lane)
+  if r.lane == nil or r.lane == '' then
+    return queue()
+  end
+  local key = lane_key(r.lane)
   local waiting = redis.call('GET', key .. ':next')
   if waiting then
     redis.call('DEL', key .. ':next')
-    supersede(waiting, id, now, ttl_s)
+    supersede(waiting, r.id, now, ttl_s)
   end
   local owner = redis.call('GET', key)
   local owner_state = owner and redis.call('HGET', p .. 'job:' .. owner, 'state')
   if owner_state == 'queued' then
     redis.call('DEL', key)
-    supersede(owner, id, now, ttl_s)
+    supersede(owner, r.id, now, ttl_s)
     owner_state = nil
   end
   if owner_state == 'running' or owner_state == 'cancelling' or owner_state == 'delayed' then
-    redis.call('SET', key .. ':next', id)
-    transition(id, tenant, repo, from, 'waiting')
+    redis.call('SET', key .. ':next', r.id)
+    transition(r, from, 'waiting')
     return 'waiting'
   end
-  redis.call('SET', key, id)
-  queue()
-  make_ready(id, band, tenant, repo, seq)
-  return 'queued'
+  redis.call('SET', key, r.id)
+  return queue()
 end
 
 -- A run that ended hands its lane to the run waiting behind it.
-local function leave_lane(id)
-  local lane = redis.call('HGET', p .. 'job:' .. id, 'lane')
-  if not lane or lane == '' then
+local function leave_lane(r)
+  if not r.lane or r.lane == '' then
     return
   end
-  local key = lane_key(lane)
-  if redis.call('GET', key .. ':next') == id then
+  local key = lane_key(r.lane)
+  if redis.call('GET', key .. ':next') == r.id then
     redis.call('DEL', key .. ':next')
     return
   end
-  if redis.call('GET', key) ~= id then
+  if redis.call('GET', key) ~= r.id then
     return
   end
   local nxt = redis.call('GET', key .. ':next')
   redis.call('DEL', key .. ':next')
-  local j = nxt and redis.call('HMGET', p .. 'job:' .. nxt, 'state', 'tenant', 'repo', 'band', 'enq_score')
-  if j and j[1] == 'waiting' then
+  local state, n, seq
+  if nxt then
+    state, n, seq = read_run(nxt)
+  end
+  if state == 'waiting' then
     redis.call('SET', key, nxt)
-    transition(nxt, j[2], j[3], 'waiting', 'queued')
-    make_ready(nxt, j[4], j[2], j[3], tonumber(j[5]))
+    transition(n, 'waiting', 'queued')
+    make_ready(n, seq)
   else
     redis.call('DEL', key)
   end
 end
 
--- Ends a run for good: terminal state, reason, expiry of the live record.
-finalize = function(id, tenant, repo, from, to, now, reason, artifacts, ttl_s)
-  local job = p .. 'job:' .. id
-  redis.call('HSET', job, 'finished_ms', now, 'stop_reason', reason, 'artifacts', artifacts)
-  transition(id, tenant, repo, from, to)
-  leave_lane(id)
-  redis.call('EXPIRE', job, ttl_s)
-  prune_index(p .. 'idx:state:' .. to, 5)
+-- Ends a run for good: terminal state, reason (and `fields`, more pairs
+-- for its record), expiry of the live record. Its index entries are pruned
+-- by the reaper once the record is gone.
+finalize = function(r, from, to, now, reason, artifacts, ttl_s, fields)
+  local all = {'finished_ms', now, 'stop_reason', reason, 'artifacts', artifacts}
+  for _, v in ipairs(fields or {}) do
+    all[#all + 1] = v
+  end
+  transition(r, from, to, all)
+  leave_lane(r)
+  redis.call('EXPIRE', r.job, ttl_s)
 end
 
 -- Records a run that failed for infrastructure reasons after its last

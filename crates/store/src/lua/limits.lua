@@ -15,10 +15,11 @@ end
 if weight ~= '' then
   redis.call('HSET', p .. 'limits', 'weight:' .. tenant, weight)
 end
+-- Enforced at once, removal too: nothing else un-parks without a cap.
+local caps = limits_of(tenant, repo)
 if kind == 'repo' then
-  enforce_caps(tenant, repo)
+  park_repo(tenant, repo, caps.repo ~= nil and repo_held(tenant, repo) >= caps.repo)
 else
-  local tcap = limit('tenant:' .. tenant)
-  park_tenant(tenant, tcap ~= nil and redis.call('SCARD', p .. 'running:tenant:' .. tenant) >= tcap)
+  park_tenant(tenant, caps.tenant ~= nil and tenant_held(tenant) >= caps.tenant)
 end
 return 1

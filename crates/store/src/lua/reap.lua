@@ -5,7 +5,8 @@
 -- old holder is fenced off, frees its cap slots, counts the lost attempt and
 -- queues the run again at its original position, fails it (dead letter) when
 -- no attempt is left, or ends it cancelled when someone had cancelled it.
--- Returns the reclaimed ids.
+-- Also prunes index entries whose run record expired. Returns the
+-- reclaimed ids.
 local limit, ttl_s, reason, dead_keep_ms = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local max_losses, lost_reason = tonumber(ARGV[5]), ARGV[6]
 local now = now_ms()
@@ -14,25 +15,32 @@ for _, id in ipairs(expired) do
   redis.call('ZREM', p .. 'leases', id)
   local job = p .. 'job:' .. id
   local j = redis.call('HMGET', job, 'state', 'tenant', 'repo', 'attempt', 'max_attempts', 'enq_score', 'worker',
-    'band', 'cancel_by')
-  local state, tenant, repo = j[1], j[2], j[3]
+    'band', 'cancel_by', 'lane', 'epoch', 'losses')
+  local state = j[1]
   if state == 'running' or state == 'cancelling' then
-    redis.call('HINCRBY', job, 'epoch', 1)
-    redis.call('HSET', job, 'last_error', 'lease expired: worker ' .. tostring(j[7]) .. ' stopped heartbeating')
-    free_slot(id, tenant, repo)
-    local losses = redis.call('HINCRBY', job, 'losses', 1)
+    local r = run_of(id, j[2], j[3], j[8], j[10])
+    local losses = (tonumber(j[12]) or 0) + 1
+    redis.call('HSET', job, 'epoch', tonumber(j[11]) + 1, 'losses', losses,
+      'last_error', 'lease expired: worker ' .. tostring(j[7]) .. ' stopped heartbeating')
+    free_slot(r)
     if state == 'cancelling' then
-      finalize(id, tenant, repo, state, 'cancelled', now, cancelled_reason(j[9] or ''), '[]', ttl_s)
+      finalize(r, state, 'cancelled', now, cancelled_reason(j[9] or ''), '[]', ttl_s)
     elseif losses >= max_losses then
-      finalize(id, tenant, repo, state, 'failed', now, lost_reason, '[]', ttl_s)
+      finalize(r, state, 'failed', now, lost_reason, '[]', ttl_s)
       dead_letter(id, now, lost_reason, dead_keep_ms)
     elseif tonumber(j[4]) >= tonumber(j[5]) then
-      finalize(id, tenant, repo, state, 'failed', now, reason, '[]', ttl_s)
+      finalize(r, state, 'failed', now, reason, '[]', ttl_s)
       dead_letter(id, now, reason, dead_keep_ms)
     else
-      transition(id, tenant, repo, state, 'queued')
-      make_ready(id, j[8], tenant, repo, tonumber(j[6]))
+      transition(r, state, 'queued')
+      make_ready(r, tonumber(j[6]))
     end
   end
+end
+-- Index entries of runs whose record expired, oldest first (each call a
+-- bounded share: the first live entry ends a pass).
+prune_index(p .. 'idx:all', 200)
+for _, state in ipairs({'succeeded', 'failed', 'cancelled'}) do
+  prune_index(p .. 'idx:state:' .. state, 200)
 end
 return expired
