@@ -1,13 +1,14 @@
 // BullMQ doing what the scheduling benchmark has Paddock do, on the same
-// Redis: add JOBS jobs one at a time, then WORKERS workers with CONCURRENCY
-// slots each take them, run a job that does nothing, and complete them.
+// Redis: add JOBS jobs, ADDERS adds in flight at once (as requests arrive
+// at an API), then WORKERS workers with CONCURRENCY slots each take them, run
+// a job that does nothing, and complete them.
 // Prints one JSON line: jobs, seconds (first add to last completion),
 // add_seconds, jobs_per_second, redis_commands_per_job, version.
-// Usage: node bullmq.cjs <redis port> <jobs> <workers> <concurrency>
+// Usage: node bullmq.cjs <redis port> <jobs> <workers> <concurrency> <adders>
 const { Queue, Worker } = require("bullmq");
 const { execFileSync } = require("child_process");
 
-const [port, jobs, workers, concurrency] = process.argv.slice(2).map(Number);
+const [port, jobs, workers, concurrency, adders] = process.argv.slice(2).map(Number);
 const connection = { host: "127.0.0.1", port };
 const name = `bench-${process.pid}-${Date.now()}`;
 
@@ -21,9 +22,14 @@ async function main() {
   await queue.waitUntilReady();
   const before = commandsProcessed();
   const started = process.hrtime.bigint();
-  for (let i = 0; i < jobs; i++) {
-    await queue.add("run", { tenant: `t${i % 20}`, repo: `acme/r${i % 100}` });
-  }
+  let next = 0;
+  const adder = async () => {
+    while (next < jobs) {
+      const i = next++;
+      await queue.add("run", { tenant: `t${i % 20}`, repo: `acme/r${i % 100}` });
+    }
+  };
+  await Promise.all(Array.from({ length: adders }, adder));
   const added = process.hrtime.bigint();
   let completed = 0;
   let resolveDone;

@@ -12,6 +12,7 @@ use apalis::layers::WorkerBuilderExt;
 use apalis_core::monitor::Monitor;
 use apalis_core::worker::builder::WorkerBuilder;
 use common::{Priority, RunId, StopReason};
+use futures::StreamExt;
 use serde_json::json;
 use store::{ClaimedRun, Outcome, RunQueue};
 use worker::backend::RunBackend;
@@ -21,6 +22,8 @@ use crate::{Report, Row};
 const RUNS: u32 = 3000;
 const WORKERS: u32 = 4;
 const CONCURRENCY: usize = 8;
+/// Requests accepting runs at once.
+const ENQUEUE_CONCURRENCY: usize = 64;
 
 /// The queue, and how many runs the workers finished (counted here, as the
 /// BullMQ peer counts its completions, so watching costs Redis nothing).
@@ -41,11 +44,19 @@ async fn finish_at_once(
 pub async fn run() -> Report {
     let queue = tests::fixtures::fresh_queue(None, false).await;
     let before = commands_processed();
+    let calls_before = command_calls();
     let started = Instant::now();
-    for i in 0..RUNS {
-        let spec = tests::fixtures::run_spec(&format!("t{}", i % 20), &format!("acme/r{}", i % 100), Priority::Normal);
-        queue.enqueue(RunId::new(), &spec, 3, None).await.expect("enqueue");
-    }
+    // As the API enqueues under load: many requests at once.
+    futures::stream::iter(0..RUNS)
+        .for_each_concurrent(ENQUEUE_CONCURRENCY, |i| {
+            let queue = queue.clone();
+            async move {
+                let spec =
+                    tests::fixtures::run_spec(&format!("t{}", i % 20), &format!("acme/r{}", i % 100), Priority::Normal);
+                queue.enqueue(RunId::new(), &spec, 3, None).await.expect("enqueue");
+            }
+        })
+        .await;
     let enqueued = started.elapsed();
     let mut monitor = Monitor::new();
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -81,6 +92,7 @@ pub async fn run() -> Report {
     }
     let total = started.elapsed();
     let commands = commands_processed().saturating_sub(before) as f64 / f64::from(RUNS);
+    let by_command = per_run(&calls_before, RUNS);
     stop.cancel();
     let _ = monitor.await;
     let depth = queue.depth().await.expect("depth");
@@ -104,9 +116,10 @@ pub async fn run() -> Report {
             },
         ],
         data: json!({
-            "runs": RUNS, "workers": WORKERS, "concurrency": CONCURRENCY,
+            "runs": RUNS, "workers": WORKERS, "concurrency": CONCURRENCY, "enqueue_concurrency": ENQUEUE_CONCURRENCY,
             "enqueue_seconds": enqueued.as_secs_f64(), "total_seconds": total.as_secs_f64(),
             "runs_per_second": runs_per_second, "redis_commands_per_run": commands,
+            "redis_commands_per_run_by_name": by_command.iter().map(|(n, c)| json!([n, (c * 100.0).round() / 100.0])).collect::<Vec<_>>(),
             "redis_benchmark_set_per_second": set_per_second, "set_equivalents_per_run": evalsha_cost,
             "bullmq": bullmq.raw,
         }),
@@ -130,6 +143,7 @@ fn bullmq() -> BullMq {
     let out = std::process::Command::new("node")
         .arg(script)
         .args(["6390", &RUNS.to_string(), &WORKERS.to_string(), &CONCURRENCY.to_string()])
+        .arg(ENQUEUE_CONCURRENCY.to_string())
         .env("NODE_PATH", std::path::Path::new(&dir).join("node_modules"))
         .output()
         .expect("node runs");
@@ -145,6 +159,37 @@ fn bullmq() -> BullMq {
 }
 
 /// `total_commands_processed` of the shared Redis.
+/// Calls per command name so far (`INFO commandstats`), scripts' inner
+/// commands included.
+fn command_calls() -> std::collections::BTreeMap<String, u64> {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", "6390", "info", "commandstats"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// What each command name cost per run between two `command_calls`, most first.
+fn per_run(before: &std::collections::BTreeMap<String, u64>, runs: u32) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = command_calls()
+        .into_iter()
+        .map(|(name, calls)| {
+            let n = calls.saturating_sub(before.get(&name).copied().unwrap_or(0));
+            (name, n as f64 / f64::from(runs))
+        })
+        .filter(|(_, n)| *n >= 0.05)
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
+}
+
 pub fn commands_processed() -> u64 {
     let out =
         std::process::Command::new("redis-cli").args(["-p", "6390", "info", "stats"]).output().expect("redis-cli");

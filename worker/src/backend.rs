@@ -16,7 +16,6 @@ use apalis_core::task::Task;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::RandomId;
 use apalis_core::worker::context::WorkerContext;
-use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower_layer::Identity;
@@ -108,30 +107,7 @@ impl RunBackend {
 /// until `stop`. Pub/Sub is best effort: a lost message costs one poll
 /// interval.
 pub async fn listen_for_wakes(queue: RunQueue, wake: Arc<Notify>, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        match queue.wake_messages().await {
-            Ok(messages) => {
-                backoff = Duration::from_millis(500);
-                let mut messages = std::pin::pin!(messages);
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        message = messages.next() => match message {
-                            Some(()) => wake.notify_waiters(),
-                            None => break,
-                        },
-                    }
-                }
-            }
-            Err(error) => tracing::warn!(%error, "wake channel unavailable; idle workers poll"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-    }
+    crate::pubsub::listen(|| queue.wake_messages(), |()| wake.notify_waiters(), "idle workers poll", stop).await;
 }
 
 fn task(run: ClaimedRun) -> Task<ClaimedRun> {

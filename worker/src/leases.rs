@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use common::RunId;
-use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -121,33 +120,11 @@ impl Leases {
 /// interval. Pub/Sub is best effort: the heartbeat reply carries the cancel
 /// anyway, so a lost subscription only delays it.
 pub async fn listen_for_nudges(leases: Leases, queue: RunQueue, worker: String, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        match queue.control_messages(&worker).await {
-            Ok(messages) => {
-                backoff = Duration::from_millis(500);
-                let mut messages = std::pin::pin!(messages);
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        message = messages.next() => match message {
-                            Some(run) => {
-                                tracing::debug!(run_id = %run, "cancel nudge");
-                                leases.beat_now.notify_one();
-                            }
-                            None => break,
-                        },
-                    }
-                }
-            }
-            Err(error) => tracing::warn!(%error, "control channel unavailable; cancels arrive with heartbeats"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
-    }
+    let nudged = |run: String| {
+        tracing::debug!(run_id = %run, "cancel nudge");
+        leases.beat_now.notify_one();
+    };
+    crate::pubsub::listen(|| queue.control_messages(&worker), nudged, "cancels arrive with heartbeats", stop).await;
 }
 
 /// Reclaims expired leases every `interval` (with jitter, so a fleet does not

@@ -7,6 +7,7 @@ pub mod app;
 pub mod audit_events;
 pub mod backend;
 pub mod leases;
+pub mod pubsub;
 pub mod retention;
 pub mod run;
 

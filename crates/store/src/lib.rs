@@ -50,8 +50,8 @@ pub enum QueueError {
     Audit(String),
 }
 
-/// The most finishes one script call carries.
-const FINISH_BATCH: usize = 64;
+/// The most runs one batched script call carries.
+const BATCH: usize = 64;
 
 /// Client for the store. Cheap to clone; clones share one multiplexed
 /// connection that reconnects by itself.
@@ -63,7 +63,9 @@ pub struct RunQueue {
     outbound: Arc<Outbound>,
     keys: Keys,
     scripts: Arc<Scripts>,
-    /// Finishes of runs that end at the same time, sent together.
+    /// Runs accepted at the same time, and finishes of runs that end at
+    /// the same time, each sent together.
+    enqueues: Arc<batch::Batcher<scripts::EnqueueArgs, runs::EnqueueReply>>,
     finishes: Arc<batch::Batcher<scripts::FinishArgs, Option<String>>>,
 }
 
@@ -75,7 +77,8 @@ impl RunQueue {
             config: Arc::new(config.clone()),
             keys: Keys::new(&config.namespace),
             scripts: Arc::new(Scripts::load()),
-            finishes: Arc::new(batch::Batcher::new(FINISH_BATCH)),
+            enqueues: Arc::new(batch::Batcher::new(BATCH)),
+            finishes: Arc::new(batch::Batcher::new(BATCH)),
         })
     }
 

@@ -9,10 +9,13 @@ use futures::StreamExt;
 use redis::AsyncCommands;
 
 use super::scripts::{
-    ApproveArgs, CancelArgs, ClaimArgs, EnqueueArgs, FinishArgs, FinishManyArgs, HeartbeatArgs, IdemArgs, ListArgs,
-    ReapArgs,
+    ApproveArgs, CancelArgs, ClaimArgs, EnqueueArgs, EnqueueManyArgs, FinishArgs, FinishManyArgs, HeartbeatArgs,
+    IdemArgs, ListArgs, ReapArgs,
 };
 use super::{QueueError, RunQueue, conn, corrupt};
+
+/// `enqueue.lua`'s answer for one run: kind, run, detail, state.
+pub(crate) type EnqueueReply = (String, String, u64, Option<String>);
 
 /// How many log chunks of a running run Redis keeps for `GET .../logs`.
 pub const LOG_TAIL_CHUNKS: usize = 2000;
@@ -130,28 +133,39 @@ impl RunQueue {
         let spec_json = serde_json::to_string(spec).map_err(|e| corrupt(id, e))?;
         let lane = spec.follow_up.as_ref().map(|f| f.lane(&spec.repository)).unwrap_or_default();
         let args = EnqueueArgs {
-            id: &id.to_string(),
-            tenant: &spec.tenant,
+            id: id.to_string(),
+            tenant: spec.tenant.clone(),
             // Counted, capped and queued in lowercase: one repository
             // however its name is written.
-            repository: &spec.repository.to_string().to_ascii_lowercase(),
+            repository: spec.repository.to_string().to_ascii_lowercase(),
             band: spec.priority.as_str(),
-            spec_json: &spec_json,
+            spec_json,
             max_attempts,
-            idempotency_key: idempotency.map_or("", |i| i.key.as_str()),
-            fingerprint: idempotency.map_or("", |i| i.fingerprint.as_str()),
+            idempotency_key: idempotency.map_or_else(String::new, |i| i.key.clone()),
+            fingerprint: idempotency.map_or_else(String::new, |i| i.fingerprint.clone()),
             idempotency_ttl_ms: idempotency.map_or(0, |i| i.ttl.as_millis() as u64),
             hold: spec.policy.as_ref().is_some_and(|p| p.needs_approval()),
-            lane: &lane,
+            lane,
             ttl_seconds: self.ttl_seconds(),
         };
-        let (kind, run, detail, state): (String, String, u64, Option<String>) = self.run_script(&args).await?;
+        // Runs accepted at the same time share one script call (`batch.rs`).
+        let queue = self.clone();
+        let (kind, run, detail, state) = self
+            .enqueues
+            .call(args, move |batch| {
+                let queue = queue.clone();
+                async move { queue.run_script::<_, Vec<EnqueueReply>>(&EnqueueManyArgs(batch)).await }
+            })
+            .await?;
         match kind.as_str() {
             "created" => {
                 let state = state.unwrap_or_default();
                 Ok(Enqueued::Created { created_ms: detail, state: state.parse().map_err(|e| corrupt(id, e))? })
             }
-            _ => Ok(Enqueued::Existing { id: run.parse().map_err(|e| corrupt(&run, e))?, same_request: detail == 1 }),
+            "existing" => {
+                Ok(Enqueued::Existing { id: run.parse().map_err(|e| corrupt(&run, e))?, same_request: detail == 1 })
+            }
+            _ => Err(corrupt(id, "a run with this id exists already")),
         }
     }
 

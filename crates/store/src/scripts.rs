@@ -64,35 +64,41 @@ pub(crate) trait ScriptArgs {
     fn push(&self, invocation: &mut ScriptInvocation<'_>);
 }
 
-/// `enqueue.lua`: store a new run and make it claimable.
-pub(crate) struct EnqueueArgs<'a> {
-    pub id: &'a str,
-    pub tenant: &'a str,
-    pub repository: &'a str,
-    pub band: &'a str,
-    pub spec_json: &'a str,
+/// One new run, as `enqueue.lua` takes it.
+pub(crate) struct EnqueueArgs {
+    pub id: String,
+    pub tenant: String,
+    pub repository: String,
+    pub band: &'static str,
+    pub spec_json: String,
     pub max_attempts: u32,
     /// Empty without an `Idempotency-Key`.
-    pub idempotency_key: &'a str,
-    pub fingerprint: &'a str,
+    pub idempotency_key: String,
+    pub fingerprint: String,
     pub idempotency_ttl_ms: u64,
     /// Held for approval instead of queued.
     pub hold: bool,
     /// A follow-up's pull request lane (`<repo>#<n>`); empty otherwise.
-    pub lane: &'a str,
+    pub lane: String,
     /// How long a run superseded at once is kept.
     pub ttl_seconds: u64,
 }
 
-impl ScriptArgs for EnqueueArgs<'_> {
+/// `enqueue.lua`: store new runs and make them claimable, in one call.
+pub(crate) struct EnqueueManyArgs(pub Vec<EnqueueArgs>);
+
+impl ScriptArgs for EnqueueManyArgs {
     fn script(scripts: &Scripts) -> &Script {
         &scripts.enqueue
     }
 
     fn push(&self, inv: &mut ScriptInvocation<'_>) {
-        inv.arg(self.id).arg(self.tenant).arg(self.repository).arg(self.band).arg(self.spec_json);
-        inv.arg(self.max_attempts).arg(self.idempotency_key).arg(self.fingerprint).arg(self.idempotency_ttl_ms);
-        inv.arg(if self.hold { "1" } else { "0" }).arg(self.lane).arg(self.ttl_seconds);
+        inv.arg(self.0.len());
+        for run in &self.0 {
+            inv.arg(&run.id).arg(&run.tenant).arg(&run.repository).arg(run.band).arg(&run.spec_json);
+            inv.arg(run.max_attempts).arg(&run.idempotency_key).arg(&run.fingerprint).arg(run.idempotency_ttl_ms);
+            inv.arg(if run.hold { "1" } else { "0" }).arg(&run.lane).arg(run.ttl_seconds);
+        }
     }
 }
 
@@ -335,5 +341,55 @@ impl ScriptArgs for ListArgs<'_> {
 
     fn push(&self, inv: &mut ScriptInvocation<'_>) {
         inv.arg(self.index).arg(self.cursor).arg(self.limit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Each script's own body (without `lib.lua`), by name.
+    const BODIES: [(&str, &str); 12] = [
+        ("enqueue", include_str!("lua/enqueue.lua")),
+        ("claim", include_str!("lua/claim.lua")),
+        ("heartbeat", include_str!("lua/heartbeat.lua")),
+        ("finish", include_str!("lua/finish.lua")),
+        ("reap", include_str!("lua/reap.lua")),
+        ("cancel", include_str!("lua/cancel.lua")),
+        ("limits", include_str!("lua/limits.lua")),
+        ("gcra", include_str!("lua/gcra.lua")),
+        ("budget", include_str!("lua/budget.lua")),
+        ("list", include_str!("lua/list.lua")),
+        ("approve", include_str!("lua/approve.lua")),
+        ("idem", include_str!("lua/idem.lua")),
+    ];
+
+    /// `lib.lua` defers index writes to `flush`: a script that can move a
+    /// run and returns without flushing would lose them.
+    #[test]
+    fn every_script_that_moves_runs_flushes_before_each_return() {
+        let moves = ["transition(", "finalize(", "enter_lane(", "make_ready(", "unqueue(", "defer("];
+        for (name, body) in BODIES {
+            if !moves.iter().any(|m| body.contains(m)) {
+                continue;
+            }
+            // Returns inside a function of the script's own (`claim_one`,
+            // ...) hand a value to its caller, not to Redis: skipped.
+            let lines: Vec<&str> = body.lines().collect();
+            let (mut unflushed, mut in_function) = (false, false);
+            for (i, line) in lines.iter().enumerate() {
+                if line.starts_with("local function ") {
+                    in_function = true;
+                } else if *line == "end" && in_function {
+                    in_function = false;
+                }
+                if moves.iter().any(|m| line.contains(m)) {
+                    unflushed = true;
+                } else if line.trim() == "flush()" {
+                    unflushed = false;
+                }
+                if unflushed && !in_function && line.trim_start().starts_with("return ") {
+                    panic!("{name}.lua line {}: returns after moving a run without flush()", i + 1);
+                }
+            }
+        }
     }
 }

@@ -288,3 +288,77 @@ async fn runs_of_one_pull_request_wait_in_its_lane_and_the_newest_trigger_supers
     assert_eq!(q.finish(&retried, &done()).await.unwrap(), Some(RunState::Succeeded));
     assert_eq!(q.claim("w", Duration::from_secs(30)).await.unwrap().unwrap().id, f);
 }
+
+/// The same mix of tenants, weights, repositories, bands and a cap, into `q`.
+async fn mixed_backlog(q: &RunQueue) {
+    q.set_tenant_limits("heavy", None, Some(3.0)).await.unwrap();
+    q.set_repo_limit("light", "l/capped", Some(2)).await.unwrap();
+    for i in 0..40 {
+        let (tenant, repo) = match i % 4 {
+            0 | 1 => ("heavy", format!("h/r{}", i % 3)),
+            2 => ("light", "l/capped".to_owned()),
+            _ => ("light", format!("l/r{}", i % 2)),
+        };
+        let band = if i % 7 == 0 { Priority::High } else { Priority::Normal };
+        let mut spec = run_spec(tenant, &repo, band);
+        spec.task_title = format!("run {i}");
+        q.enqueue(RunId::new(), &spec, 3, None).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn one_call_claiming_n_runs_takes_what_n_claims_would() {
+    let (one_by_one, batched) = (queue().await, queue().await);
+    mixed_backlog(&one_by_one).await;
+    mixed_backlog(&batched).await;
+    let lease = Duration::from_secs(60);
+    let mut expected = Vec::new();
+    while let Some(run) = one_by_one.claim("w", lease).await.unwrap() {
+        expected.push(run.spec.task_title);
+    }
+    let mut got = Vec::new();
+    for n in [1, 7, 10, 7, 20] {
+        got.extend(batched.claim_many("w", lease, n).await.unwrap().into_iter().map(|r| r.spec.task_title));
+    }
+    // 40 runs, 10 of them in a repository capped at 2 running.
+    assert_eq!(expected.len(), 32, "{expected:?}");
+    assert_eq!(got, expected);
+    assert_eq!(one_by_one.depth().await.unwrap(), batched.depth().await.unwrap());
+}
+
+#[tokio::test]
+async fn runs_accepted_and_finished_at_once_each_get_their_own_answer() {
+    let q = queue().await;
+    let key = |n: usize| store::Idempotency {
+        key: format!("user:p:k{}", n % 50),
+        fingerprint: format!("f{}", n % 50),
+        ttl: Duration::from_secs(60),
+    };
+    // 200 requests at once, every key used four times: one run per key.
+    let answers = futures::future::join_all((0..200).map(|n| {
+        let q = q.clone();
+        async move {
+            let id = RunId::new();
+            (id, q.enqueue(id, &spec("t", &format!("a/r{}", n % 9)), 3, Some(&key(n))).await.unwrap())
+        }
+    }))
+    .await;
+    let created: Vec<RunId> =
+        answers.iter().filter(|(_, a)| matches!(a, store::Enqueued::Created { .. })).map(|(id, _)| *id).collect();
+    assert_eq!(created.len(), 50);
+    for (_, answer) in &answers {
+        if let store::Enqueued::Existing { id, same_request } = answer {
+            assert!(created.contains(id) && *same_request, "{answer:?}");
+        }
+    }
+    let claimed = q.claim_many("w", Duration::from_secs(60), 50).await.unwrap();
+    assert_eq!(claimed.len(), 50);
+    let done = done();
+    let states = futures::future::join_all(claimed.iter().map(|run| q.finish(run, &done))).await;
+    assert!(states.into_iter().all(|s| s.unwrap() == Some(RunState::Succeeded)));
+    // Finishing again: every lease is gone, each caller told so.
+    let again = futures::future::join_all(claimed.iter().map(|run| q.finish(run, &done))).await;
+    assert!(again.into_iter().all(|s| s.unwrap().is_none()));
+    let depth = q.depth().await.unwrap();
+    assert_eq!((depth.totals["succeeded"], depth.totals["queued"], depth.totals["running"]), (50, 0, 0));
+}

@@ -13,4 +13,6 @@ if state ~= 'awaiting_approval' then
   return state
 end
 redis.call('HSET', job, 'approved_by', by)
-return enter_lane(r, seq, state, now_ms(), ttl_s)
+local after = enter_lane(r, seq, state, now_ms(), ttl_s)
+flush()
+return after

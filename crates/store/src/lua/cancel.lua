@@ -16,13 +16,16 @@ local now = now_ms()
 if state == 'queued' then
   unqueue(r)
   finalize(r, state, 'cancelled', now, cancelled_reason(by), '[]', ttl_s, {'cancel_by', by})
+  flush()
   return {'cancelled', state}
 elseif state == 'delayed' or state == 'awaiting_approval' or state == 'waiting' then
   redis.call('ZREM', p .. 'delayed', id)
   finalize(r, state, 'cancelled', now, cancelled_reason(by), '[]', ttl_s, {'cancel_by', by})
+  flush()
   return {'cancelled', state}
 elseif state == 'running' then
   transition(r, state, 'cancelling', {'cancel_by', by})
+  flush()
   redis.call('PUBLISH', p .. 'ctl:' .. j[5], id)
   return {'cancelling', state}
 end

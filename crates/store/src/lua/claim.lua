@@ -57,7 +57,7 @@ local function claim_one(band)
         end
         local epoch, attempt = tonumber(j[4]) + 1, tonumber(j[5]) + 1
         transition(r, 'queued', 'running', {'epoch', epoch, 'attempt', attempt, 'worker', worker, 'started_ms', now})
-        redis.call('ZADD', p .. 'leases', now + lease_ms, id)
+        defer(p .. 'leases', id, now + lease_ms)
         hold_slot(r, caps)
         return {id, epoch, attempt, tonumber(j[2]), j[3]}
       end
@@ -79,4 +79,5 @@ for _, band in ipairs(BANDS) do
     claimed[#claimed + 1] = run
   end
 end
+flush()
 return claimed

@@ -27,7 +27,7 @@ local function finish_one(a)
   end
   local r = run_of(id, j[3], j[4], j[8], j[10])
   local attempt, max_attempts = tonumber(j[5]), tonumber(j[6])
-  redis.call('ZREM', p .. 'leases', id)
+  defer(p .. 'leases', id)
   free_slot(r)
 
   if state == 'cancelling' and outcome ~= 'done' then
@@ -69,4 +69,5 @@ for i = 1, tonumber(ARGV[1]) do
   local base = 1 + (i - 1) * ARGS
   out[i] = finish_one({unpack(ARGV, base + 1, base + ARGS)})
 end
+flush()
 return out

@@ -20,6 +20,44 @@ local function run_of(id, tenant, repo, band, lane)
   return {id = id, job = p .. 'job:' .. id, tenant = tenant, repo = repo, band = band, lane = lane}
 end
 
+-- Index writes (`idx:*`, `leases`) of a call, applied once at its end by
+-- `flush`, which every script that moves runs calls before it returns: a
+-- sorted set takes all of the call's members in one ZADD and one ZREM,
+-- however many runs moved; a member's last write wins, as if each had been
+-- applied in turn. Nothing reads these keys while a script runs.
+local deferred, deferred_keys = {}, {}
+
+local function defer(key, member, score)
+  local writes = deferred[key]
+  if not writes then
+    writes = {}
+    deferred[key] = writes
+    deferred_keys[#deferred_keys + 1] = key
+  end
+  writes[member] = score or false
+end
+
+local function flush()
+  for _, key in ipairs(deferred_keys) do
+    local adds, removes = {}, {}
+    for member, score in pairs(deferred[key]) do
+      if score then
+        adds[#adds + 1] = score
+        adds[#adds + 1] = member
+      else
+        removes[#removes + 1] = member
+      end
+    end
+    for i = 1, #adds, 1000 do
+      redis.call('ZADD', key, unpack(adds, i, math.min(i + 999, #adds)))
+    end
+    for i = 1, #removes, 500 do
+      redis.call('ZREM', key, unpack(removes, i, math.min(i + 499, #removes)))
+    end
+  end
+  deferred, deferred_keys = {}, {}
+end
+
 -- The one counter: runs by `<state>:<band>:<tenant>:<repo>` in `count`.
 -- Totals, per tenant, per band, per repository and `dispatchable` (queued
 -- in a repository and tenant below their caps, from `parked`) are sums of
@@ -37,8 +75,8 @@ local function transition(r, from, to, fields)
   else
     redis.call('HSET', r.job, 'state', to)
   end
-  redis.call('ZREM', p .. 'idx:state:' .. from, r.id)
-  redis.call('ZADD', p .. 'idx:state:' .. to, 0, r.id)
+  defer(p .. 'idx:state:' .. from, r.id)
+  defer(p .. 'idx:state:' .. to, r.id, 0)
   count(r, from, -1)
   count(r, to, 1)
 end

@@ -39,6 +39,7 @@ for _, id in ipairs(expired) do
 end
 -- Index entries of runs whose record expired, oldest first (each call a
 -- bounded share: the first live entry ends a pass).
+flush()
 prune_index(p .. 'idx:all', 200)
 for _, state in ipairs({'succeeded', 'failed', 'cancelled'}) do
   prune_index(p .. 'idx:state:' .. state, 200)
