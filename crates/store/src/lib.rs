@@ -25,8 +25,6 @@ mod webhooks;
 use std::sync::Arc;
 
 use common::config::RedisConfig;
-use futures::StreamExt;
-use redis::AsyncCommands;
 
 use conn::Conn;
 use keys::Keys;
@@ -109,12 +107,18 @@ impl RunQueue {
     /// Reads a hash incrementally (HSCAN), never in one blocking call.
     pub(crate) async fn scan_hash(&self, key: String) -> Result<Vec<(String, String)>, QueueError> {
         let mut conn = self.conn.clone();
-        let mut iter: redis::AsyncIter<(String, String)> = conn.hscan(key).await?;
-        let mut out = Vec::new();
-        while let Some(item) = iter.next().await {
-            out.push(item?);
+        let (mut cursor, mut out) = (0u64, Vec::new());
+        // Pages of about a thousand fields: a counter hash of many
+        // repositories in few round trips, and no long block of Redis.
+        loop {
+            let (next, page): (u64, Vec<(String, String)>) =
+                redis::cmd("HSCAN").arg(&key).arg(cursor).arg("COUNT").arg(1000).query_async(&mut conn).await?;
+            out.extend(page);
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
         }
-        Ok(out)
     }
 }
 

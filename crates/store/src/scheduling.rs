@@ -89,38 +89,48 @@ impl RunQueue {
         Ok(limits)
     }
 
-    /// Exact depth, summed from the one counter every transition script
-    /// keeps (`<state>:<band>:<tenant>:<repo>`) and the set of what is at its
-    /// cap: `dispatchable` counts queued runs in repositories below their cap,
+    /// Exact depth, from the one counter every transition script keeps
+    /// (moves `<from>><to>:<band>:<tenant>:<repo>`: a state holds the moves
+    /// into it less the moves out) and the set of what is at its cap:
+    /// `dispatchable` counts queued runs in repositories below their cap,
     /// per tenant whatever the tenant's own cap, in the totals (and band
     /// `*`) only for tenants below theirs.
     pub async fn depth(&self) -> Result<Depth, QueueError> {
         let mut conn = self.conn.clone();
         let parked: std::collections::HashSet<String> = conn.smembers(self.keys.parked()).await?;
-        let mut depth = Depth::default();
-        fn add(map: &mut BTreeMap<String, i64>, state: &str, n: i64) {
-            *map.entry(state.to_owned()).or_default() += n;
-        }
+        // Runs by (band, tenant, repo), then state.
+        let mut runs: BTreeMap<(String, String, String), BTreeMap<String, i64>> = BTreeMap::new();
         for (field, value) in self.scan_hash(self.keys.count()).await? {
             let Ok(n) = value.parse::<i64>() else { continue };
             let mut parts = field.splitn(4, ':');
-            let (Some(state), Some(band), Some(tenant), Some(repo)) =
+            let (Some(edge), Some(band), Some(tenant), Some(repo)) =
                 (parts.next(), parts.next(), parts.next(), parts.next())
             else {
                 continue;
             };
-            let key = |a: &str, b: &str| (a.to_owned(), b.to_owned());
-            add(&mut depth.totals, state, n);
-            add(depth.tenants.entry(tenant.to_owned()).or_default(), state, n);
-            add(depth.repositories.entry(key(tenant, repo)).or_default(), state, n);
-            add(depth.bands.entry(key(band, tenant)).or_default(), state, n);
-            if state == "queued" {
-                let repo_open = i64::from(!parked.contains(&format!("r:{tenant}:{repo}")));
-                let open = repo_open * i64::from(!parked.contains(&format!("t:{tenant}")));
-                add(depth.tenants.entry(tenant.to_owned()).or_default(), "dispatchable", n * repo_open);
-                add(depth.bands.entry(key(band, tenant)).or_default(), "dispatchable", n * repo_open);
-                add(&mut depth.totals, "dispatchable", n * open);
-                add(depth.bands.entry(key(band, "*")).or_default(), "dispatchable", n * open);
+            let Some((from, to)) = edge.split_once('>') else { continue };
+            let states = runs.entry((band.to_owned(), tenant.to_owned(), repo.to_owned())).or_default();
+            add(states, to, n);
+            if !from.is_empty() {
+                add(states, from, -n);
+            }
+        }
+        let mut depth = Depth::default();
+        for ((band, tenant, repo), states) in runs {
+            let repo_open = i64::from(!parked.contains(&format!("r:{tenant}:{repo}")));
+            let open = repo_open * i64::from(!parked.contains(&format!("t:{tenant}")));
+            let queued = states.get("queued").copied().unwrap_or(0);
+            let by_tenant = depth.tenants.entry(tenant.clone()).or_default();
+            add(by_tenant, "dispatchable", queued * repo_open);
+            let by_band = depth.bands.entry((band.clone(), tenant.clone())).or_default();
+            add(by_band, "dispatchable", queued * repo_open);
+            add(&mut depth.totals, "dispatchable", queued * open);
+            add(depth.bands.entry((band.clone(), "*".to_owned())).or_default(), "dispatchable", queued * open);
+            for (state, n) in states {
+                add(&mut depth.totals, &state, n);
+                add(depth.tenants.entry(tenant.clone()).or_default(), &state, n);
+                add(depth.repositories.entry((tenant.clone(), repo.clone())).or_default(), &state, n);
+                add(depth.bands.entry((band.clone(), tenant.clone())).or_default(), &state, n);
             }
         }
         depth.dead_letters = conn.zcard(self.keys.dead()).await?;
@@ -158,4 +168,8 @@ impl RunQueue {
             })
             .collect()
     }
+}
+
+fn add(map: &mut BTreeMap<String, i64>, state: &str, n: i64) {
+    *map.entry(state.to_owned()).or_default() += n;
 }

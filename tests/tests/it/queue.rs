@@ -362,3 +362,29 @@ async fn runs_accepted_and_finished_at_once_each_get_their_own_answer() {
     let depth = q.depth().await.unwrap();
     assert_eq!((depth.totals["succeeded"], depth.totals["queued"], depth.totals["running"]), (50, 0, 0));
 }
+
+#[tokio::test]
+async fn a_cap_set_while_runs_are_running_counts_them() {
+    let q = queue().await;
+    let lease = Duration::from_secs(60);
+    for n in 0..6 {
+        q.enqueue(RunId::new(), &spec("t", &format!("a/r{}", n % 2)), 3, None).await.unwrap();
+    }
+    let running = q.claim_many("w", lease, 3).await.unwrap();
+    assert_eq!(running.len(), 3);
+    // Three hold slots already: a cap of 2 leaves nothing to claim until
+    // two of them end.
+    q.set_tenant_limits("t", Some(2), None).await.unwrap();
+    assert!(q.claim("w", lease).await.unwrap().is_none(), "the running runs were not counted");
+    assert_eq!(q.finish(&running[0], &done()).await.unwrap(), Some(RunState::Succeeded));
+    assert!(q.claim("w", lease).await.unwrap().is_none(), "two still hold the two slots");
+    assert_eq!(q.finish(&running[1], &done()).await.unwrap(), Some(RunState::Succeeded));
+    let next = q.claim_many("w", lease, 3).await.unwrap();
+    assert_eq!(next.len(), 1, "one slot free under the cap");
+    // A repository cap the same way: a/r0 and a/r1 each hold one now.
+    q.set_tenant_limits("t", None, None).await.unwrap();
+    let repo = next[0].spec.repository.to_string();
+    q.set_repo_limit("t", &repo, Some(1)).await.unwrap();
+    let more = q.claim_many("w", lease, 5).await.unwrap();
+    assert!(more.iter().all(|r| r.spec.repository.to_string() != repo), "{repo} is at its cap: {more:?}");
+}

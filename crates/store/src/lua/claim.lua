@@ -52,8 +52,7 @@ local function claim_one(band)
         if more or redis.call('ZCARD', repos) > 0 then
           redis.call('ZADD', ready, 'XX', vt + 1 / w, tenant)
         else
-          redis.call('HSET', p .. 'vtime', band .. ':' .. tenant, vt + 1 / w)
-          redis.call('ZREM', ready, tenant)
+          leave_ready(band, tenant, vt + 1 / w)
         end
         local epoch, attempt = tonumber(j[4]) + 1, tonumber(j[5]) + 1
         transition(r, 'queued', 'running', {'epoch', epoch, 'attempt', attempt, 'worker', worker, 'started_ms', now})

@@ -57,7 +57,7 @@ local function enqueue_one(a)
   defer(p .. 'idx:all', id, 0)
   defer(p .. 'idx:state:' .. state, id, 0)
   local r = run_of(id, tenant, repo, band, lane)
-  count(r, state, 1)
+  count(r, '', state)
   if not hold then
     state = enter_lane(r, seq, state, now, ttl_s)
   end

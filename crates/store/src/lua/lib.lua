@@ -58,12 +58,14 @@ local function flush()
   deferred, deferred_keys = {}, {}
 end
 
--- The one counter: runs by `<state>:<band>:<tenant>:<repo>` in `count`.
--- Totals, per tenant, per band, per repository and `dispatchable` (queued
--- in a repository and tenant below their caps, from `parked`) are sums of
--- its fields, computed by the reader.
-local function count(r, state, delta)
-  redis.call('HINCRBY', p .. 'count', state .. ':' .. r.band .. ':' .. r.tenant .. ':' .. r.repo, delta)
+-- The one counter: transitions by `<from>><to>:<band>:<tenant>:<repo>` in
+-- `count` (`from` empty for a new run), one HINCRBY per move. The runs in a
+-- state are the moves into it less the moves out of it; totals, per tenant,
+-- per band, per repository and `dispatchable` (queued in a repository and
+-- tenant below their caps, from `parked`) are sums of those, computed by the
+-- reader (`RunQueue::depth`).
+local function count(r, from, to)
+  redis.call('HINCRBY', p .. 'count', from .. '>' .. to .. ':' .. r.band .. ':' .. r.tenant .. ':' .. r.repo, 1)
 end
 
 -- Moves a run between states: record (with `fields`, more field/value
@@ -77,8 +79,7 @@ local function transition(r, from, to, fields)
   end
   defer(p .. 'idx:state:' .. from, r.id)
   defer(p .. 'idx:state:' .. to, r.id, 0)
-  count(r, from, -1)
-  count(r, to, 1)
+  count(r, from, to)
 end
 
 local function repo_queue(band, tenant, repo)
@@ -89,8 +90,19 @@ local function repo_member(tenant, repo)
   return 'r:' .. tenant .. ':' .. repo
 end
 
+-- Whether anything is at its cap, read once per call: usually nothing is,
+-- and then no member needs looking up.
+local parked_none
+
+local function none_parked()
+  if parked_none == nil then
+    parked_none = redis.call('SCARD', p .. 'parked') == 0
+  end
+  return parked_none
+end
+
 local function is_parked(member)
-  return redis.call('SISMEMBER', p .. 'parked', member) == 1
+  return not none_parked() and redis.call('SISMEMBER', p .. 'parked', member) == 1
 end
 
 -- Indexes a repository under its head score in `repos:<band>:<tenant>`, or
@@ -111,8 +123,16 @@ end
 -- is not there: a tenant that was away neither starves others nor is
 -- starved. A tenant entering means a claim that found nothing could find
 -- work now, so idle workers are woken.
+-- Tenants this call knows are in a ready index (`<band>:<tenant>`).
+local in_ready = {}
+
 local function enter_ready(band, tenant)
   local ready = p .. 'ready:' .. band
+  local known = band .. ':' .. tenant
+  if in_ready[known] then
+    return
+  end
+  in_ready[known] = true
   if redis.call('ZSCORE', ready, tenant) then
     return
   end
@@ -126,9 +146,10 @@ local function enter_ready(band, tenant)
 end
 
 -- Takes a tenant out of `ready:<band>`, keeping its virtual time.
-local function leave_ready(band, tenant)
+local function leave_ready(band, tenant, vt)
   local ready = p .. 'ready:' .. band
-  local vt = redis.call('ZSCORE', ready, tenant)
+  in_ready[band .. ':' .. tenant] = nil
+  vt = vt or redis.call('ZSCORE', ready, tenant)
   if vt then
     redis.call('HSET', p .. 'vtime', band .. ':' .. tenant, vt)
     redis.call('ZREM', ready, tenant)
@@ -150,7 +171,10 @@ end
 -- caps are read in one command.
 local function make_ready(r, score)
   redis.call('ZADD', repo_queue(r.band, r.tenant, r.repo), score, r.id)
-  local parked = redis.call('SMISMEMBER', p .. 'parked', repo_member(r.tenant, r.repo), 't:' .. r.tenant)
+  local parked = {0, 0}
+  if not none_parked() then
+    parked = redis.call('SMISMEMBER', p .. 'parked', repo_member(r.tenant, r.repo), 't:' .. r.tenant)
+  end
   if parked[1] == 1 then
     return
   end
@@ -166,11 +190,23 @@ local function unqueue(r)
   index_tenant(r.band, r.tenant)
 end
 
--- Caps and weight of a tenant and repository, in one read.
+-- Caps and weight of a tenant and repository, in one read, once per call;
+-- nothing read when no cap or weight is set anywhere.
+local limits_none, limits_seen = nil, {}
+
 local function limits_of(tenant, repo)
-  local l = redis.call('HMGET', p .. 'limits', 'repo:' .. tenant .. ':' .. repo, 'tenant:' .. tenant,
-    'weight:' .. tenant)
-  return {repo = tonumber(l[1]), tenant = tonumber(l[2]), weight = tonumber(l[3])}
+  if limits_none == nil then
+    limits_none = redis.call('HLEN', p .. 'limits') == 0
+  end
+  if limits_none then
+    return {}
+  end
+  local known = tenant .. ':' .. repo
+  if not limits_seen[known] then
+    local l = redis.call('HMGET', p .. 'limits', 'repo:' .. known, 'tenant:' .. tenant, 'weight:' .. tenant)
+    limits_seen[known] = {repo = tonumber(l[1]), tenant = tonumber(l[2]), weight = tonumber(l[3])}
+  end
+  return limits_seen[known]
 end
 
 -- Caps: a repository or tenant at its cap leaves the ready indexes (is
@@ -179,6 +215,7 @@ local function park_repo(tenant, repo, parked)
   local changed
   if parked then
     changed = redis.call('SADD', p .. 'parked', repo_member(tenant, repo))
+    parked_none = false
   else
     changed = redis.call('SREM', p .. 'parked', repo_member(tenant, repo))
   end
@@ -195,6 +232,7 @@ local function park_tenant(tenant, parked)
   local changed
   if parked then
     changed = redis.call('SADD', p .. 'parked', 't:' .. tenant)
+    parked_none = false
   else
     changed = redis.call('SREM', p .. 'parked', 't:' .. tenant)
   end
@@ -206,50 +244,42 @@ local function park_tenant(tenant, parked)
   end
 end
 
--- Runs holding a slot of the repository: its running and cancelling runs,
--- from the counter (read only when the repository has a cap).
-local function repo_held(tenant, repo)
-  local fields = {}
-  for _, band in ipairs(BANDS) do
-    for _, state in ipairs({'running', 'cancelling'}) do
-      fields[#fields + 1] = state .. ':' .. band .. ':' .. tenant .. ':' .. repo
-    end
-  end
-  local held = 0
-  for _, n in ipairs(redis.call('HMGET', p .. 'count', unpack(fields))) do
-    held = held + (tonumber(n) or 0)
-  end
-  return held
-end
-
-local function tenant_held(tenant)
-  return tonumber(redis.call('HGET', p .. 'held', tenant) or '0')
-end
-
--- Parks or un-parks a repository and its tenant to match their caps and
--- the runs they hold now (`leaving`: one of the repository's counted
--- running runs is giving its slot back). Without a cap nothing can be parked
--- (setting or removing one enforces it at once), so nothing is read.
-local function enforce_caps(tenant, repo, caps, tenant_holds, leaving)
+-- Slots: `held` counts the runs (running or cancelling) a capped tenant
+-- (`t:<tenant>`) or capped repository (`r:<tenant>:<repo>`) holds, kept
+-- only while the cap exists: setting a cap counts them afresh from `leases`
+-- (`recount_held`), removing it drops the count. A run takes its slots after
+-- its transition to running and gives them back before it leaves running
+-- or cancelling; at a cap a repository or tenant is parked.
+local function move_slots(r, caps, delta)
   if caps.repo then
-    park_repo(tenant, repo, repo_held(tenant, repo) - leaving >= caps.repo)
+    local held = redis.call('HINCRBY', p .. 'held', repo_member(r.tenant, r.repo), delta)
+    park_repo(r.tenant, r.repo, held >= caps.repo)
   end
   if caps.tenant then
-    park_tenant(tenant, tenant_holds >= caps.tenant)
+    park_tenant(r.tenant, redis.call('HINCRBY', p .. 'held', 't:' .. r.tenant, delta) >= caps.tenant)
   end
 end
 
--- A run starts or stops holding slots: the tenant's count of held runs
--- (`held`, one field per tenant; a repository's is its counter). A run
--- takes its slot after its transition to running, and gives it back before
--- it leaves running or cancelling.
 local function hold_slot(r, caps)
-  enforce_caps(r.tenant, r.repo, caps, redis.call('HINCRBY', p .. 'held', r.tenant, 1), 0)
+  move_slots(r, caps, 1)
 end
 
 local function free_slot(r)
-  local held = redis.call('HINCRBY', p .. 'held', r.tenant, -1)
-  enforce_caps(r.tenant, r.repo, limits_of(r.tenant, r.repo), held, 1)
+  move_slots(r, limits_of(r.tenant, r.repo), -1)
+end
+
+-- The runs holding a slot of the tenant (and, with `repo`, of that
+-- repository) now, counted from the leases: work in proportion to the runs
+-- running, done only when a cap is set.
+local function recount_held(tenant, repo)
+  local n = 0
+  for _, id in ipairs(redis.call('ZRANGE', p .. 'leases', 0, -1)) do
+    local j = redis.call('HMGET', p .. 'job:' .. id, 'tenant', 'repo')
+    if j[1] == tenant and (repo == nil or j[2] == repo) then
+      n = n + 1
+    end
+  end
+  return n
 end
 
 -- Drops up to `n` of the oldest index entries whose run record has

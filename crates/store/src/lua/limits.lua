@@ -15,11 +15,26 @@ end
 if weight ~= '' then
   redis.call('HSET', p .. 'limits', 'weight:' .. tenant, weight)
 end
--- Enforced at once, removal too: nothing else un-parks without a cap.
+-- Enforced at once, removal too: nothing else un-parks without a cap. The
+-- slots held are counted afresh (see `recount_held`).
 local caps = limits_of(tenant, repo)
+local cap, member, held = caps.tenant, 't:' .. tenant, nil
 if kind == 'repo' then
-  park_repo(tenant, repo, caps.repo ~= nil and repo_held(tenant, repo) >= caps.repo)
+  cap, member = caps.repo, repo_member(tenant, repo)
+end
+if cap then
+  if kind == 'repo' then
+    held = recount_held(tenant, repo)
+  else
+    held = recount_held(tenant)
+  end
+  redis.call('HSET', p .. 'held', member, held)
 else
-  park_tenant(tenant, caps.tenant ~= nil and tenant_held(tenant) >= caps.tenant)
+  redis.call('HDEL', p .. 'held', member)
+end
+if kind == 'repo' then
+  park_repo(tenant, repo, cap ~= nil and held >= cap)
+else
+  park_tenant(tenant, cap ~= nil and held >= cap)
 end
 return 1
