@@ -102,7 +102,9 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     pub lease_seconds: u64,
     pub heartbeat_seconds: u64,
-    /// How often an idle worker asks for work.
+    /// How often an idle worker asks for work when no wake-up came: the
+    /// queue publishes one when work becomes claimable, so this only bounds
+    /// the delay when Pub/Sub loses one.
     pub poll_interval_ms: u64,
     /// After SIGTERM, how long running runs may continue before they are
     /// stopped and handed back to the queue.
@@ -1014,7 +1016,7 @@ impl Default for WorkerConfig {
             concurrency: 2,
             lease_seconds: 60,
             heartbeat_seconds: 10,
-            poll_interval_ms: 500,
+            poll_interval_ms: 2000,
             shutdown_grace_seconds: 300,
             work_dir: std::env::temp_dir().join("paddock-worker"),
             retry_base_seconds: 5,

@@ -1,8 +1,10 @@
-//! Latency the model gateway adds: Paddock's gateway (in this process)
-//! and LiteLLM's proxy (its own process, pinned to a core of its own while
-//! this process, the load and the provider, keeps to the other) before the
-//! same emulated provider, each beside the provider called directly in the
-//! same run.
+//! Latency the model gateway adds: Paddock's gateway in this process (as a
+//! worker runs it), Paddock's standalone gateway (`paddock-gateway`, the
+//! binary a deployment runs apart from workers) and LiteLLM's proxy, each
+//! of the last two in its own process pinned to a core of its own while
+//! this process (the load and the provider) keeps to the other, before the
+//! same emulated provider, each beside the provider called directly under
+//! the same pinning in the same run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -44,7 +46,8 @@ pub async fn run() -> Report {
     let redactor = Redactor::new(&[providers.key.clone(), token.clone()], b"bench");
     config.run_requests_per_minute = 0;
     let http = tests::tls::trusting_outbound().http().build().unwrap();
-    let gateway = Arc::new(RunGateway::new(run, "bench".to_owned(), token_hash(&token), config, queue, redactor, http));
+    let gateway =
+        Arc::new(RunGateway::new(run, "bench".to_owned(), token_hash(&token), config, queue.clone(), redactor, http));
     let server = GatewayServer::start("127.0.0.1:0".parse().unwrap(), gateway).await.unwrap();
 
     let transcript = realistic_transcript(64 << 10);
@@ -98,16 +101,24 @@ pub async fn run() -> Report {
     // connections in flight: those are refused, and counted in the row.
     assert_eq!(direct_mid.errors + ours_mid.errors + direct_slow.errors + ours_slow.errors, 0, "requests failed");
 
+    let standalone = Standalone::start(&queue, &providers.base_url, &providers.key).await;
     let litellm = Litellm::start(&providers.base_url, &providers.key).await;
-    let theirs = call(format!("{}/v1/chat/completions", litellm.url), litellm.key.clone());
-    load::fixed_rate(PEER_RATE, 20, theirs.clone()).await;
+    let (alone_url, theirs_url) =
+        (format!("{}/v1/chat/completions", standalone.url), format!("{}/v1/chat/completions", litellm.url));
+    load::fixed_rate(RATE, 200, call(alone_url.clone(), token.clone())).await;
+    load::fixed_rate(PEER_RATE, 20, call(theirs_url.clone(), litellm.key.clone())).await;
     let pinned = pin_self(Some(0));
-    let theirs_slow = load::fixed_rate(PEER_RATE, PEER_REQUESTS, theirs).await;
+    let alone_fast = load::fixed_rate(RATE, REQUESTS, call(alone_url.clone(), token.clone())).await;
+    let direct_pinned_fast = load::fixed_rate(RATE, REQUESTS, call(direct_url.clone(), providers.key.clone())).await;
+    let alone_slow = load::fixed_rate(PEER_RATE, PEER_REQUESTS, call(alone_url, token.clone())).await;
+    let theirs_slow = load::fixed_rate(PEER_RATE, PEER_REQUESTS, call(theirs_url, litellm.key.clone())).await;
     let direct_beside = load::fixed_rate(PEER_RATE, PEER_REQUESTS, call(direct_url, providers.key.clone())).await;
     if pinned {
         pin_self(None);
     }
     assert_eq!(theirs_slow.errors, 0, "requests through LiteLLM failed");
+    assert_eq!(alone_slow.errors, 0, "requests through the standalone gateway failed");
+    drop(standalone);
     let version = litellm.version.clone();
     drop(litellm);
     drop(server);
@@ -126,6 +137,9 @@ pub async fn run() -> Report {
     );
     let mid = format!("at {MID_RATE} req/s, 4 KiB prompts");
     let slow = format!("added at {PEER_RATE} req/s (LiteLLM's own core)");
+    let own_core = format!("at {RATE} req/s, own core (as LiteLLM), redaction on");
+    let alone_refused =
+        format!(" ({} of {REQUESTS} refused; direct: {})", alone_fast.errors, direct_pinned_fast.errors);
     Report {
         name: "gateway",
         rows: vec![
@@ -135,6 +149,32 @@ pub async fn run() -> Report {
             Row::ms(&format!("gateway p99 {mid}"), ours_mid.p99, "provider direct", direct_mid.p99),
             added(&format!("gateway p50 {slow}"), ours_slow.p50, direct_slow.p50, theirs_slow.p50, direct_beside.p50),
             added(&format!("gateway p99 {slow}"), ours_slow.p99, direct_slow.p99, theirs_slow.p99, direct_beside.p99),
+            Row::ms(
+                &format!("standalone gateway p50 {own_core}"),
+                alone_fast.p50,
+                "provider direct",
+                direct_pinned_fast.p50,
+            ),
+            Row::ms(
+                &format!("standalone gateway p99 {own_core}{alone_refused}"),
+                alone_fast.p99,
+                "provider direct",
+                direct_pinned_fast.p99,
+            ),
+            added(
+                &format!("standalone gateway p50 {slow}"),
+                alone_slow.p50,
+                direct_beside.p50,
+                theirs_slow.p50,
+                direct_beside.p50,
+            ),
+            added(
+                &format!("standalone gateway p99 {slow}"),
+                alone_slow.p99,
+                direct_beside.p99,
+                theirs_slow.p99,
+                direct_beside.p99,
+            ),
         ],
         data: json!({
             "rate_per_s": RATE, "requests": REQUESTS, "peer_rate_per_s": PEER_RATE, "peer_requests": PEER_REQUESTS,
@@ -142,6 +182,8 @@ pub async fn run() -> Report {
             "mid_rate_per_s": MID_RATE, "direct_mid": direct_mid.json(), "gateway_mid": ours_mid.json(),
             "direct_at_peer_rate": direct_slow.json(), "gateway_at_peer_rate": ours_slow.json(),
             "litellm": theirs_slow.json(), "direct_beside_litellm": direct_beside.json(),
+            "standalone": alone_fast.json(), "direct_pinned": direct_pinned_fast.json(),
+            "standalone_at_peer_rate": alone_slow.json(),
             "litellm_version": version, "litellm_pinned": pinned,
         }),
     }
@@ -159,6 +201,71 @@ fn pin_self(core: Option<usize>) -> bool {
     let list = core.map_or_else(|| format!("0-{}", cores - 1), |core| core.to_string());
     let pid = std::process::id().to_string();
     Command::new("taskset").args(["-a", "-cp", &list, &pid]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// `program` on core 1, where the machine has two cores or more (the
+/// benchmark then keeps itself to core 0).
+fn on_core_one(program: &Path) -> Command {
+    if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) < 2 {
+        return Command::new(program);
+    }
+    let mut command = Command::new("taskset");
+    command.args(["-c", "1"]).arg(program);
+    command
+}
+
+/// Paddock's standalone gateway before the emulated provider: the release
+/// binary with the environment a deployment would give it (this machine's
+/// Redis under the benchmark's namespace, the provider, the test CA).
+struct Standalone {
+    url: String,
+    /// Held for its `Drop`, which stops the gateway.
+    _process: tests::apps::WorkerProcess,
+    dir: PathBuf,
+}
+
+impl Standalone {
+    async fn start(queue: &store::RunQueue, base_url: &str, provider_key: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("paddock-gateway-{}", common::RunId::new()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let listen = format!("127.0.0.1:{}", tests::free_port());
+        let providers = json!({"emulated": {
+            "kind": "openai", "base_url": base_url, "api_key": provider_key, "models": ["gpt-test"]
+        }});
+        let ca = json!([tests::tls::TestCa::get().ca_file()]);
+        let log = dir.join("gateway.log");
+        let file = std::fs::File::create(&log).unwrap();
+        // Only what it needs: this machine's Redis and the settings below
+        // (the benchmark's own variables are no configuration of Paddock's).
+        let redis = std::env::vars().filter(|(k, _)| k.starts_with("PADDOCK_REDIS__") || k == "PATH");
+        let child = on_core_one(&tests::services::bin_dir().join("paddock-gateway"))
+            .env_clear()
+            .envs(redis)
+            .env("PADDOCK_REDIS__NAMESPACE", queue.namespace())
+            .env("PADDOCK_GATEWAY__LISTEN", &listen)
+            .env("PADDOCK_GATEWAY__PROVIDERS", providers.to_string())
+            .env("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["emulated"]"#)
+            .env("PADDOCK_GATEWAY__RUN_REQUESTS_PER_MINUTE", "0")
+            .env("PADDOCK_TLS__EXTRA_CA_FILES", ca.to_string())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("paddock-gateway starts");
+        let mut process = tests::apps::WorkerProcess { child, log };
+        let url = format!("http://{listen}");
+        let health = format!("{url}/healthz");
+        let client = reqwest::Client::new();
+        tests::apps::started_within(&mut process, "paddock-gateway", &client, &health, Duration::from_secs(30)).await;
+        Self { url, _process: process, dir }
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
 }
 
 /// LiteLLM's proxy before the emulated provider, configured to do as little
@@ -198,11 +305,7 @@ impl Litellm {
         let log = dir.join("litellm.log");
         let file = std::fs::File::create(&log).unwrap();
         // A core of its own where there are two.
-        let two_cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2;
-        let mut command = if two_cores { Command::new("taskset") } else { Command::new(install.join("bin/litellm")) };
-        if two_cores {
-            command.args(["-c", "1"]).arg(install.join("bin/litellm"));
-        }
+        let mut command = on_core_one(&install.join("bin/litellm"));
         command
             .arg("--config")
             .arg(dir.join("config.yaml"))
