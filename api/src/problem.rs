@@ -213,6 +213,7 @@ impl From<store::QueueError> for Problem {
             store::QueueError::Redis(_) => Problem::unavailable("the run store (Redis) is unavailable"),
             store::QueueError::Corrupt { .. } => Problem::internal(),
             store::QueueError::Audit(_) => audit_unavailable(),
+            store::QueueError::Unsupported(_) => Problem::internal(),
         }
     }
 }

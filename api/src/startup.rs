@@ -76,6 +76,7 @@ impl Application {
         let cursors = crate::runs::cursor::Cursors::new(token.as_bytes());
         let outbound = platform::outbound::Outbound::new(&config.tls, &config.outbound)?;
         let queue = RunQueue::connect(&config.redis, &outbound).await?;
+        queue.check_server().await?;
         let store = S3Store::new(&config.s3, &outbound);
         let listener = TcpListener::bind(&config.api.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on `api.listen` = {}: {e}", config.api.listen))?;

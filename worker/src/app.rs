@@ -31,7 +31,7 @@ impl Application {
         let worker = format!("{}-{}", config.worker.name, ulid::Ulid::new().to_string().to_lowercase());
         let outbound = Outbound::new(&config.tls, &config.outbound)?;
         let queue = RunQueue::connect(&config.redis, &outbound).await?;
-        queue.ping().await?;
+        queue.check_server().await?;
         let store = S3Store::new(&config.s3, &outbound);
         // Refuse a contradictory egress configuration at start, naming the key.
         EgressPolicy::from_config(&config.egress)?;

@@ -68,7 +68,7 @@ pub async fn serve_standalone(
     }
     let outbound = platform::outbound::Outbound::new(&config.tls, &config.outbound)?;
     let queue = store::RunQueue::connect(&config.redis, &outbound).await?;
-    queue.ping().await?;
+    queue.check_server().await?;
     let http = outbound.http().build()?;
     let tls = match (&config.gateway.tls_cert_file, &config.gateway.tls_key_file) {
         (Some(cert), Some(key)) => {

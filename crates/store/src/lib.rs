@@ -46,6 +46,9 @@ pub enum QueueError {
     /// The audit trail refused the change's event, so the change was not made.
     #[error("{0}")]
     Audit(String),
+    /// The server cannot run the queue's scripts.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// The most runs one batched script call carries.
@@ -85,6 +88,31 @@ impl RunQueue {
         &self.config.namespace
     }
 
+    /// Checks, at start, that the server is one the scripts run on: Redis
+    /// (or a server reporting a Redis version, as Valkey does) 6.2 or newer,
+    /// for `SMISMEMBER` and `ZADD ... LT`.
+    pub async fn check_server(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let info: String = match redis::cmd("INFO").arg("server").query_async(&mut conn).await {
+            Ok(info) => info,
+            // A user whose ACL allows the scripts but not INFO: reachable
+            // is all that can be checked.
+            Err(error) => {
+                self.ping().await?;
+                tracing::warn!(%error, "INFO is refused: the Redis version (6.2 or newer needed) cannot be checked");
+                return Ok(());
+            }
+        };
+        let version = info.lines().find_map(|l| l.strip_prefix("redis_version:")).map(str::trim).unwrap_or("");
+        if supported(version) {
+            return Ok(());
+        }
+        Err(QueueError::Unsupported(format!(
+            "`redis.url` points at a server reporting Redis version {version:?}; Paddock's queue scripts need \
+             Redis 6.2 or newer (SMISMEMBER, ZADD LT)"
+        )))
+    }
+
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
@@ -119,6 +147,27 @@ impl RunQueue {
             }
             cursor = next;
         }
+    }
+}
+
+/// Whether a `redis_version` is 6.2 or newer.
+fn supported(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (6, 2),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redis_before_6_2_is_refused() {
+        for (version, ok) in [("7.0.15", true), ("6.2.0", true), ("8.2.1", true), ("6.0.16", false), ("5.0.7", false)] {
+            assert_eq!(super::supported(version), ok, "{version}");
+        }
+        assert!(!super::supported(""), "no version reported");
+        assert!(!super::supported("unknown"));
     }
 }
 

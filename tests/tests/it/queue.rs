@@ -388,3 +388,23 @@ async fn a_cap_set_while_runs_are_running_counts_them() {
     let more = q.claim_many("w", lease, 5).await.unwrap();
     assert!(more.iter().all(|r| r.spec.repository.to_string() != repo), "{repo} is at its cap: {more:?}");
 }
+
+#[tokio::test]
+async fn the_server_is_checked_at_start_and_a_user_without_info_still_starts() {
+    assert!(queue().await.check_server().await.is_ok(), "this machine's Redis is 6.2 or newer");
+    // A user whose ACL allows everything but INFO, as a locked-down managed
+    // Redis may give: the version cannot be read, reachability can.
+    let user = format!("paddock-noinfo-{}", ulid::Ulid::new());
+    let acl = |args: &[&str]| std::process::Command::new("redis-cli").args(["-p", "6390", "ACL"]).args(args).output();
+    acl(&["SETUSER", &user, "on", "nopass", "~*", "&*", "+@all", "-info"]).unwrap();
+    let q = fresh_queue(Some(&format!("redis://{user}:x@127.0.0.1:6390/")), false).await;
+    let info = std::process::Command::new("redis-cli")
+        .args(["-p", "6390", "--user", &user, "--pass", "x", "--no-auth-warning", "INFO", "server"])
+        .output()
+        .unwrap();
+    let refused = String::from_utf8_lossy(&info.stdout).contains("NOPERM");
+    assert!(refused, "the ACL let INFO through");
+    let checked = q.check_server().await;
+    acl(&["DELUSER", &user]).unwrap();
+    assert!(checked.is_ok(), "{checked:?}");
+}
