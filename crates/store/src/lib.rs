@@ -159,6 +159,10 @@ fn supported(version: &str) -> bool {
     }
 }
 
+fn corrupt(id: impl ToString, detail: impl ToString) -> QueueError {
+    QueueError::Corrupt { id: id.to_string(), detail: detail.to_string() }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -169,8 +173,4 @@ mod tests {
         assert!(!super::supported(""), "no version reported");
         assert!(!super::supported("unknown"));
     }
-}
-
-fn corrupt(id: impl ToString, detail: impl ToString) -> QueueError {
-    QueueError::Corrupt { id: id.to_string(), detail: detail.to_string() }
 }
