@@ -143,13 +143,7 @@ impl Backend for RunBackend {
             Poll::Ready(runs) => {
                 self.claim = None;
                 self.claimed.extend(runs);
-                match self.claimed.pop_front() {
-                    Some(run) => Poll::Ready(Some(Ok(task(run)))),
-                    None => {
-                        cx.waker().wake_by_ref();
-                        Poll::Pending
-                    }
-                }
+                self.poll_next(cx, worker)
             }
         }
     }

@@ -60,10 +60,17 @@ local function finish_one(a)
     make_ready(r, tonumber(j[7]))
     return 'queued'
   end
-  error('unknown outcome ' .. tostring(outcome))
 end
 
 local ARGS = 13
+-- Checked before anything is written: an error half-way through a batch
+-- would leave the runs before it moved but their index writes unflushed.
+for i = 1, tonumber(ARGV[1]) do
+  local outcome = ARGV[1 + (i - 1) * ARGS + 3]
+  if outcome ~= 'done' and outcome ~= 'retry' and outcome ~= 'release' then
+    return redis.error_reply('ERR unknown outcome ' .. tostring(outcome))
+  end
+end
 local out = {}
 for i = 1, tonumber(ARGV[1]) do
   local base = 1 + (i - 1) * ARGS

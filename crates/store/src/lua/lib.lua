@@ -2,7 +2,9 @@
 -- KEYS[1] is the key prefix `{<namespace>}:`; every key a script touches
 -- starts with it, so all of them share one hash slot (Redis Cluster safe).
 -- Work per call is bounded: ranges carry LIMIT, loops run over ARGV, the
--- three priority bands or a bounded range, and nothing unpacks a collection.
+-- three priority bands or a bounded range, and nothing unpacks a collection;
+-- the one exception is setting a cap (`recount_held`), which reads every
+-- lease once.
 -- Every Redis command a run's path costs is counted by the scheduling
 -- benchmark: what can be computed when read (totals, per tenant,
 -- dispatchable) is not maintained here.
@@ -119,13 +121,13 @@ local function index_repo(band, tenant, repo, open)
   return true
 end
 
+-- Tenants this call knows are in a ready index (`<band>:<tenant>`).
+local in_ready = {}
+
 -- Puts a tenant in `ready:<band>` at the band's lowest virtual time, if it
 -- is not there: a tenant that was away neither starves others nor is
 -- starved. A tenant entering means a claim that found nothing could find
 -- work now, so idle workers are woken.
--- Tenants this call knows are in a ready index (`<band>:<tenant>`).
-local in_ready = {}
-
 local function enter_ready(band, tenant)
   local ready = p .. 'ready:' .. band
   local known = band .. ':' .. tenant
