@@ -213,6 +213,9 @@ impl From<store::QueueError> for Problem {
             store::QueueError::Redis(_) => Problem::unavailable("the run store (Redis) is unavailable"),
             store::QueueError::Corrupt { .. } => Problem::internal(),
             store::QueueError::Audit(_) => audit_unavailable(),
+            backlog @ store::QueueError::AuditBacklog { .. } => {
+                Problem::new(ErrorCode::AuditUnavailable).detail(backlog.to_string())
+            }
             store::QueueError::Unsupported(_) => Problem::internal(),
         }
     }

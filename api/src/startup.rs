@@ -28,6 +28,9 @@ pub struct AppState {
     pub github: Option<std::sync::Arc<forge::GitHubApp>>,
     /// This process's stream of the audit trail.
     pub audit: std::sync::Arc<AuditTrail>,
+    /// Seals the events written to Redis with their change (a run's
+    /// request) under a key Redis never holds.
+    pub sealer: audit_trail::Sealer,
     /// Whether the bucket enforces write-once retention, probed at start.
     pub object_lock: objstore::ObjectLockStatus,
     /// The bucket lifecycle rules installed at start (or why not).
@@ -75,8 +78,13 @@ impl Application {
         let admin_token_digest = token_digest(token);
         let cursors = crate::runs::cursor::Cursors::new(token.as_bytes());
         let outbound = platform::outbound::Outbound::new(&config.tls, &config.outbound)?;
-        let queue = RunQueue::connect(&config.redis, &outbound).await?;
+        let queue = RunQueue::connect(&config.redis, &outbound)
+            .await?
+            .with_audit_writes(store::audit::AuditWrites::from_config(&config.audit));
         queue.check_server().await?;
+        // A run's request event is written with the run, in Redis: the API
+        // answers 202 only once Redis has made it durable.
+        queue.check_audit_durability().await?;
         let store = S3Store::new(&config.s3, &outbound);
         let listener = TcpListener::bind(&config.api.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on `api.listen` = {}: {e}", config.api.listen))?;
@@ -91,6 +99,8 @@ impl Application {
         let trail = audit.clone();
         let interval = std::time::Duration::from_secs(config.audit.digest_interval_seconds);
         audit_trail::spawn_digests(std::sync::Arc::downgrade(&audit), interval);
+        let sealer = audit_trail::Sealer::from_config(&config)?;
+        crate::audit::pending::spawn(queue.clone(), audit.clone(), sealer.clone());
         if object_lock.enforced {
             tracing::info!(mode = ?object_lock.mode, days = ?object_lock.default_retention_days, "audit bucket: Object Lock enforced");
         } else {
@@ -106,6 +116,7 @@ impl Application {
             oidc,
             github,
             audit,
+            sealer,
             object_lock,
             lifecycle,
             tenants,

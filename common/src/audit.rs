@@ -144,6 +144,16 @@ impl ObjectRef {
     }
 }
 
+/// An event as the process that accepted its action sealed it for the
+/// pending log in Redis, where it waits to be shipped to the trail: its
+/// JSON and an HMAC-SHA256 (hex) of that JSON under a key Redis never
+/// holds, so an edited pending event is found (`audit_trail::Sealer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedEvent {
+    pub json: String,
+    pub mac: String,
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()

@@ -567,6 +567,25 @@ pub struct AuditConfig {
     /// signed trail keeps them all), so one run cannot push everyone
     /// else's events out of the index.
     pub max_indexed_events_per_run: u64,
+    /// What makes a run's request event durable before the API answers 202
+    /// (the event is written with the run, in Redis, and shipped to the
+    /// bucket after): `fsync` (Redis with `appendonly yes` and `appendfsync
+    /// always`: the reply follows the fsync) or `replica` (`WAIT` until a
+    /// replica has the write, for managed Redis without fsync control).
+    pub durability: AuditDurability,
+    /// Runs are refused (503) while the oldest event not yet shipped to the
+    /// bucket is older than this: an event is in object storage within it.
+    pub max_ship_delay_seconds: u64,
+    /// With `durability = "replica"`: how long to wait for a replica.
+    pub replica_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditDurability {
+    #[default]
+    Fsync,
+    Replica,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -598,6 +617,9 @@ impl Default for AuditConfig {
             export_prefix: "audit-exports/v1".to_owned(),
             object_lock_mode: ObjectLockMode::Compliance,
             max_indexed_events_per_run: 5000,
+            durability: AuditDurability::Fsync,
+            max_ship_delay_seconds: 60,
+            replica_timeout_ms: 1000,
         }
     }
 }
@@ -1206,6 +1228,12 @@ impl AuditConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.digest_interval_seconds == 0 {
             return invalid("audit.digest_interval_seconds", "must be at least 1");
+        }
+        if self.max_ship_delay_seconds == 0 {
+            return invalid("audit.max_ship_delay_seconds", "must be at least 1");
+        }
+        if self.durability == AuditDurability::Replica && self.replica_timeout_ms == 0 {
+            return invalid("audit.replica_timeout_ms", "must be at least 1 (0 would wait for ever)");
         }
         if self.prefix.trim_matches('/').is_empty() {
             return invalid("audit.prefix", "must not be empty");

@@ -46,7 +46,7 @@ pub async fn run() -> Report {
     let started = Instant::now();
     for i in 0..QUEUED {
         let spec = tests::fixtures::run_spec(&format!("t{}", i % 50), &format!("acme/r{}", i % 500), Priority::Normal);
-        app.queue.enqueue(RunId::new(), &spec, 3, None).await.expect("enqueue");
+        tests::fixtures::enqueue(&app.queue, RunId::new(), &spec, 3, None).await.expect("enqueue");
     }
     let enqueue_seconds = started.elapsed().as_secs_f64();
     let probe = app.create_run("acme/probe", "probe").await;

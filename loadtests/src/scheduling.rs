@@ -53,7 +53,7 @@ pub async fn run() -> Report {
             async move {
                 let spec =
                     tests::fixtures::run_spec(&format!("t{}", i % 20), &format!("acme/r{}", i % 100), Priority::Normal);
-                queue.enqueue(RunId::new(), &spec, 3, None).await.expect("enqueue");
+                tests::fixtures::enqueue(&queue, RunId::new(), &spec, 3, None).await.expect("enqueue");
             }
         })
         .await;

@@ -211,14 +211,27 @@ impl TestApp {
 
     /// An artifact's bytes from object storage.
     /// Every object of this deployment's audit trail, as one text.
+    /// Every object of the trail, once the events pending in Redis have
+    /// been shipped to it.
     pub async fn audit_trail_text(&self) -> String {
         use objstore::ObjectStore;
+        self.shipped().await;
         let mut trail = String::new();
         for (key, _) in self.store.list(&format!("{}/", self.config.audit.prefix)).await.expect("list the trail") {
             let bytes = self.store.get(&key).await.expect("read the trail").unwrap_or_default();
             trail.push_str(&String::from_utf8_lossy(&bytes));
         }
         trail
+    }
+
+    /// Waits until the API's shipper has moved every pending audit event
+    /// into the trail.
+    pub async fn shipped(&self) {
+        crate::eventually(Duration::from_secs(20), "pending audit events shipped", || async {
+            let log = self.queue.pending_audit(1).await.map_err(|e| e.to_string())?;
+            if log.entries.is_empty() { Ok(()) } else { Err(format!("{:?} waiting", log.marks)) }
+        })
+        .await;
     }
 
     pub async fn artifact(&self, key: &str) -> bytes::Bytes {

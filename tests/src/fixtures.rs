@@ -1,7 +1,8 @@
 //! Small builders shared by the queue-level tests.
 
-use common::{AgentProfile, Priority, RunSpec};
-use store::RunQueue;
+use common::audit::{Actor, AuditEvent, ObjectRef, SealedEvent};
+use common::{AgentProfile, Priority, RunId, RunSpec};
+use store::{Enqueued, Idempotency, QueueError, RunQueue};
 
 use crate::services;
 
@@ -38,4 +39,26 @@ pub fn run_spec(tenant: &str, repo: &str, priority: Priority) -> RunSpec {
         parent_run: None,
         follow_up: None,
     }
+}
+
+/// Run `id`'s request event for `spec`, sealed with the test audit key as
+/// the API seals it: what `RunQueue::enqueue` writes with the run.
+pub fn sealed(id: RunId, spec: &RunSpec) -> SealedEvent {
+    let key = audit_trail::signing_key(crate::TEST_AUDIT_KEY).expect("the test key");
+    let actor = Actor { principal: spec.requested_by.clone(), method: "test".to_owned(), via: None };
+    let mut object = ObjectRef::new("run", id.to_string());
+    object.tenant = Some(spec.tenant.clone());
+    object.repository = Some(spec.repository.to_string());
+    audit_trail::Sealer::new(&key).seal(&AuditEvent::new("run.request", actor, object)).expect("sealed")
+}
+
+/// `q.enqueue` with the run request's event sealed as the API seals it.
+pub async fn enqueue(
+    q: &RunQueue,
+    id: RunId,
+    spec: &RunSpec,
+    max_attempts: u32,
+    idempotency: Option<&Idempotency>,
+) -> Result<Enqueued, QueueError> {
+    q.enqueue(id, spec, max_attempts, idempotency, sealed(id, spec)).await
 }

@@ -221,9 +221,19 @@ fn redis_up() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
 }
 
+/// Redis with AOF fsynced before every reply (`appendfsync always`): the
+/// API's `audit.durability = "fsync"` refuses to start on anything less.
 fn redis(home: &Path) -> Result<()> {
     if redis_up() {
-        return Ok(());
+        // Started by an older setup with `everysec`: made durable in place.
+        return run(Command::new("redis-cli").args([
+            "-p",
+            &REDIS_PORT.to_string(),
+            "config",
+            "set",
+            "appendfsync",
+            "always",
+        ]));
     }
     if port_open(REDIS_PORT) {
         return Err(format!("port {REDIS_PORT} is taken by something that is not Redis"));
@@ -231,6 +241,7 @@ fn redis(home: &Path) -> Result<()> {
     let dir = home.join("redis");
     run(Command::new("redis-server")
         .args(["--port", &REDIS_PORT.to_string(), "--bind", "127.0.0.1", "--daemonize", "yes", "--appendonly", "yes"])
+        .args(["--appendfsync", "always"])
         .arg("--dir")
         .arg(&dir)
         .arg("--logfile")

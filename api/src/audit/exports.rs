@@ -141,7 +141,13 @@ async fn write_bundle(
     state: &AppState,
     status: &ExportStatus,
 ) -> Result<(audit_trail::export::SignedManifest, String), audit_trail::AuditError> {
-    // This process's own events are digested first, so they can be proven.
+    // Run requests accepted before the export are shipped from Redis
+    // first, then this process's own events are digested, so they can be
+    // proven.
+    let ship_delay = std::time::Duration::from_secs(state.config.audit.max_ship_delay_seconds);
+    if let Err(error) = crate::audit::pending::wait_shipped(&state.queue, ship_delay).await {
+        tracing::warn!(%error, export = %status.id, "events pending in Redis may be missing from the export");
+    }
     state.audit.flush().await?;
     let config = &state.config.audit;
     export(

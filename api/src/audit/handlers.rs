@@ -79,7 +79,9 @@ pub struct VerifyQuery {
 /// Ed25519 signature (this deployment's key or `audit.trusted_public_keys`)
 /// and its link to the previous digest, each listed segment's presence and
 /// SHA-256, the events' numbering and hash chain, and segments no digest
-/// lists. Findings name the object and what is wrong with it.
+/// lists; and the events written in Redis and not yet shipped (their seals,
+/// and numbers without gaps from the last one shipped). Findings name the
+/// object (`redis:audit:pending` for the pending log) and what is wrong.
 #[utoipa::path(
     tag = "audit",
     params(VerifyQuery),
@@ -97,7 +99,11 @@ pub async fn verify_audit(
     let trusted = trusted_keys(&state)?;
     let until = crate::contract::instant("until_ms", query.until_ms)?.unwrap_or(u64::MAX);
     let since = crate::contract::instant("since_ms", query.since_ms)?.unwrap_or(0);
-    let report = audit_trail::verify(&state.store, &state.config.audit.prefix, &trusted, since, until).await?;
+    let mut report = audit_trail::verify(&state.store, &state.config.audit.prefix, &trusted, since, until).await?;
+    // Events not yet shipped wait in Redis: their seals and numbers.
+    let (pending, findings) = crate::audit::pending::verify(&state.queue, &state.sealer).await?;
+    report.pending_checked = pending;
+    report.findings.extend(findings);
     Ok(web::Json(report))
 }
 

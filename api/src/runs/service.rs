@@ -92,7 +92,8 @@ pub async fn submit(state: &AppState, owned: &Owned, spec: RunSpec, request: Req
     }
 }
 
-/// Records the request in the audit trail, then enqueues the run.
+/// Enqueues the run with its request's audit event, sealed: one script
+/// writes both (`enqueue.lua`), so neither exists without the other.
 async fn accept(
     state: &AppState,
     id: RunId,
@@ -103,8 +104,8 @@ async fn accept(
     idempotency: &Option<Idempotency>,
 ) -> Result<Enqueued, SubmitError> {
     let event = run_requested(id, spec, actor).source_ip(source_ip).request_id(request_id);
-    state.identity().append_audit(&event).await?;
-    Ok(state.queue.enqueue(id, spec, state.config.api.max_attempts, idempotency.as_ref()).await?)
+    let sealed = state.sealer.seal(&event).map_err(|e| store::QueueError::Audit(e.to_string()))?;
+    Ok(state.queue.enqueue(id, spec, state.config.api.max_attempts, idempotency.as_ref(), sealed).await?)
 }
 
 /// The answer to a request whose idempotency key `holder` holds.

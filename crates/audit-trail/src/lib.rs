@@ -15,6 +15,7 @@
 //! or inserted segments and broken digest chains.
 
 pub mod export;
+mod seal;
 mod verify;
 
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use objstore::{ObjectLockStatus, RetainingStore, S3Store, StoreError};
 
 pub use ed25519_dalek::VerifyingKey;
+pub use seal::Sealer;
 pub use verify::signs;
 pub use verify::{Finding, FindingKind, VerifyReport, stream_and_number, verify};
 
@@ -48,7 +50,16 @@ pub struct ChainedEvent {
     /// SHA-256 (hex) of the previous line's bytes; zeros for the first.
     pub prev_hash: String,
     pub event: AuditEvent,
+    /// For an event shipped from the pending log in Redis: its number
+    /// there (the log's numbers have no gaps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_seq: Option<u64>,
 }
+
+/// What a shipper writes when the pending log was tampered with: an event
+/// with this action, its finding in `after`, so the evidence reaches the
+/// bucket and every later verification reports it.
+pub const PENDING_TAMPERED: &str = "audit.pending_tampered";
 
 /// A segment as a digest lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +90,10 @@ pub struct DigestBody {
     pub previous: Option<DigestLink>,
     /// The Ed25519 public key (base64) that signed this digest.
     pub public_key: String,
+    /// The number of the last event from the pending log in Redis this
+    /// stream has shipped: outside Redis, what a deleted tail is found by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_through: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +136,7 @@ struct Chain {
     digest_seq: u64,
     previous: Option<DigestLink>,
     last_digest: Instant,
+    queue_through: Option<u64>,
 }
 
 /// Events waiting for the next segment, with who waits for them.
@@ -237,6 +253,7 @@ impl<S: RetainingStore> AuditTrail<S> {
             digest_seq: 0,
             previous: None,
             last_digest: Instant::now(),
+            queue_through: None,
         };
         Self {
             store,
@@ -323,7 +340,8 @@ impl<S: RetainingStore> AuditTrail<S> {
             let mut chain = self.chain.lock().await;
             let batch = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
             if !batch.is_empty() {
-                let all: Vec<AuditEvent> = batch.iter().flat_map(|(events, _)| events.iter().cloned()).collect();
+                let all: Vec<(Option<u64>, &AuditEvent)> =
+                    batch.iter().flat_map(|(events, _)| events.iter().map(|e| (None, e))).collect();
                 let result = self.write_segment(&mut chain, &all).await.map_err(|e| e.to_string());
                 for (_, done) in batch {
                     let _ = done.send(result.clone());
@@ -348,13 +366,37 @@ impl<S: RetainingStore> AuditTrail<S> {
         platform::metrics::global().audit_undigested.get_or_create(&self.writer).set(pending);
     }
 
-    async fn write_segment(&self, chain: &mut Chain, events: &[AuditEvent]) -> Result<(), AuditError> {
+    /// Writes events shipped from the pending log in Redis (each with its
+    /// number there, in order; `None` for what the shipper adds) as one
+    /// segment of this stream, before returning; the next digest records
+    /// the last number.
+    pub async fn record_shipped(&self, events: &[(Option<u64>, AuditEvent)]) -> Result<(), AuditError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut chain = self.chain.lock().await;
+        let lines: Vec<(Option<u64>, &AuditEvent)> = events.iter().map(|(seq, e)| (*seq, e)).collect();
+        let result = self.write_segment(&mut chain, &lines).await;
+        if result.is_err() {
+            platform::metrics::global().audit_failures.get_or_create(&self.writer).inc();
+        }
+        result
+    }
+
+    async fn write_segment(&self, chain: &mut Chain, events: &[(Option<u64>, &AuditEvent)]) -> Result<(), AuditError> {
         let mut body = Vec::new();
         let (mut seq, mut prev_hash) = (chain.seq, chain.prev_hash.clone());
-        for event in events {
+        let mut queue_through = chain.queue_through;
+        for (queue_seq, event) in events {
             seq += 1;
-            let line =
-                ChainedEvent { stream: self.stream.clone(), seq, prev_hash: prev_hash.clone(), event: event.clone() };
+            let line = ChainedEvent {
+                stream: self.stream.clone(),
+                seq,
+                prev_hash: prev_hash.clone(),
+                event: (*event).clone(),
+                queue_seq: *queue_seq,
+            };
+            queue_through = queue_seq.or(queue_through);
             let bytes = serde_json::to_vec(&line).map_err(|e| AuditError::Unavailable(StoreError::new(e)))?;
             prev_hash = sha256_hex(&bytes);
             body.extend_from_slice(&bytes);
@@ -368,6 +410,7 @@ impl<S: RetainingStore> AuditTrail<S> {
         // Only a written segment advances the chain.
         chain.seq = seq;
         chain.prev_hash = prev_hash;
+        chain.queue_through = queue_through;
         if chain.pending.is_empty() {
             chain.pending_since_ms = now;
         }
@@ -403,6 +446,7 @@ impl<S: RetainingStore> AuditTrail<S> {
             segments: chain.pending.clone(),
             previous: chain.previous.clone(),
             public_key: public_key_b64(&self.public_key()),
+            queue_through: chain.queue_through,
         };
         let signed_bytes = serde_json::to_vec(&body).map_err(|e| AuditError::Unavailable(StoreError::new(e)))?;
         let signature = self.sign(&signed_bytes);

@@ -30,6 +30,21 @@ pub enum FindingKind {
     BrokenDigestChain,
     /// Events out of sequence or whose hash chain is broken inside segments.
     BrokenEventChain,
+    /// An event of the pending log in Redis (not yet shipped, or found by
+    /// its shipper) whose seal does not verify, or an entry that is no event.
+    PendingModified,
+    /// A number missing from the pending log in Redis: a deleted event.
+    PendingMissing,
+}
+
+impl FindingKind {
+    /// The kind a shipper named in an [`super::PENDING_TAMPERED`] event.
+    pub fn pending(name: &str) -> Self {
+        match name {
+            "pending_missing" => FindingKind::PendingMissing,
+            _ => FindingKind::PendingModified,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -45,6 +60,9 @@ pub struct VerifyReport {
     pub digests_checked: usize,
     pub segments_checked: usize,
     pub events_checked: usize,
+    /// Events in the pending log in Redis, not yet shipped, checked.
+    #[serde(default)]
+    pub pending_checked: usize,
     /// Empty when the range verified.
     pub findings: Vec<Finding>,
     /// Segments written after their stream's last digest (not yet covered).
@@ -303,6 +321,11 @@ async fn check_segments(
                 break;
             }
             report.events_checked += 1;
+            if event.event.action == super::PENDING_TAMPERED {
+                let kind = event.event.after.as_ref().and_then(|a| a["finding"].as_str()).unwrap_or_default();
+                let detail = event.event.reason.clone().unwrap_or_default();
+                report.find(FindingKind::pending(kind), &segment.key, format!("its shipper found: {detail}"));
+            }
             prev = Some(sha256_hex(line));
             last = expected;
         }

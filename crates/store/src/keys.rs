@@ -228,12 +228,28 @@ impl Keys {
         self.at("audit:events")
     }
 
-    /// The last retention sweep's report (string).
+    /// Audit events written with their change and not yet shipped to the
+    /// bucket, oldest first (list of `<seq> <ms> <mac> <json>`).
+    pub fn audit_pending(&self) -> String {
+        self.at("audit:pending")
+    }
+
+    /// The last number given to a pending audit event (string).
+    pub fn audit_seq(&self) -> String {
+        self.at("audit:seq")
+    }
+
+    /// The number of the last pending event shipped (string).
+    pub fn audit_shipped(&self) -> String {
+        self.at("audit:shipped")
+    }
+
     /// How many of run `id`'s events the audit index holds.
     pub fn audit_indexed(&self, id: impl Display) -> String {
         self.at(format_args!("audit:indexed:{id}"))
     }
 
+    /// The last retention sweep's report (string).
     pub fn last_sweep(&self) -> String {
         self.at("retention:last")
     }
@@ -277,6 +293,9 @@ mod tests {
             keys.token_by_hash("<sha256>"),
             keys.audit_events(),
             keys.audit_indexed("<id>"),
+            keys.audit_pending(),
+            keys.audit_seq(),
+            keys.audit_shipped(),
             keys.last_sweep(),
             keys.lock("<name>"),
         ];

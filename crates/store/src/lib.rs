@@ -8,6 +8,7 @@
 //!
 //! The key layout and each script's contract are in ARCHITECTURE.md.
 
+pub mod audit;
 mod batch;
 mod conn;
 pub mod costs;
@@ -49,6 +50,14 @@ pub enum QueueError {
     /// The server cannot run the queue's scripts.
     #[error("{0}")]
     Unsupported(String),
+    /// The oldest audit event not yet shipped to the bucket has waited
+    /// longer than `audit.max_ship_delay_seconds`: nothing was written.
+    #[error(
+        "the oldest audit event not yet in the bucket has waited {} s, longer than \
+         `audit.max_ship_delay_seconds` allows; nothing is accepted until it is shipped",
+        age_ms / 1000
+    )]
+    AuditBacklog { age_ms: u64 },
 }
 
 /// The most runs one batched script call carries.
@@ -68,6 +77,8 @@ pub struct RunQueue {
     /// the same time, each sent together.
     enqueues: Arc<batch::Batcher<scripts::EnqueueArgs, runs::EnqueueReply>>,
     finishes: Arc<batch::Batcher<scripts::FinishArgs, Option<String>>>,
+    /// How audit events written by scripts are made durable and shipped.
+    audit: Arc<audit::AuditWrites>,
 }
 
 impl RunQueue {
@@ -80,6 +91,7 @@ impl RunQueue {
             scripts: Arc::new(Scripts::load()),
             enqueues: Arc::new(batch::Batcher::new(BATCH)),
             finishes: Arc::new(batch::Batcher::new(BATCH)),
+            audit: Arc::new(audit::AuditWrites::default()),
         })
     }
 

@@ -121,14 +121,19 @@ const RECORD_FIELDS: [&str; 16] = [
 ];
 
 impl RunQueue {
-    /// Stores a new run and makes it claimable, unless `idempotency` names
-    /// a key used before, in which case the earlier run is returned.
+    /// Stores a new run with its request's audit event `event` (one
+    /// script: neither is written without the other) and makes it
+    /// claimable, unless `idempotency` names a key used before, in which
+    /// case the earlier run is returned and nothing written. Returns once
+    /// the event is durable as `audit.durability` says; refuses while the
+    /// oldest event not yet shipped is older than the ship delay.
     pub async fn enqueue(
         &self,
         id: RunId,
         spec: &RunSpec,
         max_attempts: u32,
         idempotency: Option<&Idempotency>,
+        event: common::audit::SealedEvent,
     ) -> Result<Enqueued, QueueError> {
         let spec_json = serde_json::to_string(spec).map_err(|e| corrupt(id, e))?;
         let lane = spec.follow_up.as_ref().map(|f| f.lane(&spec.repository)).unwrap_or_default();
@@ -147,14 +152,24 @@ impl RunQueue {
             hold: spec.policy.as_ref().is_some_and(|p| p.needs_approval()),
             lane,
             ttl_seconds: self.ttl_seconds(),
+            event,
         };
-        // Runs accepted at the same time share one script call (`batch.rs`).
+        // Runs accepted at the same time share one script call (`batch.rs`),
+        // and so one fsync (or one WAIT for a replica).
         let queue = self.clone();
         let (kind, run, detail, state) = self
             .enqueues
-            .call(args, move |batch| {
+            .call(args, move |runs| {
                 let queue = queue.clone();
-                async move { queue.run_script::<_, Vec<EnqueueReply>>(&EnqueueManyArgs(batch)).await }
+                async move {
+                    let max_backlog_ms = queue.audit.max_ship_delay.as_millis() as u64;
+                    let args = EnqueueManyArgs { runs, max_backlog_ms, audit_keep: super::identity::AUDIT_INDEX_KEEP };
+                    let replies = queue.run_script::<_, Vec<EnqueueReply>>(&args).await?;
+                    if replies.iter().any(|(kind, ..)| kind == "created") {
+                        queue.audit_durable().await?;
+                    }
+                    Ok(replies)
+                }
             })
             .await?;
         match kind.as_str() {
@@ -165,6 +180,7 @@ impl RunQueue {
             "existing" => {
                 Ok(Enqueued::Existing { id: run.parse().map_err(|e| corrupt(&run, e))?, same_request: detail == 1 })
             }
+            "backlog" => Err(QueueError::AuditBacklog { age_ms: detail }),
             _ => Err(corrupt(id, "a run with this id exists already")),
         }
     }

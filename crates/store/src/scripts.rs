@@ -21,6 +21,7 @@ pub(crate) struct Scripts {
     list: Script,
     approve: Script,
     idem: Script,
+    ship: Script,
 }
 
 impl Scripts {
@@ -40,6 +41,7 @@ impl Scripts {
             list: with_lib(include_str!("lua/list.lua")),
             approve: with_lib(include_str!("lua/approve.lua")),
             idem: with_lib(include_str!("lua/idem.lua")),
+            ship: with_lib(include_str!("lua/ship.lua")),
         }
     }
 
@@ -82,10 +84,17 @@ pub(crate) struct EnqueueArgs {
     pub lane: String,
     /// How long a run superseded at once is kept.
     pub ttl_seconds: u64,
+    /// The run request's audit event, sealed.
+    pub event: common::audit::SealedEvent,
 }
 
-/// `enqueue.lua`: store new runs and make them claimable, in one call.
-pub(crate) struct EnqueueManyArgs(pub Vec<EnqueueArgs>);
+/// `enqueue.lua`: store new runs and make them claimable, in one call,
+/// unless the oldest pending audit event is older than `max_backlog_ms`.
+pub(crate) struct EnqueueManyArgs {
+    pub runs: Vec<EnqueueArgs>,
+    pub max_backlog_ms: u64,
+    pub audit_keep: isize,
+}
 
 impl ScriptArgs for EnqueueManyArgs {
     fn script(scripts: &Scripts) -> &Script {
@@ -93,11 +102,12 @@ impl ScriptArgs for EnqueueManyArgs {
     }
 
     fn push(&self, inv: &mut ScriptInvocation<'_>) {
-        inv.arg(self.0.len());
-        for run in &self.0 {
+        inv.arg(self.runs.len()).arg(self.max_backlog_ms).arg(self.audit_keep);
+        for run in &self.runs {
             inv.arg(&run.id).arg(&run.tenant).arg(&run.repository).arg(run.band).arg(&run.spec_json);
             inv.arg(run.max_attempts).arg(&run.idempotency_key).arg(&run.fingerprint).arg(run.idempotency_ttl_ms);
             inv.arg(if run.hold { "1" } else { "0" }).arg(&run.lane).arg(run.ttl_seconds);
+            inv.arg(&run.event.mac).arg(&run.event.json);
         }
     }
 }
@@ -119,6 +129,29 @@ impl ScriptArgs for IdemArgs<'_> {
     fn push(&self, inv: &mut ScriptInvocation<'_>) {
         inv.arg(if self.release { "release" } else { "reserve" }).arg(self.key).arg(self.id);
         inv.arg(self.fingerprint).arg(self.ttl_ms);
+    }
+}
+
+/// `ship.lua`: the audit shipper's lease, and trimming what it shipped.
+pub(crate) enum ShipArgs<'a> {
+    Lease { holder: &'a str, ttl_ms: u64 },
+    Trim { holder: &'a str, n: usize, last_line: &'a str, shipped_through: u64 },
+    Release { holder: &'a str },
+}
+
+impl ScriptArgs for ShipArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.ship
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        match self {
+            ShipArgs::Lease { holder, ttl_ms } => inv.arg("lease").arg(*holder).arg(*ttl_ms),
+            ShipArgs::Trim { holder, n, last_line, shipped_through } => {
+                inv.arg("trim").arg(*holder).arg(*n).arg(*last_line).arg(*shipped_through)
+            }
+            ShipArgs::Release { holder } => inv.arg("release").arg(*holder),
+        };
     }
 }
 
@@ -347,7 +380,7 @@ impl ScriptArgs for ListArgs<'_> {
 #[cfg(test)]
 mod tests {
     /// Each script's own body (without `lib.lua`), by name.
-    const BODIES: [(&str, &str); 12] = [
+    const BODIES: [(&str, &str); 13] = [
         ("enqueue", include_str!("lua/enqueue.lua")),
         ("claim", include_str!("lua/claim.lua")),
         ("heartbeat", include_str!("lua/heartbeat.lua")),
@@ -360,42 +393,78 @@ mod tests {
         ("list", include_str!("lua/list.lua")),
         ("approve", include_str!("lua/approve.lua")),
         ("idem", include_str!("lua/idem.lua")),
+        ("ship", include_str!("lua/ship.lua")),
     ];
-
-    /// `lib.lua` defers index writes to `flush`: a script that can move a
-    /// run and returns without flushing would lose them.
+    /// `lib.lua` defers index writes to `flush` and audit events to
+    /// `flush_audit`: a script that can move a run (or append an event)
+    /// and returns without flushing would lose them.
     #[test]
     fn every_script_that_moves_runs_flushes_before_each_return() {
         let moves = ["transition(", "finalize(", "enter_lane(", "make_ready(", "unqueue(", "defer("];
         for (name, body) in BODIES {
-            if !moves.iter().any(|m| body.contains(m)) {
-                continue;
+            returns_only_after(name, body, &moves, "flush()", true);
+            returns_only_after(name, body, &["audit("], "flush_audit(", false);
+        }
+    }
+
+    /// The request event is appended before the first write of a run
+    /// (`enqueue_one`), and flushed before it: a write failing half-way
+    /// through the script leaves no run without its event.
+    #[test]
+    fn enqueue_writes_each_request_event_before_any_run() {
+        let body = BODIES[0].1;
+        let at = |needle: &str| body.find(needle).unwrap_or_else(|| panic!("enqueue.lua has no {needle:?}"));
+        let main = at("\nlocal out, runs = {}, {}\n");
+        let (appended, flushed, written) =
+            (at("    audit(runs[i][13], runs[i][14])"), at("\nflush_audit("), at("out[i] = enqueue_one("));
+        assert!(
+            main < appended && appended < flushed && flushed < written,
+            "enqueue.lua writes a run before its event"
+        );
+        let before: &str = &body[..main];
+        for write in ["'HSET'", "'HDEL'", "'PEXPIRE'", "defer(", "count(", "enter_lane("] {
+            let first = before.find(write).unwrap_or(usize::MAX);
+            assert!(first > at("local function enqueue_one("), "{write} before the runs' events are written");
+        }
+    }
+
+    /// Every `return` of `body` after a line calling one of `writes` (or
+    /// one of the script's own `<verb>_one` functions) has a line starting
+    /// with `flush` between them.
+    fn returns_only_after(name: &str, body: &str, writes: &[&str], flush: &str, own_functions_write: bool) {
+        let writes_at = |line: &str| !line.contains(flush) && writes.iter().any(|m| line.contains(m));
+        if !body.lines().any(writes_at) {
+            return;
+        }
+        // Returns inside a function of the script's own (`claim_one`,
+        // ...) hand a value to its caller, not to Redis: skipped.
+        assert!(
+            !body.lines().any(|l| l.starts_with("local function ") && !l.contains("_one(")),
+            "{name}.lua: a function of its own not named <verb>_one, which this check cannot follow"
+        );
+        let lines: Vec<&str> = body.lines().collect();
+        let (mut unflushed, mut in_function) = (false, false);
+        for (i, line) in lines.iter().enumerate() {
+            if line.starts_with("local function ") {
+                in_function = true;
+            } else if *line == "end" && in_function {
+                in_function = false;
             }
-            // Returns inside a function of the script's own (`claim_one`,
-            // ...) hand a value to its caller, not to Redis: skipped.
+            // A function's body writes when it is called: the scripts'
+            // own functions are `<verb>_one`.
+            let calls_own = own_functions_write && !in_function && line.contains("_one(");
             assert!(
-                !body.lines().any(|l| l.starts_with("local function ") && !l.contains("_one(")),
-                "{name}.lua: a function of its own not named <verb>_one, which this check cannot follow"
+                own_functions_write || !(in_function && writes_at(line)),
+                "{name}.lua line {}: cannot follow",
+                i + 1
             );
-            let lines: Vec<&str> = body.lines().collect();
-            let (mut unflushed, mut in_function) = (false, false);
-            for (i, line) in lines.iter().enumerate() {
-                if line.starts_with("local function ") {
-                    in_function = true;
-                } else if *line == "end" && in_function {
-                    in_function = false;
-                }
-                // A function's body moves runs when it is called: the
-                // scripts' own functions are `<verb>_one`.
-                let calls_own = !in_function && line.contains("_one(");
-                if calls_own || (!in_function && moves.iter().any(|m| line.contains(m))) {
-                    unflushed = true;
-                } else if line.trim() == "flush()" {
-                    unflushed = false;
-                }
-                if unflushed && !in_function && line.trim_start().starts_with("return ") {
-                    panic!("{name}.lua line {}: returns after moving a run without flush()", i + 1);
-                }
+            if calls_own || (!in_function && writes_at(line)) {
+                unflushed = true;
+            } else if line.trim().starts_with(flush) {
+                unflushed = false;
+            }
+            if unflushed && !in_function && line.trim_start().starts_with("return ") {
+                panic!("{name}.lua line {}: returns after writing without {flush}", i + 1);
             }
         }
     }

@@ -8,6 +8,7 @@ mod agents;
 mod api;
 mod attacks;
 mod audit;
+mod audit_pending;
 mod cli;
 mod contract;
 mod costs;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use common::{Priority, RunId, RunSpec, RunState, StopReason};
 use store::{LeaseStatus, Outcome, RunQueue};
-use tests::fixtures::{fresh_queue, run_spec};
+use tests::fixtures::{enqueue, fresh_queue, run_spec};
 
 async fn queue() -> RunQueue {
     fresh_queue(None, false).await
@@ -22,7 +22,7 @@ fn done() -> Outcome {
 async fn an_expired_lease_is_reaped_and_the_old_holder_is_fenced_off() {
     let q = queue().await;
     let id = RunId::new();
-    q.enqueue(id, &spec("t", "a/b"), 3, None).await.unwrap();
+    enqueue(&q, id, &spec("t", "a/b"), 3, None).await.unwrap();
     let first = q.claim("w1", Duration::from_millis(300)).await.unwrap().unwrap();
     assert_eq!((first.id, first.attempt, first.epoch), (id, 1, 1));
     assert!(q.claim("w2", Duration::from_secs(30)).await.unwrap().is_none(), "a leased run was handed out twice");
@@ -47,7 +47,7 @@ async fn an_expired_lease_is_reaped_and_the_old_holder_is_fenced_off() {
 async fn infrastructure_retries_back_off_and_stop_at_the_attempt_limit() {
     let q = queue().await;
     let id = RunId::new();
-    q.enqueue(id, &spec("t", "a/b"), 2, None).await.unwrap();
+    enqueue(&q, id, &spec("t", "a/b"), 2, None).await.unwrap();
     let reason = StopReason::InfrastructureError { message: "docker went away".to_owned() };
     let retry = Outcome::Retry { reason: reason.clone(), delay: Duration::from_millis(300) };
     let run = q.claim("w", Duration::from_secs(30)).await.unwrap().unwrap();
@@ -65,8 +65,8 @@ async fn infrastructure_retries_back_off_and_stop_at_the_attempt_limit() {
 async fn a_released_run_keeps_its_place_and_its_attempt_count() {
     let q = queue().await;
     let (a, b) = (RunId::new(), RunId::new());
-    q.enqueue(a, &spec("t", "a/b"), 3, None).await.unwrap();
-    q.enqueue(b, &spec("t", "a/b"), 3, None).await.unwrap();
+    enqueue(&q, a, &spec("t", "a/b"), 3, None).await.unwrap();
+    enqueue(&q, b, &spec("t", "a/b"), 3, None).await.unwrap();
     let run = q.claim("w", Duration::from_secs(30)).await.unwrap().unwrap();
     assert_eq!(run.id, a);
     assert_eq!(q.finish(&run, &Outcome::Release).await.unwrap(), Some(RunState::Queued));
@@ -80,10 +80,10 @@ async fn tenants_take_turns_and_each_repository_is_fifo() {
     let mut expected = Vec::new();
     let big: Vec<RunId> = (0..4).map(|_| RunId::new()).collect();
     for id in &big {
-        q.enqueue(*id, &spec("big", "big/repo"), 3, None).await.unwrap();
+        enqueue(&q, *id, &spec("big", "big/repo"), 3, None).await.unwrap();
     }
     let small = RunId::new();
-    q.enqueue(small, &spec("small", "small/repo"), 3, None).await.unwrap();
+    enqueue(&q, small, &spec("small", "small/repo"), 3, None).await.unwrap();
     expected.push(big[0]);
     expected.push(small);
     expected.extend(&big[1..]);
@@ -103,10 +103,10 @@ async fn each_priority_band_counts_its_runs_by_state_and_tenant() {
     let q = queue().await;
     let band = |p| run_spec("t", "a/b", p);
     for priority in [Priority::High, Priority::High, Priority::Low] {
-        q.enqueue(RunId::new(), &band(priority), 3, None).await.unwrap();
+        enqueue(&q, RunId::new(), &band(priority), 3, None).await.unwrap();
     }
     let low = RunId::new();
-    q.enqueue(low, &run_spec("u", "c/d", Priority::Low), 3, None).await.unwrap();
+    enqueue(&q, low, &run_spec("u", "c/d", Priority::Low), 3, None).await.unwrap();
     // The high band is served first; the other tenant's low run is cancelled.
     let first = q.claim("w", Duration::from_secs(30)).await.unwrap().unwrap();
     assert_eq!(first.spec.priority, Priority::High);
@@ -187,7 +187,7 @@ async fn a_budget_reservation_is_settled_on_the_day_it_was_made() {
 async fn a_stale_queue_entry_does_not_charge_its_tenant() {
     let q = queue().await;
     let stale = RunId::new();
-    q.enqueue(stale, &spec("t", "a/r"), 3, None).await.unwrap();
+    enqueue(&q, stale, &spec("t", "a/r"), 3, None).await.unwrap();
     let namespace = q.namespace().to_owned();
     let redis = |args: &[&str]| {
         let out = std::process::Command::new("redis-cli").args(["-p", "6390"]).args(args).output().unwrap();
@@ -200,7 +200,7 @@ async fn a_stale_queue_entry_does_not_charge_its_tenant() {
     let vtime = redis(&["HGET", &format!("{{{namespace}}}:vtime"), "normal:t"]);
     assert_eq!(vtime.parse::<f64>().unwrap_or(0.0), 0.0, "the tenant was charged");
     let next = RunId::new();
-    q.enqueue(next, &spec("t", "a/r"), 3, None).await.unwrap();
+    enqueue(&q, next, &spec("t", "a/r"), 3, None).await.unwrap();
     assert_eq!(q.claim("w", Duration::from_secs(60)).await.unwrap().map(|r| r.id), Some(next));
     assert_eq!(redis(&["HGET", &format!("{{{namespace}}}:vtime"), "normal:t"]), "1");
 }
@@ -225,7 +225,7 @@ fn follow_up(number: u64) -> RunSpec {
 
 async fn enqueue_state(q: &RunQueue, spec: &RunSpec) -> (RunId, RunState) {
     let id = RunId::new();
-    match q.enqueue(id, spec, 3, None).await.unwrap() {
+    match enqueue(q, id, spec, 3, None).await.unwrap() {
         store::Enqueued::Created { state, .. } => (id, state),
         other => panic!("{other:?}"),
     }
@@ -256,7 +256,7 @@ async fn runs_of_one_pull_request_wait_in_its_lane_and_the_newest_trigger_supers
     let (other, state) = enqueue_state(&q, &follow_up(8)).await;
     assert_eq!(state, RunState::Queued);
     let plain = RunId::new();
-    q.enqueue(plain, &spec("t", "a/b"), 3, None).await.unwrap();
+    enqueue(&q, plain, &spec("t", "a/b"), 3, None).await.unwrap();
     let mut claimed = Vec::new();
     while let Some(run) = q.claim("w", Duration::from_secs(30)).await.unwrap() {
         claimed.push(run.id);
@@ -302,7 +302,7 @@ async fn mixed_backlog(q: &RunQueue) {
         let band = if i % 7 == 0 { Priority::High } else { Priority::Normal };
         let mut spec = run_spec(tenant, &repo, band);
         spec.task_title = format!("run {i}");
-        q.enqueue(RunId::new(), &spec, 3, None).await.unwrap();
+        enqueue(q, RunId::new(), &spec, 3, None).await.unwrap();
     }
 }
 
@@ -339,7 +339,7 @@ async fn runs_accepted_and_finished_at_once_each_get_their_own_answer() {
         let q = q.clone();
         async move {
             let id = RunId::new();
-            (id, q.enqueue(id, &spec("t", &format!("a/r{}", n % 9)), 3, Some(&key(n))).await.unwrap())
+            (id, enqueue(&q, id, &spec("t", &format!("a/r{}", n % 9)), 3, Some(&key(n))).await.unwrap())
         }
     }))
     .await;
@@ -368,7 +368,7 @@ async fn a_cap_set_while_runs_are_running_counts_them() {
     let q = queue().await;
     let lease = Duration::from_secs(60);
     for n in 0..6 {
-        q.enqueue(RunId::new(), &spec("t", &format!("a/r{}", n % 2)), 3, None).await.unwrap();
+        enqueue(&q, RunId::new(), &spec("t", &format!("a/r{}", n % 2)), 3, None).await.unwrap();
     }
     let running = q.claim_many("w", lease, 3).await.unwrap();
     assert_eq!(running.len(), 3);

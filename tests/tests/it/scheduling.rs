@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{Priority, RunId, RunSpec, RunState, StopReason};
 use store::{Enqueued, Idempotency, LeaseStatus, Outcome, RunQueue};
-use tests::fixtures::{fresh_queue, run_spec};
+use tests::fixtures::{enqueue, fresh_queue, run_spec};
 use tests::redis_server::{PrivateRedis, RedisCluster};
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -29,7 +29,7 @@ async fn add(q: &RunQueue, tenant: &str, repo: &str) -> RunId {
 
 async fn add_with(q: &RunQueue, tenant: &str, repo: &str, priority: Priority) -> RunId {
     let id = RunId::new();
-    let created = q.enqueue(id, &spec(tenant, repo, priority), 3, None).await.unwrap();
+    let created = enqueue(q, id, &spec(tenant, repo, priority), 3, None).await.unwrap();
     assert!(matches!(created, Enqueued::Created { .. }));
     id
 }
@@ -202,7 +202,7 @@ async fn a_cancelled_run_whose_worker_died_is_finalised_by_the_reaper() {
 async fn exhausted_infrastructure_retries_land_in_the_dead_letter_set() {
     let q = queue().await;
     let id = RunId::new();
-    q.enqueue(id, &spec("t", "a/r", Priority::Normal), 1, None).await.unwrap();
+    enqueue(&q, id, &spec("t", "a/r", Priority::Normal), 1, None).await.unwrap();
     let run = q.claim("w", LEASE).await.unwrap().unwrap();
     let reason = StopReason::InfrastructureError { message: "docker is gone".to_owned() };
     let retry = Outcome::Retry { reason: reason.clone(), delay: Duration::from_secs(1) };
@@ -223,10 +223,10 @@ async fn the_same_idempotency_key_creates_one_run() {
     };
     let first = RunId::new();
     let s = spec("t", "a/r", Priority::Normal);
-    assert!(matches!(q.enqueue(first, &s, 3, Some(&key("f1"))).await.unwrap(), Enqueued::Created { .. }));
-    let again = q.enqueue(RunId::new(), &s, 3, Some(&key("f1"))).await.unwrap();
+    assert!(matches!(enqueue(&q, first, &s, 3, Some(&key("f1"))).await.unwrap(), Enqueued::Created { .. }));
+    let again = enqueue(&q, RunId::new(), &s, 3, Some(&key("f1"))).await.unwrap();
     assert_eq!(again, Enqueued::Existing { id: first, same_request: true });
-    let different = q.enqueue(RunId::new(), &s, 3, Some(&key("f2"))).await.unwrap();
+    let different = enqueue(&q, RunId::new(), &s, 3, Some(&key("f2"))).await.unwrap();
     assert_eq!(different, Enqueued::Existing { id: first, same_request: false });
     assert_eq!(totals(&q).await["queued"], 1);
 }

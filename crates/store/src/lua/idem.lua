@@ -4,11 +4,13 @@
 -- it, as pending for at most a minute (`enqueue` makes it the run's for
 -- the whole TTL); returns {'reserved', id, 0, 0}, or {'existing', id,
 -- same_request, pending} when another request holds it. `release` gives
--- it up, if `id` still holds it.
+-- it up, if `id` still holds it as pending (a run created with it keeps it,
+-- even when its request was answered with an error after the write).
 local op, idem, id, fingerprint, idem_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local key = p .. 'idem:' .. idem
 if op == 'release' then
-  if redis.call('HGET', key, 'id') == id then
+  local held = redis.call('HMGET', key, 'id', 'pending')
+  if held[1] == id and held[2] then
     redis.call('DEL', key)
   end
   return {'released', id, 0, 0}

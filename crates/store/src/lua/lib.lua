@@ -60,6 +60,48 @@ local function flush()
   deferred, deferred_keys = {}, {}
 end
 
+-- The pending audit log. An event the API sealed (`mac`, `json`: an HMAC
+-- under a key Redis never holds) is numbered by `audit:seq` and appended to
+-- `audit:pending` as `<seq> <ms> <mac> <json>` by the same call that makes
+-- the change it records, so neither exists without the other; its JSON
+-- joins the queryable index `audit:events` (the newest `keep`). A shipper
+-- moves pending events into the signed trail in the bucket and trims them
+-- once the bucket has them (`ship.lua`). One INCRBY, RPUSH and LTRIM per
+-- call, however many events; `flush_audit` writes them.
+local audit_lines = {}
+
+local function audit(mac, json)
+  audit_lines[#audit_lines + 1] = {mac, json}
+end
+
+local function flush_audit(keep, now)
+  local n = #audit_lines
+  if n == 0 then
+    return
+  end
+  local seq = redis.call('INCRBY', p .. 'audit:seq', n) - n
+  local pending, index = {}, {}
+  for i, e in ipairs(audit_lines) do
+    pending[i] = (seq + i) .. ' ' .. now .. ' ' .. e[1] .. ' ' .. e[2]
+    index[i] = e[2]
+  end
+  for i = 1, n, 1000 do
+    redis.call('RPUSH', p .. 'audit:pending', unpack(pending, i, math.min(i + 999, n)))
+    redis.call('RPUSH', p .. 'audit:events', unpack(index, i, math.min(i + 999, n)))
+  end
+  redis.call('LTRIM', p .. 'audit:events', -keep, -1)
+  audit_lines = {}
+end
+
+-- How long (ms) the oldest event not yet shipped has waited; 0 with none.
+local function audit_backlog_ms(now)
+  local oldest = redis.call('LINDEX', p .. 'audit:pending', 0)
+  if not oldest then
+    return 0
+  end
+  return now - (tonumber(string.match(oldest, '^%d+ (%d+) ')) or 0)
+end
+
 -- The one counter: transitions by `<from>><to>:<band>:<tenant>:<repo>` in
 -- `count` (`from` empty for a new run), one HINCRBY per move. The runs in a
 -- state are the moves into it less the moves out of it; totals, per tenant,
