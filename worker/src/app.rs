@@ -30,8 +30,12 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let worker = format!("{}-{}", config.worker.name, ulid::Ulid::new().to_string().to_lowercase());
         let outbound = Outbound::new(&config.tls, &config.outbound)?;
-        let queue = RunQueue::connect(&config.redis, &outbound).await?;
+        let queue = RunQueue::connect(&config.redis, &outbound)
+            .await?
+            .with_audit_writes(store::audit::AuditWrites::from_config(&config.audit));
         queue.check_server().await?;
+        // A run's audit events go to the pending log in Redis, durable there.
+        queue.check_audit_durability().await?;
         let store = S3Store::new(&config.s3, &outbound);
         // Refuse a contradictory egress configuration at start, naming the key.
         EgressPolicy::from_config(&config.egress)?;
@@ -57,7 +61,9 @@ impl Application {
         let audit = Arc::new(audit.in_role("worker"));
         let interval = Duration::from_secs(config.audit.digest_interval_seconds);
         audit_trail::spawn_digests(Arc::downgrade(&audit), interval);
+        let sealer = audit_trail::Sealer::from_config(&config)?;
         let runtime = Runtime {
+            sealer,
             config,
             worker,
             queue,

@@ -137,6 +137,9 @@ async fn ship_once(queue: &RunQueue, trail: &AuditTrail, sealer: &Sealer, holder
         return Ok(Shipped::NotHolder);
     }
     let log = queue.pending_audit(BATCH).await?;
+    let oldest = log.entries.iter().find_map(|e| e.as_ref().ok()).map(|e| e.at_ms);
+    let age = oldest.map_or(0, |at| common::audit::now_ms().saturating_sub(at));
+    platform::metrics::global().audit_pending_age.set(age as f64 / 1000.0);
     let Some(last_line) = log.last_line.clone() else {
         return Ok(Shipped::Nothing);
     };

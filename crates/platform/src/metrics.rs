@@ -42,6 +42,7 @@ pub mod names {
     pub const AUDIT_WRITE: &str = "paddock_audit_write_seconds";
     pub const AUDIT_FAILURES: &str = "paddock_audit_write_failures_total";
     pub const AUDIT_UNDIGESTED: &str = "paddock_audit_undigested_segments";
+    pub const AUDIT_PENDING_AGE: &str = "paddock_audit_pending_oldest_seconds";
     pub const HTTP_REQUESTS: &str = "paddock_http_request_seconds";
 }
 
@@ -96,6 +97,10 @@ pub struct Metrics {
     pub audit_failures: Family<Labels, Counter>,
     /// writer: segments written and not yet covered by a signed digest.
     pub audit_undigested: Family<Labels, Gauge>,
+    /// How long the oldest audit event in Redis's pending log has waited
+    /// to be shipped to the bucket (set by the shipper); runs are refused
+    /// past `audit.max_ship_delay_seconds`.
+    pub audit_pending_age: Gauge<f64, AtomicU64>,
     /// route (the pattern, not the path), method, status.
     pub http_requests: Histograms,
 }
@@ -192,6 +197,11 @@ impl Metrics {
                 AUDIT_UNDIGESTED,
                 "Audit segments not yet covered by a signed digest, by writer",
                 Family::default()
+            ),
+            audit_pending_age: metric!(
+                AUDIT_PENDING_AGE,
+                "Age of the oldest audit event not yet shipped to the bucket (seconds)",
+                Gauge::default()
             ),
             http_requests: metric!(
                 HTTP_REQUESTS,

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use common::config::{AuditConfig, AuditDurability};
 
-use super::scripts::ShipArgs;
+use common::audit::SealedEvent;
+
+use super::scripts::{AuditArgs, ShipArgs};
 use super::{QueueError, RunQueue};
 
 /// How the scripts' audit events are made durable and how long one may
@@ -164,6 +166,30 @@ impl RunQueue {
             )));
         }
         Ok(())
+    }
+
+    /// Appends `events` (sealed) to the pending log, durable as
+    /// `audit.durability` says before it returns, and to the index behind
+    /// `GET /v1/audit/events` (for `run`'s events, at most `cap` of them in
+    /// all): returns how many were left out of the index. Refused, writing
+    /// nothing, while the oldest pending event is older than the ship delay.
+    pub async fn append_audit(&self, run: Option<&str>, events: &[SealedEvent], cap: u64) -> Result<u64, QueueError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let args = AuditArgs {
+            max_backlog_ms: self.audit.max_ship_delay.as_millis() as u64,
+            keep: super::identity::AUDIT_INDEX_KEEP,
+            run: run.unwrap_or(""),
+            cap,
+            events,
+        };
+        let (kind, detail): (String, u64) = self.run_script(&args).await?;
+        if kind == "backlog" {
+            return Err(QueueError::AuditBacklog { age_ms: detail });
+        }
+        self.audit_durable().await?;
+        Ok(detail)
     }
 
     /// The log's marks and its oldest events, up to `max`, in order, read

@@ -176,28 +176,6 @@ impl IdentityStore {
         Ok(())
     }
 
-    /// Adds run `run`'s events (already in the trail) to the queryable
-    /// index, at most `cap` of that run's in all; returns how many were
-    /// left out (the trail still has them).
-    pub async fn index_run_audit(&self, run: &str, events: &[AuditEvent], cap: u64) -> Result<u64, QueueError> {
-        if events.is_empty() {
-            return Ok(0);
-        }
-        let key = self.keys.audit_indexed(run);
-        let mut conn = self.conn.clone();
-        let (total,): (u64,) = redis::pipe()
-            .atomic()
-            .incr(&key, events.len() as u64)
-            .expire(&key, 30 * 86_400)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        let before = total.saturating_sub(events.len() as u64);
-        let room = cap.saturating_sub(before).min(events.len() as u64) as usize;
-        self.index_audit(&events[..room]).await?;
-        Ok((events.len() - room) as u64)
-    }
-
     /// Events matching `filter`, oldest first, at most `limit`.
     pub async fn audit_events(&self, filter: &AuditFilter, limit: usize) -> Result<Vec<AuditEvent>, QueueError> {
         let mut conn = self.conn.clone();

@@ -22,6 +22,7 @@ pub(crate) struct Scripts {
     approve: Script,
     idem: Script,
     ship: Script,
+    audit: Script,
 }
 
 impl Scripts {
@@ -42,6 +43,7 @@ impl Scripts {
             approve: with_lib(include_str!("lua/approve.lua")),
             idem: with_lib(include_str!("lua/idem.lua")),
             ship: with_lib(include_str!("lua/ship.lua")),
+            audit: with_lib(include_str!("lua/audit.lua")),
         }
     }
 
@@ -129,6 +131,29 @@ impl ScriptArgs for IdemArgs<'_> {
     fn push(&self, inv: &mut ScriptInvocation<'_>) {
         inv.arg(if self.release { "release" } else { "reserve" }).arg(self.key).arg(self.id);
         inv.arg(self.fingerprint).arg(self.ttl_ms);
+    }
+}
+
+/// `audit.lua`: sealed events into the pending log and the index.
+pub(crate) struct AuditArgs<'a> {
+    pub max_backlog_ms: u64,
+    pub keep: isize,
+    /// The run they are about (its share of the index is capped), if any.
+    pub run: &'a str,
+    pub cap: u64,
+    pub events: &'a [common::audit::SealedEvent],
+}
+
+impl ScriptArgs for AuditArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.audit
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.max_backlog_ms).arg(self.keep).arg(self.run).arg(self.cap);
+        for event in self.events {
+            inv.arg(&event.mac).arg(&event.json);
+        }
     }
 }
 
@@ -380,7 +405,7 @@ impl ScriptArgs for ListArgs<'_> {
 #[cfg(test)]
 mod tests {
     /// Each script's own body (without `lib.lua`), by name.
-    const BODIES: [(&str, &str); 13] = [
+    const BODIES: [(&str, &str); 14] = [
         ("enqueue", include_str!("lua/enqueue.lua")),
         ("claim", include_str!("lua/claim.lua")),
         ("heartbeat", include_str!("lua/heartbeat.lua")),
@@ -394,6 +419,7 @@ mod tests {
         ("approve", include_str!("lua/approve.lua")),
         ("idem", include_str!("lua/idem.lua")),
         ("ship", include_str!("lua/ship.lua")),
+        ("audit", include_str!("lua/audit.lua")),
     ];
     /// `lib.lua` defers index writes to `flush` and audit events to
     /// `flush_audit`: a script that can move a run (or append an event)

@@ -181,21 +181,31 @@ async fn without_the_object_store_identity_changes_are_refused_and_nothing_accep
     assert_eq!(create().send().await.unwrap().status().as_u16(), 201);
 }
 
+/// A worker's events go to the pending log in Redis; when it cannot take
+/// them (the oldest waits longer than the ship delay: nobody ships), the
+/// run stops before any credential or sandbox.
 #[tokio::test]
 async fn a_worker_that_cannot_write_its_audit_events_stops_the_run_and_does_nothing() {
-    let vars = tests::services::endpoint_vars();
-    let s3 = vars.iter().find(|(k, _)| k == "PADDOCK_S3__ENDPOINT").map(|(_, v)| v.clone()).unwrap();
-    let outage = Outage::proxy(s3.trim_start_matches("http://")).await;
-    let app = spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", "echo the agent ran")]).await;
+    let app = spawn_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", "echo the agent ran"),
+        ("PADDOCK_AUDIT__MAX_SHIP_DELAY_SECONDS", "1"),
+    ])
+    .await;
     let repo = app.repo(&[("README.md", b"# x\n")]);
-    // The API reaches the store; this worker does not.
-    let mut config = app.config.clone();
-    config.s3.endpoint = outage.url.clone();
-    outage.down().await;
-    let worker = app.spawn_worker_with(config).await;
+    app.shipped().await;
+    // Someone else holds the shipper's lease and ships nothing.
+    let lease = format!("{{{}}}:lock:audit-shipper", app.config.redis.namespace);
+    let held = std::process::Command::new("redis-cli")
+        .args(["-p", "6390", "set", &lease, "a-stuck-shipper", "PX", "120000"])
+        .output()
+        .unwrap();
+    assert!(held.status.success());
     let id = app.create_run(&repo, "Audit me").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let worker = app.spawn_worker().await;
     let run = app.wait_for(&id, Duration::from_secs(60), |r| r["state"] == "failed").await;
     assert_eq!(run["stop_reason"]["kind"], "audit_unavailable", "{run:#}");
+    assert!(run["stop_reason"]["message"].as_str().unwrap().contains("max_ship_delay_seconds"), "{run:#}");
     assert_eq!(run["attempt"], 1, "an audit outage must not be retried into a run without audit");
     assert!(app.sandboxes_of(&id).await.is_empty(), "a sandbox was started without its audit event");
     assert_eq!(run["artifacts"], json!([]));

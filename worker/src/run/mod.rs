@@ -58,6 +58,8 @@ pub struct Runtime {
     pub github: Option<Arc<GitHubApp>>,
     /// This worker's stream of the audit trail.
     pub audit: Arc<audit_trail::AuditTrail>,
+    /// Seals the run's audit events for the pending log in Redis.
+    pub sealer: audit_trail::Sealer,
     /// Trust and proxy of Paddock's own calls out (`[tls]`, `[outbound]`).
     pub outbound: platform::outbound::Outbound,
     /// The one client to model providers, shared by every run's gateway.
@@ -477,24 +479,28 @@ impl Runtime {
         Ending::Outcome(Outcome::Retry { reason: StopReason::InfrastructureError { message }, delay })
     }
 
-    /// Records `events` in the trail (the evidence; an error means they are
-    /// not stored), then in the index behind `GET /v1/audit/events`.
+    /// Records `events`, sealed, in the pending log in Redis, durable before
+    /// it returns (an error means they are not recorded), and in the index
+    /// behind `GET /v1/audit/events`; the API's shipper moves them into the
+    /// signed trail. No write to the bucket on a run's path.
     async fn record_audit(&self, events: &[common::audit::AuditEvent]) -> Result<(), audit_trail::AuditError> {
-        self.audit.record(events).await?;
+        let sealed = events.iter().map(|e| self.sealer.seal(e)).collect::<Result<Vec<_>, _>>()?;
         // Every event here is about one run: its share of the index is capped.
         let run = events.first().filter(|e| e.object.kind == "run").map(|e| e.object.id.clone());
-        let store = self.queue.identity();
-        let indexed = match &run {
-            Some(run) => store.index_run_audit(run, events, self.config.audit.max_indexed_events_per_run).await,
-            None => store.index_audit(events).await.map(|()| 0),
-        };
-        match indexed {
-            Ok(0) => {}
-            Ok(left_out) => tracing::warn!(
-                run_id = ?run, left_out, cap = self.config.audit.max_indexed_events_per_run,
+        let cap = self.config.audit.max_indexed_events_per_run;
+        let (metrics, started) = (platform::metrics::global(), std::time::Instant::now());
+        let writer = platform::metrics::labels([("writer", "worker")]);
+        let appended = self.queue.append_audit(run.as_deref(), &sealed, cap).await;
+        metrics.audit_write.get_or_create(&writer).observe(started.elapsed().as_secs_f64());
+        let left_out = appended.map_err(|e| {
+            metrics.audit_failures.get_or_create(&writer).inc();
+            audit_trail::AuditError::Unavailable(objstore::StoreError::new(format!("the pending audit log: {e}")))
+        })?;
+        if left_out > 0 {
+            tracing::warn!(
+                run_id = ?run, left_out, cap,
                 "a run's audit events past its index cap are in the trail only"
-            ),
-            Err(error) => tracing::warn!(%error, "audit events are stored but not indexed for GET /v1/audit/events"),
+            );
         }
         Ok(())
     }

@@ -74,22 +74,31 @@ local function audit(mac, json)
   audit_lines[#audit_lines + 1] = {mac, json}
 end
 
-local function flush_audit(keep, now)
+-- `indexed`: how many of the call's events (the first ones) join the index
+-- (nil: all of them); the pending log takes every one.
+local function flush_audit(keep, now, indexed)
   local n = #audit_lines
   if n == 0 then
     return
   end
+  indexed = indexed or n
   local seq = redis.call('INCRBY', p .. 'audit:seq', n) - n
   local pending, index = {}, {}
   for i, e in ipairs(audit_lines) do
     pending[i] = (seq + i) .. ' ' .. now .. ' ' .. e[1] .. ' ' .. e[2]
-    index[i] = e[2]
+    if i <= indexed then
+      index[i] = e[2]
+    end
   end
   for i = 1, n, 1000 do
     redis.call('RPUSH', p .. 'audit:pending', unpack(pending, i, math.min(i + 999, n)))
-    redis.call('RPUSH', p .. 'audit:events', unpack(index, i, math.min(i + 999, n)))
   end
-  redis.call('LTRIM', p .. 'audit:events', -keep, -1)
+  for i = 1, #index, 1000 do
+    redis.call('RPUSH', p .. 'audit:events', unpack(index, i, math.min(i + 999, #index)))
+  end
+  if #index > 0 then
+    redis.call('LTRIM', p .. 'audit:events', -keep, -1)
+  end
   audit_lines = {}
 end
 
