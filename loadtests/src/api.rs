@@ -1,6 +1,8 @@
 //! API latency and throughput: `POST /v1/runs` (auth, validation, policy
-//! lookup, enqueue script) and `GET /v1/runs/{id}` on the real API, against
-//! a bare actix-web handler on the same machine (the framework's ceiling).
+//! lookup, the sealed audit event and the enqueue script, durable before
+//! 202 by Redis's fsync) and `GET /v1/runs/{id}` on the real API, against a
+//! bare actix-web handler on the same machine (the framework's ceiling),
+//! beside one Redis write fsynced before its reply (the durability floor).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +13,9 @@ use serde_json::json;
 use crate::load::{fixed_rate, saturate};
 use crate::{Report, Row};
 
-const RATE: u32 = 200;
-const REQUESTS: u32 = 2000;
-const CLIENTS: u32 = 16;
+const RATE: u32 = 1000;
+const REQUESTS: u32 = 5000;
+const CLIENTS: u32 = 64;
 const SATURATION: Duration = Duration::from_secs(5);
 
 pub async fn run() -> Report {
@@ -45,8 +47,8 @@ pub async fn run() -> Report {
         }
     };
     // Warm both, then measure in turn.
-    fixed_rate(RATE, 200, post.clone()).await;
-    fixed_rate(RATE, 200, bare_post.clone()).await;
+    fixed_rate(RATE, 1000, post.clone()).await;
+    fixed_rate(RATE, 1000, bare_post.clone()).await;
     let ours = fixed_rate(RATE, REQUESTS, post.clone()).await;
     let bare = fixed_rate(RATE, REQUESTS, bare_post.clone()).await;
     // The same load while /metrics is scraped every second (Prometheus
@@ -80,6 +82,7 @@ pub async fn run() -> Report {
     let bare_get = fixed_rate(RATE, REQUESTS, bare_get).await;
     let errors = ours.errors + ours_saturated.errors + ours_get.errors;
     assert_eq!(errors, 0, "the API failed requests under load");
+    let fsync = fsynced_write();
 
     let rate = format!("{RATE} req/s");
     Report {
@@ -88,6 +91,13 @@ pub async fn run() -> Report {
             Row::ms(&format!("POST /v1/runs p50 at {rate}"), ours.p50, "bare actix handler", bare.p50),
             Row::ms(&format!("POST /v1/runs p99 at {rate}"), ours.p99, "bare actix handler", bare.p99),
             Row::ms(&format!("POST /v1/runs p99.9 at {rate}"), ours.p999, "bare actix handler", bare.p999),
+            Row::ms(
+                "one Redis write fsynced before its reply (appendfsync always, redis-benchmark SET, 1 client) p50",
+                fsync.p50,
+                "POST /v1/runs p50",
+                ours.p50,
+            ),
+            Row::ms("one Redis write fsynced before its reply, p99", fsync.p99, "POST /v1/runs p99", ours.p99),
             Row::ms(
                 &format!(
                     "POST /v1/runs p50 at {rate}, /metrics scraped every second ({scrapes} scrapes, {scrape_ms:.1} ms each)"
@@ -116,8 +126,35 @@ pub async fn run() -> Report {
             "post_fixed_rate_scraped": scraped.json(), "scrapes": scrapes, "scrape_ms": scrape_ms,
             "post_saturated": ours_saturated.json(), "bare_post_saturated": bare_saturated.json(),
             "get_fixed_rate": ours_get.json(), "bare_get_fixed_rate": bare_get.json(),
+            "fsynced_write_ms": {"p50": fsync.p50, "p99": fsync.p99},
         }),
     }
+}
+
+struct Fsync {
+    p50: f64,
+    p99: f64,
+}
+
+/// One client writing to the test Redis (`appendfsync always`): what one
+/// fsynced write costs on this disk, the floor under a durable 202.
+fn fsynced_write() -> Fsync {
+    let out = std::process::Command::new("redis-benchmark")
+        .args(["-p", "6390", "-n", "500", "-c", "1", "--csv", "-t", "set"])
+        .output()
+        .expect("redis-benchmark (from the redis-tools package) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "SET","250.00","3.970","2.104","3.927","5.231","7.983","9.111":
+    // test, rps, avg, min, p50, p95, p99, max (ms).
+    let fields: Vec<f64> = text
+        .lines()
+        .find(|l| l.starts_with("\"SET\""))
+        .unwrap_or_else(|| panic!("unexpected redis-benchmark output: {text}"))
+        .split(',')
+        .skip(1)
+        .map(|f| f.trim_matches('"').parse().unwrap_or(f64::NAN))
+        .collect();
+    Fsync { p50: fields[3], p99: fields[5] }
 }
 
 /// A scraper of `url` every `every`, until stopped.
