@@ -49,7 +49,11 @@ pub async fn run() -> Report {
     // Warm both, then measure in turn.
     fixed_rate(RATE, 1000, post.clone()).await;
     fixed_rate(RATE, 1000, bare_post.clone()).await;
+    let before = crate::scheduling::command_calls();
     let ours = fixed_rate(RATE, REQUESTS, post.clone()).await;
+    // What Redis did per accepted run (the shipper's work included).
+    let by_command = crate::scheduling::per_run(&before, REQUESTS);
+    let commands: f64 = by_command.iter().map(|(_, n)| n).sum();
     let bare = fixed_rate(RATE, REQUESTS, bare_post.clone()).await;
     // The same load while /metrics is scraped every second (Prometheus
     // usually comes every 15 to 60 s): what being watched costs runs.
@@ -112,6 +116,10 @@ pub async fn run() -> Report {
                 "not scraped",
                 ours.p99,
             ),
+            Row::plain(
+                "Redis commands per POST /v1/runs (scripts' inner commands and the shipper's included; by name in the JSON)",
+                format!("{commands:.1}"),
+            ),
             Row::per_second(
                 &format!("POST /v1/runs throughput, {CLIENTS} clients"),
                 ours_saturated.throughput(),
@@ -127,6 +135,8 @@ pub async fn run() -> Report {
             "post_saturated": ours_saturated.json(), "bare_post_saturated": bare_saturated.json(),
             "get_fixed_rate": ours_get.json(), "bare_get_fixed_rate": bare_get.json(),
             "fsynced_write_ms": {"p50": fsync.p50, "p99": fsync.p99},
+            "redis_commands_per_post": commands,
+            "redis_commands_per_post_by_name": by_command.iter().map(|(n, c)| json!([n, (c * 100.0).round() / 100.0])).collect::<Vec<_>>(),
         }),
     }
 }

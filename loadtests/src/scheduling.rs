@@ -161,7 +161,7 @@ fn bullmq() -> BullMq {
 /// `total_commands_processed` of the shared Redis.
 /// Calls per command name so far (`INFO commandstats`), scripts' inner
 /// commands included.
-fn command_calls() -> std::collections::BTreeMap<String, u64> {
+pub(crate) fn command_calls() -> std::collections::BTreeMap<String, u64> {
     let out = std::process::Command::new("redis-cli")
         .args(["-p", "6390", "info", "commandstats"])
         .output()
@@ -177,7 +177,7 @@ fn command_calls() -> std::collections::BTreeMap<String, u64> {
 }
 
 /// What each command name cost per run between two `command_calls`, most first.
-fn per_run(before: &std::collections::BTreeMap<String, u64>, runs: u32) -> Vec<(String, f64)> {
+pub(crate) fn per_run(before: &std::collections::BTreeMap<String, u64>, runs: u32) -> Vec<(String, f64)> {
     let mut out: Vec<(String, f64)> = command_calls()
         .into_iter()
         .map(|(name, calls)| {
