@@ -200,6 +200,14 @@ pub fn spawn_digests<S: RetainingStore + 'static>(trail: std::sync::Weak<AuditTr
 /// The trail of a process named `writer`, from configuration; `Err` names
 /// the missing or invalid key.
 pub fn from_config(config: &common::config::Config, store: S3Store, writer: &str) -> Result<AuditTrail, AuditError> {
+    let key = configured_key(config)?;
+    let interval = Duration::from_secs(config.audit.digest_interval_seconds);
+    Ok(AuditTrail::new(store, &config.audit.prefix, writer, key, interval))
+}
+
+/// The key `audit.signing_key` holds; `Err` names the key when it is
+/// missing or invalid.
+pub(crate) fn configured_key(config: &common::config::Config) -> Result<SigningKey, AuditError> {
     use secrecy::ExposeSecret;
     let encoded = config.audit.signing_key.as_ref().ok_or_else(|| {
         AuditError::Key(
@@ -207,9 +215,7 @@ pub fn from_config(config: &common::config::Config, store: S3Store, writer: &str
                 .to_owned(),
         )
     })?;
-    let key = signing_key(encoded.expose_secret())?;
-    let interval = Duration::from_secs(config.audit.digest_interval_seconds);
-    Ok(AuditTrail::new(store, &config.audit.prefix, writer, key, interval))
+    signing_key(encoded.expose_secret())
 }
 
 /// The trail of a process named `writer` (as [`from_config`]), after

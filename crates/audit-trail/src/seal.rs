@@ -37,12 +37,7 @@ impl Sealer {
 
     /// From `audit.signing_key`, as [`super::from_config`] reads it.
     pub fn from_config(config: &common::config::Config) -> Result<Self, AuditError> {
-        use secrecy::ExposeSecret;
-        let encoded =
-            config.audit.signing_key.as_ref().ok_or_else(|| {
-                AuditError::Key("must be set (32 bytes, base64: `openssl rand -base64 32`)".to_owned())
-            })?;
-        Ok(Self::new(&super::signing_key(encoded.expose_secret())?))
+        Ok(Self::new(&super::configured_key(config)?))
     }
 
     fn mac(&self, json: &[u8]) -> Hmac<Sha256> {
