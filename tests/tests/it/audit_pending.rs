@@ -238,3 +238,18 @@ async fn each_durability_mode_is_checked_at_start_and_replica_mode_waits_for_a_r
         other => panic!("acknowledged without a replica: {other:?}"),
     }
 }
+
+/// Managed Redis (ElastiCache, Memorystore) refuses CONFIG: `fsync` cannot
+/// be confirmed there, so start is refused, pointing at `replica`.
+#[tokio::test]
+async fn without_config_access_fsync_durability_is_refused_and_replica_named() {
+    let user = format!("paddock-noconfig-{}", ulid::Ulid::new());
+    cli(&["ACL", "SETUSER", &user, "on", "nopass", "~*", "&*", "+@all", "-config"]);
+    let q = fresh_queue(Some(&format!("redis://{user}:x@127.0.0.1:6390/")), false).await;
+    let checked = q.check_audit_durability().await;
+    cli(&["ACL", "DELUSER", &user]);
+    let refused = checked.expect_err("fsync durability confirmed without CONFIG");
+    let said = refused.to_string();
+    assert!(said.contains("`audit.durability` = \"fsync\"") && said.contains("\"replica\""), "{said}");
+    assert!(said.contains("refused"), "{said}");
+}
