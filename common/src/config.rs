@@ -145,6 +145,13 @@ pub struct SandboxConfig {
     /// The most files a checkout may hold (its bytes are bounded by the
     /// workspace): checked before anything is written out on the host.
     pub max_checkout_files: u64,
+    /// Sandboxes each worker keeps made, hardened, verified and started
+    /// for the default image and policy class, so a run's start skips the
+    /// network, volume and container set-up (each used once, then removed;
+    /// 0 turns the pool off). Each idle member holds its network, firewall
+    /// rules and an empty workspace, and counts against the host's
+    /// sandboxes like a running one.
+    pub warm_pool: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1066,6 +1073,7 @@ impl Default for SandboxConfig {
             max_inflated_file_bytes: 64 << 20,
             max_inflated_diff_bytes: 256 << 20,
             max_checkout_files: 1_000_000,
+            warm_pool: 2,
         }
     }
 }
@@ -1219,6 +1227,9 @@ impl SandboxConfig {
         }
         if self.uid == 0 {
             return invalid("sandbox.uid", "must not be 0: the agent never runs as root");
+        }
+        if self.warm_pool > 64 {
+            return invalid("sandbox.warm_pool", "must be at most 64 (sandboxes kept started per worker)");
         }
         Ok(())
     }

@@ -12,7 +12,8 @@
 //!   processes: Redis load from heartbeats and claims, API latency while it
 //!   runs, worker memory per running run.
 //! - `sandbox-start`: median time from a worker's claim to the agent's first
-//!   instruction, against `docker run --rm <image> true`.
+//!   instruction, from the warm pool and cold, against
+//!   `docker run --rm <image> true`.
 //! - `gateway`: latency added by the model gateway at 1,000 requests a
 //!   second, against the emulated provider called directly, and at a rate
 //!   LiteLLM's proxy sustains, beside LiteLLM before the same provider.
@@ -250,21 +251,71 @@ fn now_ms() -> f64 {
 }
 
 pub async fn sandbox_start() -> Report {
+    let warm = start_times(true).await;
+    let cold = start_times(false).await;
+    let image = warm.image.clone();
+    let baseline = docker_run_ms(&image, RUNS);
+    let base = median(baseline.clone());
+    let (ours, cold_ms) = (median(warm.claim_to_first.clone()), median(cold.claim_to_first.clone()));
+    let figures = |times: &StartTimes| {
+        json!({"paddock_ms": times.claim_to_first, "paddock_median_ms": median(times.claim_to_first.clone()),
+               "phase_medians_ms": times.phase_medians().into_iter().map(|(n, ms)| (n, json!(ms))).collect::<serde_json::Map<_, _>>()})
+    };
+    let data = json!({
+        "runs": RUNS, "baseline_ms": baseline, "baseline_median_ms": base,
+        "warm": figures(&warm), "cold": figures(&cold), "ratio": ours / base, "cold_ratio": cold_ms / base,
+    });
+    let breakdown = |times: &StartTimes| {
+        times.phase_medians().iter().map(|(n, ms)| format!("{n} {ms:.0}")).collect::<Vec<_>>().join(", ")
+    };
+    let docker_run = format!("`docker run --rm {image} true`");
+    Report {
+        name: "sandbox_start",
+        rows: vec![
+            Row::ms("sandbox start, warm pool: claim → agent's first instruction (median)", ours, &docker_run, base),
+            Row::plain("warm start by step (median ms)", breakdown(&warm)),
+            Row::ms("sandbox start, cold (no pool member fits): claim → first instruction", cold_ms, &docker_run, base),
+            Row::plain("cold start by step (median ms)", breakdown(&cold)),
+        ],
+        data,
+    }
+}
+
+/// Claim → the agent's first instruction for `RUNS` runs, and each run's
+/// start-up steps, with the worker's warm pool on or off.
+struct StartTimes {
+    image: String,
+    claim_to_first: Vec<f64>,
+    phases: Vec<(String, Vec<f64>)>,
+}
+
+impl StartTimes {
+    fn phase_medians(&self) -> Vec<(String, f64)> {
+        self.phases.iter().map(|(name, samples)| (name.clone(), median(samples.clone()))).collect()
+    }
+}
+
+async fn start_times(warm: bool) -> StartTimes {
     // The agent's first instruction prints the time it ran, in ms.
     let app = tests::spawn_app(&[
         ("PADDOCK_AGENTS__DEFAULT__COMMAND", "echo first-instruction-ms=$(($(date +%s%N) / 1000000))"),
         ("PADDOCK_WORKER__CONCURRENCY", "1"),
+        ("PADDOCK_SANDBOX__WARM_POOL", if warm { "2" } else { "0" }),
     ])
     .await;
     let repo = app.repo(&[("README.md", b"# bench\n")]);
     let worker = app.spawn_worker().await;
     // One warm-up run so the image and caches are hot for both sides.
-    let warm = app.create_run(&repo, "warm-up").await;
-    app.wait_until_finished(&warm).await;
+    let warm_up = app.create_run(&repo, "warm-up").await;
+    app.wait_until_finished(&warm_up).await;
 
-    let mut paddock = Vec::new();
+    let mut claim_to_first = Vec::new();
     let mut phases: Vec<(String, Vec<f64>)> = Vec::new();
     for i in 0..RUNS {
+        // A run arriving at an idle worker: its pool refilled since the last.
+        if warm {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
         let id = app.create_run(&repo, &format!("bench {i}")).await;
         let run = app.wait_until_finished(&id).await;
         assert_eq!(run["state"], "succeeded", "{run:#}");
@@ -276,7 +327,7 @@ pub async fn sandbox_start() -> Report {
             .find_map(|l| l.strip_prefix("first-instruction-ms="))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no timestamp in the log:\n{logs}"));
-        paddock.push(first - claimed_ms);
+        claim_to_first.push(first - claimed_ms);
         let summary: Value = serde_json::from_slice(&app.artifact(&format!("runs/{id}/summary.json")).await).unwrap();
         for phase in summary["phases_ms"].as_array().into_iter().flatten() {
             let (name, ms) = (phase[0].as_str().unwrap_or_default().to_owned(), phase[1].as_f64().unwrap_or_default());
@@ -287,29 +338,7 @@ pub async fn sandbox_start() -> Report {
         }
     }
     worker.shutdown().await;
-
-    let image = &app.config.sandbox.image;
-    let baseline = docker_run_ms(image, RUNS);
-    let (ours, base) = (median(paddock.clone()), median(baseline.clone()));
-    let ratio = ours / base;
-    let phase_medians: Vec<(String, f64)> = phases.into_iter().map(|(name, samples)| (name, median(samples))).collect();
-    let data = json!({
-        "runs": RUNS, "paddock_ms": paddock, "baseline_ms": baseline,
-        "paddock_median_ms": ours, "baseline_median_ms": base, "ratio": ratio,
-        "phase_medians_ms": phase_medians.iter().map(|(n, ms)| (n.clone(), json!(ms))).collect::<serde_json::Map<_, _>>(),
-    });
-    let breakdown: Vec<String> = phase_medians.iter().map(|(n, ms)| format!("{n} {ms:.0}")).collect();
-    Report {
-        name: "sandbox_start",
-        rows: vec![
-            Row::ms(
-                "sandbox start: claim → agent's first instruction (median)",
-                ours,
-                &format!("`docker run --rm {image} true`"),
-                base,
-            ),
-            Row::plain("sandbox start by step (median ms)", breakdown.join(", ")),
-        ],
-        data,
-    }
+    let wanted = if warm { "sandbox_warm" } else { "sandbox" };
+    assert!(phases.iter().any(|(n, s)| n == wanted && s.len() == RUNS), "every run started {wanted}: {phases:?}");
+    StartTimes { image: app.config.sandbox.image.clone(), claim_to_first, phases }
 }

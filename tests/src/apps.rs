@@ -61,6 +61,10 @@ pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
         ("PADDOCK_SANDBOX__MEMORY_BYTES", (256u64 << 20).to_string()),
         ("PADDOCK_SANDBOX__WORKSPACE_BYTES", (64u64 << 20).to_string()),
         ("PADDOCK_SANDBOX__TIMEOUT_SECONDS", "120".to_owned()),
+        // Runs start cold here, each test's sandboxes its own; the warm
+        // pool's tests and the attack suite (every attack in a pool
+        // member) turn the pool on.
+        ("PADDOCK_SANDBOX__WARM_POOL", "0".to_owned()),
         // Tenants own repositories: `payments` owns the ledger and its
         // payments-* repositories, `search` the search-* ones, and the
         // default tenant every other repository.

@@ -62,7 +62,9 @@ impl Application {
         let interval = Duration::from_secs(config.audit.digest_interval_seconds);
         audit_trail::spawn_digests(Arc::downgrade(&audit), interval);
         let sealer = audit_trail::Sealer::from_config(&config)?;
+        let warm = sandbox::WarmPool::new(&sandboxes);
         let runtime = Runtime {
+            warm,
             sealer,
             config,
             worker,
@@ -117,6 +119,17 @@ impl Application {
         ));
 
         let janitor = tokio::spawn(janitor(runtime.clone(), background.clone()));
+        // The pool is made once this worker is seen alive (its heartbeat),
+        // so no other worker's janitor takes its members for a dead
+        // worker's; claims begin once it is full, or failed to fill.
+        let warm = runtime.warm.status().size;
+        if warm > 0 {
+            runtime.queue.heartbeat(&runtime.worker, lease, &[]).await?;
+            if let Err(error) = runtime.warm.fill().await {
+                tracing::warn!(%error, "the warm sandbox pool could not be filled; runs start cold until it is");
+            }
+        }
+        let refill = (warm > 0).then(|| runtime.warm.spawn_refill(background.clone()));
         let retention = runtime.config.retention.sweep_interval_seconds;
         let sweeper = (retention > 0).then(|| {
             let sweeper = crate::retention::Sweeper {
@@ -176,6 +189,10 @@ impl Application {
 
         background.cancel();
         let _ = tokio::join!(heartbeats, nudges, wakes, reaper, janitor);
+        // The refill removes the pool's members once it is told to stop.
+        if let Some(refill) = refill {
+            let _ = refill.await;
+        }
         if let Some(sweeper) = sweeper {
             let _ = sweeper.await;
         }

@@ -380,11 +380,15 @@ impl<S: RetainingStore> AuditTrail<S> {
         if events.is_empty() {
             return Ok(());
         }
+        let metrics = platform::metrics::global();
+        let started = std::time::Instant::now();
         let mut chain = self.chain.lock().await;
         let lines: Vec<(Option<u64>, &AuditEvent)> = events.iter().map(|(seq, e)| (*seq, e)).collect();
         let result = self.write_segment(&mut chain, &lines).await;
+        // The bucket write the shipper waited for: this writer's audit writes.
+        metrics.audit_write.get_or_create(&self.writer).observe(started.elapsed().as_secs_f64());
         if result.is_err() {
-            platform::metrics::global().audit_failures.get_or_create(&self.writer).inc();
+            metrics.audit_failures.get_or_create(&self.writer).inc();
         }
         result
     }

@@ -33,6 +33,8 @@ pub struct CheckoutLimits {
 #[derive(Debug, Clone)]
 pub struct Checkout {
     pub commit: String,
+    /// The tree's bytes plus the clone's `.git`, as checked against the bound.
+    pub bytes: u64,
 }
 
 /// The URL the worker clones `repo` from.
@@ -103,7 +105,7 @@ pub async fn checkout(
         return Err(GitError::Unavailable(format!("clone exited {code}: {}", first_line(&err))));
     }
     let packed = dir_bytes(dest.join(".git")).await;
-    check_tree_fits(dest, limits, packed).await?;
+    let bytes = check_tree_fits(dest, limits, packed).await?;
     let mut write_out = git();
     write_out.arg("-C").arg(dest).args(["reset", "--quiet", "--hard", "HEAD"]);
     let (code, _, err) = run(write_out).await?;
@@ -115,12 +117,13 @@ pub async fn checkout(
     let mut scrub = git();
     scrub.arg("-C").arg(dest).args(["remote", "remove", "origin"]);
     run(scrub).await?;
-    Ok(Checkout { commit })
+    Ok(Checkout { commit, bytes })
 }
 
 /// Reads the commit's tree listing as it comes (a tree can name millions of
-/// entries while its pack is tiny) and stops at the first bound crossed.
-async fn check_tree_fits(dest: &Path, limits: CheckoutLimits, packed: u64) -> Result<(), GitError> {
+/// entries while its pack is tiny) and stops at the first bound crossed;
+/// returns the bytes counted (`packed` and the tree's files).
+async fn check_tree_fits(dest: &Path, limits: CheckoutLimits, packed: u64) -> Result<u64, GitError> {
     use tokio::io::AsyncBufReadExt;
     let mut list = git();
     list.arg("-C").arg(dest).args(["ls-tree", "-r", "-l", "-z", "--full-tree", "HEAD"]);
@@ -160,7 +163,7 @@ async fn check_tree_fits(dest: &Path, limits: CheckoutLimits, packed: u64) -> Re
     if !status.success() {
         return Err(GitError::Unavailable(format!("git ls-tree exited {status}")));
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// The bytes of the files under `dir` (the clone's `.git`: its pack).

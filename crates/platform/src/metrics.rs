@@ -32,6 +32,7 @@ pub mod names {
     pub const SANDBOX_START: &str = "paddock_sandbox_start_step_seconds";
     pub const RUNS_RUNNING: &str = "paddock_worker_runs_running";
     pub const SLOTS_FREE: &str = "paddock_worker_slots_free";
+    pub const SANDBOXES_WARM: &str = "paddock_worker_sandboxes_warm";
     pub const GATEWAY_CALLS: &str = "paddock_gateway_calls_total";
     pub const GATEWAY_DURATION: &str = "paddock_gateway_call_seconds";
     pub const GATEWAY_TOKENS: &str = "paddock_gateway_tokens_total";
@@ -77,6 +78,8 @@ pub struct Metrics {
     pub sandbox_start: Histograms,
     pub runs_running: Gauge,
     pub slots_free: Gauge,
+    /// Started sandboxes in this worker's warm pool, waiting for a run.
+    pub sandboxes_warm: Gauge,
     /// tenant, provider, status (HTTP status class: `2xx`, `4xx`, `5xx`).
     pub gateway_calls: Family<Labels, Counter>,
     /// provider, part (`total`, `upstream`, `overhead`).
@@ -164,6 +167,11 @@ impl Metrics {
             ),
             runs_running: metric!(RUNS_RUNNING, "Runs this worker is running", Gauge::default()),
             slots_free: metric!(SLOTS_FREE, "Run slots free on this worker", Gauge::default()),
+            sandboxes_warm: metric!(
+                SANDBOXES_WARM,
+                "Started, verified sandboxes in this worker's warm pool, waiting for a run",
+                Gauge::default()
+            ),
             gateway_calls: metric!(
                 GATEWAY_CALLS,
                 "Model calls through the gateway, by tenant, provider and status class",

@@ -8,6 +8,7 @@
 pub mod egress;
 pub mod firewall;
 mod hardening;
+mod pool;
 mod tree;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use common::config::{SandboxConfig, SandboxRuntime};
 use common::policy::SandboxPolicy;
 use futures::{Stream, StreamExt};
 
+pub use pool::{WarmPool, WarmStatus};
 pub use tree::{stream_tree, tar_tree};
 
 pub const LABEL_MANAGED_BY: &str = "paddock.managed-by";
@@ -38,6 +40,8 @@ pub const LABEL_RUN_ID: &str = "paddock.run-id";
 pub const LABEL_WORKER: &str = "paddock.worker";
 pub const LABEL_VOLUME: &str = "paddock.volume";
 pub const LABEL_NETWORK: &str = "paddock.network";
+/// On a warm pool member: its pool id (it has no run until one takes it).
+pub const LABEL_WARM: &str = "paddock.warm";
 const MANAGED_BY: &str = "paddock";
 
 /// The workspace mount point inside every sandbox.
@@ -115,6 +119,9 @@ pub enum OutputStream {
     Stderr,
 }
 
+/// What a command's stdin is written from.
+type InputChunks = std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
 /// Chunks of a command's output, each with the stream it came on.
 pub type OutputChunks = std::pin::Pin<Box<dyn Stream<Item = Result<(OutputStream, Bytes), SandboxError>> + Send>>;
 
@@ -129,6 +136,49 @@ pub struct Stopped {
 pub struct Exec {
     pub id: String,
     pub output: OutputChunks,
+    /// Writes the command's stdin while it runs (from [`SandboxDriver::start_in_tree`]).
+    feeding: Option<tokio::task::JoinHandle<Result<(), SandboxError>>>,
+}
+
+impl Exec {
+    /// Once the output has ended: whether everything meant for the
+    /// command's stdin was sent (a checkout that could not be packed or
+    /// sent is the worker's failure, not the agent's).
+    pub async fn input_sent(&mut self) -> Result<(), SandboxError> {
+        match self.feeding.take() {
+            None => Ok(()),
+            Some(task) => task.await.map_err(|e| SandboxError::Other(format!("sending the command's input: {e}")))?,
+        }
+    }
+}
+
+/// What starts an agent in a pool member or a fresh sandbox: unpack the
+/// checkout from stdin into the workspace (the sandbox's own `tar`, as the
+/// sandbox user), then replace itself with the agent's command (`$1`),
+/// whose stdin is the report key (read first, when `$2` is 1) or nothing.
+/// One exec instead of an archive upload and an exec: each costs a
+/// container-runtime round (about 50 ms here). Exits 125 with a line
+/// saying so when the tree cannot be unpacked.
+const UNPACK_THEN_RUN: &str = r#"if [ "$2" = 1 ]; then IFS= read -r key || exit 125; fi
+if ! tar -x -f - -C /workspace; then
+  echo "paddock: the checkout could not be unpacked in the sandbox" >&2
+  exit 125
+fi
+if [ "$2" = 1 ]; then exec bash -c "$1" bash <<< "$key"; fi
+exec bash -c "$1" bash < /dev/null"#;
+
+/// The exit code of [`UNPACK_THEN_RUN`] when the tree could not be unpacked.
+pub const UNPACK_FAILED: i64 = 125;
+
+/// Whether a checkout of `bytes` is unpacked by the agent's own exec
+/// ([`SandboxDriver::start_in_tree`]) rather than the archive API: what the
+/// sandbox's `tar` writes into its tmpfs workspace is charged to the
+/// sandbox's memory, so only a checkout that is small beside it (at most
+/// 16 MiB and an eighth of the memory cap) goes that way. Larger ones take
+/// the slower archive API, as before, written (and charged) by the engine.
+pub fn unpacks_in_exec(bytes: u64, policy: &SandboxPolicy) -> bool {
+    let memory = u64::try_from(policy.memory_bytes).unwrap_or(0);
+    bytes <= (16u64 << 20).min(memory / 8)
 }
 
 impl SandboxDriver {
@@ -169,8 +219,10 @@ impl SandboxDriver {
         firewall::ensure_chain(&format!("{base}/{bits}")).await
     }
 
-    fn firewall_tag(&self, run: RunId) -> String {
-        format!("pd:{}:{}:{run}", self.namespace, self.worker)
+    /// The tag of a sandbox network's firewall rules: namespace, worker,
+    /// then the run (or `warm-<id>` for a pool member).
+    fn firewall_tag(&self, owner: Owner) -> String {
+        format!("pd:{}:{}:{owner}", self.namespace, self.worker)
     }
 
     /// Creates the run's internal network on a free /28 of the pool and
@@ -178,7 +230,7 @@ impl SandboxDriver {
     async fn create_network(
         &self,
         name: &str,
-        run: RunId,
+        owner: Owner,
         labels: &HashMap<String, String>,
     ) -> Result<SandboxNetwork, SandboxError> {
         let (base, bits) = self.pool;
@@ -212,7 +264,7 @@ impl SandboxDriver {
                         subnet: subnet.clone(),
                         gateway: gateway.to_string(),
                         ports: self.open_ports.clone(),
-                        tag: self.firewall_tag(run),
+                        tag: self.firewall_tag(owner),
                     };
                     if let Err(e) = firewall::install(&rules).await {
                         firewall::remove(&rules).await;
@@ -261,17 +313,26 @@ impl SandboxDriver {
         Ok((labels.get("io.paddock.agent.name").cloned(), labels.get("io.paddock.agent.version").cloned()))
     }
 
-    fn labels(&self, run: RunId, volume: &str) -> HashMap<String, String> {
+    fn labels(&self, owner: Owner, volume: &str) -> HashMap<String, String> {
+        let (key, value) = match owner {
+            Owner::Run(run) => (LABEL_RUN_ID, run.to_string()),
+            Owner::Warm(id) => (LABEL_WARM, id.to_string()),
+        };
         HashMap::from([
             (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
             (LABEL_NAMESPACE.to_owned(), self.namespace.clone()),
-            (LABEL_RUN_ID.to_owned(), run.to_string()),
+            (key.to_owned(), value),
             (LABEL_WORKER.to_owned(), self.worker.clone()),
             (LABEL_VOLUME.to_owned(), volume.to_owned()),
         ])
     }
 
-    /// Creates the workspace volume and the container, and starts it idle.
+    /// The container name of a run's sandbox (a pool member taken by the
+    /// run is renamed to it).
+    fn run_container_name(&self, run: RunId, attempt: u32) -> String {
+        format!("paddock-{}-{run}-{attempt}", self.namespace)
+    }
+
     /// Creates the run's sandbox under `policy`'s caps and starts it idle.
     /// `image` is the agent profile's, when it has its own.
     pub async fn create(
@@ -281,10 +342,23 @@ impl SandboxDriver {
         policy: &SandboxPolicy,
         image: Option<&str>,
     ) -> Result<Sandbox, SandboxError> {
+        self.build(&self.run_container_name(run, attempt), Owner::Run(run), policy, image).await
+    }
+
+    /// Creates the workspace volume, the network with its firewall rules
+    /// and the container named `name`, verifies the container's hardening
+    /// and starts it idle.
+    async fn build(
+        &self,
+        name: &str,
+        owner: Owner,
+        policy: &SandboxPolicy,
+        image: Option<&str>,
+    ) -> Result<Sandbox, SandboxError> {
         let c = &self.config;
-        let name = format!("paddock-{}-{run}-{attempt}", self.namespace);
+        let name = name.to_owned();
         let volume = format!("{name}-ws");
-        let mut labels = self.labels(run, &volume);
+        let mut labels = self.labels(owner, &volume);
         labels.insert(LABEL_NETWORK.to_owned(), name.clone());
         // The volume and the network do not depend on each other: make them
         // at once (the network, with its firewall rules, is the slow one).
@@ -300,7 +374,7 @@ impl SandboxDriver {
             labels: Some(labels.clone()),
             ..Default::default()
         });
-        let (volume_created, network) = tokio::join!(volume_created, self.create_network(&name, run, &labels));
+        let (volume_created, network) = tokio::join!(volume_created, self.create_network(&name, owner, &labels));
         let network = match (volume_created, network) {
             (Ok(_), Ok(network)) => network,
             (Err(e), network) => {
@@ -356,7 +430,9 @@ impl SandboxDriver {
             user: Some(format!("{}:{}", c.uid, c.gid)),
             cmd: Some(vec!["sleep".to_owned(), "infinity".to_owned()]),
             working_dir: Some(WORKSPACE.to_owned()),
-            env: Some(vec!["HOME=/tmp".to_owned(), format!("PADDOCK_RUN_ID={run}")]),
+            // The run's id and everything else an agent needs come with
+            // each exec: a pool member is made before it has a run.
+            env: Some(vec!["HOME=/tmp".to_owned()]),
             labels: Some(labels),
             host_config: Some(host_config),
             ..Default::default()
@@ -449,7 +525,9 @@ impl SandboxDriver {
     }
 
     /// Unpacks a tar archive, read from `tar` as it comes, into the
-    /// workspace.
+    /// workspace through the engine's archive API: the engine writes it, so
+    /// its pages are not charged to the sandbox's memory (a checkout too
+    /// large for [`Self::start_in_tree`]).
     pub async fn upload(
         &self,
         sandbox: &Sandbox,
@@ -460,10 +538,36 @@ impl SandboxDriver {
         Ok(())
     }
 
+    /// Starts `command` (run by bash) as the sandbox user in the workspace,
+    /// once `tree` (a tar archive, sent as it is read) is unpacked there;
+    /// `key`, when given, is the command's whole stdin. See
+    /// [`UNPACK_THEN_RUN`]: the exit code is [`UNPACK_FAILED`] when the tree
+    /// could not be unpacked, and [`Exec::input_sent`] says whether it was
+    /// all sent.
+    pub async fn start_in_tree(
+        &self,
+        sandbox: &Sandbox,
+        tree: impl Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+        command: &str,
+        env: Vec<String>,
+        key: Option<Bytes>,
+    ) -> Result<Exec, SandboxError> {
+        let with_key = if key.is_some() { "1" } else { "0" };
+        let cmd = ["bash", "-c", UNPACK_THEN_RUN, "paddock-start", command, with_key].map(str::to_owned).to_vec();
+        let key = key.map(|mut k| {
+            if !k.ends_with(b"\n") {
+                k = [k.as_ref(), b"\n"].concat().into();
+            }
+            Ok(k)
+        });
+        let input = futures::stream::iter(key).chain(tree);
+        self.start_exec(sandbox, cmd, env, Some(Box::pin(input))).await
+    }
+
     /// Starts `cmd` as the sandbox user in the workspace; stdout and stderr
     /// come back interleaved, as raw bytes, each chunk saying which it is.
     pub async fn exec(&self, sandbox: &Sandbox, cmd: Vec<String>, env: Vec<String>) -> Result<Exec, SandboxError> {
-        self.exec_with_input(sandbox, cmd, env, None).await
+        self.start_exec(sandbox, cmd, env, None).await
     }
 
     /// Like [`Self::exec`]; the command's stdin is `input` and then ends
@@ -474,6 +578,19 @@ impl SandboxDriver {
         cmd: Vec<String>,
         env: Vec<String>,
         input: Option<Bytes>,
+    ) -> Result<Exec, SandboxError> {
+        let input = input.map(|bytes| Box::pin(futures::stream::iter([Ok(bytes)])) as InputChunks);
+        self.start_exec(sandbox, cmd, env, input).await
+    }
+
+    /// Starts `cmd`; its stdin is `input`, written while it runs, and then
+    /// ends (with `None`, stdin is closed from the start).
+    async fn start_exec(
+        &self,
+        sandbox: &Sandbox,
+        cmd: Vec<String>,
+        env: Vec<String>,
+        input: Option<InputChunks>,
     ) -> Result<Exec, SandboxError> {
         use tokio::io::AsyncWriteExt;
         let user = format!("{}:{}", self.config.uid, self.config.gid);
@@ -495,10 +612,26 @@ impl SandboxDriver {
             .await?;
         match self.docker.start_exec(&created.id, None).await? {
             StartExecResults::Attached { output, input: mut stdin } => {
-                if let Some(bytes) = input {
-                    stdin.write_all(&bytes).await.map_err(|e| SandboxError::Other(format!("exec stdin: {e}")))?;
-                    stdin.shutdown().await.map_err(|e| SandboxError::Other(format!("exec stdin: {e}")))?;
-                }
+                let feeding = input.map(|mut chunks| {
+                    tokio::spawn(async move {
+                        let sent = async {
+                            while let Some(chunk) = chunks.next().await {
+                                let chunk =
+                                    chunk.map_err(|e| SandboxError::Other(format!("reading the input: {e}")))?;
+                                stdin
+                                    .write_all(&chunk)
+                                    .await
+                                    .map_err(|e| SandboxError::Other(format!("stdin: {e}")))?;
+                            }
+                            Ok::<_, SandboxError>(())
+                        }
+                        .await;
+                        // Ends stdin either way: on a failure the command sees
+                        // its input cut short.
+                        let _ = stdin.shutdown().await;
+                        sent
+                    })
+                });
                 Ok(Exec {
                     id: created.id,
                     output: Box::pin(output.map(|item| {
@@ -511,6 +644,7 @@ impl SandboxDriver {
                         })
                         .map_err(SandboxError::from)
                     })),
+                    feeding,
                 })
             }
             StartExecResults::Detached => Err(SandboxError::Other("exec started detached".to_owned())),
@@ -669,51 +803,99 @@ impl SandboxDriver {
 
     /// Removes everything of `run` this worker made: its containers,
     /// networks and their firewall rules, and workspace volumes, found by
-    /// their labels and tags. For a run whose own cleanup never ran (its
-    /// task panicked). Never fails: what stays, the janitor removes later.
+    /// their labels and tags (a pool member the run took, by its name and
+    /// the names its labels give). For a run whose own cleanup never ran
+    /// (its task panicked). Never fails: what stays, the janitor removes
+    /// later.
     pub async fn remove_run(&self, run: RunId) {
+        let mut owners = vec![Owner::Run(run)];
+        let mut networks = Vec::new();
+        let mut volumes = Vec::new();
+        for container in self.run_containers(run).await.unwrap_or_default() {
+            let labels = container.labels.unwrap_or_default();
+            if let Some(id) = labels.get(LABEL_WARM).and_then(|id| id.parse().ok()) {
+                owners.push(Owner::Warm(id));
+                networks.extend(labels.get(LABEL_NETWORK).cloned());
+                volumes.extend(labels.get(LABEL_VOLUME).cloned());
+            }
+            if let Some(id) = &container.id {
+                self.remove_container(id).await;
+            }
+        }
+        for owner in owners {
+            match firewall::tagged(&self.firewall_tag(owner)).await {
+                Ok(rules) => {
+                    for (_, rule) in rules {
+                        firewall::delete(&rule).await;
+                    }
+                }
+                Err(error) => tracing::warn!(%error, run_id = %run, "listing the run's firewall rules failed"),
+            }
+        }
         let filters = HashMap::from([(
             "label",
             vec![format!("{LABEL_NAMESPACE}={}", self.namespace), format!("{LABEL_RUN_ID}={run}")],
         )]);
-        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
-        let containers = self.docker.list_containers(Some(options)).await.unwrap_or_default();
-        for id in containers.into_iter().filter_map(|c| c.id) {
-            self.remove_container(&id).await;
-        }
-        match firewall::tagged(&self.firewall_tag(run)).await {
-            Ok(rules) => {
-                for (_, rule) in rules {
-                    firewall::delete(&rule).await;
-                }
-            }
-            Err(error) => tracing::warn!(%error, run_id = %run, "listing the run's firewall rules failed"),
-        }
-        let networks =
+        let labelled =
             ListNetworksOptions { filters: Some(filters.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()) };
-        for network in self.docker.list_networks(Some(networks)).await.unwrap_or_default() {
-            if let Some(name) = &network.name
-                && let Err(error) = self.docker.remove_network(name).await
+        let labelled = self.docker.list_networks(Some(labelled)).await.unwrap_or_default();
+        networks.extend(labelled.into_iter().filter_map(|n| n.name));
+        for name in networks {
+            if let Err(error) = self.docker.remove_network(&name).await
+                && !already_gone(&error)
             {
                 tracing::warn!(%error, network = %name, "removing the run's network failed");
             }
         }
-        let volumes =
+        let labelled =
             ListVolumesOptions { filters: Some(filters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()) };
-        let volumes = self.docker.list_volumes(Some(volumes)).await.map(|v| v.volumes.unwrap_or_default());
-        for volume in volumes.unwrap_or_default() {
-            self.remove_volume(&volume.name).await;
+        let labelled = self.docker.list_volumes(Some(labelled)).await.map(|v| v.volumes.unwrap_or_default());
+        volumes.extend(labelled.unwrap_or_default().into_iter().map(|v| v.name));
+        for volume in volumes {
+            self.remove_volume(&volume).await;
         }
     }
 
-    /// Containers of this namespace still present (for tests and operators).
+    /// This namespace's containers of `run`: made for it (its label) or
+    /// taken by it from the warm pool (its name).
+    async fn run_containers(&self, run: RunId) -> Result<Vec<bollard::models::ContainerSummary>, SandboxError> {
+        let namespace = HashMap::from([("label", vec![format!("{LABEL_NAMESPACE}={}", self.namespace)])]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&namespace).build();
+        let prefix = format!("/paddock-{}-{run}-", self.namespace);
+        let run_label = run.to_string();
+        Ok(self
+            .docker
+            .list_containers(Some(options))
+            .await?
+            .into_iter()
+            .filter(|c| {
+                let labelled = c.labels.as_ref().and_then(|l| l.get(LABEL_RUN_ID)) == Some(&run_label);
+                let named = c.names.iter().flatten().any(|n| n.starts_with(&prefix));
+                labelled || named
+            })
+            .collect())
+    }
+
+    /// Containers of `run` still present (for tests and operators).
     pub async fn list_run_containers(&self, run: RunId) -> Result<Vec<String>, SandboxError> {
-        let filters = HashMap::from([(
-            "label",
-            vec![format!("{LABEL_NAMESPACE}={}", self.namespace), format!("{LABEL_RUN_ID}={run}")],
-        )]);
-        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
-        Ok(self.docker.list_containers(Some(options)).await?.into_iter().filter_map(|c| c.id).collect())
+        Ok(self.run_containers(run).await?.into_iter().filter_map(|c| c.id).collect())
+    }
+}
+
+/// Whom a sandbox is made for: a run, or the warm pool (until a run takes
+/// it; its labels and firewall tag keep the pool id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    Run(RunId),
+    Warm(u64),
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Run(run) => write!(f, "{run}"),
+            Self::Warm(id) => write!(f, "warm-{id:016x}"),
+        }
     }
 }
 
@@ -774,4 +956,31 @@ fn parse_pool(cidr: &str) -> Option<(Ipv4Addr, u8)> {
     }
     let mask = u32::MAX << (32 - u32::from(bits));
     Some((Ipv4Addr::from(u32::from(ip) & mask), bits))
+}
+
+#[cfg(test)]
+mod tests {
+    use common::config::{EgressPreset, SandboxConfig};
+
+    use super::*;
+
+    #[test]
+    fn only_a_checkout_small_beside_the_memory_cap_is_unpacked_by_the_agents_exec() {
+        let mut policy = SandboxPolicy::defaults(&SandboxConfig::default(), EgressPreset::None, &[]);
+        policy.memory_bytes = 2 << 30;
+        assert!(unpacks_in_exec(16 << 20, &policy));
+        assert!(!unpacks_in_exec((16 << 20) + 1, &policy), "16 MiB at most");
+        policy.memory_bytes = 64 << 20;
+        assert!(unpacks_in_exec(8 << 20, &policy));
+        assert!(!unpacks_in_exec((8 << 20) + 1, &policy), "an eighth of the memory at most");
+    }
+
+    #[test]
+    fn a_pool_members_firewall_tag_names_no_run_and_keeps_the_worker_where_the_janitor_reads_it() {
+        let run = RunId::new();
+        assert_eq!(Owner::Run(run).to_string(), run.to_string());
+        let tag = format!("pd:ns:w1:{}", Owner::Warm(0xab));
+        assert_eq!(tag, "pd:ns:w1:warm-00000000000000ab");
+        assert_eq!(tag.split(':').nth(2), Some("w1"));
+    }
 }

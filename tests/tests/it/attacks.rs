@@ -1,6 +1,8 @@
 //! The attack suite: hostile agent commands, each contained, each visible in
 //! the run's record and log. Sandboxes here are small on purpose: 128 MiB of
-//! memory, 64 processes, a 32 MiB workspace and a 16 MiB /tmp.
+//! memory, 64 processes, a 32 MiB workspace and a 16 MiB /tmp. Each worker
+//! keeps a warm pool, so the attacks run in pool members (made before the
+//! run, handed over at claim): `attack_with` fails a run that started cold.
 
 use serde_json::{Value, json};
 use tests::{TestApp, spawn_app};
@@ -105,6 +107,7 @@ async fn attack_app(runtime: &str, extra: &[(&str, &str)]) -> (TestApp, String) 
         ("PADDOCK_SANDBOX__WORKSPACE_BYTES", "33554432"),
         ("PADDOCK_SANDBOX__TMP_BYTES", "16777216"),
         ("PADDOCK_SANDBOX__TIMEOUT_SECONDS", "60"),
+        ("PADDOCK_SANDBOX__WARM_POOL", "1"),
     ];
     vars.extend_from_slice(extra);
     let app = spawn_app(&vars).await;
@@ -139,6 +142,10 @@ async fn attack_with(runtime: &str, command: &str, extra: &[(&str, &str)]) -> (T
     let run = app.wait_until_finished(&id).await;
     let logs = app.logs_of(&run).await;
     worker.shutdown().await;
+    let summary: Value = serde_json::from_slice(&app.artifact(&format!("runs/{id}/summary.json")).await).unwrap();
+    let steps: Vec<&str> =
+        summary["phases_ms"].as_array().into_iter().flatten().filter_map(|p| p[0].as_str()).collect();
+    assert!(!steps.contains(&"sandbox"), "the attack ran in a cold sandbox, not a warm pool member: {steps:?}");
     (app, run, logs)
 }
 

@@ -28,3 +28,4 @@ mod runs;
 mod scheduling;
 mod tenancy;
 mod traces;
+mod warm_pool;

@@ -39,6 +39,8 @@ pub(super) struct Stage<'a> {
     /// The commit the tree was checked out at: the diff is taken against
     /// it, so an agent that commits its work loses nothing.
     pub(super) base_commit: &'a str,
+    /// The checkout's bytes (tree and `.git`), as checked against its bound.
+    pub(super) tree_bytes: u64,
     pub(super) phases: &'a Phases,
 }
 
@@ -66,8 +68,6 @@ impl Runtime {
         let (sandbox, policy) = (stage.session.sandbox(), stage.policy);
         let deadline = Instant::now() + Duration::from_secs(policy.timeout_seconds);
         let (uid, gid) = (self.config.sandbox.uid, self.config.sandbox.gid);
-        self.sandboxes.upload(sandbox, sandbox::stream_tree(tree.to_path_buf(), uid, gid)).await?;
-        stage.phases.mark("upload");
         let mut log = self.opening_log(run, agent, &stage);
         // Fails closed: without the tenant's secrets nothing is shown live.
         let token = stage.session.models().map(|m| m.token.as_str());
@@ -78,7 +78,6 @@ impl Runtime {
         let models = base.as_deref().zip(stage.session.models().map(|m| m.token.as_str()));
         let reach = Reach { gateway_ip: sandbox.network.gateway, proxy_url: &proxy_url, models };
         let mut env = agent_env(&run.id, &run.spec, agent, &reach);
-        let cmd = vec!["bash".to_owned(), "-c".to_owned(), agent.command.clone()];
         // The report key goes on stdin, which the agent's own processes do
         // not share, never in the environment they inherit.
         let report_key = match agent.reports_commands {
@@ -93,10 +92,27 @@ impl Runtime {
         if let Some(format) = agent.events {
             log.read_events(format, agent.events_file.is_some());
         }
-        let mut exec = self.sandboxes.exec_with_input(sandbox, cmd, env, input).await?;
+        // A small checkout is unpacked by the same exec that then becomes
+        // the agent, as it is packed: one container-runtime round, not two.
+        let tree = sandbox::stream_tree(tree.to_path_buf(), uid, gid);
+        let mut exec = if sandbox::unpacks_in_exec(stage.tree_bytes, policy) {
+            self.sandboxes.start_in_tree(sandbox, tree, &agent.command, env, input).await?
+        } else {
+            self.sandboxes.upload(sandbox, tree).await?;
+            stage.phases.mark("upload");
+            let cmd = vec!["bash".to_owned(), "-c".to_owned(), agent.command.clone()];
+            self.sandboxes.exec_with_input(sandbox, cmd, env, input).await?
+        };
         stage.phases.mark("exec_started");
         let streamed = self.stream_output(run, stage.session, &mut exec, &mut log, deadline, lease).await;
         log.end_output();
+        // A command that ended on its own had all its input, or the worker
+        // failed to pack or send the checkout (retried, not the agent's).
+        if matches!(streamed, StreamEnd::Exited)
+            && let Err(error) = exec.input_sent().await
+        {
+            return Err(RunError::retry("sending the checkout into the sandbox", error));
+        }
         let reason = match self.why_it_ended(run, streamed, &exec.id, sandbox, policy, &mut log).await? {
             Ok(reason) => reason,
             Err(early) => return Ok(Finished { reason: early, log, diff: Vec::new(), files_changed: Vec::new() }),

@@ -47,6 +47,8 @@ pub struct Runtime {
     pub queue: RunQueue,
     pub store: S3Store,
     pub sandboxes: SandboxDriver,
+    /// Sandboxes made and started ahead of the runs that take them.
+    pub warm: sandbox::WarmPool,
     pub leases: Leases,
     /// Key of the short HMACs in redaction markers.
     pub redaction_key: Vec<u8>,
@@ -233,7 +235,13 @@ impl Runtime {
         if agent.env.get("PADDOCK_FAULT").map(String::as_str) == Some("panic-in-sandbox") {
             panic!("fault injected: a panic while the sandbox runs");
         }
-        let stage = Stage { session: &session, policy: &policy, base_commit: &checkout.commit, phases: &phases };
+        let stage = Stage {
+            session: &session,
+            policy: &policy,
+            base_commit: &checkout.commit,
+            tree_bytes: checkout.bytes,
+            phases: &phases,
+        };
         let finished =
             self.in_sandbox(run, &agent, stage, forge.checkout, lease).instrument(self.step(run, "agent").await).await;
         let used = session.close().await;

@@ -66,12 +66,22 @@ impl Session {
         let config = &runtime.config;
         let egress = EgressPolicy::for_run(&config.egress, policy.egress, &policy.egress_allow)
             .map_err(|e| RunError::Retry(format!("the run's egress policy is invalid: {e}")))?;
-        let sandbox = runtime
-            .sandboxes
-            .create(run.id, run.attempt, policy, agent.image.as_deref())
-            .await
-            .map_err(|e| RunError::retry("creating the sandbox", e))?;
-        phases.mark("sandbox");
+        let image = agent.image.as_deref();
+        let sandbox = match runtime.warm.take(run.id, run.attempt, policy, image).await {
+            Some(sandbox) => {
+                phases.mark("sandbox_warm");
+                sandbox
+            }
+            None => {
+                let sandbox = runtime
+                    .sandboxes
+                    .create(run.id, run.attempt, policy, image)
+                    .await
+                    .map_err(|e| RunError::retry("creating the sandbox", e))?;
+                phases.mark("sandbox");
+                sandbox
+            }
+        };
         let mut session = Session {
             driver: runtime.sandboxes.clone(),
             queue: runtime.queue.clone(),
