@@ -217,6 +217,9 @@ impl From<store::QueueError> for Problem {
                 Problem::new(ErrorCode::AuditUnavailable).detail(backlog.to_string())
             }
             store::QueueError::Unsupported(_) => Problem::internal(),
+            changed @ store::QueueError::TenancyChanged => {
+                Problem::unavailable(format!("{changed}, again and again; retry in a moment"))
+            }
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub tenants: Vec<common::tenancy::Tenant>,
     /// Seals run-list cursors (under a key derived from the bootstrap token).
     pub cursors: crate::runs::cursor::Cursors,
+    /// Declared tenants and sandbox policies as last read, for accepting runs.
+    pub tenancy_cache: std::sync::Arc<crate::tenants::cache::TenancyCache>,
 }
 
 impl AppState {
@@ -121,6 +123,7 @@ impl Application {
             lifecycle,
             tenants,
             cursors,
+            tenancy_cache: Default::default(),
         });
         let server = HttpServer::new(move || {
             openapi::routes(App::new().app_data(state.clone())).0.wrap_fn(|req, service| {

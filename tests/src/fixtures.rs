@@ -60,5 +60,5 @@ pub async fn enqueue(
     max_attempts: u32,
     idempotency: Option<&Idempotency>,
 ) -> Result<Enqueued, QueueError> {
-    q.enqueue(id, spec, max_attempts, idempotency, sealed(id, spec)).await
+    q.enqueue(id, spec, max_attempts, idempotency, sealed(id, spec), None).await
 }

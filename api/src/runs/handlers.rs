@@ -48,49 +48,68 @@ pub async fn create_run(
     if let Some(named) = &body.tenant {
         common::validate_tenant(named)?;
     }
-    let owned = crate::tenants::owner(&state, &repository).await;
-    let owner = owned.as_ref().ok().map(|o| o.tenant().to_owned());
-    // Scope first: only a caller who may act on the repository learns which
-    // tenant owns it (from a refusal naming both).
-    let checked = owned.and_then(|o| {
-        let caller = caller.on_repository(o.tenant(), &repository.to_string())?;
-        crate::tenants::check_named(&o, body.tenant.as_deref())?;
-        Ok((caller, o))
-    });
-    let (caller, owned) = match checked {
-        Ok(found) => found,
-        Err(refused) => return Err(refuse(caller.refused(), &state, &repository, owner.as_deref(), refused).await),
-    };
-    let (requested_by, via) = requester(caller, body.on_behalf_of.as_deref(), &owned, &state).await?;
-    let idempotency = idempotency(&req, caller, &body, &state)?;
-    let agent_profile = match body.agent_profile {
-        Some(name) => name.parse()?,
-        None => AgentProfile::default(),
-    };
-    let spec = RunSpec {
-        tenant: owned.tenant().to_owned(),
-        priority: body.priority.unwrap_or_default(),
-        repository,
-        base_ref: body.base_ref,
-        task_title: body.task.title,
-        task_body: body.task.body,
-        agent_profile,
-        via: via.clone(),
-        requested_by: requested_by.clone(),
-        policy: None,
-        issue: body.issue,
-        submitted_by: (caller.principal != requested_by).then(|| caller.principal.clone()),
-        trace_parent: None,
-        parent_run: None,
-        follow_up: None,
-    };
-    let request = service::Request {
-        actor: Actor { principal: requested_by, via, ..caller.actor() },
-        source_ip: caller.source_ip.clone(),
-        request_id: caller.request_id.clone(),
-        idempotency,
-    };
-    Ok(accepted(service::submit(&state, &owned, spec, request).await?))
+    // Decided on this process's copy of tenants and policies: the enqueue
+    // script refuses the run if either changed since, and it is decided
+    // again on a fresh read; a refusal is only ever answered from one.
+    let mut fresh = false;
+    for _ in 0..3 {
+        let snapshot = match fresh {
+            false => state.tenancy_cache.current(&state.queue).await?,
+            true => state.tenancy_cache.reload(&state.queue).await?,
+        };
+        let tenancy = crate::tenants::tenancy_with(&state, snapshot.tenants.clone());
+        let owned = crate::tenants::owner_in(&tenancy, &repository);
+        let owner = owned.as_ref().ok().map(|o| o.tenant().to_owned());
+        // Scope first: only a caller who may act on the repository learns
+        // which tenant owns it (from a refusal naming both).
+        let checked = owned.and_then(|o| {
+            let caller = caller.on_repository(o.tenant(), &repository.to_string())?;
+            crate::tenants::check_named(&o, body.tenant.as_deref())?;
+            Ok((caller, o))
+        });
+        let (scoped, owned) = match checked {
+            Ok(found) => found,
+            Err(_) if !fresh => {
+                fresh = true;
+                continue;
+            }
+            Err(refused) => return Err(refuse(caller.refused(), &state, &repository, owner.as_deref(), refused).await),
+        };
+        let (requested_by, via) = requester(scoped, body.on_behalf_of.as_deref(), &owned, &state).await?;
+        let idempotency = idempotency(&req, scoped, &body, &state)?;
+        let agent_profile = match &body.agent_profile {
+            Some(name) => name.parse()?,
+            None => AgentProfile::default(),
+        };
+        let spec = RunSpec {
+            tenant: owned.tenant().to_owned(),
+            priority: body.priority.unwrap_or_default(),
+            repository: repository.clone(),
+            base_ref: body.base_ref.clone(),
+            task_title: body.task.title.clone(),
+            task_body: body.task.body.clone(),
+            agent_profile,
+            via: via.clone(),
+            requested_by: requested_by.clone(),
+            policy: None,
+            issue: body.issue,
+            submitted_by: (scoped.principal != requested_by).then(|| scoped.principal.clone()),
+            trace_parent: None,
+            parent_run: None,
+            follow_up: None,
+        };
+        let request = service::Request {
+            actor: Actor { principal: requested_by, via, ..scoped.actor() },
+            source_ip: scoped.source_ip.clone(),
+            request_id: scoped.request_id.clone(),
+            idempotency,
+        };
+        match service::submit(&state, &owned, spec, request, Some(&snapshot)).await {
+            Err(service::SubmitError::Store(store::QueueError::TenancyChanged)) => fresh = true,
+            submitted => return Ok(accepted(submitted?)),
+        }
+    }
+    Err(store::QueueError::TenancyChanged.into())
 }
 
 /// Records in the audit trail that `caller` was refused a run on

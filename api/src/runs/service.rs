@@ -3,7 +3,7 @@
 
 use common::audit::{Actor, AuditEvent, ObjectRef};
 use common::{RunId, RunSpec, RunState, ValidationError};
-use store::{Enqueued, Idempotency, KeyHolder, QueueError};
+use store::{Enqueued, Idempotency, KeyHolder, QueueError, TenancySnapshot};
 
 use platform::metrics;
 
@@ -47,11 +47,26 @@ pub enum SubmitError {
 /// it held), fixes its sandbox policy (defaults < tenant < repository, as
 /// in force now), records the request in the audit trail (fail-closed:
 /// without that record nothing is accepted) and enqueues it.
-pub async fn submit(state: &AppState, owned: &Owned, spec: RunSpec, request: Request) -> Result<Accepted, SubmitError> {
+///
+/// With `decided_on` (the tenants and policies `owned` was decided on),
+/// the policy comes from it and the enqueue refuses the run with
+/// `TenancyChanged` if either changed since; without, the policy is read
+/// now.
+pub async fn submit(
+    state: &AppState,
+    owned: &Owned,
+    spec: RunSpec,
+    request: Request,
+    decided_on: Option<&TenancySnapshot>,
+) -> Result<Accepted, SubmitError> {
     let spec = owned.apply(spec);
     spec.validate()?;
-    let policy =
-        state.queue.effective_policy(state.config.default_policy(), &spec.tenant, &spec.repository.to_string()).await?;
+    let (defaults, repository) = (state.config.default_policy(), spec.repository.to_string());
+    let policy = match decided_on {
+        Some(snapshot) => snapshot.effective_policy(defaults, &spec.tenant, &repository),
+        None => state.queue.effective_policy(defaults, &spec.tenant, &repository).await?,
+    };
+    let tenancy = decided_on.map(|s| s.version);
     let held = policy.needs_approval();
     let trace_parent = platform::telemetry::traceparent(&tracing::Span::current());
     let spec = RunSpec { policy: Some(policy), trace_parent, ..spec };
@@ -68,7 +83,8 @@ pub async fn submit(state: &AppState, owned: &Owned, spec: RunSpec, request: Req
     // The run enters the queue (its audit event, then enqueue.lua): a span
     // of its own in the run's trace.
     let enqueue = tracing::info_span!("enqueue", otel.name = "enqueue", run_id = %id, tenant = %spec.tenant);
-    let accepted = accept(state, id, &spec, request.actor, request.source_ip, request.request_id, &request.idempotency);
+    let accepted =
+        accept(state, id, &spec, request.actor, request.source_ip, request.request_id, &request.idempotency, tenancy);
     let accepted = tracing::Instrument::instrument(accepted, enqueue).await;
     if accepted.is_err()
         && let Some(idempotency) = &request.idempotency
@@ -94,6 +110,7 @@ pub async fn submit(state: &AppState, owned: &Owned, spec: RunSpec, request: Req
 
 /// Enqueues the run with its request's audit event, sealed: one script
 /// writes both (`enqueue.lua`), so neither exists without the other.
+#[allow(clippy::too_many_arguments)]
 async fn accept(
     state: &AppState,
     id: RunId,
@@ -102,10 +119,12 @@ async fn accept(
     source_ip: Option<String>,
     request_id: Option<String>,
     idempotency: &Option<Idempotency>,
+    tenancy: Option<u64>,
 ) -> Result<Enqueued, SubmitError> {
     let event = run_requested(id, spec, actor).source_ip(source_ip).request_id(request_id);
     let sealed = state.sealer.seal(&event).map_err(|e| store::QueueError::Audit(e.to_string()))?;
-    Ok(state.queue.enqueue(id, spec, state.config.api.max_attempts, idempotency.as_ref(), sealed).await?)
+    let max_attempts = state.config.api.max_attempts;
+    Ok(state.queue.enqueue(id, spec, max_attempts, idempotency.as_ref(), sealed, tenancy).await?)
 }
 
 /// The answer to a request whose idempotency key `holder` holds.

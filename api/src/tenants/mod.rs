@@ -2,6 +2,7 @@
 //! here, for the API and the webhook alike, and nowhere else.
 //! `/v1/tenants` declares tenants beside those in configuration.
 
+pub mod cache;
 pub mod handlers;
 
 use common::audit::{Actor, AuditEvent, ObjectRef, Outcome};
@@ -37,15 +38,24 @@ impl Owned {
 /// Every tenant: configuration's, then the API's (a name configuration
 /// declares is configuration's alone).
 pub async fn tenancy(state: &AppState) -> Result<Tenancy, Problem> {
+    Ok(tenancy_with(state, state.identity().tenants().await?))
+}
+
+/// Configuration's tenants, then those of `declared` it does not name.
+pub fn tenancy_with(state: &AppState, declared: Vec<Tenant>) -> Tenancy {
     let mut tenants: Vec<Tenant> = state.tenants.clone();
-    let declared = state.identity().tenants().await?;
     tenants.extend(declared.into_iter().filter(|t| !state.tenants.iter().any(|c| c.name == t.name)));
-    Ok(Tenancy::new(tenants, &state.config.api.default_tenant))
+    Tenancy::new(tenants, &state.config.api.default_tenant)
 }
 
 /// The tenant owning `repository`, or 403 when none does (or two claim it).
 pub async fn owner(state: &AppState, repository: &RepoName) -> Result<Owned, Problem> {
-    match tenancy(state).await?.owner_of(repository) {
+    owner_in(&tenancy(state).await?, repository)
+}
+
+/// [`owner`] under `tenancy`.
+pub fn owner_in(tenancy: &Tenancy, repository: &RepoName) -> Result<Owned, Problem> {
+    match tenancy.owner_of(repository) {
         Ok(tenant) => Ok(Owned { tenant: tenant.to_owned(), repository: repository.clone() }),
         Err(unowned @ Unowned::Nobody(_)) => {
             Err(Problem::new(ErrorCode::UnownedRepository).detail(unowned.to_string()).field("repository"))

@@ -217,7 +217,7 @@ async fn handle(
         idempotency: None,
         request_id,
     };
-    let run = crate::runs::service::submit(state, &owned, spec, request).await?;
+    let run = crate::runs::service::submit(state, &owned, spec, request, None).await?;
     tracing::info!(run_id = %run.id, thread, state = ?run.state, "run accepted from a GitHub webhook");
     Ok(crate::runs::handlers::accepted(run))
 }

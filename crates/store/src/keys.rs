@@ -169,6 +169,12 @@ impl Keys {
         self.at("policy")
     }
 
+    /// Counts changes of declared tenants and sandbox policies (so a run
+    /// decided on what an API process read is refused once either changed).
+    pub fn tenancy_version(&self) -> String {
+        self.at("tenancy:version")
+    }
+
     pub fn llm_policy(&self) -> String {
         self.at("llm_policy")
     }

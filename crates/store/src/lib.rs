@@ -34,7 +34,7 @@ use scripts::{ScriptArgs, Scripts};
 
 pub use gateway::GatewayGrant;
 pub use metering::Spend;
-pub use policies::StoredSecret;
+pub use policies::{StoredSecret, TenancySnapshot};
 pub use runs::{ClaimedRun, Enqueued, Idempotency, KeyHolder, LeaseStatus, LogEntry, Outcome, RunPage};
 pub use scheduling::{DeadLetter, Depth, Limits, TenantLimits};
 
@@ -58,6 +58,10 @@ pub enum QueueError {
         age_ms / 1000
     )]
     AuditBacklog { age_ms: u64 },
+    /// Declared tenants or sandbox policies changed after the run was
+    /// decided on them: nothing was written; decide again.
+    #[error("tenants or sandbox policies changed while the run was being accepted")]
+    TenancyChanged,
 }
 
 /// The most runs one batched script call carries.

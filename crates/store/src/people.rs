@@ -68,8 +68,20 @@ impl IdentityStore {
     }
 
     /// Declares or replaces a tenant, with its audit event.
+    /// Counts the change in `tenancy:version`, in the same transaction.
     pub async fn put_tenant(&self, tenant: &Tenant, event: &AuditEvent) -> Result<(), QueueError> {
-        self.put(Records::Tenants, &tenant.name, tenant, event).await
+        let mut conn = self.conn.clone();
+        let json = super::identity::to_json(Records::Tenants.what(), tenant)?;
+        let () = self
+            .audited(event)
+            .await?
+            .hset(self.keys.records(Records::Tenants), &tenant.name, json)
+            .ignore()
+            .incr(self.keys.tenancy_version(), 1)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
     }
 
     pub async fn remove_tenant(&self, name: &str, event: &AuditEvent) -> Result<(), QueueError> {
@@ -78,6 +90,8 @@ impl IdentityStore {
             .audited(event)
             .await?
             .hdel(self.keys.records(Records::Tenants), name)
+            .ignore()
+            .incr(self.keys.tenancy_version(), 1)
             .ignore()
             .query_async(&mut conn)
             .await?;

@@ -18,19 +18,65 @@ pub struct StoredSecret {
     pub created_by: String,
 }
 
+/// Declared tenants and sandbox policy overrides as of one
+/// `tenancy:version` ([`RunQueue::tenancy_snapshot`]).
+#[derive(Debug, Clone)]
+pub struct TenancySnapshot {
+    pub version: u64,
+    pub tenants: Vec<common::tenancy::Tenant>,
+    policies: BTreeMap<String, PolicyOverride>,
+}
+
+impl TenancySnapshot {
+    /// As [`RunQueue::effective_policy`], from the snapshot.
+    pub fn effective_policy(&self, defaults: SandboxPolicy, tenant: &str, repo: &str) -> SandboxPolicy {
+        let fields = [policy_field(tenant, None), policy_field(tenant, Some(repo))];
+        fields.iter().filter_map(|f| self.policies.get(f)).fold(defaults, |policy, over| policy.with(over))
+    }
+}
+
 impl RunQueue {
     /// Replaces the policy override of a tenant (`repo` empty) or of one
     /// tenant's repository; an empty override removes it.
+    /// The change is counted in `tenancy:version`, in the same transaction.
     pub async fn set_policy(&self, tenant: &str, repo: Option<&str>, over: &PolicyOverride) -> Result<(), QueueError> {
         let field = policy_field(tenant, repo);
         let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
         if *over == PolicyOverride::default() {
-            let _: i64 = conn.hdel(self.keys.policy(), field).await?;
+            pipe.hdel(self.keys.policy(), &field).ignore();
         } else {
             let json = serde_json::to_string(over).map_err(|e| corrupt(&field, e))?;
-            let _: i64 = conn.hset(self.keys.policy(), field, json).await?;
+            pipe.hset(self.keys.policy(), &field, json).ignore();
         }
+        let () = pipe.incr(self.keys.tenancy_version(), 1).ignore().query_async(&mut conn).await?;
         Ok(())
+    }
+
+    /// Declared tenants and every sandbox policy override, read together
+    /// with the `tenancy:version` they are at (one transaction): what an
+    /// API process may keep and decide runs on, for as long as the enqueue
+    /// script finds the version unchanged.
+    pub async fn tenancy_snapshot(&self) -> Result<TenancySnapshot, QueueError> {
+        let mut conn = self.conn.clone();
+        let (version, tenants, policies): (Option<u64>, BTreeMap<String, String>, BTreeMap<String, String>) =
+            redis::pipe()
+                .atomic()
+                .get(self.keys.tenancy_version())
+                .hgetall(self.keys.records(super::keys::Records::Tenants))
+                .hgetall(self.keys.policy())
+                .query_async(&mut conn)
+                .await?;
+        let tenants = tenants
+            .values()
+            .map(|json| super::identity::from_json(super::keys::Records::Tenants.what(), json))
+            .collect::<Result<_, _>>()?;
+        let policies = policies
+            .into_iter()
+            .map(|(field, json)| Ok((field.clone(), serde_json::from_str(&json).map_err(|e| corrupt(&field, e))?)))
+            .collect::<Result<_, QueueError>>()?;
+        Ok(TenancySnapshot { version: version.unwrap_or(0), tenants, policies })
     }
 
     /// Every policy override, as `(tenant, repository or None, override)`.

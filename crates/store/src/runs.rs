@@ -127,6 +127,10 @@ impl RunQueue {
     /// case the earlier run is returned and nothing written. Returns once
     /// the event is durable as `audit.durability` says; refuses while the
     /// oldest event not yet shipped is older than the ship delay.
+    ///
+    /// With `tenancy`, the script refuses the run (`TenancyChanged`, nothing
+    /// written) unless declared tenants and policies are still as they were
+    /// at that [`TenancySnapshot`](crate::TenancySnapshot) version.
     pub async fn enqueue(
         &self,
         id: RunId,
@@ -134,6 +138,7 @@ impl RunQueue {
         max_attempts: u32,
         idempotency: Option<&Idempotency>,
         event: common::audit::SealedEvent,
+        tenancy: Option<u64>,
     ) -> Result<Enqueued, QueueError> {
         let spec_json = serde_json::to_string(spec).map_err(|e| corrupt(id, e))?;
         let lane = spec.follow_up.as_ref().map(|f| f.lane(&spec.repository)).unwrap_or_default();
@@ -153,6 +158,7 @@ impl RunQueue {
             lane,
             ttl_seconds: self.ttl_seconds(),
             event,
+            tenancy,
         };
         // Runs accepted at the same time share one script call (`batch.rs`),
         // and so one fsync (or one WAIT for a replica).
@@ -181,6 +187,7 @@ impl RunQueue {
                 Ok(Enqueued::Existing { id: run.parse().map_err(|e| corrupt(&run, e))?, same_request: detail == 1 })
             }
             "backlog" => Err(QueueError::AuditBacklog { age_ms: detail }),
+            "stale" => Err(QueueError::TenancyChanged),
             _ => Err(corrupt(id, "a run with this id exists already")),
         }
     }

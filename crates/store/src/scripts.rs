@@ -88,6 +88,8 @@ pub(crate) struct EnqueueArgs {
     pub ttl_seconds: u64,
     /// The run request's audit event, sealed.
     pub event: common::audit::SealedEvent,
+    /// The `tenancy:version` the run was decided under; `None`: unchecked.
+    pub tenancy: Option<u64>,
 }
 
 /// `enqueue.lua`: store new runs and make them claimable, in one call,
@@ -110,6 +112,7 @@ impl ScriptArgs for EnqueueManyArgs {
             inv.arg(run.max_attempts).arg(&run.idempotency_key).arg(&run.fingerprint).arg(run.idempotency_ttl_ms);
             inv.arg(if run.hold { "1" } else { "0" }).arg(&run.lane).arg(run.ttl_seconds);
             inv.arg(&run.event.mac).arg(&run.event.json);
+            inv.arg(run.tenancy.map(|v| v.to_string()).unwrap_or_default());
         }
     }
 }

@@ -216,3 +216,44 @@ async fn cursors_and_idempotency_keys_reveal_nothing_across_callers() {
     }
     issuer.stop().await;
 }
+
+/// An API process decides runs on its own copy of tenants and policies;
+/// a change made through another process reaches its next run at once
+/// (the enqueue script refuses a run decided on an outdated copy, and the
+/// process decides it again on a fresh read).
+#[tokio::test]
+async fn a_change_of_tenants_or_policies_through_one_api_process_holds_for_the_next_run_of_another() {
+    let app = tests::spawn_app(&[]).await;
+    let (mut other, base) = app.spawn_api_process(&[]).await;
+    let repo = app.repo_named("moved-", &[("README.md", b"# moved\n")]);
+    let post = || async {
+        let response = app.client.post(format!("{base}/v1/runs")).bearer_auth(&app.token).json(&run_on(&repo, None));
+        let response = response.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 202);
+        let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        app.run(&id).await
+    };
+    // The other process reads tenants and policies for its first run.
+    assert_eq!(post().await["tenant"], "default");
+
+    // Through this process: a tenant now owns the repository, with a policy.
+    let (status, body) = app.admin_call("PUT", "/v1/tenants/movers", json!({"repositories": ["acme/moved-*"]})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app.admin_call("PUT", "/v1/policies/tenants/movers", json!({"memory_bytes": 402653184})).await;
+    assert_eq!(status, 200, "{body}");
+    let run = post().await;
+    assert_eq!((run["tenant"].as_str(), run["policy"]["memory_bytes"].as_i64()), (Some("movers"), Some(402653184)));
+
+    // A policy change alone.
+    let path = format!("/v1/policies/tenants/movers/repositories/{repo}");
+    let (status, body) = app.admin_call("PUT", &path, json!({"timeout_seconds": 77})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(post().await["policy"]["timeout_seconds"], 77);
+
+    // And the tenant's removal: the default tenant owns the repository again.
+    let (status, body) = app.admin_call("DELETE", "/v1/tenants/movers", json!({})).await;
+    assert!(status == 204 || status == 200, "{status} {body}");
+    let run = post().await;
+    assert_eq!((run["tenant"].as_str(), run["policy"]["timeout_seconds"].as_u64()), (Some("default"), Some(120)));
+    other.kill_hard();
+}

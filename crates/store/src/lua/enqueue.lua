@@ -5,15 +5,19 @@
 --       hold ('1': the run waits for approval instead of joining its queue),
 --       lane (a follow-up's pull request, `<repo>#<n>`, or empty), ttl_s
 --       (for a run a newer one supersedes), mac, event (the run request's
---       audit event, sealed: written with the run, never without it)
+--       audit event, sealed: written with the run, never without it),
+--       tenancy (the `tenancy:version` the API decided the run's tenant,
+--       scope and policy under, or empty: not checked)
 -- Returns per run {'created', id, created_ms, state}, {'existing', id,
 -- same_request, ''} when the idempotency key was used before (same_request
--- is 1 when the fingerprints match), or {'exists', id, 0, ''} when a run
--- with this id exists already (nothing written). When the oldest audit
+-- is 1 when the fingerprints match), {'exists', id, 0, ''} when a run
+-- with this id exists already, or {'stale', id, 0, ''} when tenants or
+-- policies changed since the API read them (nothing written for it: the
+-- API decides again on what is now in force). When the oldest audit
 -- event not yet shipped to the bucket is older than max_backlog_ms, nothing
 -- is written and every run gets {'backlog', '', age_ms, ''}.
 local now = now_ms()
-local ARGS = 14
+local ARGS = 15
 local HEAD = 3
 local k = tonumber(ARGV[1])
 local backlog = audit_backlog_ms(now)
@@ -41,9 +45,13 @@ local any_exists = redis.call('EXISTS', unpack(jobs)) > 0
 -- can leave an event whose run was not written, never a run without its
 -- event. Ids and idempotency keys taken earlier in the batch count.
 local taken, keyed = {}, {}
+local tenancy = redis.call('GET', p .. 'tenancy:version') or '0'
 
 local function decide_one(a)
   local id, idem, fingerprint = a[1], a[7], a[8]
+  if a[15] ~= '' and a[15] ~= tenancy then
+    return {'stale', id, 0, ''}
+  end
   if idem ~= '' then
     local seen = keyed[idem] or redis.call('HMGET', p .. 'idem:' .. idem, 'id', 'fingerprint')
     if seen[1] and seen[1] ~= id then
