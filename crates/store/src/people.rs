@@ -68,33 +68,28 @@ impl IdentityStore {
     }
 
     /// Declares or replaces a tenant, with its audit event.
-    /// Counts the change in `tenancy:version`, in the same transaction.
+    /// Declares or replaces a tenant, with its audit event.
     pub async fn put_tenant(&self, tenant: &Tenant, event: &AuditEvent) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
         let json = super::identity::to_json(Records::Tenants.what(), tenant)?;
-        let () = self
-            .audited(event)
-            .await?
-            .hset(self.keys.records(Records::Tenants), &tenant.name, json)
-            .ignore()
-            .incr(self.keys.tenancy_version(), 1)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        self.change_tenants(event, |pipe, key| pipe.hset(key, &tenant.name, json)).await
     }
 
     pub async fn remove_tenant(&self, name: &str, event: &AuditEvent) -> Result<(), QueueError> {
+        self.change_tenants(event, |pipe, key| pipe.hdel(key, name)).await
+    }
+
+    /// `change` to the tenants' hash, with its audit event, counted in
+    /// `tenancy:version` in the same transaction (API processes decide runs
+    /// on their copy of the tenants only while that version holds).
+    async fn change_tenants(
+        &self,
+        event: &AuditEvent,
+        change: impl FnOnce(&mut redis::Pipeline, String) -> &mut redis::Pipeline,
+    ) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        let () = self
-            .audited(event)
-            .await?
-            .hdel(self.keys.records(Records::Tenants), name)
-            .ignore()
-            .incr(self.keys.tenancy_version(), 1)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
+        let mut pipe = self.audited(event).await?;
+        change(&mut pipe, self.keys.records(Records::Tenants)).ignore();
+        let () = pipe.incr(self.keys.tenancy_version(), 1).ignore().query_async(&mut conn).await?;
         Ok(())
     }
 
