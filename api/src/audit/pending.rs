@@ -113,7 +113,12 @@ pub fn spawn(queue: RunQueue, trail: Arc<AuditTrail>, sealer: Sealer) {
         let holder = trail.stream().to_owned();
         loop {
             let wait = match ship_once(&queue, &trail, &sealer, &holder).await {
-                Ok(Shipped::Some) => Duration::ZERO,
+                // A full batch: more is waiting. Otherwise let the next
+                // segment gather events (they are durable in Redis
+                // meanwhile): a few bucket writes a second at 1,000 runs a
+                // second, not one per handful of events.
+                Ok(Shipped::Some { full: true }) => Duration::ZERO,
+                Ok(Shipped::Some { full: false }) => IDLE,
                 Ok(Shipped::Nothing) => IDLE,
                 Ok(Shipped::NotHolder) => RETRY,
                 Err(error) => {
@@ -127,7 +132,10 @@ pub fn spawn(queue: RunQueue, trail: Arc<AuditTrail>, sealer: Sealer) {
 }
 
 enum Shipped {
-    Some,
+    /// `full`: a whole batch was shipped.
+    Some {
+        full: bool,
+    },
     Nothing,
     NotHolder,
 }
@@ -153,7 +161,7 @@ async fn ship_once(queue: &RunQueue, trail: &AuditTrail, sealer: &Sealer, holder
     if !queue.trim_shipped(holder, checked.entries, &last_line, checked.through).await? {
         return Ok(Shipped::NotHolder);
     }
-    Ok(Shipped::Some)
+    Ok(Shipped::Some { full: checked.entries >= BATCH })
 }
 
 /// Findings about the pending log now, for `GET /v1/audit/verify`, and how
