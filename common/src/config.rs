@@ -146,7 +146,9 @@ pub struct SandboxConfig {
     /// workspace): checked before anything is written out on the host.
     pub max_checkout_files: u64,
     /// Sandboxes each worker keeps made, hardened, verified and started
-    /// for the default image and policy class, so a run's start skips the
+    /// for the default image and policy class (and as many of each agent
+    /// profile's own image, unless the profile says otherwise in its
+    /// `warm_pool`), so a run's start skips the
     /// network, volume and container set-up (each used once, then removed;
     /// 0 turns the pool off). Each idle member holds its network, firewall
     /// rules and an empty workspace, and counts against the host's
@@ -865,10 +867,18 @@ pub struct AgentConfig {
     /// the sandbox (absolute path), read once the agent has ended.
     #[serde(default)]
     pub events_file: Option<String>,
+    /// Warm sandboxes each worker keeps of this profile's own `image`
+    /// (default `sandbox.warm_pool`; 0: its runs start cold). Without an
+    /// image of its own, the profile's runs take the default image's.
+    #[serde(default)]
+    pub warm_pool: Option<u32>,
 }
 
 impl AgentConfig {
     fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        if self.warm_pool.is_some_and(|n| n > 64) {
+            return invalid("agents", format!("`{name}`: warm_pool must be at most 64"));
+        }
         if let Some(path) = &self.events_file {
             let plain = path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
             if !path.starts_with('/') || !plain || path.contains("..") {
@@ -963,6 +973,7 @@ impl AgentConfig {
             reports_commands: true,
             events: None,
             events_file: None,
+            warm_pool: None,
         }
     }
 }

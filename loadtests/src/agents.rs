@@ -50,7 +50,13 @@ async fn measure(agent: &str, image: &str) -> (Vec<f64>, Vec<f64>, u64, Vec<f64>
     let providers = tests::providers::EmulatedProviders::start().await;
     // The model has nothing to ask: the agent's first call is its last.
     providers.plan(&[Step::Say("Nothing needs to change.".to_owned())]);
-    let extra = [("PADDOCK_WORKER__CONCURRENCY", "1"), ("PADDOCK_SANDBOX__TIMEOUT_SECONDS", "300")];
+    // Each run takes a warm sandbox of the agent's image, as a worker with
+    // the default pool gives it (refilled while the previous run goes).
+    let extra = [
+        ("PADDOCK_WORKER__CONCURRENCY", "1"),
+        ("PADDOCK_SANDBOX__TIMEOUT_SECONDS", "300"),
+        ("PADDOCK_SANDBOX__WARM_POOL", "1"),
+    ];
     let (app, repo) = tests::agents::agent_app(agent, &providers, &extra).await;
     let worker = app.spawn_worker().await;
     let (mut ours, mut exec) = (Vec::new(), Vec::new());

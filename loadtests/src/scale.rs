@@ -200,8 +200,8 @@ pub async fn worker_process(args: &[String]) {
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     tokio::spawn(worker::backend::listen_for_wakes(queue.clone(), wake.clone(), stop.clone()));
     let monitor = Monitor::new().register(move |_| {
-        let backend =
-            RunBackend::new(queue.clone(), name.clone(), lease, Duration::from_millis(200), slots, wake.clone());
+        let (poll, stopping) = (Duration::from_millis(200), stop.clone());
+        let backend = RunBackend::new(queue.clone(), name.clone(), lease, poll, slots, wake.clone(), stopping);
         WorkerBuilder::new(name.clone()).backend(backend).data(state.clone()).concurrency(slots).build(hold_slot)
     });
     let _ = monitor

@@ -73,6 +73,7 @@ pub async fn run() -> Report {
                 Duration::from_millis(20),
                 CONCURRENCY,
                 wake.clone(),
+                tokio_util::sync::CancellationToken::new(),
             );
             WorkerBuilder::new(format!("bench-{w}"))
                 .backend(backend)

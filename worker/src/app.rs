@@ -62,7 +62,13 @@ impl Application {
         let interval = Duration::from_secs(config.audit.digest_interval_seconds);
         audit_trail::spawn_digests(Arc::downgrade(&audit), interval);
         let sealer = audit_trail::Sealer::from_config(&config)?;
-        let warm = sandbox::WarmPool::new(&sandboxes);
+        // A shelf of warm sandboxes for each agent profile's own image.
+        let images: Vec<(String, u32)> = config
+            .agents
+            .values()
+            .filter_map(|a| a.image.clone().map(|image| (image, a.warm_pool.unwrap_or(config.sandbox.warm_pool))))
+            .collect();
+        let warm = sandbox::WarmPool::new(&sandboxes, &images);
         let runtime = Runtime {
             warm,
             sealer,
@@ -144,8 +150,11 @@ impl Application {
             crate::retention::spawn(sweeper, Duration::from_secs(retention), background.clone())
         });
         let grace_over = runtime.grace_over.clone();
+        let stopping = CancellationToken::new();
+        let stop_claims = stopping.clone();
         let signal = async move {
             shutdown.await;
+            stop_claims.cancel();
             tracing::info!(?grace, "shutting down: no new claims; running runs may finish");
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
@@ -168,8 +177,9 @@ impl Application {
         Monitor::new()
             .register(move |_restarts| {
                 let rt = factory_runtime.clone();
-                let backend =
-                    RunBackend::new(rt.queue.clone(), rt.worker.clone(), lease, poll, concurrency, wake.clone());
+                let (queue, name, wake, stopping) =
+                    (rt.queue.clone(), rt.worker.clone(), wake.clone(), stopping.clone());
+                let backend = RunBackend::new(queue, name, lease, poll, concurrency, wake, stopping);
                 WorkerBuilder::new(rt.worker.clone())
                     .backend(backend)
                     .data(rt)

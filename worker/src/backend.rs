@@ -35,6 +35,10 @@ pub struct RunBackend {
     poll_interval: Duration,
     concurrency: usize,
     wake: Arc<Notify>,
+    /// Fires the moment shutdown is asked for: no claim starts after it,
+    /// even one a wake-up arriving with the signal would start before the
+    /// monitor has stopped the worker.
+    stopping: CancellationToken,
     claim: Option<Claim>,
     claimed: VecDeque<ClaimedRun>,
     release: Option<Release>,
@@ -57,6 +61,7 @@ impl RunBackend {
         poll_interval: Duration,
         concurrency: usize,
         wake: Arc<Notify>,
+        stopping: CancellationToken,
     ) -> Self {
         Self {
             queue,
@@ -65,6 +70,7 @@ impl RunBackend {
             poll_interval,
             concurrency,
             wake,
+            stopping,
             claim: None,
             claimed: VecDeque::new(),
             release: None,
@@ -76,9 +82,14 @@ impl RunBackend {
     fn claim_loop(&self, n: usize) -> Claim {
         let (queue, worker, lease, idle, wake) =
             (self.queue.clone(), self.worker.clone(), self.lease, self.poll_interval, self.wake.clone());
+        let stopping = self.stopping.clone();
         Box::pin(async move {
             let mut backoff = idle;
             loop {
+                if stopping.is_cancelled() {
+                    // The monitor closes this backend next; nothing more is claimed.
+                    return std::future::pending().await;
+                }
                 // Registered before the claim, so a wake sent while it runs
                 // is not lost.
                 let woken = wake.notified();

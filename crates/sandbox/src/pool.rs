@@ -1,5 +1,6 @@
 //! The warm pool: sandboxes made, hardened, verified and started before a
-//! run needs one, for the worker's default image and policy class.
+//! run needs one, for the worker's default policy class: a shelf for the
+//! default image and one for each agent profile's own image.
 //!
 //! A member is exactly what [`SandboxDriver::create`] makes (its own
 //! workspace volume, its own internal network with its firewall rules, the
@@ -37,16 +38,27 @@ pub struct WarmPool {
 
 struct Inner {
     driver: SandboxDriver,
-    /// Members kept ready.
-    size: usize,
     /// The class members are made under: the worker's defaults.
     class: SandboxPolicy,
-    ready: Mutex<VecDeque<Sandbox>>,
+    /// One per image, each kept at its size.
+    shelves: Vec<Shelf>,
     /// Woken when a member is taken (or the pool should be looked at).
     taken: tokio::sync::Notify,
 }
 
-/// What the pool holds now.
+struct Shelf {
+    image: String,
+    size: usize,
+    ready: Mutex<VecDeque<Sandbox>>,
+}
+
+impl Shelf {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Sandbox>> {
+        self.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What the pool holds now, across its images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WarmStatus {
     pub ready: usize,
@@ -54,31 +66,35 @@ pub struct WarmStatus {
 }
 
 impl WarmPool {
-    /// A pool of `config.warm_pool` members for `driver`'s default image
-    /// and policy; empty until [`Self::fill`] or [`Self::spawn_refill`].
-    pub fn new(driver: &SandboxDriver) -> Self {
+    /// A pool of `config.warm_pool` members of the driver's default image,
+    /// and of `sizes` members of each other image `(image, size)` (an agent
+    /// profile's own); empty until [`Self::fill`] or [`Self::spawn_refill`].
+    pub fn new(driver: &SandboxDriver, images: &[(String, u32)]) -> Self {
         let config = driver.config();
         let class = SandboxPolicy::defaults(config, EgressPreset::None, &[]);
-        let inner = Inner {
-            driver: driver.clone(),
-            size: config.warm_pool as usize,
-            class,
-            ready: Mutex::new(VecDeque::new()),
-            taken: tokio::sync::Notify::new(),
-        };
+        let mut sizes: Vec<(String, usize)> = vec![(config.image.clone(), config.warm_pool as usize)];
+        for (image, size) in images {
+            match sizes.iter_mut().find(|(i, _)| i == image) {
+                Some((_, kept)) => *kept = (*kept).max(*size as usize),
+                None => sizes.push((image.clone(), *size as usize)),
+            }
+        }
+        let shelves = sizes
+            .into_iter()
+            .filter(|(_, size)| *size > 0)
+            .map(|(image, size)| Shelf { image, size, ready: Mutex::new(VecDeque::new()) })
+            .collect();
+        let inner = Inner { driver: driver.clone(), class, shelves, taken: tokio::sync::Notify::new() };
         Self { inner: Arc::new(inner) }
     }
 
     pub fn status(&self) -> WarmStatus {
-        WarmStatus { ready: self.lock().len(), size: self.inner.size }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Sandbox>> {
-        self.inner.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        let shelves = &self.inner.shelves;
+        WarmStatus { ready: shelves.iter().map(|s| s.lock().len()).sum(), size: shelves.iter().map(|s| s.size).sum() }
     }
 
     fn publish(&self) {
-        let ready = self.lock().len();
+        let ready = self.status().ready;
         platform::metrics::global().sandboxes_warm.set(i64::try_from(ready).unwrap_or(i64::MAX));
     }
 
@@ -91,19 +107,21 @@ impl WarmPool {
     /// [`Self::fill`], stopping between members once `stop` fires (a
     /// member half made is never left to the janitor).
     async fn fill_unless(&self, stop: &CancellationToken) -> Result<(), SandboxError> {
-        while self.lock().len() < self.inner.size && !stop.is_cancelled() {
-            let member = self.make().await?;
-            self.lock().push_back(member);
-            self.publish();
+        for shelf in &self.inner.shelves {
+            while shelf.lock().len() < shelf.size && !stop.is_cancelled() {
+                let member = self.make(&shelf.image).await?;
+                shelf.lock().push_back(member);
+                self.publish();
+            }
         }
         Ok(())
     }
 
-    async fn make(&self) -> Result<Sandbox, SandboxError> {
+    async fn make(&self, image: &str) -> Result<Sandbox, SandboxError> {
         let id = fastrand::u64(..);
         let driver = &self.inner.driver;
         let owner = Owner::Warm(id);
-        driver.build(&format!("paddock-{}-{owner}", driver.namespace), owner, &self.inner.class, None).await
+        driver.build(&format!("paddock-{}-{owner}", driver.namespace), owner, &self.inner.class, Some(image)).await
     }
 
     /// Keeps the pool full until `stop`, then removes what it holds.
@@ -132,24 +150,25 @@ impl WarmPool {
 
     /// Removes every member (on shutdown).
     pub async fn drain(&self) {
-        let members: Vec<Sandbox> = self.lock().drain(..).collect();
+        let members: Vec<Sandbox> =
+            self.inner.shelves.iter().flat_map(|s| s.lock().drain(..).collect::<Vec<_>>()).collect();
         self.publish();
         for member in members {
             self.inner.driver.remove(&member).await;
         }
     }
 
-    /// Whether a run under `policy` with `image` (the agent profile's, if
-    /// it has its own) can start in a member: what cannot change once the
-    /// container exists must be what the member was made with.
-    pub fn fits(&self, policy: &SandboxPolicy, image: Option<&str>) -> bool {
+    /// The shelf a run under `policy` with `image` (the agent profile's,
+    /// if it has its own) can start from: what cannot change once the
+    /// container exists must be what its members were made with.
+    fn shelf_for(&self, policy: &SandboxPolicy, image: Option<&str>) -> Option<&Shelf> {
         let class = &self.inner.class;
-        let config = self.inner.driver.config();
-        image.is_none_or(|i| i == config.image)
-            && policy.runtime == class.runtime
+        let image = image.unwrap_or(&self.inner.driver.config().image);
+        let fits = policy.runtime == class.runtime
             && policy.workspace_bytes == class.workspace_bytes
             && policy.tmp_bytes == class.tmp_bytes
-            && (policy.runtime == SandboxRuntime::Runc || policy.pids_limit == class.pids_limit)
+            && (policy.runtime == SandboxRuntime::Runc || policy.pids_limit == class.pids_limit);
+        fits.then(|| self.inner.shelves.iter().find(|s| s.image == image)).flatten()
     }
 
     /// A member for attempt `attempt` of `run`, under `policy`'s limits and
@@ -157,10 +176,7 @@ impl WarmPool {
     /// then starts cold, and is verified there as always). A member that
     /// fails its checks is removed, and said so in the worker's log.
     pub async fn take(&self, run: RunId, attempt: u32, policy: &SandboxPolicy, image: Option<&str>) -> Option<Sandbox> {
-        if self.inner.size == 0 || !self.fits(policy, image) {
-            return None;
-        }
-        let mut member = self.lock().pop_front()?;
+        let mut member = self.shelf_for(policy, image)?.lock().pop_front()?;
         self.publish();
         self.inner.taken.notify_one();
         match self.hand_over(&mut member, run, attempt, policy).await {

@@ -85,7 +85,11 @@ async fn assert_gone((id, name): &(String, String)) {
 
 /// A finished run's steps (from its summary) and what its agent printed.
 async fn run_and_read(app: &TestApp, repo: &str, title: &str) -> (Vec<String>, String, String) {
-    let id = app.create_run(repo, title).await;
+    run_as_and_read(app, repo, title, "default").await
+}
+
+async fn run_as_and_read(app: &TestApp, repo: &str, title: &str, profile: &str) -> (Vec<String>, String, String) {
+    let id = app.create_run_as(repo, title, profile).await;
     let run = app.wait_until_finished(&id).await;
     let logs = app.logs_of(&run).await;
     assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
@@ -203,4 +207,26 @@ async fn a_dead_workers_pool_is_swept_by_the_janitor() {
     let janitor = app.spawn_worker_with(config).await;
     assert_gone(&member).await;
     janitor.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_agent_profile_with_its_own_image_has_warm_sandboxes_of_that_image() {
+    let image = tests::agents::shipped_profile("codex")["image"].as_str().unwrap().to_owned();
+    let own = json!({"command": WHOAMI, "image": image, "warm_pool": 1}).to_string();
+    // The default image keeps none here (the test default), the profile one.
+    let app = spawn_app(&[("PADDOCK_AGENTS__DEFAULT__COMMAND", WHOAMI), ("PADDOCK_AGENTS__OWN", &own)]).await;
+    let repo = app.repo(&[("README.md", b"# own image\n")]);
+    let worker = app.spawn_worker().await;
+    let member = wait_for_members(&app, 1).await.remove(0);
+    let inspected: Value = serde_json::from_str(&docker(&["inspect", &member.0])).unwrap();
+    assert_eq!(inspected[0]["Config"]["Image"], image.as_str(), "made of the profile's image");
+
+    let (steps, host, _) = run_as_and_read(&app, &repo, "own image", "own").await;
+    assert!(steps.contains(&"sandbox_warm".to_owned()), "{steps:?}");
+    assert!(member.0.starts_with(&host), "ran in the member of its image");
+    // The default profile's image has no shelf: cold.
+    let (steps, _, _) = run_and_read(&app, &repo, "default image").await;
+    assert!(steps.contains(&"sandbox".to_owned()), "{steps:?}");
+    worker.shutdown().await;
+    assert_gone(&member).await;
 }
