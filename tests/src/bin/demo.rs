@@ -114,8 +114,17 @@ fn demo_plan(agent: &str, edits: &[Edit]) -> Vec<tests::scripted::Step> {
 struct Children(Vec<Child>);
 
 impl Drop for Children {
+    /// SIGTERM first, as a service manager stops them (the worker removes
+    /// its warm sandboxes on the way out), then SIGKILL after 20 s.
     fn drop(&mut self) {
+        for child in &self.0 {
+            let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         for child in &mut self.0 {
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
