@@ -66,9 +66,11 @@ pub struct WarmStatus {
 }
 
 impl WarmPool {
-    /// A pool of `config.warm_pool` members of the driver's default image,
-    /// and of `sizes` members of each other image `(image, size)` (an agent
-    /// profile's own); empty until [`Self::fill`] or [`Self::spawn_refill`].
+    /// A pool of `sandbox.warm_pool` members of the driver's default image
+    /// and, for each `(image, size)` of `images` (agent profiles' own
+    /// images), `size` members of that image (the largest size where an
+    /// image is named twice); empty until [`Self::fill`] or
+    /// [`Self::spawn_refill`].
     pub fn new(driver: &SandboxDriver, images: &[(String, u32)]) -> Self {
         let config = driver.config();
         let class = SandboxPolicy::defaults(config, EgressPreset::None, &[]);

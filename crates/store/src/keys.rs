@@ -287,6 +287,7 @@ mod tests {
             keys.cost_ledger("<tenant>", 0).replace(":0", ":<day>"),
             keys.limits(),
             keys.policy(),
+            keys.tenancy_version(),
             keys.llm_policy(),
             keys.run_budget("<id>"),
             keys.tenant_day_budget("<t>", "<day>"),
