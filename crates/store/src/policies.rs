@@ -30,7 +30,7 @@ pub struct TenancySnapshot {
 impl TenancySnapshot {
     /// As [`RunQueue::effective_policy`], from the snapshot.
     pub fn effective_policy(&self, defaults: SandboxPolicy, tenant: &str, repo: &str) -> SandboxPolicy {
-        let fields = [policy_field(tenant, None), policy_field(tenant, Some(repo))];
+        let fields = override_fields(tenant, repo);
         fields.iter().filter_map(|f| self.policies.get(f)).fold(defaults, |policy, over| policy.with(over))
     }
 }
@@ -102,7 +102,7 @@ impl RunQueue {
         repo: &str,
     ) -> Result<SandboxPolicy, QueueError> {
         let mut conn = self.conn.clone();
-        let fields = [policy_field(tenant, None), policy_field(tenant, Some(repo))];
+        let fields = override_fields(tenant, repo);
         let found: Vec<Option<String>> = conn.hmget(self.keys.policy(), &fields[..]).await?;
         let mut policy = defaults;
         for json in found.into_iter().flatten() {
@@ -149,6 +149,12 @@ impl RunQueue {
         let removed: i64 = conn.hdel(self.keys.tenant_secrets(tenant), name).await?;
         Ok(removed > 0)
     }
+}
+
+/// The overrides a run of `tenant` on `repo` is under, in the order they
+/// apply over the defaults: the tenant's, then the repository's.
+fn override_fields(tenant: &str, repo: &str) -> [String; 2] {
+    [policy_field(tenant, None), policy_field(tenant, Some(repo))]
 }
 
 /// Repositories are keyed in lowercase: GitHub names are case-insensitive,
