@@ -44,10 +44,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Identity records whose every change is written to the audit trail
-    /// first (refused with 503 when it cannot be).
+    /// Identity records whose every change is written with its sealed audit
+    /// event to the pending log, in one script (refused with 503 while the
+    /// log's shipping is behind).
     pub fn identity(&self) -> IdentityStore {
-        self.queue.identity().with_trail(self.audit.clone())
+        self.queue.identity().with_sealer(std::sync::Arc::new(self.sealer.clone()))
     }
 
     /// The identity provider's issuer, which makes a bare `sub` a person.

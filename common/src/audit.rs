@@ -159,14 +159,10 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
 }
 
-/// Where an audited change is written before it takes effect: the audit
-/// trail. The store that applies such a change knows the trail only by this
-/// trait, so it does not depend on it.
-pub trait EventSink: Send + Sync {
-    /// Returns once the events are stored durably, or why they are not
-    /// (the caller then refuses the change).
-    fn record<'a>(
-        &'a self,
-        events: &'a [AuditEvent],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+/// Seals an audited change's event, with a key the store that applies the
+/// change never holds, for the pending log it is written to with the
+/// change. The store knows the sealer only by this trait, so it does not
+/// depend on the audit trail.
+pub trait EventSealer: Send + Sync {
+    fn seal_event(&self, event: &AuditEvent) -> Result<SealedEvent, String>;
 }

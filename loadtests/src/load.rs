@@ -57,6 +57,23 @@ where
     F: Fn(u32) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = bool> + Send + 'static,
 {
+    let timed = move |i| {
+        let sent = request(i);
+        async move { sent.await.then_some(Duration::ZERO) }
+    };
+    fixed_rate_less(rate, total, timed).await.0
+}
+
+/// As [`fixed_rate`], where each request also reports the part of its
+/// time spent elsewhere (a provider behind the server measured):
+/// `request(i)` gives that part, or `None` when it failed. Returns the
+/// latencies and, per request, the time from its sending to its answer
+/// less that part.
+pub async fn fixed_rate_less<F, Fut>(rate: u32, total: u32, request: F) -> (Latency, Latency)
+where
+    F: Fn(u32) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<Duration>> + Send + 'static,
+{
     let request = Arc::new(request);
     let start = tokio::time::Instant::now();
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
@@ -66,18 +83,24 @@ where
         let request = request.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(scheduled).await;
-            let ok = request(i).await;
-            (ok, scheduled.elapsed())
+            let sent = tokio::time::Instant::now();
+            let elsewhere = request(i).await;
+            (elsewhere, scheduled.elapsed(), sent.elapsed())
         }));
     }
-    let mut latencies = histogram();
+    let (mut latencies, mut own) = (histogram(), histogram());
     let mut errors = 0;
     for task in tasks {
-        let (ok, took) = task.await.expect("request task");
-        errors += u64::from(!ok);
+        let (elsewhere, took, from_send) = task.await.expect("request task");
+        errors += u64::from(elsewhere.is_none());
         latencies.saturating_record(took.as_micros() as u64);
+        // From when it was sent: the timer's lateness in waking the
+        // request (up to its 1 ms tick) is the load generator's, not the
+        // server's.
+        own.saturating_record(from_send.saturating_sub(elsewhere.unwrap_or_default()).as_micros() as u64);
     }
-    summarise(&latencies, errors, start.elapsed().as_secs_f64())
+    let seconds = start.elapsed().as_secs_f64();
+    (summarise(&latencies, errors, seconds), summarise(&own, errors, seconds))
 }
 
 /// `concurrency` clients each sending requests back to back for `duration`:

@@ -63,6 +63,9 @@ pub async fn run() -> Report {
         let ca = reqwest::Certificate::from_pem(&ca).unwrap();
         reqwest::Client::builder().tls_certs_merge([ca]).pool_idle_timeout(Duration::from_secs(4)).build().unwrap()
     };
+    // Each call gives the provider's part of its time, as Paddock's
+    // gateway reports it (`server-timing: upstream`; none for a direct call
+    // or a peer), or `None` when it failed.
     let call = |url: String, key: String| {
         let (client, body) = (client(), body.clone());
         move |_| {
@@ -70,14 +73,17 @@ pub async fn run() -> Report {
             async move {
                 let sent = client.post(&url).bearer_auth(&key).header("content-type", "application/json").body(body);
                 match sent.send().await {
-                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                    Ok(r) if r.status().is_success() => {
+                        let upstream = upstream_time(r.headers());
+                        r.bytes().await.is_ok().then_some(upstream)
+                    }
                     Ok(r) => {
                         eprintln!("loadtests: {url} answered {}: {}", r.status(), r.text().await.unwrap_or_default());
-                        false
+                        None
                     }
                     Err(e) => {
                         eprintln!("loadtests: {url} failed: {e:?}");
-                        false
+                        None
                     }
                 }
             }
@@ -87,16 +93,16 @@ pub async fn run() -> Report {
     let ours_url = format!("http://{}/v1/chat/completions", server.address);
     let (direct, ours) = (call(direct_url.clone(), providers.key.clone()), call(ours_url.clone(), token.clone()));
     // Warm both paths, then measure them in turn.
-    load::fixed_rate(RATE, 200, direct.clone()).await;
-    load::fixed_rate(RATE, 200, ours.clone()).await;
-    let direct_fast = load::fixed_rate(RATE, REQUESTS, direct.clone()).await;
-    let ours_fast = load::fixed_rate(RATE, REQUESTS, ours.clone()).await;
+    load::fixed_rate_less(RATE, 200, direct.clone()).await;
+    load::fixed_rate_less(RATE, 200, ours.clone()).await;
+    let direct_fast = load::fixed_rate_less(RATE, REQUESTS, direct.clone()).await.0;
+    let (ours_fast, ours_fast_own) = load::fixed_rate_less(RATE, REQUESTS, ours.clone()).await;
     let (direct, ours) = (call(direct_url.clone(), providers.key.clone()), call(ours_url.clone(), token.clone()));
-    let direct_mid = load::fixed_rate(MID_RATE, MID_REQUESTS, direct).await;
-    let ours_mid = load::fixed_rate(MID_RATE, MID_REQUESTS, ours).await;
+    let direct_mid = load::fixed_rate_less(MID_RATE, MID_REQUESTS, direct).await.0;
+    let (ours_mid, ours_mid_own) = load::fixed_rate_less(MID_RATE, MID_REQUESTS, ours).await;
     let (direct, ours) = (call(direct_url.clone(), providers.key.clone()), call(ours_url, token.clone()));
-    let direct_slow = load::fixed_rate(PEER_RATE, PEER_REQUESTS, direct).await;
-    let ours_slow = load::fixed_rate(PEER_RATE, PEER_REQUESTS, ours).await;
+    let direct_slow = load::fixed_rate_less(PEER_RATE, PEER_REQUESTS, direct).await.0;
+    let (ours_slow, ours_slow_own) = load::fixed_rate_less(PEER_RATE, PEER_REQUESTS, ours).await;
     // At the saturating rate a stall can put more than a run's 64
     // connections in flight: those are refused, and counted in the row.
     assert_eq!(direct_mid.errors + ours_mid.errors + direct_slow.errors + ours_slow.errors, 0, "requests failed");
@@ -105,14 +111,18 @@ pub async fn run() -> Report {
     let litellm = Litellm::start(&providers.base_url, &providers.key).await;
     let (alone_url, theirs_url) =
         (format!("{}/v1/chat/completions", standalone.url), format!("{}/v1/chat/completions", litellm.url));
-    load::fixed_rate(RATE, 200, call(alone_url.clone(), token.clone())).await;
-    load::fixed_rate(PEER_RATE, 20, call(theirs_url.clone(), litellm.key.clone())).await;
+    load::fixed_rate_less(RATE, 200, call(alone_url.clone(), token.clone())).await;
+    load::fixed_rate_less(PEER_RATE, 20, call(theirs_url.clone(), litellm.key.clone())).await;
     let pinned = pin_self(Some(0));
-    let alone_fast = load::fixed_rate(RATE, REQUESTS, call(alone_url.clone(), token.clone())).await;
-    let direct_pinned_fast = load::fixed_rate(RATE, REQUESTS, call(direct_url.clone(), providers.key.clone())).await;
-    let alone_slow = load::fixed_rate(PEER_RATE, PEER_REQUESTS, call(alone_url, token.clone())).await;
-    let theirs_slow = load::fixed_rate(PEER_RATE, PEER_REQUESTS, call(theirs_url, litellm.key.clone())).await;
-    let direct_beside = load::fixed_rate(PEER_RATE, PEER_REQUESTS, call(direct_url, providers.key.clone())).await;
+    let (alone_fast, alone_fast_own) =
+        load::fixed_rate_less(RATE, REQUESTS, call(alone_url.clone(), token.clone())).await;
+    let direct_pinned_fast =
+        load::fixed_rate_less(RATE, REQUESTS, call(direct_url.clone(), providers.key.clone())).await.0;
+    let (alone_slow, alone_slow_own) =
+        load::fixed_rate_less(PEER_RATE, PEER_REQUESTS, call(alone_url, token.clone())).await;
+    let theirs_slow = load::fixed_rate_less(PEER_RATE, PEER_REQUESTS, call(theirs_url, litellm.key.clone())).await.0;
+    let direct_beside =
+        load::fixed_rate_less(PEER_RATE, PEER_REQUESTS, call(direct_url, providers.key.clone())).await.0;
     if pinned {
         pin_self(None);
     }
@@ -140,9 +150,48 @@ pub async fn run() -> Report {
     let own_core = format!("at {RATE} req/s, own core (as LiteLLM), redaction on");
     let alone_refused =
         format!(" ({} of {REQUESTS} refused; direct: {})", alone_fast.errors, direct_pinned_fast.errors);
+    // The gateway's own time per request: what the client waited less the
+    // provider's time to its answer's head, as the gateway measured it.
+    let own = |what: &str, own: &load::Latency, total: f64, direct: f64, p99: bool| Row {
+        what: format!("{what} (client total − provider time, per request)"),
+        paddock: format!("{:.2} ms", if p99 { own.p99 } else { own.p50 }),
+        baseline: format!("goal ≤ 1 ms; total {total:.2} ms, direct {direct:.2} ms"),
+        ratio: format!("{:+.2} ms by difference", total - direct),
+    };
+    let own_fast = format!("at {RATE} req/s, redaction on");
     Report {
         name: "gateway",
         rows: vec![
+            own(&format!("gateway own time p50 {own_fast}"), &ours_fast_own, ours_fast.p50, direct_fast.p50, false),
+            own(&format!("gateway own time p99 {own_fast}"), &ours_fast_own, ours_fast.p99, direct_fast.p99, true),
+            own(
+                &format!("standalone gateway own time p50 {own_fast}, own core"),
+                &alone_fast_own,
+                alone_fast.p50,
+                direct_pinned_fast.p50,
+                false,
+            ),
+            own(
+                &format!("standalone gateway own time p99 {own_fast}, own core"),
+                &alone_fast_own,
+                alone_fast.p99,
+                direct_pinned_fast.p99,
+                true,
+            ),
+            own(
+                &format!("gateway own time p99 at {MID_RATE} req/s"),
+                &ours_mid_own,
+                ours_mid.p99,
+                direct_mid.p99,
+                true,
+            ),
+            own(
+                &format!("gateway own time p99 at {PEER_RATE} req/s"),
+                &ours_slow_own,
+                ours_slow.p99,
+                direct_slow.p99,
+                true,
+            ),
             Row::ms(&format!("gateway p50 {fast}"), ours_fast.p50, "provider direct", direct_fast.p50),
             Row::ms(&format!("gateway p99 {fast}{refused}"), ours_fast.p99, "provider direct", direct_fast.p99),
             Row::ms(&format!("gateway p50 {mid}"), ours_mid.p50, "provider direct", direct_mid.p50),
@@ -184,6 +233,9 @@ pub async fn run() -> Report {
             "litellm": theirs_slow.json(), "direct_beside_litellm": direct_beside.json(),
             "standalone": alone_fast.json(), "direct_pinned": direct_pinned_fast.json(),
             "standalone_at_peer_rate": alone_slow.json(),
+            "own_time": {"gateway": ours_fast_own.json(), "gateway_mid": ours_mid_own.json(),
+                "gateway_at_peer_rate": ours_slow_own.json(), "standalone": alone_fast_own.json(),
+                "standalone_at_peer_rate": alone_slow_own.json()},
             "litellm_version": version, "litellm_pinned": pinned,
         }),
     }
@@ -345,4 +397,16 @@ impl Drop for Litellm {
     fn drop(&mut self) {
         std::fs::remove_dir_all(&self.dir).ok();
     }
+}
+
+/// The provider's part of a call's time, from Paddock's
+/// `server-timing: upstream;dur=<ms>` (zero without it).
+fn upstream_time(headers: &reqwest::header::HeaderMap) -> Duration {
+    let timing = headers.get("server-timing").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let ms = timing
+        .split(',')
+        .find_map(|metric| metric.trim().strip_prefix("upstream;dur="))
+        .and_then(|ms| ms.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    Duration::from_secs_f64(ms / 1000.0)
 }

@@ -213,10 +213,8 @@ impl TestApp {
         self.wait_for(id, Duration::from_secs(180), |r| r["state"] == "succeeded" || r["state"] == "failed").await
     }
 
-    /// An artifact's bytes from object storage.
-    /// Every object of this deployment's audit trail, as one text.
-    /// Every object of the trail, once the events pending in Redis have
-    /// been shipped to it.
+    /// Every object of this deployment's audit trail, as one text, once
+    /// the events pending in Redis have been shipped to it.
     pub async fn audit_trail_text(&self) -> String {
         use objstore::ObjectStore;
         self.shipped().await;
@@ -238,6 +236,7 @@ impl TestApp {
         .await;
     }
 
+    /// An artifact's bytes from object storage.
     pub async fn artifact(&self, key: &str) -> bytes::Bytes {
         use objstore::ObjectStore;
         self.store.get(key).await.expect("s3 get").unwrap_or_else(|| panic!("artifact {key} missing"))

@@ -476,15 +476,6 @@ impl<S: RetainingStore> AuditTrail<S> {
     }
 }
 
-impl<S: RetainingStore> common::audit::EventSink for AuditTrail<S> {
-    fn record<'a>(
-        &'a self,
-        events: &'a [AuditEvent],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
-        Box::pin(async move { AuditTrail::record(self, events).await.map_err(|e| e.to_string()) })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,6 +61,12 @@ impl Sealer {
     }
 }
 
+impl common::audit::EventSealer for Sealer {
+    fn seal_event(&self, event: &AuditEvent) -> Result<SealedEvent, String> {
+        self.seal(event).map_err(|e| e.to_string())
+    }
+}
+
 fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;

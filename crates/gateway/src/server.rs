@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::RunId;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::redact::{Redactor, StreamRedactor};
 use super::token_hash;
-use store::{RunQueue, Spend};
+use store::{Admission, Rate, Reservation, RunQueue, Spend};
 
 pub(super) type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -78,6 +78,8 @@ pub struct RunGateway {
     publish: bool,
     /// The run's span (`traceparent`), which each call's span joins.
     trace_parent: Option<String>,
+    /// Finished calls not yet booked (see [`RunGateway::settled`]).
+    bookings: tokio::sync::watch::Sender<usize>,
 }
 
 /// What the run's record keeps of its calls: every call's metadata, and
@@ -129,6 +131,7 @@ impl RunGateway {
             record: Mutex::new(RunRecord::default()),
             publish: false,
             trace_parent: None,
+            bookings: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -154,71 +157,42 @@ impl RunGateway {
         self.record.lock().unwrap_or_else(PoisonError::into_inner).transcript.lines()
     }
 
-    /// The run's own limit (in this process), then the tenant's and the
-    /// provider's (shared through Redis by every gateway). Fails closed:
-    /// when Redis cannot answer, the call is refused.
-    async fn admit(
-        &self,
-        provider: &str,
-        tokens: u64,
-    ) -> Result<(), (StatusCode, Option<std::time::Duration>, String)> {
-        if let Some(limit) = &self.run_limit
-            && let Err(not_until) = limit.check()
-        {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-            return Err((
-                StatusCode::TOO_MANY_REQUESTS,
-                Some(wait),
-                "the run's request rate limit is reached".to_owned(),
-            ));
-        }
-        let requests = [
-            (
-                format!("tenant:{}", self.tenant),
-                u64::from(self.config.tenant_requests_per_minute),
-                1,
-                "tenant's request",
-            ),
-            (
-                format!("provider:{provider}"),
-                u64::from(self.config.provider_requests_per_minute),
-                1,
-                "provider's request",
-            ),
-        ];
-        let token_limits =
-            self.token_limits(provider).into_iter().map(|(name, per_minute, what)| (name, per_minute, tokens, what));
-        for (name, per_minute, cost, what) in requests.into_iter().chain(token_limits) {
-            if per_minute == 0 || cost == 0 {
-                continue;
-            }
-            match self.queue.rate_limit(&name, per_minute, cost).await {
-                Ok(None) => {}
-                Ok(Some(wait)) => {
-                    return Err((
-                        StatusCode::TOO_MANY_REQUESTS,
-                        Some(wait),
-                        format!("the {what} rate limit is reached"),
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(run_id = %self.run, error = %e, "rate limit store unavailable; refusing");
-                    return Err((StatusCode::SERVICE_UNAVAILABLE, None, "rate limits cannot be checked".to_owned()));
-                }
-            }
-        }
-        Ok(())
+    /// Waits until every call whose answer has gone out is booked in
+    /// [`Self::calls`] and [`Self::transcript`].
+    pub async fn settled(&self) {
+        let mut pending = self.bookings.subscribe();
+        // The sender lives as long as `self`: this cannot fail.
+        let _ = pending.wait_for(|n| *n == 0).await;
     }
 
-    /// The shared token-per-minute limits a call to `provider` counts
-    /// against: (GCRA name, tokens per minute, what to call it).
-    fn token_limits(&self, provider: &str) -> Vec<(String, u64, &'static str)> {
-        vec![
-            (format!("tokens:tenant:{}", self.tenant), self.config.tenant_tokens_per_minute, "tenant's token"),
-            (format!("tokens:provider:{provider}"), self.config.provider_tokens_per_minute, "provider's token"),
+    /// Books a call after its answer has gone out: the caller does not
+    /// wait for its usage to be read, its record and log line, its metrics
+    /// or its transcript write.
+    fn finish_later(self: &Arc<Self>, booking: impl FnOnce(&RunGateway) + Send + 'static) {
+        self.bookings.send_modify(|n| *n += 1);
+        let pending = PendingBooking(self.clone());
+        let book = move || booking(&pending.0);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(async move { book() })),
+            Err(_) => book(),
+        }
+    }
+
+    /// The shared rates (through Redis, for every gateway) a call to
+    /// `provider` with a worst case of `tokens` is taken from, with what to
+    /// call each in a refusal: the tenant's and the provider's requests and
+    /// tokens per minute, those configured.
+    fn rates(&self, provider: &str, tokens: u64) -> Vec<(Rate, &'static str)> {
+        let (tenant, config) = (&self.tenant, &self.config);
+        [
+            (format!("tenant:{tenant}"), u64::from(config.tenant_requests_per_minute), 1, "tenant's request"),
+            (format!("provider:{provider}"), u64::from(config.provider_requests_per_minute), 1, "provider's request"),
+            (format!("tokens:tenant:{tenant}"), config.tenant_tokens_per_minute, tokens, "tenant's token"),
+            (format!("tokens:provider:{provider}"), config.provider_tokens_per_minute, tokens, "provider's token"),
         ]
         .into_iter()
-        .filter(|(_, per_minute, _)| *per_minute > 0)
+        .filter(|(_, per_minute, cells, _)| *per_minute > 0 && *cells > 0)
+        .map(|(name, per_minute, cells, what)| (Rate { name, per_minute, cells }, what))
         .collect()
     }
 
@@ -261,14 +235,18 @@ impl RunGateway {
         allowed(&self.config)
     }
 
-    /// Whether the request carries this run's live token.
-    pub(super) async fn authenticated(&self, req: &Request<Incoming>) -> bool {
+    /// Whether the request presents this run's token (compared in
+    /// constant time, without asking Redis).
+    fn presents_own_token(&self, req: &Request<Incoming>) -> bool {
         let Some(token) = presented_token(req) else { return false };
         let hash = token_hash(token);
-        let same =
-            hash.len() == self.token_hash.len() && common::hash::ct_eq(hash.as_bytes(), self.token_hash.as_bytes());
-        // Redis is the authority on revocation and expiry.
-        same && matches!(self.queue.gateway_token(&hash).await, Ok(Some(grant)) if grant.run == self.run)
+        hash.len() == self.token_hash.len() && common::hash::ct_eq(hash.as_bytes(), self.token_hash.as_bytes())
+    }
+
+    /// Whether the run's token is still live: Redis is the authority on
+    /// revocation and expiry (unreachable, it is not).
+    async fn token_live(&self) -> bool {
+        matches!(self.queue.gateway_token(&self.token_hash).await, Ok(Some(grant)) if grant.run == self.run)
     }
 
     /// Serves one request; every answer carries `x-paddock-request-id`.
@@ -291,13 +269,19 @@ impl RunGateway {
         let Some((wire, suffix)) = route(&req) else {
             return error(Wire::OpenAi, StatusCode::NOT_FOUND, "not_found", "no such endpoint on the Paddock gateway");
         };
-        if !(authenticated || self.authenticated(&req).await) {
-            return error(wire, StatusCode::UNAUTHORIZED, "invalid_api_key", "invalid or revoked run token");
+        // A token that is not this run's is refused before anything is read.
+        if !(authenticated || self.presents_own_token(&req)) {
+            return unauthorized(wire);
         }
-        let Some(suffix) = suffix else { return self.models() };
-        if self.publish
-            && let Err(e) = self.queue.gateway_call_started(self.run).await
-        {
+        // Redis answers whether it is still live while the body arrives.
+        let live = async { authenticated || self.token_live().await };
+        let Some(suffix) = suffix else {
+            return if live.await { self.models() } else { unauthorized(wire) };
+        };
+        let counted = async { if self.publish { self.queue.gateway_call_started(self.run).await } else { Ok(()) } };
+        let (head, body) = req.into_parts();
+        let (live, counted, body) = tokio::join!(live, counted, read_body(body));
+        if let Err(e) = counted {
             tracing::warn!(run_id = %self.run, error = %e, "call bookkeeping unavailable; refusing");
             return error(
                 wire,
@@ -327,39 +311,48 @@ impl RunGateway {
             redactions: BTreeMap::new(),
             dropped_betas: Vec::new(),
         };
-        match self.clone().forward(req, wire, suffix, &mut record, started).await {
-            Ok(response) => response,
-            Err(response) => {
-                record.status = response.status().as_u16();
-                record.latency_ms = started.elapsed().as_millis() as u64;
-                record.duration_ms = record.latency_ms;
-                self.finish(record, None);
-                response
+        let answer = match body {
+            _ if !live => {
+                record.refusal = Some("the run token is revoked or expired".to_owned());
+                Err(unauthorized(wire))
             }
-        }
+            Some(body) => self.clone().forward(&head, &body, wire, suffix, &mut record, started).await,
+            None => {
+                record.refusal = Some("request body too large".to_owned());
+                Err(error(wire, StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body too large"))
+            }
+        };
+        answer.unwrap_or_else(|response| {
+            record.status = response.status().as_u16();
+            record.latency_ms = started.elapsed().as_millis() as u64;
+            record.duration_ms = record.latency_ms;
+            self.finish_later(move |gateway| gateway.finish(record, None));
+            response
+        })
     }
 
     /// Sends an authenticated call on to its provider. `Err` is an answer
     /// the gateway gives itself (the call is then booked by the caller).
     async fn forward(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        head: &hyper::http::request::Parts,
+        body: &[u8],
         wire: Wire,
         suffix: &'static str,
         record: &mut CallRecord,
         started: Instant,
     ) -> Result<Response<Body>, Response<Body>> {
-        let headers = req.headers().clone();
-        let path_model = gemini_call(req.uri().path()).map(|(model, _)| model.to_owned());
-        let raw = read_body(req, wire, record).await?;
-        // What is checked is what is sent: the body as parsed, written again
-        // (a duplicate key cannot mean one thing here and another upstream).
-        let request: serde_json::Value = serde_json::from_str(&raw).map_err(|e| {
+        let headers = &head.headers;
+        let path_model = gemini_call(head.uri.path()).map(|(model, _)| model.to_owned());
+        // Parsed once. What is checked is what is sent: the body as parsed,
+        // written again (a duplicate key cannot mean one thing here and
+        // another upstream).
+        let request: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
             let message = format!("the request body is not JSON: {e}");
             record.refusal = Some(message.clone());
             error(wire, StatusCode::BAD_REQUEST, "invalid_request_error", &message)
         })?;
-        let text = serde_json::to_string(&request).unwrap_or(raw);
+        let text = serde_json::to_string(&request).unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
         let model = match wire {
             Wire::Gemini => path_model,
             Wire::OpenAi | Wire::Anthropic => request.get("model").and_then(|m| m.as_str()).map(str::to_owned),
@@ -378,7 +371,7 @@ impl RunGateway {
         record.dropped_betas = super::request_policy::betas(provider, asked_betas).1;
         let price = model.as_deref().and_then(|m| provider.prices.get(m)).copied();
         let counting = suffix.ends_with("count_tokens") || suffix == "countTokens";
-        let worst = if counting { Spend::default() } else { worst_case(&text, price) };
+        let worst = if counting { Spend::default() } else { worst_case(&request, text.len(), price) };
         // From here on, whatever happens, the reservation and the tokens
         // taken from the rate limits are settled exactly once.
         let settlement = self.limit(wire, provider_name, worst, record).await?;
@@ -390,8 +383,9 @@ impl RunGateway {
         // A call that gets no answer used nothing: dropping the settlement
         // on the way out books that.
         let sent = Instant::now();
-        let response = self.send(wire, &call, &redacted, &headers, record).await?;
-        record.upstream_ms = sent.elapsed().as_millis() as u64;
+        let response = self.send(wire, &call, &redacted, headers, record).await?;
+        let upstream = sent.elapsed();
+        record.upstream_ms = upstream.as_millis() as u64;
         record.status = response.status().as_u16();
         record.latency_ms = started.elapsed().as_millis() as u64;
         record.upstream_request_id = ["x-request-id", "request-id"]
@@ -405,7 +399,7 @@ impl RunGateway {
             request: redacted,
             ..Default::default()
         };
-        let booking = Booking { record: record.clone(), settlement, price, started };
+        let booking = Booking { record: record.clone(), settlement, price, started, upstream };
         Ok(self.clone().relay(response, entry, booking))
     }
 
@@ -428,7 +422,11 @@ impl RunGateway {
     }
 
     /// Takes the call's worst case from the rate limits and the budgets, or
-    /// answers why not (with `retry-after` when waiting would help).
+    /// answers why not (with `retry-after` when waiting would help): the
+    /// run's own limit in this process, then every shared rate and budget
+    /// in one atomic round trip to Redis, which takes nothing when any of
+    /// them refuses. Fails closed: when Redis cannot answer, the call is
+    /// refused.
     async fn limit(
         &self,
         wire: Wire,
@@ -436,25 +434,71 @@ impl RunGateway {
         worst: Spend,
         record: &mut CallRecord,
     ) -> Result<Settlement, Response<Body>> {
-        if let Err((status, wait, message)) = self.admit(provider, worst.tokens).await {
+        let refuse = |record: &mut CallRecord, status, code: &str, message: String, wait: Option<Duration>| {
             record.refusal = Some(message.clone());
-            let mut response = error(wire, status, "rate_limit_exceeded", &message);
+            let mut response = error(wire, status, code, &message);
             if let Some(wait) = wait {
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 response.headers_mut().insert("retry-after", HeaderValue::from(seconds.max(1)));
             }
-            return Err(response);
+            response
+        };
+        if let Some(limit) = &self.run_limit
+            && let Err(not_until) = limit.check()
+        {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            let message = "the run's request rate limit is reached".to_owned();
+            return Err(refuse(record, StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", message, Some(wait)));
         }
-        let reserved = self.reserve(wire, worst, record).await?;
-        Ok(Settlement {
+        let (rates, what): (Vec<Rate>, Vec<&str>) = self.rates(provider, worst.tokens).into_iter().unzip();
+        let (run_limit, tenant_limit) = self.budgets();
+        let budgeted = self.budgets_on() && worst != Spend::default();
+        let reservation = budgeted.then_some(Reservation {
+            run: self.run,
+            tenant: &self.tenant,
+            amount: worst,
+            run_limit,
+            tenant_limit,
+        });
+        let mut settlement = Settlement {
             queue: self.queue.clone(),
             run: self.run,
             tenant: self.tenant.clone(),
             worst,
-            budgeted: reserved,
-            token_limits: self.token_limits(provider),
+            budgeted: None,
+            token_rates: rates.iter().filter(|r| r.name.starts_with("tokens:")).cloned().collect(),
             done: false,
-        })
+        };
+        if rates.is_empty() && reservation.is_none() {
+            return Ok(settlement);
+        }
+        match self.queue.admit(&rates, reservation.as_ref()).await {
+            Ok(Admission::Admitted { day }) => {
+                settlement.budgeted = budgeted.then_some(day);
+                Ok(settlement)
+            }
+            Ok(Admission::RateLimited { index, wait }) => {
+                // Nothing was taken: there is nothing to settle.
+                settlement.done = true;
+                let message = format!("the {} rate limit is reached", what.get(index).copied().unwrap_or("shared"));
+                Err(refuse(record, StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", message, Some(wait)))
+            }
+            Ok(Admission::OverBudget(which)) => {
+                settlement.done = true;
+                let message = if which.ends_with("cost") {
+                    format!("the {which} budget does not cover this call (up to ${:.4})", worst.micro_usd as f64 / 1e6)
+                } else {
+                    format!("the {which}'s token budget does not cover this call ({} tokens at most)", worst.tokens)
+                };
+                Err(refuse(record, StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message, None))
+            }
+            Err(e) => {
+                settlement.done = true;
+                tracing::warn!(run_id = %self.run, error = %e, "rate limit and budget store unavailable; refusing");
+                let message = "rate limits and budgets cannot be checked".to_owned();
+                Err(refuse(record, StatusCode::SERVICE_UNAVAILABLE, "gateway_unavailable", message, None))
+            }
+        }
     }
 
     /// The provider's answer to the redacted request; when there is none
@@ -497,6 +541,10 @@ impl RunGateway {
         if let Some(content_type) = response.headers().get(CONTENT_TYPE) {
             builder = builder.header(CONTENT_TYPE, content_type.clone());
         }
+        // How long the provider took to its answer's head, so a client can
+        // tell the gateway's own time from the provider's.
+        let upstream_ms = booking.upstream.as_secs_f64() * 1000.0;
+        builder = builder.header("server-timing", format!("upstream;dur={upstream_ms:.3}"));
         let call = Arc::new(Mutex::new(InFlight { scrubber: StreamRedactor::new(self.redactor.clone()), entry }));
         let guard = CallGuard {
             gateway: self,
@@ -578,33 +626,6 @@ impl RunGateway {
 
     fn budgets_on(&self) -> bool {
         self.budgets() != (Spend::default(), Spend::default())
-    }
-
-    /// Reserves the call's worst case against the run's and tenant's token
-    /// and cost budgets, before anything reaches the provider: the UTC day
-    /// it was reserved on, or `None` when no budget applies. Fails closed.
-    async fn reserve(&self, wire: Wire, amount: Spend, record: &mut CallRecord) -> Result<Option<u64>, Response<Body>> {
-        if !self.budgets_on() || amount == Spend::default() {
-            return Ok(None);
-        }
-        let (run_limit, tenant_limit) = self.budgets();
-        match self.queue.reserve_budget(self.run, &self.tenant, amount, run_limit, tenant_limit).await {
-            Ok(Ok(day)) => Ok(Some(day)),
-            Ok(Err(which)) => {
-                let message = if which.ends_with("cost") {
-                    format!("the {which} budget does not cover this call (up to ${:.4})", amount.micro_usd as f64 / 1e6)
-                } else {
-                    format!("the {which}'s token budget does not cover this call ({} tokens at most)", amount.tokens)
-                };
-                record.refusal = Some(message.clone());
-                Err(error(wire, StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", &message))
-            }
-            Err(e) => {
-                tracing::warn!(run_id = %self.run, error = %e, "budget store unavailable; refusing");
-                record.refusal = Some("budgets cannot be checked".to_owned());
-                Err(error(wire, StatusCode::SERVICE_UNAVAILABLE, "budget_unavailable", "budgets cannot be checked"))
-            }
-        }
     }
 
     /// The allowed models, in a shape both SDKs read: OpenAI's list
@@ -727,43 +748,48 @@ struct CallGuard {
 }
 
 impl Drop for CallGuard {
+    /// Runs as the stream ends, before the answer's last bytes go out: the
+    /// booking itself is left to [`RunGateway::finish_later`].
     fn drop(&mut self) {
         let Some(mut record) = self.record.take() else { return };
-        let (entry, counts) = {
-            let mut call = lock(&self.call);
-            let _ = call.flush();
-            (std::mem::take(&mut call.entry), call.scrubber.counts().clone())
-        };
-        let usage = if entry.response_truncated { None } else { usage(&entry.response) };
-        let worst = self.settlement.as_ref().map(|s| s.worst).unwrap_or_default();
-        let actual = match usage {
-            Some((tokens_in, tokens_out)) => {
-                record.tokens_in = tokens_in;
-                record.tokens_out = tokens_out;
-                record.usage_reported = true;
-                // Dollars per million tokens times tokens is micro-dollars.
-                let micro_usd = self.price.map_or(0.0, |p| {
-                    tokens_in as f64 * p.input_usd_per_mtok + tokens_out as f64 * p.output_usd_per_mtok
-                });
-                record.cost_usd = micro_usd / 1e6;
-                Spend { tokens: tokens_in + tokens_out, micro_usd: micro_usd.ceil() as u64 }
-            }
-            // Without reported usage: nothing for a refusal, the worst case
-            // otherwise (and the record says usage was not reported).
-            None if record.status >= 400 => Spend::default(),
-            None => {
-                record.cost_usd = worst.micro_usd as f64 / 1e6;
-                worst
-            }
-        };
-        if let Some(settlement) = self.settlement.take() {
-            settlement.settle(actual);
-        }
         record.duration_ms = self.started.elapsed().as_millis() as u64;
-        for (rule, n) in &counts.0 {
-            *record.redactions.entry((*rule).to_owned()).or_default() += n;
-        }
-        self.gateway.finish(record, Some(entry));
+        let (call, settlement, price) = (self.call.clone(), self.settlement.take(), self.price);
+        self.gateway.finish_later(move |gateway| {
+            let (entry, counts) = {
+                let mut call = lock(&call);
+                let _ = call.flush();
+                (std::mem::take(&mut call.entry), call.scrubber.counts().clone())
+            };
+            let usage = if entry.response_truncated { None } else { usage(&entry.response) };
+            let worst = settlement.as_ref().map(|s| s.worst).unwrap_or_default();
+            let actual = match usage {
+                Some((tokens_in, tokens_out)) => {
+                    record.tokens_in = tokens_in;
+                    record.tokens_out = tokens_out;
+                    record.usage_reported = true;
+                    // Dollars per million tokens times tokens is micro-dollars.
+                    let micro_usd = price.map_or(0.0, |p| {
+                        tokens_in as f64 * p.input_usd_per_mtok + tokens_out as f64 * p.output_usd_per_mtok
+                    });
+                    record.cost_usd = micro_usd / 1e6;
+                    Spend { tokens: tokens_in + tokens_out, micro_usd: micro_usd.ceil() as u64 }
+                }
+                // Without reported usage: nothing for a refusal, the worst
+                // case otherwise (and the record says usage was not reported).
+                None if record.status >= 400 => Spend::default(),
+                None => {
+                    record.cost_usd = worst.micro_usd as f64 / 1e6;
+                    worst
+                }
+            };
+            if let Some(settlement) = settlement {
+                settlement.settle(actual);
+            }
+            for (rule, n) in &counts.0 {
+                *record.redactions.entry((*rule).to_owned()).or_default() += n;
+            }
+            gateway.finish(record, Some(entry));
+        });
     }
 }
 
@@ -802,16 +828,26 @@ struct Booking {
     settlement: Settlement,
     price: Option<ModelPrice>,
     started: Instant,
+    /// The provider's time to its answer's head.
+    upstream: Duration,
 }
 
-/// The request body as text, refused over `MAX_REQUEST_BYTES`.
-async fn read_body(req: Request<Incoming>, wire: Wire, record: &mut CallRecord) -> Result<String, Response<Body>> {
-    match Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect().await {
-        Ok(body) => Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned()),
-        Err(_) => {
-            record.refusal = Some("request body too large".to_owned());
-            Err(error(wire, StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body too large"))
-        }
+/// The request body; `None` over `MAX_REQUEST_BYTES` (or when the client
+/// goes away before it is all sent).
+async fn read_body(body: Incoming) -> Option<Bytes> {
+    Limited::new(body, MAX_REQUEST_BYTES).collect().await.ok().map(http_body_util::Collected::to_bytes)
+}
+
+fn unauthorized(wire: Wire) -> Response<Body> {
+    error(wire, StatusCode::UNAUTHORIZED, "invalid_api_key", "invalid or revoked run token")
+}
+
+/// Counts a booking in flight until it is done (or its task is dropped).
+struct PendingBooking(Arc<RunGateway>);
+
+impl Drop for PendingBooking {
+    fn drop(&mut self) {
+        self.0.bookings.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -824,8 +860,9 @@ struct Settlement {
     worst: Spend,
     /// The UTC day `worst` was reserved on against budgets, if it was.
     budgeted: Option<u64>,
-    /// Token-per-minute limits the worst case was taken from.
-    token_limits: Vec<(String, u64, &'static str)>,
+    /// Token-per-minute rates the worst case was taken from.
+    token_rates: Vec<Rate>,
+    /// Booked already (or nothing was taken).
     done: bool,
 }
 
@@ -839,9 +876,12 @@ impl Settlement {
             return;
         }
         let refund = self.worst.tokens.saturating_sub(actual.tokens);
-        let limits = if refund > 0 { std::mem::take(&mut self.token_limits) } else { Vec::new() };
-        if self.budgeted.is_none() && limits.is_empty() {
+        let mut rates = if refund > 0 { std::mem::take(&mut self.token_rates) } else { Vec::new() };
+        if self.budgeted.is_none() && rates.is_empty() {
             return;
+        }
+        for rate in &mut rates {
+            rate.cells = refund;
         }
         let (queue, run, tenant, worst, budgeted) =
             (self.queue.clone(), self.run, self.tenant.clone(), self.worst, self.budgeted);
@@ -851,10 +891,10 @@ impl Settlement {
             {
                 tracing::warn!(run_id = %run, %error, "settling a budget reservation failed; it stays reserved");
             }
-            for (name, per_minute, _) in limits {
-                if let Err(error) = queue.rate_refund(&name, per_minute, refund).await {
-                    tracing::warn!(run_id = %run, %error, "returning unused tokens to a rate limit failed");
-                }
+            if !rates.is_empty()
+                && let Err(error) = queue.rate_refund(&rates).await
+            {
+                tracing::warn!(run_id = %run, %error, "returning unused tokens to the rate limits failed");
             }
         });
     }
@@ -867,16 +907,15 @@ impl Drop for Settlement {
     }
 }
 
-/// The most a call can use: its output cap (or 4096) plus its prompt at
-/// four bytes a token, and what that costs at the model's price.
-fn worst_case(request: &str, price: Option<ModelPrice>) -> Spend {
-    let json: serde_json::Value = serde_json::from_str(request).unwrap_or_default();
+/// The most a call can use: its output cap (or 4096) plus its prompt of
+/// `bytes` at four bytes a token, and what that costs at the model's price.
+fn worst_case(json: &serde_json::Value, bytes: usize, price: Option<ModelPrice>) -> Spend {
     let output = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
         .iter()
         .find_map(|k| json.get(*k).and_then(serde_json::Value::as_u64))
         .or_else(|| json.pointer("/generationConfig/maxOutputTokens").and_then(serde_json::Value::as_u64))
         .unwrap_or(4096);
-    let input = request.len() as u64 / 4 + 1;
+    let input = bytes as u64 / 4 + 1;
     let micro_usd = price
         .map_or(0, |p| (input as f64 * p.input_usd_per_mtok + output as f64 * p.output_usd_per_mtok).ceil() as u64);
     Spend { tokens: input + output, micro_usd }
@@ -1101,8 +1140,8 @@ mod tests {
         assert_eq!(gemini_call("/v1beta/models/gemini-2.5-pro:batchGenerateContent"), None, "a method not served");
         assert_eq!(gemini_call("/v1beta/models/../x:generateContent"), None);
         assert_eq!(gemini_call("/v1/models/gemini:generateContent"), None);
-        let request = r#"{"generationConfig":{"maxOutputTokens":50}}"#;
-        assert_eq!(worst_case(request, None).tokens, 50 + request.len() as u64 / 4 + 1);
+        let request = serde_json::json!({"generationConfig": {"maxOutputTokens": 50}});
+        assert_eq!(worst_case(&request, 40, None).tokens, 50 + 40 / 4 + 1);
     }
 
     #[test]
@@ -1113,15 +1152,16 @@ mod tests {
             (r#"{"max_completion_tokens":200}"#, 200),
             (r#"{"max_output_tokens":300}"#, 300),
             (r#"{"messages":[]}"#, 4096),
-            ("not json", 4096),
+            (r#"["not an object"]"#, 4096),
         ];
         for (request, output) in cases {
             let input = request.len() as u64 / 4 + 1;
-            let spend = worst_case(request, Some(price));
+            let json: serde_json::Value = serde_json::from_str(request).expect("JSON");
+            let spend = worst_case(&json, request.len(), Some(price));
             assert_eq!(spend.tokens, input + output, "{request}");
             let micro = (input as f64 * 3.0 + output as f64 * 15.0).ceil() as u64;
             assert_eq!(spend.micro_usd, micro, "{request}");
-            assert_eq!(worst_case(request, None).micro_usd, 0, "no price, no cost");
+            assert_eq!(worst_case(&json, request.len(), None).micro_usd, 0, "no price, no cost");
         }
     }
 

@@ -24,6 +24,12 @@ where
                 accepted = listener.accept() => accepted,
             };
             let Ok((stream, peer)) = accepted else { continue };
+            // Answers go out as they are written: a relay's small last
+            // write (a chunked body's end) must not wait on Nagle for the
+            // client's delayed acknowledgement.
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, %error, "TCP_NODELAY could not be set");
+            }
             // Over the bound, a connection is closed at once: one client
             // cannot take the descriptors this process needs for the rest.
             let Ok(permit) = open.clone().try_acquire_owned() else {

@@ -1,7 +1,9 @@
 //! Identity records in Redis: role bindings, service accounts and their
 //! tokens (SHA-256 only), deactivated users, and the audit events of every
-//! change to them. A change and its audit event are written in one atomic
-//! transaction, so neither exists without the other.
+//! change to them. A change and its sealed audit event are written by one
+//! script (`change.lua`), the event first, to the pending log the shipper
+//! moves into the trail: no change exists without its event, and none
+//! waits on the bucket.
 //!
 //! The keys are `keys::Records` (one hash per kind of record), the token
 //! index by hash, the last sweep and the audit index (the newest 100,000
@@ -16,8 +18,9 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{Keys, Records};
+use super::scripts::ChangeArgs;
 use super::{QueueError, RunQueue, conn::Conn, corrupt};
-use common::audit::EventSink;
+use common::audit::EventSealer;
 use common::records::{ExportStatus, SweepReport};
 
 /// A non-human caller, accountable to the person who owns it.
@@ -102,14 +105,16 @@ pub const AUDIT_INDEX_KEEP: isize = 100_000;
 pub struct IdentityStore {
     pub(crate) conn: Conn,
     pub(crate) keys: Keys,
-    trail: Option<std::sync::Arc<dyn EventSink>>,
+    queue: RunQueue,
+    sealer: Option<std::sync::Arc<dyn EventSealer>>,
 }
 
 impl RunQueue {
-    /// The identity records; changes made through it are audited in Redis
-    /// only until a trail is attached with [`IdentityStore::with_trail`].
+    /// The identity records; changes made through it are audited in the
+    /// index behind `GET /v1/audit/events` only, until a sealer is attached
+    /// with [`IdentityStore::with_sealer`].
     pub fn identity(&self) -> IdentityStore {
-        IdentityStore { conn: self.conn.clone(), keys: self.keys.clone(), trail: None }
+        IdentityStore { conn: self.conn.clone(), keys: self.keys.clone(), queue: self.clone(), sealer: None }
     }
 }
 
@@ -122,39 +127,64 @@ pub(crate) fn from_json<T: for<'de> Deserialize<'de>>(what: &str, json: &str) ->
 }
 
 impl IdentityStore {
-    /// Every change is then written to the audit trail first: when the trail
-    /// cannot take it, the change is refused (fail-closed).
-    pub fn with_trail(mut self, trail: std::sync::Arc<dyn EventSink>) -> Self {
-        self.trail = Some(trail);
+    /// Every change is then sealed and written with its event to the
+    /// pending log, durable as `audit.durability` says before it returns;
+    /// refused (fail-closed) while the log's oldest event has waited longer
+    /// than `audit.max_ship_delay_seconds`.
+    pub fn with_sealer(mut self, sealer: std::sync::Arc<dyn EventSealer>) -> Self {
+        self.sealer = Some(sealer);
         self
     }
 
-    pub(crate) async fn to_trail(&self, event: &AuditEvent) -> Result<(), QueueError> {
-        if let Some(trail) = &self.trail {
-            trail.record(std::slice::from_ref(event)).await.map_err(QueueError::Audit)?;
+    /// Applies `changes` (writes, each its reply ignored) with `event`:
+    /// see [`Self::commit_unless`].
+    pub(crate) async fn commit(&self, event: &AuditEvent, changes: redis::Pipeline) -> Result<(), QueueError> {
+        self.commit_unless(event, None, changes).await.map(|_| ())
+    }
+
+    /// Applies `changes` with `event`, in one script, unless `unless` (a
+    /// read, such as `HEXISTS`) answers non-zero: then neither is written
+    /// and this returns false. With a sealer the event goes to the pending
+    /// log (and the index) before the first change; without one, to the
+    /// index only (the newest [`AUDIT_INDEX_KEEP`] events).
+    pub(crate) async fn commit_unless(
+        &self,
+        event: &AuditEvent,
+        unless: Option<redis::Cmd>,
+        changes: redis::Pipeline,
+    ) -> Result<bool, QueueError> {
+        let (mac, json) = match &self.sealer {
+            Some(sealer) => {
+                let sealed = sealer.seal_event(event).map_err(QueueError::Audit)?;
+                (sealed.mac, sealed.json)
+            }
+            None => (String::new(), to_json("audit event", event)?),
+        };
+        let args = ChangeArgs {
+            max_backlog_ms: self.queue.audit_writes().max_ship_delay.as_millis() as u64,
+            keep: AUDIT_INDEX_KEEP,
+            mac: &mac,
+            json: &json,
+            unless: unless.as_ref(),
+            changes: &changes,
+        };
+        let (kind, detail): (String, u64) = self.queue.run_script(&args).await?;
+        match kind.as_str() {
+            "backlog" => Err(QueueError::AuditBacklog { age_ms: detail }),
+            "unchanged" => Ok(false),
+            _ => {
+                if self.sealer.is_some() {
+                    self.queue.audit_durable().await?;
+                }
+                Ok(true)
+            }
         }
-        Ok(())
     }
 
-    /// Records `event` in the trail, then starts a transaction that also
-    /// appends it to the queryable list (the newest [`AUDIT_INDEX_KEEP`]
-    /// events; the trail in object storage keeps them all).
-    pub(crate) async fn audited(&self, event: &AuditEvent) -> Result<redis::Pipeline, QueueError> {
-        self.to_trail(event).await?;
-        let mut pipe = redis::pipe();
-        let list = self.keys.audit_events();
-        pipe.atomic()
-            .rpush(&list, to_json("audit event", event)?)
-            .ignore()
-            .ltrim(&list, -AUDIT_INDEX_KEEP, -1)
-            .ignore();
-        Ok(pipe)
-    }
-
+    /// Records an event whose change was made elsewhere (or is the event
+    /// itself: an approval, a refusal).
     pub async fn append_audit(&self, event: &AuditEvent) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let () = self.audited(event).await?.query_async(&mut conn).await?;
-        Ok(())
+        self.commit(event, redis::pipe()).await
     }
 
     /// Adds events already in the trail (a worker's) to the queryable index.
@@ -219,15 +249,9 @@ impl IdentityStore {
         value: &T,
         event: &AuditEvent,
     ) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let () = self
-            .audited(event)
-            .await?
-            .hset(self.keys.records(records), field, to_json(records.what(), value)?)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        let mut changes = redis::pipe();
+        changes.hset(self.keys.records(records), field, to_json(records.what(), value)?);
+        self.commit(event, changes).await
     }
 
     pub async fn bindings(&self) -> Result<Vec<Binding>, QueueError> {
@@ -243,15 +267,9 @@ impl IdentityStore {
     }
 
     pub async fn remove_binding(&self, id: &str, event: &AuditEvent) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let () = self
-            .audited(event)
-            .await?
-            .hdel(self.keys.records(Records::Bindings), id)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        let mut changes = redis::pipe();
+        changes.hdel(self.keys.records(Records::Bindings), id);
+        self.commit(event, changes).await
     }
 
     pub async fn service_accounts(&self) -> Result<Vec<ServiceAccount>, QueueError> {
@@ -268,39 +286,23 @@ impl IdentityStore {
         account: &ServiceAccount,
         event: &AuditEvent,
     ) -> Result<bool, QueueError> {
-        // One script, so the account and its audit event exist together.
-        static CREATE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-            redis::Script::new(
-                "if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then \
-                   redis.call('RPUSH', KEYS[2], ARGV[3]) return 1 end return 0",
-            )
-        });
-        self.to_trail(event).await?;
-        let mut conn = self.conn.clone();
-        let created: i64 = CREATE
-            .key(self.keys.records(Records::ServiceAccounts))
-            .key(self.keys.audit_events())
-            .arg(&account.name)
-            .arg(to_json("account", account)?)
-            .arg(to_json("audit event", event)?)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(created == 1)
+        // One script, so the account and its audit event exist together,
+        // and neither is written when the name is taken.
+        let accounts = self.keys.records(Records::ServiceAccounts);
+        let mut taken = redis::cmd("HEXISTS");
+        taken.arg(&accounts).arg(&account.name);
+        let mut changes = redis::pipe();
+        changes.hset(&accounts, &account.name, to_json("account", account)?);
+        self.commit_unless(event, Some(taken), changes).await
     }
 
     /// Stores a new token by the SHA-256 (hex) of its value.
     pub async fn add_token(&self, hash: &str, token: &TokenRecord, event: &AuditEvent) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let () = self
-            .audited(event)
-            .await?
+        let mut changes = redis::pipe();
+        changes
             .hset(self.keys.records(Records::Tokens), &token.id, to_json("token", token)?)
-            .ignore()
-            .set(self.keys.token_by_hash(hash), &token.id)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+            .set(self.keys.token_by_hash(hash), &token.id);
+        self.commit(event, changes).await
     }
 
     /// The token whose value hashes to `hash`, if it was ever issued.

@@ -33,7 +33,7 @@ use platform::outbound::Outbound;
 use scripts::{ScriptArgs, Scripts};
 
 pub use gateway::GatewayGrant;
-pub use metering::Spend;
+pub use metering::{Admission, Rate, Reservation, Spend};
 pub use policies::{StoredSecret, TenancySnapshot};
 pub use runs::{ClaimedRun, Enqueued, Idempotency, KeyHolder, LeaseStatus, LogEntry, Outcome, RunPage};
 pub use scheduling::{DeadLetter, Depth, Limits, TenantLimits};

@@ -6,7 +6,7 @@ use std::time::Duration;
 use common::RunId;
 use redis::AsyncCommands;
 
-use super::scripts::{BudgetArgs, GcraArgs};
+use super::scripts::{MeterArgs, RateArg, ReserveArg};
 use super::{QueueError, RunQueue};
 
 /// Tokens and cost (micro-dollars): an amount, a reservation or a limit
@@ -17,40 +17,69 @@ pub struct Spend {
     pub micro_usd: u64,
 }
 
+/// A shared rate a call is taken from: `cells` of `name`, which allows
+/// `per_minute` (with a burst of as many).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rate {
+    pub name: String,
+    pub per_minute: u64,
+    pub cells: u64,
+}
+
+/// A call's worst case, to reserve against its run's and its tenant's
+/// budgets (limits 0: none).
+#[derive(Debug, Clone, Copy)]
+pub struct Reservation<'a> {
+    pub run: RunId,
+    pub tenant: &'a str,
+    pub amount: Spend,
+    pub run_limit: Spend,
+    pub tenant_limit: Spend,
+}
+
+/// Whether a call may go, from one atomic look at every limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Taken from every rate and, when asked, reserved on `day` (the UTC
+    /// day, days since the epoch, whose tenant budget holds it).
+    Admitted { day: u64 },
+    /// The `index`-th rate does not allow the call for `wait`.
+    RateLimited { index: usize, wait: Duration },
+    /// The budget named (`run`, `tenant`, `run cost`, `tenant cost`) does
+    /// not cover the call.
+    OverBudget(String),
+}
+
 impl RunQueue {
-    /// Takes `cost` from the shared rate `name` (`per_minute`, with a burst
-    /// of as many). `Ok(None)` when allowed, `Ok(Some(wait))` when not.
-    pub async fn rate_limit(&self, name: &str, per_minute: u64, cost: u64) -> Result<Option<Duration>, QueueError> {
-        let (allowed, retry_ms) = self.gcra(name, per_minute, cost as i64).await?;
-        Ok((allowed == 0).then(|| Duration::from_millis(retry_ms)))
+    /// Admits a call in one round trip: takes its cells from every rate and
+    /// reserves its worst case, or, when one of them refuses, takes
+    /// nothing from any.
+    pub async fn admit(&self, rates: &[Rate], reservation: Option<&Reservation<'_>>) -> Result<Admission, QueueError> {
+        let run = reservation.map(|r| r.run.to_string());
+        let reserve = reservation.zip(run.as_deref()).map(|(r, run)| ReserveArg {
+            run,
+            tenant: r.tenant,
+            tokens: [r.amount.tokens, r.run_limit.tokens, r.tenant_limit.tokens],
+            cost: [r.amount.micro_usd, r.run_limit.micro_usd, r.tenant_limit.micro_usd],
+        });
+        let rate_args = rate_args(rates);
+        let (ok, what, a, b): (u8, String, u64, u64) =
+            self.run_script(&MeterArgs::Admit { rates: &rate_args, reserve }).await?;
+        Ok(match (ok, what.as_str()) {
+            (1, _) => Admission::Admitted { day: a },
+            (_, "rate") => {
+                Admission::RateLimited { index: (a as usize).saturating_sub(1), wait: Duration::from_millis(b) }
+            }
+            _ => Admission::OverBudget(what),
+        })
     }
 
-    /// Gives back `amount` taken from the shared rate `name` but not used.
-    pub async fn rate_refund(&self, name: &str, per_minute: u64, amount: u64) -> Result<(), QueueError> {
-        self.gcra(name, per_minute, -(amount as i64)).await.map(|_| ())
-    }
-
-    async fn gcra(&self, name: &str, per_minute: u64, cost: i64) -> Result<(u8, u64), QueueError> {
-        let interval_ms = 60_000.0 / per_minute.max(1) as f64;
-        self.run_script(&GcraArgs { name, interval_ms, burst: per_minute, cost }).await
-    }
-
-    /// Reserves a call's worst case against the run's and the tenant's
-    /// budgets: `Ok(day)`, the UTC day (days since the epoch) whose tenant
-    /// budget holds the reservation, or `Err(which)` naming the budget
-    /// that does not cover it.
-    pub async fn reserve_budget(
-        &self,
-        run: RunId,
-        tenant: &str,
-        amount: Spend,
-        run_limit: Spend,
-        tenant_limit: Spend,
-    ) -> Result<Result<u64, String>, QueueError> {
-        let args = [amount.tokens, 0, run_limit.tokens, tenant_limit.tokens];
-        let cost = [amount.micro_usd, 0, run_limit.micro_usd, tenant_limit.micro_usd];
-        let (ok, which, day) = self.budget("reserve", run, tenant, args, cost, None).await?;
-        Ok(if ok == 1 { Ok(day) } else { Err(which) })
+    /// Gives back cells taken from shared rates but not used (each rate's
+    /// `cells`).
+    pub async fn rate_refund(&self, rates: &[Rate]) -> Result<(), QueueError> {
+        let rate_args = rate_args(rates);
+        let _: (u8, String, u64, u64) = self.run_script(&MeterArgs::Refund { rates: &rate_args }).await?;
+        Ok(())
     }
 
     /// Releases a reservation made on `day` and books what the call really
@@ -63,9 +92,16 @@ impl RunQueue {
         reserved: Spend,
         actual: Spend,
     ) -> Result<(), QueueError> {
-        let args = [reserved.tokens, actual.tokens, 0, 0];
-        let cost = [reserved.micro_usd, actual.micro_usd, 0, 0];
-        self.budget("settle", run, tenant, args, cost, Some(day)).await.map(|_| ())
+        let run = run.to_string();
+        let args = MeterArgs::Settle {
+            run: &run,
+            tenant,
+            day,
+            tokens: [reserved.tokens, actual.tokens],
+            cost: [reserved.micro_usd, actual.micro_usd],
+        };
+        let _: (u8, String, u64, u64) = self.run_script(&args).await?;
+        Ok(())
     }
 
     /// A tenant's budget on one UTC day: (used, reserved).
@@ -86,16 +122,18 @@ impl RunQueue {
         let at = |i: usize| v.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
         Ok((Spend { tokens: at(0), micro_usd: at(2) }, Spend { tokens: at(1), micro_usd: at(3) }))
     }
+}
 
-    async fn budget(
-        &self,
-        op: &str,
-        run: RunId,
-        tenant: &str,
-        tokens: [u64; 4],
-        cost: [u64; 4],
-        day: Option<u64>,
-    ) -> Result<(u8, String, u64), QueueError> {
-        self.run_script(&BudgetArgs { op, run: &run.to_string(), tenant, tokens, cost, day }).await
-    }
+/// The rates as the script takes them; GCRA's emission interval is a
+/// minute over the rate.
+fn rate_args(rates: &[Rate]) -> Vec<RateArg<'_>> {
+    rates
+        .iter()
+        .map(|r| RateArg {
+            name: &r.name,
+            interval_ms: 60_000.0 / r.per_minute.max(1) as f64,
+            burst: r.per_minute,
+            cells: r.cells,
+        })
+        .collect()
 }

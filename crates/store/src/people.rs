@@ -86,11 +86,10 @@ impl IdentityStore {
         event: &AuditEvent,
         change: impl FnOnce(&mut redis::Pipeline, String) -> &mut redis::Pipeline,
     ) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let mut pipe = self.audited(event).await?;
-        change(&mut pipe, self.keys.records(Records::Tenants)).ignore();
-        let () = pipe.incr(self.keys.tenancy_version(), 1).ignore().query_async(&mut conn).await?;
-        Ok(())
+        let mut changes = redis::pipe();
+        change(&mut changes, self.keys.records(Records::Tenants));
+        changes.incr(self.keys.tenancy_version(), 1);
+        self.commit(event, changes).await
     }
 
     pub async fn person(&self, id: &str) -> Result<Option<Person>, QueueError> {
@@ -142,17 +141,13 @@ impl IdentityStore {
     /// An administrator vouches for a person who has not signed in yet.
     /// Someone seen through the identity provider keeps that record.
     pub async fn declare_person(&self, person: &Person, email: &str, event: &AuditEvent) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let () = self
-            .audited(event)
-            .await?
-            .hset(self.keys.records(Records::People), &person.id, to_json("person", person)?)
-            .ignore()
-            .hset_nx(self.keys.records(Records::PeopleByEmail), email.to_lowercase(), &person.id)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        let mut changes = redis::pipe();
+        changes.hset(self.keys.records(Records::People), &person.id, to_json("person", person)?).hset_nx(
+            self.keys.records(Records::PeopleByEmail),
+            email.to_lowercase(),
+            &person.id,
+        );
+        self.commit(event, changes).await
     }
 
     /// The status recorded under any of `keys`, merged: deactivated if any
@@ -213,13 +208,11 @@ impl IdentityStore {
 
     /// Writes `status` under each of `keys`, with one audit event.
     pub async fn set_users(&self, keys: &[String], status: &UserStatus, event: &AuditEvent) -> Result<(), QueueError> {
-        let mut pipe = self.audited(event).await?;
         let json = to_json("user status", status)?;
+        let mut changes = redis::pipe();
         for key in keys {
-            pipe.hset(self.keys.records(Records::Users), key, &json).ignore();
+            changes.hset(self.keys.records(Records::Users), key, &json);
         }
-        let mut conn = self.conn.clone();
-        let () = pipe.query_async(&mut conn).await?;
-        Ok(())
+        self.commit(event, changes).await
     }
 }

@@ -16,8 +16,8 @@ pub(crate) struct Scripts {
     reap: Script,
     cancel: Script,
     limits: Script,
-    gcra: Script,
-    budget: Script,
+    meter: Script,
+    change: Script,
     list: Script,
     approve: Script,
     idem: Script,
@@ -37,8 +37,8 @@ impl Scripts {
             reap: with_lib(include_str!("lua/reap.lua")),
             cancel: with_lib(include_str!("lua/cancel.lua")),
             limits: with_lib(include_str!("lua/limits.lua")),
-            gcra: with_lib(include_str!("lua/gcra.lua")),
-            budget: with_lib(include_str!("lua/budget.lua")),
+            meter: with_lib(include_str!("lua/meter.lua")),
+            change: with_lib(include_str!("lua/change.lua")),
             list: with_lib(include_str!("lua/list.lua")),
             approve: with_lib(include_str!("lua/approve.lua")),
             idem: with_lib(include_str!("lua/idem.lua")),
@@ -339,50 +339,122 @@ impl ScriptArgs for LimitsArgs<'_> {
     }
 }
 
-/// `gcra.lua`: take `cost` (negative: give back) from the shared rate `name`.
-pub(crate) struct GcraArgs<'a> {
+/// One shared rate as `meter.lua` takes it: its name, its emission
+/// interval (ms, may be fractional), its burst, and the cells a call takes
+/// (or gives back).
+pub(crate) struct RateArg<'a> {
     pub name: &'a str,
     pub interval_ms: f64,
     pub burst: u64,
-    pub cost: i64,
+    pub cells: u64,
 }
 
-impl ScriptArgs for GcraArgs<'_> {
-    fn script(scripts: &Scripts) -> &Script {
-        &scripts.gcra
-    }
-
-    fn push(&self, inv: &mut ScriptInvocation<'_>) {
-        inv.arg(self.name).arg(self.interval_ms).arg(self.burst).arg(self.cost);
-    }
-}
-
-/// `budget.lua`: reserve a call's worst case, or settle a reservation made
-/// on `day` with what the call used.
-pub(crate) struct BudgetArgs<'a> {
-    /// `reserve` or `settle`.
-    pub op: &'a str,
+/// A budget reservation as `meter.lua`'s `admit` takes it.
+pub(crate) struct ReserveArg<'a> {
     pub run: &'a str,
     pub tenant: &'a str,
-    /// Tokens: amount, actual, run limit, tenant limit.
-    pub tokens: [u64; 4],
+    /// Tokens: amount, run limit, tenant limit (0: none).
+    pub tokens: [u64; 3],
     /// Micro-dollars, in the same order.
-    pub cost: [u64; 4],
-    /// The UTC day of the reservation (settle only).
-    pub day: Option<u64>,
+    pub cost: [u64; 3],
 }
 
-impl ScriptArgs for BudgetArgs<'_> {
+/// `meter.lua`: rate limits and budgets.
+pub(crate) enum MeterArgs<'a> {
+    /// Take every rate's cells and reserve the budget, or nothing.
+    Admit { rates: &'a [RateArg<'a>], reserve: Option<ReserveArg<'a>> },
+    /// Give back cells taken and not used.
+    Refund { rates: &'a [RateArg<'a>] },
+    /// Release a reservation made on `day`, booking what was used.
+    Settle { run: &'a str, tenant: &'a str, day: u64, tokens: [u64; 2], cost: [u64; 2] },
+}
+
+impl ScriptArgs for MeterArgs<'_> {
     fn script(scripts: &Scripts) -> &Script {
-        &scripts.budget
+        &scripts.meter
     }
 
     fn push(&self, inv: &mut ScriptInvocation<'_>) {
-        inv.arg(self.op).arg(self.run).arg(self.tenant);
-        for n in self.tokens.iter().chain(&self.cost) {
-            inv.arg(*n);
+        let push_rates = |inv: &mut ScriptInvocation<'_>, rates: &[RateArg<'_>]| {
+            inv.arg(rates.len());
+            for rate in rates {
+                inv.arg(rate.name).arg(rate.interval_ms).arg(rate.burst).arg(rate.cells);
+            }
+        };
+        match self {
+            MeterArgs::Admit { rates, reserve } => {
+                inv.arg("admit");
+                push_rates(inv, rates);
+                match reserve {
+                    Some(r) => {
+                        inv.arg(r.run).arg(r.tenant);
+                        for n in r.tokens.iter().chain(&r.cost) {
+                            inv.arg(*n);
+                        }
+                    }
+                    None => {
+                        inv.arg("").arg("");
+                    }
+                }
+            }
+            MeterArgs::Refund { rates } => {
+                inv.arg("refund");
+                push_rates(inv, rates);
+            }
+            MeterArgs::Settle { run, tenant, day, tokens, cost } => {
+                inv.arg("settle").arg(*run).arg(*tenant).arg(*day);
+                inv.arg(tokens[0]).arg(tokens[1]).arg(cost[0]).arg(cost[1]);
+            }
         }
-        inv.arg(self.day.map(|d| d.to_string()).unwrap_or_default());
+    }
+}
+
+/// `change.lua`: an audited change to identity or admin records: its
+/// event (sealed, or for the index only without a `mac`), a condition and
+/// the writes, each command as its argument count and its arguments.
+pub(crate) struct ChangeArgs<'a> {
+    pub max_backlog_ms: u64,
+    pub keep: isize,
+    /// Empty: the event goes to the index only.
+    pub mac: &'a str,
+    pub json: &'a str,
+    /// A read that, answering non-zero, leaves everything unwritten.
+    pub unless: Option<&'a redis::Cmd>,
+    pub changes: &'a redis::Pipeline,
+}
+
+impl ScriptArgs for ChangeArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.change
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.max_backlog_ms).arg(self.keep).arg(self.mac).arg(self.json);
+        match self.unless {
+            Some(condition) => push_command(inv, condition),
+            None => {
+                inv.arg(0);
+            }
+        }
+        for change in self.changes.cmd_iter() {
+            push_command(inv, change);
+        }
+    }
+}
+
+/// One command as `change.lua` reads it: its argument count, then its
+/// name and arguments.
+fn push_command(inv: &mut ScriptInvocation<'_>, command: &redis::Cmd) {
+    let args: Vec<&[u8]> = command
+        .args_iter()
+        .filter_map(|arg| match arg {
+            redis::Arg::Simple(bytes) => Some(bytes),
+            _ => None,
+        })
+        .collect();
+    inv.arg(args.len());
+    for arg in args {
+        inv.arg(arg);
     }
 }
 
@@ -416,8 +488,8 @@ mod tests {
         ("reap", include_str!("lua/reap.lua")),
         ("cancel", include_str!("lua/cancel.lua")),
         ("limits", include_str!("lua/limits.lua")),
-        ("gcra", include_str!("lua/gcra.lua")),
-        ("budget", include_str!("lua/budget.lua")),
+        ("meter", include_str!("lua/meter.lua")),
+        ("change", include_str!("lua/change.lua")),
         ("list", include_str!("lua/list.lua")),
         ("approve", include_str!("lua/approve.lua")),
         ("idem", include_str!("lua/idem.lua")),

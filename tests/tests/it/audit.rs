@@ -149,36 +149,59 @@ async fn actions_through_the_api_land_in_a_trail_that_verifies_without_secrets()
     }
 }
 
-/// Identity changes still write their event to the bucket before they
-/// take effect; runs wait in Redis's pending log (`audit_pending.rs`).
+/// Identity changes, like runs, write their sealed event to Redis's
+/// pending log in the script that makes them: an object-store outage does
+/// not stop them until the oldest unshipped event is older than the ship
+/// delay; then they are refused, nothing half-done, and once the store is
+/// back every accepted event reaches the trail.
 #[tokio::test]
-async fn without_the_object_store_identity_changes_are_refused_and_nothing_accepted_is_lost() {
+async fn without_the_object_store_identity_changes_wait_in_the_pending_log_until_the_ship_delay() {
     let vars = tests::services::endpoint_vars();
     let s3 = vars.iter().find(|(k, _)| k == "PADDOCK_S3__ENDPOINT").map(|(_, v)| v.clone()).unwrap();
     let outage = Outage::proxy(s3.trim_start_matches("http://")).await;
-    let app = spawn_app(&[("PADDOCK_S3__ENDPOINT", outage.url.as_str())]).await;
+    let app =
+        spawn_app(&[("PADDOCK_S3__ENDPOINT", outage.url.as_str()), ("PADDOCK_AUDIT__MAX_SHIP_DELAY_SECONDS", "2")])
+            .await;
     let repo = app.repo(&[("README.md", b"# x\n")]);
     let accepted = app.create_run(&repo, "Before the outage").await;
-
     app.declare_person("o@example.com").await;
+    app.shipped().await;
+
     outage.down().await;
-    let create = || {
+    let create = |name: &str| {
         app.client
             .post(app.url("/v1/service-accounts"))
             .bearer_auth(&app.token)
-            .json(&json!({"name": "during-outage", "owner": "o@example.com"}))
+            .json(&json!({"name": name, "owner": "o@example.com"}))
     };
-    let response = create().send().await.unwrap();
-    assert_eq!(response.status().as_u16(), 503, "an identity change went through without its audit event");
+    assert_eq!(
+        create("during-outage").send().await.unwrap().status().as_u16(),
+        201,
+        "the bucket is on no change's path"
+    );
+    let pending = app.queue.pending_audit(10).await.unwrap();
+    assert_eq!(pending.entries.len(), 1, "the change's event waits in the pending log");
+    let event = pending.entries[0].as_ref().unwrap();
+    assert!(event.json.contains("\"service_account.create\"") && event.json.contains("during-outage"), "{event:?}");
+    assert_eq!(event.mac.len(), 64, "sealed (HMAC-SHA256)");
+
+    // Past the ship delay, with nothing shipped, changes are refused.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let response = create("after-the-delay").send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 503, "an identity change went through past the ship delay");
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["type"], "https://paddock.dev/problems/audit-unavailable", "{problem}");
-    // What was accepted before is still there, and nothing refused was half-done.
+    assert!(problem["detail"].as_str().unwrap().contains("max_ship_delay_seconds"), "{problem}");
+    // What was accepted is still there, and nothing refused was half-done.
     assert_eq!(app.run(&accepted).await["state"], "queued");
     let accounts: Value = app.get("/v1/service-accounts").await.json().await.unwrap();
-    assert_eq!(accounts, json!([]));
+    let names: Vec<&str> = accounts.as_array().unwrap().iter().filter_map(|a| a["name"].as_str()).collect();
+    assert_eq!(names, ["during-outage"]);
 
     outage.up();
-    assert_eq!(create().send().await.unwrap().status().as_u16(), 201);
+    let trail = app.audit_trail_text().await;
+    assert!(trail.contains("during-outage"), "the change accepted during the outage never reached the trail");
+    assert_eq!(create("after-the-delay").send().await.unwrap().status().as_u16(), 201);
 }
 
 /// A worker's events go to the pending log in Redis; when it cannot take
@@ -428,6 +451,8 @@ async fn on_a_bucket_with_object_lock_every_audit_object_is_written_with_retenti
 
     let (status, accepted) = app.admin_call("PUT", "/v1/limits/tenants/locked", json!({"max_running": 3})).await;
     assert_eq!(status, 200, "{accepted}");
+    // The change's event reaches the bucket through the shipper.
+    app.shipped().await;
     let segments = app.store.list(&format!("{}/segments/", app.config.audit.prefix)).await.unwrap();
     assert!(!segments.is_empty());
     let year = common::audit::now_ms() + 399 * 24 * 60 * 60 * 1000;

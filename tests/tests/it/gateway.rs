@@ -502,6 +502,11 @@ async fn each_call_is_metered_priced_and_held_to_a_cost_budget() {
     assert_eq!(answered.status().as_u16(), 200);
     let request_id = answered.headers()["x-paddock-request-id"].to_str().unwrap().to_owned();
     assert!(request_id.starts_with("req_"), "{request_id}");
+    // The provider's part of the call's time, so a client can tell the
+    // gateway's own time from it.
+    let timing = answered.headers()["server-timing"].to_str().unwrap().to_owned();
+    let upstream_ms: f64 = timing.strip_prefix("upstream;dur=").and_then(|ms| ms.parse().ok()).expect(&timing);
+    assert!(upstream_ms > 0.0, "{timing}");
     answered.bytes().await.unwrap();
     wait_for_spend(&queue, gateway.run, store::Spend { tokens: 17, micro_usd: 80 }).await;
 
@@ -512,6 +517,7 @@ async fn each_call_is_metered_priced_and_held_to_a_cost_budget() {
     assert!(body["error"]["message"].as_str().unwrap().contains("run cost budget"), "{body}");
     assert_eq!(providers.received().len(), 1, "a call over the cost budget reached the provider");
 
+    gateway.settled().await;
     let calls = gateway.calls();
     assert_eq!(calls.len(), 2);
     let call = &calls[0];

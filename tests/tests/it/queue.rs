@@ -162,7 +162,9 @@ async fn a_budget_reservation_is_settled_on_the_day_it_was_made() {
     let (run, tenant) = (RunId::new(), "acme");
     let worst = Spend { tokens: 1000, micro_usd: 5000 };
     let limit = Spend { tokens: 1_000_000, micro_usd: 1_000_000 };
-    let today = q.reserve_budget(run, tenant, worst, limit, limit).await.unwrap().expect("the budget covers it");
+    let reservation = store::Reservation { run, tenant, amount: worst, run_limit: limit, tenant_limit: limit };
+    let admitted = q.admit(&[], Some(&reservation)).await.unwrap();
+    let store::Admission::Admitted { day: today } = admitted else { panic!("the budget covers it: {admitted:?}") };
     let now_day = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 86400;
     assert!(today.abs_diff(now_day) <= 1, "the day is a UTC day number: {today}");
     assert_eq!(q.tenant_day_spend(tenant, today).await.unwrap(), (Spend::default(), worst));
@@ -179,6 +181,51 @@ async fn a_budget_reservation_is_settled_on_the_day_it_was_made() {
     assert_eq!(q.tenant_day_spend(tenant, today).await.unwrap(), (used, Spend::default()));
     let (run_used, run_reserved) = q.run_spend(run).await.unwrap();
     assert_eq!((run_used.tokens, run_reserved), (600, Spend::default()));
+}
+
+/// A call is admitted by every shared rate and budget at once, or takes
+/// nothing from any: one refusing leaves the others' allowance whole.
+#[tokio::test]
+async fn a_call_refused_by_one_limit_takes_nothing_from_the_others() {
+    use store::{Admission, Rate, Reservation, Spend};
+    let q = queue().await;
+    let rate = |name: &str, per_minute: u64| Rate { name: name.to_owned(), per_minute, cells: 1 };
+    let (tenant, provider) = (rate("tenant:acme", 2), rate("provider:p", 1));
+    let both = [tenant.clone(), provider.clone()];
+    assert_eq!(q.admit(&both, None).await.unwrap(), Admission::Admitted { day: today() });
+    let Admission::RateLimited { index, wait } = q.admit(&both, None).await.unwrap() else {
+        panic!("the provider's one call a minute is taken")
+    };
+    assert_eq!(index, 1, "the provider's rate refused");
+    assert!(wait > std::time::Duration::from_secs(30) && wait <= std::time::Duration::from_secs(60), "{wait:?}");
+    // The refused call took none of the tenant's two: one is left.
+    assert_eq!(q.admit(std::slice::from_ref(&tenant), None).await.unwrap(), Admission::Admitted { day: today() });
+    assert!(matches!(
+        q.admit(std::slice::from_ref(&tenant), None).await.unwrap(),
+        Admission::RateLimited { index: 0, .. }
+    ));
+
+    // Over a budget: the rate's one cell is not taken either.
+    let (run, lonely) = (RunId::new(), rate("tenant:solo", 1));
+    let amount = Spend { tokens: 500, micro_usd: 0 };
+    let limit = Spend { tokens: 100, micro_usd: 0 };
+    let reservation = Reservation { run, tenant: "solo", amount, run_limit: limit, tenant_limit: Spend::default() };
+    let refused = q.admit(std::slice::from_ref(&lonely), Some(&reservation)).await.unwrap();
+    assert_eq!(refused, Admission::OverBudget("run".to_owned()));
+    assert_eq!(q.run_spend(run).await.unwrap(), (Spend::default(), Spend::default()), "nothing reserved");
+    assert_eq!(q.admit(std::slice::from_ref(&lonely), None).await.unwrap(), Admission::Admitted { day: today() });
+
+    // Given back, a token rate's cells can be taken again.
+    let tokens = Rate { name: "tokens:tenant:acme".to_owned(), per_minute: 1000, cells: 1000 };
+    assert!(matches!(q.admit(std::slice::from_ref(&tokens), None).await.unwrap(), Admission::Admitted { .. }));
+    assert!(matches!(q.admit(std::slice::from_ref(&tokens), None).await.unwrap(), Admission::RateLimited { .. }));
+    q.rate_refund(&[Rate { cells: 600, ..tokens.clone() }]).await.unwrap();
+    let some = Rate { cells: 500, ..tokens };
+    assert!(matches!(q.admit(std::slice::from_ref(&some), None).await.unwrap(), Admission::Admitted { .. }));
+}
+
+fn today() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 86400
 }
 
 /// A queue entry whose run is no longer queued (an index left behind) is

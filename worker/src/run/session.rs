@@ -252,6 +252,10 @@ async fn close_gateway(queue: &RunQueue, run: RunId, models: RunModels) -> (Vec<
     match models.serving {
         Serving::Local { gateway, server } => {
             drop(server);
+            // Calls are booked just after their answers go out.
+            if tokio::time::timeout(Duration::from_secs(10), gateway.settled()).await.is_err() {
+                tracing::warn!(run_id = %run, "model calls still being booked after 10 s; the record goes without them");
+            }
             (gateway.calls(), gateway.transcript())
         }
         Serving::Remote(relay) => {
