@@ -94,14 +94,19 @@ impl GatewayHub {
                 Err(_) => error(Wire::OpenAi, StatusCode::SERVICE_UNAVAILABLE, "unavailable", "redis is unreachable"),
             };
         }
-        let Some((wire, _)) = route(&req) else {
+        let Some((wire, suffix)) = route(&req) else {
             return error(Wire::OpenAi, StatusCode::NOT_FOUND, "not_found", "no such endpoint on the Paddock gateway");
         };
         let Some(token) = presented_token(&req).map(str::to_owned) else {
             return error(wire, StatusCode::UNAUTHORIZED, "invalid_api_key", "invalid or revoked run token");
         };
         let hash = token_hash(&token);
-        let grant = match self.queue.gateway_token(&hash).await {
+        // A call is counted in flight for the run's worker in the same
+        // round trip as its token is looked up.
+        let call = suffix.is_some();
+        let looked_up =
+            if call { self.queue.open_gateway_call(&hash).await } else { self.queue.gateway_token(&hash).await };
+        let grant = match looked_up {
             Ok(Some(grant)) => grant,
             Ok(None) => {
                 return error(wire, StatusCode::UNAUTHORIZED, "invalid_api_key", "invalid or revoked run token");
@@ -116,9 +121,13 @@ impl GatewayHub {
                 );
             }
         };
+        let run = grant.run;
         match self.gateway_for(grant, hash, &token).await {
-            Ok(gateway) => gateway.handle(req, true).await,
+            Ok(gateway) => gateway.handle(req, true, call).await,
             Err(message) => {
+                if call && let Err(error) = self.queue.gateway_call_dropped(run).await {
+                    tracing::warn!(run_id = %run, %error, "a refused call stays counted in flight until it expires");
+                }
                 tracing::warn!(%message, "refusing: the run's gateway cannot be set up");
                 error(wire, StatusCode::SERVICE_UNAVAILABLE, "gateway_unavailable", &message)
             }

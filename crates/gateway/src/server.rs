@@ -250,21 +250,36 @@ impl RunGateway {
     }
 
     /// Serves one request; every answer carries `x-paddock-request-id`.
-    pub(super) async fn handle(self: Arc<Self>, req: Request<Incoming>, authenticated: bool) -> Response<Body> {
+    /// `authenticated`: its token is known live (the standalone gateway's
+    /// hub looked it up); `in_flight`: the call is already counted for the
+    /// run's worker (by the hub, in the same round trip).
+    pub(super) async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        authenticated: bool,
+        in_flight: bool,
+    ) -> Response<Body> {
         let request_id = format!("req_{}", ulid::Ulid::new().to_string().to_lowercase());
         let span =
             tracing::info_span!("model_call", otel.name = "model call", run_id = %self.run, request_id = %request_id);
         if let Some(parent) = &self.trace_parent {
             platform::telemetry::follow(&span, parent);
         }
-        let mut response = tracing::Instrument::instrument(self.serve(req, &request_id, authenticated), span).await;
+        let served = self.serve(req, &request_id, authenticated, in_flight);
+        let mut response = tracing::Instrument::instrument(served, span).await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-paddock-request-id", value);
         }
         response
     }
 
-    async fn serve(self: Arc<Self>, req: Request<Incoming>, request_id: &str, authenticated: bool) -> Response<Body> {
+    async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        request_id: &str,
+        authenticated: bool,
+        in_flight: bool,
+    ) -> Response<Body> {
         let started = Instant::now();
         let Some((wire, suffix)) = route(&req) else {
             return error(Wire::OpenAi, StatusCode::NOT_FOUND, "not_found", "no such endpoint on the Paddock gateway");
@@ -278,7 +293,8 @@ impl RunGateway {
         let Some(suffix) = suffix else {
             return if live.await { self.models() } else { unauthorized(wire) };
         };
-        let counted = async { if self.publish { self.queue.gateway_call_started(self.run).await } else { Ok(()) } };
+        let counted =
+            async { if self.publish && !in_flight { self.queue.gateway_call_started(self.run).await } else { Ok(()) } };
         let (head, body) = req.into_parts();
         let (live, counted, body) = tokio::join!(live, counted, read_body(body));
         if let Err(e) = counted {
@@ -1043,7 +1059,7 @@ impl GatewayServer {
             let gateway = gateway.clone();
             let service = hyper::service::service_fn(move |req| {
                 let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(gateway.handle(req, false).await) }
+                async move { Ok::<_, Infallible>(gateway.handle(req, false, false).await) }
             });
             platform::listener::serve_http(stream, service)
         });

@@ -6,6 +6,7 @@ use std::time::Duration;
 use common::RunId;
 use redis::AsyncCommands;
 
+use super::scripts::GatewayCallArgs;
 use super::{QueueError, RunQueue, corrupt};
 
 /// What a run token opens: the run and its tenant.
@@ -39,6 +40,23 @@ impl RunQueue {
         let mut conn = self.conn.clone();
         let json: Option<String> = conn.get(self.keys.gateway_token(hash)).await?;
         json.map(|j| serde_json::from_str(&j).map_err(|e| corrupt("gateway grant", e))).transpose()
+    }
+
+    /// For a call to the standalone gateway, in one round trip: what the
+    /// live token `hash` grants, and the call counted in flight for the
+    /// run's worker, as [`Self::gateway_call_started`] counts it. `None`
+    /// (nothing counted) when the token is not live.
+    pub async fn open_gateway_call(&self, hash: &str) -> Result<Option<GatewayGrant>, QueueError> {
+        let json: Option<String> = self.run_script(&GatewayCallArgs { token_hash: hash }).await?;
+        json.map(|j| serde_json::from_str(&j).map_err(|e| corrupt("gateway grant", e))).transpose()
+    }
+
+    /// A call counted in flight that will not finish (refused before it
+    /// was served).
+    pub async fn gateway_call_dropped(&self, run: RunId) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.decr(self.keys.gateway_calls_open(run), 1).await?;
+        Ok(())
     }
 
     /// A standalone gateway hands each finished call of a run to the run's

@@ -18,6 +18,7 @@ pub(crate) struct Scripts {
     limits: Script,
     meter: Script,
     change: Script,
+    gwcall: Script,
     list: Script,
     approve: Script,
     idem: Script,
@@ -39,6 +40,7 @@ impl Scripts {
             limits: with_lib(include_str!("lua/limits.lua")),
             meter: with_lib(include_str!("lua/meter.lua")),
             change: with_lib(include_str!("lua/change.lua")),
+            gwcall: with_lib(include_str!("lua/gwcall.lua")),
             list: with_lib(include_str!("lua/list.lua")),
             approve: with_lib(include_str!("lua/approve.lua")),
             idem: with_lib(include_str!("lua/idem.lua")),
@@ -157,6 +159,22 @@ impl ScriptArgs for AuditArgs<'_> {
         for event in self.events {
             inv.arg(&event.mac).arg(&event.json);
         }
+    }
+}
+
+/// `gwcall.lua`: a standalone gateway's call, its token looked up and the
+/// call counted in flight at once.
+pub(crate) struct GatewayCallArgs<'a> {
+    pub token_hash: &'a str,
+}
+
+impl ScriptArgs for GatewayCallArgs<'_> {
+    fn script(scripts: &Scripts) -> &Script {
+        &scripts.gwcall
+    }
+
+    fn push(&self, inv: &mut ScriptInvocation<'_>) {
+        inv.arg(self.token_hash);
     }
 }
 
@@ -480,7 +498,7 @@ impl ScriptArgs for ListArgs<'_> {
 #[cfg(test)]
 mod tests {
     /// Each script's own body (without `lib.lua`), by name.
-    const BODIES: [(&str, &str); 14] = [
+    const BODIES: [(&str, &str); 15] = [
         ("enqueue", include_str!("lua/enqueue.lua")),
         ("claim", include_str!("lua/claim.lua")),
         ("heartbeat", include_str!("lua/heartbeat.lua")),
@@ -490,6 +508,7 @@ mod tests {
         ("limits", include_str!("lua/limits.lua")),
         ("meter", include_str!("lua/meter.lua")),
         ("change", include_str!("lua/change.lua")),
+        ("gwcall", include_str!("lua/gwcall.lua")),
         ("list", include_str!("lua/list.lua")),
         ("approve", include_str!("lua/approve.lua")),
         ("idem", include_str!("lua/idem.lua")),

@@ -455,3 +455,31 @@ async fn the_server_is_checked_at_start_and_a_user_without_info_still_starts() {
     acl(&["DELUSER", &user]).unwrap();
     assert!(checked.is_ok(), "{checked:?}");
 }
+
+/// The standalone gateway looks a call's token up and counts the call in
+/// flight for the run's worker in one round trip; an unknown token counts
+/// nothing, and a call refused after it was counted is taken down again.
+#[tokio::test]
+async fn a_standalone_gateway_call_is_looked_up_and_counted_in_one_round_trip() {
+    let q = queue().await;
+    let run = RunId::new();
+    let grant = store::GatewayGrant { run, tenant: "acme".to_owned(), trace_parent: None };
+    let open = {
+        let key = format!("{{{}}}:gwcalls:open:{run}", q.namespace());
+        move || {
+            let out = std::process::Command::new("redis-cli").args(["-p", "6390", "GET", &key]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        }
+    };
+    assert_eq!(q.open_gateway_call("no-such-token").await.unwrap(), None);
+    q.put_gateway_token("token-hash", &grant, std::time::Duration::from_secs(60)).await.unwrap();
+    assert_eq!(q.open_gateway_call("no-such-token").await.unwrap(), None);
+    assert_eq!(open(), "", "an unknown token counted a call");
+    assert_eq!(q.open_gateway_call("token-hash").await.unwrap(), Some(grant.clone()));
+    assert_eq!(q.open_gateway_call("token-hash").await.unwrap(), Some(grant));
+    assert_eq!(open(), "2");
+    q.gateway_call_dropped(run).await.unwrap();
+    q.gateway_call_finished(run, "{}").await.unwrap();
+    assert_eq!(open(), "0");
+    assert_eq!(q.take_gateway_calls(run, std::time::Duration::from_secs(5)).await.unwrap(), vec!["{}".to_owned()]);
+}
