@@ -95,8 +95,8 @@ pub async fn put_tenant_policy(
     validated(&body)?;
     let mut object = ObjectRef::new("policy", &tenant);
     object.tenant = Some(tenant.clone());
-    state.identity().append_audit(&caller.event("policy.set", object).change(None::<&()>, Some(&*body))).await?;
-    state.queue.set_policy(&tenant, None, &body).await?;
+    let event = caller.event("policy.set", object).change(None::<&()>, Some(&*body));
+    state.identity().set_policy(&tenant, None, &body, &event).await?;
     Ok(web::Json(PolicyEntry { tenant, repository: None, policy_override: body.into_inner(), applies: true }))
 }
 
@@ -130,8 +130,8 @@ pub async fn put_repo_policy(
     validated(&body)?;
     let mut object = ObjectRef::new("policy", format!("{tenant}/{repository}"));
     (object.tenant, object.repository) = (Some(tenant.clone()), Some(repository.to_string()));
-    state.identity().append_audit(&caller.event("policy.set", object).change(None::<&()>, Some(&*body))).await?;
-    state.queue.set_policy(&tenant, Some(&repository.to_string()), &body).await?;
+    let event = caller.event("policy.set", object).change(None::<&()>, Some(&*body));
+    state.identity().set_policy(&tenant, Some(&repository.to_string()), &body, &event).await?;
     let repository = Some(repository.to_string());
     Ok(web::Json(PolicyEntry { tenant, repository, policy_override: body.into_inner(), applies: true }))
 }

@@ -75,7 +75,16 @@ pub async fn create_run(
             }
             Err(refused) => return Err(refuse(caller.refused(), &state, &repository, owner.as_deref(), refused).await),
         };
-        let (requested_by, via) = requester(scoped, body.on_behalf_of.as_deref(), &owned, &state).await?;
+        // Whom the run is attributed to is checked against the tenant too:
+        // a refusal here is answered only from a fresh read as well.
+        let (requested_by, via) = match requester(scoped, body.on_behalf_of.as_deref(), &owned, &state).await {
+            Ok(found) => found,
+            Err(_) if !fresh => {
+                fresh = true;
+                continue;
+            }
+            Err(refused) => return Err(refused),
+        };
         let idempotency = idempotency(&req, scoped, &body, &state)?;
         let agent_profile = match &body.agent_profile {
             Some(name) => name.parse()?,
@@ -112,10 +121,10 @@ pub async fn create_run(
     Err(store::QueueError::TenancyChanged.into())
 }
 
-/// Records in the audit trail that `caller` was refused a run on
+/// Records in the audit log that `caller` was refused a run on
 /// `repository` of tenant `owner` (its tenant, the tenant it named or its
-/// scope), then
-/// answers with the refusal (or 503 when the trail cannot take it).
+/// scope), then answers with the refusal (or 503 when the event cannot be
+/// written: the pending log is past its ship delay or Redis is down).
 async fn refuse(
     caller: &Caller,
     state: &AppState,

@@ -4,7 +4,7 @@
 //! A run decided on the copy carries the copy's `tenancy:version` into the
 //! enqueue script, which writes nothing for it when tenants or policies
 //! changed since (any API process counts each change in that version, in
-//! the change's own transaction). The run is then decided again on a fresh
+//! the script that makes the change). The run is then decided again on a fresh
 //! read, and so is any refusal before it is answered: a stale copy can
 //! delay a run by one read, never decide one.
 
@@ -30,11 +30,10 @@ impl TenancyCache {
     /// Reads tenants and policies again and keeps what was read.
     pub async fn reload(&self, queue: &RunQueue) -> Result<Arc<TenancySnapshot>, QueueError> {
         let snapshot = Arc::new(queue.tenancy_snapshot().await?);
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        // Two reads racing: the newer version stays.
-        if held.as_ref().is_none_or(|h| h.version <= snapshot.version) {
-            *held = Some(snapshot.clone());
-        }
+        // The latest read stays, even at a lower version (Redis restored
+        // from a backup): an older copy left by two reads racing costs one
+        // more read when the enqueue script finds it stale.
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(snapshot.clone());
         Ok(snapshot)
     }
 }

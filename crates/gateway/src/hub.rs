@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use platform::outbound::{Outbound, OutboundError};
 
-use super::server::{Body, RunGateway, Wire, error, json_ok, presented_token, route};
+use super::server::{Body, CountedCall, RunGateway, Wire, error, json_ok, presented_token, route, unauthorized};
 use super::{Redactor, token_hash};
 use store::{GatewayGrant, RunQueue};
 
@@ -98,7 +98,7 @@ impl GatewayHub {
             return error(Wire::OpenAi, StatusCode::NOT_FOUND, "not_found", "no such endpoint on the Paddock gateway");
         };
         let Some(token) = presented_token(&req).map(str::to_owned) else {
-            return error(wire, StatusCode::UNAUTHORIZED, "invalid_api_key", "invalid or revoked run token");
+            return unauthorized(wire);
         };
         let hash = token_hash(&token);
         // A call is counted in flight for the run's worker in the same
@@ -108,9 +108,7 @@ impl GatewayHub {
             if call { self.queue.open_gateway_call(&hash).await } else { self.queue.gateway_token(&hash).await };
         let grant = match looked_up {
             Ok(Some(grant)) => grant,
-            Ok(None) => {
-                return error(wire, StatusCode::UNAUTHORIZED, "invalid_api_key", "invalid or revoked run token");
-            }
+            Ok(None) => return unauthorized(wire),
             Err(e) => {
                 tracing::warn!(error = %e, "token store unavailable; refusing");
                 return error(
@@ -121,13 +119,12 @@ impl GatewayHub {
                 );
             }
         };
-        let run = grant.run;
+        // Taken off the count again if the call ends unbooked, here or in
+        // the run's gateway.
+        let counted = call.then(|| CountedCall::new(self.queue.clone(), grant.run));
         match self.gateway_for(grant, hash, &token).await {
-            Ok(gateway) => gateway.handle(req, true, call).await,
+            Ok(gateway) => gateway.handle(req, true, counted).await,
             Err(message) => {
-                if call && let Err(error) = self.queue.gateway_call_dropped(run).await {
-                    tracing::warn!(run_id = %run, %error, "a refused call stays counted in flight until it expires");
-                }
                 tracing::warn!(%message, "refusing: the run's gateway cannot be set up");
                 error(wire, StatusCode::SERVICE_UNAVAILABLE, "gateway_unavailable", &message)
             }

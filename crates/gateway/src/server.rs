@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::redact::{Redactor, StreamRedactor};
 use super::token_hash;
-use store::{Admission, Rate, Reservation, RunQueue, Spend};
+use store::{Admission, QueueError, Rate, Reservation, RunQueue, Spend};
 
 pub(super) type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -167,13 +167,16 @@ impl RunGateway {
 
     /// Books a call after its answer has gone out: the caller does not
     /// wait for its usage to be read, its record and log line, its metrics
-    /// or its transcript write.
+    /// or its transcript write (a file write and up to 1 MiB parsed: on a
+    /// blocking thread, off the runtime's workers).
     fn finish_later(self: &Arc<Self>, booking: impl FnOnce(&RunGateway) + Send + 'static) {
         self.bookings.send_modify(|n| *n += 1);
         let pending = PendingBooking(self.clone());
         let book = move || booking(&pending.0);
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(async move { book() })),
+            Ok(runtime) => drop(runtime.spawn_blocking(book)),
+            // Only as a process ends, outside its runtime: booked here (what
+            // it would spawn, settling a budget, is then lost).
             Err(_) => book(),
         }
     }
@@ -244,20 +247,20 @@ impl RunGateway {
     }
 
     /// Whether the run's token is still live: Redis is the authority on
-    /// revocation and expiry (unreachable, it is not).
-    async fn token_live(&self) -> bool {
-        matches!(self.queue.gateway_token(&self.token_hash).await, Ok(Some(grant)) if grant.run == self.run)
+    /// revocation and expiry.
+    async fn token_live(&self) -> Result<bool, QueueError> {
+        Ok(matches!(self.queue.gateway_token(&self.token_hash).await?, Some(grant) if grant.run == self.run))
     }
 
     /// Serves one request; every answer carries `x-paddock-request-id`.
     /// `authenticated`: its token is known live (the standalone gateway's
-    /// hub looked it up); `in_flight`: the call is already counted for the
-    /// run's worker (by the hub, in the same round trip).
+    /// hub looked it up); `counted`: the hub counted the call in flight for
+    /// the run's worker in the same round trip.
     pub(super) async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         authenticated: bool,
-        in_flight: bool,
+        counted: Option<CountedCall>,
     ) -> Response<Body> {
         let request_id = format!("req_{}", ulid::Ulid::new().to_string().to_lowercase());
         let span =
@@ -265,7 +268,7 @@ impl RunGateway {
         if let Some(parent) = &self.trace_parent {
             platform::telemetry::follow(&span, parent);
         }
-        let served = self.serve(req, &request_id, authenticated, in_flight);
+        let served = self.serve(req, &request_id, authenticated, counted);
         let mut response = tracing::Instrument::instrument(served, span).await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-paddock-request-id", value);
@@ -278,7 +281,7 @@ impl RunGateway {
         req: Request<Incoming>,
         request_id: &str,
         authenticated: bool,
-        in_flight: bool,
+        counted: Option<CountedCall>,
     ) -> Response<Body> {
         let started = Instant::now();
         let Some((wire, suffix)) = route(&req) else {
@@ -289,23 +292,16 @@ impl RunGateway {
             return unauthorized(wire);
         }
         // Redis answers whether it is still live while the body arrives.
-        let live = async { authenticated || self.token_live().await };
+        let live = async { if authenticated { Ok(true) } else { self.token_live().await } };
         let Some(suffix) = suffix else {
-            return if live.await { self.models() } else { unauthorized(wire) };
+            return match live.await {
+                Ok(true) => self.models(),
+                Ok(false) => unauthorized(wire),
+                Err(e) => tokens_unavailable(wire, self.run, &e),
+            };
         };
-        let counted =
-            async { if self.publish && !in_flight { self.queue.gateway_call_started(self.run).await } else { Ok(()) } };
         let (head, body) = req.into_parts();
-        let (live, counted, body) = tokio::join!(live, counted, read_body(body));
-        if let Err(e) = counted {
-            tracing::warn!(run_id = %self.run, error = %e, "call bookkeeping unavailable; refusing");
-            return error(
-                wire,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "gateway_unavailable",
-                "the gateway cannot record calls",
-            );
-        }
+        let (live, body) = tokio::join!(live, read_body(body));
         let mut record = CallRecord {
             request_id: request_id.to_owned(),
             upstream_request_id: None,
@@ -327,17 +323,26 @@ impl RunGateway {
             redactions: BTreeMap::new(),
             dropped_betas: Vec::new(),
         };
-        let answer = match body {
-            _ if !live => {
+        let answer = match (live, body) {
+            (Err(e), _) => {
+                record.refusal = Some("run tokens cannot be checked".to_owned());
+                Err(tokens_unavailable(wire, self.run, &e))
+            }
+            (Ok(false), _) => {
                 record.refusal = Some("the run token is revoked or expired".to_owned());
                 Err(unauthorized(wire))
             }
-            Some(body) => self.clone().forward(&head, &body, wire, suffix, &mut record, started).await,
-            None => {
+            (Ok(true), Some(body)) => self.clone().forward(&head, &body, wire, suffix, &mut record, started).await,
+            (Ok(true), None) => {
                 record.refusal = Some("request body too large".to_owned());
                 Err(error(wire, StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body too large"))
             }
         };
+        // From here the call is booked: by its answer's stream as it ends,
+        // or just below.
+        if let Some(counted) = counted {
+            counted.booked();
+        }
         answer.unwrap_or_else(|response| {
             record.status = response.status().as_u16();
             record.latency_ms = started.elapsed().as_millis() as u64;
@@ -854,8 +859,43 @@ async fn read_body(body: Incoming) -> Option<Bytes> {
     Limited::new(body, MAX_REQUEST_BYTES).collect().await.ok().map(http_body_util::Collected::to_bytes)
 }
 
-fn unauthorized(wire: Wire) -> Response<Body> {
+pub(super) fn unauthorized(wire: Wire) -> Response<Body> {
     error(wire, StatusCode::UNAUTHORIZED, "invalid_api_key", "invalid or revoked run token")
+}
+
+/// Fails closed: when Redis cannot say whether a token is live, the call is
+/// refused.
+pub(super) fn tokens_unavailable(wire: Wire, run: RunId, e: &QueueError) -> Response<Body> {
+    tracing::warn!(run_id = %run, error = %e, "token store unavailable; refusing");
+    error(wire, StatusCode::SERVICE_UNAVAILABLE, "gateway_unavailable", "run tokens cannot be checked")
+}
+
+/// A call the standalone gateway's hub counted in flight for the run's
+/// worker: taken off the count if it ends unbooked (its client went away
+/// before an answer); a booked call's record takes it off instead.
+pub(super) struct CountedCall(Option<(RunQueue, RunId)>);
+
+impl CountedCall {
+    pub(super) fn new(queue: RunQueue, run: RunId) -> Self {
+        Self(Some((queue, run)))
+    }
+
+    fn booked(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CountedCall {
+    fn drop(&mut self) {
+        let Some((queue, run)) = self.0.take() else { return };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = queue.gateway_call_dropped(run).await {
+                    tracing::warn!(run_id = %run, %error, "an abandoned call stays counted in flight until it expires");
+                }
+            });
+        }
+    }
 }
 
 /// Counts a booking in flight until it is done (or its task is dropped).
@@ -891,13 +931,18 @@ impl Settlement {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let refund = self.worst.tokens.saturating_sub(actual.tokens);
-        let mut rates = if refund > 0 { std::mem::take(&mut self.token_rates) } else { Vec::new() };
+        // A rate took at most its burst of the worst case: what goes back
+        // is what it took less what the call used of that.
+        let mut rates: Vec<Rate> = std::mem::take(&mut self.token_rates)
+            .into_iter()
+            .map(|rate| {
+                let taken = self.worst.tokens.min(rate.per_minute);
+                Rate { cells: taken.saturating_sub(actual.tokens.min(rate.per_minute)), ..rate }
+            })
+            .collect();
+        rates.retain(|rate| rate.cells > 0);
         if self.budgeted.is_none() && rates.is_empty() {
             return;
-        }
-        for rate in &mut rates {
-            rate.cells = refund;
         }
         let (queue, run, tenant, worst, budgeted) =
             (self.queue.clone(), self.run, self.tenant.clone(), self.worst, self.budgeted);
@@ -1059,7 +1104,7 @@ impl GatewayServer {
             let gateway = gateway.clone();
             let service = hyper::service::service_fn(move |req| {
                 let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(gateway.handle(req, false, false).await) }
+                async move { Ok::<_, Infallible>(gateway.handle(req, false, None).await) }
             });
             platform::listener::serve_http(stream, service)
         });
@@ -1091,10 +1136,11 @@ fn count_call(record: &CallRecord) {
         let reason = match record.status {
             400 => "invalid_request",
             401 => "unauthenticated",
-            402 => "budget",
+
             403 => "not_allowed",
             404 => "not_found",
             413 => "too_large",
+            429 if record.refusal.as_deref().is_some_and(|r| r.contains("budget")) => "budget",
             429 => "rate_limited",
             502..=504 => "upstream_unavailable",
             _ => "other",

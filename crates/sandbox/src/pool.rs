@@ -108,15 +108,25 @@ impl WarmPool {
 
     /// [`Self::fill`], stopping between members once `stop` fires (a
     /// member half made is never left to the janitor).
+    /// Fills every shelf, each in turn: one whose image keeps failing does
+    /// not keep the others empty. The first failure is returned.
     async fn fill_unless(&self, stop: &CancellationToken) -> Result<(), SandboxError> {
+        let mut failed = None;
         for shelf in &self.inner.shelves {
             while shelf.lock().len() < shelf.size && !stop.is_cancelled() {
-                let member = self.make(&shelf.image).await?;
-                shelf.lock().push_back(member);
-                self.publish();
+                match self.make(&shelf.image).await {
+                    Ok(member) => {
+                        shelf.lock().push_back(member);
+                        self.publish();
+                    }
+                    Err(error) => {
+                        failed.get_or_insert(error);
+                        break;
+                    }
+                }
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     async fn make(&self, image: &str) -> Result<Sandbox, SandboxError> {

@@ -39,39 +39,33 @@ impl RunQueue {
     pub async fn gateway_token(&self, hash: &str) -> Result<Option<GatewayGrant>, QueueError> {
         let mut conn = self.conn.clone();
         let json: Option<String> = conn.get(self.keys.gateway_token(hash)).await?;
-        json.map(|j| serde_json::from_str(&j).map_err(|e| corrupt("gateway grant", e))).transpose()
+        json.as_deref().map(grant).transpose()
     }
 
     /// For a call to the standalone gateway, in one round trip: what the
     /// live token `hash` grants, and the call counted in flight for the
-    /// run's worker, as [`Self::gateway_call_started`] counts it. `None`
-    /// (nothing counted) when the token is not live.
+    /// run's worker until [`Self::gateway_call_finished`] or
+    /// [`Self::gateway_call_dropped`]. `None` (nothing counted) when the
+    /// token is not live.
     pub async fn open_gateway_call(&self, hash: &str) -> Result<Option<GatewayGrant>, QueueError> {
-        let json: Option<String> = self.run_script(&GatewayCallArgs { token_hash: hash }).await?;
-        json.map(|j| serde_json::from_str(&j).map_err(|e| corrupt("gateway grant", e))).transpose()
+        let json: Option<String> = self.run_script(&GatewayCallArgs::Open { token_hash: hash }).await?;
+        json.as_deref().map(grant).transpose()
     }
 
-    /// A call counted in flight that will not finish (refused before it
-    /// was served).
+    /// A counted call that ends without being booked (refused before it
+    /// was served, or its client went away).
     pub async fn gateway_call_dropped(&self, run: RunId) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = conn.decr(self.keys.gateway_calls_open(run), 1).await?;
+        let run = run.to_string();
+        let _: i64 = self.run_script(&GatewayCallArgs::Done { run: &run, call: None }).await?;
         Ok(())
     }
 
     /// A standalone gateway hands each finished call of a run to the run's
-    /// worker through this list; `open` counts calls still in flight.
-    pub async fn gateway_call_started(&self, run: RunId) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let key = self.keys.gateway_calls_open(run);
-        let _: () = redis::pipe().incr(&key, 1).expire(&key, 86400).query_async(&mut conn).await?;
-        Ok(())
-    }
-
+    /// worker through a list, and takes it off the count of calls in
+    /// flight (nothing once the run's end has taken its calls).
     pub async fn gateway_call_finished(&self, run: RunId, call: &str) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let (list, open) = (self.keys.gateway_calls(run), self.keys.gateway_calls_open(run));
-        let _: () = redis::pipe().rpush(&list, call).expire(&list, 86400).decr(&open, 1).query_async(&mut conn).await?;
+        let run = run.to_string();
+        let _: i64 = self.run_script(&GatewayCallArgs::Done { run: &run, call: Some(call) }).await?;
         Ok(())
     }
 
@@ -117,4 +111,8 @@ impl RunQueue {
         let _: i64 = conn.del(&[self.keys.gateway_token(hash), self.keys.run_gateway_token(run)]).await?;
         Ok(())
     }
+}
+
+fn grant(json: &str) -> Result<GatewayGrant, QueueError> {
+    serde_json::from_str(json).map_err(|e| corrupt("gateway grant", e))
 }

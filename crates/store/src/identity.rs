@@ -187,7 +187,7 @@ impl IdentityStore {
         self.commit(event, redis::pipe()).await
     }
 
-    /// Adds events already in the trail (a worker's) to the queryable index.
+    /// Adds events already in the trail (the retention sweeper's) to the queryable index.
     pub async fn index_audit(&self, events: &[AuditEvent]) -> Result<(), QueueError> {
         if events.is_empty() {
             return Ok(());

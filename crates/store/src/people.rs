@@ -68,7 +68,6 @@ impl IdentityStore {
     }
 
     /// Declares or replaces a tenant, with its audit event.
-    /// Declares or replaces a tenant, with its audit event.
     pub async fn put_tenant(&self, tenant: &Tenant, event: &AuditEvent) -> Result<(), QueueError> {
         let json = super::identity::to_json(Records::Tenants.what(), tenant)?;
         self.change_tenants(event, |pipe, key| pipe.hset(key, &tenant.name, json)).await
@@ -79,16 +78,18 @@ impl IdentityStore {
     }
 
     /// `change` to the tenants' hash, with its audit event, counted in
-    /// `tenancy:version` in the same transaction (API processes decide runs
+    /// `tenancy:version` in the same script (API processes decide runs
     /// on their copy of the tenants only while that version holds).
     async fn change_tenants(
         &self,
         event: &AuditEvent,
         change: impl FnOnce(&mut redis::Pipeline, String) -> &mut redis::Pipeline,
     ) -> Result<(), QueueError> {
+        // The version first: a write failing after it costs API processes
+        // one needless read, never a change their copies do not see.
         let mut changes = redis::pipe();
-        change(&mut changes, self.keys.records(Records::Tenants));
         changes.incr(self.keys.tenancy_version(), 1);
+        change(&mut changes, self.keys.records(Records::Tenants));
         self.commit(event, changes).await
     }
 

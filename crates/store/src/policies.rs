@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use common::audit::AuditEvent;
 use common::policy::{LlmPolicy, PolicyOverride, SandboxPolicy};
 use redis::AsyncCommands;
 
@@ -36,24 +37,6 @@ impl TenancySnapshot {
 }
 
 impl RunQueue {
-    /// Replaces the policy override of a tenant (`repo` empty) or of one
-    /// tenant's repository; an empty override removes it.
-    /// The change is counted in `tenancy:version`, in the same transaction.
-    pub async fn set_policy(&self, tenant: &str, repo: Option<&str>, over: &PolicyOverride) -> Result<(), QueueError> {
-        let field = policy_field(tenant, repo);
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if *over == PolicyOverride::default() {
-            pipe.hdel(self.keys.policy(), &field).ignore();
-        } else {
-            let json = serde_json::to_string(over).map_err(|e| corrupt(&field, e))?;
-            pipe.hset(self.keys.policy(), &field, json).ignore();
-        }
-        let () = pipe.incr(self.keys.tenancy_version(), 1).ignore().query_async(&mut conn).await?;
-        Ok(())
-    }
-
     /// Declared tenants and every sandbox policy override, read together
     /// with the `tenancy:version` they are at (one transaction): what an
     /// API process may keep and decide runs on, for as long as the enqueue
@@ -163,5 +146,31 @@ fn policy_field(tenant: &str, repo: Option<&str>) -> String {
     match repo {
         Some(repo) => format!("repo:{tenant}:{}", repo.to_ascii_lowercase()),
         None => format!("tenant:{tenant}"),
+    }
+}
+
+impl super::identity::IdentityStore {
+    /// Sets the sandbox policy override of a tenant, or with `repo` of one
+    /// of the tenant's repositories; an empty override removes it. Written
+    /// with its audit event by one script, and counted in
+    /// `tenancy:version` (first: a write failing after it costs API
+    /// processes one needless read, never a change their copies miss).
+    pub async fn set_policy(
+        &self,
+        tenant: &str,
+        repo: Option<&str>,
+        over: &PolicyOverride,
+        event: &AuditEvent,
+    ) -> Result<(), QueueError> {
+        let field = policy_field(tenant, repo);
+        let mut changes = redis::pipe();
+        changes.incr(self.keys.tenancy_version(), 1);
+        if *over == PolicyOverride::default() {
+            changes.hdel(self.keys.policy(), &field);
+        } else {
+            let json = serde_json::to_string(over).map_err(|e| corrupt(&field, e))?;
+            changes.hset(self.keys.policy(), &field, json);
+        }
+        self.commit(event, changes).await
     }
 }

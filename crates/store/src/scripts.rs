@@ -162,10 +162,18 @@ impl ScriptArgs for AuditArgs<'_> {
     }
 }
 
-/// `gwcall.lua`: a standalone gateway's call, its token looked up and the
-/// call counted in flight at once.
-pub(crate) struct GatewayCallArgs<'a> {
-    pub token_hash: &'a str,
+/// `gwcall.lua`: a standalone gateway's call counted in flight, from its
+/// token's lookup to its booking.
+pub(crate) enum GatewayCallArgs<'a> {
+    Open {
+        token_hash: &'a str,
+    },
+    /// `call`: the record to hand to the run's worker; `None` for a call
+    /// that ended unbooked.
+    Done {
+        run: &'a str,
+        call: Option<&'a str>,
+    },
 }
 
 impl ScriptArgs for GatewayCallArgs<'_> {
@@ -174,7 +182,11 @@ impl ScriptArgs for GatewayCallArgs<'_> {
     }
 
     fn push(&self, inv: &mut ScriptInvocation<'_>) {
-        inv.arg(self.token_hash);
+        match self {
+            GatewayCallArgs::Open { token_hash } => inv.arg("open").arg(*token_hash),
+            GatewayCallArgs::Done { run, call: Some(call) } => inv.arg("done").arg(*run).arg(*call),
+            GatewayCallArgs::Done { run, call: None } => inv.arg("done").arg(*run),
+        };
     }
 }
 

@@ -8,7 +8,11 @@
 -- event is older than max_backlog_ms. Without one, to the index only.
 -- A condition is a read (HEXISTS, EXISTS): when it answers non-zero,
 -- nothing is written. Writes are the commands below, on keys of this
--- namespace; anything else is an error before anything is written.
+-- namespace; anything else is an error before anything is written. A
+-- write that fails once the writes have begun (a key of another type)
+-- leaves the event and the writes before it: Redis does not undo a
+-- script's writes, so the event is written first, and a change never
+-- exists without it.
 -- Returns {'ok', 0}, {'unchanged', 0} or {'backlog', age_ms}.
 local WRITES = {HSET = true, HSETNX = true, HDEL = true, SET = true, DEL = true, INCRBY = true}
 local READS = {HEXISTS = true, EXISTS = true}
@@ -26,8 +30,12 @@ local function parse_one(at, allowed)
   if not allowed[name] then
     error('change: ' .. name .. ' is not allowed here')
   end
-  if string.sub(command[2] or '', 1, #p) ~= p then
-    error('change: ' .. name .. ' on a key outside the namespace')
+  -- DEL takes only keys; the others one key, first.
+  local last_key = name == 'DEL' and #command or 2
+  for i = 2, last_key do
+    if string.sub(command[i] or '', 1, #p) ~= p then
+      error('change: ' .. name .. ' on a key outside the namespace')
+    end
   end
   return command, at + 1 + argc
 end
