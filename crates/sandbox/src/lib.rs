@@ -157,18 +157,20 @@ impl Exec {
 /// sandbox user), then replace itself with the agent's command (`$1`),
 /// whose stdin is the report key (read first, when `$2` is 1) or nothing.
 /// One exec instead of an archive upload and an exec: each costs a
-/// container-runtime round (about 50 ms here). Exits 125 with a line
-/// saying so when the tree cannot be unpacked.
-const UNPACK_THEN_RUN: &str = r#"if [ "$2" = 1 ]; then IFS= read -r key || exit 125; fi
+/// container-runtime round (about 50 ms here). Exits [`UNPACK_FAILED`]
+/// with a line saying so when the tree cannot be unpacked.
+const UNPACK_THEN_RUN: &str = r#"if [ "$2" = 1 ]; then IFS= read -r key || exit 213; fi
 if ! tar -x -f - -C /workspace; then
   echo "paddock: the checkout could not be unpacked in the sandbox" >&2
-  exit 125
+  exit 213
 fi
 if [ "$2" = 1 ]; then exec bash -c "$1" bash <<< "$key"; fi
 exec bash -c "$1" bash < /dev/null"#;
 
-/// The exit code of [`UNPACK_THEN_RUN`] when the tree could not be unpacked.
-pub const UNPACK_FAILED: i64 = 125;
+/// The exit code of [`UNPACK_THEN_RUN`] when the tree could not be
+/// unpacked: one neither shells (126, 127, 128 + signal) nor container
+/// runtimes (125) use, so an agent's own failure is not taken for it.
+pub const UNPACK_FAILED: i64 = 213;
 
 /// Whether a checkout of `bytes` is unpacked by the agent's own exec
 /// ([`SandboxDriver::start_in_tree`]) rather than the archive API: what the

@@ -364,3 +364,28 @@ async fn the_record_of_a_run_redis_forgot_comes_from_its_summary() {
     assert_eq!(kept["sandbox"]["policy"], live["sandbox"]["policy"]);
     worker.shutdown().await;
 }
+
+/// A checkout the sandbox's own `tar` cannot unpack (here: small in bytes,
+/// but more files than the workspace's tmpfs has pages for) stops before
+/// the agent runs and is retried as an infrastructure failure, as a failed
+/// archive upload is, never recorded as the agent's own failure.
+#[tokio::test]
+async fn a_checkout_the_sandbox_cannot_unpack_is_retried_not_blamed_on_the_agent() {
+    let app = spawn_app(&[
+        ("PADDOCK_AGENTS__DEFAULT__COMMAND", "echo the agent ran"),
+        ("PADDOCK_SANDBOX__WORKSPACE_BYTES", "1048576"),
+        ("PADDOCK_API__MAX_ATTEMPTS", "2"),
+    ])
+    .await;
+    let names: Vec<String> = (0..400).map(|i| format!("f/{i:03}.txt")).collect();
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), b"x\n" as &[u8])).collect();
+    let repo = app.repo(&files);
+    let worker = app.spawn_worker().await;
+    let id = app.create_run(&repo, "too many files for the workspace").await;
+    let run = app.wait_for(&id, Duration::from_secs(120), |r| r["state"] == "failed").await;
+    assert_eq!(run["attempt"], 2, "not retried: {run:#}");
+    assert_eq!(run["stop_reason"]["kind"], "infrastructure_error", "{run:#}");
+    let message = run["stop_reason"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("unpacking the checkout in the sandbox"), "{run:#}");
+    worker.shutdown().await;
+}

@@ -95,7 +95,8 @@ impl Runtime {
         // A small checkout is unpacked by the same exec that then becomes
         // the agent, as it is packed: one container-runtime round, not two.
         let tree = sandbox::stream_tree(tree.to_path_buf(), uid, gid);
-        let mut exec = if sandbox::unpacks_in_exec(stage.tree_bytes, policy) {
+        let unpacks_in_exec = sandbox::unpacks_in_exec(stage.tree_bytes, policy);
+        let mut exec = if unpacks_in_exec {
             self.sandboxes.start_in_tree(sandbox, tree, &agent.command, env, input).await?
         } else {
             self.sandboxes.upload(sandbox, tree).await?;
@@ -117,6 +118,12 @@ impl Runtime {
             Ok(reason) => reason,
             Err(early) => return Ok(Finished { reason: early, log, diff: Vec::new(), files_changed: Vec::new() }),
         };
+        // The checkout never reached the workspace: the agent did not run,
+        // so this is retried as the archive upload's failure would be.
+        if unpacks_in_exec && reason == (StopReason::AgentFailed { exit_code: sandbox::UNPACK_FAILED }) {
+            let error = "the sandbox's tar stopped (a workspace too small for its files, or an image without tar)";
+            return Err(RunError::retry("unpacking the checkout in the sandbox", error));
+        }
         log.line(&format!("paddock: agent finished: {reason:?}"));
         self.flush_tail_end(run.id, &mut log).await;
         if let Some(path) = &agent.events_file {
