@@ -166,6 +166,14 @@ async fn sigterm_stops_claiming_and_lets_the_running_run_finish() {
     app.wait_for(&first, Duration::from_secs(60), |r| r["state"] == "running").await;
     let pid = worker.child.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    // Once the worker has taken the signal. (A run enqueued in the same
+    // instant can be claimed first: the signal and the queue's wake-up
+    // reach the worker's runtime together, in either order; seen in CI.)
+    tests::eventually(Duration::from_secs(10), "the worker took the signal", || {
+        let log = worker.log_text();
+        async move { if log.contains("shutting down: no new claims") { Ok(()) } else { Err("not yet") } }
+    })
+    .await;
     let second = app.create_run(&repo, "Nobody should claim me").await;
 
     let run = app.wait_until_finished(&first).await;
