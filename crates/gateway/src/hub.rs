@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use platform::outbound::{Outbound, OutboundError};
 
-use super::server::{Body, CountedCall, RunGateway, Wire, error, json_ok, presented_token, route, unauthorized};
+use super::server::{
+    Body, CountedCall, RunGateway, Wire, error, json_ok, presented_token, route, tokens_unavailable, unauthorized,
+};
 use super::{Redactor, token_hash};
 use store::{GatewayGrant, RunQueue};
 
@@ -109,15 +111,7 @@ impl GatewayHub {
         let grant = match looked_up {
             Ok(Some(grant)) => grant,
             Ok(None) => return unauthorized(wire),
-            Err(e) => {
-                tracing::warn!(error = %e, "token store unavailable; refusing");
-                return error(
-                    wire,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "gateway_unavailable",
-                    "run tokens cannot be checked",
-                );
-            }
+            Err(e) => return tokens_unavailable(wire, &e),
         };
         // Taken off the count again if the call ends unbooked, here or in
         // the run's gateway.

@@ -297,7 +297,7 @@ impl RunGateway {
             return match live.await {
                 Ok(true) => self.models(),
                 Ok(false) => unauthorized(wire),
-                Err(e) => tokens_unavailable(wire, self.run, &e),
+                Err(e) => tokens_unavailable(wire, &e),
             };
         };
         let (head, body) = req.into_parts();
@@ -326,7 +326,7 @@ impl RunGateway {
         let answer = match (live, body) {
             (Err(e), _) => {
                 record.refusal = Some("run tokens cannot be checked".to_owned());
-                Err(tokens_unavailable(wire, self.run, &e))
+                Err(tokens_unavailable(wire, &e))
             }
             (Ok(false), _) => {
                 record.refusal = Some("the run token is revoked or expired".to_owned());
@@ -864,9 +864,9 @@ pub(super) fn unauthorized(wire: Wire) -> Response<Body> {
 }
 
 /// Fails closed: when Redis cannot say whether a token is live, the call is
-/// refused.
-pub(super) fn tokens_unavailable(wire: Wire, run: RunId, e: &QueueError) -> Response<Body> {
-    tracing::warn!(run_id = %run, error = %e, "token store unavailable; refusing");
+/// refused (a run's gateway logs it in the call's span, which names the run).
+pub(super) fn tokens_unavailable(wire: Wire, e: &QueueError) -> Response<Body> {
+    tracing::warn!(error = %e, "token store unavailable; refusing");
     error(wire, StatusCode::SERVICE_UNAVAILABLE, "gateway_unavailable", "run tokens cannot be checked")
 }
 

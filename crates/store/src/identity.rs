@@ -17,9 +17,9 @@ use common::retention::LegalHold;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
-use super::keys::{Keys, Records};
+use super::keys::Records;
 use super::scripts::ChangeArgs;
-use super::{QueueError, RunQueue, conn::Conn, corrupt};
+use super::{QueueError, RunQueue, corrupt};
 use common::audit::EventSealer;
 use common::records::{ExportStatus, SweepReport};
 
@@ -103,9 +103,8 @@ pub const AUDIT_INDEX_KEEP: isize = 100_000;
 
 #[derive(Clone)]
 pub struct IdentityStore {
-    pub(crate) conn: Conn,
-    pub(crate) keys: Keys,
-    queue: RunQueue,
+    /// Its connection, keys and audit settings are the queue's.
+    pub(crate) queue: RunQueue,
     sealer: Option<std::sync::Arc<dyn EventSealer>>,
 }
 
@@ -114,7 +113,7 @@ impl RunQueue {
     /// index behind `GET /v1/audit/events` only, until a sealer is attached
     /// with [`IdentityStore::with_sealer`].
     pub fn identity(&self) -> IdentityStore {
-        IdentityStore { conn: self.conn.clone(), keys: self.keys.clone(), queue: self.clone(), sealer: None }
+        IdentityStore { queue: self.clone(), sealer: None }
     }
 }
 
@@ -193,8 +192,8 @@ impl IdentityStore {
             return Ok(());
         }
         let lines = events.iter().map(|e| to_json("audit event", e)).collect::<Result<Vec<_>, _>>()?;
-        let list = self.keys.audit_events();
-        let mut conn = self.conn.clone();
+        let list = self.queue.keys.audit_events();
+        let mut conn = self.queue.conn.clone();
         let () = redis::pipe()
             .atomic()
             .rpush(&list, lines)
@@ -208,8 +207,8 @@ impl IdentityStore {
 
     /// Events matching `filter`, oldest first, at most `limit`.
     pub async fn audit_events(&self, filter: &AuditFilter, limit: usize) -> Result<Vec<AuditEvent>, QueueError> {
-        let mut conn = self.conn.clone();
-        let all: Vec<String> = conn.lrange(self.keys.audit_events(), 0, -1).await?;
+        let mut conn = self.queue.conn.clone();
+        let all: Vec<String> = conn.lrange(self.queue.keys.audit_events(), 0, -1).await?;
         let mut out = Vec::new();
         for json in all {
             let event: AuditEvent = from_json("audit event", &json)?;
@@ -225,8 +224,8 @@ impl IdentityStore {
 
     /// Every record of one hash, decoded.
     pub(crate) async fn all<T: for<'de> Deserialize<'de>>(&self, records: Records) -> Result<Vec<T>, QueueError> {
-        let mut conn = self.conn.clone();
-        let all: BTreeMap<String, String> = conn.hgetall(self.keys.records(records)).await?;
+        let mut conn = self.queue.conn.clone();
+        let all: BTreeMap<String, String> = conn.hgetall(self.queue.keys.records(records)).await?;
         all.values().map(|json| from_json(records.what(), json)).collect()
     }
 
@@ -236,8 +235,8 @@ impl IdentityStore {
         records: Records,
         field: &str,
     ) -> Result<Option<T>, QueueError> {
-        let mut conn = self.conn.clone();
-        let json: Option<String> = conn.hget(self.keys.records(records), field).await?;
+        let mut conn = self.queue.conn.clone();
+        let json: Option<String> = conn.hget(self.queue.keys.records(records), field).await?;
         json.map(|j| from_json(records.what(), &j)).transpose()
     }
 
@@ -250,7 +249,7 @@ impl IdentityStore {
         event: &AuditEvent,
     ) -> Result<(), QueueError> {
         let mut changes = redis::pipe();
-        changes.hset(self.keys.records(records), field, to_json(records.what(), value)?);
+        changes.hset(self.queue.keys.records(records), field, to_json(records.what(), value)?);
         self.commit(event, changes).await
     }
 
@@ -268,7 +267,7 @@ impl IdentityStore {
 
     pub async fn remove_binding(&self, id: &str, event: &AuditEvent) -> Result<(), QueueError> {
         let mut changes = redis::pipe();
-        changes.hdel(self.keys.records(Records::Bindings), id);
+        changes.hdel(self.queue.keys.records(Records::Bindings), id);
         self.commit(event, changes).await
     }
 
@@ -288,7 +287,7 @@ impl IdentityStore {
     ) -> Result<bool, QueueError> {
         // One script, so the account and its audit event exist together,
         // and neither is written when the name is taken.
-        let accounts = self.keys.records(Records::ServiceAccounts);
+        let accounts = self.queue.keys.records(Records::ServiceAccounts);
         let mut taken = redis::cmd("HEXISTS");
         taken.arg(&accounts).arg(&account.name);
         let mut changes = redis::pipe();
@@ -300,15 +299,15 @@ impl IdentityStore {
     pub async fn add_token(&self, hash: &str, token: &TokenRecord, event: &AuditEvent) -> Result<(), QueueError> {
         let mut changes = redis::pipe();
         changes
-            .hset(self.keys.records(Records::Tokens), &token.id, to_json("token", token)?)
-            .set(self.keys.token_by_hash(hash), &token.id);
+            .hset(self.queue.keys.records(Records::Tokens), &token.id, to_json("token", token)?)
+            .set(self.queue.keys.token_by_hash(hash), &token.id);
         self.commit(event, changes).await
     }
 
     /// The token whose value hashes to `hash`, if it was ever issued.
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, QueueError> {
-        let mut conn = self.conn.clone();
-        let id: Option<String> = conn.get(self.keys.token_by_hash(hash)).await?;
+        let mut conn = self.queue.conn.clone();
+        let id: Option<String> = conn.get(self.queue.keys.token_by_hash(hash)).await?;
         match id {
             Some(id) => self.token(&id).await,
             None => Ok(None),
@@ -352,8 +351,8 @@ impl IdentityStore {
     }
 
     pub async fn save_export(&self, status: &ExportStatus) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let () = conn.hset(self.keys.records(Records::Exports), &status.id, to_json("export", status)?).await?;
+        let mut conn = self.queue.conn.clone();
+        let () = conn.hset(self.queue.keys.records(Records::Exports), &status.id, to_json("export", status)?).await?;
         Ok(())
     }
 
@@ -362,24 +361,24 @@ impl IdentityStore {
     }
 
     pub async fn record_sweep(&self, report: &SweepReport) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        let () = conn.set(self.keys.last_sweep(), to_json("sweep report", report)?).await?;
+        let mut conn = self.queue.conn.clone();
+        let () = conn.set(self.queue.keys.last_sweep(), to_json("sweep report", report)?).await?;
         Ok(())
     }
 
     pub async fn last_sweep(&self) -> Result<Option<SweepReport>, QueueError> {
-        let mut conn = self.conn.clone();
-        let json: Option<String> = conn.get(self.keys.last_sweep()).await?;
+        let mut conn = self.queue.conn.clone();
+        let json: Option<String> = conn.get(self.queue.keys.last_sweep()).await?;
         json.map(|j| from_json("sweep report", &j)).transpose()
     }
 
     /// Takes the fleet-wide lock `name` for `ttl` unless someone holds it.
     pub async fn try_lock(&self, name: &str, ttl: std::time::Duration) -> Result<bool, QueueError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.queue.conn.clone();
         let options = redis::SetOptions::default()
             .conditional_set(redis::ExistenceCheck::NX)
             .with_expiration(redis::SetExpiry::PX(ttl.as_millis().max(1) as u64));
-        let taken: Option<String> = conn.set_options(self.keys.lock(name), "1", options).await?;
+        let taken: Option<String> = conn.set_options(self.queue.keys.lock(name), "1", options).await?;
         Ok(taken.is_some())
     }
 
@@ -387,11 +386,11 @@ impl IdentityStore {
     /// the token proves it is still ours when it is released.
     pub async fn lock(&self, name: &str, ttl: std::time::Duration) -> Result<Option<String>, QueueError> {
         let token = ulid::Ulid::new().to_string();
-        let mut conn = self.conn.clone();
+        let mut conn = self.queue.conn.clone();
         let options = redis::SetOptions::default()
             .conditional_set(redis::ExistenceCheck::NX)
             .with_expiration(redis::SetExpiry::PX(ttl.as_millis().max(1) as u64));
-        let taken: Option<String> = conn.set_options(self.keys.lock(name), &token, options).await?;
+        let taken: Option<String> = conn.set_options(self.queue.keys.lock(name), &token, options).await?;
         Ok(taken.map(|_| token))
     }
 
@@ -403,8 +402,8 @@ impl IdentityStore {
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
             )
         });
-        let mut conn = self.conn.clone();
-        let _: i64 = RELEASE.key(self.keys.lock(name)).arg(token).invoke_async(&mut conn).await?;
+        let mut conn = self.queue.conn.clone();
+        let _: i64 = RELEASE.key(self.queue.keys.lock(name)).arg(token).invoke_async(&mut conn).await?;
         Ok(())
     }
 }

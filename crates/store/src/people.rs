@@ -88,8 +88,8 @@ impl IdentityStore {
         // The version first: a write failing after it costs API processes
         // one needless read, never a change their copies do not see.
         let mut changes = redis::pipe();
-        changes.incr(self.keys.tenancy_version(), 1);
-        change(&mut changes, self.keys.records(Records::Tenants));
+        changes.incr(self.queue.keys.tenancy_version(), 1);
+        change(&mut changes, self.queue.keys.records(Records::Tenants));
         self.commit(event, changes).await
     }
 
@@ -99,8 +99,9 @@ impl IdentityStore {
 
     /// The person a verified address belongs to.
     pub async fn person_by_email(&self, email: &str) -> Result<Option<Person>, QueueError> {
-        let mut conn = self.conn.clone();
-        let id: Option<String> = conn.hget(self.keys.records(Records::PeopleByEmail), email.to_lowercase()).await?;
+        let mut conn = self.queue.conn.clone();
+        let id: Option<String> =
+            conn.hget(self.queue.keys.records(Records::PeopleByEmail), email.to_lowercase()).await?;
         match id {
             Some(id) => self.person(&id).await,
             None => Ok(None),
@@ -130,11 +131,11 @@ impl IdentityStore {
         }
         person.last_seen_ms = Some(now_ms);
         let mut pipe = redis::pipe();
-        pipe.atomic().hset(self.keys.records(Records::People), &person.id, to_json("person", &person)?).ignore();
+        pipe.atomic().hset(self.queue.keys.records(Records::People), &person.id, to_json("person", &person)?).ignore();
         if let Some(email) = &person.email {
-            pipe.hset(self.keys.records(Records::PeopleByEmail), email.to_lowercase(), &person.id).ignore();
+            pipe.hset(self.queue.keys.records(Records::PeopleByEmail), email.to_lowercase(), &person.id).ignore();
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.queue.conn.clone();
         let () = pipe.query_async(&mut conn).await?;
         Ok(person)
     }
@@ -143,8 +144,8 @@ impl IdentityStore {
     /// Someone seen through the identity provider keeps that record.
     pub async fn declare_person(&self, person: &Person, email: &str, event: &AuditEvent) -> Result<(), QueueError> {
         let mut changes = redis::pipe();
-        changes.hset(self.keys.records(Records::People), &person.id, to_json("person", person)?).hset_nx(
-            self.keys.records(Records::PeopleByEmail),
+        changes.hset(self.queue.keys.records(Records::People), &person.id, to_json("person", person)?).hset_nx(
+            self.queue.keys.records(Records::PeopleByEmail),
             email.to_lowercase(),
             &person.id,
         );
@@ -157,9 +158,9 @@ impl IdentityStore {
         if keys.is_empty() {
             return Ok(UserStatus::default());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.queue.conn.clone();
         let found: Vec<Option<String>> =
-            redis::cmd("HMGET").arg(self.keys.records(Records::Users)).arg(keys).query_async(&mut conn).await?;
+            redis::cmd("HMGET").arg(self.queue.keys.records(Records::Users)).arg(keys).query_async(&mut conn).await?;
         let mut merged = UserStatus::default();
         for json in found.into_iter().flatten() {
             let status: UserStatus = from_json("user status", &json)?;
@@ -212,7 +213,7 @@ impl IdentityStore {
         let json = to_json("user status", status)?;
         let mut changes = redis::pipe();
         for key in keys {
-            changes.hset(self.keys.records(Records::Users), key, &json);
+            changes.hset(self.queue.keys.records(Records::Users), key, &json);
         }
         self.commit(event, changes).await
     }

@@ -164,12 +164,12 @@ impl super::identity::IdentityStore {
     ) -> Result<(), QueueError> {
         let field = policy_field(tenant, repo);
         let mut changes = redis::pipe();
-        changes.incr(self.keys.tenancy_version(), 1);
+        changes.incr(self.queue.keys.tenancy_version(), 1);
         if *over == PolicyOverride::default() {
-            changes.hdel(self.keys.policy(), &field);
+            changes.hdel(self.queue.keys.policy(), &field);
         } else {
             let json = serde_json::to_string(over).map_err(|e| corrupt(&field, e))?;
-            changes.hset(self.keys.policy(), &field, json);
+            changes.hset(self.queue.keys.policy(), &field, json);
         }
         self.commit(event, changes).await
     }
