@@ -254,10 +254,14 @@ pub enum PromptContent {
 pub struct ProviderConfig {
     pub kind: ProviderKind,
     /// e.g. `https://api.openai.com/v1`, `https://api.anthropic.com/v1` or
-    /// `https://us-east5-aiplatform.googleapis.com`.
+    /// `https://us-east5-aiplatform.googleapis.com`. Bedrock: optional, a
+    /// VPC endpoint such as
+    /// `https://vpce-0abc-xyz.bedrock-runtime.us-east-1.vpce.amazonaws.com`
+    /// (default `https://bedrock-runtime.<region>.amazonaws.com`).
+    #[serde(default)]
     pub base_url: String,
     /// The provider's key (not used by `vertex`, which signs in with
-    /// `credentials_file`).
+    /// `credentials_file`, nor by `bedrock`, which signs with `aws`).
     #[serde(serialize_with = "serialize_secret", default = "no_secret")]
     pub api_key: SecretString,
     /// Models this provider may be asked for.
@@ -265,15 +269,17 @@ pub struct ProviderConfig {
     /// Azure OpenAI: the `api-version` query parameter.
     #[serde(default)]
     pub api_version: Option<String>,
-    /// Model name → the provider's name for it: an Azure deployment, or a
-    /// Vertex model version such as `claude-sonnet-4@20250514` (default:
-    /// the same name).
+    /// Model name → the provider's name for it: an Azure deployment, a
+    /// Vertex model version such as `claude-sonnet-4@20250514`, or a
+    /// Bedrock model id or inference profile such as
+    /// `us.anthropic.claude-sonnet-4-20250514-v1:0` (default: the same name).
     #[serde(default)]
     pub deployments: BTreeMap<String, String>,
     /// Price per model, for cost metadata and cost budgets.
     #[serde(default)]
     pub prices: BTreeMap<String, ModelPrice>,
-    /// Vertex AI: the Google Cloud project and region.
+    /// Vertex AI: the Google Cloud project and region (Bedrock: the AWS
+    /// region).
     #[serde(default)]
     pub project: Option<String>,
     #[serde(default)]
@@ -297,6 +303,36 @@ pub struct ProviderConfig {
     /// document and file sources); off by default: send content inline.
     #[serde(default)]
     pub remote_urls: bool,
+    /// Bedrock: where the gateway's AWS credentials come from.
+    #[serde(default)]
+    pub aws: AwsCredentialsConfig,
+}
+
+/// The AWS credentials a `bedrock` provider signs with. Without keys here,
+/// the standard chain: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
+/// `AWS_SESSION_TOKEN`, then web identity (`role_arn` and
+/// `web_identity_token_file`, or `AWS_ROLE_ARN` and
+/// `AWS_WEB_IDENTITY_TOKEN_FILE`: EKS IRSA), then the container endpoint
+/// (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` or `_FULL_URI`: ECS, EKS Pod
+/// Identity), then the instance role (IMDSv2).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsCredentialsConfig {
+    /// Long-lived keys: a last resort where no role can be had; when set
+    /// they are used and the chain is not asked.
+    pub access_key_id: Option<String>,
+    #[serde(serialize_with = "serialize_optional_secret")]
+    pub secret_access_key: Option<SecretString>,
+    /// Web identity: the role to assume and the file holding the OIDC
+    /// token (re-read at each sign-in; Kubernetes rotates it).
+    pub role_arn: Option<String>,
+    pub web_identity_token_file: Option<PathBuf>,
+    /// STS endpoint for web identity (default `AWS_ENDPOINT_URL_STS`, else
+    /// `https://sts.<region>.amazonaws.com`).
+    pub sts_endpoint: Option<String>,
+    /// Instance metadata endpoint (default
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else `http://169.254.169.254`).
+    pub imds_endpoint: Option<String>,
 }
 
 /// The GitHub App Paddock acts as. Without `app_id`, runs clone anonymously
@@ -736,6 +772,10 @@ pub enum ProviderKind {
     /// and `:streamGenerateContent` under `base_url` (for example
     /// `https://generativelanguage.googleapis.com/v1beta`), `x-goog-api-key`.
     Gemini,
+    /// AWS Bedrock: Anthropic Messages on `InvokeModel` /
+    /// `InvokeModelWithResponseStream`, Chat Completions on `Converse` /
+    /// `ConverseStream`, requests signed with SigV4.
+    Bedrock,
 }
 
 impl Default for GatewayConfig {
@@ -1310,8 +1350,38 @@ impl ProviderConfig {
     /// `name` is the provider's key in `gateway.providers`.
     fn validate(&self, name: &str) -> Result<(), ConfigError> {
         let vertex = self.kind == ProviderKind::Vertex;
-        if !vertex && self.api_key.expose_secret().is_empty() {
+        let bedrock = self.kind == ProviderKind::Bedrock;
+        if !vertex && !bedrock && self.api_key.expose_secret().is_empty() {
             return invalid("gateway.providers", format!("`{name}` needs an api_key"));
+        }
+        if !bedrock && self.base_url.is_empty() {
+            return invalid("gateway.providers", format!("`{name}` needs a base_url"));
+        }
+        if bedrock {
+            if self.region.as_deref().is_none_or(str::is_empty) {
+                return invalid("gateway.providers", format!("`{name}` (bedrock) needs a region, e.g. us-east-1"));
+            }
+            let aws = &self.aws;
+            if aws.access_key_id.is_some() != aws.secret_access_key.is_some() {
+                return invalid(
+                    "gateway.providers",
+                    format!("`{name}`: aws.access_key_id and aws.secret_access_key must be set together"),
+                );
+            }
+            if aws.role_arn.is_some() != aws.web_identity_token_file.is_some() {
+                return invalid(
+                    "gateway.providers",
+                    format!("`{name}`: aws.role_arn and aws.web_identity_token_file must be set together"),
+                );
+            }
+            if !self.api_key.expose_secret().is_empty() {
+                return invalid(
+                    "gateway.providers",
+                    format!(
+                        "`{name}` (bedrock) signs with AWS credentials: set aws.access_key_id and aws.secret_access_key, or leave both for the instance or pod role, instead of api_key"
+                    ),
+                );
+            }
         }
         if vertex && (self.project.is_none() || self.region.is_none() || self.credentials_file.is_none()) {
             return invalid(

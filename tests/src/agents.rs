@@ -90,3 +90,20 @@ pub async fn agent_app(name: &str, providers: &EmulatedProviders, extra: &[(&str
     let repo = app.repo(&[("README.md", b"# Widgets\n")]);
     (app, repo)
 }
+
+/// Posts "Add a greeting file" for `agent` on `repo`, its body holding a
+/// canary of every redaction class, and waits (up to 400 s) for the run to
+/// end: the canaries, the run and its stored log.
+pub async fn run_with_canaries(app: &TestApp, repo: &str, agent: &str) -> (Vec<(&'static str, String)>, Value, String) {
+    let canaries = gateway::canaries();
+    let body: String = canaries.iter().map(|(_, c)| format!("context: {c}\n")).collect();
+    let request = json!({"repository": repo, "base_ref": "main", "agent_profile": agent,
+        "task": {"title": "Add a greeting file", "body": body}});
+    let response = app.post_run(&request).await;
+    assert_eq!(response.status().as_u16(), 202);
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let ended = |r: &Value| r["state"] != "queued" && r["state"] != "running";
+    let run = app.wait_for(&id, std::time::Duration::from_secs(400), ended).await;
+    let logs = app.logs_of(&run).await;
+    (canaries, run, logs)
+}

@@ -2,7 +2,12 @@
 //! Anthropic-compatible server with the real paths, auth headers, error
 //! shapes and SSE streams, recording every request body they receive; and
 //! Claude on Vertex AI behind a Google OAuth token endpoint that accepts
-//! only service-account assertions signed with a registered key.
+//! only service-account assertions signed with a registered key; and the
+//! AWS Bedrock runtime with STS and instance metadata ([`bedrock`]).
+
+mod bedrock;
+
+pub use bedrock::{EmulatedImds, REGION as BEDROCK_REGION};
 
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +33,7 @@ struct State {
     plan: Arc<Mutex<Vec<Step>>>,
     /// Requests refused for a wrong key.
     refused: Arc<std::sync::atomic::AtomicUsize>,
+    aws: Arc<Mutex<bedrock::Aws>>,
 }
 
 /// The emulated Google identity side: service accounts (email → public key
@@ -51,6 +57,7 @@ pub struct EmulatedProviders {
     script: Arc<Mutex<Vec<String>>>,
     plan: Arc<Mutex<Vec<Step>>>,
     refused: Arc<std::sync::atomic::AtomicUsize>,
+    aws: Arc<Mutex<bedrock::Aws>>,
     /// `https://127.0.0.1:<port>`: the Vertex base URL and the token host.
     pub root_url: String,
     server: actix_web::dev::ServerHandle,
@@ -66,7 +73,9 @@ impl EmulatedProviders {
         let script = Arc::new(Mutex::new(Vec::new()));
         let plan = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let aws = Arc::new(Mutex::new(bedrock::Aws::default()));
         let state = web::Data::new(State {
+            aws: aws.clone(),
             plan: plan.clone(),
             refused: refused.clone(),
             key: key.clone(),
@@ -91,6 +100,8 @@ impl EmulatedProviders {
                     "/v1/projects/{project}/locations/{location}/publishers/anthropic/models/{call}",
                     web::post().to(vertex),
                 )
+                .route("/model/{model}/{operation}", web::post().to(bedrock::runtime))
+                .route("/sts", web::post().to(bedrock::sts))
         })
         .workers(1)
         .bind_rustls_0_23(("127.0.0.1", 0), crate::tls::server_config())
@@ -110,8 +121,57 @@ impl EmulatedProviders {
             script,
             plan,
             refused,
+            aws,
             server: handle,
         }
+    }
+
+    /// New long-lived AWS keys the emulated Bedrock accepts: (access key
+    /// id, secret access key).
+    pub fn bedrock_keys(&self) -> (String, String) {
+        self.aws.lock().unwrap().new_keys()
+    }
+
+    /// A web identity STS trusts for a new role: (role ARN, token file in
+    /// `dir`), as EKS projects a service account's token.
+    pub fn bedrock_web_identity(&self, dir: &std::path::Path) -> (String, std::path::PathBuf) {
+        let id = ulid::Ulid::new().to_string().to_lowercase();
+        let role = format!("arn:aws:iam::123456789012:role/paddock-gateway-{id}");
+        let token = format!("eyJhbGciOiJSUzI1NiJ9.{id}.sig");
+        self.aws.lock().unwrap().trust_identity(&token, &role);
+        let file = dir.join(format!("token-{id}"));
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        (role, file)
+    }
+
+    /// `https://127.0.0.1:<port>/sts`: the emulated STS endpoint.
+    pub fn sts_url(&self) -> String {
+        format!("{}/sts", self.root_url)
+    }
+
+    /// An instance metadata service handing out keys this Bedrock accepts.
+    pub async fn start_imds(&self) -> EmulatedImds {
+        EmulatedImds::start(self.aws.clone()).await
+    }
+
+    /// The next `requests` Bedrock calls get a ThrottlingException.
+    pub fn bedrock_throttle(&self, requests: usize) {
+        self.aws.lock().unwrap().throttle(requests);
+    }
+
+    /// Bedrock requests refused for their signature or credentials.
+    pub fn bedrock_refused(&self) -> usize {
+        self.aws.lock().unwrap().refused
+    }
+
+    /// Temporary keys issued by STS and the metadata service.
+    pub fn aws_keys_issued(&self) -> usize {
+        self.aws.lock().unwrap().issued
+    }
+
+    /// Every SigV4 `authorization` and `x-amz-security-token` presented.
+    pub fn aws_presented(&self) -> Vec<String> {
+        self.aws.lock().unwrap().presented.clone()
     }
 
     /// What the `gpt-scripted` model answers: turn `n` of a conversation

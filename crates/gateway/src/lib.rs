@@ -1,10 +1,13 @@
 //! The LLM gateway a sandbox calls models through. One listener per run on
 //! the run network's gateway address, authenticated by a per-run token
 //! (stored hashed in Redis, revoked when the run ends); it forwards OpenAI
-//! Chat Completions / Responses and Anthropic Messages to an allowed
-//! provider with the provider's key added here, redacts secrets from the
-//! request first, and streams the answer back as it arrives.
+//! Chat Completions / Responses, Anthropic Messages and the Gemini API to
+//! an allowed provider with the provider's credentials added here (keys,
+//! Vertex service-account tokens, Bedrock SigV4 signatures), redacts
+//! secrets from the request first, and streams the answer back as it
+//! arrives (Bedrock's binary event stream translated to the client's SSE).
 
+mod bedrock;
 mod hub;
 mod redact;
 mod request_policy;
@@ -33,6 +36,15 @@ pub async fn known_secrets(
     use secrecy::ExposeSecret;
     let gateway = &config.gateway;
     let mut known: Vec<String> = gateway.providers.values().map(|p| p.api_key.expose_secret().to_owned()).collect();
+    // Bedrock's keys in config; temporary keys from a role never leave
+    // the gateway's process.
+    known.extend(
+        gateway
+            .providers
+            .values()
+            .filter_map(|p| p.aws.secret_access_key.as_ref())
+            .map(|s| s.expose_secret().to_owned()),
+    );
     known.extend(gateway.redact.iter().map(|s| s.expose_secret().to_owned()));
     known.push(config.s3.secret_access_key.expose_secret().to_owned());
     known.extend(run_token.map(str::to_owned));

@@ -20,6 +20,7 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::bedrock::{self, Refusal, Translator};
 use super::redact::{Redactor, StreamRedactor};
 use super::token_hash;
 use store::{Admission, QueueError, Rate, Reservation, RunQueue, Spend};
@@ -404,12 +405,12 @@ impl RunGateway {
         // A call that gets no answer used nothing: dropping the settlement
         // on the way out books that.
         let sent = Instant::now();
-        let response = self.send(wire, &call, &redacted, headers, record).await?;
+        let (response, translator) = self.send(wire, &call, &redacted, headers, record).await?;
         let upstream = sent.elapsed();
         record.upstream_ms = upstream.as_millis() as u64;
         record.status = response.status().as_u16();
         record.latency_ms = started.elapsed().as_millis() as u64;
-        record.upstream_request_id = ["x-request-id", "request-id"]
+        record.upstream_request_id = ["x-request-id", "request-id", "x-amzn-requestid"]
             .iter()
             .find_map(|h| response.headers().get(*h).and_then(|v| v.to_str().ok()).map(str::to_owned));
         let entry = TranscriptEntry {
@@ -421,7 +422,7 @@ impl RunGateway {
             ..Default::default()
         };
         let booking = Booking { record: record.clone(), settlement, price, started, upstream };
-        Ok(self.clone().relay(response, entry, booking))
+        Ok(self.clone().relay(response, translator, entry, booking))
     }
 
     /// The provider this run may use that serves `model` on this wire, or
@@ -531,42 +532,59 @@ impl RunGateway {
         redacted: &str,
         headers: &hyper::HeaderMap,
         record: &mut CallRecord,
-    ) -> Result<reqwest::Response, Response<Body>> {
+    ) -> Result<(reqwest::Response, Option<Translator>), Response<Body>> {
         let (provider_name, provider) = (call.provider_name, call.provider);
         let failed = |record: &mut CallRecord, code: &str, message: String| {
             record.refusal = Some(message.clone());
             error(wire, StatusCode::BAD_GATEWAY, code, &message)
         };
-        let upstream = match self.upstream(provider, call.suffix, call.model, redacted, headers).await {
+        let (upstream, plan) = match self.upstream(wire, provider, call.suffix, call.model, redacted, headers).await {
             Ok(upstream) => upstream,
-            Err(message) => {
+            Err(Refusal::SignIn(message)) => {
                 tracing::warn!(run_id = %self.run, provider = %provider_name, %message, "provider sign-in failed");
                 return Err(failed(record, "upstream_auth_failed", message));
             }
+            Err(Refusal::Unmapped(message)) => {
+                record.refusal = Some(message.clone());
+                return Err(error(wire, StatusCode::BAD_REQUEST, "invalid_request_error", &message));
+            }
         };
-        upstream.send().await.map_err(|e| {
+        let response = upstream.send().await.map_err(|e| {
             // Names the host and, for a certificate this process does not
             // trust, says so: the handshake failed before the body left.
             let message = platform::outbound::describe(&e);
             tracing::warn!(run_id = %self.run, provider = %provider_name, %message, "provider unreachable");
             failed(record, "upstream_unreachable", message)
-        })
+        })?;
+        let translator = plan.and_then(|plan| plan.translator(wire, response.status().as_u16(), response.headers()));
+        Ok((response, translator))
     }
 
     /// The answer, errors included, goes back as the provider sent it,
     /// redacted and streamed as it arrives (SSE included); a copy goes to
     /// the transcript. The call is booked when the stream ends or the
     /// client goes away (the guard lives in the stream, dropped then).
-    fn relay(self: Arc<Self>, response: reqwest::Response, entry: TranscriptEntry, booking: Booking) -> Response<Body> {
+    /// A `translator` turns an answer in another dialect (Bedrock's) into
+    /// the client's first.
+    fn relay(
+        self: Arc<Self>,
+        response: reqwest::Response,
+        translator: Option<Translator>,
+        entry: TranscriptEntry,
+        booking: Booking,
+    ) -> Response<Body> {
         let mut builder = Response::builder().status(booking.record.status);
-        if let Some(content_type) = response.headers().get(CONTENT_TYPE) {
+        if let Some(translator) = &translator {
+            builder = builder.header(CONTENT_TYPE, translator.content_type());
+        } else if let Some(content_type) = response.headers().get(CONTENT_TYPE) {
             builder = builder.header(CONTENT_TYPE, content_type.clone());
         }
         // How long the provider took to its answer's head, so a client can
         // tell the gateway's own time from the provider's.
         let upstream_ms = booking.upstream.as_secs_f64() * 1000.0;
         builder = builder.header("server-timing", format!("upstream;dur={upstream_ms:.3}"));
-        let call = Arc::new(Mutex::new(InFlight { scrubber: StreamRedactor::new(self.redactor.clone()), entry }));
+        let scrubber = StreamRedactor::new(self.redactor.clone());
+        let call = Arc::new(Mutex::new(InFlight { scrubber, entry, translator }));
         let guard = CallGuard {
             gateway: self,
             call: call.clone(),
@@ -591,19 +609,21 @@ impl RunGateway {
 
     /// The provider's request: its URL, its credentials, and the body in
     /// its dialect.
+    /// Bedrock's also comes with the plan for translating its answer.
     async fn upstream(
         &self,
+        wire: Wire,
         provider: &ProviderConfig,
         suffix: &str,
         model: &str,
         body: &str,
         headers: &hyper::HeaderMap,
-    ) -> Result<reqwest::RequestBuilder, String> {
+    ) -> Result<(reqwest::RequestBuilder, Option<bedrock::Plan>), Refusal> {
         let header = |name: &str| headers.get(name).cloned();
         let base = provider.base_url.trim_end_matches('/');
         let post =
             |url: String, body: String| self.http.post(url).header("content-type", "application/json").body(body);
-        Ok(match provider.kind {
+        let request = match provider.kind {
             ProviderKind::Openai => {
                 post(format!("{base}/{suffix}"), body.to_owned()).bearer_auth(provider.api_key.expose_secret())
             }
@@ -621,8 +641,8 @@ impl RunGateway {
                 with_betas(u, provider, headers)
             }
             ProviderKind::Vertex => {
-                let (url, body) = super::vertex::request(provider, suffix, model, body)?;
-                let token = super::vertex::access_token(provider, &self.http).await?;
+                let (url, body) = super::vertex::request(provider, suffix, model, body).map_err(Refusal::Unmapped)?;
+                let token = super::vertex::access_token(provider, &self.http).await.map_err(Refusal::SignIn)?;
                 with_betas(post(url, body).bearer_auth(token), provider, headers)
             }
             ProviderKind::Gemini => {
@@ -631,7 +651,16 @@ impl RunGateway {
                 post(format!("{base}/models/{upstream_model}:{suffix}{stream}"), body.to_owned())
                     .header("x-goog-api-key", provider.api_key.expose_secret())
             }
-        })
+            ProviderKind::Bedrock => {
+                let asked = headers.get("anthropic-beta").and_then(|v| v.to_str().ok());
+                let (betas, _) = super::request_policy::betas(provider, asked);
+                let call = bedrock::Call::new(provider, wire, suffix, model, body, &betas)?;
+                let keys = bedrock::keys(provider, &self.http).await?;
+                let (request, plan) = call.signed(&self.http, provider, &keys)?;
+                return Ok((request, Some(plan)));
+            }
+        };
+        Ok((request, None))
     }
 
     fn budgets(&self) -> (Spend, Spend) {
@@ -732,21 +761,30 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct InFlight {
     scrubber: StreamRedactor,
     entry: TranscriptEntry,
+    /// Turns the provider's dialect into the client's, before redaction.
+    translator: Option<Translator>,
 }
 
 impl InFlight {
     /// Redacts a chunk of the answer, keeps a copy, and returns what may go
     /// to the caller now.
     fn absorb(&mut self, chunk: &[u8]) -> Bytes {
-        let out = self.scrubber.push(chunk);
+        let out = match &mut self.translator {
+            Some(translator) => self.scrubber.push(&translator.push(chunk)),
+            None => self.scrubber.push(chunk),
+        };
         self.keep(&out);
         out
     }
 
     fn flush(&mut self) -> Bytes {
-        let out = self.scrubber.finish();
+        let mut out = match self.translator.take() {
+            Some(mut translator) => self.scrubber.push(&translator.finish()).to_vec(),
+            None => Vec::new(),
+        };
+        out.extend_from_slice(&self.scrubber.finish());
         self.keep(&out);
-        out
+        Bytes::from(out)
     }
 
     fn keep(&mut self, bytes: &[u8]) {
@@ -822,8 +860,8 @@ fn provider_of<'c>(
     model: Option<&str>,
 ) -> Option<(&'c String, &'c ProviderConfig)> {
     let speaks = |kind: ProviderKind| match wire {
-        Wire::Anthropic => matches!(kind, ProviderKind::Anthropic | ProviderKind::Vertex),
-        Wire::OpenAi => matches!(kind, ProviderKind::Openai | ProviderKind::AzureOpenai),
+        Wire::Anthropic => matches!(kind, ProviderKind::Anthropic | ProviderKind::Vertex | ProviderKind::Bedrock),
+        Wire::OpenAi => matches!(kind, ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::Bedrock),
         Wire::Gemini => kind == ProviderKind::Gemini,
     };
     let model = model?;
@@ -988,7 +1026,7 @@ fn worst_case(json: &serde_json::Value, bytes: usize, price: Option<ModelPrice>)
 /// in `message_start` and, cumulatively, in `message_delta`), Gemini
 /// `usageMetadata` (output is candidates plus thoughts; cumulative in
 /// streams).
-fn usage(body: &[u8]) -> Option<(u64, u64)> {
+pub(crate) fn usage(body: &[u8]) -> Option<(u64, u64)> {
     let text = String::from_utf8_lossy(body);
     let documents: Vec<serde_json::Value> = if text.trim_start().starts_with('{') {
         serde_json::from_str(&text).ok().into_iter().collect()

@@ -254,6 +254,32 @@ mod tests {
                 r#"{"o": {"kind": "openai", "base_url": "https://x", "models": ["m"]}}"#,
                 "needs an api_key",
             ),
+            (
+                "PADDOCK_GATEWAY__PROVIDERS",
+                r#"{"o": {"kind": "openai", "api_key": "k", "models": ["m"]}}"#,
+                "`o` needs a base_url",
+            ),
+            ("PADDOCK_GATEWAY__PROVIDERS", r#"{"b": {"kind": "bedrock", "models": ["m"]}}"#, "needs a region"),
+            (
+                "PADDOCK_GATEWAY__PROVIDERS",
+                r#"{"b": {"kind": "bedrock", "region": "us-east-1", "models": ["m"], "aws": {"access_key_id": "AKIA"}}}"#,
+                "aws.access_key_id and aws.secret_access_key must be set together",
+            ),
+            (
+                "PADDOCK_GATEWAY__PROVIDERS",
+                r#"{"b": {"kind": "bedrock", "region": "us-east-1", "models": ["m"], "aws": {"role_arn": "arn:aws:iam::1:role/r"}}}"#,
+                "aws.role_arn and aws.web_identity_token_file must be set together",
+            ),
+            (
+                "PADDOCK_GATEWAY__PROVIDERS",
+                r#"{"b": {"kind": "bedrock", "region": "us-east-1", "models": ["m"], "api_key": "k"}}"#,
+                "signs with AWS credentials",
+            ),
+            (
+                "PADDOCK_GATEWAY__PROVIDERS",
+                r#"{"b": {"kind": "bedrock", "region": "us-east-1", "models": ["m"], "aws": {"profile": "x"}}}"#,
+                "profile",
+            ),
         ];
         for (key, value, named) in cases {
             let err = load(None, env(&[(key, value)])).unwrap_err();
@@ -263,6 +289,11 @@ mod tests {
             "region": "r", "credentials_file": "/etc/sa.json", "prices": {"m": {"input_usd_per_mtok": 3, "output_usd_per_mtok": 15}}}}"#;
         let config = load(None, env(&[("PADDOCK_GATEWAY__PROVIDERS", vertex)])).unwrap();
         assert_eq!(config.gateway.providers["v"].prices["m"].output_usd_per_mtok, 15.0);
+        // Bedrock needs no base_url and no api_key: the region's endpoint
+        // and the instance or pod role.
+        let bedrock = r#"{"b": {"kind": "bedrock", "region": "eu-west-1", "models": ["m"]}}"#;
+        let config = load(None, env(&[("PADDOCK_GATEWAY__PROVIDERS", bedrock)])).unwrap();
+        assert!(config.gateway.providers["b"].aws.access_key_id.is_none());
     }
 
     #[test]

@@ -46,15 +46,8 @@ async fn an_agent_as_shipped_creates_a_file_and_runs_a_command(agent: &str) {
     let extra = [("PADDOCK_SANDBOX__TIMEOUT_SECONDS", "300"), ("PADDOCK_GATEWAY__PROMPT_CONTENT", "omitted")];
     let (app, repo) = tests::agents::agent_app(agent, &providers, &extra).await;
     let worker = app.spawn_worker().await;
-    let canaries = gateway::canaries();
-    let body: String = canaries.iter().map(|(_, c)| format!("context: {c}\n")).collect();
-    let request = json!({"repository": repo, "base_ref": "main", "agent_profile": agent,
-        "task": {"title": "Add a greeting file", "body": body}});
-    let response = app.post_run(&request).await;
-    assert_eq!(response.status().as_u16(), 202);
-    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let run = app.wait_for(&id, Duration::from_secs(400), |r| r["state"] != "queued" && r["state"] != "running").await;
-    let logs = app.logs_of(&run).await;
+    let (canaries, run, logs) = tests::agents::run_with_canaries(&app, &repo, agent).await;
+    let id = run["id"].as_str().unwrap().to_owned();
     assert_eq!(run["state"], "succeeded", "{run:#}\n{logs}");
     let facts = &run["facts"];
     assert_eq!(facts["files_changed"], json!(["hello.txt"]), "{facts:#}\n{logs}");

@@ -130,7 +130,7 @@ async fn serve_run(
 
 /// A run's gateway on a local port, and the gateway (to read its record).
 /// It trusts the test CA, as `tls.extra_ca_files` makes it.
-async fn serve_run_gateway(
+pub(crate) async fn serve_run_gateway(
     providers: &EmulatedProviders,
     queue: &store::RunQueue,
     tenant: &str,
@@ -141,7 +141,7 @@ async fn serve_run_gateway(
     serve_run_gateway_with(providers, queue, tenant, config, ttl, http).await
 }
 
-async fn serve_run_gateway_with(
+pub(crate) async fn serve_run_gateway_with(
     providers: &EmulatedProviders,
     queue: &store::RunQueue,
     tenant: &str,
@@ -175,7 +175,7 @@ async fn wait_for_spend(queue: &store::RunQueue, run: common::RunId, used: store
 
 /// Emulated providers, a fresh queue namespace and a gateway configuration
 /// for the emulated OpenAI provider.
-async fn emulated_gateway(
+pub(crate) async fn emulated_gateway(
     tenant_per_minute: u32,
 ) -> (EmulatedProviders, store::RunQueue, common::config::GatewayConfig) {
     let providers = EmulatedProviders::start().await;

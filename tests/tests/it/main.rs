@@ -9,6 +9,7 @@ mod api;
 mod attacks;
 mod audit;
 mod audit_pending;
+mod bedrock;
 mod cli;
 mod contract;
 mod costs;
