@@ -231,6 +231,13 @@ pub fn messages_turn(request: &Value) -> usize {
     turns_since_task(request["messages"].as_array(), user, |m| m["role"] == "assistant")
 }
 
+/// Turns in a Bedrock Converse request: its assistant messages since the
+/// user's last own message (tool results come in the user's role).
+pub fn converse_turn(request: &Value) -> usize {
+    let user = |m: &Value| user_text(m, "role", "content", &["toolResult"]);
+    turns_since_task(request["messages"].as_array(), user, |m| m["role"] == "assistant")
+}
+
 fn sse<'a>(events: impl IntoIterator<Item = (Option<&'a str>, Value)>) -> String {
     events
         .into_iter()

@@ -279,7 +279,7 @@ pub(super) async fn runtime(req: HttpRequest, body: web::Bytes, state: web::Data
     state.received.lock().unwrap().push(text);
     match operation.as_str() {
         "invoke" | "invoke-with-response-stream" => invoke(&state, &model, &request, operation != "invoke"),
-        "converse" | "converse-stream" => converse(&model, &request, operation == "converse-stream"),
+        "converse" | "converse-stream" => converse(&state, &model, &request, operation == "converse-stream"),
         "count-tokens" => {
             let Some(body) = request.pointer("/input/invokeModel/body").and_then(Value::as_str) else {
                 return aws_error(400, "ValidationException", "input: an invokeModel body is required");
@@ -355,9 +355,10 @@ fn invoke(state: &State, model: &str, request: &Value, stream: bool) -> HttpResp
 }
 
 /// Converse and ConverseStream: Bedrock's own message shape, alternating
-/// turns, a text answer (a call of the first tool when tools are offered
-/// and no result is in yet).
-fn converse(model: &str, request: &Value, stream: bool) -> HttpResponse {
+/// turns. A `scripted` model follows the plan through the tools offered;
+/// another says hello, or calls the first tool when tools are offered and
+/// no result is in yet.
+fn converse(state: &State, model: &str, request: &Value, stream: bool) -> HttpResponse {
     let allowed = ["messages", "system", "inferenceConfig", "toolConfig", "additionalModelRequestFields"];
     if let Some(key) = request.as_object().and_then(|o| o.keys().find(|k| !allowed.contains(&k.as_str())).cloned()) {
         return aws_error(400, "ValidationException", &format!("1 validation error detected: extraneous key [{key}]"));
@@ -392,47 +393,76 @@ fn converse(model: &str, request: &Value, stream: bool) -> HttpResponse {
             "The toolConfig field must be defined when using toolUse and toolResult content blocks.",
         );
     }
-    let last = messages.last().unwrap();
-    let results_in = last["content"].as_array().is_some_and(|c| c.iter().any(|b| b.get("toolResult").is_some()));
-    let tool = request.pointer("/toolConfig/tools/0/toolSpec/name").and_then(Value::as_str).filter(|_| !results_in);
-    let text = format!("Hello from {model} on Bedrock");
+    let turn = scripted::converse_turn(request);
+    let blocks = if model.contains("scripted") {
+        let tools: Vec<scripted::Tool> = request["toolConfig"]["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| {
+                let spec = &t["toolSpec"];
+                Some(scripted::Tool {
+                    name: spec["name"].as_str()?.to_owned(),
+                    schema: spec["inputSchema"]["json"].clone(),
+                })
+            })
+            .collect();
+        match scripted::answer(&planned(state, turn), &tools) {
+            scripted::Answer::Text(text) => vec![json!({"text": text})],
+            scripted::Answer::Call(call) => vec![
+                json!({"toolUse": {"toolUseId": format!("tooluse_{turn}"), "name": call.name, "input": call.arguments}}),
+            ],
+        }
+    } else {
+        let last = messages.last().unwrap();
+        let results_in = last["content"].as_array().is_some_and(|c| c.iter().any(|b| b.get("toolResult").is_some()));
+        let text = json!({"text": format!("Hello from {model} on Bedrock")});
+        match request.pointer("/toolConfig/tools/0/toolSpec/name").and_then(Value::as_str).filter(|_| !results_in) {
+            Some(name) => vec![
+                json!({"text": "Running it."}),
+                json!({"toolUse": {"toolUseId": "tooluse_1", "name": name, "input": {"command": "ls"}}}),
+            ],
+            None => vec![text],
+        }
+    };
+    let stop = if blocks.iter().any(|b| b.get("toolUse").is_some()) { "tool_use" } else { "end_turn" };
     let usage = json!({"inputTokens": 21, "outputTokens": 7, "totalTokens": 28});
     if !stream {
-        let content = match tool {
-            Some(name) => {
-                json!([{"text": "Running it."}, {"toolUse": {"toolUseId": "tooluse_1", "name": name, "input": {"command": "ls"}}}])
-            }
-            None => json!([{"text": text}]),
-        };
         return HttpResponse::Ok().insert_header(("x-amzn-requestid", ulid().to_lowercase())).json(json!({
-            "output": {"message": {"role": "assistant", "content": content}},
-            "stopReason": if tool.is_some() { "tool_use" } else { "end_turn" },
-            "usage": usage, "metrics": {"latencyMs": 12}
+            "output": {"message": {"role": "assistant", "content": blocks}},
+            "stopReason": stop, "usage": usage, "metrics": {"latencyMs": 12}
         }));
     }
     let mut frames = vec![event("messageStart", &json!({"role": "assistant"}))];
-    let (first, second) = text.split_at(5);
-    for piece in [first, second] {
-        frames.push(event("contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"text": piece}})));
-    }
-    frames.push(event("contentBlockStop", &json!({"contentBlockIndex": 0})));
-    if let Some(name) = tool {
-        frames.push(event(
-            "contentBlockStart",
-            &json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tooluse_1", "name": name}}}),
-        ));
-        for piece in ["{\"command\":", "\"ls\"}"] {
-            frames.push(event(
-                "contentBlockDelta",
-                &json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": piece}}}),
-            ));
+    for (index, block) in blocks.iter().enumerate() {
+        // Each block's content in two deltas, as a model streams it.
+        let (pieces, delta): (Vec<String>, fn(&str) -> Value) = match (block["text"].as_str(), block.get("toolUse")) {
+            (Some(text), _) => (halves(text), |piece| json!({"text": piece})),
+            (None, Some(tool)) => {
+                let start = json!({"toolUse": {"toolUseId": tool["toolUseId"], "name": tool["name"]}});
+                frames.push(event("contentBlockStart", &json!({"contentBlockIndex": index, "start": start})));
+                (halves(&tool["input"].to_string()), |piece| json!({"toolUse": {"input": piece}}))
+            }
+            _ => continue,
+        };
+        for piece in pieces {
+            frames.push(event("contentBlockDelta", &json!({"contentBlockIndex": index, "delta": delta(&piece)})));
         }
-        frames.push(event("contentBlockStop", &json!({"contentBlockIndex": 1})));
+        frames.push(event("contentBlockStop", &json!({"contentBlockIndex": index})));
     }
-    let stop = if tool.is_some() { "tool_use" } else { "end_turn" };
     frames.push(event("messageStop", &json!({"stopReason": stop})));
     frames.push(event("metadata", &json!({"usage": usage, "metrics": {"latencyMs": 12}})));
     event_stream(frames)
+}
+
+/// `text` in two pieces, split on a character boundary.
+fn halves(text: &str) -> Vec<String> {
+    let mut middle = text.len() / 2;
+    while !text.is_char_boundary(middle) {
+        middle += 1;
+    }
+    let (first, second) = text.split_at(middle);
+    [first, second].into_iter().filter(|p| !p.is_empty()).map(str::to_owned).collect()
 }
 
 /// STS `AssumeRoleWithWebIdentity` (unsigned, form-encoded, XML answers).

@@ -37,13 +37,39 @@ fn plan(agent: &str) -> (Vec<Step>, String) {
 /// every redaction class, with `model` scripted, and checks what the issue
 /// asks of every agent.
 async fn an_agent_as_shipped_creates_a_file_and_runs_a_command(agent: &str) {
+    an_agent_creates_a_file_and_runs_a_command_on(agent, Upstream::Vendor).await;
+}
+
+/// Where the gateway sends an agent's calls.
+#[derive(PartialEq)]
+enum Upstream {
+    /// The provider of the agent's own dialect.
+    Vendor,
+    /// AWS Bedrock (Claude through InvokeModel, other dialects through
+    /// Converse), signed with SigV4.
+    Bedrock,
+}
+
+async fn an_agent_creates_a_file_and_runs_a_command_on(agent: &str, upstream: Upstream) {
     let model = scripted_model(agent);
     let providers = EmulatedProviders::start().await;
     let (steps, command) = plan(agent);
     providers.plan(&steps);
     // Transcripts keep metadata only: the commands must come from the
     // agent's own events, not from the model's tool calls.
-    let extra = [("PADDOCK_SANDBOX__TIMEOUT_SECONDS", "300"), ("PADDOCK_GATEWAY__PROMPT_CONTENT", "omitted")];
+    let mut extra = vec![("PADDOCK_SANDBOX__TIMEOUT_SECONDS", "300"), ("PADDOCK_GATEWAY__PROMPT_CONTENT", "omitted")];
+    let bedrock = (upstream == Upstream::Bedrock).then(|| {
+        let (id, secret) = providers.bedrock_keys();
+        let upstream_model = if model.starts_with("claude") { "anthropic.claude-scripted-v1:0" } else { "amazon.nova-scripted-v1:0" };
+        json!({"bedrock-prod": {"kind": "bedrock", "base_url": providers.root_url, "region": tests::providers::BEDROCK_REGION,
+            "models": [model], "deployments": {model: format!("us.{upstream_model}")},
+            "aws": {"access_key_id": id, "secret_access_key": secret}}})
+        .to_string()
+    });
+    if let Some(providers_json) = &bedrock {
+        extra.push(("PADDOCK_GATEWAY__PROVIDERS", providers_json.as_str()));
+        extra.push(("PADDOCK_GATEWAY__ALLOWED_PROVIDERS", r#"["bedrock-prod"]"#));
+    }
     let (app, repo) = tests::agents::agent_app(agent, &providers, &extra).await;
     let worker = app.spawn_worker().await;
     let (canaries, run, logs) = tests::agents::run_with_canaries(&app, &repo, agent).await;
@@ -64,11 +90,18 @@ async fn an_agent_as_shipped_creates_a_file_and_runs_a_command(agent: &str) {
     let received = providers.received();
     assert!(!received.is_empty());
     assert_eq!(providers.refused(), 0, "a call reached the provider without the gateway's key");
+    assert_eq!(providers.bedrock_refused(), 0, "a call reached Bedrock unsigned or signed wrong");
     for (rule, canary) in &canaries {
         assert!(received.iter().all(|r| !r.contains(canary.as_str())), "{rule} reached the provider");
     }
     let calls = facts["models"].as_array().unwrap();
     assert!(calls.iter().all(|c| c["model"] == model), "{calls:?}");
+    if bedrock.is_some() {
+        assert!(calls.iter().all(|c| c["provider"] == "bedrock-prod"), "{calls:?}");
+        let invoked = received.iter().filter_map(|r| serde_json::from_str::<Value>(r).ok());
+        let shape = if model.starts_with("claude") { "anthropic_version" } else { "messages" };
+        assert!(invoked.into_iter().all(|r| r.get(shape).is_some() && r.get("model").is_none()), "{received:?}");
+    }
     worker.shutdown().await;
     providers.stop().await;
 }
@@ -76,6 +109,27 @@ async fn an_agent_as_shipped_creates_a_file_and_runs_a_command(agent: &str) {
 #[tokio::test]
 async fn claude_code_creates_a_file_and_runs_a_command_through_the_gateway() {
     an_agent_as_shipped_creates_a_file_and_runs_a_command("claude-code").await;
+}
+
+#[tokio::test]
+async fn claude_code_on_bedrock_creates_a_file_and_runs_a_command() {
+    an_agent_creates_a_file_and_runs_a_command_on("claude-code", Upstream::Bedrock).await;
+}
+
+#[tokio::test]
+async fn aider_on_bedrock_converse_creates_a_file_and_runs_a_command() {
+    an_agent_creates_a_file_and_runs_a_command_on("aider", Upstream::Bedrock).await;
+}
+
+#[tokio::test]
+async fn opencode_on_bedrock_converse_creates_a_file_and_runs_a_command() {
+    an_agent_creates_a_file_and_runs_a_command_on("opencode", Upstream::Bedrock).await;
+}
+
+#[tokio::test]
+async fn openhands_on_bedrock_converse_creates_a_file_and_runs_a_command() {
+    // OpenHands calls models through LiteLLM.
+    an_agent_creates_a_file_and_runs_a_command_on("openhands", Upstream::Bedrock).await;
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! Chat Completions requests as Bedrock Converse requests. What has a
 //! Converse equivalent is mapped: system and developer messages, text and
 //! inline images, assistant tool calls and tool results, function tools and
-//! `tool_choice`, the output cap, temperature, `top_p` and stop sequences.
+//! `tool_choice`, the output cap, temperature, `top_p`, stop sequences and
+//! (for model families whose reasoning switch is known) `reasoning_effort`.
 //! Whatever would change the answer and has no equivalent (several choices,
 //! log probabilities, penalties, seeds, structured output, audio) is refused
 //! by name rather than dropped.
@@ -30,11 +31,16 @@ const MAPPED: &[&str] = &[
     "response_format",
     "store",
     "metadata",
+    // Caching and abuse-tracking hints to OpenAI (LiteLLM sends the first).
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "safety_identifier",
+    "reasoning_effort",
 ];
 
-/// The Converse body for a Chat Completions request, or what cannot be
-/// mapped.
-pub(super) fn request(chat: &Value) -> Result<Value, String> {
+/// The Converse body for a Chat Completions request to `upstream` (the
+/// Bedrock model id), or what cannot be mapped.
+pub(super) fn request(chat: &Value, upstream: &str) -> Result<Value, String> {
     let Some(fields) = chat.as_object() else { return Err("the request body is not a JSON object".to_owned()) };
     if let Some(field) = fields.keys().find(|k| !MAPPED.contains(&k.as_str())) {
         return Err(format!("`{field}` has no equivalent in Bedrock's Converse API; leave it out"));
@@ -120,7 +126,34 @@ pub(super) fn request(chat: &Value) -> Result<Value, String> {
     if let Some(config) = tool_config(fields)? {
         body.insert("toolConfig".to_owned(), config);
     }
+    if let Some(effort) = fields.get("reasoning_effort").and_then(Value::as_str)
+        && let Some((field, value)) = reasoning(effort, upstream)?
+    {
+        body.insert("additionalModelRequestFields".to_owned(), json!({field: value}));
+    }
     Ok(body.into())
+}
+
+/// `reasoning_effort` as the model family's own request field: Nova's
+/// `reasoningConfig`, Claude's `thinking` budget, gpt-oss's
+/// `reasoning_effort`; `none` and `minimal` ask for no reasoning.
+fn reasoning(effort: &str, upstream: &str) -> Result<Option<(&'static str, Value)>, String> {
+    let budget = match effort {
+        "none" | "minimal" => return Ok(None),
+        "low" => 1024,
+        "medium" => 4096,
+        "high" => 16384,
+        other => return Err(format!("`reasoning_effort` {other:?} is not low, medium or high")),
+    };
+    Ok(Some(if upstream.contains("amazon.nova") {
+        ("reasoningConfig", json!({"type": "enabled", "maxReasoningEffort": effort}))
+    } else if upstream.contains("anthropic.") {
+        ("thinking", json!({"type": "enabled", "budget_tokens": budget}))
+    } else if upstream.contains("openai.gpt-oss") {
+        ("reasoning_effort", json!(effort))
+    } else {
+        return Err(format!("`reasoning_effort` has no known equivalent for {upstream} on Bedrock; leave it out"));
+    }))
 }
 
 /// `[{"text": ..}]` for a string or an array of text parts.
@@ -251,7 +284,7 @@ mod tests {
                 {"role": "user", "content": "thanks"}
             ]
         });
-        let body = request(&chat).unwrap();
+        let body = request(&chat, "amazon.nova-pro-v1:0").unwrap();
         assert_eq!(body["system"], json!([{"text": "be brief"}]));
         assert_eq!(
             body["inferenceConfig"],
@@ -281,7 +314,7 @@ mod tests {
             for (k, v) in extra.as_object().unwrap() {
                 chat[k] = v.clone();
             }
-            request(&chat)
+            request(&chat, "us.amazon.nova-pro-v1:0")
         };
         assert!(base(json!({"n": 1, "presence_penalty": 0, "response_format": {"type": "text"}})).is_ok());
         for (extra, named) in [
@@ -296,6 +329,22 @@ mod tests {
             assert!(refused.contains(named), "{extra}: {refused}");
         }
         let remote = json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/p.png"}}]}]});
-        assert!(request(&remote).unwrap_err().contains("inline"));
+        assert!(request(&remote, "m").unwrap_err().contains("inline"));
+        let effort = |effort: &str, model: &str| {
+            let chat =
+                json!({"model": "m", "reasoning_effort": effort, "messages": [{"role": "user", "content": "hi"}]});
+            request(&chat, model).map(|b| b["additionalModelRequestFields"].clone())
+        };
+        assert_eq!(
+            effort("high", "us.amazon.nova-2-lite-v1:0").unwrap(),
+            json!({"reasoningConfig": {"type": "enabled", "maxReasoningEffort": "high"}})
+        );
+        assert_eq!(
+            effort("low", "us.anthropic.claude-sonnet-4-v1:0").unwrap(),
+            json!({"thinking": {"type": "enabled", "budget_tokens": 1024}})
+        );
+        assert_eq!(effort("medium", "openai.gpt-oss-120b-1:0").unwrap(), json!({"reasoning_effort": "medium"}));
+        assert_eq!(effort("minimal", "meta.llama4-maverick-17b-instruct-v1:0").unwrap(), Value::Null);
+        assert!(effort("high", "meta.llama4-maverick-17b-instruct-v1:0").unwrap_err().contains("no known equivalent"));
     }
 }

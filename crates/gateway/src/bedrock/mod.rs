@@ -106,7 +106,7 @@ impl Call {
             }
             (Wire::OpenAi, "chat/completions") => {
                 let include_usage = json.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
-                let body = converse::request(&json).map_err(Refusal::Unmapped)?;
+                let body = converse::request(&json, upstream_model).map_err(Refusal::Unmapped)?;
                 let chat = answer::Chat { model: model.to_owned(), include_usage, created: unix_now() };
                 let (operation, headers, plan) = if stream {
                     ("converse-stream", stream_headers, answer::Plan::ChatStream(chat))
