@@ -268,6 +268,14 @@ pub(super) async fn runtime(req: HttpRequest, body: web::Bytes, state: web::Data
     let Some((model, operation)) = model_call(req.uri().path()) else {
         return aws_error(404, "UnknownOperationException", "Unknown operation");
     };
+    // The account was not granted these models.
+    if model.contains("denied") {
+        return aws_error(
+            403,
+            "AccessDeniedException",
+            "You don't have access to the model with the specified model ID.",
+        );
+    }
     let text = String::from_utf8_lossy(&body).into_owned();
     let Ok(request) = serde_json::from_str::<Value>(&text) else {
         return aws_error(

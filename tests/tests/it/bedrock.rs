@@ -245,7 +245,7 @@ async fn signed_post(
 }
 
 #[tokio::test]
-async fn a_request_bedrock_cannot_verify_is_refused_and_the_gateway_says_so() {
+async fn bedrock_refuses_a_signature_it_cannot_verify_and_its_refusals_reach_clients_in_their_shape() {
     let (providers, queue, mut config) = crate::gateway::emulated_gateway(0).await;
     let (id, secret) = providers.bedrock_keys();
     let body =
@@ -287,6 +287,49 @@ async fn a_request_bedrock_cannot_verify_is_refused_and_the_gateway_says_so() {
     assert!(answer["error"]["message"].as_str().unwrap().contains("InvalidSignatureException"), "{answer}");
     assert!(!text.contains("wrong-secret-value"));
     assert_eq!(providers.bedrock_refused(), 3);
+
+    // Signed right, refused for what was asked: access denied and
+    // validation, each in the client's own shape.
+    let mut provider = bedrock_provider(&providers, json!({"access_key_id": id, "secret_access_key": secret}));
+    provider["models"] = json!(["claude-scripted", "nova-lite", "claude-denied"]);
+    provider["deployments"]["claude-denied"] = json!("us.anthropic.claude-denied-v1:0");
+    config.providers.insert("bedrock-prod".to_owned(), serde_json::from_value(provider).unwrap());
+    let (token, server, _gateway) =
+        crate::gateway::serve_run_gateway(&providers, &queue, "acme", &config, Duration::from_secs(600)).await;
+    let client = reqwest::Client::new();
+    let messages = |body: Value| {
+        client
+            .post(format!("http://{}/v1/messages", server.address))
+            .header("x-api-key", &token)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+    };
+    let denied =
+        messages(json!({"model": "claude-denied", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}));
+    let denied = denied.await.unwrap();
+    assert_eq!(denied.status().as_u16(), 403);
+    let answer: Value = denied.json().await.unwrap();
+    assert_eq!(answer["error"]["type"], "permission_error", "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("AccessDeniedException"), "{answer}");
+    let invalid =
+        messages(json!({"model": "claude-scripted", "messages": [{"role": "user", "content": "hi"}]})).await.unwrap();
+    assert_eq!(invalid.status().as_u16(), 400);
+    let answer: Value = invalid.json().await.unwrap();
+    assert_eq!(answer["error"]["type"], "invalid_request_error", "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("max_tokens"), "{answer}");
+    let chat = client
+        .post(format!("http://{}/v1/chat/completions", server.address))
+        .bearer_auth(&token)
+        .json(&json!({"model": "nova-lite", "messages": [{"role": "assistant", "content": "I start"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status().as_u16(), 400);
+    let answer: Value = chat.json().await.unwrap();
+    assert_eq!(answer["error"]["type"], "ValidationException", "OpenAI's shape: {answer}");
+    assert_eq!(answer["error"]["code"], "invalid_request", "{answer}");
+    assert_eq!(providers.bedrock_refused(), 3, "these were signed right");
     providers.stop().await;
 }
 

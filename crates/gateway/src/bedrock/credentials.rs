@@ -132,7 +132,7 @@ pub(crate) async fn keys(provider: &ProviderConfig, http: &reqwest::Client) -> R
         return Ok(keys.clone());
     }
     let keys = source.fetch(http).await?;
-    tracing::info!(source = keys.source, access_key_id = %keys.access_key_id, expires = ?keys.expires, "AWS credentials obtained");
+    tracing::info!(source = keys.source, expires = ?keys.expires, "AWS credentials obtained");
     cache.insert(key, keys.clone());
     Ok(keys)
 }
