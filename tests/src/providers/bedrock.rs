@@ -289,6 +289,10 @@ pub(super) async fn runtime(req: HttpRequest, body: web::Bytes, state: web::Data
         "invoke" | "invoke-with-response-stream" => invoke(&state, &model, &request, operation != "invoke"),
         "converse" | "converse-stream" => converse(&state, &model, &request, operation == "converse-stream"),
         "count-tokens" => {
+            // CountTokens takes foundation models, not inference profiles.
+            if !model.starts_with("anthropic.") {
+                return aws_error(400, "ValidationException", "The provided model identifier is invalid.");
+            }
             let Some(body) = request.pointer("/input/invokeModel/body").and_then(Value::as_str) else {
                 return aws_error(400, "ValidationException", "input: an invokeModel body is required");
             };

@@ -104,9 +104,14 @@ async fn claude_code_on_bedrock_completes_a_run_with_usage_cost_and_redaction_an
     assert!(transcript.contains("content_block_delta"), "the translated stream is kept: {transcript}");
     let worker_log = worker.log_text();
     assert!(worker_log.contains("model call"), "the gateway's log is in the worker's: {worker_log}");
+    let signatures: Vec<String> = providers
+        .aws_presented()
+        .iter()
+        .filter_map(|auth| auth.split("Signature=").nth(1).map(str::to_owned))
+        .collect();
+    assert!(!signatures.is_empty());
     for (what, text) in [("run log", &logs), ("transcript", &transcript), ("worker log", &worker_log)] {
         assert!(!text.contains(&secret), "the AWS secret key reached the {what}");
-        let signatures = providers.aws_presented();
         assert!(signatures.iter().all(|s| !text.contains(s.as_str())), "a signature reached the {what}");
     }
     worker.kill_hard();

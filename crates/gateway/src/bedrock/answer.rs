@@ -57,7 +57,8 @@ impl Plan {
                 Plan::ChatStream(chat) => Mode::ChatStream(ChatStream::new(chat)),
             }
         };
-        Some(Translator { wire, mode, buffer: BytesMut::new(), decoder: MessageFrameDecoder::new(), broken: false })
+        let decoder = MessageFrameDecoder::new();
+        Some(Translator { wire, mode, buffer: BytesMut::new(), decoder, broken: false, stopped: false })
     }
 }
 
@@ -69,6 +70,8 @@ pub(crate) struct Translator {
     decoder: MessageFrameDecoder,
     /// A frame failed to decode: the rest of the stream is dropped.
     broken: bool,
+    /// The Messages stream's `message_stop` came.
+    stopped: bool,
 }
 
 enum Mode {
@@ -112,6 +115,17 @@ impl Translator {
 
     /// The rest of the client's answer once Bedrock's has ended.
     pub(crate) fn finish(&mut self) -> Vec<u8> {
+        // A stream cut short (no closing event) ends with an error, so the
+        // client does not take a partial answer for a whole one.
+        let cut_short = match &self.mode {
+            Mode::ChatStream(stream) => stream.finish.is_none().then_some("messageStop"),
+            Mode::MessagesStream => (!self.stopped).then_some("message_stop"),
+            _ => None,
+        };
+        if let Some(closing) = cut_short.filter(|_| !self.broken) {
+            let message = format!("the Bedrock stream ended before {closing}");
+            return self.stream_error("InternalServerException", &message);
+        }
         let body: Value = serde_json::from_slice(&self.buffer).unwrap_or(Value::Null);
         match &mut self.mode {
             Mode::Error { status, exception } => {
@@ -122,6 +136,8 @@ impl Translator {
             }
             Mode::CountTokens => json!({"input_tokens": body["inputTokens"]}).to_string().into_bytes(),
             Mode::Chat(chat) => whole_chat(chat, &body).to_string().into_bytes(),
+            // After an error event the stream ends there, without `[DONE]`.
+            Mode::ChatStream(_) if self.broken => Vec::new(),
             Mode::ChatStream(stream) => {
                 let mut out = stream.close();
                 out.extend_from_slice(b"data: [DONE]\n\n");
@@ -142,12 +158,14 @@ impl Translator {
         match header(":message-type").as_deref() {
             Some("event") => {}
             Some("exception") => {
+                self.broken = true;
                 let exception = header(":exception-type").unwrap_or_else(|| "InternalServerException".to_owned());
                 let text = payload["message"].as_str().unwrap_or("Bedrock ended the stream with an exception");
                 out.extend(self.stream_error(&exception, text));
                 return;
             }
             _ => {
+                self.broken = true;
                 let code = header(":error-code").unwrap_or_else(|| "InternalServerException".to_owned());
                 let text =
                     header(":error-message").unwrap_or_else(|| "Bedrock ended the stream with an error".to_owned());
@@ -168,6 +186,7 @@ impl Translator {
                     .ok()
                     .and_then(|e| e["type"].as_str().map(str::to_owned))
                     .unwrap_or_else(|| "message".to_owned());
+                self.stopped |= kind == "message_stop";
                 out.extend_from_slice(format!("event: {kind}\ndata: {}\n\n", text.trim()).as_bytes());
             }
             Mode::ChatStream(stream) => out.extend(stream.event(&event, &payload)),
@@ -199,9 +218,12 @@ fn status_of(exception: &str) -> u16 {
     }
 }
 
-/// Bedrock's error as the client's SDK reads errors.
+/// Bedrock's error as the client's SDK reads errors. Only the message's
+/// first paragraph is kept: AWS appends the canonical request it expected
+/// to a signature mismatch, and that names the signed session token.
 fn error_body(wire: Wire, status: u16, exception: &str, message: &str) -> Vec<u8> {
-    let message = format!("{message} (Bedrock {exception})");
+    let first = message.split("\n\n").next().unwrap_or_default().trim();
+    let message = format!("{first} (Bedrock {exception})");
     let body = match wire {
         Wire::Anthropic => {
             let kind = match status {
@@ -335,8 +357,10 @@ impl ChatStream {
         }
     }
 
-    /// The finish chunk, with the usage: on it, or (as OpenAI does when
-    /// `include_usage` is asked) in a chunk of its own after it.
+    /// The finish chunk, with the usage: in a chunk of its own after it
+    /// when `include_usage` is asked (as OpenAI does), else on the finish
+    /// chunk itself (OpenAI sends none then; the SDKs read the field as
+    /// optional, and the gateway books the call's usage from it).
     fn end(&mut self, usage: Option<Value>) -> Vec<u8> {
         if std::mem::replace(&mut self.closed, true) {
             return Vec::new();
@@ -438,6 +462,37 @@ mod tests {
         assert_eq!(body["error"]["type"], "AccessDeniedException");
         assert_eq!(body["error"]["code"], "permission_denied");
         assert!(Plan::Messages.translator(Wire::Anthropic, 200, &reqwest::header::HeaderMap::new()).is_none());
+        // AWS's signature mismatch names the canonical request it expected,
+        // signed session token included: only the first paragraph is kept.
+        let mut t = Plan::MessagesStream.translator(Wire::Anthropic, 403, &reqwest::header::HeaderMap::new()).unwrap();
+        t.push(json!({"message": "The request signature we calculated does not match.\n\nThe Canonical String for this request should have been\n'POST\nx-amz-security-token:IQoJsecret'", "__type": "InvalidSignatureException"}).to_string().as_bytes());
+        let body = String::from_utf8(t.finish()).unwrap();
+        assert!(
+            body.contains("does not match. (Bedrock InvalidSignatureException)") && !body.contains("IQoJ"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn a_stream_cut_short_ends_with_an_error_not_a_normal_end() {
+        let start = json!({"type": "message_start", "message": {"usage": {"input_tokens": 1, "output_tokens": 1}}});
+        let mut t = Plan::MessagesStream.translator(Wire::Anthropic, 200, &headers()).unwrap();
+        let mut out = t.push(&chunk(&start));
+        let whole = chunk(&json!({"type": "message_stop"}));
+        out.extend(t.push(&whole[..whole.len() / 2]));
+        out.extend(t.finish());
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("ended before message_stop (Bedrock InternalServerException)\",\"type\":\"api_error\"},\"type\":\"error\"}\n\n"), "{text}");
+        let mut t = Plan::MessagesStream.translator(Wire::Anthropic, 200, &headers()).unwrap();
+        t.push(&chunk(&start));
+        t.push(&whole);
+        assert!(t.finish().is_empty(), "a complete stream ends as it is");
+
+        let chat = Chat { model: "nova".into(), include_usage: false, created: 1 };
+        let mut t = Plan::ChatStream(chat).translator(Wire::OpenAi, 200, &headers()).unwrap();
+        t.push(&frame(&[(":message-type", "event"), (":event-type", "messageStart")], &json!({"role": "assistant"})));
+        let text = String::from_utf8(t.finish()).unwrap();
+        assert!(text.contains("ended before messageStop") && !text.contains("[DONE]"), "{text}");
     }
 
     #[test]

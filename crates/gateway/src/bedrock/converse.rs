@@ -2,7 +2,7 @@
 //! Converse equivalent is mapped: system and developer messages, text and
 //! inline images, assistant tool calls and tool results, function tools and
 //! `tool_choice`, the output cap, temperature, `top_p`, stop sequences and
-//! (for model families whose reasoning switch is known) `reasoning_effort`.
+//! (for Nova and gpt-oss) `reasoning_effort`.
 //! Whatever would change the answer and has no equivalent (several choices,
 //! log probabilities, penalties, seeds, structured output, audio) is refused
 //! by name rather than dropped.
@@ -61,6 +61,10 @@ pub(super) fn request(chat: &Value, upstream: &str) -> Result<Value, String> {
     {
         return Err("`response_format` other than text has no equivalent in Bedrock's Converse API".to_owned());
     }
+    // Converse refuses tool blocks in a request that offers no tools (a
+    // summarizing call over a history with tool use): the history's calls
+    // and results then go as text.
+    let tools_offered = fields.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
     let mut system = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
     let Some(chat_messages) = fields.get("messages").and_then(Value::as_array) else {
@@ -74,13 +78,20 @@ pub(super) fn request(chat: &Value, upstream: &str) -> Result<Value, String> {
                 continue;
             }
             "user" => ("user", user_content(&message["content"]).map_err(|e| format!("messages[{i}]: {e}"))?),
-            "assistant" => ("assistant", assistant_content(message).map_err(|e| format!("messages[{i}]: {e}"))?),
+            "assistant" => {
+                ("assistant", assistant_content(message, tools_offered).map_err(|e| format!("messages[{i}]: {e}"))?)
+            }
             "tool" => {
                 let Some(id) = message["tool_call_id"].as_str() else {
                     return Err(format!("messages[{i}]: a tool message needs tool_call_id"));
                 };
                 let text = flat_text(&message["content"]).map_err(|e| format!("messages[{i}]: {e}"))?;
-                ("user", vec![json!({"toolResult": {"toolUseId": id, "content": [{"text": text}]}})])
+                let text = if text.trim().is_empty() { "(no output)".to_owned() } else { text };
+                let block = match tools_offered {
+                    true => json!({"toolResult": {"toolUseId": id, "content": [{"text": text}]}}),
+                    false => json!({"text": format!("[result of tool call {id}]\n{text}")}),
+                };
+                ("user", vec![block])
             }
             other => return Err(format!("messages[{i}]: role {other:?} has no equivalent in Bedrock's Converse API")),
         };
@@ -135,20 +146,20 @@ pub(super) fn request(chat: &Value, upstream: &str) -> Result<Value, String> {
 }
 
 /// `reasoning_effort` as the model family's own request field: Nova's
-/// `reasoningConfig`, Claude's `thinking` budget, gpt-oss's
-/// `reasoning_effort`; `none` and `minimal` ask for no reasoning.
+/// `reasoningConfig`, gpt-oss's `reasoning_effort`; `none` and `minimal`
+/// ask for no reasoning.
 fn reasoning(effort: &str, upstream: &str) -> Result<Option<(&'static str, Value)>, String> {
-    let budget = match effort {
+    match effort {
         "none" | "minimal" => return Ok(None),
-        "low" => 1024,
-        "medium" => 4096,
-        "high" => 16384,
+        "low" | "medium" | "high" => {}
         other => return Err(format!("`reasoning_effort` {other:?} is not low, medium or high")),
-    };
+    }
     Ok(Some(if upstream.contains("amazon.nova") {
         ("reasoningConfig", json!({"type": "enabled", "maxReasoningEffort": effort}))
     } else if upstream.contains("anthropic.") {
-        ("thinking", json!({"type": "enabled", "budget_tokens": budget}))
+        // Claude's thinking blocks must go back with each later turn,
+        // signed, and Chat Completions has nowhere to carry them.
+        return Err("`reasoning_effort` on Claude is not offered through Chat Completions on Bedrock: use /v1/messages with `thinking`".to_owned());
     } else if upstream.contains("openai.gpt-oss") {
         ("reasoning_effort", json!(effort))
     } else {
@@ -156,18 +167,22 @@ fn reasoning(effort: &str, upstream: &str) -> Result<Option<(&'static str, Value
     }))
 }
 
-/// `[{"text": ..}]` for a string or an array of text parts.
+/// `[{"text": ..}]` for a string or an array of text parts; blank text is
+/// left out (Converse refuses a text block with nothing but whitespace).
 fn text_blocks(content: &Value) -> Result<Vec<Value>, String> {
+    let text = |t: &str| (!t.trim().is_empty()).then(|| json!({"text": t}));
     Ok(match content {
-        Value::String(text) if text.is_empty() => Vec::new(),
-        Value::String(text) => vec![json!({"text": text})],
+        Value::String(t) => text(t).into_iter().collect(),
         Value::Array(parts) => parts
             .iter()
             .map(|part| match part["type"].as_str() {
-                Some("text") => Ok(json!({"text": part["text"]})),
+                Some("text") => Ok(text(part["text"].as_str().unwrap_or_default())),
                 other => Err(format!("content part {other:?} is not text")),
             })
-            .collect::<Result<_, _>>()?,
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect(),
         Value::Null => Vec::new(),
         _ => return Err("content must be a string or an array of parts".to_owned()),
     })
@@ -182,14 +197,15 @@ fn flat_text(content: &Value) -> Result<String, String> {
 /// A user message: text and inline (`data:`) images.
 fn user_content(content: &Value) -> Result<Vec<Value>, String> {
     let Value::Array(parts) = content else { return text_blocks(content) };
-    parts
+    let blocks = parts
         .iter()
         .map(|part| match part["type"].as_str() {
-            Some("text") => Ok(json!({"text": part["text"]})),
-            Some("image_url") => image(part["image_url"]["url"].as_str().unwrap_or_default()),
+            Some("text") => Ok(text_blocks(&part["text"])?.pop()),
+            Some("image_url") => image(part["image_url"]["url"].as_str().unwrap_or_default()).map(Some),
             other => Err(format!("content part {other:?} has no equivalent in Bedrock's Converse API")),
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(blocks.into_iter().flatten().collect())
 }
 
 /// An inline image as a Converse image block; a URL the provider would
@@ -208,16 +224,22 @@ fn image(url: &str) -> Result<Value, String> {
     Ok(json!({"image": {"format": format, "source": {"bytes": data}}}))
 }
 
-/// An assistant message: its text and its tool calls as `toolUse` blocks.
-fn assistant_content(message: &Value) -> Result<Vec<Value>, String> {
+/// An assistant message: its text and its tool calls as `toolUse` blocks
+/// (as text when the request offers no tools).
+fn assistant_content(message: &Value, tools_offered: bool) -> Result<Vec<Value>, String> {
     let mut blocks = text_blocks(&message["content"])?;
     for call in message["tool_calls"].as_array().into_iter().flatten() {
         let arguments = call["function"]["arguments"].as_str().unwrap_or("{}");
+        let (id, name) = (&call["id"], &call["function"]["name"]);
+        if !tools_offered {
+            blocks.push(json!({"text": format!("[tool call {} {}: {arguments}]", id.as_str().unwrap_or_default(), name.as_str().unwrap_or_default())}));
+            continue;
+        }
         let input: Value = match arguments.trim() {
             "" => json!({}),
             text => serde_json::from_str(text).map_err(|e| format!("tool call arguments are not JSON: {e}"))?,
         };
-        blocks.push(json!({"toolUse": {"toolUseId": call["id"], "name": call["function"]["name"], "input": input}}));
+        blocks.push(json!({"toolUse": {"toolUseId": id, "name": name, "input": input}}));
     }
     Ok(blocks)
 }
@@ -308,6 +330,23 @@ mod tests {
     }
 
     #[test]
+    fn blank_text_is_left_out_and_tool_history_without_tools_goes_as_text() {
+        let chat = json!({"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "list"}, {"type": "text", "text": " \n"}]},
+            {"role": "assistant", "content": "\n", "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "bash", "arguments": "{\"command\":\"ls\"}"}}]},
+            {"role": "tool", "tool_call_id": "t1", "content": "a.txt"},
+            {"role": "user", "content": "summarize"}
+        ]});
+        let body = request(&chat, "m").unwrap();
+        assert!(body.get("toolConfig").is_none());
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(messages[0]["content"], json!([{"text": "list"}]));
+        assert_eq!(messages[1]["content"], json!([{"text": "[tool call t1 bash: {\"command\":\"ls\"}]"}]));
+        assert_eq!(messages[2]["content"], json!([{"text": "[result of tool call t1]\na.txt"}, {"text": "summarize"}]));
+        assert!(!body.to_string().contains("toolUse") && !body.to_string().contains("toolResult"));
+    }
+
+    #[test]
     fn what_converse_cannot_carry_is_refused_by_name() {
         let base = |extra: Value| {
             let mut chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
@@ -339,10 +378,7 @@ mod tests {
             effort("high", "us.amazon.nova-2-lite-v1:0").unwrap(),
             json!({"reasoningConfig": {"type": "enabled", "maxReasoningEffort": "high"}})
         );
-        assert_eq!(
-            effort("low", "us.anthropic.claude-sonnet-4-v1:0").unwrap(),
-            json!({"thinking": {"type": "enabled", "budget_tokens": 1024}})
-        );
+        assert!(effort("low", "us.anthropic.claude-sonnet-4-v1:0").unwrap_err().contains("/v1/messages"));
         assert_eq!(effort("medium", "openai.gpt-oss-120b-1:0").unwrap(), json!({"reasoning_effort": "medium"}));
         assert_eq!(effort("minimal", "meta.llama4-maverick-17b-instruct-v1:0").unwrap(), Value::Null);
         assert!(effort("high", "meta.llama4-maverick-17b-instruct-v1:0").unwrap_err().contains("no known equivalent"));

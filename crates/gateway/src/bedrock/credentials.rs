@@ -1,6 +1,7 @@
 //! The AWS credentials a Bedrock provider signs with: keys in its `aws`
 //! settings when an operator put them there (a last resort), else the
-//! standard chain: the environment's keys, web identity (an OIDC token
+//! standard chain: a web identity role set on the provider, the
+//! environment's keys, web identity from the environment (an OIDC token
 //! file exchanged at STS for a role's temporary keys: EKS IRSA), the
 //! container credentials endpoint (ECS task roles, EKS Pod Identity), the
 //! instance role (IMDSv2). Temporary keys are kept until five minutes
@@ -9,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::config::ProviderConfig;
 use secrecy::{ExposeSecret, SecretString};
@@ -61,9 +62,9 @@ impl Keys {
     }
 }
 
-/// Temporary keys by the settings they came from, shared by every run in
-/// the process.
-type Cache = tokio::sync::Mutex<HashMap<String, Keys>>;
+/// Temporary keys (or the last sign-in's failure, until when it stands) by
+/// the settings they came from, shared by every run in the process.
+type Cache = tokio::sync::Mutex<HashMap<String, Result<Keys, (String, Instant)>>>;
 
 fn cache() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
@@ -86,7 +87,11 @@ pub(crate) async fn keys(provider: &ProviderConfig, http: &reqwest::Client) -> R
             source: "the provider's aws settings",
         });
     }
-    if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+    // A role set on the provider comes before anything the environment has.
+    let configured_role = aws.role_arn.clone().zip(aws.web_identity_token_file.clone());
+    if configured_role.is_none()
+        && let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
+    {
         return Ok(Keys {
             access_key_id: id,
             secret_access_key: secret.into(),
@@ -96,10 +101,9 @@ pub(crate) async fn keys(provider: &ProviderConfig, http: &reqwest::Client) -> R
         });
     }
     let region = provider.region.clone().unwrap_or_default();
-    let role = aws.role_arn.clone().or_else(|| env("AWS_ROLE_ARN"));
-    let token_file = aws.web_identity_token_file.clone().or_else(|| env("AWS_WEB_IDENTITY_TOKEN_FILE").map(Into::into));
-    let source = match (role, token_file) {
-        (Some(role), Some(file)) => {
+    let role = configured_role.or_else(|| env("AWS_ROLE_ARN").zip(env("AWS_WEB_IDENTITY_TOKEN_FILE").map(Into::into)));
+    let source = match role {
+        Some((role, file)) => {
             let sts = aws
                 .sts_endpoint
                 .clone()
@@ -124,17 +128,28 @@ pub(crate) async fn keys(provider: &ProviderConfig, http: &reqwest::Client) -> R
         },
     };
     let key = format!("{source:?}");
-    // One sign-in at a time per process: callers queue for fresh keys.
+    // One sign-in at a time per process: callers queue for fresh keys. A
+    // failed sign-in is remembered for a few seconds, so calls fail fast
+    // instead of each waiting out an unreachable endpoint.
     let mut cache = cache().lock().await;
-    if let Some(keys) = cache.get(&key)
-        && keys.fresh()
-    {
-        return Ok(keys.clone());
+    match cache.get(&key) {
+        Some(Ok(keys)) if keys.fresh() => return Ok(keys.clone()),
+        Some(Err((message, until))) if Instant::now() < *until => return Err(message.clone()),
+        _ => {}
     }
-    let keys = source.fetch(http).await?;
-    tracing::info!(source = keys.source, expires = ?keys.expires, "AWS credentials obtained");
-    cache.insert(key, keys.clone());
-    Ok(keys)
+    match source.fetch(http).await {
+        Ok(mut keys) => {
+            // Keys that name no expiry are asked for again after a while.
+            keys.expires = keys.expires.or_else(|| Some(SystemTime::now() + Duration::from_secs(900)));
+            tracing::info!(source = keys.source, expires = ?keys.expires, "AWS credentials obtained");
+            cache.insert(key, Ok(keys.clone()));
+            Ok(keys)
+        }
+        Err(message) => {
+            cache.insert(key, Err((message.clone(), Instant::now() + Duration::from_secs(5))));
+            Err(message)
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -90,8 +90,11 @@ impl Call {
                     fields.entry("max_tokens").or_insert_with(|| 1.into());
                     let invoke = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, json.to_string());
                     let body = serde_json::json!({"input": {"invokeModel": {"body": invoke}}}).to_string();
+                    // CountTokens takes the foundation model, not an
+                    // inference profile.
+                    let foundation = foundation_model(upstream_model);
                     return Ok(Self {
-                        url: format!("{model_path}/count-tokens"),
+                        url: format!("{}/model/{}/count-tokens", endpoint(provider), path_segment(foundation)),
                         body,
                         headers: json_only,
                         answer: answer::Plan::CountTokens,
@@ -201,6 +204,15 @@ fn is_claude(id: &str) -> bool {
     id.contains("anthropic.")
 }
 
+/// The foundation model of a cross-region inference profile
+/// (`us.anthropic.claude-…` → `anthropic.claude-…`); other ids as they are.
+fn foundation_model(id: &str) -> &str {
+    match id.split_once('.') {
+        Some((geo, rest)) if ["us", "eu", "apac", "global", "jp", "au", "ca", "us-gov"].contains(&geo) => rest,
+        _ => id,
+    }
+}
+
 pub(super) fn unix_now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
@@ -257,6 +269,38 @@ mod tests {
         );
         let refused = Call::new(&provider, Wire::OpenAi, "responses", "nova-pro", body, &[]);
         assert!(matches!(refused, Err(Refusal::Unmapped(m)) if m.contains("/v1/chat/completions")));
+    }
+
+    #[test]
+    fn the_signature_matches_botocores_for_the_same_request() {
+        // Computed with botocore 1.43's SigV4Auth (an implementation of its
+        // own) for this request at 2027-01-15T08:00:00Z.
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let url =
+            "https://bedrock-runtime.us-east-1.amazonaws.com/model/us.anthropic.claude-sonnet-4-20250514-v1%3A0/invoke";
+        let body = br#"{"max_tokens":8}"#;
+        let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+        let headers = [("content-type", "application/json")];
+        for (token, signature) in [
+            (None, "d22e7d527c4efc040c4d59a1f7b6ef0a06e213b997f74e76993d4fbd881d7e0c"),
+            (Some("session-token".to_owned()), "be47c1db8c1cfd42c25af7761bcedf337c273a3eeb710d4695e0624081c1144d"),
+        ] {
+            let keys = Keys::fixed("AKIDEXAMPLE", secret, token);
+            let signed = sign(url, &headers, body, "us-east-1", &keys, at).unwrap();
+            let auth = &signed.iter().find(|(n, _)| n == "authorization").unwrap().1;
+            assert!(auth.ends_with(&format!("Signature={signature}")), "{auth}");
+            assert!(signed.iter().any(|(n, v)| n == "x-amz-date" && v == "20270115T080000Z"));
+        }
+    }
+
+    #[test]
+    fn count_tokens_names_the_foundation_model_of_an_inference_profile() {
+        let body = r#"{"model":"claude-sonnet-4","messages":[]}"#;
+        let call =
+            Call::new(&bedrock(), Wire::Anthropic, "messages/count_tokens", "claude-sonnet-4", body, &[]).unwrap();
+        assert!(call.url.ends_with("/model/anthropic.claude-sonnet-4-20250514-v1%3A0/count-tokens"), "{}", call.url);
+        assert_eq!(foundation_model("anthropic.claude-x"), "anthropic.claude-x");
+        assert_eq!(foundation_model("global.anthropic.claude-x"), "anthropic.claude-x");
     }
 
     #[test]
