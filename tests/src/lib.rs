@@ -21,6 +21,7 @@ pub mod redis_server;
 pub mod scripted;
 pub mod services;
 pub mod tls;
+pub mod units;
 
 pub use apps::{TEST_AUDIT_KEY, TestApp, WorkerHandle, WorkerProcess, spawn_app};
 pub use git_server::GitServer;

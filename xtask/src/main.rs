@@ -9,12 +9,16 @@
 //!   that are missing (setup builds them all)
 //! - `bench [--debug] [names]`: the benchmarks in `loadtests/`, on release
 //!   builds (debug with `--debug`), each against a baseline
+//! - `dist [--debug]`: release binaries and a Debian package per role
+//!   (`paddock-api`, `paddock-worker`, `paddock-gateway`, `paddock-cli`)
+//!   with hardened systemd units, into `<target>/release/dist/`
 //! - `openapi`: regenerate `openapi/openapi.json`
 //! - `tidy`: the workspace's crates and the dependency rules of ARCHITECTURE.md
 //!
 //! Everything it installs or keeps lives under `$PADDOCK_HOME` (default
 //! `~/.cache/paddock`), outside the clone, so a fresh clone reuses it.
 
+mod dist;
 mod images;
 mod peers;
 mod services;
@@ -34,7 +38,10 @@ fn main() -> ExitCode {
         Some("openapi") => openapi(),
         Some("bench") => bench(&args[1..]),
         Some("tidy") => tidy(),
-        _ => Err("usage: cargo xtask <setup|test|demo|images|bench|openapi|tidy>".to_owned()),
+        Some("dist") => {
+            dist::build(&workspace_root(), &target_dir(), args.get(1).is_some_and(|a| a == "--debug")).map(drop)
+        }
+        _ => Err("usage: cargo xtask <setup|test|demo|images|bench|dist|openapi|tidy>".to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,6 +123,8 @@ fn test(extra: &[String]) -> Result<()> {
     setup()?;
     services::remove_test_leftovers();
     run(&mut cargo(&["build", "--workspace", "--bins"]))?;
+    // The packages of the debug build, which the deployment test installs.
+    dist::build(&workspace_root(), &target_dir(), true)?;
     let mut cmd = cargo(&["test", "--workspace", "--no-fail-fast"]);
     cmd.args(extra);
     let (passed, failed, result) = run_counting_tests(&mut cmd);

@@ -13,6 +13,7 @@ mod bedrock;
 mod cli;
 mod contract;
 mod costs;
+mod deploy;
 mod follow_ups;
 mod gateway;
 mod github;
