@@ -151,7 +151,12 @@ impl EmulatedProviders {
 
     /// An instance metadata service handing out keys this Bedrock accepts.
     pub async fn start_imds(&self) -> EmulatedImds {
-        EmulatedImds::start(self.aws.clone()).await
+        EmulatedImds::start(self.aws.clone(), None).await
+    }
+
+    /// An instance metadata service whose role has the keys `fixed`.
+    pub async fn start_imds_with(&self, fixed: (String, String)) -> EmulatedImds {
+        EmulatedImds::start(self.aws.clone(), Some(fixed)).await
     }
 
     /// The next `requests` Bedrock calls get a ThrottlingException.

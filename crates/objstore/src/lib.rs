@@ -233,24 +233,54 @@ impl S3Store {
         }
     }
 
+    /// With `access_key_id` and `secret_access_key` set, signs with them;
+    /// without, with the AWS chain (the instance, task or pod role: see
+    /// [`platform::aws_credentials`]), renewed before the keys expire.
     pub fn new(config: &S3Config, outbound: &platform::outbound::Outbound) -> Self {
-        let credentials = Credentials::new(
-            &config.access_key_id,
-            config.secret_access_key.expose_secret(),
-            None,
-            None,
-            "paddock-config",
-        );
-        let mut builder = aws_sdk_s3::Config::builder()
+        let builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))
-            .credentials_provider(credentials)
             .force_path_style(config.force_path_style)
             .http_client(http_client(outbound));
+        let mut builder = if config.access_key_id.is_empty() {
+            let http = outbound.http().build().unwrap_or_default();
+            builder.credentials_provider(Chain { http, region: config.region.clone() })
+        } else {
+            builder.credentials_provider(Credentials::new(
+                &config.access_key_id,
+                config.secret_access_key.expose_secret(),
+                None,
+                None,
+                "paddock-config",
+            ))
+        };
         if !config.endpoint.is_empty() {
             builder = builder.endpoint_url(&config.endpoint);
         }
         Self { client: aws_sdk_s3::Client::from_conf(builder.build()), bucket: config.bucket.clone() }
+    }
+}
+
+/// The AWS credential chain, for the SDK (which caches what it returns
+/// until shortly before it expires).
+#[derive(Debug)]
+struct Chain {
+    http: reqwest::Client,
+    region: String,
+}
+
+impl aws_credential_types::provider::ProvideCredentials for Chain {
+    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::new(async move {
+            let aws = common::config::AwsCredentialsConfig::default();
+            match platform::aws_credentials::keys(&aws, &self.region, &self.http).await {
+                Ok(keys) => Ok(keys.credentials()),
+                Err(message) => Err(aws_credential_types::provider::error::CredentialsError::not_loaded(message)),
+            }
+        })
     }
 }
 

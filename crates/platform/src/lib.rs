@@ -2,6 +2,7 @@
 //! (TLS trust, corporate proxy), the accept loop of its listeners, the
 //! configuration loader, telemetry and metrics.
 
+pub mod aws_credentials;
 pub mod config;
 pub mod listener;
 pub mod metrics;

@@ -523,11 +523,17 @@ pub struct EmulatedImds {
     server: actix_web::dev::ServerHandle,
 }
 
+/// The metadata service's state: the AWS side, its session tokens, and
+/// fixed keys to hand out instead of minting (another service's, e.g. the
+/// test object store's).
+type Imds = web::Data<(Arc<Mutex<Aws>>, Arc<Mutex<Vec<String>>>, Option<(String, String)>)>;
+
 impl EmulatedImds {
-    pub(super) async fn start(aws: Arc<Mutex<Aws>>) -> Self {
+    /// Serving keys of the role `paddock-worker`: minted by the emulated
+    /// AWS side, or `fixed`.
+    pub(super) async fn start(aws: Arc<Mutex<Aws>>, fixed: Option<(String, String)>) -> Self {
         let sessions: Arc<Mutex<Vec<String>>> = Arc::default();
-        let state = web::Data::new((aws, sessions));
-        type Imds = web::Data<(Arc<Mutex<Aws>>, Arc<Mutex<Vec<String>>>)>;
+        let state = web::Data::new((aws, sessions, fixed));
         async fn token(req: HttpRequest, state: Imds) -> HttpResponse {
             if req.headers().get("x-aws-ec2-metadata-token-ttl-seconds").is_none() {
                 return HttpResponse::BadRequest().finish();
@@ -553,7 +559,13 @@ impl EmulatedImds {
             if path.as_str() != "paddock-worker" {
                 return HttpResponse::NotFound().finish();
             }
-            let (id, secret, token) = state.0.lock().unwrap().temporary(Duration::from_secs(6 * 3600));
+            let (id, secret, token) = match &state.2 {
+                Some((id, secret)) => {
+                    state.0.lock().unwrap().issued += 1;
+                    (id.clone(), secret.clone(), format!("IQoJb3JpZ2luX2Vj{}", ulid()))
+                }
+                None => state.0.lock().unwrap().temporary(Duration::from_secs(6 * 3600)),
+            };
             let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(6);
             let expires =
                 expires.replace_nanosecond(0).unwrap().format(&time::format_description::well_known::Rfc3339).unwrap();

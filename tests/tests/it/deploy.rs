@@ -141,3 +141,35 @@ async fn the_packages_install_and_their_units_run_a_run_and_stop_gracefully() {
     assert!(api_status.is_some_and(|s| s.success()), "api: {api_status:?}\n{}", log(&api_log));
     assert!(log(&worker_log).contains("shutting down: no new claims"), "{}", log(&worker_log));
 }
+
+#[tokio::test]
+async fn without_s3_keys_the_api_reads_the_bucket_with_the_instance_roles_keys() {
+    // The instance role's keys are the object store's (what IAM would give
+    // the role, here Garage's key), served by an IMDSv2 emulator.
+    let app = tests::spawn_app(&[]).await;
+    let providers = tests::providers::EmulatedProviders::start().await;
+    let var = |name: &str| app.vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap();
+    let (id, secret) = (var("PADDOCK_S3__ACCESS_KEY_ID"), var("PADDOCK_S3__SECRET_ACCESS_KEY"));
+    let imds = providers.start_imds_with((id, secret)).await;
+    let without_keys = [("PADDOCK_S3__ACCESS_KEY_ID", ""), ("PADDOCK_S3__SECRET_ACCESS_KEY", "")];
+    let mut env = without_keys.to_vec();
+    env.push(("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url.as_str()));
+    let (mut api, url) = app.spawn_api_process(&env).await;
+    let ready = app.client.get(format!("{url}/readyz")).send().await.unwrap();
+    let status = ready.status().as_u16();
+    assert_eq!(status, 200, "{}\n{}", ready.text().await.unwrap(), api.log_text());
+    assert!(providers.aws_keys_issued() >= 1, "the keys came from the metadata service");
+    api.kill_hard();
+
+    // No keys and no role: the bucket is refused, and readiness says why.
+    let mut env = without_keys.to_vec();
+    env.push(("AWS_EC2_METADATA_DISABLED", "true"));
+    let (mut api, url) = app.spawn_api_process(&env).await;
+    let ready = app.client.get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("object storage"), "{body}");
+    api.kill_hard();
+    imds.stop().await;
+    providers.stop().await;
+}

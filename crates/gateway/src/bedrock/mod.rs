@@ -4,14 +4,13 @@
 //! go to any Converse-capable model through `Converse` / `ConverseStream`.
 //! Requests are signed with SigV4 by the AWS SDK's signer (`aws-sigv4`),
 //! with credentials from the provider's `aws` settings or the standard
-//! chain ([`credentials`]). Bedrock streams answers in its binary event
+//! chain ([`platform::aws_credentials`]). Bedrock streams answers in its binary event
 //! stream; [`answer::Translator`] turns them back into the SSE stream the
 //! client's wire speaks as they arrive, before redaction, so redaction,
 //! usage, budgets and cost work as for every other provider.
 
 mod answer;
 mod converse;
-mod credentials;
 
 use std::time::SystemTime;
 
@@ -19,7 +18,7 @@ use common::config::ProviderConfig;
 use serde_json::Value;
 
 pub(super) use answer::{Plan, Translator};
-pub(super) use credentials::Keys;
+pub(super) use platform::aws_credentials::Keys;
 
 use crate::server::Wire;
 
@@ -160,7 +159,7 @@ pub(super) fn sign(
     at: SystemTime,
 ) -> Result<Vec<(String, String)>, String> {
     use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-    let identity = keys.identity();
+    let identity: aws_smithy_runtime_api::client::identity::Identity = keys.credentials().into();
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
@@ -217,9 +216,10 @@ pub(super) fn unix_now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
-/// The provider's signing credentials (see [`credentials`]).
+/// The provider's signing credentials (see [`platform::aws_credentials`]).
 pub(super) async fn keys(provider: &ProviderConfig, http: &reqwest::Client) -> Result<Keys, Refusal> {
-    credentials::keys(provider, http).await.map_err(Refusal::SignIn)
+    let region = provider.region.as_deref().unwrap_or_default();
+    platform::aws_credentials::keys(&provider.aws, region, http).await.map_err(Refusal::SignIn)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The AWS credentials a Bedrock provider signs with: keys in its `aws`
-//! settings when an operator put them there (a last resort), else the
+//! The AWS credentials Paddock signs with (Bedrock calls, and S3 when no
+//! static keys are configured): keys in the `aws` settings when an
+//! operator put them there (a last resort), else the
 //! standard chain: a web identity role set on the provider, the
 //! environment's keys, web identity from the environment (an OIDC token
 //! file exchanged at STS for a role's temporary keys: EKS IRSA), the
@@ -12,12 +13,12 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::config::ProviderConfig;
+use common::config::AwsCredentialsConfig;
 use secrecy::{ExposeSecret, SecretString};
 
 /// Signing keys, with their expiry when temporary.
 #[derive(Clone)]
-pub(crate) struct Keys {
+pub struct Keys {
     access_key_id: String,
     secret_access_key: SecretString,
     session_token: Option<SecretString>,
@@ -33,8 +34,8 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
-    #[cfg(test)]
-    pub(crate) fn fixed(access_key_id: &str, secret: &str, session_token: Option<String>) -> Self {
+    /// Keys given outright (tests and known-answer checks).
+    pub fn fixed(access_key_id: &str, secret: &str, session_token: Option<String>) -> Self {
         Self {
             access_key_id: access_key_id.to_owned(),
             secret_access_key: secret.to_owned().into(),
@@ -44,8 +45,9 @@ impl Keys {
         }
     }
 
-    /// What the SDK's signer takes.
-    pub(crate) fn identity(&self) -> aws_smithy_runtime_api::client::identity::Identity {
+    /// As the AWS SDKs' credentials (their signer takes these as an
+    /// identity).
+    pub fn credentials(&self) -> aws_credential_types::Credentials {
         aws_credential_types::Credentials::new(
             &self.access_key_id,
             self.secret_access_key.expose_secret(),
@@ -53,7 +55,6 @@ impl Keys {
             self.expires,
             "paddock",
         )
-        .into()
     }
 
     /// Still good for at least five minutes.
@@ -75,9 +76,8 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// Keys for `provider`, from its settings or the chain.
-pub(crate) async fn keys(provider: &ProviderConfig, http: &reqwest::Client) -> Result<Keys, String> {
-    let aws = &provider.aws;
+/// Keys from `aws` or the chain; `region` names the regional STS endpoint.
+pub async fn keys(aws: &AwsCredentialsConfig, region: &str, http: &reqwest::Client) -> Result<Keys, String> {
     if let (Some(id), Some(secret)) = (&aws.access_key_id, &aws.secret_access_key) {
         return Ok(Keys {
             access_key_id: id.clone(),
@@ -100,7 +100,6 @@ pub(crate) async fn keys(provider: &ProviderConfig, http: &reqwest::Client) -> R
             source: "the environment",
         });
     }
-    let region = provider.region.clone().unwrap_or_default();
     let role = configured_role.or_else(|| env("AWS_ROLE_ARN").zip(env("AWS_WEB_IDENTITY_TOKEN_FILE").map(Into::into)));
     let source = match role {
         Some((role, file)) => {
@@ -181,7 +180,7 @@ impl Source {
                     .form(&form)
                     .send()
                     .await
-                    .map_err(|e| format!("STS at {sts} failed: {}", platform::outbound::describe(&e)))?;
+                    .map_err(|e| format!("STS at {sts} failed: {}", crate::outbound::describe(&e)))?;
                 let status = answer.status();
                 let text = answer.text().await.unwrap_or_default();
                 if !status.is_success() {
@@ -212,7 +211,7 @@ impl Source {
                     request = request.header("authorization", token);
                 }
                 let answer = request.send().await.map_err(|e| {
-                    format!("the container credentials endpoint failed: {}", platform::outbound::describe(&e))
+                    format!("the container credentials endpoint failed: {}", crate::outbound::describe(&e))
                 })?;
                 json_keys(answer, "the container credentials endpoint", "container role").await
             }
@@ -220,7 +219,7 @@ impl Source {
                 let unreachable = |e: reqwest::Error| {
                     format!(
                         "no AWS credentials: no aws keys, no role in the environment, and the instance metadata service at {endpoint} failed: {}",
-                        platform::outbound::describe(&e)
+                        crate::outbound::describe(&e)
                     )
                 };
                 let token = http
