@@ -33,6 +33,12 @@ const MOTO_VERSION: &str = "5.2.5";
 /// (through `$PADDOCK_HOME/bin/st`).
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
 const MOTO_PORT: u16 = 3950;
+/// The offline checks of `infra/` the test suite runs (through
+/// `PYTHONPATH=$PADDOCK_HOME/infra-checks/lib`): checkov over the
+/// Terraform module, python-hcl2 for its structure (no Terraform binary
+/// can be downloaded here), kubernetes-validate for the Helm chart's
+/// manifests.
+const INFRA_CHECKS: &[&str] = &["checkov==3.3.30", "python-hcl2==8.1.4", "kubernetes-validate==1.37.0"];
 
 pub fn ensure_all(home: &Path) -> Result<()> {
     for dir in ["logs", "state", "redis", "garage"] {
@@ -46,6 +52,7 @@ pub fn ensure_all(home: &Path) -> Result<()> {
     step("agent images", || crate::images::build(home, &[]))?;
     step("moto (S3 Object Lock emulation)", || moto(home))?;
     step("schemathesis (API contract fuzzer)", || schemathesis(home))?;
+    step("infra checks (checkov, python-hcl2, kubernetes-validate)", || infra_checks(home))?;
     let vars = [
         ("PADDOCK_REDIS__URL".to_owned(), format!("redis://127.0.0.1:{REDIS_PORT}/")),
         ("PADDOCK_S3__ENDPOINT".to_owned(), format!("http://127.0.0.1:{S3_PORT}")),
@@ -283,6 +290,30 @@ fn install_schemathesis(home: &Path, dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&st, fs::Permissions::from_mode(0o755)).map_err(|e| format!("{}: {e}", st.display()))?;
     fs::rename(&partial, dir).map_err(|e| format!("cannot move schemathesis into {}: {e}", dir.display()))
+}
+
+/// Installs [`INFRA_CHECKS`] from PyPI under `$PADDOCK_HOME/infra-checks`
+/// (a directory per set of versions, linked).
+fn infra_checks(home: &Path) -> Result<()> {
+    let versions: String = INFRA_CHECKS.iter().map(|p| p.replace("==", "-")).collect::<Vec<_>>().join("_");
+    let dir = home.join(format!("infra-checks_{versions}"));
+    if !dir.join("lib/checkov").is_dir() {
+        eprintln!("xtask: installing {} from PyPI (about 30 s, once per machine)", INFRA_CHECKS.join(", "));
+        let partial = home.join("infra-checks-partial");
+        fs::remove_dir_all(&partial).ok();
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore"])
+            .arg("--target")
+            .arg(partial.join("lib"))
+            .args(INFRA_CHECKS)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()))?;
+        fs::remove_dir_all(&dir).ok();
+        fs::rename(&partial, &dir).map_err(|e| format!("cannot move the checks into {}: {e}", dir.display()))?;
+    }
+    let link = home.join("infra-checks");
+    fs::remove_file(&link).ok();
+    std::os::unix::fs::symlink(&dir, &link).map_err(|e| format!("cannot link {}: {e}", link.display()))
 }
 
 fn moto(home: &Path) -> Result<()> {

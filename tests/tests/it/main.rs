@@ -18,6 +18,7 @@ mod follow_ups;
 mod gateway;
 mod github;
 mod identity;
+mod infra;
 mod live;
 mod matrix;
 mod metrics;

@@ -1,0 +1,83 @@
+# The worker fleet: an Auto Scaling group on Debian 12 with Docker (and
+# gVisor when asked), scaled so each worker has worker_concurrency runs to
+# do: target tracking on dispatchable runs per in-service worker.
+
+
+resource "aws_autoscaling_group" "worker" {
+  name                = "${var.name}-worker"
+  min_size            = var.worker_min_size
+  max_size            = var.worker_max_size
+  vpc_zone_identifier = var.private_subnet_ids
+  # A stopping worker finishes its runs (TimeoutStopSec=660) before the
+  # instance goes: scale-in waits for it through the lifecycle hook.
+  default_instance_warmup = 120
+  launch_template {
+    id      = aws_launch_template.paddock["worker"].id
+    version = "$Latest"
+  }
+  initial_lifecycle_hook {
+    name                 = "drain"
+    lifecycle_transition = "autoscaling:EC2_INSTANCE_TERMINATING"
+    default_result       = "CONTINUE"
+    heartbeat_timeout    = 720
+  }
+  instance_refresh {
+    strategy = "Rolling"
+    preferences {
+      min_healthy_percentage = 75
+    }
+  }
+  dynamic "tag" {
+    for_each = local.tags
+    content {
+      key                 = tag.key
+      value               = tag.value
+      propagate_at_launch = true
+    }
+  }
+}
+
+# Dispatchable runs (published by the API hosts from paddock_queue_dispatchable)
+# divided by in-service workers, held at worker_concurrency.
+resource "aws_autoscaling_policy" "worker_queue" {
+  name                   = "${var.name}-worker-queue"
+  autoscaling_group_name = aws_autoscaling_group.worker.name
+  policy_type            = "TargetTrackingScaling"
+  target_tracking_configuration {
+    target_value = var.worker_concurrency
+    customized_metric_specification {
+      metrics {
+        id          = "dispatchable"
+        return_data = false
+        metric_stat {
+          metric {
+            namespace   = local.metric_namespace
+            metric_name = local.metric_name
+          }
+          stat = "Maximum"
+        }
+      }
+      metrics {
+        id          = "workers"
+        return_data = false
+        metric_stat {
+          metric {
+            namespace   = "AWS/AutoScaling"
+            metric_name = "GroupInServiceInstances"
+            dimensions {
+              name  = "AutoScalingGroupName"
+              value = "${var.name}-worker"
+            }
+          }
+          stat = "Average"
+        }
+      }
+      metrics {
+        id          = "per_worker"
+        expression  = "dispatchable / MAX([workers, 1])"
+        label       = "Dispatchable runs per worker"
+        return_data = true
+      }
+    }
+  }
+}

@@ -1,0 +1,127 @@
+"""Structural checks of the Terraform module where `terraform validate`
+cannot run (no Terraform binary or AWS provider can be downloaded on the
+machines this project is built on): every file parses as HCL2
+(python-hcl2); every `var.`, `local.`, `data.` and resource reference
+names something declared; every variable has a description and a type;
+every module call passes each required variable and no unknown one; every
+`templatefile` names a file that exists and gets every variable it uses.
+
+Usage: python3 check.py <dir with aws/ and examples/>; exit 1 on a finding.
+"""
+
+import glob
+import os
+import re
+import sys
+
+import hcl2
+
+
+def load(path):
+    with open(path) as f:
+        return hcl2.load(f)
+
+
+def blocks(doc, kind):
+    for item in doc.get(kind, []):
+        yield item
+
+
+def module_declarations(directory):
+    variables, locals_, resources, datas, outputs = {}, set(), set(), set(), set()
+    texts = {}
+    for path in sorted(glob.glob(os.path.join(directory, "*.tf"))):
+        doc = load(path)
+        with open(path) as f:
+            texts[path] = f.read()
+        for item in blocks(doc, "variable"):
+            for name, body in item.items():
+                variables[name] = {k: v for k, v in body.items() if not k.startswith("__")}
+        for item in blocks(doc, "locals"):
+            locals_.update(item.keys())
+        for item in blocks(doc, "resource"):
+            for kind, named in item.items():
+                for name in named:
+                    resources.add(f"{kind}.{name}")
+        for item in blocks(doc, "data"):
+            for kind, named in item.items():
+                for name in named:
+                    datas.add(f"{kind}.{name}")
+        for item in blocks(doc, "output"):
+            outputs.update(item.keys())
+    return variables, locals_, resources, datas, outputs, texts
+
+
+REFERENCE = re.compile(r"(?<![\w.])(var|local|data|aws_[a-z0-9_]+|random_[a-z0-9_]+)\.([a-z0-9_]+)(?:\.([a-z0-9_]+))?")
+
+
+def check_module(directory, findings):
+    variables, locals_, resources, datas, outputs, texts = module_declarations(directory)
+    for name, body in variables.items():
+        for needed in ("description", "type"):
+            if needed not in body:
+                findings.append(f"{directory}: variable {name} has no {needed}")
+    for path, text in texts.items():
+        code = "\n".join(line.split("#", 1)[0] if not line.lstrip().startswith("description") else "" for line in text.splitlines())
+        for kind, first, second in REFERENCE.findall(code):
+            if kind == "var" and first not in variables:
+                findings.append(f"{path}: var.{first} is not declared")
+            elif kind == "local" and first not in locals_:
+                findings.append(f"{path}: local.{first} is not defined")
+            elif kind == "data" and f"{first}.{second}" not in datas:
+                findings.append(f"{path}: data.{first}.{second} is not declared")
+            elif kind.startswith(("aws_", "random_")) and f"{kind}.{first}" not in resources:
+                findings.append(f"{path}: {kind}.{first} is not declared")
+        for template, arguments in re.findall(r'templatefile\("\$\{path\.module\}/([^"]+)",\s*(\{.*?\}\)|local\.[a-z_]+)', text, re.S):
+            file = os.path.join(directory, template)
+            if not os.path.isfile(file):
+                findings.append(f"{path}: templatefile {template} does not exist")
+                continue
+            with open(file) as f:
+                used = {m.split(".")[0].split(",")[0].strip() for m in re.findall(r"(?<!\$)\$\{\s*([a-z_][a-z0-9_.]*)", f.read())}
+                f.seek(0)
+                used |= set(re.findall(r"%\{\s*if\s+([a-z_]+)", f.read()))
+            given = set(re.findall(r"^\s*([a-z_]+)\s*=", arguments, re.M))
+            if arguments.startswith("local."):
+                given = set(re.findall(r"^\s{4}([a-z_]+)\s*=", text.split("config_vars = {", 1)[1].split("}", 1)[0], re.M))
+            functions = {"indent", "jsonencode", "base64encode"}
+            missing = used - given - functions
+            if missing:
+                findings.append(f"{path}: {template} uses {sorted(missing)} which the call does not pass")
+    return variables, outputs
+
+
+def check_example(example, module_dir, variables, outputs, findings):
+    doc = load(example)
+    for item in blocks(doc, "module"):
+        for name, body in item.items():
+            passed = {k for k in body if not k.startswith("__")} - {"source", "providers", "depends_on", "count", "for_each"}
+            required = {v for v, b in variables.items() if "default" not in b}
+            for missing in sorted(required - passed):
+                findings.append(f"{example}: module {name} does not pass the required variable {missing}")
+            for unknown in sorted(passed - set(variables)):
+                findings.append(f"{example}: module {name} passes {unknown}, which the module does not declare")
+            with open(example) as f:
+                for used in re.findall(rf"module\.{name}\.([a-z_]+)", f.read()):
+                    if used not in outputs:
+                        findings.append(f"{example}: module.{name}.{used} is not an output")
+
+
+def main(root):
+    findings = []
+    module_dir = os.path.join(root, "aws")
+    variables, outputs = check_module(module_dir, findings)
+    examples = sorted(glob.glob(os.path.join(root, "examples", "*", "*.tf")))
+    if not examples:
+        findings.append("no example root under examples/")
+    for example in examples:
+        check_example(example, module_dir, variables, outputs, findings)
+    files = glob.glob(os.path.join(root, "**", "*.tf"), recursive=True)
+    for finding in findings:
+        print(f"terraform check: {finding}")
+    print(f"terraform check: {len(files)} files parsed, {len(variables)} variables, {len(outputs)} outputs, {len(findings)} findings")
+    return 1 if findings else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
