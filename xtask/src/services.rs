@@ -11,8 +11,22 @@ use std::time::{Duration, Instant};
 
 use crate::{Result, run};
 
-const PACKAGES: &[&str] =
-    &["redis-server", "redis-tools", "docker.io", "runsc", "git", "debootstrap", "iptables", "ca-certificates", "curl"];
+const PACKAGES: &[&str] = &[
+    "redis-server",
+    "redis-tools",
+    "docker.io",
+    "runsc",
+    "git",
+    "debootstrap",
+    "iptables",
+    "ca-certificates",
+    "curl",
+    // The Helm chart's renderer (infra/helm/render): Go's text/template with
+    // Sprig, as Helm renders (no helm binary can be downloaded here).
+    "golang-go",
+    "golang-github-masterminds-sprig-dev",
+    "golang-gopkg-yaml.v3-dev",
+];
 /// Where the engine reads its runtimes from, and how gVisor is registered in
 /// it: `--network=host` keeps the network namespace Docker made for the
 /// container, so the run's internal network and firewall apply as with runc.
@@ -53,6 +67,7 @@ pub fn ensure_all(home: &Path) -> Result<()> {
     step("moto (S3 Object Lock emulation)", || moto(home))?;
     step("schemathesis (API contract fuzzer)", || schemathesis(home))?;
     step("infra checks (checkov, python-hcl2, kubernetes-validate)", || infra_checks(home))?;
+    step("helm renderer", || helm_renderer(home))?;
     let vars = [
         ("PADDOCK_REDIS__URL".to_owned(), format!("redis://127.0.0.1:{REDIS_PORT}/")),
         ("PADDOCK_S3__ENDPOINT".to_owned(), format!("http://127.0.0.1:{S3_PORT}")),
@@ -314,6 +329,23 @@ fn infra_checks(home: &Path) -> Result<()> {
     let link = home.join("infra-checks");
     fs::remove_file(&link).ok();
     std::os::unix::fs::symlink(&dir, &link).map_err(|e| format!("cannot link {}: {e}", link.display()))
+}
+
+/// Builds `infra/helm/render` (Go, GOPATH mode on Debian's Go packages: no
+/// module proxy is reachable) into `$PADDOCK_HOME/bin/helm-render`.
+fn helm_renderer(home: &Path) -> Result<()> {
+    let source = crate::workspace_root().join("infra/helm/render");
+    let bin = home.join("bin/helm-render");
+    fs::create_dir_all(home.join("bin")).map_err(|e| format!("cannot create {}: {e}", home.join("bin").display()))?;
+    run(Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .current_dir(&source)
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", home.join("go-build"))
+        .env("GOFLAGS", ""))
 }
 
 fn moto(home: &Path) -> Result<()> {

@@ -94,3 +94,73 @@ fn the_configuration_the_module_writes_is_one_paddock_accepts() {
         assert_eq!(config.retention.transcripts_days, 30);
     }
 }
+
+/// The chart rendered by `$PADDOCK_HOME/bin/helm-render` (Helm's engine and
+/// functions, built by `cargo xtask setup`) with `args` on top of its
+/// values.
+fn render(args: &[&str]) -> String {
+    let render = tests::services::home().join("bin/helm-render");
+    assert!(render.is_file(), "{} is missing: run `cargo xtask setup`", render.display());
+    let out = Command::new(render)
+        .args(args)
+        .args(["--namespace", "paddock", "paddock", "infra/helm/paddock"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rendering failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The Kubernetes version the chart targets (Chart.yaml: >=1.28).
+const KUBERNETES: &str = "1.31.0";
+
+#[test]
+fn every_manifest_the_chart_renders_is_valid_kubernetes() {
+    for (mode, args) in [("node engine", vec![]), ("docker-in-docker", vec!["--set", "worker.docker.mode=dind"])] {
+        let manifests = render(&args);
+        let file = std::env::temp_dir().join(format!("paddock-chart-{}.yaml", ulid::Ulid::new()));
+        std::fs::write(&file, &manifests).unwrap();
+        let (ok, text) = python(&["-m", "kubernetes_validate", "-k", KUBERNETES, "--strict", file.to_str().unwrap()]);
+        std::fs::remove_file(&file).ok();
+        assert!(ok, "{mode}: {text}\n{manifests}");
+        let passed = text.lines().filter(|l| l.contains(" passed for resource ")).count();
+        let kinds: Vec<&str> = manifests.lines().filter_map(|l| l.strip_prefix("kind: ")).collect();
+        // Every built-in kind is checked against its schema; the two custom
+        // resources (KEDA's ScaledObject, the Prometheus operator's
+        // ServiceMonitor) have none in kubernetes-validate.
+        let custom = kinds.iter().filter(|k| matches!(**k, "ScaledObject" | "ServiceMonitor")).count();
+        assert_eq!(passed, kinds.len() - custom, "{mode}: {text}");
+        assert_eq!(custom, 2, "{mode}: {kinds:?}");
+        for kind in ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "Service"] {
+            assert!(kinds.contains(&kind), "{mode}: no {kind} in {kinds:?}");
+        }
+        let dind = manifests.contains("privileged: true");
+        assert_eq!(dind, mode == "docker-in-docker", "{mode}: only the DinD sidecar is privileged");
+        assert_eq!(manifests.contains("hostNetwork: true"), mode == "node engine", "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn the_keda_trigger_reads_a_metric_paddock_really_exports() {
+    let manifests = render(&[]);
+    let query = manifests
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("query: "))
+        .unwrap_or_else(|| panic!("no KEDA query in:\n{manifests}"));
+    let names: Vec<&str> =
+        query.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("paddock_")).collect();
+    assert!(!names.is_empty(), "{query}");
+    // The API's /metrics, as Prometheus scrapes it, after a run is queued.
+    let app = tests::spawn_app(&[]).await;
+    let repo = app.repo(&[("README.md", b"# x\n")]);
+    app.create_run(&repo, "queued for the metric").await;
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in names {
+        let sample = metrics.lines().find(|l| l.starts_with(&format!("{name}{{tenant=\"*\"}}")));
+        let value: f64 = sample
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name}{{tenant=\"*\"}} is not exported:\n{metrics}"));
+        assert!(value >= 1.0, "the queued run is dispatchable: {value}");
+    }
+}
