@@ -4,7 +4,11 @@ machines this project is built on): every file parses as HCL2
 (python-hcl2); every `var.`, `local.`, `data.` and resource reference
 names something declared; every variable has a description and a type;
 every module call passes each required variable and no unknown one; every
-`templatefile` names a file that exists and gets every variable it uses.
+`templatefile` names a file that exists and gets every variable it uses;
+and the layout rules of `terraform fmt` that can be checked without it
+(two-space indentation by nesting, no tabs or trailing spaces, one space
+after `=`, the `=` of adjacent one-line attributes aligned). This is not
+`terraform fmt -check`: its full rules need Terraform itself.
 
 Usage: python3 check.py <dir with aws/ and examples/>; exit 1 on a finding.
 """
@@ -107,6 +111,62 @@ def check_example(example, module_dir, variables, outputs, findings):
                         findings.append(f"{example}: module.{name}.{used} is not an output")
 
 
+STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def check_format(path, findings):
+    with open(path) as f:
+        text = f.read()
+    if not text.endswith("\n") or text.endswith("\n\n"):
+        findings.append(f"{path}: must end with exactly one newline")
+    depth, heredoc, run = 0, None, []
+
+    def close_run():
+        columns = {line.index("=") for _, line, _ in run}
+        if len(columns) > 1:
+            findings.append(f"{path}:{run[0][0]}: the = of adjacent attributes are not aligned")
+        run.clear()
+
+    for number, line in enumerate(text.splitlines(), 1):
+        if heredoc:
+            if line.strip() == heredoc:
+                heredoc = None
+            continue
+        if "\t" in line:
+            findings.append(f"{path}:{number}: a tab")
+        if line != line.rstrip():
+            findings.append(f"{path}:{number}: trailing whitespace")
+        code = STRING.sub('""', line.split("#", 1)[0] if not line.strip().startswith("#") else "")
+        marker = re.search(r"<<-?([A-Z]+)\s*$", code)
+        opening = sum(code.count(c) for c in "{[(")
+        closing = sum(code.count(c) for c in "}])")
+        # As terraform fmt indents: a line that opens brackets (however many)
+        # indents what follows one level; the line that closes them, one
+        # level less.
+        net = opening - closing
+        expected = 2 * max(depth - (1 if re.match(r"^\s*[}\])]", code) else 0), 0)
+        if line.strip() and not line.strip().startswith("#"):
+            indent = len(line) - len(line.lstrip(" "))
+            if indent != expected:
+                findings.append(f"{path}:{number}: indented {indent}, nesting says {expected}")
+        attribute = re.match(r"^\s*[\w-]+\s*=(?!=)(.*)$", code)
+        if attribute and not attribute.group(1).startswith(" ") and attribute.group(1).strip():
+            findings.append(f"{path}:{number}: one space after =")
+        if attribute and attribute.group(1).lstrip().startswith(" "):
+            findings.append(f"{path}:{number}: one space after =")
+        single = attribute and opening == closing and not marker
+        if single and (not run or run[-1][2] == depth):
+            run.append((number, line, depth))
+        else:
+            close_run()
+            if single:
+                run.append((number, line, depth))
+        depth += (net > 0) - (net < 0)
+        if marker:
+            heredoc = marker.group(1)
+    close_run()
+
+
 def main(root):
     findings = []
     module_dir = os.path.join(root, "aws")
@@ -117,6 +177,8 @@ def main(root):
     for example in examples:
         check_example(example, module_dir, variables, outputs, findings)
     files = glob.glob(os.path.join(root, "**", "*.tf"), recursive=True)
+    for path in sorted(files):
+        check_format(path, findings)
     for finding in findings:
         print(f"terraform check: {finding}")
     print(f"terraform check: {len(files)} files parsed, {len(variables)} variables, {len(outputs)} outputs, {len(findings)} findings")

@@ -110,6 +110,11 @@ data "aws_iam_policy_document" "worker" {
     actions   = ["s3:GetObject"]
     resources = [local.packages]
   }
+  statement {
+    sid       = "CompleteItsDrain"
+    actions   = ["autoscaling:CompleteLifecycleAction"]
+    resources = ["arn:${local.partition}:autoscaling:${local.region}:${local.account_id}:autoScalingGroup:*:autoScalingGroupName/${var.name}-worker"]
+  }
 }
 
 resource "aws_iam_role" "api" {

@@ -48,6 +48,7 @@ resource "aws_launch_template" "paddock" {
     metrics      = each.value.metrics
     namespace    = local.metric_namespace
     metric       = local.metric_name
+    group        = "${var.name}-${each.key}"
   }))
   iam_instance_profile {
     arn = each.value.profile

@@ -8,8 +8,10 @@ resource "aws_autoscaling_group" "worker" {
   min_size            = var.worker_min_size
   max_size            = var.worker_max_size
   vpc_zone_identifier = var.private_subnet_ids
-  # A stopping worker finishes its runs (TimeoutStopSec=660) before the
-  # instance goes: scale-in waits for it through the lifecycle hook.
+  # Scale-in drains a worker before its instance goes: the hook holds the
+  # instance in Terminating:Wait, paddock-drain (cloud-init) sees that in
+  # the instance metadata, stops the worker (no new claims; running runs
+  # finish within TimeoutStopSec=660) and completes the hook.
   default_instance_warmup = 120
   launch_template {
     id      = aws_launch_template.paddock["worker"].id
