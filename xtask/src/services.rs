@@ -68,6 +68,7 @@ pub fn ensure_all(home: &Path) -> Result<()> {
     step("schemathesis (API contract fuzzer)", || schemathesis(home))?;
     step("infra checks (checkov, python-hcl2, kubernetes-validate)", || infra_checks(home))?;
     step("helm renderer", || helm_renderer(home))?;
+    step("CRD schemas (KEDA, Prometheus operator)", || crd_schemas(home))?;
     let vars = [
         ("PADDOCK_REDIS__URL".to_owned(), format!("redis://127.0.0.1:{REDIS_PORT}/")),
         ("PADDOCK_S3__ENDPOINT".to_owned(), format!("http://127.0.0.1:{S3_PORT}")),
@@ -327,6 +328,40 @@ fn infra_checks(home: &Path) -> Result<()> {
         fs::rename(&partial, &dir).map_err(|e| format!("cannot move the checks into {}: {e}", dir.display()))?;
     }
     let link = home.join("infra-checks");
+    fs::remove_file(&link).ok();
+    std::os::unix::fs::symlink(&dir, &link).map_err(|e| format!("cannot link {}: {e}", link.display()))
+}
+
+/// The custom resources' schemas `infra/helm/crd-check.mjs` validates
+/// with, from npm.
+const CRD_SCHEMAS: &[&str] =
+    &["@kubernetes-models/keda@2.0.0", "@kubernetes-models/prometheus-operator@6.0.0", "js-yaml@4.1.0"];
+
+fn crd_schemas(home: &Path) -> Result<()> {
+    if !succeeds(Command::new("node").arg("--version")) || !succeeds(Command::new("npm").arg("--version")) {
+        run(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "nodejs",
+            "npm",
+        ]))?;
+    }
+    let versions: String = CRD_SCHEMAS.iter().map(|p| p.replace(['/', '@'], "-")).collect::<Vec<_>>().join("_");
+    let dir = home.join(format!("crd-schemas{versions}"));
+    if !dir.join("installed").exists() {
+        eprintln!("xtask: installing {} from npm (seconds, once per machine)", CRD_SCHEMAS.join(", "));
+        fs::remove_dir_all(&dir).ok();
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&dir)
+            .args(CRD_SCHEMAS)
+            .stdout(Stdio::null()))?;
+        fs::write(dir.join("installed"), "").map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let link = home.join("crd-schemas");
     fs::remove_file(&link).ok();
     std::os::unix::fs::symlink(&dir, &link).map_err(|e| format!("cannot link {}: {e}", link.display()))
 }

@@ -111,6 +111,25 @@ fn render(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `infra/helm/crd-check.mjs` over `manifests`, beside the schemas
+/// `cargo xtask setup` installed.
+fn crd_check(manifests: &str) -> (bool, String) {
+    let dir = tests::services::home().join("crd-schemas");
+    assert!(
+        dir.join("node_modules/@kubernetes-models/keda").is_dir(),
+        "{} is missing: run `cargo xtask setup`",
+        dir.display()
+    );
+    let id = ulid::Ulid::new();
+    let (script, file) = (dir.join(format!("crd-check-{id}.mjs")), dir.join(format!("manifests-{id}.yaml")));
+    std::fs::copy(repo().join("infra/helm/crd-check.mjs"), &script).unwrap();
+    std::fs::write(&file, manifests).unwrap();
+    let out = Command::new("node").arg(&script).arg(&file).output().unwrap();
+    std::fs::remove_file(&script).ok();
+    std::fs::remove_file(&file).ok();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
 /// The Kubernetes version the chart targets (Chart.yaml: >=1.28).
 const KUBERNETES: &str = "1.31.0";
 
@@ -125,12 +144,16 @@ fn every_manifest_the_chart_renders_is_valid_kubernetes() {
         assert!(ok, "{mode}: {text}\n{manifests}");
         let passed = text.lines().filter(|l| l.contains(" passed for resource ")).count();
         let kinds: Vec<&str> = manifests.lines().filter_map(|l| l.strip_prefix("kind: ")).collect();
-        // Every built-in kind is checked against its schema; the two custom
-        // resources (KEDA's ScaledObject, the Prometheus operator's
-        // ServiceMonitor) have none in kubernetes-validate.
+        // Every built-in kind is checked against its schema by
+        // kubernetes-validate; the two custom resources (KEDA's
+        // ScaledObject, the Prometheus operator's ServiceMonitor) against
+        // their CRDs' schemas.
         let custom = kinds.iter().filter(|k| matches!(**k, "ScaledObject" | "ServiceMonitor")).count();
         assert_eq!(passed, kinds.len() - custom, "{mode}: {text}");
         assert_eq!(custom, 2, "{mode}: {kinds:?}");
+        let (ok, text) = crd_check(&manifests);
+        assert!(ok, "{mode}: {text}");
+        assert!(text.contains("checked 2"), "{mode}: {text}");
         for kind in ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "Service"] {
             assert!(kinds.contains(&kind), "{mode}: no {kind} in {kinds:?}");
         }
