@@ -61,7 +61,10 @@ REFERENCE = re.compile(r"(?<![\w.])(var|local|data|aws_[a-z0-9_]+|random_[a-z0-9
 
 def check_module(directory, findings):
     variables, locals_, resources, datas, outputs, texts = module_declarations(directory)
+    code_text = "\n".join(texts.values())
     for name, body in variables.items():
+        if f"var.{name}" not in code_text:
+            findings.append(f"{directory}: variable {name} is declared but never used")
         for needed in ("description", "type"):
             if needed not in body:
                 findings.append(f"{directory}: variable {name} has no {needed}")

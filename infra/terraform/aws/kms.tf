@@ -1,8 +1,8 @@
-# One customer-managed key for the bucket, Redis and logs: rotated yearly,
-# usable by this account's principals the IAM policies below allow, and by
-# CloudWatch Logs for the log groups.
+# One customer-managed key for the bucket, Redis, the secrets and the
+# instances' volumes: rotated yearly, usable by the principals the IAM
+# policies allow.
 resource "aws_kms_key" "paddock" {
-  description             = "${var.name}: evidence bucket, Redis, logs"
+  description             = "${var.name}: evidence bucket, Redis, secrets, volumes"
   enable_key_rotation     = true
   deletion_window_in_days = 30
   policy                  = data.aws_iam_policy_document.kms.json
@@ -28,18 +28,34 @@ data "aws_iam_policy_document" "kms" {
       identifiers = ["arn:${local.partition}:iam::${local.account_id}:root"]
     }
   }
+  # EC2 Auto Scaling launches instances whose volumes are encrypted under
+  # this key; its service-linked role's permissions cannot be edited, so
+  # the key policy grants them (without this, launches fail).
   statement {
-    sid       = "CloudWatchLogs"
-    actions   = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
+    sid       = "AutoScalingUsesTheKeyForVolumes"
+    actions   = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"]
     resources = ["*"]
     principals {
-      type        = "Service"
-      identifiers = ["logs.${local.region}.amazonaws.com"]
-    }
-    condition {
-      test     = "ArnLike"
-      variable = "kms:EncryptionContext:aws:logs:arn"
-      values   = ["arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:/${var.name}/*"]
+      type        = "AWS"
+      identifiers = [local.autoscaling_role]
     }
   }
+  statement {
+    sid       = "AutoScalingGrantsTheKeyToVolumes"
+    actions   = ["kms:CreateGrant"]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = [local.autoscaling_role]
+    }
+    condition {
+      test     = "Bool"
+      variable = "kms:GrantIsForAWSResource"
+      values   = ["true"]
+    }
+  }
+}
+
+locals {
+  autoscaling_role = "arn:${local.partition}:iam::${local.account_id}:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
 }

@@ -175,12 +175,6 @@ variable "access_logs_bucket" {
   type        = string
 }
 
-variable "log_retention_days" {
-  description = "Days CloudWatch keeps the instances' logs."
-  type        = number
-  default     = 400
-}
-
 variable "egress_cidrs" {
   description = "Where instances may connect on 443 besides the VPC (GitHub, model providers, package mirrors): 0.0.0.0/0 behind a NAT, or your proxy's range."
   type        = list(string)
