@@ -85,9 +85,7 @@ def check_module(directory, findings):
                 findings.append(f"{path}: templatefile {template} does not exist")
                 continue
             with open(file) as f:
-                used = {m.split(".")[0].split(",")[0].strip() for m in re.findall(r"(?<!\$)\$\{\s*([a-z_][a-z0-9_.]*)", f.read())}
-                f.seek(0)
-                used |= set(re.findall(r"%\{\s*if\s+([a-z_]+)", f.read()))
+                used = template_variables(f.read())
             given = set(re.findall(r"^\s*([a-z_]+)\s*=", arguments, re.M))
             if arguments.startswith("local."):
                 given = set(re.findall(r"^\s{4}([a-z_]+)\s*=", text.split("config_vars = {", 1)[1].split("}", 1)[0], re.M))
@@ -96,6 +94,117 @@ def check_module(directory, findings):
             if missing:
                 findings.append(f"{path}: {template} uses {sorted(missing)} which the call does not pass")
     return variables, outputs
+
+
+KEYWORDS = {"if", "else", "endif", "for", "in", "endfor", "true", "false", "null"}
+
+
+def template_variables(text):
+    """Every variable a template's interpolations and directives name
+    (function names, attribute names after a dot, literals and keywords
+    aside)."""
+    used = set()
+    for expr in re.findall(r"(?<![$%])[$%]\{~?(.*?)~?\}", text):
+        expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
+        for name in re.findall(r"(?<![\w.])([a-z_][a-z0-9_]*)\b(?!\s*\()", expr):
+            if name not in KEYWORDS:
+                used.add(name)
+    return used
+
+
+def render_template(text, values):
+    """The subset of Terraform's template language the module's templates
+    use: ${name}, ${name.attr}, ${indent(n, name)}, %{ if cond }..%{ else }..
+    %{ endif } with ~ strip markers, $${ and %%{ escapes."""
+    def value(expr):
+        expr = expr.strip()
+        call = re.fullmatch(r"indent\((\d+),\s*([a-z_.]+)\)", expr)
+        if call:
+            n, name = int(call.group(1)), call.group(2)
+            lines = str(lookup(name)).split("\n")
+            return "\n".join([lines[0]] + [(" " * n + l) if l else l for l in lines[1:]])
+        return lookup(expr)
+
+    def lookup(name):
+        node = values
+        for part in name.split("."):
+            node = node[part]
+        if isinstance(node, bool):
+            return "true" if node else "false"
+        return node
+
+    def truth(cond):
+        python = cond.replace("&&", " and ").replace("||", " or ")
+        python = re.sub(r"!(?!=)", " not ", python)
+        env = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        return bool(eval(python, {"__builtins__": {}}, env))
+
+    tokens = re.split(r"(%\{~?.*?~?\})", text)
+    out, stack = [], [True]
+    strip_next = False
+    for token in tokens:
+        directive = re.fullmatch(r"%\{(~?)\s*(.*?)\s*(~?)\}", token)
+        if directive and not token.startswith("%%"):
+            left, body, right = directive.groups()
+            if left and out:
+                out[-1] = out[-1].rstrip()
+            if body.startswith("if "):
+                stack.append(stack[-1] and truth(body[3:]))
+            elif body == "else":
+                parent = stack[-2] if len(stack) > 1 else True
+                stack[-1] = parent and not stack[-1]
+            elif body == "endif":
+                stack.pop()
+            strip_next = bool(right)
+            continue
+        if strip_next:
+            token = token.lstrip(" \t")
+            if token.startswith("\n"):
+                token = token[1:]
+            strip_next = False
+        if stack[-1]:
+            out.append(token)
+    rendered = "".join(out)
+    rendered = re.sub(r"(?<!\$)\$\{(.*?)\}", lambda m: str(value(m.group(1))), rendered)
+    return rendered.replace("$${", "${").replace("%%{", "%{")
+
+
+def check_cloud_init(module_dir, findings):
+    import yaml
+
+    with open(os.path.join(module_dir, "templates", "cloud-init.yaml.tftpl")) as f:
+        template = f.read()
+    config = "[worker]\nwork_dir = \"/var/lib/paddock/worker\"\n"
+    for role, gvisor, metrics in [("api", False, True), ("worker", True, False), ("worker", False, False)]:
+        values = {
+            "role": role, "package": f"paddock-{role}", "version": "0.1.0", "packages": "acme-artifacts/paddock",
+            "region": "eu-west-1", "redis_secret": "arn:redis", "env_secret": "arn:env", "config": config,
+            "gvisor": gvisor, "metrics": metrics, "namespace": "Paddock", "metric": "QueueDemand",
+            "group": f"paddock-{role}",
+        }
+        what = f"cloud-init ({role}, gvisor={gvisor})"
+        try:
+            rendered = render_template(template, values)
+            document = yaml.safe_load(rendered)
+        except Exception as e:  # noqa: BLE001 - any failure is a finding
+            findings.append(f"{what}: does not render to YAML: {e}")
+            continue
+        if not rendered.startswith("#cloud-config\n"):
+            findings.append(f"{what}: does not start with #cloud-config")
+        files = {f["path"]: f for f in document.get("write_files", [])}
+        written = files.get(f"/etc/paddock/{role}.toml", {}).get("content", "")
+        if "work_dir" not in written:
+            findings.append(f"{what}: the role's config is not written whole: {written!r}")
+        commands = [c if isinstance(c, str) else " ".join(c) for c in document.get("runcmd", [])]
+        installs = [c for c in commands if "apt-get install" in c]
+        if not installs or not all("--force-confold" in c for c in installs):
+            findings.append(f"{what}: the package install must keep the config written above (--force-confold)")
+        if ("runsc" in document.get("packages", [])) != (role == "worker" and gvisor):
+            findings.append(f"{what}: gVisor installed where not asked, or missing where asked")
+        if (role == "worker") != ("/usr/local/sbin/paddock-drain" in files):
+            findings.append(f"{what}: the drain script belongs on workers only")
+        if metrics and "paddock_queue_dispatchable" not in files.get("/usr/local/sbin/paddock-publish-queue", {}).get("content", ""):
+            findings.append(f"{what}: the queue publisher is missing")
 
 
 def check_example(example, module_dir, variables, outputs, findings):
@@ -182,6 +291,7 @@ def main(root):
     files = glob.glob(os.path.join(root, "**", "*.tf"), recursive=True)
     for path in sorted(files):
         check_format(path, findings)
+    check_cloud_init(module_dir, findings)
     for finding in findings:
         print(f"terraform check: {finding}")
     print(f"terraform check: {len(files)} files parsed, {len(variables)} variables, {len(outputs)} outputs, {len(findings)} findings")

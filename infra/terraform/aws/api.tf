@@ -1,5 +1,6 @@
 # The API: an Auto Scaling group behind an ALB that terminates TLS
-# (TLS 1.2+ policy), redirects HTTP and drops invalid headers.
+# (TLS 1.2+ policy), drops invalid headers and answers nothing on plain
+# HTTP (no port-80 listener).
 
 resource "aws_lb" "api" {
   name                       = "${var.name}-api"
@@ -24,8 +25,10 @@ resource "aws_lb_target_group" "api" {
   protocol             = "HTTP"
   vpc_id               = var.vpc_id
   deregistration_delay = 30
+  # /healthz (the process), not /readyz: a Redis or S3 blip must not mark
+  # every instance unhealthy and have the group replace the fleet.
   health_check {
-    path                = "/readyz"
+    path                = "/healthz"
     matcher             = "200"
     interval            = 10
     healthy_threshold   = 2
@@ -49,6 +52,27 @@ resource "aws_lb_listener" "https" {
 }
 
 
+# /metrics is for the scrapers inside (the publisher reads it on the
+# instance): not served through the load balancer.
+resource "aws_lb_listener_rule" "no_metrics" {
+  listener_arn = aws_lb_listener.https.arn
+  priority     = 1
+  condition {
+    path_pattern {
+      values = ["/metrics", "/metrics/*"]
+    }
+  }
+  action {
+    type = "fixed-response"
+    fixed_response {
+      content_type = "application/problem+json"
+      status_code  = "404"
+      message_body = "{\"title\": \"Not Found\", \"status\": 404}"
+    }
+  }
+  tags = local.tags
+}
+
 resource "aws_autoscaling_group" "api" {
   name                      = "${var.name}-api"
   min_size                  = var.api_min_size
@@ -59,7 +83,7 @@ resource "aws_autoscaling_group" "api" {
   health_check_grace_period = 120
   launch_template {
     id      = aws_launch_template.paddock["api"].id
-    version = "$Latest"
+    version = aws_launch_template.paddock["api"].latest_version
   }
   instance_refresh {
     strategy = "Rolling"

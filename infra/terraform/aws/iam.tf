@@ -25,7 +25,7 @@ locals {
 data "aws_iam_policy_document" "api" {
   statement {
     sid       = "ListTheBucket"
-    actions   = ["s3:ListBucket", "s3:GetBucketObjectLockConfiguration", "s3:GetBucketVersioning"]
+    actions   = ["s3:ListBucket", "s3:GetBucketObjectLockConfiguration"]
     resources = [local.bucket_arn]
   }
   statement {
@@ -35,7 +35,7 @@ data "aws_iam_policy_document" "api" {
   }
   statement {
     sid       = "WriteAndReadTheAuditTrail"
-    actions   = ["s3:PutObject", "s3:PutObjectRetention", "s3:GetObject", "s3:GetObjectRetention"]
+    actions   = ["s3:PutObject", "s3:PutObjectRetention", "s3:GetObject"]
     resources = [local.audit_arn]
   }
   statement {

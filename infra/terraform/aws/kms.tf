@@ -2,6 +2,7 @@
 # instances' volumes: rotated yearly, usable by the principals the IAM
 # policies allow.
 resource "aws_kms_key" "paddock" {
+  depends_on              = [aws_iam_service_linked_role.autoscaling]
   description             = "${var.name}: evidence bucket, Redis, secrets, volumes"
   enable_key_rotation     = true
   deletion_window_in_days = 30
@@ -54,6 +55,13 @@ data "aws_iam_policy_document" "kms" {
       values   = ["true"]
     }
   }
+}
+
+# In an account that has never had an Auto Scaling group the role does not
+# exist yet, and a key policy naming it is refused: create it then.
+resource "aws_iam_service_linked_role" "autoscaling" {
+  count            = var.create_autoscaling_service_linked_role ? 1 : 0
+  aws_service_name = "autoscaling.amazonaws.com"
 }
 
 locals {

@@ -12,7 +12,8 @@ locals {
   region     = data.aws_region.current.name
   partition  = data.aws_partition.current.partition
   bucket_arn = "arn:${local.partition}:s3:::${var.bucket_name}"
-  # The queue's dispatchable runs, published by the API hosts.
+  # The queue's demand (running + dispatchable runs), published by the
+  # API hosts.
   metric_namespace = "Paddock"
-  metric_name      = "QueueDispatchable"
+  metric_name      = "QueueDemand"
 }

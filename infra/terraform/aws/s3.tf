@@ -64,8 +64,8 @@ resource "aws_s3_bucket_logging" "evidence" {
 # Paddock's sweeper deletes what is past its class's days (honouring legal
 # holds, recording each sweep in the trail); on a versioned bucket that
 # leaves the data as a noncurrent version, which these rules remove once
-# its lock has passed. Current objects are never expired here: a lifecycle
-# rule cannot see Paddock's legal holds.
+# its lock has passed. Current run objects and the trail are never expired
+# here: a lifecycle rule cannot see Paddock's legal holds.
 resource "aws_s3_bucket_lifecycle_configuration" "evidence" {
   bucket = aws_s3_bucket.evidence.id
 
@@ -106,11 +106,17 @@ resource "aws_s3_bucket_lifecycle_configuration" "evidence" {
     }
   }
 
+  # Exports are never held: they expire after retention_days.exports, as
+  # the API's own lifecycle rule for them would (it needs no permission
+  # here: this rule is it).
   rule {
     id     = "exports"
     status = "Enabled"
     filter {
       prefix = "${var.export_prefix}/"
+    }
+    expiration {
+      days = var.retention_days.exports
     }
     noncurrent_version_expiration {
       noncurrent_days = var.object_lock_default_days + 1

@@ -180,3 +180,9 @@ variable "egress_cidrs" {
   type        = list(string)
   default     = ["0.0.0.0/0"]
 }
+
+variable "create_autoscaling_service_linked_role" {
+  description = "Create AWSServiceRoleForAutoScaling (only in an account that has never had an Auto Scaling group: the key policy names it)."
+  type        = bool
+  default     = false
+}

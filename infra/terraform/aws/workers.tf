@@ -1,6 +1,7 @@
 # The worker fleet: an Auto Scaling group on Debian 12 with Docker (and
 # gVisor when asked), scaled so each worker has worker_concurrency runs to
-# do: target tracking on dispatchable runs per in-service worker.
+# do: target tracking on demand (running + dispatchable runs) per
+# in-service worker.
 
 
 resource "aws_autoscaling_group" "worker" {
@@ -13,9 +14,13 @@ resource "aws_autoscaling_group" "worker" {
   # the instance metadata, stops the worker (no new claims; running runs
   # finish within TimeoutStopSec=660) and completes the hook.
   default_instance_warmup = 120
+  # Published so the scaling policy can divide by it.
+  enabled_metrics = ["GroupInServiceInstances"]
   launch_template {
-    id      = aws_launch_template.paddock["worker"].id
-    version = "$Latest"
+    id = aws_launch_template.paddock["worker"].id
+    # A new version (a new paddock_version) changes the group: the instance
+    # refresh below rolls it out.
+    version = aws_launch_template.paddock["worker"].latest_version
   }
   initial_lifecycle_hook {
     name                 = "drain"
@@ -39,8 +44,9 @@ resource "aws_autoscaling_group" "worker" {
   }
 }
 
-# Dispatchable runs (published by the API hosts from paddock_queue_dispatchable)
-# divided by in-service workers, held at worker_concurrency.
+# Demand (published by the API hosts from paddock_queue_runs{state="running"}
+# and paddock_queue_dispatchable) divided by in-service workers, held at
+# worker_concurrency. A worker picked for scale-in drains first (the hook).
 resource "aws_autoscaling_policy" "worker_queue" {
   name                   = "${var.name}-worker-queue"
   autoscaling_group_name = aws_autoscaling_group.worker.name
@@ -49,7 +55,7 @@ resource "aws_autoscaling_policy" "worker_queue" {
     target_value = var.worker_concurrency
     customized_metric_specification {
       metrics {
-        id          = "dispatchable"
+        id          = "demand"
         return_data = false
         metric_stat {
           metric {
@@ -76,8 +82,8 @@ resource "aws_autoscaling_policy" "worker_queue" {
       }
       metrics {
         id          = "per_worker"
-        expression  = "dispatchable / MAX([workers, 1])"
-        label       = "Dispatchable runs per worker"
+        expression  = "demand / MAX([workers, 1])"
+        label       = "Runs wanted per worker"
         return_data = true
       }
     }

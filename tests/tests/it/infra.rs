@@ -178,12 +178,15 @@ async fn the_keda_trigger_reads_a_metric_paddock_really_exports() {
     let repo = app.repo(&[("README.md", b"# x\n")]);
     app.create_run(&repo, "queued for the metric").await;
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    for name in names {
-        let sample = metrics.lines().find(|l| l.starts_with(&format!("{name}{{tenant=\"*\"}}")));
-        let value: f64 = sample
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name}{{tenant=\"*\"}} is not exported:\n{metrics}"));
-        assert!(value >= 1.0, "the queued run is dispatchable: {value}");
+    for name in &names {
+        assert!(metrics.contains(&format!("# TYPE {name} gauge")), "{name} is not exported:\n{metrics}");
     }
+    assert!(names.contains(&"paddock_queue_runs") && names.contains(&"paddock_queue_dispatchable"), "{query}");
+    let sample = metrics.lines().find(|l| l.starts_with("paddock_queue_dispatchable{tenant=\"*\"}"));
+    let value: f64 = sample
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no fleet-wide dispatchable sample:\n{metrics}"));
+    assert!(value >= 1.0, "the queued run is dispatchable: {value}");
+    assert!(query.contains("paddock_queue_runs{state=\"running\"}"), "running runs are part of the demand: {query}");
 }
