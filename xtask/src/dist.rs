@@ -1,6 +1,7 @@
 //! `cargo xtask dist`: release binaries and a Debian package per role,
 //! from `infra/packaging/` (systemd units, config files, maintainer
-//! scripts). Packages are built with `dpkg-deb` into `<target>/<profile>/dist/`.
+//! scripts). Packages are built with `dpkg-deb` into `<target>/<profile>/dist/`;
+//! with `--images`, also a container image per role (`infra/container/`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -186,4 +187,42 @@ fn dir_size(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// A container image per server role, `paddock/<role>:<version>`, from the
+/// packages `build` made, on `base` (a Debian 12 image).
+pub fn images(root: &Path, target: &Path, debug: bool, base: &str) -> Result<Vec<String>> {
+    let out = target.join(if debug { "debug" } else { "release" }).join("dist");
+    let version = workspace_version(root)?;
+    let mut tags = Vec::new();
+    for package in PACKAGES.iter().filter(|p| p.role.is_some()) {
+        let role = package.role.unwrap_or_default();
+        let context = out.join(format!("{role}.image"));
+        std::fs::remove_dir_all(&context).ok();
+        std::fs::create_dir_all(&context).map_err(|e| format!("{}: {e}", context.display()))?;
+        std::fs::copy(root.join("infra/container/Dockerfile"), context.join("Dockerfile"))
+            .map_err(|e| e.to_string())?;
+        let deb = out.join(format!("{}_{version}_amd64.deb", package.name));
+        std::fs::copy(&deb, context.join("paddock.deb")).map_err(|e| format!("{}: {e}", deb.display()))?;
+        // The package's dependencies but the Docker engine (the node's or
+        // a sidecar's in a cluster) and the tools systemd units need.
+        let deps: Vec<&str> = package
+            .depends
+            .split(',')
+            .map(|d| d.split('|').next().unwrap_or_default().trim())
+            .filter(|d| !d.starts_with("docker") && *d != "init-system-helpers" && *d != "adduser")
+            .collect();
+        let tag = format!("paddock/{role}:{version}");
+        run(Command::new("docker")
+            .args(["build", "--quiet", "--tag", &tag])
+            .args(["--build-arg", &format!("base={base}")])
+            .args(["--build-arg", &format!("role={role}")])
+            .args(["--build-arg", &format!("deps={}", deps.join(" "))])
+            .arg(&context)
+            .stdout(std::process::Stdio::null()))?;
+        std::fs::remove_dir_all(&context).ok();
+        println!("xtask: image {tag}");
+        tags.push(tag);
+    }
+    Ok(tags)
 }

@@ -9,9 +9,11 @@
 //!   that are missing (setup builds them all)
 //! - `bench [--debug] [names]`: the benchmarks in `loadtests/`, on release
 //!   builds (debug with `--debug`), each against a baseline
-//! - `dist [--debug]`: release binaries and a Debian package per role
-//!   (`paddock-api`, `paddock-worker`, `paddock-gateway`, `paddock-cli`)
-//!   with hardened systemd units, into `<target>/release/dist/`
+//! - `dist [--debug] [--images [--base IMAGE]]`: release binaries and a
+//!   Debian package per role (`paddock-api`, `paddock-worker`,
+//!   `paddock-gateway`, `paddock-cli`) with hardened systemd units, into
+//!   `<target>/release/dist/`; with `--images`, `paddock/<role>:<version>`
+//!   container images from them
 //! - `openapi`: regenerate `openapi/openapi.json`
 //! - `tidy`: the workspace's crates and the dependency rules of ARCHITECTURE.md
 //!
@@ -38,9 +40,7 @@ fn main() -> ExitCode {
         Some("openapi") => openapi(),
         Some("bench") => bench(&args[1..]),
         Some("tidy") => tidy(),
-        Some("dist") => {
-            dist::build(&workspace_root(), &target_dir(), args.get(1).is_some_and(|a| a == "--debug")).map(drop)
-        }
+        Some("dist") => dist_command(&args[1..]),
         _ => Err("usage: cargo xtask <setup|test|demo|images|bench|dist|openapi|tidy>".to_owned()),
     };
     match result {
@@ -112,6 +112,25 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
+/// `dist [--debug] [--images [--base IMAGE]]`.
+fn dist_command(args: &[String]) -> Result<()> {
+    let debug = args.iter().any(|a| a == "--debug");
+    dist::build(&workspace_root(), &target_dir(), debug)?;
+    if args.iter().any(|a| a == "--images") {
+        let base = args.iter().position(|a| a == "--base").and_then(|i| args.get(i + 1)).cloned();
+        dist::images(&workspace_root(), &target_dir(), debug, &base.unwrap_or_else(sandbox_base))?;
+    }
+    Ok(())
+}
+
+/// A Debian 12 image this machine has without a registry: the sandbox
+/// image `setup` builds with debootstrap (deployments use their own base,
+/// e.g. debian:bookworm-slim).
+fn sandbox_base() -> String {
+    let version = std::fs::read_to_string(workspace_root().join("infra/sandbox/VERSION")).unwrap_or_default();
+    format!("paddock/sandbox:{}", version.trim())
+}
+
 fn images(only: &[String]) -> Result<()> {
     services::ensure_docker(&home())?;
     images::build(&home(), only)
@@ -123,8 +142,10 @@ fn test(extra: &[String]) -> Result<()> {
     setup()?;
     services::remove_test_leftovers();
     run(&mut cargo(&["build", "--workspace", "--bins"]))?;
-    // The packages of the debug build, which the deployment test installs.
+    // The packages and images of the debug build, which the deployment
+    // tests install and run.
     dist::build(&workspace_root(), &target_dir(), true)?;
+    dist::images(&workspace_root(), &target_dir(), true, &sandbox_base())?;
     let mut cmd = cargo(&["test", "--workspace", "--no-fail-fast"]);
     cmd.args(extra);
     let (passed, failed, result) = run_counting_tests(&mut cmd);

@@ -178,3 +178,74 @@ async fn without_s3_keys_the_api_reads_the_bucket_with_the_instance_roles_keys()
     imds.stop().await;
     providers.stop().await;
 }
+
+fn docker(args: &[&str]) -> (bool, String) {
+    output("docker", args)
+}
+
+#[tokio::test]
+async fn the_role_images_run_as_the_chart_runs_them() {
+    // `cargo xtask test` builds them from the packages (`dist --images`).
+    let version = env!("CARGO_PKG_VERSION");
+    for role in ["api", "worker", "gateway"] {
+        let (ok, text) =
+            docker(&["image", "inspect", "--format", "{{.Config.User}}", &format!("paddock/{role}:{version}")]);
+        assert!(ok, "paddock/{role}:{version} is missing: run `cargo xtask dist --debug --images`: {text}");
+        assert_eq!(text.trim(), "10001:10001", "{role}: the chart's runAsUser");
+    }
+    // The worker's tools are in its image; its Docker engine is not.
+    let (ok, tools) = docker(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "sh",
+        &format!("paddock/worker:{version}"),
+        "-c",
+        "for t in git iptables ssh-keygen paddock-worker; do command -v $t; done; command -v dockerd || echo no-engine",
+    ]);
+    assert!(
+        ok && tools.contains("/usr/bin/git") && tools.contains("iptables") && tools.contains("no-engine"),
+        "{tools}"
+    );
+
+    // The API image as the chart runs it: read-only root, /tmp a tmpfs, no
+    // capability, no privilege escalation, its config from /etc/paddock.
+    let app = tests::spawn_app(&[]).await;
+    let port = tests::free_port();
+    let name = format!("paddock-api-image-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let listen = format!("PADDOCK_API__LISTEN=127.0.0.1:{port}");
+    let mut args: Vec<String> = ["run", "-d", "--name", &name, "--network", "host", "--read-only", "--tmpfs", "/tmp"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    args.extend(["--cap-drop", "ALL", "--security-opt", "no-new-privileges"].map(str::to_owned));
+    for (key, value) in
+        app.vars.iter().filter(|(k, _)| !matches!(k.as_str(), "PADDOCK_API__LISTEN" | "PADDOCK_TLS__EXTRA_CA_FILES"))
+    {
+        args.extend(["-e".to_owned(), format!("{key}={value}")]);
+    }
+    args.extend([
+        "-e".to_owned(),
+        listen,
+        format!("paddock/api:{version}"),
+        "--config".to_owned(),
+        "/etc/paddock/api.toml".to_owned(),
+    ]);
+    let (ok, text) = docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{text}");
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    tests::eventually(Duration::from_secs(30), "the API image is ready", || async {
+        match app.client.get(&url).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            other => Err(format!("{other:?}\n{}", docker(&["logs", &name]).1)),
+        }
+    })
+    .await;
+    // SIGTERM (docker stop, as the kubelet stops a pod): a clean exit.
+    let (ok, text) = docker(&["stop", "--time", "30", &name]);
+    assert!(ok, "{text}");
+    let (_, code) = docker(&["inspect", "--format", "{{.State.ExitCode}}", &name]);
+    let logs = docker(&["logs", &name]).1;
+    docker(&["rm", "-f", &name]);
+    assert_eq!(code.trim(), "0", "{logs}");
+}
