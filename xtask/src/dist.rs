@@ -224,5 +224,9 @@ pub fn images(root: &Path, target: &Path, debug: bool, base: &str) -> Result<Vec
         println!("xtask: image {tag}");
         tags.push(tag);
     }
+    // The images these replaced (untagged now), so rebuilds do not fill the disk.
+    run(Command::new("docker")
+        .args(["image", "prune", "--force", "--filter", "label=paddock.dist=1"])
+        .stdout(std::process::Stdio::null()))?;
     Ok(tags)
 }
