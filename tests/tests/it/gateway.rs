@@ -278,6 +278,9 @@ async fn token_budgets_are_reserved_before_a_call_and_settled_after_it() {
             .send()
     };
     assert_eq!(ask(3000).await.unwrap().status().as_u16(), 200);
+    // A call is settled after its answer has gone out (not before its last
+    // bytes): wait for that, as the next call can otherwise come first.
+    wait_for_spend(&queue, run, store::Spend { tokens: 17, micro_usd: 0 }).await;
     assert_eq!(ask(3000).await.unwrap().status().as_u16(), 200, "the first call's unused reservation was not released");
     let refused = ask(4990).await.unwrap();
     assert_eq!(refused.status().as_u16(), 429);
