@@ -211,20 +211,8 @@ pub(super) fn verify(req: &HttpRequest, body: &[u8], aws: &Mutex<Aws>, service: 
 /// percent-decoded.
 fn model_call(path: &str) -> Option<(String, String)> {
     let (model, operation) = path.strip_prefix("/model/")?.rsplit_once('/')?;
-    let mut decoded = Vec::new();
-    let bytes = model.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            decoded.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            decoded.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Some((String::from_utf8(decoded).ok()?, operation.to_owned()))
+    let model = percent_encoding::percent_decode_str(model).decode_utf8().ok()?;
+    Some((model.into_owned(), operation.to_owned()))
 }
 
 /// One event-stream frame.

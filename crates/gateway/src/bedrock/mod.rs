@@ -109,7 +109,8 @@ impl Call {
             (Wire::OpenAi, "chat/completions") => {
                 let include_usage = json.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
                 let body = converse::request(&json, upstream_model).map_err(Refusal::Unmapped)?;
-                let chat = answer::Chat { model: model.to_owned(), include_usage, created: unix_now() };
+                let chat =
+                    answer::Chat { model: model.to_owned(), include_usage, created: common::audit::now_ms() / 1000 };
                 let (operation, headers, plan) = if stream {
                     ("converse-stream", stream_headers, answer::Plan::ChatStream(chat))
                 } else {
@@ -186,15 +187,9 @@ fn endpoint(provider: &ProviderConfig) -> String {
 /// A model id, inference profile id or ARN as one path segment, encoded
 /// as the AWS SDKs encode it (`:` and `/` included).
 fn path_segment(id: &str) -> String {
-    let mut out = String::with_capacity(id.len() + 8);
-    for byte in id.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    const KEEP: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    percent_encoding::utf8_percent_encode(id, KEEP).to_string()
 }
 
 /// Whether a Bedrock model id, inference profile (`us.`, `eu.`, `apac.`,
@@ -210,10 +205,6 @@ fn foundation_model(id: &str) -> &str {
         Some((geo, rest)) if ["us", "eu", "apac", "global", "jp", "au", "ca", "us-gov"].contains(&geo) => rest,
         _ => id,
     }
-}
-
-pub(super) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
 /// The provider's signing credentials (see [`platform::aws_credentials`]).
